@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * image.h - thin disk images on an object store.
+ *
+ * Layout (like Ceph RBD format 2):
+ *   vbk_directory            omap: image name -> image id
+ *   vbk_name.NAME            exists while NAME is taken (exclusive create)
+ *   vbk_header.ID            xattrs: name, size, object_size, features
+ *   vbk_object_map.ID        one byte per data object (enum image_obj)
+ *   vbk_data.ID.OBJNO        data object OBJNO (16 hex digits)
+ * An object exists only once written; absent objects read as zeros.
+ * The object-map entry of an object is made durable before the first
+ * write to that object in each snapshot interval, so after any crash the
+ * map never under-reports the written objects.
+ *
+ * Errors follow store.h (0 or -errno, message in vbk_error()); in addition
+ *   -ENOENT   no such image
+ *   -EEXIST   the name is taken
+ *   -EINVAL   bad name, size or object size; I/O past the end
+ *   -EROFS    write through a read-only handle
+ *
+ * Thread safety: an open struct image may be used from many threads.
+ */
+#ifndef VBK_IMAGE_H
+#define VBK_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "store/store.h"
+
+struct image;
+
+#define IMAGE_NAME_MAX 128
+#define IMAGE_OBJECT_SIZE_DEFAULT (4u << 20)
+#define IMAGE_OBJECT_SIZE_MIN (64u << 10)
+#define IMAGE_OBJECT_SIZE_MAX (32u << 20)
+
+/* Object-map entries. */
+enum image_obj {
+  IMAGE_OBJ_ABSENT = 0,     /* never written, or discarded */
+  IMAGE_OBJ_CLEAN = 1,      /* written before the last snapshot */
+  IMAGE_OBJ_DIRTY = 2,      /* written since the last snapshot */
+};
+
+struct image_info {
+  char name[IMAGE_NAME_MAX + 1];
+  char id[32];
+  uint64_t size;            /* bytes */
+  uint32_t object_size;     /* bytes, a power of two */
+  uint64_t objects;         /* data objects the object map counts */
+  uint64_t features;
+};
+
+/* Checks a name: 1-128 of [A-Za-z0-9._+-], not starting with '.' or '-'.
+ * Returns 0 or -EINVAL with a message. */
+int image_name_check (const char *name);
+
+/* Creates an empty image.  SIZE need not be a multiple of anything;
+ * OBJECT_SIZE 0 means the default.  Errors: -EEXIST, -EINVAL. */
+int image_create (struct store *st, const char *name, uint64_t size,
+                  uint32_t object_size);
+
+/* Removes an image and all its objects.  Errors: -ENOENT. */
+int image_remove (struct store *st, const char *name);
+
+/* Information without opening.  Errors: -ENOENT. */
+int image_stat (struct store *st, const char *name, struct image_info *info);
+
+/* All images, sorted by name.  Caller frees *LIST with free(). */
+int image_list (struct store *st, struct image_info **list, size_t *n);
+
+/* Changes the size.  Shrinking removes the data past the new end.
+ * Errors: -ENOENT, -EINVAL. */
+int image_resize (struct store *st, const char *name, uint64_t size);
+
+/* Open flags. */
+#define IMAGE_OPEN_RDONLY 1u
+
+/* Opens an image.  The handle keeps its own store handle (store_clone)
+ * and an in-memory copy of the object map.  Caller closes with
+ * image_close().  Errors: -ENOENT. */
+int image_open (struct store *st, const char *name, unsigned flags,
+                struct image **out);
+
+/* Flushes and frees.  image_close(NULL) is a no-op. */
+void image_close (struct image *img);
+
+void image_get_info (struct image *img, struct image_info *info);
+uint64_t image_size (struct image *img);
+
+/* Rereads the header (size) and the object map from the store: after
+ * another process changed them (resize, another writer). */
+int image_refresh (struct image *img);
+
+/* ---- Synchronous I/O ---------------------------------------------------
+ * OFF + LEN must not pass the end (-EINVAL).  Writes fail with -EROFS on
+ * a read-only handle. */
+
+/* Returns LEN or -errno. */
+ssize_t image_read (struct image *img, void *buf, size_t len, uint64_t off);
+
+#define IMAGE_FUA 1u          /* durable before returning */
+#define IMAGE_NO_HOLE 2u      /* write_zeroes: keep the range allocated */
+
+int image_write (struct image *img, const void *buf, size_t len,
+                 uint64_t off, unsigned flags);
+/* Deallocates what it can and zeroes the rest: afterwards the range
+ * reads as zeros. */
+int image_discard (struct image *img, uint64_t off, uint64_t len,
+                   unsigned flags);
+int image_write_zeroes (struct image *img, uint64_t off, uint64_t len,
+                        unsigned flags);
+/* Makes every completed write durable. */
+int image_flush (struct image *img);
+
+/* ---- Asynchronous I/O --------------------------------------------------
+ * Start the operation and return 0, or return -errno without calling CB.
+ * CB runs exactly once, on a store thread (or on the caller's thread
+ * before the call returns), with LEN / 0 or -errno.  BUF must stay valid
+ * until then. */
+typedef void (*image_aio_cb) (void *arg, ssize_t ret);
+
+int image_aio_read (struct image *img, void *buf, size_t len, uint64_t off,
+                    image_aio_cb cb, void *arg);
+int image_aio_write (struct image *img, const void *buf, size_t len,
+                     uint64_t off, unsigned flags, image_aio_cb cb,
+                     void *arg);
+
+/* ---- Allocation map ----------------------------------------------------
+ * Calls CB for consecutive extents covering [OFF, OFF+LEN) (clipped to
+ * the image), each either allocated (some data object written) or a
+ * hole (reads as zeros).  Cost grows with the allocated objects, not
+ * with LEN.  A non-zero return from CB stops the walk and is returned. */
+typedef int (*image_extent_cb) (void *arg, uint64_t off, uint64_t len,
+                                int allocated);
+int image_extents (struct image *img, uint64_t off, uint64_t len,
+                   image_extent_cb cb, void *arg);
+
+/* Object-map entry of object OBJNO (from memory). */
+enum image_obj image_object_state (struct image *img, uint64_t objno);
+
+/* Name of data object OBJNO of image ID, for tests and tools. */
+void image_data_oid (const char *id, uint64_t objno, char *buf, size_t len);
+
+#endif /* VBK_IMAGE_H */

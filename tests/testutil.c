@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * testutil.c - see testutil.h.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "testutil.h"
+
+const char *
+test_store_kind (void)
+{
+  const char *k = getenv ("VBK_TEST_STORE_KIND");
+
+  return k && strcmp (k, "none") != 0 ? k : "local";
+}
+
+void
+test_store_uri (char *buf, size_t len)
+{
+  static unsigned n;
+  const char *kind = test_store_kind ();
+
+  if (strcmp (kind, "local") == 0) {
+    const char *tmp = getenv ("TMPDIR");
+    char dir[4096];
+
+    snprintf (dir, sizeof dir, "%s/vbk-test-XXXXXX", tmp ? tmp : "/tmp");
+    if (mkdtemp (dir) == NULL) {
+      perror ("mkdtemp");
+      abort ();
+    }
+    snprintf (buf, len, "local:%s", dir);
+  }
+  else if (strcmp (kind, "rados") == 0) {
+    const char *pool = getenv ("VBK_TEST_POOL");
+    const char *conf = getenv ("CEPH_CONF");
+    struct timespec ts;
+
+    clock_gettime (CLOCK_REALTIME, &ts);
+    snprintf (buf, len, "rados:%s/t-%d-%u-%lx%s%s", pool ? pool : "vbk",
+              (int) getpid (), n++, (unsigned long) ts.tv_nsec,
+              conf ? "?conf=" : "", conf ? conf : "");
+  }
+  else {
+    fprintf (stderr, "VBK_TEST_STORE_KIND=%s: unknown\n", kind);
+    abort ();
+  }
+}
+
+struct store *
+test_store_open (void)
+{
+  char uri[4096];
+  struct store *st;
+  int r;
+
+  test_store_uri (uri, sizeof uri);
+  r = store_open (uri, &st);
+  if (r < 0) {
+    fprintf (stderr, "store_open %s: %s\n", uri, vbk_error ());
+    abort ();
+  }
+  return st;
+}
+
+void
+test_store_cleanup (const char *uri)
+{
+  char cmd[4200];
+
+  if (strncmp (uri, "local:/", 7) != 0 || strstr (uri, "vbk-test-") == NULL)
+    return;
+  snprintf (cmd, sizeof cmd, "rm -rf '%s'", uri + 6);
+  if (system (cmd) != 0)
+    fprintf (stderr, "warning: could not remove %s\n", uri + 6);
+}
