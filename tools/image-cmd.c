@@ -1,0 +1,480 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * image-cmd.c - the "vbk image" verbs: create, ls, info, resize, rm,
+ * import, export.
+ *
+ * Each verb checks its arguments first (a malformed size, object size or
+ * name is a usage error, exit 2, before the store is even opened), then
+ * opens the store and makes one or a few image-library calls; the library
+ * records the reason of a failure and vbk_fail() prints it.  --json output
+ * is built with json-c: info prints one object, ls an array of the same
+ * objects, with sizes as plain numbers of bytes.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <linux/fs.h>
+
+#include <json-c/json.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "internal.h"
+
+/* Largest image: offsets must fit an off_t and JSON's signed integers. */
+#define IMAGE_CLI_SIZE_MAX ((uint64_t) INT64_MAX)
+
+/* ---- Argument checks ----------------------------------------------------- */
+
+/* Parses --OPT as an image size.  Returns 0, or an exit status. */
+static int
+get_size (const struct vbk_args *a, const char *opt, uint64_t *out)
+{
+  const char *s = vbk_opt (a, opt);
+
+  if (s == NULL)
+    return vbk_usage_error (a, "missing --%s SIZE", opt);
+  if (parse_size (s, out) < 0)
+    return vbk_usage_error (a, "--%s: %s", opt, vbk_error ());
+  if (*out == 0)
+    return vbk_usage_error (a, "--%s: invalid size '%s': must be greater "
+                            "than 0", opt, s);
+  if (*out > IMAGE_CLI_SIZE_MAX)
+    return vbk_usage_error (a, "--%s: invalid size '%s': too large (at most "
+                            "8 EiB - 1)", opt, s);
+  return 0;
+}
+
+/* Parses --object-size if given (else *OUT = 0, the default). */
+static int
+get_object_size (const struct vbk_args *a, uint32_t *out)
+{
+  const char *s = vbk_opt (a, "object-size");
+  uint64_t v;
+
+  *out = 0;
+  if (s == NULL)
+    return 0;
+  if (parse_size (s, &v) < 0)
+    return vbk_usage_error (a, "--object-size: %s", vbk_error ());
+  if (!is_power_of_2 (v) || v < IMAGE_OBJECT_SIZE_MIN
+      || v > IMAGE_OBJECT_SIZE_MAX)
+    return vbk_usage_error (a, "--object-size: invalid object size '%s': "
+                            "must be a power of two from 64K to 32M", s);
+  *out = (uint32_t) v;
+  return 0;
+}
+
+static int
+check_name (const struct vbk_args *a, const char *name)
+{
+  vbk_clear_error ();
+  if (image_name_check (name) < 0)
+    return vbk_usage_error (a, "%s", vbk_error ()[0] ? vbk_error ()
+                            : "invalid image name");
+  return 0;
+}
+
+/* ---- Output -------------------------------------------------------------- */
+
+static json_object *
+info_to_json (const struct image_info *info)
+{
+  json_object *o = json_object_new_object ();
+
+  json_object_object_add (o, "name", json_object_new_string (info->name));
+  json_object_object_add (o, "id", json_object_new_string (info->id));
+  json_object_object_add (o, "size", json_object_new_uint64 (info->size));
+  json_object_object_add (o, "object_size",
+                          json_object_new_uint64 (info->object_size));
+  json_object_object_add (o, "objects",
+                          json_object_new_uint64 (info->objects));
+  json_object_object_add (o, "features",
+                          json_object_new_uint64 (info->features));
+  return o;
+}
+
+static void
+print_json (json_object *o)
+{
+  printf ("%s\n", json_object_to_json_string_ext (o, JSON_C_TO_STRING_PRETTY
+                                                  | JSON_C_TO_STRING_SPACED
+                                                  | JSON_C_TO_STRING_NOSLASHESCAPE));
+}
+
+static uint64_t
+objects_total (const struct image_info *info)
+{
+  return (info->size + info->object_size - 1) / info->object_size;
+}
+
+/* ---- Verbs --------------------------------------------------------------- */
+
+static int
+cmd_create (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  const char *name = a->argv[0];
+  struct store *st;
+  uint64_t size;
+  uint32_t osize;
+  int r;
+
+  if ((r = check_name (a, name)) || (r = get_size (a, "size", &size))
+      || (r = get_object_size (a, &osize)))
+    return r;
+  if (vbk_store_open (ctx, a, &st) < 0)
+    return VBK_EXIT_FAILURE;
+  vbk_clear_error ();
+  r = image_create (st, name, size, osize);
+  store_close (st);
+  if (r < 0)
+    return vbk_fail (a, r);
+  return VBK_EXIT_OK;
+}
+
+static int
+cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  struct image_info *list = NULL;
+  struct store *st;
+  size_t n = 0, i;
+  char s1[32], s2[32];
+  int r, w = 4;
+
+  if (vbk_store_open (ctx, a, &st) < 0)
+    return VBK_EXIT_FAILURE;
+  vbk_clear_error ();
+  r = image_list (st, &list, &n);
+  store_close (st);
+  if (r < 0)
+    return vbk_fail (a, r);
+
+  if (vbk_opt (a, "json")) {
+    json_object *arr = json_object_new_array ();
+
+    for (i = 0; i < n; i++)
+      json_object_array_add (arr, info_to_json (&list[i]));
+    print_json (arr);
+    json_object_put (arr);
+  }
+  else {
+    for (i = 0; i < n; i++)
+      if ((int) strlen (list[i].name) > w)
+        w = (int) strlen (list[i].name);
+    if (n)
+      printf ("%-*s  %10s  %11s  %s\n", w, "NAME", "SIZE", "OBJECT SIZE",
+              "OBJECTS");
+    for (i = 0; i < n; i++)
+      printf ("%-*s  %10s  %11s  %" PRIu64 "/%" PRIu64 "\n", w, list[i].name,
+              format_size (list[i].size, s1, sizeof s1),
+              format_size (list[i].object_size, s2, sizeof s2),
+              list[i].objects, objects_total (&list[i]));
+  }
+  free (list);
+  return VBK_EXIT_OK;
+}
+
+static int
+cmd_info (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  struct image_info info;
+  struct store *st;
+  char s[32];
+  int r;
+
+  if ((r = check_name (a, a->argv[0])))
+    return r;
+  if (vbk_store_open (ctx, a, &st) < 0)
+    return VBK_EXIT_FAILURE;
+  vbk_clear_error ();
+  r = image_stat (st, a->argv[0], &info);
+  store_close (st);
+  if (r < 0)
+    return vbk_fail (a, r);
+
+  if (vbk_opt (a, "json")) {
+    json_object *o = info_to_json (&info);
+
+    print_json (o);
+    json_object_put (o);
+    return VBK_EXIT_OK;
+  }
+  printf ("name:        %s\n", info.name);
+  printf ("id:          %s\n", info.id);
+  printf ("size:        %s (%" PRIu64 " bytes)\n",
+          format_size (info.size, s, sizeof s), info.size);
+  printf ("object size: %s (%" PRIu32 " bytes)\n",
+          format_size (info.object_size, s, sizeof s), info.object_size);
+  printf ("objects:     %" PRIu64 " of %" PRIu64 " written\n",
+          info.objects, objects_total (&info));
+  printf ("features:    0x%" PRIx64 "\n", info.features);
+  return VBK_EXIT_OK;
+}
+
+static int
+cmd_resize (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  struct store *st;
+  uint64_t size;
+  int r;
+
+  if ((r = check_name (a, a->argv[0])) || (r = get_size (a, "size", &size)))
+    return r;
+  if (vbk_store_open (ctx, a, &st) < 0)
+    return VBK_EXIT_FAILURE;
+  vbk_clear_error ();
+  r = image_resize (st, a->argv[0], size);
+  store_close (st);
+  if (r < 0)
+    return vbk_fail (a, r);
+  return VBK_EXIT_OK;
+}
+
+static int
+cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  struct store *st;
+  int r;
+
+  if ((r = check_name (a, a->argv[0])))
+    return r;
+  if (vbk_store_open (ctx, a, &st) < 0)
+    return VBK_EXIT_FAILURE;
+  vbk_clear_error ();
+  r = image_remove (st, a->argv[0]);
+  store_close (st);
+  if (r < 0)
+    return vbk_fail (a, r);
+  return VBK_EXIT_OK;
+}
+
+static void
+log_stats (const char *what, const struct copy_stats *s)
+{
+  char t[32], d[32], w[32], rate[32];
+  double secs = s->elapsed_ns / 1e9;
+
+  log_info ("%s: %s in %.2f s (%s/s), %s of data, %s written", what,
+            format_size (s->total, t, sizeof t), secs,
+            format_size (secs > 0 ? (uint64_t) (s->total / secs) : 0,
+                         rate, sizeof rate),
+            format_size (s->data, d, sizeof d),
+            format_size (s->written, w, sizeof w));
+}
+
+/* Size of an open file or block device. */
+static int
+file_size (int fd, const struct stat *sb, uint64_t *size)
+{
+  if (S_ISBLK (sb->st_mode))
+    return ioctl (fd, BLKGETSIZE64, size) < 0 ? -errno : 0;
+  if (!S_ISREG (sb->st_mode))
+    return -EINVAL;
+  *size = sb->st_size;
+  return 0;
+}
+
+static int
+cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  const char *file = a->argv[0], *name = a->argv[1];
+  struct copy_stats stats = { 0 };
+  struct image *img = NULL;
+  struct store *st;
+  struct stat sb;
+  uint64_t size;
+  uint32_t osize;
+  int fd, r;
+
+  if ((r = check_name (a, name)) || (r = get_object_size (a, &osize)))
+    return r;
+
+  fd = open (file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || fstat (fd, &sb) < 0) {
+    vbk_errno (-errno, "%s", file);
+    goto out_fail_file;
+  }
+  if ((r = file_size (fd, &sb, &size)) < 0) {
+    if (r == -EINVAL)
+      vbk_set_error ("%s: not a regular file or block device", file);
+    else
+      vbk_errno (r, "%s: size", file);
+    goto out_fail_file;
+  }
+  if (size == 0) {
+    vbk_set_error ("%s: empty file: an image needs a size greater than 0",
+                   file);
+    goto out_fail_file;
+  }
+  if (size > IMAGE_CLI_SIZE_MAX) {
+    vbk_set_error ("%s: too large", file);
+    goto out_fail_file;
+  }
+
+  if (vbk_store_open (ctx, a, &st) < 0) {
+    close (fd);
+    return VBK_EXIT_FAILURE;
+  }
+  vbk_clear_error ();
+  if ((r = image_create (st, name, size, osize)) < 0)
+    goto out_fail;
+  if ((r = image_open (st, name, 0, &img)) < 0)
+    goto out_remove;
+  if ((r = copy_import (ctx, fd, file, size, img, &stats)) < 0)
+    goto out_remove;
+  /* image_close flushes, but cannot report a failure: flush first. */
+  if ((r = image_flush (img)) < 0)
+    goto out_remove;
+  image_close (img);
+  store_close (st);
+  close (fd);
+  log_stats ("import", &stats);
+  return VBK_EXIT_OK;
+
+ out_remove:
+  /* Leave no half-imported image behind; keep the copy's message. */
+  {
+    char msg[1024];
+
+    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    image_close (img);
+    if (image_remove (st, name) < 0)
+      log_warn ("image import: could not remove the incomplete image "
+                "'%s': %s", name, vbk_error ());
+    vbk_set_error ("%s", msg);
+  }
+ out_fail:
+  store_close (st);
+  close (fd);
+  return vbk_fail (a, r);
+
+ out_fail_file:
+  if (fd >= 0)
+    close (fd);
+  return vbk_fail (a, -EINVAL);
+}
+
+static int
+cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  const char *name = a->argv[0], *file = a->argv[1];
+  struct copy_stats stats = { 0 };
+  struct image *img = NULL;
+  struct store *st;
+  struct stat sb;
+  uint64_t size;
+  int fd = -1, r, sparse;
+
+  if ((r = check_name (a, name)))
+    return r;
+  if (vbk_store_open (ctx, a, &st) < 0)
+    return VBK_EXIT_FAILURE;
+  vbk_clear_error ();
+  if ((r = image_open (st, name, IMAGE_OPEN_RDONLY, &img)) < 0)
+    goto out;
+  size = image_size (img);
+
+  /* Open the file only once the image is known to exist, so that a
+   * wrong name does not leave an empty file behind. */
+  fd = open (file, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0 || fstat (fd, &sb) < 0) {
+    r = vbk_errno (-errno, "%s", file);
+    goto out;
+  }
+  sparse = S_ISREG (sb.st_mode);
+  if (sparse) {
+    /* Empty, then the image's size as one hole: only data is written. */
+    if (ftruncate (fd, 0) < 0 || ftruncate (fd, size) < 0) {
+      r = vbk_errno (-errno, "%s: truncate", file);
+      goto out;
+    }
+  }
+  else if (S_ISBLK (sb.st_mode)) {
+    uint64_t dev;
+
+    if (ioctl (fd, BLKGETSIZE64, &dev) == 0 && dev < size) {
+      r = -ENOSPC;
+      vbk_set_error ("%s: device too small (%" PRIu64 " bytes, the image "
+                     "has %" PRIu64 ")", file, dev, size);
+      goto out;
+    }
+  }
+  else {
+    r = -EINVAL;
+    vbk_set_error ("%s: not a regular file or block device", file);
+    goto out;
+  }
+
+  if ((r = copy_export (ctx, img, fd, file, sparse, &stats)) < 0)
+    goto out;
+  if (fsync (fd) < 0) {
+    r = vbk_errno (-errno, "%s: fsync", file);
+    goto out;
+  }
+  if (close (fd) < 0) {
+    fd = -1;
+    r = vbk_errno (-errno, "%s: close", file);
+    goto out;
+  }
+  fd = -1;
+  log_stats ("export", &stats);
+
+ out:
+  if (fd >= 0)
+    close (fd);
+  image_close (img);
+  store_close (st);
+  return r < 0 ? vbk_fail (a, r) : VBK_EXIT_OK;
+}
+
+/* ---- Table --------------------------------------------------------------- */
+
+static const struct vbk_opt size_opts[] = {
+  { "size", 0, "SIZE", "the image size: bytes, or a number with K, M, G, T"
+    " or P (powers of 1024)" },
+  { "object-size", 0, "SIZE", "size of the data objects: a power of two from"
+    " 64K to 32M (default 4M)" },
+  { NULL },
+};
+
+static const struct vbk_opt resize_opts[] = {
+  { "size", 0, "SIZE", "the new size (shrinking drops the data past it)" },
+  { NULL },
+};
+
+static const struct vbk_opt json_opts[] = {
+  { "json", 0, NULL, "print JSON (sizes in bytes)" },
+  { NULL },
+};
+
+static const struct vbk_opt import_opts[] = {
+  { "object-size", 0, "SIZE", "size of the data objects: a power of two from"
+    " 64K to 32M (default 4M)" },
+  { NULL },
+};
+
+const struct vbk_cmd image_cmds[] = {
+  { "create", "NAME --size SIZE [--object-size SIZE]",
+    "create an empty, thin image", size_opts, 1, 1, cmd_create },
+  { "ls", "[--json]", "list the images", json_opts, 0, 0, cmd_ls },
+  { "info", "NAME [--json]",
+    "show an image's size, object size, id and written objects",
+    json_opts, 1, 1, cmd_info },
+  { "resize", "NAME --size SIZE", "grow or shrink an image", resize_opts,
+    1, 1, cmd_resize },
+  { "rm", "NAME", "remove an image and all its data", NULL, 1, 1, cmd_rm },
+  { "import", "FILE NAME [--object-size SIZE]",
+    "create image NAME from a raw FILE, skipping holes and zero blocks",
+    import_opts, 2, 2, cmd_import },
+  { "export", "NAME FILE",
+    "write an image to a raw FILE (sparse; created or overwritten)",
+    NULL, 2, 2, cmd_export },
+  { NULL },
+};

@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * internal.h - shared by the files of the vbk command.
+ *
+ * DESIGN: the command line is "vbk [GLOBAL OPTIONS] COMMAND [VERB] ARGS".
+ * Every command is a struct vbk_cmd: either a verb (it has a run
+ * function) or a group such as "image" (it has a table of sub-commands).
+ * The top-level table lives in vbk.c; adding a command is one line there
+ * plus the file that implements it.  Options are declared in tables
+ * (struct vbk_opt): one parser in vbk.c turns a table into getopt_long
+ * arguments and into the --help text, so every verb accepts -h/--help and
+ * the global options the same way, anywhere on its command line.
+ *
+ * Exit status (documented in every --help):
+ *   0  success
+ *   1  the operation failed (no such image, name taken, store error, ...)
+ *   2  usage error: unknown command or option, missing or extra argument,
+ *      or a malformed value (size, object size, name)
+ * Errors are one line on stderr: "vbk: CONTEXT: REASON", REASON being
+ * vbk_error() of the call that failed.
+ */
+#ifndef VBK_TOOLS_INTERNAL_H
+#define VBK_TOOLS_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store/store.h"
+#include "image/image.h"
+
+enum {
+  VBK_EXIT_OK = 0,
+  VBK_EXIT_FAILURE = 1,
+  VBK_EXIT_USAGE = 2,
+};
+
+#define VBK_STORE_DEFAULT "local:/var/lib/vbk"
+
+/* One option of a command.  A table ends with a NULL name. */
+struct vbk_opt {
+  const char *name;       /* long name, without "--" */
+  int short_name;         /* 'x' for -x, or 0 */
+  const char *arg;        /* metavariable ("SIZE"), NULL for a flag */
+  const char *help;       /* one line */
+};
+
+/* Most options one command may declare (besides the global ones). */
+#define VBK_OPTS_MAX 32
+
+/* State shared by every command: the global options. */
+struct vbk_ctx {
+  const char *store_uri;  /* --store, or NULL */
+  const char *timeout;    /* --timeout SECONDS, or NULL */
+  int verbose;            /* number of -v */
+  int progress;           /* stderr is a terminal: show progress */
+};
+
+struct vbk_cmd;
+
+/* What the parser hands to a verb. */
+struct vbk_args {
+  const struct vbk_cmd *cmd;
+  const char *path;       /* "image create": context for messages */
+  int argc;               /* positional arguments only */
+  char **argv;
+  const char *val[VBK_OPTS_MAX];  /* by index in cmd->opts; "" for a
+                                     flag that was given, NULL if absent */
+};
+
+struct vbk_cmd {
+  const char *name;       /* NULL ends a table */
+  const char *synopsis;   /* what follows the name in "Usage:" */
+  const char *summary;    /* one line, for the list of commands */
+  const struct vbk_opt *opts;      /* may be NULL */
+  int min_args, max_args;          /* positional arguments */
+  /* A verb: returns an exit status (VBK_EXIT_*). */
+  int (*run) (struct vbk_ctx *ctx, struct vbk_args *a);
+  /* A group: its sub-commands. */
+  const struct vbk_cmd *sub;
+};
+
+/* vbk.c */
+
+/* Value of option NAME of A's command (see struct vbk_args), or NULL. */
+const char *vbk_opt (const struct vbk_args *a, const char *name);
+
+/* Prints "vbk: PATH: MESSAGE (see 'vbk PATH --help')" and returns
+ * VBK_EXIT_USAGE. */
+int vbk_usage_error (const struct vbk_args *a, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* Prints "vbk: PATH: REASON", REASON being vbk_error() or, if that is
+ * empty, strerror(-ERR), and returns VBK_EXIT_FAILURE. */
+int vbk_fail (const struct vbk_args *a, int err);
+
+/* Opens the store named by --store, $VBK_STORE or the default, adding
+ * --timeout to a rados URI.  Prints the error itself; returns 0 or
+ * -errno. */
+int vbk_store_open (struct vbk_ctx *ctx, const struct vbk_args *a,
+                    struct store **st);
+
+/* 1 once SIGINT or SIGTERM arrived (long operations stop early). */
+int vbk_interrupted (void);
+
+/* image-cmd.c */
+extern const struct vbk_cmd image_cmds[];
+
+/* image-copy.c */
+
+struct copy_stats {
+  uint64_t total;         /* bytes the copy covered */
+  uint64_t data;          /* bytes read as data (holes not counted) */
+  uint64_t written;       /* bytes written (zero blocks not counted) */
+  uint64_t elapsed_ns;
+};
+
+/* Copies FD (SIZE bytes) into IMG, skipping holes and zero blocks.
+ * FILE names FD in messages.  Returns 0 or -errno with vbk_error() set
+ * on this thread. */
+int copy_import (struct vbk_ctx *ctx, int fd, const char *file,
+                 uint64_t size, struct image *img, struct copy_stats *st);
+
+/* Copies IMG into FD.  With SPARSE (FD is a regular file, truncated to
+ * the image size beforehand), holes and zero blocks are left as holes;
+ * otherwise every byte is written.  Returns 0 or -errno. */
+int copy_export (struct vbk_ctx *ctx, struct image *img, int fd,
+                 const char *file, int sparse, struct copy_stats *st);
+
+#endif /* VBK_TOOLS_INTERNAL_H */

@@ -1,0 +1,399 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * vbk.c - the vbk command: global options, the table of commands and
+ * the option parser every command shares.
+ *
+ * DESIGN: parsing is recursive over the command tree (see internal.h).
+ * A group parses only the options before its sub-command's name (getopt
+ * with a leading '+'), then hands the rest to the sub-command; a verb
+ * parses all of its options wherever they appear.  The global options
+ * (--store, --timeout, -v, -h) are accepted at every level.  Usage errors
+ * print one line and exit with VBK_EXIT_USAGE; help goes to stdout and
+ * exits 0.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "internal.h"
+
+/* The commands.  Later commands (snap, lease, backup, mount) are added
+ * here, one line each. */
+static const struct vbk_cmd top_cmds[] = {
+  { "image", "VERB [ARGS]", "create, list, inspect, resize, remove, "
+    "import and export disk images",
+    NULL, 0, 0, NULL, image_cmds },
+  { NULL },
+};
+
+static const struct vbk_cmd top = {
+  "vbk", "[GLOBAL OPTIONS] COMMAND [VERB] [ARGS]",
+  "keeps VM disk images in an object store",
+  NULL, 0, 0, NULL, top_cmds,
+};
+
+static const struct vbk_opt global_opts[] = {
+  { "store", 0, "URI", "the store: local:/PATH, rados:POOL[/NS][?conf=FILE]"
+    " (default: $VBK_STORE, else " VBK_STORE_DEFAULT ")" },
+  { "timeout", 0, "SECONDS", "give up on an unreachable cluster after "
+    "SECONDS (rados stores; default 10)" },
+  { "verbose", 'v', NULL, "print more (timings, statistics); twice for "
+    "debug messages" },
+  { "help", 'h', NULL, "show this help and exit" },
+  { NULL },
+};
+
+/* Indexes of the global options in global_opts. */
+enum { G_STORE, G_TIMEOUT, G_VERBOSE, G_HELP };
+
+static volatile sig_atomic_t interrupted;
+
+int
+vbk_interrupted (void)
+{
+  return interrupted;
+}
+
+static void
+on_signal (int sig)
+{
+  interrupted = 1;
+}
+
+const char *
+vbk_opt (const struct vbk_args *a, const char *name)
+{
+  const struct vbk_opt *o;
+  int i;
+
+  for (i = 0, o = a->cmd->opts; o && o->name; o++, i++)
+    if (strcmp (o->name, name) == 0)
+      return a->val[i];
+  return NULL;
+}
+
+int
+vbk_usage_error (const struct vbk_args *a, const char *fmt, ...)
+{
+  char msg[1024];
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  if (strcmp (a->path, "vbk") == 0)
+    fprintf (stderr, "vbk: %s (see 'vbk --help')\n", msg);
+  else
+    fprintf (stderr, "vbk: %s: %s (see 'vbk %s --help')\n", a->path, msg,
+             a->path);
+  return VBK_EXIT_USAGE;
+}
+
+int
+vbk_fail (const struct vbk_args *a, int err)
+{
+  const char *msg = vbk_error ();
+
+  if (msg[0] == '\0')
+    msg = strerror (err < 0 ? -err : err);
+  fprintf (stderr, "vbk: %s: %s\n", a->path, msg);
+  return VBK_EXIT_FAILURE;
+}
+
+/* Adds "timeout=SECONDS" to the innermost URI when it is a rados one
+ * (a fault: URI wraps another after its '@').  librados and the rados
+ * backend read the last value of a repeated key, so an explicit
+ * --timeout wins over one already in the URI. */
+static char *
+uri_with_timeout (const char *uri, const char *timeout)
+{
+  const char *inner = uri, *at;
+  char *out;
+
+  while (strncmp (inner, "fault:", 6) == 0 && (at = strchr (inner, '@')))
+    inner = at + 1;
+  if (timeout == NULL || strncmp (inner, "rados:", 6) != 0)
+    return strdup (uri);
+  if (asprintf (&out, "%s%ctimeout=%s", uri,
+                strchr (inner, '?') ? '&' : '?', timeout) < 0)
+    return NULL;
+  return out;
+}
+
+int
+vbk_store_open (struct vbk_ctx *ctx, const struct vbk_args *a,
+                struct store **st)
+{
+  const char *uri = ctx->store_uri;
+  char *full;
+  int r;
+
+  if (uri == NULL || *uri == '\0')
+    uri = getenv ("VBK_STORE");
+  if (uri == NULL || *uri == '\0')
+    uri = VBK_STORE_DEFAULT;
+  full = uri_with_timeout (uri, ctx->timeout);
+  if (full == NULL) {
+    vbk_errno (-ENOMEM, "store %s", uri);
+    return vbk_fail (a, -ENOMEM), -ENOMEM;
+  }
+  log_debug ("opening store %s", full);
+  vbk_clear_error ();
+  r = store_open (full, st);
+  free (full);
+  if (r < 0) {
+    vbk_fail (a, r);
+    return r;
+  }
+  return 0;
+}
+
+/* ---- Help ---------------------------------------------------------------- */
+
+static int
+opt_width (const struct vbk_opt *o)
+{
+  /* "-x, --name ARG" or "    --name ARG": long names line up. */
+  return 6 + (int) strlen (o->name) + (o->arg ? 1 + (int) strlen (o->arg) : 0);
+}
+
+static void
+print_opts (const char *title, const struct vbk_opt *opts, int width)
+{
+  const struct vbk_opt *o;
+  char left[128];
+
+  printf ("\n%s:\n", title);
+  for (o = opts; o->name; o++) {
+    if (o->short_name)
+      snprintf (left, sizeof left, "-%c, --%s%s%s", o->short_name, o->name,
+                o->arg ? " " : "", o->arg ? o->arg : "");
+    else
+      snprintf (left, sizeof left, "    --%s%s%s", o->name,
+                o->arg ? " " : "", o->arg ? o->arg : "");
+    printf ("  %-*s  %s\n", width, left, o->help);
+  }
+}
+
+static void
+print_help (const struct vbk_cmd *cmd, const char *path)
+{
+  const struct vbk_opt *o;
+  const struct vbk_cmd *s;
+  int width = 0, w;
+
+  if (cmd == &top)
+    printf ("Usage: vbk %s\n\nvbk %s.\n", cmd->synopsis, cmd->summary);
+  else
+    printf ("Usage: vbk [GLOBAL OPTIONS] %s %s\n\n%c%s.\n", path,
+            cmd->synopsis, cmd->summary[0] - 'a' + 'A', cmd->summary + 1);
+
+  if (cmd->sub) {
+    for (s = cmd->sub; s->name; s++)
+      if ((w = (int) strlen (s->name)) > width)
+        width = w;
+    printf ("\nCommands:\n");
+    for (s = cmd->sub; s->name; s++)
+      printf ("  %-*s  %s\n", width, s->name, s->summary);
+    width = 0;
+  }
+
+  for (o = global_opts; o->name; o++)
+    if ((w = opt_width (o)) > width)
+      width = w;
+  for (o = cmd->opts; o && o->name; o++)
+    if ((w = opt_width (o)) > width)
+      width = w;
+  if (cmd->opts && cmd->opts[0].name)
+    print_opts ("Options", cmd->opts, width);
+  print_opts ("Global options (anywhere on the line)", global_opts, width);
+
+  printf ("\nExit status: 0 success, 1 failure (no such image, name taken,"
+          " store error, ...),\n2 usage error (unknown command or option,"
+          " missing argument, malformed value).\n");
+  if (cmd->sub)
+    printf ("Run 'vbk %s%sCOMMAND --help' for the options of a command.\n",
+            cmd == &top ? "" : path, cmd == &top ? "" : " ");
+}
+
+/* ---- Parsing ------------------------------------------------------------- */
+
+static void
+list_names (const struct vbk_cmd *sub, char *buf, size_t len)
+{
+  size_t n = 0;
+
+  buf[0] = '\0';
+  for (; sub->name && n < len; sub++)
+    n += snprintf (buf + n, len - n, "%s%s", n ? ", " : "", sub->name);
+}
+
+/* Parses ARGV (ARGV[0] is the command's name) into A and CTX.  Returns
+ * -1 to go on, or an exit status. */
+static int
+parse (struct vbk_ctx *ctx, const struct vbk_cmd *cmd, int argc, char **argv,
+       struct vbk_args *a)
+{
+  struct option lopts[VBK_OPTS_MAX + 8];
+  char sopts[2 * (VBK_OPTS_MAX + 8) + 3];
+  const struct vbk_opt *o;
+  int nlocal = 0, n = 0, ns = 0, i, c, help = 0;
+
+  for (o = cmd->opts; o && o->name; o++)
+    nlocal++;
+  if (nlocal > VBK_OPTS_MAX)
+    abort ();
+
+  /* A group stops at its sub-command; ':' reports a missing argument. */
+  if (cmd->sub)
+    sopts[ns++] = '+';
+  sopts[ns++] = ':';
+  for (i = 0; i < nlocal + 4; i++) {
+    o = i < nlocal ? &cmd->opts[i] : &global_opts[i - nlocal];
+    lopts[n++] = (struct option) { o->name,
+      o->arg ? required_argument : no_argument, NULL, 0x100 + i };
+    if (o->short_name) {
+      sopts[ns++] = o->short_name;
+      if (o->arg)
+        sopts[ns++] = ':';
+    }
+  }
+  lopts[n] = (struct option) { NULL };
+  sopts[ns] = '\0';
+
+  opterr = 0;
+  optind = 0;            /* GNU: reinitialise for this argument vector */
+  while ((c = getopt_long (argc, argv, sopts, lopts, NULL)) != -1) {
+    if (c == '?') {
+      if (optopt)
+        return vbk_usage_error (a, "unknown option '-%c'", optopt);
+      return vbk_usage_error (a, "unknown option '%s'", argv[optind - 1]);
+    }
+    if (c == ':')
+      return vbk_usage_error (a, "option '%s' needs an argument",
+                              argv[optind - 1]);
+    if (c < 0x100) {
+      for (i = 0; i < nlocal + 4; i++) {
+        o = i < nlocal ? &cmd->opts[i] : &global_opts[i - nlocal];
+        if (o->short_name == c)
+          break;
+      }
+      c = 0x100 + i;
+    }
+    i = c - 0x100;
+    if (i < nlocal) {
+      a->val[i] = optarg ? optarg : "";
+      continue;
+    }
+    switch (i - nlocal) {
+    case G_STORE:
+      ctx->store_uri = optarg;
+      break;
+    case G_TIMEOUT:
+      {
+        char *end;
+        long t;
+
+        errno = 0;
+        t = strtol (optarg, &end, 10);
+        if (errno || end == optarg || *end || t <= 0 || t > 86400)
+          return vbk_usage_error (a, "--timeout: invalid number of "
+                                  "seconds '%s' (1 to 86400)", optarg);
+        ctx->timeout = optarg;
+      }
+      break;
+    case G_VERBOSE:
+      ctx->verbose++;
+      log_level = ctx->verbose > 1 ? LOG_LVL_DEBUG : LOG_LVL_INFO;
+      break;
+    case G_HELP:
+      help = 1;
+      break;
+    }
+  }
+  if (help) {
+    print_help (cmd, a->path);
+    return VBK_EXIT_OK;
+  }
+  a->argc = argc - optind;
+  a->argv = argv + optind;
+  return -1;
+}
+
+static int
+run_cmd (struct vbk_ctx *ctx, const struct vbk_cmd *cmd, const char *path,
+         int argc, char **argv)
+{
+  struct vbk_args a = { .cmd = cmd, .path = path };
+  const struct vbk_cmd *s;
+  char names[512], *subpath;
+  int r;
+
+  if ((r = parse (ctx, cmd, argc, argv, &a)) >= 0)
+    return r;
+
+  if (cmd->sub) {
+    list_names (cmd->sub, names, sizeof names);
+    if (a.argc == 0)
+      return vbk_usage_error (&a, "missing command (one of: %s)", names);
+    for (s = cmd->sub; s->name; s++)
+      if (strcmp (s->name, a.argv[0]) == 0)
+        break;
+    if (s->name == NULL)
+      return vbk_usage_error (&a, "unknown command '%s' (one of: %s)",
+                              a.argv[0], names);
+    if (cmd == &top)
+      subpath = strdup (s->name);
+    else if (asprintf (&subpath, "%s %s", path, s->name) < 0)
+      subpath = NULL;
+    if (subpath == NULL) {
+      perror ("vbk");
+      return VBK_EXIT_FAILURE;
+    }
+    r = run_cmd (ctx, s, subpath, a.argc, a.argv);
+    free (subpath);
+    return r;
+  }
+
+  if (a.argc < cmd->min_args)
+    return vbk_usage_error (&a, "missing argument (usage: vbk %s %s)",
+                            path, cmd->synopsis);
+  if (cmd->max_args >= 0 && a.argc > cmd->max_args)
+    return vbk_usage_error (&a, "unexpected argument '%s'",
+                            a.argv[cmd->max_args]);
+  return cmd->run (ctx, &a);
+}
+
+int
+main (int argc, char **argv)
+{
+  struct vbk_ctx ctx = { 0 };
+  struct sigaction sa = { .sa_handler = on_signal };
+  int r;
+
+  /* Only warnings and errors unless -v. */
+  log_level = LOG_LVL_WARN;
+  ctx.progress = isatty (STDERR_FILENO);
+
+  /* No SA_RESTART: a blocked read returns EINTR and the copy stops. */
+  sigemptyset (&sa.sa_mask);
+  sigaction (SIGINT, &sa, NULL);
+  sigaction (SIGTERM, &sa, NULL);
+
+  r = run_cmd (&ctx, &top, "vbk", argc, argv);
+
+  if (fflush (stdout) == EOF || ferror (stdout)) {
+    fprintf (stderr, "vbk: write error on standard output: %s\n",
+             strerror (errno));
+    if (r == VBK_EXIT_OK)
+      r = VBK_EXIT_FAILURE;
+  }
+  return r;
+}
