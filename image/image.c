@@ -1,0 +1,1067 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * image.c - thin disk images on an object store (layout in image.h).
+ *
+ * DESIGN
+ * - The header object's data holds what never changes after creation
+ *   (name, object size, features), as "key=value" lines; the size is the
+ *   xattr "size", changed only by compare-and-set so two resizes cannot
+ *   interleave.  The name object vbk_name.NAME (created exclusively)
+ *   claims a name and holds the id; vbk_directory's omap lists images.
+ * - The object map has one byte per data object.  An open image keeps it
+ *   in memory; a reader looks at a byte without a lock.  Before the first
+ *   write to an object since the last snapshot, the writer marks the
+ *   entry DIRTY with a synchronous store write, under map_lock; only then
+ *   does the data write start.  So the map on the store never
+ *   under-reports written objects, whatever step a crash interrupts.
+ * - A discard may mark an object ABSENT only when no write to it is in
+ *   flight (counted in wr_inflight buckets), or the ABSENT could land
+ *   after a concurrent write's DIRTY and under-report.
+ * - A resize of an open image swaps the in-memory map (image_refresh);
+ *   old maps are kept until image_close so lock-free readers never see
+ *   freed memory.
+ * - Every I/O is split at object boundaries and issued as store aio; a
+ *   request completes when its last part does.  Synchronous calls wait
+ *   for the asynchronous path, so there is one I/O path.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "image.h"
+
+#define DIRECTORY_OID "vbk_directory"
+#define INFLIGHT_BUCKETS 1024
+#define HEADER_MAX 4096
+
+struct objmap {
+  struct objmap *retired;        /* older maps, freed at close */
+  uint64_t n;
+  uint8_t bytes[];
+};
+
+struct image {
+  struct store *st;              /* our own clone of the caller's store */
+  struct image_info info;
+  unsigned order;                /* log2 (object_size) */
+  unsigned flags;
+  char hdr_oid[64], map_oid[64];
+  struct objmap *map;            /* replaced only by image_refresh */
+  pthread_mutex_t map_lock;      /* serializes map changes */
+  int wr_inflight[INFLIGHT_BUCKETS];
+};
+
+/* ---- Names and header ------------------------------------------------- */
+
+int
+image_name_check (const char *name)
+{
+  size_t n = name ? strlen (name) : 0, i;
+
+  if (n == 0 || n > IMAGE_NAME_MAX || name[0] == '.' || name[0] == '-')
+    goto bad;
+  for (i = 0; i < n; i++) {
+    char c = name[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+          || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'
+          || c == '+'))
+      goto bad;
+  }
+  return 0;
+bad:
+  vbk_set_error ("invalid image name '%s': use 1-%d of A-Z a-z 0-9 . _ + -, "
+                 "not starting with '.' or '-'", name ? name : "",
+                 IMAGE_NAME_MAX);
+  return -EINVAL;
+}
+
+void
+image_data_oid (const char *id, uint64_t objno, char *buf, size_t len)
+{
+  snprintf (buf, len, "vbk_data.%s.%016" PRIx64, id, objno);
+}
+
+static void
+name_oid (const char *name, char *buf, size_t len)
+{
+  snprintf (buf, len, "vbk_name.%s", name);
+}
+
+static void
+header_oid (const char *id, char *buf, size_t len)
+{
+  snprintf (buf, len, "vbk_header.%s", id);
+}
+
+static void
+map_oid (const char *id, char *buf, size_t len)
+{
+  snprintf (buf, len, "vbk_object_map.%s", id);
+}
+
+static uint64_t
+count_objects (uint64_t size, uint32_t object_size)
+{
+  return (size + object_size - 1) / object_size;
+}
+
+/* Finds NAME's id.  -ENOENT with a message if there is no such image. */
+static int
+lookup_id (struct store *st, const char *name, char *id, size_t len)
+{
+  char oid[IMAGE_NAME_MAX + 16];
+  ssize_t n;
+
+  if (image_name_check (name) < 0)
+    return -EINVAL;
+  name_oid (name, oid, sizeof oid);
+  n = store_read (st, oid, id, len - 1, 0, STORE_SNAP_HEAD);
+  if (n == -ENOENT) {
+    vbk_set_error ("image '%s' does not exist", name);
+    return -ENOENT;
+  }
+  if (n < 0)
+    return (int) n;
+  id[len - 1] = '\0';
+  id[strcspn (id, "\n")] = '\0';
+  if (id[0] == '\0') {
+    vbk_set_error ("image '%s': name object is empty", name);
+    return -EIO;
+  }
+  return 0;
+}
+
+static int
+read_size (struct store *st, const char *hdr, uint64_t *size, char *raw,
+           size_t rawlen)
+{
+  char buf[32];
+  ssize_t n;
+
+  n = store_xattr_get (st, hdr, "size", buf, sizeof buf - 1);
+  if (n < 0)
+    return (int) n;
+  buf[MIN ((size_t) n, sizeof buf - 1)] = '\0';
+  *size = strtoull (buf, NULL, 10);
+  if (raw)
+    snprintf (raw, rawlen, "%s", buf);
+  return 0;
+}
+
+/* Reads the header of image ID into INFO (name, id, size, object size,
+ * features). */
+static int
+read_header (struct store *st, const char *id, struct image_info *info)
+{
+  char hdr[64], buf[HEADER_MAX], *line, *save;
+  uint64_t objsize = 0;
+  ssize_t n;
+  int r;
+
+  header_oid (id, hdr, sizeof hdr);
+  n = store_read (st, hdr, buf, sizeof buf - 1, 0, STORE_SNAP_HEAD);
+  if (n < 0)
+    return (int) n;
+  buf[sizeof buf - 1] = '\0';
+  memset (info, 0, sizeof *info);
+  snprintf (info->id, sizeof info->id, "%s", id);
+  for (line = strtok_r (buf, "\n", &save); line;
+       line = strtok_r (NULL, "\n", &save)) {
+    if (strncmp (line, "name=", 5) == 0)
+      snprintf (info->name, sizeof info->name, "%s", line + 5);
+    else if (strncmp (line, "object_size=", 12) == 0)
+      objsize = strtoull (line + 12, NULL, 10);
+    else if (strncmp (line, "features=", 9) == 0)
+      info->features = strtoull (line + 9, NULL, 10);
+  }
+  if (!is_power_of_2 (objsize) || objsize < IMAGE_OBJECT_SIZE_MIN
+      || objsize > IMAGE_OBJECT_SIZE_MAX) {
+    vbk_set_error ("image %s: corrupt header (object size %" PRIu64 ")", id,
+                   objsize);
+    return -EIO;
+  }
+  info->object_size = (uint32_t) objsize;
+  r = read_size (st, hdr, &info->size, NULL, 0);
+  if (r < 0)
+    return r;
+  return 0;
+}
+
+/* Counts the allocated entries of the stored object map. */
+static int
+count_allocated (struct store *st, const struct image_info *info,
+                 uint64_t *count)
+{
+  uint64_t n = count_objects (info->size, info->object_size), i, c = 0;
+  char moid[64];
+  uint8_t *buf;
+  ssize_t r;
+
+  *count = 0;
+  if (n == 0)
+    return 0;
+  buf = malloc (n);
+  if (buf == NULL)
+    return -ENOMEM;
+  map_oid (info->id, moid, sizeof moid);
+  r = store_read (st, moid, buf, n, 0, STORE_SNAP_HEAD);
+  if (r == -ENOENT)
+    r = 0, memset (buf, 0, n);
+  for (i = 0; r >= 0 && i < n; i++)
+    c += buf[i] != IMAGE_OBJ_ABSENT;
+  free (buf);
+  *count = c;
+  return r < 0 ? (int) r : 0;
+}
+
+/* ---- Create, remove, stat, list, resize ------------------------------- */
+
+int
+image_create (struct store *st, const char *name, uint64_t size,
+              uint32_t object_size)
+{
+  char id[17], oid[IMAGE_NAME_MAX + 16], hdr[64], moid[64], buf[HEADER_MAX];
+  char sizebuf[32];
+  uint8_t rnd[8];
+  int r, n;
+
+  if (image_name_check (name) < 0)
+    return -EINVAL;
+  if (object_size == 0)
+    object_size = IMAGE_OBJECT_SIZE_DEFAULT;
+  if (!is_power_of_2 (object_size) || object_size < IMAGE_OBJECT_SIZE_MIN
+      || object_size > IMAGE_OBJECT_SIZE_MAX) {
+    vbk_set_error ("invalid object size %" PRIu32 ": must be a power of two "
+                   "from 64K to 32M", object_size);
+    return -EINVAL;
+  }
+  if (size == 0 || size > (UINT64_C (1) << 50)) {
+    vbk_set_error ("invalid image size %" PRIu64 ": must be from 1 byte to "
+                   "1 PiB", size);
+    return -EINVAL;
+  }
+  if (getrandom (rnd, sizeof rnd, 0) != sizeof rnd)
+    return vbk_errno (-errno, "image: create: getrandom");
+  snprintf (id, sizeof id, "%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0],
+            rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+
+  /* Claim the name first: two creators of one name cannot both win. */
+  name_oid (name, oid, sizeof oid);
+  r = store_create_excl (st, oid, id, strlen (id), STORE_WRITE_SYNC);
+  if (r == -EEXIST) {
+    vbk_set_error ("image '%s' already exists", name);
+    return r;
+  }
+  if (r < 0)
+    return r;
+
+  header_oid (id, hdr, sizeof hdr);
+  map_oid (id, moid, sizeof moid);
+  n = snprintf (buf, sizeof buf, "format=1\nname=%s\nobject_size=%" PRIu32
+                "\nfeatures=0\n", name, object_size);
+  snprintf (sizebuf, sizeof sizebuf, "%" PRIu64, size);
+  if ((r = store_create_excl (st, hdr, buf, n, STORE_WRITE_SYNC)) < 0
+      || (r = store_xattr_set (st, hdr, "size", sizebuf,
+                               strlen (sizebuf))) < 0
+      || (r = store_create_excl (st, moid, "", 0, STORE_WRITE_SYNC)) < 0
+      || (r = store_omap_set (st, DIRECTORY_OID, name, id, strlen (id))) < 0) {
+    char msg[1024];
+    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    store_remove (st, moid);
+    store_remove (st, hdr);
+    store_remove (st, oid);
+    vbk_set_error ("image: create '%s': %s", name, msg);
+    return r;
+  }
+  return 0;
+}
+
+int
+image_stat (struct store *st, const char *name, struct image_info *info)
+{
+  char id[32];
+  int r;
+
+  r = lookup_id (st, name, id, sizeof id);
+  if (r < 0)
+    return r;
+  r = read_header (st, id, info);
+  if (r < 0)
+    return r;
+  return count_allocated (st, info, &info->objects);
+}
+
+struct list_ctx {
+  struct store *st;
+  struct image_info *v;
+  size_t n, cap;
+  int err;
+};
+
+static int
+list_one (void *arg, const char *key, const void *val, size_t len)
+{
+  struct list_ctx *c = arg;
+  char id[32];
+  int r;
+
+  if (c->n == c->cap) {
+    struct image_info *nv;
+    c->cap = c->cap ? 2 * c->cap : 16;
+    nv = realloc (c->v, c->cap * sizeof *nv);
+    if (nv == NULL)
+      return -ENOMEM;
+    c->v = nv;
+  }
+  snprintf (id, sizeof id, "%.*s", (int) MIN (len, sizeof id - 1),
+            (const char *) val);
+  r = read_header (c->st, id, &c->v[c->n]);
+  if (r == -ENOENT)
+    return 0;                   /* removed meanwhile */
+  if (r == 0)
+    r = count_allocated (c->st, &c->v[c->n], &c->v[c->n].objects);
+  if (r < 0)
+    return r;
+  c->n++;
+  return 0;
+}
+
+int
+image_list (struct store *st, struct image_info **list, size_t *n)
+{
+  struct list_ctx c = { .st = st };
+  char after[IMAGE_NAME_MAX + 1] = "";
+  size_t before;
+  int r;
+
+  /* Walk in pages, so a big directory needs no big reply. */
+  do {
+    before = c.n;
+    r = store_omap_list (st, DIRECTORY_OID, after, 256, list_one, &c);
+    if (r == -ENOENT) {
+      r = 0;                    /* no image was ever created */
+      break;
+    }
+    if (r < 0) {
+      free (c.v);
+      return r;
+    }
+    if (c.n > before)
+      snprintf (after, sizeof after, "%s", c.v[c.n - 1].name);
+  } while (c.n - before == 256);
+  *list = c.v;
+  *n = c.n;
+  return 0;
+}
+
+/* Removes data objects [FIRST, LAST) that the stored map says exist. */
+static int
+remove_objects (struct store *st, const struct image_info *info,
+                uint64_t first, uint64_t last)
+{
+  char moid[64], oid[96];
+  uint8_t buf[4096];
+  uint64_t i, j, chunk;
+  ssize_t n;
+  int r;
+
+  map_oid (info->id, moid, sizeof moid);
+  for (i = first; i < last; i += chunk) {
+    chunk = MIN (sizeof buf, last - i);
+    n = store_read (st, moid, buf, chunk, i, STORE_SNAP_HEAD);
+    if (n == -ENOENT)
+      return 0;
+    if (n < 0)
+      return (int) n;
+    for (j = 0; j < chunk; j++) {
+      if (buf[j] == IMAGE_OBJ_ABSENT)
+        continue;
+      image_data_oid (info->id, i + j, oid, sizeof oid);
+      r = store_remove (st, oid);
+      if (r < 0 && r != -ENOENT)
+        return r;
+    }
+  }
+  return 0;
+}
+
+int
+image_remove (struct store *st, const char *name)
+{
+  struct image_info info;
+  char id[32], oid[IMAGE_NAME_MAX + 16], hdr[64], moid[64];
+  int r;
+
+  r = lookup_id (st, name, id, sizeof id);
+  if (r < 0)
+    return r;
+  r = read_header (st, id, &info);
+  if (r == 0)
+    r = remove_objects (st, &info, 0,
+                        count_objects (info.size, info.object_size));
+  if (r < 0 && r != -ENOENT)
+    return r;
+  header_oid (id, hdr, sizeof hdr);
+  map_oid (id, moid, sizeof moid);
+  if ((r = store_remove (st, moid)) < 0 && r != -ENOENT)
+    return r;
+  if ((r = store_remove (st, hdr)) < 0 && r != -ENOENT)
+    return r;
+  if ((r = store_omap_rm (st, DIRECTORY_OID, name)) < 0 && r != -ENOENT)
+    return r;
+  name_oid (name, oid, sizeof oid);
+  if ((r = store_remove (st, oid)) < 0 && r != -ENOENT)
+    return r;
+  return 0;
+}
+
+int
+image_resize (struct store *st, const char *name, uint64_t size)
+{
+  struct image_info info;
+  char id[32], hdr[64], moid[64], oldraw[32], newraw[32], oid[96];
+  uint64_t oldn, newn;
+  int r;
+
+  if (size == 0 || size > (UINT64_C (1) << 50)) {
+    vbk_set_error ("invalid image size %" PRIu64 ": must be from 1 byte to "
+                   "1 PiB", size);
+    return -EINVAL;
+  }
+  r = lookup_id (st, name, id, sizeof id);
+  if (r < 0)
+    return r;
+  r = read_header (st, id, &info);
+  if (r < 0)
+    return r;
+  header_oid (id, hdr, sizeof hdr);
+  map_oid (id, moid, sizeof moid);
+  r = read_size (st, hdr, &info.size, oldraw, sizeof oldraw);
+  if (r < 0)
+    return r;
+  oldn = count_objects (info.size, info.object_size);
+  newn = count_objects (size, info.object_size);
+
+  if (size < info.size) {
+    /* Drop whole objects past the end, cut the new last object, and
+     * clear their map entries, before the size says so: a crash leaves
+     * an image of the old size with its tail already gone, never an
+     * image whose regrown tail shows old data. */
+    uint64_t tail = size % info.object_size;
+    r = remove_objects (st, &info, newn, oldn);
+    if (r < 0)
+      return r;
+    if (tail) {
+      image_data_oid (id, newn - 1, oid, sizeof oid);
+      r = store_truncate (st, oid, tail);
+      if (r < 0 && r != -ENOENT)
+        return r;
+    }
+    r = store_truncate (st, moid, newn);
+    if (r < 0 && r != -ENOENT)
+      return r;
+  }
+  snprintf (newraw, sizeof newraw, "%" PRIu64, size);
+  r = store_xattr_cas (st, hdr, "size", oldraw, strlen (oldraw), newraw,
+                       strlen (newraw));
+  if (r == -ECANCELED)
+    vbk_set_error ("image '%s': resized by someone else meanwhile; retry",
+                   name);
+  return r;
+}
+
+/* ---- Open, close, refresh --------------------------------------------- */
+
+static int
+load_map (struct image *img, uint64_t n)
+{
+  struct objmap *m = calloc (1, sizeof *m + n + 1);
+  ssize_t r = 0;
+
+  if (m == NULL)
+    return -ENOMEM;
+  m->n = n;
+  if (n)
+    r = store_read (img->st, img->map_oid, m->bytes, n, 0, STORE_SNAP_HEAD);
+  if (r < 0 && r != -ENOENT) {
+    free (m);
+    return (int) r;
+  }
+  if (r == -ENOENT)
+    memset (m->bytes, 0, n);
+  m->retired = img->map;
+  __atomic_store_n (&img->map, m, __ATOMIC_RELEASE);
+  return 0;
+}
+
+int
+image_open (struct store *st, const char *name, unsigned flags,
+            struct image **out)
+{
+  struct image *img;
+  char id[32];
+  int r;
+
+  r = lookup_id (st, name, id, sizeof id);
+  if (r < 0)
+    return r;
+  img = calloc (1, sizeof *img);
+  if (img == NULL)
+    return -ENOMEM;
+  pthread_mutex_init (&img->map_lock, NULL);
+  img->flags = flags;
+  r = store_clone (st, &img->st);
+  if (r < 0) {
+    free (img);
+    return r;
+  }
+  header_oid (id, img->hdr_oid, sizeof img->hdr_oid);
+  map_oid (id, img->map_oid, sizeof img->map_oid);
+  r = read_header (img->st, id, &img->info);
+  if (r == 0) {
+    img->order = __builtin_ctz (img->info.object_size);
+    r = load_map (img, count_objects (img->info.size,
+                                      img->info.object_size));
+  }
+  if (r < 0) {
+    image_close (img);
+    return r;
+  }
+  *out = img;
+  return 0;
+}
+
+void
+image_close (struct image *img)
+{
+  struct objmap *m, *next;
+
+  if (img == NULL)
+    return;
+  if (!(img->flags & IMAGE_OPEN_RDONLY) && img->map)
+    store_flush (img->st);
+  store_close (img->st);
+  for (m = img->map; m; m = next) {
+    next = m->retired;
+    free (m);
+  }
+  pthread_mutex_destroy (&img->map_lock);
+  free (img);
+}
+
+int
+image_refresh (struct image *img)
+{
+  uint64_t size = 0;
+  int r;
+
+  r = read_size (img->st, img->hdr_oid, &size, NULL, 0);
+  if (r < 0)
+    return r;
+  pthread_mutex_lock (&img->map_lock);
+  r = load_map (img, count_objects (size, img->info.object_size));
+  if (r == 0)
+    __atomic_store_n (&img->info.size, size, __ATOMIC_RELEASE);
+  pthread_mutex_unlock (&img->map_lock);
+  return r;
+}
+
+void
+image_get_info (struct image *img, struct image_info *info)
+{
+  struct objmap *m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
+  uint64_t i, c = 0;
+
+  *info = img->info;
+  info->size = image_size (img);
+  for (i = 0; i < m->n; i++)
+    c += __atomic_load_n (&m->bytes[i], __ATOMIC_RELAXED) != IMAGE_OBJ_ABSENT;
+  info->objects = c;
+}
+
+uint64_t
+image_size (struct image *img)
+{
+  return __atomic_load_n (&img->info.size, __ATOMIC_ACQUIRE);
+}
+
+enum image_obj
+image_object_state (struct image *img, uint64_t objno)
+{
+  struct objmap *m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
+
+  if (objno >= m->n)
+    return IMAGE_OBJ_ABSENT;
+  return __atomic_load_n (&m->bytes[objno], __ATOMIC_ACQUIRE);
+}
+
+/* ---- The object map on the write path --------------------------------- */
+
+/* Makes entries [FIRST, LAST] DIRTY, durably, before data is written. */
+static int
+map_mark_dirty (struct image *img, uint64_t first, uint64_t last)
+{
+  struct objmap *m;
+  uint64_t i, lo = UINT64_MAX, hi = 0;
+  uint8_t *buf;
+  int r = 0;
+
+  m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
+  for (i = first; i <= last && i < m->n; i++)
+    if (__atomic_load_n (&m->bytes[i], __ATOMIC_SEQ_CST) != IMAGE_OBJ_DIRTY)
+      break;
+  if (i > last || i >= m->n)
+    return 0;                   /* the common case: nothing to do */
+
+  pthread_mutex_lock (&img->map_lock);
+  m = img->map;
+  for (i = first; i <= last && i < m->n; i++) {
+    if (m->bytes[i] != IMAGE_OBJ_DIRTY) {
+      lo = MIN (lo, i);
+      hi = i;
+    }
+  }
+  if (lo != UINT64_MAX) {
+    buf = malloc (hi - lo + 1);
+    if (buf == NULL)
+      r = -ENOMEM;
+    else {
+      memset (buf, IMAGE_OBJ_DIRTY, hi - lo + 1);
+      r = store_write (img->st, img->map_oid, buf, hi - lo + 1, lo,
+                       STORE_WRITE_SYNC);
+      free (buf);
+    }
+    if (r == 0)
+      for (i = lo; i <= hi; i++)
+        __atomic_store_n (&m->bytes[i], IMAGE_OBJ_DIRTY, __ATOMIC_SEQ_CST);
+  }
+  pthread_mutex_unlock (&img->map_lock);
+  return r;
+}
+
+/* After a whole-object discard: ABSENT, unless a write is in flight. */
+static void
+map_mark_absent (struct image *img, uint64_t objno)
+{
+  struct objmap *m;
+  uint8_t v = IMAGE_OBJ_ABSENT;
+
+  pthread_mutex_lock (&img->map_lock);
+  m = img->map;
+  if (objno < m->n
+      && __atomic_load_n (&img->wr_inflight[objno % INFLIGHT_BUCKETS],
+                          __ATOMIC_SEQ_CST) == 0
+      && m->bytes[objno] != IMAGE_OBJ_ABSENT) {
+    __atomic_store_n (&m->bytes[objno], IMAGE_OBJ_ABSENT, __ATOMIC_SEQ_CST);
+    /* Not synchronous: losing it over-reports, which is allowed. */
+    store_write (img->st, img->map_oid, &v, 1, objno, 0);
+  }
+  pthread_mutex_unlock (&img->map_lock);
+}
+
+/* ---- Asynchronous I/O ------------------------------------------------- */
+
+struct aio_part {
+  struct aio_req *req;
+  void *buf;                     /* read: where this part's bytes go */
+  size_t len;
+  uint64_t objno;
+};
+
+struct aio_req {
+  struct image *img;
+  image_aio_cb cb;
+  void *arg;
+  size_t len;
+  bool write;
+  int pending;                   /* parts + 1 while submitting */
+  int err;                       /* first error */
+  struct aio_part parts[];
+};
+
+static void
+req_put (struct aio_req *req)
+{
+  if (__atomic_sub_fetch (&req->pending, 1, __ATOMIC_ACQ_REL) != 0)
+    return;
+  req->cb (req->arg, req->err ? req->err : (ssize_t) (req->write
+                                                      ? 0 : req->len));
+  free (req);
+}
+
+static void
+part_done (void *arg, ssize_t ret)
+{
+  struct aio_part *p = arg;
+  struct aio_req *req = p->req;
+
+  if (!req->write && ret == -ENOENT) {
+    memset (p->buf, 0, p->len); /* the map over-reported: a hole */
+    ret = 0;
+  }
+  if (req->write)
+    __atomic_sub_fetch (&req->img->wr_inflight[p->objno % INFLIGHT_BUCKETS],
+                        1, __ATOMIC_SEQ_CST);
+  if (ret < 0) {
+    int zero = 0;
+    __atomic_compare_exchange_n (&req->err, &zero, (int) ret, false,
+                                 __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+  }
+  req_put (req);
+}
+
+static int
+check_range (struct image *img, const char *op, size_t len, uint64_t off)
+{
+  uint64_t size = image_size (img);
+
+  if (off > size || len > size - off) {
+    vbk_set_error ("image '%s': %s: range %" PRIu64 "+%zu is past the end "
+                   "(%" PRIu64 ")", img->info.name, op, off, len, size);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+static int
+check_writable (struct image *img, const char *op)
+{
+  if (img->flags & IMAGE_OPEN_RDONLY) {
+    vbk_set_error ("image '%s': %s: opened read-only", img->info.name, op);
+    return -EROFS;
+  }
+  return 0;
+}
+
+static struct aio_req *
+req_new (struct image *img, size_t len, uint64_t off, bool write,
+         image_aio_cb cb, void *arg)
+{
+  uint64_t first = off >> img->order;
+  uint64_t last = len ? (off + len - 1) >> img->order : first;
+  struct aio_req *req;
+
+  req = calloc (1, sizeof *req + (last - first + 1) * sizeof req->parts[0]);
+  if (req == NULL)
+    return NULL;
+  req->img = img;
+  req->cb = cb;
+  req->arg = arg;
+  req->len = len;
+  req->write = write;
+  req->pending = 1;
+  return req;
+}
+
+int
+image_aio_read (struct image *img, void *buf, size_t len, uint64_t off,
+                image_aio_cb cb, void *arg)
+{
+  uint64_t osize = img->info.object_size, pos = off;
+  struct aio_req *req;
+  char oid[96];
+  size_t i = 0;
+  int r;
+
+  r = check_range (img, "read", len, off);
+  if (r < 0)
+    return r;
+  req = req_new (img, len, off, false, cb, arg);
+  if (req == NULL)
+    return -ENOMEM;
+  while (pos < off + len) {
+    uint64_t objno = pos >> img->order, ooff = pos & (osize - 1);
+    size_t n = MIN (osize - ooff, off + len - pos);
+    struct aio_part *p = &req->parts[i++];
+
+    p->req = req;
+    p->buf = (char *) buf + (pos - off);
+    p->len = n;
+    p->objno = objno;
+    if (image_object_state (img, objno) == IMAGE_OBJ_ABSENT)
+      memset (p->buf, 0, n);
+    else {
+      image_data_oid (img->info.id, objno, oid, sizeof oid);
+      __atomic_add_fetch (&req->pending, 1, __ATOMIC_ACQ_REL);
+      r = store_aio_read (img->st, oid, p->buf, n, ooff, STORE_SNAP_HEAD,
+                          part_done, p);
+      if (r < 0) {
+        __atomic_sub_fetch (&req->pending, 1, __ATOMIC_ACQ_REL);
+        req->err = r;
+        break;
+      }
+    }
+    pos += n;
+  }
+  req_put (req);
+  return 0;
+}
+
+int
+image_aio_write (struct image *img, const void *buf, size_t len,
+                 uint64_t off, unsigned flags, image_aio_cb cb, void *arg)
+{
+  uint64_t osize = img->info.object_size, pos = off;
+  unsigned sflags = (flags & IMAGE_FUA) ? STORE_WRITE_SYNC : 0;
+  struct aio_req *req;
+  char oid[96];
+  size_t i = 0;
+  int r;
+
+  r = check_writable (img, "write");
+  if (r == 0)
+    r = check_range (img, "write", len, off);
+  if (r < 0)
+    return r;
+  req = req_new (img, len, off, true, cb, arg);
+  if (req == NULL)
+    return -ENOMEM;
+  /* Count the writes in flight before looking at the map (see
+   * map_mark_absent). */
+  for (pos = off; pos < off + len; pos += osize - (pos & (osize - 1)))
+    __atomic_add_fetch (&img->wr_inflight[(pos >> img->order)
+                                          % INFLIGHT_BUCKETS],
+                        1, __ATOMIC_SEQ_CST);
+  if (len) {
+    r = map_mark_dirty (img, off >> img->order, (off + len - 1) >> img->order);
+    if (r < 0) {
+      for (pos = off; pos < off + len; pos += osize - (pos & (osize - 1)))
+        __atomic_sub_fetch (&img->wr_inflight[(pos >> img->order)
+                                              % INFLIGHT_BUCKETS],
+                            1, __ATOMIC_SEQ_CST);
+      free (req);
+      return r;
+    }
+  }
+  pos = off;
+  while (pos < off + len) {
+    uint64_t objno = pos >> img->order, ooff = pos & (osize - 1);
+    size_t n = MIN (osize - ooff, off + len - pos);
+    struct aio_part *p = &req->parts[i++];
+
+    p->req = req;
+    p->len = n;
+    p->objno = objno;
+    image_data_oid (img->info.id, objno, oid, sizeof oid);
+    __atomic_add_fetch (&req->pending, 1, __ATOMIC_ACQ_REL);
+    r = store_aio_write (img->st, oid, (const char *) buf + (pos - off), n,
+                         ooff, sflags, part_done, p);
+    if (r < 0) {
+      __atomic_sub_fetch (&req->pending, 1, __ATOMIC_ACQ_REL);
+      req->err = r;
+      /* Release the in-flight counts of the parts never submitted. */
+      for (; pos < off + len; pos += osize - (pos & (osize - 1)))
+        __atomic_sub_fetch (&img->wr_inflight[(pos >> img->order)
+                                              % INFLIGHT_BUCKETS],
+                            1, __ATOMIC_SEQ_CST);
+      break;
+    }
+    pos += n;
+  }
+  req_put (req);
+  return 0;
+}
+
+/* ---- Synchronous I/O: waits for the asynchronous path ------------------ */
+
+struct waiter {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool done;
+  ssize_t ret;
+  char msg[1024];
+};
+
+static void
+wake (void *arg, ssize_t ret)
+{
+  struct waiter *w = arg;
+
+  pthread_mutex_lock (&w->lock);
+  w->ret = ret;
+  if (ret < 0)                  /* the message is on the store's thread */
+    snprintf (w->msg, sizeof w->msg, "%s", vbk_error ());
+  w->done = true;
+  pthread_cond_signal (&w->cond);
+  pthread_mutex_unlock (&w->lock);
+}
+
+static ssize_t
+wait_for (struct waiter *w, int r)
+{
+  if (r < 0)
+    return r;
+  pthread_mutex_lock (&w->lock);
+  while (!w->done)
+    pthread_cond_wait (&w->cond, &w->lock);
+  pthread_mutex_unlock (&w->lock);
+  if (w->ret < 0 && w->msg[0])
+    vbk_set_error ("%s", w->msg);
+  return w->ret;
+}
+
+#define WAITER_INIT \
+  { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, "" }
+
+ssize_t
+image_read (struct image *img, void *buf, size_t len, uint64_t off)
+{
+  struct waiter w = WAITER_INIT;
+
+  return wait_for (&w, image_aio_read (img, buf, len, off, wake, &w));
+}
+
+int
+image_write (struct image *img, const void *buf, size_t len, uint64_t off,
+             unsigned flags)
+{
+  struct waiter w = WAITER_INIT;
+
+  return (int) wait_for (&w, image_aio_write (img, buf, len, off, flags,
+                                              wake, &w));
+}
+
+int
+image_flush (struct image *img)
+{
+  if (img->flags & IMAGE_OPEN_RDONLY)
+    return 0;
+  return store_flush (img->st);
+}
+
+/* Zeroes [OFF, OFF+LEN) inside one object: deallocates when HOLES. */
+static int
+zero_in_object (struct image *img, uint64_t objno, uint64_t ooff,
+                uint64_t len, bool holes, unsigned flags)
+{
+  char oid[96];
+  int r;
+
+  if (image_object_state (img, objno) == IMAGE_OBJ_ABSENT && holes)
+    return 0;
+  image_data_oid (img->info.id, objno, oid, sizeof oid);
+  if (holes && ooff == 0 && len == img->info.object_size) {
+    r = store_remove (img->st, oid);
+    if (r < 0 && r != -ENOENT)
+      return r;
+    map_mark_absent (img, objno);
+    return 0;
+  }
+  r = map_mark_dirty (img, objno, objno);
+  if (r < 0)
+    return r;
+  if (holes) {
+    r = store_zero (img->st, oid, ooff, len);
+    if (r == -ENOENT)
+      r = 0;
+  }
+  else {
+    /* NO_HOLE: the range must stay allocated, so write real zeros. */
+    static const char zeros[1 << 16];
+    uint64_t done = 0;
+    r = 0;
+    while (r == 0 && done < len) {
+      size_t n = MIN (sizeof zeros, len - done);
+      r = store_write (img->st, oid, zeros, n, ooff + done,
+                       (flags & IMAGE_FUA) ? STORE_WRITE_SYNC : 0);
+      done += n;
+    }
+  }
+  if (r == 0 && (flags & IMAGE_FUA) && holes)
+    r = store_flush (img->st);
+  return r;
+}
+
+static int
+zero_range (struct image *img, const char *op, uint64_t off, uint64_t len,
+            bool holes, unsigned flags)
+{
+  uint64_t osize = img->info.object_size, pos;
+  int r;
+
+  r = check_writable (img, op);
+  if (r == 0)
+    r = check_range (img, op, len, off);
+  if (r < 0)
+    return r;
+  for (pos = off; pos < off + len;) {
+    uint64_t objno = pos >> img->order, ooff = pos & (osize - 1);
+    uint64_t n = MIN (osize - ooff, off + len - pos);
+    /* The last object of an image whose size is not a multiple of the
+     * object size: a range to the end covers the whole object. */
+    if (pos + n == image_size (img) && ooff == 0)
+      n = osize;
+    r = zero_in_object (img, objno, ooff, n, holes, flags);
+    if (r < 0)
+      return r;
+    pos += MIN (n, off + len - pos);
+  }
+  return 0;
+}
+
+int
+image_discard (struct image *img, uint64_t off, uint64_t len, unsigned flags)
+{
+  return zero_range (img, "discard", off, len, true, flags);
+}
+
+int
+image_write_zeroes (struct image *img, uint64_t off, uint64_t len,
+                    unsigned flags)
+{
+  return zero_range (img, "write_zeroes", off, len,
+                     !(flags & IMAGE_NO_HOLE), flags);
+}
+
+/* ---- Allocation map --------------------------------------------------- */
+
+int
+image_extents (struct image *img, uint64_t off, uint64_t len,
+               image_extent_cb cb, void *arg)
+{
+  struct objmap *m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
+  uint64_t size = image_size (img), end, pos, osize = img->info.object_size;
+  int r;
+
+  if (off >= size)
+    return 0;
+  end = len > size - off ? size : off + len;
+  pos = off;
+  while (pos < end) {
+    uint64_t objno = pos >> img->order;
+    int alloc = objno < m->n
+      && __atomic_load_n (&m->bytes[objno], __ATOMIC_RELAXED)
+         != IMAGE_OBJ_ABSENT;
+    uint64_t next = (objno + 1) * osize;
+
+    /* Extend over following objects of the same kind; a run of holes is
+     * skipped a word at a time. */
+    while (next < end) {
+      uint64_t o = next >> img->order;
+      if (!alloc && o + 8 <= m->n && next + 8 * osize <= end) {
+        uint64_t word;
+        memcpy (&word, &m->bytes[o], 8);
+        if (word == 0) {
+          next += 8 * osize;
+          continue;
+        }
+      }
+      if ((o < m->n && m->bytes[o] != IMAGE_OBJ_ABSENT) != alloc)
+        break;
+      next += osize;
+    }
+    next = MIN (next, end);
+    r = cb (arg, pos, next - pos, alloc);
+    if (r != 0)
+      return r;
+    pos = next;
+  }
+  return 0;
+}

@@ -1,0 +1,598 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * fault.c - the fault: backend wraps any other store and makes chosen
+ * calls fail, so every error path above the store can be tested (as
+ * SQLite's test VFS and nbdkit's error filter do).
+ *
+ * URI:  fault:SPEC@INNER-URI   with SPEC a comma list of
+ *   op=CLASS[+CLASS...]   read, write, meta, lock, snap, all (store.h)
+ *   err=NAME|NUMBER       EIO (default), ENOSPC, ETIMEDOUT, EDQUOT, ...
+ *   nth=N                 the N-th matching call fails (default 1)
+ *   sticky=1              and every matching call after it
+ *   trigger=FILE          only while FILE exists
+ * An empty SPEC injects nothing until store_fault_set() is called.
+ *
+ * Failing asynchronous calls complete through their callback, as a real
+ * I/O error would.  Counting and the decision are under one mutex shared
+ * with every clone of the handle.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "internal.h"
+
+struct fault_ctl {
+  pthread_mutex_t lock;
+  unsigned ops;
+  int err;
+  unsigned long nth;
+  int sticky;
+  char *trigger;
+  unsigned long seen;                  /* matching calls since set */
+  unsigned long calls[5];              /* per class, ever */
+};
+
+struct fault {
+  struct store *inner;
+  struct fault_ctl *ctl;
+  int owner;                           /* frees ctl */
+};
+
+static const struct { const char *name; int err; } err_names[] = {
+  { "EIO", EIO }, { "ENOSPC", ENOSPC }, { "ETIMEDOUT", ETIMEDOUT },
+  { "EDQUOT", EDQUOT }, { "EACCES", EACCES }, { "EPERM", EPERM },
+  { "ESHUTDOWN", ESHUTDOWN }, { "ENOENT", ENOENT }, { "EROFS", EROFS },
+  { "ECANCELED", ECANCELED }, { "EBUSY", EBUSY },
+};
+
+static const char *const class_names[] = { "read", "write", "meta", "lock",
+                                           "snap" };
+
+static int
+parse_ops (const char *v, unsigned *ops)
+{
+  char buf[128], *tok, *save;
+  unsigned i;
+
+  snprintf (buf, sizeof buf, "%s", v);
+  *ops = 0;
+  for (tok = strtok_r (buf, "+", &save); tok;
+       tok = strtok_r (NULL, "+", &save)) {
+    if (strcmp (tok, "all") == 0) {
+      *ops |= STORE_OP_ALL;
+      continue;
+    }
+    for (i = 0; i < 5; i++)
+      if (strcmp (tok, class_names[i]) == 0)
+        break;
+    if (i == 5)
+      return -EINVAL;
+    *ops |= 1u << i;
+  }
+  return *ops ? 0 : -EINVAL;
+}
+
+static int
+parse_err (const char *v, int *err)
+{
+  size_t i;
+  char *end;
+  long n;
+
+  for (i = 0; i < sizeof err_names / sizeof err_names[0]; i++) {
+    if (strcmp (v, err_names[i].name) == 0) {
+      *err = -err_names[i].err;
+      return 0;
+    }
+  }
+  n = strtol (v, &end, 10);
+  if (*end || n == 0 || n > 4095 || n < -4095)
+    return -EINVAL;
+  *err = n < 0 ? (int) n : (int) -n;
+  return 0;
+}
+
+static int
+parse_spec (struct fault_ctl *c, const char *spec, size_t len)
+{
+  char buf[1024], *tok, *save, *eq;
+
+  if (len >= sizeof buf)
+    return -EINVAL;
+  memcpy (buf, spec, len);
+  buf[len] = '\0';
+  c->err = -EIO;
+  c->nth = 1;
+  for (tok = strtok_r (buf, ",", &save); tok;
+       tok = strtok_r (NULL, ",", &save)) {
+    eq = strchr (tok, '=');
+    if (eq == NULL)
+      goto bad;
+    *eq++ = '\0';
+    if (strcmp (tok, "op") == 0) {
+      if (parse_ops (eq, &c->ops) < 0)
+        goto bad;
+    }
+    else if (strcmp (tok, "err") == 0) {
+      if (parse_err (eq, &c->err) < 0)
+        goto bad;
+    }
+    else if (strcmp (tok, "nth") == 0) {
+      c->nth = strtoul (eq, NULL, 10);
+      if (c->nth == 0)
+        goto bad;
+    }
+    else if (strcmp (tok, "sticky") == 0)
+      c->sticky = atoi (eq) != 0;
+    else if (strcmp (tok, "trigger") == 0)
+      c->trigger = strdup (eq);
+    else
+      goto bad;
+    continue;
+  bad:
+    vbk_set_error ("store: fault: bad spec item '%s' (expected op=, err=, "
+                   "nth=, sticky=, trigger=)", tok);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+static int
+fault_open (const char *arg, void **hp)
+{
+  const char *at = strchr (arg, '@');
+  struct fault *f;
+  int r;
+
+  if (at == NULL) {
+    vbk_set_error ("store: fault: expected fault:SPEC@INNER-URI");
+    return -EINVAL;
+  }
+  f = calloc (1, sizeof *f);
+  if (f == NULL)
+    return -ENOMEM;
+  f->ctl = calloc (1, sizeof *f->ctl);
+  if (f->ctl == NULL) {
+    free (f);
+    return -ENOMEM;
+  }
+  f->owner = 1;
+  pthread_mutex_init (&f->ctl->lock, NULL);
+  r = parse_spec (f->ctl, arg, at - arg);
+  if (r == 0)
+    r = store_open (at + 1, &f->inner);
+  if (r < 0) {
+    free (f->ctl->trigger);
+    free (f->ctl);
+    free (f);
+    return r;
+  }
+  *hp = f;
+  return 0;
+}
+
+static int
+fault_clone (void *parent, void **hp)
+{
+  struct fault *p = parent, *f;
+  int r;
+
+  f = calloc (1, sizeof *f);
+  if (f == NULL)
+    return -ENOMEM;
+  r = store_clone (p->inner, &f->inner);
+  if (r < 0) {
+    free (f);
+    return r;
+  }
+  f->ctl = p->ctl;
+  *hp = f;
+  return 0;
+}
+
+static void
+fault_close (void *h)
+{
+  struct fault *f = h;
+
+  store_close (f->inner);
+  if (f->owner) {
+    pthread_mutex_destroy (&f->ctl->lock);
+    free (f->ctl->trigger);
+    free (f->ctl);
+  }
+  free (f);
+}
+
+int
+store_fault_control (void *h, unsigned ops, int err, unsigned long nth,
+                     int sticky, const char *trigger_file)
+{
+  struct fault_ctl *c = ((struct fault *) h)->ctl;
+
+  pthread_mutex_lock (&c->lock);
+  c->ops = ops;
+  c->err = err < 0 ? err : -err;
+  c->nth = nth ? nth : 1;
+  c->sticky = sticky;
+  free (c->trigger);
+  c->trigger = trigger_file ? strdup (trigger_file) : NULL;
+  c->seen = 0;
+  pthread_mutex_unlock (&c->lock);
+  return 0;
+}
+
+unsigned long
+store_fault_calls (void *h, unsigned ops)
+{
+  struct fault_ctl *c = ((struct fault *) h)->ctl;
+  unsigned long n = 0;
+  unsigned i;
+
+  pthread_mutex_lock (&c->lock);
+  for (i = 0; i < 5; i++)
+    if (ops & (1u << i))
+      n += c->calls[i];
+  pthread_mutex_unlock (&c->lock);
+  return n;
+}
+
+/* Counts a call of CLASS; returns the injected -errno (with a message)
+ * if this call is to fail, else 0. */
+static int
+inject (struct fault *f, unsigned class, const char *op, const char *oid)
+{
+  struct fault_ctl *c = f->ctl;
+  int fail = 0, err;
+  unsigned i;
+
+  pthread_mutex_lock (&c->lock);
+  for (i = 0; i < 5; i++)
+    if (class == (1u << i))
+      c->calls[i]++;
+  if ((c->ops & class)
+      && (c->trigger == NULL || access (c->trigger, F_OK) == 0)) {
+    c->seen++;
+    fail = c->seen == c->nth || (c->sticky && c->seen > c->nth);
+  }
+  err = c->err;
+  pthread_mutex_unlock (&c->lock);
+  if (!fail)
+    return 0;
+  return vbk_errno (err, "store: %s: %s: injected fault", op,
+                    oid ? oid : "-");
+}
+
+#define INJECT(class, op, oid)                  \
+  do {                                          \
+    int e_ = inject (f, (class), (op), (oid));  \
+    if (e_ < 0)                                 \
+      return e_;                                \
+  } while (0)
+
+static const char *
+fault_client_id (void *h)
+{
+  return store_client_id (((struct fault *) h)->inner);
+}
+
+static ssize_t
+fault_read (void *h, const char *oid, void *buf, size_t len, uint64_t off,
+            uint64_t snap)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_READ, "read", oid);
+  return store_read (f->inner, oid, buf, len, off, snap);
+}
+
+static int
+fault_write (void *h, const char *oid, const void *buf, size_t len,
+             uint64_t off, unsigned flags)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_WRITE, "write", oid);
+  return store_write (f->inner, oid, buf, len, off, flags);
+}
+
+static int
+fault_write_full (void *h, const char *oid, const void *buf, size_t len,
+                  unsigned flags)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_WRITE, "write_full", oid);
+  return store_write_full (f->inner, oid, buf, len, flags);
+}
+
+static int
+fault_create_excl (void *h, const char *oid, const void *buf, size_t len,
+                   unsigned flags)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_WRITE, "create", oid);
+  return store_create_excl (f->inner, oid, buf, len, flags);
+}
+
+static int
+fault_zero (void *h, const char *oid, uint64_t off, uint64_t len)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_WRITE, "zero", oid);
+  return store_zero (f->inner, oid, off, len);
+}
+
+static int
+fault_truncate (void *h, const char *oid, uint64_t size)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_WRITE, "truncate", oid);
+  return store_truncate (f->inner, oid, size);
+}
+
+static int
+fault_remove (void *h, const char *oid)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_WRITE, "remove", oid);
+  return store_remove (f->inner, oid);
+}
+
+static int
+fault_stat (void *h, const char *oid, uint64_t snap, uint64_t *size)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_READ, "stat", oid);
+  return store_stat (f->inner, oid, snap, size);
+}
+
+static int
+fault_flush (void *h)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_WRITE, "flush", NULL);
+  return store_flush (f->inner);
+}
+
+static int
+fault_aio_read (void *h, const char *oid, void *buf, size_t len,
+                uint64_t off, uint64_t snap, store_aio_cb cb, void *arg)
+{
+  struct fault *f = h;
+  int e = inject (f, STORE_OP_READ, "aio_read", oid);
+
+  if (e < 0) {
+    cb (arg, e);
+    return 0;
+  }
+  return store_aio_read (f->inner, oid, buf, len, off, snap, cb, arg);
+}
+
+static int
+fault_aio_write (void *h, const char *oid, const void *buf, size_t len,
+                 uint64_t off, unsigned flags, store_aio_cb cb, void *arg)
+{
+  struct fault *f = h;
+  int e = inject (f, STORE_OP_WRITE, "aio_write", oid);
+
+  if (e < 0) {
+    cb (arg, e);
+    return 0;
+  }
+  return store_aio_write (f->inner, oid, buf, len, off, flags, cb, arg);
+}
+
+static ssize_t
+fault_xattr_get (void *h, const char *oid, const char *name, void *buf,
+                 size_t len)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_META, "xattr_get", oid);
+  return store_xattr_get (f->inner, oid, name, buf, len);
+}
+
+static int
+fault_xattr_set (void *h, const char *oid, const char *name,
+                 const void *val, size_t len)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_META, "xattr_set", oid);
+  return store_xattr_set (f->inner, oid, name, val, len);
+}
+
+static int
+fault_xattr_rm (void *h, const char *oid, const char *name)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_META, "xattr_rm", oid);
+  return store_xattr_rm (f->inner, oid, name);
+}
+
+static int
+fault_xattr_cas (void *h, const char *oid, const char *name,
+                 const void *old, size_t oldlen, const void *new,
+                 size_t newlen)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_META, "xattr_cas", oid);
+  return store_xattr_cas (f->inner, oid, name, old, oldlen, new, newlen);
+}
+
+static int
+fault_omap_set (void *h, const char *oid, const char *key, const void *val,
+                size_t len)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_META, "omap_set", oid);
+  return store_omap_set (f->inner, oid, key, val, len);
+}
+
+static ssize_t
+fault_omap_get (void *h, const char *oid, const char *key, void *buf,
+                size_t len)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_META, "omap_get", oid);
+  return store_omap_get (f->inner, oid, key, buf, len);
+}
+
+static int
+fault_omap_rm (void *h, const char *oid, const char *key)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_META, "omap_rm", oid);
+  return store_omap_rm (f->inner, oid, key);
+}
+
+static int
+fault_omap_list (void *h, const char *oid, const char *after, size_t max,
+                 store_omap_cb cb, void *arg)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_META, "omap_list", oid);
+  return store_omap_list (f->inner, oid, after, max, cb, arg);
+}
+
+static int
+fault_lock (void *h, const char *oid, const char *name, const char *cookie,
+            const char *desc, uint32_t duration_ms, unsigned flags)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_LOCK, "lock", oid);
+  return store_lock (f->inner, oid, name, cookie, desc, duration_ms, flags);
+}
+
+static int
+fault_unlock (void *h, const char *oid, const char *name, const char *cookie)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_LOCK, "unlock", oid);
+  return store_unlock (f->inner, oid, name, cookie);
+}
+
+static int
+fault_lock_break (void *h, const char *oid, const char *name,
+                  const char *client, const char *cookie)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_LOCK, "lock_break", oid);
+  return store_lock_break (f->inner, oid, name, client, cookie);
+}
+
+static int
+fault_lock_get (void *h, const char *oid, const char *name,
+                struct store_lock_info *info)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_LOCK, "lock_get", oid);
+  return store_lock_get (f->inner, oid, name, info);
+}
+
+static int
+fault_watch (void *h, const char *oid, store_watch_cb cb, void *arg,
+             void **w)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_LOCK, "watch", oid);
+  return store_watch (f->inner, oid, cb, arg, (struct store_watch **) w);
+}
+
+static void
+fault_unwatch (void *h, void *w)
+{
+  store_unwatch (w);
+}
+
+static int
+fault_notify (void *h, const char *oid, const void *payload, size_t len,
+              uint32_t timeout_ms, struct store_notify_reply **replies,
+              size_t *nreplies, size_t *timed_out)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_LOCK, "notify", oid);
+  return store_notify (f->inner, oid, payload, len, timeout_ms, replies,
+                       nreplies, timed_out);
+}
+
+static int
+fault_fence (void *h, const char *client, uint32_t expire_s)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_LOCK, "fence", client);
+  return store_fence (f->inner, client, expire_s);
+}
+
+static int
+fault_snap_create (void *h, uint64_t *snap)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_SNAP, "snap_create", NULL);
+  return store_snap_create (f->inner, snap);
+}
+
+static int
+fault_snap_remove (void *h, uint64_t snap)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_SNAP, "snap_remove", NULL);
+  return store_snap_remove (f->inner, snap);
+}
+
+static int
+fault_set_snap_context (void *h, uint64_t seq, const uint64_t *snaps,
+                        size_t n)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_SNAP, "set_snap_context", NULL);
+  return store_set_snap_context (f->inner, seq, snaps, n);
+}
+
+static int
+fault_snap_rollback (void *h, const char *oid, uint64_t snap)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_SNAP, "snap_rollback", oid);
+  return store_snap_rollback (f->inner, oid, snap);
+}
+
+const struct store_ops store_fault_ops = {
+  .name = "fault",
+  .open = fault_open,
+  .clone = fault_clone,
+  .close = fault_close,
+  .client_id = fault_client_id,
+  .read = fault_read,
+  .write = fault_write,
+  .write_full = fault_write_full,
+  .create_excl = fault_create_excl,
+  .zero = fault_zero,
+  .truncate = fault_truncate,
+  .remove = fault_remove,
+  .stat = fault_stat,
+  .flush = fault_flush,
+  .aio_read = fault_aio_read,
+  .aio_write = fault_aio_write,
+  .xattr_get = fault_xattr_get,
+  .xattr_set = fault_xattr_set,
+  .xattr_rm = fault_xattr_rm,
+  .xattr_cas = fault_xattr_cas,
+  .omap_set = fault_omap_set,
+  .omap_get = fault_omap_get,
+  .omap_rm = fault_omap_rm,
+  .omap_list = fault_omap_list,
+  .lock = fault_lock,
+  .unlock = fault_unlock,
+  .lock_break = fault_lock_break,
+  .lock_get = fault_lock_get,
+  .watch = fault_watch,
+  .unwatch = fault_unwatch,
+  .notify = fault_notify,
+  .fence = fault_fence,
+  .snap_create = fault_snap_create,
+  .snap_remove = fault_snap_remove,
+  .set_snap_context = fault_set_snap_context,
+  .snap_rollback = fault_snap_rollback,
+};

@@ -1,0 +1,2320 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * local.c - the local: backend, a store in one directory that several
+ * processes on one host may use at once.
+ *
+ * DESIGN
+ * Layout under the root (object names and keys are %-escaped into file
+ * names, see esc()):
+ *   obj/OID            the object's data (the object exists iff this does)
+ *   meta/OID/x.NAME    xattr values;  meta/OID/o.KEY  omap values;
+ *   meta/OID/.lock     flock()ed by compare-and-set
+ *   snapset/OID        copy-on-write state: "seq H" and "clone C F" lines
+ *   clone/OID.C        data of clone C: the object for snapshots in (F, C]
+ *   snaps/next, snaps/live/ID     snapshot id allocator and live snapshots
+ *   lock/OID.NAME      lock record (holder, cookie, desc, expiry), flock()ed
+ *   watch/OID/ADDR     registrations of watchers: ADDR is the name of an
+ *                      abstract unix datagram socket the watcher reads
+ *   fenced/CLIENT      a fenced client and its expiry
+ *   tmp/               scratch for atomic replacement (write + rename)
+ * Metadata changes are atomic (write to tmp/, fsync, rename) and durable
+ * at once.  Data writes go through the page cache and are made durable by
+ * flush (fdatasync of every file this process dirtied, then the obj/
+ * directory), or at once with STORE_WRITE_SYNC.
+ *
+ * Copy-on-write follows RADOS self-managed snapshots: a write under a
+ * snapshot context whose seq is newer than the object's snapset seq first
+ * copies the object to a clone named after the newest snapshot, which
+ * then serves reads at every snapshot in (old seq, clone id].  Removing a
+ * snapshot trims clones that no live snapshot needs any more.
+ *
+ * Fencing: a fenced client finds its name in fenced/ and fails every call
+ * with -ESHUTDOWN; the check is cached for 10 ms.  This is a best-effort
+ * fence (a call already past the check still lands); the lease layer adds
+ * an epoch check for the local store.
+ *
+ * Open files are cached (fd cache, LRU) so a 4 KiB write costs one
+ * pwrite.  Asynchronous calls run on a small pool of threads.
+ */
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "internal.h"
+
+#define ESC_MAX (3 * STORE_NAME_MAX + 1)
+#define FD_CACHE_MAX 512
+#define FD_HASH 1024
+#define FENCE_CHECK_NS (10 * 1000000ull)
+#define MAX_CLONES 256
+
+/* ---- Shared state of one store_open() and its clones ------------------ */
+
+struct fd_entry {
+  struct fd_entry *hnext;           /* hash chain */
+  struct fd_entry *prev, *next;     /* LRU, most recent first */
+  char oid[STORE_NAME_MAX + 1];
+  int fd;
+  int refs;                         /* users right now */
+  bool dirty;                       /* written since the last fdatasync */
+  bool orphan;                      /* dropped from the cache while in use */
+  uint64_t cow_seq;                 /* snapset seq known to be >= this */
+};
+
+struct job;
+
+struct root {
+  char *path;
+  int dirfd;                        /* the root directory */
+  int objfd;                        /* obj/ */
+  char client[STORE_CLIENT_MAX];
+  int refs;                         /* handles (open + clones) */
+
+  pthread_mutex_t fd_lock;
+  struct fd_entry *hash[FD_HASH];
+  struct fd_entry *lru_head, *lru_tail;
+  size_t nfds;
+  bool dir_dirty;                   /* obj/ gained entries since flush */
+
+  pthread_mutex_t q_lock;
+  pthread_cond_t q_cond;
+  struct job *q_head, *q_tail;
+  pthread_t *threads;
+  size_t nthreads;
+  bool q_stop;
+
+  uint64_t fence_checked_ns;        /* under fd_lock */
+  bool fenced;
+  unsigned watch_seq;
+};
+
+struct local {
+  struct root *r;
+  pthread_rwlock_t snapc_lock;
+  uint64_t seq;
+  uint64_t *snaps;
+  size_t nsnaps;
+  pthread_mutex_t io_lock;          /* inflight aio of this handle */
+  pthread_cond_t io_cond;
+  unsigned inflight;
+};
+
+/* ---- Names ------------------------------------------------------------ */
+
+/* Escapes NAME into a file name: [A-Za-z0-9_.-] stay, except a leading
+ * '.', everything else becomes %XX. */
+static void
+esc (const char *name, char *out)
+{
+  static const char hex[] = "0123456789ABCDEF";
+  const unsigned char *p;
+  char *o = out;
+
+  for (p = (const unsigned char *) name; *p; p++) {
+    if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+        || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'
+        || (*p == '.' && p != (const unsigned char *) name)) {
+      *o++ = *p;
+    }
+    else {
+      *o++ = '%';
+      *o++ = hex[*p >> 4];
+      *o++ = hex[*p & 15];
+    }
+  }
+  *o = '\0';
+}
+
+static void
+unesc (const char *in, char *out)
+{
+  unsigned v;
+
+  while (*in) {
+    if (in[0] == '%' && in[1] && in[2] && sscanf (in + 1, "%2x", &v) == 1) {
+      *out++ = (char) v;
+      in += 3;
+    }
+    else
+      *out++ = *in++;
+  }
+  *out = '\0';
+}
+
+/* Builds "DIR/ESC(NAME)SUFFIX" relative to the root. */
+static void
+relpath (char *buf, size_t len, const char *dir, const char *name,
+         const char *suffix)
+{
+  char e[ESC_MAX];
+
+  esc (name, e);
+  snprintf (buf, len, "%s/%s%s", dir, e, suffix ? suffix : "");
+}
+
+/* ---- Small file helpers ----------------------------------------------- */
+
+static int
+fsync_dir (struct root *r, const char *dir)
+{
+  int fd = openat (r->dirfd, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int rc = 0;
+
+  if (fd < 0)
+    return -errno;
+  if (fsync (fd) < 0)
+    rc = -errno;
+  close (fd);
+  return rc;
+}
+
+/* Writes a new temporary file in tmp/ with BUF, fdatasync'ed; its name
+ * (relative to the root) goes to TMP. */
+static int
+write_tmp (struct root *r, const void *buf, size_t len, char *tmp,
+           size_t tmplen)
+{
+  static unsigned counter;
+  unsigned n = __atomic_fetch_add (&counter, 1, __ATOMIC_RELAXED);
+  const char *p = buf;
+  int fd, rc = 0;
+  ssize_t w;
+
+  snprintf (tmp, tmplen, "tmp/%d.%u.%lx", (int) getpid (), n,
+            (unsigned long) now_mono_ns ());
+  fd = openat (r->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return -errno;
+  while (len > 0) {
+    w = write (fd, p, len);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      rc = -errno;
+      break;
+    }
+    p += w;
+    len -= w;
+  }
+  if (rc == 0 && fdatasync (fd) < 0)
+    rc = -errno;
+  close (fd);
+  if (rc < 0)
+    unlinkat (r->dirfd, tmp, 0);
+  return rc;
+}
+
+/* Atomically replaces PATH (relative to the root) with BUF, durably. */
+static int
+replace_file (struct root *r, const char *path, const void *buf, size_t len)
+{
+  char tmp[256], dir[PATH_MAX], *slash;
+  int rc;
+
+  rc = write_tmp (r, buf, len, tmp, sizeof tmp);
+  if (rc < 0)
+    return rc;
+  if (renameat (r->dirfd, tmp, r->dirfd, path) < 0) {
+    rc = -errno;
+    unlinkat (r->dirfd, tmp, 0);
+    return rc;
+  }
+  snprintf (dir, sizeof dir, "%s", path);
+  slash = strrchr (dir, '/');
+  if (slash)
+    *slash = '\0';
+  return fsync_dir (r, dir);
+}
+
+/* Reads up to LEN bytes of PATH into BUF; returns the file's size or
+ * -errno. */
+static ssize_t
+read_file (struct root *r, const char *path, void *buf, size_t len)
+{
+  struct stat sb;
+  ssize_t n = 0, got;
+  int fd;
+
+  fd = openat (r->dirfd, path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  if (fstat (fd, &sb) < 0) {
+    n = -errno;
+    goto out;
+  }
+  while ((size_t) n < len) {
+    got = pread (fd, (char *) buf + n, len - n, n);
+    if (got < 0) {
+      if (errno == EINTR)
+        continue;
+      n = -errno;
+      goto out;
+    }
+    if (got == 0)
+      break;
+    n += got;
+  }
+  n = sb.st_size;
+out:
+  close (fd);
+  return n;
+}
+
+static int
+full_pread (int fd, void *buf, size_t len, uint64_t off)
+{
+  char *p = buf;
+  ssize_t n;
+
+  while (len > 0) {
+    n = pread (fd, p, len, off);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    if (n == 0) {
+      memset (p, 0, len);       /* past the end: zeros */
+      break;
+    }
+    p += n;
+    off += n;
+    len -= n;
+  }
+  return 0;
+}
+
+static int
+full_pwrite (int fd, const void *buf, size_t len, uint64_t off)
+{
+  const char *p = buf;
+  ssize_t n;
+
+  while (len > 0) {
+    n = pwrite (fd, p, len, off);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    p += n;
+    off += n;
+    len -= n;
+  }
+  return 0;
+}
+
+/* ---- Fencing ---------------------------------------------------------- */
+
+static bool
+client_fenced (struct root *r, const char *client)
+{
+  char path[PATH_MAX], buf[64];
+  ssize_t n;
+
+  relpath (path, sizeof path, "fenced", client, NULL);
+  n = read_file (r, path, buf, sizeof buf - 1);
+  if (n < 0)
+    return false;
+  buf[MIN ((size_t) n, sizeof buf - 1)] = '\0';
+  return strtoull (buf, NULL, 10) > now_wall_ms ();
+}
+
+/* Returns -ESHUTDOWN (with a message) if this client has been fenced. */
+static int
+check_fence (struct root *r, const char *op)
+{
+  uint64_t now = now_mono_ns ();
+  bool fenced;
+
+  pthread_mutex_lock (&r->fd_lock);
+  if (now - r->fence_checked_ns > FENCE_CHECK_NS || r->fenced) {
+    pthread_mutex_unlock (&r->fd_lock);
+    fenced = client_fenced (r, r->client);
+    pthread_mutex_lock (&r->fd_lock);
+    r->fenced = fenced;
+    r->fence_checked_ns = now;
+  }
+  fenced = r->fenced;
+  pthread_mutex_unlock (&r->fd_lock);
+  if (fenced) {
+    vbk_set_error ("store: local: %s: this client (%s) has been fenced",
+                   op, r->client);
+    return -ESHUTDOWN;
+  }
+  return 0;
+}
+
+#define FENCE(r, op)                            \
+  do {                                          \
+    int f_ = check_fence ((r), (op));           \
+    if (f_ < 0)                                 \
+      return f_;                                \
+  } while (0)
+
+/* ---- The fd cache ----------------------------------------------------- */
+
+static unsigned
+hash_oid (const char *s)
+{
+  unsigned h = 2166136261u;
+
+  while (*s)
+    h = (h ^ (unsigned char) *s++) * 16777619u;
+  return h % FD_HASH;
+}
+
+static void
+lru_unlink (struct root *r, struct fd_entry *e)
+{
+  if (e->prev)
+    e->prev->next = e->next;
+  else
+    r->lru_head = e->next;
+  if (e->next)
+    e->next->prev = e->prev;
+  else
+    r->lru_tail = e->prev;
+  e->prev = e->next = NULL;
+}
+
+static void
+lru_push (struct root *r, struct fd_entry *e)
+{
+  e->next = r->lru_head;
+  e->prev = NULL;
+  if (r->lru_head)
+    r->lru_head->prev = e;
+  r->lru_head = e;
+  if (r->lru_tail == NULL)
+    r->lru_tail = e;
+}
+
+static void
+hash_unlink (struct root *r, struct fd_entry *e)
+{
+  struct fd_entry **pp = &r->hash[hash_oid (e->oid)];
+
+  while (*pp != e)
+    pp = &(*pp)->hnext;
+  *pp = e->hnext;
+}
+
+/* Closes least recently used idle entries beyond the limit; called with
+ * fd_lock held. */
+static void
+fd_trim (struct root *r)
+{
+  struct fd_entry *e = r->lru_tail, *prev;
+
+  while (e && r->nfds > FD_CACHE_MAX) {
+    prev = e->prev;
+    if (e->refs == 0) {
+      if (e->dirty)
+        fdatasync (e->fd);
+      close (e->fd);
+      lru_unlink (r, e);
+      hash_unlink (r, e);
+      free (e);
+      r->nfds--;
+    }
+    e = prev;
+  }
+}
+
+/* Gets an open file for OID's head.  With CREATE the file is created if
+ * missing; without it a missing object gives -ENOENT. */
+static int
+fd_get (struct root *r, const char *oid, bool create, struct fd_entry **out)
+{
+  unsigned h = hash_oid (oid);
+  struct fd_entry *e;
+  char path[PATH_MAX];
+  int fd;
+
+  pthread_mutex_lock (&r->fd_lock);
+  for (e = r->hash[h]; e; e = e->hnext) {
+    if (strcmp (e->oid, oid) == 0) {
+      e->refs++;
+      lru_unlink (r, e);
+      lru_push (r, e);
+      pthread_mutex_unlock (&r->fd_lock);
+      *out = e;
+      return 0;
+    }
+  }
+  pthread_mutex_unlock (&r->fd_lock);
+
+  relpath (path, sizeof path, ".", oid, NULL);
+  fd = openat (r->objfd, path, O_RDWR | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT && create) {
+    fd = openat (r->objfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      pthread_mutex_lock (&r->fd_lock);
+      r->dir_dirty = true;
+      pthread_mutex_unlock (&r->fd_lock);
+    }
+  }
+  if (fd < 0)
+    return -errno;
+
+  e = calloc (1, sizeof *e);
+  if (e == NULL) {
+    close (fd);
+    return -ENOMEM;
+  }
+  snprintf (e->oid, sizeof e->oid, "%s", oid);
+  e->fd = fd;
+  e->refs = 1;
+
+  pthread_mutex_lock (&r->fd_lock);
+  /* Another thread may have opened it meanwhile: keep theirs. */
+  {
+    struct fd_entry *o;
+    for (o = r->hash[h]; o; o = o->hnext) {
+      if (strcmp (o->oid, oid) == 0) {
+        o->refs++;
+        pthread_mutex_unlock (&r->fd_lock);
+        close (fd);
+        free (e);
+        *out = o;
+        return 0;
+      }
+    }
+  }
+  e->hnext = r->hash[h];
+  r->hash[h] = e;
+  lru_push (r, e);
+  r->nfds++;
+  fd_trim (r);
+  pthread_mutex_unlock (&r->fd_lock);
+  *out = e;
+  return 0;
+}
+
+static void
+fd_put (struct root *r, struct fd_entry *e, bool dirtied)
+{
+  pthread_mutex_lock (&r->fd_lock);
+  if (dirtied)
+    e->dirty = true;
+  if (--e->refs == 0 && e->orphan) {
+    if (e->dirty)
+      fdatasync (e->fd);
+    close (e->fd);
+    free (e);
+  }
+  pthread_mutex_unlock (&r->fd_lock);
+}
+
+/* Drops the cached file of OID (after it was unlinked or replaced). */
+static void
+fd_forget (struct root *r, const char *oid)
+{
+  struct fd_entry *e;
+
+  pthread_mutex_lock (&r->fd_lock);
+  for (e = r->hash[hash_oid (oid)]; e; e = e->hnext) {
+    if (strcmp (e->oid, oid) == 0) {
+      hash_unlink (r, e);
+      lru_unlink (r, e);
+      r->nfds--;
+      if (e->refs == 0) {
+        close (e->fd);
+        free (e);
+      }
+      else
+        e->orphan = true;       /* the last fd_put closes it */
+      break;
+    }
+  }
+  pthread_mutex_unlock (&r->fd_lock);
+}
+
+/* ---- Snapsets (copy-on-write) ----------------------------------------- */
+
+struct snapset {
+  uint64_t seq;
+  size_t n;
+  struct { uint64_t id, from; } clones[MAX_CLONES];   /* ascending id */
+};
+
+/* Opens and flock()s the snapset file of OID (creating it if CREATE). */
+static int
+snapset_lock (struct root *r, const char *oid, int how, bool create)
+{
+  char path[PATH_MAX];
+  int fd;
+
+  relpath (path, sizeof path, "snapset", oid, NULL);
+  fd = openat (r->dirfd, path,
+               O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0644);
+  if (fd < 0)
+    return -errno;
+  if (flock (fd, how) < 0) {
+    int e = -errno;
+    close (fd);
+    return e;
+  }
+  return fd;
+}
+
+static int
+snapset_read (int fd, struct snapset *ss)
+{
+  char buf[16384], *line, *save;
+  ssize_t n;
+
+  memset (ss, 0, sizeof *ss);
+  n = pread (fd, buf, sizeof buf - 1, 0);
+  if (n < 0)
+    return -errno;
+  buf[n] = '\0';
+  for (line = strtok_r (buf, "\n", &save); line;
+       line = strtok_r (NULL, "\n", &save)) {
+    unsigned long long a, b;
+    if (sscanf (line, "seq %llu", &a) == 1)
+      ss->seq = a;
+    else if (sscanf (line, "clone %llu %llu", &a, &b) == 2
+             && ss->n < MAX_CLONES) {
+      ss->clones[ss->n].id = a;
+      ss->clones[ss->n].from = b;
+      ss->n++;
+    }
+  }
+  return 0;
+}
+
+static int
+snapset_write (int fd, const struct snapset *ss)
+{
+  char buf[16384];
+  size_t i, n;
+
+  n = snprintf (buf, sizeof buf, "seq %llu\n", (unsigned long long) ss->seq);
+  for (i = 0; i < ss->n; i++)
+    n += snprintf (buf + n, sizeof buf - n, "clone %llu %llu\n",
+                   (unsigned long long) ss->clones[i].id,
+                   (unsigned long long) ss->clones[i].from);
+  if (ftruncate (fd, 0) < 0 || full_pwrite (fd, buf, n, 0) < 0
+      || fdatasync (fd) < 0)
+    return -errno ? -errno : -EIO;
+  return 0;
+}
+
+static void
+clone_path (char *buf, size_t len, const char *oid, uint64_t id)
+{
+  char suffix[32];
+
+  snprintf (suffix, sizeof suffix, ".%016llx", (unsigned long long) id);
+  relpath (buf, len, "clone", oid, suffix);
+}
+
+/* Copies the head of OID into clone file ID (durably). */
+static int
+make_clone (struct root *r, const char *oid, uint64_t id)
+{
+  char src[PATH_MAX], dst[PATH_MAX], tmp[256];
+  int in, out, rc = 0;
+  struct stat sb;
+  loff_t off = 0;
+
+  relpath (src, sizeof src, "obj", oid, NULL);
+  clone_path (dst, sizeof dst, oid, id);
+  in = openat (r->dirfd, src, O_RDONLY | O_CLOEXEC);
+  if (in < 0)
+    return -errno;
+  rc = write_tmp (r, "", 0, tmp, sizeof tmp);
+  if (rc < 0) {
+    close (in);
+    return rc;
+  }
+  out = openat (r->dirfd, tmp, O_WRONLY | O_CLOEXEC);
+  if (out < 0 || fstat (in, &sb) < 0) {
+    rc = -errno;
+    goto out;
+  }
+  /* Copy only the data, keeping holes: the clone stays as sparse as the
+   * object. */
+  while (off < sb.st_size) {
+    loff_t data = lseek (in, off, SEEK_DATA), hole, o;
+    if (data < 0)
+      break;                    /* ENXIO: only a hole is left */
+    hole = lseek (in, data, SEEK_HOLE);
+    if (hole < 0) {
+      rc = -errno;
+      goto out;
+    }
+    o = data;
+    while (o < hole) {
+      loff_t d = o;
+      ssize_t n = copy_file_range (in, &o, out, &d, hole - o, 0);
+      if (n < 0) {
+        rc = -errno;
+        goto out;
+      }
+      if (n == 0)
+        break;
+    }
+    off = hole;
+  }
+  if (ftruncate (out, sb.st_size) < 0 || fdatasync (out) < 0) {
+    rc = -errno;
+    goto out;
+  }
+  if (renameat (r->dirfd, tmp, r->dirfd, dst) < 0)
+    rc = -errno;
+out:
+  if (out >= 0)
+    close (out);
+  close (in);
+  if (rc < 0)
+    unlinkat (r->dirfd, tmp, 0);
+  return rc;
+}
+
+static bool
+head_exists (struct root *r, const char *oid)
+{
+  char path[PATH_MAX];
+
+  relpath (path, sizeof path, "obj", oid, NULL);
+  return faccessat (r->dirfd, path, F_OK, 0) == 0;
+}
+
+/* Before a change to OID's head: preserves the head for the snapshots
+ * of this handle's context that the object has not seen yet. */
+static int
+cow_prepare (struct local *l, const char *oid, struct fd_entry *e)
+{
+  struct root *r = l->r;
+  struct snapset ss;
+  uint64_t seq, newest;
+  int fd, rc;
+
+  pthread_rwlock_rdlock (&l->snapc_lock);
+  seq = l->seq;
+  newest = l->nsnaps ? l->snaps[0] : 0;
+  pthread_rwlock_unlock (&l->snapc_lock);
+  if (seq == 0 || (e && e->cow_seq >= seq))
+    return 0;
+
+  fd = snapset_lock (r, oid, LOCK_EX, true);
+  if (fd < 0)
+    return fd;
+  rc = snapset_read (fd, &ss);
+  if (rc == 0 && seq > ss.seq) {
+    if (newest > ss.seq && head_exists (r, oid)) {
+      if (ss.n == MAX_CLONES)
+        rc = -ENOSPC;
+      else {
+        if (e && e->dirty)
+          fdatasync (e->fd);
+        rc = make_clone (r, oid, newest);
+        if (rc == 0) {
+          ss.clones[ss.n].id = newest;
+          ss.clones[ss.n].from = ss.seq;
+          ss.n++;
+        }
+      }
+    }
+    if (rc == 0) {
+      ss.seq = seq;
+      rc = snapset_write (fd, &ss);
+    }
+  }
+  close (fd);
+  if (rc == 0 && e) {
+    pthread_mutex_lock (&r->fd_lock);
+    e->cow_seq = seq;
+    pthread_mutex_unlock (&r->fd_lock);
+  }
+  return rc;
+}
+
+/* Where OID's data at SNAP is: *CLONE = clone id, or 0 for the head.
+ * Returns -ENOENT if the object did not exist at SNAP.  Called with the
+ * snapset locked (FD >= 0) or absent (FD < 0). */
+static int
+snap_source (struct root *r, int fd, const char *oid, uint64_t snap,
+             uint64_t *clone)
+{
+  struct snapset ss;
+  size_t i;
+  int rc;
+
+  *clone = 0;
+  if (fd < 0)
+    return head_exists (r, oid) ? 0 : -ENOENT;
+  rc = snapset_read (fd, &ss);
+  if (rc < 0)
+    return rc;
+  for (i = 0; i < ss.n; i++) {
+    if (ss.clones[i].id >= snap) {
+      if (ss.clones[i].from >= snap)
+        return -ENOENT;
+      *clone = ss.clones[i].id;
+      return 0;
+    }
+  }
+  if (ss.seq >= snap || !head_exists (r, oid))
+    return -ENOENT;
+  return 0;
+}
+
+/* ---- Opening ---------------------------------------------------------- */
+
+static void *worker (void *arg);
+
+static int
+make_dirs (struct root *r)
+{
+  static const char *const dirs[] = { "obj", "meta", "snapset", "clone",
+                                      "snaps", "snaps/live", "lock",
+                                      "watch", "fenced", "tmp" };
+  size_t i;
+
+  for (i = 0; i < sizeof dirs / sizeof dirs[0]; i++)
+    if (mkdirat (r->dirfd, dirs[i], 0755) < 0 && errno != EEXIST)
+      return -errno;
+  return 0;
+}
+
+static void
+root_free (struct root *r)
+{
+  struct fd_entry *e, *next;
+  size_t i;
+
+  if (r->threads) {
+    pthread_mutex_lock (&r->q_lock);
+    r->q_stop = true;
+    pthread_cond_broadcast (&r->q_cond);
+    pthread_mutex_unlock (&r->q_lock);
+    for (i = 0; i < r->nthreads; i++)
+      pthread_join (r->threads[i], NULL);
+    free (r->threads);
+  }
+  for (e = r->lru_head; e; e = next) {
+    next = e->next;
+    if (e->dirty)
+      fdatasync (e->fd);
+    close (e->fd);
+    free (e);
+  }
+  if (r->objfd >= 0)
+    close (r->objfd);
+  if (r->dirfd >= 0)
+    close (r->dirfd);
+  pthread_mutex_destroy (&r->fd_lock);
+  pthread_mutex_destroy (&r->q_lock);
+  pthread_cond_destroy (&r->q_cond);
+  free (r->path);
+  free (r);
+}
+
+static struct local *
+handle_new (struct root *r)
+{
+  struct local *l = calloc (1, sizeof *l);
+
+  if (l == NULL)
+    return NULL;
+  l->r = r;
+  pthread_rwlock_init (&l->snapc_lock, NULL);
+  pthread_mutex_init (&l->io_lock, NULL);
+  pthread_cond_init (&l->io_cond, NULL);
+  return l;
+}
+
+static int
+local_open (const char *arg, void **hp)
+{
+  static unsigned opens;
+  char host[64] = "host";
+  struct root *r;
+  struct local *l;
+  const char *env;
+  size_t i;
+  int rc;
+
+  if (arg[0] != '/') {
+    vbk_set_error ("store: local: '%s': expected an absolute path "
+                   "(local:/var/lib/vbk)", arg);
+    return -EINVAL;
+  }
+  r = calloc (1, sizeof *r);
+  if (r == NULL)
+    return -ENOMEM;
+  r->dirfd = r->objfd = -1;
+  pthread_mutex_init (&r->fd_lock, NULL);
+  pthread_mutex_init (&r->q_lock, NULL);
+  pthread_cond_init (&r->q_cond, NULL);
+  r->path = strdup (arg);
+  r->refs = 1;
+  gethostname (host, sizeof host - 1);
+  snprintf (r->client, sizeof r->client, "local.%s.%d.%u.%lx", host,
+            (int) getpid (),
+            __atomic_fetch_add (&opens, 1, __ATOMIC_RELAXED),
+            (unsigned long) (now_mono_ns () & 0xffffff));
+
+  if (mkdir (arg, 0755) < 0 && errno != EEXIST) {
+    rc = vbk_errno (-errno, "store: local: cannot create %s", arg);
+    goto fail;
+  }
+  r->dirfd = open (arg, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (r->dirfd < 0) {
+    rc = vbk_errno (-errno, "store: local: cannot open %s", arg);
+    goto fail;
+  }
+  rc = make_dirs (r);
+  if (rc < 0) {
+    vbk_errno (rc, "store: local: cannot set up %s", arg);
+    goto fail;
+  }
+  r->objfd = openat (r->dirfd, "obj", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (r->objfd < 0) {
+    rc = vbk_errno (-errno, "store: local: %s/obj", arg);
+    goto fail;
+  }
+  /* A probe write tells a read-only or full store at once. */
+  if (faccessat (r->dirfd, "tmp", W_OK, AT_EACCESS) < 0) {
+    rc = vbk_errno (-errno, "store: local: %s is not writable", arg);
+    goto fail;
+  }
+
+  env = getenv ("VBK_LOCAL_THREADS");
+  r->nthreads = env ? (size_t) atoi (env) : 4;
+  if (r->nthreads < 1 || r->nthreads > 64)
+    r->nthreads = 4;
+  r->threads = calloc (r->nthreads, sizeof *r->threads);
+  if (r->threads == NULL) {
+    rc = -ENOMEM;
+    goto fail;
+  }
+  for (i = 0; i < r->nthreads; i++) {
+    if (pthread_create (&r->threads[i], NULL, worker, r) != 0) {
+      r->nthreads = i;
+      rc = -EAGAIN;
+      goto fail;
+    }
+  }
+  l = handle_new (r);
+  if (l == NULL) {
+    rc = -ENOMEM;
+    goto fail;
+  }
+  *hp = l;
+  return 0;
+
+fail:
+  root_free (r);
+  return rc;
+}
+
+static int
+local_clone (void *parent, void **hp)
+{
+  struct local *p = parent, *l;
+
+  l = handle_new (p->r);
+  if (l == NULL)
+    return -ENOMEM;
+  __atomic_add_fetch (&p->r->refs, 1, __ATOMIC_SEQ_CST);
+  *hp = l;
+  return 0;
+}
+
+static void
+local_close (void *h)
+{
+  struct local *l = h;
+
+  pthread_mutex_lock (&l->io_lock);
+  while (l->inflight > 0)
+    pthread_cond_wait (&l->io_cond, &l->io_lock);
+  pthread_mutex_unlock (&l->io_lock);
+  if (__atomic_sub_fetch (&l->r->refs, 1, __ATOMIC_SEQ_CST) == 0)
+    root_free (l->r);
+  pthread_rwlock_destroy (&l->snapc_lock);
+  pthread_mutex_destroy (&l->io_lock);
+  pthread_cond_destroy (&l->io_cond);
+  free (l->snaps);
+  free (l);
+}
+
+static const char *
+local_client_id (void *h)
+{
+  return ((struct local *) h)->r->client;
+}
+
+/* ---- Object data ------------------------------------------------------ */
+
+static ssize_t
+local_read (void *h, const char *oid, void *buf, size_t len, uint64_t off,
+            uint64_t snap)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  struct fd_entry *e;
+  int rc, sfd, fd;
+  uint64_t clone;
+  char path[PATH_MAX];
+
+  FENCE (r, "read");
+  if (snap == STORE_SNAP_HEAD) {
+    rc = fd_get (r, oid, false, &e);
+    if (rc < 0)
+      return rc;
+    rc = full_pread (e->fd, buf, len, off);
+    fd_put (r, e, false);
+    return rc < 0 ? rc : (ssize_t) len;
+  }
+
+  sfd = snapset_lock (r, oid, LOCK_SH, false);
+  rc = snap_source (r, sfd, oid, snap, &clone);
+  if (rc == 0) {
+    if (clone)
+      clone_path (path, sizeof path, oid, clone);
+    else
+      relpath (path, sizeof path, "obj", oid, NULL);
+    fd = openat (r->dirfd, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+      rc = -errno;
+    else {
+      rc = full_pread (fd, buf, len, off);
+      close (fd);
+    }
+  }
+  if (sfd >= 0)
+    close (sfd);
+  return rc < 0 ? rc : (ssize_t) len;
+}
+
+static int
+local_write (void *h, const char *oid, const void *buf, size_t len,
+             uint64_t off, unsigned flags)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  struct fd_entry *e;
+  int rc;
+
+  FENCE (r, "write");
+  rc = fd_get (r, oid, true, &e);
+  if (rc < 0)
+    return rc;
+  rc = cow_prepare (l, oid, e);
+  if (rc == 0)
+    rc = full_pwrite (e->fd, buf, len, off);
+  if (rc == 0 && (flags & STORE_WRITE_SYNC)) {
+    if (fdatasync (e->fd) < 0)
+      rc = -errno;
+    else if (r->dir_dirty)
+      rc = fsync_dir (r, "obj");
+  }
+  fd_put (r, e, rc == 0 && !(flags & STORE_WRITE_SYNC));
+  return rc;
+}
+
+static int
+local_write_full (void *h, const char *oid, const void *buf, size_t len,
+                  unsigned flags)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  char path[PATH_MAX];
+  int rc;
+
+  FENCE (r, "write_full");
+  rc = cow_prepare (l, oid, NULL);
+  if (rc < 0)
+    return rc;
+  relpath (path, sizeof path, "obj", oid, NULL);
+  rc = replace_file (r, path, buf, len);
+  fd_forget (r, oid);
+  return rc;
+}
+
+static int
+local_create_excl (void *h, const char *oid, const void *buf, size_t len,
+                   unsigned flags)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  char path[PATH_MAX], tmp[256];
+  int rc;
+
+  FENCE (r, "create");
+  rc = cow_prepare (l, oid, NULL);
+  if (rc < 0)
+    return rc;
+  rc = write_tmp (r, buf, len, tmp, sizeof tmp);
+  if (rc < 0)
+    return rc;
+  relpath (path, sizeof path, "obj", oid, NULL);
+  if (linkat (r->dirfd, tmp, r->dirfd, path, 0) < 0)
+    rc = -errno;
+  unlinkat (r->dirfd, tmp, 0);
+  if (rc == -EEXIST) {
+    vbk_set_error ("store: local: create: %s: object exists", oid);
+    return rc;
+  }
+  return rc < 0 ? rc : fsync_dir (r, "obj");
+}
+
+static int
+local_zero (void *h, const char *oid, uint64_t off, uint64_t len)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  struct fd_entry *e;
+  struct stat sb;
+  int rc;
+
+  FENCE (r, "zero");
+  rc = fd_get (r, oid, false, &e);
+  if (rc < 0)
+    return rc;
+  rc = cow_prepare (l, oid, e);
+  if (rc == 0 && fstat (e->fd, &sb) < 0)
+    rc = -errno;
+  if (rc == 0 && off < (uint64_t) sb.st_size) {
+    len = MIN (len, (uint64_t) sb.st_size - off);
+    if (fallocate (e->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                   off, len) < 0)
+      rc = -errno;
+  }
+  fd_put (r, e, rc == 0);
+  return rc;
+}
+
+static int
+local_truncate (void *h, const char *oid, uint64_t size)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  struct fd_entry *e;
+  int rc;
+
+  FENCE (r, "truncate");
+  rc = fd_get (r, oid, false, &e);
+  if (rc < 0)
+    return rc;
+  rc = cow_prepare (l, oid, e);
+  if (rc == 0 && ftruncate (e->fd, size) < 0)
+    rc = -errno;
+  fd_put (r, e, rc == 0);
+  return rc;
+}
+
+/* Removes meta/OID/ and everything in it. */
+static void
+remove_meta (struct root *r, const char *oid)
+{
+  char path[PATH_MAX];
+  struct dirent *d;
+  DIR *dir;
+  int fd;
+
+  relpath (path, sizeof path, "meta", oid, NULL);
+  fd = openat (r->dirfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return;
+  dir = fdopendir (fd);
+  if (dir == NULL) {
+    close (fd);
+    return;
+  }
+  while ((d = readdir (dir)) != NULL)
+    if (strcmp (d->d_name, ".") && strcmp (d->d_name, ".."))
+      unlinkat (fd, d->d_name, 0);
+  closedir (dir);
+  unlinkat (r->dirfd, path, AT_REMOVEDIR);
+}
+
+static int
+local_remove (void *h, const char *oid)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  char path[PATH_MAX];
+  int rc;
+
+  FENCE (r, "remove");
+  if (!head_exists (r, oid))
+    return -ENOENT;
+  rc = cow_prepare (l, oid, NULL);
+  if (rc < 0)
+    return rc;
+  relpath (path, sizeof path, "obj", oid, NULL);
+  fd_forget (r, oid);
+  if (unlinkat (r->dirfd, path, 0) < 0)
+    return -errno;
+  remove_meta (r, oid);
+  return fsync_dir (r, "obj");
+}
+
+static int
+local_stat (void *h, const char *oid, uint64_t snap, uint64_t *size)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  char path[PATH_MAX];
+  uint64_t clone = 0;
+  struct stat sb;
+  int rc = 0, sfd = -1;
+
+  FENCE (r, "stat");
+  if (snap != STORE_SNAP_HEAD) {
+    sfd = snapset_lock (r, oid, LOCK_SH, false);
+    rc = snap_source (r, sfd, oid, snap, &clone);
+  }
+  if (rc == 0) {
+    if (clone)
+      clone_path (path, sizeof path, oid, clone);
+    else
+      relpath (path, sizeof path, "obj", oid, NULL);
+    if (fstatat (r->dirfd, path, &sb, 0) < 0)
+      rc = -errno;
+    else
+      *size = sb.st_size;
+  }
+  if (sfd >= 0)
+    close (sfd);
+  return rc;
+}
+
+static int
+local_flush (void *h)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  struct fd_entry *e;
+  int fds[FD_CACHE_MAX + 64], rc = 0;
+  size_t n = 0, i;
+  bool dir_dirty;
+
+  FENCE (r, "flush");
+  /* Collect the dirty files under the lock, sync them outside it; dup
+   * so an eviction meanwhile cannot close them under us. */
+  pthread_mutex_lock (&r->fd_lock);
+  for (e = r->lru_head; e && n < sizeof fds / sizeof fds[0]; e = e->next) {
+    if (e->dirty) {
+      e->dirty = false;
+      fds[n] = dup (e->fd);
+      if (fds[n] >= 0)
+        n++;
+    }
+  }
+  dir_dirty = r->dir_dirty;
+  r->dir_dirty = false;
+  pthread_mutex_unlock (&r->fd_lock);
+
+  for (i = 0; i < n; i++) {
+    if (fdatasync (fds[i]) < 0 && rc == 0)
+      rc = -errno;
+    close (fds[i]);
+  }
+  if (dir_dirty && rc == 0)
+    rc = fsync_dir (r, "obj");
+  return rc;
+}
+
+/* ---- Asynchronous I/O: a queue served by the worker threads ----------- */
+
+struct job {
+  struct job *next;
+  struct local *l;
+  bool write;
+  char oid[STORE_NAME_MAX + 1];
+  void *buf;
+  size_t len;
+  uint64_t off, snap;
+  unsigned flags;
+  store_aio_cb cb;
+  void *arg;
+};
+
+static void *
+worker (void *arg)
+{
+  struct root *r = arg;
+  struct job *j;
+  ssize_t ret;
+
+  for (;;) {
+    pthread_mutex_lock (&r->q_lock);
+    while (r->q_head == NULL && !r->q_stop)
+      pthread_cond_wait (&r->q_cond, &r->q_lock);
+    j = r->q_head;
+    if (j == NULL) {
+      pthread_mutex_unlock (&r->q_lock);
+      return NULL;
+    }
+    r->q_head = j->next;
+    if (r->q_head == NULL)
+      r->q_tail = NULL;
+    pthread_mutex_unlock (&r->q_lock);
+
+    if (j->write)
+      ret = local_write (j->l, j->oid, j->buf, j->len, j->off, j->flags);
+    else
+      ret = local_read (j->l, j->oid, j->buf, j->len, j->off, j->snap);
+    j->cb (j->arg, ret);
+
+    pthread_mutex_lock (&j->l->io_lock);
+    if (--j->l->inflight == 0)
+      pthread_cond_broadcast (&j->l->io_cond);
+    pthread_mutex_unlock (&j->l->io_lock);
+    free (j);
+  }
+}
+
+static int
+submit (struct local *l, bool write, const char *oid, void *buf, size_t len,
+        uint64_t off, uint64_t snap, unsigned flags, store_aio_cb cb,
+        void *arg)
+{
+  struct root *r = l->r;
+  struct job *j = malloc (sizeof *j);
+
+  if (j == NULL)
+    return -ENOMEM;
+  j->next = NULL;
+  j->l = l;
+  j->write = write;
+  snprintf (j->oid, sizeof j->oid, "%s", oid);
+  j->buf = buf;
+  j->len = len;
+  j->off = off;
+  j->snap = snap;
+  j->flags = flags;
+  j->cb = cb;
+  j->arg = arg;
+
+  pthread_mutex_lock (&l->io_lock);
+  l->inflight++;
+  pthread_mutex_unlock (&l->io_lock);
+
+  pthread_mutex_lock (&r->q_lock);
+  if (r->q_tail)
+    r->q_tail->next = j;
+  else
+    r->q_head = j;
+  r->q_tail = j;
+  pthread_cond_signal (&r->q_cond);
+  pthread_mutex_unlock (&r->q_lock);
+  return 0;
+}
+
+static int
+local_aio_read (void *h, const char *oid, void *buf, size_t len,
+                uint64_t off, uint64_t snap, store_aio_cb cb, void *arg)
+{
+  return submit (h, false, oid, buf, len, off, snap, 0, cb, arg);
+}
+
+static int
+local_aio_write (void *h, const char *oid, const void *buf, size_t len,
+                 uint64_t off, unsigned flags, store_aio_cb cb, void *arg)
+{
+  return submit (h, true, oid, (void *) buf, len, off, 0, flags, cb, arg);
+}
+
+/* ---- Xattrs and omap -------------------------------------------------- */
+
+static void
+meta_path (char *buf, size_t len, const char *oid, char kind,
+           const char *name)
+{
+  char eo[ESC_MAX], en[ESC_MAX];
+
+  esc (oid, eo);
+  esc (name, en);
+  snprintf (buf, len, "meta/%s/%c.%s", eo, kind, en);
+}
+
+/* Makes sure OID exists (an empty object) and has a meta directory. */
+static int
+meta_prepare (struct root *r, const char *oid)
+{
+  char path[PATH_MAX];
+  int fd;
+
+  relpath (path, sizeof path, "obj", oid, NULL);
+  fd = openat (r->dirfd, path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return -errno;
+  close (fd);
+  relpath (path, sizeof path, "meta", oid, NULL);
+  if (mkdirat (r->dirfd, path, 0755) < 0 && errno != EEXIST)
+    return -errno;
+  return 0;
+}
+
+/* flock()s meta/OID/.lock; returns the fd or -errno. */
+static int
+meta_lock (struct root *r, const char *oid)
+{
+  char path[PATH_MAX];
+  int fd;
+
+  relpath (path, sizeof path, "meta", oid, "/.lock");
+  fd = openat (r->dirfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return -errno;
+  if (flock (fd, LOCK_EX) < 0) {
+    close (fd);
+    return -EIO;
+  }
+  return fd;
+}
+
+static ssize_t
+meta_get (struct local *l, const char *op, const char *oid, char kind,
+          const char *name, void *buf, size_t len)
+{
+  struct root *r = l->r;
+  char path[PATH_MAX];
+  ssize_t n;
+
+  FENCE (r, op);
+  if (!head_exists (r, oid))
+    return -ENOENT;
+  meta_path (path, sizeof path, oid, kind, name);
+  n = read_file (r, path, buf, len);
+  if (n == -ENOENT)
+    return kind == 'x' ? -ENODATA : -ENOENT;
+  return n;
+}
+
+static int
+meta_set (struct local *l, const char *op, const char *oid, char kind,
+          const char *name, const void *val, size_t len)
+{
+  struct root *r = l->r;
+  char path[PATH_MAX];
+  int rc, fd;
+
+  FENCE (r, op);
+  if (len > 65536) {
+    vbk_set_error ("store: local: %s: %s: value too large", op, oid);
+    return -E2BIG;
+  }
+  rc = meta_prepare (r, oid);
+  if (rc < 0)
+    return rc;
+  fd = meta_lock (r, oid);
+  if (fd < 0)
+    return fd;
+  meta_path (path, sizeof path, oid, kind, name);
+  rc = replace_file (r, path, val, len);
+  close (fd);
+  return rc;
+}
+
+static int
+meta_rm (struct local *l, const char *op, const char *oid, char kind,
+         const char *name)
+{
+  struct root *r = l->r;
+  char path[PATH_MAX];
+  int rc = 0, fd;
+
+  FENCE (r, op);
+  if (!head_exists (r, oid))
+    return -ENOENT;
+  fd = meta_lock (r, oid);
+  if (fd < 0)
+    return fd == -ENOENT ? (kind == 'x' ? -ENODATA : -ENOENT) : fd;
+  meta_path (path, sizeof path, oid, kind, name);
+  if (unlinkat (r->dirfd, path, 0) < 0)
+    rc = errno == ENOENT ? (kind == 'x' ? -ENODATA : -ENOENT) : -errno;
+  close (fd);
+  return rc;
+}
+
+static ssize_t
+local_xattr_get (void *h, const char *oid, const char *name, void *buf,
+                 size_t len)
+{
+  return meta_get (h, "xattr_get", oid, 'x', name, buf, len);
+}
+
+static int
+local_xattr_set (void *h, const char *oid, const char *name,
+                 const void *val, size_t len)
+{
+  return meta_set (h, "xattr_set", oid, 'x', name, val, len);
+}
+
+static int
+local_xattr_rm (void *h, const char *oid, const char *name)
+{
+  return meta_rm (h, "xattr_rm", oid, 'x', name);
+}
+
+static int
+local_xattr_cas (void *h, const char *oid, const char *name,
+                 const void *old, size_t oldlen, const void *new,
+                 size_t newlen)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  char path[PATH_MAX], cur[65537];
+  ssize_t n;
+  int rc, fd;
+
+  FENCE (r, "xattr_cas");
+  if (!head_exists (r, oid))
+    return -ENOENT;
+  rc = meta_prepare (r, oid);
+  if (rc < 0)
+    return rc;
+  fd = meta_lock (r, oid);
+  if (fd < 0)
+    return fd;
+  meta_path (path, sizeof path, oid, 'x', name);
+  n = read_file (r, path, cur, sizeof cur);
+  if (n < 0 || (size_t) n != oldlen || memcmp (cur, old, oldlen) != 0) {
+    rc = n < 0 && n != -ENOENT ? (int) n : -ECANCELED;
+    if (rc == -ECANCELED)
+      vbk_set_error ("store: local: xattr_cas: %s: %s: value changed", oid,
+                     name);
+  }
+  else
+    rc = replace_file (r, path, new, newlen);
+  close (fd);
+  return rc;
+}
+
+static int
+local_omap_set (void *h, const char *oid, const char *key, const void *val,
+                size_t len)
+{
+  return meta_set (h, "omap_set", oid, 'o', key, val, len);
+}
+
+static ssize_t
+local_omap_get (void *h, const char *oid, const char *key, void *buf,
+                size_t len)
+{
+  return meta_get (h, "omap_get", oid, 'o', key, buf, len);
+}
+
+static int
+local_omap_rm (void *h, const char *oid, const char *key)
+{
+  return meta_rm (h, "omap_rm", oid, 'o', key);
+}
+
+static int
+cmp_str (const void *a, const void *b)
+{
+  return strcmp (*(char *const *) a, *(char *const *) b);
+}
+
+static int
+local_omap_list (void *h, const char *oid, const char *after, size_t max,
+                 store_omap_cb cb, void *arg)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  char path[PATH_MAX], **keys = NULL, key[STORE_NAME_MAX + 1];
+  size_t n = 0, cap = 0, i, done = 0;
+  struct dirent *d;
+  char *val = NULL;
+  DIR *dir;
+  int fd, rc = 0;
+
+  FENCE (r, "omap_list");
+  if (!head_exists (r, oid))
+    return -ENOENT;
+  relpath (path, sizeof path, "meta", oid, NULL);
+  fd = openat (r->dirfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return errno == ENOENT ? 0 : -errno;
+  dir = fdopendir (fd);
+  if (dir == NULL) {
+    close (fd);
+    return -errno;
+  }
+  while ((d = readdir (dir)) != NULL) {
+    if (strncmp (d->d_name, "o.", 2) != 0)
+      continue;
+    unesc (d->d_name + 2, key);
+    if (strcmp (key, after) <= 0)
+      continue;
+    if (n == cap) {
+      char **nk = realloc (keys, (cap = cap ? cap * 2 : 64) * sizeof *keys);
+      if (nk == NULL) {
+        rc = -ENOMEM;
+        goto out;
+      }
+      keys = nk;
+    }
+    keys[n] = strdup (key);
+    if (keys[n] == NULL) {
+      rc = -ENOMEM;
+      goto out;
+    }
+    n++;
+  }
+  qsort (keys, n, sizeof *keys, cmp_str);
+  val = malloc (65536);
+  if (val == NULL) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  for (i = 0; i < n && done < max; i++) {
+    ssize_t len = meta_get (l, "omap_list", oid, 'o', keys[i], val, 65536);
+    if (len == -ENOENT)
+      continue;                 /* removed meanwhile */
+    if (len < 0) {
+      rc = (int) len;
+      break;
+    }
+    done++;
+    rc = cb (arg, keys[i], val, (size_t) len);
+    if (rc != 0)
+      break;
+  }
+out:
+  for (i = 0; i < n; i++)
+    free (keys[i]);
+  free (keys);
+  free (val);
+  closedir (dir);
+  return rc;
+}
+
+/* ---- Locks ------------------------------------------------------------ */
+
+struct lock_rec {
+  char client[STORE_CLIENT_MAX];
+  char cookie[STORE_NAME_MAX + 1];
+  char desc[STORE_NAME_MAX + 1];
+  uint64_t expires_ms;
+};
+
+/* Opens and flock()s the lock file of OID/NAME; reads its record into
+ * REC (rec->client[0] == 0: not held, or expired). */
+static int
+lock_open (struct root *r, const char *oid, const char *name,
+           struct lock_rec *rec)
+{
+  char path[PATH_MAX], eo[ESC_MAX], en[ESC_MAX], buf[1024];
+  char *p, *nl;
+  ssize_t n;
+  int fd, field = 0;
+
+  esc (oid, eo);
+  esc (name, en);
+  snprintf (path, sizeof path, "lock/%s.%s", eo, en);
+  fd = openat (r->dirfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return -errno;
+  if (flock (fd, LOCK_EX) < 0) {
+    close (fd);
+    return -EIO;
+  }
+  memset (rec, 0, sizeof *rec);
+  n = pread (fd, buf, sizeof buf - 1, 0);
+  if (n < 0)
+    n = 0;
+  buf[n] = '\0';
+  for (p = buf; (nl = strchr (p, '\n')) != NULL; p = nl + 1, field++) {
+    *nl = '\0';
+    switch (field) {
+    case 0: snprintf (rec->client, sizeof rec->client, "%s", p); break;
+    case 1: snprintf (rec->cookie, sizeof rec->cookie, "%s", p); break;
+    case 2: snprintf (rec->desc, sizeof rec->desc, "%s", p); break;
+    case 3: rec->expires_ms = strtoull (p, NULL, 10); break;
+    }
+  }
+  if (rec->expires_ms && rec->expires_ms <= now_wall_ms ())
+    memset (rec, 0, sizeof *rec);
+  return fd;
+}
+
+static int
+lock_store (int fd, const struct lock_rec *rec)
+{
+  char buf[1024];
+  int n = 0;
+
+  if (rec->client[0])
+    n = snprintf (buf, sizeof buf, "%s\n%s\n%s\n%llu\n", rec->client,
+                  rec->cookie, rec->desc,
+                  (unsigned long long) rec->expires_ms);
+  if (ftruncate (fd, 0) < 0 || full_pwrite (fd, buf, n, 0) < 0)
+    return -EIO;
+  return 0;
+}
+
+static int
+local_lock (void *h, const char *oid, const char *name, const char *cookie,
+            const char *desc, uint32_t duration_ms, unsigned flags)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  struct lock_rec rec;
+  int fd, rc;
+
+  FENCE (r, "lock");
+  fd = lock_open (r, oid, name, &rec);
+  if (fd < 0)
+    return fd;
+  if (rec.client[0]) {
+    bool mine = strcmp (rec.client, r->client) == 0
+      && strcmp (rec.cookie, cookie) == 0;
+    if (!mine) {
+      vbk_set_error ("store: local: lock: %s: held by %s", oid, rec.client);
+      rc = -EBUSY;
+    }
+    else if (!(flags & STORE_LOCK_RENEW))
+      rc = -EEXIST;
+    else
+      rc = 0;
+  }
+  else if (flags & STORE_LOCK_RENEW) {
+    vbk_set_error ("store: local: lock: %s: renew of a lock not held", oid);
+    rc = -ENOENT;
+  }
+  else
+    rc = 0;
+  if (rc == 0) {
+    snprintf (rec.client, sizeof rec.client, "%s", r->client);
+    snprintf (rec.cookie, sizeof rec.cookie, "%s", cookie);
+    snprintf (rec.desc, sizeof rec.desc, "%s", desc);
+    rec.expires_ms = duration_ms ? now_wall_ms () + duration_ms : 0;
+    rc = lock_store (fd, &rec);
+  }
+  close (fd);
+  return rc;
+}
+
+static int
+local_unlock (void *h, const char *oid, const char *name, const char *cookie)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  struct lock_rec rec;
+  int fd, rc = -ENOENT;
+
+  FENCE (r, "unlock");
+  fd = lock_open (r, oid, name, &rec);
+  if (fd < 0)
+    return fd;
+  if (strcmp (rec.client, r->client) == 0 && strcmp (rec.cookie, cookie) == 0) {
+    memset (&rec, 0, sizeof rec);
+    rc = lock_store (fd, &rec);
+  }
+  close (fd);
+  return rc;
+}
+
+static int
+local_lock_break (void *h, const char *oid, const char *name,
+                  const char *client, const char *cookie)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  struct lock_rec rec;
+  int fd, rc = -ENOENT;
+
+  FENCE (r, "lock_break");
+  fd = lock_open (r, oid, name, &rec);
+  if (fd < 0)
+    return fd;
+  if (strcmp (rec.client, client) == 0 && strcmp (rec.cookie, cookie) == 0) {
+    memset (&rec, 0, sizeof rec);
+    rc = lock_store (fd, &rec);
+  }
+  close (fd);
+  return rc;
+}
+
+static int
+local_lock_get (void *h, const char *oid, const char *name,
+                struct store_lock_info *info)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  struct lock_rec rec;
+  int fd;
+
+  FENCE (r, "lock_get");
+  fd = lock_open (r, oid, name, &rec);
+  if (fd < 0)
+    return fd;
+  close (fd);
+  if (rec.client[0] == '\0')
+    return -ENOENT;
+  snprintf (info->client, sizeof info->client, "%s", rec.client);
+  snprintf (info->cookie, sizeof info->cookie, "%s", rec.cookie);
+  snprintf (info->desc, sizeof info->desc, "%s", rec.desc);
+  info->expires_ms = rec.expires_ms;
+  return 0;
+}
+
+/* ---- Watch / notify over abstract unix datagram sockets --------------- */
+
+#define NOTIFY_MAGIC 0x76626b4eu      /* "vbkN" */
+#define REPLY_MAGIC 0x76626b52u       /* "vbkR" */
+#define ADDR_MAX 96
+#define MSG_MAX (8192 + 512)
+
+struct notify_msg {
+  uint32_t magic;
+  uint64_t id;
+  char reply_addr[ADDR_MAX];
+  uint32_t len;
+  char payload[];
+};
+
+struct reply_msg {
+  uint32_t magic;
+  uint64_t id;
+  char client[STORE_CLIENT_MAX];
+  uint32_t len;
+  char data[];
+};
+
+struct lwatch {
+  struct root *r;
+  char oid[STORE_NAME_MAX + 1];
+  char addr[ADDR_MAX];
+  char reg[PATH_MAX];           /* registration file */
+  int sock, stopfd;
+  store_watch_cb cb;
+  void *arg;
+  pthread_t thread;
+};
+
+static socklen_t
+abstract_addr (struct sockaddr_un *sa, const char *name)
+{
+  size_t n = strlen (name);
+
+  memset (sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  memcpy (sa->sun_path + 1, name, n);
+  return offsetof (struct sockaddr_un, sun_path) + 1 + n;
+}
+
+/* Binds a new abstract datagram socket named "vbk.KIND.PID.N.RAND". */
+static int
+bind_abstract (struct root *r, const char *kind, char *name)
+{
+  struct sockaddr_un sa;
+  socklen_t sl;
+  int fd;
+
+  fd = socket (AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  snprintf (name, ADDR_MAX, "vbk.%s.%d.%u.%llx", kind, (int) getpid (),
+            __atomic_fetch_add (&r->watch_seq, 1, __ATOMIC_RELAXED),
+            (unsigned long long) now_mono_ns ());
+  sl = abstract_addr (&sa, name);
+  if (bind (fd, (struct sockaddr *) &sa, sl) < 0) {
+    int e = -errno;
+    close (fd);
+    return e;
+  }
+  return fd;
+}
+
+static void *
+watch_thread (void *arg)
+{
+  struct lwatch *w = arg;
+  char *msgbuf = malloc (MSG_MAX), *replybuf = malloc (MSG_MAX);
+  struct pollfd pfd[2];
+  uint64_t last_fence = now_mono_ns ();
+
+  if (msgbuf == NULL || replybuf == NULL)
+    goto out;
+  for (;;) {
+    pfd[0].fd = w->sock;
+    pfd[0].events = POLLIN;
+    pfd[1].fd = w->stopfd;
+    pfd[1].events = POLLIN;
+    if (poll (pfd, 2, 200) < 0 && errno != EINTR)
+      break;
+    if (pfd[1].revents)
+      break;
+    if (now_mono_ns () - last_fence > 100000000ull) {
+      last_fence = now_mono_ns ();
+      if (client_fenced (w->r, w->r->client)) {
+        w->cb (w->arg, -ENOTCONN, NULL, 0, NULL, 0, NULL);
+        break;
+      }
+    }
+    if (pfd[0].revents & POLLIN) {
+      struct notify_msg *m = (struct notify_msg *) msgbuf;
+      struct reply_msg *rep = (struct reply_msg *) replybuf;
+      struct sockaddr_un sa;
+      size_t rlen = 0;
+      ssize_t n;
+
+      n = recv (w->sock, msgbuf, MSG_MAX, MSG_DONTWAIT);
+      if (n < (ssize_t) sizeof *m || m->magic != NOTIFY_MAGIC
+          || sizeof *m + m->len > (size_t) n)
+        continue;
+      m->reply_addr[ADDR_MAX - 1] = '\0';
+      w->cb (w->arg, 0, m->payload, m->len, rep->data, 4096, &rlen);
+      rep->magic = REPLY_MAGIC;
+      rep->id = m->id;
+      snprintf (rep->client, sizeof rep->client, "%s", w->r->client);
+      rep->len = MIN (rlen, 4096);
+      sendto (w->sock, rep, sizeof *rep + rep->len, MSG_DONTWAIT,
+              (struct sockaddr *) &sa, abstract_addr (&sa, m->reply_addr));
+    }
+  }
+out:
+  free (msgbuf);
+  free (replybuf);
+  return NULL;
+}
+
+static int
+local_watch (void *h, const char *oid, store_watch_cb cb, void *arg,
+             void **out)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  struct lwatch *w;
+  char dir[PATH_MAX];
+  int fd, rc;
+
+  FENCE (r, "watch");
+  w = calloc (1, sizeof *w);
+  if (w == NULL)
+    return -ENOMEM;
+  w->r = r;
+  w->cb = cb;
+  w->arg = arg;
+  w->stopfd = -1;
+  snprintf (w->oid, sizeof w->oid, "%s", oid);
+  w->sock = bind_abstract (r, "w", w->addr);
+  if (w->sock < 0) {
+    rc = w->sock;
+    goto fail;
+  }
+  w->stopfd = eventfd (0, EFD_CLOEXEC);
+  if (w->stopfd < 0) {
+    rc = -errno;
+    goto fail;
+  }
+  relpath (dir, sizeof dir, "watch", oid, NULL);
+  if (mkdirat (r->dirfd, dir, 0755) < 0 && errno != EEXIST) {
+    rc = -errno;
+    goto fail;
+  }
+  snprintf (w->reg, sizeof w->reg, "%s/%s", dir, w->addr);
+  fd = openat (r->dirfd, w->reg, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    rc = -errno;
+    goto fail;
+  }
+  close (fd);
+  if (pthread_create (&w->thread, NULL, watch_thread, w) != 0) {
+    unlinkat (r->dirfd, w->reg, 0);
+    rc = -EAGAIN;
+    goto fail;
+  }
+  __atomic_add_fetch (&r->refs, 1, __ATOMIC_SEQ_CST);
+  *out = w;
+  return 0;
+
+fail:
+  if (w->sock >= 0)
+    close (w->sock);
+  if (w->stopfd >= 0)
+    close (w->stopfd);
+  free (w);
+  return rc;
+}
+
+static void
+local_unwatch (void *h, void *wp)
+{
+  struct lwatch *w = wp;
+  uint64_t one = 1;
+
+  unlinkat (w->r->dirfd, w->reg, 0);
+  if (write (w->stopfd, &one, sizeof one) < 0)
+    abort ();
+  pthread_join (w->thread, NULL);
+  close (w->sock);
+  close (w->stopfd);
+  if (__atomic_sub_fetch (&w->r->refs, 1, __ATOMIC_SEQ_CST) == 0)
+    root_free (w->r);
+  free (w);
+}
+
+static int
+local_notify (void *h, const char *oid, const void *payload, size_t len,
+              uint32_t timeout_ms, struct store_notify_reply **replies,
+              size_t *nreplies, size_t *timed_out)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  char dir[PATH_MAX], addr[ADDR_MAX], *msgbuf;
+  struct notify_msg *m;
+  struct reply_msg *rep;
+  struct dirent *d;
+  size_t sent = 0, got = 0;
+  uint64_t id, deadline;
+  DIR *dp;
+  int sock, dfd, rc = 0;
+
+  FENCE (r, "notify");
+  if (len > 8192) {
+    vbk_set_error ("store: local: notify: %s: payload too large", oid);
+    return -E2BIG;
+  }
+  msgbuf = malloc (MSG_MAX);
+  if (msgbuf == NULL)
+    return -ENOMEM;
+  sock = bind_abstract (r, "n", addr);
+  if (sock < 0) {
+    free (msgbuf);
+    return sock;
+  }
+  id = now_mono_ns () ^ ((uint64_t) getpid () << 40);
+  m = (struct notify_msg *) msgbuf;
+  memset (m, 0, sizeof *m);
+  m->magic = NOTIFY_MAGIC;
+  m->id = id;
+  snprintf (m->reply_addr, sizeof m->reply_addr, "%s", addr);
+  m->len = len;
+  memcpy (m->payload, payload, len);
+
+  relpath (dir, sizeof dir, "watch", oid, NULL);
+  dfd = openat (r->dirfd, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  dp = dfd >= 0 ? fdopendir (dfd) : NULL;
+  while (dp && (d = readdir (dp)) != NULL) {
+    struct sockaddr_un sa;
+    if (d->d_name[0] == '.')
+      continue;
+    if (sendto (sock, m, sizeof *m + len, 0, (struct sockaddr *) &sa,
+                abstract_addr (&sa, d->d_name)) < 0) {
+      if (errno == ECONNREFUSED || errno == ENOENT)
+        unlinkat (dfd, d->d_name, 0);     /* its process is gone */
+      continue;
+    }
+    sent++;
+  }
+  if (dp)
+    closedir (dp);
+  else if (dfd >= 0)
+    close (dfd);
+
+  if (sent == 0 && !head_exists (r, oid)) {
+    rc = -ENOENT;
+    goto out;
+  }
+  *replies = calloc (sent ? sent : 1, sizeof **replies);
+  if (*replies == NULL) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  deadline = now_mono_ns () + (uint64_t) timeout_ms * 1000000;
+  rep = (struct reply_msg *) msgbuf;
+  while (got < sent) {
+    uint64_t now = now_mono_ns ();
+    struct pollfd pfd = { .fd = sock, .events = POLLIN };
+    ssize_t n;
+
+    if (now >= deadline)
+      break;
+    if (poll (&pfd, 1, (int) ((deadline - now) / 1000000) + 1) <= 0)
+      continue;
+    n = recv (sock, msgbuf, MSG_MAX, MSG_DONTWAIT);
+    if (n < (ssize_t) sizeof *rep || rep->magic != REPLY_MAGIC
+        || rep->id != id || sizeof *rep + rep->len > (size_t) n)
+      continue;
+    rep->client[STORE_CLIENT_MAX - 1] = '\0';
+    snprintf ((*replies)[got].client, STORE_CLIENT_MAX, "%s", rep->client);
+    (*replies)[got].data = malloc (rep->len ? rep->len : 1);
+    if ((*replies)[got].data == NULL) {
+      rc = -ENOMEM;
+      break;
+    }
+    memcpy ((*replies)[got].data, rep->data, rep->len);
+    (*replies)[got].len = rep->len;
+    got++;
+  }
+  *nreplies = got;
+  *timed_out = sent - got;
+out:
+  close (sock);
+  free (msgbuf);
+  return rc;
+}
+
+/* ---- Fencing ---------------------------------------------------------- */
+
+static int
+local_fence (void *h, const char *client, uint32_t expire_s)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  char path[PATH_MAX], buf[32];
+  int n;
+
+  FENCE (r, "fence");
+  relpath (path, sizeof path, "fenced", client, NULL);
+  n = snprintf (buf, sizeof buf, "%llu\n",
+                (unsigned long long) (now_wall_ms ()
+                                      + (uint64_t) expire_s * 1000));
+  return replace_file (r, path, buf, n);
+}
+
+/* ---- Snapshots -------------------------------------------------------- */
+
+static int
+local_snap_create (void *h, uint64_t *snap)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  char buf[32], path[64];
+  uint64_t next = 1;
+  ssize_t n;
+  int fd, rc;
+
+  FENCE (r, "snap_create");
+  fd = openat (r->dirfd, "snaps/next", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return -errno;
+  if (flock (fd, LOCK_EX) < 0) {
+    close (fd);
+    return -EIO;
+  }
+  n = pread (fd, buf, sizeof buf - 1, 0);
+  if (n > 0) {
+    buf[n] = '\0';
+    next = strtoull (buf, NULL, 10);
+  }
+  n = snprintf (buf, sizeof buf, "%llu\n", (unsigned long long) next + 1);
+  rc = ftruncate (fd, 0) == 0 && full_pwrite (fd, buf, n, 0) == 0
+    && fdatasync (fd) == 0 ? 0 : -EIO;
+  close (fd);
+  if (rc < 0)
+    return rc;
+  snprintf (path, sizeof path, "snaps/live/%016llx",
+            (unsigned long long) next);
+  rc = replace_file (r, path, "", 0);
+  if (rc == 0)
+    *snap = next;
+  return rc;
+}
+
+/* Is any live snapshot in (FROM, TO]? */
+static bool
+live_snap_in (struct root *r, uint64_t from, uint64_t to)
+{
+  struct dirent *d;
+  bool found = false;
+  DIR *dp;
+  int fd;
+
+  fd = openat (r->dirfd, "snaps/live", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  dp = fd >= 0 ? fdopendir (fd) : NULL;
+  while (dp && !found && (d = readdir (dp)) != NULL) {
+    uint64_t id;
+    if (d->d_name[0] == '.')
+      continue;
+    id = strtoull (d->d_name, NULL, 16);
+    found = id > from && id <= to;
+  }
+  if (dp)
+    closedir (dp);
+  else if (fd >= 0)
+    close (fd);
+  return found;
+}
+
+/* Drops clones no live snapshot needs, in every snapset. */
+static int
+trim_clones (struct root *r)
+{
+  char oid[STORE_NAME_MAX + 1], path[PATH_MAX];
+  struct snapset ss;
+  struct dirent *d;
+  size_t i, j;
+  DIR *dp;
+  int dfd, fd;
+
+  dfd = openat (r->dirfd, "snapset", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  dp = dfd >= 0 ? fdopendir (dfd) : NULL;
+  if (dp == NULL)
+    return -errno;
+  while ((d = readdir (dp)) != NULL) {
+    bool changed = false;
+    if (d->d_name[0] == '.')
+      continue;
+    unesc (d->d_name, oid);
+    fd = snapset_lock (r, oid, LOCK_EX, false);
+    if (fd < 0)
+      continue;
+    if (snapset_read (fd, &ss) == 0) {
+      for (i = j = 0; i < ss.n; i++) {
+        if (live_snap_in (r, ss.clones[i].from, ss.clones[i].id))
+          ss.clones[j++] = ss.clones[i];
+        else {
+          clone_path (path, sizeof path, oid, ss.clones[i].id);
+          unlinkat (r->dirfd, path, 0);
+          changed = true;
+        }
+      }
+      ss.n = j;
+      if (ss.n == 0 && !head_exists (r, oid))
+        unlinkat (dfd, d->d_name, 0);
+      else if (changed)
+        snapset_write (fd, &ss);
+    }
+    close (fd);
+  }
+  closedir (dp);
+  return 0;
+}
+
+static int
+local_snap_remove (void *h, uint64_t snap)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  char path[64];
+
+  FENCE (r, "snap_remove");
+  snprintf (path, sizeof path, "snaps/live/%016llx",
+            (unsigned long long) snap);
+  if (unlinkat (r->dirfd, path, 0) < 0) {
+    if (errno == ENOENT)
+      vbk_set_error ("store: local: snap_remove: no snapshot %llu",
+                     (unsigned long long) snap);
+    return -errno;
+  }
+  return trim_clones (r);
+}
+
+static int
+local_set_snap_context (void *h, uint64_t seq, const uint64_t *snaps,
+                        size_t n)
+{
+  struct local *l = h;
+  uint64_t *copy = NULL;
+
+  if (n) {
+    copy = malloc (n * sizeof *copy);
+    if (copy == NULL)
+      return -ENOMEM;
+    memcpy (copy, snaps, n * sizeof *copy);
+  }
+  pthread_rwlock_wrlock (&l->snapc_lock);
+  free (l->snaps);
+  l->snaps = copy;
+  l->nsnaps = n;
+  l->seq = seq;
+  pthread_rwlock_unlock (&l->snapc_lock);
+  /* The cached "seen" seqs stay valid: they only grow. */
+  return 0;
+}
+
+static int
+local_snap_rollback (void *h, const char *oid, uint64_t snap)
+{
+  struct local *l = h;
+  struct root *r = l->r;
+  char path[64];
+  uint64_t size;
+  void *buf;
+  int rc;
+
+  FENCE (r, "snap_rollback");
+  snprintf (path, sizeof path, "snaps/live/%016llx",
+            (unsigned long long) snap);
+  if (faccessat (r->dirfd, path, F_OK, 0) < 0) {
+    vbk_set_error ("store: local: snap_rollback: no snapshot %llu",
+                   (unsigned long long) snap);
+    return -ENOENT;
+  }
+  rc = local_stat (l, oid, snap, &size);
+  if (rc == -ENOENT) {
+    rc = local_remove (l, oid);
+    return rc == -ENOENT ? 0 : rc;
+  }
+  if (rc < 0)
+    return rc;
+  buf = malloc (size ? size : 1);
+  if (buf == NULL)
+    return -ENOMEM;
+  rc = (int) local_read (l, oid, buf, size, 0, snap);
+  if (rc >= 0)
+    rc = local_write_full (l, oid, buf, size, STORE_WRITE_SYNC);
+  free (buf);
+  return rc;
+}
+
+const struct store_ops store_local_ops = {
+  .name = "local",
+  .open = local_open,
+  .clone = local_clone,
+  .close = local_close,
+  .client_id = local_client_id,
+  .read = local_read,
+  .write = local_write,
+  .write_full = local_write_full,
+  .create_excl = local_create_excl,
+  .zero = local_zero,
+  .truncate = local_truncate,
+  .remove = local_remove,
+  .stat = local_stat,
+  .flush = local_flush,
+  .aio_read = local_aio_read,
+  .aio_write = local_aio_write,
+  .xattr_get = local_xattr_get,
+  .xattr_set = local_xattr_set,
+  .xattr_rm = local_xattr_rm,
+  .xattr_cas = local_xattr_cas,
+  .omap_set = local_omap_set,
+  .omap_get = local_omap_get,
+  .omap_rm = local_omap_rm,
+  .omap_list = local_omap_list,
+  .lock = local_lock,
+  .unlock = local_unlock,
+  .lock_break = local_lock_break,
+  .lock_get = local_lock_get,
+  .watch = local_watch,
+  .unwatch = local_unwatch,
+  .notify = local_notify,
+  .fence = local_fence,
+  .snap_create = local_snap_create,
+  .snap_remove = local_snap_remove,
+  .set_snap_context = local_set_snap_context,
+  .snap_rollback = local_snap_rollback,
+};
