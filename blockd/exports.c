@@ -1,0 +1,229 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * exports.c - the table of open exports (images), shared by every
+ * connection.
+ *
+ * DESIGN: an RCU lock-free hash table (urcu/rculfhash.h) maps an image
+ * name to one open struct image with a reference count.  The fast path
+ * (the image is already open) is an RCU lookup and an increment that
+ * never revives a count that reached zero.  Opening, and removing an
+ * entry whose count reached zero, happen under open_lock, so an image
+ * is opened once however many clients connect at the same moment.  The
+ * last put removes the entry, closes the image (which flushes it) and
+ * frees the entry after a grace period, since lock-free readers may
+ * still be looking at it.  Every connection to an image thus shares one
+ * struct image: a flush on any of them covers writes acknowledged on all
+ * of them (NBD_FLAG_CAN_MULTI_CONN).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "internal.h"
+
+struct nbd_srv_exports {
+  struct cds_lfht *ht;
+  struct store *store;
+  bool read_only;
+  pthread_mutex_t open_lock;
+};
+
+/* FNV-1a: names are short. */
+static unsigned long
+name_hash (const char *s)
+{
+  uint64_t h = UINT64_C (14695981039346656037);
+  for (; *s; s++)
+    {
+      h ^= (unsigned char) *s;
+      h *= UINT64_C (1099511628211);
+    }
+  return (unsigned long) h;
+}
+
+static int
+name_match (struct cds_lfht_node *node, const void *key)
+{
+  struct nbd_srv_export *e = caa_container_of (node, struct nbd_srv_export,
+                                               node);
+  return strcmp (e->name, key) == 0;
+}
+
+int
+nbd_srv_exports_new (struct store *st, bool read_only,
+                     struct nbd_srv_exports **out)
+{
+  struct nbd_srv_exports *t = calloc (1, sizeof *t);
+
+  if (!t)
+    return -ENOMEM;
+  t->ht = cds_lfht_new (16, 16, 0, CDS_LFHT_AUTO_RESIZE, NULL);
+  if (!t->ht)
+    {
+      free (t);
+      return vbk_errno (-ENOMEM, "blockd: exports: cds_lfht_new");
+    }
+  t->store = st;
+  t->read_only = read_only;
+  pthread_mutex_init (&t->open_lock, NULL);
+  *out = t;
+  return 0;
+}
+
+void
+nbd_srv_exports_free (struct nbd_srv_exports *t)
+{
+  if (!t)
+    return;
+  /* Entries are gone once every connection put its export; wait for the
+   * deferred frees before the table goes. */
+  rcu_barrier ();
+  cds_lfht_destroy (t->ht, NULL);
+  pthread_mutex_destroy (&t->open_lock);
+  free (t);
+}
+
+static void
+export_free_rcu (struct rcu_head *head)
+{
+  struct nbd_srv_export *e = caa_container_of (head, struct nbd_srv_export,
+                                               rcu);
+  free (e->name);
+  free (e);
+}
+
+/* Takes a reference unless the count already reached zero. */
+static bool
+ref_get_unless_zero (struct nbd_srv_export *e)
+{
+  unsigned v = atomic_load (&e->refs);
+  while (v != 0)
+    if (atomic_compare_exchange_weak (&e->refs, &v, v + 1))
+      return true;
+  return false;
+}
+
+static struct nbd_srv_export *
+lookup_get (struct nbd_srv_exports *t, const char *name, unsigned long hash,
+            struct nbd_srv_export **dying)
+{
+  struct cds_lfht_iter iter;
+  struct cds_lfht_node *node;
+  struct nbd_srv_export *found = NULL;
+
+  if (dying)
+    *dying = NULL;
+  rcu_read_lock ();
+  cds_lfht_lookup (t->ht, hash, name_match, name, &iter);
+  node = cds_lfht_iter_get_node (&iter);
+  if (node)
+    {
+      struct nbd_srv_export *e = caa_container_of (node,
+                                                   struct nbd_srv_export,
+                                                   node);
+      if (ref_get_unless_zero (e))
+        found = e;
+      else if (dying)
+        *dying = e;
+    }
+  rcu_read_unlock ();
+  return found;
+}
+
+int
+nbd_srv_export_get (struct nbd_srv_exports *t, const char *name,
+                    struct nbd_srv_export **out)
+{
+  unsigned long hash = name_hash (name);
+  struct nbd_srv_export *e, *dying;
+  struct image_info info;
+  int r;
+
+  e = lookup_get (t, name, hash, NULL);
+  if (e)
+    {
+      *out = e;
+      return 0;
+    }
+
+  r = image_name_check (name);
+  if (r < 0)
+    return r;
+
+  pthread_mutex_lock (&t->open_lock);
+  e = lookup_get (t, name, hash, &dying);
+  if (e)
+    goto out;
+  if (dying)
+    {
+      /* Its last user is closing it: unlink it now so that the new open
+       * below can be added (the closer's own del then finds it gone). */
+      rcu_read_lock ();
+      cds_lfht_del (t->ht, &dying->node);
+      rcu_read_unlock ();
+    }
+
+  e = calloc (1, sizeof *e);
+  if (!e || !(e->name = strdup (name)))
+    {
+      free (e);
+      e = NULL;
+      r = vbk_errno (-ENOMEM, "blockd: export %s", name);
+      goto out;
+    }
+  r = image_open (t->store, name, t->read_only ? IMAGE_OPEN_RDONLY : 0,
+                  &e->img);
+  if (r < 0)
+    {
+      free (e->name);
+      free (e);
+      e = NULL;
+      goto out;
+    }
+  image_get_info (e->img, &info);
+  e->size = info.size;
+  e->object_size = info.object_size;
+  e->read_only = t->read_only;
+  e->table = t;
+  atomic_init (&e->refs, 1);
+  cds_lfht_node_init (&e->node);
+  rcu_read_lock ();
+  cds_lfht_add (t->ht, hash, &e->node);
+  rcu_read_unlock ();
+  log_info ("export %s opened (%" PRIu64 " bytes, object size %u%s)",
+            name, e->size, e->object_size, e->read_only ? ", read-only" : "");
+
+ out:
+  pthread_mutex_unlock (&t->open_lock);
+  if (e)
+    {
+      *out = e;
+      return 0;
+    }
+  return r;
+}
+
+void
+nbd_srv_export_put (struct nbd_srv_export *e)
+{
+  struct nbd_srv_exports *t;
+
+  if (!e)
+    return;
+  if (atomic_fetch_sub (&e->refs, 1) != 1)
+    return;
+
+  t = e->table;
+  pthread_mutex_lock (&t->open_lock);
+  rcu_read_lock ();
+  cds_lfht_del (t->ht, &e->node);   /* -ENOENT if a new open unlinked it */
+  rcu_read_unlock ();
+  pthread_mutex_unlock (&t->open_lock);
+
+  image_close (e->img);
+  log_info ("export %s closed", e->name);
+  call_rcu (&e->rcu, export_free_rcu);
+}

@@ -1,0 +1,534 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * handshake.c - the fixed newstyle negotiation (NBD proto.md,
+ * "Fixed newstyle negotiation" and "Option types").
+ *
+ * DESIGN: a loop over options on the reader thread, before any request
+ * exists, so it needs no locking.  Each option is read whole (at most
+ * NBD_SRV_MAX_OPTION bytes: more is a denial of service and ends the
+ * session), checked for exact lengths, and answered; a malformed option
+ * gets NBD_REP_ERR_INVALID and an unknown one NBD_REP_ERR_UNSUP, and
+ * negotiation goes on, as the baseline of the specification requires.
+ * The only hard disconnects are the ones the specification allows: bad
+ * magic, unknown client flags, oversized options and an
+ * NBD_OPT_EXPORT_NAME we cannot satisfy.  Exports are looked up (and
+ * opened) when a client names them, so new images need no restart.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "internal.h"
+#include "nbd-protocol.h"
+
+/* The context id we give base:allocation in NBD_OPT_SET_META_CONTEXT. */
+#define META_ID_BASE_ALLOCATION 1
+
+uint16_t
+nbd_srv_export_flags (const struct nbd_srv_conn *c,
+                      const struct nbd_srv_export *e)
+{
+  uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA
+    | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
+
+  if (e->read_only)
+    f |= NBD_FLAG_READ_ONLY;
+  else
+    f |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES
+      | NBD_FLAG_SEND_FAST_ZERO;
+  if (c->structured)
+    f |= NBD_FLAG_SEND_DF;
+  return f;
+}
+
+static int
+send_reply2 (struct nbd_srv_conn *c, uint32_t option, uint32_t reply,
+             const void *a, size_t alen, const void *b, size_t blen)
+{
+  struct nbd_fixed_new_option_reply h = {
+    .magic = htobe64 (NBD_REP_MAGIC),
+    .option = htobe32 (option),
+    .reply = htobe32 (reply),
+    .replylen = htobe32 ((uint32_t) (alen + blen)),
+  };
+  struct iovec iov[3] = {
+    { &h, sizeof h },
+    { (void *) a, alen },
+    { (void *) b, blen },
+  };
+
+  return nbd_srv_conn_write_all (c, iov, 3);
+}
+
+static int
+send_reply (struct nbd_srv_conn *c, uint32_t option, uint32_t reply,
+            const void *data, size_t len)
+{
+  return send_reply2 (c, option, reply, data, len, NULL, 0);
+}
+
+static int
+send_error (struct nbd_srv_conn *c, uint32_t option, uint32_t reply,
+            const char *fmt, ...)
+  __attribute__ ((format (printf, 4, 5)));
+
+static int
+send_error (struct nbd_srv_conn *c, uint32_t option, uint32_t reply,
+            const char *fmt, ...)
+{
+  char msg[512];
+  va_list ap;
+  int n;
+
+  va_start (ap, fmt);
+  n = vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  if (n < 0)
+    n = 0;
+  if ((size_t) n >= sizeof msg)
+    n = sizeof msg - 1;
+  log_debug ("connection %s: option %" PRIu32 ": %s", c->peer, option, msg);
+  return send_reply (c, option, reply, msg, n);
+}
+
+static uint32_t
+get_be32 (const char *p)
+{
+  uint32_t v;
+  memcpy (&v, p, 4);
+  return be32toh (v);
+}
+
+static uint16_t
+get_be16 (const char *p)
+{
+  uint16_t v;
+  memcpy (&v, p, 2);
+  return be16toh (v);
+}
+
+/* Copies a protocol string into a C string; NULL if it holds a NUL or
+ * is too long. */
+static char *
+dup_name (const char *p, uint32_t len)
+{
+  char *s;
+
+  if (len > NBD_MAX_STRING || memchr (p, 0, len))
+    return NULL;
+  s = malloc (len + 1);
+  if (!s)
+    return NULL;
+  memcpy (s, p, len);
+  s[len] = 0;
+  return s;
+}
+
+static int
+send_info_export (struct nbd_srv_conn *c, uint32_t option,
+                  const struct nbd_srv_export *e)
+{
+  struct nbd_info_export ie = {
+    .info = htobe16 (NBD_INFO_EXPORT),
+    .exportsize = htobe64 (e->size),
+    .eflags = htobe16 (nbd_srv_export_flags (c, e)),
+  };
+  struct nbd_info_block_size bs = {
+    .info = htobe16 (NBD_INFO_BLOCK_SIZE),
+    .minimum = htobe32 (1),
+    .preferred = htobe32 (4096),
+    .maximum = htobe32 (NBD_SRV_MAX_REQUEST),
+  };
+
+  if (send_reply (c, option, NBD_REP_INFO, &ie, sizeof ie) < 0)
+    return -1;
+  /* Sent unasked too: it costs a few bytes and only tells the client
+   * what we would accept anyway (the defaults of the specification). */
+  return send_reply (c, option, NBD_REP_INFO, &bs, sizeof bs);
+}
+
+static int
+send_info_string (struct nbd_srv_conn *c, uint32_t option, uint16_t type,
+                  const char *s)
+{
+  uint16_t t = htobe16 (type);
+  return send_reply2 (c, option, NBD_REP_INFO, &t, 2, s, strlen (s));
+}
+
+/* NBD_OPT_INFO and NBD_OPT_GO.  Returns 1 to enter transmission, 0 to
+ * go on negotiating, -1 on I/O error. */
+static int
+opt_info_go (struct nbd_srv_conn *c, uint32_t option, const char *data,
+             uint32_t len)
+{
+  uint32_t namelen;
+  uint16_t nreq, i;
+  bool want_name = false, want_desc = false;
+  struct nbd_srv_export *e = NULL;
+  char *name;
+  int r;
+
+  if (len < 6)
+    return send_error (c, option, NBD_REP_ERR_INVALID, "option too short");
+  namelen = get_be32 (data);
+  if (namelen > len - 6)
+    return send_error (c, option, NBD_REP_ERR_INVALID,
+                       "name length %" PRIu32 " past the option", namelen);
+  nreq = get_be16 (data + 4 + namelen);
+  if (len != 4 + namelen + 2 + 2u * nreq)
+    return send_error (c, option, NBD_REP_ERR_INVALID,
+                       "option length %" PRIu32 " does not match %u "
+                       "information requests", len, nreq);
+  for (i = 0; i < nreq; i++)
+    {
+      uint16_t t = get_be16 (data + 4 + namelen + 2 + 2 * i);
+      if (t == NBD_INFO_NAME)
+        want_name = true;
+      else if (t == NBD_INFO_DESCRIPTION)
+        want_desc = true;
+    }
+
+  name = dup_name (data + 4, namelen);
+  if (!name)
+    return send_error (c, option, NBD_REP_ERR_INVALID, "invalid export name");
+  if (!*name)
+    {
+      r = send_error (c, option, NBD_REP_ERR_UNKNOWN,
+                      "no default export: name an image");
+      free (name);
+      return r;
+    }
+  r = nbd_srv_export_get (c->srv->exports, name, &e);
+  if (r < 0)
+    {
+      r = send_error (c, option, NBD_REP_ERR_UNKNOWN, "%s: %s", name,
+                      r == -ENOENT ? "no such image" : vbk_error ());
+      free (name);
+      return r;
+    }
+
+  if (send_info_export (c, option, e) < 0)
+    goto io_error;
+  if (want_name && send_info_string (c, option, NBD_INFO_NAME, e->name) < 0)
+    goto io_error;
+  if (want_desc)
+    {
+      char desc[256], sz[32], osz[32];
+      snprintf (desc, sizeof desc, "vbk image %s, %s, objects of %s%s",
+                e->name, format_size (e->size, sz, sizeof sz),
+                format_size (e->object_size, osz, sizeof osz),
+                e->read_only ? ", read-only" : "");
+      if (send_info_string (c, option, NBD_INFO_DESCRIPTION, desc) < 0)
+        goto io_error;
+    }
+  if (send_reply (c, option, NBD_REP_ACK, NULL, 0) < 0)
+    goto io_error;
+
+  if (option == NBD_OPT_INFO)
+    {
+      nbd_srv_export_put (e);
+      free (name);
+      return 0;
+    }
+  /* BLOCK_STATUS needs SET_META_CONTEXT on this same export name. */
+  if (c->meta_base_alloc && strcmp (c->meta_export, name) != 0)
+    c->meta_base_alloc = false;
+  c->exp = e;
+  free (name);
+  return 1;
+
+ io_error:
+  nbd_srv_export_put (e);
+  free (name);
+  return -1;
+}
+
+/* NBD_OPT_EXPORT_NAME: no way to report an error but to hang up. */
+static int
+opt_export_name (struct nbd_srv_conn *c, const char *data, uint32_t len)
+{
+  static const char zeroes[124];
+  struct nbd_export_name_reply rep;
+  struct nbd_srv_export *e = NULL;
+  struct iovec iov[2];
+  char *name = dup_name (data, len);
+  int r;
+
+  if (!name || !*name)
+    {
+      log_info ("connection %s: NBD_OPT_EXPORT_NAME without a valid name",
+                c->peer);
+      free (name);
+      return -1;
+    }
+  r = nbd_srv_export_get (c->srv->exports, name, &e);
+  if (r < 0)
+    {
+      log_info ("connection %s: export %s: %s", c->peer, name,
+                r == -ENOENT ? "no such image" : vbk_error ());
+      free (name);
+      return -1;
+    }
+  rep.exportsize = htobe64 (e->size);
+  rep.eflags = htobe16 (nbd_srv_export_flags (c, e));
+  iov[0] = (struct iovec) { &rep, sizeof rep };
+  iov[1] = (struct iovec) { (void *) zeroes, c->no_zeroes ? 0 : 124 };
+  if (nbd_srv_conn_write_all (c, iov, 2) < 0)
+    {
+      nbd_srv_export_put (e);
+      free (name);
+      return -1;
+    }
+  if (c->meta_base_alloc && strcmp (c->meta_export, name) != 0)
+    c->meta_base_alloc = false;
+  c->exp = e;
+  free (name);
+  return 1;
+}
+
+static int
+opt_list (struct nbd_srv_conn *c, uint32_t len)
+{
+  struct image_info *list = NULL;
+  size_t n = 0, i;
+  int r;
+
+  if (len != 0)
+    return send_error (c, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
+                       "NBD_OPT_LIST takes no data");
+  r = image_list (c->srv->store, &list, &n);
+  if (r < 0)
+    return send_error (c, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
+                       "cannot list images: %s", vbk_error ());
+  for (i = 0; i < n; i++)
+    {
+      uint32_t l = htobe32 ((uint32_t) strlen (list[i].name));
+      if (send_reply2 (c, NBD_OPT_LIST, NBD_REP_SERVER, &l, 4, list[i].name,
+                       strlen (list[i].name)) < 0)
+        {
+          free (list);
+          return -1;
+        }
+    }
+  free (list);
+  return send_reply (c, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
+}
+
+static int
+send_meta_context (struct nbd_srv_conn *c, uint32_t option, uint32_t id)
+{
+  uint32_t be = htobe32 (id);
+  return send_reply2 (c, option, NBD_REP_META_CONTEXT, &be, 4,
+                      NBD_META_BASE_ALLOCATION,
+                      strlen (NBD_META_BASE_ALLOCATION));
+}
+
+/* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. */
+static int
+opt_meta_context (struct nbd_srv_conn *c, uint32_t option, const char *data,
+                  uint32_t len)
+{
+  bool set = option == NBD_OPT_SET_META_CONTEXT;
+  uint32_t namelen, nq, pos, i;
+  bool match = false;
+  struct image_info info;
+  char *name;
+  int r;
+
+  if (set)
+    {
+      /* Replaces the selection even if this request fails. */
+      c->meta_base_alloc = false;
+      free (c->meta_export);
+      c->meta_export = NULL;
+    }
+  if (!c->structured)
+    return send_error (c, option, NBD_REP_ERR_INVALID,
+                       "negotiate structured replies first");
+  if (len < 8)
+    return send_error (c, option, NBD_REP_ERR_INVALID, "option too short");
+  namelen = get_be32 (data);
+  if (namelen > len - 8)
+    return send_error (c, option, NBD_REP_ERR_INVALID,
+                       "name length %" PRIu32 " past the option", namelen);
+  nq = get_be32 (data + 4 + namelen);
+  pos = 8 + namelen;
+  /* First check the whole option, then answer. */
+  for (i = 0; i < nq; i++)
+    {
+      uint32_t ql;
+      if (len - pos < 4)
+        return send_error (c, option, NBD_REP_ERR_INVALID,
+                           "query %" PRIu32 " past the option", i);
+      ql = get_be32 (data + pos);
+      pos += 4;
+      if (ql > len - pos)
+        return send_error (c, option, NBD_REP_ERR_INVALID,
+                           "query %" PRIu32 " length past the option", i);
+      if ((ql == strlen (NBD_META_BASE_ALLOCATION)
+           && memcmp (data + pos, NBD_META_BASE_ALLOCATION, ql) == 0)
+          || (!set && ql == 5 && memcmp (data + pos, "base:", 5) == 0))
+        match = true;
+      pos += ql;
+    }
+  if (pos != len)
+    return send_error (c, option, NBD_REP_ERR_INVALID,
+                       "option length does not match its queries");
+  if (!set && nq == 0)
+    match = true;
+
+  name = dup_name (data + 4, namelen);
+  if (!name)
+    return send_error (c, option, NBD_REP_ERR_INVALID, "invalid export name");
+  r = image_name_check (name);
+  if (r == 0)
+    r = image_stat (c->srv->store, name, &info);
+  if (r < 0)
+    {
+      r = send_error (c, option, NBD_REP_ERR_UNKNOWN, "%s: %s", name,
+                      r == -ENOENT ? "no such image" : vbk_error ());
+      free (name);
+      return r;
+    }
+
+  if (match)
+    {
+      if (send_meta_context (c, option, set ? META_ID_BASE_ALLOCATION : 0)
+          < 0)
+        {
+          free (name);
+          return -1;
+        }
+      if (set)
+        {
+          c->meta_base_alloc = true;
+          c->meta_export = name;
+          name = NULL;
+        }
+    }
+  free (name);
+  return send_reply (c, option, NBD_REP_ACK, NULL, 0);
+}
+
+int
+nbd_srv_handshake (struct nbd_srv_conn *c)
+{
+  struct nbd_new_handshake hs = {
+    .nbdmagic = htobe64 (NBD_MAGIC),
+    .version = htobe64 (NBD_IHAVEOPT),
+    .gflags = htobe16 (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES),
+  };
+  struct iovec iov = { &hs, sizeof hs };
+  uint32_t cflags;
+  char *data = NULL;
+  int r = -1;
+
+  if (nbd_srv_conn_write_all (c, &iov, 1) < 0)
+    return -1;
+  if (nbd_srv_conn_read (c, &cflags, 4) < 0)
+    return -1;
+  cflags = be32toh (cflags);
+  if (cflags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))
+    {
+      log_info ("connection %s: unknown client flags 0x%" PRIx32,
+                c->peer, cflags);
+      return -1;
+    }
+  c->no_zeroes = cflags & NBD_FLAG_C_NO_ZEROES;
+
+  for (;;)
+    {
+      struct nbd_new_option opt;
+      uint32_t option, len;
+
+      if (nbd_srv_conn_read (c, &opt, sizeof opt) < 0)
+        goto out;
+      if (be64toh (opt.version) != NBD_IHAVEOPT)
+        {
+          log_info ("connection %s: bad option magic", c->peer);
+          goto out;
+        }
+      option = be32toh (opt.option);
+      len = be32toh (opt.optlen);
+      if (len > NBD_SRV_MAX_OPTION)
+        {
+          log_info ("connection %s: option %" PRIu32 " of %" PRIu32
+                    " bytes: too large", c->peer, option, len);
+          goto out;
+        }
+      free (data);
+      data = malloc (len + 1);
+      if (!data || nbd_srv_conn_read (c, data, len) < 0)
+        goto out;
+
+      if (atomic_load (&c->srv->quit) && option != NBD_OPT_ABORT)
+        {
+          if (send_error (c, option, NBD_REP_ERR_SHUTDOWN,
+                          "server shutting down") < 0)
+            goto out;
+          continue;
+        }
+
+      switch (option)
+        {
+        case NBD_OPT_EXPORT_NAME:
+          r = opt_export_name (c, data, len);
+          goto out;
+        case NBD_OPT_ABORT:
+          send_reply (c, option, NBD_REP_ACK, NULL, 0);
+          r = 0;
+          goto out;
+        case NBD_OPT_LIST:
+          r = opt_list (c, len);
+          break;
+        case NBD_OPT_STARTTLS:
+          if (len != 0)
+            r = send_error (c, option, NBD_REP_ERR_INVALID,
+                            "NBD_OPT_STARTTLS takes no data");
+          else
+            r = send_error (c, option, NBD_REP_ERR_POLICY,
+                            "TLS is not supported by this server");
+          break;
+        case NBD_OPT_INFO:
+        case NBD_OPT_GO:
+          r = opt_info_go (c, option, data, len);
+          if (r > 0)
+            goto out;
+          break;
+        case NBD_OPT_STRUCTURED_REPLY:
+          if (len != 0)
+            r = send_error (c, option, NBD_REP_ERR_INVALID,
+                            "NBD_OPT_STRUCTURED_REPLY takes no data");
+          else if (c->structured)
+            r = send_error (c, option, NBD_REP_ERR_INVALID,
+                            "structured replies already negotiated");
+          else
+            {
+              c->structured = true;
+              r = send_reply (c, option, NBD_REP_ACK, NULL, 0);
+            }
+          break;
+        case NBD_OPT_LIST_META_CONTEXT:
+        case NBD_OPT_SET_META_CONTEXT:
+          r = opt_meta_context (c, option, data, len);
+          break;
+        default:
+          r = send_error (c, option, NBD_REP_ERR_UNSUP,
+                          "option %" PRIu32 " not supported", option);
+          break;
+        }
+      if (r < 0)
+        goto out;
+    }
+
+ out:
+  free (data);
+  return r;
+}

@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * main.c - vbk-blockd: command line, settings, signals.
+ *
+ * DESIGN: settings come from defaults, then --config FILE, then
+ * $VBK_STORE, then flags (each later one wins).  The daemon always runs
+ * in the foreground and logs to stderr: under systemd (Type=simple)
+ * that goes to the journal; --foreground is accepted for scripts that
+ * pass it.  SIGTERM and SIGINT stop it cleanly: no new connections, the
+ * requests in flight are answered, images are flushed and closed, exit
+ * status 0.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "internal.h"
+
+static struct nbd_srv_server *the_server;
+
+static void
+on_signal (int sig)
+{
+  if (the_server)
+    nbd_srv_server_stop (the_server);
+}
+
+static void
+usage (FILE *f)
+{
+  fprintf (f,
+"Usage: vbk-blockd [OPTIONS]\n"
+"Serves the images of a vbk store over NBD, one export per image (named\n"
+"after it; images are looked up when a client connects, so new images\n"
+"need no restart).\n"
+"\n"
+"  --store URI        store to serve (default: $VBK_STORE, else\n"
+"                     local:/var/lib/vbk); e.g. rados:POOL\n"
+"  --socket PATH      Unix socket (default /run/vbk/blockd.sock; when only\n"
+"                     --listen is given, no Unix socket unless --socket)\n"
+"  --listen HOST:PORT also listen on TCP (e.g. 0.0.0.0:10809, [::1]:10809)\n"
+"  --host-id ID       this host's identity (for leases)\n"
+"  --config FILE      settings file: key = value lines with the keys\n"
+"                     store, socket, listen, host_id, read_only, workers,\n"
+"                     verbose (flags override it)\n"
+"  --read-only        serve every export read-only\n"
+"  --workers N        threads for flush/trim/zero calls (default 4)\n"
+"  --foreground       accepted for compatibility: vbk-blockd never\n"
+"                     daemonizes; it logs to stderr (the journal under\n"
+"                     systemd)\n"
+"  -v, --verbose      debug logging\n"
+"  -h, --help         this text\n"
+"\n"
+"SIGTERM/SIGINT: stop accepting, answer and flush what is in flight,\n"
+"exit 0.\n");
+}
+
+int
+main (int argc, char **argv)
+{
+  enum { OPT_STORE = 256, OPT_SOCKET, OPT_LISTEN, OPT_HOST_ID, OPT_CONFIG,
+         OPT_FOREGROUND, OPT_READ_ONLY, OPT_WORKERS };
+  static const struct option longopts[] = {
+    { "store", required_argument, NULL, OPT_STORE },
+    { "socket", required_argument, NULL, OPT_SOCKET },
+    { "listen", required_argument, NULL, OPT_LISTEN },
+    { "host-id", required_argument, NULL, OPT_HOST_ID },
+    { "config", required_argument, NULL, OPT_CONFIG },
+    { "foreground", no_argument, NULL, OPT_FOREGROUND },
+    { "read-only", no_argument, NULL, OPT_READ_ONLY },
+    { "workers", required_argument, NULL, OPT_WORKERS },
+    { "verbose", no_argument, NULL, 'v' },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  /* Flags are applied after the config file: remember them. */
+  struct { const char *key, *value; } flags[32];
+  int nflags = 0, c, r, verbose = 0;
+  const char *config_file = NULL;
+  bool socket_flag = false, listen_flag = false;
+  struct nbd_srv_config cfg;
+  struct sigaction sa;
+  const char *env;
+
+  while ((c = getopt_long (argc, argv, "vh", longopts, NULL)) != -1)
+    {
+      const char *key = NULL;
+      switch (c)
+        {
+        case OPT_STORE: key = "store"; break;
+        case OPT_SOCKET: key = "socket"; socket_flag = true; break;
+        case OPT_LISTEN: key = "listen"; listen_flag = true; break;
+        case OPT_HOST_ID: key = "host_id"; break;
+        case OPT_WORKERS: key = "workers"; break;
+        case OPT_CONFIG: config_file = optarg; break;
+        case OPT_FOREGROUND: break;
+        case OPT_READ_ONLY: key = "read_only"; optarg = (char *) "true"; break;
+        case 'v': verbose++; break;
+        case 'h': usage (stdout); return 0;
+        default: usage (stderr); return 2;
+        }
+      if (key && nflags < 32)
+        {
+          flags[nflags].key = key;
+          flags[nflags].value = optarg;
+          nflags++;
+        }
+    }
+  if (optind < argc)
+    {
+      fprintf (stderr, "vbk-blockd: unexpected argument '%s'\n", argv[optind]);
+      usage (stderr);
+      return 2;
+    }
+
+  nbd_srv_config_init (&cfg);
+  if (config_file && (r = nbd_srv_config_load (&cfg, config_file)) < 0)
+    {
+      fprintf (stderr, "vbk-blockd: %s\n", vbk_error ());
+      return 1;
+    }
+  env = getenv ("VBK_STORE");
+  if (env && *env)
+    nbd_srv_config_set (&cfg, "store", env);
+  if (listen_flag && !socket_flag && !config_file)
+    {
+      /* TCP only, unless a socket was asked for too. */
+      free (cfg.socket_path);
+      cfg.socket_path = NULL;
+    }
+  for (c = 0; c < nflags; c++)
+    if ((r = nbd_srv_config_set (&cfg, flags[c].key, flags[c].value)) < 0)
+      {
+        fprintf (stderr, "vbk-blockd: %s\n", vbk_error ());
+        return 2;
+      }
+  if (verbose || cfg.verbose)
+    log_level = LOG_LVL_DEBUG;
+
+  memset (&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_IGN;
+  sigaction (SIGPIPE, &sa, NULL);
+
+  rcu_register_thread ();
+  r = nbd_srv_server_new (&cfg, &the_server);
+  if (r < 0)
+    {
+      log_error ("cannot open store %s: %s", cfg.store_uri, vbk_error ());
+      return 1;
+    }
+  r = nbd_srv_server_listen (the_server, &cfg);
+  if (r < 0)
+    {
+      log_error ("%s", vbk_error ());
+      nbd_srv_server_free (the_server);
+      return 1;
+    }
+
+  sa.sa_handler = on_signal;
+  sigemptyset (&sa.sa_mask);
+  sigaction (SIGTERM, &sa, NULL);
+  sigaction (SIGINT, &sa, NULL);
+
+  log_info ("serving store %s%s%s%s", cfg.store_uri,
+            cfg.read_only ? " read-only" : "",
+            cfg.host_id ? " as host " : "", cfg.host_id ? cfg.host_id : "");
+  r = nbd_srv_server_run (the_server);
+  nbd_srv_server_free (the_server);
+  the_server = NULL;
+  log_info ("stopped");
+  rcu_unregister_thread ();
+  nbd_srv_config_free (&cfg);
+  return r < 0 ? 1 : 0;
+}

@@ -1,0 +1,702 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * protocol.c - the transmission phase: parsing, checking and starting
+ * requests, and sending their replies.
+ *
+ * DESIGN: the reader thread decodes each 28-byte request header, checks
+ * it (nbd_srv_check_request: a pure function of the header and the
+ * export, unit-tested), reads a WRITE payload straight into a recycled,
+ * page-aligned buffer, and starts the work: READ and WRITE through
+ * image_aio_* (the reply is sent from the completion, on a store
+ * thread), FLUSH, TRIM and WRITE_ZEROES on the worker pool, CACHE and
+ * BLOCK_STATUS (the in-memory object map) on the reader thread itself.
+ * So many requests are in flight per connection and replies go out in
+ * the order they complete.  Errors: every -errno passes through the one
+ * table in nbd_srv_errno_to_nbd.  A request that cannot be framed (bad
+ * magic, a WRITE payload over 32 MiB) ends the connection: there is no
+ * way to find the next request; everything else gets an error reply and
+ * the connection goes on.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "internal.h"
+#include "nbd-protocol.h"
+
+/* Most descriptors we send in one BLOCK_STATUS reply. */
+#define MAX_EXTENTS 1024
+
+uint32_t
+nbd_srv_errno_to_nbd (int err)
+{
+  static const struct { int err; uint32_t nbd; } table[] = {
+    { 0, NBD_SUCCESS },
+    { EPERM, NBD_EPERM },
+    { EACCES, NBD_EPERM },
+    { EROFS, NBD_EPERM },
+    { EIO, NBD_EIO },
+    { ENOMEM, NBD_ENOMEM },
+    { EINVAL, NBD_EINVAL },
+    { ENOSPC, NBD_ENOSPC },
+    { EDQUOT, NBD_ENOSPC },
+    { EFBIG, NBD_ENOSPC },
+    { EOVERFLOW, NBD_EOVERFLOW },
+    { ENOTSUP, NBD_ENOTSUP },
+    { ESHUTDOWN, NBD_ESHUTDOWN },
+  };
+  size_t i;
+
+  if (err < 0)
+    err = -err;
+  for (i = 0; i < sizeof table / sizeof table[0]; i++)
+    if (table[i].err == err)
+      return table[i].nbd;
+  return NBD_EIO;
+}
+
+int
+nbd_srv_decode_request (const void *wire, struct nbd_srv_req *r)
+{
+  struct nbd_request q;
+
+  memcpy (&q, wire, sizeof q);
+  if (be32toh (q.magic) != NBD_REQUEST_MAGIC)
+    return -1;
+  r->flags = be16toh (q.flags);
+  r->type = be16toh (q.type);
+  r->handle = q.handle;     /* opaque: echoed as sent */
+  r->offset = be64toh (q.offset);
+  r->count = be32toh (q.count);
+  return 0;
+}
+
+/* OFF + LEN passes the end of an export of SIZE bytes. */
+static bool
+past_end (uint64_t off, uint64_t len, uint64_t size)
+{
+  return off > size || len > size - off;
+}
+
+uint32_t
+nbd_srv_check_request (const struct nbd_srv_req *r,
+                       const struct nbd_srv_limits *l)
+{
+  uint16_t allowed = NBD_CMD_FLAG_FUA;   /* valid on every command */
+
+  switch (r->type)
+    {
+    case NBD_CMD_READ:
+      if (l->structured)
+        allowed |= NBD_CMD_FLAG_DF;
+      break;
+    case NBD_CMD_WRITE:
+    case NBD_CMD_FLUSH:
+    case NBD_CMD_TRIM:
+    case NBD_CMD_CACHE:
+    case NBD_CMD_DISC:
+      break;
+    case NBD_CMD_WRITE_ZEROES:
+      allowed |= NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
+      break;
+    case NBD_CMD_BLOCK_STATUS:
+      allowed |= NBD_CMD_FLAG_REQ_ONE;
+      break;
+    default:
+      return NBD_EINVAL;              /* unknown command */
+    }
+  if (r->flags & ~allowed)
+    return NBD_EINVAL;
+
+  switch (r->type)
+    {
+    case NBD_CMD_READ:
+    case NBD_CMD_CACHE:
+      if (r->count > NBD_SRV_MAX_REQUEST)
+        return NBD_EINVAL;
+      if (past_end (r->offset, r->count, l->size))
+        return NBD_EINVAL;
+      break;
+    case NBD_CMD_WRITE:
+      if (l->read_only)
+        return NBD_EPERM;
+      if (r->count > NBD_SRV_MAX_REQUEST)
+        return NBD_EINVAL;
+      if (past_end (r->offset, r->count, l->size))
+        return NBD_ENOSPC;
+      break;
+    case NBD_CMD_WRITE_ZEROES:
+      if (l->read_only)
+        return NBD_EPERM;
+      if (past_end (r->offset, r->count, l->size))
+        return NBD_ENOSPC;
+      break;
+    case NBD_CMD_TRIM:
+      if (l->read_only)
+        return NBD_EPERM;
+      if (past_end (r->offset, r->count, l->size))
+        return NBD_EINVAL;
+      break;
+    case NBD_CMD_BLOCK_STATUS:
+      if (!l->structured || !l->meta)
+        return NBD_EINVAL;
+      if (r->count == 0 || past_end (r->offset, r->count, l->size))
+        return NBD_EINVAL;
+      break;
+    default:
+      break;
+    }
+  return 0;
+}
+
+/* ---- Replies ------------------------------------------------------------ */
+
+static void
+send_simple (struct nbd_srv_conn *c, uint64_t handle, uint32_t err,
+             const void *data, size_t len)
+{
+  struct nbd_simple_reply h = {
+    .magic = htobe32 (NBD_SIMPLE_REPLY_MAGIC),
+    .error = htobe32 (err),
+    .handle = handle,
+  };
+  struct iovec iov[2] = { { &h, sizeof h }, { (void *) data, len } };
+
+  nbd_srv_conn_send (c, iov, len ? 2 : 1);
+}
+
+static void
+set_chunk (struct nbd_structured_reply *h, uint16_t flags, uint16_t type,
+           uint64_t handle, uint32_t len)
+{
+  h->magic = htobe32 (NBD_STRUCTURED_REPLY_MAGIC);
+  h->flags = htobe16 (flags);
+  h->type = htobe16 (type);
+  h->handle = handle;
+  h->length = htobe32 (len);
+}
+
+/* Answers request (TYPE, HANDLE) with NBD error ERR (non-zero). */
+static void
+send_error (struct nbd_srv_conn *c, uint16_t type, uint64_t handle,
+            uint32_t err, const char *msg)
+{
+  struct nbd_structured_reply h;
+  struct nbd_structured_reply_error e;
+  size_t mlen;
+
+  if (!c->structured)
+    {
+      send_simple (c, handle, err, NULL, 0);
+      return;
+    }
+  mlen = msg ? strlen (msg) : 0;
+  if (mlen > 1024)
+    mlen = 1024;
+  set_chunk (&h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, handle,
+             sizeof e + mlen);
+  e.error = htobe32 (err);
+  e.len = htobe16 ((uint16_t) mlen);
+  {
+    struct iovec iov[3] = {
+      { &h, sizeof h }, { &e, sizeof e }, { (void *) msg, mlen },
+    };
+    nbd_srv_conn_send (c, iov, mlen ? 3 : 2);
+  }
+  (void) type;
+}
+
+static void
+reply_errno (struct nbd_srv_req *r, int err, const char *what)
+{
+  char msg[256];
+
+  snprintf (msg, sizeof msg, "%s: %s", what, strerror (err < 0 ? -err : err));
+  log_debug ("connection %s: %s", r->conn->peer, msg);
+  send_error (r->conn, r->type, r->handle, nbd_srv_errno_to_nbd (err), msg);
+}
+
+/* A structured READ reply: one chunk per extent, the last one DONE. */
+static void
+send_read_chunks (struct nbd_srv_req *r)
+{
+  struct nbd_structured_reply hdr[8];
+  struct nbd_structured_reply_offset_hole hole[8];
+  uint64_t offs[8];
+  struct iovec iov[24];
+  uint64_t off = r->offset;
+  uint32_t pos = 0;
+  int n = 0;
+  unsigned i;
+
+  for (i = 0; i < r->next_ext; i++)
+    {
+      uint16_t flags = i + 1 == r->next_ext ? NBD_REPLY_FLAG_DONE : 0;
+      uint32_t len = r->ext_len[i];
+
+      if (r->ext_hole[i])
+        {
+          set_chunk (&hdr[i], flags, NBD_REPLY_TYPE_OFFSET_HOLE, r->handle,
+                     sizeof hole[i]);
+          hole[i].offset = htobe64 (off);
+          hole[i].length = htobe32 (len);
+          iov[n++] = (struct iovec) { &hdr[i], sizeof hdr[i] };
+          iov[n++] = (struct iovec) { &hole[i], sizeof hole[i] };
+        }
+      else
+        {
+          set_chunk (&hdr[i], flags, NBD_REPLY_TYPE_OFFSET_DATA, r->handle,
+                     8 + len);
+          offs[i] = htobe64 (off);
+          iov[n++] = (struct iovec) { &hdr[i], sizeof hdr[i] };
+          iov[n++] = (struct iovec) { &offs[i], 8 };
+          iov[n++] = (struct iovec) { r->buf + pos, len };
+        }
+      off += len;
+      pos += len;
+    }
+  nbd_srv_conn_send (r->conn, iov, n);
+}
+
+static void
+send_read_data (struct nbd_srv_req *r)
+{
+  struct nbd_srv_conn *c = r->conn;
+
+  if (!c->structured)
+    send_simple (c, r->handle, 0, r->buf, r->count);
+  else
+    send_read_chunks (r);
+}
+
+/* ---- Completions -------------------------------------------------------- */
+
+static void
+read_done (void *arg, ssize_t ret)
+{
+  struct nbd_srv_req *r = arg;
+
+  if (ret < 0)
+    {
+      log_warn ("connection %s: read %" PRIu32 " at %" PRIu64 ": %s",
+                r->conn->peer, r->count, r->offset, strerror ((int) -ret));
+      reply_errno (r, (int) ret, "read");
+    }
+  else
+    send_read_data (r);
+  nbd_srv_req_done (r);
+}
+
+static void
+write_done (void *arg, ssize_t ret)
+{
+  struct nbd_srv_req *r = arg;
+
+  if (ret < 0)
+    {
+      log_warn ("connection %s: write %" PRIu32 " at %" PRIu64 ": %s",
+                r->conn->peer, r->count, r->offset, strerror ((int) -ret));
+      reply_errno (r, (int) ret, "write");
+    }
+  else
+    send_simple (r->conn, r->handle, 0, NULL, 0);
+  nbd_srv_req_done (r);
+}
+
+void
+nbd_srv_req_run_sync (struct nbd_srv_req *r)
+{
+  struct image *img = r->conn->exp->img;
+  unsigned fl = (r->flags & NBD_CMD_FLAG_FUA) ? IMAGE_FUA : 0;
+  const char *what = "flush";
+  int ret = 0;
+
+  switch (r->type)
+    {
+    case NBD_CMD_FLUSH:
+      ret = image_flush (img);
+      break;
+    case NBD_CMD_TRIM:
+      what = "trim";
+      ret = image_discard (img, r->offset, r->count, fl);
+      break;
+    case NBD_CMD_WRITE_ZEROES:
+      what = "write zeroes";
+      if (r->flags & NBD_CMD_FLAG_NO_HOLE)
+        fl |= IMAGE_NO_HOLE;
+      ret = image_write_zeroes (img, r->offset, r->count, fl);
+      break;
+    default:
+      ret = -EINVAL;
+      break;
+    }
+  if (ret < 0)
+    {
+      log_warn ("connection %s: %s %" PRIu32 " at %" PRIu64 ": %s",
+                r->conn->peer, what, r->count, r->offset, vbk_error ());
+      reply_errno (r, ret, what);
+    }
+  else
+    send_simple (r->conn, r->handle, 0, NULL, 0);
+  /* The pool does not count against the byte budget. */
+  r->count = 0;
+  nbd_srv_req_done (r);
+}
+
+/* ---- Block status ------------------------------------------------------- */
+
+struct extent_acc {
+  struct nbd_block_descriptor *d;
+  unsigned n, max;
+  uint64_t covered;
+};
+
+static int
+extent_cb (void *arg, uint64_t off, uint64_t len, int allocated)
+{
+  struct extent_acc *a = arg;
+  uint32_t flags = allocated ? 0 : (NBD_STATE_HOLE | NBD_STATE_ZERO);
+
+  while (len > 0)
+    {
+      uint32_t l = len > 0x80000000u ? 0x80000000u : (uint32_t) len;
+      if (a->n > 0 && be32toh (a->d[a->n - 1].status_flags) == flags
+          && (uint64_t) be32toh (a->d[a->n - 1].length) + l <= 0x80000000u)
+        a->d[a->n - 1].length = htobe32 (be32toh (a->d[a->n - 1].length) + l);
+      else
+        {
+          if (a->n == a->max)
+            return 1;                 /* full: a short reply is allowed */
+          a->d[a->n].length = htobe32 (l);
+          a->d[a->n].status_flags = htobe32 (flags);
+          a->n++;
+        }
+      a->covered += l;
+      len -= l;
+    }
+  return 0;
+}
+
+static void
+do_block_status (struct nbd_srv_conn *c, const struct nbd_srv_req *q)
+{
+  struct nbd_block_descriptor d[MAX_EXTENTS];
+  struct extent_acc a = { d, 0, MAX_EXTENTS, 0 };
+  struct nbd_structured_reply h;
+  uint32_t id = htobe32 (1);
+  int ret;
+
+  if (q->flags & NBD_CMD_FLAG_REQ_ONE)
+    a.max = 1;
+  ret = image_extents (c->exp->img, q->offset, q->count, extent_cb, &a);
+  if (ret < 0)
+    {
+      send_error (c, q->type, q->handle, nbd_srv_errno_to_nbd (ret),
+                  "block status failed");
+      return;
+    }
+  if (a.n == 0)
+    {
+      /* Cannot happen for an in-range request; never send an empty
+       * list. */
+      d[0].length = htobe32 (q->count);
+      d[0].status_flags = 0;
+      a.n = 1;
+    }
+  set_chunk (&h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, q->handle,
+             4 + a.n * sizeof d[0]);
+  {
+    struct iovec iov[3] = {
+      { &h, sizeof h }, { &id, 4 }, { d, a.n * sizeof d[0] },
+    };
+    nbd_srv_conn_send (c, iov, 3);
+  }
+}
+
+/* ---- Reads -------------------------------------------------------------- */
+
+static int
+read_extent_cb (void *arg, uint64_t off, uint64_t len, int allocated)
+{
+  struct nbd_srv_req *r = arg;
+  bool hole = !allocated;
+
+  if (r->next_ext > 0 && r->ext_hole[r->next_ext - 1] == hole)
+    {
+      r->ext_len[r->next_ext - 1] += (uint32_t) len;
+      return 0;
+    }
+  if (r->next_ext == 8)
+    return 1;                         /* too fragmented: read it all */
+  r->ext_hole[r->next_ext] = hole;
+  r->ext_len[r->next_ext] = (uint32_t) len;
+  r->next_ext++;
+  return 0;
+}
+
+/* Fills r->ext_* for a structured read; falls back to one data extent. */
+static void
+map_read (struct nbd_srv_req *r)
+{
+  uint64_t sum = 0;
+  unsigned i;
+  int ret;
+
+  r->next_ext = 0;
+  if (!(r->flags & NBD_CMD_FLAG_DF))
+    {
+      ret = image_extents (r->conn->exp->img, r->offset, r->count,
+                           read_extent_cb, r);
+      for (i = 0; i < r->next_ext; i++)
+        sum += r->ext_len[i];
+      if (ret == 0 && sum == r->count)
+        return;
+    }
+  r->next_ext = 1;
+  r->ext_hole[0] = false;
+  r->ext_len[0] = r->count;
+}
+
+static bool
+all_holes (const struct nbd_srv_req *r)
+{
+  unsigned i;
+  for (i = 0; i < r->next_ext; i++)
+    if (!r->ext_hole[i])
+      return false;
+  return true;
+}
+
+/* ---- The request loop --------------------------------------------------- */
+
+/* Waits until there is room for one more request of BYTES. */
+static void
+wait_for_room (struct nbd_srv_conn *c, size_t bytes)
+{
+  pthread_mutex_lock (&c->lock);
+  while (c->inflight >= NBD_SRV_MAX_INFLIGHT
+         || (c->inflight > 0
+             && c->inflight_bytes + bytes > NBD_SRV_MAX_INFLIGHT_BYTES))
+    pthread_cond_wait (&c->cond, &c->lock);
+  c->inflight++;
+  c->inflight_bytes += bytes;
+  pthread_mutex_unlock (&c->lock);
+}
+
+/* Undoes wait_for_room for a request that ends on the reader thread. */
+static void
+release_room (struct nbd_srv_conn *c, size_t bytes)
+{
+  pthread_mutex_lock (&c->lock);
+  c->inflight--;
+  c->inflight_bytes -= bytes;
+  pthread_cond_signal (&c->cond);
+  pthread_mutex_unlock (&c->lock);
+}
+
+static const char *
+cmd_name (uint16_t type)
+{
+  static const char *const names[] = {
+    "read", "write", "disc", "flush", "trim", "cache", "write-zeroes",
+    "block-status",
+  };
+  return type < 8 ? names[type] : "unknown";
+}
+
+void
+nbd_srv_transmission (struct nbd_srv_conn *c)
+{
+  struct nbd_srv_limits lim;
+  struct image *img = c->exp->img;
+
+  c->eflags = nbd_srv_export_flags (c, c->exp);
+  lim.size = c->exp->size;
+  lim.read_only = c->exp->read_only;
+  lim.structured = c->structured;
+  lim.meta = c->meta_base_alloc;
+
+  for (;;)
+    {
+      char wire[sizeof (struct nbd_request)];
+      struct nbd_srv_req q, *r;
+      uint32_t err;
+      int ret;
+
+      if (nbd_srv_conn_read (c, wire, sizeof wire) < 0)
+        break;
+      if (nbd_srv_decode_request (wire, &q) < 0)
+        {
+          log_info ("connection %s: bad request magic: disconnecting",
+                    c->peer);
+          break;
+        }
+      log_debug ("connection %s: %s flags 0x%x offset %" PRIu64
+                 " count %" PRIu32, c->peer, cmd_name (q.type), q.flags,
+                 q.offset, q.count);
+      if (q.type == NBD_CMD_DISC)
+        break;
+      if (q.type == NBD_CMD_WRITE && q.count > NBD_SRV_MAX_REQUEST)
+        {
+          /* proto.md, block size constraints: a payload this large may
+           * be treated as a denial of service. */
+          log_info ("connection %s: write of %" PRIu32 " bytes: too large, "
+                    "disconnecting", c->peer, q.count);
+          break;
+        }
+
+      err = nbd_srv_check_request (&q, &lim);
+      if (!err && atomic_load (&c->srv->quit))
+        err = NBD_ESHUTDOWN;
+      if (err)
+        {
+          if (q.type == NBD_CMD_WRITE && nbd_srv_conn_skip (c, q.count) < 0)
+            break;
+          log_debug ("connection %s: %s: error %" PRIu32, c->peer,
+                     cmd_name (q.type), err);
+          send_error (c, q.type, q.handle, err, "invalid request");
+          continue;
+        }
+
+      switch (q.type)
+        {
+        case NBD_CMD_READ:
+          wait_for_room (c, q.count);
+          r = nbd_srv_req_new (c, q.count);
+          if (!r)
+            {
+              release_room (c, q.count);
+              send_error (c, q.type, q.handle, NBD_ENOMEM, "out of memory");
+              break;
+            }
+          r->flags = q.flags;
+          r->type = q.type;
+          r->handle = q.handle;
+          r->offset = q.offset;
+          r->count = q.count;
+          r->next_ext = 0;
+          if (c->structured)
+            {
+              map_read (r);
+              if (q.count == 0 || all_holes (r))
+                {
+                  if (q.count == 0)
+                    {
+                      struct nbd_structured_reply h;
+                      struct iovec iov = { &h, sizeof h };
+                      set_chunk (&h, NBD_REPLY_FLAG_DONE,
+                                 NBD_REPLY_TYPE_NONE, q.handle, 0);
+                      nbd_srv_conn_send (c, &iov, 1);
+                    }
+                  else
+                    send_read_chunks (r);
+                  nbd_srv_req_done (r);
+                  break;
+                }
+            }
+          else if (q.count == 0)
+            {
+              send_simple (c, q.handle, 0, NULL, 0);
+              nbd_srv_req_done (r);
+              break;
+            }
+          ret = image_aio_read (img, r->buf, q.count, q.offset, read_done, r);
+          if (ret < 0)
+            {
+              reply_errno (r, ret, "read");
+              nbd_srv_req_done (r);
+            }
+          break;
+
+        case NBD_CMD_WRITE:
+          wait_for_room (c, q.count);
+          r = nbd_srv_req_new (c, q.count);
+          if (!r)
+            {
+              release_room (c, q.count);
+              if (nbd_srv_conn_skip (c, q.count) < 0)
+                goto out;
+              send_error (c, q.type, q.handle, NBD_ENOMEM, "out of memory");
+              break;
+            }
+          r->flags = q.flags;
+          r->type = q.type;
+          r->handle = q.handle;
+          r->offset = q.offset;
+          r->count = q.count;
+          if (nbd_srv_conn_read (c, r->buf, q.count) < 0)
+            {
+              /* The client vanished mid-request: nothing to answer. */
+              nbd_srv_req_done (r);
+              goto out;
+            }
+          if (q.count == 0)
+            {
+              send_simple (c, q.handle, 0, NULL, 0);
+              nbd_srv_req_done (r);
+              break;
+            }
+          ret = image_aio_write (img, r->buf, q.count, q.offset,
+                                 (q.flags & NBD_CMD_FLAG_FUA) ? IMAGE_FUA : 0,
+                                 write_done, r);
+          if (ret < 0)
+            {
+              reply_errno (r, ret, "write");
+              nbd_srv_req_done (r);
+            }
+          break;
+
+        case NBD_CMD_WRITE_ZEROES:
+          if ((q.flags & NBD_CMD_FLAG_FAST_ZERO)
+              && (q.flags & NBD_CMD_FLAG_NO_HOLE))
+            {
+              /* Zeroing with NO_HOLE writes the zeroes: no faster than a
+               * WRITE.  Without NO_HOLE it deallocates (fast). */
+              send_error (c, q.type, q.handle, NBD_ENOTSUP,
+                          "zeroing without holes is not fast");
+              break;
+            }
+          /* fall through */
+        case NBD_CMD_FLUSH:
+        case NBD_CMD_TRIM:
+          if (q.count == 0 && q.type != NBD_CMD_FLUSH)
+            {
+              send_simple (c, q.handle, 0, NULL, 0);
+              break;
+            }
+          wait_for_room (c, 0);
+          r = nbd_srv_req_new (c, 0);
+          if (!r)
+            {
+              release_room (c, 0);
+              send_error (c, q.type, q.handle, NBD_ENOMEM, "out of memory");
+              break;
+            }
+          r->flags = q.flags;
+          r->type = q.type;
+          r->handle = q.handle;
+          r->offset = q.offset;
+          r->count = q.count;
+          nbd_srv_workers_queue (c->srv->workers, r);
+          break;
+
+        case NBD_CMD_CACHE:
+          /* A hint with no effect here: the store has its own caching
+           * (page cache, OSD caches).  Success is always correct. */
+          send_simple (c, q.handle, 0, NULL, 0);
+          break;
+
+        case NBD_CMD_BLOCK_STATUS:
+          do_block_status (c, &q);
+          break;
+        }
+    }
+ out:
+  return;
+}
