@@ -104,9 +104,10 @@ info_to_json (const struct image_info *info)
 static void
 print_json (json_object *o)
 {
-  printf ("%s\n", json_object_to_json_string_ext (o, JSON_C_TO_STRING_PRETTY
-                                                  | JSON_C_TO_STRING_SPACED
-                                                  | JSON_C_TO_STRING_NOSLASHESCAPE));
+  int flags = JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED
+    | JSON_C_TO_STRING_NOSLASHESCAPE;
+
+  printf ("%s\n", json_object_to_json_string_ext (o, flags));
 }
 
 static uint64_t

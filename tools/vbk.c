@@ -40,12 +40,11 @@ static const struct vbk_cmd top = {
 };
 
 static const struct vbk_opt global_opts[] = {
-  { "store", 0, "URI", "the store: local:/PATH, rados:POOL[/NS][?conf=FILE]"
-    " (default: $VBK_STORE, else " VBK_STORE_DEFAULT ")" },
-  { "timeout", 0, "SECONDS", "give up on an unreachable cluster after "
-    "SECONDS (rados stores; default 10)" },
-  { "verbose", 'v', NULL, "print more (timings, statistics); twice for "
-    "debug messages" },
+  { "store", 0, "URI", "the store (default: $VBK_STORE, else "
+    VBK_STORE_DEFAULT ")" },
+  { "timeout", 0, "SECONDS", "wait at most SECONDS for a cluster (rados; "
+    "default 10)" },
+  { "verbose", 'v', NULL, "timings and statistics; twice: debug messages" },
   { "help", 'h', NULL, "show this help and exit" },
   { NULL },
 };
@@ -108,9 +107,9 @@ vbk_fail (const struct vbk_args *a, int err)
 }
 
 /* Adds "timeout=SECONDS" to the innermost URI when it is a rados one
- * (a fault: URI wraps another after its '@').  librados and the rados
- * backend read the last value of a repeated key, so an explicit
- * --timeout wins over one already in the URI. */
+ * (a fault: URI wraps another after its '@').  The rados backend takes
+ * the last value of a repeated key, so an explicit --timeout wins over
+ * one already in the URI. */
 static char *
 uri_with_timeout (const char *uri, const char *timeout)
 {
@@ -190,7 +189,11 @@ print_help (const struct vbk_cmd *cmd, const char *path)
   int width = 0, w;
 
   if (cmd == &top)
-    printf ("Usage: vbk %s\n\nvbk %s.\n", cmd->synopsis, cmd->summary);
+    printf ("Usage: vbk %s\n\nvbk %s.\n\n"
+            "Stores (URI): local:/PATH (a directory),\n"
+            "  rados:POOL[/NAMESPACE][?conf=FILE&id=NAME] (a Ceph pool),\n"
+            "  fault:SPEC@URI (another store with injected errors, "
+            "for tests).\n", cmd->synopsis, cmd->summary);
   else
     printf ("Usage: vbk [GLOBAL OPTIONS] %s %s\n\n%c%s.\n", path,
             cmd->synopsis, cmd->summary[0] - 'a' + 'A', cmd->summary + 1);

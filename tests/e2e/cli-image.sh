@@ -40,7 +40,7 @@ json_check ()
   python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-if not eval(sys.argv[1]):
+if not eval("(" + sys.argv[1] + ")"):
     sys.exit("check failed: %s\nJSON: %s" % (sys.argv[1], json.dumps(d)))
 ' "$1" || fail "JSON check failed: $1"
 }
@@ -85,8 +85,9 @@ grep -Eq "^vm1 +10 GiB +4 MiB +0/2560$" "$TEST_DIR/ls" || fail "ls: vm1 line: $(
 
 expect_status 1 "image create: .*(exist|taken)" v image create vm1 --size 1G
 v image info vm1 --json | json_check 'd["size"] == 10 << 30'
+nosuch_re="([Nn]o such|[Nn]ot found|[Dd]oes not exist)"
 for verb in info rm; do
-  expect_status 1 "image $verb: .*(nosuch.*(No such|not found|does not exist)|(No such|not found|does not exist).*nosuch)" \
+  expect_status 1 "image $verb: .*(nosuch.*$nosuch_re|$nosuch_re.*nosuch)" \
     v image "$verb" nosuch
 done
 expect_status 1 "image resize: .*nosuch" v image resize nosuch --size 1G
@@ -94,7 +95,10 @@ expect_status 1 "image export: .*nosuch" v image export nosuch "$TEST_DIR/never"
 [ ! -e "$TEST_DIR/never" ] || fail "export of a missing image created the file"
 expect_status 1 "image import: .*$TEST_DIR/missing-file: No such file or directory" \
   v image import "$TEST_DIR/missing-file" fromfile
-expect_status 1 "image import: .*empty" v image import /dev/null fromnull
+: >"$TEST_DIR/empty"
+expect_status 1 "image import: .*empty" v image import "$TEST_DIR/empty" fromempty
+expect_status 1 "image import: .*/dev/null: not a regular file" \
+  v image import /dev/null fromnull
 expect_status 1 "image import: .*not a regular file" v image import "$TEST_DIR" fromdir
 expect_status 2 "--size: invalid size '12Q'" v image create q --size 12Q
 expect_status 2 "--object-size: invalid object size '3M'" \
