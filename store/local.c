@@ -29,9 +29,14 @@
  * snapshot trims clones that no live snapshot needs any more.
  *
  * Fencing: a fenced client finds its name in fenced/ and fails every call
- * with -ESHUTDOWN; the check is cached for 10 ms.  This is a best-effort
- * fence (a call already past the check still lands); the lease layer adds
- * an epoch check for the local store.
+ * with -ESHUTDOWN.  Changes are airtight: each one runs under a shared
+ * flock() of fenced/.gen (one open file per thread, as flock belongs to
+ * the open file) and compares the fence generation stored there with the
+ * one it last checked; store_fence() takes the lock exclusively, so it
+ * waits for changes in flight, and bumps the generation.  A change that
+ * starts after store_fence() returned cannot land, even from a process
+ * that was stopped in the middle of a call.  Reads check a cached state
+ * (10 ms).
  *
  * Open files are cached (fd cache, LRU) so a 4 KiB write costs one
  * pwrite.  Asynchronous calls run on a small pool of threads.
@@ -102,6 +107,9 @@ struct root {
 
   uint64_t fence_checked_ns;        /* under fd_lock */
   bool fenced;
+  uint64_t fence_gen;               /* generation last checked */
+  dev_t gen_dev;                    /* identity of fenced/.gen */
+  ino_t gen_ino;
   unsigned watch_seq;
 };
 
@@ -368,6 +376,89 @@ check_fence (struct root *r, const char *op)
     if (f_ < 0)                                 \
       return f_;                                \
   } while (0)
+
+/* Per thread: open files of fenced/.gen of the stores it used lately. */
+#define GEN_FDS 8
+static __thread struct { dev_t dev; ino_t ino; int fd; } gen_fds[GEN_FDS];
+static __thread unsigned gen_next;
+
+static int
+gen_fd (struct root *r)
+{
+  unsigned i;
+  int fd;
+
+  for (i = 0; i < GEN_FDS; i++)
+    if (gen_fds[i].fd > 0 && gen_fds[i].dev == r->gen_dev
+        && gen_fds[i].ino == r->gen_ino)
+      return gen_fds[i].fd;
+  fd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return -errno;
+  i = gen_next++ % GEN_FDS;
+  if (gen_fds[i].fd > 0)
+    close (gen_fds[i].fd);
+  gen_fds[i].dev = r->gen_dev;
+  gen_fds[i].ino = r->gen_ino;
+  gen_fds[i].fd = fd;
+  return fd;
+}
+
+static uint64_t
+gen_read (int fd)
+{
+  uint64_t g = 0;
+
+  if (pread (fd, &g, sizeof g, 0) != sizeof g)
+    g = 0;
+  return g;
+}
+
+/* Enters a change: returns a token for guard_exit, or -ESHUTDOWN (with a
+ * message) if this client is fenced, or another -errno. */
+static int
+guard_enter (struct root *r, const char *op)
+{
+  uint64_t g;
+  int fd = gen_fd (r);
+
+  if (fd < 0)
+    return fd;
+  if (flock (fd, LOCK_SH) < 0)
+    return -errno;
+  g = gen_read (fd);
+  pthread_mutex_lock (&r->fd_lock);
+  if (g != r->fence_gen) {
+    pthread_mutex_unlock (&r->fd_lock);
+    bool fenced = client_fenced (r, r->client);
+    pthread_mutex_lock (&r->fd_lock);
+    r->fenced = fenced;
+    r->fence_gen = g;
+    r->fence_checked_ns = now_mono_ns ();
+  }
+  bool fenced = r->fenced;
+  pthread_mutex_unlock (&r->fd_lock);
+  if (fenced) {
+    flock (fd, LOCK_UN);
+    vbk_set_error ("store: local: %s: this client (%s) has been fenced",
+                   op, r->client);
+    return -ESHUTDOWN;
+  }
+  return fd;
+}
+
+static void
+guard_exit (int *fd)
+{
+  if (*fd >= 0)
+    flock (*fd, LOCK_UN);
+}
+
+/* Runs the rest of the enclosing block as a guarded change. */
+#define GUARD(r, op)                                                    \
+  int guard_ __attribute__ ((cleanup (guard_exit))) = guard_enter ((r), (op)); \
+  if (guard_ < 0)                                                       \
+    return guard_
 
 /* ---- The fd cache ----------------------------------------------------- */
 
@@ -890,6 +981,21 @@ local_open (const char *arg, void **hp)
     vbk_errno (rc, "store: local: cannot set up %s", arg);
     goto fail;
   }
+  {
+    struct stat sb;
+    int gfd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC,
+                      0644);
+    if (gfd < 0 || fstat (gfd, &sb) < 0) {
+      rc = vbk_errno (-errno, "store: local: %s/fenced/.gen", arg);
+      if (gfd >= 0)
+        close (gfd);
+      goto fail;
+    }
+    r->gen_dev = sb.st_dev;
+    r->gen_ino = sb.st_ino;
+    r->fence_gen = gen_read (gfd);
+    close (gfd);
+  }
   r->objfd = openat (r->dirfd, "obj", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (r->objfd < 0) {
     rc = vbk_errno (-errno, "store: local: %s/obj", arg);
@@ -1019,7 +1125,7 @@ local_write (void *h, const char *oid, const void *buf, size_t len,
   struct fd_entry *e;
   int rc;
 
-  FENCE (r, "write");
+  GUARD (r, "write");
   rc = fd_get (r, oid, true, &e);
   if (rc < 0)
     return rc;
@@ -1045,7 +1151,7 @@ local_write_full (void *h, const char *oid, const void *buf, size_t len,
   char path[PATH_MAX];
   int rc;
 
-  FENCE (r, "write_full");
+  GUARD (r, "write_full");
   rc = cow_prepare (l, oid, NULL);
   if (rc < 0)
     return rc;
@@ -1064,7 +1170,7 @@ local_create_excl (void *h, const char *oid, const void *buf, size_t len,
   char path[PATH_MAX], tmp[256];
   int rc;
 
-  FENCE (r, "create");
+  GUARD (r, "create");
   rc = cow_prepare (l, oid, NULL);
   if (rc < 0)
     return rc;
@@ -1091,7 +1197,7 @@ local_zero (void *h, const char *oid, uint64_t off, uint64_t len)
   struct stat sb;
   int rc;
 
-  FENCE (r, "zero");
+  GUARD (r, "zero");
   rc = fd_get (r, oid, false, &e);
   if (rc < 0)
     return rc;
@@ -1116,7 +1222,7 @@ local_truncate (void *h, const char *oid, uint64_t size)
   struct fd_entry *e;
   int rc;
 
-  FENCE (r, "truncate");
+  GUARD (r, "truncate");
   rc = fd_get (r, oid, false, &e);
   if (rc < 0)
     return rc;
@@ -1160,7 +1266,7 @@ local_remove (void *h, const char *oid)
   char path[PATH_MAX];
   int rc;
 
-  FENCE (r, "remove");
+  GUARD (r, "remove");
   if (!head_exists (r, oid))
     return -ENOENT;
   rc = cow_prepare (l, oid, NULL);
@@ -1416,7 +1522,7 @@ meta_set (struct local *l, const char *op, const char *oid, char kind,
   char path[PATH_MAX];
   int rc, fd;
 
-  FENCE (r, op);
+  GUARD (r, op);
   if (len > 65536) {
     vbk_set_error ("store: local: %s: %s: value too large", op, oid);
     return -E2BIG;
@@ -1441,7 +1547,7 @@ meta_rm (struct local *l, const char *op, const char *oid, char kind,
   char path[PATH_MAX];
   int rc = 0, fd;
 
-  FENCE (r, op);
+  GUARD (r, op);
   if (!head_exists (r, oid))
     return -ENOENT;
   fd = meta_lock (r, oid);
@@ -1485,7 +1591,7 @@ local_xattr_cas (void *h, const char *oid, const char *name,
   ssize_t n;
   int rc, fd;
 
-  FENCE (r, "xattr_cas");
+  GUARD (r, "xattr_cas");
   if (!head_exists (r, oid))
     return -ENOENT;
   rc = meta_prepare (r, oid);
@@ -1681,7 +1787,7 @@ local_lock (void *h, const char *oid, const char *name, const char *cookie,
   struct lock_rec rec;
   int fd, rc;
 
-  FENCE (r, "lock");
+  GUARD (r, "lock");
   fd = lock_open (r, oid, name, &rec);
   if (fd < 0)
     return fd;
@@ -1722,7 +1828,7 @@ local_unlock (void *h, const char *oid, const char *name, const char *cookie)
   struct lock_rec rec;
   int fd, rc = -ENOENT;
 
-  FENCE (r, "unlock");
+  GUARD (r, "unlock");
   fd = lock_open (r, oid, name, &rec);
   if (fd < 0)
     return fd;
@@ -1743,7 +1849,7 @@ local_lock_break (void *h, const char *oid, const char *name,
   struct lock_rec rec;
   int fd, rc = -ENOENT;
 
-  FENCE (r, "lock_break");
+  GUARD (r, "lock_break");
   fd = lock_open (r, oid, name, &rec);
   if (fd < 0)
     return fd;
@@ -2086,12 +2192,30 @@ local_fence (void *h, const char *client, uint32_t expire_s)
   char path[PATH_MAX], buf[32];
   int n;
 
+  uint64_t g;
+  int fd, rc;
+
   FENCE (r, "fence");
   relpath (path, sizeof path, "fenced", client, NULL);
   n = snprintf (buf, sizeof buf, "%llu\n",
                 (unsigned long long) (now_wall_ms ()
                                       + (uint64_t) expire_s * 1000));
-  return replace_file (r, path, buf, n);
+  /* Exclusive: waits for the changes in flight of every client. */
+  fd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return -errno;
+  if (flock (fd, LOCK_EX) < 0) {
+    rc = -errno;
+    close (fd);
+    return rc;
+  }
+  rc = replace_file (r, path, buf, n);
+  g = gen_read (fd) + 1;
+  if (rc == 0 && (pwrite (fd, &g, sizeof g, 0) != sizeof g
+                  || fdatasync (fd) < 0))
+    rc = -EIO;
+  close (fd);                   /* releases the lock */
+  return rc;
 }
 
 /* ---- Snapshots -------------------------------------------------------- */
@@ -2106,7 +2230,7 @@ local_snap_create (void *h, uint64_t *snap)
   ssize_t n;
   int fd, rc;
 
-  FENCE (r, "snap_create");
+  GUARD (r, "snap_create");
   fd = openat (r->dirfd, "snaps/next", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0)
     return -errno;
@@ -2210,7 +2334,7 @@ local_snap_remove (void *h, uint64_t snap)
   struct root *r = l->r;
   char path[64];
 
-  FENCE (r, "snap_remove");
+  GUARD (r, "snap_remove");
   snprintf (path, sizeof path, "snaps/live/%016llx",
             (unsigned long long) snap);
   if (unlinkat (r->dirfd, path, 0) < 0) {
