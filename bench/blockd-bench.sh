@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# blockd-bench.sh [SIZE] - vbk-blockd on a local store against qemu-nbd on
+# a raw file and nbdkit's file plugin, same machine, same run, Unix
+# sockets, fio's nbd engine (libnbd).  Each workload runs on the three
+# servers back to back (interleaved), REPEAT times (default 1), and the
+# table shows the median with the ratios vbk/qemu-nbd and vbk/nbdkit.
+# Not a test: numbers depend on the machine.  Env: VBK_BIN (build/bin),
+# BENCH_DIR (a scratch directory, default a new one under /tmp),
+# RUNTIME (seconds per run, default 4), REPEAT.
+set -euo pipefail
+
+size=${1:-1G}
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=${VBK_BIN:-$here/build/bin}
+runtime=${RUNTIME:-4}
+repeat=${REPEAT:-1}
+dir=${BENCH_DIR:-$(mktemp -d /tmp/vbk-bench.XXXXXX)}
+pids=()
+cleanup () {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${BENCH_DIR:-}" ] || rm -rf "$dir"
+}
+trap cleanup EXIT
+
+for t in fio qemu-nbd nbdkit nbdcopy; do
+  command -v $t >/dev/null || { echo "blockd-bench: $t is missing" >&2; exit 1; }
+done
+
+wait_sock () { for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.05; done; echo "no $1" >&2; exit 1; }
+
+echo "preparing $size of random data ..." >&2
+head -c "$size" /dev/urandom >"$dir/data.raw"
+cp "$dir/data.raw" "$dir/qemu.raw"
+cp "$dir/data.raw" "$dir/nbdkit.raw"
+
+store="local:$dir/store"
+"$bin/vbk" --store "$store" image create bench --size "$size" >/dev/null
+"$bin/vbk-blockd" --store "$store" --socket "$dir/vbk.sock" 2>"$dir/vbk.log" &
+pids+=($!)
+qemu-nbd -f raw -t -e 4 --cache=writeback -k "$dir/qemu.sock" "$dir/qemu.raw" &
+pids+=($!)
+nbdkit -f -U "$dir/nbdkit.sock" file "$dir/nbdkit.raw" &
+pids+=($!)
+wait_sock "$dir/vbk.sock"; wait_sock "$dir/qemu.sock"; wait_sock "$dir/nbdkit.sock"
+nbdcopy --connections=4 --threads=4 "$dir/data.raw" "nbd+unix:///bench?socket=$dir/vbk.sock"
+
+declare -A uri=(
+  [vbk]="nbd+unix:///bench?socket=$dir/vbk.sock"
+  [qemu]="nbd+unix:///?socket=$dir/qemu.sock"
+  [nbdkit]="nbd+unix:///?socket=$dir/nbdkit.sock"
+)
+# name rw bs iodepth unit
+workloads=(
+  "4K-randread-QD1 randread 4k 1 kIOPS"
+  "4K-randread-QD16 randread 4k 16 kIOPS"
+  "4K-randwrite-QD1 randwrite 4k 1 kIOPS"
+  "4K-randwrite-QD16 randwrite 4k 16 kIOPS"
+  "1M-seqread-QD8 read 1M 8 MB/s"
+  "1M-seqwrite-QD8 write 1M 8 MB/s"
+)
+
+# run SERVER RW BS QD: prints kIOPS or MB/s
+run () {
+  local out="$dir/fio.json" dirn
+  fio --name=bench --ioengine=nbd --uri="${uri[$1]}" --rw="$2" --bs="$3" \
+      --iodepth="$4" --time_based --runtime="$runtime" --ramp_time=1 \
+      --output-format=json --output="$out" >/dev/null 2>&1
+  case "$2" in *read) dirn=read ;; *) dirn=write ;; esac
+  python3 - "$out" "$dirn" "$3" <<'PY'
+import json, sys
+text = open(sys.argv[1]).read()
+j = json.loads(text[text.index("{"):])["jobs"][0][sys.argv[2]]
+if sys.argv[3] == "4k":
+    print("%.1f" % (j["iops"] / 1000))
+else:
+    print("%.0f" % (j["bw_bytes"] / 1e6))
+PY
+}
+
+median () { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+printf '%-20s %-6s %9s %9s %9s %10s %10s\n' workload unit vbk qemu-nbd nbdkit vbk/qemu vbk/nbdkit
+for w in "${workloads[@]}"; do
+  read -r name rw bs qd unit <<<"$w"
+  declare -a rv=() rq=() rk=()
+  for ((i = 0; i < repeat; i++)); do
+    rv+=("$(run vbk "$rw" "$bs" "$qd")")
+    rq+=("$(run qemu "$rw" "$bs" "$qd")")
+    rk+=("$(run nbdkit "$rw" "$bs" "$qd")")
+  done
+  v=$(median "${rv[@]}"); q=$(median "${rq[@]}"); k=$(median "${rk[@]}")
+  printf '%-20s %-6s %9s %9s %9s %10s %10s\n' "$name" "$unit" "$v" "$q" "$k" \
+    "$(awk -v a="$v" -v b="$q" 'BEGIN{printf "%.2f", b>0?a/b:0}')" \
+    "$(awk -v a="$v" -v b="$k" 'BEGIN{printf "%.2f", b>0?a/b:0}')"
+done
