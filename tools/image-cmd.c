@@ -28,8 +28,14 @@
 #include "common/util.h"
 #include "internal.h"
 
-/* Largest image: offsets must fit an off_t and JSON's signed integers. */
-#define IMAGE_CLI_SIZE_MAX ((uint64_t) INT64_MAX)
+/* Largest image.  The image library refuses more than 1 PiB but image.h
+ * does not name the limit yet; checking it here makes a too large size a
+ * usage error like any other malformed size. */
+#ifdef IMAGE_SIZE_MAX
+#define IMAGE_CLI_SIZE_MAX ((uint64_t) IMAGE_SIZE_MAX)
+#else
+#define IMAGE_CLI_SIZE_MAX (UINT64_C (1) << 50)
+#endif
 
 /* ---- Argument checks ----------------------------------------------------- */
 
@@ -46,9 +52,13 @@ get_size (const struct vbk_args *a, const char *opt, uint64_t *out)
   if (*out == 0)
     return vbk_usage_error (a, "--%s: invalid size '%s': must be greater "
                             "than 0", opt, s);
-  if (*out > IMAGE_CLI_SIZE_MAX)
+  if (*out > IMAGE_CLI_SIZE_MAX) {
+    char max[32];
+
     return vbk_usage_error (a, "--%s: invalid size '%s': too large (at most "
-                            "8 EiB - 1)", opt, s);
+                            "%s)", opt, s,
+                            format_size (IMAGE_CLI_SIZE_MAX, max, sizeof max));
+  }
   return 0;
 }
 
@@ -315,7 +325,7 @@ cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
     goto out_fail_file;
   }
   if (size > IMAGE_CLI_SIZE_MAX) {
-    vbk_set_error ("%s: too large", file);
+    vbk_set_error ("%s: too large for an image", file);
     goto out_fail_file;
   }
 

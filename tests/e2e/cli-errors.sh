@@ -93,6 +93,10 @@ expect_status 2 "--size: invalid size '16384P': too large" \
   vbk image create a --size 16384P
 expect_status 2 "--size: invalid size '8192P': too large" \
   vbk image create a --size 8192P
+expect_status 2 "--size: invalid size '1025P': too large \(at most 1 PiB\)" \
+  vbk image create a --size 1025P
+expect_status 2 "image resize: --size: invalid size '2P': too large" \
+  vbk image resize a --size 2P
 expect_status 2 "image resize: --size: invalid size '0'" \
   vbk image resize a --size 0
 expect_status 2 "image resize: --size: invalid size '1X'" \
