@@ -93,6 +93,6 @@ for w in "${workloads[@]}"; do
   done
   v=$(median "${rv[@]}"); q=$(median "${rq[@]}"); k=$(median "${rk[@]}")
   printf '%-20s %-6s %9s %9s %9s %10s %10s\n' "$name" "$unit" "$v" "$q" "$k" \
-    "$(awk -v a="$v" -v b="$q" 'BEGIN{printf "%.2f", b>0?a/b:0}')" \
-    "$(awk -v a="$v" -v b="$k" 'BEGIN{printf "%.2f", b>0?a/b:0}')"
+    "$(awk -v a="$v" -v b="$q" 'BEGIN{printf "%.2f", (b>0?a/b:0)}')" \
+    "$(awk -v a="$v" -v b="$k" 'BEGIN{printf "%.2f", (b>0?a/b:0)}')"
 done

@@ -36,6 +36,8 @@
 #define NBD_SRV_MAX_INFLIGHT_BYTES (256u << 20)
 /* Option payloads past this are a denial of service: hard disconnect. */
 #define NBD_SRV_MAX_OPTION (64u << 10)
+/* Largest request run inline when inline_io is set. */
+#define NBD_SRV_INLINE_MAX (256u << 10)
 
 /* ---- main.c / config.c -------------------------------------------------- */
 
@@ -109,6 +111,11 @@ struct nbd_srv_server {
   struct nbd_srv_exports *exports;
   struct nbd_srv_workers *workers;
   bool read_only;
+  /* Small reads run on the reader thread (the local store: a page-cache
+   * read costs less than a hand-off to a store thread).  Writes stay
+   * asynchronous: the first write to an object waits for the object
+   * map to be durable, which must not stall the pipeline. */
+  bool inline_io;
   atomic_bool quit;
 
   pthread_mutex_t lock;     /* protects conns, nconns */

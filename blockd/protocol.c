@@ -606,6 +606,11 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
               nbd_srv_req_done (r);
               break;
             }
+          if (c->srv->inline_io && q.count <= NBD_SRV_INLINE_MAX)
+            {
+              read_done (r, image_read (img, r->buf, q.count, q.offset));
+              break;
+            }
           ret = image_aio_read (img, r->buf, q.count, q.offset, read_done, r);
           if (ret < 0)
             {

@@ -47,6 +47,7 @@ nbd_srv_server_new (const struct nbd_srv_config *cfg,
   r = store_open (cfg->store_uri, &srv->store);
   if (r < 0)
     goto fail;
+  srv->inline_io = strcmp (store_backend (srv->store), "local") == 0;
   r = nbd_srv_exports_new (srv->store, cfg->read_only, &srv->exports);
   if (r < 0)
     goto fail;
