@@ -333,6 +333,7 @@ cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
     close (fd);
     return VBK_EXIT_FAILURE;
   }
+  vbk_catch_signals (1);
   vbk_clear_error ();
   if ((r = image_create (st, name, size, osize)) < 0)
     goto out_fail;
@@ -346,6 +347,7 @@ cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
   image_close (img);
   store_close (st);
   close (fd);
+  vbk_catch_signals (0);
   log_stats ("import", &stats);
   return VBK_EXIT_OK;
 
@@ -364,6 +366,7 @@ cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
  out_fail:
   store_close (st);
   close (fd);
+  vbk_catch_signals (0);
   return vbk_fail (a, r);
 
  out_fail_file:
@@ -381,20 +384,26 @@ cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
   struct store *st;
   struct stat sb;
   uint64_t size;
-  int fd = -1, r, sparse;
+  int fd = -1, r, sparse, created = 0;
 
   if ((r = check_name (a, name)))
     return r;
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
+  vbk_catch_signals (1);
   vbk_clear_error ();
   if ((r = image_open (st, name, IMAGE_OPEN_RDONLY, &img)) < 0)
     goto out;
   size = image_size (img);
 
   /* Open the file only once the image is known to exist, so that a
-   * wrong name does not leave an empty file behind. */
-  fd = open (file, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+   * wrong name does not leave an empty file behind; remember whether we
+   * created it, to remove it again if the export fails. */
+  fd = open (file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd >= 0)
+    created = 1;
+  else if (errno == EEXIST)
+    fd = open (file, O_WRONLY | O_CLOEXEC);
   if (fd < 0 || fstat (fd, &sb) < 0) {
     r = vbk_errno (-errno, "%s", file);
     goto out;
@@ -429,19 +438,22 @@ cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
     r = vbk_errno (-errno, "%s: fsync", file);
     goto out;
   }
-  if (close (fd) < 0) {
-    fd = -1;
+  r = close (fd);
+  fd = -1;
+  if (r < 0) {
     r = vbk_errno (-errno, "%s: close", file);
     goto out;
   }
-  fd = -1;
   log_stats ("export", &stats);
 
  out:
   if (fd >= 0)
     close (fd);
+  if (r < 0 && created)
+    unlink (file);
   image_close (img);
   store_close (st);
+  vbk_catch_signals (0);
   return r < 0 ? vbk_fail (a, r) : VBK_EXIT_OK;
 }
 

@@ -364,13 +364,14 @@ run (struct copy *c, const char *what, struct copy_stats *st)
   pthread_mutex_destroy (&c->lock);
   pthread_cond_destroy (&c->done_cond);
 
-  if (c->err) {
-    vbk_set_error ("%s", c->msg);
-    return c->err;
-  }
+  /* A signal may also have failed a call with EINTR: say why. */
   if (vbk_interrupted ()) {
     vbk_set_error ("interrupted");
     return -EINTR;
+  }
+  if (c->err) {
+    vbk_set_error ("%s", c->msg);
+    return c->err;
   }
   return 0;
 }

@@ -99,7 +99,10 @@ int vbk_fail (const struct vbk_args *a, int err);
 int vbk_store_open (struct vbk_ctx *ctx, const struct vbk_args *a,
                     struct store **st);
 
-/* 1 once SIGINT or SIGTERM arrived (long operations stop early). */
+/* Long operations catch SIGINT and SIGTERM (ON = 1) to stop early and
+ * clean up, and restore the default (ON = 0) when done; a second signal
+ * ends the process.  vbk_interrupted() is 1 once a signal arrived. */
+void vbk_catch_signals (int on);
 int vbk_interrupted (void);
 
 /* image-cmd.c */

@@ -63,7 +63,23 @@ vbk_interrupted (void)
 static void
 on_signal (int sig)
 {
+  /* A second signal ends the process at once. */
+  if (interrupted) {
+    signal (sig, SIG_DFL);
+    raise (sig);
+  }
   interrupted = 1;
+}
+
+void
+vbk_catch_signals (int on)
+{
+  struct sigaction sa = { .sa_handler = on ? on_signal : SIG_DFL };
+
+  /* No SA_RESTART: a blocked read returns EINTR and the copy stops. */
+  sigemptyset (&sa.sa_mask);
+  sigaction (SIGINT, &sa, NULL);
+  sigaction (SIGTERM, &sa, NULL);
 }
 
 const char *
@@ -378,17 +394,11 @@ int
 main (int argc, char **argv)
 {
   struct vbk_ctx ctx = { 0 };
-  struct sigaction sa = { .sa_handler = on_signal };
   int r;
 
   /* Only warnings and errors unless -v. */
   log_level = LOG_LVL_WARN;
   ctx.progress = isatty (STDERR_FILENO);
-
-  /* No SA_RESTART: a blocked read returns EINTR and the copy stops. */
-  sigemptyset (&sa.sa_mask);
-  sigaction (SIGINT, &sa, NULL);
-  sigaction (SIGTERM, &sa, NULL);
 
   r = run_cmd (&ctx, &top, "vbk", argc, argv);
 

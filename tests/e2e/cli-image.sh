@@ -212,4 +212,11 @@ expect_status 1 "image import: .*No space left on device" \
   vbk --store "$(full_store 8)" image import "$src" nospace
 v image ls --json | json_check '"nospace" not in [i["name"] for i in d]'
 
+# A read error during export: one line, and no partial file left.
+v image import "$full" w
+expect_status 1 "image export: .*Input/output error" \
+  vbk --store "fault:op=read,err=EIO,nth=2@$S" image export w "$TEST_DIR/w.raw"
+[ ! -e "$TEST_DIR/w.raw" ] || fail "a failed export left its file behind"
+v image rm w
+
 echo "cli-image ($VBK_TEST_STORE_KIND): OK"
