@@ -39,7 +39,9 @@
  * (10 ms).
  *
  * Open files are cached (fd cache, LRU) so a 4 KiB write costs one
- * pwrite.  Asynchronous calls run on a small pool of threads.
+ * pwrite.  Replacing or removing an object file bumps a counter in the
+ * shared, mmap()ed file obj-gen; every client drops its cached files when
+ * it sees the counter move, so nobody reads a file that was replaced.  Asynchronous calls run on a small pool of threads.
  */
 #include <assert.h>
 #include <dirent.h>
@@ -54,6 +56,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -108,6 +111,9 @@ struct root {
   uint64_t fence_checked_ns;        /* under fd_lock */
   bool fenced;
   uint64_t fence_gen;               /* generation last checked */
+  uint64_t *objgen;                 /* shared (mmap): bumped whenever an
+                                       object file is replaced or removed */
+  uint64_t cache_gen;               /* objgen the fd cache is valid for */
   dev_t gen_dev;                    /* identity of fenced/.gen */
   ino_t gen_ino;
   unsigned watch_seq;
@@ -530,6 +536,38 @@ fd_trim (struct root *r)
   }
 }
 
+/* Another client replaced or removed object files: cached descriptors
+ * may point at old files.  Drop them all (those in use close at their
+ * last fd_put).  Called with fd_lock held. */
+static void
+fd_invalidate_locked (struct root *r)
+{
+  struct fd_entry *e, *next;
+  size_t i;
+
+  for (e = r->lru_head; e; e = next) {
+    next = e->next;
+    lru_unlink (r, e);
+    if (e->refs == 0) {
+      if (e->dirty)
+        fdatasync (e->fd);
+      close (e->fd);
+      free (e);
+    }
+    else
+      e->orphan = true;
+  }
+  for (i = 0; i < FD_HASH; i++)
+    r->hash[i] = NULL;
+  r->nfds = 0;
+}
+
+static void
+objgen_bump (struct root *r)
+{
+  __atomic_add_fetch (r->objgen, 1, __ATOMIC_SEQ_CST);
+}
+
 /* Gets an open file for OID's head.  With CREATE the file is created if
  * missing; without it a missing object gives -ENOENT. */
 static int
@@ -541,6 +579,13 @@ fd_get (struct root *r, const char *oid, bool create, struct fd_entry **out)
   int fd;
 
   pthread_mutex_lock (&r->fd_lock);
+  {
+    uint64_t g = __atomic_load_n (r->objgen, __ATOMIC_SEQ_CST);
+    if (g != r->cache_gen) {
+      fd_invalidate_locked (r);
+      r->cache_gen = g;
+    }
+  }
   for (e = r->hash[h]; e; e = e->hnext) {
     if (strcmp (e->oid, oid) == 0) {
       e->refs++;
@@ -911,6 +956,8 @@ root_free (struct root *r)
     close (e->fd);
     free (e);
   }
+  if (r->objgen)
+    munmap (r->objgen, 4096);
   if (r->objfd >= 0)
     close (r->objfd);
   if (r->dirfd >= 0)
@@ -995,6 +1042,21 @@ local_open (const char *arg, void **hp)
     r->gen_ino = sb.st_ino;
     r->fence_gen = gen_read (gfd);
     close (gfd);
+    gfd = openat (r->dirfd, "obj-gen", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (gfd < 0 || ftruncate (gfd, 4096) < 0) {
+      rc = vbk_errno (-errno, "store: local: %s/obj-gen", arg);
+      if (gfd >= 0)
+        close (gfd);
+      goto fail;
+    }
+    r->objgen = mmap (NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, gfd, 0);
+    close (gfd);
+    if (r->objgen == MAP_FAILED) {
+      r->objgen = NULL;
+      rc = vbk_errno (-errno, "store: local: mmap obj-gen");
+      goto fail;
+    }
+    r->cache_gen = __atomic_load_n (r->objgen, __ATOMIC_SEQ_CST);
   }
   r->objfd = openat (r->dirfd, "obj", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (r->objfd < 0) {
@@ -1157,6 +1219,7 @@ local_write_full (void *h, const char *oid, const void *buf, size_t len,
     return rc;
   relpath (path, sizeof path, "obj", oid, NULL);
   rc = replace_file (r, path, buf, len);
+  objgen_bump (r);
   fd_forget (r, oid);
   return rc;
 }
@@ -1276,6 +1339,7 @@ local_remove (void *h, const char *oid)
   fd_forget (r, oid);
   if (unlinkat (r->dirfd, path, 0) < 0)
     return -errno;
+  objgen_bump (r);
   remove_meta (r, oid);
   return fsync_dir (r, "obj");
 }
@@ -1686,7 +1750,8 @@ local_omap_list (void *h, const char *oid, const char *after, size_t max,
     }
     n++;
   }
-  qsort (keys, n, sizeof *keys, cmp_str);
+  if (n)
+    qsort (keys, n, sizeof *keys, cmp_str);
   val = malloc (65536);
   if (val == NULL) {
     rc = -ENOMEM;
@@ -1794,7 +1859,12 @@ local_lock (void *h, const char *oid, const char *name, const char *cookie,
   if (rec.client[0]) {
     bool mine = strcmp (rec.client, r->client) == 0
       && strcmp (rec.cookie, cookie) == 0;
-    if (!mine) {
+    if (!mine && (flags & STORE_LOCK_RENEW)) {
+      vbk_set_error ("store: local: lock: %s: renew of a lock not held "
+                     "(now held by %s)", oid, rec.client);
+      rc = -ENOENT;
+    }
+    else if (!mine) {
       vbk_set_error ("store: local: lock: %s: held by %s", oid, rec.client);
       rc = -EBUSY;
     }

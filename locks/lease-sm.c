@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * lease-sm.c - the lease's decisions, without I/O or clocks of its own,
+ * so that every transition can be tested with an injected clock
+ * (tests/unit/test-lease-sm.c).  lease.c does the I/O and asks here.
+ *
+ * Timing: a holder renews at a third of the duration, so two renewals
+ * may fail before the lease runs out; it stops writing once its own
+ * lease has run out (LEASE_ACT_EXPIRED) even if nobody fenced it.  A
+ * requester takes over only when the holder's recorded expiry has passed
+ * by a margin that covers clock skew between hosts.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "lease.h"
+
+#define TAKEOVER_MARGIN_MS 500
+
+void
+lease_sm_init (struct lease_sm *sm, uint32_t duration_ms, bool exclusive,
+               unsigned bounce_limit, uint32_t bounce_window_ms)
+{
+  memset (sm, 0, sizeof *sm);
+  sm->state = LEASE_NONE;
+  sm->duration_ms = duration_ms ? duration_ms : LEASE_DURATION_DEFAULT_MS;
+  sm->exclusive = exclusive;
+  sm->bounce_limit = bounce_limit ? bounce_limit : LEASE_BOUNCE_LIMIT_DEFAULT;
+  sm->bounce_window_ms = bounce_window_ms ? bounce_window_ms
+    : LEASE_BOUNCE_WINDOW_DEFAULT_MS;
+}
+
+void
+lease_sm_acquired (struct lease_sm *sm, uint64_t now, uint64_t epoch)
+{
+  sm->state = LEASE_HELD;
+  sm->epoch = epoch;
+  sm->expires_ms = now + sm->duration_ms;
+  sm->renew_at_ms = now + sm->duration_ms / 3;
+}
+
+void
+lease_sm_renewed (struct lease_sm *sm, uint64_t now)
+{
+  if (sm->state != LEASE_HELD && sm->state != LEASE_RELEASING)
+    return;
+  sm->expires_ms = now + sm->duration_ms;
+  sm->renew_at_ms = now + sm->duration_ms / 3;
+}
+
+void
+lease_sm_renew_failed (struct lease_sm *sm, uint64_t now, int err)
+{
+  if (sm->state != LEASE_HELD && sm->state != LEASE_RELEASING)
+    return;
+  if (err == -ENOENT || err == -ESHUTDOWN || err == -EBUSY
+      || now >= sm->expires_ms) {
+    sm->state = LEASE_LOST;
+    return;
+  }
+  /* A passing error: try again soon, well before the end. */
+  sm->renew_at_ms = now + 200;
+}
+
+enum lease_action
+lease_sm_tick (struct lease_sm *sm, uint64_t now)
+{
+  if (sm->state != LEASE_HELD && sm->state != LEASE_RELEASING)
+    return LEASE_ACT_NONE;
+  if (now >= sm->expires_ms) {
+    sm->state = LEASE_LOST;
+    return LEASE_ACT_EXPIRED;
+  }
+  if (now >= sm->renew_at_ms)
+    return LEASE_ACT_RENEW;
+  return LEASE_ACT_NONE;
+}
+
+enum lease_answer
+lease_sm_release_request (struct lease_sm *sm, bool explicit)
+{
+  if (sm->state == LEASE_RELEASING)
+    return LEASE_ANS_RELEASING;
+  if (sm->state != LEASE_HELD)
+    return LEASE_ANS_NOT_HOLDER;
+  if (!explicit && sm->conflict)
+    return LEASE_ANS_CONFLICT;
+  if (!explicit && sm->exclusive)
+    return LEASE_ANS_EXCLUSIVE;
+  if (explicit)
+    sm->conflict = false;
+  sm->state = LEASE_RELEASING;
+  return LEASE_ANS_RELEASING;
+}
+
+void
+lease_sm_released (struct lease_sm *sm)
+{
+  if (sm->state == LEASE_RELEASING || sm->state == LEASE_HELD)
+    sm->state = LEASE_NONE;
+}
+
+enum lease_busy
+lease_sm_busy (const struct lease_sm *sm, uint64_t now,
+               uint64_t holder_expires, bool asked, bool answered)
+{
+  if (holder_expires && now >= holder_expires + TAKEOVER_MARGIN_MS)
+    return LEASE_BUSY_TAKEOVER;
+  if (asked)
+    return LEASE_BUSY_POLL;
+  if (!answered)
+    return LEASE_BUSY_WAIT;
+  return LEASE_BUSY_ASK;
+}
+
+bool
+lease_sm_note_handoff (const struct lease_sm *sm, uint64_t now,
+                       uint64_t *log, size_t cap, size_t *n)
+{
+  size_t i, j;
+
+  for (i = j = 0; i < *n; i++)
+    if (log[i] + sm->bounce_window_ms > now)
+      log[j++] = log[i];
+  *n = j;
+  if (*n == cap) {
+    memmove (log, log + 1, (cap - 1) * sizeof *log);
+    (*n)--;
+  }
+  log[(*n)++] = now;
+  return *n > sm->bounce_limit;
+}
+
+const char *
+lease_state_name (enum lease_state s)
+{
+  switch (s) {
+  case LEASE_NONE: return "none";
+  case LEASE_ACQUIRING: return "acquiring";
+  case LEASE_HELD: return "held";
+  case LEASE_RELEASING: return "releasing";
+  case LEASE_LOST: return "lost";
+  }
+  return "?";
+}

@@ -1,0 +1,856 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * lease.c - the lease on an image: store I/O and threads around the
+ * decisions of lease-sm.c.
+ *
+ * DESIGN
+ * One thread per lease does everything slow: acquiring (asking the
+ * holder, waiting it out, fencing), renewing, and releasing on request.
+ * Writers only wait on a condition variable; the watch callback only
+ * records a request and answers.  State lives in struct lease under one
+ * mutex.
+ *
+ * Header xattrs kept by the holder: lease_epoch (20 digits, so byte
+ * comparison is numeric), lease_handoffs (count), lease_handoff_log
+ * (recent hand-off times, for bounce detection), lease_conflict (why
+ * hand-offs are refused; empty or absent when they are not).
+ *
+ * Notify protocol on the header: the payload "release HOST EXPLICIT";
+ * each watcher answers "releasing", "not-holder", or "refused: WHY".
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "lease.h"
+
+#define NOTIFY_TIMEOUT_MS 2000
+#define HANDOFF_LOG_CAP 32
+
+struct lease {
+  struct store *st;
+  char hdr[STORE_NAME_MAX + 1];
+  char host[STORE_NAME_MAX + 1];
+  char addr[STORE_NAME_MAX + 1];
+  char cookie[STORE_NAME_MAX + 1];
+  struct lease_hooks hooks;
+  void *arg;
+  uint32_t acquire_timeout_ms;
+
+  pthread_mutex_t lock;
+  pthread_cond_t cond;           /* any change of the fields below */
+  struct lease_sm sm;
+  unsigned inflight;             /* writes between begin and end */
+  unsigned want;                 /* writers waiting for the lease */
+  unsigned quiesced;             /* lease_quiesce depth */
+  bool release_pending;          /* a holder was asked to let go */
+  bool watch_broken;
+  bool stop;
+  int acquire_err;               /* result of the last failed attempt */
+  uint64_t acquire_gen;          /* counts finished attempts */
+  uint64_t requested_gen;        /* a writer wants attempt number this */
+  uint64_t yield_until_ms;       /* we released on request: let the
+                                    requester take it before we retake */
+  char errmsg[512];
+
+  struct store_watch *watch;
+  pthread_t thread;
+};
+
+static void
+sleep_ms (unsigned ms)
+{
+  struct timespec ts = { ms / 1000, (long) (ms % 1000) * 1000000 };
+
+  nanosleep (&ts, NULL);
+}
+
+/* ---- Header xattrs ---------------------------------------------------- */
+
+static uint64_t
+xattr_u64 (struct store *st, const char *oid, const char *name)
+{
+  char buf[32];
+  ssize_t n = store_xattr_get (st, oid, name, buf, sizeof buf - 1);
+
+  if (n <= 0)
+    return 0;
+  buf[MIN ((size_t) n, sizeof buf - 1)] = '\0';
+  return strtoull (buf, NULL, 10);
+}
+
+static int
+set_u64 (struct store *st, const char *oid, const char *name, uint64_t v)
+{
+  char buf[32];
+
+  snprintf (buf, sizeof buf, "%020" PRIu64, v);
+  return store_xattr_set (st, oid, name, buf, strlen (buf));
+}
+
+static void
+clear_conflict (struct store *st, const char *oid)
+{
+  store_xattr_rm (st, oid, "lease_conflict");
+  store_xattr_rm (st, oid, "lease_handoff_log");
+}
+
+/* Records a hand-off in the header's log; true if the lease bounces. */
+static bool
+note_handoff (struct lease *l, const char *from_host)
+{
+  uint64_t log[HANDOFF_LOG_CAP];
+  char buf[HANDOFF_LOG_CAP * 21 + 1], *p, *end;
+  size_t n = 0, i, len = 0;
+  ssize_t got;
+  bool bounce;
+
+  got = store_xattr_get (l->st, l->hdr, "lease_handoff_log", buf,
+                         sizeof buf - 1);
+  if (got > 0) {
+    buf[MIN ((size_t) got, sizeof buf - 1)] = '\0';
+    for (p = buf; n < HANDOFF_LOG_CAP; p = end) {
+      uint64_t v = strtoull (p, &end, 10);
+      if (end == p)
+        break;
+      log[n++] = v;
+    }
+  }
+  bounce = lease_sm_note_handoff (&l->sm, now_wall_ms (), log,
+                                  HANDOFF_LOG_CAP, &n);
+  for (i = 0; i < n; i++)
+    len += snprintf (buf + len, sizeof buf - len, "%s%" PRIu64,
+                     i ? " " : "", log[i]);
+  store_xattr_set (l->st, l->hdr, "lease_handoff_log", buf, len);
+  set_u64 (l->st, l->hdr, "lease_handoffs",
+           xattr_u64 (l->st, l->hdr, "lease_handoffs") + 1);
+  if (bounce) {
+    char msg[512];
+    int m = snprintf (msg, sizeof msg,
+                      "lease bounced %zu times in %u s (last between %s and "
+                      "%s): two writers on one image? hand-offs refused "
+                      "until 'vbk lease release' or 'vbk lease break'",
+                      n, l->sm.bounce_window_ms / 1000, from_host, l->host);
+    store_xattr_set (l->st, l->hdr, "lease_conflict", msg, m);
+    log_error ("lease %s: %s", l->hdr, msg);
+  }
+  return bounce;
+}
+
+/* ---- Acquiring -------------------------------------------------------- */
+
+static void
+desc_host (const char *desc, char *host, size_t len)
+{
+  const char *p = strstr (desc, "host=");
+
+  snprintf (host, len, "%s", p ? p + 5 : "?");
+  host[strcspn (host, " ")] = '\0';
+}
+
+/* Asks the holder CLIENT to release.  Returns 1 if it agreed, 0 if it
+ * did not answer, -EBUSY if it refused (message set). */
+static int
+ask_holder (struct lease *l, const char *client, bool explicit)
+{
+  struct store_notify_reply *rep = NULL;
+  size_t n = 0, timed_out = 0, i;
+  char payload[STORE_NAME_MAX + 32];
+  int r, result = 0;
+
+  snprintf (payload, sizeof payload, "release %s %d", l->host,
+            explicit ? 1 : 0);
+  r = store_notify (l->st, l->hdr, payload, strlen (payload),
+                    NOTIFY_TIMEOUT_MS, &rep, &n, &timed_out);
+  if (r < 0)
+    return 0;
+  for (i = 0; i < n; i++) {
+    const char *ans = rep[i].data;
+    size_t len = rep[i].len;
+    if (strcmp (rep[i].client, client) != 0)
+      continue;
+    if (len >= 9 && strncmp (ans, "releasing", 9) == 0)
+      result = 1;
+    else if (len >= 8 && strncmp (ans, "refused:", 8) == 0) {
+      vbk_set_error ("lease %s: the holder refused the hand-off:%.*s",
+                     l->hdr, (int) MIN (len - 8, 400), ans + 8);
+      result = -EBUSY;
+    }
+    else
+      result = 1;               /* "not-holder": it is letting go */
+  }
+  store_notify_replies_free (rep, n);
+  return result;
+}
+
+/* Takes the lease, asking, waiting out or fencing the holder.  Returns
+ * the new epoch's result: 0, or -errno with a message. */
+static int
+acquire (struct lease *l, uint64_t *epoch_out)
+{
+  uint64_t deadline = now_mono_ns () + (uint64_t) l->acquire_timeout_ms
+    * 1000000;
+  char desc[2 * STORE_NAME_MAX + 16], asked_key[2 * STORE_NAME_MAX + 2] = "";
+  char prev_host[STORE_NAME_MAX + 1] = "";
+  struct store_lock_info info;
+  bool asked = false, answered = true;
+  unsigned poll_ms = 1;
+  uint64_t epoch, poll_start = 0;
+  int r;
+
+  snprintf (desc, sizeof desc, "host=%s addr=%s", l->host, l->addr);
+  for (;;) {
+    bool stop;
+    pthread_mutex_lock (&l->lock);
+    stop = l->stop;
+    pthread_mutex_unlock (&l->lock);
+    if (stop)
+      return -ECANCELED;
+    if (now_mono_ns () > deadline)
+      return vbk_errno (-ETIMEDOUT, "lease %s: could not take the lease "
+                        "from %s", l->hdr, prev_host[0] ? prev_host : "?");
+
+    /* Having just let the lease go on request, give the requester the
+     * first chance to take it; if we wanted it back at once, a fast
+     * local writer would starve the remote one. */
+    pthread_mutex_lock (&l->lock);
+    uint64_t yield = l->yield_until_ms;
+    pthread_mutex_unlock (&l->lock);
+    if (now_wall_ms () < yield
+        && store_lock_get (l->st, l->hdr, LEASE_LOCK_NAME, &info) == -ENOENT) {
+      sleep_ms (2);
+      continue;
+    }
+    r = store_lock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie, desc,
+                    l->sm.duration_ms, 0);
+    if (r == 0 || r == -EEXIST)
+      break;
+    if (r != -EBUSY)
+      return r;
+    /* Someone took it after we let go: our courtesy is over. */
+    pthread_mutex_lock (&l->lock);
+    l->yield_until_ms = 0;
+    pthread_mutex_unlock (&l->lock);
+    r = store_lock_get (l->st, l->hdr, LEASE_LOCK_NAME, &info);
+    if (r == -ENOENT)
+      continue;
+    if (r < 0)
+      return r;
+    desc_host (info.desc, prev_host, sizeof prev_host);
+
+    char key[sizeof asked_key];
+    snprintf (key, sizeof key, "%s/%s", info.client, info.cookie);
+    if (strcmp (key, asked_key) != 0) {
+      /* A holder we have not dealt with yet. */
+      snprintf (asked_key, sizeof asked_key, "%s", key);
+      asked = false;
+      answered = true;
+    }
+    switch (lease_sm_busy (&l->sm, now_wall_ms (), info.expires_ms, asked,
+                           answered)) {
+    case LEASE_BUSY_ASK:
+      r = ask_holder (l, info.client, false);
+      if (r < 0)
+        return r;
+      if (r == 1) {
+        asked = true;
+        poll_ms = 1;
+        poll_start = now_mono_ns ();
+      }
+      else {
+        answered = false;
+        log_warn ("lease %s: holder %s does not answer; waiting for its "
+                  "lease to run out", l->hdr, prev_host);
+      }
+      break;
+    case LEASE_BUSY_POLL:
+      sleep_ms (poll_ms);
+      poll_ms = MIN (poll_ms * 2, 20u);
+      /* It agreed but still holds it after a while: it may have taken
+       * it back; ask again. */
+      if (now_mono_ns () - poll_start > 300000000ull && answered) {
+        asked = false;
+        snprintf (asked_key, sizeof asked_key, "%s", "");
+      }
+      /* A holder that agreed but does not let go within a lease
+       * duration is treated as silent. */
+      if (now_mono_ns () - poll_start
+          > (uint64_t) l->sm.duration_ms * 1000000) {
+        asked = false;
+        answered = false;
+      }
+      break;
+    case LEASE_BUSY_WAIT:
+      sleep_ms (100);
+      break;
+    case LEASE_BUSY_TAKEOVER:
+      log_warn ("lease %s: taking over from %s (%s): its lease ran out; "
+                "fencing it", l->hdr, prev_host, info.client);
+      r = store_fence (l->st, info.client, 0);
+      if (r < 0)
+        return r;
+      r = store_lock_break (l->st, l->hdr, LEASE_LOCK_NAME, info.client,
+                            info.cookie);
+      if (r < 0 && r != -ENOENT)
+        return r;
+      break;
+    }
+  }
+
+  /* We hold the lock.  A holder that never released cleanly (it died,
+   * or stopped until its lease ran out) may still have writes on their
+   * way: fence it before anything of ours is written. */
+  {
+    char prev[STORE_CLIENT_MAX];
+    ssize_t n = store_xattr_get (l->st, l->hdr, "lease_holder", prev,
+                                 sizeof prev - 1);
+    if (n > 0) {
+      prev[MIN ((size_t) n, sizeof prev - 1)] = '\0';
+      if (strcmp (prev, store_client_id (l->st)) != 0) {
+        log_warn ("lease %s: the previous holder %s did not release; "
+                  "fencing it", l->hdr, prev);
+        r = store_fence (l->st, prev, 0);
+        if (r < 0) {
+          store_unlock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie);
+          return r;
+        }
+      }
+    }
+    r = store_xattr_set (l->st, l->hdr, "lease_holder",
+                         store_client_id (l->st),
+                         strlen (store_client_id (l->st)));
+    if (r < 0) {
+      store_unlock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie);
+      return r;
+    }
+  }
+
+  /* The epoch and the hand-off log are ours to write. */
+  epoch = xattr_u64 (l->st, l->hdr, "lease_epoch") + 1;
+  r = set_u64 (l->st, l->hdr, "lease_epoch", epoch);
+  if (r < 0) {
+    store_unlock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie);
+    return r;
+  }
+  if (prev_host[0] && strcmp (prev_host, l->host) != 0) {
+    bool bounce = note_handoff (l, prev_host);
+    pthread_mutex_lock (&l->lock);
+    if (bounce)
+      l->sm.conflict = true;
+    l->sm.handoffs++;
+    pthread_mutex_unlock (&l->lock);
+  }
+  *epoch_out = epoch;
+  return 0;
+}
+
+/* ---- The lease thread ------------------------------------------------- */
+
+static int watch_start (struct lease *l);
+
+/* Called with l->lock held, state RELEASING or HELD: waits for writes,
+ * flushes, unlocks. */
+static void
+release_locked (struct lease *l)
+{
+  int r;
+
+  l->sm.state = LEASE_RELEASING;
+  pthread_cond_broadcast (&l->cond);
+  while (l->inflight > 0)
+    pthread_cond_wait (&l->cond, &l->lock);
+  pthread_mutex_unlock (&l->lock);
+  r = l->hooks.flush ? l->hooks.flush (l->arg) : 0;
+  if (r < 0)
+    log_error ("lease %s: flush before release failed: %s", l->hdr,
+               vbk_error ());
+  else {
+    /* A clean release: the next holder need not fence us. */
+    r = store_xattr_rm (l->st, l->hdr, "lease_holder");
+    if (r < 0 && r != -ENODATA)
+      log_warn ("lease %s: %s", l->hdr, vbk_error ());
+  }
+  r = store_unlock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie);
+  if (r < 0 && r != -ENOENT)
+    log_warn ("lease %s: unlock: %s", l->hdr, vbk_error ());
+  pthread_mutex_lock (&l->lock);
+  lease_sm_released (&l->sm);
+  l->release_pending = false;
+  log_info ("lease %s: released", l->hdr);
+  pthread_cond_broadcast (&l->cond);
+}
+
+static void
+mark_lost (struct lease *l, int err)
+{
+  l->sm.state = LEASE_LOST;
+  snprintf (l->errmsg, sizeof l->errmsg, "lease %s: lost (%s): writes "
+            "refused", l->hdr, strerror (-err));
+  log_error ("%s", l->errmsg);
+  pthread_cond_broadcast (&l->cond);
+  if (l->hooks.lost) {
+    pthread_mutex_unlock (&l->lock);
+    l->hooks.lost (l->arg, err);
+    pthread_mutex_lock (&l->lock);
+  }
+}
+
+static void *
+lease_thread (void *arg)
+{
+  struct lease *l = arg;
+  uint64_t epoch = 0;
+  int r;
+
+  pthread_mutex_lock (&l->lock);
+  for (;;) {
+    uint64_t now = now_wall_ms (), wake;
+    struct timespec ts;
+
+    if (l->stop) {
+      if (l->sm.state == LEASE_HELD || l->sm.state == LEASE_RELEASING)
+        release_locked (l);
+      break;
+    }
+    if (l->release_pending && l->sm.state == LEASE_RELEASING
+        && l->quiesced == 0) {
+      release_locked (l);
+      continue;
+    }
+    if (l->want > 0 && l->requested_gen == l->acquire_gen
+        && l->sm.state == LEASE_NONE) {
+      l->sm.state = LEASE_ACQUIRING;
+      pthread_mutex_unlock (&l->lock);
+      vbk_clear_error ();
+      r = acquire (l, &epoch);
+      if (r == 0 && l->hooks.acquired)
+        r = l->hooks.acquired (l->arg, epoch);
+      pthread_mutex_lock (&l->lock);
+      if (r == 0) {
+        lease_sm_acquired (&l->sm, now_wall_ms (), epoch);
+        log_info ("lease %s: acquired, epoch %" PRIu64, l->hdr, epoch);
+      }
+      else {
+        l->sm.state = r == -ESHUTDOWN ? LEASE_LOST : LEASE_NONE;
+        l->acquire_err = r;
+        snprintf (l->errmsg, sizeof l->errmsg, "%s", vbk_error ());
+        log_error ("%s", l->errmsg);
+      }
+      l->acquire_gen++;
+      pthread_cond_broadcast (&l->cond);
+      continue;
+    }
+    if (l->watch_broken && l->sm.state != LEASE_LOST) {
+      l->watch_broken = false;
+      pthread_mutex_unlock (&l->lock);
+      store_unwatch (l->watch);
+      l->watch = NULL;
+      r = watch_start (l);
+      pthread_mutex_lock (&l->lock);
+      if (r < 0)
+        l->watch_broken = true;
+    }
+    switch (lease_sm_tick (&l->sm, now)) {
+    case LEASE_ACT_RENEW: {
+      char desc[2 * STORE_NAME_MAX + 16];
+      snprintf (desc, sizeof desc, "host=%s addr=%s", l->host, l->addr);
+      pthread_mutex_unlock (&l->lock);
+      r = store_lock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie, desc,
+                      l->sm.duration_ms, STORE_LOCK_RENEW);
+      pthread_mutex_lock (&l->lock);
+      if (r == 0)
+        lease_sm_renewed (&l->sm, now_wall_ms ());
+      else {
+        lease_sm_renew_failed (&l->sm, now_wall_ms (), r);
+        if (l->sm.state == LEASE_LOST)
+          mark_lost (l, r);
+      }
+      continue;
+    }
+    case LEASE_ACT_EXPIRED:
+      mark_lost (l, -ETIMEDOUT);
+      continue;
+    case LEASE_ACT_NONE:
+      break;
+    }
+    wake = now + 100;
+    if (l->sm.state == LEASE_HELD)
+      wake = MIN (wake, l->sm.renew_at_ms);
+    clock_gettime (CLOCK_REALTIME, &ts);
+    {
+      uint64_t ms = wake > now ? wake - now : 1;
+      ts.tv_sec += ms / 1000;
+      ts.tv_nsec += (long) (ms % 1000) * 1000000;
+      if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+      }
+    }
+    pthread_cond_timedwait (&l->cond, &l->lock, &ts);
+  }
+  pthread_mutex_unlock (&l->lock);
+  return NULL;
+}
+
+/* ---- Watch: answering release requests -------------------------------- */
+
+static void
+on_notify (void *arg, int err, const void *payload, size_t len,
+           void *reply, size_t reply_max, size_t *reply_len)
+{
+  struct lease *l = arg;
+  char msg[STORE_NAME_MAX + 32], host[STORE_NAME_MAX + 1] = "?";
+  int explicit = 0, n;
+  enum lease_answer ans;
+
+  pthread_mutex_lock (&l->lock);
+  if (err) {
+    /* Fenced or disconnected: a fenced holder has lost the lease. */
+    if (err == -ENOTCONN
+        && (l->sm.state == LEASE_HELD || l->sm.state == LEASE_RELEASING))
+      mark_lost (l, -ESHUTDOWN);
+    else
+      l->watch_broken = true;
+    pthread_cond_broadcast (&l->cond);
+    pthread_mutex_unlock (&l->lock);
+    return;
+  }
+  snprintf (msg, sizeof msg, "%.*s", (int) MIN (len, sizeof msg - 1),
+            (const char *) payload);
+  if (sscanf (msg, "release %255s %d", host, &explicit) < 1) {
+    pthread_mutex_unlock (&l->lock);
+    return;
+  }
+  ans = lease_sm_release_request (&l->sm, explicit != 0);
+  switch (ans) {
+  case LEASE_ANS_RELEASING:
+    l->release_pending = true;
+    l->yield_until_ms = now_wall_ms () + 1000;
+    log_info ("lease %s: %s asks for the lease%s; releasing", l->hdr, host,
+              explicit ? " (operator)" : "");
+    n = snprintf (reply, reply_max, "releasing");
+    break;
+  case LEASE_ANS_NOT_HOLDER:
+    n = snprintf (reply, reply_max, "not-holder");
+    break;
+  case LEASE_ANS_EXCLUSIVE:
+    log_warn ("lease %s: refused hand-off to %s: exclusive", l->hdr, host);
+    n = snprintf (reply, reply_max, "refused: %s holds it exclusively "
+                  "(use 'vbk lease release')", l->host);
+    break;
+  case LEASE_ANS_CONFLICT:
+  default:
+    log_warn ("lease %s: refused hand-off to %s: two writers", l->hdr, host);
+    n = snprintf (reply, reply_max, "refused: the lease bounced between "
+                  "hosts too often (two writers?); see 'vbk lease status'");
+    break;
+  }
+  *reply_len = MIN ((size_t) n, reply_max);
+  pthread_cond_broadcast (&l->cond);
+  pthread_mutex_unlock (&l->lock);
+}
+
+static int
+watch_start (struct lease *l)
+{
+  struct store_watch *w;
+  int r = store_watch (l->st, l->hdr, on_notify, l, &w);
+
+  if (r == 0)
+    l->watch = w;
+  return r;
+}
+
+/* ---- Public: the lease on an image ------------------------------------ */
+
+int
+lease_open (struct store *st, const char *hdr_oid,
+            const struct lease_opts *opts, const struct lease_hooks *hooks,
+            void *arg, struct lease **out)
+{
+  struct lease *l;
+  unsigned rnd;
+  int r;
+
+  if (opts == NULL || opts->host_id == NULL || opts->host_id[0] == '\0') {
+    vbk_set_error ("lease: a host id is needed");
+    return -EINVAL;
+  }
+  l = calloc (1, sizeof *l);
+  if (l == NULL)
+    return -ENOMEM;
+  l->st = st;
+  snprintf (l->hdr, sizeof l->hdr, "%s", hdr_oid);
+  snprintf (l->host, sizeof l->host, "%s", opts->host_id);
+  snprintf (l->addr, sizeof l->addr, "%s", opts->addr ? opts->addr : "-");
+  rnd = (unsigned) (now_mono_ns () ^ (uint64_t) getpid () << 16);
+  snprintf (l->cookie, sizeof l->cookie, "%s.%d.%08x", l->host,
+            (int) getpid (), rnd);
+  if (hooks)
+    l->hooks = *hooks;
+  l->arg = arg;
+  lease_sm_init (&l->sm, opts->duration_ms, opts->exclusive,
+                 opts->bounce_limit, opts->bounce_window_ms);
+  l->acquire_timeout_ms = opts->acquire_timeout_ms
+    ? opts->acquire_timeout_ms : 3 * l->sm.duration_ms + 10000;
+  pthread_mutex_init (&l->lock, NULL);
+  pthread_cond_init (&l->cond, NULL);
+  r = watch_start (l);
+  if (r < 0)
+    goto fail;
+  if (pthread_create (&l->thread, NULL, lease_thread, l) != 0) {
+    store_unwatch (l->watch);
+    r = -EAGAIN;
+    goto fail;
+  }
+  *out = l;
+  return 0;
+fail:
+  pthread_mutex_destroy (&l->lock);
+  pthread_cond_destroy (&l->cond);
+  free (l);
+  return r;
+}
+
+void
+lease_close (struct lease *l)
+{
+  if (l == NULL)
+    return;
+  pthread_mutex_lock (&l->lock);
+  l->stop = true;
+  pthread_cond_broadcast (&l->cond);
+  pthread_mutex_unlock (&l->lock);
+  pthread_join (l->thread, NULL);
+  store_unwatch (l->watch);
+  pthread_mutex_destroy (&l->lock);
+  pthread_cond_destroy (&l->cond);
+  free (l);
+}
+
+/* Waits until the lease is HELD and writes may start (no quiesce, no
+ * release under way); called with l->lock held. */
+static int
+wait_held_locked (struct lease *l)
+{
+  for (;;) {
+    if (l->sm.state == LEASE_LOST) {
+      vbk_set_error ("%s", l->errmsg[0] ? l->errmsg : "lease lost");
+      return -EIO;
+    }
+    if (l->stop) {
+      vbk_set_error ("lease %s: shutting down", l->hdr);
+      return -ESHUTDOWN;
+    }
+    if (l->sm.state == LEASE_HELD && !l->release_pending)
+      return 0;
+    if (l->sm.state == LEASE_NONE || l->sm.state == LEASE_ACQUIRING) {
+      uint64_t gen = l->acquire_gen;
+      l->want++;
+      l->requested_gen = gen;
+      pthread_cond_broadcast (&l->cond);
+      while (l->acquire_gen == gen && l->sm.state != LEASE_HELD
+             && l->sm.state != LEASE_LOST && !l->stop)
+        pthread_cond_wait (&l->cond, &l->lock);
+      l->want--;
+      if (l->acquire_gen != gen && l->sm.state != LEASE_HELD
+          && l->sm.state != LEASE_LOST) {
+        vbk_set_error ("%s", l->errmsg);
+        return l->acquire_err == -EBUSY ? -EBUSY
+          : l->acquire_err == -ETIMEDOUT ? -ETIMEDOUT : -EIO;
+      }
+      continue;
+    }
+    /* RELEASING, or a release is pending: wait for it to finish, then
+     * ask for the lease back. */
+    pthread_cond_wait (&l->cond, &l->lock);
+  }
+}
+
+int
+lease_write_begin (struct lease *l)
+{
+  int r;
+
+  pthread_mutex_lock (&l->lock);
+  for (;;) {
+    r = wait_held_locked (l);
+    if (r < 0 || l->quiesced == 0)
+      break;
+    pthread_cond_wait (&l->cond, &l->lock);
+  }
+  if (r == 0)
+    l->inflight++;
+  pthread_mutex_unlock (&l->lock);
+  return r;
+}
+
+void
+lease_write_end (struct lease *l)
+{
+  pthread_mutex_lock (&l->lock);
+  if (--l->inflight == 0)
+    pthread_cond_broadcast (&l->cond);
+  pthread_mutex_unlock (&l->lock);
+}
+
+int
+lease_quiesce (struct lease *l)
+{
+  int r;
+
+  pthread_mutex_lock (&l->lock);
+  r = wait_held_locked (l);
+  if (r == 0) {
+    l->quiesced++;
+    while (l->inflight > 0)
+      pthread_cond_wait (&l->cond, &l->lock);
+  }
+  pthread_mutex_unlock (&l->lock);
+  return r;
+}
+
+void
+lease_resume (struct lease *l)
+{
+  pthread_mutex_lock (&l->lock);
+  if (l->quiesced > 0)
+    l->quiesced--;
+  pthread_cond_broadcast (&l->cond);
+  pthread_mutex_unlock (&l->lock);
+}
+
+enum lease_state
+lease_state (struct lease *l)
+{
+  enum lease_state s;
+
+  pthread_mutex_lock (&l->lock);
+  s = l->sm.state;
+  pthread_mutex_unlock (&l->lock);
+  return s;
+}
+
+uint64_t
+lease_epoch (struct lease *l)
+{
+  uint64_t e;
+
+  pthread_mutex_lock (&l->lock);
+  e = l->sm.epoch;
+  pthread_mutex_unlock (&l->lock);
+  return e;
+}
+
+/* ---- Operator side ---------------------------------------------------- */
+
+int
+lease_status_get (struct store *st, const char *hdr_oid,
+                  struct lease_status *s)
+{
+  struct store_lock_info info;
+  uint64_t size;
+  ssize_t n;
+  int r;
+
+  memset (s, 0, sizeof *s);
+  r = store_stat (st, hdr_oid, STORE_SNAP_HEAD, &size);
+  if (r < 0)
+    return r;
+  r = store_lock_get (st, hdr_oid, LEASE_LOCK_NAME, &info);
+  if (r == 0) {
+    const char *a = strstr (info.desc, "addr=");
+    s->held = true;
+    desc_host (info.desc, s->host, sizeof s->host);
+    snprintf (s->addr, sizeof s->addr, "%s", a ? a + 5 : "-");
+    s->addr[strcspn (s->addr, " ")] = '\0';
+    snprintf (s->client, sizeof s->client, "%s", info.client);
+    snprintf (s->cookie, sizeof s->cookie, "%s", info.cookie);
+    s->expires_ms = info.expires_ms;
+  }
+  else if (r != -ENOENT)
+    return r;
+  vbk_clear_error ();
+  s->epoch = xattr_u64 (st, hdr_oid, "lease_epoch");
+  s->handoffs = xattr_u64 (st, hdr_oid, "lease_handoffs");
+  n = store_xattr_get (st, hdr_oid, "lease_conflict", s->conflict,
+                       sizeof s->conflict - 1);
+  s->conflict[n > 0 ? MIN ((size_t) n, sizeof s->conflict - 1) : 0] = '\0';
+  return 0;
+}
+
+int
+lease_request_release (struct store *st, const char *hdr_oid,
+                       uint32_t timeout_ms)
+{
+  uint64_t deadline = now_mono_ns () + (uint64_t) timeout_ms * 1000000;
+  struct store_notify_reply *rep = NULL;
+  struct store_lock_info info;
+  size_t n = 0, timed_out = 0;
+  const char payload[] = "release operator 1";
+  int r;
+
+  r = store_lock_get (st, hdr_oid, LEASE_LOCK_NAME, &info);
+  if (r == -ENOENT) {
+    clear_conflict (st, hdr_oid);
+    vbk_clear_error ();
+    return 0;
+  }
+  if (r < 0)
+    return r;
+  r = store_notify (st, hdr_oid, payload, sizeof payload - 1,
+                    MIN (timeout_ms, (uint32_t) NOTIFY_TIMEOUT_MS), &rep, &n,
+                    &timed_out);
+  store_notify_replies_free (rep, n);
+  if (r < 0)
+    return r;
+  while (now_mono_ns () < deadline) {
+    r = store_lock_get (st, hdr_oid, LEASE_LOCK_NAME, &info);
+    if (r == -ENOENT) {
+      clear_conflict (st, hdr_oid);
+      vbk_clear_error ();
+      return 0;
+    }
+    if (r < 0)
+      return r;
+    sleep_ms (20);
+  }
+  vbk_set_error ("lease %s: the holder did not release within %u ms "
+                 "(if its host is dead: vbk lease break)", hdr_oid,
+                 timeout_ms);
+  return -ETIMEDOUT;
+}
+
+int
+lease_break (struct store *st, const char *hdr_oid)
+{
+  struct store_lock_info info;
+  int r;
+
+  r = store_lock_get (st, hdr_oid, LEASE_LOCK_NAME, &info);
+  if (r == -ENOENT) {
+    clear_conflict (st, hdr_oid);
+    vbk_set_error ("lease %s: nobody holds it", hdr_oid);
+    return -ENOENT;
+  }
+  if (r < 0)
+    return r;
+  r = store_fence (st, info.client, 0);
+  if (r < 0)
+    return r;
+  r = store_lock_break (st, hdr_oid, LEASE_LOCK_NAME, info.client,
+                        info.cookie);
+  if (r < 0 && r != -ENOENT)
+    return r;
+  clear_conflict (st, hdr_oid);
+  vbk_clear_error ();
+  return 0;
+}

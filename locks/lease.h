@@ -1,0 +1,198 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * lease.h - one writer per image: the lease, its hand-off during live
+ * migration, and takeover with fencing when a holder dies.
+ *
+ * The lease is the exclusive store lock "vbk_lease" on the image header,
+ * with a duration, renewed by its holder every third of it.  Its record
+ * names the holder (host id, address, store client) and the epoch, a
+ * counter on the header (xattr lease_epoch) that grows on every
+ * acquisition.
+ *
+ * A writer that does not hold the lease asks the holder to let go
+ * (notify on the header: "release"); the holder stops starting writes,
+ * lets those in flight finish, flushes, unlocks and the requester takes
+ * the lease.  Writes that arrive meanwhile wait.  A holder that does not
+ * answer is waited out until its lease expires, then fenced (store_fence:
+ * RADOS blocklist, or the local store's fence), then replaced.  Hand-offs
+ * are logged on the header; more than BOUNCE_LIMIT in BOUNCE_WINDOW means
+ * two writers: further hand-offs are refused and the header says why.
+ *
+ * Thread safety: all functions may be called from any thread.
+ */
+#ifndef VBK_LEASE_H
+#define VBK_LEASE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store/store.h"
+
+#define LEASE_LOCK_NAME "vbk_lease"
+#define LEASE_DURATION_DEFAULT_MS 15000u
+#define LEASE_BOUNCE_LIMIT_DEFAULT 5u
+#define LEASE_BOUNCE_WINDOW_DEFAULT_MS 10000u
+
+/* ---- The state machine (lease-sm.c): pure logic, clock injected ------- */
+
+enum lease_state {
+  LEASE_NONE,          /* not held */
+  LEASE_ACQUIRING,     /* asking the holder / waiting it out */
+  LEASE_HELD,
+  LEASE_RELEASING,     /* draining writes before giving it away */
+  LEASE_LOST,          /* expired unrenewed, fenced or taken: terminal */
+};
+
+enum lease_action {
+  LEASE_ACT_NONE,
+  LEASE_ACT_RENEW,     /* time to renew */
+  LEASE_ACT_EXPIRED,   /* we could not renew in time: stop writing */
+};
+
+enum lease_answer {
+  LEASE_ANS_RELEASING, /* we will let go */
+  LEASE_ANS_NOT_HOLDER,
+  LEASE_ANS_EXCLUSIVE, /* refused: exclusive mode */
+  LEASE_ANS_CONFLICT,  /* refused: two writers detected */
+};
+
+enum lease_busy {
+  LEASE_BUSY_ASK,      /* ask the holder to release */
+  LEASE_BUSY_POLL,     /* the holder agreed: try again shortly */
+  LEASE_BUSY_WAIT,     /* the holder is silent: wait for its expiry */
+  LEASE_BUSY_TAKEOVER, /* expired: fence it and take the lease */
+};
+
+struct lease_sm {
+  enum lease_state state;
+  uint32_t duration_ms;
+  bool exclusive;
+  unsigned bounce_limit;
+  uint32_t bounce_window_ms;
+  uint64_t expires_ms;         /* while HELD: our lease's end */
+  uint64_t renew_at_ms;
+  uint64_t epoch;
+  bool conflict;               /* two writers: refuse hand-offs */
+  unsigned handoffs;           /* hand-offs this holder took */
+};
+
+void lease_sm_init (struct lease_sm *sm, uint32_t duration_ms,
+                    bool exclusive, unsigned bounce_limit,
+                    uint32_t bounce_window_ms);
+
+/* We took the lease at NOW with EPOCH. */
+void lease_sm_acquired (struct lease_sm *sm, uint64_t now, uint64_t epoch);
+
+/* A renewal at NOW succeeded, or failed with ERR (-ENOENT: someone else
+ * took it; -ESHUTDOWN: fenced; others: retry until expiry). */
+void lease_sm_renewed (struct lease_sm *sm, uint64_t now);
+void lease_sm_renew_failed (struct lease_sm *sm, uint64_t now, int err);
+
+/* What to do at NOW. */
+enum lease_action lease_sm_tick (struct lease_sm *sm, uint64_t now);
+
+/* Another host asks us to release (EXPLICIT: an operator's
+ * `vbk lease release`, which exclusive mode and conflicts do not stop).
+ * RELEASING moves the state to LEASE_RELEASING. */
+enum lease_answer lease_sm_release_request (struct lease_sm *sm,
+                                            bool explicit);
+/* The release finished: the lock is gone. */
+void lease_sm_released (struct lease_sm *sm);
+
+/* While acquiring, the lock is held by another client whose lease ends at
+ * HOLDER_EXPIRES; ASKED: we already asked it and it agreed; ANSWERED:
+ * it answered at all. */
+enum lease_busy lease_sm_busy (const struct lease_sm *sm, uint64_t now,
+                               uint64_t holder_expires, bool asked,
+                               bool answered);
+
+/* Records a hand-off at NOW in LOG (timestamps in ms, oldest first, at
+ * most CAP, N in use), dropping those older than the window.  Returns
+ * true if the hand-offs in the window now pass the bounce limit. */
+bool lease_sm_note_handoff (const struct lease_sm *sm, uint64_t now,
+                            uint64_t *log, size_t cap, size_t *n);
+
+const char *lease_state_name (enum lease_state s);
+
+/* ---- The lease on an image (lease.c) ---------------------------------- */
+
+struct lease;
+
+struct lease_opts {
+  const char *host_id;         /* this host (required) */
+  const char *addr;            /* where its blockd listens (informational) */
+  uint32_t duration_ms;        /* 0: LEASE_DURATION_DEFAULT_MS */
+  bool exclusive;              /* refuse automatic hand-off */
+  unsigned bounce_limit;       /* 0: default */
+  uint32_t bounce_window_ms;   /* 0: default */
+  uint32_t acquire_timeout_ms; /* 0: 3 x duration + 10 s */
+};
+
+struct lease_hooks {
+  /* After we acquired the lease (EPOCH): drop what was cached. */
+  int (*acquired) (void *arg, uint64_t epoch);
+  /* Before we let go, with no write in flight: make writes durable. */
+  int (*flush) (void *arg);
+  /* The lease is lost for good (ERR): writes must fail from now on. */
+  void (*lost) (void *arg, int err);
+};
+
+/* Starts managing the lease of the image whose header is HDR_OID, with
+ * store handle ST (which the writes use: fencing this lease's holder
+ * fences ST).  Watches the header.  Takes nothing yet. */
+int lease_open (struct store *st, const char *hdr_oid,
+                const struct lease_opts *opts,
+                const struct lease_hooks *hooks, void *arg,
+                struct lease **out);
+
+/* Releases the lease if held (waiting for writes, flushing), stops.
+ * lease_close(NULL) is a no-op. */
+void lease_close (struct lease *l);
+
+/* Before a write: waits until we hold the lease (acquiring it if
+ * needed), then counts the write in flight.  Errors: -EIO (the lease is
+ * lost: fenced or taken), -EBUSY (refused: exclusive holder or two
+ * writers), -ETIMEDOUT.  The message says which. */
+int lease_write_begin (struct lease *l);
+/* After the write completed (successfully or not). */
+void lease_write_end (struct lease *l);
+
+/* Holds new writes and waits for those in flight (for a snapshot); the
+ * lease must be held (acquired if needed).  Pair with lease_resume. */
+int lease_quiesce (struct lease *l);
+void lease_resume (struct lease *l);
+
+enum lease_state lease_state (struct lease *l);
+uint64_t lease_epoch (struct lease *l);
+
+/* ---- Operator side (vbk lease) ---------------------------------------- */
+
+struct lease_status {
+  bool held;
+  char host[STORE_NAME_MAX + 1];
+  char addr[STORE_NAME_MAX + 1];
+  char client[STORE_CLIENT_MAX];
+  char cookie[STORE_NAME_MAX + 1];
+  uint64_t epoch;
+  uint64_t expires_ms;         /* wall clock */
+  uint64_t handoffs;           /* hand-offs ever */
+  char conflict[512];          /* non-empty: hand-offs refused, why */
+};
+
+/* Errors: -ENOENT (no such header). */
+int lease_status_get (struct store *st, const char *hdr_oid,
+                      struct lease_status *s);
+
+/* Asks the holder to release (even in exclusive mode, and clears a
+ * conflict), waiting up to TIMEOUT_MS for the lock to be free.
+ * Returns 0 if nobody holds it afterwards.  Errors: -ETIMEDOUT (the
+ * holder did not let go: use lease_break). */
+int lease_request_release (struct store *st, const char *hdr_oid,
+                           uint32_t timeout_ms);
+
+/* Fences the holder and removes its lock (for a host known to be dead);
+ * clears a conflict.  Errors: -ENOENT (nobody holds it). */
+int lease_break (struct store *st, const char *hdr_oid);
+
+#endif /* VBK_LEASE_H */

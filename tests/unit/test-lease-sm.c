@@ -1,0 +1,188 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * test-lease-sm.c - the lease state machine with an injected clock:
+ * renew, expiry, hand-off, takeover, fencing outcomes, bounce limit.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "locks/lease.h"
+
+#define T0 1000000u
+
+static void
+test_renew_schedule (void **state)
+{
+  struct lease_sm sm;
+
+  lease_sm_init (&sm, 15000, false, 0, 0);
+  assert_int_equal (sm.state, LEASE_NONE);
+  assert_int_equal (lease_sm_tick (&sm, T0), LEASE_ACT_NONE);
+  lease_sm_acquired (&sm, T0, 7);
+  assert_int_equal (sm.state, LEASE_HELD);
+  assert_int_equal (sm.epoch, 7);
+  /* Nothing until a third of the duration, then renew. */
+  assert_int_equal (lease_sm_tick (&sm, T0 + 4999), LEASE_ACT_NONE);
+  assert_int_equal (lease_sm_tick (&sm, T0 + 5000), LEASE_ACT_RENEW);
+  lease_sm_renewed (&sm, T0 + 5001);
+  assert_int_equal (sm.expires_ms, T0 + 5001 + 15000);
+  assert_int_equal (lease_sm_tick (&sm, T0 + 9000), LEASE_ACT_NONE);
+  assert_int_equal (lease_sm_tick (&sm, T0 + 10001), LEASE_ACT_RENEW);
+}
+
+static void
+test_expiry_when_renewals_fail (void **state)
+{
+  struct lease_sm sm;
+
+  lease_sm_init (&sm, 3000, false, 0, 0);
+  lease_sm_acquired (&sm, T0, 1);
+  assert_int_equal (lease_sm_tick (&sm, T0 + 1000), LEASE_ACT_RENEW);
+  /* A passing error (say -ETIMEDOUT): retry soon, still held. */
+  lease_sm_renew_failed (&sm, T0 + 1000, -ETIMEDOUT);
+  assert_int_equal (sm.state, LEASE_HELD);
+  assert_int_equal (lease_sm_tick (&sm, T0 + 1100), LEASE_ACT_NONE);
+  assert_int_equal (lease_sm_tick (&sm, T0 + 1200), LEASE_ACT_RENEW);
+  lease_sm_renew_failed (&sm, T0 + 1200, -ETIMEDOUT);
+  /* Past our own expiry we stop writing, fenced or not. */
+  assert_int_equal (lease_sm_tick (&sm, T0 + 3000), LEASE_ACT_EXPIRED);
+  assert_int_equal (sm.state, LEASE_LOST);
+  assert_int_equal (lease_sm_tick (&sm, T0 + 9000), LEASE_ACT_NONE);
+}
+
+static void
+test_lost_to_fence_or_taker (void **state)
+{
+  struct lease_sm sm;
+
+  lease_sm_init (&sm, 3000, false, 0, 0);
+  lease_sm_acquired (&sm, T0, 1);
+  lease_sm_renew_failed (&sm, T0 + 1000, -ESHUTDOWN);
+  assert_int_equal (sm.state, LEASE_LOST);
+
+  lease_sm_init (&sm, 3000, false, 0, 0);
+  lease_sm_acquired (&sm, T0, 1);
+  lease_sm_renew_failed (&sm, T0 + 1000, -ENOENT);
+  assert_int_equal (sm.state, LEASE_LOST);
+  /* A lost lease answers no release request as holder. */
+  assert_int_equal (lease_sm_release_request (&sm, false),
+                    LEASE_ANS_NOT_HOLDER);
+}
+
+static void
+test_handoff (void **state)
+{
+  struct lease_sm sm;
+
+  lease_sm_init (&sm, 15000, false, 0, 0);
+  assert_int_equal (lease_sm_release_request (&sm, false),
+                    LEASE_ANS_NOT_HOLDER);
+  lease_sm_acquired (&sm, T0, 3);
+  assert_int_equal (lease_sm_release_request (&sm, false),
+                    LEASE_ANS_RELEASING);
+  assert_int_equal (sm.state, LEASE_RELEASING);
+  /* A second request while releasing gets the same answer. */
+  assert_int_equal (lease_sm_release_request (&sm, false),
+                    LEASE_ANS_RELEASING);
+  /* Renewals go on while draining. */
+  assert_int_equal (lease_sm_tick (&sm, T0 + 5000), LEASE_ACT_RENEW);
+  lease_sm_released (&sm);
+  assert_int_equal (sm.state, LEASE_NONE);
+  assert_int_equal (lease_sm_tick (&sm, T0 + 50000), LEASE_ACT_NONE);
+}
+
+static void
+test_exclusive (void **state)
+{
+  struct lease_sm sm;
+
+  lease_sm_init (&sm, 15000, true, 0, 0);
+  lease_sm_acquired (&sm, T0, 1);
+  assert_int_equal (lease_sm_release_request (&sm, false),
+                    LEASE_ANS_EXCLUSIVE);
+  assert_int_equal (sm.state, LEASE_HELD);
+  /* Only an operator's explicit release lets it go. */
+  assert_int_equal (lease_sm_release_request (&sm, true),
+                    LEASE_ANS_RELEASING);
+}
+
+static void
+test_takeover_decisions (void **state)
+{
+  struct lease_sm sm;
+  uint64_t expires = T0 + 15000;
+
+  lease_sm_init (&sm, 15000, false, 0, 0);
+  /* A new holder: ask it. */
+  assert_int_equal (lease_sm_busy (&sm, T0, expires, false, true),
+                    LEASE_BUSY_ASK);
+  /* It agreed: poll for the lock. */
+  assert_int_equal (lease_sm_busy (&sm, T0, expires, true, true),
+                    LEASE_BUSY_POLL);
+  /* It is silent: wait, never take over before its expiry + margin. */
+  assert_int_equal (lease_sm_busy (&sm, T0 + 100, expires, false, false),
+                    LEASE_BUSY_WAIT);
+  assert_int_equal (lease_sm_busy (&sm, expires, expires, false, false),
+                    LEASE_BUSY_WAIT);
+  assert_int_equal (lease_sm_busy (&sm, expires + 499, expires, false,
+                                   false), LEASE_BUSY_WAIT);
+  assert_int_equal (lease_sm_busy (&sm, expires + 500, expires, false,
+                                   false), LEASE_BUSY_TAKEOVER);
+  /* Even a holder that agreed is taken over once its lease ran out. */
+  assert_int_equal (lease_sm_busy (&sm, expires + 600, expires, true, true),
+                    LEASE_BUSY_TAKEOVER);
+}
+
+static void
+test_bounce_limit (void **state)
+{
+  struct lease_sm sm;
+  uint64_t log[8];
+  size_t n = 0;
+  int i;
+
+  lease_sm_init (&sm, 15000, false, 3, 10000);
+  /* Spread-out hand-offs (a VM migrating now and then) never trip it. */
+  for (i = 0; i < 20; i++)
+    assert_false (lease_sm_note_handoff (&sm, T0 + i * 6000, log, 8, &n));
+  /* Four within the window do. */
+  n = 0;
+  assert_false (lease_sm_note_handoff (&sm, T0, log, 8, &n));
+  assert_false (lease_sm_note_handoff (&sm, T0 + 100, log, 8, &n));
+  assert_false (lease_sm_note_handoff (&sm, T0 + 200, log, 8, &n));
+  assert_true (lease_sm_note_handoff (&sm, T0 + 300, log, 8, &n));
+  /* The log stays bounded. */
+  for (i = 0; i < 100; i++)
+    lease_sm_note_handoff (&sm, T0 + 400 + i, log, 8, &n);
+  assert_true (n <= 8);
+
+  /* A holder in conflict refuses hand-offs; an operator clears it. */
+  lease_sm_acquired (&sm, T0, 9);
+  sm.conflict = true;
+  assert_int_equal (lease_sm_release_request (&sm, false),
+                    LEASE_ANS_CONFLICT);
+  assert_int_equal (lease_sm_release_request (&sm, true),
+                    LEASE_ANS_RELEASING);
+  assert_false (sm.conflict);
+}
+
+int
+main (void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test (test_renew_schedule),
+    cmocka_unit_test (test_expiry_when_renewals_fail),
+    cmocka_unit_test (test_lost_to_fence_or_taker),
+    cmocka_unit_test (test_handoff),
+    cmocka_unit_test (test_exclusive),
+    cmocka_unit_test (test_takeover_decisions),
+    cmocka_unit_test (test_bounce_limit),
+  };
+
+  return cmocka_run_group_tests_name ("lease-sm", tests, NULL, NULL);
+}

@@ -1,0 +1,415 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * test-lease.c - leases over a real store (VBK_TEST_BACKENDS): hand-off
+ * between two clients, exclusive mode, takeover of a killed holder, a
+ * stopped holder fenced while stopped, bounce detection, status and
+ * break.  Other "hosts" are other store clients, and for death and
+ * stopping, other processes.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "locks/lease.h"
+#include "testutil.h"
+
+#define HDR "vbk_header.test"
+
+struct fixture {
+  char uri[4096];
+  struct store *admin;
+};
+
+static int
+setup (void **state)
+{
+  struct fixture *f = calloc (1, sizeof *f);
+
+  test_store_uri (f->uri, sizeof f->uri);
+  assert_int_equal (store_open (f->uri, &f->admin), 0);
+  assert_int_equal (store_write_full (f->admin, HDR, "hdr", 3, 0), 0);
+  *state = f;
+  return 0;
+}
+
+static int
+teardown (void **state)
+{
+  struct fixture *f = *state;
+
+  store_close (f->admin);
+  test_store_cleanup (f->uri);
+  free (f);
+  return 0;
+}
+
+struct host {
+  struct store *st;
+  struct lease *lease;
+  int flushes, acquisitions;
+  uint64_t last_epoch;
+};
+
+static int
+hook_acquired (void *arg, uint64_t epoch)
+{
+  struct host *h = arg;
+
+  __atomic_add_fetch (&h->acquisitions, 1, __ATOMIC_SEQ_CST);
+  h->last_epoch = epoch;
+  return 0;
+}
+
+static int
+hook_flush (void *arg)
+{
+  struct host *h = arg;
+
+  __atomic_add_fetch (&h->flushes, 1, __ATOMIC_SEQ_CST);
+  return store_flush (h->st);
+}
+
+static const struct lease_hooks hooks = {
+  .acquired = hook_acquired,
+  .flush = hook_flush,
+};
+
+static void
+host_open (struct fixture *f, struct host *h, const char *id,
+           uint32_t duration_ms, bool exclusive, unsigned bounce_limit)
+{
+  struct lease_opts o = {
+    .host_id = id, .addr = "127.0.0.1:0", .duration_ms = duration_ms,
+    .exclusive = exclusive, .bounce_limit = bounce_limit,
+  };
+
+  memset (h, 0, sizeof *h);
+  assert_int_equal (store_open (f->uri, &h->st), 0);
+  assert_int_equal (lease_open (h->st, HDR, &o, &hooks, h, &h->lease), 0);
+}
+
+static void
+host_close (struct host *h)
+{
+  lease_close (h->lease);
+  store_close (h->st);
+}
+
+/* One guarded write of MARK into object "data". */
+static int
+guarded_write (struct host *h, const char *mark)
+{
+  int r = lease_write_begin (h->lease);
+
+  if (r < 0)
+    return r;
+  r = store_write_full (h->st, "data", mark, strlen (mark), 0);
+  lease_write_end (h->lease);
+  return r;
+}
+
+static void
+check_data (struct fixture *f, const char *mark)
+{
+  char buf[64] = "";
+
+  assert_int_equal (store_read (f->admin, "data", buf, strlen (mark), 0,
+                                STORE_SNAP_HEAD), (ssize_t) strlen (mark));
+  assert_memory_equal (buf, mark, strlen (mark));
+}
+
+static void
+test_handoff_a_b_a (void **state)
+{
+  struct fixture *f = *state;
+  struct lease_status s;
+  struct host a, b;
+  uint64_t t;
+
+  host_open (f, &a, "host-a", 3000, false, 0);
+  host_open (f, &b, "host-b", 3000, false, 0);
+
+  assert_int_equal (guarded_write (&a, "A1"), 0);
+  assert_int_equal (lease_state (a.lease), LEASE_HELD);
+  assert_int_equal (lease_status_get (f->admin, HDR, &s), 0);
+  assert_true (s.held);
+  assert_string_equal (s.host, "host-a");
+  assert_string_equal (s.client, store_client_id (a.st));
+  assert_int_equal (s.epoch, 1);
+
+  t = now_mono_ns ();
+  assert_int_equal (guarded_write (&b, "B1"), 0);
+  t = now_mono_ns () - t;
+  fprintf (stderr, "hand-off A->B: %.1f ms\n", t / 1e6);
+  assert_int_equal (lease_state (b.lease), LEASE_HELD);
+  assert_int_equal (lease_state (a.lease), LEASE_NONE);
+  assert_true (a.flushes >= 1);           /* A flushed before letting go */
+  check_data (f, "B1");
+  assert_int_equal (b.last_epoch, 2);
+
+  t = now_mono_ns ();
+  assert_int_equal (guarded_write (&a, "A2"), 0);
+  t = now_mono_ns () - t;
+  fprintf (stderr, "hand-off B->A: %.1f ms\n", t / 1e6);
+  check_data (f, "A2");
+  assert_int_equal (a.last_epoch, 3);
+  assert_int_equal (lease_status_get (f->admin, HDR, &s), 0);
+  assert_string_equal (s.host, "host-a");
+  assert_int_equal (s.handoffs, 2);
+  assert_string_equal (s.conflict, "");
+
+  /* A flush-like call that needs no lease leaves it where it is. */
+  host_close (&b);
+  host_close (&a);
+  assert_int_equal (lease_status_get (f->admin, HDR, &s), 0);
+  assert_false (s.held);                  /* released at close */
+}
+
+static void
+test_exclusive_refuses (void **state)
+{
+  struct fixture *f = *state;
+  struct host a, b;
+
+  host_open (f, &a, "host-a", 3000, true, 0);
+  host_open (f, &b, "host-b", 3000, false, 0);
+  assert_int_equal (guarded_write (&a, "A1"), 0);
+  assert_int_equal (guarded_write (&b, "B1"), -EBUSY);
+  assert_non_null (strstr (vbk_error (), "exclusive"));
+  check_data (f, "A1");
+  /* The operator's release lets it go; then B can take it. */
+  assert_int_equal (lease_request_release (f->admin, HDR, 5000), 0);
+  assert_int_equal (guarded_write (&b, "B2"), 0);
+  check_data (f, "B2");
+  host_close (&b);
+  host_close (&a);
+}
+
+/* A child process that takes the lease, writes "C" marks every 5 ms and
+ * reports each acknowledged one on FD ("+") or a failure ("-"). */
+static pid_t
+spawn_holder (struct fixture *f, uint32_t duration_ms, int *rfd)
+{
+  int p[2];
+  pid_t pid;
+
+  assert_int_equal (pipe (p), 0);
+  pid = fork ();
+  assert_true (pid >= 0);
+  if (pid == 0) {
+    struct host c;
+    close (p[0]);
+    host_open (f, &c, "host-c", duration_ms, false, 0);
+    for (;;) {
+      char ch = guarded_write (&c, "CC") == 0 ? '+' : '-';
+      if (write (p[1], &ch, 1) != 1)
+        _exit (1);
+      usleep (5000);
+    }
+  }
+  close (p[1]);
+  *rfd = p[0];
+  /* Wait for its first acknowledged write. */
+  char ch;
+  assert_int_equal (read (p[0], &ch, 1), 1);
+  assert_int_equal (ch, '+');
+  return pid;
+}
+
+static void
+test_takeover_after_kill (void **state)
+{
+  struct fixture *f = *state;
+  struct host b;
+  uint64_t t;
+  int rfd, status;
+  pid_t pid;
+
+  pid = spawn_holder (f, 2000, &rfd);
+  kill (pid, SIGKILL);
+  waitpid (pid, &status, 0);
+  close (rfd);
+
+  host_open (f, &b, "host-b", 2000, false, 0);
+  t = now_mono_ns ();
+  assert_int_equal (guarded_write (&b, "B1"), 0);
+  t = now_mono_ns () - t;
+  fprintf (stderr, "takeover after kill -9: %.2f s (lease 2 s)\n", t / 1e9);
+  assert_true (t < (uint64_t) (2000 + 4000) * 1000000);
+  check_data (f, "B1");
+  host_close (&b);
+}
+
+static void
+test_stopped_holder_is_fenced (void **state)
+{
+  struct fixture *f = *state;
+  int rfd, status, plus = 0, minus = 0;
+  struct host b;
+  char buf[256];
+  ssize_t n, i;
+  pid_t pid;
+
+  pid = spawn_holder (f, 2000, &rfd);
+  kill (pid, SIGSTOP);
+  /* Drain what it reported before it stopped. */
+  usleep (100000);
+  {
+    int fl = fcntl (rfd, F_GETFL);
+    fcntl (rfd, F_SETFL, fl | O_NONBLOCK);
+    while (read (rfd, buf, sizeof buf) > 0)
+      ;
+    fcntl (rfd, F_SETFL, fl);
+  }
+
+  host_open (f, &b, "host-b", 2000, false, 0);
+  assert_int_equal (guarded_write (&b, "BB"), 0);
+  check_data (f, "BB");
+
+  kill (pid, SIGCONT);
+  /* Everything it tries now must fail, and nothing it does may land. */
+  for (i = 0; i < 20 && plus + minus < 10;) {
+    n = read (rfd, buf, sizeof buf);
+    assert_true (n > 0);
+    for (ssize_t k = 0; k < n; k++)
+      buf[k] == '+' ? plus++ : minus++;
+  }
+  kill (pid, SIGKILL);
+  waitpid (pid, &status, 0);
+  close (rfd);
+  fprintf (stderr, "stopped holder after CONT: %d failed, %d succeeded\n",
+           minus, plus);
+  assert_int_equal (plus, 0);
+  assert_true (minus >= 10);
+  check_data (f, "BB");
+  assert_int_equal (guarded_write (&b, "B2"), 0);
+  check_data (f, "B2");
+  host_close (&b);
+}
+
+struct bouncer {
+  struct host *h;
+  const char *mark;
+  int result;
+  volatile int *stop;
+};
+
+static void *
+bounce_thread (void *arg)
+{
+  struct bouncer *b = arg;
+  int i;
+
+  uint64_t end = now_mono_ns () + 20000000000ull;
+
+  /* Two VMs writing one disk: each writes every millisecond. */
+  for (i = 0; !*b->stop && now_mono_ns () < end; i++) {
+    int r = guarded_write (b->h, b->mark);
+    if (r < 0) {
+      b->result = r;
+      *b->stop = 1;
+      return NULL;
+    }
+    usleep (1000);
+  }
+  return NULL;
+}
+
+static void
+test_two_writers_bounce (void **state)
+{
+  struct fixture *f = *state;
+  volatile int stop = 0;
+  struct bouncer ba, bb;
+  struct lease_status s;
+  struct host a, b;
+  pthread_t ta, tb;
+
+  host_open (f, &a, "host-a", 3000, false, 3);
+  host_open (f, &b, "host-b", 3000, false, 3);
+  ba = (struct bouncer) { &a, "AA", 0, &stop };
+  bb = (struct bouncer) { &b, "BB", 0, &stop };
+  pthread_create (&ta, NULL, bounce_thread, &ba);
+  pthread_create (&tb, NULL, bounce_thread, &bb);
+  pthread_join (ta, NULL);
+  pthread_join (tb, NULL);
+  /* One of them was refused. */
+  assert_true (ba.result == -EBUSY || bb.result == -EBUSY);
+  assert_int_equal (lease_status_get (f->admin, HDR, &s), 0);
+  assert_non_null (strstr (s.conflict, "two writers"));
+  assert_true (s.handoffs >= 4);
+  fprintf (stderr, "conflict: %s\n", s.conflict);
+
+  /* The operator clears it. */
+  assert_int_equal (lease_request_release (f->admin, HDR, 5000), 0);
+  assert_int_equal (lease_status_get (f->admin, HDR, &s), 0);
+  assert_string_equal (s.conflict, "");
+  host_close (&b);
+  host_close (&a);
+}
+
+static void
+test_break_fences_holder (void **state)
+{
+  struct fixture *f = *state;
+  struct lease_status s;
+  struct host a, b;
+  int i, r = 0;
+
+  host_open (f, &a, "host-a", 1500, false, 0);
+  assert_int_equal (guarded_write (&a, "A1"), 0);
+  assert_int_equal (lease_break (f->admin, HDR), 0);
+  assert_int_equal (lease_status_get (f->admin, HDR, &s), 0);
+  assert_false (s.held);
+  /* A is fenced: its writes fail from now on (RADOS: within moments). */
+  for (i = 0; i < 60; i++) {
+    r = guarded_write (&a, "A2");
+    if (r < 0)
+      break;
+    usleep (50000);
+  }
+  assert_true (r == -EIO || r == -ESHUTDOWN);
+  check_data (f, "A1");
+  host_open (f, &b, "host-b", 1500, false, 0);
+  assert_int_equal (guarded_write (&b, "B1"), 0);
+  check_data (f, "B1");
+  assert_int_equal (lease_break (f->admin, "vbk_header.nosuch"), -ENOENT);
+  host_close (&b);
+  host_close (&a);
+}
+
+int
+main (void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test_setup_teardown (test_handoff_a_b_a, setup, teardown),
+    cmocka_unit_test_setup_teardown (test_exclusive_refuses, setup,
+                                     teardown),
+    cmocka_unit_test_setup_teardown (test_takeover_after_kill, setup,
+                                     teardown),
+    cmocka_unit_test_setup_teardown (test_stopped_holder_is_fenced, setup,
+                                     teardown),
+    cmocka_unit_test_setup_teardown (test_two_writers_bounce, setup,
+                                     teardown),
+    cmocka_unit_test_setup_teardown (test_break_fences_holder, setup,
+                                     teardown),
+  };
+
+  signal (SIGPIPE, SIG_IGN);
+  return cmocka_run_group_tests_name (test_store_kind (), tests, NULL, NULL);
+}
