@@ -52,6 +52,8 @@ struct image {
   struct image_info info;
   unsigned order;                /* log2 (object_size) */
   unsigned flags;
+  uint64_t read_snap;            /* STORE_SNAP_HEAD, or the snapshot read */
+  int untrusted;                 /* the map may be stale: see image.h */
   char hdr_oid[64], map_oid[64];
   struct objmap *map;            /* replaced only by image_refresh */
   pthread_mutex_t map_lock;      /* serializes map changes */
@@ -94,8 +96,8 @@ name_oid (const char *name, char *buf, size_t len)
   snprintf (buf, len, "vbk_name.%s", name);
 }
 
-static void
-header_oid (const char *id, char *buf, size_t len)
+void
+image_header_oid (const char *id, char *buf, size_t len)
 {
   snprintf (buf, len, "vbk_header.%s", id);
 }
@@ -165,7 +167,7 @@ read_header (struct store *st, const char *id, struct image_info *info)
   ssize_t n;
   int r;
 
-  header_oid (id, hdr, sizeof hdr);
+  image_header_oid (id, hdr, sizeof hdr);
   n = store_read (st, hdr, buf, sizeof buf - 1, 0, STORE_SNAP_HEAD);
   if (n < 0)
     return (int) n;
@@ -221,6 +223,134 @@ count_allocated (struct store *st, const struct image_info *info,
   return r < 0 ? (int) r : 0;
 }
 
+/* ---- The snapshot table ----------------------------------------------- */
+
+struct snap_ctx {
+  struct image_snap *v;
+  size_t n, cap;
+};
+
+static int
+snap_one (void *arg, const char *key, const void *val, size_t len)
+{
+  struct snap_ctx *c = arg;
+  unsigned long long id, size, t;
+  char buf[128];
+
+  if (strncmp (key, "snap.", 5) != 0)
+    return 0;
+  snprintf (buf, sizeof buf, "%.*s", (int) MIN (len, sizeof buf - 1),
+            (const char *) val);
+  if (sscanf (buf, "id=%llu size=%llu time=%llu", &id, &size, &t) != 3)
+    return 0;
+  if (c->n == c->cap) {
+    struct image_snap *nv;
+    c->cap = c->cap ? 2 * c->cap : 8;
+    nv = realloc (c->v, c->cap * sizeof *nv);
+    if (nv == NULL)
+      return -ENOMEM;
+    c->v = nv;
+  }
+  memset (&c->v[c->n], 0, sizeof c->v[c->n]);
+  snprintf (c->v[c->n].name, sizeof c->v[c->n].name, "%s", key + 5);
+  c->v[c->n].id = id;
+  c->v[c->n].size = size;
+  c->v[c->n].time_ms = t;
+  c->n++;
+  return 0;
+}
+
+static int
+cmp_snap_id (const void *a, const void *b)
+{
+  const struct image_snap *x = a, *y = b;
+
+  return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Snapshots recorded in header HDR, oldest first. */
+static int
+snaps_of_header (struct store *st, const char *hdr, struct image_snap **list,
+                 size_t *n)
+{
+  struct snap_ctx c = { 0 };
+  int r;
+
+  r = store_omap_list (st, hdr, "snap.", SIZE_MAX, snap_one, &c);
+  if (r == -ENOENT)
+    r = 0;
+  if (r < 0) {
+    free (c.v);
+    return r;
+  }
+  if (c.n)
+    qsort (c.v, c.n, sizeof *c.v, cmp_snap_id);
+  *list = c.v;
+  *n = c.n;
+  return 0;
+}
+
+/* Gives ST the snapshot context of header HDR, so its writes preserve
+ * every snapshot. */
+static int
+load_snap_context (struct store *st, const char *hdr)
+{
+  struct image_snap *v;
+  uint64_t *ids, seq;
+  size_t n, i;
+  int r;
+
+  r = snaps_of_header (st, hdr, &v, &n);
+  if (r < 0)
+    return r;
+  seq = 0;
+  {
+    char buf[32];
+    ssize_t k = store_xattr_get (st, hdr, "snap_seq", buf, sizeof buf - 1);
+    if (k > 0) {
+      buf[MIN ((size_t) k, sizeof buf - 1)] = '\0';
+      seq = strtoull (buf, NULL, 10);
+    }
+  }
+  ids = malloc ((n ? n : 1) * sizeof *ids);
+  if (ids == NULL) {
+    free (v);
+    return -ENOMEM;
+  }
+  for (i = 0; i < n; i++) {
+    ids[i] = v[n - 1 - i].id;          /* newest first */
+    seq = MAX (seq, ids[i]);
+  }
+  r = store_set_snap_context (st, seq, ids, n);
+  free (ids);
+  free (v);
+  return r;
+}
+
+static int
+find_snap (struct store *st, const char *hdr, const char *image,
+           const char *snap, struct image_snap *out)
+{
+  struct image_snap *v;
+  size_t n, i;
+  int r;
+
+  r = snaps_of_header (st, hdr, &v, &n);
+  if (r < 0)
+    return r;
+  for (i = 0; i < n; i++)
+    if (strcmp (v[i].name, snap) == 0)
+      break;
+  if (i == n) {
+    free (v);
+    vbk_set_error ("image '%s' has no snapshot '%s'", image, snap);
+    return -ENOENT;
+  }
+  *out = v[i];
+  free (v);
+  return 0;
+}
+
 /* ---- Create, remove, stat, list, resize ------------------------------- */
 
 int
@@ -242,7 +372,7 @@ image_create (struct store *st, const char *name, uint64_t size,
                    "from 64K to 32M", object_size);
     return -EINVAL;
   }
-  if (size == 0 || size > (UINT64_C (1) << 50)) {
+  if (size == 0 || size > IMAGE_SIZE_MAX) {
     vbk_set_error ("invalid image size %" PRIu64 ": must be from 1 byte to "
                    "1 PiB", size);
     return -EINVAL;
@@ -262,7 +392,7 @@ image_create (struct store *st, const char *name, uint64_t size,
   if (r < 0)
     return r;
 
-  header_oid (id, hdr, sizeof hdr);
+  image_header_oid (id, hdr, sizeof hdr);
   map_oid (id, moid, sizeof moid);
   n = snprintf (buf, sizeof buf, "format=1\nname=%s\nobject_size=%" PRIu32
                 "\nfeatures=0\n", name, object_size);
@@ -402,13 +532,24 @@ image_remove (struct store *st, const char *name)
   r = lookup_id (st, name, id, sizeof id);
   if (r < 0)
     return r;
+  image_header_oid (id, hdr, sizeof hdr);
+  {
+    /* Snapshots first: then removing the objects frees everything. */
+    struct image_snap *v;
+    size_t n, i;
+    if (snaps_of_header (st, hdr, &v, &n) == 0) {
+      for (i = 0; i < n; i++) {
+        store_snap_remove (st, v[i].id);
+      }
+      free (v);
+    }
+  }
   r = read_header (st, id, &info);
   if (r == 0)
     r = remove_objects (st, &info, 0,
                         count_objects (info.size, info.object_size));
   if (r < 0 && r != -ENOENT)
     return r;
-  header_oid (id, hdr, sizeof hdr);
   map_oid (id, moid, sizeof moid);
   if ((r = store_remove (st, moid)) < 0 && r != -ENOENT)
     return r;
@@ -422,15 +563,19 @@ image_remove (struct store *st, const char *name)
   return 0;
 }
 
+static int resize_with (struct store *st, const char *name,
+                        struct image_info *info0, const char *hdr,
+                        const char *moid, uint64_t size, char *oldraw,
+                        char *newraw, char *oid);
+
 int
 image_resize (struct store *st, const char *name, uint64_t size)
 {
   struct image_info info;
   char id[32], hdr[64], moid[64], oldraw[32], newraw[32], oid[96];
-  uint64_t oldn, newn;
   int r;
 
-  if (size == 0 || size > (UINT64_C (1) << 50)) {
+  if (size == 0 || size > IMAGE_SIZE_MAX) {
     vbk_set_error ("invalid image size %" PRIu64 ": must be from 1 byte to "
                    "1 PiB", size);
     return -EINVAL;
@@ -441,9 +586,34 @@ image_resize (struct store *st, const char *name, uint64_t size)
   r = read_header (st, id, &info);
   if (r < 0)
     return r;
-  header_oid (id, hdr, sizeof hdr);
+  image_header_oid (id, hdr, sizeof hdr);
   map_oid (id, moid, sizeof moid);
-  r = read_size (st, hdr, &info.size, oldraw, sizeof oldraw);
+  /* Cut objects under the snapshot context, so snapshots keep them. */
+  struct store *cst;
+  r = store_clone (st, &cst);
+  if (r < 0)
+    return r;
+  r = load_snap_context (cst, hdr);
+  if (r < 0) {
+    store_close (cst);
+    return r;
+  }
+  r = resize_with (cst, name, &info, hdr, moid, size, oldraw, newraw, oid);
+  store_close (cst);
+  return r;
+}
+
+static int
+resize_with (struct store *st, const char *name, struct image_info *info0,
+             const char *hdr, const char *moid, uint64_t size, char *oldraw,
+             char *newraw, char *oid)
+{
+  struct image_info info = *info0;
+  const char *id = info.id;
+  uint64_t oldn, newn;
+  int r;
+
+  r = read_size (st, hdr, &info.size, oldraw, 32);
   if (r < 0)
     return r;
   oldn = count_objects (info.size, info.object_size);
@@ -459,7 +629,7 @@ image_resize (struct store *st, const char *name, uint64_t size)
     if (r < 0)
       return r;
     if (tail) {
-      image_data_oid (id, newn - 1, oid, sizeof oid);
+      image_data_oid (id, newn - 1, oid, 96);
       r = store_truncate (st, oid, tail);
       if (r < 0 && r != -ENOENT)
         return r;
@@ -468,7 +638,7 @@ image_resize (struct store *st, const char *name, uint64_t size)
     if (r < 0 && r != -ENOENT)
       return r;
   }
-  snprintf (newraw, sizeof newraw, "%" PRIu64, size);
+  snprintf (newraw, 32, "%" PRIu64, size);
   r = store_xattr_cas (st, hdr, "size", oldraw, strlen (oldraw), newraw,
                        strlen (newraw));
   if (r == -ECANCELED)
@@ -489,7 +659,7 @@ load_map (struct image *img, uint64_t n)
     return -ENOMEM;
   m->n = n;
   if (n)
-    r = store_read (img->st, img->map_oid, m->bytes, n, 0, STORE_SNAP_HEAD);
+    r = store_read (img->st, img->map_oid, m->bytes, n, 0, img->read_snap);
   if (r < 0 && r != -ENOENT) {
     free (m);
     return (int) r;
@@ -501,10 +671,12 @@ load_map (struct image *img, uint64_t n)
   return 0;
 }
 
-int
-image_open (struct store *st, const char *name, unsigned flags,
-            struct image **out)
+/* Opens image NAME; at snapshot SNAP (read-only) when SNAP is not NULL. */
+static int
+open_common (struct store *st, const char *name, const char *snap,
+             unsigned flags, struct image **out)
 {
+  struct image_snap sn;
   struct image *img;
   char id[32];
   int r;
@@ -517,14 +689,25 @@ image_open (struct store *st, const char *name, unsigned flags,
     return -ENOMEM;
   pthread_mutex_init (&img->map_lock, NULL);
   img->flags = flags;
+  img->read_snap = STORE_SNAP_HEAD;
   r = store_clone (st, &img->st);
   if (r < 0) {
     free (img);
     return r;
   }
-  header_oid (id, img->hdr_oid, sizeof img->hdr_oid);
+  image_header_oid (id, img->hdr_oid, sizeof img->hdr_oid);
   map_oid (id, img->map_oid, sizeof img->map_oid);
   r = read_header (img->st, id, &img->info);
+  if (r == 0 && snap) {
+    r = find_snap (img->st, img->hdr_oid, name, snap, &sn);
+    if (r == 0) {
+      img->read_snap = sn.id;
+      img->info.size = sn.size;
+      snprintf (img->info.name, sizeof img->info.name, "%s@%s", name, snap);
+    }
+  }
+  else if (r == 0 && !(flags & IMAGE_OPEN_RDONLY))
+    r = load_snap_context (img->st, img->hdr_oid);
   if (r == 0) {
     img->order = __builtin_ctz (img->info.object_size);
     r = load_map (img, count_objects (img->info.size,
@@ -536,6 +719,20 @@ image_open (struct store *st, const char *name, unsigned flags,
   }
   *out = img;
   return 0;
+}
+
+int
+image_open (struct store *st, const char *name, unsigned flags,
+            struct image **out)
+{
+  return open_common (st, name, NULL, flags, out);
+}
+
+int
+image_open_snap (struct store *st, const char *image, const char *snap,
+                 struct image **out)
+{
+  return open_common (st, image, snap, IMAGE_OPEN_RDONLY, out);
 }
 
 void
@@ -562,7 +759,11 @@ image_refresh (struct image *img)
   uint64_t size = 0;
   int r;
 
+  if (img->read_snap != STORE_SNAP_HEAD)
+    return 0;                   /* a snapshot never changes */
   r = read_size (img->st, img->hdr_oid, &size, NULL, 0);
+  if (r == 0 && !(img->flags & IMAGE_OPEN_RDONLY))
+    r = load_snap_context (img->st, img->hdr_oid);
   if (r < 0)
     return r;
   pthread_mutex_lock (&img->map_lock);
@@ -785,12 +986,13 @@ image_aio_read (struct image *img, void *buf, size_t len, uint64_t off,
     p->buf = (char *) buf + (pos - off);
     p->len = n;
     p->objno = objno;
-    if (image_object_state (img, objno) == IMAGE_OBJ_ABSENT)
+    if (image_object_state (img, objno) == IMAGE_OBJ_ABSENT
+        && !__atomic_load_n (&img->untrusted, __ATOMIC_ACQUIRE))
       memset (p->buf, 0, n);
     else {
       image_data_oid (img->info.id, objno, oid, sizeof oid);
       __atomic_add_fetch (&req->pending, 1, __ATOMIC_ACQ_REL);
-      r = store_aio_read (img->st, oid, p->buf, n, ooff, STORE_SNAP_HEAD,
+      r = store_aio_read (img->st, oid, p->buf, n, ooff, img->read_snap,
                           part_done, p);
       if (r < 0) {
         __atomic_sub_fetch (&req->pending, 1, __ATOMIC_ACQ_REL);
@@ -1022,11 +1224,53 @@ image_write_zeroes (struct image *img, uint64_t off, uint64_t len,
 
 /* ---- Allocation map --------------------------------------------------- */
 
+static int extents_in (struct image *img, struct objmap *m, uint64_t off,
+                       uint64_t len, image_extent_cb cb, void *arg);
+
+int
+image_set_trusted (struct image *img, int trusted)
+{
+  int r = 0;
+
+  if (trusted && __atomic_load_n (&img->untrusted, __ATOMIC_ACQUIRE))
+    r = image_refresh (img);
+  if (r == 0)
+    __atomic_store_n (&img->untrusted, !trusted, __ATOMIC_RELEASE);
+  return r;
+}
+
 int
 image_extents (struct image *img, uint64_t off, uint64_t len,
                image_extent_cb cb, void *arg)
 {
   struct objmap *m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
+
+  struct objmap *tmp = NULL;
+
+  /* Not trusted: take the map as it is on the store now. */
+  if (__atomic_load_n (&img->untrusted, __ATOMIC_ACQUIRE)) {
+    ssize_t g;
+    tmp = calloc (1, sizeof *tmp + m->n + 8);
+    if (tmp == NULL)
+      return -ENOMEM;
+    tmp->n = m->n;
+    g = store_read (img->st, img->map_oid, tmp->bytes, m->n, 0,
+                    img->read_snap);
+    if (g < 0 && g != -ENOENT) {
+      free (tmp);
+      return (int) g;
+    }
+    m = tmp;
+  }
+  int r = extents_in (img, m, off, len, cb, arg);
+  free (tmp);
+  return r;
+}
+
+static int
+extents_in (struct image *img, struct objmap *m, uint64_t off, uint64_t len,
+            image_extent_cb cb, void *arg)
+{
   uint64_t size = image_size (img), end, pos, osize = img->info.object_size;
   int r;
 
@@ -1064,4 +1308,303 @@ image_extents (struct image *img, uint64_t off, uint64_t len,
     pos = next;
   }
   return 0;
+}
+
+/* ---- Snapshots -------------------------------------------------------- */
+
+int
+image_snap_list (struct store *st, const char *image,
+                 struct image_snap **list, size_t *n)
+{
+  char id[32], hdr[64];
+  int r;
+
+  r = lookup_id (st, image, id, sizeof id);
+  if (r < 0)
+    return r;
+  image_header_oid (id, hdr, sizeof hdr);
+  return snaps_of_header (st, hdr, list, n);
+}
+
+int
+image_snap_create (struct image *img, const char *snap, uint64_t *idp)
+{
+  char key[IMAGE_NAME_MAX + 8], val[128], seqbuf[32];
+  struct image_snap old;
+  struct objmap *m;
+  uint8_t *copy = NULL;
+  uint64_t id, i;
+  int r, n;
+
+  r = check_writable (img, "snapshot");
+  if (r == 0)
+    r = image_name_check (snap);
+  if (r < 0)
+    return r;
+  r = find_snap (img->st, img->hdr_oid, img->info.name, snap, &old);
+  if (r == 0) {
+    vbk_set_error ("image '%s' already has a snapshot '%s'", img->info.name,
+                   snap);
+    return -EEXIST;
+  }
+  if (r != -ENOENT)
+    return r;
+
+  r = store_snap_create (img->st, &id);
+  if (r < 0)
+    return r;
+  snprintf (seqbuf, sizeof seqbuf, "%" PRIu64, id);
+  n = snprintf (val, sizeof val, "id=%" PRIu64 " size=%" PRIu64
+                " time=%" PRIu64, id, image_size (img), now_wall_ms ());
+  snprintf (key, sizeof key, "snap.%s", snap);
+  /* Record it first, then write under the new context: a crash between
+   * leaves a snapshot whose map is the live one of that moment. */
+  if ((r = store_xattr_set (img->st, img->hdr_oid, "snap_seq", seqbuf,
+                            strlen (seqbuf))) < 0
+      || (r = store_omap_set (img->st, img->hdr_oid, key, val, n)) < 0
+      || (r = load_snap_context (img->st, img->hdr_oid)) < 0) {
+    store_omap_rm (img->st, img->hdr_oid, key);
+    store_snap_remove (img->st, id);
+    return r;
+  }
+
+  /* A new interval: every DIRTY entry becomes CLEAN.  This first map
+   * write under the new context preserves the map as it was, which is
+   * the snapshot's map (DIRTY = written since the previous snapshot). */
+  pthread_mutex_lock (&img->map_lock);
+  m = img->map;
+  if (m->n) {
+    copy = malloc (m->n);
+    if (copy == NULL)
+      r = -ENOMEM;
+    else {
+      for (i = 0; i < m->n; i++)
+        copy[i] = m->bytes[i] == IMAGE_OBJ_DIRTY ? IMAGE_OBJ_CLEAN
+          : m->bytes[i];
+      r = store_write (img->st, img->map_oid, copy, m->n, 0,
+                       STORE_WRITE_SYNC);
+      if (r == 0)
+        for (i = 0; i < m->n; i++)
+          __atomic_store_n (&m->bytes[i], copy[i], __ATOMIC_SEQ_CST);
+    }
+  }
+  pthread_mutex_unlock (&img->map_lock);
+  free (copy);
+  if (r < 0)
+    return r;         /* the snapshot exists; the map stays DIRTY: safe */
+  if (idp)
+    *idp = id;
+  return 0;
+}
+
+int
+image_snap_remove (struct store *st, const char *image, const char *snap)
+{
+  char id[32], hdr[64], key[IMAGE_NAME_MAX + 8];
+  struct image_snap sn;
+  int r;
+
+  r = lookup_id (st, image, id, sizeof id);
+  if (r < 0)
+    return r;
+  image_header_oid (id, hdr, sizeof hdr);
+  r = find_snap (st, hdr, image, snap, &sn);
+  if (r < 0)
+    return r;
+  snprintf (key, sizeof key, "snap.%s", snap);
+  r = store_omap_rm (st, hdr, key);
+  if (r < 0)
+    return r;
+  r = store_snap_remove (st, sn.id);
+  return r == -ENOENT ? 0 : r;
+}
+
+int
+image_snap_rollback (struct image *img, const char *snap)
+{
+  struct image_snap sn;
+  uint64_t nsnap, nlive, i, objects;
+  char oid[96], sizebuf[32], oldraw[32];
+  uint8_t *smap = NULL;
+  ssize_t got;
+  int r;
+
+  r = check_writable (img, "rollback");
+  if (r < 0)
+    return r;
+  r = find_snap (img->st, img->hdr_oid, img->info.name, snap, &sn);
+  if (r < 0)
+    return r;
+  nsnap = count_objects (sn.size, img->info.object_size);
+  nlive = img->map->n;
+  objects = MAX (nsnap, nlive);
+  smap = calloc (1, objects ? objects : 1);
+  if (smap == NULL)
+    return -ENOMEM;
+  got = store_read (img->st, img->map_oid, smap, nsnap, 0, sn.id);
+  if (got < 0 && got != -ENOENT) {
+    free (smap);
+    return (int) got;
+  }
+  /* Every object that exists now or existed then goes back. */
+  for (i = 0; i < objects; i++) {
+    if (smap[i] == IMAGE_OBJ_ABSENT && image_object_state (img, i)
+        == IMAGE_OBJ_ABSENT)
+      continue;
+    image_data_oid (img->info.id, i, oid, sizeof oid);
+    r = store_snap_rollback (img->st, oid, sn.id);
+    if (r < 0 && r != -ENOENT)
+      goto out;
+  }
+  /* The map: the snapshot's entries, all DIRTY (they changed since the
+   * snapshot), so changed-block tracking over-reports, never under. */
+  for (i = 0; i < objects; i++)
+    smap[i] = smap[i] != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_DIRTY
+      : IMAGE_OBJ_ABSENT;
+  r = store_write_full (img->st, img->map_oid, smap, nsnap,
+                        STORE_WRITE_SYNC);
+  if (r < 0)
+    goto out;
+  r = read_size (img->st, img->hdr_oid, &i, oldraw, sizeof oldraw);
+  if (r < 0)
+    goto out;
+  snprintf (sizebuf, sizeof sizebuf, "%" PRIu64, sn.size);
+  r = store_xattr_cas (img->st, img->hdr_oid, "size", oldraw, strlen (oldraw),
+                       sizebuf, strlen (sizebuf));
+  if (r == 0)
+    r = image_refresh (img);
+  if (r == 0)
+    r = store_flush (img->st);
+out:
+  free (smap);
+  return r;
+}
+
+/* ---- Changed-block tracking ------------------------------------------- */
+
+int
+image_diff (struct store *st, const char *image, const char *from,
+            const char *to, image_extent_cb cb, void *arg)
+{
+  struct image_info info;
+  struct image_snap *v = NULL, sfrom, sto;
+  uint64_t n, i, to_size, to_id, osize;
+  char id[32], hdr[64], moid[64];
+  uint8_t *changed = NULL, *map = NULL;
+  size_t ns, k;
+  int r;
+
+  r = lookup_id (st, image, id, sizeof id);
+  if (r < 0)
+    return r;
+  r = read_header (st, id, &info);
+  if (r < 0)
+    return r;
+  image_header_oid (id, hdr, sizeof hdr);
+  map_oid (id, moid, sizeof moid);
+  r = find_snap (st, hdr, image, from, &sfrom);
+  if (r < 0)
+    return r;
+  if (to) {
+    r = find_snap (st, hdr, image, to, &sto);
+    if (r < 0)
+      return r;
+    if (sto.id < sfrom.id) {
+      vbk_set_error ("image '%s': snapshot '%s' is older than '%s'", image,
+                     to, from);
+      return -EINVAL;
+    }
+    to_size = sto.size;
+    to_id = sto.id;
+  }
+  else {
+    to_size = info.size;
+    to_id = STORE_SNAP_HEAD;
+  }
+  osize = info.object_size;
+  n = MAX (count_objects (to_size, osize), count_objects (sfrom.size, osize));
+  changed = calloc (1, n + 1);
+  map = calloc (1, n + 1);
+  if (changed == NULL || map == NULL) {
+    r = -ENOMEM;
+    goto out;
+  }
+  r = snaps_of_header (st, hdr, &v, &ns);
+  if (r < 0)
+    goto out;
+
+#define READ_MAP(snapid)                                                \
+  do {                                                                  \
+    ssize_t g_;                                                         \
+    memset (map, 0, n);                                                 \
+    g_ = store_read (st, moid, map, n, 0, (snapid));                    \
+    if (g_ < 0 && g_ != -ENOENT) {                                      \
+      r = (int) g_;                                                     \
+      goto out;                                                         \
+    }                                                                   \
+  } while (0)
+
+  /* Written in an interval after FROM, up to TO: DIRTY in the map of
+   * each later snapshot (and in the live map when TO is the head). */
+  for (k = 0; k < ns; k++) {
+    if (v[k].id <= sfrom.id || v[k].id > to_id)
+      continue;
+    READ_MAP (v[k].id);
+    for (i = 0; i < n; i++)
+      changed[i] |= map[i] == IMAGE_OBJ_DIRTY;
+  }
+  if (to_id == STORE_SNAP_HEAD) {
+    READ_MAP (STORE_SNAP_HEAD);
+    for (i = 0; i < n; i++)
+      changed[i] |= map[i] == IMAGE_OBJ_DIRTY;
+  }
+  /* Discarded since FROM: there then, gone now.  (Objects past the end
+   * of either side differ too.) */
+  {
+    uint8_t *then = calloc (1, n + 1);
+    ssize_t g;
+    if (then == NULL) {
+      r = -ENOMEM;
+      goto out;
+    }
+    g = store_read (st, moid, then, n, 0, sfrom.id);
+    if (g < 0 && g != -ENOENT) {
+      free (then);
+      r = (int) g;
+      goto out;
+    }
+    READ_MAP (to_id);
+    for (i = 0; i < n; i++) {
+      bool past_then = i >= count_objects (sfrom.size, osize);
+      bool past_now = i >= count_objects (to_size, osize);
+      if ((then[i] != IMAGE_OBJ_ABSENT) != (map[i] != IMAGE_OBJ_ABSENT)
+          || past_then != past_now)
+        changed[i] = 1;
+    }
+    free (then);
+  }
+#undef READ_MAP
+
+  /* Report runs of changed objects, clipped to TO's size. */
+  for (i = 0; i < n;) {
+    uint64_t j = i, off, end;
+    if (!changed[i]) {
+      i++;
+      continue;
+    }
+    while (j < n && changed[j])
+      j++;
+    off = i * osize;
+    end = MIN (j * osize, MAX (to_size, sfrom.size));
+    r = cb (arg, off, end - off, 1);
+    if (r != 0)
+      goto out;
+    i = j;
+  }
+  r = 0;
+out:
+  free (v);
+  free (changed);
+  free (map);
+  return r;
 }

@@ -36,6 +36,7 @@ struct image;
 #define IMAGE_OBJECT_SIZE_DEFAULT (4u << 20)
 #define IMAGE_OBJECT_SIZE_MIN (64u << 10)
 #define IMAGE_OBJECT_SIZE_MAX (32u << 20)
+#define IMAGE_SIZE_MAX (UINT64_C (1) << 50)       /* 1 PiB */
 
 /* Object-map entries. */
 enum image_obj {
@@ -90,9 +91,17 @@ void image_close (struct image *img);
 void image_get_info (struct image *img, struct image_info *info);
 uint64_t image_size (struct image *img);
 
-/* Rereads the header (size) and the object map from the store: after
- * another process changed them (resize, another writer). */
+/* Rereads the header (size), the snapshot context and the object map
+ * from the store: after another process changed them (resize, another
+ * writer). */
 int image_refresh (struct image *img);
+
+/* Whether this handle's in-memory object map may be trusted.  A handle
+ * that does not hold the image's lease must not trust it (another host
+ * may be writing): reads then look at every object in the store, and
+ * image_extents rereads the map.  Trusting again rereads the map.
+ * Handles start trusted. */
+int image_set_trusted (struct image *img, int trusted);
 
 /* ---- Synchronous I/O ---------------------------------------------------
  * OFF + LEN must not pass the end (-EINVAL).  Writes fail with -EROFS on
@@ -141,7 +150,57 @@ int image_extents (struct image *img, uint64_t off, uint64_t len,
 /* Object-map entry of object OBJNO (from memory). */
 enum image_obj image_object_state (struct image *img, uint64_t objno);
 
-/* Name of data object OBJNO of image ID, for tests and tools. */
+/* ---- Snapshots ---------------------------------------------------------
+ * A snapshot is a store snapshot id recorded in the header's omap
+ * ("snap.NAME" -> "id=ID size=BYTES time=MS").  Writers use the image's
+ * snapshot context, so data objects and the object map are copied on
+ * their first write after a snapshot (no copy of the disk is made).
+ * The object map read at snapshot S has DIRTY for the objects written
+ * between the snapshot before S and S: that is the changed-block
+ * tracking. */
+
+struct image_snap {
+  char name[IMAGE_NAME_MAX + 1];
+  uint64_t id;                  /* store snapshot id: grows with time */
+  uint64_t size;                /* image size at the snapshot */
+  uint64_t time_ms;             /* wall clock when taken */
+};
+
+/* Snapshots of IMAGE, oldest first.  Caller frees *LIST. */
+int image_snap_list (struct store *st, const char *image,
+                     struct image_snap **list, size_t *n);
+
+/* Records snapshot SNAP of the open, writable IMG.  The caller makes
+ * sure no write is in flight and none starts (the lease's quiesce) and
+ * has flushed.  Errors: -EEXIST, -EINVAL (bad name), -EROFS. */
+int image_snap_create (struct image *img, const char *snap, uint64_t *id);
+
+/* Forgets snapshot SNAP of IMAGE; its space is freed once no other
+ * snapshot needs it.  Errors: -ENOENT. */
+int image_snap_remove (struct store *st, const char *image, const char *snap);
+
+/* Rolls the open, writable IMG back to SNAP: bytes and size.  The caller
+ * makes sure nobody else writes.  Errors: -ENOENT. */
+int image_snap_rollback (struct image *img, const char *snap);
+
+/* Opens snapshot SNAP of IMAGE read-only (reads, extents, info: as they
+ * were at the snapshot).  Errors: -ENOENT. */
+int image_open_snap (struct store *st, const char *image, const char *snap,
+                     struct image **out);
+
+/* Calls CB (with allocated = 1) for the extents of IMAGE that changed
+ * between snapshot FROM and snapshot TO (NULL: the live image), whole
+ * objects, merged, in order.  Reads one object map per snapshot in
+ * between: cost grows with the snapshots and the map size, never with
+ * the data.  May over-report after a crash; never under-reports.
+ * Errors: -ENOENT (no such image or snapshot), -EINVAL (TO older than
+ * FROM). */
+int image_diff (struct store *st, const char *image, const char *from,
+                const char *to, image_extent_cb cb, void *arg);
+
+/* Names of the objects of image ID, for tests, tools and the lease
+ * (which lives on the header). */
 void image_data_oid (const char *id, uint64_t objno, char *buf, size_t len);
+void image_header_oid (const char *id, char *buf, size_t len);
 
 #endif /* VBK_IMAGE_H */

@@ -63,6 +63,16 @@ struct lease {
 
   struct store_watch *watch;
   pthread_t thread;
+
+  /* Commands (lease_hooks.command) run one at a time on cmd_thread. */
+  pthread_mutex_t cmd_lock;
+  pthread_cond_t cmd_cond;
+  const char *cmd;               /* non-NULL: a command waits to run */
+  size_t cmd_len;
+  char *cmd_reply;
+  size_t cmd_reply_max, cmd_reply_len;
+  bool cmd_done, cmd_stop;
+  pthread_t cmd_thread;
 };
 
 static void
@@ -502,6 +512,58 @@ lease_thread (void *arg)
 
 /* ---- Watch: answering release requests -------------------------------- */
 
+static void *
+cmd_thread (void *arg)
+{
+  struct lease *l = arg;
+
+  pthread_mutex_lock (&l->cmd_lock);
+  for (;;) {
+    while (l->cmd == NULL && !l->cmd_stop)
+      pthread_cond_wait (&l->cmd_cond, &l->cmd_lock);
+    if (l->cmd_stop)
+      break;
+    pthread_mutex_unlock (&l->cmd_lock);
+    size_t n = l->hooks.command (l->arg, l->cmd, l->cmd_len, l->cmd_reply,
+                                 l->cmd_reply_max);
+    pthread_mutex_lock (&l->cmd_lock);
+    l->cmd_reply_len = MIN (n, l->cmd_reply_max);
+    l->cmd = NULL;
+    l->cmd_done = true;
+    pthread_cond_broadcast (&l->cmd_cond);
+  }
+  pthread_mutex_unlock (&l->cmd_lock);
+  return NULL;
+}
+
+/* Runs a command on the command thread and waits for its answer. */
+static void
+run_command (struct lease *l, const void *payload, size_t len, void *reply,
+             size_t reply_max, size_t *reply_len)
+{
+  pthread_mutex_lock (&l->cmd_lock);
+  while (l->cmd != NULL && !l->cmd_stop)
+    pthread_cond_wait (&l->cmd_cond, &l->cmd_lock);
+  if (l->cmd_stop) {
+    pthread_mutex_unlock (&l->cmd_lock);
+    return;
+  }
+  l->cmd = payload;
+  l->cmd_len = len;
+  l->cmd_reply = reply;
+  l->cmd_reply_max = reply_max;
+  l->cmd_done = false;
+  pthread_cond_broadcast (&l->cmd_cond);
+  while (!l->cmd_done && !l->cmd_stop)
+    pthread_cond_wait (&l->cmd_cond, &l->cmd_lock);
+  if (l->cmd_done) {
+    *reply_len = l->cmd_reply_len;
+    l->cmd_done = false;
+  }
+  pthread_cond_broadcast (&l->cmd_cond);
+  pthread_mutex_unlock (&l->cmd_lock);
+}
+
 static void
 on_notify (void *arg, int err, const void *payload, size_t len,
            void *reply, size_t reply_max, size_t *reply_len)
@@ -527,6 +589,8 @@ on_notify (void *arg, int err, const void *payload, size_t len,
             (const char *) payload);
   if (sscanf (msg, "release %255s %d", host, &explicit) < 1) {
     pthread_mutex_unlock (&l->lock);
+    if (l->hooks.command)
+      run_command (l, payload, len, reply, reply_max, reply_len);
     return;
   }
   ans = lease_sm_release_request (&l->sm, explicit != 0);
@@ -571,6 +635,19 @@ watch_start (struct lease *l)
 
 /* ---- Public: the lease on an image ------------------------------------ */
 
+static void
+stop_cmd_thread (struct lease *l)
+{
+  if (!l->hooks.command || !l->cmd_thread)
+    return;
+  pthread_mutex_lock (&l->cmd_lock);
+  l->cmd_stop = true;
+  pthread_cond_broadcast (&l->cmd_cond);
+  pthread_mutex_unlock (&l->cmd_lock);
+  pthread_join (l->cmd_thread, NULL);
+  l->cmd_thread = 0;
+}
+
 int
 lease_open (struct store *st, const char *hdr_oid,
             const struct lease_opts *opts, const struct lease_hooks *hooks,
@@ -603,6 +680,13 @@ lease_open (struct store *st, const char *hdr_oid,
     ? opts->acquire_timeout_ms : 3 * l->sm.duration_ms + 10000;
   pthread_mutex_init (&l->lock, NULL);
   pthread_cond_init (&l->cond, NULL);
+  pthread_mutex_init (&l->cmd_lock, NULL);
+  pthread_cond_init (&l->cmd_cond, NULL);
+  if (l->hooks.command
+      && pthread_create (&l->cmd_thread, NULL, cmd_thread, l) != 0) {
+    r = -EAGAIN;
+    goto fail;
+  }
   r = watch_start (l);
   if (r < 0)
     goto fail;
@@ -614,6 +698,7 @@ lease_open (struct store *st, const char *hdr_oid,
   *out = l;
   return 0;
 fail:
+  stop_cmd_thread (l);
   pthread_mutex_destroy (&l->lock);
   pthread_cond_destroy (&l->cond);
   free (l);
@@ -631,6 +716,7 @@ lease_close (struct lease *l)
   pthread_mutex_unlock (&l->lock);
   pthread_join (l->thread, NULL);
   store_unwatch (l->watch);
+  stop_cmd_thread (l);
   pthread_mutex_destroy (&l->lock);
   pthread_cond_destroy (&l->cond);
   free (l);

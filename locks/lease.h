@@ -136,6 +136,12 @@ struct lease_hooks {
   int (*flush) (void *arg);
   /* The lease is lost for good (ERR): writes must fail from now on. */
   void (*lost) (void *arg, int err);
+  /* A notify on the header that is not a release request (snapshot
+   * commands, see snapshot/snapshot.h).  Runs on a thread of the lease,
+   * never the store's; may block.  Fills REPLY (at most REPLY_MAX
+   * bytes) and returns its length; NULL: such notifies are ignored. */
+  size_t (*command) (void *arg, const char *payload, size_t len,
+                     char *reply, size_t reply_max);
 };
 
 /* Starts managing the lease of the image whose header is HDR_OID, with
