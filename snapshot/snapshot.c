@@ -1,0 +1,530 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * snapshot.c - crash-consistent snapshots and consistency groups (see
+ * snapshot.h for the protocol).
+ *
+ * DESIGN
+ * The consistency argument: lease_quiesce returns once no write is in
+ * flight and none may start, so every write acknowledged before the
+ * request has completed; image_flush makes them durable; the snapshot is
+ * recorded before lease_resume lets a new write start.  A group freezes
+ * every image first and snapshots them only when all are frozen, so all
+ * snapshots hold the same instant.  A holder that stays frozen because
+ * its requester died thaws itself after the freeze's timeout.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "snapshot.h"
+
+#define DEFAULT_TIMEOUT_MS 30000
+#define FREEZE_TIMEOUT_MS 10000
+
+/* ---- Holder side ------------------------------------------------------ */
+
+struct snap_server {
+  struct image *img;
+  struct lease *lease;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool frozen;
+  char token[64];
+  uint64_t thaw_at_ms;
+  bool stop;
+  pthread_t timer;
+};
+
+int
+snap_take (struct image *img, struct lease *lease, const char *name,
+           uint64_t *id, uint64_t *pause_us)
+{
+  uint64_t t0 = now_mono_ns ();
+  int r;
+
+  if (lease) {
+    r = lease_quiesce (lease);
+    if (r < 0)
+      return r;
+  }
+  r = image_flush (img);
+  if (r == 0)
+    r = image_snap_create (img, name, id);
+  if (lease)
+    lease_resume (lease);
+  if (pause_us)
+    *pause_us = (now_mono_ns () - t0) / 1000;
+  return r;
+}
+
+/* Thaws a freeze whose requester never came back. */
+static void *
+thaw_timer (void *arg)
+{
+  struct snap_server *s = arg;
+
+  pthread_mutex_lock (&s->lock);
+  while (!s->stop) {
+    struct timespec ts;
+    if (s->frozen && now_wall_ms () >= s->thaw_at_ms) {
+      log_warn ("snapshot: freeze %s timed out; thawing", s->token);
+      s->frozen = false;
+      lease_resume (s->lease);
+      continue;
+    }
+    clock_gettime (CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 100000000;
+    if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait (&s->cond, &s->lock, &ts);
+  }
+  pthread_mutex_unlock (&s->lock);
+  return NULL;
+}
+
+struct snap_server *
+snap_server_new (struct image *img, struct lease *lease)
+{
+  struct snap_server *s = calloc (1, sizeof *s);
+
+  if (s == NULL)
+    return NULL;
+  s->img = img;
+  s->lease = lease;
+  pthread_mutex_init (&s->lock, NULL);
+  pthread_cond_init (&s->cond, NULL);
+  if (pthread_create (&s->timer, NULL, thaw_timer, s) != 0) {
+    pthread_mutex_destroy (&s->lock);
+    pthread_cond_destroy (&s->cond);
+    free (s);
+    return NULL;
+  }
+  return s;
+}
+
+void
+snap_server_free (struct snap_server *s)
+{
+  if (s == NULL)
+    return;
+  pthread_mutex_lock (&s->lock);
+  s->stop = true;
+  if (s->frozen) {
+    s->frozen = false;
+    lease_resume (s->lease);
+  }
+  pthread_cond_broadcast (&s->cond);
+  pthread_mutex_unlock (&s->lock);
+  pthread_join (s->timer, NULL);
+  pthread_mutex_destroy (&s->lock);
+  pthread_cond_destroy (&s->cond);
+  free (s);
+}
+
+size_t
+snap_server_command (struct snap_server *s, const char *payload, size_t len,
+                     char *reply, size_t reply_max)
+{
+  char cmd[512], a[256] = "", b[256] = "";
+  uint64_t id = 0, pause = 0;
+  unsigned long timeout = FREEZE_TIMEOUT_MS;
+  int r, n;
+
+  snprintf (cmd, sizeof cmd, "%.*s", (int) MIN (len, sizeof cmd - 1),
+            payload);
+  if (lease_state (s->lease) != LEASE_HELD)
+    return snprintf (reply, reply_max, "error: not the lease holder");
+  vbk_clear_error ();
+
+  if (sscanf (cmd, "snap-create %255s", a) == 1) {
+    r = snap_take (s->img, s->lease, a, &id, &pause);
+    if (r == 0) {
+      log_info ("snapshot %s: taken (id %" PRIu64 "), writes held %"
+                PRIu64 " us", a, id, pause);
+      n = snprintf (reply, reply_max, "ok %" PRIu64 " %" PRIu64, id, pause);
+    }
+    else
+      n = snprintf (reply, reply_max, "error: %s", vbk_error ());
+    return n;
+  }
+
+  pthread_mutex_lock (&s->lock);
+  if (sscanf (cmd, "freeze %63s %lu", a, &timeout) >= 1) {
+    if (s->frozen)
+      n = snprintf (reply, reply_max, "error: already frozen by %s",
+                    s->token);
+    else {
+      pthread_mutex_unlock (&s->lock);
+      r = lease_quiesce (s->lease);
+      if (r == 0 && (r = image_flush (s->img)) < 0)
+        lease_resume (s->lease);
+      pthread_mutex_lock (&s->lock);
+      if (r == 0) {
+        s->frozen = true;
+        snprintf (s->token, sizeof s->token, "%s", a);
+        s->thaw_at_ms = now_wall_ms () + timeout;
+        n = snprintf (reply, reply_max, "frozen");
+      }
+      else
+        n = snprintf (reply, reply_max, "error: %s", vbk_error ());
+    }
+  }
+  else if (sscanf (cmd, "snap-frozen %63s %255s", a, b) == 2) {
+    if (!s->frozen || strcmp (s->token, a) != 0)
+      n = snprintf (reply, reply_max, "error: not frozen for %s", a);
+    else {
+      r = image_snap_create (s->img, b, &id);
+      n = r == 0 ? snprintf (reply, reply_max, "ok %" PRIu64, id)
+        : snprintf (reply, reply_max, "error: %s", vbk_error ());
+    }
+  }
+  else if (sscanf (cmd, "thaw %63s", a) == 1) {
+    if (!s->frozen || strcmp (s->token, a) != 0)
+      n = snprintf (reply, reply_max, "error: not frozen for %s", a);
+    else {
+      s->frozen = false;
+      lease_resume (s->lease);
+      n = snprintf (reply, reply_max, "thawed");
+    }
+  }
+  else
+    n = snprintf (reply, reply_max, "error: unknown command");
+  pthread_mutex_unlock (&s->lock);
+  return n;
+}
+
+/* ---- Requester side --------------------------------------------------- */
+
+/* A temporary holder: vbk itself, when nobody holds the lease. */
+struct temp_holder {
+  struct image *img;
+  struct lease *lease;
+};
+
+static int
+temp_acquired (void *arg, uint64_t epoch)
+{
+  return image_set_trusted (arg, 1);
+}
+
+static int
+temp_flush (void *arg)
+{
+  return image_flush (arg);
+}
+
+static const struct lease_hooks temp_hooks = {
+  .acquired = temp_acquired,
+  .flush = temp_flush,
+};
+
+static int
+temp_open (struct store *st, const char *image, const struct snap_opts *o,
+           struct temp_holder *t)
+{
+  struct lease_opts lo = { .host_id = o && o->host_id ? o->host_id : "vbk",
+                           .addr = "vbk-cli" };
+  struct image_info info;
+  char hdr[64];
+  int r;
+
+  memset (t, 0, sizeof *t);
+  r = image_open (st, image, 0, &t->img);
+  if (r < 0)
+    return r;
+  image_get_info (t->img, &info);
+  image_header_oid (info.id, hdr, sizeof hdr);
+  image_set_trusted (t->img, 0);
+  r = lease_open (st, hdr, &lo, &temp_hooks, t->img, &t->lease);
+  if (r < 0) {
+    image_close (t->img);
+    t->img = NULL;
+  }
+  return r;
+}
+
+static void
+temp_close (struct temp_holder *t)
+{
+  lease_close (t->lease);
+  image_close (t->img);
+  t->lease = NULL;
+  t->img = NULL;
+}
+
+/* Sends PAYLOAD to the watchers of HDR and copies the answer of CLIENT
+ * into ANS.  -ETIMEDOUT if it did not answer. */
+static int
+ask (struct store *st, const char *hdr, const char *client,
+     const char *payload, uint32_t timeout_ms, char *ans, size_t anslen)
+{
+  struct store_notify_reply *rep = NULL;
+  size_t n = 0, timed_out = 0, i;
+  int r;
+
+  r = store_notify (st, hdr, payload, strlen (payload), timeout_ms, &rep, &n,
+                    &timed_out);
+  if (r < 0)
+    return r;
+  r = -ETIMEDOUT;
+  for (i = 0; i < n; i++) {
+    if (strcmp (rep[i].client, client) == 0) {
+      snprintf (ans, anslen, "%.*s", (int) MIN (rep[i].len, anslen - 1),
+                (const char *) rep[i].data);
+      r = 0;
+    }
+  }
+  store_notify_replies_free (rep, n);
+  if (r < 0)
+    vbk_set_error ("snapshot: the lease holder (%s) did not answer '%s'",
+                   client, payload);
+  return r;
+}
+
+static int
+header_of (struct store *st, const char *image, char *hdr, size_t len)
+{
+  struct image_info info;
+  int r = image_stat (st, image, &info);
+
+  if (r == 0)
+    image_header_oid (info.id, hdr, len);
+  return r;
+}
+
+int
+snap_create (struct store *st, const char *image, const char *snap,
+             const struct snap_opts *o, uint64_t *pause_us)
+{
+  uint32_t timeout = o && o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
+  struct lease_status ls;
+  struct temp_holder t;
+  char hdr[64], payload[300], ans[1024];
+  unsigned long long id, pause;
+  int r;
+
+  r = image_name_check (snap);
+  if (r == 0)
+    r = header_of (st, image, hdr, sizeof hdr);
+  if (r == 0)
+    r = lease_status_get (st, hdr, &ls);
+  if (r < 0)
+    return r;
+  if (ls.held) {
+    snprintf (payload, sizeof payload, "snap-create %s", snap);
+    r = ask (st, hdr, ls.client, payload, timeout, ans, sizeof ans);
+    if (r < 0)
+      return r;
+    if (sscanf (ans, "ok %llu %llu", &id, &pause) == 2) {
+      if (pause_us)
+        *pause_us = pause;
+      return 0;
+    }
+    vbk_set_error ("snapshot %s@%s: %s (holder %s)", image, snap, ans,
+                   ls.host);
+    return strstr (ans, "exists") ? -EEXIST : -EIO;
+  }
+  /* Nobody writes it: hold the lease ourselves for the moment. */
+  r = temp_open (st, image, o, &t);
+  if (r < 0)
+    return r;
+  {
+    uint64_t i64, p64;
+    r = snap_take (t.img, t.lease, snap, &i64, &p64);
+    if (pause_us)
+      *pause_us = p64;
+  }
+  temp_close (&t);
+  return r;
+}
+
+struct member {
+  const char *image, *snap;
+  char hdr[64];
+  char client[STORE_CLIENT_MAX];   /* remote holder, or "" */
+  struct temp_holder t;            /* or our own temporary hold */
+  bool frozen, snapped;
+};
+
+static void
+thaw_all (struct store *st, struct member *m, size_t n, const char *token,
+          uint32_t timeout)
+{
+  char payload[128], ans[256];
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    if (!m[i].frozen)
+      continue;
+    if (m[i].client[0]) {
+      snprintf (payload, sizeof payload, "thaw %s", token);
+      if (ask (st, m[i].hdr, m[i].client, payload, timeout, ans,
+               sizeof ans) < 0 || strcmp (ans, "thawed") != 0)
+        log_warn ("snapshot group: %s did not thaw (%s); it will by itself",
+                  m[i].image, ans);
+    }
+    else {
+      lease_resume (m[i].t.lease);
+      temp_close (&m[i].t);
+    }
+    m[i].frozen = false;
+  }
+}
+
+int
+snap_group_create (struct store *st, const char *group,
+                   const char *const *images, const char *const *snaps,
+                   size_t n, const struct snap_opts *o)
+{
+  uint32_t timeout = o && o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
+  char token[64], payload[400], ans[1024], msg[1024] = "";
+  struct lease_status ls;
+  struct member *m;
+  uint8_t rnd[6];
+  size_t i;
+  int r = 0;
+
+  if (n == 0) {
+    vbk_set_error ("snapshot group %s: no images", group);
+    return -EINVAL;
+  }
+  m = calloc (n, sizeof *m);
+  if (m == NULL)
+    return -ENOMEM;
+  if (getrandom (rnd, sizeof rnd, 0) != sizeof rnd)
+    memset (rnd, 0, sizeof rnd);
+  snprintf (token, sizeof token, "%s.%02x%02x%02x%02x%02x%02x", group,
+            rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
+
+  for (i = 0; i < n && r == 0; i++) {
+    m[i].image = images[i];
+    m[i].snap = snaps[i];
+    r = image_name_check (snaps[i]);
+    if (r == 0)
+      r = header_of (st, images[i], m[i].hdr, sizeof m[i].hdr);
+  }
+  if (r < 0)
+    goto out;
+
+  /* 1. Freeze every image: no write in flight, none starting. */
+  for (i = 0; i < n && r == 0; i++) {
+    r = lease_status_get (st, m[i].hdr, &ls);
+    if (r < 0)
+      break;
+    if (ls.held) {
+      snprintf (m[i].client, sizeof m[i].client, "%s", ls.client);
+      snprintf (payload, sizeof payload, "freeze %s %u", token,
+                FREEZE_TIMEOUT_MS);
+      r = ask (st, m[i].hdr, ls.client, payload, timeout, ans, sizeof ans);
+      if (r == 0 && strcmp (ans, "frozen") != 0) {
+        vbk_set_error ("snapshot group %s: %s: %s", group, m[i].image, ans);
+        r = -EIO;
+      }
+    }
+    else {
+      r = temp_open (st, m[i].image, o, &m[i].t);
+      if (r == 0) {
+        r = lease_quiesce (m[i].t.lease);
+        if (r == 0 && (r = image_flush (m[i].t.img)) < 0)
+          lease_resume (m[i].t.lease);
+        if (r < 0)
+          temp_close (&m[i].t);
+      }
+    }
+    if (r == 0)
+      m[i].frozen = true;
+  }
+
+  /* 2. Snapshot every image while all are frozen. */
+  for (i = 0; i < n && r == 0; i++) {
+    if (m[i].client[0]) {
+      snprintf (payload, sizeof payload, "snap-frozen %s %s", token,
+                m[i].snap);
+      r = ask (st, m[i].hdr, m[i].client, payload, timeout, ans, sizeof ans);
+      if (r == 0 && strncmp (ans, "ok ", 3) != 0) {
+        vbk_set_error ("snapshot group %s: %s@%s: %s", group, m[i].image,
+                       m[i].snap, ans);
+        r = strstr (ans, "exists") ? -EEXIST : -EIO;
+      }
+    }
+    else
+      r = image_snap_create (m[i].t.img, m[i].snap, NULL);
+    if (r == 0)
+      m[i].snapped = true;
+  }
+
+out:
+  if (r < 0)
+    snprintf (msg, sizeof msg, "%s", vbk_error ());
+  /* 3. Thaw; on failure, no snapshot of the group remains. */
+  thaw_all (st, m, n, token, timeout);
+  if (r < 0) {
+    for (i = 0; i < n; i++)
+      if (m[i].snapped)
+        image_snap_remove (st, m[i].image, m[i].snap);
+    vbk_set_error ("%s", msg);
+  }
+  free (m);
+  return r;
+}
+
+int
+snap_rollback (struct store *st, const char *image, const char *snap,
+               bool force, const struct snap_opts *o)
+{
+  struct lease_status ls;
+  struct temp_holder t;
+  struct image_snap *v;
+  char hdr[64];
+  size_t n, i;
+  int r;
+
+  r = header_of (st, image, hdr, sizeof hdr);
+  if (r == 0)
+    r = image_snap_list (st, image, &v, &n);
+  if (r < 0)
+    return r;
+  for (i = 0; i < n && strcmp (v[i].name, snap) != 0; i++)
+    ;
+  free (v);
+  if (i == n) {
+    vbk_set_error ("image '%s' has no snapshot '%s'", image, snap);
+    return -ENOENT;
+  }
+  r = lease_status_get (st, hdr, &ls);
+  if (r < 0)
+    return r;
+  if (ls.held) {
+    if (!force) {
+      vbk_set_error ("image '%s' is open for writing on %s (lease epoch %"
+                     PRIu64 "): stop the VM first, or use --force",
+                     image, ls.host, ls.epoch);
+      return -EBUSY;
+    }
+    log_warn ("rollback of %s: breaking the lease of %s", image, ls.host);
+    r = lease_break (st, hdr);
+    if (r < 0 && r != -ENOENT)
+      return r;
+  }
+  r = temp_open (st, image, o, &t);
+  if (r < 0)
+    return r;
+  r = lease_write_begin (t.lease);
+  if (r == 0) {
+    r = image_snap_rollback (t.img, snap);
+    lease_write_end (t.lease);
+  }
+  temp_close (&t);
+  return r;
+}
