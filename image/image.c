@@ -1327,32 +1327,63 @@ image_snap_list (struct store *st, const char *image,
 }
 
 int
+image_snap_alloc (struct image *img, uint64_t *id)
+{
+  int r = check_writable (img, "snapshot");
+
+  return r < 0 ? r : store_snap_create (img->st, id);
+}
+
+void
+image_snap_free_id (struct image *img, uint64_t id)
+{
+  store_snap_remove (img->st, id);
+}
+
+int
 image_snap_create (struct image *img, const char *snap, uint64_t *idp)
+{
+  uint64_t id;
+  int r;
+
+  r = image_snap_alloc (img, &id);
+  if (r == 0)
+    r = image_snap_create_id (img, snap, id);
+  if (r == 0 && idp)
+    *idp = id;
+  return r;
+}
+
+int
+image_snap_create_id (struct image *img, const char *snap, uint64_t id)
 {
   char key[IMAGE_NAME_MAX + 8], val[128], seqbuf[32];
   struct image_snap old;
   struct objmap *m;
   uint8_t *copy = NULL;
-  uint64_t id, i;
+  uint64_t i;
   int r, n;
 
   r = check_writable (img, "snapshot");
   if (r == 0)
     r = image_name_check (snap);
-  if (r < 0)
-    return r;
-  r = find_snap (img->st, img->hdr_oid, img->info.name, snap, &old);
   if (r == 0) {
-    vbk_set_error ("image '%s' already has a snapshot '%s'", img->info.name,
-                   snap);
-    return -EEXIST;
+    r = find_snap (img->st, img->hdr_oid, img->info.name, snap, &old);
+    if (r == 0) {
+      vbk_set_error ("image '%s' already has a snapshot '%s'",
+                     img->info.name, snap);
+      r = -EEXIST;
+    }
+    else if (r == -ENOENT)
+      r = 0;
   }
-  if (r != -ENOENT)
+  if (r < 0) {
+    char msg[1024];
+    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    store_snap_remove (img->st, id);
+    vbk_set_error ("%s", msg);
     return r;
-
-  r = store_snap_create (img->st, &id);
-  if (r < 0)
-    return r;
+  }
   snprintf (seqbuf, sizeof seqbuf, "%" PRIu64, id);
   n = snprintf (val, sizeof val, "id=%" PRIu64 " size=%" PRIu64
                 " time=%" PRIu64, id, image_size (img), now_wall_ms ());
@@ -1390,11 +1421,8 @@ image_snap_create (struct image *img, const char *snap, uint64_t *idp)
   }
   pthread_mutex_unlock (&img->map_lock);
   free (copy);
-  if (r < 0)
-    return r;         /* the snapshot exists; the map stays DIRTY: safe */
-  if (idp)
-    *idp = id;
-  return 0;
+  return r;           /* on error the snapshot exists and the map stays
+                         DIRTY: over-reporting, which is safe */
 }
 
 int

@@ -175,6 +175,16 @@ int image_snap_list (struct store *st, const char *image,
  * has flushed.  Errors: -EEXIST, -EINVAL (bad name), -EROFS. */
 int image_snap_create (struct image *img, const char *snap, uint64_t *id);
 
+/* The same in two steps, so that the slow part (allocating the store's
+ * snapshot id: a round trip to the Ceph monitor) happens before writes
+ * are held: image_snap_alloc, then image_snap_create_id with that id
+ * (which frees the id if it fails).  Ids must be used in the order
+ * allocated. */
+int image_snap_alloc (struct image *img, uint64_t *id);
+int image_snap_create_id (struct image *img, const char *snap, uint64_t id);
+/* Gives back an id from image_snap_alloc that will not be used. */
+void image_snap_free_id (struct image *img, uint64_t id);
+
 /* Forgets snapshot SNAP of IMAGE; its space is freed once no other
  * snapshot needs it.  Errors: -ENOENT. */
 int image_snap_remove (struct store *st, const char *image, const char *snap);

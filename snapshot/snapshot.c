@@ -48,21 +48,32 @@ int
 snap_take (struct image *img, struct lease *lease, const char *name,
            uint64_t *id, uint64_t *pause_us)
 {
-  uint64_t t0 = now_mono_ns ();
+  uint64_t t0, sid;
   int r;
 
+  /* Outside the pause: the snapshot id (a monitor round trip on RADOS)
+   * and a first flush, so the one inside has little left to do. */
+  r = image_snap_alloc (img, &sid);
+  if (r < 0)
+    return r;
+  image_flush (img);
+  t0 = now_mono_ns ();
   if (lease) {
     r = lease_quiesce (lease);
-    if (r < 0)
+    if (r < 0) {
+      image_snap_free_id (img, sid);
       return r;
+    }
   }
   r = image_flush (img);
   if (r == 0)
-    r = image_snap_create (img, name, id);
+    r = image_snap_create_id (img, name, sid);
   if (lease)
     lease_resume (lease);
   if (pause_us)
     *pause_us = (now_mono_ns () - t0) / 1000;
+  if (r == 0 && id)
+    *id = sid;
   return r;
 }
 
@@ -333,7 +344,7 @@ snap_create (struct store *st, const char *image, const char *snap,
     }
     vbk_set_error ("snapshot %s@%s: %s (holder %s)", image, snap, ans,
                    ls.host);
-    return strstr (ans, "exists") ? -EEXIST : -EIO;
+    return strstr (ans, "already") ? -EEXIST : -EIO;
   }
   /* Nobody writes it: hold the lease ourselves for the moment. */
   r = temp_open (st, image, o, &t);
@@ -455,7 +466,7 @@ snap_group_create (struct store *st, const char *group,
       if (r == 0 && strncmp (ans, "ok ", 3) != 0) {
         vbk_set_error ("snapshot group %s: %s@%s: %s", group, m[i].image,
                        m[i].snap, ans);
-        r = strstr (ans, "exists") ? -EEXIST : -EIO;
+        r = strstr (ans, "already") ? -EEXIST : -EIO;
       }
     }
     else
