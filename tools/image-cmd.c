@@ -82,16 +82,6 @@ get_object_size (const struct vbk_args *a, uint32_t *out)
   return 0;
 }
 
-static int
-check_name (const struct vbk_args *a, const char *name)
-{
-  vbk_clear_error ();
-  if (image_name_check (name) < 0)
-    return vbk_usage_error (a, "%s", vbk_error ()[0] ? vbk_error ()
-                            : "invalid image name");
-  return 0;
-}
-
 /* ---- Output -------------------------------------------------------------- */
 
 static json_object *
@@ -111,15 +101,6 @@ info_to_json (const struct image_info *info)
   return o;
 }
 
-static void
-print_json (json_object *o)
-{
-  int flags = JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED
-    | JSON_C_TO_STRING_NOSLASHESCAPE;
-
-  printf ("%s\n", json_object_to_json_string_ext (o, flags));
-}
-
 static uint64_t
 objects_total (const struct image_info *info)
 {
@@ -137,7 +118,7 @@ cmd_create (struct vbk_ctx *ctx, struct vbk_args *a)
   uint32_t osize;
   int r;
 
-  if ((r = check_name (a, name)) || (r = get_size (a, "size", &size))
+  if ((r = vbk_check_name (a, name)) || (r = get_size (a, "size", &size))
       || (r = get_object_size (a, &osize)))
     return r;
   if (vbk_store_open (ctx, a, &st) < 0)
@@ -172,7 +153,7 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
 
     for (i = 0; i < n; i++)
       json_object_array_add (arr, info_to_json (&list[i]));
-    print_json (arr);
+    vbk_print_json (arr);
     json_object_put (arr);
   }
   else {
@@ -200,7 +181,7 @@ cmd_info (struct vbk_ctx *ctx, struct vbk_args *a)
   char s[32];
   int r;
 
-  if ((r = check_name (a, a->argv[0])))
+  if ((r = vbk_check_name (a, a->argv[0])))
     return r;
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
@@ -213,7 +194,7 @@ cmd_info (struct vbk_ctx *ctx, struct vbk_args *a)
   if (vbk_opt (a, "json")) {
     json_object *o = info_to_json (&info);
 
-    print_json (o);
+    vbk_print_json (o);
     json_object_put (o);
     return VBK_EXIT_OK;
   }
@@ -236,7 +217,8 @@ cmd_resize (struct vbk_ctx *ctx, struct vbk_args *a)
   uint64_t size;
   int r;
 
-  if ((r = check_name (a, a->argv[0])) || (r = get_size (a, "size", &size)))
+  if ((r = vbk_check_name (a, a->argv[0]))
+      || (r = get_size (a, "size", &size)))
     return r;
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
@@ -254,7 +236,7 @@ cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
   struct store *st;
   int r;
 
-  if ((r = check_name (a, a->argv[0])))
+  if ((r = vbk_check_name (a, a->argv[0])))
     return r;
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
@@ -304,7 +286,7 @@ cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
   uint32_t osize;
   int fd, r;
 
-  if ((r = check_name (a, name)) || (r = get_object_size (a, &osize)))
+  if ((r = vbk_check_name (a, name)) || (r = get_object_size (a, &osize)))
     return r;
 
   fd = open (file, O_RDONLY | O_CLOEXEC);
@@ -386,7 +368,7 @@ cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
   uint64_t size;
   int fd = -1, r, sparse, created = 0;
 
-  if ((r = check_name (a, name)))
+  if ((r = vbk_check_name (a, name)))
     return r;
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;

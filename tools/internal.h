@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <json-c/json.h>
+
 #include "store/store.h"
 #include "image/image.h"
 
@@ -89,6 +91,17 @@ const char *vbk_opt (const struct vbk_args *a, const char *name);
 int vbk_usage_error (const struct vbk_args *a, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
 
+/* Checks an image or snapshot name (image_name_check): 0, or prints the
+ * reason as a usage error and returns VBK_EXIT_USAGE. */
+int vbk_check_name (const struct vbk_args *a, const char *name);
+
+/* Prints O on stdout, pretty, with a newline. */
+void vbk_print_json (json_object *o);
+
+/* Formats wall-clock MS (ms since the epoch) as local
+ * "YYYY-MM-DD HH:MM:SS" into BUF; returns BUF. */
+const char *vbk_format_time (uint64_t ms, char *buf, size_t len);
+
 /* Prints "vbk: PATH: REASON", REASON being vbk_error() or, if that is
  * empty, strerror(-ERR), and returns VBK_EXIT_FAILURE. */
 int vbk_fail (const struct vbk_args *a, int err);
@@ -107,6 +120,15 @@ int vbk_interrupted (void);
 
 /* image-cmd.c */
 extern const struct vbk_cmd image_cmds[];
+
+/* snap-cmd.c: the "snap" verbs, and "diff" (a top-level verb). */
+extern const struct vbk_cmd snap_cmds[];
+extern const struct vbk_opt diff_opts[];
+#define DIFF_SYNOPSIS "IMAGE --from SNAP [--to SNAP] [--json]"
+int cmd_diff (struct vbk_ctx *ctx, struct vbk_args *a);
+
+/* lease-cmd.c */
+extern const struct vbk_cmd lease_cmds[];
 
 /* image-copy.c */
 

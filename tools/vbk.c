@@ -13,23 +13,35 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <json-c/json.h>
 
 #include "common/error.h"
 #include "common/log.h"
 #include "internal.h"
 
-/* The commands.  Later commands (snap, lease, backup, mount) are added
- * here, one line each. */
+/* The commands.  Later commands (backup, mount) are added here, one
+ * line each. */
 static const struct vbk_cmd top_cmds[] = {
   { "image", "VERB [ARGS]", "create, list, inspect, resize, remove, "
     "import and export disk images",
     NULL, 0, 0, NULL, image_cmds },
+  { "snap", "VERB [ARGS]", "create, list, remove and roll back to "
+    "crash-consistent snapshots",
+    NULL, 0, 0, NULL, snap_cmds },
+  { "diff", DIFF_SYNOPSIS, "list the extents of an image that changed "
+    "since a snapshot", diff_opts, 1, 1, cmd_diff },
+  { "lease", "VERB [ARGS]", "show, release or break the lease of the host "
+    "that writes an image",
+    NULL, 0, 0, NULL, lease_cmds },
   { NULL },
 };
 
@@ -109,6 +121,37 @@ vbk_usage_error (const struct vbk_args *a, const char *fmt, ...)
     fprintf (stderr, "vbk: %s: %s (see 'vbk %s --help')\n", a->path, msg,
              a->path);
   return VBK_EXIT_USAGE;
+}
+
+int
+vbk_check_name (const struct vbk_args *a, const char *name)
+{
+  vbk_clear_error ();
+  if (image_name_check (name) < 0)
+    return vbk_usage_error (a, "%s", vbk_error ()[0] ? vbk_error ()
+                            : "invalid image name");
+  return 0;
+}
+
+void
+vbk_print_json (json_object *o)
+{
+  int flags = JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED
+    | JSON_C_TO_STRING_NOSLASHESCAPE;
+
+  printf ("%s\n", json_object_to_json_string_ext (o, flags));
+}
+
+const char *
+vbk_format_time (uint64_t ms, char *buf, size_t len)
+{
+  time_t t = (time_t) (ms / 1000);
+  struct tm tm;
+
+  if (localtime_r (&t, &tm) == NULL
+      || strftime (buf, len, "%Y-%m-%d %H:%M:%S", &tm) == 0)
+    snprintf (buf, len, "%" PRIu64 " ms", ms);
+  return buf;
 }
 
 int

@@ -1,0 +1,453 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * snap-cmd.c - the "vbk snap" verbs (create, ls, rm, rollback) and
+ * "vbk diff".
+ *
+ * A snapshot is named IMAGE@SNAP on the command line.  The form is parsed
+ * strictly, before the store is opened: exactly one '@', and both sides
+ * valid names (image_name_check); anything else is a usage error, exit 2.
+ *
+ * snap create goes through the snapshot library, which sends the request
+ * to the lease holder (the blockd writing the image) or, when nobody
+ * holds the lease, takes it for the moment; either way the snapshot
+ * holds every write acknowledged before the request and none issued
+ * after the reply.  With --group, every image is frozen before any is
+ * snapshotted, and a failure leaves no snapshot of the group.  rollback
+ * refuses while a host holds the lease unless --force, which fences it.
+ * diff reads object maps only (image_diff), never data.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "snapshot/snapshot.h"
+#include "internal.h"
+
+/* One IMAGE@SNAP argument. */
+struct snap_ref {
+  char image[IMAGE_NAME_MAX + 1];
+  char snap[IMAGE_NAME_MAX + 1];
+};
+
+/* ---- Argument checks ----------------------------------------------------- */
+
+/* Parses ARG as IMAGE@SNAP into *REF.  Returns 0, or an exit status. */
+static int
+parse_ref (const struct vbk_args *a, const char *arg, struct snap_ref *ref)
+{
+  const char *at = strchr (arg, '@');
+  const char *msg;
+  size_t n;
+
+  if (at == NULL)
+    return vbk_usage_error (a, "'%s': expected IMAGE@SNAP", arg);
+  if (strchr (at + 1, '@'))
+    return vbk_usage_error (a, "'%s': expected IMAGE@SNAP with exactly one "
+                            "'@'", arg);
+  n = at - arg;
+  if (n == 0)
+    return vbk_usage_error (a, "'%s': missing image name before '@'", arg);
+  if (at[1] == '\0')
+    return vbk_usage_error (a, "'%s': missing snapshot name after '@'", arg);
+  if (n > IMAGE_NAME_MAX)
+    n = IMAGE_NAME_MAX + 1;     /* too long: image_name_check says so */
+  {
+    char image[IMAGE_NAME_MAX + 2];
+
+    snprintf (image, sizeof image, "%.*s", (int) n, arg);
+    vbk_clear_error ();
+    if (image_name_check (image) < 0)
+      return vbk_usage_error (a, "'%s': %s", arg, vbk_error ());
+    snprintf (ref->image, sizeof ref->image, "%s", image);
+  }
+  vbk_clear_error ();
+  if (image_name_check (at + 1) < 0) {
+    /* The rule is the same for snapshots; say which part is wrong. */
+    msg = vbk_error ();
+    if (strncmp (msg, "invalid image name", 18) == 0)
+      return vbk_usage_error (a, "'%s': invalid snapshot name%s", arg,
+                              msg + 18);
+    return vbk_usage_error (a, "'%s': %s", arg, msg);
+  }
+  snprintf (ref->snap, sizeof ref->snap, "%s", at + 1);
+  return 0;
+}
+
+/* Who we are for a temporary lease: --host-id, else "vbk@HOSTNAME". */
+static const char *
+host_id (const struct vbk_args *a, char *buf, size_t len)
+{
+  const char *s = vbk_opt (a, "host-id");
+  char host[256];
+
+  if (s)
+    return s;
+  if (gethostname (host, sizeof host) < 0)
+    snprintf (host, sizeof host, "localhost");
+  host[sizeof host - 1] = '\0';
+  snprintf (buf, len, "vbk@%s", host);
+  return buf;
+}
+
+/* The snapshot library can lose the reason of a failure on its way out
+ * (closing its temporary lease clears this thread's message): say at
+ * least what failed. */
+static void
+default_error (int r, const struct snap_ref *ref, const char *what)
+{
+  if (vbk_error ()[0])
+    return;
+  if (r == -EEXIST)
+    vbk_set_error ("image '%s' already has a snapshot '%s'", ref->image,
+                   ref->snap);
+  else if (r == -ENOENT)
+    vbk_set_error ("no such image or snapshot: %s@%s", ref->image,
+                   ref->snap);
+  else
+    vbk_errno (r, "%s %s@%s", what, ref->image, ref->snap);
+}
+
+/* ---- create -------------------------------------------------------------- */
+
+static int
+create_group (struct vbk_ctx *ctx, struct vbk_args *a, const char *group,
+              const struct snap_opts *o)
+{
+  const char **images = NULL, **snaps = NULL;
+  struct snap_ref *refs;
+  struct store *st;
+  uint64_t t0;
+  int i, j, r;
+
+  if ((r = vbk_check_name (a, group)))
+    return r;
+  refs = calloc (a->argc, sizeof *refs);
+  images = calloc (a->argc, sizeof *images);
+  snaps = calloc (a->argc, sizeof *snaps);
+  if (refs == NULL || images == NULL || snaps == NULL) {
+    r = vbk_fail (a, -ENOMEM);
+    goto out;
+  }
+  for (i = 0; i < a->argc; i++) {
+    if ((r = parse_ref (a, a->argv[i], &refs[i])))
+      goto out;
+    for (j = 0; j < i; j++)
+      if (strcmp (refs[j].image, refs[i].image) == 0) {
+        r = vbk_usage_error (a, "image '%s' appears twice in the group",
+                             refs[i].image);
+        goto out;
+      }
+    images[i] = refs[i].image;
+    snaps[i] = refs[i].snap;
+  }
+  if (vbk_store_open (ctx, a, &st) < 0) {
+    r = VBK_EXIT_FAILURE;
+    goto out;
+  }
+  vbk_clear_error ();
+  t0 = now_mono_ns ();
+  r = snap_group_create (st, group, images, snaps, a->argc, o);
+  store_close (st);
+  if (r < 0) {
+    if (vbk_error ()[0] == '\0')
+      vbk_errno (r, "snapshot group %s", group);
+    r = vbk_fail (a, r);
+    goto out;
+  }
+  for (i = 0; i < a->argc; i++)
+    printf ("%s@%s\n", refs[i].image, refs[i].snap);
+  log_info ("snap create: group %s: %d snapshots at one instant in %.3f ms",
+            group, a->argc, (now_mono_ns () - t0) / 1e6);
+  r = VBK_EXIT_OK;
+ out:
+  free (refs);
+  free (images);
+  free (snaps);
+  return r;
+}
+
+static int
+cmd_create (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  const char *group = vbk_opt (a, "group");
+  struct snap_opts o = { 0 };
+  struct snap_ref ref;
+  struct store *st;
+  char idbuf[300];
+  uint64_t pause_us = 0, t0;
+  int r;
+
+  o.host_id = host_id (a, idbuf, sizeof idbuf);
+  if (group)
+    return create_group (ctx, a, group, &o);
+  if (a->argc > 1)
+    return vbk_usage_error (a, "several snapshots at one instant need "
+                            "--group NAME");
+  if ((r = parse_ref (a, a->argv[0], &ref)))
+    return r;
+  if (vbk_store_open (ctx, a, &st) < 0)
+    return VBK_EXIT_FAILURE;
+  vbk_clear_error ();
+  t0 = now_mono_ns ();
+  r = snap_create (st, ref.image, ref.snap, &o, &pause_us);
+  store_close (st);
+  if (r < 0) {
+    default_error (r, &ref, "snapshot");
+    return vbk_fail (a, r);
+  }
+  printf ("%s@%s\n", ref.image, ref.snap);
+  log_info ("snap create: %s@%s: writes paused %.3f ms by the holder, "
+            "%.3f ms in all", ref.image, ref.snap, pause_us / 1e3,
+            (now_mono_ns () - t0) / 1e6);
+  return VBK_EXIT_OK;
+}
+
+/* ---- ls, rm, rollback ---------------------------------------------------- */
+
+static int
+cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  const char *name = a->argv[0];
+  struct image_snap *list = NULL;
+  struct store *st;
+  size_t n = 0, i;
+  char s[32], t[64];
+  int r, w = 4;
+
+  if ((r = vbk_check_name (a, name)))
+    return r;
+  if (vbk_store_open (ctx, a, &st) < 0)
+    return VBK_EXIT_FAILURE;
+  vbk_clear_error ();
+  r = image_snap_list (st, name, &list, &n);
+  store_close (st);
+  if (r < 0)
+    return vbk_fail (a, r);
+
+  if (vbk_opt (a, "json")) {
+    json_object *arr = json_object_new_array ();
+
+    for (i = 0; i < n; i++) {
+      json_object *o = json_object_new_object ();
+
+      json_object_object_add (o, "name",
+                              json_object_new_string (list[i].name));
+      json_object_object_add (o, "id", json_object_new_uint64 (list[i].id));
+      json_object_object_add (o, "size",
+                              json_object_new_uint64 (list[i].size));
+      json_object_object_add (o, "time_ms",
+                              json_object_new_uint64 (list[i].time_ms));
+      json_object_array_add (arr, o);
+    }
+    vbk_print_json (arr);
+    json_object_put (arr);
+  }
+  else {
+    for (i = 0; i < n; i++)
+      if ((int) strlen (list[i].name) > w)
+        w = (int) strlen (list[i].name);
+    if (n)
+      printf ("%-*s  %8s  %10s  %s\n", w, "NAME", "ID", "SIZE", "TIME");
+    for (i = 0; i < n; i++)
+      printf ("%-*s  %8" PRIu64 "  %10s  %s\n", w, list[i].name, list[i].id,
+              format_size (list[i].size, s, sizeof s),
+              vbk_format_time (list[i].time_ms, t, sizeof t));
+  }
+  free (list);
+  return VBK_EXIT_OK;
+}
+
+static int
+cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  struct snap_ref ref;
+  struct store *st;
+  int r;
+
+  if ((r = parse_ref (a, a->argv[0], &ref)))
+    return r;
+  if (vbk_store_open (ctx, a, &st) < 0)
+    return VBK_EXIT_FAILURE;
+  vbk_clear_error ();
+  r = image_snap_remove (st, ref.image, ref.snap);
+  store_close (st);
+  if (r < 0)
+    return vbk_fail (a, r);
+  return VBK_EXIT_OK;
+}
+
+static int
+cmd_rollback (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  struct snap_opts o = { 0 };
+  struct snap_ref ref;
+  struct store *st;
+  char idbuf[300];
+  int r;
+
+  if ((r = parse_ref (a, a->argv[0], &ref)))
+    return r;
+  o.host_id = host_id (a, idbuf, sizeof idbuf);
+  if (vbk_store_open (ctx, a, &st) < 0)
+    return VBK_EXIT_FAILURE;
+  vbk_clear_error ();
+  r = snap_rollback (st, ref.image, ref.snap, vbk_opt (a, "force") != NULL,
+                     &o);
+  store_close (st);
+  if (r < 0) {
+    default_error (r, &ref, "rollback to");
+    return vbk_fail (a, r);
+  }
+  log_info ("snap rollback: %s is back at %s", ref.image, ref.snap);
+  return VBK_EXIT_OK;
+}
+
+/* ---- diff ---------------------------------------------------------------- */
+
+struct extents {
+  struct { uint64_t off, len; } *v;
+  size_t n, cap;
+};
+
+static int
+add_extent (void *arg, uint64_t off, uint64_t len, int allocated)
+{
+  struct extents *e = arg;
+
+  if (!allocated || len == 0)
+    return 0;
+  /* image_diff merges already; merge anyway so that the output never
+   * depends on how a callback was split. */
+  if (e->n && e->v[e->n - 1].off + e->v[e->n - 1].len == off) {
+    e->v[e->n - 1].len += len;
+    return 0;
+  }
+  if (e->n == e->cap) {
+    size_t cap = e->cap ? 2 * e->cap : 64;
+    void *nv = realloc (e->v, cap * sizeof *e->v);
+
+    if (nv == NULL)
+      return vbk_errno (-ENOMEM, "diff");
+    e->v = nv;
+    e->cap = cap;
+  }
+  e->v[e->n].off = off;
+  e->v[e->n].len = len;
+  e->n++;
+  return 0;
+}
+
+int
+cmd_diff (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  const char *name = a->argv[0];
+  const char *from = vbk_opt (a, "from"), *to = vbk_opt (a, "to");
+  struct extents e = { 0 };
+  struct store *st;
+  uint64_t changed = 0, t0;
+  char s[32];
+  size_t i;
+  int r;
+
+  if ((r = vbk_check_name (a, name)))
+    return r;
+  if (from == NULL)
+    return vbk_usage_error (a, "missing --from SNAP");
+  if ((r = vbk_check_name (a, from)) || (to && (r = vbk_check_name (a, to))))
+    return r;
+  if (vbk_store_open (ctx, a, &st) < 0)
+    return VBK_EXIT_FAILURE;
+  vbk_clear_error ();
+  t0 = now_mono_ns ();
+  r = image_diff (st, name, from, to, add_extent, &e);
+  store_close (st);
+  if (r < 0) {
+    free (e.v);
+    return vbk_fail (a, r);
+  }
+  for (i = 0; i < e.n; i++)
+    changed += e.v[i].len;
+
+  if (vbk_opt (a, "json")) {
+    json_object *o = json_object_new_object (), *arr;
+
+    arr = json_object_new_array ();
+    for (i = 0; i < e.n; i++) {
+      json_object *x = json_object_new_object ();
+
+      json_object_object_add (x, "offset",
+                              json_object_new_uint64 (e.v[i].off));
+      json_object_object_add (x, "length",
+                              json_object_new_uint64 (e.v[i].len));
+      json_object_array_add (arr, x);
+    }
+    json_object_object_add (o, "image", json_object_new_string (name));
+    json_object_object_add (o, "from", json_object_new_string (from));
+    json_object_object_add (o, "to", to ? json_object_new_string (to)
+                            : NULL);
+    json_object_object_add (o, "extents", arr);
+    json_object_object_add (o, "changed_bytes",
+                            json_object_new_uint64 (changed));
+    vbk_print_json (o);
+    json_object_put (o);
+  }
+  else
+    for (i = 0; i < e.n; i++)
+      printf ("%" PRIu64 " %" PRIu64 "\n", e.v[i].off, e.v[i].len);
+  log_info ("diff %s: %s..%s: %zu extents, %s changed, in %.3f ms", name,
+            from, to ? to : "(live)", e.n, format_size (changed, s, sizeof s),
+            (now_mono_ns () - t0) / 1e6);
+  free (e.v);
+  return VBK_EXIT_OK;
+}
+
+/* ---- Table --------------------------------------------------------------- */
+
+static const struct vbk_opt create_opts[] = {
+  { "group", 0, "NAME", "snapshot all the images at one instant (a "
+    "consistency group); on failure none is kept" },
+  { "host-id", 0, "ID", "who we are if nobody holds the lease and vbk "
+    "takes it for the moment (default vbk@HOSTNAME)" },
+  { NULL },
+};
+
+static const struct vbk_opt ls_opts[] = {
+  { "json", 0, NULL, "print JSON (sizes in bytes, times in ms since the "
+    "epoch)" },
+  { NULL },
+};
+
+static const struct vbk_opt rollback_opts[] = {
+  { "force", 0, NULL, "even while a host holds the lease: fence that host "
+    "first (its writes then fail)" },
+  { NULL },
+};
+
+const struct vbk_opt diff_opts[] = {
+  { "from", 0, "SNAP", "the older snapshot (required)" },
+  { "to", 0, "SNAP", "the newer snapshot (default: the live image)" },
+  { "json", 0, NULL, "print JSON (offsets and lengths in bytes)" },
+  { NULL },
+};
+
+const struct vbk_cmd snap_cmds[] = {
+  { "create", "IMAGE@SNAP [--host-id ID] | --group NAME IMAGE@SNAP...",
+    "take a crash-consistent snapshot (through the lease holder)",
+    create_opts, 1, -1, cmd_create },
+  { "ls", "IMAGE [--json]", "list an image's snapshots, oldest first",
+    ls_opts, 1, 1, cmd_ls },
+  { "rm", "IMAGE@SNAP", "remove a snapshot (its space is freed once no "
+    "other snapshot needs it)", NULL, 1, 1, cmd_rm },
+  { "rollback", "IMAGE@SNAP [--force]",
+    "put an image's bytes and size back as they were at a snapshot",
+    rollback_opts, 1, 1, cmd_rollback },
+  { NULL },
+};
