@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# cli-lease.sh - "vbk lease" end to end, once per store backend
+# (VBK_TEST_BACKENDS):
+#   without a holder: status (held false, epoch 0; text and --json with
+#   every key), release is a no-op, break fails (exit 1), usage errors
+#   (exit 2) and --help of every verb;
+#   with vbk-blockd holding the lease after a qemu-io write: status names
+#   its host id, address and store client with an expiry in the future;
+#   release makes the lease free and the next write takes it again with
+#   the epoch one higher; a holder that does not answer (SIGSTOP) makes
+#   release time out (exit 1) with a message naming "vbk lease break";
+#   two daemons writing one image in turn end in a conflict that status
+#   reports and release clears; break fences the holder: the lease is
+#   free and the fenced daemon's writes fail.
+
+. "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
+
+requires python3
+requires qemu-io
+
+S=$(new_store)
+v () { vbk --store "$S" "$@"; }
+
+# expect_status CODE REGEX CMD ARGS...: CMD exits with CODE and prints
+# exactly one line "vbk: ..." on stderr matching REGEX.
+expect_status ()
+{
+  local code=$1 re=$2 rc=0
+  shift 2
+  "$@" >"$TEST_DIR/out" 2>"$TEST_DIR/err" || rc=$?
+  [ "$rc" -eq "$code" ] ||
+    fail "expected exit $code, got $rc from: $* (stderr: $(cat "$TEST_DIR/err"))"
+  [ "$(wc -l <"$TEST_DIR/err")" -eq 1 ] ||
+    fail "expected one line on stderr from: $* (got: $(cat "$TEST_DIR/err"))"
+  grep -q '^vbk: ' "$TEST_DIR/err" ||
+    fail "stderr does not start with 'vbk: ': $(cat "$TEST_DIR/err")"
+  grep -Eq -- "$re" "$TEST_DIR/err" ||
+    fail "expected an error matching '$re' from: $* (got: $(cat "$TEST_DIR/err"))"
+}
+
+# json_check PYTHON-EXPRESSION: evaluates it with d = the JSON on stdin
+# and now = the wall clock in ms.
+json_check ()
+{
+  python3 -c '
+import json, sys, time
+d = json.load(sys.stdin)
+now = time.time() * 1000
+if not eval("(" + sys.argv[1] + ")"):
+    sys.exit("check failed: %s\nJSON: %s" % (sys.argv[1], json.dumps(d)))
+' "$1" || fail "JSON check failed: $1"
+}
+
+# field KEY: KEY of the lease status JSON of disk1.
+field () { v lease status disk1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+
+KEYS='{"image", "held", "host", "addr", "client", "epoch", "expires_ms",
+       "expires_in_ms", "handoffs", "conflict"}'
+
+# ---- Nobody holds it ---------------------------------------------------------
+
+v image create disk1 --size 64M
+v image create disk2 --size 64M
+
+v lease status disk1 --json | json_check "set(d) == $KEYS"'
+and d["image"] == "disk1" and d["held"] is False and d["epoch"] == 0
+and d["host"] is None and d["addr"] is None and d["client"] is None
+and d["expires_ms"] is None and d["expires_in_ms"] is None
+and d["handoffs"] == 0 and d["conflict"] is None'
+v lease status disk1 >"$TEST_DIR/st"
+grep -q '^image: *disk1$' "$TEST_DIR/st" || fail "status: image: $(cat "$TEST_DIR/st")"
+grep -q '^held: *no$' "$TEST_DIR/st" || fail "status: held: $(cat "$TEST_DIR/st")"
+grep -q '^epoch: *0$' "$TEST_DIR/st" || fail "status: epoch: $(cat "$TEST_DIR/st")"
+grep -q '^host:' "$TEST_DIR/st" && fail "status names a host while free"
+
+v lease release disk1 || fail "release of a free lease failed"
+expect_status 1 "disk1.*nobody holds" v lease break disk1
+expect_status 1 "nosuch.*(does not exist|no such)" v lease status nosuch
+expect_status 1 "nosuch.*(does not exist|no such)" v lease release nosuch
+expect_status 1 "nosuch.*(does not exist|no such)" v lease break nosuch
+
+# ---- Usage errors and help ---------------------------------------------------
+
+expect_status 2 "missing command" v lease
+expect_status 2 "unknown command 'steal'" v lease steal disk1
+for verb in status release break; do
+  expect_status 2 "missing argument" v lease $verb
+  expect_status 2 "unexpected argument 'extra'" v lease $verb disk1 extra
+  expect_status 2 "invalid image name" v lease $verb 'bad name'
+  expect_status 2 "invalid image name" v lease $verb disk1@snap
+  expect_status 2 "unknown option '--bogus'" v lease $verb disk1 --bogus
+  v lease $verb --help >"$TEST_DIR/help" || fail "lease $verb --help"
+  grep -q "^Usage: vbk \[GLOBAL OPTIONS\] lease $verb IMAGE" "$TEST_DIR/help" ||
+    fail "lease $verb --help: $(cat "$TEST_DIR/help")"
+  grep -q "Exit status" "$TEST_DIR/help" || fail "lease $verb --help: exit status"
+done
+for t in 0 -1 x 1.5 86401 ""; do
+  expect_status 2 "(--timeout: invalid|needs an argument)" v lease release disk1 --timeout "$t"
+done
+expect_status 2 "needs an argument" v lease release disk1 --timeout
+expect_status 2 "unknown option '--json'" v lease break disk1 --json
+v lease --help | grep -q "^  status " || fail "lease --help lacks status"
+v --help | grep -q "^  lease " || fail "vbk --help lacks lease"
+v lease status --help | grep -q -- "--json" || fail "status --help lacks --json"
+v lease release --help | grep -q -- "--timeout SECONDS" ||
+  fail "release --help lacks --timeout"
+
+# ---- A vbk-blockd holds it ---------------------------------------------------
+
+log=$TEST_DIR/blockd.log
+# start_blockd VAR SOCKET ARGS...: runs vbk-blockd on SOCKET, its pid in VAR.
+start_blockd ()
+{
+  local var=$1 sock=$2
+  shift 2
+  rm -f "$sock"
+  "$VBK_BIN/vbk-blockd" --store "$S" --socket "$sock" "$@" 2>>"$log" &
+  printf -v "$var" %s $!
+  cleanup_fn "kill -CONT $! 2>/dev/null; kill -9 $! 2>/dev/null"
+  wait_for_socket "$sock"
+}
+uri () { echo "nbd+unix:///$1?socket=$2"; }
+sock_a=$TEST_DIR/a.sock
+sock_b=$TEST_DIR/b.sock
+# write SOCKET PATTERN [IMAGE]: one qemu-io write of 64k, flushed.
+write ()
+{
+  qemu-io -f raw -c "write -P $2 0 64k" -c flush "$(uri "${3:-disk1}" "$1")" \
+    >"$TEST_DIR/qio" 2>&1
+}
+
+start_blockd pid_a "$sock_a" --host-id host-a
+write "$sock_a" 0x11 || fail "write through blockd: $(cat "$TEST_DIR/qio")"
+
+v lease status disk1 --json | json_check "set(d) == $KEYS"'
+and d["held"] is True and d["host"] == "host-a" and d["epoch"] == 1
+and isinstance(d["addr"], str) and d["addr"] != ""
+and isinstance(d["client"], str) and d["client"] != ""
+and 0 < d["expires_in_ms"] <= 60000
+and abs(d["expires_ms"] - now - d["expires_in_ms"]) < 5000
+and d["conflict"] is None'
+v lease status disk1 >"$TEST_DIR/st"
+grep -q '^held: *yes$' "$TEST_DIR/st" || fail "status: held: $(cat "$TEST_DIR/st")"
+grep -q '^host: *host-a$' "$TEST_DIR/st" || fail "status: host: $(cat "$TEST_DIR/st")"
+grep -Eq '^expires: *in [0-9.]+ s \([0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8}\)$' \
+  "$TEST_DIR/st" || fail "status: expires: $(cat "$TEST_DIR/st")"
+# disk2 was never written: free, whatever disk1 does.
+[ "$(v lease status disk2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["held"])')" = False ] ||
+  fail "disk2 held without a write"
+
+# Release: the holder lets go; the next write takes it again.
+v lease release disk1 --timeout 20 || fail "release failed"
+v lease status disk1 --json | json_check '
+d["held"] is False and d["epoch"] == 1 and d["host"] is None'
+write "$sock_a" 0x22 || fail "write after release: $(cat "$TEST_DIR/qio")"
+v lease status disk1 --json | json_check '
+d["held"] is True and d["host"] == "host-a" and d["epoch"] == 2'
+
+# A holder that does not answer: release times out.
+kill -STOP "$pid_a"
+t0=$(date +%s)
+expect_status 1 "disk1.*did not let go within 2 s.*vbk lease break disk1" \
+  v lease release disk1 --timeout 2
+t1=$(date +%s)
+kill -CONT "$pid_a"
+[ $((t1 - t0)) -le 10 ] || fail "release --timeout 2 took $((t1 - t0)) s"
+# It may have seen the request late and let go: make it hold again.
+write "$sock_a" 0x33 || fail "write after SIGCONT: $(cat "$TEST_DIR/qio")"
+[ "$(field held)" = True ] || fail "not held after SIGCONT and a write"
+
+# Two daemons writing one image in turn: the lease bounces, and after
+# too many hand-offs it is refused with a conflict that status reports.
+start_blockd pid_b "$sock_b" --host-id host-b
+for ((i = 0; i < 20; i++)); do
+  if ((i % 2)); then write "$sock_a" 0x44 || true; else write "$sock_b" 0x55 || true; fi
+  [ "$(field conflict)" != None ] && break
+done
+v lease status disk1 --json | json_check '
+d["held"] is True and d["handoffs"] >= 5
+and isinstance(d["conflict"], str) and "two writers" in d["conflict"]'
+v lease status disk1 | grep -q '^conflict: .*two writers' ||
+  fail "status text lacks the conflict: $(v lease status disk1)"
+v lease release disk1 --timeout 20 || fail "release of a conflicted lease"
+v lease status disk1 --json | json_check '
+d["held"] is False and d["conflict"] is None'
+kill -TERM "$pid_b"
+wait "$pid_b" || fail "blockd host-b did not stop cleanly"
+
+# Break: the holder is fenced; its next write fails.
+write "$sock_a" 0x66 || fail "write before break: $(cat "$TEST_DIR/qio")"
+epoch=$(field epoch)
+[ "$(field host)" = host-a ] || fail "host-a does not hold it before break"
+v lease break disk1 || fail "break failed"
+v lease status disk1 --json | json_check "
+d['held'] is False and d['epoch'] == $epoch and d['conflict'] is None"
+if write "$sock_a" 0x77; then
+  fail "the fenced daemon still writes after break"
+fi
+expect_status 1 "nobody holds" v lease break disk1
+
+# The image is intact, and another daemon can take it over.
+start_blockd pid_c "$TEST_DIR/c.sock" --host-id host-c
+qemu-io -f raw -c "read -P 0x66 0 64k" "$(uri disk1 "$TEST_DIR/c.sock")" \
+  >"$TEST_DIR/qio" 2>&1 || fail "read after break: $(cat "$TEST_DIR/qio")"
+grep -q "Pattern verification failed" "$TEST_DIR/qio" &&
+  fail "data after break: $(cat "$TEST_DIR/qio")"
+write "$TEST_DIR/c.sock" 0x88 || fail "write on host-c: $(cat "$TEST_DIR/qio")"
+v lease status disk1 --json | json_check "
+d['held'] is True and d['host'] == 'host-c' and d['epoch'] == $epoch + 1"
+kill -TERM "$pid_c"
+wait "$pid_c" || true
+kill -9 "$pid_a" 2>/dev/null || true
+echo "cli-lease: OK"
