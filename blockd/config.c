@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <ini.h>
 
@@ -29,6 +30,17 @@ nbd_srv_config_init (struct nbd_srv_config *cfg)
   cfg->store_uri = strdup (DEFAULT_STORE);
   cfg->socket_path = strdup (DEFAULT_SOCKET);
   cfg->workers = 4;
+  cfg->lease_duration_ms = LEASE_DURATION_DEFAULT_MS;
+  {
+    char host[256];
+    if (gethostname (host, sizeof host) == 0)
+      {
+        host[sizeof host - 1] = 0;
+        cfg->host_id = strdup (host);
+      }
+    else
+      cfg->host_id = strdup ("localhost");
+  }
 }
 
 void
@@ -77,12 +89,36 @@ nbd_srv_config_set (struct nbd_srv_config *cfg, const char *key,
   if (!strcmp (key, "listen"))
     return set_str (&cfg->listen_addr, value);
   if (!strcmp (key, "host_id"))
-    return set_str (&cfg->host_id, value);
+    {
+      if (*value == 0 || strlen (value) > STORE_NAME_MAX
+          || strpbrk (value, " \t\n"))
+        return vbk_errno (-EINVAL, "blockd: host_id: '%s': expected a "
+                          "name without spaces", value);
+      return set_str (&cfg->host_id, value);
+    }
   if (!strcmp (key, "read_only"))
     {
       if (parse_bool (value, &cfg->read_only) < 0)
         return vbk_errno (-EINVAL, "blockd: read_only: %s: not a boolean",
                           value);
+      return 0;
+    }
+  if (!strcmp (key, "exclusive"))
+    {
+      if (parse_bool (value, &cfg->exclusive) < 0)
+        return vbk_errno (-EINVAL, "blockd: exclusive: %s: not a boolean",
+                          value);
+      return 0;
+    }
+  if (!strcmp (key, "lease_duration"))
+    {
+      /* Seconds, fractions allowed (tests use short leases). */
+      char *end;
+      double d = strtod (value, &end);
+      if (*value == 0 || *end || !(d >= 0.5 && d <= 3600))
+        return vbk_errno (-EINVAL, "blockd: lease_duration: %s: expected "
+                          "seconds, 0.5-3600", value);
+      cfg->lease_duration_ms = (uint32_t) (d * 1000 + 0.5);
       return 0;
     }
   if (!strcmp (key, "foreground"))

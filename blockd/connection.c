@@ -194,6 +194,7 @@ nbd_srv_req_new (struct nbd_srv_conn *c, size_t bufsize)
       r->conn = c;
     }
   r->next = NULL;
+  r->leased = false;
   if (bufsize > r->cap)
     {
       void *p;
@@ -324,7 +325,7 @@ nbd_srv_conn_run (struct nbd_srv_server *srv, int fd, const char *peer)
   pthread_mutex_destroy (&c->send_lock);
   pthread_mutex_destroy (&c->lock);
   pthread_cond_destroy (&c->cond);
-  free (c->meta_export);
+  nbd_srv_meta_clear (c);
   free (c->rbuf);
   /* Last: the server waits for this before it closes the store. */
   server_remove_conn (srv, c);

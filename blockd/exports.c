@@ -14,6 +14,15 @@
  * still be looking at it.  Every connection to an image thus shares one
  * struct image: a flush on any of them covers writes acknowledged on all
  * of them (NBD_FLAG_CAN_MULTI_CONN).
+ *
+ * Three kinds of export: a writable image (its own store connection and
+ * lease, writes.c), a read-only image (the daemon is --read-only; the
+ * shared store handle) and a snapshot "IMAGE@SNAP" (read-only, the
+ * shared handle).  Live images start with an untrusted object map: some
+ * other host may write them.  An export whose lease was lost stays in the
+ * table for the connections that use it, but lookups treat it like one
+ * whose count reached zero: the next open unlinks it and opens a fresh
+ * one.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -28,6 +37,7 @@ struct nbd_srv_exports {
   struct cds_lfht *ht;
   struct store *store;
   bool read_only;
+  struct nbd_srv_lease_cfg lease_cfg;
   pthread_mutex_t open_lock;
 };
 
@@ -52,22 +62,48 @@ name_match (struct cds_lfht_node *node, const void *key)
   return strcmp (e->name, key) == 0;
 }
 
+static void
+lease_cfg_free (struct nbd_srv_lease_cfg *lc)
+{
+  free (lc->store_uri);
+  free (lc->host_id);
+  free (lc->addr);
+}
+
 int
-nbd_srv_exports_new (struct store *st, bool read_only,
+nbd_srv_exports_new (struct store *st, const struct nbd_srv_config *cfg,
                      struct nbd_srv_exports **out)
 {
   struct nbd_srv_exports *t = calloc (1, sizeof *t);
+  struct nbd_srv_lease_cfg *lc;
+  const char *addr;
 
   if (!t)
     return -ENOMEM;
+  lc = &t->lease_cfg;
+  /* Where other hosts find us: the TCP address if any, else the socket. */
+  addr = cfg->listen_addr && *cfg->listen_addr ? cfg->listen_addr
+    : cfg->socket_path && *cfg->socket_path ? cfg->socket_path : "-";
+  lc->store_uri = strdup (cfg->store_uri);
+  lc->host_id = strdup (cfg->host_id ? cfg->host_id : "localhost");
+  lc->addr = strdup (addr);
+  lc->duration_ms = cfg->lease_duration_ms;
+  lc->exclusive = cfg->exclusive;
+  if (!lc->store_uri || !lc->host_id || !lc->addr)
+    {
+      lease_cfg_free (lc);
+      free (t);
+      return -ENOMEM;
+    }
   t->ht = cds_lfht_new (16, 16, 0, CDS_LFHT_AUTO_RESIZE, NULL);
   if (!t->ht)
     {
+      lease_cfg_free (lc);
       free (t);
       return vbk_errno (-ENOMEM, "blockd: exports: cds_lfht_new");
     }
   t->store = st;
-  t->read_only = read_only;
+  t->read_only = cfg->read_only;
   pthread_mutex_init (&t->open_lock, NULL);
   *out = t;
   return 0;
@@ -83,7 +119,17 @@ nbd_srv_exports_free (struct nbd_srv_exports *t)
   rcu_barrier ();
   cds_lfht_destroy (t->ht, NULL);
   pthread_mutex_destroy (&t->open_lock);
+  lease_cfg_free (&t->lease_cfg);
   free (t);
+}
+
+static void
+export_free (struct nbd_srv_export *e)
+{
+  pthread_mutex_destroy (&e->snap_lock);
+  free (e->image);
+  free (e->name);
+  free (e);
 }
 
 static void
@@ -91,8 +137,7 @@ export_free_rcu (struct rcu_head *head)
 {
   struct nbd_srv_export *e = caa_container_of (head, struct nbd_srv_export,
                                                rcu);
-  free (e->name);
-  free (e);
+  export_free (e);
 }
 
 /* Takes a reference unless the count already reached zero. */
@@ -124,7 +169,8 @@ lookup_get (struct nbd_srv_exports *t, const char *name, unsigned long hash,
       struct nbd_srv_export *e = caa_container_of (node,
                                                    struct nbd_srv_export,
                                                    node);
-      if (ref_get_unless_zero (e))
+      /* A dead export (lease lost) is as good as gone for new users. */
+      if (!atomic_load (&e->dead) && ref_get_unless_zero (e))
         found = e;
       else if (dying)
         *dying = e;
@@ -134,12 +180,98 @@ lookup_get (struct nbd_srv_exports *t, const char *name, unsigned long hash,
 }
 
 int
+nbd_srv_export_name_split (const char *name, char **image, const char **snap)
+{
+  const char *at = strchr (name, '@');
+  char *img;
+  int r;
+
+  *snap = NULL;
+  img = at ? strndup (name, at - name) : strdup (name);
+  if (!img)
+    return -ENOMEM;
+  r = image_name_check (img);
+  if (r == 0 && at)
+    {
+      r = image_name_check (at + 1);
+      *snap = at + 1;
+    }
+  if (r < 0)
+    {
+      free (img);
+      return r;
+    }
+  *image = img;
+  return 0;
+}
+
+static void
+export_close (struct nbd_srv_export *e)
+{
+  if (e->lease || e->store)
+    nbd_srv_export_close_rw (e);
+  else
+    image_close (e->img);
+  e->img = NULL;
+}
+
+/* Opens export NAME (not yet in the table); NULL with *ERR on failure. */
+static struct nbd_srv_export *
+export_open (struct nbd_srv_exports *t, const char *name, int *err)
+{
+  struct nbd_srv_export *e;
+  struct image_info info;
+  int r;
+
+  e = calloc (1, sizeof *e);
+  if (!e || !(e->name = strdup (name)))
+    {
+      free (e);
+      *err = vbk_errno (-ENOMEM, "blockd: export %s", name);
+      return NULL;
+    }
+  pthread_mutex_init (&e->snap_lock, NULL);
+  r = nbd_srv_export_name_split (name, &e->image, &e->snap);
+  if (r < 0)
+    goto fail;
+  if (e->snap)
+    {
+      /* Points into e->name, which outlives it. */
+      e->snap = e->name + (e->snap - name);
+      e->read_only = true;
+      r = image_open_snap (t->store, e->image, e->snap, &e->img);
+      /* A snapshot never changes: its map is always right. */
+      atomic_store (&e->trusted, true);
+    }
+  else if (t->read_only)
+    {
+      e->read_only = true;
+      r = image_open (t->store, e->image, IMAGE_OPEN_RDONLY, &e->img);
+      if (r == 0)
+        r = image_set_trusted (e->img, 0);
+    }
+  else
+    r = nbd_srv_export_open_rw (e, &t->lease_cfg);
+  if (r < 0)
+    goto fail;
+  image_get_info (e->img, &info);
+  e->size = info.size;
+  e->object_size = info.object_size;
+  return e;
+
+ fail:
+  export_close (e);
+  export_free (e);
+  *err = r;
+  return NULL;
+}
+
+int
 nbd_srv_export_get (struct nbd_srv_exports *t, const char *name,
                     struct nbd_srv_export **out)
 {
   unsigned long hash = name_hash (name);
   struct nbd_srv_export *e, *dying;
-  struct image_info info;
   int r;
 
   e = lookup_get (t, name, hash, NULL);
@@ -149,44 +281,23 @@ nbd_srv_export_get (struct nbd_srv_exports *t, const char *name,
       return 0;
     }
 
-  r = image_name_check (name);
-  if (r < 0)
-    return r;
-
   pthread_mutex_lock (&t->open_lock);
   e = lookup_get (t, name, hash, &dying);
   if (e)
     goto out;
   if (dying)
     {
-      /* Its last user is closing it: unlink it now so that the new open
-       * below can be added (the closer's own del then finds it gone). */
+      /* Its last user is closing it, or its lease is lost: unlink it now
+       * so that the new open below can be added (the closer's own del
+       * then finds it gone). */
       rcu_read_lock ();
       cds_lfht_del (t->ht, &dying->node);
       rcu_read_unlock ();
     }
 
-  e = calloc (1, sizeof *e);
-  if (!e || !(e->name = strdup (name)))
-    {
-      free (e);
-      e = NULL;
-      r = vbk_errno (-ENOMEM, "blockd: export %s", name);
-      goto out;
-    }
-  r = image_open (t->store, name, t->read_only ? IMAGE_OPEN_RDONLY : 0,
-                  &e->img);
-  if (r < 0)
-    {
-      free (e->name);
-      free (e);
-      e = NULL;
-      goto out;
-    }
-  image_get_info (e->img, &info);
-  e->size = info.size;
-  e->object_size = info.object_size;
-  e->read_only = t->read_only;
+  e = export_open (t, name, &r);
+  if (!e)
+    goto out;
   e->table = t;
   atomic_init (&e->refs, 1);
   cds_lfht_node_init (&e->node);
@@ -194,7 +305,9 @@ nbd_srv_export_get (struct nbd_srv_exports *t, const char *name,
   cds_lfht_add (t->ht, hash, &e->node);
   rcu_read_unlock ();
   log_info ("export %s opened (%" PRIu64 " bytes, object size %u%s)",
-            name, e->size, e->object_size, e->read_only ? ", read-only" : "");
+            name, e->size, e->object_size,
+            e->snap ? ", snapshot, read-only"
+            : e->read_only ? ", read-only" : "");
 
  out:
   pthread_mutex_unlock (&t->open_lock);
@@ -223,7 +336,7 @@ nbd_srv_export_put (struct nbd_srv_export *e)
   rcu_read_unlock ();
   pthread_mutex_unlock (&t->open_lock);
 
-  image_close (e->img);
+  export_close (e);
   log_info ("export %s closed", e->name);
   call_rcu (&e->rcu, export_free_rcu);
 }

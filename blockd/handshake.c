@@ -28,8 +28,25 @@
 #include "internal.h"
 #include "nbd-protocol.h"
 
-/* The context id we give base:allocation in NBD_OPT_SET_META_CONTEXT. */
-#define META_ID_BASE_ALLOCATION 1
+/* qemu docs/interop/nbd.rst: "qemu:dirty-bitmap:<name>". */
+#define META_QEMU "qemu:"
+#define META_DIRTY_BITMAP "qemu:dirty-bitmap:"
+#define META_BASE "base:"
+
+void
+nbd_srv_meta_clear (struct nbd_srv_conn *c)
+{
+  unsigned i;
+
+  for (i = 0; i < c->meta_nbitmaps; i++)
+    free (c->meta_bitmaps[i]);
+  free (c->meta_bitmaps);
+  c->meta_bitmaps = NULL;
+  c->meta_nbitmaps = 0;
+  c->meta_base_alloc = false;
+  free (c->meta_export);
+  c->meta_export = NULL;
+}
 
 uint16_t
 nbd_srv_export_flags (const struct nbd_srv_conn *c,
@@ -221,8 +238,9 @@ opt_info_go (struct nbd_srv_conn *c, uint32_t option, const char *data,
   if (want_desc)
     {
       char desc[256], sz[32], osz[32];
-      snprintf (desc, sizeof desc, "vbk image %s, %s, objects of %s%s",
-                e->name, format_size (e->size, sz, sizeof sz),
+      snprintf (desc, sizeof desc, "vbk %s %s, %s, objects of %s%s",
+                e->snap ? "snapshot" : "image", e->name,
+                format_size (e->size, sz, sizeof sz),
                 format_size (e->object_size, osz, sizeof osz),
                 e->read_only ? ", read-only" : "");
       if (send_info_string (c, option, NBD_INFO_DESCRIPTION, desc) < 0)
@@ -238,8 +256,8 @@ opt_info_go (struct nbd_srv_conn *c, uint32_t option, const char *data,
       return 0;
     }
   /* BLOCK_STATUS needs SET_META_CONTEXT on this same export name. */
-  if (c->meta_base_alloc && strcmp (c->meta_export, name) != 0)
-    c->meta_base_alloc = false;
+  if (c->meta_export && strcmp (c->meta_export, name) != 0)
+    nbd_srv_meta_clear (c);
   c->exp = e;
   free (name);
   return 1;
@@ -286,8 +304,8 @@ opt_export_name (struct nbd_srv_conn *c, const char *data, uint32_t len)
       free (name);
       return -1;
     }
-  if (c->meta_base_alloc && strcmp (c->meta_export, name) != 0)
-    c->meta_base_alloc = false;
+  if (c->meta_export && strcmp (c->meta_export, name) != 0)
+    nbd_srv_meta_clear (c);
   c->exp = e;
   free (name);
   return 1;
@@ -310,45 +328,80 @@ opt_list (struct nbd_srv_conn *c, uint32_t len)
   for (i = 0; i < n; i++)
     {
       uint32_t l = htobe32 ((uint32_t) strlen (list[i].name));
+      struct image_snap *snaps = NULL;
+      size_t ns = 0, k;
+
       if (send_reply2 (c, NBD_OPT_LIST, NBD_REP_SERVER, &l, 4, list[i].name,
                        strlen (list[i].name)) < 0)
         {
           free (list);
           return -1;
         }
+      /* Snapshots are exports too (IMAGE@SNAP): one omap listing per
+       * image.  An image removed meanwhile just has none. */
+      if (image_snap_list (c->srv->store, list[i].name, &snaps, &ns) < 0)
+        continue;
+      for (k = 0; k < ns; k++)
+        {
+          char full[2 * IMAGE_NAME_MAX + 2];
+          int m = snprintf (full, sizeof full, "%s@%s", list[i].name,
+                            snaps[k].name);
+          l = htobe32 ((uint32_t) m);
+          if (send_reply2 (c, NBD_OPT_LIST, NBD_REP_SERVER, &l, 4, full, m)
+              < 0)
+            {
+              free (snaps);
+              free (list);
+              return -1;
+            }
+        }
+      free (snaps);
     }
+  vbk_clear_error ();
   free (list);
   return send_reply (c, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
 }
 
 static int
-send_meta_context (struct nbd_srv_conn *c, uint32_t option, uint32_t id)
+send_meta_context (struct nbd_srv_conn *c, uint32_t option, uint32_t id,
+                   const char *prefix, const char *name)
 {
+  char buf[2 * NBD_MAX_STRING];
   uint32_t be = htobe32 (id);
-  return send_reply2 (c, option, NBD_REP_META_CONTEXT, &be, 4,
-                      NBD_META_BASE_ALLOCATION,
-                      strlen (NBD_META_BASE_ALLOCATION));
+  int n = snprintf (buf, sizeof buf, "%s%s", prefix, name ? name : "");
+
+  return send_reply2 (c, option, NBD_REP_META_CONTEXT, &be, 4, buf, n);
 }
 
-/* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. */
+static bool
+query_is (const char *q, uint32_t ql, const char *s)
+{
+  return ql == strlen (s) && memcmp (q, s, ql) == 0;
+}
+
+/* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT (proto.md,
+ * "Metadata querying").  Contexts: base:allocation on every export, and
+ * on a live export qemu:dirty-bitmap:SNAP for each snapshot SNAP of the
+ * image.  LIST also takes the wildcards "base:", "qemu:" and
+ * "qemu:dirty-bitmap:", and with no query lists everything; SET takes
+ * exact names only.  Unknown queries select nothing. */
 static int
 opt_meta_context (struct nbd_srv_conn *c, uint32_t option, const char *data,
                   uint32_t len)
 {
   bool set = option == NBD_OPT_SET_META_CONTEXT;
   uint32_t namelen, nq, pos, i;
-  bool match = false;
+  bool base = false, *pick = NULL;
+  struct image_snap *snaps = NULL;
+  size_t ns = 0, k, npicked = 0;
   struct image_info info;
-  char *name;
+  const char *snap;
+  char *name = NULL, *image = NULL;
   int r;
 
   if (set)
-    {
-      /* Replaces the selection even if this request fails. */
-      c->meta_base_alloc = false;
-      free (c->meta_export);
-      c->meta_export = NULL;
-    }
+    /* Replaces the selection even if this request fails. */
+    nbd_srv_meta_clear (c);
   if (!c->structured)
     return send_error (c, option, NBD_REP_ERR_INVALID,
                        "negotiate structured replies first");
@@ -372,49 +425,130 @@ opt_meta_context (struct nbd_srv_conn *c, uint32_t option, const char *data,
       if (ql > len - pos)
         return send_error (c, option, NBD_REP_ERR_INVALID,
                            "query %" PRIu32 " length past the option", i);
-      if ((ql == strlen (NBD_META_BASE_ALLOCATION)
-           && memcmp (data + pos, NBD_META_BASE_ALLOCATION, ql) == 0)
-          || (!set && ql == 5 && memcmp (data + pos, "base:", 5) == 0))
-        match = true;
       pos += ql;
     }
   if (pos != len)
     return send_error (c, option, NBD_REP_ERR_INVALID,
                        "option length does not match its queries");
-  if (!set && nq == 0)
-    match = true;
 
   name = dup_name (data + 4, namelen);
   if (!name)
     return send_error (c, option, NBD_REP_ERR_INVALID, "invalid export name");
-  r = image_name_check (name);
-  if (r == 0)
-    r = image_stat (c->srv->store, name, &info);
+  r = nbd_srv_export_name_split (name, &image, &snap);
+  if (r == 0 && snap)
+    {
+      /* A snapshot export: only base:allocation, if the snapshot exists. */
+      r = image_snap_list (c->srv->store, image, &snaps, &ns);
+      for (k = 0; r == 0 && k < ns && strcmp (snaps[k].name, snap) != 0; k++)
+        ;
+      if (r == 0 && k == ns)
+        {
+          vbk_set_error ("no such snapshot");
+          r = -ENOENT;
+        }
+      free (snaps);
+      snaps = NULL;
+      ns = 0;
+    }
+  else if (r == 0)
+    {
+      r = image_stat (c->srv->store, image, &info);
+      if (r == 0)
+        r = image_snap_list (c->srv->store, image, &snaps, &ns);
+    }
   if (r < 0)
     {
       r = send_error (c, option, NBD_REP_ERR_UNKNOWN, "%s: %s", name,
                       r == -ENOENT ? "no such image" : vbk_error ());
-      free (name);
-      return r;
+      goto out;
+    }
+  pick = calloc (ns + 1, sizeof *pick);
+  if (!pick)
+    {
+      r = send_error (c, option, NBD_REP_ERR_INVALID, "out of memory");
+      goto out;
     }
 
-  if (match)
+  if (!set && nq == 0)
     {
-      if (send_meta_context (c, option, set ? META_ID_BASE_ALLOCATION : 0)
-          < 0)
+      base = true;
+      for (k = 0; k < ns; k++)
+        pick[k] = true;
+    }
+  for (i = 0, pos = 8 + namelen; i < nq; i++)
+    {
+      uint32_t ql = get_be32 (data + pos);
+      const char *q = data + pos + 4;
+      size_t pl = strlen (META_DIRTY_BITMAP);
+
+      pos += 4 + ql;
+      if (query_is (q, ql, NBD_META_BASE_ALLOCATION)
+          || (!set && query_is (q, ql, META_BASE)))
+        base = true;
+      else if (!set && (query_is (q, ql, META_QEMU)
+                        || query_is (q, ql, META_DIRTY_BITMAP)))
+        for (k = 0; k < ns; k++)
+          pick[k] = true;
+      else if (ql > pl && memcmp (q, META_DIRTY_BITMAP, pl) == 0)
+        for (k = 0; k < ns; k++)
+          if (query_is (q + pl, ql - (uint32_t) pl, snaps[k].name))
+            pick[k] = true;
+    }
+
+  if (set)
+    {
+      for (k = 0; k < ns; k++)
+        npicked += pick[k];
+      c->meta_export = name;
+      name = NULL;
+      c->meta_base_alloc = base;
+      if (npicked)
         {
-          free (name);
-          return -1;
-        }
-      if (set)
-        {
-          c->meta_base_alloc = true;
-          c->meta_export = name;
-          name = NULL;
+          c->meta_bitmaps = calloc (npicked, sizeof *c->meta_bitmaps);
+          if (!c->meta_bitmaps)
+            {
+              nbd_srv_meta_clear (c);
+              r = send_error (c, option, NBD_REP_ERR_INVALID,
+                              "out of memory");
+              goto out;
+            }
+          for (k = 0; k < ns; k++)
+            if (pick[k]
+                && !(c->meta_bitmaps[c->meta_nbitmaps]
+                     = strdup (snaps[k].name)))
+              {
+                nbd_srv_meta_clear (c);
+                r = send_error (c, option, NBD_REP_ERR_INVALID,
+                                "out of memory");
+                goto out;
+              }
+            else if (pick[k])
+              c->meta_nbitmaps++;
         }
     }
+
+  r = 0;
+  if (base && send_meta_context (c, option, set ? NBD_SRV_META_ID_BASE : 0,
+                                 NBD_META_BASE_ALLOCATION, NULL) < 0)
+    r = -1;
+  for (k = 0, i = 0; r == 0 && k < ns; k++)
+    if (pick[k])
+      {
+        if (send_meta_context (c, option,
+                               set ? NBD_SRV_META_ID_BITMAP0 + i : 0,
+                               META_DIRTY_BITMAP, snaps[k].name) < 0)
+          r = -1;
+        i++;
+      }
+  if (r == 0)
+    r = send_reply (c, option, NBD_REP_ACK, NULL, 0);
+
+ out:
+  free (pick);
+  free (snaps);
+  free (image);
   free (name);
-  return send_reply (c, option, NBD_REP_ACK, NULL, 0);
+  return r;
 }
 
 int

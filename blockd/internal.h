@@ -11,7 +11,9 @@
  * thread completes a request (a store thread for aio, a worker for
  * synchronous calls), serialised per connection by send_lock.  Exports
  * (exports.c) are open images shared by every connection to the same
- * image, found through an RCU hash table.
+ * image, found through an RCU hash table.  A writable export has its own
+ * store connection and the image's lease (writes.c): writes wait for the
+ * lease, and a lost lease kills the export, not the daemon.
  */
 #ifndef VBK_BLOCKD_INTERNAL_H
 #define VBK_BLOCKD_INTERNAL_H
@@ -27,6 +29,8 @@
 #include <urcu/rculfhash.h>
 
 #include "image/image.h"
+#include "locks/lease.h"
+#include "snapshot/snapshot.h"
 #include "store/store.h"
 
 /* Largest READ/WRITE/CACHE payload we accept (and advertise). */
@@ -45,7 +49,9 @@ struct nbd_srv_config {
   char *store_uri;          /* local:/var/lib/vbk */
   char *socket_path;        /* NULL: no Unix socket */
   char *listen_addr;        /* HOST:PORT, NULL: no TCP */
-  char *host_id;
+  char *host_id;            /* default: the host name */
+  uint32_t lease_duration_ms;
+  bool exclusive;           /* leases refuse automatic hand-off */
   bool read_only;
   bool foreground;
   int verbose;
@@ -65,12 +71,22 @@ void nbd_srv_config_free (struct nbd_srv_config *cfg);
 /* ---- exports.c ---------------------------------------------------------- */
 
 struct nbd_srv_export {
-  char *name;
+  char *name;               /* as clients name it: IMAGE or IMAGE@SNAP */
+  char *image;              /* the image's name */
+  const char *snap;         /* in NAME after the '@'; NULL: the live image */
   struct image *img;
   uint64_t size;
   uint32_t object_size;
   bool read_only;
   atomic_uint refs;
+  /* writable live exports (writes.c) */
+  struct store *store;      /* this export's own store connection */
+  struct lease *lease;
+  pthread_mutex_t snap_lock; /* snaps against the lease's command hook */
+  struct snap_server *snaps;
+  atomic_bool trusted;      /* the image's object map is ours to trust */
+  atomic_bool ever_held;    /* this export has held the lease */
+  atomic_bool dead;         /* the lease is lost: writes and flushes fail */
   /* private to exports.c */
   struct nbd_srv_exports *table;
   struct cds_lfht_node node;
@@ -79,16 +95,54 @@ struct nbd_srv_export {
 
 struct nbd_srv_exports;
 
-int nbd_srv_exports_new (struct store *st, bool read_only,
+/* ST serves read-only and snapshot exports; writable ones open their own
+ * connection to CFG->store_uri. */
+int nbd_srv_exports_new (struct store *st, const struct nbd_srv_config *cfg,
                          struct nbd_srv_exports **out);
 /* All exports must have been put. */
 void nbd_srv_exports_free (struct nbd_srv_exports *t);
-/* Finds the open export NAME or opens the image.  The caller puts it.
- * Errors: -ENOENT (no such image), -EINVAL (bad name), store errors. */
+/* Finds the open export NAME (IMAGE, or IMAGE@SNAP: that snapshot, read
+ * only) or opens it; an export whose lease was lost is replaced by a
+ * fresh one.  The caller puts it.
+ * Errors: -ENOENT (no such image or snapshot), -EINVAL (bad name), store
+ * errors. */
 int nbd_srv_export_get (struct nbd_srv_exports *t, const char *name,
                         struct nbd_srv_export **out);
 /* Drops a reference; the last one closes (flushes) the image. */
 void nbd_srv_export_put (struct nbd_srv_export *e);
+/* Splits NAME into IMAGE and SNAP (NULL when NAME has no '@') and checks
+ * both.  Caller frees *IMAGE.  Errors: -EINVAL, -ENOMEM. */
+int nbd_srv_export_name_split (const char *name, char **image,
+                               const char **snap);
+
+/* ---- writes.c ----------------------------------------------------------- */
+
+/* What a writable export needs for its lease. */
+struct nbd_srv_lease_cfg {
+  char *store_uri;
+  char *host_id;
+  char *addr;
+  uint32_t duration_ms;
+  bool exclusive;
+};
+
+/* Opens E->image writable on a new connection to the store, untrusted,
+ * with its lease (taken by the first write) and snapshot server. */
+int nbd_srv_export_open_rw (struct nbd_srv_export *e,
+                            const struct nbd_srv_lease_cfg *lc);
+/* Stops the snapshot server, releases the lease (flushing), closes the
+ * image and the connection.  No request may be in flight. */
+void nbd_srv_export_close_rw (struct nbd_srv_export *e);
+/* Before a write (WRITE, TRIM, WRITE_ZEROES): waits for the lease.
+ * Returns 1 if the write must be ended with nbd_srv_write_end, 0 if no
+ * lease guards this export, or -errno (-EIO: the lease is lost; -EBUSY:
+ * refused by an exclusive holder or as two writers; -ETIMEDOUT) with a
+ * message. */
+int nbd_srv_write_begin (struct nbd_srv_export *e);
+void nbd_srv_write_end (struct nbd_srv_export *e);
+/* FLUSH: nothing to do if the lease was never held here; -EIO once it
+ * is lost. */
+int nbd_srv_export_flush (struct nbd_srv_export *e);
 
 /* ---- workers.c ---------------------------------------------------------- */
 
@@ -155,6 +209,7 @@ struct nbd_srv_req {
   uint32_t count;
   char *buf;                 /* READ/WRITE data, reused */
   size_t cap;
+  bool leased;               /* a write counted by the export's lease */
   /* structured READ: the extents of the range (holes are not read) */
   unsigned next_ext;
   uint32_t ext_len[8];
@@ -174,7 +229,10 @@ struct nbd_srv_conn {
   /* negotiated state (reader thread only, read-only in completions) */
   bool no_zeroes;
   bool structured;
-  bool meta_base_alloc;      /* base:allocation selected */
+  bool meta_base_alloc;      /* base:allocation selected (context id 1) */
+  char **meta_bitmaps;       /* qemu:dirty-bitmap:SNAP selected: the
+                                SNAPs, context ids 2, 3, ... */
+  unsigned meta_nbitmaps;
   char *meta_export;         /* name given with SET_META_CONTEXT */
   struct nbd_srv_export *exp;
   uint16_t eflags;
@@ -221,6 +279,12 @@ int nbd_srv_handshake (struct nbd_srv_conn *c);
 /* Transmission flags of export E for connection C. */
 uint16_t nbd_srv_export_flags (const struct nbd_srv_conn *c,
                                const struct nbd_srv_export *e);
+/* Forgets the selected metadata contexts. */
+void nbd_srv_meta_clear (struct nbd_srv_conn *c);
+
+/* Context ids we give in NBD_OPT_SET_META_CONTEXT. */
+#define NBD_SRV_META_ID_BASE 1
+#define NBD_SRV_META_ID_BITMAP0 2
 
 /* ---- protocol.c --------------------------------------------------------- */
 

@@ -7,8 +7,8 @@
  * in the foreground and logs to stderr: under systemd (Type=simple)
  * that goes to the journal; --foreground is accepted for scripts that
  * pass it.  SIGTERM and SIGINT stop it cleanly: no new connections, the
- * requests in flight are answered, images are flushed and closed, exit
- * status 0.
+ * requests in flight are answered, leases are released (after a
+ * flush), images are closed, exit status 0.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -45,10 +45,16 @@ usage (FILE *f)
 "  --socket PATH      Unix socket (default /run/vbk/blockd.sock; when only\n"
 "                     --listen is given, no Unix socket unless --socket)\n"
 "  --listen HOST:PORT also listen on TCP (e.g. 0.0.0.0:10809, [::1]:10809)\n"
-"  --host-id ID       this host's identity (for leases)\n"
+"  --host-id ID       this host's identity in image leases (default: the\n"
+"                     host name)\n"
+"  --lease-duration S how long a lease lasts unrenewed, in seconds\n"
+"                     (default 15): a dead host's images move after that\n"
+"  --exclusive        keep the leases we take: no automatic hand-off to\n"
+"                     another host (only 'vbk lease release' moves them)\n"
 "  --config FILE      settings file: key = value lines with the keys\n"
-"                     store, socket, listen, host_id, read_only, workers,\n"
-"                     verbose (flags override it)\n"
+"                     store, socket, listen, host_id, lease_duration,\n"
+"                     exclusive, read_only, workers, verbose (flags\n"
+"                     override it)\n"
 "  --read-only        serve every export read-only\n"
 "  --workers N        threads for flush/trim/zero calls (default 4)\n"
 "  --foreground       accepted for compatibility: vbk-blockd never\n"
@@ -57,15 +63,21 @@ usage (FILE *f)
 "  -v, --verbose      debug logging\n"
 "  -h, --help         this text\n"
 "\n"
+"Exports: IMAGE (writable: the first write takes the image's lease,\n"
+"asking its holder on another host to hand it over), IMAGE@SNAP (a\n"
+"snapshot, read-only).  Metadata contexts: base:allocation, and on a live\n"
+"export qemu:dirty-bitmap:SNAP (objects changed since snapshot SNAP).\n"
+"\n"
 "SIGTERM/SIGINT: stop accepting, answer and flush what is in flight,\n"
-"exit 0.\n");
+"release the leases, exit 0.\n");
 }
 
 int
 main (int argc, char **argv)
 {
   enum { OPT_STORE = 256, OPT_SOCKET, OPT_LISTEN, OPT_HOST_ID, OPT_CONFIG,
-         OPT_FOREGROUND, OPT_READ_ONLY, OPT_WORKERS };
+         OPT_FOREGROUND, OPT_READ_ONLY, OPT_WORKERS, OPT_LEASE_DURATION,
+         OPT_EXCLUSIVE };
   static const struct option longopts[] = {
     { "store", required_argument, NULL, OPT_STORE },
     { "socket", required_argument, NULL, OPT_SOCKET },
@@ -75,6 +87,8 @@ main (int argc, char **argv)
     { "foreground", no_argument, NULL, OPT_FOREGROUND },
     { "read-only", no_argument, NULL, OPT_READ_ONLY },
     { "workers", required_argument, NULL, OPT_WORKERS },
+    { "lease-duration", required_argument, NULL, OPT_LEASE_DURATION },
+    { "exclusive", no_argument, NULL, OPT_EXCLUSIVE },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -101,6 +115,8 @@ main (int argc, char **argv)
         case OPT_CONFIG: config_file = optarg; break;
         case OPT_FOREGROUND: break;
         case OPT_READ_ONLY: key = "read_only"; optarg = (char *) "true"; break;
+        case OPT_LEASE_DURATION: key = "lease_duration"; break;
+        case OPT_EXCLUSIVE: key = "exclusive"; optarg = (char *) "true"; break;
         case 'v': verbose++; break;
         case 'h': usage (stdout); return 0;
         default: usage (stderr); return 2;
@@ -167,9 +183,10 @@ main (int argc, char **argv)
   sigaction (SIGTERM, &sa, NULL);
   sigaction (SIGINT, &sa, NULL);
 
-  log_info ("serving store %s%s%s%s", cfg.store_uri,
-            cfg.read_only ? " read-only" : "",
-            cfg.host_id ? " as host " : "", cfg.host_id ? cfg.host_id : "");
+  log_info ("serving store %s%s as host %s (leases of %.1f s%s)",
+            cfg.store_uri, cfg.read_only ? " read-only" : "", cfg.host_id,
+            cfg.lease_duration_ms / 1000.0,
+            cfg.exclusive ? ", exclusive" : "");
   r = nbd_srv_server_run (the_server);
   nbd_srv_server_free (the_server);
   the_server = NULL;

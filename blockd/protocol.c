@@ -9,7 +9,11 @@
  * page-aligned buffer, and starts the work: READ and WRITE through
  * image_aio_* (the reply is sent from the completion, on a store
  * thread), FLUSH, TRIM and WRITE_ZEROES on the worker pool, CACHE and
- * BLOCK_STATUS (the in-memory object map) on the reader thread itself.
+ * BLOCK_STATUS (the object map, or for a dirty bitmap the image's
+ * changed-block diff) on the reader thread itself.  A write first passes
+ * the export's lease (nbd_srv_write_begin, writes.c) on the reader
+ * thread, so writes wait there, in order, while the lease is handed over
+ * to us; they end it when they complete.
  * So many requests are in flight per connection and replies go out in
  * the order they complete.  Errors: every -errno passes through the one
  * table in nbd_srv_errno_to_nbd.  A request that cannot be framed (bad
@@ -298,6 +302,11 @@ write_done (void *arg, ssize_t ret)
 {
   struct nbd_srv_req *r = arg;
 
+  if (r->leased)
+    {
+      r->leased = false;
+      nbd_srv_write_end (r->conn->exp);
+    }
   if (ret < 0)
     {
       log_warn ("connection %s: write %" PRIu32 " at %" PRIu64 ": %s",
@@ -320,7 +329,7 @@ nbd_srv_req_run_sync (struct nbd_srv_req *r)
   switch (r->type)
     {
     case NBD_CMD_FLUSH:
-      ret = image_flush (img);
+      ret = nbd_srv_export_flush (r->conn->exp);
       break;
     case NBD_CMD_TRIM:
       what = "trim";
@@ -335,6 +344,11 @@ nbd_srv_req_run_sync (struct nbd_srv_req *r)
     default:
       ret = -EINVAL;
       break;
+    }
+  if (r->leased)
+    {
+      r->leased = false;
+      nbd_srv_write_end (r->conn->exp);
     }
   if (ret < 0)
     {
@@ -357,12 +371,11 @@ struct extent_acc {
   uint64_t covered;
 };
 
+/* Appends LEN bytes of FLAGS, merging with the last descriptor.  Returns
+ * 1 when full (a short reply is allowed). */
 static int
-extent_cb (void *arg, uint64_t off, uint64_t len, int allocated)
+acc_add (struct extent_acc *a, uint64_t len, uint32_t flags)
 {
-  struct extent_acc *a = arg;
-  uint32_t flags = allocated ? 0 : (NBD_STATE_HOLE | NBD_STATE_ZERO);
-
   while (len > 0)
     {
       uint32_t l = len > 0x80000000u ? 0x80000000u : (uint32_t) len;
@@ -372,7 +385,7 @@ extent_cb (void *arg, uint64_t off, uint64_t len, int allocated)
       else
         {
           if (a->n == a->max)
-            return 1;                 /* full: a short reply is allowed */
+            return 1;
           a->d[a->n].length = htobe32 (l);
           a->d[a->n].status_flags = htobe32 (flags);
           a->n++;
@@ -383,40 +396,125 @@ extent_cb (void *arg, uint64_t off, uint64_t len, int allocated)
   return 0;
 }
 
+static int
+extent_cb (void *arg, uint64_t off, uint64_t len, int allocated)
+{
+  return acc_add (arg, len, allocated ? 0 : (NBD_STATE_HOLE | NBD_STATE_ZERO));
+}
+
+/* qemu:dirty-bitmap:SNAP (qemu docs/interop/nbd.rst): bit 0 set where the
+ * image changed since SNAP.  image_diff reports the changed extents of
+ * the whole image, in order; we keep [pos, end) and fill the gaps with
+ * clean extents. */
+struct dirty_acc {
+  struct extent_acc *a;
+  uint64_t pos, end;
+};
+
+#define NBD_STATE_DIRTY 1u
+
+static int
+dirty_cb (void *arg, uint64_t off, uint64_t len, int changed)
+{
+  struct dirty_acc *da = arg;
+  uint64_t s = off, e = off + len;
+
+  if (e <= da->pos)
+    return 0;
+  if (s >= da->end)
+    return 1;                         /* past the request: done */
+  if (s < da->pos)
+    s = da->pos;
+  if (e > da->end)
+    e = da->end;
+  if (s > da->pos && acc_add (da->a, s - da->pos, 0))
+    return 1;
+  if (acc_add (da->a, e - s, NBD_STATE_DIRTY))
+    return 1;
+  da->pos = e;
+  return da->pos >= da->end;
+}
+
+/* Fills A for context ID of request Q.  Returns 0 or -errno. */
+static int
+block_status_of (struct nbd_srv_conn *c, const struct nbd_srv_req *q,
+                 uint32_t id, struct extent_acc *a)
+{
+  struct nbd_srv_export *e = c->exp;
+  uint64_t end = q->offset + q->count;
+  int ret;
+
+  if (end > e->size)
+    end = e->size;
+  if (id == NBD_SRV_META_ID_BASE)
+    {
+      ret = image_extents (e->img, q->offset, q->count, extent_cb, a);
+      return ret < 0 ? ret : 0;
+    }
+  else
+    {
+      struct dirty_acc da = { a, q->offset, end };
+      const char *snap = c->meta_bitmaps[id - NBD_SRV_META_ID_BITMAP0];
+
+      ret = image_diff (e->store ? e->store : c->srv->store, e->image, snap,
+                        NULL, dirty_cb, &da);
+      if (ret < 0)
+        return ret;
+      if (da.pos < end)
+        acc_add (a, end - da.pos, 0);
+      return 0;
+    }
+}
+
 static void
 do_block_status (struct nbd_srv_conn *c, const struct nbd_srv_req *q)
 {
   struct nbd_block_descriptor d[MAX_EXTENTS];
-  struct extent_acc a = { d, 0, MAX_EXTENTS, 0 };
-  struct nbd_structured_reply h;
-  uint32_t id = htobe32 (1);
-  int ret;
+  unsigned nctx = (c->meta_base_alloc ? 1 : 0) + c->meta_nbitmaps, i, k = 0;
 
-  if (q->flags & NBD_CMD_FLAG_REQ_ONE)
-    a.max = 1;
-  ret = image_extents (c->exp->img, q->offset, q->count, extent_cb, &a);
-  if (ret < 0)
+  /* One BLOCK_STATUS chunk per selected context; DONE on the last. */
+  for (i = 0; i < 1 + c->meta_nbitmaps; i++)
     {
-      send_error (c, q->type, q->handle, nbd_srv_errno_to_nbd (ret),
-                  "block status failed");
-      return;
+      struct extent_acc a = { d, 0, MAX_EXTENTS, 0 };
+      struct nbd_structured_reply h;
+      uint32_t id = i == 0 ? NBD_SRV_META_ID_BASE : NBD_SRV_META_ID_BITMAP0
+        + (i - 1);
+      uint32_t beid = htobe32 (id);
+      int ret;
+
+      if (i == 0 && !c->meta_base_alloc)
+        continue;
+      k++;
+      if (q->flags & NBD_CMD_FLAG_REQ_ONE)
+        a.max = 1;
+      ret = block_status_of (c, q, id, &a);
+      if (ret < 0)
+        {
+          char msg[256];
+          snprintf (msg, sizeof msg, "block status: %s", vbk_error ());
+          log_warn ("connection %s: %s", c->peer, msg);
+          send_error (c, q->type, q->handle, nbd_srv_errno_to_nbd (ret),
+                      msg);
+          return;
+        }
+      if (a.n == 0)
+        {
+          /* Cannot happen for an in-range request; never send an empty
+           * list. */
+          d[0].length = htobe32 (q->count);
+          d[0].status_flags = 0;
+          a.n = 1;
+        }
+      set_chunk (&h, k == nctx ? NBD_REPLY_FLAG_DONE : 0,
+                 NBD_REPLY_TYPE_BLOCK_STATUS, q->handle,
+                 4 + a.n * sizeof d[0]);
+      {
+        struct iovec iov[3] = {
+          { &h, sizeof h }, { &beid, 4 }, { d, a.n * sizeof d[0] },
+        };
+        nbd_srv_conn_send (c, iov, 3);
+      }
     }
-  if (a.n == 0)
-    {
-      /* Cannot happen for an in-range request; never send an empty
-       * list. */
-      d[0].length = htobe32 (q->count);
-      d[0].status_flags = 0;
-      a.n = 1;
-    }
-  set_chunk (&h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, q->handle,
-             4 + a.n * sizeof d[0]);
-  {
-    struct iovec iov[3] = {
-      { &h, sizeof h }, { &id, 4 }, { d, a.n * sizeof d[0] },
-    };
-    nbd_srv_conn_send (c, iov, 3);
-  }
 }
 
 /* ---- Reads -------------------------------------------------------------- */
@@ -449,7 +547,10 @@ map_read (struct nbd_srv_req *r)
   int ret;
 
   r->next_ext = 0;
-  if (!(r->flags & NBD_CMD_FLAG_DF))
+  /* An untrusted map would be reread from the store for every read: the
+   * store's own sparse reads are cheaper. */
+  if (!(r->flags & NBD_CMD_FLAG_DF)
+      && atomic_load (&r->conn->exp->trusted))
     {
       ret = image_extents (r->conn->exp->img, r->offset, r->count,
                            read_extent_cb, r);
@@ -474,6 +575,37 @@ all_holes (const struct nbd_srv_req *r)
 }
 
 /* ---- The request loop --------------------------------------------------- */
+
+static const char *
+cmd_name (uint16_t type)
+{
+  static const char *const names[] = {
+    "read", "write", "disc", "flush", "trim", "cache", "write-zeroes",
+    "block-status",
+  };
+  return type < 8 ? names[type] : "unknown";
+}
+
+/* Passes write R through its export's lease (waiting while the lease is
+ * handed over to us).  Returns true if the write may go on; else it has
+ * been answered with an error and ended. */
+static bool
+lease_gate (struct nbd_srv_req *r)
+{
+  int ret = nbd_srv_write_begin (r->conn->exp);
+  char msg[600];
+
+  if (ret >= 0)
+    {
+      r->leased = ret > 0;
+      return true;
+    }
+  snprintf (msg, sizeof msg, "%s: %s", cmd_name (r->type), vbk_error ());
+  log_warn ("connection %s: %s", r->conn->peer, msg);
+  send_error (r->conn, r->type, r->handle, nbd_srv_errno_to_nbd (ret), msg);
+  nbd_srv_req_done (r);
+  return false;
+}
 
 /* Waits until there is room for one more request of BYTES. */
 static void
@@ -500,15 +632,6 @@ release_room (struct nbd_srv_conn *c, size_t bytes)
   pthread_mutex_unlock (&c->lock);
 }
 
-static const char *
-cmd_name (uint16_t type)
-{
-  static const char *const names[] = {
-    "read", "write", "disc", "flush", "trim", "cache", "write-zeroes",
-    "block-status",
-  };
-  return type < 8 ? names[type] : "unknown";
-}
 
 void
 nbd_srv_transmission (struct nbd_srv_conn *c)
@@ -520,7 +643,7 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
   lim.size = c->exp->size;
   lim.read_only = c->exp->read_only;
   lim.structured = c->structured;
-  lim.meta = c->meta_base_alloc;
+  lim.meta = c->meta_base_alloc || c->meta_nbitmaps > 0;
 
   for (;;)
     {
@@ -647,14 +770,13 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
               nbd_srv_req_done (r);
               break;
             }
+          if (!lease_gate (r))
+            break;
           ret = image_aio_write (img, r->buf, q.count, q.offset,
                                  (q.flags & NBD_CMD_FLAG_FUA) ? IMAGE_FUA : 0,
                                  write_done, r);
           if (ret < 0)
-            {
-              reply_errno (r, ret, "write");
-              nbd_srv_req_done (r);
-            }
+            write_done (r, ret);
           break;
 
         case NBD_CMD_WRITE_ZEROES:
@@ -687,6 +809,10 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
           r->type = q.type;
           r->handle = q.handle;
           r->offset = q.offset;
+          r->count = 0;         /* room was taken for 0 bytes */
+          r->leased = false;
+          if (q.type != NBD_CMD_FLUSH && !lease_gate (r))
+            break;
           r->count = q.count;
           nbd_srv_workers_queue (c->srv->workers, r);
           break;

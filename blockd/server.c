@@ -48,7 +48,7 @@ nbd_srv_server_new (const struct nbd_srv_config *cfg,
   if (r < 0)
     goto fail;
   srv->inline_io = strcmp (store_backend (srv->store), "local") == 0;
-  r = nbd_srv_exports_new (srv->store, cfg->read_only, &srv->exports);
+  r = nbd_srv_exports_new (srv->store, cfg, &srv->exports);
   if (r < 0)
     goto fail;
   r = nbd_srv_workers_new (cfg->workers, &srv->workers);
