@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT
  *
  * image-cmd.c - the "vbk image" verbs: create, ls, info, resize, rm,
- * import, export.
+ * import, export (of the image or, as NAME@SNAP, of a snapshot).
  *
  * Each verb checks its arguments first (a malformed size, object size or
  * name is a usage error, exit 2, before the store is even opened), then
@@ -361,6 +361,7 @@ static int
 cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
 {
   const char *name = a->argv[0], *file = a->argv[1];
+  struct vbk_snap_ref ref = { "" };
   struct copy_stats stats = { 0 };
   struct image *img = NULL;
   struct store *st;
@@ -368,13 +369,19 @@ cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
   uint64_t size;
   int fd = -1, r, sparse, created = 0;
 
-  if ((r = vbk_check_name (a, name)))
+  /* NAME@SNAP exports a snapshot. */
+  if (strchr (name, '@') ? (r = vbk_parse_snap_ref (a, name, &ref))
+      : (r = vbk_check_name (a, name)))
     return r;
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
   vbk_catch_signals (1);
   vbk_clear_error ();
-  if ((r = image_open (st, name, IMAGE_OPEN_RDONLY, &img)) < 0)
+  if (ref.image[0])
+    r = image_open_snap (st, ref.image, ref.snap, &img);
+  else
+    r = image_open (st, name, IMAGE_OPEN_RDONLY, &img);
+  if (r < 0)
     goto out;
   size = image_size (img);
 
@@ -478,8 +485,9 @@ const struct vbk_cmd image_cmds[] = {
   { "import", "FILE NAME [--object-size SIZE]",
     "create image NAME from a raw FILE, skipping holes and zero blocks",
     import_opts, 2, 2, cmd_import },
-  { "export", "NAME FILE",
-    "write an image to a raw FILE (sparse; created or overwritten)",
+  { "export", "NAME[@SNAP] FILE",
+    "write an image, or a snapshot of it, to a raw FILE (sparse; created "
+    "or overwritten)",
     NULL, 2, 2, cmd_export },
   { NULL },
 };

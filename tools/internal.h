@@ -95,6 +95,18 @@ int vbk_usage_error (const struct vbk_args *a, const char *fmt, ...)
  * reason as a usage error and returns VBK_EXIT_USAGE. */
 int vbk_check_name (const struct vbk_args *a, const char *name);
 
+/* A snapshot on the command line: IMAGE@SNAP. */
+struct vbk_snap_ref {
+  char image[IMAGE_NAME_MAX + 1];
+  char snap[IMAGE_NAME_MAX + 1];
+};
+
+/* Parses ARG as IMAGE@SNAP into *REF, strictly: exactly one '@', both
+ * sides valid names.  Returns 0, or prints a usage error and returns
+ * VBK_EXIT_USAGE. */
+int vbk_parse_snap_ref (const struct vbk_args *a, const char *arg,
+                        struct vbk_snap_ref *ref);
+
 /* Prints O on stdout, pretty, with a newline. */
 void vbk_print_json (json_object *o);
 

@@ -31,55 +31,7 @@
 #include "snapshot/snapshot.h"
 #include "internal.h"
 
-/* One IMAGE@SNAP argument. */
-struct snap_ref {
-  char image[IMAGE_NAME_MAX + 1];
-  char snap[IMAGE_NAME_MAX + 1];
-};
-
 /* ---- Argument checks ----------------------------------------------------- */
-
-/* Parses ARG as IMAGE@SNAP into *REF.  Returns 0, or an exit status. */
-static int
-parse_ref (const struct vbk_args *a, const char *arg, struct snap_ref *ref)
-{
-  const char *at = strchr (arg, '@');
-  const char *msg;
-  size_t n;
-
-  if (at == NULL)
-    return vbk_usage_error (a, "'%s': expected IMAGE@SNAP", arg);
-  if (strchr (at + 1, '@'))
-    return vbk_usage_error (a, "'%s': expected IMAGE@SNAP with exactly one "
-                            "'@'", arg);
-  n = at - arg;
-  if (n == 0)
-    return vbk_usage_error (a, "'%s': missing image name before '@'", arg);
-  if (at[1] == '\0')
-    return vbk_usage_error (a, "'%s': missing snapshot name after '@'", arg);
-  if (n > IMAGE_NAME_MAX)
-    n = IMAGE_NAME_MAX + 1;     /* too long: image_name_check says so */
-  {
-    char image[IMAGE_NAME_MAX + 2];
-
-    snprintf (image, sizeof image, "%.*s", (int) n, arg);
-    vbk_clear_error ();
-    if (image_name_check (image) < 0)
-      return vbk_usage_error (a, "'%s': %s", arg, vbk_error ());
-    snprintf (ref->image, sizeof ref->image, "%s", image);
-  }
-  vbk_clear_error ();
-  if (image_name_check (at + 1) < 0) {
-    /* The rule is the same for snapshots; say which part is wrong. */
-    msg = vbk_error ();
-    if (strncmp (msg, "invalid image name", 18) == 0)
-      return vbk_usage_error (a, "'%s': invalid snapshot name%s", arg,
-                              msg + 18);
-    return vbk_usage_error (a, "'%s': %s", arg, msg);
-  }
-  snprintf (ref->snap, sizeof ref->snap, "%s", at + 1);
-  return 0;
-}
 
 /* Who we are for a temporary lease: --host-id, else "vbk@HOSTNAME". */
 static const char *
@@ -101,7 +53,7 @@ host_id (const struct vbk_args *a, char *buf, size_t len)
  * (closing its temporary lease clears this thread's message): say at
  * least what failed. */
 static void
-default_error (int r, const struct snap_ref *ref, const char *what)
+default_error (int r, const struct vbk_snap_ref *ref, const char *what)
 {
   if (vbk_error ()[0])
     return;
@@ -122,7 +74,7 @@ create_group (struct vbk_ctx *ctx, struct vbk_args *a, const char *group,
               const struct snap_opts *o)
 {
   const char **images = NULL, **snaps = NULL;
-  struct snap_ref *refs;
+  struct vbk_snap_ref *refs;
   struct store *st;
   uint64_t t0;
   int i, j, r;
@@ -137,7 +89,7 @@ create_group (struct vbk_ctx *ctx, struct vbk_args *a, const char *group,
     goto out;
   }
   for (i = 0; i < a->argc; i++) {
-    if ((r = parse_ref (a, a->argv[i], &refs[i])))
+    if ((r = vbk_parse_snap_ref (a, a->argv[i], &refs[i])))
       goto out;
     for (j = 0; j < i; j++)
       if (strcmp (refs[j].image, refs[i].image) == 0) {
@@ -179,7 +131,7 @@ cmd_create (struct vbk_ctx *ctx, struct vbk_args *a)
 {
   const char *group = vbk_opt (a, "group");
   struct snap_opts o = { 0 };
-  struct snap_ref ref;
+  struct vbk_snap_ref ref;
   struct store *st;
   char idbuf[300];
   uint64_t pause_us = 0, t0;
@@ -191,7 +143,7 @@ cmd_create (struct vbk_ctx *ctx, struct vbk_args *a)
   if (a->argc > 1)
     return vbk_usage_error (a, "several snapshots at one instant need "
                             "--group NAME");
-  if ((r = parse_ref (a, a->argv[0], &ref)))
+  if ((r = vbk_parse_snap_ref (a, a->argv[0], &ref)))
     return r;
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
@@ -268,11 +220,11 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
 static int
 cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
 {
-  struct snap_ref ref;
+  struct vbk_snap_ref ref;
   struct store *st;
   int r;
 
-  if ((r = parse_ref (a, a->argv[0], &ref)))
+  if ((r = vbk_parse_snap_ref (a, a->argv[0], &ref)))
     return r;
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
@@ -288,12 +240,12 @@ static int
 cmd_rollback (struct vbk_ctx *ctx, struct vbk_args *a)
 {
   struct snap_opts o = { 0 };
-  struct snap_ref ref;
+  struct vbk_snap_ref ref;
   struct store *st;
   char idbuf[300];
   int r;
 
-  if ((r = parse_ref (a, a->argv[0], &ref)))
+  if ((r = vbk_parse_snap_ref (a, a->argv[0], &ref)))
     return r;
   o.host_id = host_id (a, idbuf, sizeof idbuf);
   if (vbk_store_open (ctx, a, &st) < 0)

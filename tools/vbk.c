@@ -133,6 +133,45 @@ vbk_check_name (const struct vbk_args *a, const char *name)
   return 0;
 }
 
+int
+vbk_parse_snap_ref (const struct vbk_args *a, const char *arg,
+                    struct vbk_snap_ref *ref)
+{
+  const char *at = strchr (arg, '@');
+  char image[IMAGE_NAME_MAX + 2];
+  const char *msg;
+  size_t n;
+
+  if (at == NULL)
+    return vbk_usage_error (a, "'%s': expected IMAGE@SNAP", arg);
+  if (strchr (at + 1, '@'))
+    return vbk_usage_error (a, "'%s': expected IMAGE@SNAP with exactly one "
+                            "'@'", arg);
+  n = at - arg;
+  if (n == 0)
+    return vbk_usage_error (a, "'%s': missing image name before '@'", arg);
+  if (at[1] == '\0')
+    return vbk_usage_error (a, "'%s': missing snapshot name after '@'", arg);
+  if (n > IMAGE_NAME_MAX)
+    n = IMAGE_NAME_MAX + 1;     /* too long: image_name_check says so */
+  snprintf (image, sizeof image, "%.*s", (int) n, arg);
+  vbk_clear_error ();
+  if (image_name_check (image) < 0)
+    return vbk_usage_error (a, "'%s': %s", arg, vbk_error ());
+  vbk_clear_error ();
+  if (image_name_check (at + 1) < 0) {
+    /* The rule is the same for snapshots; say which part is wrong. */
+    msg = vbk_error ();
+    if (strncmp (msg, "invalid image name", 18) == 0)
+      return vbk_usage_error (a, "'%s': invalid snapshot name%s", arg,
+                              msg + 18);
+    return vbk_usage_error (a, "'%s': %s", arg, msg);
+  }
+  snprintf (ref->image, sizeof ref->image, "%s", image);
+  snprintf (ref->snap, sizeof ref->snap, "%s", at + 1);
+  return 0;
+}
+
 void
 vbk_print_json (json_object *o)
 {
