@@ -6,19 +6,32 @@
 #   without a holder: status (held false, epoch 0; text and --json with
 #   every key), release is a no-op, break fails (exit 1), usage errors
 #   (exit 2) and --help of every verb;
-#   with vbk-blockd holding the lease after a qemu-io write: status names
-#   its host id, address and store client with an expiry in the future;
-#   release makes the lease free and the next write takes it again with
-#   the epoch one higher; a holder that does not answer (SIGSTOP) makes
-#   release time out (exit 1) with a message naming "vbk lease break";
-#   two daemons writing one image in turn end in a conflict that status
-#   reports and release clears; break fences the holder: the lease is
-#   free and the fenced daemon's writes fail.
+#   with vbk-blockd holding the lease after a qemu-io write (a client
+#   stays connected, as a VM would, so that blockd keeps the export and
+#   its lease): status names its host id, address and store client with
+#   an expiry in the future; release makes the lease free and the next
+#   write takes it again with the epoch one higher; a holder that does
+#   not answer (SIGSTOP) makes release time out (exit 1) with a message
+#   naming "vbk lease break"; two daemons writing one image in turn end
+#   in a conflict that status reports and release clears; break fences
+#   the holder: the lease is free, the connected client's writes fail,
+#   and a new client gets a fresh export that takes the lease again.
 
 . "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
 
 requires python3
 requires qemu-io
+
+# The Debian python has the libnbd bindings (python3-libnbd); another
+# python3 first on PATH may not.
+py=
+for p in /usr/bin/python3 python3; do
+  if command -v "$p" >/dev/null && "$p" -c 'import nbd' 2>/dev/null; then
+    py=$p
+    break
+  fi
+done
+[ -n "$py" ] || fail "no python3 with the nbd module (install python3-libnbd)"
 
 S=$(new_store)
 v () { vbk --store "$S" "$@"; }
@@ -131,7 +144,76 @@ write ()
     >"$TEST_DIR/qio" 2>&1
 }
 
+# A client that stays connected, as a VM's disk does: blockd keeps the
+# export open, and its lease once written.  It reads commands on stdin
+# ("write PATTERN OFFSET LENGTH", "flush") and answers "ok" or
+# "error: ...".
+cat >"$TEST_DIR/vm.py" <<'PY'
+import sys
+import nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+print("ready", flush=True)
+for line in sys.stdin:
+    op, *a = line.split()
+    try:
+        if op == "write":
+            h.pwrite(bytes([int(a[0], 0)]) * int(a[2]), int(a[1]))
+        elif op == "flush":
+            h.flush()
+        print("ok", flush=True)
+    except nbd.Error as e:
+        print("error: %s" % e, flush=True)
+PY
+declare -A vm_fd vm_pid vm_lines
+vm_reply=
+# vm_wait NAME: waits for the next answer of vm NAME into $vm_reply;
+# 0 if it is "ok" (or "ready").
+vm_wait ()
+{
+  local name=$1 n=$((vm_lines[$1] + 1)) i line
+  for ((i = 0; i < 1200; i++)); do
+    line=$(sed -n "${n}p" "$TEST_DIR/vm-$name.out")
+    if [ -n "$line" ]; then
+      vm_lines[$name]=$n
+      vm_reply=$line
+      [ "$line" = ok ] || [ "$line" = ready ]
+      return
+    fi
+    if ! kill -0 "${vm_pid[$name]}" 2>/dev/null; then
+      vm_reply="exited: $(cat "$TEST_DIR/vm-$name.out")"
+      return 1
+    fi
+    sleep 0.05
+  done
+  vm_reply="no answer in 60 s"
+  return 1
+}
+# vm_start NAME URI: connects vm NAME to URI.
+vm_start ()
+{
+  local name=$1 fd
+  mkfifo "$TEST_DIR/vm-$name.in"
+  "$py" "$TEST_DIR/vm.py" "$2" <"$TEST_DIR/vm-$name.in" \
+    >"$TEST_DIR/vm-$name.out" 2>&1 &
+  vm_pid[$name]=$!
+  cleanup_fn "kill -9 ${vm_pid[$name]} 2>/dev/null"
+  exec {fd}>"$TEST_DIR/vm-$name.in"
+  vm_fd[$name]=$fd
+  vm_lines[$name]=0
+  vm_wait "$name" || fail "vm $name did not connect: $vm_reply"
+}
+# vm NAME COMMAND: 0 if vm NAME ran COMMAND ("ok").
+vm () { echo "$2" >&"${vm_fd[$1]}"; vm_wait "$1"; }
+# vm_stop NAME: disconnects vm NAME.
+vm_stop ()
+{
+  eval "exec ${vm_fd[$1]}>&-"
+  wait "${vm_pid[$1]}" || true
+}
+
 start_blockd pid_a "$sock_a" --host-id host-a
+vm_start a "$(uri disk1 "$sock_a")"
 write "$sock_a" 0x11 || fail "write through blockd: $(cat "$TEST_DIR/qio")"
 
 v lease status disk1 --json | json_check "set(d) == $KEYS"'
@@ -154,7 +236,7 @@ grep -Eq '^expires: *in [0-9.]+ s \([0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8}\)$' \
 v lease release disk1 --timeout 20 || fail "release failed"
 v lease status disk1 --json | json_check '
 d["held"] is False and d["epoch"] == 1 and d["host"] is None'
-write "$sock_a" 0x22 || fail "write after release: $(cat "$TEST_DIR/qio")"
+vm a "write 0x22 0 65536" || fail "write after release: $vm_reply"
 v lease status disk1 --json | json_check '
 d["held"] is True and d["host"] == "host-a" and d["epoch"] == 2'
 
@@ -167,14 +249,16 @@ t1=$(date +%s)
 kill -CONT "$pid_a"
 [ $((t1 - t0)) -le 10 ] || fail "release --timeout 2 took $((t1 - t0)) s"
 # It may have seen the request late and let go: make it hold again.
-write "$sock_a" 0x33 || fail "write after SIGCONT: $(cat "$TEST_DIR/qio")"
+vm a "write 0x33 0 65536" || fail "write after SIGCONT: $vm_reply"
 [ "$(field held)" = True ] || fail "not held after SIGCONT and a write"
 
 # Two daemons writing one image in turn: the lease bounces, and after
 # too many hand-offs it is refused with a conflict that status reports.
 start_blockd pid_b "$sock_b" --host-id host-b
-for ((i = 0; i < 20; i++)); do
-  if ((i % 2)); then write "$sock_a" 0x44 || true; else write "$sock_b" 0x55 || true; fi
+vm_start b "$(uri disk1 "$sock_b")"
+for ((i = 0; i < 30; i++)); do
+  if ((i % 2)); then vm a "write 0x44 0 4096" || true
+  else vm b "write 0x55 0 4096" || true; fi
   [ "$(field conflict)" != None ] && break
 done
 v lease status disk1 --json | json_check '
@@ -185,31 +269,35 @@ v lease status disk1 | grep -q '^conflict: .*two writers' ||
 v lease release disk1 --timeout 20 || fail "release of a conflicted lease"
 v lease status disk1 --json | json_check '
 d["held"] is False and d["conflict"] is None'
+vm_stop b
 kill -TERM "$pid_b"
 wait "$pid_b" || fail "blockd host-b did not stop cleanly"
 
-# Break: the holder is fenced; its next write fails.
-write "$sock_a" 0x66 || fail "write before break: $(cat "$TEST_DIR/qio")"
+# Break: the holder is fenced; the connected client's writes fail.
+vm a "write 0x66 0 65536" || fail "write before break: $vm_reply"
+vm a flush || fail "flush before break: $vm_reply"
 epoch=$(field epoch)
 [ "$(field host)" = host-a ] || fail "host-a does not hold it before break"
 v lease break disk1 || fail "break failed"
 v lease status disk1 --json | json_check "
 d['held'] is False and d['epoch'] == $epoch and d['conflict'] is None"
-if write "$sock_a" 0x77; then
-  fail "the fenced daemon still writes after break"
+if vm a "write 0x77 0 65536"; then
+  fail "the fenced export still writes after break"
 fi
 expect_status 1 "nobody holds" v lease break disk1
 
-# The image is intact, and another daemon can take it over.
-start_blockd pid_c "$TEST_DIR/c.sock" --host-id host-c
-qemu-io -f raw -c "read -P 0x66 0 64k" "$(uri disk1 "$TEST_DIR/c.sock")" \
+# The image is intact, and a new client gets a fresh export that takes
+# the lease again.
+qemu-io -f raw -c "read -P 0x66 0 64k" "$(uri disk1 "$sock_a")" \
   >"$TEST_DIR/qio" 2>&1 || fail "read after break: $(cat "$TEST_DIR/qio")"
 grep -q "Pattern verification failed" "$TEST_DIR/qio" &&
   fail "data after break: $(cat "$TEST_DIR/qio")"
-write "$TEST_DIR/c.sock" 0x88 || fail "write on host-c: $(cat "$TEST_DIR/qio")"
+vm_start c "$(uri disk1 "$sock_a")"
+vm c "write 0x88 0 65536" || fail "write on a fresh export: $vm_reply"
 v lease status disk1 --json | json_check "
-d['held'] is True and d['host'] == 'host-c' and d['epoch'] == $epoch + 1"
-kill -TERM "$pid_c"
-wait "$pid_c" || true
-kill -9 "$pid_a" 2>/dev/null || true
+d['held'] is True and d['host'] == 'host-a' and d['epoch'] == $epoch + 1"
+vm_stop c
+vm_stop a
+kill -TERM "$pid_a"
+wait "$pid_a" || fail "blockd host-a did not stop cleanly"
 echo "cli-lease: OK"
