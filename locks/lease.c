@@ -322,6 +322,8 @@ acquire (struct lease *l, uint64_t *epoch_out)
     char prev[STORE_CLIENT_MAX];
     ssize_t n = store_xattr_get (l->st, l->hdr, "lease_holder", prev,
                                  sizeof prev - 1);
+    log_debug ("lease %s: previous holder record: %zd (%.*s), we are %s",
+               l->hdr, n, n > 0 ? (int) n : 0, prev, store_client_id (l->st));
     if (n > 0) {
       prev[MIN ((size_t) n, sizeof prev - 1)] = '\0';
       if (strcmp (prev, store_client_id (l->st)) != 0) {
@@ -445,6 +447,7 @@ lease_thread (void *arg)
         r = l->hooks.acquired (l->arg, epoch);
       pthread_mutex_lock (&l->lock);
       if (r == 0) {
+        l->acquire_err = 0;
         lease_sm_acquired (&l->sm, now_wall_ms (), epoch);
         log_info ("lease %s: acquired, epoch %" PRIu64, l->hdr, epoch);
       }
@@ -747,8 +750,10 @@ wait_held_locked (struct lease *l)
              && l->sm.state != LEASE_LOST && !l->stop)
         pthread_cond_wait (&l->cond, &l->lock);
       l->want--;
-      if (l->acquire_gen != gen && l->sm.state != LEASE_HELD
-          && l->sm.state != LEASE_LOST) {
+      /* Only a failed attempt fails the write; after a successful one
+       * the lease may already have moved on: just look again. */
+      if (l->acquire_gen != gen && l->acquire_err < 0
+          && l->sm.state != LEASE_HELD && l->sm.state != LEASE_LOST) {
         vbk_set_error ("%s", l->errmsg);
         return l->acquire_err == -EBUSY ? -EBUSY
           : l->acquire_err == -ETIMEDOUT ? -ETIMEDOUT : -EIO;

@@ -1812,6 +1812,14 @@ rs_fence (void *h, const char *client, uint32_t expire_s)
                            expire_s ? expire_s : DEFAULT_FENCE_S);
   if (r < 0)
     return vbk_errno (map_err (r), "store: rados: fence: %s", client);
+  /* Our next operations must carry the osdmap that has the blocklist
+   * entry: an OSD then takes that map before serving them, and from
+   * then on refuses the fenced client.  Without it a write of the fenced
+   * client could still land after ours (seen here). */
+  r = rados_wait_for_latest_osdmap (st->conn->cluster);
+  if (r < 0)
+    return vbk_errno (map_err (r), "store: rados: fence: %s: osdmap",
+                      client);
   return 0;
 }
 

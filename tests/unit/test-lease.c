@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "locks/lease.h"
 #include "testutil.h"
@@ -200,11 +201,34 @@ test_exclusive_refuses (void **state)
   host_close (&a);
 }
 
-/* A child process that takes the lease, writes "C" marks every 5 ms and
- * reports each acknowledged one on FD ("+") or a failure ("-"). */
+/* The holder process: takes the lease, writes "CC" every 5 ms and
+ * reports each acknowledged write on FD ("+") or a failure ("-").  It is
+ * a fresh exec of this program (see main), not a bare fork: a forked
+ * copy would share the parent's random state, and RADOS would give both
+ * the same client address. */
+static char *self_path;
+
+static int
+holder_main (const char *uri, int fd, uint32_t duration_ms)
+{
+  struct fixture f;
+  struct host c;
+
+  memset (&f, 0, sizeof f);
+  snprintf (f.uri, sizeof f.uri, "%s", uri);
+  host_open (&f, &c, "host-c", duration_ms, false, 0);
+  for (;;) {
+    char ch = guarded_write (&c, "CC") == 0 ? '+' : '-';
+    if (write (fd, &ch, 1) != 1)
+      return 1;
+    usleep (5000);
+  }
+}
+
 static pid_t
 spawn_holder (struct fixture *f, uint32_t duration_ms, int *rfd)
 {
+  char fdbuf[16], durbuf[16];
   int p[2];
   pid_t pid;
 
@@ -212,15 +236,12 @@ spawn_holder (struct fixture *f, uint32_t duration_ms, int *rfd)
   pid = fork ();
   assert_true (pid >= 0);
   if (pid == 0) {
-    struct host c;
     close (p[0]);
-    host_open (f, &c, "host-c", duration_ms, false, 0);
-    for (;;) {
-      char ch = guarded_write (&c, "CC") == 0 ? '+' : '-';
-      if (write (p[1], &ch, 1) != 1)
-        _exit (1);
-      usleep (5000);
-    }
+    snprintf (fdbuf, sizeof fdbuf, "%d", p[1]);
+    snprintf (durbuf, sizeof durbuf, "%u", duration_ms);
+    execl (self_path, self_path, "--holder", f->uri, fdbuf, durbuf,
+           (char *) NULL);
+    _exit (127);
   }
   close (p[1]);
   *rfd = p[0];
@@ -294,8 +315,11 @@ test_stopped_holder_is_fenced (void **state)
   close (rfd);
   fprintf (stderr, "stopped holder after CONT: %d failed, %d succeeded\n",
            minus, plus);
-  assert_int_equal (plus, 0);
-  assert_true (minus >= 10);
+  /* A write the child had in flight when it was stopped may have landed
+   * before the fence and be acknowledged after CONT: at most that one.
+   * Everything after it fails, and B's data stays. */
+  assert_true (plus <= 1);
+  assert_true (minus >= 9);
   check_data (f, "BB");
   assert_int_equal (guarded_write (&b, "B2"), 0);
   check_data (f, "B2");
@@ -321,6 +345,7 @@ bounce_thread (void *arg)
   for (i = 0; !*b->stop && now_mono_ns () < end; i++) {
     int r = guarded_write (b->h, b->mark);
     if (r < 0) {
+      fprintf (stderr, "%s: %s\n", b->mark, vbk_error ());
       b->result = r;
       *b->stop = 1;
       return NULL;
@@ -349,6 +374,8 @@ test_two_writers_bounce (void **state)
   pthread_join (ta, NULL);
   pthread_join (tb, NULL);
   /* One of them was refused. */
+  fprintf (stderr, "bounce: A %d, B %d (%s)\n", ba.result, bb.result,
+           vbk_error ());
   assert_true (ba.result == -EBUSY || bb.result == -EBUSY);
   assert_int_equal (lease_status_get (f->admin, HDR, &s), 0);
   assert_non_null (strstr (s.conflict, "two writers"));
@@ -394,8 +421,11 @@ test_break_fences_holder (void **state)
 }
 
 int
-main (void)
+main (int argc, char **argv)
 {
+  if (argc == 5 && strcmp (argv[1], "--holder") == 0)
+    return holder_main (argv[2], atoi (argv[3]), atoi (argv[4]));
+  self_path = argv[0];
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown (test_handoff_a_b_a, setup, teardown),
     cmocka_unit_test_setup_teardown (test_exclusive_refuses, setup,
@@ -411,5 +441,7 @@ main (void)
   };
 
   signal (SIGPIPE, SIG_IGN);
+  if (getenv ("VBK_DEBUG"))
+    log_level = LOG_LVL_DEBUG;
   return cmocka_run_group_tests_name (test_store_kind (), tests, NULL, NULL);
 }
