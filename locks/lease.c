@@ -590,7 +590,7 @@ on_notify (void *arg, int err, const void *payload, size_t len,
   }
   snprintf (msg, sizeof msg, "%.*s", (int) MIN (len, sizeof msg - 1),
             (const char *) payload);
-  if (sscanf (msg, "release %255s %d", host, &explicit) < 1) {
+  if (sscanf (msg, "release %250s %d", host, &explicit) < 1) {
     pthread_mutex_unlock (&l->lock);
     if (l->hooks.command)
       run_command (l, payload, len, reply, reply_max, reply_len);

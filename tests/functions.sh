@@ -27,10 +27,18 @@ _cleanup_fns=()
 cleanup_fn () { _cleanup_fns+=("$*"); }
 _run_cleanup ()
 {
-  local rc=$? i
+  local rc=$? i f
   for ((i = ${#_cleanup_fns[@]} - 1; i >= 0; i--)); do
     eval "${_cleanup_fns[$i]}" || true
   done
+  # On failure, show the end of every daemon log the test kept.
+  if [ "$rc" -ne 0 ]; then
+    for f in "$TEST_DIR"/*.log; do
+      [ -f "$f" ] || continue
+      echo "---- last lines of $(basename "$f"):" >&2
+      tail -n 80 "$f" >&2
+    done
+  fi
   rm -rf "$TEST_DIR"
   exit $rc
 }
