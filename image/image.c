@@ -20,9 +20,9 @@
  * - A resize of an open image swaps the in-memory map (image_refresh);
  *   old maps are kept until image_close so lock-free readers never see
  *   freed memory.
- * - Every I/O is split at object boundaries and issued as store aio; a
- *   request completes when its last part does.  Synchronous calls wait
- *   for the asynchronous path, so there is one I/O path.
+ * - Every I/O is split at object boundaries.  Asynchronous calls issue
+ *   store aio per piece and complete when the last piece does;
+ *   synchronous calls do the pieces in turn on the caller's thread.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -1071,63 +1071,76 @@ image_aio_write (struct image *img, const void *buf, size_t len,
   return 0;
 }
 
-/* ---- Synchronous I/O: waits for the asynchronous path ------------------ */
+/* ---- Synchronous I/O ------------------------------------------------- */
 
-struct waiter {
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  bool done;
-  ssize_t ret;
-  char msg[1024];
-};
-
-static void
-wake (void *arg, ssize_t ret)
-{
-  struct waiter *w = arg;
-
-  pthread_mutex_lock (&w->lock);
-  w->ret = ret;
-  if (ret < 0)                  /* the message is on the store's thread */
-    snprintf (w->msg, sizeof w->msg, "%s", vbk_error ());
-  w->done = true;
-  pthread_cond_signal (&w->cond);
-  pthread_mutex_unlock (&w->lock);
-}
-
-static ssize_t
-wait_for (struct waiter *w, int r)
-{
-  if (r < 0)
-    return r;
-  pthread_mutex_lock (&w->lock);
-  while (!w->done)
-    pthread_cond_wait (&w->cond, &w->lock);
-  pthread_mutex_unlock (&w->lock);
-  if (w->ret < 0 && w->msg[0])
-    vbk_set_error ("%s", w->msg);
-  return w->ret;
-}
-
-#define WAITER_INIT \
-  { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, "" }
-
+/* The synchronous calls run on the caller's thread, straight to the
+ * store: no hand-off to another thread, which on the local store costs
+ * more than the I/O itself. */
 ssize_t
 image_read (struct image *img, void *buf, size_t len, uint64_t off)
 {
-  struct waiter w = WAITER_INIT;
+  uint64_t osize = img->info.object_size, pos;
+  bool untrusted = __atomic_load_n (&img->untrusted, __ATOMIC_ACQUIRE);
+  char oid[96];
+  int r;
 
-  return wait_for (&w, image_aio_read (img, buf, len, off, wake, &w));
+  r = check_range (img, "read", len, off);
+  if (r < 0)
+    return r;
+  for (pos = off; pos < off + len;) {
+    uint64_t objno = pos >> img->order, ooff = pos & (osize - 1);
+    size_t n = MIN (osize - ooff, off + len - pos);
+    char *p = (char *) buf + (pos - off);
+    ssize_t got;
+
+    if (!untrusted && image_object_state (img, objno) == IMAGE_OBJ_ABSENT)
+      memset (p, 0, n);
+    else {
+      image_data_oid (img->info.id, objno, oid, sizeof oid);
+      got = store_read (img->st, oid, p, n, ooff, img->read_snap);
+      if (got == -ENOENT)
+        memset (p, 0, n);
+      else if (got < 0)
+        return got;
+    }
+    pos += n;
+  }
+  return (ssize_t) len;
 }
 
 int
 image_write (struct image *img, const void *buf, size_t len, uint64_t off,
              unsigned flags)
 {
-  struct waiter w = WAITER_INIT;
+  uint64_t osize = img->info.object_size, pos;
+  unsigned sflags = (flags & IMAGE_FUA) ? STORE_WRITE_SYNC : 0;
+  char oid[96];
+  int r;
 
-  return (int) wait_for (&w, image_aio_write (img, buf, len, off, flags,
-                                              wake, &w));
+  r = check_writable (img, "write");
+  if (r == 0)
+    r = check_range (img, "write", len, off);
+  if (r < 0 || len == 0)
+    return r;
+  for (pos = off; pos < off + len; pos += osize - (pos & (osize - 1)))
+    __atomic_add_fetch (&img->wr_inflight[(pos >> img->order)
+                                          % INFLIGHT_BUCKETS],
+                        1, __ATOMIC_SEQ_CST);
+  r = map_mark_dirty (img, off >> img->order, (off + len - 1) >> img->order);
+  for (pos = off; pos < off + len;) {
+    uint64_t objno = pos >> img->order, ooff = pos & (osize - 1);
+    size_t n = MIN (osize - ooff, off + len - pos);
+
+    if (r == 0) {
+      image_data_oid (img->info.id, objno, oid, sizeof oid);
+      r = store_write (img->st, oid, (const char *) buf + (pos - off), n,
+                       ooff, sflags);
+    }
+    __atomic_sub_fetch (&img->wr_inflight[objno % INFLIGHT_BUCKETS], 1,
+                        __ATOMIC_SEQ_CST);
+    pos += n;
+  }
+  return r;
 }
 
 int

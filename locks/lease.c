@@ -788,7 +788,10 @@ void
 lease_write_end (struct lease *l)
 {
   pthread_mutex_lock (&l->lock);
-  if (--l->inflight == 0)
+  /* Wake only someone waiting for the writes to drain: waking the lease
+   * thread after every write would cost a context switch each. */
+  if (--l->inflight == 0
+      && (l->sm.state == LEASE_RELEASING || l->quiesced > 0 || l->stop))
     pthread_cond_broadcast (&l->cond);
   pthread_mutex_unlock (&l->lock);
 }

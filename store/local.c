@@ -1504,10 +1504,19 @@ local_aio_read (void *h, const char *oid, void *buf, size_t len,
   return submit (h, false, oid, buf, len, off, snap, 0, cb, arg);
 }
 
+/* A small write without SYNC only copies into the page cache: cheaper
+ * done here than handed to a worker thread (the hand-off's two context
+ * switches cost more than the copy), so it completes before we return. */
+#define INLINE_WRITE_MAX (64 * 1024)
+
 static int
 local_aio_write (void *h, const char *oid, const void *buf, size_t len,
                  uint64_t off, unsigned flags, store_aio_cb cb, void *arg)
 {
+  if (len <= INLINE_WRITE_MAX && !(flags & STORE_WRITE_SYNC)) {
+    cb (arg, local_write (h, oid, buf, len, off, flags));
+    return 0;
+  }
   return submit (h, true, oid, (void *) buf, len, off, 0, flags, cb, arg);
 }
 
