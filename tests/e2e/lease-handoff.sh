@@ -48,10 +48,13 @@ uri () { echo "nbd+unix:///disk?socket=$TEST_DIR/$1.sock"; }
 # when its last client goes).
 keep_open ()
 {
-  (PATH=/usr/bin:$PATH exec nbdsh -u "$(uri "$1")" \
-     -c 'import time; time.sleep(3600)') &
+  local ready=$TEST_DIR/keeper-$1-$RANDOM
+  (PATH=/usr/bin:$PATH READY=$ready exec nbdsh -u "$(uri "$1")" \
+     -c 'import os, time; open(os.environ["READY"], "w").close(); time.sleep(3600)') &
   cleanup_fn "kill $! 2>/dev/null"
   eval "keeper_$1=$!"
+  for ((i = 0; i < 200; i++)); do [ -e "$ready" ] && return 0; sleep 0.05; done
+  fail "idle client of $1 did not connect"
 }
 logs () { tail -n 20 "$TEST_DIR"/*.log; }
 
