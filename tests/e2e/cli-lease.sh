@@ -146,7 +146,7 @@ write ()
 
 # A client that stays connected, as a VM's disk does: blockd keeps the
 # export open, and its lease once written.  It reads commands on stdin
-# ("write PATTERN OFFSET LENGTH", "flush") and answers "ok" or
+# ("write PATTERN OFFSET LENGTH", "flush", "quit") and answers "ok" or
 # "error: ...".
 cat >"$TEST_DIR/vm.py" <<'PY'
 import sys
@@ -156,6 +156,8 @@ h.connect_uri(sys.argv[1])
 print("ready", flush=True)
 for line in sys.stdin:
     op, *a = line.split()
+    if op == "quit":
+        break
     try:
         if op == "write":
             h.pwrite(bytes([int(a[0], 0)]) * int(a[2]), int(a[1]))
@@ -205,11 +207,13 @@ vm_start ()
 }
 # vm NAME COMMAND: 0 if vm NAME ran COMMAND ("ok").
 vm () { echo "$2" >&"${vm_fd[$1]}"; vm_wait "$1"; }
-# vm_stop NAME: disconnects vm NAME.
+# vm_stop NAME: disconnects vm NAME.  (Its stdin does not end when we
+# close our end: processes started later inherited it.)
 vm_stop ()
 {
-  eval "exec ${vm_fd[$1]}>&-"
+  echo quit >&"${vm_fd[$1]}"
   wait "${vm_pid[$1]}" || true
+  eval "exec ${vm_fd[$1]}>&-"
 }
 
 start_blockd pid_a "$sock_a" --host-id host-a
