@@ -111,6 +111,7 @@ struct root {
   uint64_t fence_checked_ns;        /* under fd_lock */
   bool fenced;
   uint64_t fence_gen;               /* generation last checked */
+  uint64_t *fencegen;               /* fenced/.gen, mmap()ed */
   uint64_t *objgen;                 /* shared (mmap): bumped whenever an
                                        object file is replaced or removed */
   uint64_t cache_gen;               /* objgen the fd cache is valid for */
@@ -432,7 +433,7 @@ guard_enter (struct root *r, const char *op)
     return fd;
   if (flock (fd, LOCK_SH) < 0)
     return -errno;
-  g = gen_read (fd);
+  g = __atomic_load_n (r->fencegen, __ATOMIC_SEQ_CST);
   pthread_mutex_lock (&r->fd_lock);
   if (g != r->fence_gen) {
     pthread_mutex_unlock (&r->fd_lock);
@@ -958,6 +959,8 @@ root_free (struct root *r)
   }
   if (r->objgen)
     munmap (r->objgen, 4096);
+  if (r->fencegen)
+    munmap (r->fencegen, 4096);
   if (r->objfd >= 0)
     close (r->objfd);
   if (r->dirfd >= 0)
@@ -1041,7 +1044,18 @@ local_open (const char *arg, void **hp)
     r->gen_dev = sb.st_dev;
     r->gen_ino = sb.st_ino;
     r->fence_gen = gen_read (gfd);
+    if (sb.st_size < 4096 && ftruncate (gfd, 4096) < 0) {
+      rc = vbk_errno (-errno, "store: local: %s/fenced/.gen", arg);
+      close (gfd);
+      goto fail;
+    }
+    r->fencegen = mmap (NULL, 4096, PROT_READ, MAP_SHARED, gfd, 0);
     close (gfd);
+    if (r->fencegen == MAP_FAILED) {
+      r->fencegen = NULL;
+      rc = vbk_errno (-errno, "store: local: mmap fenced/.gen");
+      goto fail;
+    }
     gfd = openat (r->dirfd, "obj-gen", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (gfd < 0 || ftruncate (gfd, 4096) < 0) {
       rc = vbk_errno (-errno, "store: local: %s/obj-gen", arg);
