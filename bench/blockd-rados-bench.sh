@@ -5,8 +5,11 @@
 # on the same pool, in one run, interleaved: 4 KiB random writes and
 # reads and 4 MiB sequential writes and reads, 16 in flight each.  vbk is
 # driven through NBD by fio's nbd engine over a Unix socket (so its
-# numbers include the NBD hop that rbd bench does not have).  Prints a
-# table with the ratios vbk/rbd.  Not a test.
+# numbers include the NBD hop that rbd bench does not have).  rbd bench
+# runs twice: as it comes (librbd's writeback cache on, which absorbs
+# small writes in the client) and with --rbd_cache=false (every write
+# goes to the OSDs before it is acknowledged, as with vbk).  Prints a
+# table with the ratios.  Not a test.
 #
 # Env: CEPH_CONF (an existing cluster with pool POOL; else a throwaway
 # one is started with deploy/ceph-dev-cluster.sh), POOL (vbk), VBK_BIN,
@@ -71,9 +74,10 @@ print("%.0f %.1f" % (iops, bw))
 EOF
 }
 
-rbd_run ()   # type size pattern total -> "IOPS MiB/s"
+rbd_run ()   # type size pattern total [rbd options] -> "IOPS MiB/s"
 {
-  rbd -c "$CEPH_CONF" bench --io-type "$1" --io-size "$2" --io-pattern "$3" \
+  local extra=("${@:5}")
+  rbd -c "$CEPH_CONF" "${extra[@]}" bench --io-type "$1" --io-size "$2" --io-pattern "$3" \
     --io-threads 16 --io-total "$4" "$pool/$rbdimg" 2>&1 |
     awk '/^elapsed:/ {
       m = $8; u = $9
@@ -82,8 +86,8 @@ rbd_run ()   # type size pattern total -> "IOPS MiB/s"
       printf "%.0f %.1f\n", $6, m }'
 }
 
-printf "%-18s %12s %12s %12s %12s %8s\n" workload vbk-IOPS vbk-MiB/s \
-  rbd-IOPS rbd-MiB/s vbk/rbd
+printf "%-14s %10s %10s %10s %10s %9s %9s\n" workload vbk-IOPS vbk-MiB/s \
+  rbd-IOPS rbd-nc-IOPS vbk/rbd vbk/rbd-nc
 for w in "4K-randwrite randwrite 4k write 4K rand $total4k" \
          "4K-randread randread 4k read 4K rand $total4k" \
          "4M-seqwrite write 4M write 4M seq $total4m" \
@@ -91,7 +95,9 @@ for w in "4K-randwrite randwrite 4k write 4K rand $total4k" \
   set -- $w
   read -r vi vb < <(vbk_run "$2" "$3")
   read -r ri rb < <(rbd_run "$4" "$5" "$6" "$7")
-  printf "%-18s %12s %12s %12s %12s %8s\n" "$1" "$vi" "$vb" "$ri" "$rb" \
-    "$(python3 -c "print('%.2f' % ($vi / $ri if $ri else 0))")"
+  read -r ni nb < <(rbd_run "$4" "$5" "$6" "$7" --rbd_cache=false)
+  printf "%-14s %10s %10s %10s %10s %9s %9s\n" "$1" "$vi" "$vb" "$ri" "$ni" \
+    "$(python3 -c "print('%.2f' % ($vi / $ri if $ri else 0))")" \
+    "$(python3 -c "print('%.2f' % ($vi / $ni if $ni else 0))")"
 done
 rbd -c "$CEPH_CONF" rm "$pool/$rbdimg" >/dev/null 2>&1 || true
