@@ -3,8 +3,9 @@
 #
 # demo.sh - vbk's main job on the embedded local store, start to end:
 # create an image, import a file, serve it over NBD with vbk-blockd,
-# write and read it with qemu-io / qemu-img / nbdcopy / nbdinfo, export it
-# and compare.  Snapshots, backup and `vbk mount` are not built yet.
+# write and read it with qemu-io / qemu-img / nbdcopy / nbdinfo, take a
+# snapshot while it is served, list what changed since, read the snapshot
+# over NBD, export and compare.  Backup and `vbk mount` are not built yet.
 #
 # Usage: deploy/demo.sh [BUILD_DIR]   (default: build)
 set -euo pipefail
@@ -39,6 +40,15 @@ qemu-io -f raw -c 'write -P 0xab 0 4M' -c 'write -P 0xcd 512M 1M' -c flush \
 qemu-io -f raw -c 'read -P 0xab 0 4M' -c 'read -P 0xcd 512M 1M' -c 'read -P 0 600M 1M' \
   "nbd+unix:///vm1-disk0?socket=$sock"
 qemu-img map -f raw --output=json "nbd+unix:///vm1-disk0?socket=$sock"
+
+step "snapshot while served, write more, list what changed since the snapshot"
+vbk snap create vm1-disk0@demo
+qemu-io -f raw -c 'write -P 0xef 100M 64k' -c flush "nbd+unix:///vm1-disk0?socket=$sock"
+vbk lease status vm1-disk0
+vbk diff vm1-disk0 --from demo
+nbdinfo --map=qemu:dirty-bitmap:demo "nbd+unix:///vm1-disk0?socket=$sock"
+qemu-io -f raw -r -c 'read -P 0 100M 64k' -c 'read -P 0xab 0 4M' \
+  "nbd+unix:///vm1-disk0@demo?socket=$sock" >/dev/null && echo "snapshot vm1-disk0@demo: old bytes intact"
 
 step "copy the imported disk out through NBD and compare"
 nbdcopy --connections=4 --threads=4 "nbd+unix:///vm1-seed?socket=$sock" "$work/copy.raw"
