@@ -486,8 +486,8 @@ const struct vbk_cmd image_cmds[] = {
     "create image NAME from a raw FILE, skipping holes and zero blocks",
     import_opts, 2, 2, cmd_import },
   { "export", "NAME[@SNAP] FILE",
-    "write an image, or a snapshot of it, to a raw FILE (sparse; created "
-    "or overwritten)",
+    "write an image or IMAGE@SNAP to a raw FILE (sparse; created or "
+    "overwritten)",
     NULL, 2, 2, cmd_export },
   { NULL },
 };

@@ -242,17 +242,17 @@ static const struct vbk_opt status_opts[] = {
 };
 
 static const struct vbk_opt release_opts[] = {
-  { "timeout", 0, "SECONDS", "wait at most SECONDS for the holder to let "
-    "go (default 30)" },
+  { "timeout", 0, "SECONDS", "wait at most SECONDS for the holder (default "
+    "30)" },
   { NULL },
 };
 
 const struct vbk_cmd lease_cmds[] = {
   { "status", "IMAGE [--json]",
-    "show who holds an image's lease: host, address, epoch, expiry, "
-    "hand-offs", status_opts, 1, 1, cmd_status },
+    "show who holds an image's lease, its epoch and expiry", status_opts,
+    1, 1, cmd_status },
   { "release", "IMAGE [--timeout SECONDS]",
-    "ask the holder to let go of the lease (even an exclusive one) and wait",
+    "ask the holder to let go (even of an exclusive lease) and wait",
     release_opts, 1, 1, cmd_release },
   { "break", "IMAGE",
     "fence the holder and remove its lease (for a host known to be dead)",

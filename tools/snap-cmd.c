@@ -364,22 +364,20 @@ cmd_diff (struct vbk_ctx *ctx, struct vbk_args *a)
 /* ---- Table --------------------------------------------------------------- */
 
 static const struct vbk_opt create_opts[] = {
-  { "group", 0, "NAME", "snapshot all the images at one instant (a "
-    "consistency group); on failure none is kept" },
-  { "host-id", 0, "ID", "who we are if nobody holds the lease and vbk "
-    "takes it for the moment (default vbk@HOSTNAME)" },
+  { "group", 0, "NAME", "all the images at one instant; on failure none "
+    "is kept" },
+  { "host-id", 0, "ID", "our id if vbk takes the lease (default "
+    "vbk@HOSTNAME)" },
   { NULL },
 };
 
 static const struct vbk_opt ls_opts[] = {
-  { "json", 0, NULL, "print JSON (sizes in bytes, times in ms since the "
-    "epoch)" },
+  { "json", 0, NULL, "print JSON (sizes in bytes, times in ms)" },
   { NULL },
 };
 
 static const struct vbk_opt rollback_opts[] = {
-  { "force", 0, NULL, "even while a host holds the lease: fence that host "
-    "first (its writes then fail)" },
+  { "force", 0, NULL, "even while a host holds the lease (it is fenced)" },
   { NULL },
 };
 
@@ -391,13 +389,13 @@ const struct vbk_opt diff_opts[] = {
 };
 
 const struct vbk_cmd snap_cmds[] = {
-  { "create", "IMAGE@SNAP [--host-id ID] | --group NAME IMAGE@SNAP...",
+  { "create", "[--group NAME] IMAGE@SNAP...",
     "take a crash-consistent snapshot (through the lease holder)",
     create_opts, 1, -1, cmd_create },
   { "ls", "IMAGE [--json]", "list an image's snapshots, oldest first",
     ls_opts, 1, 1, cmd_ls },
-  { "rm", "IMAGE@SNAP", "remove a snapshot (its space is freed once no "
-    "other snapshot needs it)", NULL, 1, 1, cmd_rm },
+  { "rm", "IMAGE@SNAP", "remove a snapshot and free what only it used",
+    NULL, 1, 1, cmd_rm },
   { "rollback", "IMAGE@SNAP [--force]",
     "put an image's bytes and size back as they were at a snapshot",
     rollback_opts, 1, 1, cmd_rollback },
