@@ -15,7 +15,7 @@ out=$TEST_DIR/fuzz-nbd
 
 srcs=()
 for f in "$VBK_SRC"/blockd/*.c "$VBK_SRC"/common/*.c "$VBK_SRC"/store/*.c \
-         "$VBK_SRC"/image/*.c; do
+         "$VBK_SRC"/image/*.c "$VBK_SRC"/locks/*.c "$VBK_SRC"/snapshot/*.c; do
   case "$f" in */blockd/main.c) continue ;; esac
   srcs+=("$f")
 done
