@@ -133,7 +133,12 @@ reclaim (struct nbd_srv_export *e, const char *hdr,
   log_warn ("export %s: the lease is held by an earlier run of this daemon "
             "(%s, host %s, address %s): fencing it and taking it back",
             e->name, st.client, st.host, st.addr);
-  r = lease_break (e->store, hdr);
+  /* Not lease_break: that also clears a two-writer conflict, which is
+   * the operator's to clear. */
+  r = store_fence (e->store, st.client, 0);
+  if (r == 0)
+    r = store_lock_break (e->store, hdr, LEASE_LOCK_NAME, st.client,
+                          st.cookie);
   if (r < 0 && r != -ENOENT)
     log_warn ("export %s: %s", e->name, vbk_error ());
   vbk_clear_error ();
