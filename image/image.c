@@ -1460,13 +1460,30 @@ image_snap_remove (struct store *st, const char *image, const char *snap)
   return r == -ENOENT ? 0 : r;
 }
 
+struct mark_ctx {
+  uint8_t *changed;
+  uint64_t n;
+  unsigned order;
+};
+
+static int
+mark_changed (void *arg, uint64_t off, uint64_t len, int alloc)
+{
+  struct mark_ctx *m = arg;
+  uint64_t i;
+
+  for (i = off >> m->order; i < m->n && (i << m->order) < off + len; i++)
+    m->changed[i] = 1;
+  return 0;
+}
+
 int
 image_snap_rollback (struct image *img, const char *snap)
 {
   struct image_snap sn;
   uint64_t nsnap, nlive, i, objects;
   char oid[96], sizebuf[32], oldraw[32];
-  uint8_t *smap = NULL;
+  uint8_t *smap = NULL, *changed = NULL;
   ssize_t got;
   int r;
 
@@ -1487,21 +1504,33 @@ image_snap_rollback (struct image *img, const char *snap)
     free (smap);
     return (int) got;
   }
-  /* Every object that exists now or existed then goes back. */
+  /* Only the objects that changed since the snapshot go back (the
+   * changed-block map says which); they become DIRTY, the others keep
+   * their entries, so a later diff reports only what really moved. */
+  changed = calloc (1, objects ? objects : 1);
+  if (changed == NULL) {
+    r = -ENOMEM;
+    goto out;
+  }
+  {
+    struct mark_ctx mc = { changed, objects, img->order };
+    r = image_diff (img->st, img->info.name, snap, NULL, mark_changed, &mc);
+    if (r < 0)
+      goto out;
+  }
   for (i = 0; i < objects; i++) {
-    if (smap[i] == IMAGE_OBJ_ABSENT && image_object_state (img, i)
-        == IMAGE_OBJ_ABSENT)
+    if (!changed[i]) {
+      if (i < nsnap)
+        smap[i] = image_object_state (img, i);
       continue;
+    }
     image_data_oid (img->info.id, i, oid, sizeof oid);
     r = store_snap_rollback (img->st, oid, sn.id);
     if (r < 0 && r != -ENOENT)
       goto out;
-  }
-  /* The map: the snapshot's entries, all DIRTY (they changed since the
-   * snapshot), so changed-block tracking over-reports, never under. */
-  for (i = 0; i < objects; i++)
     smap[i] = smap[i] != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_DIRTY
       : IMAGE_OBJ_ABSENT;
+  }
   r = store_write_full (img->st, img->map_oid, smap, nsnap,
                         STORE_WRITE_SYNC);
   if (r < 0)
@@ -1518,6 +1547,7 @@ image_snap_rollback (struct image *img, const char *snap)
     r = store_flush (img->st);
 out:
   free (smap);
+  free (changed);
   return r;
 }
 

@@ -325,14 +325,19 @@ snap_create (struct store *st, const char *image, const char *snap,
   unsigned long long id, pause;
   int r;
 
+  uint64_t deadline = now_mono_ns () + (uint64_t) timeout * 1000000;
+
   r = image_name_check (snap);
   if (r == 0)
     r = header_of (st, image, hdr, sizeof hdr);
-  if (r == 0)
-    r = lease_status_get (st, hdr, &ls);
   if (r < 0)
     return r;
-  if (ls.held) {
+  for (;;) {
+    r = lease_status_get (st, hdr, &ls);
+    if (r < 0)
+      return r;
+    if (!ls.held)
+      break;
     snprintf (payload, sizeof payload, "snap-create %s", snap);
     r = ask (st, hdr, ls.client, payload, timeout, ans, sizeof ans);
     if (r < 0)
@@ -341,6 +346,14 @@ snap_create (struct store *st, const char *image, const char *snap,
       if (pause_us)
         *pause_us = pause;
       return 0;
+    }
+    /* The holder is letting go right now (its last client left, or the
+     * lease moves): ask whoever holds it next, or take it ourselves. */
+    if ((strstr (ans, "not the lease holder") || strstr (ans, "closing"))
+        && now_mono_ns () < deadline) {
+      struct timespec ts = { 0, 50000000 };
+      nanosleep (&ts, NULL);
+      continue;
     }
     vbk_set_error ("snapshot %s@%s: %s (holder %s)", image, snap, ans,
                    ls.host);
@@ -352,11 +365,15 @@ snap_create (struct store *st, const char *image, const char *snap,
     return r;
   {
     uint64_t i64, p64;
+    char msg[1024];
     r = snap_take (t.img, t.lease, snap, &i64, &p64);
     if (pause_us)
       *pause_us = p64;
+    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    temp_close (&t);
+    if (r < 0)
+      vbk_set_error ("%s", msg);
   }
-  temp_close (&t);
   return r;
 }
 

@@ -230,6 +230,17 @@ test_rollback (void **state)
   assert_int_equal (image_size (img), NOBJ * OBJ);
   assert_int_equal (image_snap_rollback (img, "bad"), -ENOENT);
   image_close (img);
+  /* Only what was rolled back counts as changed since the snapshot:
+   * object 2 (rewritten, now back: over-reported, which is allowed);
+   * object 3 was new and is gone again, as at the snapshot. */
+  {
+    struct ext_list e = { .n = 0 };
+    assert_int_equal (image_diff (f->st, "disk", "good", NULL, collect, &e),
+                      0);
+    assert_int_equal (e.n, 1);
+    assert_int_equal (e.off[0], 2 * OBJ);
+    assert_int_equal (e.len[0], OBJ);
+  }
   assert_int_equal (image_stat (f->st, "disk", &info), 0);
   assert_int_equal (info.size, NOBJ * OBJ);
 }
