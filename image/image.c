@@ -44,6 +44,7 @@
 struct objmap {
   struct objmap *retired;        /* older maps, freed at close */
   uint64_t n;
+  uint8_t *pending;              /* entries waiting to become DIRTY */
   uint8_t bytes[];
 };
 
@@ -57,6 +58,8 @@ struct image {
   char hdr_oid[64], map_oid[64];
   struct objmap *map;            /* replaced only by image_refresh */
   pthread_mutex_t map_lock;      /* serializes map changes */
+  pthread_cond_t map_cond;       /* a map write finished */
+  bool map_writing;              /* a thread is writing the map */
   int wr_inflight[INFLIGHT_BUCKETS];
 };
 
@@ -657,10 +660,16 @@ load_map (struct image *img, uint64_t n)
 
   if (m == NULL)
     return -ENOMEM;
+  m->pending = calloc (1, n + 1);
+  if (m->pending == NULL) {
+    free (m);
+    return -ENOMEM;
+  }
   m->n = n;
   if (n)
     r = store_read (img->st, img->map_oid, m->bytes, n, 0, img->read_snap);
   if (r < 0 && r != -ENOENT) {
+    free (m->pending);
     free (m);
     return (int) r;
   }
@@ -688,6 +697,7 @@ open_common (struct store *st, const char *name, const char *snap,
   if (img == NULL)
     return -ENOMEM;
   pthread_mutex_init (&img->map_lock, NULL);
+  pthread_cond_init (&img->map_cond, NULL);
   img->flags = flags;
   img->read_snap = STORE_SNAP_HEAD;
   r = store_clone (st, &img->st);
@@ -747,9 +757,11 @@ image_close (struct image *img)
   store_close (img->st);
   for (m = img->map; m; m = next) {
     next = m->retired;
+    free (m->pending);
     free (m);
   }
   pthread_mutex_destroy (&img->map_lock);
+  pthread_cond_destroy (&img->map_cond);
   free (img);
 }
 
@@ -805,12 +817,16 @@ image_object_state (struct image *img, uint64_t objno)
 
 /* ---- The object map on the write path --------------------------------- */
 
-/* Makes entries [FIRST, LAST] DIRTY, durably, before data is written. */
+/* Makes entries [FIRST, LAST] DIRTY, durably, before data is written.
+ * Group commit: writers that need entries while a map write is in flight
+ * mark them pending and wait; the next writer writes all pending entries
+ * in one store write.  So the first writes to many objects after a
+ * snapshot cost a few map writes, not one each in a row. */
 static int
 map_mark_dirty (struct image *img, uint64_t first, uint64_t last)
 {
   struct objmap *m;
-  uint64_t i, lo = UINT64_MAX, hi = 0;
+  uint64_t i, lo, hi;
   uint8_t *buf;
   int r = 0;
 
@@ -822,26 +838,51 @@ map_mark_dirty (struct image *img, uint64_t first, uint64_t last)
     return 0;                   /* the common case: nothing to do */
 
   pthread_mutex_lock (&img->map_lock);
-  m = img->map;
-  for (i = first; i <= last && i < m->n; i++) {
-    if (m->bytes[i] != IMAGE_OBJ_DIRTY) {
-      lo = MIN (lo, i);
-      hi = i;
+  for (;;) {
+    bool done = true;
+    m = img->map;
+    for (i = first; i <= last && i < m->n; i++) {
+      if (m->bytes[i] != IMAGE_OBJ_DIRTY) {
+        m->pending[i] = 1;
+        done = false;
+      }
     }
-  }
-  if (lo != UINT64_MAX) {
+    if (done || r < 0)
+      break;
+    if (img->map_writing) {
+      pthread_cond_wait (&img->map_cond, &img->map_lock);
+      continue;
+    }
+    /* Our turn: write every pending entry, ours and the others'. */
+    lo = UINT64_MAX;
+    hi = 0;
+    for (i = 0; i < m->n; i++) {
+      if (m->pending[i]) {
+        lo = MIN (lo, i);
+        hi = i;
+      }
+    }
     buf = malloc (hi - lo + 1);
-    if (buf == NULL)
+    if (buf == NULL) {
       r = -ENOMEM;
-    else {
-      memset (buf, IMAGE_OBJ_DIRTY, hi - lo + 1);
-      r = store_write (img->st, img->map_oid, buf, hi - lo + 1, lo,
-                       STORE_WRITE_SYNC);
-      free (buf);
+      break;
     }
-    if (r == 0)
-      for (i = lo; i <= hi; i++)
+    for (i = lo; i <= hi; i++)
+      buf[i - lo] = m->pending[i] ? IMAGE_OBJ_DIRTY : m->bytes[i];
+    img->map_writing = true;
+    pthread_mutex_unlock (&img->map_lock);
+    r = store_write (img->st, img->map_oid, buf, hi - lo + 1, lo,
+                     STORE_WRITE_SYNC);
+    pthread_mutex_lock (&img->map_lock);
+    for (i = lo; i <= hi; i++) {
+      if (r == 0 && buf[i - lo] == IMAGE_OBJ_DIRTY && m->pending[i]) {
         __atomic_store_n (&m->bytes[i], IMAGE_OBJ_DIRTY, __ATOMIC_SEQ_CST);
+        m->pending[i] = 0;
+      }
+    }
+    img->map_writing = false;
+    pthread_cond_broadcast (&img->map_cond);
+    free (buf);
   }
   pthread_mutex_unlock (&img->map_lock);
   return r;
