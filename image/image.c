@@ -111,6 +111,43 @@ map_oid (const char *id, char *buf, size_t len)
   snprintf (buf, len, "vbk_object_map.%s", id);
 }
 
+/* Changes recorded for the interval that ends at snapshot SNAPID (0: the
+ * live interval) by snapshots removed since: when a snapshot goes, the
+ * DIRTY entries of its map move here, into the next newer interval, so
+ * changed-block tracking never loses them. */
+static void
+merged_oid (const char *id, uint64_t snapid, char *buf, size_t len)
+{
+  if (snapid)
+    snprintf (buf, len, "vbk_object_map.%s.merged.%016" PRIx64, id, snapid);
+  else
+    snprintf (buf, len, "vbk_object_map.%s.merged.head", id);
+}
+
+/* ORs the merged changes of interval SNAPID into CHANGED[0..N). */
+static int
+or_merged (struct store *st, const char *id, uint64_t snapid,
+           uint8_t *changed, uint64_t n)
+{
+  char oid[96];
+  uint8_t *buf = calloc (1, n + 1);
+  ssize_t got;
+  uint64_t i;
+
+  if (buf == NULL)
+    return -ENOMEM;
+  merged_oid (id, snapid, oid, sizeof oid);
+  got = store_read (st, oid, buf, n, 0, STORE_SNAP_HEAD);
+  if (got < 0 && got != -ENOENT) {
+    free (buf);
+    return (int) got;
+  }
+  for (i = 0; got >= 0 && i < n; i++)
+    changed[i] |= buf[i] != 0;
+  free (buf);
+  return 0;
+}
+
 static uint64_t
 count_objects (uint64_t size, uint32_t object_size)
 {
@@ -540,8 +577,13 @@ image_remove (struct store *st, const char *name)
     /* Snapshots first: then removing the objects frees everything. */
     struct image_snap *v;
     size_t n, i;
+    char oid[96];
+    merged_oid (id, 0, oid, sizeof oid);
+    store_remove (st, oid);
     if (snaps_of_header (st, hdr, &v, &n) == 0) {
       for (i = 0; i < n; i++) {
+        merged_oid (id, v[i].id, oid, sizeof oid);
+        store_remove (st, oid);
         store_snap_remove (st, v[i].id);
       }
       free (v);
@@ -1453,6 +1495,28 @@ image_snap_create_id (struct image *img, const char *snap, uint64_t id)
     return r;
   }
 
+  /* Changes merged into the live interval now belong to this snapshot's
+   * interval. */
+  {
+    char from[96], to[96];
+    uint64_t sz;
+    merged_oid (img->info.id, 0, from, sizeof from);
+    if (store_stat (img->st, from, STORE_SNAP_HEAD, &sz) == 0) {
+      uint8_t *buf = malloc (sz ? sz : 1);
+      merged_oid (img->info.id, id, to, sizeof to);
+      if (buf == NULL)
+        r = -ENOMEM;
+      else if ((r = (int) store_read (img->st, from, buf, sz, 0,
+                                      STORE_SNAP_HEAD)) >= 0
+               && (r = store_write_full (img->st, to, buf, sz,
+                                         STORE_WRITE_SYNC)) == 0)
+        r = store_remove (img->st, from);
+      free (buf);
+      if (r < 0)
+        return r;               /* the snapshot exists; diff over-reports */
+    }
+  }
+
   /* A new interval: every DIRTY entry becomes CLEAN.  This first map
    * write under the new context preserves the map as it was, which is
    * the snapshot's map (DIRTY = written since the previous snapshot). */
@@ -1479,6 +1543,66 @@ image_snap_create_id (struct image *img, const char *snap, uint64_t id)
                          DIRTY: over-reporting, which is safe */
 }
 
+/* Before snapshot SN of image ID goes: its interval's changes (DIRTY in
+ * its map, and what was merged into it) join the next newer interval. */
+static int
+merge_into_next (struct store *st, const char *id, const char *hdr,
+                 const struct image_snap *sn)
+{
+  struct image_info info;
+  struct image_snap *v;
+  uint64_t next = 0, n, i, size;
+  char moid[64], oid[96];
+  uint8_t *changed = NULL, *map = NULL;
+  ssize_t got;
+  size_t ns, k;
+  int r;
+
+  r = read_header (st, id, &info);
+  if (r < 0)
+    return r;
+  r = snaps_of_header (st, hdr, &v, &ns);
+  if (r < 0)
+    return r;
+  size = MAX (info.size, sn->size);
+  for (k = 0; k < ns; k++) {
+    size = MAX (size, v[k].size);
+    if (v[k].id > sn->id && (next == 0 || v[k].id < next))
+      next = v[k].id;
+  }
+  free (v);
+  n = count_objects (size, info.object_size);
+  changed = calloc (1, n + 1);
+  map = calloc (1, n + 1);
+  if (changed == NULL || map == NULL) {
+    r = -ENOMEM;
+    goto out;
+  }
+  map_oid (id, moid, sizeof moid);
+  got = store_read (st, moid, map, n, 0, sn->id);
+  if (got < 0 && got != -ENOENT) {
+    r = (int) got;
+    goto out;
+  }
+  for (i = 0; i < n; i++)
+    changed[i] = got >= 0 && map[i] == IMAGE_OBJ_DIRTY;
+  if ((r = or_merged (st, id, sn->id, changed, n)) < 0
+      || (r = or_merged (st, id, next, changed, n)) < 0)
+    goto out;
+  merged_oid (id, next, oid, sizeof oid);
+  r = store_write_full (st, oid, changed, n, STORE_WRITE_SYNC);
+  if (r < 0)
+    goto out;
+  merged_oid (id, sn->id, oid, sizeof oid);
+  r = store_remove (st, oid);
+  if (r == -ENOENT)
+    r = 0;
+out:
+  free (changed);
+  free (map);
+  return r;
+}
+
 int
 image_snap_remove (struct store *st, const char *image, const char *snap)
 {
@@ -1491,6 +1615,9 @@ image_snap_remove (struct store *st, const char *image, const char *snap)
     return r;
   image_header_oid (id, hdr, sizeof hdr);
   r = find_snap (st, hdr, image, snap, &sn);
+  if (r < 0)
+    return r;
+  r = merge_into_next (st, id, hdr, &sn);
   if (r < 0)
     return r;
   snprintf (key, sizeof key, "snap.%s", snap);
@@ -1664,11 +1791,17 @@ image_diff (struct store *st, const char *image, const char *from,
     READ_MAP (v[k].id);
     for (i = 0; i < n; i++)
       changed[i] |= map[i] == IMAGE_OBJ_DIRTY;
+    r = or_merged (st, id, v[k].id, changed, n);
+    if (r < 0)
+      goto out;
   }
   if (to_id == STORE_SNAP_HEAD) {
     READ_MAP (STORE_SNAP_HEAD);
     for (i = 0; i < n; i++)
       changed[i] |= map[i] == IMAGE_OBJ_DIRTY;
+    r = or_merged (st, id, 0, changed, n);
+    if (r < 0)
+      goto out;
   }
   /* Discarded since FROM: there then, gone now.  (Objects past the end
    * of either side differ too.) */

@@ -452,6 +452,10 @@ lease_thread (void *arg)
         log_info ("lease %s: acquired, epoch %" PRIu64, l->hdr, epoch);
       }
       else {
+        /* The lock may be ours already (the hook failed): give it back
+         * rather than leave it to expire. */
+        if (r != -ECANCELED)
+          store_unlock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie);
         l->sm.state = r == -ESHUTDOWN ? LEASE_LOST : LEASE_NONE;
         l->acquire_err = r;
         snprintf (l->errmsg, sizeof l->errmsg, "%s", vbk_error ());

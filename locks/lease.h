@@ -132,7 +132,10 @@ struct lease_opts {
 struct lease_hooks {
   /* After we acquired the lease (EPOCH): drop what was cached. */
   int (*acquired) (void *arg, uint64_t epoch);
-  /* Before we let go, with no write in flight: make writes durable. */
+  /* Before we let go, with no write in flight: make writes durable.
+   * Called exactly once before each release (hand-off, operator
+   * release, close); the lease is gone when the release completes, so a
+   * holder may also drop its trust in cached state here. */
   int (*flush) (void *arg);
   /* The lease is lost for good (ERR): writes must fail from now on. */
   void (*lost) (void *arg, int err);

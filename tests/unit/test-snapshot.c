@@ -208,6 +208,48 @@ test_diff_after_crash_never_under_reports (void **state)
   free (buf);
 }
 
+/* Removing a snapshot in the middle must not lose its interval's
+ * changes: they move to the next interval. */
+static void
+test_diff_survives_snapshot_removal (void **state)
+{
+  struct fixture *f = *state;
+  struct ext_list e = { .n = 0 };
+  struct image *img;
+
+  assert_int_equal (image_open (f->st, "disk", 0, &img), 0);
+  /* Objects that exist at s1 already, so only the maps can tell they
+   * changed (a new object shows up as such anyway). */
+  write_pattern (img, 0, 'a');
+  write_pattern (img, 4, 'a');
+  write_pattern (img, 8, 'a');
+  write_pattern (img, 12, 'a');
+  assert_int_equal (image_snap_create (img, "s1", NULL), 0);
+  write_pattern (img, 4, 'b');             /* in s2's interval */
+  assert_int_equal (image_snap_create (img, "s2", NULL), 0);
+  write_pattern (img, 8, 'c');             /* in the live interval */
+  assert_int_equal (image_snap_remove (f->st, "disk", "s2"), 0);
+
+  assert_int_equal (image_diff (f->st, "disk", "s1", NULL, collect, &e), 0);
+  assert_int_equal (e.n, 2);
+  assert_int_equal (e.off[0], 4 * OBJ);
+  assert_int_equal (e.off[1], 8 * OBJ);
+
+  /* The merged changes follow the live interval into the next snapshot,
+   * and survive the removal of the newest one too. */
+  assert_int_equal (image_snap_create (img, "s3", NULL), 0);
+  write_pattern (img, 12, 'd');
+  e.n = 0;
+  assert_int_equal (image_diff (f->st, "disk", "s1", "s3", collect, &e), 0);
+  assert_int_equal (e.n, 2);
+  assert_int_equal (image_snap_remove (f->st, "disk", "s3"), 0);
+  e.n = 0;
+  assert_int_equal (image_diff (f->st, "disk", "s1", NULL, collect, &e), 0);
+  assert_int_equal (e.n, 3);
+  assert_int_equal (e.off[2], 12 * OBJ);
+  image_close (img);
+}
+
 static void
 test_rollback (void **state)
 {
@@ -410,6 +452,8 @@ main (void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown (test_cow_and_diff, setup, teardown),
     cmocka_unit_test_setup_teardown (test_diff_after_crash_never_under_reports,
+                                     setup, teardown),
+    cmocka_unit_test_setup_teardown (test_diff_survives_snapshot_removal,
                                      setup, teardown),
     cmocka_unit_test_setup_teardown (test_rollback, setup, teardown),
     cmocka_unit_test_setup_teardown (test_snap_through_holder_and_temporary,
