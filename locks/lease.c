@@ -454,11 +454,11 @@ lease_thread (void *arg)
       else {
         /* The lock may be ours already (the hook failed): give it back
          * rather than leave it to expire. */
+        snprintf (l->errmsg, sizeof l->errmsg, "%s", vbk_error ());
         if (r != -ECANCELED)
           store_unlock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie);
         l->sm.state = r == -ESHUTDOWN ? LEASE_LOST : LEASE_NONE;
         l->acquire_err = r;
-        snprintf (l->errmsg, sizeof l->errmsg, "%s", vbk_error ());
         log_error ("%s", l->errmsg);
       }
       l->acquire_gen++;
