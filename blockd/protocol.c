@@ -23,6 +23,7 @@
  */
 #include <endian.h>
 #include <errno.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +58,8 @@ nbd_srv_errno_to_nbd (int err)
   };
   size_t i;
 
+  if (err == INT_MIN)
+    return NBD_EIO;
   if (err < 0)
     err = -err;
   for (i = 0; i < sizeof table / sizeof table[0]; i++)
@@ -138,6 +141,11 @@ nbd_srv_check_request (const struct nbd_srv_req *r,
     case NBD_CMD_WRITE_ZEROES:
       if (l->read_only)
         return NBD_EPERM;
+      /* The advertised maximum binds WRITE_ZEROES too, unless FAST_ZERO
+       * is set (proto.md, "Block size constraints"). */
+      if (r->count > NBD_SRV_MAX_REQUEST
+          && !(r->flags & NBD_CMD_FLAG_FAST_ZERO))
+        return NBD_EINVAL;
       if (past_end (r->offset, r->count, l->size))
         return NBD_ENOSPC;
       break;
