@@ -50,7 +50,7 @@ fail () { echo "FAIL: $*" >&2; exit 1; }
 # every tool the tests use, so a missing one is a failure, not a skip).
 requires ()
 {
-  command -v "$1" >/dev/null 2>&1 || fail "required tool '$1' is missing (run deploy/install-deps.sh)"
+  type -P "$1" >/dev/null 2>&1 || fail "required tool '$1' is missing (run deploy/install-deps.sh)"
 }
 
 # new_store: prints the URI of a new, empty store of the backend under test.
@@ -64,6 +64,9 @@ new_store ()
 }
 
 vbk () { "$VBK_BIN/vbk" "$@"; }
+# nbdsh ARGS...: nbdsh with the system python3 first on PATH (nbdsh runs
+# "python3 -m nbd"; the Debian python has the libnbd bindings).
+nbdsh () { PATH=/usr/bin:$PATH command nbdsh "$@"; }
 
 # expect_fail REGEX CMD ARGS...: CMD must exit non-zero and print a line
 # on stderr matching REGEX (grep -E).
@@ -88,3 +91,126 @@ wait_for_socket ()
   done
   fail "socket $1 did not appear"
 }
+
+# expect_status CODE REGEX CMD ARGS...: CMD must exit with CODE and print
+# exactly one line on stderr, starting with "vbk: " and matching REGEX
+# (grep -E).
+expect_status ()
+{
+  local code=$1 re=$2 rc=0
+  shift 2
+  "$@" >"$TEST_DIR/out" 2>"$TEST_DIR/err" || rc=$?
+  [ "$rc" -eq "$code" ] ||
+    fail "expected exit $code, got $rc from: $* (stderr: $(cat "$TEST_DIR/err"))"
+  [ "$(wc -l <"$TEST_DIR/err")" -eq 1 ] ||
+    fail "expected one line on stderr from: $* (got: $(cat "$TEST_DIR/err"))"
+  grep -q '^vbk: ' "$TEST_DIR/err" ||
+    fail "stderr does not start with 'vbk: ': $(cat "$TEST_DIR/err")"
+  grep -Eq -- "$re" "$TEST_DIR/err" ||
+    fail "expected an error matching '$re' from: $* (got: $(cat "$TEST_DIR/err"))"
+}
+
+# json_check PYTHON-EXPRESSION: the expression must be true, evaluated
+# with d = the JSON on stdin, M = 1 MiB and now = the wall clock in ms.
+json_check ()
+{
+  python3 -c '
+import json, sys, time
+d = json.load(sys.stdin)
+M = 1 << 20
+now = time.time() * 1000
+if not eval("(" + sys.argv[1] + ")"):
+    sys.exit("check failed: %s\nJSON: %s" % (sys.argv[1], json.dumps(d)))
+' "$1" || fail "JSON check failed: $1"
+}
+
+# python_with_nbd: prints a python3 that has the libnbd bindings
+# (python3-libnbd): the Debian one; another python3 first on PATH may
+# not have them.
+python_with_nbd ()
+{
+  local p
+  for p in /usr/bin/python3 python3; do
+    if command -v "$p" >/dev/null && "$p" -c 'import nbd' 2>/dev/null; then
+      echo "$p"
+      return 0
+    fi
+  done
+  fail "no python3 with the nbd module (install python3-libnbd)"
+}
+
+declare -A _blockd_log
+# start_blockd VAR SOCKET [ARGS...]: starts vbk-blockd on the test's
+# store ($store) listening on SOCKET (a file left there is removed
+# first), with ARGS added to its command line, and waits for the socket.
+# Its pid goes to the variable VAR; it is killed at exit (also when
+# stopped).  It logs to $TEST_DIR/NAME.log, NAME being SOCKET's file name
+# without .sock, where the failure handler shows it.
+start_blockd ()
+{
+  local _var=$1 _sock=$2 _log
+  shift 2
+  _log=$TEST_DIR/$(basename "$_sock" .sock).log
+  rm -f "$_sock"
+  "$VBK_BIN/vbk-blockd" --store "$store" --socket "$_sock" "$@" 2>>"$_log" &
+  printf -v "$_var" %s $!
+  _blockd_log[$!]=$_log
+  cleanup_fn "kill -CONT $! 2>/dev/null; kill -9 $! 2>/dev/null"
+  wait_for_socket "$_sock"
+}
+
+# stop_blockd VAR: stops the vbk-blockd whose pid is in VAR with SIGTERM;
+# it must exit 0.
+stop_blockd ()
+{
+  local _pid=${!1} _rc=0 _log
+  _log=${_blockd_log[$_pid]}
+  kill -TERM "$_pid"
+  wait "$_pid" || _rc=$?
+  [ "$_rc" -eq 0 ] ||
+    fail "vbk-blockd $(basename "$_log" .log) exited $_rc after SIGTERM (log: $(tail -5 "$_log"))"
+}
+
+# Tests where several vbk-blockd play hosts that share the image "disk":
+# start_host NAME [ARGS...]: vbk-blockd as host NAME (start_blockd): host
+# id "hostNAME", socket $TEST_DIR/NAME.sock, log NAME.log, leases of 3 s
+# (a --lease-duration in ARGS wins), pid in pid_NAME.
+start_host ()
+{
+  local name=$1
+  shift
+  start_blockd "pid_$name" "$TEST_DIR/$name.sock" --host-id "host$name" \
+    --lease-duration 3 "$@"
+}
+# host_uri NAME: the NBD URI of disk on host NAME.
+host_uri () { echo "nbd+unix:///disk?socket=$TEST_DIR/$1.sock"; }
+# keep_open NAME: an idle client of disk on host NAME for the rest of the
+# test, as a VM's QEMU would be (a daemon closes an export, releasing its
+# lease, when its last client goes); its pid in keeper_NAME.
+keep_open ()
+{
+  local ready=$TEST_DIR/keeper-$1-$RANDOM i
+  (PATH=/usr/bin:$PATH READY=$ready exec nbdsh -u "$(host_uri "$1")" \
+     -c 'import os, time; open(os.environ["READY"], "w").close(); time.sleep(3600)') &
+  cleanup_fn "kill $! 2>/dev/null"
+  eval "keeper_$1=$!"
+  for ((i = 0; i < 200; i++)); do [ -e "$ready" ] && return 0; sleep 0.05; done
+  fail "idle client of $1 did not connect"
+}
+# holder: the host id that holds the lease of disk, or "none".
+holder ()
+{
+  vbk --store "$store" lease status disk --json |
+    python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["host"] if v["held"] else "none")'
+}
+# host_logs [NAME...]: the last lines of the logs of hosts NAME...
+# (default: A and B).
+host_logs ()
+{
+  local n files=()
+  [ $# -gt 0 ] || set -- A B
+  for n; do files+=("$TEST_DIR/$n.log"); done
+  tail -n 20 "${files[@]}"
+}
+# now_ms: the wall clock in ms.
+now_ms () { date +%s%3N; }

@@ -6,16 +6,7 @@
 #   vm_start NAME URI; vm NAME "write PATTERN OFFSET LENGTH"; vm NAME flush;
 #   vm_stop NAME.  vm returns 0 on "ok"; the answer is in $vm_reply.
 
-# The Debian python has the libnbd bindings (python3-libnbd); another
-# python3 first on PATH may not.
-py=
-for p in /usr/bin/python3 python3; do
-  if command -v "$p" >/dev/null && "$p" -c 'import nbd' 2>/dev/null; then
-    py=$p
-    break
-  fi
-done
-[ -n "$py" ] || fail "no python3 with the nbd module (install python3-libnbd)"
+py=$(python_with_nbd)
 
 # A client that stays connected, as a VM's disk does: blockd keeps the
 # export open, and its lease once written.  It reads commands on stdin

@@ -19,29 +19,12 @@ requires nbdcopy
 
 store=$(new_store)
 sock=$TEST_DIR/blockd.sock
-log=$TEST_DIR/blockd.log
 
-# start_blockd ARGS...: runs vbk-blockd on $sock, sets $pid.
-start_blockd ()
-{
-  rm -f "$sock"
-  "$VBK_BIN/vbk-blockd" --store "$store" --socket "$sock" "$@" 2>>"$log" &
-  pid=$!
-  cleanup_fn "kill -9 $pid 2>/dev/null"
-  wait_for_socket "$sock"
-}
-stop_blockd ()
-{
-  local rc=0
-  kill -TERM "$pid"
-  wait "$pid" || rc=$?
-  [ "$rc" -eq 0 ] || fail "vbk-blockd exited $rc after SIGTERM (log: $(tail -5 "$log"))"
-}
 uri () { echo "nbd+unix:///$1?socket=$sock"; }
 
 vbk --store "$store" image create disk1 --size 64M >/dev/null
 vbk --store "$store" image create disk2 --size 64M >/dev/null
-start_blockd
+start_blockd pid "$sock"
 
 # ---- nbdinfo ---------------------------------------------------------------
 nbdinfo --list "nbd+unix:///?socket=$sock" >"$TEST_DIR/list"
@@ -120,14 +103,14 @@ nbdinfo --list "nbd+unix:///?socket=$sock" | grep -q 'export="late"' ||
   fail "new image not listed"
 expect_fail "" nbdinfo "$(uri nosuchimage)"
 
-stop_blockd
+stop_blockd pid
 [ ! -e "$sock" ] || fail "socket left behind after SIGTERM"
 
 # ---- read-only -------------------------------------------------------------
-start_blockd --read-only
+start_blockd pid "$sock" --read-only
 nbdinfo "$(uri disk1)" | grep -q "is_read_only: true" || fail "not read-only"
 expect_fail "" qemu-io -f raw -c "write 0 4k" "$(uri disk1)"
 qemu-img convert -f raw -O raw "$(uri disk1)" "$TEST_DIR/ro.raw"
 cmp "$src" "$TEST_DIR/ro.raw" || fail "read-only export content differs"
-stop_blockd
+stop_blockd pid
 echo "blockd-clients: OK"

@@ -12,29 +12,18 @@
 . "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
 
 requires nbdsh
-nbdsh () { PATH=/usr/bin:$PATH command nbdsh "$@"; }
 
 store=$(new_store)
 sock=$TEST_DIR/blockd.sock
-log=$TEST_DIR/blockd.log
 progress=$TEST_DIR/progress
 export URI="nbd+unix:///disk?socket=$sock" PROGRESS=$progress
-
-start_blockd ()
-{
-  rm -f "$sock"
-  "$VBK_BIN/vbk-blockd" --store "$store" --socket "$sock" "$@" 2>>"$log" &
-  pid=$!
-  cleanup_fn "kill -9 $pid 2>/dev/null"
-  wait_for_socket "$sock"
-}
 
 vbk --store "$store" image create disk --size 64M >/dev/null
 
 for round in 1 2; do
   export ROUND=$round
   : >"$progress"
-  start_blockd
+  start_blockd pid "$sock"
   nbdsh -u "$URI" -c - >"$TEST_DIR/writer.out" 2>&1 <<'PYEOF' &
 import os, struct
 BLOCKS = 16384
@@ -66,7 +55,7 @@ PYEOF
   wait "$writer" 2>/dev/null || true
   grep -q flushed "$progress" || fail "no flush acknowledged before the kill ($(cat "$TEST_DIR/writer.out"))"
 
-  start_blockd
+  start_blockd pid "$sock"
   nbdsh -u "$URI" -c - <<'PYEOF' || fail "acknowledged writes lost (round $round)"
 import os, struct
 BLOCKS = 16384

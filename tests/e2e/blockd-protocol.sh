@@ -16,31 +16,13 @@
 requires nbdsh
 PY=/usr/bin/python3     # the one with the libnbd bindings
 [ -x "$PY" ] || fail "no /usr/bin/python3"
-# nbdsh runs "python3 -m nbd": make that the system one.
-nbdsh () { PATH=/usr/bin:$PATH command nbdsh "$@"; }
 
 store=$(new_store)
 sock=$TEST_DIR/blockd.sock
 log=$TEST_DIR/blockd.log
 
-start_blockd ()
-{
-  rm -f "$sock"
-  "$VBK_BIN/vbk-blockd" --store "$store" --socket "$sock" "$@" 2>>"$log" &
-  pid=$!
-  cleanup_fn "kill -9 $pid 2>/dev/null"
-  wait_for_socket "$sock"
-}
-stop_blockd ()
-{
-  local rc=0
-  kill -TERM "$pid"
-  wait "$pid" || rc=$?
-  [ "$rc" -eq 0 ] || fail "vbk-blockd exited $rc after SIGTERM (log: $(tail -5 "$log"))"
-}
-
 vbk --store "$store" image create disk --size 64M >/dev/null
-start_blockd
+start_blockd pid "$sock"
 
 # ---- Raw protocol --------------------------------------------------------
 "$PY" - "$sock" <<'PYEOF' || fail "raw protocol checks (log: $(tail -20 "$log"))"
@@ -326,10 +308,10 @@ for fn, want in [(lambda: h.pread(4096, 64 << 20), errno.EINVAL),
         assert e.errnum == want, (e.errnum, want, e.string)
 print("ok - nbdsh")
 PYEOF
-stop_blockd
+stop_blockd pid
 
 # ---- read-only exports: EPERM --------------------------------------------
-start_blockd --read-only
+start_blockd pid "$sock" --read-only
 nbdsh -u "$URI" -c - <<'PYEOF' || fail "read-only checks"
 import errno
 assert h.is_read_only()
@@ -344,5 +326,5 @@ for fn in [lambda: h.pwrite(b"x" * 4096, 0), lambda: h.trim(4096, 0),
 assert h.pread(4096, 0) == b"\x01" * 4096
 print("ok - read-only: EPERM")
 PYEOF
-stop_blockd
+stop_blockd pid
 echo "blockd-protocol: OK"

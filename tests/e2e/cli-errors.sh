@@ -15,23 +15,6 @@ requires python3
 requires setpriv
 requires ceph-authtool
 
-# expect_status CODE REGEX CMD ARGS...: CMD exits with CODE and prints
-# exactly one line on stderr, starting with "vbk: " and matching REGEX.
-expect_status ()
-{
-  local code=$1 re=$2 rc=0
-  shift 2
-  "$@" >"$TEST_DIR/out" 2>"$TEST_DIR/err" || rc=$?
-  [ "$rc" -eq "$code" ] ||
-    fail "expected exit $code, got $rc from: $* (stderr: $(cat "$TEST_DIR/err"))"
-  [ "$(wc -l <"$TEST_DIR/err")" -eq 1 ] ||
-    fail "expected one line on stderr from: $* (got: $(cat "$TEST_DIR/err"))"
-  grep -q '^vbk: ' "$TEST_DIR/err" ||
-    fail "stderr does not start with 'vbk: ': $(cat "$TEST_DIR/err")"
-  grep -Eq -- "$re" "$TEST_DIR/err" ||
-    fail "expected an error matching '$re' from: $* (got: $(cat "$TEST_DIR/err"))"
-}
-
 store="local:$TEST_DIR/store"
 export VBK_STORE=$store
 

@@ -17,34 +17,6 @@ M=$((1 << 20))
 S=$(new_store)
 v () { vbk --store "$S" "$@"; }
 
-# expect_status CODE REGEX CMD ARGS...: CMD exits with CODE and prints
-# exactly one line "vbk: ..." on stderr matching REGEX.
-expect_status ()
-{
-  local code=$1 re=$2 rc=0
-  shift 2
-  "$@" >"$TEST_DIR/out" 2>"$TEST_DIR/err" || rc=$?
-  [ "$rc" -eq "$code" ] ||
-    fail "expected exit $code, got $rc from: $* (stderr: $(cat "$TEST_DIR/err"))"
-  [ "$(wc -l <"$TEST_DIR/err")" -eq 1 ] ||
-    fail "expected one line on stderr from: $* (got: $(cat "$TEST_DIR/err"))"
-  grep -q '^vbk: ' "$TEST_DIR/err" ||
-    fail "stderr does not start with 'vbk: ': $(cat "$TEST_DIR/err")"
-  grep -Eq -- "$re" "$TEST_DIR/err" ||
-    fail "expected an error matching '$re' from: $* (got: $(cat "$TEST_DIR/err"))"
-}
-
-# json_check PYTHON-EXPRESSION: evaluates it with d = the JSON on stdin.
-json_check ()
-{
-  python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-if not eval("(" + sys.argv[1] + ")"):
-    sys.exit("check failed: %s\nJSON: %s" % (sys.argv[1], json.dumps(d)))
-' "$1" || fail "JSON check failed: $1"
-}
-
 # objects NAME: the "objects" count of image NAME.
 objects () { v image info "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["objects"])'; }
 

@@ -23,38 +23,8 @@ requires python3
 requires qemu-io
 
 
-S=$(new_store)
-v () { vbk --store "$S" "$@"; }
-
-# expect_status CODE REGEX CMD ARGS...: CMD exits with CODE and prints
-# exactly one line "vbk: ..." on stderr matching REGEX.
-expect_status ()
-{
-  local code=$1 re=$2 rc=0
-  shift 2
-  "$@" >"$TEST_DIR/out" 2>"$TEST_DIR/err" || rc=$?
-  [ "$rc" -eq "$code" ] ||
-    fail "expected exit $code, got $rc from: $* (stderr: $(cat "$TEST_DIR/err"))"
-  [ "$(wc -l <"$TEST_DIR/err")" -eq 1 ] ||
-    fail "expected one line on stderr from: $* (got: $(cat "$TEST_DIR/err"))"
-  grep -q '^vbk: ' "$TEST_DIR/err" ||
-    fail "stderr does not start with 'vbk: ': $(cat "$TEST_DIR/err")"
-  grep -Eq -- "$re" "$TEST_DIR/err" ||
-    fail "expected an error matching '$re' from: $* (got: $(cat "$TEST_DIR/err"))"
-}
-
-# json_check PYTHON-EXPRESSION: evaluates it with d = the JSON on stdin
-# and now = the wall clock in ms.
-json_check ()
-{
-  python3 -c '
-import json, sys, time
-d = json.load(sys.stdin)
-now = time.time() * 1000
-if not eval("(" + sys.argv[1] + ")"):
-    sys.exit("check failed: %s\nJSON: %s" % (sys.argv[1], json.dumps(d)))
-' "$1" || fail "JSON check failed: $1"
-}
+store=$(new_store)
+v () { vbk --store "$store" "$@"; }
 
 # field KEY: KEY of the lease status JSON of disk1.
 field () { v lease status disk1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
@@ -112,18 +82,6 @@ v lease release --help | grep -q -- "--timeout SECONDS" ||
 
 # ---- A vbk-blockd holds it ---------------------------------------------------
 
-log=$TEST_DIR/blockd.log
-# start_blockd VAR SOCKET ARGS...: runs vbk-blockd on SOCKET, its pid in VAR.
-start_blockd ()
-{
-  local var=$1 sock=$2
-  shift 2
-  rm -f "$sock"
-  "$VBK_BIN/vbk-blockd" --store "$S" --socket "$sock" "$@" 2>>"$log" &
-  printf -v "$var" %s $!
-  cleanup_fn "kill -CONT $! 2>/dev/null; kill -9 $! 2>/dev/null"
-  wait_for_socket "$sock"
-}
 uri () { echo "nbd+unix:///$1?socket=$2"; }
 sock_a=$TEST_DIR/a.sock
 sock_b=$TEST_DIR/b.sock

@@ -12,27 +12,13 @@
 
 requires nbdsh
 requires python3
-nbdsh () { PATH=/usr/bin:$PATH command nbdsh "$@"; }
 
 store=$(new_store)
 
-start_daemon ()
-{
-  local name=$1 sock=$TEST_DIR/$1.sock
-  shift
-  rm -f "$sock"
-  "$VBK_BIN/vbk-blockd" --store "$store" --socket "$sock" --host-id "host$name" \
-    --lease-duration 3 "$@" 2>>"$TEST_DIR/$name.log" &
-  eval "pid_$name=$!"
-  cleanup_fn "kill -9 $! 2>/dev/null"
-  wait_for_socket "$sock"
-}
-uri () { echo "nbd+unix:///disk?socket=$TEST_DIR/$1.sock"; }
-logs () { tail -n 20 "$TEST_DIR"/A.log "$TEST_DIR"/B.log; }
 
 vbk --store "$store" image create disk --size 64M >/dev/null
-start_daemon A
-start_daemon B
+start_host A
+start_host B
 
 # writer NAME OFFSET: writes 4 KiB blocks in a loop for up to 20 s, until
 # it has seen 3 errors; prints its counts and its first error.
@@ -53,9 +39,9 @@ while time.monotonic() < end and errs < 3:
     time.sleep(0.005)
 print("%s: %d writes acknowledged, %d failed%s" % (name, ok, errs, ", first: " + first if first else ""))
 '
-NAME=A OFF=0 nbdsh -u "$(uri A)" -c "$writer" >"$TEST_DIR/a.out" 2>&1 &
+NAME=A OFF=0 nbdsh -u "$(host_uri A)" -c "$writer" >"$TEST_DIR/a.out" 2>&1 &
 wa=$!
-NAME=B OFF=$((8 << 20)) nbdsh -u "$(uri B)" -c "$writer" >"$TEST_DIR/b.out" 2>&1 &
+NAME=B OFF=$((8 << 20)) nbdsh -u "$(host_uri B)" -c "$writer" >"$TEST_DIR/b.out" 2>&1 &
 wb=$!
 wait "$wa" || fail "writer A: $(cat "$TEST_DIR/a.out")"
 wait "$wb" || fail "writer B: $(cat "$TEST_DIR/b.out")"
@@ -64,9 +50,9 @@ cat "$TEST_DIR/a.out" "$TEST_DIR/b.out"
 errs_a=$(grep -Eo '[0-9]+ failed' "$TEST_DIR/a.out" | grep -Eo '[0-9]+')
 errs_b=$(grep -Eo '[0-9]+ failed' "$TEST_DIR/b.out" | grep -Eo '[0-9]+')
 [ "$errs_a" -gt 0 ] || [ "$errs_b" -gt 0 ] ||
-  fail "two writers for 20 s and no error on either side; $(logs)"
+  fail "two writers for 20 s and no error on either side; $(host_logs)"
 [ "$errs_a" -eq 0 ] || [ "$errs_b" -eq 0 ] ||
-  fail "both sides got errors: one writer should have kept the lease; $(logs)"
+  fail "both sides got errors: one writer should have kept the lease; $(host_logs)"
 grep -q "Input/output error" "$TEST_DIR/a.out" "$TEST_DIR/b.out" ||
   fail "the refused writes did not fail with EIO"
 
@@ -80,13 +66,13 @@ assert s["handoffs"] >= 5, s["handoffs"]
 print("vbk lease status: %s (%d hand-offs)" % (s["conflict"], s["handoffs"]))
 PY
 grep -q "refused hand-off" "$TEST_DIR/A.log" "$TEST_DIR/B.log" ||
-  fail "no refusal logged: $(logs)"
+  fail "no refusal logged: $(host_logs)"
 
 # The operator clears it.
 vbk --store "$store" lease release disk >/dev/null || fail "vbk lease release"
 vbk --store "$store" lease status disk --json |
   python3 -c 'import json,sys; s=json.load(sys.stdin); assert not s["conflict"], s' ||
   fail "conflict still shown after vbk lease release"
-nbdsh -u "$(uri B)" -c 'h.pwrite(b"b" * 4096, 0)' || fail "B cannot write after the release"
-nbdsh -u "$(uri A)" -c 'assert h.pread(4096, 0) == b"b" * 4096' || fail "A does not see B's write"
+nbdsh -u "$(host_uri B)" -c 'h.pwrite(b"b" * 4096, 0)' || fail "B cannot write after the release"
+nbdsh -u "$(host_uri A)" -c 'assert h.pread(4096, 0) == b"b" * 4096' || fail "A does not see B's write"
 echo "lease-bounce: OK"

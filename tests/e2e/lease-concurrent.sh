@@ -20,29 +20,15 @@
 
 requires nbdsh
 requires qemu-img
-nbdsh () { PATH=/usr/bin:$PATH command nbdsh "$@"; }
 
 store=$(new_store)
 
-start_daemon ()
-{
-  local name=$1 sock=$TEST_DIR/$1.sock
-  shift
-  rm -f "$sock"
-  "$VBK_BIN/vbk-blockd" --store "$store" --socket "$sock" --host-id "host$name" \
-    --lease-duration 3 "$@" 2>>"$TEST_DIR/$name.log" &
-  eval "pid_$name=$!"
-  cleanup_fn "kill -9 $! 2>/dev/null"
-  wait_for_socket "$sock"
-}
-uri () { echo "nbd+unix:///disk?socket=$TEST_DIR/$1.sock"; }
-logs () { tail -n 20 "$TEST_DIR"/A.log "$TEST_DIR"/B.log; }
 
 vbk --store "$store" image create disk --size 64M >/dev/null
-start_daemon A
-start_daemon B
+start_host A
+start_host B
 
-export URI_A=$(uri A) URI_B=$(uri B) ALOG=$TEST_DIR/a.log BLOG=$TEST_DIR/b.log
+export URI_A=$(host_uri A) URI_B=$(host_uri B) ALOG=$TEST_DIR/a.log BLOG=$TEST_DIR/b.log
 : >"$ALOG"
 
 # ---- A's stream ---------------------------------------------------------------
@@ -67,8 +53,8 @@ for ((t = 0; t < 600; t++)); do
   [ "$(wc -l <"$ALOG")" -ge 150 ] && break
   sleep 0.05
 done
-[ "$(wc -l <"$ALOG")" -ge 150 ] || fail "A's stream did not start: $(cat "$TEST_DIR/a.out"); $(logs)"
-nbdsh -u "$URI_B" -c - >"$TEST_DIR/b.out" 2>&1 <<'PY' || fail "B's write failed: $(cat "$TEST_DIR/b.out"); $(logs)"
+[ "$(wc -l <"$ALOG")" -ge 150 ] || fail "A's stream did not start: $(cat "$TEST_DIR/a.out"); $(host_logs)"
+nbdsh -u "$URI_B" -c - >"$TEST_DIR/b.out" 2>&1 <<'PY' || fail "B's write failed: $(cat "$TEST_DIR/b.out"); $(host_logs)"
 import os, time
 t0 = time.monotonic_ns()
 h.pwrite(b"B" * (8 << 20), 8 << 20)
@@ -77,7 +63,7 @@ open(os.environ["BLOG"], "w").write("%d %d\n" % (t0, t1))
 print("B: write of 8 MiB in %.1f ms, A at block %d" % ((t1 - t0) / 1e6, sum(1 for _ in open(os.environ["ALOG"]))))
 PY
 cat "$TEST_DIR/b.out"
-wait "$writer" || fail "A's stream failed: $(cat "$TEST_DIR/a.out"); $(logs)"
+wait "$writer" || fail "A's stream failed: $(cat "$TEST_DIR/a.out"); $(host_logs)"
 cat "$TEST_DIR/a.out"
 [ "$(wc -l <"$ALOG")" -eq 512 ] || fail "A acknowledged $(wc -l <"$ALOG") of 512 writes"
 
@@ -108,12 +94,12 @@ for i in range(512):
 print("blocks in B\x27s range: %d B\x27s, %d A\x27s (written after), %d concurrent" % (counts["B"], counts["A"], counts["either"]))
 assert counts["B"] > 0 and counts["A"] > 0, counts
 '
-nbdsh -u "$URI_A" -c "$check" || fail "through A: $(logs)"
-nbdsh -u "$URI_B" -c "$check" || fail "through B: $(logs)"
+nbdsh -u "$URI_A" -c "$check" || fail "through A: $(host_logs)"
+nbdsh -u "$URI_B" -c "$check" || fail "through B: $(host_logs)"
 qemu-img compare -f raw -F raw "$URI_A" "$URI_B" >/dev/null || fail "A and B differ"
 
 # ---- B writes last: its view everywhere ---------------------------------------
-nbdsh -u "$URI_B" -c 'h.pwrite(b"C" * (1 << 20), 0)' || fail "B's last write: $(logs)"
+nbdsh -u "$URI_B" -c 'h.pwrite(b"C" * (1 << 20), 0)' || fail "B's last write: $(host_logs)"
 nbdsh -u "$URI_A" -c 'assert h.pread(1 << 20, 0) == b"C" * (1 << 20)' ||
   fail "A does not see B's last write"
 qemu-img compare -f raw -F raw "$URI_A" "$URI_B" >/dev/null || fail "A and B differ at the end"

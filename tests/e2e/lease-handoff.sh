@@ -18,44 +18,9 @@ requires qemu-io
 requires qemu-img
 requires nbdsh
 requires python3
-nbdsh () { PATH=/usr/bin:$PATH command nbdsh "$@"; }
 
 store=$(new_store)
 
-# start_daemon NAME ARGS...: vbk-blockd as host NAME on $TEST_DIR/NAME.sock.
-start_daemon ()
-{
-  local name=$1 sock=$TEST_DIR/$1.sock
-  shift
-  rm -f "$sock"
-  "$VBK_BIN/vbk-blockd" --store "$store" --socket "$sock" --host-id "host$name" \
-    --lease-duration 3 "$@" 2>>"$TEST_DIR/$name.log" &
-  eval "pid_$name=$!"
-  cleanup_fn "kill -9 $! 2>/dev/null"
-  wait_for_socket "$sock"
-}
-stop_daemon ()
-{
-  local pid rc=0
-  pid=$(eval echo "\$pid_$1")
-  kill -TERM "$pid"
-  wait "$pid" || rc=$?
-  [ "$rc" -eq 0 ] || fail "vbk-blockd $1 exited $rc after SIGTERM (log: $(tail -5 "$TEST_DIR/$1.log"))"
-}
-uri () { echo "nbd+unix:///disk?socket=$TEST_DIR/$1.sock"; }
-# keep_open NAME: an idle client on NAME for the rest of the test, as a
-# VM's QEMU would be (a daemon closes an export, releasing its lease,
-# when its last client goes).
-keep_open ()
-{
-  local ready=$TEST_DIR/keeper-$1-$RANDOM
-  (PATH=/usr/bin:$PATH READY=$ready exec nbdsh -u "$(uri "$1")" \
-     -c 'import os, time; open(os.environ["READY"], "w").close(); time.sleep(3600)') &
-  cleanup_fn "kill $! 2>/dev/null"
-  eval "keeper_$1=$!"
-  for ((i = 0; i < 200; i++)); do [ -e "$ready" ] && return 0; sleep 0.05; done
-  fail "idle client of $1 did not connect"
-}
 logs () { tail -n 20 "$TEST_DIR"/*.log; }
 
 # status_field FIELD: from `vbk lease status disk --json`.
@@ -69,7 +34,7 @@ status_field ()
 # test on any error.
 qio ()
 {
-  qemu-io -f raw -c "$2" "$(uri "$1")" >"$TEST_DIR/qio.out" 2>&1 ||
+  qemu-io -f raw -c "$2" "$(host_uri "$1")" >"$TEST_DIR/qio.out" 2>&1 ||
     fail "qemu-io '$2' through $1: $(cat "$TEST_DIR/qio.out"); $(logs)"
   if grep -Eq 'error|failed|Pattern verification' "$TEST_DIR/qio.out"; then
     fail "qemu-io '$2' through $1: $(cat "$TEST_DIR/qio.out"); $(logs)"
@@ -94,13 +59,13 @@ ref=$TEST_DIR/ref.raw
 truncate -s 64M "$ref"
 ref_write () { qemu-io -f raw -c "write -P $1 $2 $3" "$ref" >/dev/null; }
 compare_with () {
-  qemu-img compare -f raw -F raw "$ref" "$(uri "$1")" >"$TEST_DIR/cmp.out" 2>&1 ||
+  qemu-img compare -f raw -F raw "$ref" "$(host_uri "$1")" >"$TEST_DIR/cmp.out" 2>&1 ||
     fail "image through $1 differs from the reference: $(cat "$TEST_DIR/cmp.out")"
 }
 
 vbk --store "$store" image create disk --size 64M >/dev/null
-start_daemon A
-start_daemon B
+start_host A
+start_host B
 keep_open A
 keep_open B
 [ "$(status_field held)" = False ] || fail "lease held before any write"
@@ -159,13 +124,13 @@ echo "hand-off latency (write request to completion): A->B ${lat_ab} ms, B->A ${
 
 # ---- A clean stop releases the lease; B takes it at once --------------------
 kill "$keeper_A"
-stop_daemon A
+stop_blockd pid_A
 [ "$(status_field held)" = False ] || fail "lease still held after A stopped: $(status_field host)"
 lat_b=$(timed_write B 0x44 40M 1M)
 ref_write 0x44 40M 1M
 compare_with B
 kill "$keeper_B"
-stop_daemon B
+stop_blockd pid_B
 [ "$(status_field held)" = False ] || fail "lease still held after B stopped"
 echo "after A's SIGTERM: B's first write ${lat_b} ms"
 echo "lease-handoff: OK"

@@ -18,48 +18,19 @@
 
 requires nbdsh
 requires qemu-io
-nbdsh () { PATH=/usr/bin:$PATH command nbdsh "$@"; }
 
 store=$(new_store)
 duration=3
 
-start_daemon ()
-{
-  local name=$1 sock=$TEST_DIR/$1.sock
-  shift
-  rm -f "$sock"
-  "$VBK_BIN/vbk-blockd" --store "$store" --socket "$sock" --host-id "host$name" \
-    --lease-duration "$duration" "$@" 2>>"$TEST_DIR/$name.log" &
-  eval "pid_$name=$!"
-  cleanup_fn "kill -CONT $! 2>/dev/null; kill -9 $! 2>/dev/null"
-  wait_for_socket "$sock"
-}
-uri () { echo "nbd+unix:///disk?socket=$TEST_DIR/$1.sock"; }
-logs () { tail -n 20 "$TEST_DIR"/A.log "$TEST_DIR"/B.log; }
-keep_open ()
-{
-  local ready=$TEST_DIR/keeper-$1-$RANDOM
-  (PATH=/usr/bin:$PATH READY=$ready exec nbdsh -u "$(uri "$1")" \
-     -c 'import os, time; open(os.environ["READY"], "w").close(); time.sleep(3600)') &
-  cleanup_fn "kill $! 2>/dev/null"
-  eval "keeper_$1=$!"
-  for ((i = 0; i < 200; i++)); do [ -e "$ready" ] && return 0; sleep 0.05; done
-  fail "idle client of $1 did not connect"
-}
-holder () {
-  vbk --store "$store" lease status disk --json |
-    python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["host"] if v["held"] else "none")'
-}
-now_ms () { date +%s%3N; }
 qio () {
-  qemu-io -f raw -c "$2" "$(uri "$1")" >"$TEST_DIR/qio.out" 2>&1 &&
+  qemu-io -f raw -c "$2" "$(host_uri "$1")" >"$TEST_DIR/qio.out" 2>&1 &&
     ! grep -Eq 'error|failed|verification' "$TEST_DIR/qio.out" ||
-    fail "qemu-io '$2' through $1: $(cat "$TEST_DIR/qio.out"); $(logs)"
+    fail "qemu-io '$2' through $1: $(cat "$TEST_DIR/qio.out"); $(host_logs)"
 }
 
 vbk --store "$store" image create disk --size 64M >/dev/null
-start_daemon A
-start_daemon B
+start_host A --lease-duration "$duration"
+start_host B --lease-duration "$duration"
 keep_open A
 keep_open B
 
@@ -77,16 +48,16 @@ echo "takeover after kill -9 of the holder: B's write completed in $took ms (lea
 [ "$(holder)" = hostB ] || fail "holder after takeover: $(holder)"
 qio B "read -P 0xa1 0 4M"
 qio B "read -P 0xb1 4M 4M"
-grep -q "fencing" "$TEST_DIR/B.log" || fail "B did not fence A: $(logs)"
+grep -q "fencing" "$TEST_DIR/B.log" || fail "B did not fence A: $(host_logs)"
 
 # ---- 2. kill -STOP of the holder ----------------------------------------------
-start_daemon A
+start_host A --lease-duration "$duration"
 keep_open A
 qio A "write -P 0xa2 8M 1M"
 [ "$(holder)" = hostA ] || fail "holder after the restarted A's write: $(holder)"
 
 # A client of A, connected before A stops, that writes on cue.
-export URI_A=$(uri A) GO1=$TEST_DIR/go1 GO2=$TEST_DIR/go2 READY=$TEST_DIR/ready
+export URI_A=$(host_uri A) GO1=$TEST_DIR/go1 GO2=$TEST_DIR/go2 READY=$TEST_DIR/ready
 nbdsh -u "$URI_A" -c - >"$TEST_DIR/stopped-client.out" 2>&1 <<'PY' &
 import os, time
 def wait_for(path):
@@ -128,9 +99,9 @@ wait "$client" || fail "A's client: $(cat "$TEST_DIR/stopped-client.out")"
 cat "$TEST_DIR/stopped-client.out"
 for what in "pending write" "new write" "flush"; do
   grep -q "^$what: failed" "$TEST_DIR/stopped-client.out" ||
-    fail "$what through the fenced A did not fail: $(cat "$TEST_DIR/stopped-client.out"); $(logs)"
+    fail "$what through the fenced A did not fail: $(cat "$TEST_DIR/stopped-client.out"); $(host_logs)"
 done
-grep -q "lease lost" "$TEST_DIR/A.log" || fail "A does not log the lost lease: $(logs)"
+grep -q "lease lost" "$TEST_DIR/A.log" || fail "A does not log the lost lease: $(host_logs)"
 
 # Only B's data, through B and through a new connection to A.
 qio B "read -P 0xb2 8M 2M"

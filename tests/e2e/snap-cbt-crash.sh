@@ -14,23 +14,11 @@
 
 requires nbdsh
 requires python3
-nbdsh () { PATH=/usr/bin:$PATH command nbdsh "$@"; }
 
 store=$(new_store)
 OBJ=65536
 acked=$TEST_DIR/acked
 : >"$acked"
-
-start_blockd ()   # NAME HOST-ID
-{
-  local sock=$TEST_DIR/$1.sock
-  rm -f "$sock"
-  "$VBK_BIN/vbk-blockd" --store "$store" --socket "$sock" --host-id "$2" \
-    --lease-duration 3 2>>"$TEST_DIR/$1.log" &
-  eval "pid_$1=$!"
-  cleanup_fn "kill -9 $! 2>/dev/null"
-  wait_for_socket "$sock"
-}
 
 # stream SOCKET FIRST COUNT: writes 4 KiB to COUNT scattered objects,
 # logging the offset of each acknowledged write.
@@ -69,7 +57,7 @@ PYEOF
 }
 
 vbk --store "$store" image create disk --size 64M --object-size 64K >/dev/null
-start_blockd a host-a
+start_blockd pid_a "$TEST_DIR/a.sock" --host-id host-a --lease-duration 3
 stream "$TEST_DIR/a.sock" 0 40
 vbk --store "$store" snap create disk@base >/dev/null
 
@@ -86,12 +74,12 @@ wait "$writer" 2>/dev/null || true
 check_diff "after kill -9"
 
 # 2. Takeover: B writes once A's lease has run out.
-start_blockd b host-b
+start_blockd pid_b "$TEST_DIR/b.sock" --host-id host-b --lease-duration 3
 stream "$TEST_DIR/b.sock" 200000 200
 check_diff "after takeover by B"
 
 # 3. Hand-off back to a restarted A.
-start_blockd a host-a
+start_blockd pid_a "$TEST_DIR/a.sock" --host-id host-a --lease-duration 3
 stream "$TEST_DIR/a.sock" 300000 200
 check_diff "after hand-off to A"
 # Three acquisitions: A, B (takeover), A again.

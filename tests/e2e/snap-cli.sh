@@ -29,39 +29,8 @@ requires nbdinfo
 
 
 M=$((1 << 20))
-S=$(new_store)
-v () { vbk --store "$S" "$@"; }
-
-# expect_status CODE REGEX CMD ARGS...: CMD exits with CODE and prints
-# exactly one line "vbk: ..." on stderr matching REGEX.
-expect_status ()
-{
-  local code=$1 re=$2 rc=0
-  shift 2
-  "$@" >"$TEST_DIR/out" 2>"$TEST_DIR/err" || rc=$?
-  [ "$rc" -eq "$code" ] ||
-    fail "expected exit $code, got $rc from: $* (stderr: $(cat "$TEST_DIR/err"))"
-  [ "$(wc -l <"$TEST_DIR/err")" -eq 1 ] ||
-    fail "expected one line on stderr from: $* (got: $(cat "$TEST_DIR/err"))"
-  grep -q '^vbk: ' "$TEST_DIR/err" ||
-    fail "stderr does not start with 'vbk: ': $(cat "$TEST_DIR/err")"
-  grep -Eq -- "$re" "$TEST_DIR/err" ||
-    fail "expected an error matching '$re' from: $* (got: $(cat "$TEST_DIR/err"))"
-}
-
-# json_check PYTHON-EXPRESSION: evaluates it with d = the JSON on stdin,
-# M = 1 MiB and now = the wall clock in ms.
-json_check ()
-{
-  python3 -c '
-import json, sys, time
-d = json.load(sys.stdin)
-M = 1 << 20
-now = time.time() * 1000
-if not eval("(" + sys.argv[1] + ")"):
-    sys.exit("check failed: %s\nJSON: %s" % (sys.argv[1], json.dumps(d)))
-' "$1" || fail "JSON check failed: $1"
-}
+store=$(new_store)
+v () { vbk --store "$store" "$@"; }
 
 # lease_field IMAGE KEY
 lease_field () { v lease status "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$2"; }
@@ -71,9 +40,9 @@ clones ()
 {
   case "$VBK_TEST_STORE_KIND" in
     local)
-      find "${S#local:}/clone" -type f | wc -l ;;
+      find "${store#local:}/clone" -type f | wc -l ;;
     rados)
-      local ns=${S#rados:"$VBK_TEST_POOL"/} o
+      local ns=${store#rados:"$VBK_TEST_POOL"/} o
       ns=${ns%%\?*}
       for o in $(rados -c "$CEPH_CONF" -p "$VBK_TEST_POOL" -N "$ns" ls); do
         rados -c "$CEPH_CONF" -p "$VBK_TEST_POOL" -N "$ns" listsnaps "$o"
@@ -81,18 +50,7 @@ clones ()
   esac
 }
 
-log=$TEST_DIR/blockd.log
-# start_blockd VAR SOCKET ARGS...: runs vbk-blockd on SOCKET, its pid in VAR.
-start_blockd ()
-{
-  local var=$1 sock=$2
-  shift 2
-  rm -f "$sock"
-  "$VBK_BIN/vbk-blockd" --store "$S" --socket "$sock" "$@" 2>>"$log" &
-  printf -v "$var" %s $!
-  cleanup_fn "kill -9 $! 2>/dev/null"
-  wait_for_socket "$sock"
-}
+log=$TEST_DIR/a.log     # host-a's vbk-blockd (start_blockd)
 uri () { echo "nbd+unix:///$1?socket=$2"; }
 # qio SOCKET IMAGE COMMANDS...: qemu-io (read-only for IMAGE@SNAP),
 # failing the test on an error or a pattern mismatch.

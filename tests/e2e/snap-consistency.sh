@@ -12,33 +12,21 @@
 
 . "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
 
-# The Debian python has the libnbd bindings (python3-libnbd); another
-# python3 first on PATH may not.
-py=
-for p in /usr/bin/python3 python3; do
-  if command -v "$p" >/dev/null && "$p" -c 'import nbd' 2>/dev/null; then
-    py=$p
-    break
-  fi
-done
-[ -n "$py" ] || fail "no python3 with the nbd module (install python3-libnbd)"
+py=$(python_with_nbd)
 
-S=$(new_store)
+store=$(new_store)
 sock=$TEST_DIR/blockd.sock
 log=$TEST_DIR/blockd.log
 n=${SNAPSHOTS:-20}
 writers=${WRITERS:-4}
 
 # Each writer's region: 4 MiB over 4 objects of 1 MiB.
-vbk --store "$S" image create disk --size $((writers * 4))M --object-size 1M
-"$VBK_BIN/vbk-blockd" --store "$S" --socket "$sock" --host-id host-a 2>>"$log" &
-pid=$!
-cleanup_fn "kill -9 $pid 2>/dev/null"
-wait_for_socket "$sock"
+vbk --store "$store" image create disk --size $((writers * 4))M --object-size 1M
+start_blockd pid "$sock" --host-id host-a
 
 "$py" "$VBK_SRC/tests/e2e/snap-consistency.py" \
   --uri "nbd+unix:///disk?socket=$sock" --socket "$sock" \
-  --vbk "$VBK_BIN/vbk" --store "$S" --image disk \
+  --vbk "$VBK_BIN/vbk" --store "$store" --image disk \
   --writers "$writers" --blocks 1024 --snapshots "$n" \
   --json "$TEST_DIR/result.json" ||
   fail "snapshots are not consistent (blockd log: $(tail -5 "$log"))"
@@ -48,12 +36,12 @@ wait_for_socket "$sock"
 # writers disconnected and the export closed.
 taken=$(grep -c "snapshot c[0-9]*: taken" "$log" || true)
 [ "$taken" -eq "$n" ] || fail "blockd logged $taken of $n snapshots"
-vbk --store "$S" lease status disk --json | "$py" -c '
+vbk --store "$store" lease status disk --json | "$py" -c '
 import json, sys
 d = json.load(sys.stdin)
 assert d["epoch"] == 1 and d["handoffs"] == 0, d' ||
-  fail "the lease moved during the run: $(vbk --store "$S" lease status disk)"
-[ "$(vbk --store "$S" snap ls disk --json | "$py" -c 'import json,sys; print(len(json.load(sys.stdin)))')" -eq "$n" ] ||
+  fail "the lease moved during the run: $(vbk --store "$store" lease status disk)"
+[ "$(vbk --store "$store" snap ls disk --json | "$py" -c 'import json,sys; print(len(json.load(sys.stdin)))')" -eq "$n" ] ||
   fail "snap ls does not list $n snapshots"
 
 kill -TERM "$pid"

@@ -16,17 +16,12 @@ requires qemu-img
 requires nbdinfo
 requires nbdsh
 requires python3
-nbdsh () { PATH=/usr/bin:$PATH command nbdsh "$@"; }
 
 store=$(new_store)
 sock=$TEST_DIR/A.sock
 MiB=$((1 << 20))
 
-"$VBK_BIN/vbk-blockd" --store "$store" --socket "$sock" --host-id hostA \
-  --lease-duration 3 2>>"$TEST_DIR/A.log" &
-pid=$!
-cleanup_fn "kill -9 $pid 2>/dev/null"
-wait_for_socket "$sock"
+start_host A
 uri () { echo "nbd+unix:///$1?socket=$sock"; }
 logs () { tail -n 20 "$TEST_DIR/A.log"; }
 qio () {
