@@ -682,9 +682,12 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
           break;
         }
 
+      /* Shutting down: leave the request unanswered.  A client that
+       * reconnects (QEMU's reconnect-delay) sends it again to the next
+       * daemon; an NBD_ESHUTDOWN reply would fail it in the guest. */
+      if (atomic_load (&c->srv->quit))
+        break;
       err = nbd_srv_check_request (&q, &lim);
-      if (!err && atomic_load (&c->srv->quit))
-        err = NBD_ESHUTDOWN;
       if (err)
         {
           if (q.type == NBD_CMD_WRITE && nbd_srv_conn_skip (c, q.count) < 0)
