@@ -8,15 +8,26 @@
  *   xattr "size", changed only by compare-and-set so two resizes cannot
  *   interleave.  The name object vbk_name.NAME (created exclusively)
  *   claims a name and holds the id; vbk_directory's omap lists images.
- * - The object map has one byte per data object.  An open image keeps it
- *   in memory; a reader looks at a byte without a lock.  Before the first
- *   write to an object since the last snapshot, the writer marks the
- *   entry DIRTY with a synchronous store write, under map_lock; only then
- *   does the data write start.  So the map on the store never
- *   under-reports written objects, whatever step a crash interrupts.
+ * - The object map has one byte per data object: ABSENT or CLEAN
+ *   (allocated).  An open image keeps it in memory; a reader looks at a
+ *   byte without a lock.  In memory an allocated entry is DIRTY once its
+ *   object is in the change log of the live interval.
+ * - The change log (vbk_changes.ID) lists the objects changed since the
+ *   last snapshot, 8 bytes each, in the order of their first change.  It
+ *   is written under the snapshot context and emptied by each snapshot,
+ *   so its copy at snapshot S lists exactly the interval that ended at
+ *   S: a diff reads one short list per snapshot, and a snapshot writes
+ *   no map, whatever the disk's size.
+ * - Before the first change to an object in an interval, the writer
+ *   appends it to the change log (and, if the object was ABSENT, marks it
+ *   allocated in the map) with synchronous store writes; only then does
+ *   the data write start.  So after any crash neither the map nor the
+ *   log under-reports.  Concurrent first writes are committed together.
  * - A discard may mark an object ABSENT only when no write to it is in
  *   flight (counted in wr_inflight buckets), or the ABSENT could land
- *   after a concurrent write's DIRTY and under-report.
+ *   after a concurrent write's entry and under-report.
+ * - A shrink records the new size in the header xattr "min_size"; the
+ *   next snapshot moves it into the log as a "from object N up" entry.
  * - A resize of an open image swaps the in-memory map (image_refresh);
  *   old maps are kept until image_close so lock-free readers never see
  *   freed memory.
@@ -24,6 +35,7 @@
  *   store aio per piece and complete when the last piece does;
  *   synchronous calls do the pieces in turn on the caller's thread.
  */
+#include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -44,8 +56,20 @@
 struct objmap {
   struct objmap *retired;        /* older maps, freed at close */
   uint64_t n;
-  uint8_t *pending;              /* entries waiting to become DIRTY */
+  uint8_t *pending;              /* NEED_* a group commit will write */
+  uint8_t *logged;               /* in the live interval's change log */
   uint8_t bytes[];
+};
+
+/* What an entry still needs before its object may change. */
+enum { NEED_LOG = 1, NEED_MAP = 2 };
+
+/* A list of changed objects: entries, and FROM: every object from it up
+ * (UINT64_MAX: none). */
+struct changes {
+  uint64_t *v;
+  size_t n, cap;
+  uint64_t from;
 };
 
 struct image {
@@ -55,11 +79,13 @@ struct image {
   unsigned flags;
   uint64_t read_snap;            /* STORE_SNAP_HEAD, or the snapshot read */
   int untrusted;                 /* the map may be stale: see image.h */
-  char hdr_oid[64], map_oid[64];
+  char hdr_oid[64], map_oid[64], log_oid[64];
   struct objmap *map;            /* replaced only by image_refresh */
   pthread_mutex_t map_lock;      /* serializes map changes */
   pthread_cond_t map_cond;       /* a map write finished */
-  bool map_writing;              /* a thread is writing the map */
+  bool map_writing;              /* a thread is writing the map or log */
+  struct changes log;            /* the change log as stored (raw) */
+  struct changes pend;           /* entries with pending != 0 */
   int wr_inflight[INFLIGHT_BUCKETS];
 };
 
@@ -111,40 +137,168 @@ map_oid (const char *id, char *buf, size_t len)
   snprintf (buf, len, "vbk_object_map.%s", id);
 }
 
+static void
+changes_oid (const char *id, char *buf, size_t len)
+{
+  snprintf (buf, len, "vbk_changes.%s", id);
+}
+
 /* Changes recorded for the interval that ends at snapshot SNAPID (0: the
- * live interval) by snapshots removed since: when a snapshot goes, the
- * DIRTY entries of its map move here, into the next newer interval, so
- * changed-block tracking never loses them. */
+ * live interval) by snapshots removed since: when a snapshot goes, its
+ * interval's changes move here, into the next newer interval, so
+ * changed-block tracking never loses them.  Same format as the log. */
 static void
 merged_oid (const char *id, uint64_t snapid, char *buf, size_t len)
 {
   if (snapid)
-    snprintf (buf, len, "vbk_object_map.%s.merged.%016" PRIx64, id, snapid);
+    snprintf (buf, len, "vbk_changes.%s.merged.%016" PRIx64, id, snapid);
   else
-    snprintf (buf, len, "vbk_object_map.%s.merged.head", id);
+    snprintf (buf, len, "vbk_changes.%s.merged.head", id);
 }
 
-/* ORs the merged changes of interval SNAPID into CHANGED[0..N). */
+/* ---- Change lists ----------------------------------------------------- */
+
+/* A stored entry with this bit: every object from the rest up changed. */
+#define CHANGES_FROM (UINT64_C (1) << 63)
+
 static int
-or_merged (struct store *st, const char *id, uint64_t snapid,
-           uint8_t *changed, uint64_t n)
+changes_push (struct changes *c, uint64_t e)
 {
-  char oid[96];
-  uint8_t *buf = calloc (1, n + 1);
+  if (c->n == c->cap) {
+    size_t cap = c->cap ? 2 * c->cap : 64;
+    uint64_t *v = realloc (c->v, cap * sizeof *v);
+    if (v == NULL)
+      return -ENOMEM;
+    c->v = v;
+    c->cap = cap;
+  }
+  c->v[c->n++] = e;
+  return 0;
+}
+
+/* Adds stored entry E: an object, or a CHANGES_FROM bound. */
+static int
+changes_add (struct changes *c, uint64_t e)
+{
+  if (e & CHANGES_FROM) {
+    c->from = MIN (c->from, e & ~CHANGES_FROM);
+    return 0;
+  }
+  return changes_push (c, e);
+}
+
+static void
+changes_free (struct changes *c)
+{
+  free (c->v);
+  c->v = NULL;
+  c->n = c->cap = 0;
+}
+
+/* Appends the entries of list object OID (at SNAP) to C, as stored when
+ * RAW, else through changes_add.  An absent object is an empty list. */
+static int
+changes_read (struct store *st, const char *oid, uint64_t snap,
+              struct changes *c, bool raw)
+{
+  uint64_t size, *buf, i;
   ssize_t got;
-  uint64_t i;
+  int r;
+
+  r = store_stat (st, oid, snap, &size);
+  if (r == -ENOENT)
+    return 0;
+  if (r < 0)
+    return r;
+  size -= size % 8;
+  buf = malloc (size ? size : 1);
+  if (buf == NULL)
+    return -ENOMEM;
+  got = store_read (st, oid, buf, size, 0, snap);
+  r = got == -ENOENT ? 0 : got < 0 ? (int) got : 0;
+  for (i = 0; r == 0 && got > 0 && i < (uint64_t) got / 8; i++)
+    r = raw ? changes_push (c, le64toh (buf[i]))
+      : changes_add (c, le64toh (buf[i]));
+  free (buf);
+  return r;
+}
+
+static int
+cmp_u64 (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+/* Sorts C and drops repeats and entries at or past C->from. */
+static void
+changes_sort (struct changes *c)
+{
+  size_t i, k = 0;
+
+  qsort (c->v, c->n, sizeof *c->v, cmp_u64);
+  for (i = 0; i < c->n; i++)
+    if (c->v[i] < c->from && (k == 0 || c->v[k - 1] != c->v[i]))
+      c->v[k++] = c->v[i];
+  c->n = k;
+}
+
+/* Stores C as list object OID (synchronously). */
+static int
+changes_write (struct store *st, const char *oid, const struct changes *c)
+{
+  uint64_t *buf = malloc ((c->n + 1) * sizeof *buf);
+  size_t i, k = 0;
+  int r;
 
   if (buf == NULL)
     return -ENOMEM;
-  merged_oid (id, snapid, oid, sizeof oid);
-  got = store_read (st, oid, buf, n, 0, STORE_SNAP_HEAD);
-  if (got < 0 && got != -ENOENT) {
-    free (buf);
-    return (int) got;
-  }
-  for (i = 0; got >= 0 && i < n; i++)
-    changed[i] |= buf[i] != 0;
+  for (i = 0; i < c->n; i++)
+    buf[k++] = htole64 (c->v[i]);
+  if (c->from != UINT64_MAX)
+    buf[k++] = htole64 (CHANGES_FROM | c->from);
+  r = store_write_full (st, oid, buf, k * sizeof *buf, STORE_WRITE_SYNC);
   free (buf);
+  return r;
+}
+
+/* Records in header HDR that the image shrinks to SIZE bytes: the
+ * objects from there up change (see the DESIGN note). */
+static int
+note_shrink (struct store *st, const char *hdr, uint64_t size)
+{
+  char buf[32];
+  ssize_t got;
+
+  got = store_xattr_get (st, hdr, "min_size", buf, sizeof buf - 1);
+  if (got > 0) {
+    buf[got] = '\0';
+    if (buf[0] != '-' && strtoull (buf, NULL, 10) <= size)
+      return 0;
+  }
+  else if (got < 0 && got != -ENODATA && got != -ENOENT)
+    return (int) got;
+  snprintf (buf, sizeof buf, "%" PRIu64, size);
+  return store_xattr_set (st, hdr, "min_size", buf, strlen (buf));
+}
+
+/* The size recorded by note_shrink since the last snapshot, or
+ * UINT64_MAX. */
+static int
+shrunk_to (struct store *st, const char *hdr, uint64_t *size)
+{
+  char buf[32];
+  ssize_t got;
+
+  *size = UINT64_MAX;
+  got = store_xattr_get (st, hdr, "min_size", buf, sizeof buf - 1);
+  if (got == -ENODATA || got == -ENOENT)
+    return 0;
+  if (got < 0)
+    return (int) got;
+  buf[got] = '\0';
+  if (buf[0] != '-')                    /* "-": taken by a snapshot */
+    *size = strtoull (buf, NULL, 10);
   return 0;
 }
 
@@ -537,29 +691,33 @@ remove_objects (struct store *st, const struct image_info *info,
                 uint64_t first, uint64_t last)
 {
   char moid[64], oid[96];
-  uint8_t buf[4096];
+  uint8_t *buf;
   uint64_t i, j, chunk;
   ssize_t n;
-  int r;
+  int r = 0;
 
+  buf = malloc (1 << 20);
+  if (buf == NULL)
+    return -ENOMEM;
   map_oid (info->id, moid, sizeof moid);
-  for (i = first; i < last; i += chunk) {
-    chunk = MIN (sizeof buf, last - i);
+  for (i = first; r == 0 && i < last; i += chunk) {
+    chunk = MIN (1 << 20, last - i);
     n = store_read (st, moid, buf, chunk, i, STORE_SNAP_HEAD);
     if (n == -ENOENT)
-      return 0;
+      break;
     if (n < 0)
-      return (int) n;
-    for (j = 0; j < chunk; j++) {
+      r = (int) n;
+    for (j = 0; r == 0 && j < chunk; j++) {
       if (buf[j] == IMAGE_OBJ_ABSENT)
         continue;
       image_data_oid (info->id, i + j, oid, sizeof oid);
       r = store_remove (st, oid);
-      if (r < 0 && r != -ENOENT)
-        return r;
+      if (r == -ENOENT)
+        r = 0;
     }
   }
-  return 0;
+  free (buf);
+  return r;
 }
 
 int
@@ -579,6 +737,8 @@ image_remove (struct store *st, const char *name)
     size_t n, i;
     char oid[96];
     merged_oid (id, 0, oid, sizeof oid);
+    store_remove (st, oid);
+    changes_oid (id, oid, sizeof oid);
     store_remove (st, oid);
     if (snaps_of_header (st, hdr, &v, &n) == 0) {
       for (i = 0; i < n; i++) {
@@ -670,6 +830,9 @@ resize_with (struct store *st, const char *name, struct image_info *info0,
      * an image of the old size with its tail already gone, never an
      * image whose regrown tail shows old data. */
     uint64_t tail = size % info.object_size;
+    r = note_shrink (st, hdr, size);
+    if (r < 0)
+      return r;
     r = remove_objects (st, &info, newn, oldn);
     if (r < 0)
       return r;
@@ -694,32 +857,58 @@ resize_with (struct store *st, const char *name, struct image_info *info0,
 
 /* ---- Open, close, refresh --------------------------------------------- */
 
+/* Reads the map (N entries) and, for a writable head, the change log,
+ * into a new in-memory map that replaces the current one. */
 static int
 load_map (struct image *img, uint64_t n)
 {
   struct objmap *m = calloc (1, sizeof *m + n + 1);
+  struct changes log = { .from = UINT64_MAX };
   ssize_t r = 0;
+  uint64_t i;
 
   if (m == NULL)
     return -ENOMEM;
   m->pending = calloc (1, n + 1);
-  if (m->pending == NULL) {
-    free (m);
-    return -ENOMEM;
+  m->logged = calloc (1, n + 1);
+  if (m->pending == NULL || m->logged == NULL) {
+    r = -ENOMEM;
+    goto fail;
   }
   m->n = n;
   if (n)
     r = store_read (img->st, img->map_oid, m->bytes, n, 0, img->read_snap);
-  if (r < 0 && r != -ENOENT) {
-    free (m->pending);
-    free (m);
-    return (int) r;
-  }
+  if (r < 0 && r != -ENOENT)
+    goto fail;
   if (r == -ENOENT)
     memset (m->bytes, 0, n);
+  for (i = 0; i < n; i++)               /* DIRTY: only in memory */
+    if (m->bytes[i] != IMAGE_OBJ_ABSENT)
+      m->bytes[i] = IMAGE_OBJ_CLEAN;
+  if (img->read_snap == STORE_SNAP_HEAD && !(img->flags & IMAGE_OPEN_RDONLY)) {
+    r = changes_read (img->st, img->log_oid, STORE_SNAP_HEAD, &log, true);
+    if (r < 0)
+      goto fail;
+    for (i = 0; i < log.n; i++) {
+      uint64_t o = log.v[i];
+      if (o < n) {
+        m->logged[o] = 1;
+        if (m->bytes[o] != IMAGE_OBJ_ABSENT)
+          m->bytes[o] = IMAGE_OBJ_DIRTY;
+      }
+    }
+    changes_free (&img->log);
+    img->log = log;
+  }
   m->retired = img->map;
   __atomic_store_n (&img->map, m, __ATOMIC_RELEASE);
   return 0;
+fail:
+  changes_free (&log);
+  free (m->pending);
+  free (m->logged);
+  free (m);
+  return (int) r;
 }
 
 /* Opens image NAME; at snapshot SNAP (read-only) when SNAP is not NULL. */
@@ -749,6 +938,8 @@ open_common (struct store *st, const char *name, const char *snap,
   }
   image_header_oid (id, img->hdr_oid, sizeof img->hdr_oid);
   map_oid (id, img->map_oid, sizeof img->map_oid);
+  changes_oid (id, img->log_oid, sizeof img->log_oid);
+  img->log.from = img->pend.from = UINT64_MAX;
   r = read_header (img->st, id, &img->info);
   if (r == 0 && snap) {
     r = find_snap (img->st, img->hdr_oid, name, snap, &sn);
@@ -800,8 +991,11 @@ image_close (struct image *img)
   for (m = img->map; m; m = next) {
     next = m->retired;
     free (m->pending);
+    free (m->logged);
     free (m);
   }
+  changes_free (&img->log);
+  changes_free (&img->pend);
   pthread_mutex_destroy (&img->map_lock);
   pthread_cond_destroy (&img->map_cond);
   free (img);
@@ -859,22 +1053,144 @@ image_object_state (struct image *img, uint64_t objno)
 
 /* ---- The object map on the write path --------------------------------- */
 
-/* Makes entries [FIRST, LAST] DIRTY, durably, before data is written.
- * Group commit: writers that need entries while a map write is in flight
- * mark them pending and wait; the next writer writes all pending entries
- * in one store write.  So the first writes to many objects after a
- * snapshot cost a few map writes, not one each in a row. */
+struct wait_all {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  int left, err;
+};
+
+static void
+wait_all_done (void *arg, ssize_t ret)
+{
+  struct wait_all *w = arg;
+
+  pthread_mutex_lock (&w->lock);
+  if (ret < 0 && w->err == 0)
+    w->err = (int) ret;
+  if (--w->left == 0)
+    pthread_cond_signal (&w->cond);
+  pthread_mutex_unlock (&w->lock);
+}
+
+/* Writes the pending entries of map M: the new change-log entries at the
+ * log's end and the map bytes that become allocated, both synchronous
+ * and in parallel.  Called with map_lock held and map_writing claimed;
+ * drops the lock during the I/O. */
 static int
-map_mark_dirty (struct image *img, uint64_t first, uint64_t last)
+map_commit (struct image *img, struct objmap *m)
+{
+  struct changes p = img->pend;
+  struct wait_all w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+                        1, 0 };
+  uint64_t *logbuf = NULL, lo = UINT64_MAX, hi = 0, i, logoff;
+  uint8_t *mapbuf = NULL;
+  size_t k, nlog = 0;
+  int r = 0;
+
+  memset (&img->pend, 0, sizeof img->pend);
+  img->pend.from = UINT64_MAX;
+  logbuf = malloc ((p.n + 1) * sizeof *logbuf);
+  if (logbuf == NULL) {
+    r = -ENOMEM;
+    goto out;
+  }
+  if (img->log.cap < img->log.n + p.n) {     /* room to remember them */
+    size_t cap = MAX (2 * img->log.cap, img->log.n + p.n + 64);
+    uint64_t *v = realloc (img->log.v, cap * sizeof *v);
+    if (v == NULL) {
+      r = -ENOMEM;
+      goto out;
+    }
+    img->log.v = v;
+    img->log.cap = cap;
+  }
+  for (k = 0; k < p.n; k++) {
+    i = p.v[k];
+    if (i >= m->n)
+      continue;
+    if (m->pending[i] & NEED_LOG)
+      logbuf[nlog++] = htole64 (i);
+    if (m->pending[i] & NEED_MAP) {
+      lo = MIN (lo, i);
+      hi = MAX (hi, i);
+    }
+  }
+  if (lo <= hi) {
+    mapbuf = malloc (hi - lo + 1);
+    if (mapbuf == NULL) {
+      r = -ENOMEM;
+      goto out;
+    }
+    for (i = lo; i <= hi; i++)
+      mapbuf[i - lo] = (m->pending[i] & NEED_MAP)
+        || m->bytes[i] != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_CLEAN
+        : IMAGE_OBJ_ABSENT;
+  }
+
+  logoff = img->log.n * sizeof (uint64_t);
+  pthread_mutex_unlock (&img->map_lock);
+  if (nlog) {
+    w.left++;
+    r = store_aio_write (img->st, img->log_oid, logbuf, nlog * 8, logoff,
+                         STORE_WRITE_SYNC, wait_all_done, &w);
+    if (r < 0)
+      w.left--, w.err = r;
+  }
+  if (mapbuf && w.err == 0) {
+    w.left++;
+    r = store_aio_write (img->st, img->map_oid, mapbuf, hi - lo + 1, lo,
+                         STORE_WRITE_SYNC, wait_all_done, &w);
+    if (r < 0)
+      w.left--, w.err = w.err ? w.err : r;
+  }
+  wait_all_done (&w, 0);
+  pthread_mutex_lock (&w.lock);
+  while (w.left > 0)
+    pthread_cond_wait (&w.cond, &w.lock);
+  pthread_mutex_unlock (&w.lock);
+  r = w.err;
+  pthread_mutex_lock (&img->map_lock);
+
+  for (k = 0; r == 0 && k < nlog; k++)
+    img->log.v[img->log.n++] = le64toh (logbuf[k]);
+  for (k = 0; r == 0 && k < p.n; k++) {
+    i = p.v[k];
+    if (i >= m->n || m->pending[i] == 0)
+      continue;
+    if (m->pending[i] & NEED_LOG)
+      __atomic_store_n (&m->logged[i], 1, __ATOMIC_SEQ_CST);
+    if ((m->pending[i] & NEED_MAP) || m->bytes[i] != IMAGE_OBJ_ABSENT)
+      __atomic_store_n (&m->bytes[i], m->logged[i] ? IMAGE_OBJ_DIRTY
+                        : IMAGE_OBJ_CLEAN, __ATOMIC_SEQ_CST);
+  }
+out:
+  for (k = 0; k < p.n; k++)
+    if (p.v[k] < m->n)
+      m->pending[p.v[k]] = 0;
+  changes_free (&p);
+  free (logbuf);
+  free (mapbuf);
+  return r;
+}
+
+/* Before objects [FIRST, LAST] change: puts them in the change log and,
+ * when ALLOC (they will hold data), marks them allocated in the map,
+ * durably.  Group commit: writers that need entries while a commit is in
+ * flight mark them pending and wait; the next writer commits all pending
+ * entries at once.  So the first writes to many objects after a
+ * snapshot cost a few store writes, not one each in a row. */
+static int
+map_mark_dirty (struct image *img, uint64_t first, uint64_t last, bool alloc)
 {
   struct objmap *m;
-  uint64_t i, lo, hi;
-  uint8_t *buf;
+  uint64_t i;
   int r = 0;
 
   m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
   for (i = first; i <= last && i < m->n; i++)
-    if (__atomic_load_n (&m->bytes[i], __ATOMIC_SEQ_CST) != IMAGE_OBJ_DIRTY)
+    if (alloc ? __atomic_load_n (&m->bytes[i], __ATOMIC_SEQ_CST)
+                != IMAGE_OBJ_DIRTY
+        : !__atomic_load_n (&m->logged[i], __ATOMIC_SEQ_CST))
       break;
   if (i > last || i >= m->n)
     return 0;                   /* the common case: nothing to do */
@@ -884,10 +1200,14 @@ map_mark_dirty (struct image *img, uint64_t first, uint64_t last)
     bool done = true;
     m = img->map;
     for (i = first; i <= last && i < m->n; i++) {
-      if (m->bytes[i] != IMAGE_OBJ_DIRTY) {
-        m->pending[i] = 1;
-        done = false;
-      }
+      unsigned need = (m->logged[i] ? 0 : NEED_LOG)
+        | (alloc && m->bytes[i] == IMAGE_OBJ_ABSENT ? NEED_MAP : 0);
+      if (need == 0)
+        continue;
+      done = false;
+      if (m->pending[i] == 0 && (r = changes_push (&img->pend, i)) < 0)
+        break;
+      m->pending[i] |= need;
     }
     if (done || r < 0)
       break;
@@ -895,36 +1215,13 @@ map_mark_dirty (struct image *img, uint64_t first, uint64_t last)
       pthread_cond_wait (&img->map_cond, &img->map_lock);
       continue;
     }
-    /* Our turn: write every pending entry, ours and the others'. */
-    lo = UINT64_MAX;
-    hi = 0;
-    for (i = 0; i < m->n; i++) {
-      if (m->pending[i]) {
-        lo = MIN (lo, i);
-        hi = i;
-      }
-    }
-    buf = malloc (hi - lo + 1);
-    if (buf == NULL) {
-      r = -ENOMEM;
-      break;
-    }
-    for (i = lo; i <= hi; i++)
-      buf[i - lo] = m->pending[i] ? IMAGE_OBJ_DIRTY : m->bytes[i];
+    /* Our turn: commit every pending entry, ours and the others'. */
     img->map_writing = true;
-    pthread_mutex_unlock (&img->map_lock);
-    r = store_write (img->st, img->map_oid, buf, hi - lo + 1, lo,
-                     STORE_WRITE_SYNC);
-    pthread_mutex_lock (&img->map_lock);
-    for (i = lo; i <= hi; i++) {
-      if (r == 0 && buf[i - lo] == IMAGE_OBJ_DIRTY && m->pending[i]) {
-        __atomic_store_n (&m->bytes[i], IMAGE_OBJ_DIRTY, __ATOMIC_SEQ_CST);
-        m->pending[i] = 0;
-      }
-    }
+    r = map_commit (img, m);
     img->map_writing = false;
     pthread_cond_broadcast (&img->map_cond);
-    free (buf);
+    if (r < 0)
+      break;
   }
   pthread_mutex_unlock (&img->map_lock);
   return r;
@@ -1115,7 +1412,8 @@ image_aio_write (struct image *img, const void *buf, size_t len,
                                           % INFLIGHT_BUCKETS],
                         1, __ATOMIC_SEQ_CST);
   if (len) {
-    r = map_mark_dirty (img, off >> img->order, (off + len - 1) >> img->order);
+    r = map_mark_dirty (img, off >> img->order, (off + len - 1) >> img->order,
+                        true);
     if (r < 0) {
       for (pos = off; pos < off + len; pos += osize - (pos & (osize - 1)))
         __atomic_sub_fetch (&img->wr_inflight[(pos >> img->order)
@@ -1209,7 +1507,8 @@ image_write (struct image *img, const void *buf, size_t len, uint64_t off,
     __atomic_add_fetch (&img->wr_inflight[(pos >> img->order)
                                           % INFLIGHT_BUCKETS],
                         1, __ATOMIC_SEQ_CST);
-  r = map_mark_dirty (img, off >> img->order, (off + len - 1) >> img->order);
+  r = map_mark_dirty (img, off >> img->order, (off + len - 1) >> img->order,
+                      true);
   for (pos = off; pos < off + len;) {
     uint64_t objno = pos >> img->order, ooff = pos & (osize - 1);
     size_t n = MIN (osize - ooff, off + len - pos);
@@ -1246,13 +1545,15 @@ zero_in_object (struct image *img, uint64_t objno, uint64_t ooff,
     return 0;
   image_data_oid (img->info.id, objno, oid, sizeof oid);
   if (holes && ooff == 0 && len == img->info.object_size) {
-    r = store_remove (img->st, oid);
+    r = map_mark_dirty (img, objno, objno, false);
+    if (r == 0)
+      r = store_remove (img->st, oid);
     if (r < 0 && r != -ENOENT)
       return r;
     map_mark_absent (img, objno);
     return 0;
   }
-  r = map_mark_dirty (img, objno, objno);
+  r = map_mark_dirty (img, objno, objno, true);
   if (r < 0)
     return r;
   if (holes) {
@@ -1450,15 +1751,15 @@ image_snap_create (struct image *img, const char *snap, uint64_t *idp)
   return r;
 }
 
+static int snap_record (struct image *img, const char *snap, uint64_t id);
+
 int
 image_snap_create_id (struct image *img, const char *snap, uint64_t id)
 {
-  char key[IMAGE_NAME_MAX + 8], val[128], seqbuf[32];
   struct image_snap old;
   struct objmap *m;
-  uint8_t *copy = NULL;
   uint64_t i;
-  int r, n;
+  int r;
 
   r = check_writable (img, "snapshot");
   if (r == 0)
@@ -1480,12 +1781,67 @@ image_snap_create_id (struct image *img, const char *snap, uint64_t id)
     vbk_set_error ("%s", msg);
     return r;
   }
+  /* The store part runs as the only change-log writer. */
+  pthread_mutex_lock (&img->map_lock);
+  while (img->map_writing)
+    pthread_cond_wait (&img->map_cond, &img->map_lock);
+  img->map_writing = true;
+  pthread_mutex_unlock (&img->map_lock);
+  r = snap_record (img, snap, id);
+  pthread_mutex_lock (&img->map_lock);
+  if (r == 0) {
+    /* The log is empty now: a new interval starts. */
+    m = img->map;
+    for (i = 0; i < img->log.n; i++) {
+      uint64_t o = img->log.v[i];
+      if (o < m->n) {
+        __atomic_store_n (&m->logged[o], 0, __ATOMIC_SEQ_CST);
+        if (m->bytes[o] == IMAGE_OBJ_DIRTY)
+          __atomic_store_n (&m->bytes[o], IMAGE_OBJ_CLEAN, __ATOMIC_SEQ_CST);
+      }
+    }
+    img->log.n = 0;
+  }
+  img->map_writing = false;
+  pthread_cond_broadcast (&img->map_cond);
+  pthread_mutex_unlock (&img->map_lock);
+  return r;
+}
+
+/* Records snapshot SNAP (id ID) of IMG and starts a new interval: moves
+ * a pending shrink into the log, records the snapshot, moves the merged
+ * changes of the live interval to the snapshot's, empties the log.
+ * Returns 0 once the log is empty; otherwise the snapshot may exist with
+ * the log untouched, which over-reports (safe). */
+static int
+snap_record (struct image *img, const char *snap, uint64_t id)
+{
+  char key[IMAGE_NAME_MAX + 8], val[128], seqbuf[32], from[96], to[96];
+  uint64_t min, sz, e;
+  int r, n;
+
+  r = shrunk_to (img->st, img->hdr_oid, &min);
+  if (r == 0 && min != UINT64_MAX) {
+    e = htole64 (CHANGES_FROM | (min >> img->order));
+    r = store_write (img->st, img->log_oid, &e, sizeof e,
+                     img->log.n * sizeof e, STORE_WRITE_SYNC);
+    if (r == 0) {
+      pthread_mutex_lock (&img->map_lock);
+      r = changes_push (&img->log, CHANGES_FROM | (min >> img->order));
+      pthread_mutex_unlock (&img->map_lock);
+    }
+  }
+  if (r < 0) {
+    store_snap_remove (img->st, id);
+    return r;
+  }
+
   snprintf (seqbuf, sizeof seqbuf, "%" PRIu64, id);
   n = snprintf (val, sizeof val, "id=%" PRIu64 " size=%" PRIu64
                 " time=%" PRIu64, id, image_size (img), now_wall_ms ());
   snprintf (key, sizeof key, "snap.%s", snap);
   /* Record it first, then write under the new context: a crash between
-   * leaves a snapshot whose map is the live one of that moment. */
+   * leaves a snapshot whose log is the live one of that moment. */
   if ((r = store_xattr_set (img->st, img->hdr_oid, "snap_seq", seqbuf,
                             strlen (seqbuf))) < 0
       || (r = store_omap_set (img->st, img->hdr_oid, key, val, n)) < 0
@@ -1497,109 +1853,80 @@ image_snap_create_id (struct image *img, const char *snap, uint64_t id)
 
   /* Changes merged into the live interval now belong to this snapshot's
    * interval. */
-  {
-    char from[96], to[96];
-    uint64_t sz;
-    merged_oid (img->info.id, 0, from, sizeof from);
-    if (store_stat (img->st, from, STORE_SNAP_HEAD, &sz) == 0) {
-      uint8_t *buf = malloc (sz ? sz : 1);
-      merged_oid (img->info.id, id, to, sizeof to);
-      if (buf == NULL)
-        r = -ENOMEM;
-      else if ((r = (int) store_read (img->st, from, buf, sz, 0,
-                                      STORE_SNAP_HEAD)) >= 0
-               && (r = store_write_full (img->st, to, buf, sz,
-                                         STORE_WRITE_SYNC)) == 0)
-        r = store_remove (img->st, from);
-      free (buf);
-      if (r < 0)
-        return r;               /* the snapshot exists; diff over-reports */
-    }
+  merged_oid (img->info.id, 0, from, sizeof from);
+  if (store_stat (img->st, from, STORE_SNAP_HEAD, &sz) == 0) {
+    uint8_t *buf = malloc (sz ? sz : 1);
+    merged_oid (img->info.id, id, to, sizeof to);
+    if (buf == NULL)
+      r = -ENOMEM;
+    else if ((r = (int) store_read (img->st, from, buf, sz, 0,
+                                    STORE_SNAP_HEAD)) >= 0
+             && (r = store_write_full (img->st, to, buf, sz,
+                                       STORE_WRITE_SYNC)) == 0)
+      r = store_remove (img->st, from);
+    free (buf);
+    if (r < 0)
+      return r;
   }
 
-  /* A new interval: every DIRTY entry becomes CLEAN.  This first map
-   * write under the new context preserves the map as it was, which is
-   * the snapshot's map (DIRTY = written since the previous snapshot). */
-  pthread_mutex_lock (&img->map_lock);
-  m = img->map;
-  if (m->n) {
-    copy = malloc (m->n);
-    if (copy == NULL)
-      r = -ENOMEM;
-    else {
-      for (i = 0; i < m->n; i++)
-        copy[i] = m->bytes[i] == IMAGE_OBJ_DIRTY ? IMAGE_OBJ_CLEAN
-          : m->bytes[i];
-      r = store_write (img->st, img->map_oid, copy, m->n, 0,
-                       STORE_WRITE_SYNC);
-      if (r == 0)
-        for (i = 0; i < m->n; i++)
-          __atomic_store_n (&m->bytes[i], copy[i], __ATOMIC_SEQ_CST);
-    }
+  /* Empty the log: this first write under the new context keeps the log
+   * as it was, which is the snapshot's (its interval's changes). */
+  if (img->log.n) {
+    r = store_write_full (img->st, img->log_oid, "", 0, STORE_WRITE_SYNC);
+    if (r < 0)
+      return r;
   }
-  pthread_mutex_unlock (&img->map_lock);
-  free (copy);
-  return r;           /* on error the snapshot exists and the map stays
-                         DIRTY: over-reporting, which is safe */
+  if (min != UINT64_MAX) {
+    char old[32];
+    snprintf (old, sizeof old, "%" PRIu64, min);
+    /* Compare-and-set: a shrink meanwhile stays for the next interval. */
+    r = store_xattr_cas (img->st, img->hdr_oid, "min_size", old,
+                         strlen (old), "-", 1);
+    if (r == -ECANCELED)
+      r = 0;
+  }
+  return r;
 }
 
-/* Before snapshot SN of image ID goes: its interval's changes (DIRTY in
- * its map, and what was merged into it) join the next newer interval. */
+/* Before snapshot SN of image ID goes: its interval's changes (its log,
+ * and what was merged into it) join the next newer interval. */
 static int
 merge_into_next (struct store *st, const char *id, const char *hdr,
                  const struct image_snap *sn)
 {
-  struct image_info info;
+  struct changes c = { .from = UINT64_MAX };
   struct image_snap *v;
-  uint64_t next = 0, n, i, size;
-  char moid[64], oid[96];
-  uint8_t *changed = NULL, *map = NULL;
-  ssize_t got;
+  uint64_t next = 0;
+  char oid[96];
   size_t ns, k;
   int r;
 
-  r = read_header (st, id, &info);
-  if (r < 0)
-    return r;
   r = snaps_of_header (st, hdr, &v, &ns);
   if (r < 0)
     return r;
-  size = MAX (info.size, sn->size);
-  for (k = 0; k < ns; k++) {
-    size = MAX (size, v[k].size);
+  for (k = 0; k < ns; k++)
     if (v[k].id > sn->id && (next == 0 || v[k].id < next))
       next = v[k].id;
-  }
   free (v);
-  n = count_objects (size, info.object_size);
-  changed = calloc (1, n + 1);
-  map = calloc (1, n + 1);
-  if (changed == NULL || map == NULL) {
-    r = -ENOMEM;
-    goto out;
-  }
-  map_oid (id, moid, sizeof moid);
-  got = store_read (st, moid, map, n, 0, sn->id);
-  if (got < 0 && got != -ENOENT) {
-    r = (int) got;
-    goto out;
-  }
-  for (i = 0; i < n; i++)
-    changed[i] = got >= 0 && map[i] == IMAGE_OBJ_DIRTY;
-  if ((r = or_merged (st, id, sn->id, changed, n)) < 0
-      || (r = or_merged (st, id, next, changed, n)) < 0)
-    goto out;
-  merged_oid (id, next, oid, sizeof oid);
-  r = store_write_full (st, oid, changed, n, STORE_WRITE_SYNC);
-  if (r < 0)
-    goto out;
+  changes_oid (id, oid, sizeof oid);
+  r = changes_read (st, oid, sn->id, &c, false);
   merged_oid (id, sn->id, oid, sizeof oid);
-  r = store_remove (st, oid);
-  if (r == -ENOENT)
-    r = 0;
-out:
-  free (changed);
-  free (map);
+  if (r == 0)
+    r = changes_read (st, oid, STORE_SNAP_HEAD, &c, false);
+  merged_oid (id, next, oid, sizeof oid);
+  if (r == 0)
+    r = changes_read (st, oid, STORE_SNAP_HEAD, &c, false);
+  if (r == 0) {
+    changes_sort (&c);
+    r = changes_write (st, oid, &c);
+  }
+  if (r == 0) {
+    merged_oid (id, sn->id, oid, sizeof oid);
+    r = store_remove (st, oid);
+    if (r == -ENOENT)
+      r = 0;
+  }
+  changes_free (&c);
   return r;
 }
 
@@ -1645,6 +1972,70 @@ mark_changed (void *arg, uint64_t off, uint64_t len, int alloc)
   return 0;
 }
 
+struct objects_ctx {
+  struct changes *c;
+  unsigned order;
+};
+
+/* An image_extent_cb: adds the objects of the extent to a change list. */
+static int
+add_objects (void *arg, uint64_t off, uint64_t len, int alloc)
+{
+  struct objects_ctx *o = arg;
+  uint64_t i;
+  int r = 0;
+
+  (void) alloc;
+  for (i = off >> o->order; r == 0 && (i << o->order) < off + len; i++)
+    r = changes_push (o->c, i);
+  return r;
+}
+
+/* After IMG was rolled back to SN, the live interval's log need only
+ * hold what differs between the newest snapshot and SN: the changes of
+ * the intervals after SN (none when SN is the newest).  Replaces the log,
+ * then drops the merged changes and the shrink note of the live interval
+ * (a crash in between over-reports). */
+static int
+narrow_log (struct image *img, const struct image_snap *sn)
+{
+  struct changes c = { .from = UINT64_MAX };
+  struct objects_ctx oc = { &c, img->order };
+  struct image_snap *v, newest = *sn;
+  char oid[96];
+  size_t ns, k;
+  int r;
+
+  r = snaps_of_header (img->st, img->hdr_oid, &v, &ns);
+  if (r < 0)
+    return r;
+  for (k = 0; k < ns; k++)
+    if (v[k].id > newest.id)
+      newest = v[k];
+  free (v);
+  if (newest.id != sn->id)
+    r = image_diff (img->st, img->info.name, sn->name, newest.name,
+                    add_objects, &oc);
+  pthread_mutex_lock (&img->map_lock);
+  while (img->map_writing)
+    pthread_cond_wait (&img->map_cond, &img->map_lock);
+  img->map_writing = true;
+  pthread_mutex_unlock (&img->map_lock);
+  if (r == 0)
+    r = changes_write (img->st, img->log_oid, &c);
+  merged_oid (img->info.id, 0, oid, sizeof oid);
+  if (r == 0 && (r = store_remove (img->st, oid)) == -ENOENT)
+    r = 0;
+  if (r == 0)
+    r = store_xattr_set (img->st, img->hdr_oid, "min_size", "-", 1);
+  pthread_mutex_lock (&img->map_lock);
+  img->map_writing = false;
+  pthread_cond_broadcast (&img->map_cond);
+  pthread_mutex_unlock (&img->map_lock);
+  changes_free (&c);
+  return r;
+}
+
 int
 image_snap_rollback (struct image *img, const char *snap)
 {
@@ -1673,8 +2064,8 @@ image_snap_rollback (struct image *img, const char *snap)
     return (int) got;
   }
   /* Only the objects that changed since the snapshot go back (the
-   * changed-block map says which); they become DIRTY, the others keep
-   * their entries, so a later diff reports only what really moved. */
+   * change logs say which); they are logged as changed again, the others
+   * keep their entries, so a later diff reports only what really moved. */
   changed = calloc (1, objects ? objects : 1);
   if (changed == NULL) {
     r = -ENOMEM;
@@ -1686,18 +2077,27 @@ image_snap_rollback (struct image *img, const char *snap)
     if (r < 0)
       goto out;
   }
+  /* They change again: into the log first, and a shrink is noted. */
+  for (i = 0; i < nlive; i++)
+    if (changed[i] && (r = map_mark_dirty (img, i, i, false)) < 0)
+      goto out;
+  if (sn.size < image_size (img)
+      && (r = note_shrink (img->st, img->hdr_oid, sn.size)) < 0)
+    goto out;
   for (i = 0; i < objects; i++) {
     if (!changed[i]) {
       if (i < nsnap)
         smap[i] = image_object_state (img, i);
-      continue;
     }
-    image_data_oid (img->info.id, i, oid, sizeof oid);
-    r = store_snap_rollback (img->st, oid, sn.id);
-    if (r < 0 && r != -ENOENT)
-      goto out;
-    smap[i] = smap[i] != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_DIRTY
-      : IMAGE_OBJ_ABSENT;
+    else {
+      image_data_oid (img->info.id, i, oid, sizeof oid);
+      r = store_snap_rollback (img->st, oid, sn.id);
+      if (r < 0 && r != -ENOENT)
+        goto out;
+    }
+    if (i < nsnap)
+      smap[i] = smap[i] != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_CLEAN
+        : IMAGE_OBJ_ABSENT;
   }
   r = store_write_full (img->st, img->map_oid, smap, nsnap,
                         STORE_WRITE_SYNC);
@@ -1709,6 +2109,8 @@ image_snap_rollback (struct image *img, const char *snap)
   snprintf (sizebuf, sizeof sizebuf, "%" PRIu64, sn.size);
   r = store_xattr_cas (img->st, img->hdr_oid, "size", oldraw, strlen (oldraw),
                        sizebuf, strlen (sizebuf));
+  if (r == 0)
+    r = narrow_log (img, &sn);
   if (r == 0)
     r = image_refresh (img);
   if (r == 0)
@@ -1727,10 +2129,10 @@ image_diff (struct store *st, const char *image, const char *from,
 {
   struct image_info info;
   struct image_snap *v = NULL, sfrom, sto;
-  uint64_t n, i, to_size, to_id, osize;
-  char id[32], hdr[64], moid[64];
-  uint8_t *changed = NULL, *map = NULL;
-  size_t ns, k;
+  struct changes c = { .from = UINT64_MAX };
+  uint64_t n, to_size, to_id, osize, end, tail;
+  char id[32], hdr[64], loid[64], moid[96];
+  size_t ns = 0, k;
   int r;
 
   r = lookup_id (st, image, id, sizeof id);
@@ -1740,7 +2142,6 @@ image_diff (struct store *st, const char *image, const char *from,
   if (r < 0)
     return r;
   image_header_oid (id, hdr, sizeof hdr);
-  map_oid (id, moid, sizeof moid);
   r = find_snap (st, hdr, image, from, &sfrom);
   if (r < 0)
     return r;
@@ -1762,94 +2163,61 @@ image_diff (struct store *st, const char *image, const char *from,
   }
   osize = info.object_size;
   n = MAX (count_objects (to_size, osize), count_objects (sfrom.size, osize));
-  changed = calloc (1, n + 1);
-  map = calloc (1, n + 1);
-  if (changed == NULL || map == NULL) {
-    r = -ENOMEM;
-    goto out;
-  }
+  /* Objects past the end of one side and not the other differ. */
+  c.from = count_objects (MIN (to_size, sfrom.size), osize);
   r = snaps_of_header (st, hdr, &v, &ns);
   if (r < 0)
     goto out;
 
-#define READ_MAP(snapid)                                                \
+  /* Changed in an interval after FROM, up to TO: in the log of each
+   * later snapshot (the live log when TO is the head), and merged into
+   * it. */
+  changes_oid (id, loid, sizeof loid);
+  for (k = 0; r == 0 && k <= ns; k++) {
+    uint64_t sid = k < ns ? v[k].id : STORE_SNAP_HEAD;
+    if (k < ns ? sid <= sfrom.id || sid > to_id : to_id != STORE_SNAP_HEAD)
+      continue;
+    merged_oid (id, k < ns ? sid : 0, moid, sizeof moid);
+    r = changes_read (st, loid, sid, &c, false);
+    if (r == 0)
+      r = changes_read (st, moid, STORE_SNAP_HEAD, &c, false);
+  }
+  if (r == 0 && to_id == STORE_SNAP_HEAD) {
+    uint64_t min;
+    r = shrunk_to (st, hdr, &min);
+    if (r == 0 && min != UINT64_MAX)
+      c.from = MIN (c.from, min / osize);
+  }
+  if (r < 0)
+    goto out;
+  changes_sort (&c);
+
+  /* Report runs of changed objects, and [tail, n): everything from
+   * c.from up; clipped to the larger size. */
+  end = MAX (to_size, sfrom.size);
+  tail = MIN (c.from, n);
+#define REPORT(first, last)                                             \
   do {                                                                  \
-    ssize_t g_;                                                         \
-    memset (map, 0, n);                                                 \
-    g_ = store_read (st, moid, map, n, 0, (snapid));                    \
-    if (g_ < 0 && g_ != -ENOENT) {                                      \
-      r = (int) g_;                                                     \
+    r = cb (arg, (first) * osize, MIN ((last) * osize, end)             \
+            - (first) * osize, 1);                                      \
+    if (r != 0)                                                         \
       goto out;                                                         \
-    }                                                                   \
   } while (0)
-
-  /* Written in an interval after FROM, up to TO: DIRTY in the map of
-   * each later snapshot (and in the live map when TO is the head). */
-  for (k = 0; k < ns; k++) {
-    if (v[k].id <= sfrom.id || v[k].id > to_id)
-      continue;
-    READ_MAP (v[k].id);
-    for (i = 0; i < n; i++)
-      changed[i] |= map[i] == IMAGE_OBJ_DIRTY;
-    r = or_merged (st, id, v[k].id, changed, n);
-    if (r < 0)
-      goto out;
+  for (k = 0; k < c.n && c.v[k] < tail;) {
+    uint64_t first = c.v[k], last = first + 1;
+    for (k++; k < c.n && c.v[k] == last; k++)
+      last++;
+    if (last == tail)
+      last = tail = n;          /* the run joins the tail */
+    REPORT (first, last);
   }
-  if (to_id == STORE_SNAP_HEAD) {
-    READ_MAP (STORE_SNAP_HEAD);
-    for (i = 0; i < n; i++)
-      changed[i] |= map[i] == IMAGE_OBJ_DIRTY;
-    r = or_merged (st, id, 0, changed, n);
-    if (r < 0)
-      goto out;
-  }
-  /* Discarded since FROM: there then, gone now.  (Objects past the end
-   * of either side differ too.) */
-  {
-    uint8_t *then = calloc (1, n + 1);
-    ssize_t g;
-    if (then == NULL) {
-      r = -ENOMEM;
-      goto out;
-    }
-    g = store_read (st, moid, then, n, 0, sfrom.id);
-    if (g < 0 && g != -ENOENT) {
-      free (then);
-      r = (int) g;
-      goto out;
-    }
-    READ_MAP (to_id);
-    for (i = 0; i < n; i++) {
-      bool past_then = i >= count_objects (sfrom.size, osize);
-      bool past_now = i >= count_objects (to_size, osize);
-      if ((then[i] != IMAGE_OBJ_ABSENT) != (map[i] != IMAGE_OBJ_ABSENT)
-          || past_then != past_now)
-        changed[i] = 1;
-    }
-    free (then);
-  }
-#undef READ_MAP
-
-  /* Report runs of changed objects, clipped to TO's size. */
-  for (i = 0; i < n;) {
-    uint64_t j = i, off, end;
-    if (!changed[i]) {
-      i++;
-      continue;
-    }
-    while (j < n && changed[j])
-      j++;
-    off = i * osize;
-    end = MIN (j * osize, MAX (to_size, sfrom.size));
-    r = cb (arg, off, end - off, 1);
-    if (r != 0)
-      goto out;
-    i = j;
-  }
+  if (tail < n)
+    REPORT (tail, n);
+#undef REPORT
   r = 0;
 out:
   free (v);
-  free (changed);
-  free (map);
+  changes_free (&c);
   return r;
 }
+

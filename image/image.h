@@ -6,12 +6,15 @@
  *   vbk_directory            omap: image name -> image id
  *   vbk_name.NAME            exists while NAME is taken (exclusive create)
  *   vbk_header.ID            xattrs: name, size, object_size, features
- *   vbk_object_map.ID        one byte per data object (enum image_obj)
+ *   vbk_object_map.ID        one byte per data object (ABSENT or CLEAN)
+ *   vbk_changes.ID           the objects changed since the last snapshot
+ *                            (8 bytes each; the changed-block tracking)
+ *   vbk_changes.ID.merged.*  changes of removed snapshots' intervals
  *   vbk_data.ID.OBJNO        data object OBJNO (16 hex digits)
  * An object exists only once written; absent objects read as zeros.
- * The object-map entry of an object is made durable before the first
- * write to that object in each snapshot interval, so after any crash the
- * map never under-reports the written objects.
+ * Before the first change to an object in each snapshot interval, the
+ * object is appended to vbk_changes.ID and, if new, marked in the map,
+ * durably; so after any crash neither under-reports.
  *
  * Errors follow store.h (0 or -errno, message in vbk_error()); in addition
  *   -ENOENT   no such image
@@ -42,7 +45,7 @@ struct image;
 enum image_obj {
   IMAGE_OBJ_ABSENT = 0,     /* never written, or discarded */
   IMAGE_OBJ_CLEAN = 1,      /* written before the last snapshot */
-  IMAGE_OBJ_DIRTY = 2,      /* written since the last snapshot */
+  IMAGE_OBJ_DIRTY = 2,      /* written since the last snapshot (in memory) */
 };
 
 struct image_info {
@@ -153,11 +156,11 @@ enum image_obj image_object_state (struct image *img, uint64_t objno);
 /* ---- Snapshots ---------------------------------------------------------
  * A snapshot is a store snapshot id recorded in the header's omap
  * ("snap.NAME" -> "id=ID size=BYTES time=MS").  Writers use the image's
- * snapshot context, so data objects and the object map are copied on
- * their first write after a snapshot (no copy of the disk is made).
- * The object map read at snapshot S has DIRTY for the objects written
+ * snapshot context, so data objects, the object map and the change log
+ * are copied on their first write after a snapshot (no copy of the disk
+ * is made).  The change log read at snapshot S lists the objects changed
  * between the snapshot before S and S: that is the changed-block
- * tracking. */
+ * tracking.  A snapshot empties the live log; it writes no map. */
 
 struct image_snap {
   char name[IMAGE_NAME_MAX + 1];
@@ -200,9 +203,9 @@ int image_open_snap (struct store *st, const char *image, const char *snap,
 
 /* Calls CB (with allocated = 1) for the extents of IMAGE that changed
  * between snapshot FROM and snapshot TO (NULL: the live image), whole
- * objects, merged, in order.  Reads one object map per snapshot in
- * between: cost grows with the snapshots and the map size, never with
- * the data.  May over-report after a crash; never under-reports.
+ * objects, merged, in order.  Reads one change log per snapshot in
+ * between: cost grows with the snapshots and the changed objects, not
+ * with the disk's size.  May over-report after a crash; never under-reports.
  * Errors: -ENOENT (no such image or snapshot), -EINVAL (TO older than
  * FROM). */
 int image_diff (struct store *st, const char *image, const char *from,

@@ -35,6 +35,7 @@ struct fault_ctl {
   char *trigger;
   unsigned long seen;                  /* matching calls since set */
   unsigned long calls[5];              /* per class, ever */
+  uint64_t read_bytes;                 /* returned by synchronous reads */
 };
 
 struct fault {
@@ -242,6 +243,18 @@ store_fault_calls (void *h, unsigned ops)
   return n;
 }
 
+uint64_t
+store_fault_read_bytes (void *h)
+{
+  struct fault_ctl *c = ((struct fault *) h)->ctl;
+  uint64_t n;
+
+  pthread_mutex_lock (&c->lock);
+  n = c->read_bytes;
+  pthread_mutex_unlock (&c->lock);
+  return n;
+}
+
 /* Counts a call of CLASS; returns the injected -errno (with a message)
  * if this call is to fail, else 0. */
 static int
@@ -286,8 +299,16 @@ fault_read (void *h, const char *oid, void *buf, size_t len, uint64_t off,
             uint64_t snap)
 {
   struct fault *f = h;
+  ssize_t r;
+
   INJECT (STORE_OP_READ, "read", oid);
-  return store_read (f->inner, oid, buf, len, off, snap);
+  r = store_read (f->inner, oid, buf, len, off, snap);
+  if (r > 0) {
+    pthread_mutex_lock (&f->ctl->lock);
+    f->ctl->read_bytes += (uint64_t) r;
+    pthread_mutex_unlock (&f->ctl->lock);
+  }
+  return r;
 }
 
 static int

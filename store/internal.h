@@ -93,5 +93,6 @@ extern const struct store_ops store_fault_ops;
 int store_fault_control (void *h, unsigned ops, int err, unsigned long nth,
                          int sticky, const char *trigger_file);
 unsigned long store_fault_calls (void *h, unsigned ops);
+uint64_t store_fault_read_bytes (void *h);
 
 #endif /* VBK_STORE_INTERNAL_H */

@@ -447,3 +447,11 @@ store_fault_count (struct store *st, unsigned ops)
     return 0;
   return store_fault_calls (st->h, ops);
 }
+
+uint64_t
+store_fault_bytes_read (struct store *st)
+{
+  if (st->ops != &store_fault_ops)
+    return 0;
+  return store_fault_read_bytes (st->h);
+}

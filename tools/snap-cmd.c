@@ -14,7 +14,7 @@
  * after the reply.  With --group, every image is frozen before any is
  * snapshotted, and a failure leaves no snapshot of the group.  rollback
  * refuses while a host holds the lease unless --force, which fences it.
- * diff reads object maps only (image_diff), never data.
+ * diff reads change logs only (image_diff), never data or maps.
  */
 #include <errno.h>
 #include <inttypes.h>
