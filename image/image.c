@@ -236,7 +236,8 @@ changes_sort (struct changes *c)
 {
   size_t i, k = 0;
 
-  qsort (c->v, c->n, sizeof *c->v, cmp_u64);
+  if (c->n)
+    qsort (c->v, c->n, sizeof *c->v, cmp_u64);
   for (i = 0; i < c->n; i++)
     if (c->v[i] < c->from && (k == 0 || c->v[k - 1] != c->v[i]))
       c->v[k++] = c->v[i];
