@@ -6,7 +6,9 @@
  * main.c: defaults, then the config file (inih, "key = value", keys
  * outside a section or in [blockd]), then $VBK_STORE, then command line
  * flags.  Every key of the file is also a flag; nbd_srv_config_set is
- * the one place that parses values.
+ * the one place that parses values.  An [export IMAGE] section sets
+ * exclusive and read_only for that image alone; it wins over the
+ * daemon's settings, flags included.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -18,6 +20,7 @@
 #include <ini.h>
 
 #include "common/error.h"
+#include "image/image.h"
 #include "internal.h"
 
 #define DEFAULT_STORE "local:/var/lib/vbk"
@@ -50,6 +53,9 @@ nbd_srv_config_free (struct nbd_srv_config *cfg)
   free (cfg->socket_path);
   free (cfg->listen_addr);
   free (cfg->host_id);
+  for (size_t i = 0; i < cfg->n_exports; i++)
+    free (cfg->exports[i].image);
+  free (cfg->exports);
   memset (cfg, 0, sizeof *cfg);
 }
 
@@ -150,6 +156,78 @@ nbd_srv_config_set (struct nbd_srv_config *cfg, const char *key,
   return vbk_errno (-EINVAL, "blockd: unknown setting '%s'", key);
 }
 
+const struct nbd_srv_export_cfg *
+nbd_srv_config_export (const struct nbd_srv_config *cfg, const char *image)
+{
+  for (size_t i = 0; i < cfg->n_exports; i++)
+    if (!strcmp (cfg->exports[i].image, image))
+      return &cfg->exports[i];
+  return NULL;
+}
+
+/* IMAGE's entry, added if new; NULL if out of memory. */
+static struct nbd_srv_export_cfg *
+export_entry (struct nbd_srv_config *cfg, const char *image)
+{
+  struct nbd_srv_export_cfg *v, *x;
+
+  x = (struct nbd_srv_export_cfg *) nbd_srv_config_export (cfg, image);
+  if (x)
+    return x;
+  v = realloc (cfg->exports, (cfg->n_exports + 1) * sizeof *v);
+  if (!v)
+    return NULL;
+  cfg->exports = v;
+  x = &v[cfg->n_exports];
+  x->image = strdup (image);
+  if (!x->image)
+    return NULL;
+  x->exclusive = x->read_only = -1;
+  cfg->n_exports++;
+  return x;
+}
+
+int
+nbd_srv_config_set_export (struct nbd_srv_config *cfg, const char *image,
+                           const char *key, const char *value)
+{
+  struct nbd_srv_export_cfg *x;
+  bool b;
+
+  if (image_name_check (image) < 0)
+    return vbk_errno (-EINVAL, "[export %s]: not an image name",
+                      image);
+  if (strcmp (key, "exclusive") && strcmp (key, "read_only"))
+    return vbk_errno (-EINVAL, "[export %s]: unknown setting '%s' "
+                      "(exclusive, read_only)", image, key);
+  if (parse_bool (value, &b) < 0)
+    return vbk_errno (-EINVAL, "[export %s]: %s: %s: not a boolean",
+                      image, key, value);
+  x = export_entry (cfg, image);
+  if (!x)
+    return vbk_errno (-ENOMEM, "[export %s]", image);
+  if (!strcmp (key, "exclusive"))
+    x->exclusive = b;
+  else
+    x->read_only = b;
+  return 0;
+}
+
+int
+nbd_srv_config_copy_exports (struct nbd_srv_config *dst,
+                             const struct nbd_srv_config *src)
+{
+  for (size_t i = 0; i < src->n_exports; i++)
+    {
+      struct nbd_srv_export_cfg *x = export_entry (dst, src->exports[i].image);
+      if (!x)
+        return vbk_errno (-ENOMEM, "blockd: exports");
+      x->exclusive = src->exports[i].exclusive;
+      x->read_only = src->exports[i].read_only;
+    }
+  return 0;
+}
+
 struct load_ctx {
   struct nbd_srv_config *cfg;
   const char *file;
@@ -163,9 +241,17 @@ on_ini_line (void *user, const char *section, const char *name,
   struct load_ctx *ctx = user;
   int r;
 
-  if (*section && strcmp (section, "blockd") != 0)
+  if (!strncmp (section, "export ", 7))
+    {
+      const char *image = section + 7;
+      while (*image == ' ')
+        image++;
+      r = nbd_srv_config_set_export (ctx->cfg, image, name, value);
+    }
+  else if (*section && strcmp (section, "blockd") != 0)
     return 1;                   /* other sections belong to other tools */
-  r = nbd_srv_config_set (ctx->cfg, name, value);
+  else
+    r = nbd_srv_config_set (ctx->cfg, name, value);
   if (r < 0 && !ctx->err)
     ctx->err = r;
   return r == 0;

@@ -38,6 +38,7 @@ struct nbd_srv_exports {
   struct store *store;
   bool read_only;
   struct nbd_srv_lease_cfg lease_cfg;
+  struct nbd_srv_config per_export;    /* only its exports[] is used */
   pthread_mutex_t open_lock;
 };
 
@@ -104,6 +105,14 @@ nbd_srv_exports_new (struct store *st, const struct nbd_srv_config *cfg,
     }
   t->store = st;
   t->read_only = cfg->read_only;
+  if (nbd_srv_config_copy_exports (&t->per_export, cfg) < 0)
+    {
+      nbd_srv_config_free (&t->per_export);
+      lease_cfg_free (lc);
+      cds_lfht_destroy (t->ht, NULL);
+      free (t);
+      return -ENOMEM;
+    }
   pthread_mutex_init (&t->open_lock, NULL);
   *out = t;
   return 0;
@@ -120,6 +129,7 @@ nbd_srv_exports_free (struct nbd_srv_exports *t)
   cds_lfht_destroy (t->ht, NULL);
   pthread_mutex_destroy (&t->open_lock);
   lease_cfg_free (&t->lease_cfg);
+  nbd_srv_config_free (&t->per_export);
   free (t);
 }
 
@@ -219,8 +229,11 @@ export_close (struct nbd_srv_export *e)
 static struct nbd_srv_export *
 export_open (struct nbd_srv_exports *t, const char *name, int *err)
 {
+  const struct nbd_srv_export_cfg *x;
+  struct nbd_srv_lease_cfg lc = t->lease_cfg;
   struct nbd_srv_export *e;
   struct image_info info;
+  bool read_only = t->read_only;
   int r;
 
   e = calloc (1, sizeof *e);
@@ -234,6 +247,11 @@ export_open (struct nbd_srv_exports *t, const char *name, int *err)
   r = nbd_srv_export_name_split (name, &e->image, &e->snap);
   if (r < 0)
     goto fail;
+  x = nbd_srv_config_export (&t->per_export, e->image);
+  if (x && x->read_only >= 0)
+    read_only = x->read_only;
+  if (x && x->exclusive >= 0)
+    lc.exclusive = x->exclusive;
   if (e->snap)
     {
       /* Points into e->name, which outlives it. */
@@ -243,7 +261,7 @@ export_open (struct nbd_srv_exports *t, const char *name, int *err)
       /* A snapshot never changes: its map is always right. */
       atomic_store (&e->trusted, true);
     }
-  else if (t->read_only)
+  else if (read_only)
     {
       e->read_only = true;
       r = image_open (t->store, e->image, IMAGE_OPEN_RDONLY, &e->img);
@@ -251,7 +269,7 @@ export_open (struct nbd_srv_exports *t, const char *name, int *err)
         r = image_set_trusted (e->img, 0);
     }
   else
-    r = nbd_srv_export_open_rw (e, &t->lease_cfg);
+    r = nbd_srv_export_open_rw (e, &lc);
   if (r < 0)
     goto fail;
   image_get_info (e->img, &info);

@@ -45,6 +45,14 @@
 
 /* ---- main.c / config.c -------------------------------------------------- */
 
+/* The settings of one export: an [export IMAGE] section of the config
+ * file.  -1: as the daemon's. */
+struct nbd_srv_export_cfg {
+  char *image;
+  int exclusive;
+  int read_only;
+};
+
 struct nbd_srv_config {
   char *store_uri;          /* local:/var/lib/vbk */
   char *socket_path;        /* NULL: no Unix socket */
@@ -56,6 +64,8 @@ struct nbd_srv_config {
   bool foreground;
   int verbose;
   unsigned workers;         /* threads for synchronous image calls */
+  struct nbd_srv_export_cfg *exports;
+  size_t n_exports;
 };
 
 /* Sets the defaults.  */
@@ -66,6 +76,15 @@ int nbd_srv_config_load (struct nbd_srv_config *cfg, const char *file);
 /* Sets one key; returns 0, or -EINVAL for an unknown key or bad value. */
 int nbd_srv_config_set (struct nbd_srv_config *cfg, const char *key,
                         const char *value);
+/* Sets KEY (exclusive or read_only) for IMAGE's export. */
+int nbd_srv_config_set_export (struct nbd_srv_config *cfg, const char *image,
+                               const char *key, const char *value);
+/* IMAGE's settings, or NULL (the daemon's apply). */
+const struct nbd_srv_export_cfg *
+nbd_srv_config_export (const struct nbd_srv_config *cfg, const char *image);
+/* Copies the per-export settings of SRC into DST (which has none). */
+int nbd_srv_config_copy_exports (struct nbd_srv_config *dst,
+                                 const struct nbd_srv_config *src);
 void nbd_srv_config_free (struct nbd_srv_config *cfg);
 
 /* ---- exports.c ---------------------------------------------------------- */

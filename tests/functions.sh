@@ -182,25 +182,27 @@ start_host ()
   start_blockd "pid_$name" "$TEST_DIR/$name.sock" --host-id "host$name" \
     --lease-duration 3 "$@"
 }
-# host_uri NAME: the NBD URI of disk on host NAME.
-host_uri () { echo "nbd+unix:///disk?socket=$TEST_DIR/$1.sock"; }
-# keep_open NAME: an idle client of disk on host NAME for the rest of the
-# test, as a VM's QEMU would be (a daemon closes an export, releasing its
-# lease, when its last client goes); its pid in keeper_NAME.
+# host_uri NAME [IMAGE]: the NBD URI of IMAGE (default disk) on host NAME.
+host_uri () { echo "nbd+unix:///${2:-disk}?socket=$TEST_DIR/$1.sock"; }
+# keep_open NAME [IMAGE]: an idle client of IMAGE (default disk) on host
+# NAME for the rest of the test, as a VM's QEMU would be (a daemon closes
+# an export, releasing its lease, when its last client goes); its pid in
+# keeper_NAME.
 keep_open ()
 {
   local ready=$TEST_DIR/keeper-$1-$RANDOM i
-  (PATH=/usr/bin:$PATH READY=$ready exec nbdsh -u "$(host_uri "$1")" \
+  (PATH=/usr/bin:$PATH READY=$ready exec nbdsh -u "$(host_uri "$1" "${2:-disk}")" \
      -c 'import os, time; open(os.environ["READY"], "w").close(); time.sleep(3600)') &
   cleanup_fn "kill $! 2>/dev/null"
   eval "keeper_$1=$!"
   for ((i = 0; i < 200; i++)); do [ -e "$ready" ] && return 0; sleep 0.05; done
   fail "idle client of $1 did not connect"
 }
-# holder: the host id that holds the lease of disk, or "none".
+# holder [IMAGE]: the host id that holds the lease of IMAGE (default
+# disk), or "none".
 holder ()
 {
-  vbk --store "$store" lease status disk --json |
+  vbk --store "$store" lease status "${1:-disk}" --json |
     python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["host"] if v["held"] else "none")'
 }
 # host_logs [NAME...]: the last lines of the logs of hosts NAME...
