@@ -57,19 +57,18 @@ struct objmap {
   struct objmap *retired;        /* older maps, freed at close */
   uint64_t n;
   uint8_t *pending;              /* NEED_* a group commit will write */
-  uint8_t *logged;               /* in the live interval's change log */
+  uint8_t *logged;               /* last logged record: the whole object */
+  uint32_t *parts;               /* parts changed in the live interval */
   uint8_t bytes[];
 };
 
 /* What an entry still needs before its object may change. */
 enum { NEED_LOG = 1, NEED_MAP = 2 };
 
-/* A list of changed objects: entries, and FROM: every object from it up
- * (UINT64_MAX: none). */
+/* A growable vector of 64-bit words (see "Change lists"). */
 struct changes {
   uint64_t *v;
   size_t n, cap;
-  uint64_t from;
 };
 
 struct image {
@@ -156,10 +155,17 @@ merged_oid (const char *id, uint64_t snapid, char *buf, size_t len)
     snprintf (buf, len, "vbk_changes.%s.merged.head", id);
 }
 
-/* ---- Change lists ----------------------------------------------------- */
+/* ---- Change lists -----------------------------------------------------
+ * A change log or merged list is a sequence of little-endian 64-bit
+ * words: OBJNO (the whole object changed), CHANGES_FROM | OBJNO (every
+ * object from OBJNO up changed: a shrink), or CHANGES_DETAIL | OBJNO
+ * followed by a word whose low SUBBLOCKS bits say which parts of the
+ * object changed.  In one list the last record of an object wins. */
 
-/* A stored entry with this bit: every object from the rest up changed. */
 #define CHANGES_FROM (UINT64_C (1) << 63)
+#define CHANGES_DETAIL (UINT64_C (1) << 62)
+#define SUBBLOCKS 32
+#define ALL_PARTS UINT32_MAX
 
 static int
 changes_push (struct changes *c, uint64_t e)
@@ -176,17 +182,6 @@ changes_push (struct changes *c, uint64_t e)
   return 0;
 }
 
-/* Adds stored entry E: an object, or a CHANGES_FROM bound. */
-static int
-changes_add (struct changes *c, uint64_t e)
-{
-  if (e & CHANGES_FROM) {
-    c->from = MIN (c->from, e & ~CHANGES_FROM);
-    return 0;
-  }
-  return changes_push (c, e);
-}
-
 static void
 changes_free (struct changes *c)
 {
@@ -195,11 +190,33 @@ changes_free (struct changes *c)
   c->n = c->cap = 0;
 }
 
-/* Appends the entries of list object OID (at SNAP) to C, as stored when
- * RAW, else through changes_add.  An absent object is an empty list. */
+/* Calls FN (ARG, OBJNO, PARTS) for each object record of the words
+ * V[0..N), in order: PARTS is ALL_PARTS for a whole-object record. */
+static void
+changes_each (const uint64_t *v, size_t n,
+              void (*fn) (void *arg, uint64_t objno, uint32_t parts),
+              void *arg)
+{
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    if (v[i] & CHANGES_FROM)
+      continue;
+    if (v[i] & CHANGES_DETAIL) {
+      uint32_t parts = i + 1 < n ? (uint32_t) v[i + 1] : ALL_PARTS;
+      fn (arg, v[i] & ~CHANGES_DETAIL, parts);
+      i++;
+    }
+    else
+      fn (arg, v[i], ALL_PARTS);
+  }
+}
+
+/* Reads the words of list object OID at SNAP and appends them to C.  An
+ * absent object is an empty list. */
 static int
 changes_read (struct store *st, const char *oid, uint64_t snap,
-              struct changes *c, bool raw)
+              struct changes *c)
 {
   uint64_t size, *buf, i;
   ssize_t got;
@@ -217,50 +234,143 @@ changes_read (struct store *st, const char *oid, uint64_t snap,
   got = store_read (st, oid, buf, size, 0, snap);
   r = got == -ENOENT ? 0 : got < 0 ? (int) got : 0;
   for (i = 0; r == 0 && got > 0 && i < (uint64_t) got / 8; i++)
-    r = raw ? changes_push (c, le64toh (buf[i]))
-      : changes_add (c, le64toh (buf[i]));
+    r = changes_push (c, le64toh (buf[i]));
   free (buf);
   return r;
 }
 
-static int
-cmp_u64 (const void *a, const void *b)
+/* A set of changed objects, each with the parts that changed, and FROM:
+ * every object from it up (UINT64_MAX: none). */
+struct change {
+  uint64_t objno;
+  uint32_t parts;
+  uint32_t seq;
+};
+
+struct change_set {
+  struct change *v;
+  size_t n, cap;
+  uint64_t from;
+  int err;
+};
+
+static void
+set_add (void *arg, uint64_t objno, uint32_t parts)
 {
-  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-  return x < y ? -1 : x > y;
+  struct change_set *s = arg;
+
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? 2 * s->cap : 64;
+    struct change *v = realloc (s->v, cap * sizeof *v);
+    if (v == NULL) {
+      s->err = -ENOMEM;
+      return;
+    }
+    s->v = v;
+    s->cap = cap;
+  }
+  s->v[s->n].objno = objno;
+  s->v[s->n].parts = parts;
+  s->v[s->n].seq = (uint32_t) s->n;
+  s->n++;
 }
 
-/* Sorts C and drops repeats and entries at or past C->from. */
+static int
+cmp_change (const void *a, const void *b)
+{
+  const struct change *x = a, *y = b;
+  if (x->objno != y->objno)
+    return x->objno < y->objno ? -1 : 1;
+  return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Sorts S by object; a repeated object keeps the last record (LAST_WINS,
+ * within one list) or the union of its parts (across lists).  Drops
+ * objects at or past S->from. */
 static void
-changes_sort (struct changes *c)
+set_sort (struct change_set *s, bool last_wins)
 {
   size_t i, k = 0;
 
-  if (c->n)
-    qsort (c->v, c->n, sizeof *c->v, cmp_u64);
-  for (i = 0; i < c->n; i++)
-    if (c->v[i] < c->from && (k == 0 || c->v[k - 1] != c->v[i]))
-      c->v[k++] = c->v[i];
-  c->n = k;
+  if (s->n)
+    qsort (s->v, s->n, sizeof *s->v, cmp_change);
+  for (i = 0; i < s->n; i++) {
+    if (s->v[i].objno >= s->from)
+      break;
+    if (k > 0 && s->v[k - 1].objno == s->v[i].objno)
+      s->v[k - 1].parts = last_wins ? s->v[i].parts
+        : s->v[k - 1].parts | s->v[i].parts;
+    else
+      s->v[k++] = s->v[i];
+  }
+  s->n = k;
 }
 
-/* Stores C as list object OID (synchronously). */
+/* Adds list object OID at SNAP to S (the union). */
 static int
-changes_write (struct store *st, const char *oid, const struct changes *c)
+set_read (struct store *st, const char *oid, uint64_t snap,
+          struct change_set *s)
 {
-  uint64_t *buf = malloc ((c->n + 1) * sizeof *buf);
+  struct changes words = { NULL, 0, 0 };
+  struct change_set one = { .from = UINT64_MAX };
+  size_t i;
+  int r;
+
+  r = changes_read (st, oid, snap, &words);
+  if (r == 0) {
+    for (i = 0; i < words.n; i++)
+      if (words.v[i] & CHANGES_FROM)
+        s->from = MIN (s->from, words.v[i] & ~CHANGES_FROM);
+    changes_each (words.v, words.n, set_add, &one);
+    r = one.err;
+  }
+  if (r == 0) {
+    set_sort (&one, true);
+    for (i = 0; i < one.n && s->err == 0; i++)
+      set_add (s, one.v[i].objno, one.v[i].parts);
+    r = s->err;
+  }
+  changes_free (&words);
+  free (one.v);
+  return r;
+}
+
+/* Stores the sorted S as list object OID (synchronously). */
+static int
+set_write (struct store *st, const char *oid, const struct change_set *s)
+{
+  uint64_t *buf = malloc ((2 * s->n + 1) * sizeof *buf);
   size_t i, k = 0;
   int r;
 
   if (buf == NULL)
     return -ENOMEM;
-  for (i = 0; i < c->n; i++)
-    buf[k++] = htole64 (c->v[i]);
-  if (c->from != UINT64_MAX)
-    buf[k++] = htole64 (CHANGES_FROM | c->from);
+  for (i = 0; i < s->n; i++) {
+    if (s->v[i].parts == ALL_PARTS)
+      buf[k++] = htole64 (s->v[i].objno);
+    else {
+      buf[k++] = htole64 (CHANGES_DETAIL | s->v[i].objno);
+      buf[k++] = htole64 (s->v[i].parts);
+    }
+  }
+  if (s->from != UINT64_MAX)
+    buf[k++] = htole64 (CHANGES_FROM | s->from);
   r = store_write_full (st, oid, buf, k * sizeof *buf, STORE_WRITE_SYNC);
   free (buf);
   return r;
+}
+
+/* The parts of an object of 1 << ORDER bytes that [OFF, OFF+LEN) (within
+ * it, LEN > 0) touches. */
+static uint32_t
+parts_of (unsigned order, uint64_t off, uint64_t len)
+{
+  unsigned shift = order - 5;               /* SUBBLOCKS == 32 */
+  unsigned first = off >> shift, last = (off + len - 1) >> shift;
+
+  if (last - first >= 31)
+    return ALL_PARTS;
+  return (uint32_t) (((UINT64_C (1) << (last - first + 1)) - 1) << first);
 }
 
 /* Records in header HDR that the image shrinks to SIZE bytes: the
@@ -858,13 +968,27 @@ resize_with (struct store *st, const char *name, struct image_info *info0,
 
 /* ---- Open, close, refresh --------------------------------------------- */
 
+/* A record of the live log, loaded into map ARG: a whole-object record
+ * counts as "logged"; a detailed one (written by a snapshot that did not
+ * complete) gives the parts, and the next change logs the object again. */
+static void
+load_record (void *arg, uint64_t objno, uint32_t parts)
+{
+  struct objmap *m = arg;
+
+  if (objno < m->n) {
+    m->logged[objno] = parts == ALL_PARTS;
+    m->parts[objno] = parts;
+  }
+}
+
 /* Reads the map (N entries) and, for a writable head, the change log,
  * into a new in-memory map that replaces the current one. */
 static int
 load_map (struct image *img, uint64_t n)
 {
   struct objmap *m = calloc (1, sizeof *m + n + 1);
-  struct changes log = { .from = UINT64_MAX };
+  struct changes log = { NULL, 0, 0 };
   ssize_t r = 0;
   uint64_t i;
 
@@ -872,7 +996,8 @@ load_map (struct image *img, uint64_t n)
     return -ENOMEM;
   m->pending = calloc (1, n + 1);
   m->logged = calloc (1, n + 1);
-  if (m->pending == NULL || m->logged == NULL) {
+  m->parts = calloc (n + 1, sizeof *m->parts);
+  if (m->pending == NULL || m->logged == NULL || m->parts == NULL) {
     r = -ENOMEM;
     goto fail;
   }
@@ -887,17 +1012,13 @@ load_map (struct image *img, uint64_t n)
     if (m->bytes[i] != IMAGE_OBJ_ABSENT)
       m->bytes[i] = IMAGE_OBJ_CLEAN;
   if (img->read_snap == STORE_SNAP_HEAD && !(img->flags & IMAGE_OPEN_RDONLY)) {
-    r = changes_read (img->st, img->log_oid, STORE_SNAP_HEAD, &log, true);
+    r = changes_read (img->st, img->log_oid, STORE_SNAP_HEAD, &log);
     if (r < 0)
       goto fail;
-    for (i = 0; i < log.n; i++) {
-      uint64_t o = log.v[i];
-      if (o < n) {
-        m->logged[o] = 1;
-        if (m->bytes[o] != IMAGE_OBJ_ABSENT)
-          m->bytes[o] = IMAGE_OBJ_DIRTY;
-      }
-    }
+    changes_each (log.v, log.n, load_record, m);
+    for (i = 0; i < n; i++)
+      if (m->logged[i] && m->bytes[i] != IMAGE_OBJ_ABSENT)
+        m->bytes[i] = IMAGE_OBJ_DIRTY;
     changes_free (&img->log);
     img->log = log;
   }
@@ -908,6 +1029,7 @@ fail:
   changes_free (&log);
   free (m->pending);
   free (m->logged);
+  free (m->parts);
   free (m);
   return (int) r;
 }
@@ -940,7 +1062,6 @@ open_common (struct store *st, const char *name, const char *snap,
   image_header_oid (id, img->hdr_oid, sizeof img->hdr_oid);
   map_oid (id, img->map_oid, sizeof img->map_oid);
   changes_oid (id, img->log_oid, sizeof img->log_oid);
-  img->log.from = img->pend.from = UINT64_MAX;
   r = read_header (img->st, id, &img->info);
   if (r == 0 && snap) {
     r = find_snap (img->st, img->hdr_oid, name, snap, &sn);
@@ -993,6 +1114,7 @@ image_close (struct image *img)
     next = m->retired;
     free (m->pending);
     free (m->logged);
+    free (m->parts);
     free (m);
   }
   changes_free (&img->log);
@@ -1089,7 +1211,6 @@ map_commit (struct image *img, struct objmap *m)
   int r = 0;
 
   memset (&img->pend, 0, sizeof img->pend);
-  img->pend.from = UINT64_MAX;
   logbuf = malloc ((p.n + 1) * sizeof *logbuf);
   if (logbuf == NULL) {
     r = -ENOMEM;
@@ -1226,6 +1347,25 @@ map_mark_dirty (struct image *img, uint64_t first, uint64_t last, bool alloc)
   }
   pthread_mutex_unlock (&img->map_lock);
   return r;
+}
+
+/* Notes the parts of the objects that [OFF, OFF+LEN) touches: for the
+ * next snapshot's detailed log (after map_mark_dirty, so never more than
+ * the log already says). */
+static void
+mark_parts (struct image *img, uint64_t off, uint64_t len)
+{
+  struct objmap *m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
+  uint64_t osize = img->info.object_size, pos, end = off + len;
+
+  for (pos = off; pos < end;) {
+    uint64_t o = pos >> img->order, ooff = pos & (osize - 1);
+    uint64_t n = MIN (osize - ooff, end - pos);
+    if (o < m->n)
+      __atomic_fetch_or (&m->parts[o], parts_of (img->order, ooff, n),
+                         __ATOMIC_RELAXED);
+    pos += n;
+  }
 }
 
 /* After a whole-object discard: ABSENT, unless a write is in flight. */
@@ -1415,6 +1555,8 @@ image_aio_write (struct image *img, const void *buf, size_t len,
   if (len) {
     r = map_mark_dirty (img, off >> img->order, (off + len - 1) >> img->order,
                         true);
+    if (r == 0)
+      mark_parts (img, off, len);
     if (r < 0) {
       for (pos = off; pos < off + len; pos += osize - (pos & (osize - 1)))
         __atomic_sub_fetch (&img->wr_inflight[(pos >> img->order)
@@ -1510,6 +1652,8 @@ image_write (struct image *img, const void *buf, size_t len, uint64_t off,
                         1, __ATOMIC_SEQ_CST);
   r = map_mark_dirty (img, off >> img->order, (off + len - 1) >> img->order,
                       true);
+  if (r == 0)
+    mark_parts (img, off, len);
   for (pos = off; pos < off + len;) {
     uint64_t objno = pos >> img->order, ooff = pos & (osize - 1);
     size_t n = MIN (osize - ooff, off + len - pos);
@@ -1547,8 +1691,10 @@ zero_in_object (struct image *img, uint64_t objno, uint64_t ooff,
   image_data_oid (img->info.id, objno, oid, sizeof oid);
   if (holes && ooff == 0 && len == img->info.object_size) {
     r = map_mark_dirty (img, objno, objno, false);
-    if (r == 0)
+    if (r == 0) {
+      mark_parts (img, objno << img->order, len);
       r = store_remove (img->st, oid);
+    }
     if (r < 0 && r != -ENOENT)
       return r;
     map_mark_absent (img, objno);
@@ -1557,6 +1703,8 @@ zero_in_object (struct image *img, uint64_t objno, uint64_t ooff,
   r = map_mark_dirty (img, objno, objno, true);
   if (r < 0)
     return r;
+  mark_parts (img, (objno << img->order) + ooff,
+              MIN (len, img->info.object_size - ooff));
   if (holes) {
     r = store_zero (img->st, oid, ooff, len);
     if (r == -ENOENT)
@@ -1754,12 +1902,84 @@ image_snap_create (struct image *img, const char *snap, uint64_t *idp)
 
 static int snap_record (struct image *img, const char *snap, uint64_t id);
 
+/* Map ARG forgets a record of the log: the object needs logging again
+ * before its next change. */
+static void
+forget_record (void *arg, uint64_t objno, uint32_t parts)
+{
+  struct objmap *m = arg;
+
+  (void) parts;
+  if (objno < m->n) {
+    __atomic_store_n (&m->logged[objno], 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n (&m->parts[objno], 0, __ATOMIC_RELAXED);
+    if (m->bytes[objno] == IMAGE_OBJ_DIRTY)
+      __atomic_store_n (&m->bytes[objno], IMAGE_OBJ_CLEAN, __ATOMIC_SEQ_CST);
+  }
+}
+
+/* Before a snapshot (writes held): appends to the log which parts of each
+ * logged object changed, as far as this process saw them, so that the
+ * snapshot's log is finer than whole objects.  The objects become
+ * unlogged: a later change logs them whole again.  Objects changed
+ * before a crash or a hand-off stay whole (we did not see their parts);
+ * so do objects changed everywhere. */
+static int
+write_details (struct image *img)
+{
+  struct change_set s = { .from = UINT64_MAX };
+  uint64_t *buf = NULL, off;
+  struct objmap *m;
+  size_t i, k = 0;
+  int r;
+
+  pthread_mutex_lock (&img->map_lock);
+  m = img->map;
+  changes_each (img->log.v, img->log.n, set_add, &s);
+  off = img->log.n * sizeof *buf;
+  pthread_mutex_unlock (&img->map_lock);
+  r = s.err;
+  if (r == 0 && s.n) {
+    set_sort (&s, true);
+    buf = malloc (2 * s.n * sizeof *buf);
+    if (buf == NULL)
+      r = -ENOMEM;
+  }
+  for (i = 0; r == 0 && i < s.n; i++) {
+    uint64_t o = s.v[i].objno;
+    uint32_t p;
+    if (o >= m->n || !__atomic_load_n (&m->logged[o], __ATOMIC_SEQ_CST))
+      continue;
+    p = __atomic_load_n (&m->parts[o], __ATOMIC_RELAXED);
+    if (p == 0 || p == ALL_PARTS)
+      continue;
+    buf[k++] = htole64 (CHANGES_DETAIL | o);
+    buf[k++] = htole64 (p);
+  }
+  if (r == 0 && k)
+    r = store_write (img->st, img->log_oid, buf, k * sizeof *buf, off,
+                     STORE_WRITE_SYNC);
+  if (r == 0 && k) {
+    pthread_mutex_lock (&img->map_lock);
+    for (i = 0; r == 0 && i < k; i++)
+      r = changes_push (&img->log, le64toh (buf[i]));
+    for (i = 0; i < k; i += 2) {
+      uint64_t o = le64toh (buf[i]) & ~CHANGES_DETAIL;
+      __atomic_store_n (&m->logged[o], 0, __ATOMIC_SEQ_CST);
+      if (m->bytes[o] == IMAGE_OBJ_DIRTY)
+        __atomic_store_n (&m->bytes[o], IMAGE_OBJ_CLEAN, __ATOMIC_SEQ_CST);
+    }
+    pthread_mutex_unlock (&img->map_lock);
+  }
+  free (buf);
+  free (s.v);
+  return r;
+}
+
 int
 image_snap_create_id (struct image *img, const char *snap, uint64_t id)
 {
   struct image_snap old;
-  struct objmap *m;
-  uint64_t i;
   int r;
 
   r = check_writable (img, "snapshot");
@@ -1792,15 +2012,7 @@ image_snap_create_id (struct image *img, const char *snap, uint64_t id)
   pthread_mutex_lock (&img->map_lock);
   if (r == 0) {
     /* The log is empty now: a new interval starts. */
-    m = img->map;
-    for (i = 0; i < img->log.n; i++) {
-      uint64_t o = img->log.v[i];
-      if (o < m->n) {
-        __atomic_store_n (&m->logged[o], 0, __ATOMIC_SEQ_CST);
-        if (m->bytes[o] == IMAGE_OBJ_DIRTY)
-          __atomic_store_n (&m->bytes[o], IMAGE_OBJ_CLEAN, __ATOMIC_SEQ_CST);
-      }
-    }
+    changes_each (img->log.v, img->log.n, forget_record, img->map);
     img->log.n = 0;
   }
   img->map_writing = false;
@@ -1818,10 +2030,12 @@ static int
 snap_record (struct image *img, const char *snap, uint64_t id)
 {
   char key[IMAGE_NAME_MAX + 8], val[128], seqbuf[32], from[96], to[96];
-  uint64_t min, sz, e;
+  uint64_t min = UINT64_MAX, sz, e;
   int r, n;
 
-  r = shrunk_to (img->st, img->hdr_oid, &min);
+  r = write_details (img);
+  if (r == 0)
+    r = shrunk_to (img->st, img->hdr_oid, &min);
   if (r == 0 && min != UINT64_MAX) {
     e = htole64 (CHANGES_FROM | (min >> img->order));
     r = store_write (img->st, img->log_oid, &e, sizeof e,
@@ -1895,7 +2109,7 @@ static int
 merge_into_next (struct store *st, const char *id, const char *hdr,
                  const struct image_snap *sn)
 {
-  struct changes c = { .from = UINT64_MAX };
+  struct change_set c = { .from = UINT64_MAX };
   struct image_snap *v;
   uint64_t next = 0;
   char oid[96];
@@ -1910,16 +2124,16 @@ merge_into_next (struct store *st, const char *id, const char *hdr,
       next = v[k].id;
   free (v);
   changes_oid (id, oid, sizeof oid);
-  r = changes_read (st, oid, sn->id, &c, false);
+  r = set_read (st, oid, sn->id, &c);
   merged_oid (id, sn->id, oid, sizeof oid);
   if (r == 0)
-    r = changes_read (st, oid, STORE_SNAP_HEAD, &c, false);
+    r = set_read (st, oid, STORE_SNAP_HEAD, &c);
   merged_oid (id, next, oid, sizeof oid);
   if (r == 0)
-    r = changes_read (st, oid, STORE_SNAP_HEAD, &c, false);
+    r = set_read (st, oid, STORE_SNAP_HEAD, &c);
   if (r == 0) {
-    changes_sort (&c);
-    r = changes_write (st, oid, &c);
+    set_sort (&c, false);
+    r = set_write (st, oid, &c);
   }
   if (r == 0) {
     merged_oid (id, sn->id, oid, sizeof oid);
@@ -1927,7 +2141,7 @@ merge_into_next (struct store *st, const char *id, const char *hdr,
     if (r == -ENOENT)
       r = 0;
   }
-  changes_free (&c);
+  free (c.v);
   return r;
 }
 
@@ -1974,22 +2188,25 @@ mark_changed (void *arg, uint64_t off, uint64_t len, int alloc)
 }
 
 struct objects_ctx {
-  struct changes *c;
+  struct change_set *s;
   unsigned order;
 };
 
-/* An image_extent_cb: adds the objects of the extent to a change list. */
+/* An image_extent_cb: adds the parts of the objects of the extent to a
+ * change set. */
 static int
 add_objects (void *arg, uint64_t off, uint64_t len, int alloc)
 {
   struct objects_ctx *o = arg;
-  uint64_t i;
-  int r = 0;
+  uint64_t osize = UINT64_C (1) << o->order, pos, end = off + len;
 
   (void) alloc;
-  for (i = off >> o->order; r == 0 && (i << o->order) < off + len; i++)
-    r = changes_push (o->c, i);
-  return r;
+  for (pos = off; pos < end && o->s->err == 0;) {
+    uint64_t ooff = pos & (osize - 1), n = MIN (osize - ooff, end - pos);
+    set_add (o->s, pos >> o->order, parts_of (o->order, ooff, n));
+    pos += n;
+  }
+  return o->s->err;
 }
 
 /* After IMG was rolled back to SN, the live interval's log need only
@@ -2000,7 +2217,7 @@ add_objects (void *arg, uint64_t off, uint64_t len, int alloc)
 static int
 narrow_log (struct image *img, const struct image_snap *sn)
 {
-  struct changes c = { .from = UINT64_MAX };
+  struct change_set c = { .from = UINT64_MAX };
   struct objects_ctx oc = { &c, img->order };
   struct image_snap *v, newest = *sn;
   char oid[96];
@@ -2022,8 +2239,10 @@ narrow_log (struct image *img, const struct image_snap *sn)
     pthread_cond_wait (&img->map_cond, &img->map_lock);
   img->map_writing = true;
   pthread_mutex_unlock (&img->map_lock);
-  if (r == 0)
-    r = changes_write (img->st, img->log_oid, &c);
+  if (r == 0) {
+    set_sort (&c, false);
+    r = set_write (img->st, img->log_oid, &c);
+  }
   merged_oid (img->info.id, 0, oid, sizeof oid);
   if (r == 0 && (r = store_remove (img->st, oid)) == -ENOENT)
     r = 0;
@@ -2033,7 +2252,7 @@ narrow_log (struct image *img, const struct image_snap *sn)
   img->map_writing = false;
   pthread_cond_broadcast (&img->map_cond);
   pthread_mutex_unlock (&img->map_lock);
-  changes_free (&c);
+  free (c.v);
   return r;
 }
 
@@ -2079,9 +2298,14 @@ image_snap_rollback (struct image *img, const char *snap)
       goto out;
   }
   /* They change again: into the log first, and a shrink is noted. */
-  for (i = 0; i < nlive; i++)
-    if (changed[i] && (r = map_mark_dirty (img, i, i, false)) < 0)
+  for (i = 0; i < nlive; i++) {
+    if (!changed[i])
+      continue;
+    r = map_mark_dirty (img, i, i, false);
+    if (r < 0)
       goto out;
+    mark_parts (img, i << img->order, img->info.object_size);
+  }
   if (sn.size < image_size (img)
       && (r = note_shrink (img->st, img->hdr_oid, sn.size)) < 0)
     goto out;
@@ -2130,8 +2354,9 @@ image_diff (struct store *st, const char *image, const char *from,
 {
   struct image_info info;
   struct image_snap *v = NULL, sfrom, sto;
-  struct changes c = { .from = UINT64_MAX };
-  uint64_t n, to_size, to_id, osize, end, tail;
+  struct change_set c = { .from = UINT64_MAX };
+  uint64_t n, to_size, to_id, osize, end, tail, sb, pend_off = 0, pend_end = 0;
+  bool have = false;
   char id[32], hdr[64], loid[64], moid[96];
   size_t ns = 0, k;
   int r;
@@ -2179,9 +2404,9 @@ image_diff (struct store *st, const char *image, const char *from,
     if (k < ns ? sid <= sfrom.id || sid > to_id : to_id != STORE_SNAP_HEAD)
       continue;
     merged_oid (id, k < ns ? sid : 0, moid, sizeof moid);
-    r = changes_read (st, loid, sid, &c, false);
+    r = set_read (st, loid, sid, &c);
     if (r == 0)
-      r = changes_read (st, moid, STORE_SNAP_HEAD, &c, false);
+      r = set_read (st, moid, STORE_SNAP_HEAD, &c);
   }
   if (r == 0 && to_id == STORE_SNAP_HEAD) {
     uint64_t min;
@@ -2191,34 +2416,52 @@ image_diff (struct store *st, const char *image, const char *from,
   }
   if (r < 0)
     goto out;
-  changes_sort (&c);
+  set_sort (&c, false);
 
-  /* Report runs of changed objects, and [tail, n): everything from
-   * c.from up; clipped to the larger size. */
+  /* Report the changed parts of objects, then [tail, n): everything
+   * from c.from up; adjacent ones merged, clipped to the larger size. */
   end = MAX (to_size, sfrom.size);
   tail = MIN (c.from, n);
-#define REPORT(first, last)                                             \
+  sb = osize / SUBBLOCKS;
+#define ADD(s, e)                                                       \
   do {                                                                  \
-    r = cb (arg, (first) * osize, MIN ((last) * osize, end)             \
-            - (first) * osize, 1);                                      \
-    if (r != 0)                                                         \
+    uint64_t s_ = (s), e_ = MIN ((e), end);                             \
+    if (s_ >= e_)                                                       \
+      break;                                                            \
+    if (have && s_ == pend_end) {                                       \
+      pend_end = e_;                                                    \
+      break;                                                            \
+    }                                                                   \
+    if (have && (r = cb (arg, pend_off, pend_end - pend_off, 1)) != 0)  \
       goto out;                                                         \
+    pend_off = s_;                                                      \
+    pend_end = e_;                                                      \
+    have = true;                                                        \
   } while (0)
-  for (k = 0; k < c.n && c.v[k] < tail;) {
-    uint64_t first = c.v[k], last = first + 1;
-    for (k++; k < c.n && c.v[k] == last; k++)
-      last++;
-    if (last == tail)
-      last = tail = n;          /* the run joins the tail */
-    REPORT (first, last);
+  for (k = 0; k < c.n && c.v[k].objno < tail; k++) {
+    uint64_t base = c.v[k].objno * osize;
+    uint32_t p = c.v[k].parts;
+    unsigned j = 0, b;
+    while (j < SUBBLOCKS) {
+      if (!(p >> j & 1)) {
+        j++;
+        continue;
+      }
+      for (b = j; b < SUBBLOCKS && (p >> b & 1); b++)
+        ;
+      ADD (base + j * sb, base + b * sb);
+      j = b;
+    }
   }
   if (tail < n)
-    REPORT (tail, n);
-#undef REPORT
+    ADD (tail * osize, n * osize);
+#undef ADD
+  if (have && (r = cb (arg, pend_off, pend_end - pend_off, 1)) != 0)
+    goto out;
   r = 0;
 out:
   free (v);
-  changes_free (&c);
+  free (c.v);
   return r;
 }
 

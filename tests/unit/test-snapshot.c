@@ -328,14 +328,74 @@ test_diff_cost_follows_changes (void **state)
   reads = store_fault_bytes_read (fst);
   assert_int_equal (image_diff (fst, "huge", "s1", NULL, collect, &e), 0);
   reads = store_fault_bytes_read (fst) - reads;
+  /* The parts (1/32 of an object) that the writes touched. */
   assert_int_equal (e.n, 2);
   assert_int_equal (e.off[0], 0);
+  assert_int_equal (e.len[0], 128 * 1024);
   assert_int_equal (e.off[1], UINT64_C (40) << 40);
-  assert_int_equal (e.len[1], 4u << 20);
+  assert_int_equal (e.len[1], 128 * 1024);
   assert_true (reads < 64 * 1024);
   image_close (img);
   assert_int_equal (image_remove (fst, "huge"), 0);
   store_close (fst);
+}
+
+/* Between two snapshots the diff names the parts (1/32 of an object,
+ * here 2 KiB) that changed; the live interval, and what another process
+ * changed before a crash or hand-off, count whole objects. */
+static void
+test_diff_finer_than_objects (void **state)
+{
+  struct fixture *f = *state;
+  struct ext_list e = { .n = 0 };
+  char buf[4096];
+  struct image *img;
+
+  memset (buf, 'f', sizeof buf);
+  assert_int_equal (image_open (f->st, "disk", 0, &img), 0);
+  assert_int_equal (image_snap_create (img, "s1", NULL), 0);
+  assert_int_equal (image_write (img, buf, 4096, 3 * OBJ + 10240, 0), 0);
+  assert_int_equal (image_write (img, buf, 100, 7 * OBJ, 0), 0);
+  assert_int_equal (image_diff (f->st, "disk", "s1", NULL, collect, &e), 0);
+  assert_int_equal (e.n, 2);
+  assert_int_equal (e.off[0], 3 * OBJ);
+  assert_int_equal (e.len[0], OBJ);
+  assert_int_equal (e.off[1], 7 * OBJ);
+  assert_int_equal (e.len[1], OBJ);
+
+  assert_int_equal (image_snap_create (img, "s2", NULL), 0);
+  e.n = 0;
+  assert_int_equal (image_diff (f->st, "disk", "s1", "s2", collect, &e), 0);
+  assert_int_equal (e.n, 2);
+  assert_int_equal (e.off[0], 3 * OBJ + 10240);
+  assert_int_equal (e.len[0], 4096);
+  assert_int_equal (e.off[1], 7 * OBJ);
+  assert_int_equal (e.len[1], 2048);
+
+  /* Another process takes over object 9 mid-interval. */
+  assert_int_equal (image_write (img, buf, 4096, 9 * OBJ, 0), 0);
+  image_close (img);
+  assert_int_equal (image_open (f->st, "disk", 0, &img), 0);
+  assert_int_equal (image_write (img, buf, 4096, 9 * OBJ + 32768, 0), 0);
+  assert_int_equal (image_write (img, buf, 4096, 10 * OBJ, 0), 0);
+  assert_int_equal (image_snap_create (img, "s3", NULL), 0);
+  e.n = 0;
+  assert_int_equal (image_diff (f->st, "disk", "s2", "s3", collect, &e), 0);
+  assert_int_equal (e.n, 1);
+  assert_int_equal (e.off[0], 9 * OBJ);
+  assert_int_equal (e.len[0], OBJ + 4096);
+
+  /* Removing s2 merges its parts into s3's interval. */
+  assert_int_equal (image_snap_remove (f->st, "disk", "s2"), 0);
+  e.n = 0;
+  assert_int_equal (image_diff (f->st, "disk", "s1", "s3", collect, &e), 0);
+  assert_int_equal (e.n, 3);
+  assert_int_equal (e.off[0], 3 * OBJ + 10240);
+  assert_int_equal (e.len[0], 4096);
+  assert_int_equal (e.off[1], 7 * OBJ);
+  assert_int_equal (e.len[1], 2048);
+  assert_int_equal (e.off[2], 9 * OBJ);
+  image_close (img);
 }
 
 static void
@@ -566,6 +626,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_diff_discard_and_shrink, setup,
                                      teardown),
     cmocka_unit_test_setup_teardown (test_diff_cost_follows_changes, setup,
+                                     teardown),
+    cmocka_unit_test_setup_teardown (test_diff_finer_than_objects, setup,
                                      teardown),
     cmocka_unit_test_setup_teardown (test_rollback, setup, teardown),
     cmocka_unit_test_setup_teardown (test_snap_through_holder_and_temporary,
