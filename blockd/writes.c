@@ -68,6 +68,8 @@ on_flush (void *arg)
   /* No write is in flight and none starts before the release: after it
    * another host writes, so our map goes stale from here. */
   atomic_store (&e->trusted, false);
+  if (image_save_parts (e->img) < 0)    /* the next diff counts whole objects */
+    log_debug ("export %s: saving changed parts: %s", e->name, vbk_error ());
   r = image_flush (e->img);
   image_set_trusted (e->img, 0);
   return r;

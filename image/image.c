@@ -17,7 +17,10 @@
  *   is written under the snapshot context and emptied by each snapshot,
  *   so its copy at snapshot S lists exactly the interval that ended at
  *   S: a diff reads one short list per snapshot, and a snapshot writes
- *   no map, whatever the disk's size.
+ *   no map, whatever the disk's size.  Just before it, the snapshot
+ *   appends which 1/32 parts of each object the holder saw change (kept
+ *   in memory, never on the write path), so diffs between snapshots are
+ *   finer than objects.
  * - Before the first change to an object in an interval, the writer
  *   appends it to the change log (and, if the object was ABSENT, marks it
  *   allocated in the map) with synchronous store writes; only then does
@@ -1901,6 +1904,27 @@ image_snap_create (struct image *img, const char *snap, uint64_t *idp)
 }
 
 static int snap_record (struct image *img, const char *snap, uint64_t id);
+static int write_details (struct image *img);
+
+int
+image_save_parts (struct image *img)
+{
+  int r;
+
+  if (img->read_snap != STORE_SNAP_HEAD || (img->flags & IMAGE_OPEN_RDONLY))
+    return 0;
+  pthread_mutex_lock (&img->map_lock);
+  while (img->map_writing)
+    pthread_cond_wait (&img->map_cond, &img->map_lock);
+  img->map_writing = true;
+  pthread_mutex_unlock (&img->map_lock);
+  r = write_details (img);
+  pthread_mutex_lock (&img->map_lock);
+  img->map_writing = false;
+  pthread_cond_broadcast (&img->map_cond);
+  pthread_mutex_unlock (&img->map_lock);
+  return r;
+}
 
 /* Map ARG forgets a record of the log: the object needs logging again
  * before its next change. */

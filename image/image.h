@@ -8,7 +8,8 @@
  *   vbk_header.ID            xattrs: name, size, object_size, features
  *   vbk_object_map.ID        one byte per data object (ABSENT or CLEAN)
  *   vbk_changes.ID           the objects changed since the last snapshot
- *                            (8 bytes each; the changed-block tracking)
+ *                            (8 bytes each, and which 1/32 parts changed
+ *                            when known: the changed-block tracking)
  *   vbk_changes.ID.merged.*  changes of removed snapshots' intervals
  *   vbk_data.ID.OBJNO        data object OBJNO (16 hex digits)
  * An object exists only once written; absent objects read as zeros.
@@ -188,6 +189,13 @@ int image_snap_create_id (struct image *img, const char *snap, uint64_t id);
 /* Gives back an id from image_snap_alloc that will not be used. */
 void image_snap_free_id (struct image *img, uint64_t id);
 
+/* Logs which parts of the objects this handle changed since the last
+ * snapshot, so that the next snapshot's diff stays finer than objects
+ * when another process (a new lease holder) writes next.  Call with
+ * writes held, before another process may write.  Optional: without it
+ * those objects count whole. */
+int image_save_parts (struct image *img);
+
 /* Forgets snapshot SNAP of IMAGE; its space is freed once no other
  * snapshot needs it.  Errors: -ENOENT. */
 int image_snap_remove (struct store *st, const char *image, const char *snap);
@@ -202,8 +210,9 @@ int image_open_snap (struct store *st, const char *image, const char *snap,
                      struct image **out);
 
 /* Calls CB (with allocated = 1) for the extents of IMAGE that changed
- * between snapshot FROM and snapshot TO (NULL: the live image), whole
- * objects, merged, in order.  Reads one change log per snapshot in
+ * between snapshot FROM and snapshot TO (NULL: the live image), merged,
+ * in order: parts of 1/32 of an object where the snapshots' logs say
+ * which, else whole objects.  Reads one change log per snapshot in
  * between: cost grows with the snapshots and the changed objects, not
  * with the disk's size.  May over-report after a crash; never under-reports.
  * Errors: -ENOENT (no such image or snapshot), -EINVAL (TO older than

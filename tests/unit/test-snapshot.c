@@ -372,29 +372,41 @@ test_diff_finer_than_objects (void **state)
   assert_int_equal (e.off[1], 7 * OBJ);
   assert_int_equal (e.len[1], 2048);
 
-  /* Another process takes over object 9 mid-interval. */
+  /* Other processes take over mid-interval: one after a writer that
+   * crashed (object 9 counts whole), one after a writer that saved its
+   * parts before letting go (object 12 stays fine). */
   assert_int_equal (image_write (img, buf, 4096, 9 * OBJ, 0), 0);
+  image_close (img);
+  assert_int_equal (image_open (f->st, "disk", 0, &img), 0);
+  assert_int_equal (image_write (img, buf, 4096, 12 * OBJ, 0), 0);
+  assert_int_equal (image_save_parts (img), 0);
   image_close (img);
   assert_int_equal (image_open (f->st, "disk", 0, &img), 0);
   assert_int_equal (image_write (img, buf, 4096, 9 * OBJ + 32768, 0), 0);
   assert_int_equal (image_write (img, buf, 4096, 10 * OBJ, 0), 0);
+  assert_int_equal (image_write (img, buf, 4096, 12 * OBJ + 32768, 0), 0);
   assert_int_equal (image_snap_create (img, "s3", NULL), 0);
   e.n = 0;
   assert_int_equal (image_diff (f->st, "disk", "s2", "s3", collect, &e), 0);
-  assert_int_equal (e.n, 1);
+  assert_int_equal (e.n, 3);
   assert_int_equal (e.off[0], 9 * OBJ);
   assert_int_equal (e.len[0], OBJ + 4096);
+  assert_int_equal (e.off[1], 12 * OBJ);
+  assert_int_equal (e.len[1], 4096);
+  assert_int_equal (e.off[2], 12 * OBJ + 32768);
+  assert_int_equal (e.len[2], 4096);
 
   /* Removing s2 merges its parts into s3's interval. */
   assert_int_equal (image_snap_remove (f->st, "disk", "s2"), 0);
   e.n = 0;
   assert_int_equal (image_diff (f->st, "disk", "s1", "s3", collect, &e), 0);
-  assert_int_equal (e.n, 3);
+  assert_int_equal (e.n, 5);
   assert_int_equal (e.off[0], 3 * OBJ + 10240);
   assert_int_equal (e.len[0], 4096);
   assert_int_equal (e.off[1], 7 * OBJ);
   assert_int_equal (e.len[1], 2048);
   assert_int_equal (e.off[2], 9 * OBJ);
+  assert_int_equal (e.off[4], 12 * OBJ + 32768);
   image_close (img);
 }
 
