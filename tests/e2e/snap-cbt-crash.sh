@@ -45,11 +45,11 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 ext = [(e["offset"], e["offset"] + e["length"]) for e in d["extents"]]
 offs = [int(l) for l in open(sys.argv[2]) if l.strip()]
-missing = [o for o in offs if not any(a <= o < b for a, b in ext)]
+missing = [o for o in offs if not any(a <= o and o + 4096 <= b for a, b in ext)]
 changed = sum(b - a for a, b in ext)
 objs = len({o // 65536 for o in offs})
-print("%s: %d acknowledged writes in %d objects; diff lists %d objects"
-      % (sys.argv[3], len(offs), objs, changed // 65536))
+print("%s: %d acknowledged writes in %d objects; diff lists %d KiB (%d objects' worth)"
+      % (sys.argv[3], len(offs), objs, changed // 1024, changed // 65536))
 if missing:
     print("not in the diff:", missing[:10])
     sys.exit(1)
