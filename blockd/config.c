@@ -33,6 +33,7 @@ nbd_srv_config_init (struct nbd_srv_config *cfg)
   cfg->store_uri = strdup (DEFAULT_STORE);
   cfg->socket_path = strdup (DEFAULT_SOCKET);
   cfg->workers = 4;
+  cfg->poll_us = 50;
   cfg->lease_duration_ms = LEASE_DURATION_DEFAULT_MS;
   {
     char host[256];
@@ -141,6 +142,16 @@ nbd_srv_config_set (struct nbd_srv_config *cfg, const char *key,
         return vbk_errno (-EINVAL, "blockd: verbose: %s: not a boolean",
                           value);
       cfg->verbose = b;
+      return 0;
+    }
+  if (!strcmp (key, "poll_us"))
+    {
+      char *end;
+      long n = strtol (value, &end, 10);
+      if (*value == 0 || *end || n < 0 || n > 1000)
+        return vbk_errno (-EINVAL, "blockd: poll_us: %s: expected 0-1000",
+                          value);
+      cfg->poll_us = n;
       return 0;
     }
   if (!strcmp (key, "workers"))

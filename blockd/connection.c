@@ -40,12 +40,41 @@ conn_should_quit (struct nbd_srv_conn *c)
     || __atomic_load_n (&c->send_failed, __ATOMIC_RELAXED);
 }
 
+/* Busy polling.  A client with one request in flight (a guest doing
+ * synchronous I/O) sends the next one tens of microseconds after our
+ * reply; sleeping in recv and being woken again costs about as long as
+ * serving the request.  So an idle connection polls its socket for up
+ * to poll_ns before it sleeps, unless half the CPUs (at least one) are
+ * polling already. */
+static ssize_t
+recv_polling (struct nbd_srv_conn *c, void *buf, size_t len)
+{
+  struct nbd_srv_server *srv = c->srv;
+  ssize_t n = recv (c->fd, buf, len, MSG_DONTWAIT);
+  uint64_t until;
+
+  if (n >= 0 || errno != EAGAIN || srv->poll_ns == 0)
+    return n;
+  if (atomic_fetch_add (&srv->pollers, 1) >= srv->max_pollers)
+    {
+      atomic_fetch_sub (&srv->pollers, 1);
+      return n;
+    }
+  until = now_mono_ns () + srv->poll_ns;
+  do
+    n = recv (c->fd, buf, len, MSG_DONTWAIT);
+  while (n < 0 && errno == EAGAIN && now_mono_ns () < until);
+  atomic_fetch_sub (&srv->pollers, 1);
+  return n;
+}
+
 static ssize_t
 recv_some (struct nbd_srv_conn *c, void *buf, size_t len)
 {
+  ssize_t n = recv_polling (c, buf, len);
+
   for (;;)
     {
-      ssize_t n = recv (c->fd, buf, len, 0);
       if (n > 0)
         return n;
       if (n == 0)
@@ -54,9 +83,10 @@ recv_some (struct nbd_srv_conn *c, void *buf, size_t len)
         {
           if (conn_should_quit (c))
             return -1;
-          continue;
         }
-      return -1;
+      else if (errno != EAGAIN)
+        return -1;
+      n = recv (c->fd, buf, len, 0);
     }
 }
 

@@ -64,6 +64,7 @@ struct nbd_srv_config {
   bool foreground;
   int verbose;
   unsigned workers;         /* threads for synchronous image calls */
+  uint32_t poll_us;         /* busy polling of a connection, 0: none */
   struct nbd_srv_export_cfg *exports;
   size_t n_exports;
 };
@@ -189,6 +190,9 @@ struct nbd_srv_server {
    * asynchronous: the first write to an object waits for the object
    * map to be durable, which must not stall the pipeline. */
   bool inline_io;
+  uint64_t poll_ns;         /* busy polling of an idle connection */
+  atomic_int pollers;       /* connections polling now */
+  int max_pollers;
   atomic_bool quit;
 
   pthread_mutex_t lock;     /* protects conns, nconns */

@@ -48,6 +48,11 @@ nbd_srv_server_new (const struct nbd_srv_config *cfg,
   if (r < 0)
     goto fail;
   srv->inline_io = strcmp (store_backend (srv->store), "local") == 0;
+  srv->poll_ns = (uint64_t) cfg->poll_us * 1000;
+  {
+    long cpus = sysconf (_SC_NPROCESSORS_ONLN);
+    srv->max_pollers = cpus > 3 ? cpus / 2 : 1;
+  }
   r = nbd_srv_exports_new (srv->store, cfg, &srv->exports);
   if (r < 0)
     goto fail;

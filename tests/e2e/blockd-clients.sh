@@ -106,11 +106,16 @@ expect_fail "" nbdinfo "$(uri nosuchimage)"
 stop_blockd pid
 [ ! -e "$sock" ] || fail "socket left behind after SIGTERM"
 
-# ---- read-only -------------------------------------------------------------
-start_blockd pid "$sock" --read-only
+# ---- read-only, and no busy polling (every read sleeps in recv) ----------
+start_blockd pid "$sock" --read-only --poll-us 0
 nbdinfo "$(uri disk1)" | grep -q "is_read_only: true" || fail "not read-only"
 expect_fail "" qemu-io -f raw -c "write 0 4k" "$(uri disk1)"
 qemu-img convert -f raw -O raw "$(uri disk1)" "$TEST_DIR/ro.raw"
 cmp "$src" "$TEST_DIR/ro.raw" || fail "read-only export content differs"
 stop_blockd pid
+rc=0
+"$VBK_BIN/vbk-blockd" --store "$store" --socket "$sock" --poll-us 5000 \
+  2>"$TEST_DIR/poll.err" || rc=$?
+[ "$rc" -ne 0 ] && grep -q "poll_us: 5000: expected 0-1000" "$TEST_DIR/poll.err" ||
+  fail "--poll-us 5000: exit $rc, $(cat "$TEST_DIR/poll.err")"
 echo "blockd-clients: OK"
