@@ -87,6 +87,7 @@ struct image {
   pthread_cond_t map_cond;       /* a map write finished */
   bool map_writing;              /* a thread is writing the map or log */
   struct changes log;            /* the change log as stored (raw) */
+  bool log_tail_unknown;         /* words may lie past log.n: cut first */
   struct changes pend;           /* entries with pending != 0 */
   int wr_inflight[INFLIGHT_BUCKETS];
 };
@@ -191,6 +192,33 @@ changes_free (struct changes *c)
   free (c->v);
   c->v = NULL;
   c->n = c->cap = 0;
+}
+
+/* Before an append at OFF to IMG's log (by the change-log writer): if an
+ * earlier append failed, it may have landed anyway; its words past OFF
+ * must go before new ones land among them. */
+static int
+log_fix_tail (struct image *img, uint64_t off)
+{
+  int r;
+
+  if (!img->log_tail_unknown)
+    return 0;
+  r = store_truncate (img->st, img->log_oid, off);
+  if (r == 0 || r == -ENOENT) {
+    img->log_tail_unknown = false;
+    r = 0;
+  }
+  return r;
+}
+
+/* After a failed append at OFF: cut what may have landed, or make the
+ * next append do it. */
+static void
+log_append_failed (struct image *img, uint64_t off)
+{
+  img->log_tail_unknown = true;
+  log_fix_tail (img, off);
 }
 
 /* Calls FN (ARG, OBJNO, PARTS) for each object record of the words
@@ -1019,6 +1047,17 @@ load_map (struct image *img, uint64_t n)
     if (r < 0)
       goto fail;
     changes_each (log.v, log.n, load_record, m);
+    /* A detail record cut in two by a crash: its object's whole record
+     * comes before it and stands; the half goes at the next append. */
+    for (i = 0; i < log.n; i++) {
+      if (!(log.v[i] & CHANGES_FROM) && (log.v[i] & CHANGES_DETAIL)) {
+        if (i + 1 == log.n) {
+          log.n--;
+          img->log_tail_unknown = true;
+        }
+        i++;
+      }
+    }
     for (i = 0; i < n; i++)
       if (m->logged[i] && m->bytes[i] != IMAGE_OBJ_ABSENT)
         m->bytes[i] = IMAGE_OBJ_DIRTY;
@@ -1141,6 +1180,8 @@ image_refresh (struct image *img)
   if (r < 0)
     return r;
   pthread_mutex_lock (&img->map_lock);
+  while (img->map_writing)            /* the log may be growing */
+    pthread_cond_wait (&img->map_cond, &img->map_lock);
   r = load_map (img, count_objects (size, img->info.object_size));
   if (r == 0)
     __atomic_store_n (&img->info.size, size, __ATOMIC_RELEASE);
@@ -1209,13 +1250,14 @@ map_commit (struct image *img, struct objmap *m)
   struct wait_all w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
                         1, 0 };
   uint64_t *logbuf = NULL, lo = UINT64_MAX, hi = 0, i, logoff;
-  uint8_t *mapbuf = NULL;
+  uint8_t *mapbuf = NULL, *taken = NULL;
   size_t k, nlog = 0;
   int r = 0;
 
   memset (&img->pend, 0, sizeof img->pend);
   logbuf = malloc ((p.n + 1) * sizeof *logbuf);
-  if (logbuf == NULL) {
+  taken = calloc (p.n + 1, 1);
+  if (logbuf == NULL || taken == NULL) {
     r = -ENOMEM;
     goto out;
   }
@@ -1229,13 +1271,16 @@ map_commit (struct image *img, struct objmap *m)
     img->log.v = v;
     img->log.cap = cap;
   }
+  /* What this commit writes: entries pending now (more may be added
+   * while the lock is dropped; they stay pending for the next one). */
   for (k = 0; k < p.n; k++) {
     i = p.v[k];
     if (i >= m->n)
       continue;
-    if (m->pending[i] & NEED_LOG)
+    taken[k] = m->pending[i];
+    if (taken[k] & NEED_LOG)
       logbuf[nlog++] = htole64 (i);
-    if (m->pending[i] & NEED_MAP) {
+    if (taken[k] & NEED_MAP) {
       lo = MIN (lo, i);
       hi = MAX (hi, i);
     }
@@ -1250,11 +1295,16 @@ map_commit (struct image *img, struct objmap *m)
       mapbuf[i - lo] = (m->pending[i] & NEED_MAP)
         || m->bytes[i] != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_CLEAN
         : IMAGE_OBJ_ABSENT;
+    for (k = 0; k < p.n; k++)   /* entries in the range it writes too */
+      if (p.v[k] >= lo && p.v[k] <= hi)
+        taken[k] |= m->pending[p.v[k]] & NEED_MAP;
   }
 
   logoff = img->log.n * sizeof (uint64_t);
   pthread_mutex_unlock (&img->map_lock);
-  if (nlog) {
+  if (nlog && (r = log_fix_tail (img, logoff)) < 0)
+    w.err = r;
+  if (nlog && w.err == 0) {
     w.left++;
     r = store_aio_write (img->st, img->log_oid, logbuf, nlog * 8, logoff,
                          STORE_WRITE_SYNC, wait_all_done, &w);
@@ -1274,27 +1324,37 @@ map_commit (struct image *img, struct objmap *m)
     pthread_cond_wait (&w.cond, &w.lock);
   pthread_mutex_unlock (&w.lock);
   r = w.err;
+  if (r < 0 && nlog)
+    log_append_failed (img, logoff);
   pthread_mutex_lock (&img->map_lock);
 
   for (k = 0; r == 0 && k < nlog; k++)
     img->log.v[img->log.n++] = le64toh (logbuf[k]);
   for (k = 0; r == 0 && k < p.n; k++) {
     i = p.v[k];
-    if (i >= m->n || m->pending[i] == 0)
+    if (i >= m->n || taken[k] == 0)
       continue;
-    if (m->pending[i] & NEED_LOG)
+    if (taken[k] & NEED_LOG)
       __atomic_store_n (&m->logged[i], 1, __ATOMIC_SEQ_CST);
-    if ((m->pending[i] & NEED_MAP) || m->bytes[i] != IMAGE_OBJ_ABSENT)
+    if ((taken[k] & NEED_MAP) || m->bytes[i] != IMAGE_OBJ_ABSENT)
       __atomic_store_n (&m->bytes[i], m->logged[i] ? IMAGE_OBJ_DIRTY
                         : IMAGE_OBJ_CLEAN, __ATOMIC_SEQ_CST);
   }
 out:
-  for (k = 0; k < p.n; k++)
-    if (p.v[k] < m->n)
-      m->pending[p.v[k]] = 0;
+  /* Done with what it took (written or failed); what came meanwhile
+   * stays pending, listed again for the next commit. */
+  for (k = 0; k < p.n; k++) {
+    i = p.v[k];
+    if (i >= m->n)
+      continue;
+    m->pending[i] &= taken ? (uint8_t) ~taken[k] : 0;
+    if (m->pending[i] && changes_push (&img->pend, i) < 0)
+      m->pending[i] = 0;        /* its writer retries */
+  }
   changes_free (&p);
   free (logbuf);
   free (mapbuf);
+  free (taken);
   return r;
 }
 
@@ -1980,13 +2040,30 @@ write_details (struct image *img)
     buf[k++] = htole64 (CHANGES_DETAIL | o);
     buf[k++] = htole64 (p);
   }
-  if (r == 0 && k)
+  if (r == 0 && k) {                    /* room to remember them */
+    pthread_mutex_lock (&img->map_lock);
+    if (img->log.cap < img->log.n + k) {
+      size_t cap = img->log.n + k + 64;
+      uint64_t *v = realloc (img->log.v, cap * sizeof *v);
+      if (v == NULL)
+        r = -ENOMEM;
+      else {
+        img->log.v = v;
+        img->log.cap = cap;
+      }
+    }
+    pthread_mutex_unlock (&img->map_lock);
+  }
+  if (r == 0 && k && (r = log_fix_tail (img, off)) == 0) {
     r = store_write (img->st, img->log_oid, buf, k * sizeof *buf, off,
                      STORE_WRITE_SYNC);
+    if (r < 0)
+      log_append_failed (img, off);
+  }
   if (r == 0 && k) {
     pthread_mutex_lock (&img->map_lock);
-    for (i = 0; r == 0 && i < k; i++)
-      r = changes_push (&img->log, le64toh (buf[i]));
+    for (i = 0; i < k; i++)
+      img->log.v[img->log.n++] = le64toh (buf[i]);
     for (i = 0; i < k; i += 2) {
       uint64_t o = le64toh (buf[i]) & ~CHANGES_DETAIL;
       __atomic_store_n (&m->logged[o], 0, __ATOMIC_SEQ_CST);
@@ -2055,22 +2132,52 @@ snap_record (struct image *img, const char *snap, uint64_t id)
 {
   char key[IMAGE_NAME_MAX + 8], val[128], seqbuf[32], from[96], to[96];
   uint64_t min = UINT64_MAX, sz, e;
+  bool moved = false;
   int r, n;
 
   r = write_details (img);
   if (r == 0)
     r = shrunk_to (img->st, img->hdr_oid, &min);
   if (r == 0 && min != UINT64_MAX) {
+    uint64_t off = img->log.n * sizeof e;
+    pthread_mutex_lock (&img->map_lock);
+    r = changes_push (&img->log, CHANGES_FROM | (min >> img->order));
+    if (r == 0)
+      img->log.n--;                     /* room; counted once written */
+    pthread_mutex_unlock (&img->map_lock);
     e = htole64 (CHANGES_FROM | (min >> img->order));
-    r = store_write (img->st, img->log_oid, &e, sizeof e,
-                     img->log.n * sizeof e, STORE_WRITE_SYNC);
-    if (r == 0) {
-      pthread_mutex_lock (&img->map_lock);
-      r = changes_push (&img->log, CHANGES_FROM | (min >> img->order));
-      pthread_mutex_unlock (&img->map_lock);
+    if (r == 0 && (r = log_fix_tail (img, off)) == 0) {
+      r = store_write (img->st, img->log_oid, &e, sizeof e, off,
+                       STORE_WRITE_SYNC);
+      if (r < 0)
+        log_append_failed (img, off);
+      else
+        img->log.n++;
     }
   }
+  /* Merged changes of the live interval go to this snapshot's interval:
+   * copied now, removed from the live one once the log is emptied, so
+   * that a crash anywhere leaves them in both (over-reporting). */
+  merged_oid (img->info.id, 0, from, sizeof from);
+  merged_oid (img->info.id, id, to, sizeof to);
+  if (r == 0) {
+    r = store_stat (img->st, from, STORE_SNAP_HEAD, &sz);
+    if (r == 0) {
+      uint8_t *buf = malloc (sz ? sz : 1);
+      if (buf == NULL)
+        r = -ENOMEM;
+      else if ((r = (int) store_read (img->st, from, buf, sz, 0,
+                                      STORE_SNAP_HEAD)) >= 0)
+        r = store_write_full (img->st, to, buf, sz, STORE_WRITE_SYNC);
+      free (buf);
+      moved = r == 0;
+    }
+    else if (r == -ENOENT)
+      r = 0;
+  }
   if (r < 0) {
+    if (moved)
+      store_remove (img->st, to);
     store_snap_remove (img->st, id);
     return r;
   }
@@ -2086,35 +2193,23 @@ snap_record (struct image *img, const char *snap, uint64_t id)
       || (r = store_omap_set (img->st, img->hdr_oid, key, val, n)) < 0
       || (r = load_snap_context (img->st, img->hdr_oid)) < 0) {
     store_omap_rm (img->st, img->hdr_oid, key);
+    if (moved)
+      store_remove (img->st, to);
     store_snap_remove (img->st, id);
     return r;
   }
 
-  /* Changes merged into the live interval now belong to this snapshot's
-   * interval. */
-  merged_oid (img->info.id, 0, from, sizeof from);
-  if (store_stat (img->st, from, STORE_SNAP_HEAD, &sz) == 0) {
-    uint8_t *buf = malloc (sz ? sz : 1);
-    merged_oid (img->info.id, id, to, sizeof to);
-    if (buf == NULL)
-      r = -ENOMEM;
-    else if ((r = (int) store_read (img->st, from, buf, sz, 0,
-                                    STORE_SNAP_HEAD)) >= 0
-             && (r = store_write_full (img->st, to, buf, sz,
-                                       STORE_WRITE_SYNC)) == 0)
-      r = store_remove (img->st, from);
-    free (buf);
-    if (r < 0)
-      return r;
-  }
-
   /* Empty the log: this first write under the new context keeps the log
    * as it was, which is the snapshot's (its interval's changes). */
-  if (img->log.n) {
+  if (img->log.n || img->log_tail_unknown) {
     r = store_write_full (img->st, img->log_oid, "", 0, STORE_WRITE_SYNC);
     if (r < 0)
       return r;
+    img->log_tail_unknown = false;
   }
+  if (moved && (r = store_remove (img->st, from)) < 0 && r != -ENOENT)
+    return r;
+  r = 0;
   if (min != UINT64_MAX) {
     char old[32];
     snprintf (old, sizeof old, "%" PRIu64, min);
@@ -2159,14 +2254,8 @@ merge_into_next (struct store *st, const char *id, const char *hdr,
     set_sort (&c, false);
     r = set_write (st, oid, &c);
   }
-  if (r == 0) {
-    merged_oid (id, sn->id, oid, sizeof oid);
-    r = store_remove (st, oid);
-    if (r == -ENOENT)
-      r = 0;
-  }
   free (c.v);
-  return r;
+  return r;                 /* the caller removes SN's list once SN is gone */
 }
 
 int
@@ -2191,6 +2280,10 @@ image_snap_remove (struct store *st, const char *image, const char *snap)
   if (r < 0)
     return r;
   r = store_snap_remove (st, sn.id);
+  if (r < 0 && r != -ENOENT)
+    return r;
+  merged_oid (id, sn.id, key, sizeof key);
+  r = store_remove (st, key);
   return r == -ENOENT ? 0 : r;
 }
 
