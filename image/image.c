@@ -47,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "common/util.h"
@@ -2258,17 +2259,60 @@ merge_into_next (struct store *st, const char *id, const char *hdr,
   return r;                 /* the caller removes SN's list once SN is gone */
 }
 
+/* Snapshot removals of one image run one at a time: each rewrites the
+ * merged list of the next snapshot, and two at once could lose one's
+ * changes.  A lock on the header with a duration, so that a removal that
+ * died frees it.  Returns 0 with *COOKIE set, or -errno. */
+#define SNAPOPS_LOCK "vbk_snapops"
+#define SNAPOPS_MS 30000
+
+static int
+snapops_lock (struct store *st, const char *hdr, char *cookie, size_t len)
+{
+  uint64_t t0 = now_mono_ns ();
+  int r;
+
+  snprintf (cookie, len, "%s.%ld.%" PRIu64, store_client_id (st),
+            (long) getpid (), t0);
+  for (;;) {
+    r = store_lock (st, hdr, SNAPOPS_LOCK, cookie, "snapshot removal",
+                    SNAPOPS_MS, 0);
+    if (r != -EBUSY || now_mono_ns () - t0 > 2ull * SNAPOPS_MS * 1000000)
+      return r;
+    usleep (10000);
+  }
+}
+
+static int snap_remove_locked (struct store *st, const char *image,
+                               const char *snap, const char *id,
+                               const char *hdr);
+
 int
 image_snap_remove (struct store *st, const char *image, const char *snap)
 {
-  char id[32], hdr[64], key[IMAGE_NAME_MAX + 8];
-  struct image_snap sn;
+  char id[32], hdr[64], cookie[160];
   int r;
 
   r = lookup_id (st, image, id, sizeof id);
   if (r < 0)
     return r;
   image_header_oid (id, hdr, sizeof hdr);
+  r = snapops_lock (st, hdr, cookie, sizeof cookie);
+  if (r < 0)
+    return r;
+  r = snap_remove_locked (st, image, snap, id, hdr);
+  store_unlock (st, hdr, SNAPOPS_LOCK, cookie);
+  return r;
+}
+
+static int
+snap_remove_locked (struct store *st, const char *image, const char *snap,
+                    const char *id, const char *hdr)
+{
+  char key[IMAGE_NAME_MAX + 8];
+  struct image_snap sn;
+  int r;
+
   r = find_snap (st, hdr, image, snap, &sn);
   if (r < 0)
     return r;

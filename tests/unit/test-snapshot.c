@@ -446,6 +446,70 @@ test_diff_after_torn_detail (void **state)
   assert_int_equal (e.len[1], 4096);
 }
 
+struct remover {
+  const char *uri, *image, *snap;
+  int ret;
+};
+
+static void *
+remover_run (void *arg)
+{
+  struct remover *rm = arg;
+  struct store *st;
+
+  rm->ret = store_open (rm->uri, &st);
+  if (rm->ret == 0) {
+    rm->ret = image_snap_remove (st, rm->image, rm->snap);
+    store_close (st);
+  }
+  return NULL;
+}
+
+/* Removals of neighbouring snapshots at the same time (each moves its
+ * changes into the next one's merged list): none may lose another's. */
+static void
+test_concurrent_removals (void **state)
+{
+  struct fixture *f = *state;
+  int round;
+
+  for (round = 0; round < 4; round++) {
+    struct remover rm[3];
+    pthread_t th[3];
+    struct ext_list e = { .n = 0 };
+    struct image *img;
+    char name[32], sn[8];
+    int i;
+
+    snprintf (name, sizeof name, "r%d", round);
+    assert_int_equal (image_create (f->st, name, NOBJ * OBJ, OBJ), 0);
+    assert_int_equal (image_open (f->st, name, 0, &img), 0);
+    for (i = 1; i <= 5; i++) {
+      write_pattern (img, 2 * i, 'a' + i);
+      snprintf (sn, sizeof sn, "s%d", i);
+      assert_int_equal (image_snap_create (img, sn, NULL), 0);
+    }
+    image_close (img);
+    for (i = 0; i < 3; i++) {
+      static const char *const names[] = { "s2", "s3", "s4" };
+      rm[i] = (struct remover) { f->uri, name, names[i], -1 };
+      assert_int_equal (pthread_create (&th[i], NULL, remover_run, &rm[i]),
+                        0);
+    }
+    for (i = 0; i < 3; i++) {
+      pthread_join (th[i], NULL);
+      assert_int_equal (rm[i].ret, 0);
+    }
+    /* s1..s5 covers the writes to objects 4, 6, 8 and 10. */
+    assert_int_equal (image_diff (f->st, name, "s1", "s5", collect, &e), 0);
+    assert_int_equal (e.n, 4);
+    for (i = 0; i < 4; i++) {
+      assert_int_equal (e.off[i], (uint64_t) (4 + 2 * i) * OBJ);
+      assert_int_equal (e.len[i], OBJ);
+    }
+  }
+}
+
 static void
 test_rollback (void **state)
 {
@@ -678,6 +742,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_diff_finer_than_objects, setup,
                                      teardown),
     cmocka_unit_test_setup_teardown (test_diff_after_torn_detail, setup,
+                                     teardown),
+    cmocka_unit_test_setup_teardown (test_concurrent_removals, setup,
                                      teardown),
     cmocka_unit_test_setup_teardown (test_rollback, setup, teardown),
     cmocka_unit_test_setup_teardown (test_snap_through_holder_and_temporary,
