@@ -2301,7 +2301,14 @@ image_snap_remove (struct store *st, const char *image, const char *snap)
   if (r < 0)
     return r;
   r = snap_remove_locked (st, image, snap, id, hdr);
-  store_unlock (st, hdr, SNAPOPS_LOCK, cookie);
+  if (r < 0) {
+    char msg[1024];             /* the unlock must not replace the error */
+    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    store_unlock (st, hdr, SNAPOPS_LOCK, cookie);
+    vbk_set_error ("%s", msg);
+  }
+  else
+    store_unlock (st, hdr, SNAPOPS_LOCK, cookie);
   return r;
 }
 
