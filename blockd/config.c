@@ -74,6 +74,20 @@ parse_bool (const char *v, bool *out)
   return 0;
 }
 
+/* Setting KEY: an integer from MIN to MAX. */
+static int
+parse_int (const char *key, const char *v, long min, long max, unsigned *out)
+{
+  char *end;
+  long n = strtol (v, &end, 10);
+
+  if (*v == 0 || *end || n < min || n > max)
+    return vbk_errno (-EINVAL, "blockd: %s: %s: expected %ld-%ld", key, v,
+                      min, max);
+  *out = (unsigned) n;
+  return 0;
+}
+
 static int
 set_str (char **dst, const char *v)
 {
@@ -145,25 +159,9 @@ nbd_srv_config_set (struct nbd_srv_config *cfg, const char *key,
       return 0;
     }
   if (!strcmp (key, "poll_us"))
-    {
-      char *end;
-      long n = strtol (value, &end, 10);
-      if (*value == 0 || *end || n < 0 || n > 1000)
-        return vbk_errno (-EINVAL, "blockd: poll_us: %s: expected 0-1000",
-                          value);
-      cfg->poll_us = n;
-      return 0;
-    }
+    return parse_int (key, value, 0, 1000, &cfg->poll_us);
   if (!strcmp (key, "workers"))
-    {
-      char *end;
-      long n = strtol (value, &end, 10);
-      if (*value == 0 || *end || n < 1 || n > 256)
-        return vbk_errno (-EINVAL, "blockd: workers: %s: expected 1-256",
-                          value);
-      cfg->workers = n;
-      return 0;
-    }
+    return parse_int (key, value, 1, 256, &cfg->workers);
   return vbk_errno (-EINVAL, "blockd: unknown setting '%s'", key);
 }
 

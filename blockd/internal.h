@@ -64,7 +64,7 @@ struct nbd_srv_config {
   bool foreground;
   int verbose;
   unsigned workers;         /* threads for synchronous image calls */
-  uint32_t poll_us;         /* busy polling of a connection, 0: none */
+  unsigned poll_us;         /* busy polling of a connection, 0: none */
   struct nbd_srv_export_cfg *exports;
   size_t n_exports;
 };

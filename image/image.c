@@ -172,19 +172,16 @@ merged_oid (const char *id, uint64_t snapid, char *buf, size_t len)
 #define SUBBLOCKS 32
 #define ALL_PARTS UINT32_MAX
 
+static int changes_reserve (struct changes *c, size_t extra);
+
 static int
 changes_push (struct changes *c, uint64_t e)
 {
-  if (c->n == c->cap) {
-    size_t cap = c->cap ? 2 * c->cap : 64;
-    uint64_t *v = realloc (c->v, cap * sizeof *v);
-    if (v == NULL)
-      return -ENOMEM;
-    c->v = v;
-    c->cap = cap;
-  }
-  c->v[c->n++] = e;
-  return 0;
+  int r = changes_reserve (c, 1);
+
+  if (r == 0)
+    c->v[c->n++] = e;
+  return r;
 }
 
 static void
@@ -193,6 +190,45 @@ changes_free (struct changes *c)
   free (c->v);
   c->v = NULL;
   c->n = c->cap = 0;
+}
+
+/* Room for EXTRA more words in C. */
+static int
+changes_reserve (struct changes *c, size_t extra)
+{
+  size_t cap;
+  uint64_t *v;
+
+  if (c->cap >= c->n + extra)
+    return 0;
+  cap = MAX (2 * c->cap, c->n + extra + 64);
+  v = realloc (c->v, cap * sizeof *v);
+  if (v == NULL)
+    return -ENOMEM;
+  c->v = v;
+  c->cap = cap;
+  return 0;
+}
+
+/* One change-log writer at a time (map_writing): a group commit, a
+ * snapshot, saving parts, rewriting the log after a rollback. */
+static void
+log_writer_enter (struct image *img)
+{
+  pthread_mutex_lock (&img->map_lock);
+  while (img->map_writing)
+    pthread_cond_wait (&img->map_cond, &img->map_lock);
+  img->map_writing = true;
+  pthread_mutex_unlock (&img->map_lock);
+}
+
+static void
+log_writer_exit (struct image *img)
+{
+  pthread_mutex_lock (&img->map_lock);
+  img->map_writing = false;
+  pthread_cond_broadcast (&img->map_cond);
+  pthread_mutex_unlock (&img->map_lock);
 }
 
 /* Before an append at OFF to IMG's log (by the change-log writer): if an
@@ -1262,16 +1298,8 @@ map_commit (struct image *img, struct objmap *m)
     r = -ENOMEM;
     goto out;
   }
-  if (img->log.cap < img->log.n + p.n) {     /* room to remember them */
-    size_t cap = MAX (2 * img->log.cap, img->log.n + p.n + 64);
-    uint64_t *v = realloc (img->log.v, cap * sizeof *v);
-    if (v == NULL) {
-      r = -ENOMEM;
-      goto out;
-    }
-    img->log.v = v;
-    img->log.cap = cap;
-  }
+  if ((r = changes_reserve (&img->log, p.n)) < 0)   /* room to remember */
+    goto out;
   /* What this commit writes: entries pending now (more may be added
    * while the lock is dropped; they stay pending for the next one). */
   for (k = 0; k < p.n; k++) {
@@ -1974,16 +2002,9 @@ image_save_parts (struct image *img)
 
   if (img->read_snap != STORE_SNAP_HEAD || (img->flags & IMAGE_OPEN_RDONLY))
     return 0;
-  pthread_mutex_lock (&img->map_lock);
-  while (img->map_writing)
-    pthread_cond_wait (&img->map_cond, &img->map_lock);
-  img->map_writing = true;
-  pthread_mutex_unlock (&img->map_lock);
+  log_writer_enter (img);
   r = write_details (img);
-  pthread_mutex_lock (&img->map_lock);
-  img->map_writing = false;
-  pthread_cond_broadcast (&img->map_cond);
-  pthread_mutex_unlock (&img->map_lock);
+  log_writer_exit (img);
   return r;
 }
 
@@ -2043,16 +2064,7 @@ write_details (struct image *img)
   }
   if (r == 0 && k) {                    /* room to remember them */
     pthread_mutex_lock (&img->map_lock);
-    if (img->log.cap < img->log.n + k) {
-      size_t cap = img->log.n + k + 64;
-      uint64_t *v = realloc (img->log.v, cap * sizeof *v);
-      if (v == NULL)
-        r = -ENOMEM;
-      else {
-        img->log.v = v;
-        img->log.cap = cap;
-      }
-    }
+    r = changes_reserve (&img->log, k);
     pthread_mutex_unlock (&img->map_lock);
   }
   if (r == 0 && k && (r = log_fix_tail (img, off)) == 0) {
@@ -2105,21 +2117,16 @@ image_snap_create_id (struct image *img, const char *snap, uint64_t id)
     return r;
   }
   /* The store part runs as the only change-log writer. */
-  pthread_mutex_lock (&img->map_lock);
-  while (img->map_writing)
-    pthread_cond_wait (&img->map_cond, &img->map_lock);
-  img->map_writing = true;
-  pthread_mutex_unlock (&img->map_lock);
+  log_writer_enter (img);
   r = snap_record (img, snap, id);
-  pthread_mutex_lock (&img->map_lock);
   if (r == 0) {
     /* The log is empty now: a new interval starts. */
+    pthread_mutex_lock (&img->map_lock);
     changes_each (img->log.v, img->log.n, forget_record, img->map);
     img->log.n = 0;
+    pthread_mutex_unlock (&img->map_lock);
   }
-  img->map_writing = false;
-  pthread_cond_broadcast (&img->map_cond);
-  pthread_mutex_unlock (&img->map_lock);
+  log_writer_exit (img);
   return r;
 }
 
@@ -2142,9 +2149,7 @@ snap_record (struct image *img, const char *snap, uint64_t id)
   if (r == 0 && min != UINT64_MAX) {
     uint64_t off = img->log.n * sizeof e;
     pthread_mutex_lock (&img->map_lock);
-    r = changes_push (&img->log, CHANGES_FROM | (min >> img->order));
-    if (r == 0)
-      img->log.n--;                     /* room; counted once written */
+    r = changes_reserve (&img->log, 1);
     pthread_mutex_unlock (&img->map_lock);
     e = htole64 (CHANGES_FROM | (min >> img->order));
     if (r == 0 && (r = log_fix_tail (img, off)) == 0) {
@@ -2153,7 +2158,7 @@ snap_record (struct image *img, const char *snap, uint64_t id)
       if (r < 0)
         log_append_failed (img, off);
       else
-        img->log.n++;
+        img->log.v[img->log.n++] = CHANGES_FROM | (min >> img->order);
     }
   }
   /* Merged changes of the live interval go to this snapshot's interval:
@@ -2402,11 +2407,7 @@ narrow_log (struct image *img, const struct image_snap *sn)
   if (newest.id != sn->id)
     r = image_diff (img->st, img->info.name, sn->name, newest.name,
                     add_objects, &oc);
-  pthread_mutex_lock (&img->map_lock);
-  while (img->map_writing)
-    pthread_cond_wait (&img->map_cond, &img->map_lock);
-  img->map_writing = true;
-  pthread_mutex_unlock (&img->map_lock);
+  log_writer_enter (img);
   if (r == 0) {
     set_sort (&c, false);
     r = set_write (img->st, img->log_oid, &c);
@@ -2416,10 +2417,7 @@ narrow_log (struct image *img, const struct image_snap *sn)
     r = 0;
   if (r == 0)
     r = store_xattr_set (img->st, img->hdr_oid, "min_size", "-", 1);
-  pthread_mutex_lock (&img->map_lock);
-  img->map_writing = false;
-  pthread_cond_broadcast (&img->map_cond);
-  pthread_mutex_unlock (&img->map_lock);
+  log_writer_exit (img);
   free (c.v);
   return r;
 }
