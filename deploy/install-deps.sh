@@ -10,7 +10,8 @@ PKGS="
   libfuse3-dev fuse3 liburcu-dev liblz4-dev libcmocka-dev
   libssl-dev libgnutls28-dev libinih-dev libjson-c-dev
   qemu-utils qemu-block-extra libnbd-bin python3-libnbd nbdkit
-  fio restic util-linux e2fsprogs procps psmisc
+  fio restic borgbackup util-linux e2fsprogs procps psmisc
+  libext2fs-dev libfdisk-dev libblkid-dev gnutls-bin python3
 "
 
 missing=""
