@@ -13,14 +13,14 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$src/build}
 
 "$src/deploy/install-deps.sh"
-cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVBK_WERROR=ON >/dev/null
 cmake --build "$build" -j"$(nproc)"
 rc=0
 ctest --test-dir "$build" --output-on-failure --timeout 900 -j2 || rc=$?
 
 if [ "${VBK_SKIP_ASAN:-0}" != 1 ]; then
   echo "== the local-store tests again, under ASan+UBSan"
-  cmake -S "$src" -B "$build-asan" -DCMAKE_BUILD_TYPE=Debug -DVBK_SANITIZE=ON \
+  cmake -S "$src" -B "$build-asan" -DCMAKE_BUILD_TYPE=Debug -DVBK_SANITIZE=ON -DVBK_WERROR=ON \
     -DVBK_TEST_RADOS=OFF >/dev/null
   cmake --build "$build-asan" -j"$(nproc)"
   # The fuzzer has its own ASan build; leaks of librados' own threads are
