@@ -28,4 +28,31 @@ const char *vbk_error (void);
 /* Forgets this thread's message. */
 void vbk_clear_error (void);
 
+/* Adds context in front of this thread's message, as QEMU's
+ * error_prepend does on the way up:
+ *   return vbk_error_prepend (r, "backup %s: ", id);
+ * turns "store: read: vbk_chunk.ab12: Input/output error" into
+ * "backup 7: store: read: ...".  Returns ERR. */
+int vbk_error_prepend (int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* Cleanup that must not wipe the first error.  Between vbk_error_keep()
+ * and vbk_error_unkeep(), calls that set or clear this thread's message
+ * leave it as it is (they still return their codes), so
+ *   r = step (...);           (fails: message set)
+ *   vbk_error_keep ();
+ *   undo_step (...);          (its own errors do not replace the first)
+ *   vbk_error_unkeep ();
+ *   return r;
+ * reports the first failure.  Pairs nest. */
+void vbk_error_keep (void);
+void vbk_error_unkeep (void);
+
+/* The same for one scope: "VBK_KEEP_ERROR_FOR_SCOPE;" keeps the message
+ * until the enclosing block ends. */
+void vbk_error_unkeep_cleanup (int *unused);
+#define VBK_KEEP_ERROR_FOR_SCOPE                                         \
+  __attribute__ ((cleanup (vbk_error_unkeep_cleanup))) int               \
+  vbk_keep_error_ = (vbk_error_keep (), 0)
+
 #endif /* VBK_ERROR_H */
