@@ -57,6 +57,7 @@
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -68,21 +69,26 @@
 #include "internal.h"
 
 #define ESC_MAX (3 * STORE_NAME_MAX + 1)
-#define FD_CACHE_MAX 512
-#define FD_HASH 1024
+#define FD_CACHE_MIN 16              /* smallest fd cache */
+#define FD_CACHE_CAP 262144          /* largest fd cache */
 #define FENCE_CHECK_NS (10 * 1000000ull)
 #define MAX_CLONES 256
 
 /* ---- Shared state of one store_open() and its clones ------------------ */
 
 struct fd_entry {
-  struct fd_entry *hnext;           /* hash chain */
-  struct fd_entry *prev, *next;     /* LRU, most recent first */
+  struct fd_entry *hnext;           /* hash chain (cached entries only) */
+  struct fd_entry *prev, *next;     /* LRU, most recent first; or the
+                                       aside list */
   char oid[STORE_NAME_MAX + 1];
   int fd;
-  int refs;                         /* users right now */
-  bool dirty;                       /* written since the last fdatasync */
-  bool orphan;                      /* dropped from the cache while in use */
+  int refs;                         /* users right now (flush pins too) */
+  bool aside;                       /* dropped from the cache: in use, or
+                                       dirty and waiting for a sync */
+  uint64_t dirty_gen;               /* write_gen of the newest write */
+  uint64_t clean_gen;               /* dirty_gen when last synced; the
+                                       file is dirty iff dirty_gen >
+                                       clean_gen */
   uint64_t cow_seq;                 /* snapset seq known to be >= this */
 };
 
@@ -96,10 +102,28 @@ struct root {
   int refs;                         /* handles (open + clones) */
 
   pthread_mutex_t fd_lock;
-  struct fd_entry *hash[FD_HASH];
+  struct fd_entry **hash;
+  size_t nhash;                     /* a power of two */
   struct fd_entry *lru_head, *lru_tail;
-  size_t nfds;
+  size_t nfds;                      /* cached entries */
+  size_t fd_max;                    /* cache budget (from RLIMIT_NOFILE) */
+  struct fd_entry *aside;           /* entries dropped from the cache but
+                                       still open (see the fd cache) */
+  size_t naside, aside_max;
   bool dir_dirty;                   /* obj/ gained entries since flush */
+
+  /* Durability (see local_flush).  Under fd_lock unless noted. */
+  uint64_t write_gen;               /* completed dirtying writes */
+  uint64_t synced_gen;              /* every write <= this is durable */
+  int sync_err;                     /* sticky: the first failed sync */
+  char sync_msg[512];               /* its message */
+  pthread_mutex_t flush_lock;       /* one sync pass at a time (not
+                                       under fd_lock) */
+  pthread_cond_t sync_cond;         /* the syncer's wake-ups and batch
+                                       completions */
+  uint64_t sync_taken, sync_done;   /* syncer batches started, finished */
+  pthread_t syncer;
+  bool syncer_running, syncer_stop;
 
   pthread_mutex_t q_lock;
   pthread_cond_t q_cond;
@@ -469,14 +493,35 @@ guard_exit (int *fd)
 
 /* ---- The fd cache ----------------------------------------------------- */
 
+/* Open object files are cached by oid (hash + LRU, at most fd_max
+ * entries, a share of RLIMIT_NOFILE).  A write marks its file dirty with
+ * a new write generation (write_gen, counted under fd_lock when the write
+ * has completed).  No fdatasync runs on the I/O path, and none ever runs
+ * under fd_lock:
+ *   - an idle clean entry beyond the budget is closed;
+ *   - an idle dirty one moves to the aside list with its fd open and the
+ *     syncer thread syncs and closes it, recording a failure as the
+ *     store's sticky sync error;
+ *   - an entry dropped while in use (the object was replaced, or another
+ *     client invalidated the cache) moves aside too and is handled at its
+ *     last fd_put.
+ * So every dirty file is always on the LRU or the aside list (or in the
+ * syncer's current batch), and local_flush can cover them all. */
+
 static unsigned
-hash_oid (const char *s)
+hash_oid (struct root *r, const char *s)
 {
   unsigned h = 2166136261u;
 
   while (*s)
     h = (h ^ (unsigned char) *s++) * 16777619u;
-  return h % FD_HASH;
+  return h & (r->nhash - 1);
+}
+
+static bool
+entry_dirty (const struct fd_entry *e)
+{
+  return e->dirty_gen > e->clean_gen;
 }
 
 static void
@@ -508,59 +553,159 @@ lru_push (struct root *r, struct fd_entry *e)
 static void
 hash_unlink (struct root *r, struct fd_entry *e)
 {
-  struct fd_entry **pp = &r->hash[hash_oid (e->oid)];
+  struct fd_entry **pp = &r->hash[hash_oid (r, e->oid)];
 
   while (*pp != e)
     pp = &(*pp)->hnext;
   *pp = e->hnext;
 }
 
-/* Closes least recently used idle entries beyond the limit; called with
+static void
+aside_push (struct root *r, struct fd_entry *e)
+{
+  e->aside = true;
+  e->prev = NULL;
+  e->next = r->aside;
+  if (r->aside)
+    r->aside->prev = e;
+  r->aside = e;
+  r->naside++;
+}
+
+static void
+aside_unlink (struct root *r, struct fd_entry *e)
+{
+  if (e->prev)
+    e->prev->next = e->next;
+  else
+    r->aside = e->next;
+  if (e->next)
+    e->next->prev = e->prev;
+  e->prev = e->next = NULL;
+  r->naside--;
+}
+
+/* Records a failed sync of a data file (or of obj/) as the store's sticky
+ * error: every later flush fails with it.  Called with fd_lock held. */
+static void
+sync_failed_locked (struct root *r, int err, const char *what)
+{
+  if (r->sync_err == 0) {
+    r->sync_err = err == -ENOSPC || err == -EDQUOT ? err : -EIO;
+    snprintf (r->sync_msg, sizeof r->sync_msg,
+              "store: local: flush: syncing %s failed (%s); data written "
+              "before it may be lost, so every flush fails until the store "
+              "is reopened", what, strerror (-err));
+  }
+}
+
+static void
+sync_failed (struct root *r, int err, const char *what)
+{
+  pthread_mutex_lock (&r->fd_lock);
+  sync_failed_locked (r, err, what);
+  pthread_mutex_unlock (&r->fd_lock);
+}
+
+/* Takes an entry out of the cache (hash and LRU).  An idle clean one is
+ * closed; any other goes aside (the syncer takes idle dirty ones; one in
+ * use is handled at its last fd_put).  Called with fd_lock held. */
+static void
+fd_evict_locked (struct root *r, struct fd_entry *e, bool hashed)
+{
+  if (hashed)
+    hash_unlink (r, e);
+  lru_unlink (r, e);
+  r->nfds--;
+  if (e->refs == 0 && !entry_dirty (e)) {
+    close (e->fd);
+    free (e);
+    return;
+  }
+  aside_push (r, e);
+  if (e->refs == 0)
+    pthread_cond_broadcast (&r->sync_cond);
+}
+
+/* Evicts least recently used idle entries beyond the budget; called with
  * fd_lock held. */
 static void
 fd_trim (struct root *r)
 {
   struct fd_entry *e = r->lru_tail, *prev;
 
-  while (e && r->nfds > FD_CACHE_MAX) {
+  while (e && r->nfds > r->fd_max) {
     prev = e->prev;
-    if (e->refs == 0) {
-      if (e->dirty)
-        fdatasync (e->fd);
-      close (e->fd);
-      lru_unlink (r, e);
-      hash_unlink (r, e);
-      free (e);
-      r->nfds--;
-    }
+    if (e->refs == 0)
+      fd_evict_locked (r, e, true);
     e = prev;
   }
 }
 
 /* Another client replaced or removed object files: cached descriptors
- * may point at old files.  Drop them all (those in use close at their
- * last fd_put).  Called with fd_lock held. */
+ * may point at old files.  Drop them all from the cache.  Called with
+ * fd_lock held. */
 static void
 fd_invalidate_locked (struct root *r)
 {
   struct fd_entry *e, *next;
-  size_t i;
 
   for (e = r->lru_head; e; e = next) {
     next = e->next;
-    lru_unlink (r, e);
-    if (e->refs == 0) {
-      if (e->dirty)
-        fdatasync (e->fd);
+    fd_evict_locked (r, e, false);
+  }
+  memset (r->hash, 0, r->nhash * sizeof *r->hash);
+  assert (r->nfds == 0);
+}
+
+/* The syncer thread: syncs and closes the idle entries of the aside
+ * list, outside fd_lock, and records failures stickily. */
+static void *
+syncer (void *arg)
+{
+  struct root *r = arg;
+  struct fd_entry *e, *next, *batch;
+  uint64_t id;
+  int rc;
+
+  pthread_mutex_lock (&r->fd_lock);
+  for (;;) {
+    batch = NULL;
+    for (e = r->aside; e; e = next) {
+      next = e->next;
+      if (e->refs == 0) {
+        aside_unlink (r, e);
+        e->next = batch;
+        batch = e;
+      }
+    }
+    if (batch == NULL) {
+      if (r->syncer_stop)
+        break;
+      pthread_cond_wait (&r->sync_cond, &r->fd_lock);
+      continue;
+    }
+    id = ++r->sync_taken;
+    pthread_mutex_unlock (&r->fd_lock);
+    for (e = batch; e; e = next) {
+      next = e->next;
+      rc = 0;
+      if (entry_dirty (e) && fdatasync (e->fd) < 0)
+        rc = -errno;
+      if (rc < 0) {
+        char what[STORE_NAME_MAX + 16];
+        snprintf (what, sizeof what, "object %s", e->oid);
+        sync_failed (r, rc, what);
+      }
       close (e->fd);
       free (e);
     }
-    else
-      e->orphan = true;
+    pthread_mutex_lock (&r->fd_lock);
+    r->sync_done = id;
+    pthread_cond_broadcast (&r->sync_cond);
   }
-  for (i = 0; i < FD_HASH; i++)
-    r->hash[i] = NULL;
-  r->nfds = 0;
+  pthread_mutex_unlock (&r->fd_lock);
+  return NULL;
 }
 
 static void
@@ -574,7 +719,7 @@ objgen_bump (struct root *r)
 static int
 fd_get (struct root *r, const char *oid, bool create, struct fd_entry **out)
 {
-  unsigned h = hash_oid (oid);
+  unsigned h = hash_oid (r, oid);
   struct fd_entry *e;
   char path[PATH_MAX];
   int fd;
@@ -597,12 +742,16 @@ fd_get (struct root *r, const char *oid, bool create, struct fd_entry **out)
       return 0;
     }
   }
+  /* Too many files wait for the syncer: let it catch up before opening
+   * another, so the process never runs out of descriptors. */
+  while (r->naside > r->aside_max && r->syncer_running)
+    pthread_cond_wait (&r->sync_cond, &r->fd_lock);
   pthread_mutex_unlock (&r->fd_lock);
 
   relpath (path, sizeof path, ".", oid, NULL);
   fd = openat (r->objfd, path, O_RDWR | O_CLOEXEC);
   if (fd < 0 && errno == ENOENT && create) {
-    fd = openat (r->objfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    fd = openat (r->objfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd >= 0) {
       pthread_mutex_lock (&r->fd_lock);
       r->dir_dirty = true;
@@ -646,39 +795,44 @@ fd_get (struct root *r, const char *oid, bool create, struct fd_entry **out)
   return 0;
 }
 
+/* Drops a reference; called with fd_lock held. */
+static void
+fd_put_locked (struct root *r, struct fd_entry *e)
+{
+  if (--e->refs == 0 && e->aside) {
+    if (entry_dirty (e))
+      pthread_cond_broadcast (&r->sync_cond);   /* the syncer's now */
+    else {
+      aside_unlink (r, e);
+      close (e->fd);
+      free (e);
+    }
+  }
+}
+
+/* Ends a use of E; DIRTIED says the use completed a write that is not
+ * durable yet. */
 static void
 fd_put (struct root *r, struct fd_entry *e, bool dirtied)
 {
   pthread_mutex_lock (&r->fd_lock);
   if (dirtied)
-    e->dirty = true;
-  if (--e->refs == 0 && e->orphan) {
-    if (e->dirty)
-      fdatasync (e->fd);
-    close (e->fd);
-    free (e);
-  }
+    e->dirty_gen = ++r->write_gen;
+  fd_put_locked (r, e);
   pthread_mutex_unlock (&r->fd_lock);
 }
 
-/* Drops the cached file of OID (after it was unlinked or replaced). */
+/* Drops the cached file of OID (after it was unlinked or replaced).  Its
+ * unsynced writes, if any, are still covered by the next flush. */
 static void
 fd_forget (struct root *r, const char *oid)
 {
   struct fd_entry *e;
 
   pthread_mutex_lock (&r->fd_lock);
-  for (e = r->hash[hash_oid (oid)]; e; e = e->hnext) {
+  for (e = r->hash[hash_oid (r, oid)]; e; e = e->hnext) {
     if (strcmp (e->oid, oid) == 0) {
-      hash_unlink (r, e);
-      lru_unlink (r, e);
-      r->nfds--;
-      if (e->refs == 0) {
-        close (e->fd);
-        free (e);
-      }
-      else
-        e->orphan = true;       /* the last fd_put closes it */
+      fd_evict_locked (r, e, true);
       break;
     }
   }
@@ -863,8 +1017,8 @@ cow_prepare (struct local *l, const char *oid, struct fd_entry *e)
       if (ss.n == MAX_CLONES)
         rc = -ENOSPC;
       else {
-        if (e && e->dirty)
-          fdatasync (e->fd);
+        /* The clone copies the page cache, so the head's unsynced
+         * writes need no sync here: the clone file itself is synced. */
         rc = make_clone (r, oid, newest);
         if (rc == 0) {
           ss.clones[ss.n].id = newest;
@@ -935,6 +1089,44 @@ make_dirs (struct root *r)
   return 0;
 }
 
+/* Sizes the fd cache from RLIMIT_NOFILE, first raising the soft limit to
+ * the hard one (for the whole process: an NBD server of big disks wants
+ * many open files).  Half the limit goes to cached object files and a
+ * quarter more to files waiting for the syncer; VBK_LOCAL_MAX_FILES
+ * overrides the cache size (tests use it to force evictions). */
+static int
+fd_budget (struct root *r)
+{
+  struct rlimit rl;
+  size_t max = 1024;
+  const char *env = getenv ("VBK_LOCAL_MAX_FILES");
+
+  if (getrlimit (RLIMIT_NOFILE, &rl) == 0) {
+    if (rl.rlim_cur < rl.rlim_max) {
+      struct rlimit want = { rl.rlim_max, rl.rlim_max };
+      if (setrlimit (RLIMIT_NOFILE, &want) == 0)
+        rl.rlim_cur = rl.rlim_max;
+    }
+    if (rl.rlim_cur != RLIM_INFINITY)
+      max = rl.rlim_cur;
+    else
+      max = FD_CACHE_CAP * 2;
+  }
+  r->fd_max = max / 2;
+  r->aside_max = MAX (max / 4, (size_t) 1);
+  if (env && atoi (env) > 0)
+    r->fd_max = (size_t) atoi (env);
+  r->fd_max = MIN (MAX (r->fd_max, (size_t) 1), (size_t) FD_CACHE_CAP);
+  if (!env && r->fd_max < FD_CACHE_MIN)
+    r->fd_max = FD_CACHE_MIN;
+  for (r->nhash = 1024; r->nhash < r->fd_max; r->nhash *= 2)
+    ;
+  r->hash = calloc (r->nhash, sizeof *r->hash);
+  if (r->hash == NULL)
+    return -ENOMEM;
+  return 0;
+}
+
 static void
 root_free (struct root *r)
 {
@@ -950,13 +1142,23 @@ root_free (struct root *r)
       pthread_join (r->threads[i], NULL);
     free (r->threads);
   }
+  if (r->syncer_running) {
+    pthread_mutex_lock (&r->fd_lock);
+    r->syncer_stop = true;
+    pthread_cond_broadcast (&r->sync_cond);
+    pthread_mutex_unlock (&r->fd_lock);
+    pthread_join (r->syncer, NULL);     /* it drains the aside list */
+  }
+  /* store_close cannot report an error: a last sync on the way out is
+   * all that can be done (callers flush before closing). */
   for (e = r->lru_head; e; e = next) {
     next = e->next;
-    if (e->dirty)
+    if (entry_dirty (e))
       fdatasync (e->fd);
     close (e->fd);
     free (e);
   }
+  free (r->hash);
   if (r->objgen)
     munmap (r->objgen, 4096);
   if (r->fencegen)
@@ -966,6 +1168,8 @@ root_free (struct root *r)
   if (r->dirfd >= 0)
     close (r->dirfd);
   pthread_mutex_destroy (&r->fd_lock);
+  pthread_mutex_destroy (&r->flush_lock);
+  pthread_cond_destroy (&r->sync_cond);
   pthread_mutex_destroy (&r->q_lock);
   pthread_cond_destroy (&r->q_cond);
   free (r->path);
@@ -1007,6 +1211,8 @@ local_open (const char *arg, void **hp)
     return -ENOMEM;
   r->dirfd = r->objfd = -1;
   pthread_mutex_init (&r->fd_lock, NULL);
+  pthread_mutex_init (&r->flush_lock, NULL);
+  pthread_cond_init (&r->sync_cond, NULL);
   pthread_mutex_init (&r->q_lock, NULL);
   pthread_cond_init (&r->q_cond, NULL);
   r->path = strdup (arg);
@@ -1082,6 +1288,15 @@ local_open (const char *arg, void **hp)
     rc = vbk_errno (-errno, "store: local: %s is not writable", arg);
     goto fail;
   }
+
+  rc = fd_budget (r);
+  if (rc < 0)
+    goto fail;
+  if (pthread_create (&r->syncer, NULL, syncer, r) != 0) {
+    rc = vbk_errno (-EAGAIN, "store: local: cannot start the syncer");
+    goto fail;
+  }
+  r->syncer_running = true;
 
   env = getenv ("VBK_LOCAL_THREADS");
   r->nthreads = env ? (size_t) atoi (env) : 4;
@@ -1209,10 +1424,20 @@ local_write (void *h, const char *oid, const void *buf, size_t len,
   if (rc == 0)
     rc = full_pwrite (e->fd, buf, len, off);
   if (rc == 0 && (flags & STORE_WRITE_SYNC)) {
-    if (fdatasync (e->fd) < 0)
-      rc = -errno;
-    else if (r->dir_dirty)
+    /* A failed sync may have dropped other unsynced writes of this file
+     * (the kernel reports the error once and may mark the pages clean),
+     * so it is sticky for the whole store, not only this write's. */
+    if (fdatasync (e->fd) < 0) {
+      rc = vbk_errno (-errno, "store: local: write: %s: fdatasync", oid);
+      sync_failed (r, rc, oid);
+    }
+    else if (r->dir_dirty) {
       rc = fsync_dir (r, "obj");
+      if (rc < 0) {
+        vbk_errno (rc, "store: local: write: %s: fsync of obj/", oid);
+        sync_failed (r, rc, "obj/");
+      }
+    }
   }
   fd_put (r, e, rc == 0 && !(flags & STORE_WRITE_SYNC));
   return rc;
@@ -1388,39 +1613,108 @@ local_stat (void *h, const char *oid, uint64_t snap, uint64_t *size)
   return rc;
 }
 
+/* Makes every write that completed before the call durable, on any
+ * handle of this root.  Writes are counted (write_gen); a flush notes the
+ * count at its start (TARGET) and returns only once a sync pass that
+ * began after that point has completed, or with the sticky error:
+ *   - sync passes run one at a time (flush_lock); a flush that waited for
+ *     another's pass joins it if that pass collected at or after TARGET
+ *     (synced_gen >= TARGET), else runs its own;
+ *   - a pass pins every dirty file (cached or aside), notes the generation
+ *     each was dirty to, syncs them outside fd_lock, then marks each clean
+ *     only up to that noted generation, so writes that land meanwhile stay
+ *     dirty;
+ *   - it then waits for the syncer's batches taken before it collected
+ *     (their files were off every list), so their errors are seen;
+ *   - any failed sync is sticky (sync_failed_locked): the kernel reports
+ *     a writeback error once and may drop the pages, so a later sync of
+ *     the same file would succeed without the data. */
 static int
 local_flush (void *h)
 {
   struct local *l = h;
   struct root *r = l->r;
-  struct fd_entry *e;
-  int fds[FD_CACHE_MAX + 64], rc = 0;
-  size_t n = 0, i;
+  struct fd_entry *e, **pin = NULL;
+  uint64_t target, collect_gen, batch, *gens = NULL;
+  size_t n = 0, cap = 0, i;
   bool dir_dirty;
+  int rc = 0;
 
   FENCE (r, "flush");
-  /* Collect the dirty files under the lock, sync them outside it; dup
-   * so an eviction meanwhile cannot close them under us. */
   pthread_mutex_lock (&r->fd_lock);
-  for (e = r->lru_head; e && n < sizeof fds / sizeof fds[0]; e = e->next) {
-    if (e->dirty) {
-      e->dirty = false;
-      fds[n] = dup (e->fd);
-      if (fds[n] >= 0)
-        n++;
+  target = r->write_gen;
+  pthread_mutex_unlock (&r->fd_lock);
+
+  pthread_mutex_lock (&r->flush_lock);
+  pthread_mutex_lock (&r->fd_lock);
+  if (r->sync_err || r->synced_gen >= target)
+    goto out_locked;
+  for (int pass = 0; pass < 2; pass++) {
+    for (e = pass == 0 ? r->lru_head : r->aside; e; e = e->next) {
+      if (!entry_dirty (e))
+        continue;
+      if (n == cap) {
+        size_t ncap = cap ? 2 * cap : 64;
+        struct fd_entry **np = realloc (pin, ncap * sizeof *np);
+        uint64_t *ng = np ? realloc (gens, ncap * sizeof *ng) : NULL;
+        if (np)
+          pin = np;
+        if (ng == NULL) {
+          rc = vbk_errno (-ENOMEM, "store: local: flush");
+          goto unpin;
+        }
+        gens = ng;
+        cap = ncap;
+      }
+      e->refs++;
+      pin[n] = e;
+      gens[n] = e->dirty_gen;
+      n++;
     }
   }
+  collect_gen = r->write_gen;
+  batch = r->sync_taken;
   dir_dirty = r->dir_dirty;
   r->dir_dirty = false;
   pthread_mutex_unlock (&r->fd_lock);
 
   for (i = 0; i < n; i++) {
-    if (fdatasync (fds[i]) < 0 && rc == 0)
-      rc = -errno;
-    close (fds[i]);
+    if (fdatasync (pin[i]->fd) < 0) {
+      int err = -errno;
+      char what[STORE_NAME_MAX + 16];
+      snprintf (what, sizeof what, "object %s", pin[i]->oid);
+      gens[i] = 0;                      /* stays dirty */
+      sync_failed (r, err, what);
+    }
   }
-  if (dir_dirty && rc == 0)
-    rc = fsync_dir (r, "obj");
+  if (dir_dirty) {
+    int err = fsync_dir (r, "obj");
+    if (err < 0)
+      sync_failed (r, err, "obj/");
+  }
+
+  pthread_mutex_lock (&r->fd_lock);
+  if (dir_dirty && r->sync_err)
+    r->dir_dirty = true;
+  while (r->sync_done < batch)
+    pthread_cond_wait (&r->sync_cond, &r->fd_lock);
+  if (r->sync_err == 0 && collect_gen > r->synced_gen)
+    r->synced_gen = collect_gen;
+unpin:
+  for (i = 0; i < n; i++) {
+    if (rc == 0 && gens[i] > pin[i]->clean_gen)
+      pin[i]->clean_gen = gens[i];
+    fd_put_locked (r, pin[i]);
+  }
+out_locked:
+  if (rc == 0 && r->sync_err) {
+    rc = r->sync_err;
+    vbk_set_error ("%s", r->sync_msg);
+  }
+  pthread_mutex_unlock (&r->fd_lock);
+  pthread_mutex_unlock (&r->flush_lock);
+  free (pin);
+  free (gens);
   return rc;
 }
 
