@@ -38,10 +38,28 @@
  * that was stopped in the middle of a call.  Reads check a cached state
  * (10 ms).
  *
- * Open files are cached (fd cache, LRU) so a 4 KiB write costs one
- * pwrite.  Replacing or removing an object file bumps a counter in the
- * shared, mmap()ed file obj-gen; every client drops its cached files when
- * it sees the counter move, so nobody reads a file that was replaced.  Asynchronous calls run on a small pool of threads.
+ * Open files are cached (fd cache, LRU, sized from RLIMIT_NOFILE) so a
+ * 4 KiB write costs one pwrite.  Replacing or removing an object file
+ * bumps a counter in the shared, mmap()ed file obj-gen; every client
+ * drops its cached files when it sees the counter move, so nobody reads a
+ * file that was replaced.  Asynchronous calls run on a small pool of
+ * threads.  Durability: see local_flush (write generations, one sync pass
+ * at a time, sticky sync errors) and the fd cache (dirty files leaving
+ * the cache are synced by a background syncer, never under fd_lock and
+ * never on the I/O path).
+ *
+ * Security model: a store belongs to one user.  Everything under the root
+ * is private to its owner: directories are created 0700 and files 0600
+ * (the umask can only make them stricter), and opening a store whose root
+ * or top-level directories are open to group or others makes them 0700
+ * (with a warning; one we do not own only gets the warning).  So another
+ * local user can neither read a guest's data nor open, and so flock(),
+ * fenced/.gen or any lock file to stall writers.  Watch/notify datagrams
+ * travel over abstract unix sockets, which have no file permissions: the
+ * receiving sockets set SO_PASSCRED and drop every datagram whose sender
+ * is not our effective uid or root.  Every client of a store (vbk-blockd,
+ * the vbk tool) must therefore run as the store's owner (or root); root
+ * is trusted, as it can read the files anyway.
  */
 #include <assert.h>
 #include <dirent.h>
@@ -65,6 +83,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "internal.h"
 
@@ -238,7 +257,7 @@ write_tmp (struct root *r, const void *buf, size_t len, char *tmp,
 
   snprintf (tmp, tmplen, "tmp/%d.%u.%lx", (int) getpid (), n,
             (unsigned long) now_mono_ns ());
-  fd = openat (r->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   while (len > 0) {
@@ -423,7 +442,7 @@ gen_fd (struct root *r)
     if (gen_fds[i].fd > 0 && gen_fds[i].dev == r->gen_dev
         && gen_fds[i].ino == r->gen_ino)
       return gen_fds[i].fd;
-  fd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   i = gen_next++ % GEN_FDS;
@@ -856,7 +875,7 @@ snapset_lock (struct root *r, const char *oid, int how, bool create)
 
   relpath (path, sizeof path, "snapset", oid, NULL);
   fd = openat (r->dirfd, path,
-               O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0644);
+               O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
   if (fd < 0)
     return -errno;
   if (flock (fd, how) < 0) {
@@ -1075,6 +1094,28 @@ snap_source (struct root *r, int fd, const char *oid, uint64_t snap,
 
 static void *worker (void *arg);
 
+/* Makes PATH (relative to the root; "." for the root) private to its
+ * owner if it is not, when we own it; warns once per open otherwise. */
+static void
+tighten (struct root *r, const char *path)
+{
+  struct stat sb;
+
+  if (fstatat (r->dirfd, path, &sb, AT_SYMLINK_NOFOLLOW) < 0
+      || (sb.st_mode & 077) == 0)
+    return;
+  if (sb.st_uid == geteuid ()
+      && fchmodat (r->dirfd, path, sb.st_mode & 0700, 0) == 0) {
+    log_warn ("store: local: %s/%s was open to other users (mode %04o); "
+              "made it private (%04o)", r->path, path,
+              (unsigned) (sb.st_mode & 07777), (unsigned) (sb.st_mode & 0700));
+    return;
+  }
+  log_warn ("store: local: %s/%s is open to other users (mode %04o, owner "
+            "uid %u) and cannot be made private", r->path, path,
+            (unsigned) (sb.st_mode & 07777), (unsigned) sb.st_uid);
+}
+
 static int
 make_dirs (struct root *r)
 {
@@ -1083,9 +1124,12 @@ make_dirs (struct root *r)
                                       "watch", "fenced", "tmp" };
   size_t i;
 
-  for (i = 0; i < sizeof dirs / sizeof dirs[0]; i++)
-    if (mkdirat (r->dirfd, dirs[i], 0755) < 0 && errno != EEXIST)
+  for (i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+    if (mkdirat (r->dirfd, dirs[i], 0700) < 0 && errno != EEXIST)
       return -errno;
+    /* A store made by an older version has 0755 directories. */
+    tighten (r, dirs[i]);
+  }
   return 0;
 }
 
@@ -1223,7 +1267,7 @@ local_open (const char *arg, void **hp)
             __atomic_fetch_add (&opens, 1, __ATOMIC_RELAXED),
             (unsigned long) (now_mono_ns () & 0xffffff));
 
-  if (mkdir (arg, 0755) < 0 && errno != EEXIST) {
+  if (mkdir (arg, 0700) < 0 && errno != EEXIST) {
     rc = vbk_errno (-errno, "store: local: cannot create %s", arg);
     goto fail;
   }
@@ -1232,6 +1276,7 @@ local_open (const char *arg, void **hp)
     rc = vbk_errno (-errno, "store: local: cannot open %s", arg);
     goto fail;
   }
+  tighten (r, ".");
   rc = make_dirs (r);
   if (rc < 0) {
     vbk_errno (rc, "store: local: cannot set up %s", arg);
@@ -1240,7 +1285,7 @@ local_open (const char *arg, void **hp)
   {
     struct stat sb;
     int gfd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC,
-                      0644);
+                      0600);
     if (gfd < 0 || fstat (gfd, &sb) < 0) {
       rc = vbk_errno (-errno, "store: local: %s/fenced/.gen", arg);
       if (gfd >= 0)
@@ -1262,7 +1307,7 @@ local_open (const char *arg, void **hp)
       rc = vbk_errno (-errno, "store: local: mmap fenced/.gen");
       goto fail;
     }
-    gfd = openat (r->dirfd, "obj-gen", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    gfd = openat (r->dirfd, "obj-gen", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (gfd < 0 || ftruncate (gfd, 4096) < 0) {
       rc = vbk_errno (-errno, "store: local: %s/obj-gen", arg);
       if (gfd >= 0)
@@ -1849,12 +1894,12 @@ meta_prepare (struct root *r, const char *oid)
   int fd;
 
   relpath (path, sizeof path, "obj", oid, NULL);
-  fd = openat (r->dirfd, path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   close (fd);
   relpath (path, sizeof path, "meta", oid, NULL);
-  if (mkdirat (r->dirfd, path, 0755) < 0 && errno != EEXIST)
+  if (mkdirat (r->dirfd, path, 0700) < 0 && errno != EEXIST)
     return -errno;
   return 0;
 }
@@ -1867,7 +1912,7 @@ meta_lock (struct root *r, const char *oid)
   int fd;
 
   relpath (path, sizeof path, "meta", oid, "/.lock");
-  fd = openat (r->dirfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   if (flock (fd, LOCK_EX) < 0) {
@@ -2119,7 +2164,7 @@ lock_open (struct root *r, const char *oid, const char *name,
   esc (oid, eo);
   esc (name, en);
   snprintf (path, sizeof path, "lock/%s.%s", eo, en);
-  fd = openat (r->dirfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   if (flock (fd, LOCK_EX) < 0) {
@@ -2327,6 +2372,17 @@ bind_abstract (struct root *r, const char *kind, char *name)
   fd = socket (AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return -errno;
+  /* Abstract names have no file permissions: any local user can send
+   * to them.  With SO_PASSCRED the kernel attaches every sender's
+   * credentials, and recv_trusted() drops what another user sent. */
+  {
+    int one = 1;
+    if (setsockopt (fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) < 0) {
+      int e = -errno;
+      close (fd);
+      return e;
+    }
+  }
   snprintf (name, ADDR_MAX, "vbk.%s.%d.%u.%llx", kind, (int) getpid (),
             __atomic_fetch_add (&r->watch_seq, 1, __ATOMIC_RELAXED),
             (unsigned long long) now_mono_ns ());
@@ -2337,6 +2393,40 @@ bind_abstract (struct root *r, const char *kind, char *name)
     return e;
   }
   return fd;
+}
+
+/* Receives one datagram into BUF; returns its length, or -1 if there was
+ * none or it came from a user other than ours (or root).  Dropped
+ * datagrams are logged at debug level. */
+static ssize_t
+recv_trusted (int sock, void *buf, size_t len)
+{
+  union {
+    struct cmsghdr h;
+    char buf[CMSG_SPACE (sizeof (struct ucred))];
+  } ctl;
+  struct iovec iov = { buf, len };
+  struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                       .msg_control = &ctl, .msg_controllen = sizeof ctl };
+  struct cmsghdr *c;
+  ssize_t n;
+
+  n = recvmsg (sock, &mh, MSG_DONTWAIT);
+  if (n < 0)
+    return -1;
+  for (c = CMSG_FIRSTHDR (&mh); c; c = CMSG_NXTHDR (&mh, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS
+        && c->cmsg_len >= CMSG_LEN (sizeof (struct ucred))) {
+      struct ucred cr;
+      memcpy (&cr, CMSG_DATA (c), sizeof cr);
+      if (cr.uid == geteuid () || cr.uid == 0)
+        return n;
+      log_debug ("store: local: dropped a datagram from uid %u (pid %d)",
+                 (unsigned) cr.uid, (int) cr.pid);
+      return -1;
+    }
+  }
+  return -1;                    /* no credentials: not trusted */
 }
 
 static void *
@@ -2372,7 +2462,7 @@ watch_thread (void *arg)
       size_t rlen = 0;
       ssize_t n;
 
-      n = recv (w->sock, msgbuf, MSG_MAX, MSG_DONTWAIT);
+      n = recv_trusted (w->sock, msgbuf, MSG_MAX);
       if (n < (ssize_t) sizeof *m || m->magic != NOTIFY_MAGIC
           || sizeof *m + m->len > (size_t) n)
         continue;
@@ -2422,12 +2512,12 @@ local_watch (void *h, const char *oid, store_watch_cb cb, void *arg,
     goto fail;
   }
   relpath (dir, sizeof dir, "watch", oid, NULL);
-  if (mkdirat (r->dirfd, dir, 0755) < 0 && errno != EEXIST) {
+  if (mkdirat (r->dirfd, dir, 0700) < 0 && errno != EEXIST) {
     rc = -errno;
     goto fail;
   }
   snprintf (w->reg, sizeof w->reg, "%s/%s", dir, w->addr);
-  fd = openat (r->dirfd, w->reg, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, w->reg, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) {
     rc = -errno;
     goto fail;
@@ -2546,7 +2636,7 @@ local_notify (void *h, const char *oid, const void *payload, size_t len,
       break;
     if (poll (&pfd, 1, (int) ((deadline - now) / 1000000) + 1) <= 0)
       continue;
-    n = recv (sock, msgbuf, MSG_MAX, MSG_DONTWAIT);
+    n = recv_trusted (sock, msgbuf, MSG_MAX);
     if (n < (ssize_t) sizeof *rep || rep->magic != REPLY_MAGIC
         || rep->id != id || sizeof *rep + rep->len > (size_t) n)
       continue;
@@ -2588,7 +2678,7 @@ local_fence (void *h, const char *client, uint32_t expire_s)
                 (unsigned long long) (now_wall_ms ()
                                       + (uint64_t) expire_s * 1000));
   /* Exclusive: waits for the changes in flight of every client. */
-  fd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   if (flock (fd, LOCK_EX) < 0) {
@@ -2618,7 +2708,7 @@ local_snap_create (void *h, uint64_t *snap)
   int fd, rc;
 
   GUARD (r, "snap_create");
-  fd = openat (r->dirfd, "snaps/next", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, "snaps/next", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   if (flock (fd, LOCK_EX) < 0) {
