@@ -28,15 +28,18 @@
  * then serves reads at every snapshot in (old seq, clone id].  Removing a
  * snapshot trims clones that no live snapshot needs any more.
  *
- * Fencing: a fenced client finds its name in fenced/ and fails every call
+ * Fencing: a fenced client finds its name in fenced/ (with an expiry in
+ * this boot's CLOCK_BOOTTIME, never the wall clock) and fails every call
  * with -ESHUTDOWN.  Changes are airtight: each one runs under a shared
- * flock() of fenced/.gen (one open file per thread, as flock belongs to
- * the open file) and compares the fence generation stored there with the
- * one it last checked; store_fence() takes the lock exclusively, so it
- * waits for changes in flight, and bumps the generation.  A change that
- * starts after store_fence() returned cannot land, even from a process
- * that was stopped in the middle of a call.  Reads check a cached state
- * (10 ms).
+ * flock() of its client's change lock, fenced/CLIENT.lock (one open file
+ * per thread, as flock belongs to the open file), and compares the shared
+ * fence generation (fenced/.gen, mmap()ed) with the one it last checked;
+ * store_fence() records the fence, bumps the generation and then takes
+ * that client's lock exclusively, so it waits for the client's changes in
+ * flight, but only for a bounded time: a client stopped inside a change
+ * is killed (see local_fence for the argument).  A change that starts
+ * after store_fence() returned cannot land, even from a process that was
+ * stopped in the middle of a call.  Reads check a cached state (10 ms).
  *
  * Open files are cached (fd cache, LRU, sized from RLIMIT_NOFILE) so a
  * 4 KiB write costs one pwrite.  Replacing or removing an object file
@@ -68,6 +71,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,12 +158,14 @@ struct root {
   uint64_t fence_checked_ns;        /* under fd_lock */
   bool fenced;
   uint64_t fence_gen;               /* generation last checked */
-  uint64_t *fencegen;               /* fenced/.gen, mmap()ed */
+  uint64_t *fencegen;               /* fenced/.gen, mmap()ed (shared,
+                                       bumped atomically by fencers) */
+  char lockpath[PATH_MAX];          /* fenced/CLIENT.lock: flock()ed
+                                       shared by each change of ours */
+  uint64_t serial;                  /* unique per root in this process */
   uint64_t *objgen;                 /* shared (mmap): bumped whenever an
                                        object file is replaced or removed */
   uint64_t cache_gen;               /* objgen the fd cache is valid for */
-  dev_t gen_dev;                    /* identity of fenced/.gen */
-  ino_t gen_ino;
   unsigned watch_seq;
 };
 
@@ -381,10 +387,52 @@ full_pwrite (int fd, const void *buf, size_t len, uint64_t off)
 
 /* ---- Fencing ---------------------------------------------------------- */
 
+/* This boot's id (/proc/sys/kernel/random/boot_id), "" if unknown. */
+static char boot_id_buf[40];
+
+static void
+boot_id_read (void)
+{
+  FILE *f = fopen ("/proc/sys/kernel/random/boot_id", "re");
+
+  if (f) {
+    if (fscanf (f, "%36s", boot_id_buf) != 1)
+      boot_id_buf[0] = '\0';
+    fclose (f);
+  }
+}
+
+static const char *
+boot_id (void)
+{
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+  pthread_once (&once, boot_id_read);
+  return boot_id_buf;
+}
+
+/* Milliseconds since boot, counting time suspended (CLOCK_BOOTTIME):
+ * unlike the wall clock it never jumps, and it moves while a process is
+ * stopped. */
+static uint64_t
+now_boot_ms (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_BOOTTIME, &ts);
+  return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A fence record is "boot BOOT_ID UNTIL_MS": the client is fenced while
+ * this boot's CLOCK_BOOTTIME is below UNTIL_MS.  A record of another boot
+ * has lapsed (every process of that boot is gone, and client ids name a
+ * process).  A record of one number (older versions) is a wall-clock
+ * expiry in ms. */
 static bool
 client_fenced (struct root *r, const char *client)
 {
-  char path[PATH_MAX], buf[64];
+  char path[PATH_MAX], buf[128], id[40];
+  unsigned long long until;
   ssize_t n;
 
   relpath (path, sizeof path, "fenced", client, NULL);
@@ -392,6 +440,8 @@ client_fenced (struct root *r, const char *client)
   if (n < 0)
     return false;
   buf[MIN ((size_t) n, sizeof buf - 1)] = '\0';
+  if (sscanf (buf, "boot %39s %llu", id, &until) == 2)
+    return strcmp (id, boot_id ()) == 0 && until > now_boot_ms ();
   return strtoull (buf, NULL, 10) > now_wall_ms ();
 }
 
@@ -427,9 +477,10 @@ check_fence (struct root *r, const char *op)
       return f_;                                \
   } while (0)
 
-/* Per thread: open files of fenced/.gen of the stores it used lately. */
+/* Per thread: open files of the change locks of the roots it used
+ * lately, by root serial (never reused, unlike inode numbers). */
 #define GEN_FDS 8
-static __thread struct { dev_t dev; ino_t ino; int fd; } gen_fds[GEN_FDS];
+static __thread struct { uint64_t serial; int fd; } gen_fds[GEN_FDS];
 static __thread unsigned gen_next;
 
 static int
@@ -439,17 +490,15 @@ gen_fd (struct root *r)
   int fd;
 
   for (i = 0; i < GEN_FDS; i++)
-    if (gen_fds[i].fd > 0 && gen_fds[i].dev == r->gen_dev
-        && gen_fds[i].ino == r->gen_ino)
+    if (gen_fds[i].fd > 0 && gen_fds[i].serial == r->serial)
       return gen_fds[i].fd;
-  fd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  fd = openat (r->dirfd, r->lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   i = gen_next++ % GEN_FDS;
   if (gen_fds[i].fd > 0)
     close (gen_fds[i].fd);
-  gen_fds[i].dev = r->gen_dev;
-  gen_fds[i].ino = r->gen_ino;
+  gen_fds[i].serial = r->serial;
   gen_fds[i].fd = fd;
   return fd;
 }
@@ -1203,6 +1252,8 @@ root_free (struct root *r)
     free (e);
   }
   free (r->hash);
+  if (r->dirfd >= 0 && r->lockpath[0])
+    unlinkat (r->dirfd, r->lockpath, 0);
   if (r->objgen)
     munmap (r->objgen, 4096);
   if (r->fencegen)
@@ -1234,10 +1285,44 @@ handle_new (struct root *r)
   return l;
 }
 
+/* Start time of process PID (clock ticks after boot, /proc/PID/stat
+ * field 22), or 0 if it does not exist. */
+static unsigned long long
+proc_start (int pid)
+{
+  char path[64], buf[1024], *p;
+  unsigned long long start = 0;
+  ssize_t n;
+  int fd, i;
+
+  snprintf (path, sizeof path, "/proc/%d/stat", pid);
+  fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  n = read (fd, buf, sizeof buf - 1);
+  close (fd);
+  if (n <= 0)
+    return 0;
+  buf[n] = '\0';
+  p = strrchr (buf, ')');       /* the command name may hold spaces */
+  if (p == NULL || p[1] != ' ')
+    return 0;
+  p += 2;                       /* field 3, the state */
+  for (i = 3; i < 22 && p; i++) {
+    p = strchr (p, ' ');
+    if (p)
+      p++;
+  }
+  if (p)
+    start = strtoull (p, NULL, 10);
+  return start;
+}
+
 static int
 local_open (const char *arg, void **hp)
 {
   static unsigned opens;
+  static uint64_t serials;
   char host[64] = "host";
   struct root *r;
   struct local *l;
@@ -1262,10 +1347,13 @@ local_open (const char *arg, void **hp)
   r->path = strdup (arg);
   r->refs = 1;
   gethostname (host, sizeof host - 1);
-  snprintf (r->client, sizeof r->client, "local.%s.%d.%u.%lx", host,
-            (int) getpid (),
-            __atomic_fetch_add (&opens, 1, __ATOMIC_RELAXED),
-            (unsigned long) (now_mono_ns () & 0xffffff));
+  /* local.HOST.PID.START.N: START (the process's start time) tells this
+   * process from a later one that reuses its pid, see local_fence. */
+  snprintf (r->client, sizeof r->client, "local.%s.%d.%llu.%u", host,
+            (int) getpid (), proc_start ((int) getpid ()),
+            __atomic_fetch_add (&opens, 1, __ATOMIC_RELAXED));
+  r->serial = __atomic_add_fetch (&serials, 1, __ATOMIC_RELAXED);
+  relpath (r->lockpath, sizeof r->lockpath, "fenced", r->client, ".lock");
 
   if (mkdir (arg, 0700) < 0 && errno != EEXIST) {
     rc = vbk_errno (-errno, "store: local: cannot create %s", arg);
@@ -1292,15 +1380,14 @@ local_open (const char *arg, void **hp)
         close (gfd);
       goto fail;
     }
-    r->gen_dev = sb.st_dev;
-    r->gen_ino = sb.st_ino;
     r->fence_gen = gen_read (gfd);
     if (sb.st_size < 4096 && ftruncate (gfd, 4096) < 0) {
       rc = vbk_errno (-errno, "store: local: %s/fenced/.gen", arg);
       close (gfd);
       goto fail;
     }
-    r->fencegen = mmap (NULL, 4096, PROT_READ, MAP_SHARED, gfd, 0);
+    r->fencegen = mmap (NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED,
+                        gfd, 0);
     close (gfd);
     if (r->fencegen == MAP_FAILED) {
       r->fencegen = NULL;
@@ -2661,38 +2748,133 @@ out:
 
 /* ---- Fencing ---------------------------------------------------------- */
 
+/* How long store_fence waits for the fenced client's changes in flight
+ * before it concludes the client is stopped or stuck inside one. */
+#define FENCE_WAIT_MS 5000
+
+/* Tries to take LOCKFD exclusively for up to MS; returns whether it did. */
+static bool
+flock_ex_within (int lockfd, uint64_t ms)
+{
+  uint64_t deadline = now_mono_ns () + ms * 1000000;
+
+  for (;;) {
+    if (flock (lockfd, LOCK_EX | LOCK_NB) == 0)
+      return true;
+    if (errno != EWOULDBLOCK && errno != EINTR)
+      return false;
+    if (now_mono_ns () >= deadline)
+      return false;
+    usleep (5000);
+  }
+}
+
+/* Parses "local.HOST.PID.START.N" into HOST, PID and START. */
+static bool
+parse_client (const char *client, char *host, size_t hlen, int *pid,
+              unsigned long long *start)
+{
+  const char *p = client + strlen (client), *dots[3];
+  unsigned n;
+  int i;
+
+  if (strncmp (client, "local.", 6) != 0)
+    return false;
+  for (i = 0; i < 3; i++) {
+    while (p > client + 6 && *--p != '.')
+      ;
+    if (*p != '.')
+      return false;
+    dots[i] = p;                /* dots[2] ends HOST */
+  }
+  if (sscanf (dots[2] + 1, "%d.%llu.%u", pid, start, &n) != 3
+      || (size_t) (dots[2] - (client + 6)) >= hlen)
+    return false;
+  memcpy (host, client + 6, dots[2] - (client + 6));
+  host[dots[2] - (client + 6)] = '\0';
+  return true;
+}
+
+/* Fencing on the local store (the argument the DESIGN paragraph refers
+ * to).  A change of client C runs under a shared flock() of C's change
+ * lock (fenced/C.lock; guard_enter) and, holding it, compares the shared
+ * fence generation with the one C last saw, re-reading fenced/C when it
+ * moved.  store_fence (C):
+ *   1. writes fenced/C durably: "boot BOOT_ID UNTIL" in CLOCK_BOOTTIME ms,
+ *      so the fence neither lapses nor lasts longer when the wall clock
+ *      is set, and it lapses with the boot (no process of C survives it);
+ *   2. bumps the generation (atomically, in the shared mmap()ed page);
+ *   3. takes C.lock exclusively, waiting at most FENCE_WAIT_MS (never
+ *      forever: a process stopped inside a change holds its shared lock).
+ * A change of C that takes its lock after step 2 sees the new generation,
+ * reads the record, and fails with -ESHUTDOWN.  A change that was in
+ * flight at step 2 holds the lock, so when step 3 succeeds every such
+ * change has ended: nothing of C lands after store_fence returns.  If step
+ * 3 times out, C is stopped (SIGSTOP, a debugger) or stuck inside a change
+ * that could still land whenever it resumes.  C's id names its process
+ * (host, pid, start time): on this host, and if that process still runs
+ * and is not us, it is killed (SIGKILL also ends a stopped process, and
+ * its locks go with it), and step 3 is retried, again bounded.  Otherwise
+ * the fence fails with -ETIMEDOUT and the caller must not proceed.  The
+ * record stays either way, so C stays fenced. */
 static int
 local_fence (void *h, const char *client, uint32_t expire_s)
 {
   struct local *l = h;
   struct root *r = l->r;
-  char path[PATH_MAX], buf[32];
-  int n;
-
-  uint64_t g;
-  int fd, rc;
+  char path[PATH_MAX], lock[PATH_MAX], buf[128], host[64] = "", me[64] = "";
+  unsigned long long start;
+  const char *env = getenv ("VBK_LOCAL_FENCE_WAIT_MS");
+  uint64_t wait_ms = env && atoi (env) > 0 ? (uint64_t) atoi (env)
+                                           : FENCE_WAIT_MS;
+  int n, fd, rc, pid;
 
   FENCE (r, "fence");
   relpath (path, sizeof path, "fenced", client, NULL);
-  n = snprintf (buf, sizeof buf, "%llu\n",
-                (unsigned long long) (now_wall_ms ()
+  n = snprintf (buf, sizeof buf, "boot %s %llu\n", boot_id (),
+                (unsigned long long) (now_boot_ms ()
                                       + (uint64_t) expire_s * 1000));
-  /* Exclusive: waits for the changes in flight of every client. */
-  fd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  rc = replace_file (r, path, buf, n);
+  if (rc < 0)
+    return vbk_errno (rc, "store: local: fence: %s: recording the fence",
+                      client);
+  __atomic_add_fetch (r->fencegen, 1, __ATOMIC_SEQ_CST);
+
+  relpath (lock, sizeof lock, "fenced", client, ".lock");
+  fd = openat (r->dirfd, lock, O_RDWR | O_CLOEXEC);
   if (fd < 0)
-    return -errno;
-  if (flock (fd, LOCK_EX) < 0) {
-    rc = -errno;
+    return errno == ENOENT ? 0 : -errno;  /* no change ever ran */
+  if (flock_ex_within (fd, wait_ms)) {
+    close (fd);
+    return 0;
+  }
+
+  gethostname (me, sizeof me - 1);
+  if (!parse_client (client, host, sizeof host, &pid, &start)
+      || strcmp (host, me) != 0 || pid == (int) getpid ()
+      || start == 0 || proc_start (pid) != start) {
+    close (fd);
+    return vbk_errno (-ETIMEDOUT, "store: local: fence: %s: a change of "
+                      "that client has been in flight for more than %llu "
+                      "ms and its process cannot be stopped from here",
+                      client, (unsigned long long) wait_ms);
+  }
+  log_warn ("store: local: fence: %s: a change has been in flight for "
+            "more than %llu ms (the process is stopped or stuck); killing "
+            "process %d", client, (unsigned long long) wait_ms, pid);
+  if (kill (pid, SIGKILL) < 0 && errno != ESRCH) {
+    rc = vbk_errno (-errno, "store: local: fence: %s: kill %d", client, pid);
     close (fd);
     return rc;
   }
-  rc = replace_file (r, path, buf, n);
-  g = gen_read (fd) + 1;
-  if (rc == 0 && (pwrite (fd, &g, sizeof g, 0) != sizeof g
-                  || fdatasync (fd) < 0))
-    rc = -EIO;
-  close (fd);                   /* releases the lock */
-  return rc;
+  if (!flock_ex_within (fd, wait_ms)) {
+    close (fd);
+    return vbk_errno (-ETIMEDOUT, "store: local: fence: %s: its change "
+                      "lock is still held after killing process %d",
+                      client, pid);
+  }
+  close (fd);
+  return 0;
 }
 
 /* ---- Snapshots -------------------------------------------------------- */

@@ -23,7 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -364,6 +366,176 @@ test_evicted_dirty_flushed (void **state)
   assert_int_equal (syncshim_done (), started);
 }
 
+/* ---- Fencing a stopped writer ---------------------------------------- */
+
+static int
+read_line (int fd, char *buf, size_t len)
+{
+  size_t n = 0;
+
+  while (n + 1 < len && read (fd, buf + n, 1) == 1 && buf[n] != '\n')
+    n++;
+  buf[n] = '\0';
+  return n > 0 ? 0 : -1;
+}
+
+static int
+file_has (const char *path, const char *what)
+{
+  char buf[8192];
+  FILE *f = fopen (path, "r");
+  size_t n;
+
+  if (f == NULL)
+    return 0;
+  n = fread (buf, 1, sizeof buf - 1, f);
+  fclose (f);
+  buf[n] = '\0';
+  return strstr (buf, what) != NULL;
+}
+
+struct fence_call {
+  pthread_t t;
+  struct store *st;
+  char client[STORE_CLIENT_MAX];
+  int ret, done;
+};
+
+static void *
+fence_main (void *arg)
+{
+  struct fence_call *fc = arg;
+  int r = store_fence (fc->st, fc->client, 600);
+
+  pthread_mutex_lock (&bg_lock);
+  fc->ret = r;
+  fc->done = 1;
+  pthread_mutex_unlock (&bg_lock);
+  return NULL;
+}
+
+/* A writer stopped (SIGSTOP) inside a change: store_fence does not wait
+ * for it forever; it waits a bounded time, then kills it, so the change
+ * can never land, and returns. */
+static void
+test_fence_stopped_writer (void **state)
+{
+  struct fx *fx = *state;
+  char log[] = "/tmp/vbk-syncshim-XXXXXX", id[STORE_CLIENT_MAX];
+  struct fence_call *fc;
+  int p[2], status, lfd, done = 0;
+  uint64_t t0;
+  pid_t pid;
+
+  lfd = mkstemp (log);
+  assert_true (lfd >= 0);
+  close (lfd);
+  setenv ("VBK_SYNCSHIM_LOG", log, 1);
+  setenv ("VBK_LOCAL_FENCE_WAIT_MS", "300", 1);
+  assert_int_equal (pipe (p), 0);
+  syncshim_set ("obj/stall", 0, 0);
+  syncshim_gate (1);            /* in the child too: its sync never ends */
+  pid = fork ();
+  assert_true (pid >= 0);
+  if (pid == 0) {
+    struct store *c;
+    if (store_open (fx->uri, &c) < 0)
+      _exit (3);
+    dprintf (p[1], "%s\n", store_client_id (c));
+    store_write (c, "stall", "late", 4, 0, STORE_WRITE_SYNC);
+    _exit (4);
+  }
+  syncshim_gate (0);
+  close (p[1]);
+  assert_int_equal (read_line (p[0], id, sizeof id), 0);
+  close (p[0]);
+  t0 = mono_ms ();
+  while (!file_has (log, "obj/stall") && mono_ms () - t0 < 30000)
+    sleep_ms (10);
+  assert_true (file_has (log, "obj/stall"));    /* inside its change */
+  assert_int_equal (kill (pid, SIGSTOP), 0);
+  assert_int_equal (waitpid (pid, &status, WUNTRACED), pid);
+  assert_true (WIFSTOPPED (status));
+
+  fc = calloc (1, sizeof *fc);
+  assert_non_null (fc);
+  fc->st = fx->st;
+  snprintf (fc->client, sizeof fc->client, "%s", id);
+  assert_int_equal (pthread_create (&fc->t, NULL, fence_main, fc), 0);
+  t0 = mono_ms ();
+  while (mono_ms () - t0 < 30000) {
+    pthread_mutex_lock (&bg_lock);
+    done = fc->done;
+    pthread_mutex_unlock (&bg_lock);
+    if (done)
+      break;
+    sleep_ms (20);
+  }
+  if (!done) {
+    kill (pid, SIGKILL);        /* lets the fence finish */
+    pthread_join (fc->t, NULL);
+    waitpid (pid, &status, 0);
+    unlink (log);
+    fail_msg ("store_fence of a client stopped inside a change did not "
+              "return in 30 s");
+  }
+  pthread_join (fc->t, NULL);
+  assert_int_equal (fc->ret, 0);
+  free (fc);
+  assert_int_equal (waitpid (pid, &status, 0), pid);
+  assert_true (WIFSIGNALED (status) && WTERMSIG (status) == SIGKILL);
+  unlink (log);
+  unsetenv ("VBK_SYNCSHIM_LOG");
+  unsetenv ("VBK_LOCAL_FENCE_WAIT_MS");
+}
+
+/* A writer stopped between changes: the fence returns at once and, when
+ * the writer resumes, its next change fails and does not land. */
+static void
+test_fence_stopped_idle (void **state)
+{
+  struct fx *fx = *state;
+  char id[STORE_CLIENT_MAX], buf[8];
+  int p[2], q[2], status;
+  pid_t pid;
+
+  assert_int_equal (pipe (p), 0);
+  assert_int_equal (pipe (q), 0);
+  pid = fork ();
+  assert_true (pid >= 0);
+  if (pid == 0) {
+    struct store *c;
+    char go;
+    int r;
+    if (store_open (fx->uri, &c) < 0)
+      _exit (3);
+    if (store_write (c, "idle", "old!", 4, 0, 0) < 0)
+      _exit (4);
+    dprintf (p[1], "%s\n", store_client_id (c));
+    if (read (q[0], &go, 1) != 1)
+      _exit (5);
+    r = store_write (c, "idle", "NEW!", 4, 0, 0);
+    _exit (r == -ESHUTDOWN ? 0 : 6);
+  }
+  close (p[1]);
+  close (q[0]);
+  assert_int_equal (read_line (p[0], id, sizeof id), 0);
+  close (p[0]);
+  assert_int_equal (kill (pid, SIGSTOP), 0);
+  assert_int_equal (waitpid (pid, &status, WUNTRACED), pid);
+  assert_int_equal (store_fence (fx->st, id, 600), 0);
+  assert_int_equal (kill (pid, SIGCONT), 0);
+  assert_int_equal (write (q[1], "g", 1), 1);
+  close (q[1]);
+  assert_int_equal (waitpid (pid, &status, 0), pid);
+  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
+    fail_msg ("the fenced child's write after it resumed: status 0x%x "
+              "(exit 6: it landed)", status);
+  assert_int_equal (store_read (fx->st, "idle", buf, 4, 0, STORE_SNAP_HEAD),
+                    4);
+  assert_memory_equal (buf, "old!", 4);
+}
+
 /* The fd cache follows RLIMIT_NOFILE: opening a store raises the soft
  * limit to the hard one. */
 static void
@@ -394,6 +566,8 @@ main (void)
     T (test_evicted_sync_error),
     T (test_evicted_dirty_flushed),
     T (test_rlimit_raised),
+    T (test_fence_stopped_writer),
+    T (test_fence_stopped_idle),
   };
 
   setenv ("VBK_TEST_STORE_KIND", "local", 1);
