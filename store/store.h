@@ -257,7 +257,14 @@ void store_notify_replies_free (struct store_notify_reply *r, size_t n);
  * seconds (0 = the backend's default, one hour): from the moment this
  * returns, or at most a short while later on RADOS (see notes), every
  * operation of that client fails with -ESHUTDOWN and its watches break
- * with -ENOTCONN. */
+ * with -ENOTCONN.  Never blocks indefinitely.  Local store: the expiry
+ * counts in this boot's CLOCK_BOOTTIME (a wall-clock change neither ends
+ * nor extends it); the call waits a bounded time (5 s) for the client's
+ * changes in flight and kills the client's process if it is stopped or
+ * stuck inside one, so that nothing of it lands afterwards.
+ * Errors: -ETIMEDOUT (local: a change of CLIENT is still in flight and
+ * its process could not be killed from here, e.g. it is this process;
+ * the fence is recorded, but the caller must not rely on it yet). */
 int store_fence (struct store *st, const char *client, uint32_t expire_s);
 
 /* ---- Snapshots (copy-on-write) ---------------------------------------- */
