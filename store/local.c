@@ -28,20 +28,41 @@
  * then serves reads at every snapshot in (old seq, clone id].  Removing a
  * snapshot trims clones that no live snapshot needs any more.
  *
- * Fencing: a fenced client finds its name in fenced/ and fails every call
+ * Fencing: a fenced client finds its name in fenced/ (with an expiry in
+ * this boot's CLOCK_BOOTTIME, never the wall clock) and fails every call
  * with -ESHUTDOWN.  Changes are airtight: each one runs under a shared
- * flock() of fenced/.gen (one open file per thread, as flock belongs to
- * the open file) and compares the fence generation stored there with the
- * one it last checked; store_fence() takes the lock exclusively, so it
- * waits for changes in flight, and bumps the generation.  A change that
- * starts after store_fence() returned cannot land, even from a process
- * that was stopped in the middle of a call.  Reads check a cached state
- * (10 ms).
+ * flock() of its client's change lock, fenced/CLIENT.lock (one open file
+ * per thread, as flock belongs to the open file), and compares the shared
+ * fence generation (fenced/.gen, mmap()ed) with the one it last checked;
+ * store_fence() records the fence, bumps the generation and then takes
+ * that client's lock exclusively, so it waits for the client's changes in
+ * flight, but only for a bounded time: a client stopped inside a change
+ * is killed (see local_fence for the argument).  A change that starts
+ * after store_fence() returned cannot land, even from a process that was
+ * stopped in the middle of a call.  Reads check a cached state (10 ms).
  *
- * Open files are cached (fd cache, LRU) so a 4 KiB write costs one
- * pwrite.  Replacing or removing an object file bumps a counter in the
- * shared, mmap()ed file obj-gen; every client drops its cached files when
- * it sees the counter move, so nobody reads a file that was replaced.  Asynchronous calls run on a small pool of threads.
+ * Open files are cached (fd cache, LRU, sized from RLIMIT_NOFILE) so a
+ * 4 KiB write costs one pwrite.  Replacing or removing an object file
+ * bumps a counter in the shared, mmap()ed file obj-gen; every client
+ * drops its cached files when it sees the counter move, so nobody reads a
+ * file that was replaced.  Asynchronous calls run on a small pool of
+ * threads.  Durability: see local_flush (write generations, one sync pass
+ * at a time, sticky sync errors) and the fd cache (dirty files leaving
+ * the cache are synced by a background syncer, never under fd_lock and
+ * never on the I/O path).
+ *
+ * Security model: a store belongs to one user.  Everything under the root
+ * is private to its owner: directories are created 0700 and files 0600
+ * (the umask can only make them stricter), and opening a store whose root
+ * or top-level directories are open to group or others makes them 0700
+ * (with a warning; one we do not own only gets the warning).  So another
+ * local user can neither read a guest's data nor open, and so flock(),
+ * fenced/.gen or any lock file to stall writers.  Watch/notify datagrams
+ * travel over abstract unix sockets, which have no file permissions: the
+ * receiving sockets set SO_PASSCRED and drop every datagram whose sender
+ * is not our effective uid or root.  Every client of a store (vbk-blockd,
+ * the vbk tool) must therefore run as the store's owner (or root); root
+ * is trusted, as it can read the files anyway.
  */
 #include <assert.h>
 #include <dirent.h>
@@ -50,6 +71,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +79,7 @@
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -64,25 +87,31 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "internal.h"
 
 #define ESC_MAX (3 * STORE_NAME_MAX + 1)
-#define FD_CACHE_MAX 512
-#define FD_HASH 1024
+#define FD_CACHE_MIN 16              /* smallest fd cache */
+#define FD_CACHE_CAP 262144          /* largest fd cache */
 #define FENCE_CHECK_NS (10 * 1000000ull)
 #define MAX_CLONES 256
 
 /* ---- Shared state of one store_open() and its clones ------------------ */
 
 struct fd_entry {
-  struct fd_entry *hnext;           /* hash chain */
-  struct fd_entry *prev, *next;     /* LRU, most recent first */
+  struct fd_entry *hnext;           /* hash chain (cached entries only) */
+  struct fd_entry *prev, *next;     /* LRU, most recent first; or the
+                                       aside list */
   char oid[STORE_NAME_MAX + 1];
   int fd;
-  int refs;                         /* users right now */
-  bool dirty;                       /* written since the last fdatasync */
-  bool orphan;                      /* dropped from the cache while in use */
+  int refs;                         /* users right now (flush pins too) */
+  bool aside;                       /* dropped from the cache: in use, or
+                                       dirty and waiting for a sync */
+  uint64_t dirty_gen;               /* write_gen of the newest write */
+  uint64_t clean_gen;               /* dirty_gen when last synced; the
+                                       file is dirty iff dirty_gen >
+                                       clean_gen */
   uint64_t cow_seq;                 /* snapset seq known to be >= this */
 };
 
@@ -96,10 +125,28 @@ struct root {
   int refs;                         /* handles (open + clones) */
 
   pthread_mutex_t fd_lock;
-  struct fd_entry *hash[FD_HASH];
+  struct fd_entry **hash;
+  size_t nhash;                     /* a power of two */
   struct fd_entry *lru_head, *lru_tail;
-  size_t nfds;
+  size_t nfds;                      /* cached entries */
+  size_t fd_max;                    /* cache budget (from RLIMIT_NOFILE) */
+  struct fd_entry *aside;           /* entries dropped from the cache but
+                                       still open (see the fd cache) */
+  size_t naside, aside_max;
   bool dir_dirty;                   /* obj/ gained entries since flush */
+
+  /* Durability (see local_flush).  Under fd_lock unless noted. */
+  uint64_t write_gen;               /* completed dirtying writes */
+  uint64_t synced_gen;              /* every write <= this is durable */
+  int sync_err;                     /* sticky: the first failed sync */
+  char sync_msg[512];               /* its message */
+  pthread_mutex_t flush_lock;       /* one sync pass at a time (not
+                                       under fd_lock) */
+  pthread_cond_t sync_cond;         /* the syncer's wake-ups and batch
+                                       completions */
+  uint64_t sync_taken, sync_done;   /* syncer batches started, finished */
+  pthread_t syncer;
+  bool syncer_running, syncer_stop;
 
   pthread_mutex_t q_lock;
   pthread_cond_t q_cond;
@@ -111,12 +158,14 @@ struct root {
   uint64_t fence_checked_ns;        /* under fd_lock */
   bool fenced;
   uint64_t fence_gen;               /* generation last checked */
-  uint64_t *fencegen;               /* fenced/.gen, mmap()ed */
+  uint64_t *fencegen;               /* fenced/.gen, mmap()ed (shared,
+                                       bumped atomically by fencers) */
+  char lockpath[PATH_MAX];          /* fenced/CLIENT.lock: flock()ed
+                                       shared by each change of ours */
+  uint64_t serial;                  /* unique per root in this process */
   uint64_t *objgen;                 /* shared (mmap): bumped whenever an
                                        object file is replaced or removed */
   uint64_t cache_gen;               /* objgen the fd cache is valid for */
-  dev_t gen_dev;                    /* identity of fenced/.gen */
-  ino_t gen_ino;
   unsigned watch_seq;
 };
 
@@ -214,7 +263,7 @@ write_tmp (struct root *r, const void *buf, size_t len, char *tmp,
 
   snprintf (tmp, tmplen, "tmp/%d.%u.%lx", (int) getpid (), n,
             (unsigned long) now_mono_ns ());
-  fd = openat (r->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   while (len > 0) {
@@ -338,10 +387,52 @@ full_pwrite (int fd, const void *buf, size_t len, uint64_t off)
 
 /* ---- Fencing ---------------------------------------------------------- */
 
+/* This boot's id (/proc/sys/kernel/random/boot_id), "" if unknown. */
+static char boot_id_buf[40];
+
+static void
+boot_id_read (void)
+{
+  FILE *f = fopen ("/proc/sys/kernel/random/boot_id", "re");
+
+  if (f) {
+    if (fscanf (f, "%36s", boot_id_buf) != 1)
+      boot_id_buf[0] = '\0';
+    fclose (f);
+  }
+}
+
+static const char *
+boot_id (void)
+{
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+  pthread_once (&once, boot_id_read);
+  return boot_id_buf;
+}
+
+/* Milliseconds since boot, counting time suspended (CLOCK_BOOTTIME):
+ * unlike the wall clock it never jumps, and it moves while a process is
+ * stopped. */
+static uint64_t
+now_boot_ms (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_BOOTTIME, &ts);
+  return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A fence record is "boot BOOT_ID UNTIL_MS": the client is fenced while
+ * this boot's CLOCK_BOOTTIME is below UNTIL_MS.  A record of another boot
+ * has lapsed (every process of that boot is gone, and client ids name a
+ * process).  A record of one number (older versions) is a wall-clock
+ * expiry in ms. */
 static bool
 client_fenced (struct root *r, const char *client)
 {
-  char path[PATH_MAX], buf[64];
+  char path[PATH_MAX], buf[128], id[40];
+  unsigned long long until;
   ssize_t n;
 
   relpath (path, sizeof path, "fenced", client, NULL);
@@ -349,6 +440,8 @@ client_fenced (struct root *r, const char *client)
   if (n < 0)
     return false;
   buf[MIN ((size_t) n, sizeof buf - 1)] = '\0';
+  if (sscanf (buf, "boot %39s %llu", id, &until) == 2)
+    return strcmp (id, boot_id ()) == 0 && until > now_boot_ms ();
   return strtoull (buf, NULL, 10) > now_wall_ms ();
 }
 
@@ -384,9 +477,10 @@ check_fence (struct root *r, const char *op)
       return f_;                                \
   } while (0)
 
-/* Per thread: open files of fenced/.gen of the stores it used lately. */
+/* Per thread: open files of the change locks of the roots it used
+ * lately, by root serial (never reused, unlike inode numbers). */
 #define GEN_FDS 8
-static __thread struct { dev_t dev; ino_t ino; int fd; } gen_fds[GEN_FDS];
+static __thread struct { uint64_t serial; int fd; } gen_fds[GEN_FDS];
 static __thread unsigned gen_next;
 
 static int
@@ -396,17 +490,15 @@ gen_fd (struct root *r)
   int fd;
 
   for (i = 0; i < GEN_FDS; i++)
-    if (gen_fds[i].fd > 0 && gen_fds[i].dev == r->gen_dev
-        && gen_fds[i].ino == r->gen_ino)
+    if (gen_fds[i].fd > 0 && gen_fds[i].serial == r->serial)
       return gen_fds[i].fd;
-  fd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, r->lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   i = gen_next++ % GEN_FDS;
   if (gen_fds[i].fd > 0)
     close (gen_fds[i].fd);
-  gen_fds[i].dev = r->gen_dev;
-  gen_fds[i].ino = r->gen_ino;
+  gen_fds[i].serial = r->serial;
   gen_fds[i].fd = fd;
   return fd;
 }
@@ -469,14 +561,35 @@ guard_exit (int *fd)
 
 /* ---- The fd cache ----------------------------------------------------- */
 
+/* Open object files are cached by oid (hash + LRU, at most fd_max
+ * entries, a share of RLIMIT_NOFILE).  A write marks its file dirty with
+ * a new write generation (write_gen, counted under fd_lock when the write
+ * has completed).  No fdatasync runs on the I/O path, and none ever runs
+ * under fd_lock:
+ *   - an idle clean entry beyond the budget is closed;
+ *   - an idle dirty one moves to the aside list with its fd open and the
+ *     syncer thread syncs and closes it, recording a failure as the
+ *     store's sticky sync error;
+ *   - an entry dropped while in use (the object was replaced, or another
+ *     client invalidated the cache) moves aside too and is handled at its
+ *     last fd_put.
+ * So every dirty file is always on the LRU or the aside list (or in the
+ * syncer's current batch), and local_flush can cover them all. */
+
 static unsigned
-hash_oid (const char *s)
+hash_oid (struct root *r, const char *s)
 {
   unsigned h = 2166136261u;
 
   while (*s)
     h = (h ^ (unsigned char) *s++) * 16777619u;
-  return h % FD_HASH;
+  return h & (r->nhash - 1);
+}
+
+static bool
+entry_dirty (const struct fd_entry *e)
+{
+  return e->dirty_gen > e->clean_gen;
 }
 
 static void
@@ -508,59 +621,159 @@ lru_push (struct root *r, struct fd_entry *e)
 static void
 hash_unlink (struct root *r, struct fd_entry *e)
 {
-  struct fd_entry **pp = &r->hash[hash_oid (e->oid)];
+  struct fd_entry **pp = &r->hash[hash_oid (r, e->oid)];
 
   while (*pp != e)
     pp = &(*pp)->hnext;
   *pp = e->hnext;
 }
 
-/* Closes least recently used idle entries beyond the limit; called with
+static void
+aside_push (struct root *r, struct fd_entry *e)
+{
+  e->aside = true;
+  e->prev = NULL;
+  e->next = r->aside;
+  if (r->aside)
+    r->aside->prev = e;
+  r->aside = e;
+  r->naside++;
+}
+
+static void
+aside_unlink (struct root *r, struct fd_entry *e)
+{
+  if (e->prev)
+    e->prev->next = e->next;
+  else
+    r->aside = e->next;
+  if (e->next)
+    e->next->prev = e->prev;
+  e->prev = e->next = NULL;
+  r->naside--;
+}
+
+/* Records a failed sync of a data file (or of obj/) as the store's sticky
+ * error: every later flush fails with it.  Called with fd_lock held. */
+static void
+sync_failed_locked (struct root *r, int err, const char *what)
+{
+  if (r->sync_err == 0) {
+    r->sync_err = err == -ENOSPC || err == -EDQUOT ? err : -EIO;
+    snprintf (r->sync_msg, sizeof r->sync_msg,
+              "store: local: flush: syncing %s failed (%s); data written "
+              "before it may be lost, so every flush fails until the store "
+              "is reopened", what, strerror (-err));
+  }
+}
+
+static void
+sync_failed (struct root *r, int err, const char *what)
+{
+  pthread_mutex_lock (&r->fd_lock);
+  sync_failed_locked (r, err, what);
+  pthread_mutex_unlock (&r->fd_lock);
+}
+
+/* Takes an entry out of the cache (hash and LRU).  An idle clean one is
+ * closed; any other goes aside (the syncer takes idle dirty ones; one in
+ * use is handled at its last fd_put).  Called with fd_lock held. */
+static void
+fd_evict_locked (struct root *r, struct fd_entry *e, bool hashed)
+{
+  if (hashed)
+    hash_unlink (r, e);
+  lru_unlink (r, e);
+  r->nfds--;
+  if (e->refs == 0 && !entry_dirty (e)) {
+    close (e->fd);
+    free (e);
+    return;
+  }
+  aside_push (r, e);
+  if (e->refs == 0)
+    pthread_cond_broadcast (&r->sync_cond);
+}
+
+/* Evicts least recently used idle entries beyond the budget; called with
  * fd_lock held. */
 static void
 fd_trim (struct root *r)
 {
   struct fd_entry *e = r->lru_tail, *prev;
 
-  while (e && r->nfds > FD_CACHE_MAX) {
+  while (e && r->nfds > r->fd_max) {
     prev = e->prev;
-    if (e->refs == 0) {
-      if (e->dirty)
-        fdatasync (e->fd);
-      close (e->fd);
-      lru_unlink (r, e);
-      hash_unlink (r, e);
-      free (e);
-      r->nfds--;
-    }
+    if (e->refs == 0)
+      fd_evict_locked (r, e, true);
     e = prev;
   }
 }
 
 /* Another client replaced or removed object files: cached descriptors
- * may point at old files.  Drop them all (those in use close at their
- * last fd_put).  Called with fd_lock held. */
+ * may point at old files.  Drop them all from the cache.  Called with
+ * fd_lock held. */
 static void
 fd_invalidate_locked (struct root *r)
 {
   struct fd_entry *e, *next;
-  size_t i;
 
   for (e = r->lru_head; e; e = next) {
     next = e->next;
-    lru_unlink (r, e);
-    if (e->refs == 0) {
-      if (e->dirty)
-        fdatasync (e->fd);
+    fd_evict_locked (r, e, false);
+  }
+  memset (r->hash, 0, r->nhash * sizeof *r->hash);
+  assert (r->nfds == 0);
+}
+
+/* The syncer thread: syncs and closes the idle entries of the aside
+ * list, outside fd_lock, and records failures stickily. */
+static void *
+syncer (void *arg)
+{
+  struct root *r = arg;
+  struct fd_entry *e, *next, *batch;
+  uint64_t id;
+  int rc;
+
+  pthread_mutex_lock (&r->fd_lock);
+  for (;;) {
+    batch = NULL;
+    for (e = r->aside; e; e = next) {
+      next = e->next;
+      if (e->refs == 0) {
+        aside_unlink (r, e);
+        e->next = batch;
+        batch = e;
+      }
+    }
+    if (batch == NULL) {
+      if (r->syncer_stop)
+        break;
+      pthread_cond_wait (&r->sync_cond, &r->fd_lock);
+      continue;
+    }
+    id = ++r->sync_taken;
+    pthread_mutex_unlock (&r->fd_lock);
+    for (e = batch; e; e = next) {
+      next = e->next;
+      rc = 0;
+      if (entry_dirty (e) && fdatasync (e->fd) < 0)
+        rc = -errno;
+      if (rc < 0) {
+        char what[STORE_NAME_MAX + 16];
+        snprintf (what, sizeof what, "object %s", e->oid);
+        sync_failed (r, rc, what);
+      }
       close (e->fd);
       free (e);
     }
-    else
-      e->orphan = true;
+    pthread_mutex_lock (&r->fd_lock);
+    r->sync_done = id;
+    pthread_cond_broadcast (&r->sync_cond);
   }
-  for (i = 0; i < FD_HASH; i++)
-    r->hash[i] = NULL;
-  r->nfds = 0;
+  pthread_mutex_unlock (&r->fd_lock);
+  return NULL;
 }
 
 static void
@@ -574,7 +787,7 @@ objgen_bump (struct root *r)
 static int
 fd_get (struct root *r, const char *oid, bool create, struct fd_entry **out)
 {
-  unsigned h = hash_oid (oid);
+  unsigned h = hash_oid (r, oid);
   struct fd_entry *e;
   char path[PATH_MAX];
   int fd;
@@ -597,12 +810,16 @@ fd_get (struct root *r, const char *oid, bool create, struct fd_entry **out)
       return 0;
     }
   }
+  /* Too many files wait for the syncer: let it catch up before opening
+   * another, so the process never runs out of descriptors. */
+  while (r->naside > r->aside_max && r->syncer_running)
+    pthread_cond_wait (&r->sync_cond, &r->fd_lock);
   pthread_mutex_unlock (&r->fd_lock);
 
   relpath (path, sizeof path, ".", oid, NULL);
   fd = openat (r->objfd, path, O_RDWR | O_CLOEXEC);
   if (fd < 0 && errno == ENOENT && create) {
-    fd = openat (r->objfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    fd = openat (r->objfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd >= 0) {
       pthread_mutex_lock (&r->fd_lock);
       r->dir_dirty = true;
@@ -646,39 +863,44 @@ fd_get (struct root *r, const char *oid, bool create, struct fd_entry **out)
   return 0;
 }
 
+/* Drops a reference; called with fd_lock held. */
+static void
+fd_put_locked (struct root *r, struct fd_entry *e)
+{
+  if (--e->refs == 0 && e->aside) {
+    if (entry_dirty (e))
+      pthread_cond_broadcast (&r->sync_cond);   /* the syncer's now */
+    else {
+      aside_unlink (r, e);
+      close (e->fd);
+      free (e);
+    }
+  }
+}
+
+/* Ends a use of E; DIRTIED says the use completed a write that is not
+ * durable yet. */
 static void
 fd_put (struct root *r, struct fd_entry *e, bool dirtied)
 {
   pthread_mutex_lock (&r->fd_lock);
   if (dirtied)
-    e->dirty = true;
-  if (--e->refs == 0 && e->orphan) {
-    if (e->dirty)
-      fdatasync (e->fd);
-    close (e->fd);
-    free (e);
-  }
+    e->dirty_gen = ++r->write_gen;
+  fd_put_locked (r, e);
   pthread_mutex_unlock (&r->fd_lock);
 }
 
-/* Drops the cached file of OID (after it was unlinked or replaced). */
+/* Drops the cached file of OID (after it was unlinked or replaced).  Its
+ * unsynced writes, if any, are still covered by the next flush. */
 static void
 fd_forget (struct root *r, const char *oid)
 {
   struct fd_entry *e;
 
   pthread_mutex_lock (&r->fd_lock);
-  for (e = r->hash[hash_oid (oid)]; e; e = e->hnext) {
+  for (e = r->hash[hash_oid (r, oid)]; e; e = e->hnext) {
     if (strcmp (e->oid, oid) == 0) {
-      hash_unlink (r, e);
-      lru_unlink (r, e);
-      r->nfds--;
-      if (e->refs == 0) {
-        close (e->fd);
-        free (e);
-      }
-      else
-        e->orphan = true;       /* the last fd_put closes it */
+      fd_evict_locked (r, e, true);
       break;
     }
   }
@@ -702,7 +924,7 @@ snapset_lock (struct root *r, const char *oid, int how, bool create)
 
   relpath (path, sizeof path, "snapset", oid, NULL);
   fd = openat (r->dirfd, path,
-               O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0644);
+               O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
   if (fd < 0)
     return -errno;
   if (flock (fd, how) < 0) {
@@ -863,8 +1085,8 @@ cow_prepare (struct local *l, const char *oid, struct fd_entry *e)
       if (ss.n == MAX_CLONES)
         rc = -ENOSPC;
       else {
-        if (e && e->dirty)
-          fdatasync (e->fd);
+        /* The clone copies the page cache, so the head's unsynced
+         * writes need no sync here: the clone file itself is synced. */
         rc = make_clone (r, oid, newest);
         if (rc == 0) {
           ss.clones[ss.n].id = newest;
@@ -921,6 +1143,28 @@ snap_source (struct root *r, int fd, const char *oid, uint64_t snap,
 
 static void *worker (void *arg);
 
+/* Makes PATH (relative to the root; "." for the root) private to its
+ * owner if it is not, when we own it; warns once per open otherwise. */
+static void
+tighten (struct root *r, const char *path)
+{
+  struct stat sb;
+
+  if (fstatat (r->dirfd, path, &sb, AT_SYMLINK_NOFOLLOW) < 0
+      || (sb.st_mode & 077) == 0)
+    return;
+  if (sb.st_uid == geteuid ()
+      && fchmodat (r->dirfd, path, sb.st_mode & 0700, 0) == 0) {
+    log_warn ("store: local: %s/%s was open to other users (mode %04o); "
+              "made it private (%04o)", r->path, path,
+              (unsigned) (sb.st_mode & 07777), (unsigned) (sb.st_mode & 0700));
+    return;
+  }
+  log_warn ("store: local: %s/%s is open to other users (mode %04o, owner "
+            "uid %u) and cannot be made private", r->path, path,
+            (unsigned) (sb.st_mode & 07777), (unsigned) sb.st_uid);
+}
+
 static int
 make_dirs (struct root *r)
 {
@@ -929,9 +1173,50 @@ make_dirs (struct root *r)
                                       "watch", "fenced", "tmp" };
   size_t i;
 
-  for (i = 0; i < sizeof dirs / sizeof dirs[0]; i++)
-    if (mkdirat (r->dirfd, dirs[i], 0755) < 0 && errno != EEXIST)
+  for (i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+    if (mkdirat (r->dirfd, dirs[i], 0700) < 0 && errno != EEXIST)
       return -errno;
+    /* A store made by an older version has 0755 directories. */
+    tighten (r, dirs[i]);
+  }
+  return 0;
+}
+
+/* Sizes the fd cache from RLIMIT_NOFILE, first raising the soft limit to
+ * the hard one (for the whole process: an NBD server of big disks wants
+ * many open files).  Half the limit goes to cached object files and a
+ * quarter more to files waiting for the syncer; VBK_LOCAL_MAX_FILES
+ * overrides the cache size (tests use it to force evictions). */
+static int
+fd_budget (struct root *r)
+{
+  struct rlimit rl;
+  size_t max = 1024;
+  const char *env = getenv ("VBK_LOCAL_MAX_FILES");
+
+  if (getrlimit (RLIMIT_NOFILE, &rl) == 0) {
+    if (rl.rlim_cur < rl.rlim_max) {
+      struct rlimit want = { rl.rlim_max, rl.rlim_max };
+      if (setrlimit (RLIMIT_NOFILE, &want) == 0)
+        rl.rlim_cur = rl.rlim_max;
+    }
+    if (rl.rlim_cur != RLIM_INFINITY)
+      max = rl.rlim_cur;
+    else
+      max = FD_CACHE_CAP * 2;
+  }
+  r->fd_max = max / 2;
+  r->aside_max = MAX (max / 4, (size_t) 1);
+  if (env && atoi (env) > 0)
+    r->fd_max = (size_t) atoi (env);
+  r->fd_max = MIN (MAX (r->fd_max, (size_t) 1), (size_t) FD_CACHE_CAP);
+  if (!env && r->fd_max < FD_CACHE_MIN)
+    r->fd_max = FD_CACHE_MIN;
+  for (r->nhash = 1024; r->nhash < r->fd_max; r->nhash *= 2)
+    ;
+  r->hash = calloc (r->nhash, sizeof *r->hash);
+  if (r->hash == NULL)
+    return -ENOMEM;
   return 0;
 }
 
@@ -950,13 +1235,25 @@ root_free (struct root *r)
       pthread_join (r->threads[i], NULL);
     free (r->threads);
   }
+  if (r->syncer_running) {
+    pthread_mutex_lock (&r->fd_lock);
+    r->syncer_stop = true;
+    pthread_cond_broadcast (&r->sync_cond);
+    pthread_mutex_unlock (&r->fd_lock);
+    pthread_join (r->syncer, NULL);     /* it drains the aside list */
+  }
+  /* store_close cannot report an error: a last sync on the way out is
+   * all that can be done (callers flush before closing). */
   for (e = r->lru_head; e; e = next) {
     next = e->next;
-    if (e->dirty)
+    if (entry_dirty (e))
       fdatasync (e->fd);
     close (e->fd);
     free (e);
   }
+  free (r->hash);
+  if (r->dirfd >= 0 && r->lockpath[0])
+    unlinkat (r->dirfd, r->lockpath, 0);
   if (r->objgen)
     munmap (r->objgen, 4096);
   if (r->fencegen)
@@ -966,6 +1263,8 @@ root_free (struct root *r)
   if (r->dirfd >= 0)
     close (r->dirfd);
   pthread_mutex_destroy (&r->fd_lock);
+  pthread_mutex_destroy (&r->flush_lock);
+  pthread_cond_destroy (&r->sync_cond);
   pthread_mutex_destroy (&r->q_lock);
   pthread_cond_destroy (&r->q_cond);
   free (r->path);
@@ -986,10 +1285,44 @@ handle_new (struct root *r)
   return l;
 }
 
+/* Start time of process PID (clock ticks after boot, /proc/PID/stat
+ * field 22), or 0 if it does not exist. */
+static unsigned long long
+proc_start (int pid)
+{
+  char path[64], buf[1024], *p;
+  unsigned long long start = 0;
+  ssize_t n;
+  int fd, i;
+
+  snprintf (path, sizeof path, "/proc/%d/stat", pid);
+  fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  n = read (fd, buf, sizeof buf - 1);
+  close (fd);
+  if (n <= 0)
+    return 0;
+  buf[n] = '\0';
+  p = strrchr (buf, ')');       /* the command name may hold spaces */
+  if (p == NULL || p[1] != ' ')
+    return 0;
+  p += 2;                       /* field 3, the state */
+  for (i = 3; i < 22 && p; i++) {
+    p = strchr (p, ' ');
+    if (p)
+      p++;
+  }
+  if (p)
+    start = strtoull (p, NULL, 10);
+  return start;
+}
+
 static int
 local_open (const char *arg, void **hp)
 {
   static unsigned opens;
+  static uint64_t serials;
   char host[64] = "host";
   struct root *r;
   struct local *l;
@@ -1007,17 +1340,22 @@ local_open (const char *arg, void **hp)
     return -ENOMEM;
   r->dirfd = r->objfd = -1;
   pthread_mutex_init (&r->fd_lock, NULL);
+  pthread_mutex_init (&r->flush_lock, NULL);
+  pthread_cond_init (&r->sync_cond, NULL);
   pthread_mutex_init (&r->q_lock, NULL);
   pthread_cond_init (&r->q_cond, NULL);
   r->path = strdup (arg);
   r->refs = 1;
   gethostname (host, sizeof host - 1);
-  snprintf (r->client, sizeof r->client, "local.%s.%d.%u.%lx", host,
-            (int) getpid (),
-            __atomic_fetch_add (&opens, 1, __ATOMIC_RELAXED),
-            (unsigned long) (now_mono_ns () & 0xffffff));
+  /* local.HOST.PID.START.N: START (the process's start time) tells this
+   * process from a later one that reuses its pid, see local_fence. */
+  snprintf (r->client, sizeof r->client, "local.%s.%d.%llu.%u", host,
+            (int) getpid (), proc_start ((int) getpid ()),
+            __atomic_fetch_add (&opens, 1, __ATOMIC_RELAXED));
+  r->serial = __atomic_add_fetch (&serials, 1, __ATOMIC_RELAXED);
+  relpath (r->lockpath, sizeof r->lockpath, "fenced", r->client, ".lock");
 
-  if (mkdir (arg, 0755) < 0 && errno != EEXIST) {
+  if (mkdir (arg, 0700) < 0 && errno != EEXIST) {
     rc = vbk_errno (-errno, "store: local: cannot create %s", arg);
     goto fail;
   }
@@ -1026,6 +1364,7 @@ local_open (const char *arg, void **hp)
     rc = vbk_errno (-errno, "store: local: cannot open %s", arg);
     goto fail;
   }
+  tighten (r, ".");
   rc = make_dirs (r);
   if (rc < 0) {
     vbk_errno (rc, "store: local: cannot set up %s", arg);
@@ -1034,29 +1373,28 @@ local_open (const char *arg, void **hp)
   {
     struct stat sb;
     int gfd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC,
-                      0644);
+                      0600);
     if (gfd < 0 || fstat (gfd, &sb) < 0) {
       rc = vbk_errno (-errno, "store: local: %s/fenced/.gen", arg);
       if (gfd >= 0)
         close (gfd);
       goto fail;
     }
-    r->gen_dev = sb.st_dev;
-    r->gen_ino = sb.st_ino;
     r->fence_gen = gen_read (gfd);
     if (sb.st_size < 4096 && ftruncate (gfd, 4096) < 0) {
       rc = vbk_errno (-errno, "store: local: %s/fenced/.gen", arg);
       close (gfd);
       goto fail;
     }
-    r->fencegen = mmap (NULL, 4096, PROT_READ, MAP_SHARED, gfd, 0);
+    r->fencegen = mmap (NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED,
+                        gfd, 0);
     close (gfd);
     if (r->fencegen == MAP_FAILED) {
       r->fencegen = NULL;
       rc = vbk_errno (-errno, "store: local: mmap fenced/.gen");
       goto fail;
     }
-    gfd = openat (r->dirfd, "obj-gen", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    gfd = openat (r->dirfd, "obj-gen", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (gfd < 0 || ftruncate (gfd, 4096) < 0) {
       rc = vbk_errno (-errno, "store: local: %s/obj-gen", arg);
       if (gfd >= 0)
@@ -1082,6 +1420,15 @@ local_open (const char *arg, void **hp)
     rc = vbk_errno (-errno, "store: local: %s is not writable", arg);
     goto fail;
   }
+
+  rc = fd_budget (r);
+  if (rc < 0)
+    goto fail;
+  if (pthread_create (&r->syncer, NULL, syncer, r) != 0) {
+    rc = vbk_errno (-EAGAIN, "store: local: cannot start the syncer");
+    goto fail;
+  }
+  r->syncer_running = true;
 
   env = getenv ("VBK_LOCAL_THREADS");
   r->nthreads = env ? (size_t) atoi (env) : 4;
@@ -1209,10 +1556,20 @@ local_write (void *h, const char *oid, const void *buf, size_t len,
   if (rc == 0)
     rc = full_pwrite (e->fd, buf, len, off);
   if (rc == 0 && (flags & STORE_WRITE_SYNC)) {
-    if (fdatasync (e->fd) < 0)
-      rc = -errno;
-    else if (r->dir_dirty)
+    /* A failed sync may have dropped other unsynced writes of this file
+     * (the kernel reports the error once and may mark the pages clean),
+     * so it is sticky for the whole store, not only this write's. */
+    if (fdatasync (e->fd) < 0) {
+      rc = vbk_errno (-errno, "store: local: write: %s: fdatasync", oid);
+      sync_failed (r, rc, oid);
+    }
+    else if (r->dir_dirty) {
       rc = fsync_dir (r, "obj");
+      if (rc < 0) {
+        vbk_errno (rc, "store: local: write: %s: fsync of obj/", oid);
+        sync_failed (r, rc, "obj/");
+      }
+    }
   }
   fd_put (r, e, rc == 0 && !(flags & STORE_WRITE_SYNC));
   return rc;
@@ -1388,39 +1745,108 @@ local_stat (void *h, const char *oid, uint64_t snap, uint64_t *size)
   return rc;
 }
 
+/* Makes every write that completed before the call durable, on any
+ * handle of this root.  Writes are counted (write_gen); a flush notes the
+ * count at its start (TARGET) and returns only once a sync pass that
+ * began after that point has completed, or with the sticky error:
+ *   - sync passes run one at a time (flush_lock); a flush that waited for
+ *     another's pass joins it if that pass collected at or after TARGET
+ *     (synced_gen >= TARGET), else runs its own;
+ *   - a pass pins every dirty file (cached or aside), notes the generation
+ *     each was dirty to, syncs them outside fd_lock, then marks each clean
+ *     only up to that noted generation, so writes that land meanwhile stay
+ *     dirty;
+ *   - it then waits for the syncer's batches taken before it collected
+ *     (their files were off every list), so their errors are seen;
+ *   - any failed sync is sticky (sync_failed_locked): the kernel reports
+ *     a writeback error once and may drop the pages, so a later sync of
+ *     the same file would succeed without the data. */
 static int
 local_flush (void *h)
 {
   struct local *l = h;
   struct root *r = l->r;
-  struct fd_entry *e;
-  int fds[FD_CACHE_MAX + 64], rc = 0;
-  size_t n = 0, i;
+  struct fd_entry *e, **pin = NULL;
+  uint64_t target, collect_gen, batch, *gens = NULL;
+  size_t n = 0, cap = 0, i;
   bool dir_dirty;
+  int rc = 0;
 
   FENCE (r, "flush");
-  /* Collect the dirty files under the lock, sync them outside it; dup
-   * so an eviction meanwhile cannot close them under us. */
   pthread_mutex_lock (&r->fd_lock);
-  for (e = r->lru_head; e && n < sizeof fds / sizeof fds[0]; e = e->next) {
-    if (e->dirty) {
-      e->dirty = false;
-      fds[n] = dup (e->fd);
-      if (fds[n] >= 0)
-        n++;
+  target = r->write_gen;
+  pthread_mutex_unlock (&r->fd_lock);
+
+  pthread_mutex_lock (&r->flush_lock);
+  pthread_mutex_lock (&r->fd_lock);
+  if (r->sync_err || r->synced_gen >= target)
+    goto out_locked;
+  for (int pass = 0; pass < 2; pass++) {
+    for (e = pass == 0 ? r->lru_head : r->aside; e; e = e->next) {
+      if (!entry_dirty (e))
+        continue;
+      if (n == cap) {
+        size_t ncap = cap ? 2 * cap : 64;
+        struct fd_entry **np = realloc (pin, ncap * sizeof *np);
+        uint64_t *ng = np ? realloc (gens, ncap * sizeof *ng) : NULL;
+        if (np)
+          pin = np;
+        if (ng == NULL) {
+          rc = vbk_errno (-ENOMEM, "store: local: flush");
+          goto unpin;
+        }
+        gens = ng;
+        cap = ncap;
+      }
+      e->refs++;
+      pin[n] = e;
+      gens[n] = e->dirty_gen;
+      n++;
     }
   }
+  collect_gen = r->write_gen;
+  batch = r->sync_taken;
   dir_dirty = r->dir_dirty;
   r->dir_dirty = false;
   pthread_mutex_unlock (&r->fd_lock);
 
   for (i = 0; i < n; i++) {
-    if (fdatasync (fds[i]) < 0 && rc == 0)
-      rc = -errno;
-    close (fds[i]);
+    if (fdatasync (pin[i]->fd) < 0) {
+      int err = -errno;
+      char what[STORE_NAME_MAX + 16];
+      snprintf (what, sizeof what, "object %s", pin[i]->oid);
+      gens[i] = 0;                      /* stays dirty */
+      sync_failed (r, err, what);
+    }
   }
-  if (dir_dirty && rc == 0)
-    rc = fsync_dir (r, "obj");
+  if (dir_dirty) {
+    int err = fsync_dir (r, "obj");
+    if (err < 0)
+      sync_failed (r, err, "obj/");
+  }
+
+  pthread_mutex_lock (&r->fd_lock);
+  if (dir_dirty && r->sync_err)
+    r->dir_dirty = true;
+  while (r->sync_done < batch)
+    pthread_cond_wait (&r->sync_cond, &r->fd_lock);
+  if (r->sync_err == 0 && collect_gen > r->synced_gen)
+    r->synced_gen = collect_gen;
+unpin:
+  for (i = 0; i < n; i++) {
+    if (rc == 0 && gens[i] > pin[i]->clean_gen)
+      pin[i]->clean_gen = gens[i];
+    fd_put_locked (r, pin[i]);
+  }
+out_locked:
+  if (rc == 0 && r->sync_err) {
+    rc = r->sync_err;
+    vbk_set_error ("%s", r->sync_msg);
+  }
+  pthread_mutex_unlock (&r->fd_lock);
+  pthread_mutex_unlock (&r->flush_lock);
+  free (pin);
+  free (gens);
   return rc;
 }
 
@@ -1555,12 +1981,12 @@ meta_prepare (struct root *r, const char *oid)
   int fd;
 
   relpath (path, sizeof path, "obj", oid, NULL);
-  fd = openat (r->dirfd, path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   close (fd);
   relpath (path, sizeof path, "meta", oid, NULL);
-  if (mkdirat (r->dirfd, path, 0755) < 0 && errno != EEXIST)
+  if (mkdirat (r->dirfd, path, 0700) < 0 && errno != EEXIST)
     return -errno;
   return 0;
 }
@@ -1573,7 +1999,7 @@ meta_lock (struct root *r, const char *oid)
   int fd;
 
   relpath (path, sizeof path, "meta", oid, "/.lock");
-  fd = openat (r->dirfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   if (flock (fd, LOCK_EX) < 0) {
@@ -1825,7 +2251,7 @@ lock_open (struct root *r, const char *oid, const char *name,
   esc (oid, eo);
   esc (name, en);
   snprintf (path, sizeof path, "lock/%s.%s", eo, en);
-  fd = openat (r->dirfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   if (flock (fd, LOCK_EX) < 0) {
@@ -2033,6 +2459,17 @@ bind_abstract (struct root *r, const char *kind, char *name)
   fd = socket (AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return -errno;
+  /* Abstract names have no file permissions: any local user can send
+   * to them.  With SO_PASSCRED the kernel attaches every sender's
+   * credentials, and recv_trusted() drops what another user sent. */
+  {
+    int one = 1;
+    if (setsockopt (fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) < 0) {
+      int e = -errno;
+      close (fd);
+      return e;
+    }
+  }
   snprintf (name, ADDR_MAX, "vbk.%s.%d.%u.%llx", kind, (int) getpid (),
             __atomic_fetch_add (&r->watch_seq, 1, __ATOMIC_RELAXED),
             (unsigned long long) now_mono_ns ());
@@ -2043,6 +2480,40 @@ bind_abstract (struct root *r, const char *kind, char *name)
     return e;
   }
   return fd;
+}
+
+/* Receives one datagram into BUF; returns its length, or -1 if there was
+ * none or it came from a user other than ours (or root).  Dropped
+ * datagrams are logged at debug level. */
+static ssize_t
+recv_trusted (int sock, void *buf, size_t len)
+{
+  union {
+    struct cmsghdr h;
+    char buf[CMSG_SPACE (sizeof (struct ucred))];
+  } ctl;
+  struct iovec iov = { buf, len };
+  struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                       .msg_control = &ctl, .msg_controllen = sizeof ctl };
+  struct cmsghdr *c;
+  ssize_t n;
+
+  n = recvmsg (sock, &mh, MSG_DONTWAIT);
+  if (n < 0)
+    return -1;
+  for (c = CMSG_FIRSTHDR (&mh); c; c = CMSG_NXTHDR (&mh, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS
+        && c->cmsg_len >= CMSG_LEN (sizeof (struct ucred))) {
+      struct ucred cr;
+      memcpy (&cr, CMSG_DATA (c), sizeof cr);
+      if (cr.uid == geteuid () || cr.uid == 0)
+        return n;
+      log_debug ("store: local: dropped a datagram from uid %u (pid %d)",
+                 (unsigned) cr.uid, (int) cr.pid);
+      return -1;
+    }
+  }
+  return -1;                    /* no credentials: not trusted */
 }
 
 static void *
@@ -2078,7 +2549,7 @@ watch_thread (void *arg)
       size_t rlen = 0;
       ssize_t n;
 
-      n = recv (w->sock, msgbuf, MSG_MAX, MSG_DONTWAIT);
+      n = recv_trusted (w->sock, msgbuf, MSG_MAX);
       if (n < (ssize_t) sizeof *m || m->magic != NOTIFY_MAGIC
           || sizeof *m + m->len > (size_t) n)
         continue;
@@ -2128,12 +2599,12 @@ local_watch (void *h, const char *oid, store_watch_cb cb, void *arg,
     goto fail;
   }
   relpath (dir, sizeof dir, "watch", oid, NULL);
-  if (mkdirat (r->dirfd, dir, 0755) < 0 && errno != EEXIST) {
+  if (mkdirat (r->dirfd, dir, 0700) < 0 && errno != EEXIST) {
     rc = -errno;
     goto fail;
   }
   snprintf (w->reg, sizeof w->reg, "%s/%s", dir, w->addr);
-  fd = openat (r->dirfd, w->reg, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, w->reg, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) {
     rc = -errno;
     goto fail;
@@ -2252,7 +2723,7 @@ local_notify (void *h, const char *oid, const void *payload, size_t len,
       break;
     if (poll (&pfd, 1, (int) ((deadline - now) / 1000000) + 1) <= 0)
       continue;
-    n = recv (sock, msgbuf, MSG_MAX, MSG_DONTWAIT);
+    n = recv_trusted (sock, msgbuf, MSG_MAX);
     if (n < (ssize_t) sizeof *rep || rep->magic != REPLY_MAGIC
         || rep->id != id || sizeof *rep + rep->len > (size_t) n)
       continue;
@@ -2277,38 +2748,133 @@ out:
 
 /* ---- Fencing ---------------------------------------------------------- */
 
+/* How long store_fence waits for the fenced client's changes in flight
+ * before it concludes the client is stopped or stuck inside one. */
+#define FENCE_WAIT_MS 5000
+
+/* Tries to take LOCKFD exclusively for up to MS; returns whether it did. */
+static bool
+flock_ex_within (int lockfd, uint64_t ms)
+{
+  uint64_t deadline = now_mono_ns () + ms * 1000000;
+
+  for (;;) {
+    if (flock (lockfd, LOCK_EX | LOCK_NB) == 0)
+      return true;
+    if (errno != EWOULDBLOCK && errno != EINTR)
+      return false;
+    if (now_mono_ns () >= deadline)
+      return false;
+    usleep (5000);
+  }
+}
+
+/* Parses "local.HOST.PID.START.N" into HOST, PID and START. */
+static bool
+parse_client (const char *client, char *host, size_t hlen, int *pid,
+              unsigned long long *start)
+{
+  const char *p = client + strlen (client), *dots[3];
+  unsigned n;
+  int i;
+
+  if (strncmp (client, "local.", 6) != 0)
+    return false;
+  for (i = 0; i < 3; i++) {
+    while (p > client + 6 && *--p != '.')
+      ;
+    if (*p != '.')
+      return false;
+    dots[i] = p;                /* dots[2] ends HOST */
+  }
+  if (sscanf (dots[2] + 1, "%d.%llu.%u", pid, start, &n) != 3
+      || (size_t) (dots[2] - (client + 6)) >= hlen)
+    return false;
+  memcpy (host, client + 6, dots[2] - (client + 6));
+  host[dots[2] - (client + 6)] = '\0';
+  return true;
+}
+
+/* Fencing on the local store (the argument the DESIGN paragraph refers
+ * to).  A change of client C runs under a shared flock() of C's change
+ * lock (fenced/C.lock; guard_enter) and, holding it, compares the shared
+ * fence generation with the one C last saw, re-reading fenced/C when it
+ * moved.  store_fence (C):
+ *   1. writes fenced/C durably: "boot BOOT_ID UNTIL" in CLOCK_BOOTTIME ms,
+ *      so the fence neither lapses nor lasts longer when the wall clock
+ *      is set, and it lapses with the boot (no process of C survives it);
+ *   2. bumps the generation (atomically, in the shared mmap()ed page);
+ *   3. takes C.lock exclusively, waiting at most FENCE_WAIT_MS (never
+ *      forever: a process stopped inside a change holds its shared lock).
+ * A change of C that takes its lock after step 2 sees the new generation,
+ * reads the record, and fails with -ESHUTDOWN.  A change that was in
+ * flight at step 2 holds the lock, so when step 3 succeeds every such
+ * change has ended: nothing of C lands after store_fence returns.  If step
+ * 3 times out, C is stopped (SIGSTOP, a debugger) or stuck inside a change
+ * that could still land whenever it resumes.  C's id names its process
+ * (host, pid, start time): on this host, and if that process still runs
+ * and is not us, it is killed (SIGKILL also ends a stopped process, and
+ * its locks go with it), and step 3 is retried, again bounded.  Otherwise
+ * the fence fails with -ETIMEDOUT and the caller must not proceed.  The
+ * record stays either way, so C stays fenced. */
 static int
 local_fence (void *h, const char *client, uint32_t expire_s)
 {
   struct local *l = h;
   struct root *r = l->r;
-  char path[PATH_MAX], buf[32];
-  int n;
-
-  uint64_t g;
-  int fd, rc;
+  char path[PATH_MAX], lock[PATH_MAX], buf[128], host[64] = "", me[64] = "";
+  unsigned long long start;
+  const char *env = getenv ("VBK_LOCAL_FENCE_WAIT_MS");
+  uint64_t wait_ms = env && atoi (env) > 0 ? (uint64_t) atoi (env)
+                                           : FENCE_WAIT_MS;
+  int n, fd, rc, pid;
 
   FENCE (r, "fence");
   relpath (path, sizeof path, "fenced", client, NULL);
-  n = snprintf (buf, sizeof buf, "%llu\n",
-                (unsigned long long) (now_wall_ms ()
+  n = snprintf (buf, sizeof buf, "boot %s %llu\n", boot_id (),
+                (unsigned long long) (now_boot_ms ()
                                       + (uint64_t) expire_s * 1000));
-  /* Exclusive: waits for the changes in flight of every client. */
-  fd = openat (r->dirfd, "fenced/.gen", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  rc = replace_file (r, path, buf, n);
+  if (rc < 0)
+    return vbk_errno (rc, "store: local: fence: %s: recording the fence",
+                      client);
+  __atomic_add_fetch (r->fencegen, 1, __ATOMIC_SEQ_CST);
+
+  relpath (lock, sizeof lock, "fenced", client, ".lock");
+  fd = openat (r->dirfd, lock, O_RDWR | O_CLOEXEC);
   if (fd < 0)
-    return -errno;
-  if (flock (fd, LOCK_EX) < 0) {
-    rc = -errno;
+    return errno == ENOENT ? 0 : -errno;  /* no change ever ran */
+  if (flock_ex_within (fd, wait_ms)) {
+    close (fd);
+    return 0;
+  }
+
+  gethostname (me, sizeof me - 1);
+  if (!parse_client (client, host, sizeof host, &pid, &start)
+      || strcmp (host, me) != 0 || pid == (int) getpid ()
+      || start == 0 || proc_start (pid) != start) {
+    close (fd);
+    return vbk_errno (-ETIMEDOUT, "store: local: fence: %s: a change of "
+                      "that client has been in flight for more than %llu "
+                      "ms and its process cannot be stopped from here",
+                      client, (unsigned long long) wait_ms);
+  }
+  log_warn ("store: local: fence: %s: a change has been in flight for "
+            "more than %llu ms (the process is stopped or stuck); killing "
+            "process %d", client, (unsigned long long) wait_ms, pid);
+  if (kill (pid, SIGKILL) < 0 && errno != ESRCH) {
+    rc = vbk_errno (-errno, "store: local: fence: %s: kill %d", client, pid);
     close (fd);
     return rc;
   }
-  rc = replace_file (r, path, buf, n);
-  g = gen_read (fd) + 1;
-  if (rc == 0 && (pwrite (fd, &g, sizeof g, 0) != sizeof g
-                  || fdatasync (fd) < 0))
-    rc = -EIO;
-  close (fd);                   /* releases the lock */
-  return rc;
+  if (!flock_ex_within (fd, wait_ms)) {
+    close (fd);
+    return vbk_errno (-ETIMEDOUT, "store: local: fence: %s: its change "
+                      "lock is still held after killing process %d",
+                      client, pid);
+  }
+  close (fd);
+  return 0;
 }
 
 /* ---- Snapshots -------------------------------------------------------- */
@@ -2324,7 +2890,7 @@ local_snap_create (void *h, uint64_t *snap)
   int fd, rc;
 
   GUARD (r, "snap_create");
-  fd = openat (r->dirfd, "snaps/next", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  fd = openat (r->dirfd, "snaps/next", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   if (flock (fd, LOCK_EX) < 0) {

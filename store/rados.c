@@ -825,6 +825,10 @@ aio_start (struct rstore *st, struct aio_req **reqp, rados_completion_t *c,
   struct aio_req *req = calloc (1, sizeof *req);
   int r;
 
+  /* Defined on every path: on failure the caller sees NULL, never an
+   * indeterminate pointer (gcc -O2 cannot tell that the error paths
+   * always return a negative value and warned about aio_abort). */
+  *reqp = NULL;
   if (req == NULL)
     return vbk_errno (-ENOMEM, "store: rados: %s: %s", what, oid);
   req->st = st;

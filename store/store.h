@@ -114,7 +114,21 @@ int store_remove (struct store *st, const char *oid);
 int store_stat (struct store *st, const char *oid, uint64_t snap,
                 uint64_t *size);
 
-/* Makes every write this handle has completed durable. */
+/* Makes durable every write that completed before the call, through this
+ * handle or any other handle of the same store_open() (its clones, other
+ * threads): when it returns 0 they all are, even if another flush was
+ * syncing at the time (a concurrent flush waits for or joins a sync that
+ * covers its writes; it never returns early).
+ * Errors are sticky: once a sync of the store's data failed (in a flush,
+ * a STORE_WRITE_SYNC write, or in the background for a file the local
+ * backend evicted from its cache), the data written before it may be
+ * lost even if a later sync succeeds (the kernel reports a writeback
+ * error once and may drop the pages), so every later store_flush of this
+ * store_open() and its clones fails with the same error (-EIO, or
+ * -ENOSPC/-EDQUOT) until it is closed and opened again; the caller must
+ * treat the unflushed data as lost (a new open re-reads what is on disk).
+ * RADOS acknowledges a write only once it is durable, so there a flush
+ * has nothing to wait for and a failed write fails itself. */
 int store_flush (struct store *st);
 
 /* ---- Asynchronous data I/O (the NBD server keeps many in flight) ------ */
@@ -243,7 +257,14 @@ void store_notify_replies_free (struct store_notify_reply *r, size_t n);
  * seconds (0 = the backend's default, one hour): from the moment this
  * returns, or at most a short while later on RADOS (see notes), every
  * operation of that client fails with -ESHUTDOWN and its watches break
- * with -ENOTCONN. */
+ * with -ENOTCONN.  Never blocks indefinitely.  Local store: the expiry
+ * counts in this boot's CLOCK_BOOTTIME (a wall-clock change neither ends
+ * nor extends it); the call waits a bounded time (5 s) for the client's
+ * changes in flight and kills the client's process if it is stopped or
+ * stuck inside one, so that nothing of it lands afterwards.
+ * Errors: -ETIMEDOUT (local: a change of CLIENT is still in flight and
+ * its process could not be killed from here, e.g. it is this process;
+ * the fence is recorded, but the caller must not rely on it yet). */
 int store_fence (struct store *st, const char *client, uint32_t expire_s);
 
 /* ---- Snapshots (copy-on-write) ---------------------------------------- */

@@ -935,6 +935,58 @@ test_flush (void **state)
   check_object (st, "fl2", HEAD, exp, 10, "flush through a clone");
 }
 
+/* Writes to more objects than a small fd cache holds (local: files are
+ * evicted while dirty), flushes, and reads everything back through
+ * another client; then a failing write must surface to its caller. */
+static void
+test_flush_after_eviction (void **state)
+{
+  FX;
+  struct store *small, *other;
+  uint8_t exp[512];
+  char oid[32];
+  int i;
+
+  setenv ("VBK_LOCAL_MAX_FILES", "4", 1);
+  small = peer_open (fx);
+  unsetenv ("VBK_LOCAL_MAX_FILES");
+  for (i = 0; i < 40; i++) {
+    snprintf (oid, sizeof oid, "ev.%d", i);
+    fill (exp, sizeof exp, 300 + i);
+    expect_ok (store_write (small, oid, exp, sizeof exp, i, 0));
+    if (i % 7 == 0)
+      expect_ok (store_write (small, oid, exp, sizeof exp, i, 0));
+  }
+  expect_ok (store_flush (small));
+  expect_ok (store_flush (small));
+  other = peer_open (fx);
+  for (i = 0; i < 40; i++) {
+    uint8_t want[512 + 40];
+    snprintf (oid, sizeof oid, "ev.%d", i);
+    memset (want, 0, sizeof want);
+    fill (want + i, sizeof exp, 300 + i);
+    check_object (other, oid, HEAD, want, sizeof exp + i,
+                  "written through a small fd cache");
+  }
+  /* A write that fails is reported to its caller, not only at flush. */
+  expect_ok (store_fence (st, store_client_id (other), 600));
+  {
+    uint64_t t0 = mono_ms ();
+    int r;
+    do {
+      vbk_clear_error ();
+      r = store_write (other, "ev.0", "x", 1, 0, 0);
+      if (r == 0)
+        sleep_ms (50);
+    } while (r == 0 && mono_ms () - t0 < 3000);
+    if (r != -ESHUTDOWN)
+      fail_msg ("a fenced client's write: %s, expected -ESHUTDOWN",
+                errname (r));
+    assert_true (vbk_error ()[0] != '\0');
+  }
+  expect_ok (store_flush (small));
+}
+
 /* ---- Asynchronous I/O ------------------------------------------------- */
 
 #define NAIO 64
@@ -2402,6 +2454,7 @@ main (int argc, char *argv[])
     T (test_remove),
     T (test_large_unaligned),
     T (test_flush),
+    T (test_flush_after_eviction),
     T (test_aio),
     T (test_xattr),
     T (test_xattr_cas),
