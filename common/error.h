@@ -52,7 +52,7 @@ void vbk_error_unkeep (void);
  * until the enclosing block ends. */
 void vbk_error_unkeep_cleanup (int *unused);
 #define VBK_KEEP_ERROR_FOR_SCOPE                                         \
-  __attribute__ ((cleanup (vbk_error_unkeep_cleanup))) int               \
+  __attribute__ ((cleanup (vbk_error_unkeep_cleanup), unused)) int       \
   vbk_keep_error_ = (vbk_error_keep (), 0)
 
 #endif /* VBK_ERROR_H */

@@ -16,6 +16,7 @@ build=${1:-$src/build}
 cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVBK_WERROR=ON >/dev/null
 cmake --build "$build" -j"$(nproc)"
 rc=0
+"$src/tests/build-matrix.sh" "$build-matrix" || rc=$?
 ctest --test-dir "$build" --output-on-failure --timeout 900 -j2 || rc=$?
 
 if [ "${VBK_SKIP_ASAN:-0}" != 1 ]; then
