@@ -357,17 +357,156 @@ cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
   return vbk_fail (a, -EINVAL);
 }
 
+/* Where an export writes.  A new file, or an existing regular file named
+ * directly, is written as a temporary file beside it (same directory,
+ * same file system) and renamed over the target only once its data is
+ * durable (fsync of the file, rename, fsync of the directory): a failed
+ * or interrupted export leaves the old file as it was.  Anything else (a
+ * block device, or a symbolic link such as /dev/stdout) is written in
+ * place. */
+struct export_target {
+  const char *file;         /* as given */
+  char *tmp;                /* the temporary file, or NULL: in place */
+  char *dir;                /* its directory, for the fsync */
+  int fd;
+};
+
+/* Opens the target of an export of SIZE bytes.  An existing regular
+ * file is replaced only with FORCE.  Returns 0 or -errno (message set). */
+static int
+export_open (struct export_target *t, const char *file, uint64_t size,
+             int force)
+{
+  struct stat lsb, sb;
+  char *slash;
+  int r;
+
+  memset (t, 0, sizeof *t);
+  t->file = file;
+  t->fd = -1;
+  r = lstat (file, &lsb);
+  if (r < 0 && errno != ENOENT)
+    return vbk_errno (-errno, "%s", file);
+  if (r == 0 && S_ISREG (lsb.st_mode) && !force) {
+    vbk_set_error ("%s: file exists (use --force to replace it)", file);
+    return -EEXIST;
+  }
+  if (r < 0 || S_ISREG (lsb.st_mode)) {
+    /* Beside the target: DIR/.NAME.vbk-XXXXXX. */
+    slash = strrchr (file, '/');
+    if (slash)
+      t->dir = strndup (file, slash == file ? 1 : (size_t) (slash - file));
+    else
+      t->dir = strdup (".");
+    if (t->dir == NULL
+        || asprintf (&t->tmp, "%s%s.%s.vbk-XXXXXX", slash ? t->dir : "",
+                     slash && slash != file ? "/" : "",
+                     slash ? slash + 1 : file) < 0) {
+      t->tmp = NULL;
+      return vbk_errno (-ENOMEM, "%s", file);
+    }
+    t->fd = mkostemp (t->tmp, O_CLOEXEC);
+    if (t->fd < 0) {
+      r = vbk_errno (-errno, "%s", file);
+      free (t->tmp);
+      t->tmp = NULL;
+      return r;
+    }
+    {
+      mode_t mask = umask (0);
+      umask (mask);
+      fchmod (t->fd, 0666 & ~mask);
+    }
+    /* The image's size as one hole: only data is written. */
+    if (ftruncate (t->fd, size) < 0)
+      return vbk_errno (-errno, "%s: truncate", t->tmp);
+    return 0;
+  }
+
+  t->fd = open (file, O_WRONLY | O_CLOEXEC);
+  if (t->fd < 0 || fstat (t->fd, &sb) < 0)
+    return vbk_errno (-errno, "%s", file);
+  if (S_ISREG (sb.st_mode)) {
+    /* A link to a regular file: in place, emptied first. */
+    if (ftruncate (t->fd, 0) < 0 || ftruncate (t->fd, size) < 0)
+      return vbk_errno (-errno, "%s: truncate", file);
+  }
+  else if (S_ISBLK (sb.st_mode)) {
+    uint64_t dev;
+
+    if (ioctl (t->fd, BLKGETSIZE64, &dev) == 0 && dev < size) {
+      vbk_set_error ("%s: device too small (%" PRIu64 " bytes, the image "
+                     "has %" PRIu64 ")", file, dev, size);
+      return -ENOSPC;
+    }
+  }
+  else {
+    vbk_set_error ("%s: not a regular file or block device", file);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+/* Whether the export writes a regular file (holes may stay holes). */
+static int
+export_sparse (const struct export_target *t)
+{
+  struct stat sb;
+
+  return fstat (t->fd, &sb) == 0 && S_ISREG (sb.st_mode);
+}
+
+/* Makes the export durable and, for a temporary file, puts it in place. */
+static int
+export_commit (struct export_target *t)
+{
+  int dfd, r;
+
+  if (fsync (t->fd) < 0)
+    return vbk_errno (-errno, "%s: fsync", t->tmp ? t->tmp : t->file);
+  r = close (t->fd);
+  t->fd = -1;
+  if (r < 0)
+    return vbk_errno (-errno, "%s: close", t->tmp ? t->tmp : t->file);
+  if (t->tmp == NULL)
+    return 0;
+  if (rename (t->tmp, t->file) < 0)
+    return vbk_errno (-errno, "%s: rename to %s", t->tmp, t->file);
+  free (t->tmp);
+  t->tmp = NULL;
+  /* The rename itself is durable once the directory is. */
+  dfd = open (t->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0)
+    return vbk_errno (-errno, "%s: open directory", t->dir);
+  r = fsync (dfd) < 0 ? vbk_errno (-errno, "%s: fsync", t->dir) : 0;
+  close (dfd);
+  return r;
+}
+
+/* Closes the target; a temporary file left (a failed export) goes. */
+static void
+export_close (struct export_target *t)
+{
+  if (t->fd >= 0)
+    close (t->fd);
+  if (t->tmp)
+    unlink (t->tmp);
+  free (t->tmp);
+  free (t->dir);
+  t->fd = -1;
+  t->tmp = t->dir = NULL;
+}
+
 static int
 cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
 {
   const char *name = a->argv[0], *file = a->argv[1];
   struct vbk_snap_ref ref = { "" };
   struct copy_stats stats = { 0 };
+  struct export_target t = { .fd = -1 };
   struct image *img = NULL;
   struct store *st;
-  struct stat sb;
-  uint64_t size;
-  int fd = -1, r, sparse, created = 0;
+  int r;
 
   /* NAME@SNAP exports a snapshot. */
   if (strchr (name, '@') ? (r = vbk_parse_snap_ref (a, name, &ref))
@@ -383,63 +522,19 @@ cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
     r = image_open (st, name, IMAGE_OPEN_RDONLY, &img);
   if (r < 0)
     goto out;
-  size = image_size (img);
 
-  /* Open the file only once the image is known to exist, so that a
-   * wrong name does not leave an empty file behind; remember whether we
-   * created it, to remove it again if the export fails. */
-  fd = open (file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd >= 0)
-    created = 1;
-  else if (errno == EEXIST)
-    fd = open (file, O_WRONLY | O_CLOEXEC);
-  if (fd < 0 || fstat (fd, &sb) < 0) {
-    r = vbk_errno (-errno, "%s", file);
-    goto out;
-  }
-  sparse = S_ISREG (sb.st_mode);
-  if (sparse) {
-    /* Empty, then the image's size as one hole: only data is written. */
-    if (ftruncate (fd, 0) < 0 || ftruncate (fd, size) < 0) {
-      r = vbk_errno (-errno, "%s: truncate", file);
-      goto out;
-    }
-  }
-  else if (S_ISBLK (sb.st_mode)) {
-    uint64_t dev;
-
-    if (ioctl (fd, BLKGETSIZE64, &dev) == 0 && dev < size) {
-      r = -ENOSPC;
-      vbk_set_error ("%s: device too small (%" PRIu64 " bytes, the image "
-                     "has %" PRIu64 ")", file, dev, size);
-      goto out;
-    }
-  }
-  else {
-    r = -EINVAL;
-    vbk_set_error ("%s: not a regular file or block device", file);
-    goto out;
-  }
-
-  if ((r = copy_export (ctx, img, fd, file, sparse, &stats)) < 0)
-    goto out;
-  if (fsync (fd) < 0) {
-    r = vbk_errno (-errno, "%s: fsync", file);
-    goto out;
-  }
-  r = close (fd);
-  fd = -1;
-  if (r < 0) {
-    r = vbk_errno (-errno, "%s: close", file);
-    goto out;
-  }
-  log_stats ("export", &stats);
+  /* Open the target only once the image is known to exist, so that a
+   * wrong name leaves nothing behind. */
+  r = export_open (&t, file, image_size (img), vbk_opt (a, "force") != NULL);
+  if (r == 0)
+    r = copy_export (ctx, img, t.fd, file, export_sparse (&t), &stats);
+  if (r == 0)
+    r = export_commit (&t);
+  if (r == 0)
+    log_stats ("export", &stats);
 
  out:
-  if (fd >= 0)
-    close (fd);
-  if (r < 0 && created)
-    unlink (file);
+  export_close (&t);
   image_close (img);
   store_close (st);
   vbk_catch_signals (0);
@@ -472,6 +567,11 @@ static const struct vbk_opt import_opts[] = {
   { NULL },
 };
 
+static const struct vbk_opt export_opts[] = {
+  { "force", 0, NULL, "replace an existing FILE (atomically, on success)" },
+  { NULL },
+};
+
 const struct vbk_cmd image_cmds[] = {
   { "create", "NAME --size SIZE [--object-size SIZE]",
     "create an empty, thin image", size_opts, 1, 1, cmd_create },
@@ -485,9 +585,9 @@ const struct vbk_cmd image_cmds[] = {
   { "import", "FILE NAME [--object-size SIZE]",
     "create image NAME from a raw FILE, skipping holes and zero blocks",
     import_opts, 2, 2, cmd_import },
-  { "export", "NAME[@SNAP] FILE",
-    "write an image or IMAGE@SNAP to a raw FILE (sparse; created or "
-    "overwritten)",
-    NULL, 2, 2, cmd_export },
+  { "export", "NAME[@SNAP] FILE [--force]",
+    "write an image or IMAGE@SNAP to a raw FILE (sparse; an existing file "
+    "is replaced only with --force, and only once the export succeeded)",
+    export_opts, 2, 2, cmd_export },
   { NULL },
 };

@@ -98,7 +98,7 @@ v image info disk --json | json_check '
 d["size"] == 100 << 20 and d["object_size"] == 4 << 20 and d["objects"] == 6'
 
 out=$TEST_DIR/export.raw
-v image export disk "$out"
+v image export disk "$out" --force
 cmp "$src" "$out" || fail "export differs from the imported file"
 [ "$(stat -c %s "$out")" -eq $((100 * M)) ] || fail "export has the wrong size"
 alloc=$(($(stat -c '%b * %B' "$out")))
@@ -107,7 +107,7 @@ alloc=$(($(stat -c '%b * %B' "$out")))
 # Export over an existing, larger file: it ends up the image's size.
 head -c $((3 * M)) /dev/urandom >"$out"
 truncate -s 200M "$out"
-v image export disk "$out"
+v image export disk "$out" --force
 cmp "$src" "$out" || fail "export over an existing file differs"
 
 # Another object size, and a size that is not a multiple of it.
