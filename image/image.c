@@ -239,22 +239,33 @@ log_fix_tail (struct image *img, uint64_t off)
 {
   int r;
 
-  if (!img->log_tail_unknown)
+  if (!__atomic_load_n (&img->log_tail_unknown, __ATOMIC_ACQUIRE))
     return 0;
   r = store_truncate (img->st, img->log_oid, off);
   if (r == 0 || r == -ENOENT) {
-    img->log_tail_unknown = false;
+    __atomic_store_n (&img->log_tail_unknown, false, __ATOMIC_RELEASE);
     r = 0;
+  }
+  else {
+    char msg[1024];
+    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    vbk_set_error ("image '%s': change log: cutting a failed append (writes "
+                   "wait for it): %s", img->info.name, msg);
   }
   return r;
 }
 
 /* After a failed append at OFF: cut what may have landed, or make the
- * next append do it. */
+ * next append do it.  Until the cut succeeds the log may end in records
+ * this handle does not know of: a detail record that landed would make
+ * a whole-object record of ours look like only some parts changed, so a
+ * later write to another part of that object, which appends nothing,
+ * would be missed by a diff.  So no write may start until the cut is
+ * done (map_mark_dirty tries it again first, and fails while it fails). */
 static void
 log_append_failed (struct image *img, uint64_t off)
 {
-  img->log_tail_unknown = true;
+  __atomic_store_n (&img->log_tail_unknown, true, __ATOMIC_RELEASE);
   log_fix_tail (img, off);
 }
 
@@ -1090,7 +1101,8 @@ load_map (struct image *img, uint64_t n)
       if (!(log.v[i] & CHANGES_FROM) && (log.v[i] & CHANGES_DETAIL)) {
         if (i + 1 == log.n) {
           log.n--;
-          img->log_tail_unknown = true;
+          __atomic_store_n (&img->log_tail_unknown, true,
+                            __ATOMIC_RELEASE);
         }
         i++;
       }
@@ -1406,13 +1418,32 @@ map_mark_dirty (struct image *img, uint64_t first, uint64_t last, bool alloc)
                 != IMAGE_OBJ_DIRTY
         : !__atomic_load_n (&m->logged[i], __ATOMIC_SEQ_CST))
       break;
-  if (i > last || i >= m->n)
+  if ((i > last || i >= m->n)
+      && !__atomic_load_n (&img->log_tail_unknown, __ATOMIC_ACQUIRE))
     return 0;                   /* the common case: nothing to do */
 
   pthread_mutex_lock (&img->map_lock);
   for (;;) {
     bool done = true;
     m = img->map;
+    if (__atomic_load_n (&img->log_tail_unknown, __ATOMIC_ACQUIRE)) {
+      /* A failed append was not cut yet (log_append_failed). */
+      uint64_t off;
+      if (img->map_writing) {
+        pthread_cond_wait (&img->map_cond, &img->map_lock);
+        continue;
+      }
+      img->map_writing = true;
+      off = img->log.n * sizeof (uint64_t);
+      pthread_mutex_unlock (&img->map_lock);
+      r = log_fix_tail (img, off);
+      pthread_mutex_lock (&img->map_lock);
+      img->map_writing = false;
+      pthread_cond_broadcast (&img->map_cond);
+      if (r < 0)
+        break;
+      continue;
+    }
     for (i = first; i <= last && i < m->n; i++) {
       unsigned need = (m->logged[i] ? 0 : NEED_LOG)
         | (alloc && m->bytes[i] == IMAGE_OBJ_ABSENT ? NEED_MAP : 0);
@@ -2211,7 +2242,7 @@ snap_record (struct image *img, const char *snap, uint64_t id)
     r = store_write_full (img->st, img->log_oid, "", 0, STORE_WRITE_SYNC);
     if (r < 0)
       return r;
-    img->log_tail_unknown = false;
+    __atomic_store_n (&img->log_tail_unknown, false, __ATOMIC_RELEASE);
   }
   if (moved && (r = store_remove (img->st, from)) < 0 && r != -ENOENT)
     return r;

@@ -7,7 +7,9 @@
  * from the N-th on (a crash between two steps), for every N, the map on
  * the store never under-reports the data objects that exist.
  */
+#include <endian.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -458,6 +460,94 @@ test_store_full_is_reported (void **state)
   store_close (fst);
 }
 
+/* Collects the extents image_diff reports. */
+struct diff_seen {
+  uint64_t off[64], len[64];
+  size_t n;
+};
+
+static int
+diff_collect (void *arg, uint64_t off, uint64_t len, int alloc)
+{
+  struct diff_seen *d = arg;
+
+  (void) alloc;
+  if (d->n < 64) {
+    d->off[d->n] = off;
+    d->len[d->n] = len;
+    d->n++;
+  }
+  return 0;
+}
+
+static bool
+diff_covers (const struct diff_seen *d, uint64_t off, uint64_t len)
+{
+  size_t i;
+
+  for (i = 0; i < d->n; i++)
+    if (d->off[i] <= off && off + len <= d->off[i] + d->len[i])
+      return true;
+  return false;
+}
+
+/* A change-log append that fails may still land (the reply was lost);
+ * if cutting it back fails too, the log may end in a record of which
+ * parts of an object changed that hides the object's whole record.  A
+ * later write to another part of that object must not be missed by a
+ * diff: the write waits for the cut, and fails while the cut fails. */
+static void
+test_failed_log_cut_no_under_report (void **state)
+{
+  struct fixture *f = *state;
+  char furi[4200], buf[4096], loid[96];
+  struct image_info info;
+  struct diff_seen d = { .n = 0 };
+  struct store *fst;
+  struct image *img;
+  uint64_t words[2], size;
+
+  snprintf (furi, sizeof furi, "fault:@%s", f->uri);
+  assert_int_equal (store_open (furi, &fst), 0);
+  assert_int_equal (image_create (fst, "cut", MiB, OBJ), 0);
+  assert_int_equal (image_open (fst, "cut", 0, &img), 0);
+  assert_int_equal (image_snap_create (img, "s1", NULL), 0);
+  fill (buf, sizeof buf, 4);
+  /* Parts 0-1 of object 0 (parts of 2 KiB): logged whole. */
+  assert_int_equal (image_write (img, buf, sizeof buf, 0, 0), 0);
+  image_get_info (img, &info);
+  snprintf (loid, sizeof loid, "vbk_changes.%s", info.id);
+  assert_int_equal (store_stat (f->st, loid, STORE_SNAP_HEAD, &size), 0);
+  assert_int_equal (size, 8);
+
+  /* Saving the parts appends "object 0: parts 0-1": the append fails,
+   * and so does the cut after it (every write fails). */
+  assert_int_equal (store_fault_set (fst, STORE_OP_WRITE, -EIO, 1, 1, NULL),
+                    0);
+  assert_int_equal (image_save_parts (img), -EIO);
+  assert_int_equal (store_fault_set (fst, 0, 0, 0, 0, NULL), 0);
+  /* ... but the append had landed. */
+  words[0] = htole64 ((UINT64_C (1) << 62) | 0);
+  words[1] = htole64 (3);
+  assert_int_equal (store_write (f->st, loid, words, sizeof words, 8,
+                                 STORE_WRITE_SYNC), 0);
+
+  /* While the cut still fails, writes are refused. */
+  assert_int_equal (store_fault_set (fst, STORE_OP_WRITE, -EIO, 1, 1, NULL),
+                    0);
+  assert_int_equal (image_write (img, buf, sizeof buf, OBJ / 2, 0), -EIO);
+  assert_non_null (strstr (vbk_error (), "change log"));
+  assert_int_equal (store_fault_set (fst, 0, 0, 0, 0, NULL), 0);
+
+  /* Another part of object 0 changes: the diff must cover it. */
+  assert_int_equal (image_write (img, buf, sizeof buf, OBJ / 2, 0), 0);
+  assert_int_equal (image_diff (fst, "cut", "s1", NULL, diff_collect, &d), 0);
+  assert_true (diff_covers (&d, 0, sizeof buf));
+  assert_true (diff_covers (&d, OBJ / 2, sizeof buf));
+  image_close (img);
+  store_close (fst);
+}
+
 int
 main (void)
 {
@@ -473,6 +563,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_resize, setup, teardown),
     cmocka_unit_test_setup_teardown (test_map_never_under_reports, setup,
                                      teardown),
+    cmocka_unit_test_setup_teardown (test_failed_log_cut_no_under_report,
+                                     setup, teardown),
     cmocka_unit_test_setup_teardown (test_store_full_is_reported, setup,
                                      teardown),
   };
