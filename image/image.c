@@ -173,6 +173,7 @@ merged_oid (const char *id, uint64_t snapid, char *buf, size_t len)
 #define ALL_PARTS UINT32_MAX
 
 static int changes_reserve (struct changes *c, size_t extra);
+static int check_writable (struct image *img, const char *op);
 
 static int
 changes_push (struct changes *c, uint64_t e)
@@ -541,13 +542,46 @@ read_size (struct store *st, const char *hdr, uint64_t *size, char *raw,
   return 0;
 }
 
+#define STATE_IMPORTING "importing"
+#define STATE_REMOVING "removing"
+
+/* The header's state xattr into INFO (absent: a normal image). */
+static int
+read_state (struct store *st, const char *hdr, struct image_info *info)
+{
+  char buf[160];
+  ssize_t n;
+
+  info->state = IMAGE_STATE_OK;
+  info->state_detail[0] = '\0';
+  n = store_xattr_get (st, hdr, "state", buf, sizeof buf - 1);
+  if (n == -ENODATA)
+    return 0;
+  if (n < 0)
+    return (int) n;
+  buf[n] = '\0';
+  if (strncmp (buf, STATE_IMPORTING, strlen (STATE_IMPORTING)) == 0) {
+    info->state = IMAGE_STATE_IMPORTING;
+    snprintf (info->state_detail, sizeof info->state_detail, "%s",
+              buf + strlen (STATE_IMPORTING) + (buf[9] == ' '));
+  }
+  else if (strcmp (buf, STATE_REMOVING) == 0)
+    info->state = IMAGE_STATE_REMOVING;
+  else {
+    vbk_set_error ("image %s: unknown state '%s' in the header (written by "
+                   "a newer vbk?)", info->id, buf);
+    return -EINVAL;
+  }
+  return 0;
+}
+
 /* Reads the header of image ID into INFO (name, id, size, object size,
- * features). */
+ * features, state). */
 static int
 read_header (struct store *st, const char *id, struct image_info *info)
 {
   char hdr[64], buf[HEADER_MAX], *line, *save;
-  uint64_t objsize = 0;
+  uint64_t objsize = 0, format = 0;
   ssize_t n;
   int r;
 
@@ -560,7 +594,9 @@ read_header (struct store *st, const char *id, struct image_info *info)
   snprintf (info->id, sizeof info->id, "%s", id);
   for (line = strtok_r (buf, "\n", &save); line;
        line = strtok_r (NULL, "\n", &save)) {
-    if (strncmp (line, "name=", 5) == 0)
+    if (strncmp (line, "format=", 7) == 0)
+      format = strtoull (line + 7, NULL, 10);
+    else if (strncmp (line, "name=", 5) == 0)
       snprintf (info->name, sizeof info->name, "%s", line + 5);
     else if (strncmp (line, "object_size=", 12) == 0)
       objsize = strtoull (line + 12, NULL, 10);
@@ -573,35 +609,49 @@ read_header (struct store *st, const char *id, struct image_info *info)
                    objsize);
     return -EIO;
   }
+  if (format > IMAGE_FORMAT) {
+    vbk_set_error ("image %s: header format %" PRIu64 " is newer than this "
+                   "vbk reads (%d): upgrade vbk", id, format, IMAGE_FORMAT);
+    return -EINVAL;
+  }
   info->object_size = (uint32_t) objsize;
   r = read_size (st, hdr, &info->size, NULL, 0);
   if (r < 0)
     return r;
-  return 0;
+  return read_state (st, hdr, info);
 }
 
-/* Counts the allocated entries of the stored object map. */
+/* Counts the allocated entries of the stored object map, a window at a
+ * time. */
 static int
 count_allocated (struct store *st, const struct image_info *info,
                  uint64_t *count)
 {
   uint64_t n = count_objects (info->size, info->object_size), i, c = 0;
+  size_t win = 1 << 20, j;
   char moid[64];
   uint8_t *buf;
-  ssize_t r;
+  ssize_t r = 0;
 
   *count = 0;
   if (n == 0)
     return 0;
-  buf = malloc (n);
+  buf = malloc (win);
   if (buf == NULL)
     return -ENOMEM;
   map_oid (info->id, moid, sizeof moid);
-  r = store_read (st, moid, buf, n, 0, STORE_SNAP_HEAD);
-  if (r == -ENOENT)
-    r = 0, memset (buf, 0, n);
-  for (i = 0; r >= 0 && i < n; i++)
-    c += buf[i] != IMAGE_OBJ_ABSENT;
+  for (i = 0; i < n; i += win) {
+    size_t len = MIN (win, n - i);
+    r = store_read (st, moid, buf, len, i, STORE_SNAP_HEAD);
+    if (r == -ENOENT) {
+      r = 0;
+      break;
+    }
+    if (r < 0)
+      break;
+    for (j = 0; j < (size_t) r; j++)
+      c += buf[j] != IMAGE_OBJ_ABSENT;
+  }
   free (buf);
   *count = c;
   return r < 0 ? (int) r : 0;
@@ -737,9 +787,27 @@ find_snap (struct store *st, const char *hdr, const char *image,
 
 /* ---- Create, remove, stat, list, resize ------------------------------- */
 
-int
-image_create (struct store *st, const char *name, uint64_t size,
-              uint32_t object_size)
+/* Checks that SIZE bytes in objects of OBJECT_SIZE stay within
+ * IMAGE_OBJECTS_MAX objects. */
+static int
+check_objects (uint64_t size, uint32_t object_size)
+{
+  if (count_objects (size, object_size) > IMAGE_OBJECTS_MAX) {
+    vbk_set_error ("invalid image size %" PRIu64 ": more than %" PRIu64
+                   " objects of %" PRIu32 " bytes (at most %" PRIu64
+                   " bytes; use a larger --object-size)", size,
+                   IMAGE_OBJECTS_MAX, object_size,
+                   IMAGE_OBJECTS_MAX * object_size);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+/* Creates image NAME; with STATE (an xattr value) not NULL, marked so
+ * before it is listed. */
+static int
+create_common (struct store *st, const char *name, uint64_t size,
+               uint32_t object_size, const char *state)
 {
   char id[17], oid[IMAGE_NAME_MAX + 16], hdr[64], moid[64], buf[HEADER_MAX];
   char sizebuf[32];
@@ -761,6 +829,8 @@ image_create (struct store *st, const char *name, uint64_t size,
                    "1 PiB", size);
     return -EINVAL;
   }
+  if (check_objects (size, object_size) < 0)
+    return -EINVAL;
   if (getrandom (rnd, sizeof rnd, 0) != sizeof rnd)
     return vbk_errno (-errno, "image: create: getrandom");
   snprintf (id, sizeof id, "%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0],
@@ -778,10 +848,12 @@ image_create (struct store *st, const char *name, uint64_t size,
 
   image_header_oid (id, hdr, sizeof hdr);
   map_oid (id, moid, sizeof moid);
-  n = snprintf (buf, sizeof buf, "format=1\nname=%s\nobject_size=%" PRIu32
-                "\nfeatures=0\n", name, object_size);
+  n = snprintf (buf, sizeof buf, "format=%d\nname=%s\nobject_size=%" PRIu32
+                "\nfeatures=0\n", IMAGE_FORMAT, name, object_size);
   snprintf (sizebuf, sizeof sizebuf, "%" PRIu64, size);
   if ((r = store_create_excl (st, hdr, buf, n, STORE_WRITE_SYNC)) < 0
+      || (state && (r = store_xattr_set (st, hdr, "state", state,
+                                         strlen (state))) < 0)
       || (r = store_xattr_set (st, hdr, "size", sizebuf,
                                strlen (sizebuf))) < 0
       || (r = store_create_excl (st, moid, "", 0, STORE_WRITE_SYNC)) < 0
@@ -798,6 +870,40 @@ image_create (struct store *st, const char *name, uint64_t size,
 }
 
 int
+image_create (struct store *st, const char *name, uint64_t size,
+              uint32_t object_size)
+{
+  return create_common (st, name, size, object_size, NULL);
+}
+
+int
+image_create_incomplete (struct store *st, const char *name, uint64_t size,
+                         uint32_t object_size)
+{
+  char state[160], host[64] = "";
+
+  gethostname (host, sizeof host - 1);
+  snprintf (state, sizeof state, STATE_IMPORTING " %s %ld %" PRIu64,
+            host[0] ? host : "-", (long) getpid (), now_wall_ms ());
+  return create_common (st, name, size, object_size, state);
+}
+
+int
+image_set_complete (struct image *img)
+{
+  int r = check_writable (img, "complete");
+
+  if (r < 0)
+    return r;
+  r = store_xattr_rm (img->st, img->hdr_oid, "state");
+  if (r == -ENODATA)
+    r = 0;
+  if (r == 0)
+    img->info.state = IMAGE_STATE_OK;
+  return r;
+}
+
+int
 image_stat (struct store *st, const char *name, struct image_info *info)
 {
   char id[32];
@@ -807,9 +913,22 @@ image_stat (struct store *st, const char *name, struct image_info *info)
   if (r < 0)
     return r;
   r = read_header (st, id, info);
-  if (r < 0)
-    return r;
-  return count_allocated (st, info, &info->objects);
+  if (r == -ENOENT)
+    vbk_set_error ("image '%s' does not exist (only its name is left: "
+                   "'vbk image rm' removes it)", name);
+  return r;
+}
+
+int
+image_count_objects (struct store *st, const char *name, uint64_t *count)
+{
+  struct image_info info;
+  int r;
+
+  r = image_stat (st, name, &info);
+  if (r == 0)
+    r = count_allocated (st, &info, count);
+  return r;
 }
 
 struct list_ctx {
@@ -839,8 +958,6 @@ list_one (void *arg, const char *key, const void *val, size_t len)
   r = read_header (c->st, id, &c->v[c->n]);
   if (r == -ENOENT)
     return 0;                   /* removed meanwhile */
-  if (r == 0)
-    r = count_allocated (c->st, &c->v[c->n], &c->v[c->n].objects);
   if (r < 0)
     return r;
   c->n++;
@@ -897,7 +1014,9 @@ remove_objects (struct store *st, const struct image_info *info,
       break;
     if (n < 0)
       r = (int) n;
-    for (j = 0; r == 0 && j < chunk; j++) {
+    if (n < (ssize_t) chunk)
+      chunk = last - i;         /* the map ends here */
+    for (j = 0; r == 0 && j < (uint64_t) n; j++) {
       if (buf[j] == IMAGE_OBJ_ABSENT)
         continue;
       image_data_oid (info->id, i + j, oid, sizeof oid);
@@ -910,44 +1029,72 @@ remove_objects (struct store *st, const struct image_info *info,
   return r;
 }
 
+/* Removal, crash-ordered:
+ *   <start> -> MARK (header state "removing": not opened any more)
+ *     -> DATA (every object the stored map lists: an entry is durable
+ *        before its object is written; without a snapshot context, so
+ *        the snapshots' copies stay for now)
+ *     -> LOGS (live log, merged list of the live interval) -> MAP
+ *     -> SNAPSHOTS (each: its merged list, then the store snapshot, which
+ *        frees the copies of data objects, map and log it kept: with the
+ *        heads gone, nothing of them is left)
+ *     -> HEADER (the snapshot table, xattrs, omap) -> DIRECTORY entry
+ *     -> NAME <end>
+ * The name object goes last, so a removal that died anywhere is found
+ * again by name and finished by another; each step tolerates objects
+ * already gone. */
 int
 image_remove (struct store *st, const char *name)
 {
   struct image_info info;
-  char id[32], oid[IMAGE_NAME_MAX + 16], hdr[64], moid[64];
+  char id[32], oid[IMAGE_NAME_MAX + 16], hdr[64], moid[64], lst[96];
+  struct image_snap *v = NULL;
+  size_t n = 0, i;
+  bool have_header;
   int r;
 
   r = lookup_id (st, name, id, sizeof id);
   if (r < 0)
     return r;
   image_header_oid (id, hdr, sizeof hdr);
-  {
-    /* Snapshots first: then removing the objects frees everything. */
-    struct image_snap *v;
-    size_t n, i;
-    char oid[96];
-    merged_oid (id, 0, oid, sizeof oid);
-    store_remove (st, oid);
-    changes_oid (id, oid, sizeof oid);
-    store_remove (st, oid);
-    if (snaps_of_header (st, hdr, &v, &n) == 0) {
-      for (i = 0; i < n; i++) {
-        merged_oid (id, v[i].id, oid, sizeof oid);
-        store_remove (st, oid);
-        store_snap_remove (st, v[i].id);
-      }
-      free (v);
-    }
-  }
+  map_oid (id, moid, sizeof moid);
   r = read_header (st, id, &info);
-  if (r == 0)
-    r = remove_objects (st, &info, 0,
-                        count_objects (info.size, info.object_size));
+  if (r == 0 && info.state != IMAGE_STATE_REMOVING)
+    r = store_xattr_set (st, hdr, "state", STATE_REMOVING,
+                         strlen (STATE_REMOVING));
   if (r < 0 && r != -ENOENT)
     return r;
-  map_oid (id, moid, sizeof moid);
+  have_header = r == 0;
+  if (have_header) {
+    r = remove_objects (st, &info, 0,
+                        count_objects (info.size, info.object_size));
+    if (r < 0)
+      return r;
+  }
+  merged_oid (id, 0, lst, sizeof lst);
+  if ((r = store_remove (st, lst)) < 0 && r != -ENOENT)
+    return r;
+  changes_oid (id, lst, sizeof lst);
+  if ((r = store_remove (st, lst)) < 0 && r != -ENOENT)
+    return r;
   if ((r = store_remove (st, moid)) < 0 && r != -ENOENT)
     return r;
+  if (have_header) {
+    r = snaps_of_header (st, hdr, &v, &n);
+    if (r < 0)
+      return r;
+    for (i = 0; i < n; i++) {
+      merged_oid (id, v[i].id, lst, sizeof lst);
+      if ((r = store_remove (st, lst)) < 0 && r != -ENOENT)
+        break;
+      if ((r = store_snap_remove (st, v[i].id)) < 0 && r != -ENOENT)
+        break;
+      r = 0;
+    }
+    free (v);
+    if (r < 0)
+      return r;
+  }
   if ((r = store_remove (st, hdr)) < 0 && r != -ENOENT)
     return r;
   if ((r = store_omap_rm (st, DIRECTORY_OID, name)) < 0 && r != -ENOENT)
@@ -981,6 +1128,8 @@ image_resize (struct store *st, const char *name, uint64_t size)
   r = read_header (st, id, &info);
   if (r < 0)
     return r;
+  if (check_objects (size, info.object_size) < 0)
+    return -EINVAL;
   image_header_oid (id, hdr, sizeof hdr);
   map_oid (id, moid, sizeof moid);
   /* Cut objects under the snapshot context, so snapshots keep them. */
@@ -1154,6 +1303,22 @@ open_common (struct store *st, const char *name, const char *snap,
   map_oid (id, img->map_oid, sizeof img->map_oid);
   changes_oid (id, img->log_oid, sizeof img->log_oid);
   r = read_header (img->st, id, &img->info);
+  if (r == -ENOENT) {
+    vbk_set_error ("image '%s' does not exist (only its name is left: "
+                   "'vbk image rm' removes it)", name);
+  }
+  else if (r == 0 && img->info.state == IMAGE_STATE_REMOVING) {
+    vbk_set_error ("image '%s' is being removed (run 'vbk image rm' again "
+                   "if that stopped)", name);
+    r = -ENOENT;
+  }
+  else if (r == 0 && img->info.state == IMAGE_STATE_IMPORTING
+           && !(flags & IMAGE_OPEN_INCOMPLETE)) {
+    vbk_set_error ("image '%s' is incomplete (import did not finish; "
+                   "importer %s): import it again or remove it", name,
+                   img->info.state_detail);
+    r = -EBUSY;
+  }
   if (r == 0 && snap) {
     r = find_snap (img->st, img->hdr_oid, name, snap, &sn);
     if (r == 0) {

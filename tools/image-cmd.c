@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -27,6 +28,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "internal.h"
+#include "locks/lease.h"
 
 /* Largest image.  The image library refuses more than 1 PiB but image.h
  * does not name the limit yet; checking it here makes a too large size a
@@ -84,8 +86,24 @@ get_object_size (const struct vbk_args *a, uint32_t *out)
 
 /* ---- Output -------------------------------------------------------------- */
 
+static const char *
+state_name (enum image_state s)
+{
+  switch (s) {
+  case IMAGE_STATE_OK:
+    return "ok";
+  case IMAGE_STATE_IMPORTING:
+    return "incomplete";
+  case IMAGE_STATE_REMOVING:
+    return "removing";
+  }
+  return "unknown";
+}
+
+/* INFO as JSON; "objects" (the written ones) only when WITH_OBJECTS: ls
+ * does not read object maps. */
 static json_object *
-info_to_json (const struct image_info *info)
+info_to_json (const struct image_info *info, int with_objects)
 {
   json_object *o = json_object_new_object ();
 
@@ -94,10 +112,13 @@ info_to_json (const struct image_info *info)
   json_object_object_add (o, "size", json_object_new_uint64 (info->size));
   json_object_object_add (o, "object_size",
                           json_object_new_uint64 (info->object_size));
-  json_object_object_add (o, "objects",
-                          json_object_new_uint64 (info->objects));
+  if (with_objects)
+    json_object_object_add (o, "objects",
+                            json_object_new_uint64 (info->objects));
   json_object_object_add (o, "features",
                           json_object_new_uint64 (info->features));
+  json_object_object_add (o, "state",
+                          json_object_new_string (state_name (info->state)));
   return o;
 }
 
@@ -152,7 +173,7 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
     json_object *arr = json_object_new_array ();
 
     for (i = 0; i < n; i++)
-      json_object_array_add (arr, info_to_json (&list[i]));
+      json_object_array_add (arr, info_to_json (&list[i], 0));
     vbk_print_json (arr);
     json_object_put (arr);
   }
@@ -162,12 +183,12 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
         w = (int) strlen (list[i].name);
     if (n)
       printf ("%-*s  %10s  %11s  %s\n", w, "NAME", "SIZE", "OBJECT SIZE",
-              "OBJECTS");
+              "STATE");
     for (i = 0; i < n; i++)
-      printf ("%-*s  %10s  %11s  %" PRIu64 "/%" PRIu64 "\n", w, list[i].name,
+      printf ("%-*s  %10s  %11s  %s\n", w, list[i].name,
               format_size (list[i].size, s1, sizeof s1),
               format_size (list[i].object_size, s2, sizeof s2),
-              list[i].objects, objects_total (&list[i]));
+              state_name (list[i].state));
   }
   free (list);
   return VBK_EXIT_OK;
@@ -187,12 +208,14 @@ cmd_info (struct vbk_ctx *ctx, struct vbk_args *a)
     return VBK_EXIT_FAILURE;
   vbk_clear_error ();
   r = image_stat (st, a->argv[0], &info);
+  if (r == 0)
+    r = image_count_objects (st, a->argv[0], &info.objects);
   store_close (st);
   if (r < 0)
     return vbk_fail (a, r);
 
   if (vbk_opt (a, "json")) {
-    json_object *o = info_to_json (&info);
+    json_object *o = info_to_json (&info, 1);
 
     vbk_print_json (o);
     json_object_put (o);
@@ -207,6 +230,11 @@ cmd_info (struct vbk_ctx *ctx, struct vbk_args *a)
   printf ("objects:     %" PRIu64 " of %" PRIu64 " written\n",
           info.objects, objects_total (&info));
   printf ("features:    0x%" PRIx64 "\n", info.features);
+  if (info.state == IMAGE_STATE_IMPORTING)
+    printf ("state:       incomplete (import did not finish; importer %s)\n",
+            info.state_detail);
+  else
+    printf ("state:       %s\n", state_name (info.state));
   return VBK_EXIT_OK;
 }
 
@@ -230,6 +258,40 @@ cmd_resize (struct vbk_ctx *ctx, struct vbk_args *a)
   return VBK_EXIT_OK;
 }
 
+/* Refuses (-EBUSY) while a host holds the lease of image NAME, unless
+ * FORCE, which fences the holder first (as snap rollback does).  An
+ * image whose header is gone (a removal that died) has no holder. */
+static int
+check_no_writer (struct store *st, const char *name, int force,
+                 const char *what)
+{
+  struct image_info info;
+  struct lease_status ls;
+  char hdr[64];
+  int r;
+
+  r = image_stat (st, name, &info);
+  if (r == -ENOENT)
+    return 0;                   /* image_remove says whether it exists */
+  if (r < 0)
+    return r;
+  image_header_oid (info.id, hdr, sizeof hdr);
+  r = lease_status_get (st, hdr, &ls);
+  if (r == -ENOENT)
+    return 0;
+  if (r < 0 || !ls.held)
+    return r;
+  if (!force) {
+    vbk_set_error ("image '%s' is open for writing on %s (lease epoch %"
+                   PRIu64 "): stop the VM first, or use --force (fences "
+                   "that host)", name, ls.host, ls.epoch);
+    return -EBUSY;
+  }
+  log_warn ("%s of %s: breaking the lease of %s", what, name, ls.host);
+  r = lease_break (st, hdr);
+  return r == -ENOENT ? 0 : r;
+}
+
 static int
 cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
 {
@@ -241,7 +303,9 @@ cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
   vbk_clear_error ();
-  r = image_remove (st, a->argv[0]);
+  r = check_no_writer (st, a->argv[0], vbk_opt (a, "force") != NULL, "rm");
+  if (r == 0)
+    r = image_remove (st, a->argv[0]);
   store_close (st);
   if (r < 0)
     return vbk_fail (a, r);
@@ -272,6 +336,38 @@ file_size (int fd, const struct stat *sb, uint64_t *size)
     return -EINVAL;
   *size = sb->st_size;
   return 0;
+}
+
+/* NAME exists (-EEXIST from create): if it is an image an import left
+ * incomplete, and that import is known to be dead (a process of this
+ * host that is gone), removes it and returns 0.  Otherwise -EEXIST, or
+ * -EBUSY for an import that may still run, with a message. */
+static int
+replace_incomplete (struct store *st, const char *name)
+{
+  char host[64] = "", ihost[64] = "", err[1024];
+  struct image_info info;
+  long pid = 0;
+  int r;
+
+  snprintf (err, sizeof err, "%s", vbk_error ());
+  r = image_stat (st, name, &info);
+  if (r < 0 || info.state != IMAGE_STATE_IMPORTING) {
+    vbk_set_error ("%s", err);
+    return -EEXIST;
+  }
+  gethostname (host, sizeof host - 1);
+  if (sscanf (info.state_detail, "%63s %ld", ihost, &pid) != 2
+      || strcmp (ihost, host) != 0 || pid <= 0
+      || kill ((pid_t) pid, 0) == 0 || errno != ESRCH) {
+    vbk_set_error ("image '%s' is being imported (by process %ld on %s); "
+                   "if that import died, remove the image with 'vbk image "
+                   "rm %s'", name, pid, ihost[0] ? ihost : "?", name);
+    return -EBUSY;
+  }
+  log_warn ("image import: replacing '%s', left incomplete by an import "
+            "that died (process %ld)", name, pid);
+  return image_remove (st, name);
 }
 
 static int
@@ -317,14 +413,19 @@ cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
   }
   vbk_catch_signals (1);
   vbk_clear_error ();
-  if ((r = image_create (st, name, size, osize)) < 0)
+  /* Marked incomplete until the last data is durable: an import that
+   * dies leaves an image nobody serves, which a new import replaces. */
+  r = image_create_incomplete (st, name, size, osize);
+  if (r == -EEXIST && (r = replace_incomplete (st, name)) == 0)
+    r = image_create_incomplete (st, name, size, osize);
+  if (r < 0)
     goto out_fail;
-  if ((r = image_open (st, name, 0, &img)) < 0)
+  if ((r = image_open (st, name, IMAGE_OPEN_INCOMPLETE, &img)) < 0)
     goto out_remove;
   if ((r = copy_import (ctx, fd, file, size, img, &stats)) < 0)
     goto out_remove;
   /* image_close flushes, but cannot report a failure: flush first. */
-  if ((r = image_flush (img)) < 0)
+  if ((r = image_flush (img)) < 0 || (r = image_set_complete (img)) < 0)
     goto out_remove;
   image_close (img);
   store_close (st);
@@ -567,6 +668,11 @@ static const struct vbk_opt import_opts[] = {
   { NULL },
 };
 
+static const struct vbk_opt rm_opts[] = {
+  { "force", 0, NULL, "even while a host holds the lease (it is fenced)" },
+  { NULL },
+};
+
 static const struct vbk_opt export_opts[] = {
   { "force", 0, NULL, "replace an existing FILE (atomically, on success)" },
   { NULL },
@@ -581,7 +687,8 @@ const struct vbk_cmd image_cmds[] = {
     json_opts, 1, 1, cmd_info },
   { "resize", "NAME --size SIZE", "grow or shrink an image", resize_opts,
     1, 1, cmd_resize },
-  { "rm", "NAME", "remove an image and all its data", NULL, 1, 1, cmd_rm },
+  { "rm", "NAME [--force]", "remove an image and all its data (refused "
+    "while a host holds its lease)", rm_opts, 1, 1, cmd_rm },
   { "import", "FILE NAME [--object-size SIZE]",
     "create image NAME from a raw FILE, skipping holes and zero blocks",
     import_opts, 2, 2, cmd_import },
