@@ -8,7 +8,15 @@
  * opens the store and makes one or a few image-library calls; the library
  * records the reason of a failure and vbk_fail() prints it.  --json output
  * is built with json-c: info prints one object, ls an array of the same
- * objects, with sizes as plain numbers of bytes.
+ * objects (without "objects": ls reads headers only, never object maps),
+ * with sizes as plain numbers of bytes and the state ("ok", "incomplete":
+ * an import that did not finish, "removing": an rm that did not finish).
+ *
+ * Commands that cannot lose data: rm refuses while a host holds the
+ * lease (--force fences it first); import marks its image incomplete
+ * until the last data is durable, and replaces an image left incomplete
+ * by an import of this host that died; export writes a temporary file
+ * beside the target and renames it over only on success.
  */
 #include <errno.h>
 #include <fcntl.h>
