@@ -57,17 +57,247 @@
 #define INFLIGHT_BUCKETS 1024
 #define HEADER_MAX 4096
 
+/* The in-memory object map is sparse: a table of directories of pages
+ * of MAP_PAGE entries, each allocated on the first non-zero value it
+ * gets, so that open time and memory follow the objects allocated or
+ * logged, not the image's size (a thin 64 TiB image with 4 MiB objects
+ * needs a table of 64 pointers).  Pages and directories are published
+ * with a compare-and-swap and freed only with their map (at
+ * image_close), so lock-free readers never see freed memory; an absent
+ * page reads as zeros. */
+#define MAP_PAGE_SHIFT 6
+#define MAP_PAGE (1u << MAP_PAGE_SHIFT)           /* entries per page */
+#define MAP_DIR_SHIFT 12
+#define MAP_DIR (1u << MAP_DIR_SHIFT)             /* pages per directory */
+#define MAP_DIR_SPAN_SHIFT (MAP_PAGE_SHIFT + MAP_DIR_SHIFT)
+#define MAP_WINDOW (1u << 20)   /* stored map bytes read at a time */
+
+struct map_page {
+  uint8_t bytes[MAP_PAGE];       /* ABSENT, CLEAN or DIRTY */
+  uint8_t pending[MAP_PAGE];     /* NEED_* a group commit will write */
+  uint8_t logged[MAP_PAGE];      /* last logged record: the whole object */
+  uint32_t parts[MAP_PAGE];      /* parts changed in the live interval */
+};
+
+struct map_dir {
+  struct map_page *pages[MAP_DIR];
+};
+
 struct objmap {
   struct objmap *retired;        /* older maps, freed at close */
-  uint64_t n;
-  uint8_t *pending;              /* NEED_* a group commit will write */
-  uint8_t *logged;               /* last logged record: the whole object */
-  uint32_t *parts;               /* parts changed in the live interval */
-  uint8_t bytes[];
+  uint64_t n;                    /* entries */
+  uint64_t ndirs;
+  struct map_dir *dirs[];
 };
 
 /* What an entry still needs before its object may change. */
 enum { NEED_LOG = 1, NEED_MAP = 2 };
+
+static struct objmap *
+map_new (uint64_t n)
+{
+  uint64_t ndirs = (n + (UINT64_C (1) << MAP_DIR_SPAN_SHIFT) - 1)
+    >> MAP_DIR_SPAN_SHIFT;
+  struct objmap *m = calloc (1, sizeof *m + ndirs * sizeof m->dirs[0]);
+
+  if (m) {
+    m->n = n;
+    m->ndirs = ndirs;
+  }
+  return m;
+}
+
+static void
+map_free (struct objmap *m)
+{
+  uint64_t d;
+  size_t k;
+
+  if (m == NULL)
+    return;
+  for (d = 0; d < m->ndirs; d++) {
+    if (m->dirs[d] == NULL)
+      continue;
+    for (k = 0; k < MAP_DIR; k++)
+      free (m->dirs[d]->pages[k]);
+    free (m->dirs[d]);
+  }
+  free (m);
+}
+
+/* The page holding entry I (< M->n), or NULL: all zeros. */
+static struct map_page *
+page_of (struct objmap *m, uint64_t i)
+{
+  struct map_dir *d = __atomic_load_n (&m->dirs[i >> MAP_DIR_SPAN_SHIFT],
+                                       __ATOMIC_ACQUIRE);
+
+  if (d == NULL)
+    return NULL;
+  return __atomic_load_n (&d->pages[(i >> MAP_PAGE_SHIFT) & (MAP_DIR - 1)],
+                          __ATOMIC_ACQUIRE);
+}
+
+/* The page holding entry I (< M->n), allocated if needed; NULL: out of
+ * memory. */
+static struct map_page *
+page_make (struct objmap *m, uint64_t i)
+{
+  struct map_dir **dp = &m->dirs[i >> MAP_DIR_SPAN_SHIFT], *d, *nd;
+  struct map_page **pp, *p, *np;
+
+  d = __atomic_load_n (dp, __ATOMIC_ACQUIRE);
+  if (d == NULL) {
+    nd = calloc (1, sizeof *nd);
+    if (nd == NULL)
+      return NULL;
+    if (__atomic_compare_exchange_n (dp, &d, nd, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+      d = nd;
+    else
+      free (nd);                /* another thread's is in D */
+  }
+  pp = &d->pages[(i >> MAP_PAGE_SHIFT) & (MAP_DIR - 1)];
+  p = __atomic_load_n (pp, __ATOMIC_ACQUIRE);
+  if (p == NULL) {
+    np = calloc (1, sizeof *np);
+    if (np == NULL)
+      return NULL;
+    if (__atomic_compare_exchange_n (pp, &p, np, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+      p = np;
+    else
+      free (np);
+  }
+  return p;
+}
+
+#define SLOT(i) ((i) & (MAP_PAGE - 1))
+
+/* Readers of one field of entry I (< M->n). */
+static uint8_t
+map_get (struct objmap *m, uint64_t i)
+{
+  struct map_page *p = page_of (m, i);
+
+  return p ? __atomic_load_n (&p->bytes[SLOT (i)], __ATOMIC_SEQ_CST) : 0;
+}
+
+static uint8_t
+map_logged (struct objmap *m, uint64_t i)
+{
+  struct map_page *p = page_of (m, i);
+
+  return p ? __atomic_load_n (&p->logged[SLOT (i)], __ATOMIC_SEQ_CST) : 0;
+}
+
+static uint8_t
+map_pending (struct objmap *m, uint64_t i)
+{
+  struct map_page *p = page_of (m, i);
+
+  return p ? p->pending[SLOT (i)] : 0;      /* under map_lock */
+}
+
+static uint32_t
+map_parts (struct objmap *m, uint64_t i)
+{
+  struct map_page *p = page_of (m, i);
+
+  return p ? __atomic_load_n (&p->parts[SLOT (i)], __ATOMIC_RELAXED) : 0;
+}
+
+/* Writers: a zero needs no page.  Return 0 or -ENOMEM. */
+enum map_field { F_BYTE, F_LOGGED, F_PENDING, F_PARTS, F_PARTS_OR };
+
+static int
+map_put (struct objmap *m, uint64_t i, enum map_field f, uint32_t v)
+{
+  struct map_page *p = page_of (m, i);
+
+  if (p == NULL && v == 0)
+    return 0;
+  if (p == NULL && (p = page_make (m, i)) == NULL)
+    return -ENOMEM;
+  switch (f) {
+  case F_BYTE:
+    __atomic_store_n (&p->bytes[SLOT (i)], (uint8_t) v, __ATOMIC_SEQ_CST);
+    break;
+  case F_LOGGED:
+    __atomic_store_n (&p->logged[SLOT (i)], (uint8_t) v, __ATOMIC_SEQ_CST);
+    break;
+  case F_PENDING:
+    p->pending[SLOT (i)] = (uint8_t) v;
+    break;
+  case F_PARTS:
+    __atomic_store_n (&p->parts[SLOT (i)], v, __ATOMIC_RELAXED);
+    break;
+  case F_PARTS_OR:
+    __atomic_fetch_or (&p->parts[SLOT (i)], v, __ATOMIC_RELAXED);
+    break;
+  }
+  return 0;
+}
+
+/* Entries of M that are not ABSENT. */
+static uint64_t
+map_count (struct objmap *m)
+{
+  uint64_t d, c = 0;
+  size_t k, j;
+
+  for (d = 0; d < m->ndirs; d++) {
+    struct map_dir *dir = __atomic_load_n (&m->dirs[d], __ATOMIC_ACQUIRE);
+    for (k = 0; dir && k < MAP_DIR; k++) {
+      struct map_page *p = __atomic_load_n (&dir->pages[k], __ATOMIC_ACQUIRE);
+      for (j = 0; p && j < MAP_PAGE; j++)
+        c += __atomic_load_n (&p->bytes[j], __ATOMIC_RELAXED)
+          != IMAGE_OBJ_ABSENT;
+    }
+  }
+  return c;
+}
+
+/* Adds the stored map OID at SNAP, entries [FIRST, LAST), to M: a
+ * window at a time, allocated entries CLEAN. */
+static int
+map_read_stored (struct store *st, const char *oid, uint64_t snap,
+                 struct objmap *m, uint64_t first, uint64_t last)
+{
+  uint8_t *buf = malloc (MAP_WINDOW);
+  uint64_t i, j;
+  ssize_t got = 0;
+  int r = 0;
+
+  if (buf == NULL)
+    return -ENOMEM;
+  for (i = first; r == 0 && i < last; i += MAP_WINDOW) {
+    size_t len = MIN (MAP_WINDOW, last - i);
+    got = store_read (st, oid, buf, len, i, snap);
+    if (got == -ENOENT)
+      break;
+    if (got < 0) {
+      r = (int) got;
+      break;
+    }
+    for (j = 0; r == 0 && j < (uint64_t) got; j++) {
+      uint64_t w;
+      if (j % 8 == 0 && j + 8 <= (uint64_t) got) {
+        memcpy (&w, buf + j, 8);
+        if (w == 0) {
+          j += 7;
+          continue;
+        }
+      }
+      if (buf[j] != IMAGE_OBJ_ABSENT)
+        r = map_put (m, i + j, F_BYTE, IMAGE_OBJ_CLEAN);
+    }
+    if ((size_t) got < len)
+      break;                    /* the stored map ends here */
+  }
+  free (buf);
+  return r;
+}
 
 /* A growable vector of 64-bit words (see "Change lists"). */
 struct changes {
@@ -1196,18 +1426,36 @@ resize_with (struct store *st, const char *name, struct image_info *info0,
 
 /* ---- Open, close, refresh --------------------------------------------- */
 
+struct load_ctx {
+  struct objmap *m;
+  int err;
+};
+
 /* A record of the live log, loaded into map ARG: a whole-object record
  * counts as "logged"; a detailed one (written by a snapshot that did not
  * complete) gives the parts, and the next change logs the object again. */
 static void
 load_record (void *arg, uint64_t objno, uint32_t parts)
 {
-  struct objmap *m = arg;
+  struct load_ctx *c = arg;
 
-  if (objno < m->n) {
-    m->logged[objno] = parts == ALL_PARTS;
-    m->parts[objno] = parts;
-  }
+  if (objno < c->m->n && c->err == 0
+      && ((c->err = map_put (c->m, objno, F_LOGGED,
+                             parts == ALL_PARTS)) < 0
+          || (c->err = map_put (c->m, objno, F_PARTS, parts)) < 0))
+    return;
+}
+
+/* After the log is loaded: an allocated entry in the log is DIRTY. */
+static void
+load_dirty (void *arg, uint64_t objno, uint32_t parts)
+{
+  struct load_ctx *c = arg;
+
+  (void) parts;
+  if (objno < c->m->n && map_logged (c->m, objno)
+      && map_get (c->m, objno) != IMAGE_OBJ_ABSENT)
+    map_put (c->m, objno, F_BYTE, IMAGE_OBJ_DIRTY);
 }
 
 /* Reads the map (N entries) and, for a writable head, the change log,
@@ -1215,35 +1463,24 @@ load_record (void *arg, uint64_t objno, uint32_t parts)
 static int
 load_map (struct image *img, uint64_t n)
 {
-  struct objmap *m = calloc (1, sizeof *m + n + 1);
+  struct objmap *m = map_new (n);
   struct changes log = { NULL, 0, 0 };
-  ssize_t r = 0;
+  struct load_ctx lc = { m, 0 };
   uint64_t i;
+  int r;
 
   if (m == NULL)
     return -ENOMEM;
-  m->pending = calloc (1, n + 1);
-  m->logged = calloc (1, n + 1);
-  m->parts = calloc (n + 1, sizeof *m->parts);
-  if (m->pending == NULL || m->logged == NULL || m->parts == NULL) {
-    r = -ENOMEM;
+  r = map_read_stored (img->st, img->map_oid, img->read_snap, m, 0, n);
+  if (r < 0)
     goto fail;
-  }
-  m->n = n;
-  if (n)
-    r = store_read (img->st, img->map_oid, m->bytes, n, 0, img->read_snap);
-  if (r < 0 && r != -ENOENT)
-    goto fail;
-  if (r == -ENOENT)
-    memset (m->bytes, 0, n);
-  for (i = 0; i < n; i++)               /* DIRTY: only in memory */
-    if (m->bytes[i] != IMAGE_OBJ_ABSENT)
-      m->bytes[i] = IMAGE_OBJ_CLEAN;
   if (img->read_snap == STORE_SNAP_HEAD && !(img->flags & IMAGE_OPEN_RDONLY)) {
     r = changes_read (img->st, img->log_oid, STORE_SNAP_HEAD, &log);
     if (r < 0)
       goto fail;
-    changes_each (log.v, log.n, load_record, m);
+    changes_each (log.v, log.n, load_record, &lc);
+    if ((r = lc.err) < 0)
+      goto fail;
     /* A detail record cut in two by a crash: its object's whole record
      * comes before it and stands; the half goes at the next append. */
     for (i = 0; i < log.n; i++) {
@@ -1256,9 +1493,7 @@ load_map (struct image *img, uint64_t n)
         i++;
       }
     }
-    for (i = 0; i < n; i++)
-      if (m->logged[i] && m->bytes[i] != IMAGE_OBJ_ABSENT)
-        m->bytes[i] = IMAGE_OBJ_DIRTY;
+    changes_each (log.v, log.n, load_dirty, &lc);
     changes_free (&img->log);
     img->log = log;
   }
@@ -1267,11 +1502,8 @@ load_map (struct image *img, uint64_t n)
   return 0;
 fail:
   changes_free (&log);
-  free (m->pending);
-  free (m->logged);
-  free (m->parts);
-  free (m);
-  return (int) r;
+  map_free (m);
+  return r;
 }
 
 /* Opens image NAME; at snapshot SNAP (read-only) when SNAP is not NULL. */
@@ -1368,10 +1600,7 @@ image_close (struct image *img)
   store_close (img->st);
   for (m = img->map; m; m = next) {
     next = m->retired;
-    free (m->pending);
-    free (m->logged);
-    free (m->parts);
-    free (m);
+    map_free (m);
   }
   changes_free (&img->log);
   changes_free (&img->pend);
@@ -1407,13 +1636,10 @@ void
 image_get_info (struct image *img, struct image_info *info)
 {
   struct objmap *m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
-  uint64_t i, c = 0;
 
   *info = img->info;
   info->size = image_size (img);
-  for (i = 0; i < m->n; i++)
-    c += __atomic_load_n (&m->bytes[i], __ATOMIC_RELAXED) != IMAGE_OBJ_ABSENT;
-  info->objects = c;
+  info->objects = map_count (m);
 }
 
 uint64_t
@@ -1429,7 +1655,7 @@ image_object_state (struct image *img, uint64_t objno)
 
   if (objno >= m->n)
     return IMAGE_OBJ_ABSENT;
-  return __atomic_load_n (&m->bytes[objno], __ATOMIC_ACQUIRE);
+  return map_get (m, objno);
 }
 
 /* ---- The object map on the write path --------------------------------- */
@@ -1483,7 +1709,7 @@ map_commit (struct image *img, struct objmap *m)
     i = p.v[k];
     if (i >= m->n)
       continue;
-    taken[k] = m->pending[i];
+    taken[k] = map_pending (m, i);
     if (taken[k] & NEED_LOG)
       logbuf[nlog++] = htole64 (i);
     if (taken[k] & NEED_MAP) {
@@ -1498,12 +1724,12 @@ map_commit (struct image *img, struct objmap *m)
       goto out;
     }
     for (i = lo; i <= hi; i++)
-      mapbuf[i - lo] = (m->pending[i] & NEED_MAP)
-        || m->bytes[i] != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_CLEAN
+      mapbuf[i - lo] = (map_pending (m, i) & NEED_MAP)
+        || map_get (m, i) != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_CLEAN
         : IMAGE_OBJ_ABSENT;
     for (k = 0; k < p.n; k++)   /* entries in the range it writes too */
       if (p.v[k] >= lo && p.v[k] <= hi)
-        taken[k] |= m->pending[p.v[k]] & NEED_MAP;
+        taken[k] |= map_pending (m, p.v[k]) & NEED_MAP;
   }
 
   logoff = img->log.n * sizeof (uint64_t);
@@ -1540,11 +1766,12 @@ map_commit (struct image *img, struct objmap *m)
     i = p.v[k];
     if (i >= m->n || taken[k] == 0)
       continue;
+    /* The entry's page exists: it has a pending value. */
     if (taken[k] & NEED_LOG)
-      __atomic_store_n (&m->logged[i], 1, __ATOMIC_SEQ_CST);
-    if ((taken[k] & NEED_MAP) || m->bytes[i] != IMAGE_OBJ_ABSENT)
-      __atomic_store_n (&m->bytes[i], m->logged[i] ? IMAGE_OBJ_DIRTY
-                        : IMAGE_OBJ_CLEAN, __ATOMIC_SEQ_CST);
+      map_put (m, i, F_LOGGED, 1);
+    if ((taken[k] & NEED_MAP) || map_get (m, i) != IMAGE_OBJ_ABSENT)
+      map_put (m, i, F_BYTE, map_logged (m, i) ? IMAGE_OBJ_DIRTY
+               : IMAGE_OBJ_CLEAN);
   }
 out:
   /* Done with what it took (written or failed); what came meanwhile
@@ -1553,9 +1780,10 @@ out:
     i = p.v[k];
     if (i >= m->n)
       continue;
-    m->pending[i] &= taken ? (uint8_t) ~taken[k] : 0;
-    if (m->pending[i] && changes_push (&img->pend, i) < 0)
-      m->pending[i] = 0;        /* its writer retries */
+    map_put (m, i, F_PENDING,
+             taken ? map_pending (m, i) & (uint8_t) ~taken[k] : 0);
+    if (map_pending (m, i) && changes_push (&img->pend, i) < 0)
+      map_put (m, i, F_PENDING, 0);     /* its writer retries */
   }
   changes_free (&p);
   free (logbuf);
@@ -1579,9 +1807,7 @@ map_mark_dirty (struct image *img, uint64_t first, uint64_t last, bool alloc)
 
   m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
   for (i = first; i <= last && i < m->n; i++)
-    if (alloc ? __atomic_load_n (&m->bytes[i], __ATOMIC_SEQ_CST)
-                != IMAGE_OBJ_DIRTY
-        : !__atomic_load_n (&m->logged[i], __ATOMIC_SEQ_CST))
+    if (alloc ? map_get (m, i) != IMAGE_OBJ_DIRTY : !map_logged (m, i))
       break;
   if ((i > last || i >= m->n)
       && !__atomic_load_n (&img->log_tail_unknown, __ATOMIC_ACQUIRE))
@@ -1610,14 +1836,18 @@ map_mark_dirty (struct image *img, uint64_t first, uint64_t last, bool alloc)
       continue;
     }
     for (i = first; i <= last && i < m->n; i++) {
-      unsigned need = (m->logged[i] ? 0 : NEED_LOG)
-        | (alloc && m->bytes[i] == IMAGE_OBJ_ABSENT ? NEED_MAP : 0);
+      unsigned need = (map_logged (m, i) ? 0 : NEED_LOG)
+        | (alloc && map_get (m, i) == IMAGE_OBJ_ABSENT ? NEED_MAP : 0);
+      uint8_t pend = map_pending (m, i);
       if (need == 0)
         continue;
       done = false;
-      if (m->pending[i] == 0 && (r = changes_push (&img->pend, i)) < 0)
+      if ((r = map_put (m, i, F_PENDING, pend | need)) < 0)
         break;
-      m->pending[i] |= need;
+      if (pend == 0 && (r = changes_push (&img->pend, i)) < 0) {
+        map_put (m, i, F_PENDING, 0);
+        break;
+      }
     }
     if (done || r < 0)
       break;
@@ -1649,9 +1879,10 @@ mark_parts (struct image *img, uint64_t off, uint64_t len)
   for (pos = off; pos < end;) {
     uint64_t o = pos >> img->order, ooff = pos & (osize - 1);
     uint64_t n = MIN (osize - ooff, end - pos);
+    /* Out of memory: the parts stay unknown, and the object counts
+     * whole (its log record is). */
     if (o < m->n)
-      __atomic_fetch_or (&m->parts[o], parts_of (img->order, ooff, n),
-                         __ATOMIC_RELAXED);
+      map_put (m, o, F_PARTS_OR, parts_of (img->order, ooff, n));
     pos += n;
   }
 }
@@ -1668,8 +1899,8 @@ map_mark_absent (struct image *img, uint64_t objno)
   if (objno < m->n
       && __atomic_load_n (&img->wr_inflight[objno % INFLIGHT_BUCKETS],
                           __ATOMIC_SEQ_CST) == 0
-      && m->bytes[objno] != IMAGE_OBJ_ABSENT) {
-    __atomic_store_n (&m->bytes[objno], IMAGE_OBJ_ABSENT, __ATOMIC_SEQ_CST);
+      && map_get (m, objno) != IMAGE_OBJ_ABSENT) {
+    map_put (m, objno, F_BYTE, IMAGE_OBJ_ABSENT);
     /* Not synchronous: losing it over-reports, which is allowed. */
     store_write (img->st, img->map_oid, &v, 1, objno, 0);
   }
@@ -2078,26 +2309,29 @@ image_extents (struct image *img, uint64_t off, uint64_t len,
                image_extent_cb cb, void *arg)
 {
   struct objmap *m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
-
   struct objmap *tmp = NULL;
+  uint64_t size = image_size (img), first, last;
+  int r;
 
-  /* Not trusted: take the map as it is on the store now. */
-  if (__atomic_load_n (&img->untrusted, __ATOMIC_ACQUIRE)) {
-    ssize_t g;
-    tmp = calloc (1, sizeof *tmp + m->n + 8);
+  /* Not trusted: take the map as it is on the store now, only the part
+   * that covers the range, read in windows. */
+  if (__atomic_load_n (&img->untrusted, __ATOMIC_ACQUIRE) && off < size) {
+    tmp = map_new (m->n);
     if (tmp == NULL)
       return -ENOMEM;
-    tmp->n = m->n;
-    g = store_read (img->st, img->map_oid, tmp->bytes, m->n, 0,
-                    img->read_snap);
-    if (g < 0 && g != -ENOENT) {
-      free (tmp);
-      return (int) g;
+    first = off >> img->order;
+    last = ((len > size - off ? size : off + len) + img->info.object_size - 1)
+      >> img->order;
+    r = map_read_stored (img->st, img->map_oid, img->read_snap, tmp, first,
+                         MIN (last, m->n));
+    if (r < 0) {
+      map_free (tmp);
+      return r;
     }
     m = tmp;
   }
-  int r = extents_in (img, m, off, len, cb, arg);
-  free (tmp);
+  r = extents_in (img, m, off, len, cb, arg);
+  map_free (tmp);
   return r;
 }
 
@@ -2114,24 +2348,30 @@ extents_in (struct image *img, struct objmap *m, uint64_t off, uint64_t len,
   pos = off;
   while (pos < end) {
     uint64_t objno = pos >> img->order;
-    int alloc = objno < m->n
-      && __atomic_load_n (&m->bytes[objno], __ATOMIC_RELAXED)
-         != IMAGE_OBJ_ABSENT;
+    int alloc = objno < m->n && map_get (m, objno) != IMAGE_OBJ_ABSENT;
     uint64_t next = (objno + 1) * osize;
 
-    /* Extend over following objects of the same kind; a run of holes is
-     * skipped a word at a time. */
+    /* Extend over following objects of the same kind; a run of holes
+     * skips absent pages and directories whole. */
     while (next < end) {
       uint64_t o = next >> img->order;
-      if (!alloc && o + 8 <= m->n && next + 8 * osize <= end) {
-        uint64_t word;
-        memcpy (&word, &m->bytes[o], 8);
-        if (word == 0) {
-          next += 8 * osize;
-          continue;
-        }
+      if (o >= m->n) {
+        if (alloc)
+          break;
+        next = end;
+        break;
       }
-      if ((o < m->n && m->bytes[o] != IMAGE_OBJ_ABSENT) != alloc)
+      if (!alloc && __atomic_load_n (&m->dirs[o >> MAP_DIR_SPAN_SHIFT],
+                                      __ATOMIC_ACQUIRE) == NULL) {
+        next = ((o >> MAP_DIR_SPAN_SHIFT) + 1) << MAP_DIR_SPAN_SHIFT
+          << img->order;
+        continue;
+      }
+      if (!alloc && page_of (m, o) == NULL) {
+        next = ((o >> MAP_PAGE_SHIFT) + 1) << MAP_PAGE_SHIFT << img->order;
+        continue;
+      }
+      if ((map_get (m, o) != IMAGE_OBJ_ABSENT) != alloc)
         break;
       next += osize;
     }
@@ -2213,10 +2453,10 @@ forget_record (void *arg, uint64_t objno, uint32_t parts)
 
   (void) parts;
   if (objno < m->n) {
-    __atomic_store_n (&m->logged[objno], 0, __ATOMIC_SEQ_CST);
-    __atomic_store_n (&m->parts[objno], 0, __ATOMIC_RELAXED);
-    if (m->bytes[objno] == IMAGE_OBJ_DIRTY)
-      __atomic_store_n (&m->bytes[objno], IMAGE_OBJ_CLEAN, __ATOMIC_SEQ_CST);
+    map_put (m, objno, F_LOGGED, 0);
+    map_put (m, objno, F_PARTS, 0);
+    if (map_get (m, objno) == IMAGE_OBJ_DIRTY)
+      map_put (m, objno, F_BYTE, IMAGE_OBJ_CLEAN);
   }
 }
 
@@ -2250,9 +2490,9 @@ write_details (struct image *img)
   for (i = 0; r == 0 && i < s.n; i++) {
     uint64_t o = s.v[i].objno;
     uint32_t p;
-    if (o >= m->n || !__atomic_load_n (&m->logged[o], __ATOMIC_SEQ_CST))
+    if (o >= m->n || !map_logged (m, o))
       continue;
-    p = __atomic_load_n (&m->parts[o], __ATOMIC_RELAXED);
+    p = map_parts (m, o);
     if (p == 0 || p == ALL_PARTS)
       continue;
     buf[k++] = htole64 (CHANGES_DETAIL | o);
@@ -2275,9 +2515,9 @@ write_details (struct image *img)
       img->log.v[img->log.n++] = le64toh (buf[i]);
     for (i = 0; i < k; i += 2) {
       uint64_t o = le64toh (buf[i]) & ~CHANGES_DETAIL;
-      __atomic_store_n (&m->logged[o], 0, __ATOMIC_SEQ_CST);
-      if (m->bytes[o] == IMAGE_OBJ_DIRTY)
-        __atomic_store_n (&m->bytes[o], IMAGE_OBJ_CLEAN, __ATOMIC_SEQ_CST);
+      map_put (m, o, F_LOGGED, 0);
+      if (map_get (m, o) == IMAGE_OBJ_DIRTY)
+        map_put (m, o, F_BYTE, IMAGE_OBJ_CLEAN);
     }
     pthread_mutex_unlock (&img->map_lock);
   }

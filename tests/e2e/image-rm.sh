@@ -38,7 +38,8 @@ objects ()
       ns=${ns%%\?*}
       for o in $(rados -c "$CEPH_CONF" -p "$VBK_TEST_POOL" -N "$ns" ls | sort); do
         echo "$o"
-        rados -c "$CEPH_CONF" -p "$VBK_TEST_POOL" -N "$ns" listsnaps "$o" |
+        # (An object being trimmed may be gone by now: still listed.)
+        { rados -c "$CEPH_CONF" -p "$VBK_TEST_POOL" -N "$ns" listsnaps "$o" 2>/dev/null || true; } |
           awk -v o="$o" '$1 ~ /^[0-9]+$/ { print o " clone " $1 }'
       done ;;
   esac
