@@ -9,6 +9,7 @@
  */
 #include <endian.h>
 #include <errno.h>
+#include <malloc.h>
 #include <stdbool.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -553,6 +554,91 @@ test_failed_log_cut_no_under_report (void **state)
   store_close (fst);
 }
 
+static int
+count_cb (void *arg, uint64_t off, uint64_t len, int alloc)
+{
+  (void) off;
+  (void) len;
+  (void) alloc;
+  ++*(uint64_t *) arg;
+  return 0;
+}
+
+/* Listing and stat read headers only, never object maps; opening a huge
+ * image allocates for the objects written, not for its size; an extents
+ * walk of an untrusted handle reads only the map of the range asked; and
+ * no image has more than IMAGE_OBJECTS_MAX objects. */
+static void
+test_huge_map_costs (void **state)
+{
+  struct fixture *f = *state;
+  uint64_t size = IMAGE_OBJECTS_MAX * (UINT64_C (4) << 20);   /* 512 TiB */
+  char furi[4200], buf[4096];
+  struct image_info info, *list;
+  struct mallinfo2 m0, m1;
+  struct store *fst;
+  struct image *img;
+  uint64_t before, count, extents = 0;
+  size_t n;
+
+  snprintf (furi, sizeof furi, "fault:@%s", f->uri);
+  assert_int_equal (store_open (furi, &fst), 0);
+  assert_int_equal (image_create (fst, "huge", size + 1, 4u << 20), -EINVAL);
+  assert_non_null (strstr (vbk_error (), "objects"));
+  assert_int_equal (image_create (fst, "huge", UINT64_C (1) << 50, 0),
+                    -EINVAL);
+  assert_int_equal (image_create (fst, "huge", UINT64_C (1) << 50, 8u << 20),
+                    0);
+  assert_int_equal (image_remove (fst, "huge"), 0);
+  assert_int_equal (image_create (fst, "huge", size, 4u << 20), 0);
+  assert_int_equal (image_resize (fst, "huge", size + 1), -EINVAL);
+
+  /* Data in the first and the last object: a stored map of 128 MiB. */
+  assert_int_equal (image_open (fst, "huge", 0, &img), 0);
+  memset (buf, 'h', sizeof buf);
+  assert_int_equal (image_write (img, buf, sizeof buf, 0, 0), 0);
+  assert_int_equal (image_write (img, buf, sizeof buf, size - sizeof buf, 0),
+                    0);
+  image_close (img);
+
+  before = store_fault_bytes_read (fst);
+  assert_int_equal (image_stat (fst, "huge", &info), 0);
+  assert_int_equal (image_list (fst, &list, &n), 0);
+  free (list);
+  assert_true (store_fault_bytes_read (fst) - before < 64 * 1024);
+
+  /* Counting reads the map, in windows. */
+  assert_int_equal (image_count_objects (fst, "huge", &count), 0);
+  assert_int_equal (count, 2);
+
+  m0 = mallinfo2 ();
+  assert_int_equal (image_open (fst, "huge", 0, &img), 0);
+  m1 = mallinfo2 ();
+  assert_true (m1.uordblks + m1.hblkhd - m0.uordblks - m0.hblkhd
+               < (size_t) 16 << 20);
+  image_get_info (img, &info);
+  assert_int_equal (info.objects, 2);
+  /* Written since the last snapshot (none): DIRTY. */
+  assert_int_equal (image_object_state (img, 0), IMAGE_OBJ_DIRTY);
+  assert_int_equal (image_object_state (img, 1), IMAGE_OBJ_ABSENT);
+  assert_int_equal (image_object_state (img, IMAGE_OBJECTS_MAX - 1),
+                    IMAGE_OBJ_DIRTY);
+
+  /* A BLOCK_STATUS of the first GiB of an untrusted handle. */
+  assert_int_equal (image_set_trusted (img, 0), 0);
+  before = store_fault_bytes_read (fst);
+  assert_int_equal (image_extents (img, 0, UINT64_C (1) << 30, count_cb,
+                                   &extents), 0);
+  assert_int_equal (extents, 2);
+  assert_true (store_fault_bytes_read (fst) - before < 64 * 1024);
+  extents = 0;
+  assert_int_equal (image_extents (img, 0, size, count_cb, &extents), 0);
+  assert_int_equal (extents, 3);
+  image_close (img);
+  assert_int_equal (image_remove (fst, "huge"), 0);
+  store_close (fst);
+}
+
 int
 main (void)
 {
@@ -568,6 +654,7 @@ main (void)
     cmocka_unit_test_setup_teardown (test_resize, setup, teardown),
     cmocka_unit_test_setup_teardown (test_map_never_under_reports, setup,
                                      teardown),
+    cmocka_unit_test_setup_teardown (test_huge_map_costs, setup, teardown),
     cmocka_unit_test_setup_teardown (test_failed_log_cut_no_under_report,
                                      setup, teardown),
     cmocka_unit_test_setup_teardown (test_store_full_is_reported, setup,
