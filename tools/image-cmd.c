@@ -266,9 +266,62 @@ cmd_resize (struct vbk_ctx *ctx, struct vbk_args *a)
   return VBK_EXIT_OK;
 }
 
+/* The importer of INFO (an importing image): its process id and host
+ * into *PID and IHOST; returns 1 if it is known to be dead (a process of
+ * this host that is gone), 2 if known to run (one of this host that
+ * exists), 0 if unknown (another host). */
+static int
+importer_state (const struct image_info *info, long *pid, char *ihost,
+                size_t len)
+{
+  char host[64] = "", fmt[32];
+
+  *pid = 0;
+  snprintf (ihost, len, "?");
+  snprintf (fmt, sizeof fmt, "%%%zus %%ld", len - 1);
+  if (sscanf (info->state_detail, fmt, ihost, pid) != 2 || *pid <= 0)
+    return 0;
+  gethostname (host, sizeof host - 1);
+  if (strcmp (ihost, host) != 0)
+    return 0;
+  if (kill ((pid_t) *pid, 0) < 0 && errno == ESRCH)
+    return 1;
+  return 2;
+}
+
+/* NAME exists (-EEXIST from create): if it is an image an import left
+ * incomplete, and that import is known to be dead, removes it and
+ * returns 0.  Otherwise -EEXIST, or -EBUSY for an import that may still
+ * run, with a message. */
+static int
+replace_incomplete (struct store *st, const char *name)
+{
+  char ihost[64], err[1024];
+  struct image_info info;
+  long pid;
+  int r;
+
+  snprintf (err, sizeof err, "%s", vbk_error ());
+  r = image_stat (st, name, &info);
+  if (r < 0 || info.state != IMAGE_STATE_IMPORTING) {
+    vbk_set_error ("%s", err);
+    return -EEXIST;
+  }
+  if (importer_state (&info, &pid, ihost, sizeof ihost) != 1) {
+    vbk_set_error ("image '%s' is being imported (by process %ld on %s); "
+                   "if that import died, remove the image with 'vbk image "
+                   "rm %s'", name, pid, ihost, name);
+    return -EBUSY;
+  }
+  log_warn ("image import: replacing '%s', left incomplete by an import "
+            "that died (process %ld)", name, pid);
+  return image_remove (st, name);
+}
+
 /* Refuses (-EBUSY) while a host holds the lease of image NAME, unless
- * FORCE, which fences the holder first (as snap rollback does).  An
- * image whose header is gone (a removal that died) has no holder. */
+ * FORCE, which fences the holder first (as snap rollback does), and
+ * while an import of this host still writes it, unless FORCE.  An image
+ * whose header is gone (a removal that died) has no holder. */
 static int
 check_no_writer (struct store *st, const char *name, int force,
                  const char *what)
@@ -283,6 +336,15 @@ check_no_writer (struct store *st, const char *name, int force,
     return 0;                   /* image_remove says whether it exists */
   if (r < 0)
     return r;
+  if (info.state == IMAGE_STATE_IMPORTING && !force) {
+    char ihost[64];
+    long pid;
+    if (importer_state (&info, &pid, ihost, sizeof ihost) == 2) {
+      vbk_set_error ("image '%s' is being imported by process %ld of this "
+                     "host: stop it first, or use --force", name, pid);
+      return -EBUSY;
+    }
+  }
   image_header_oid (info.id, hdr, sizeof hdr);
   r = lease_status_get (st, hdr, &ls);
   if (r == -ENOENT)
@@ -344,38 +406,6 @@ file_size (int fd, const struct stat *sb, uint64_t *size)
     return -EINVAL;
   *size = sb->st_size;
   return 0;
-}
-
-/* NAME exists (-EEXIST from create): if it is an image an import left
- * incomplete, and that import is known to be dead (a process of this
- * host that is gone), removes it and returns 0.  Otherwise -EEXIST, or
- * -EBUSY for an import that may still run, with a message. */
-static int
-replace_incomplete (struct store *st, const char *name)
-{
-  char host[64] = "", ihost[64] = "", err[1024];
-  struct image_info info;
-  long pid = 0;
-  int r;
-
-  snprintf (err, sizeof err, "%s", vbk_error ());
-  r = image_stat (st, name, &info);
-  if (r < 0 || info.state != IMAGE_STATE_IMPORTING) {
-    vbk_set_error ("%s", err);
-    return -EEXIST;
-  }
-  gethostname (host, sizeof host - 1);
-  if (sscanf (info.state_detail, "%63s %ld", ihost, &pid) != 2
-      || strcmp (ihost, host) != 0 || pid <= 0
-      || kill ((pid_t) pid, 0) == 0 || errno != ESRCH) {
-    vbk_set_error ("image '%s' is being imported (by process %ld on %s); "
-                   "if that import died, remove the image with 'vbk image "
-                   "rm %s'", name, pid, ihost[0] ? ihost : "?", name);
-    return -EBUSY;
-  }
-  log_warn ("image import: replacing '%s', left incomplete by an import "
-            "that died (process %ld)", name, pid);
-  return image_remove (st, name);
 }
 
 static int

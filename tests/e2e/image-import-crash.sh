@@ -5,7 +5,8 @@
 # image, once per store backend (VBK_TEST_BACKENDS).  An import is
 # stopped (SIGSTOP) once some data objects exist: the image is listed
 # and shown as incomplete, not served by vbk-blockd nor exported, and a
-# second import onto the name is refused while the first may still run.
+# second import onto the name, or rm, is refused while the first may
+# still run.
 # After kill -9 of the first, importing again (the same source, then a
 # new one) replaces the incomplete image and the result is byte for byte
 # the source; and rm removes an incomplete image.
@@ -80,6 +81,9 @@ expect_status 1 "image export: image 'disk' is incomplete \(import did not finis
 # A second import while the first may still run: refused.
 expect_status 1 "image import: image 'disk' is being imported" \
   v image import "$src2" disk
+# Nor removed under it, unless forced.
+expect_status 1 "image rm: image 'disk' is being imported by process $import_pid" \
+  v image rm disk
 # Not served.
 start_blockd pid_a "$TEST_DIR/a.sock"
 qemu-io -f raw -r -c "read 0 4k" "nbd+unix:///disk?socket=$TEST_DIR/a.sock" \
