@@ -1679,6 +1679,21 @@ wait_all_done (void *arg, ssize_t ret)
   pthread_mutex_unlock (&w->lock);
 }
 
+/* A stretch [lo, hi] of the stored map that a commit writes. */
+struct map_run {
+  uint64_t lo, hi;
+  uint8_t *buf;
+};
+#define MAP_RUN_GAP 64          /* entries apart still written as one run */
+
+static int
+cmp_u64 (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+  return x < y ? -1 : x > y;
+}
+
 /* Writes the pending entries of map M: the new change-log entries at the
  * log's end and the map bytes that become allocated, both synchronous
  * and in parallel.  Called with map_lock held and map_writing claimed;
@@ -1689,15 +1704,18 @@ map_commit (struct image *img, struct objmap *m)
   struct changes p = img->pend;
   struct wait_all w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
                         1, 0 };
-  uint64_t *logbuf = NULL, lo = UINT64_MAX, hi = 0, i, logoff;
-  uint8_t *mapbuf = NULL, *taken = NULL;
-  size_t k, nlog = 0;
+  uint64_t *logbuf = NULL, *mi = NULL, i, logoff;
+  struct map_run *runs = NULL;
+  uint8_t *taken = NULL;
+  size_t k, nlog = 0, nm = 0, nruns = 0;
   int r = 0;
 
   memset (&img->pend, 0, sizeof img->pend);
   logbuf = malloc ((p.n + 1) * sizeof *logbuf);
+  mi = malloc ((p.n + 1) * sizeof *mi);
+  runs = calloc (p.n + 1, sizeof *runs);
   taken = calloc (p.n + 1, 1);
-  if (logbuf == NULL || taken == NULL) {
+  if (logbuf == NULL || mi == NULL || runs == NULL || taken == NULL) {
     r = -ENOMEM;
     goto out;
   }
@@ -1712,24 +1730,32 @@ map_commit (struct image *img, struct objmap *m)
     taken[k] = map_pending (m, i);
     if (taken[k] & NEED_LOG)
       logbuf[nlog++] = htole64 (i);
-    if (taken[k] & NEED_MAP) {
-      lo = MIN (lo, i);
-      hi = MAX (hi, i);
+    if (taken[k] & NEED_MAP)
+      mi[nm++] = i;
+  }
+  /* The map bytes to write, in runs of nearby entries: never a stretch
+   * of the map between two far apart objects. */
+  if (nm)
+    qsort (mi, nm, sizeof *mi, cmp_u64);
+  for (k = 0; k < nm; k++) {
+    if (nruns && mi[k] - runs[nruns - 1].hi <= MAP_RUN_GAP)
+      runs[nruns - 1].hi = mi[k];
+    else {
+      runs[nruns].lo = runs[nruns].hi = mi[k];
+      nruns++;
     }
   }
-  if (lo <= hi) {
-    mapbuf = malloc (hi - lo + 1);
-    if (mapbuf == NULL) {
+  for (k = 0; k < nruns; k++) {
+    struct map_run *run = &runs[k];
+    run->buf = malloc (run->hi - run->lo + 1);
+    if (run->buf == NULL) {
       r = -ENOMEM;
       goto out;
     }
-    for (i = lo; i <= hi; i++)
-      mapbuf[i - lo] = (map_pending (m, i) & NEED_MAP)
+    for (i = run->lo; i <= run->hi; i++)
+      run->buf[i - run->lo] = (map_pending (m, i) & NEED_MAP)
         || map_get (m, i) != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_CLEAN
         : IMAGE_OBJ_ABSENT;
-    for (k = 0; k < p.n; k++)   /* entries in the range it writes too */
-      if (p.v[k] >= lo && p.v[k] <= hi)
-        taken[k] |= map_pending (m, p.v[k]) & NEED_MAP;
   }
 
   logoff = img->log.n * sizeof (uint64_t);
@@ -1743,9 +1769,10 @@ map_commit (struct image *img, struct objmap *m)
     if (r < 0)
       w.left--, w.err = r;
   }
-  if (mapbuf && w.err == 0) {
+  for (k = 0; k < nruns && w.err == 0; k++) {
     w.left++;
-    r = store_aio_write (img->st, img->map_oid, mapbuf, hi - lo + 1, lo,
+    r = store_aio_write (img->st, img->map_oid, runs[k].buf,
+                         runs[k].hi - runs[k].lo + 1, runs[k].lo,
                          STORE_WRITE_SYNC, wait_all_done, &w);
     if (r < 0)
       w.left--, w.err = w.err ? w.err : r;
@@ -1786,8 +1813,11 @@ out:
       map_put (m, i, F_PENDING, 0);     /* its writer retries */
   }
   changes_free (&p);
+  for (k = 0; runs && k < nruns; k++)
+    free (runs[k].buf);
+  free (runs);
+  free (mi);
   free (logbuf);
-  free (mapbuf);
   free (taken);
   return r;
 }
