@@ -791,9 +791,10 @@ read_state (struct store *st, const char *hdr, struct image_info *info)
     return (int) n;
   buf[n] = '\0';
   if (strncmp (buf, STATE_IMPORTING, strlen (STATE_IMPORTING)) == 0) {
+    const char *detail = buf + strlen (STATE_IMPORTING);
     info->state = IMAGE_STATE_IMPORTING;
     snprintf (info->state_detail, sizeof info->state_detail, "%s",
-              buf + strlen (STATE_IMPORTING) + (buf[9] == ' '));
+              detail + (*detail == ' '));
   }
   else if (strcmp (buf, STATE_REMOVING) == 0)
     info->state = IMAGE_STATE_REMOVING;
