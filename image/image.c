@@ -264,11 +264,20 @@ static int
 map_read_stored (struct store *st, const char *oid, uint64_t snap,
                  struct objmap *m, uint64_t first, uint64_t last)
 {
-  uint8_t *buf = malloc (MAP_WINDOW);
-  uint64_t i, j;
+  uint64_t i, j, stored;
   ssize_t got = 0;
-  int r = 0;
+  uint8_t *buf;
+  int r;
 
+  /* Past its end the stored map reads as zeros: read only what it
+   * holds (a thin image's map is short, whatever its size). */
+  r = store_stat (st, oid, snap, &stored);
+  if (r == -ENOENT)
+    return 0;
+  if (r < 0)
+    return r;
+  last = MIN (last, stored);
+  buf = malloc (MAP_WINDOW);
   if (buf == NULL)
     return -ENOMEM;
   for (i = first; r == 0 && i < last; i += MAP_WINDOW) {
@@ -865,12 +874,18 @@ count_allocated (struct store *st, const struct image_info *info,
   ssize_t r = 0;
 
   *count = 0;
+  map_oid (info->id, moid, sizeof moid);
+  r = store_stat (st, moid, STORE_SNAP_HEAD, &i);
+  if (r == -ENOENT)
+    return 0;
+  if (r < 0)
+    return (int) r;
+  n = MIN (n, i);               /* past its end, all ABSENT */
   if (n == 0)
     return 0;
   buf = malloc (win);
   if (buf == NULL)
     return -ENOMEM;
-  map_oid (info->id, moid, sizeof moid);
   for (i = 0; i < n; i += win) {
     size_t len = MIN (win, n - i);
     r = store_read (st, moid, buf, len, i, STORE_SNAP_HEAD);
@@ -1234,10 +1249,16 @@ remove_objects (struct store *st, const struct image_info *info,
   ssize_t n;
   int r = 0;
 
+  map_oid (info->id, moid, sizeof moid);
+  r = store_stat (st, moid, STORE_SNAP_HEAD, &i);
+  if (r == -ENOENT)
+    return 0;
+  if (r < 0)
+    return r;
+  last = MIN (last, i);         /* past its end, all ABSENT */
   buf = malloc (1 << 20);
   if (buf == NULL)
     return -ENOMEM;
-  map_oid (info->id, moid, sizeof moid);
   for (i = first; r == 0 && i < last; i += chunk) {
     chunk = MIN (1 << 20, last - i);
     n = store_read (st, moid, buf, chunk, i, STORE_SNAP_HEAD);
