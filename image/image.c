@@ -57,17 +57,256 @@
 #define INFLIGHT_BUCKETS 1024
 #define HEADER_MAX 4096
 
+/* The in-memory object map is sparse: a table of directories of pages
+ * of MAP_PAGE entries, each allocated on the first non-zero value it
+ * gets, so that open time and memory follow the objects allocated or
+ * logged, not the image's size (a thin 64 TiB image with 4 MiB objects
+ * needs a table of 64 pointers).  Pages and directories are published
+ * with a compare-and-swap and freed only with their map (at
+ * image_close), so lock-free readers never see freed memory; an absent
+ * page reads as zeros. */
+#define MAP_PAGE_SHIFT 6
+#define MAP_PAGE (1u << MAP_PAGE_SHIFT)           /* entries per page */
+#define MAP_DIR_SHIFT 12
+#define MAP_DIR (1u << MAP_DIR_SHIFT)             /* pages per directory */
+#define MAP_DIR_SPAN_SHIFT (MAP_PAGE_SHIFT + MAP_DIR_SHIFT)
+#define MAP_WINDOW (1u << 20)   /* stored map bytes read at a time */
+
+struct map_page {
+  uint8_t bytes[MAP_PAGE];       /* ABSENT, CLEAN or DIRTY */
+  uint8_t pending[MAP_PAGE];     /* NEED_* a group commit will write */
+  uint8_t logged[MAP_PAGE];      /* last logged record: the whole object */
+  uint32_t parts[MAP_PAGE];      /* parts changed in the live interval */
+};
+
+struct map_dir {
+  struct map_page *pages[MAP_DIR];
+};
+
 struct objmap {
   struct objmap *retired;        /* older maps, freed at close */
-  uint64_t n;
-  uint8_t *pending;              /* NEED_* a group commit will write */
-  uint8_t *logged;               /* last logged record: the whole object */
-  uint32_t *parts;               /* parts changed in the live interval */
-  uint8_t bytes[];
+  uint64_t n;                    /* entries */
+  uint64_t ndirs;
+  struct map_dir *dirs[];
 };
 
 /* What an entry still needs before its object may change. */
 enum { NEED_LOG = 1, NEED_MAP = 2 };
+
+static struct objmap *
+map_new (uint64_t n)
+{
+  uint64_t ndirs = (n + (UINT64_C (1) << MAP_DIR_SPAN_SHIFT) - 1)
+    >> MAP_DIR_SPAN_SHIFT;
+  struct objmap *m = calloc (1, sizeof *m + ndirs * sizeof m->dirs[0]);
+
+  if (m) {
+    m->n = n;
+    m->ndirs = ndirs;
+  }
+  return m;
+}
+
+static void
+map_free (struct objmap *m)
+{
+  uint64_t d;
+  size_t k;
+
+  if (m == NULL)
+    return;
+  for (d = 0; d < m->ndirs; d++) {
+    if (m->dirs[d] == NULL)
+      continue;
+    for (k = 0; k < MAP_DIR; k++)
+      free (m->dirs[d]->pages[k]);
+    free (m->dirs[d]);
+  }
+  free (m);
+}
+
+/* The page holding entry I (< M->n), or NULL: all zeros. */
+static struct map_page *
+page_of (struct objmap *m, uint64_t i)
+{
+  struct map_dir *d = __atomic_load_n (&m->dirs[i >> MAP_DIR_SPAN_SHIFT],
+                                       __ATOMIC_ACQUIRE);
+
+  if (d == NULL)
+    return NULL;
+  return __atomic_load_n (&d->pages[(i >> MAP_PAGE_SHIFT) & (MAP_DIR - 1)],
+                          __ATOMIC_ACQUIRE);
+}
+
+/* The page holding entry I (< M->n), allocated if needed; NULL: out of
+ * memory. */
+static struct map_page *
+page_make (struct objmap *m, uint64_t i)
+{
+  struct map_dir **dp = &m->dirs[i >> MAP_DIR_SPAN_SHIFT], *d, *nd;
+  struct map_page **pp, *p, *np;
+
+  d = __atomic_load_n (dp, __ATOMIC_ACQUIRE);
+  if (d == NULL) {
+    nd = calloc (1, sizeof *nd);
+    if (nd == NULL)
+      return NULL;
+    if (__atomic_compare_exchange_n (dp, &d, nd, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+      d = nd;
+    else
+      free (nd);                /* another thread's is in D */
+  }
+  pp = &d->pages[(i >> MAP_PAGE_SHIFT) & (MAP_DIR - 1)];
+  p = __atomic_load_n (pp, __ATOMIC_ACQUIRE);
+  if (p == NULL) {
+    np = calloc (1, sizeof *np);
+    if (np == NULL)
+      return NULL;
+    if (__atomic_compare_exchange_n (pp, &p, np, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+      p = np;
+    else
+      free (np);
+  }
+  return p;
+}
+
+#define SLOT(i) ((i) & (MAP_PAGE - 1))
+
+/* Readers of one field of entry I (< M->n). */
+static uint8_t
+map_get (struct objmap *m, uint64_t i)
+{
+  struct map_page *p = page_of (m, i);
+
+  return p ? __atomic_load_n (&p->bytes[SLOT (i)], __ATOMIC_SEQ_CST) : 0;
+}
+
+static uint8_t
+map_logged (struct objmap *m, uint64_t i)
+{
+  struct map_page *p = page_of (m, i);
+
+  return p ? __atomic_load_n (&p->logged[SLOT (i)], __ATOMIC_SEQ_CST) : 0;
+}
+
+static uint8_t
+map_pending (struct objmap *m, uint64_t i)
+{
+  struct map_page *p = page_of (m, i);
+
+  return p ? p->pending[SLOT (i)] : 0;      /* under map_lock */
+}
+
+static uint32_t
+map_parts (struct objmap *m, uint64_t i)
+{
+  struct map_page *p = page_of (m, i);
+
+  return p ? __atomic_load_n (&p->parts[SLOT (i)], __ATOMIC_RELAXED) : 0;
+}
+
+/* Writers: a zero needs no page.  Return 0 or -ENOMEM. */
+enum map_field { F_BYTE, F_LOGGED, F_PENDING, F_PARTS, F_PARTS_OR };
+
+static int
+map_put (struct objmap *m, uint64_t i, enum map_field f, uint32_t v)
+{
+  struct map_page *p = page_of (m, i);
+
+  if (p == NULL && v == 0)
+    return 0;
+  if (p == NULL && (p = page_make (m, i)) == NULL)
+    return -ENOMEM;
+  switch (f) {
+  case F_BYTE:
+    __atomic_store_n (&p->bytes[SLOT (i)], (uint8_t) v, __ATOMIC_SEQ_CST);
+    break;
+  case F_LOGGED:
+    __atomic_store_n (&p->logged[SLOT (i)], (uint8_t) v, __ATOMIC_SEQ_CST);
+    break;
+  case F_PENDING:
+    p->pending[SLOT (i)] = (uint8_t) v;
+    break;
+  case F_PARTS:
+    __atomic_store_n (&p->parts[SLOT (i)], v, __ATOMIC_RELAXED);
+    break;
+  case F_PARTS_OR:
+    __atomic_fetch_or (&p->parts[SLOT (i)], v, __ATOMIC_RELAXED);
+    break;
+  }
+  return 0;
+}
+
+/* Entries of M that are not ABSENT. */
+static uint64_t
+map_count (struct objmap *m)
+{
+  uint64_t d, c = 0;
+  size_t k, j;
+
+  for (d = 0; d < m->ndirs; d++) {
+    struct map_dir *dir = __atomic_load_n (&m->dirs[d], __ATOMIC_ACQUIRE);
+    for (k = 0; dir && k < MAP_DIR; k++) {
+      struct map_page *p = __atomic_load_n (&dir->pages[k], __ATOMIC_ACQUIRE);
+      for (j = 0; p && j < MAP_PAGE; j++)
+        c += __atomic_load_n (&p->bytes[j], __ATOMIC_RELAXED)
+          != IMAGE_OBJ_ABSENT;
+    }
+  }
+  return c;
+}
+
+/* Adds the stored map OID at SNAP, entries [FIRST, LAST), to M: a
+ * window at a time, allocated entries CLEAN. */
+static int
+map_read_stored (struct store *st, const char *oid, uint64_t snap,
+                 struct objmap *m, uint64_t first, uint64_t last)
+{
+  uint64_t i, j, stored;
+  ssize_t got = 0;
+  uint8_t *buf;
+  int r;
+
+  /* Past its end the stored map reads as zeros: read only what it
+   * holds (a thin image's map is short, whatever its size). */
+  r = store_stat (st, oid, snap, &stored);
+  if (r == -ENOENT)
+    return 0;
+  if (r < 0)
+    return r;
+  last = MIN (last, stored);
+  buf = malloc (MAP_WINDOW);
+  if (buf == NULL)
+    return -ENOMEM;
+  for (i = first; r == 0 && i < last; i += MAP_WINDOW) {
+    size_t len = MIN (MAP_WINDOW, last - i);
+    got = store_read (st, oid, buf, len, i, snap);
+    if (got == -ENOENT)
+      break;
+    if (got < 0) {
+      r = (int) got;
+      break;
+    }
+    for (j = 0; r == 0 && j < (uint64_t) got; j++) {
+      uint64_t w;
+      if (j % 8 == 0 && j + 8 <= (uint64_t) got) {
+        memcpy (&w, buf + j, 8);
+        if (w == 0) {
+          j += 7;
+          continue;
+        }
+      }
+      if (buf[j] != IMAGE_OBJ_ABSENT)
+        r = map_put (m, i + j, F_BYTE, IMAGE_OBJ_CLEAN);
+    }
+    if ((size_t) got < len)
+      break;                    /* the stored map ends here */
+  }
+  free (buf);
+  return r;
+}
 
 /* A growable vector of 64-bit words (see "Change lists"). */
 struct changes {
@@ -173,6 +412,7 @@ merged_oid (const char *id, uint64_t snapid, char *buf, size_t len)
 #define ALL_PARTS UINT32_MAX
 
 static int changes_reserve (struct changes *c, size_t extra);
+static int check_writable (struct image *img, const char *op);
 
 static int
 changes_push (struct changes *c, uint64_t e)
@@ -239,22 +479,33 @@ log_fix_tail (struct image *img, uint64_t off)
 {
   int r;
 
-  if (!img->log_tail_unknown)
+  if (!__atomic_load_n (&img->log_tail_unknown, __ATOMIC_ACQUIRE))
     return 0;
   r = store_truncate (img->st, img->log_oid, off);
   if (r == 0 || r == -ENOENT) {
-    img->log_tail_unknown = false;
+    __atomic_store_n (&img->log_tail_unknown, false, __ATOMIC_RELEASE);
     r = 0;
+  }
+  else {
+    char msg[1024];
+    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    vbk_set_error ("image '%s': change log: cutting a failed append (writes "
+                   "wait for it): %s", img->info.name, msg);
   }
   return r;
 }
 
 /* After a failed append at OFF: cut what may have landed, or make the
- * next append do it. */
+ * next append do it.  Until the cut succeeds the log may end in records
+ * this handle does not know of: a detail record that landed would make
+ * a whole-object record of ours look like only some parts changed, so a
+ * later write to another part of that object, which appends nothing,
+ * would be missed by a diff.  So no write may start until the cut is
+ * done (map_mark_dirty tries it again first, and fails while it fails). */
 static void
 log_append_failed (struct image *img, uint64_t off)
 {
-  img->log_tail_unknown = true;
+  __atomic_store_n (&img->log_tail_unknown, true, __ATOMIC_RELEASE);
   log_fix_tail (img, off);
 }
 
@@ -530,13 +781,47 @@ read_size (struct store *st, const char *hdr, uint64_t *size, char *raw,
   return 0;
 }
 
+#define STATE_IMPORTING "importing"
+#define STATE_REMOVING "removing"
+
+/* The header's state xattr into INFO (absent: a normal image). */
+static int
+read_state (struct store *st, const char *hdr, struct image_info *info)
+{
+  char buf[160];
+  ssize_t n;
+
+  info->state = IMAGE_STATE_OK;
+  info->state_detail[0] = '\0';
+  n = store_xattr_get (st, hdr, "state", buf, sizeof buf - 1);
+  if (n == -ENODATA)
+    return 0;
+  if (n < 0)
+    return (int) n;
+  buf[n] = '\0';
+  if (strncmp (buf, STATE_IMPORTING, strlen (STATE_IMPORTING)) == 0) {
+    const char *detail = buf + strlen (STATE_IMPORTING);
+    info->state = IMAGE_STATE_IMPORTING;
+    snprintf (info->state_detail, sizeof info->state_detail, "%s",
+              detail + (*detail == ' '));
+  }
+  else if (strcmp (buf, STATE_REMOVING) == 0)
+    info->state = IMAGE_STATE_REMOVING;
+  else {
+    vbk_set_error ("image %s: unknown state '%s' in the header (written by "
+                   "a newer vbk?)", info->id, buf);
+    return -EINVAL;
+  }
+  return 0;
+}
+
 /* Reads the header of image ID into INFO (name, id, size, object size,
- * features). */
+ * features, state). */
 static int
 read_header (struct store *st, const char *id, struct image_info *info)
 {
   char hdr[64], buf[HEADER_MAX], *line, *save;
-  uint64_t objsize = 0;
+  uint64_t objsize = 0, format = 0;
   ssize_t n;
   int r;
 
@@ -549,7 +834,9 @@ read_header (struct store *st, const char *id, struct image_info *info)
   snprintf (info->id, sizeof info->id, "%s", id);
   for (line = strtok_r (buf, "\n", &save); line;
        line = strtok_r (NULL, "\n", &save)) {
-    if (strncmp (line, "name=", 5) == 0)
+    if (strncmp (line, "format=", 7) == 0)
+      format = strtoull (line + 7, NULL, 10);
+    else if (strncmp (line, "name=", 5) == 0)
       snprintf (info->name, sizeof info->name, "%s", line + 5);
     else if (strncmp (line, "object_size=", 12) == 0)
       objsize = strtoull (line + 12, NULL, 10);
@@ -562,35 +849,55 @@ read_header (struct store *st, const char *id, struct image_info *info)
                    objsize);
     return -EIO;
   }
+  if (format > IMAGE_FORMAT) {
+    vbk_set_error ("image %s: header format %" PRIu64 " is newer than this "
+                   "vbk reads (%d): upgrade vbk", id, format, IMAGE_FORMAT);
+    return -EINVAL;
+  }
   info->object_size = (uint32_t) objsize;
   r = read_size (st, hdr, &info->size, NULL, 0);
   if (r < 0)
     return r;
-  return 0;
+  return read_state (st, hdr, info);
 }
 
-/* Counts the allocated entries of the stored object map. */
+/* Counts the allocated entries of the stored object map, a window at a
+ * time. */
 static int
 count_allocated (struct store *st, const struct image_info *info,
                  uint64_t *count)
 {
   uint64_t n = count_objects (info->size, info->object_size), i, c = 0;
+  size_t win = 1 << 20, j;
   char moid[64];
   uint8_t *buf;
-  ssize_t r;
+  ssize_t r = 0;
 
   *count = 0;
+  map_oid (info->id, moid, sizeof moid);
+  r = store_stat (st, moid, STORE_SNAP_HEAD, &i);
+  if (r == -ENOENT)
+    return 0;
+  if (r < 0)
+    return (int) r;
+  n = MIN (n, i);               /* past its end, all ABSENT */
   if (n == 0)
     return 0;
-  buf = malloc (n);
+  buf = malloc (win);
   if (buf == NULL)
     return -ENOMEM;
-  map_oid (info->id, moid, sizeof moid);
-  r = store_read (st, moid, buf, n, 0, STORE_SNAP_HEAD);
-  if (r == -ENOENT)
-    r = 0, memset (buf, 0, n);
-  for (i = 0; r >= 0 && i < n; i++)
-    c += buf[i] != IMAGE_OBJ_ABSENT;
+  for (i = 0; i < n; i += win) {
+    size_t len = MIN (win, n - i);
+    r = store_read (st, moid, buf, len, i, STORE_SNAP_HEAD);
+    if (r == -ENOENT) {
+      r = 0;
+      break;
+    }
+    if (r < 0)
+      break;
+    for (j = 0; j < (size_t) r; j++)
+      c += buf[j] != IMAGE_OBJ_ABSENT;
+  }
   free (buf);
   *count = c;
   return r < 0 ? (int) r : 0;
@@ -726,9 +1033,27 @@ find_snap (struct store *st, const char *hdr, const char *image,
 
 /* ---- Create, remove, stat, list, resize ------------------------------- */
 
-int
-image_create (struct store *st, const char *name, uint64_t size,
-              uint32_t object_size)
+/* Checks that SIZE bytes in objects of OBJECT_SIZE stay within
+ * IMAGE_OBJECTS_MAX objects. */
+static int
+check_objects (uint64_t size, uint32_t object_size)
+{
+  if (count_objects (size, object_size) > IMAGE_OBJECTS_MAX) {
+    vbk_set_error ("invalid image size %" PRIu64 ": more than %" PRIu64
+                   " objects of %" PRIu32 " bytes (at most %" PRIu64
+                   " bytes; use a larger --object-size)", size,
+                   IMAGE_OBJECTS_MAX, object_size,
+                   IMAGE_OBJECTS_MAX * object_size);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+/* Creates image NAME; with STATE (an xattr value) not NULL, marked so
+ * before it is listed. */
+static int
+create_common (struct store *st, const char *name, uint64_t size,
+               uint32_t object_size, const char *state)
 {
   char id[17], oid[IMAGE_NAME_MAX + 16], hdr[64], moid[64], buf[HEADER_MAX];
   char sizebuf[32];
@@ -750,6 +1075,8 @@ image_create (struct store *st, const char *name, uint64_t size,
                    "1 PiB", size);
     return -EINVAL;
   }
+  if (check_objects (size, object_size) < 0)
+    return -EINVAL;
   if (getrandom (rnd, sizeof rnd, 0) != sizeof rnd)
     return vbk_errno (-errno, "image: create: getrandom");
   snprintf (id, sizeof id, "%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0],
@@ -767,10 +1094,12 @@ image_create (struct store *st, const char *name, uint64_t size,
 
   image_header_oid (id, hdr, sizeof hdr);
   map_oid (id, moid, sizeof moid);
-  n = snprintf (buf, sizeof buf, "format=1\nname=%s\nobject_size=%" PRIu32
-                "\nfeatures=0\n", name, object_size);
+  n = snprintf (buf, sizeof buf, "format=%d\nname=%s\nobject_size=%" PRIu32
+                "\nfeatures=0\n", IMAGE_FORMAT, name, object_size);
   snprintf (sizebuf, sizeof sizebuf, "%" PRIu64, size);
   if ((r = store_create_excl (st, hdr, buf, n, STORE_WRITE_SYNC)) < 0
+      || (state && (r = store_xattr_set (st, hdr, "state", state,
+                                         strlen (state))) < 0)
       || (r = store_xattr_set (st, hdr, "size", sizebuf,
                                strlen (sizebuf))) < 0
       || (r = store_create_excl (st, moid, "", 0, STORE_WRITE_SYNC)) < 0
@@ -787,6 +1116,40 @@ image_create (struct store *st, const char *name, uint64_t size,
 }
 
 int
+image_create (struct store *st, const char *name, uint64_t size,
+              uint32_t object_size)
+{
+  return create_common (st, name, size, object_size, NULL);
+}
+
+int
+image_create_incomplete (struct store *st, const char *name, uint64_t size,
+                         uint32_t object_size)
+{
+  char state[160], host[64] = "";
+
+  gethostname (host, sizeof host - 1);
+  snprintf (state, sizeof state, STATE_IMPORTING " %s %ld %" PRIu64,
+            host[0] ? host : "-", (long) getpid (), now_wall_ms ());
+  return create_common (st, name, size, object_size, state);
+}
+
+int
+image_set_complete (struct image *img)
+{
+  int r = check_writable (img, "complete");
+
+  if (r < 0)
+    return r;
+  r = store_xattr_rm (img->st, img->hdr_oid, "state");
+  if (r == -ENODATA)
+    r = 0;
+  if (r == 0)
+    img->info.state = IMAGE_STATE_OK;
+  return r;
+}
+
+int
 image_stat (struct store *st, const char *name, struct image_info *info)
 {
   char id[32];
@@ -796,9 +1159,22 @@ image_stat (struct store *st, const char *name, struct image_info *info)
   if (r < 0)
     return r;
   r = read_header (st, id, info);
-  if (r < 0)
-    return r;
-  return count_allocated (st, info, &info->objects);
+  if (r == -ENOENT)
+    vbk_set_error ("image '%s' does not exist (only its name is left: "
+                   "'vbk image rm' removes it)", name);
+  return r;
+}
+
+int
+image_count_objects (struct store *st, const char *name, uint64_t *count)
+{
+  struct image_info info;
+  int r;
+
+  r = image_stat (st, name, &info);
+  if (r == 0)
+    r = count_allocated (st, &info, count);
+  return r;
 }
 
 struct list_ctx {
@@ -828,8 +1204,6 @@ list_one (void *arg, const char *key, const void *val, size_t len)
   r = read_header (c->st, id, &c->v[c->n]);
   if (r == -ENOENT)
     return 0;                   /* removed meanwhile */
-  if (r == 0)
-    r = count_allocated (c->st, &c->v[c->n], &c->v[c->n].objects);
   if (r < 0)
     return r;
   c->n++;
@@ -875,10 +1249,16 @@ remove_objects (struct store *st, const struct image_info *info,
   ssize_t n;
   int r = 0;
 
+  map_oid (info->id, moid, sizeof moid);
+  r = store_stat (st, moid, STORE_SNAP_HEAD, &i);
+  if (r == -ENOENT)
+    return 0;
+  if (r < 0)
+    return r;
+  last = MIN (last, i);         /* past its end, all ABSENT */
   buf = malloc (1 << 20);
   if (buf == NULL)
     return -ENOMEM;
-  map_oid (info->id, moid, sizeof moid);
   for (i = first; r == 0 && i < last; i += chunk) {
     chunk = MIN (1 << 20, last - i);
     n = store_read (st, moid, buf, chunk, i, STORE_SNAP_HEAD);
@@ -886,7 +1266,9 @@ remove_objects (struct store *st, const struct image_info *info,
       break;
     if (n < 0)
       r = (int) n;
-    for (j = 0; r == 0 && j < chunk; j++) {
+    if (n < (ssize_t) chunk)
+      chunk = last - i;         /* the map ends here */
+    for (j = 0; r == 0 && j < (uint64_t) n; j++) {
       if (buf[j] == IMAGE_OBJ_ABSENT)
         continue;
       image_data_oid (info->id, i + j, oid, sizeof oid);
@@ -899,44 +1281,72 @@ remove_objects (struct store *st, const struct image_info *info,
   return r;
 }
 
+/* Removal, crash-ordered:
+ *   <start> -> MARK (header state "removing": not opened any more)
+ *     -> DATA (every object the stored map lists: an entry is durable
+ *        before its object is written; without a snapshot context, so
+ *        the snapshots' copies stay for now)
+ *     -> LOGS (live log, merged list of the live interval) -> MAP
+ *     -> SNAPSHOTS (each: its merged list, then the store snapshot, which
+ *        frees the copies of data objects, map and log it kept: with the
+ *        heads gone, nothing of them is left)
+ *     -> HEADER (the snapshot table, xattrs, omap) -> DIRECTORY entry
+ *     -> NAME <end>
+ * The name object goes last, so a removal that died anywhere is found
+ * again by name and finished by another; each step tolerates objects
+ * already gone. */
 int
 image_remove (struct store *st, const char *name)
 {
   struct image_info info;
-  char id[32], oid[IMAGE_NAME_MAX + 16], hdr[64], moid[64];
+  char id[32], oid[IMAGE_NAME_MAX + 16], hdr[64], moid[64], lst[96];
+  struct image_snap *v = NULL;
+  size_t n = 0, i;
+  bool have_header;
   int r;
 
   r = lookup_id (st, name, id, sizeof id);
   if (r < 0)
     return r;
   image_header_oid (id, hdr, sizeof hdr);
-  {
-    /* Snapshots first: then removing the objects frees everything. */
-    struct image_snap *v;
-    size_t n, i;
-    char oid[96];
-    merged_oid (id, 0, oid, sizeof oid);
-    store_remove (st, oid);
-    changes_oid (id, oid, sizeof oid);
-    store_remove (st, oid);
-    if (snaps_of_header (st, hdr, &v, &n) == 0) {
-      for (i = 0; i < n; i++) {
-        merged_oid (id, v[i].id, oid, sizeof oid);
-        store_remove (st, oid);
-        store_snap_remove (st, v[i].id);
-      }
-      free (v);
-    }
-  }
+  map_oid (id, moid, sizeof moid);
   r = read_header (st, id, &info);
-  if (r == 0)
-    r = remove_objects (st, &info, 0,
-                        count_objects (info.size, info.object_size));
+  if (r == 0 && info.state != IMAGE_STATE_REMOVING)
+    r = store_xattr_set (st, hdr, "state", STATE_REMOVING,
+                         strlen (STATE_REMOVING));
   if (r < 0 && r != -ENOENT)
     return r;
-  map_oid (id, moid, sizeof moid);
+  have_header = r == 0;
+  if (have_header) {
+    r = remove_objects (st, &info, 0,
+                        count_objects (info.size, info.object_size));
+    if (r < 0)
+      return r;
+  }
+  merged_oid (id, 0, lst, sizeof lst);
+  if ((r = store_remove (st, lst)) < 0 && r != -ENOENT)
+    return r;
+  changes_oid (id, lst, sizeof lst);
+  if ((r = store_remove (st, lst)) < 0 && r != -ENOENT)
+    return r;
   if ((r = store_remove (st, moid)) < 0 && r != -ENOENT)
     return r;
+  if (have_header) {
+    r = snaps_of_header (st, hdr, &v, &n);
+    if (r < 0)
+      return r;
+    for (i = 0; i < n; i++) {
+      merged_oid (id, v[i].id, lst, sizeof lst);
+      if ((r = store_remove (st, lst)) < 0 && r != -ENOENT)
+        break;
+      if ((r = store_snap_remove (st, v[i].id)) < 0 && r != -ENOENT)
+        break;
+      r = 0;
+    }
+    free (v);
+    if (r < 0)
+      return r;
+  }
   if ((r = store_remove (st, hdr)) < 0 && r != -ENOENT)
     return r;
   if ((r = store_omap_rm (st, DIRECTORY_OID, name)) < 0 && r != -ENOENT)
@@ -970,6 +1380,8 @@ image_resize (struct store *st, const char *name, uint64_t size)
   r = read_header (st, id, &info);
   if (r < 0)
     return r;
+  if (check_objects (size, info.object_size) < 0)
+    return -EINVAL;
   image_header_oid (id, hdr, sizeof hdr);
   map_oid (id, moid, sizeof moid);
   /* Cut objects under the snapshot context, so snapshots keep them. */
@@ -1036,18 +1448,36 @@ resize_with (struct store *st, const char *name, struct image_info *info0,
 
 /* ---- Open, close, refresh --------------------------------------------- */
 
+struct load_ctx {
+  struct objmap *m;
+  int err;
+};
+
 /* A record of the live log, loaded into map ARG: a whole-object record
  * counts as "logged"; a detailed one (written by a snapshot that did not
  * complete) gives the parts, and the next change logs the object again. */
 static void
 load_record (void *arg, uint64_t objno, uint32_t parts)
 {
-  struct objmap *m = arg;
+  struct load_ctx *c = arg;
 
-  if (objno < m->n) {
-    m->logged[objno] = parts == ALL_PARTS;
-    m->parts[objno] = parts;
-  }
+  if (objno < c->m->n && c->err == 0
+      && ((c->err = map_put (c->m, objno, F_LOGGED,
+                             parts == ALL_PARTS)) < 0
+          || (c->err = map_put (c->m, objno, F_PARTS, parts)) < 0))
+    return;
+}
+
+/* After the log is loaded: an allocated entry in the log is DIRTY. */
+static void
+load_dirty (void *arg, uint64_t objno, uint32_t parts)
+{
+  struct load_ctx *c = arg;
+
+  (void) parts;
+  if (objno < c->m->n && map_logged (c->m, objno)
+      && map_get (c->m, objno) != IMAGE_OBJ_ABSENT)
+    map_put (c->m, objno, F_BYTE, IMAGE_OBJ_DIRTY);
 }
 
 /* Reads the map (N entries) and, for a writable head, the change log,
@@ -1055,49 +1485,37 @@ load_record (void *arg, uint64_t objno, uint32_t parts)
 static int
 load_map (struct image *img, uint64_t n)
 {
-  struct objmap *m = calloc (1, sizeof *m + n + 1);
+  struct objmap *m = map_new (n);
   struct changes log = { NULL, 0, 0 };
-  ssize_t r = 0;
+  struct load_ctx lc = { m, 0 };
   uint64_t i;
+  int r;
 
   if (m == NULL)
     return -ENOMEM;
-  m->pending = calloc (1, n + 1);
-  m->logged = calloc (1, n + 1);
-  m->parts = calloc (n + 1, sizeof *m->parts);
-  if (m->pending == NULL || m->logged == NULL || m->parts == NULL) {
-    r = -ENOMEM;
+  r = map_read_stored (img->st, img->map_oid, img->read_snap, m, 0, n);
+  if (r < 0)
     goto fail;
-  }
-  m->n = n;
-  if (n)
-    r = store_read (img->st, img->map_oid, m->bytes, n, 0, img->read_snap);
-  if (r < 0 && r != -ENOENT)
-    goto fail;
-  if (r == -ENOENT)
-    memset (m->bytes, 0, n);
-  for (i = 0; i < n; i++)               /* DIRTY: only in memory */
-    if (m->bytes[i] != IMAGE_OBJ_ABSENT)
-      m->bytes[i] = IMAGE_OBJ_CLEAN;
   if (img->read_snap == STORE_SNAP_HEAD && !(img->flags & IMAGE_OPEN_RDONLY)) {
     r = changes_read (img->st, img->log_oid, STORE_SNAP_HEAD, &log);
     if (r < 0)
       goto fail;
-    changes_each (log.v, log.n, load_record, m);
+    changes_each (log.v, log.n, load_record, &lc);
+    if ((r = lc.err) < 0)
+      goto fail;
     /* A detail record cut in two by a crash: its object's whole record
      * comes before it and stands; the half goes at the next append. */
     for (i = 0; i < log.n; i++) {
       if (!(log.v[i] & CHANGES_FROM) && (log.v[i] & CHANGES_DETAIL)) {
         if (i + 1 == log.n) {
           log.n--;
-          img->log_tail_unknown = true;
+          __atomic_store_n (&img->log_tail_unknown, true,
+                            __ATOMIC_RELEASE);
         }
         i++;
       }
     }
-    for (i = 0; i < n; i++)
-      if (m->logged[i] && m->bytes[i] != IMAGE_OBJ_ABSENT)
-        m->bytes[i] = IMAGE_OBJ_DIRTY;
+    changes_each (log.v, log.n, load_dirty, &lc);
     changes_free (&img->log);
     img->log = log;
   }
@@ -1106,11 +1524,8 @@ load_map (struct image *img, uint64_t n)
   return 0;
 fail:
   changes_free (&log);
-  free (m->pending);
-  free (m->logged);
-  free (m->parts);
-  free (m);
-  return (int) r;
+  map_free (m);
+  return r;
 }
 
 /* Opens image NAME; at snapshot SNAP (read-only) when SNAP is not NULL. */
@@ -1142,6 +1557,22 @@ open_common (struct store *st, const char *name, const char *snap,
   map_oid (id, img->map_oid, sizeof img->map_oid);
   changes_oid (id, img->log_oid, sizeof img->log_oid);
   r = read_header (img->st, id, &img->info);
+  if (r == -ENOENT) {
+    vbk_set_error ("image '%s' does not exist (only its name is left: "
+                   "'vbk image rm' removes it)", name);
+  }
+  else if (r == 0 && img->info.state == IMAGE_STATE_REMOVING) {
+    vbk_set_error ("image '%s' is being removed (run 'vbk image rm' again "
+                   "if that stopped)", name);
+    r = -ENOENT;
+  }
+  else if (r == 0 && img->info.state == IMAGE_STATE_IMPORTING
+           && !(flags & IMAGE_OPEN_INCOMPLETE)) {
+    vbk_set_error ("image '%s' is incomplete (import did not finish; "
+                   "importer %s): import it again or remove it", name,
+                   img->info.state_detail);
+    r = -EBUSY;
+  }
   if (r == 0 && snap) {
     r = find_snap (img->st, img->hdr_oid, name, snap, &sn);
     if (r == 0) {
@@ -1191,10 +1622,7 @@ image_close (struct image *img)
   store_close (img->st);
   for (m = img->map; m; m = next) {
     next = m->retired;
-    free (m->pending);
-    free (m->logged);
-    free (m->parts);
-    free (m);
+    map_free (m);
   }
   changes_free (&img->log);
   changes_free (&img->pend);
@@ -1230,13 +1658,10 @@ void
 image_get_info (struct image *img, struct image_info *info)
 {
   struct objmap *m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
-  uint64_t i, c = 0;
 
   *info = img->info;
   info->size = image_size (img);
-  for (i = 0; i < m->n; i++)
-    c += __atomic_load_n (&m->bytes[i], __ATOMIC_RELAXED) != IMAGE_OBJ_ABSENT;
-  info->objects = c;
+  info->objects = map_count (m);
 }
 
 uint64_t
@@ -1252,7 +1677,7 @@ image_object_state (struct image *img, uint64_t objno)
 
   if (objno >= m->n)
     return IMAGE_OBJ_ABSENT;
-  return __atomic_load_n (&m->bytes[objno], __ATOMIC_ACQUIRE);
+  return map_get (m, objno);
 }
 
 /* ---- The object map on the write path --------------------------------- */
@@ -1276,6 +1701,21 @@ wait_all_done (void *arg, ssize_t ret)
   pthread_mutex_unlock (&w->lock);
 }
 
+/* A stretch [lo, hi] of the stored map that a commit writes. */
+struct map_run {
+  uint64_t lo, hi;
+  uint8_t *buf;
+};
+#define MAP_RUN_GAP 64          /* entries apart still written as one run */
+
+static int
+cmp_u64 (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+  return x < y ? -1 : x > y;
+}
+
 /* Writes the pending entries of map M: the new change-log entries at the
  * log's end and the map bytes that become allocated, both synchronous
  * and in parallel.  Called with map_lock held and map_writing claimed;
@@ -1286,15 +1726,18 @@ map_commit (struct image *img, struct objmap *m)
   struct changes p = img->pend;
   struct wait_all w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
                         1, 0 };
-  uint64_t *logbuf = NULL, lo = UINT64_MAX, hi = 0, i, logoff;
-  uint8_t *mapbuf = NULL, *taken = NULL;
-  size_t k, nlog = 0;
+  uint64_t *logbuf = NULL, *mi = NULL, i, logoff;
+  struct map_run *runs = NULL;
+  uint8_t *taken = NULL;
+  size_t k, nlog = 0, nm = 0, nruns = 0;
   int r = 0;
 
   memset (&img->pend, 0, sizeof img->pend);
   logbuf = malloc ((p.n + 1) * sizeof *logbuf);
+  mi = malloc ((p.n + 1) * sizeof *mi);
+  runs = calloc (p.n + 1, sizeof *runs);
   taken = calloc (p.n + 1, 1);
-  if (logbuf == NULL || taken == NULL) {
+  if (logbuf == NULL || mi == NULL || runs == NULL || taken == NULL) {
     r = -ENOMEM;
     goto out;
   }
@@ -1306,27 +1749,35 @@ map_commit (struct image *img, struct objmap *m)
     i = p.v[k];
     if (i >= m->n)
       continue;
-    taken[k] = m->pending[i];
+    taken[k] = map_pending (m, i);
     if (taken[k] & NEED_LOG)
       logbuf[nlog++] = htole64 (i);
-    if (taken[k] & NEED_MAP) {
-      lo = MIN (lo, i);
-      hi = MAX (hi, i);
+    if (taken[k] & NEED_MAP)
+      mi[nm++] = i;
+  }
+  /* The map bytes to write, in runs of nearby entries: never a stretch
+   * of the map between two far apart objects. */
+  if (nm)
+    qsort (mi, nm, sizeof *mi, cmp_u64);
+  for (k = 0; k < nm; k++) {
+    if (nruns && mi[k] - runs[nruns - 1].hi <= MAP_RUN_GAP)
+      runs[nruns - 1].hi = mi[k];
+    else {
+      runs[nruns].lo = runs[nruns].hi = mi[k];
+      nruns++;
     }
   }
-  if (lo <= hi) {
-    mapbuf = malloc (hi - lo + 1);
-    if (mapbuf == NULL) {
+  for (k = 0; k < nruns; k++) {
+    struct map_run *run = &runs[k];
+    run->buf = malloc (run->hi - run->lo + 1);
+    if (run->buf == NULL) {
       r = -ENOMEM;
       goto out;
     }
-    for (i = lo; i <= hi; i++)
-      mapbuf[i - lo] = (m->pending[i] & NEED_MAP)
-        || m->bytes[i] != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_CLEAN
+    for (i = run->lo; i <= run->hi; i++)
+      run->buf[i - run->lo] = (map_pending (m, i) & NEED_MAP)
+        || map_get (m, i) != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_CLEAN
         : IMAGE_OBJ_ABSENT;
-    for (k = 0; k < p.n; k++)   /* entries in the range it writes too */
-      if (p.v[k] >= lo && p.v[k] <= hi)
-        taken[k] |= m->pending[p.v[k]] & NEED_MAP;
   }
 
   logoff = img->log.n * sizeof (uint64_t);
@@ -1340,9 +1791,10 @@ map_commit (struct image *img, struct objmap *m)
     if (r < 0)
       w.left--, w.err = r;
   }
-  if (mapbuf && w.err == 0) {
+  for (k = 0; k < nruns && w.err == 0; k++) {
     w.left++;
-    r = store_aio_write (img->st, img->map_oid, mapbuf, hi - lo + 1, lo,
+    r = store_aio_write (img->st, img->map_oid, runs[k].buf,
+                         runs[k].hi - runs[k].lo + 1, runs[k].lo,
                          STORE_WRITE_SYNC, wait_all_done, &w);
     if (r < 0)
       w.left--, w.err = w.err ? w.err : r;
@@ -1363,11 +1815,12 @@ map_commit (struct image *img, struct objmap *m)
     i = p.v[k];
     if (i >= m->n || taken[k] == 0)
       continue;
+    /* The entry's page exists: it has a pending value. */
     if (taken[k] & NEED_LOG)
-      __atomic_store_n (&m->logged[i], 1, __ATOMIC_SEQ_CST);
-    if ((taken[k] & NEED_MAP) || m->bytes[i] != IMAGE_OBJ_ABSENT)
-      __atomic_store_n (&m->bytes[i], m->logged[i] ? IMAGE_OBJ_DIRTY
-                        : IMAGE_OBJ_CLEAN, __ATOMIC_SEQ_CST);
+      map_put (m, i, F_LOGGED, 1);
+    if ((taken[k] & NEED_MAP) || map_get (m, i) != IMAGE_OBJ_ABSENT)
+      map_put (m, i, F_BYTE, map_logged (m, i) ? IMAGE_OBJ_DIRTY
+               : IMAGE_OBJ_CLEAN);
   }
 out:
   /* Done with what it took (written or failed); what came meanwhile
@@ -1376,13 +1829,17 @@ out:
     i = p.v[k];
     if (i >= m->n)
       continue;
-    m->pending[i] &= taken ? (uint8_t) ~taken[k] : 0;
-    if (m->pending[i] && changes_push (&img->pend, i) < 0)
-      m->pending[i] = 0;        /* its writer retries */
+    map_put (m, i, F_PENDING,
+             taken ? map_pending (m, i) & (uint8_t) ~taken[k] : 0);
+    if (map_pending (m, i) && changes_push (&img->pend, i) < 0)
+      map_put (m, i, F_PENDING, 0);     /* its writer retries */
   }
   changes_free (&p);
+  for (k = 0; runs && k < nruns; k++)
+    free (runs[k].buf);
+  free (runs);
+  free (mi);
   free (logbuf);
-  free (mapbuf);
   free (taken);
   return r;
 }
@@ -1402,26 +1859,47 @@ map_mark_dirty (struct image *img, uint64_t first, uint64_t last, bool alloc)
 
   m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
   for (i = first; i <= last && i < m->n; i++)
-    if (alloc ? __atomic_load_n (&m->bytes[i], __ATOMIC_SEQ_CST)
-                != IMAGE_OBJ_DIRTY
-        : !__atomic_load_n (&m->logged[i], __ATOMIC_SEQ_CST))
+    if (alloc ? map_get (m, i) != IMAGE_OBJ_DIRTY : !map_logged (m, i))
       break;
-  if (i > last || i >= m->n)
+  if ((i > last || i >= m->n)
+      && !__atomic_load_n (&img->log_tail_unknown, __ATOMIC_ACQUIRE))
     return 0;                   /* the common case: nothing to do */
 
   pthread_mutex_lock (&img->map_lock);
   for (;;) {
     bool done = true;
     m = img->map;
+    if (__atomic_load_n (&img->log_tail_unknown, __ATOMIC_ACQUIRE)) {
+      /* A failed append was not cut yet (log_append_failed). */
+      uint64_t off;
+      if (img->map_writing) {
+        pthread_cond_wait (&img->map_cond, &img->map_lock);
+        continue;
+      }
+      img->map_writing = true;
+      off = img->log.n * sizeof (uint64_t);
+      pthread_mutex_unlock (&img->map_lock);
+      r = log_fix_tail (img, off);
+      pthread_mutex_lock (&img->map_lock);
+      img->map_writing = false;
+      pthread_cond_broadcast (&img->map_cond);
+      if (r < 0)
+        break;
+      continue;
+    }
     for (i = first; i <= last && i < m->n; i++) {
-      unsigned need = (m->logged[i] ? 0 : NEED_LOG)
-        | (alloc && m->bytes[i] == IMAGE_OBJ_ABSENT ? NEED_MAP : 0);
+      unsigned need = (map_logged (m, i) ? 0 : NEED_LOG)
+        | (alloc && map_get (m, i) == IMAGE_OBJ_ABSENT ? NEED_MAP : 0);
+      uint8_t pend = map_pending (m, i);
       if (need == 0)
         continue;
       done = false;
-      if (m->pending[i] == 0 && (r = changes_push (&img->pend, i)) < 0)
+      if ((r = map_put (m, i, F_PENDING, pend | need)) < 0)
         break;
-      m->pending[i] |= need;
+      if (pend == 0 && (r = changes_push (&img->pend, i)) < 0) {
+        map_put (m, i, F_PENDING, 0);
+        break;
+      }
     }
     if (done || r < 0)
       break;
@@ -1453,9 +1931,10 @@ mark_parts (struct image *img, uint64_t off, uint64_t len)
   for (pos = off; pos < end;) {
     uint64_t o = pos >> img->order, ooff = pos & (osize - 1);
     uint64_t n = MIN (osize - ooff, end - pos);
+    /* Out of memory: the parts stay unknown, and the object counts
+     * whole (its log record is). */
     if (o < m->n)
-      __atomic_fetch_or (&m->parts[o], parts_of (img->order, ooff, n),
-                         __ATOMIC_RELAXED);
+      map_put (m, o, F_PARTS_OR, parts_of (img->order, ooff, n));
     pos += n;
   }
 }
@@ -1472,8 +1951,8 @@ map_mark_absent (struct image *img, uint64_t objno)
   if (objno < m->n
       && __atomic_load_n (&img->wr_inflight[objno % INFLIGHT_BUCKETS],
                           __ATOMIC_SEQ_CST) == 0
-      && m->bytes[objno] != IMAGE_OBJ_ABSENT) {
-    __atomic_store_n (&m->bytes[objno], IMAGE_OBJ_ABSENT, __ATOMIC_SEQ_CST);
+      && map_get (m, objno) != IMAGE_OBJ_ABSENT) {
+    map_put (m, objno, F_BYTE, IMAGE_OBJ_ABSENT);
     /* Not synchronous: losing it over-reports, which is allowed. */
     store_write (img->st, img->map_oid, &v, 1, objno, 0);
   }
@@ -1882,26 +2361,29 @@ image_extents (struct image *img, uint64_t off, uint64_t len,
                image_extent_cb cb, void *arg)
 {
   struct objmap *m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
-
   struct objmap *tmp = NULL;
+  uint64_t size = image_size (img), first, last;
+  int r;
 
-  /* Not trusted: take the map as it is on the store now. */
-  if (__atomic_load_n (&img->untrusted, __ATOMIC_ACQUIRE)) {
-    ssize_t g;
-    tmp = calloc (1, sizeof *tmp + m->n + 8);
+  /* Not trusted: take the map as it is on the store now, only the part
+   * that covers the range, read in windows. */
+  if (__atomic_load_n (&img->untrusted, __ATOMIC_ACQUIRE) && off < size) {
+    tmp = map_new (m->n);
     if (tmp == NULL)
       return -ENOMEM;
-    tmp->n = m->n;
-    g = store_read (img->st, img->map_oid, tmp->bytes, m->n, 0,
-                    img->read_snap);
-    if (g < 0 && g != -ENOENT) {
-      free (tmp);
-      return (int) g;
+    first = off >> img->order;
+    last = ((len > size - off ? size : off + len) + img->info.object_size - 1)
+      >> img->order;
+    r = map_read_stored (img->st, img->map_oid, img->read_snap, tmp, first,
+                         MIN (last, m->n));
+    if (r < 0) {
+      map_free (tmp);
+      return r;
     }
     m = tmp;
   }
-  int r = extents_in (img, m, off, len, cb, arg);
-  free (tmp);
+  r = extents_in (img, m, off, len, cb, arg);
+  map_free (tmp);
   return r;
 }
 
@@ -1918,24 +2400,30 @@ extents_in (struct image *img, struct objmap *m, uint64_t off, uint64_t len,
   pos = off;
   while (pos < end) {
     uint64_t objno = pos >> img->order;
-    int alloc = objno < m->n
-      && __atomic_load_n (&m->bytes[objno], __ATOMIC_RELAXED)
-         != IMAGE_OBJ_ABSENT;
+    int alloc = objno < m->n && map_get (m, objno) != IMAGE_OBJ_ABSENT;
     uint64_t next = (objno + 1) * osize;
 
-    /* Extend over following objects of the same kind; a run of holes is
-     * skipped a word at a time. */
+    /* Extend over following objects of the same kind; a run of holes
+     * skips absent pages and directories whole. */
     while (next < end) {
       uint64_t o = next >> img->order;
-      if (!alloc && o + 8 <= m->n && next + 8 * osize <= end) {
-        uint64_t word;
-        memcpy (&word, &m->bytes[o], 8);
-        if (word == 0) {
-          next += 8 * osize;
-          continue;
-        }
+      if (o >= m->n) {
+        if (alloc)
+          break;
+        next = end;
+        break;
       }
-      if ((o < m->n && m->bytes[o] != IMAGE_OBJ_ABSENT) != alloc)
+      if (!alloc && __atomic_load_n (&m->dirs[o >> MAP_DIR_SPAN_SHIFT],
+                                      __ATOMIC_ACQUIRE) == NULL) {
+        next = ((o >> MAP_DIR_SPAN_SHIFT) + 1) << MAP_DIR_SPAN_SHIFT
+          << img->order;
+        continue;
+      }
+      if (!alloc && page_of (m, o) == NULL) {
+        next = ((o >> MAP_PAGE_SHIFT) + 1) << MAP_PAGE_SHIFT << img->order;
+        continue;
+      }
+      if ((map_get (m, o) != IMAGE_OBJ_ABSENT) != alloc)
         break;
       next += osize;
     }
@@ -2017,10 +2505,10 @@ forget_record (void *arg, uint64_t objno, uint32_t parts)
 
   (void) parts;
   if (objno < m->n) {
-    __atomic_store_n (&m->logged[objno], 0, __ATOMIC_SEQ_CST);
-    __atomic_store_n (&m->parts[objno], 0, __ATOMIC_RELAXED);
-    if (m->bytes[objno] == IMAGE_OBJ_DIRTY)
-      __atomic_store_n (&m->bytes[objno], IMAGE_OBJ_CLEAN, __ATOMIC_SEQ_CST);
+    map_put (m, objno, F_LOGGED, 0);
+    map_put (m, objno, F_PARTS, 0);
+    if (map_get (m, objno) == IMAGE_OBJ_DIRTY)
+      map_put (m, objno, F_BYTE, IMAGE_OBJ_CLEAN);
   }
 }
 
@@ -2054,9 +2542,9 @@ write_details (struct image *img)
   for (i = 0; r == 0 && i < s.n; i++) {
     uint64_t o = s.v[i].objno;
     uint32_t p;
-    if (o >= m->n || !__atomic_load_n (&m->logged[o], __ATOMIC_SEQ_CST))
+    if (o >= m->n || !map_logged (m, o))
       continue;
-    p = __atomic_load_n (&m->parts[o], __ATOMIC_RELAXED);
+    p = map_parts (m, o);
     if (p == 0 || p == ALL_PARTS)
       continue;
     buf[k++] = htole64 (CHANGES_DETAIL | o);
@@ -2079,9 +2567,9 @@ write_details (struct image *img)
       img->log.v[img->log.n++] = le64toh (buf[i]);
     for (i = 0; i < k; i += 2) {
       uint64_t o = le64toh (buf[i]) & ~CHANGES_DETAIL;
-      __atomic_store_n (&m->logged[o], 0, __ATOMIC_SEQ_CST);
-      if (m->bytes[o] == IMAGE_OBJ_DIRTY)
-        __atomic_store_n (&m->bytes[o], IMAGE_OBJ_CLEAN, __ATOMIC_SEQ_CST);
+      map_put (m, o, F_LOGGED, 0);
+      if (map_get (m, o) == IMAGE_OBJ_DIRTY)
+        map_put (m, o, F_BYTE, IMAGE_OBJ_CLEAN);
     }
     pthread_mutex_unlock (&img->map_lock);
   }
@@ -2211,7 +2699,7 @@ snap_record (struct image *img, const char *snap, uint64_t id)
     r = store_write_full (img->st, img->log_oid, "", 0, STORE_WRITE_SYNC);
     if (r < 0)
       return r;
-    img->log_tail_unknown = false;
+    __atomic_store_n (&img->log_tail_unknown, false, __ATOMIC_RELEASE);
   }
   if (moved && (r = store_remove (img->st, from)) < 0 && r != -ENOENT)
     return r;

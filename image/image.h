@@ -4,8 +4,16 @@
  *
  * Layout (like Ceph RBD format 2):
  *   vbk_directory            omap: image name -> image id
- *   vbk_name.NAME            exists while NAME is taken (exclusive create)
- *   vbk_header.ID            xattrs: name, size, object_size, features
+ *   vbk_name.NAME            exists while NAME is taken (exclusive create);
+ *                            data: the image id
+ *   vbk_header.ID            data: "format=N", name, object_size, features
+ *                            ("key=value" lines, never changed);
+ *                            xattrs: size, min_size (a shrink since the
+ *                            last snapshot), snap_seq, and from format 2
+ *                            state (absent: a normal image; "importing
+ *                            HOST PID MS": created by an import that has
+ *                            not finished; "removing": an rm started);
+ *                            omap: snap.NAME (see Snapshots)
  *   vbk_object_map.ID        one byte per data object (ABSENT or CLEAN)
  *   vbk_changes.ID           the objects changed since the last snapshot
  *                            (8 bytes each, and which 1/32 parts changed
@@ -13,6 +21,17 @@
  *   vbk_changes.ID.merged.*  changes of removed snapshots' intervals
  *   vbk_data.ID.OBJNO        data object OBJNO (16 hex digits)
  * An object exists only once written; absent objects read as zeros.
+ * The header's format (IMAGE_FORMAT) is checked on every read of it: a
+ * newer format is refused.  Format 2 added the state xattr.
+ * An image has at most IMAGE_OBJECTS_MAX data objects, so its object map
+ * stays within 128 MiB, Ceph's default osd_max_object_size: 1 PiB needs
+ * objects of 8 MiB or more; with the default 4 MiB objects an image may
+ * have up to 512 TiB, with 64 KiB objects 8 TiB.
+ *
+ * Removal (image_remove) marks the header "removing" first, then removes
+ * snapshots, data objects, change logs, the map, the header, the
+ * directory entry and last the name object; a removal that died is
+ * finished by running it again (the name still leads to the id).
  * Before the first change to an object in each snapshot interval, the
  * object is appended to vbk_changes.ID and, if new, marked in the map,
  * durably; so after any crash neither under-reports.
@@ -41,6 +60,15 @@ struct image;
 #define IMAGE_OBJECT_SIZE_MIN (64u << 10)
 #define IMAGE_OBJECT_SIZE_MAX (32u << 20)
 #define IMAGE_SIZE_MAX (UINT64_C (1) << 50)       /* 1 PiB */
+#define IMAGE_OBJECTS_MAX (UINT64_C (1) << 27)    /* see the layout */
+#define IMAGE_FORMAT 2          /* newest header format this code reads */
+
+/* The state of an image (the header's state xattr). */
+enum image_state {
+  IMAGE_STATE_OK = 0,
+  IMAGE_STATE_IMPORTING = 1,    /* an import has not finished */
+  IMAGE_STATE_REMOVING = 2,     /* an rm started; run it again to finish */
+};
 
 /* Object-map entries. */
 enum image_obj {
@@ -54,8 +82,13 @@ struct image_info {
   char id[32];
   uint64_t size;            /* bytes */
   uint32_t object_size;     /* bytes, a power of two */
-  uint64_t objects;         /* data objects the object map counts */
+  uint64_t objects;         /* data objects the object map counts:
+                               image_get_info only (image_stat and
+                               image_list leave it 0, see
+                               image_count_objects) */
   uint64_t features;
+  enum image_state state;
+  char state_detail[128];   /* importing: "HOST PID MS" of the importer */
 };
 
 /* Checks a name: 1-128 of [A-Za-z0-9._+-], not starting with '.' or '-'.
@@ -63,17 +96,41 @@ struct image_info {
 int image_name_check (const char *name);
 
 /* Creates an empty image.  SIZE need not be a multiple of anything;
- * OBJECT_SIZE 0 means the default.  Errors: -EEXIST, -EINVAL. */
+ * OBJECT_SIZE 0 means the default.  Errors: -EEXIST, -EINVAL (also more
+ * than IMAGE_OBJECTS_MAX objects). */
 int image_create (struct store *st, const char *name, uint64_t size,
                   uint32_t object_size);
 
-/* Removes an image and all its objects.  Errors: -ENOENT. */
+/* The same, marked IMAGE_STATE_IMPORTING (with this host and process)
+ * before it is listed: it is not opened for serving until the importer
+ * calls image_set_complete. */
+int image_create_incomplete (struct store *st, const char *name,
+                             uint64_t size, uint32_t object_size);
+
+/* Clears the importing state of IMG (opened with IMAGE_OPEN_INCOMPLETE)
+ * durably.  The caller has flushed every write (image_flush). */
+int image_set_complete (struct image *img);
+
+/* Removes an image and all its objects: its snapshots (with their
+ * copies of data objects and logs), data objects, change logs, map,
+ * header, directory entry and name.  Marks the image removing first, so
+ * it is not opened meanwhile; an image left removing (a removal that
+ * died) is finished by calling this again.  The caller makes sure no
+ * lease holder writes (tools/: refuse or fence).  Errors: -ENOENT. */
 int image_remove (struct store *st, const char *name);
 
-/* Information without opening.  Errors: -ENOENT. */
+/* Information without opening: reads the header only, never the object
+ * map (INFO->objects is 0).  Errors: -ENOENT. */
 int image_stat (struct store *st, const char *name, struct image_info *info);
 
-/* All images, sorted by name.  Caller frees *LIST with free(). */
+/* Counts the allocated data objects of image NAME from its stored map,
+ * reading it in bounded windows: memory stays small, time grows with the
+ * image's size.  Errors: -ENOENT. */
+int image_count_objects (struct store *st, const char *name,
+                         uint64_t *count);
+
+/* All images, sorted by name (headers only, as image_stat).  Caller
+ * frees *LIST with free(). */
 int image_list (struct store *st, struct image_info **list, size_t *n);
 
 /* Changes the size.  Shrinking removes the data past the new end.
@@ -82,10 +139,13 @@ int image_resize (struct store *st, const char *name, uint64_t size);
 
 /* Open flags. */
 #define IMAGE_OPEN_RDONLY 1u
+#define IMAGE_OPEN_INCOMPLETE 2u  /* also an image still importing */
 
 /* Opens an image.  The handle keeps its own store handle (store_clone)
  * and an in-memory copy of the object map.  Caller closes with
- * image_close().  Errors: -ENOENT. */
+ * image_close().  Errors: -ENOENT (also: being removed), -EBUSY (an
+ * import has not finished, without IMAGE_OPEN_INCOMPLETE), -EINVAL (a
+ * header format newer than IMAGE_FORMAT). */
 int image_open (struct store *st, const char *name, unsigned flags,
                 struct image **out);
 

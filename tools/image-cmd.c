@@ -8,7 +8,15 @@
  * opens the store and makes one or a few image-library calls; the library
  * records the reason of a failure and vbk_fail() prints it.  --json output
  * is built with json-c: info prints one object, ls an array of the same
- * objects, with sizes as plain numbers of bytes.
+ * objects (without "objects": ls reads headers only, never object maps),
+ * with sizes as plain numbers of bytes and the state ("ok", "incomplete":
+ * an import that did not finish, "removing": an rm that did not finish).
+ *
+ * Commands that cannot lose data: rm refuses while a host holds the
+ * lease (--force fences it first); import marks its image incomplete
+ * until the last data is durable, and replaces an image left incomplete
+ * by an import of this host that died; export writes a temporary file
+ * beside the target and renames it over only on success.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -27,6 +36,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "internal.h"
+#include "locks/lease.h"
 
 /* Largest image.  The image library refuses more than 1 PiB but image.h
  * does not name the limit yet; checking it here makes a too large size a
@@ -84,8 +94,24 @@ get_object_size (const struct vbk_args *a, uint32_t *out)
 
 /* ---- Output -------------------------------------------------------------- */
 
+static const char *
+state_name (enum image_state s)
+{
+  switch (s) {
+  case IMAGE_STATE_OK:
+    return "ok";
+  case IMAGE_STATE_IMPORTING:
+    return "incomplete";
+  case IMAGE_STATE_REMOVING:
+    return "removing";
+  }
+  return "unknown";
+}
+
+/* INFO as JSON; "objects" (the written ones) only when WITH_OBJECTS: ls
+ * does not read object maps. */
 static json_object *
-info_to_json (const struct image_info *info)
+info_to_json (const struct image_info *info, int with_objects)
 {
   json_object *o = json_object_new_object ();
 
@@ -94,10 +120,13 @@ info_to_json (const struct image_info *info)
   json_object_object_add (o, "size", json_object_new_uint64 (info->size));
   json_object_object_add (o, "object_size",
                           json_object_new_uint64 (info->object_size));
-  json_object_object_add (o, "objects",
-                          json_object_new_uint64 (info->objects));
+  if (with_objects)
+    json_object_object_add (o, "objects",
+                            json_object_new_uint64 (info->objects));
   json_object_object_add (o, "features",
                           json_object_new_uint64 (info->features));
+  json_object_object_add (o, "state",
+                          json_object_new_string (state_name (info->state)));
   return o;
 }
 
@@ -152,7 +181,7 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
     json_object *arr = json_object_new_array ();
 
     for (i = 0; i < n; i++)
-      json_object_array_add (arr, info_to_json (&list[i]));
+      json_object_array_add (arr, info_to_json (&list[i], 0));
     vbk_print_json (arr);
     json_object_put (arr);
   }
@@ -162,12 +191,12 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
         w = (int) strlen (list[i].name);
     if (n)
       printf ("%-*s  %10s  %11s  %s\n", w, "NAME", "SIZE", "OBJECT SIZE",
-              "OBJECTS");
+              "STATE");
     for (i = 0; i < n; i++)
-      printf ("%-*s  %10s  %11s  %" PRIu64 "/%" PRIu64 "\n", w, list[i].name,
+      printf ("%-*s  %10s  %11s  %s\n", w, list[i].name,
               format_size (list[i].size, s1, sizeof s1),
               format_size (list[i].object_size, s2, sizeof s2),
-              list[i].objects, objects_total (&list[i]));
+              state_name (list[i].state));
   }
   free (list);
   return VBK_EXIT_OK;
@@ -187,12 +216,14 @@ cmd_info (struct vbk_ctx *ctx, struct vbk_args *a)
     return VBK_EXIT_FAILURE;
   vbk_clear_error ();
   r = image_stat (st, a->argv[0], &info);
+  if (r == 0)
+    r = image_count_objects (st, a->argv[0], &info.objects);
   store_close (st);
   if (r < 0)
     return vbk_fail (a, r);
 
   if (vbk_opt (a, "json")) {
-    json_object *o = info_to_json (&info);
+    json_object *o = info_to_json (&info, 1);
 
     vbk_print_json (o);
     json_object_put (o);
@@ -207,6 +238,11 @@ cmd_info (struct vbk_ctx *ctx, struct vbk_args *a)
   printf ("objects:     %" PRIu64 " of %" PRIu64 " written\n",
           info.objects, objects_total (&info));
   printf ("features:    0x%" PRIx64 "\n", info.features);
+  if (info.state == IMAGE_STATE_IMPORTING)
+    printf ("state:       incomplete (import did not finish; importer %s)\n",
+            info.state_detail);
+  else
+    printf ("state:       %s\n", state_name (info.state));
   return VBK_EXIT_OK;
 }
 
@@ -230,6 +266,102 @@ cmd_resize (struct vbk_ctx *ctx, struct vbk_args *a)
   return VBK_EXIT_OK;
 }
 
+/* The importer of INFO (an importing image): its process id and host
+ * into *PID and IHOST; returns 1 if it is known to be dead (a process of
+ * this host that is gone), 2 if known to run (one of this host that
+ * exists), 0 if unknown (another host). */
+static int
+importer_state (const struct image_info *info, long *pid, char *ihost,
+                size_t len)
+{
+  char host[64] = "", fmt[32];
+
+  *pid = 0;
+  snprintf (ihost, len, "?");
+  snprintf (fmt, sizeof fmt, "%%%zus %%ld", len - 1);
+  if (sscanf (info->state_detail, fmt, ihost, pid) != 2 || *pid <= 0)
+    return 0;
+  gethostname (host, sizeof host - 1);
+  if (strcmp (ihost, host) != 0)
+    return 0;
+  if (kill ((pid_t) *pid, 0) < 0 && errno == ESRCH)
+    return 1;
+  return 2;
+}
+
+/* NAME exists (-EEXIST from create): if it is an image an import left
+ * incomplete, and that import is known to be dead, removes it and
+ * returns 0.  Otherwise -EEXIST, or -EBUSY for an import that may still
+ * run, with a message. */
+static int
+replace_incomplete (struct store *st, const char *name)
+{
+  char ihost[64], err[1024];
+  struct image_info info;
+  long pid;
+  int r;
+
+  snprintf (err, sizeof err, "%s", vbk_error ());
+  r = image_stat (st, name, &info);
+  if (r < 0 || info.state != IMAGE_STATE_IMPORTING) {
+    vbk_set_error ("%s", err);
+    return -EEXIST;
+  }
+  if (importer_state (&info, &pid, ihost, sizeof ihost) != 1) {
+    vbk_set_error ("image '%s' is being imported (by process %ld on %s); "
+                   "if that import died, remove the image with 'vbk image "
+                   "rm %s'", name, pid, ihost, name);
+    return -EBUSY;
+  }
+  log_warn ("image import: replacing '%s', left incomplete by an import "
+            "that died (process %ld)", name, pid);
+  return image_remove (st, name);
+}
+
+/* Refuses (-EBUSY) while a host holds the lease of image NAME, unless
+ * FORCE, which fences the holder first (as snap rollback does), and
+ * while an import of this host still writes it, unless FORCE.  An image
+ * whose header is gone (a removal that died) has no holder. */
+static int
+check_no_writer (struct store *st, const char *name, int force,
+                 const char *what)
+{
+  struct image_info info;
+  struct lease_status ls;
+  char hdr[64];
+  int r;
+
+  r = image_stat (st, name, &info);
+  if (r == -ENOENT)
+    return 0;                   /* image_remove says whether it exists */
+  if (r < 0)
+    return r;
+  if (info.state == IMAGE_STATE_IMPORTING && !force) {
+    char ihost[64];
+    long pid;
+    if (importer_state (&info, &pid, ihost, sizeof ihost) == 2) {
+      vbk_set_error ("image '%s' is being imported by process %ld of this "
+                     "host: stop it first, or use --force", name, pid);
+      return -EBUSY;
+    }
+  }
+  image_header_oid (info.id, hdr, sizeof hdr);
+  r = lease_status_get (st, hdr, &ls);
+  if (r == -ENOENT)
+    return 0;
+  if (r < 0 || !ls.held)
+    return r;
+  if (!force) {
+    vbk_set_error ("image '%s' is open for writing on %s (lease epoch %"
+                   PRIu64 "): stop the VM first, or use --force (fences "
+                   "that host)", name, ls.host, ls.epoch);
+    return -EBUSY;
+  }
+  log_warn ("%s of %s: breaking the lease of %s", what, name, ls.host);
+  r = lease_break (st, hdr);
+  return r == -ENOENT ? 0 : r;
+}
+
 static int
 cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
 {
@@ -241,7 +373,9 @@ cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
   vbk_clear_error ();
-  r = image_remove (st, a->argv[0]);
+  r = check_no_writer (st, a->argv[0], vbk_opt (a, "force") != NULL, "rm");
+  if (r == 0)
+    r = image_remove (st, a->argv[0]);
   store_close (st);
   if (r < 0)
     return vbk_fail (a, r);
@@ -317,14 +451,19 @@ cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
   }
   vbk_catch_signals (1);
   vbk_clear_error ();
-  if ((r = image_create (st, name, size, osize)) < 0)
+  /* Marked incomplete until the last data is durable: an import that
+   * dies leaves an image nobody serves, which a new import replaces. */
+  r = image_create_incomplete (st, name, size, osize);
+  if (r == -EEXIST && (r = replace_incomplete (st, name)) == 0)
+    r = image_create_incomplete (st, name, size, osize);
+  if (r < 0)
     goto out_fail;
-  if ((r = image_open (st, name, 0, &img)) < 0)
+  if ((r = image_open (st, name, IMAGE_OPEN_INCOMPLETE, &img)) < 0)
     goto out_remove;
   if ((r = copy_import (ctx, fd, file, size, img, &stats)) < 0)
     goto out_remove;
   /* image_close flushes, but cannot report a failure: flush first. */
-  if ((r = image_flush (img)) < 0)
+  if ((r = image_flush (img)) < 0 || (r = image_set_complete (img)) < 0)
     goto out_remove;
   image_close (img);
   store_close (st);
@@ -357,17 +496,156 @@ cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
   return vbk_fail (a, -EINVAL);
 }
 
+/* Where an export writes.  A new file, or an existing regular file named
+ * directly, is written as a temporary file beside it (same directory,
+ * same file system) and renamed over the target only once its data is
+ * durable (fsync of the file, rename, fsync of the directory): a failed
+ * or interrupted export leaves the old file as it was.  Anything else (a
+ * block device, or a symbolic link such as /dev/stdout) is written in
+ * place. */
+struct export_target {
+  const char *file;         /* as given */
+  char *tmp;                /* the temporary file, or NULL: in place */
+  char *dir;                /* its directory, for the fsync */
+  int fd;
+};
+
+/* Opens the target of an export of SIZE bytes.  An existing regular
+ * file is replaced only with FORCE.  Returns 0 or -errno (message set). */
+static int
+export_open (struct export_target *t, const char *file, uint64_t size,
+             int force)
+{
+  struct stat lsb, sb;
+  char *slash;
+  int r;
+
+  memset (t, 0, sizeof *t);
+  t->file = file;
+  t->fd = -1;
+  r = lstat (file, &lsb);
+  if (r < 0 && errno != ENOENT)
+    return vbk_errno (-errno, "%s", file);
+  if (r == 0 && S_ISREG (lsb.st_mode) && !force) {
+    vbk_set_error ("%s: file exists (use --force to replace it)", file);
+    return -EEXIST;
+  }
+  if (r < 0 || S_ISREG (lsb.st_mode)) {
+    /* Beside the target: DIR/.NAME.vbk-XXXXXX. */
+    slash = strrchr (file, '/');
+    if (slash)
+      t->dir = strndup (file, slash == file ? 1 : (size_t) (slash - file));
+    else
+      t->dir = strdup (".");
+    if (t->dir == NULL
+        || asprintf (&t->tmp, "%s%s.%s.vbk-XXXXXX", slash ? t->dir : "",
+                     slash && slash != file ? "/" : "",
+                     slash ? slash + 1 : file) < 0) {
+      t->tmp = NULL;
+      return vbk_errno (-ENOMEM, "%s", file);
+    }
+    t->fd = mkostemp (t->tmp, O_CLOEXEC);
+    if (t->fd < 0) {
+      r = vbk_errno (-errno, "%s", file);
+      free (t->tmp);
+      t->tmp = NULL;
+      return r;
+    }
+    {
+      mode_t mask = umask (0);
+      umask (mask);
+      fchmod (t->fd, 0666 & ~mask);
+    }
+    /* The image's size as one hole: only data is written. */
+    if (ftruncate (t->fd, size) < 0)
+      return vbk_errno (-errno, "%s: truncate", t->tmp);
+    return 0;
+  }
+
+  t->fd = open (file, O_WRONLY | O_CLOEXEC);
+  if (t->fd < 0 || fstat (t->fd, &sb) < 0)
+    return vbk_errno (-errno, "%s", file);
+  if (S_ISREG (sb.st_mode)) {
+    /* A link to a regular file: in place, emptied first. */
+    if (ftruncate (t->fd, 0) < 0 || ftruncate (t->fd, size) < 0)
+      return vbk_errno (-errno, "%s: truncate", file);
+  }
+  else if (S_ISBLK (sb.st_mode)) {
+    uint64_t dev;
+
+    if (ioctl (t->fd, BLKGETSIZE64, &dev) == 0 && dev < size) {
+      vbk_set_error ("%s: device too small (%" PRIu64 " bytes, the image "
+                     "has %" PRIu64 ")", file, dev, size);
+      return -ENOSPC;
+    }
+  }
+  else {
+    vbk_set_error ("%s: not a regular file or block device", file);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+/* Whether the export writes a regular file (holes may stay holes). */
+static int
+export_sparse (const struct export_target *t)
+{
+  struct stat sb;
+
+  return fstat (t->fd, &sb) == 0 && S_ISREG (sb.st_mode);
+}
+
+/* Makes the export durable and, for a temporary file, puts it in place. */
+static int
+export_commit (struct export_target *t)
+{
+  int dfd, r;
+
+  if (fsync (t->fd) < 0)
+    return vbk_errno (-errno, "%s: fsync", t->tmp ? t->tmp : t->file);
+  r = close (t->fd);
+  t->fd = -1;
+  if (r < 0)
+    return vbk_errno (-errno, "%s: close", t->tmp ? t->tmp : t->file);
+  if (t->tmp == NULL)
+    return 0;
+  if (rename (t->tmp, t->file) < 0)
+    return vbk_errno (-errno, "%s: rename to %s", t->tmp, t->file);
+  free (t->tmp);
+  t->tmp = NULL;
+  /* The rename itself is durable once the directory is. */
+  dfd = open (t->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0)
+    return vbk_errno (-errno, "%s: open directory", t->dir);
+  r = fsync (dfd) < 0 ? vbk_errno (-errno, "%s: fsync", t->dir) : 0;
+  close (dfd);
+  return r;
+}
+
+/* Closes the target; a temporary file left (a failed export) goes. */
+static void
+export_close (struct export_target *t)
+{
+  if (t->fd >= 0)
+    close (t->fd);
+  if (t->tmp)
+    unlink (t->tmp);
+  free (t->tmp);
+  free (t->dir);
+  t->fd = -1;
+  t->tmp = t->dir = NULL;
+}
+
 static int
 cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
 {
   const char *name = a->argv[0], *file = a->argv[1];
   struct vbk_snap_ref ref = { "" };
   struct copy_stats stats = { 0 };
+  struct export_target t = { .fd = -1 };
   struct image *img = NULL;
   struct store *st;
-  struct stat sb;
-  uint64_t size;
-  int fd = -1, r, sparse, created = 0;
+  int r;
 
   /* NAME@SNAP exports a snapshot. */
   if (strchr (name, '@') ? (r = vbk_parse_snap_ref (a, name, &ref))
@@ -383,63 +661,19 @@ cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
     r = image_open (st, name, IMAGE_OPEN_RDONLY, &img);
   if (r < 0)
     goto out;
-  size = image_size (img);
 
-  /* Open the file only once the image is known to exist, so that a
-   * wrong name does not leave an empty file behind; remember whether we
-   * created it, to remove it again if the export fails. */
-  fd = open (file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd >= 0)
-    created = 1;
-  else if (errno == EEXIST)
-    fd = open (file, O_WRONLY | O_CLOEXEC);
-  if (fd < 0 || fstat (fd, &sb) < 0) {
-    r = vbk_errno (-errno, "%s", file);
-    goto out;
-  }
-  sparse = S_ISREG (sb.st_mode);
-  if (sparse) {
-    /* Empty, then the image's size as one hole: only data is written. */
-    if (ftruncate (fd, 0) < 0 || ftruncate (fd, size) < 0) {
-      r = vbk_errno (-errno, "%s: truncate", file);
-      goto out;
-    }
-  }
-  else if (S_ISBLK (sb.st_mode)) {
-    uint64_t dev;
-
-    if (ioctl (fd, BLKGETSIZE64, &dev) == 0 && dev < size) {
-      r = -ENOSPC;
-      vbk_set_error ("%s: device too small (%" PRIu64 " bytes, the image "
-                     "has %" PRIu64 ")", file, dev, size);
-      goto out;
-    }
-  }
-  else {
-    r = -EINVAL;
-    vbk_set_error ("%s: not a regular file or block device", file);
-    goto out;
-  }
-
-  if ((r = copy_export (ctx, img, fd, file, sparse, &stats)) < 0)
-    goto out;
-  if (fsync (fd) < 0) {
-    r = vbk_errno (-errno, "%s: fsync", file);
-    goto out;
-  }
-  r = close (fd);
-  fd = -1;
-  if (r < 0) {
-    r = vbk_errno (-errno, "%s: close", file);
-    goto out;
-  }
-  log_stats ("export", &stats);
+  /* Open the target only once the image is known to exist, so that a
+   * wrong name leaves nothing behind. */
+  r = export_open (&t, file, image_size (img), vbk_opt (a, "force") != NULL);
+  if (r == 0)
+    r = copy_export (ctx, img, t.fd, file, export_sparse (&t), &stats);
+  if (r == 0)
+    r = export_commit (&t);
+  if (r == 0)
+    log_stats ("export", &stats);
 
  out:
-  if (fd >= 0)
-    close (fd);
-  if (r < 0 && created)
-    unlink (file);
+  export_close (&t);
   image_close (img);
   store_close (st);
   vbk_catch_signals (0);
@@ -472,6 +706,16 @@ static const struct vbk_opt import_opts[] = {
   { NULL },
 };
 
+static const struct vbk_opt rm_opts[] = {
+  { "force", 0, NULL, "even while a host holds the lease (it is fenced)" },
+  { NULL },
+};
+
+static const struct vbk_opt export_opts[] = {
+  { "force", 0, NULL, "replace an existing FILE (atomically, on success)" },
+  { NULL },
+};
+
 const struct vbk_cmd image_cmds[] = {
   { "create", "NAME --size SIZE [--object-size SIZE]",
     "create an empty, thin image", size_opts, 1, 1, cmd_create },
@@ -481,13 +725,14 @@ const struct vbk_cmd image_cmds[] = {
     json_opts, 1, 1, cmd_info },
   { "resize", "NAME --size SIZE", "grow or shrink an image", resize_opts,
     1, 1, cmd_resize },
-  { "rm", "NAME", "remove an image and all its data", NULL, 1, 1, cmd_rm },
+  { "rm", "NAME [--force]", "remove an image and all its data (refused "
+    "while a host holds its lease)", rm_opts, 1, 1, cmd_rm },
   { "import", "FILE NAME [--object-size SIZE]",
     "create image NAME from a raw FILE, skipping holes and zero blocks",
     import_opts, 2, 2, cmd_import },
-  { "export", "NAME[@SNAP] FILE",
-    "write an image or IMAGE@SNAP to a raw FILE (sparse; created or "
-    "overwritten)",
-    NULL, 2, 2, cmd_export },
+  { "export", "NAME[@SNAP] FILE [--force]",
+    "write an image or IMAGE@SNAP to a raw FILE (sparse; an existing file "
+    "is replaced only with --force, and only once the export succeeded)",
+    export_opts, 2, 2, cmd_export },
   { NULL },
 };

@@ -40,7 +40,8 @@ v image info odd --json | json_check 'd["size"] == 12345'
 
 v image ls --json | json_check '
 [i["name"] for i in d] == ["big-obj", "odd", "small", "vm1"]
-and all(set(i) >= {"name", "id", "size", "object_size", "objects"} for i in d)
+and all(set(i) >= {"name", "id", "size", "object_size", "state"} for i in d)
+and all(i["state"] == "ok" and "objects" not in i for i in d)
 and [i["size"] for i in d] == [100 << 20, 12345, 1 << 20, 10 << 30]
 and len(set(i["id"] for i in d)) == 4'
 
@@ -49,9 +50,10 @@ grep -q "^name: *vm1$" "$TEST_DIR/info" || fail "info: name"
 grep -q "^size: *10 GiB (10737418240 bytes)$" "$TEST_DIR/info" || fail "info: size"
 grep -q "^object size: *4 MiB (4194304 bytes)$" "$TEST_DIR/info" || fail "info: object size"
 grep -q "^objects: *0 of 2560 written$" "$TEST_DIR/info" || fail "info: objects"
+grep -q "^state: *ok$" "$TEST_DIR/info" || fail "info: state"
 v image ls >"$TEST_DIR/ls"
 [ "$(wc -l <"$TEST_DIR/ls")" -eq 5 ] || fail "ls: expected a header and 4 lines"
-grep -Eq "^vm1 +10 GiB +4 MiB +0/2560$" "$TEST_DIR/ls" || fail "ls: vm1 line: $(cat "$TEST_DIR/ls")"
+grep -Eq "^vm1 +10 GiB +4 MiB +ok$" "$TEST_DIR/ls" || fail "ls: vm1 line: $(cat "$TEST_DIR/ls")"
 
 # ---- errors of these verbs ----------------------------------------------------
 
@@ -98,7 +100,7 @@ v image info disk --json | json_check '
 d["size"] == 100 << 20 and d["object_size"] == 4 << 20 and d["objects"] == 6'
 
 out=$TEST_DIR/export.raw
-v image export disk "$out"
+v image export disk "$out" --force
 cmp "$src" "$out" || fail "export differs from the imported file"
 [ "$(stat -c %s "$out")" -eq $((100 * M)) ] || fail "export has the wrong size"
 alloc=$(($(stat -c '%b * %B' "$out")))
@@ -107,7 +109,7 @@ alloc=$(($(stat -c '%b * %B' "$out")))
 # Export over an existing, larger file: it ends up the image's size.
 head -c $((3 * M)) /dev/urandom >"$out"
 truncate -s 200M "$out"
-v image export disk "$out"
+v image export disk "$out" --force
 cmp "$src" "$out" || fail "export over an existing file differs"
 
 # Another object size, and a size that is not a multiple of it.

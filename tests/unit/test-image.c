@@ -7,7 +7,10 @@
  * from the N-th on (a crash between two steps), for every N, the map on
  * the store never under-reports the data objects that exist.
  */
+#include <endian.h>
 #include <errno.h>
+#include <malloc.h>
+#include <stdbool.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -79,6 +82,7 @@ test_create_list_stat_remove (void **state)
 {
   struct fixture *f = *state;
   struct image_info info, *list;
+  uint64_t count;
   size_t n;
 
   assert_int_equal (image_create (f->st, "b-disk", 10 * MiB, 0), 0);
@@ -90,7 +94,9 @@ test_create_list_stat_remove (void **state)
   assert_string_equal (info.name, "a-disk");
   assert_int_equal (info.size, 3 * MiB + 5);
   assert_int_equal (info.object_size, OBJ);
-  assert_int_equal (info.objects, 0);
+  assert_int_equal (info.state, IMAGE_STATE_OK);
+  assert_int_equal (image_count_objects (f->st, "a-disk", &count), 0);
+  assert_int_equal (count, 0);
 
   assert_int_equal (image_list (f->st, &list, &n), 0);
   assert_int_equal (n, 2);
@@ -323,6 +329,7 @@ test_resize (void **state)
   struct fixture *f = *state;
   char *buf = malloc (8 * OBJ), *r = malloc (8 * OBJ);
   struct image_info info;
+  uint64_t count;
   struct image *img;
 
   assert_int_equal (image_create (f->st, "rs", 8 * OBJ, OBJ), 0);
@@ -336,7 +343,8 @@ test_resize (void **state)
   assert_int_equal (image_resize (f->st, "rs", 2 * OBJ + 1000), 0);
   assert_int_equal (image_stat (f->st, "rs", &info), 0);
   assert_int_equal (info.size, 2 * OBJ + 1000);
-  assert_int_equal (info.objects, 3);
+  assert_int_equal (image_count_objects (f->st, "rs", &count), 0);
+  assert_int_equal (count, 3);
   assert_int_equal (image_resize (f->st, "rs", 8 * OBJ), 0);
   assert_int_equal (image_open (f->st, "rs", 0, &img), 0);
   assert_int_equal (image_read (img, r, 8 * OBJ, 0), 8 * OBJ);
@@ -458,6 +466,179 @@ test_store_full_is_reported (void **state)
   store_close (fst);
 }
 
+/* Collects the extents image_diff reports. */
+struct diff_seen {
+  uint64_t off[64], len[64];
+  size_t n;
+};
+
+static int
+diff_collect (void *arg, uint64_t off, uint64_t len, int alloc)
+{
+  struct diff_seen *d = arg;
+
+  (void) alloc;
+  if (d->n < 64) {
+    d->off[d->n] = off;
+    d->len[d->n] = len;
+    d->n++;
+  }
+  return 0;
+}
+
+static bool
+diff_covers (const struct diff_seen *d, uint64_t off, uint64_t len)
+{
+  size_t i;
+
+  for (i = 0; i < d->n; i++)
+    if (d->off[i] <= off && off + len <= d->off[i] + d->len[i])
+      return true;
+  return false;
+}
+
+/* A change-log append that fails may still land (the reply was lost);
+ * if cutting it back fails too, the log may end in a record of which
+ * parts of an object changed that hides the object's whole record.  A
+ * later write to another part of that object must not be missed by a
+ * diff: the write waits for the cut, and fails while the cut fails. */
+static void
+test_failed_log_cut_no_under_report (void **state)
+{
+  struct fixture *f = *state;
+  char furi[4200], buf[4096], loid[96];
+  struct image_info info;
+  struct diff_seen d = { .n = 0 };
+  struct store *fst;
+  struct image *img;
+  uint64_t words[2], size;
+
+  snprintf (furi, sizeof furi, "fault:@%s", f->uri);
+  assert_int_equal (store_open (furi, &fst), 0);
+  assert_int_equal (image_create (fst, "cut", MiB, OBJ), 0);
+  assert_int_equal (image_open (fst, "cut", 0, &img), 0);
+  assert_int_equal (image_snap_create (img, "s1", NULL), 0);
+  fill (buf, sizeof buf, 4);
+  /* Parts 0-1 of object 0 (parts of 2 KiB): logged whole. */
+  assert_int_equal (image_write (img, buf, sizeof buf, 0, 0), 0);
+  image_get_info (img, &info);
+  snprintf (loid, sizeof loid, "vbk_changes.%s", info.id);
+  assert_int_equal (store_stat (f->st, loid, STORE_SNAP_HEAD, &size), 0);
+  assert_int_equal (size, 8);
+
+  /* Saving the parts appends "object 0: parts 0-1": the append fails,
+   * and so does the cut after it (every write fails). */
+  assert_int_equal (store_fault_set (fst, STORE_OP_WRITE, -EIO, 1, 1, NULL),
+                    0);
+  assert_int_equal (image_save_parts (img), -EIO);
+  assert_int_equal (store_fault_set (fst, 0, 0, 0, 0, NULL), 0);
+  /* ... but the append had landed. */
+  words[0] = htole64 ((UINT64_C (1) << 62) | 0);
+  words[1] = htole64 (3);
+  assert_int_equal (store_write (f->st, loid, words, sizeof words, 8,
+                                 STORE_WRITE_SYNC), 0);
+
+  /* While the cut still fails, writes are refused. */
+  assert_int_equal (store_fault_set (fst, STORE_OP_WRITE, -EIO, 1, 1, NULL),
+                    0);
+  assert_int_equal (image_write (img, buf, sizeof buf, OBJ / 2, 0), -EIO);
+  assert_non_null (strstr (vbk_error (), "change log"));
+  assert_int_equal (store_fault_set (fst, 0, 0, 0, 0, NULL), 0);
+
+  /* Another part of object 0 changes: the diff must cover it. */
+  assert_int_equal (image_write (img, buf, sizeof buf, OBJ / 2, 0), 0);
+  assert_int_equal (image_diff (fst, "cut", "s1", NULL, diff_collect, &d), 0);
+  assert_true (diff_covers (&d, 0, sizeof buf));
+  assert_true (diff_covers (&d, OBJ / 2, sizeof buf));
+  image_close (img);
+  store_close (fst);
+}
+
+static int
+count_cb (void *arg, uint64_t off, uint64_t len, int alloc)
+{
+  (void) off;
+  (void) len;
+  (void) alloc;
+  ++*(uint64_t *) arg;
+  return 0;
+}
+
+/* Listing and stat read headers only, never object maps; opening a huge
+ * image allocates for the objects written, not for its size; an extents
+ * walk of an untrusted handle reads only the map of the range asked; and
+ * no image has more than IMAGE_OBJECTS_MAX objects. */
+static void
+test_huge_map_costs (void **state)
+{
+  struct fixture *f = *state;
+  uint64_t size = IMAGE_OBJECTS_MAX * (UINT64_C (4) << 20);   /* 512 TiB */
+  char furi[4200], buf[4096];
+  struct image_info info, *list;
+  struct mallinfo2 m0, m1;
+  struct store *fst;
+  struct image *img;
+  uint64_t before, count, extents = 0;
+  size_t n;
+
+  snprintf (furi, sizeof furi, "fault:@%s", f->uri);
+  assert_int_equal (store_open (furi, &fst), 0);
+  assert_int_equal (image_create (fst, "huge", size + 1, 4u << 20), -EINVAL);
+  assert_non_null (strstr (vbk_error (), "objects"));
+  assert_int_equal (image_create (fst, "huge", UINT64_C (1) << 50, 0),
+                    -EINVAL);
+  assert_int_equal (image_create (fst, "huge", UINT64_C (1) << 50, 8u << 20),
+                    0);
+  assert_int_equal (image_remove (fst, "huge"), 0);
+  assert_int_equal (image_create (fst, "huge", size, 4u << 20), 0);
+  assert_int_equal (image_resize (fst, "huge", size + 1), -EINVAL);
+
+  /* Data in the first and the last object: a stored map of 128 MiB. */
+  assert_int_equal (image_open (fst, "huge", 0, &img), 0);
+  memset (buf, 'h', sizeof buf);
+  assert_int_equal (image_write (img, buf, sizeof buf, 0, 0), 0);
+  assert_int_equal (image_write (img, buf, sizeof buf, size - sizeof buf, 0),
+                    0);
+  image_close (img);
+
+  before = store_fault_bytes_read (fst);
+  assert_int_equal (image_stat (fst, "huge", &info), 0);
+  assert_int_equal (image_list (fst, &list, &n), 0);
+  free (list);
+  assert_true (store_fault_bytes_read (fst) - before < 64 * 1024);
+
+  /* Counting reads the map, in windows. */
+  assert_int_equal (image_count_objects (fst, "huge", &count), 0);
+  assert_int_equal (count, 2);
+
+  m0 = mallinfo2 ();
+  assert_int_equal (image_open (fst, "huge", 0, &img), 0);
+  m1 = mallinfo2 ();
+  assert_true (m1.uordblks + m1.hblkhd - m0.uordblks - m0.hblkhd
+               < (size_t) 16 << 20);
+  image_get_info (img, &info);
+  assert_int_equal (info.objects, 2);
+  /* Written since the last snapshot (none): DIRTY. */
+  assert_int_equal (image_object_state (img, 0), IMAGE_OBJ_DIRTY);
+  assert_int_equal (image_object_state (img, 1), IMAGE_OBJ_ABSENT);
+  assert_int_equal (image_object_state (img, IMAGE_OBJECTS_MAX - 1),
+                    IMAGE_OBJ_DIRTY);
+
+  /* A BLOCK_STATUS of the first GiB of an untrusted handle. */
+  assert_int_equal (image_set_trusted (img, 0), 0);
+  before = store_fault_bytes_read (fst);
+  assert_int_equal (image_extents (img, 0, UINT64_C (1) << 30, count_cb,
+                                   &extents), 0);
+  assert_int_equal (extents, 2);
+  assert_true (store_fault_bytes_read (fst) - before < 64 * 1024);
+  extents = 0;
+  assert_int_equal (image_extents (img, 0, size, count_cb, &extents), 0);
+  assert_int_equal (extents, 3);
+  image_close (img);
+  assert_int_equal (image_remove (fst, "huge"), 0);
+  store_close (fst);
+}
+
 int
 main (void)
 {
@@ -473,6 +654,9 @@ main (void)
     cmocka_unit_test_setup_teardown (test_resize, setup, teardown),
     cmocka_unit_test_setup_teardown (test_map_never_under_reports, setup,
                                      teardown),
+    cmocka_unit_test_setup_teardown (test_huge_map_costs, setup, teardown),
+    cmocka_unit_test_setup_teardown (test_failed_log_cut_no_under_report,
+                                     setup, teardown),
     cmocka_unit_test_setup_teardown (test_store_full_is_reported, setup,
                                      teardown),
   };

@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * image-open-bench.c - time and memory of image_open, and of one
+ * image_extents walk over the whole image (what an NBD BLOCK_STATUS
+ * costs), for big thin images.
+ *
+ * DESIGN: for each size given, creates an image on the store, allocates
+ * WRITTEN bytes of it (one 4 KiB write per object, contiguous from 0 or
+ * spread evenly over the image with --spread: the map does not care how
+ * much of an object holds data), then, in a fresh child process so that
+ * earlier allocations do not count, measures the wall time of image_open
+ * and the growth of the resident set (VmRSS: memory touched) and of the
+ * heap (mallinfo2: memory allocated, touched or not), and the time of a
+ * walk of its extents.  Prints one line per image.  The image is removed after.
+ *
+ *   image-open-bench STORE-URI [--spread] [--object-size BYTES]
+ *                    SIZE:WRITTEN...        (sizes in bytes, or K/M/G/T)
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "image/image.h"
+
+static uint64_t
+rss_kib (void)
+{
+  char line[256];
+  uint64_t kib = 0;
+  FILE *f = fopen ("/proc/self/status", "r");
+
+  while (f && fgets (line, sizeof line, f))
+    if (sscanf (line, "VmRSS: %" SCNu64, &kib) == 1)
+      break;
+  if (f)
+    fclose (f);
+  return kib;
+}
+
+static int
+count_extent (void *arg, uint64_t off, uint64_t len, int alloc)
+{
+  (void) off;
+  (void) len;
+  (void) alloc;
+  ++*(uint64_t *) arg;
+  return 0;
+}
+
+/* In a child: open NAME, print the numbers. */
+static int
+measure (const char *uri, const char *name, const char *label)
+{
+  struct store *st;
+  struct image *img;
+  uint64_t r0, r1, t0, t1, t2, extents = 0;
+  size_t h0, h1;
+  int r;
+
+  if (store_open (uri, &st) < 0)
+    return 1;
+  r0 = rss_kib ();
+  h0 = mallinfo2 ().uordblks + mallinfo2 ().hblkhd;
+  t0 = now_mono_ns ();
+  r = image_open (st, name, 0, &img);
+  t1 = now_mono_ns ();
+  r1 = rss_kib ();
+  h1 = mallinfo2 ().uordblks + mallinfo2 ().hblkhd;
+  if (r < 0) {
+    fprintf (stderr, "image-open-bench: open: %s\n", vbk_error ());
+    return 1;
+  }
+  r = image_extents (img, 0, image_size (img), count_extent, &extents);
+  t2 = now_mono_ns ();
+  printf ("%-24s open %7.2f ms  rss +%6.2f MiB  heap +%7.2f MiB  "
+          "extents walk %6.2f ms (%" PRIu64 " extents)\n", label,
+          (t1 - t0) / 1e6, (double) (r1 - r0) / 1024,
+          (double) (h1 - h0) / (1 << 20), (t2 - t1) / 1e6, extents);
+  fflush (stdout);
+  image_close (img);
+  store_close (st);
+  return r < 0;
+}
+
+int
+main (int argc, char **argv)
+{
+  uint32_t osize = IMAGE_OBJECT_SIZE_DEFAULT;
+  int i, spread = 0, status = 0;
+  static char buf[4096];
+
+  if (argc < 3) {
+    fprintf (stderr, "usage: image-open-bench STORE-URI [--spread] "
+             "[--object-size BYTES] SIZE:WRITTEN...\n");
+    return 2;
+  }
+  memset (buf, 0xab, sizeof buf);
+  for (i = 2; i < argc; i++) {
+    char *colon = strchr (argv[i], ':'), label[64], size_s[32], wr_s[32];
+    uint64_t size, written, nobj, total, k, step, v;
+    struct store *st;
+    struct image *img;
+    pid_t pid;
+    int r, ws;
+
+    if (strcmp (argv[i], "--spread") == 0) {
+      spread = 1;
+      continue;
+    }
+    if (strcmp (argv[i], "--object-size") == 0 && i + 1 < argc) {
+      if (parse_size (argv[++i], &v) < 0)
+        return 2;
+      osize = (uint32_t) v;
+      continue;
+    }
+    if (colon == NULL)
+      return 2;
+    *colon = '\0';
+    if (parse_size (argv[i], &size) < 0 || parse_size (colon + 1, &written) < 0)
+      return 2;
+    snprintf (label, sizeof label, "%s, %s %s", format_size (size, size_s,
+                                                             sizeof size_s),
+              format_size (written, wr_s, sizeof wr_s),
+              written ? (spread ? "spread" : "from 0") : "written");
+    if (store_open (argv[1], &st) < 0) {
+      fprintf (stderr, "image-open-bench: %s\n", vbk_error ());
+      return 1;
+    }
+    image_remove (st, "open-bench");
+    r = image_create (st, "open-bench", size, osize);
+    if (r == 0)
+      r = image_open (st, "open-bench", 0, &img);
+    if (r < 0) {
+      fprintf (stderr, "image-open-bench: %s\n", vbk_error ());
+      return 1;
+    }
+    nobj = written / osize;
+    total = (size + osize - 1) / osize;
+    step = spread && nobj ? total / nobj : 1;
+    for (k = 0; r == 0 && k < nobj; k++)
+      r = image_write (img, buf, sizeof buf, k * step * osize, 0);
+    if (r == 0)
+      r = image_flush (img);
+    image_close (img);
+    if (r < 0) {
+      fprintf (stderr, "image-open-bench: write: %s\n", vbk_error ());
+      return 1;
+    }
+    fflush (stdout);
+    pid = fork ();
+    if (pid == 0)
+      _exit (measure (argv[1], "open-bench", label));
+    if (pid < 0 || waitpid (pid, &ws, 0) < 0 || !WIFEXITED (ws)
+        || WEXITSTATUS (ws) != 0)
+      status = 1;
+    image_remove (st, "open-bench");
+    store_close (st);
+  }
+  return status;
+}
