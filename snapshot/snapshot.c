@@ -24,11 +24,12 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/timeouts.h"
 #include "common/util.h"
 #include "snapshot.h"
 
-#define DEFAULT_TIMEOUT_MS 30000
-#define FREEZE_TIMEOUT_MS 10000
+#define DEFAULT_TIMEOUT_MS VBK_SNAP_CMD_TIMEOUT_MS
+#define FREEZE_TIMEOUT_MS VBK_SNAP_FREEZE_TIMEOUT_MS
 
 /* ---- Holder side ------------------------------------------------------ */
 
@@ -39,7 +40,7 @@ struct snap_server {
   pthread_cond_t cond;
   bool frozen;
   char token[64];
-  uint64_t thaw_at_ms;
+  uint64_t thaw_at_ms;             /* monotonic */
   bool stop;
   pthread_t timer;
 };
@@ -86,13 +87,13 @@ thaw_timer (void *arg)
   pthread_mutex_lock (&s->lock);
   while (!s->stop) {
     struct timespec ts;
-    if (s->frozen && now_wall_ms () >= s->thaw_at_ms) {
+    if (s->frozen && now_mono_ns () / 1000000 >= s->thaw_at_ms) {
       log_warn ("snapshot: freeze %s timed out; thawing", s->token);
       s->frozen = false;
       lease_resume (s->lease);
       continue;
     }
-    clock_gettime (CLOCK_REALTIME, &ts);
+    clock_gettime (CLOCK_MONOTONIC, &ts);
     ts.tv_nsec += 100000000;
     if (ts.tv_nsec >= 1000000000) {
       ts.tv_sec++;
@@ -114,7 +115,13 @@ snap_server_new (struct image *img, struct lease *lease)
   s->img = img;
   s->lease = lease;
   pthread_mutex_init (&s->lock, NULL);
-  pthread_cond_init (&s->cond, NULL);
+  {
+    pthread_condattr_t ca;
+    pthread_condattr_init (&ca);
+    pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+    pthread_cond_init (&s->cond, &ca);
+    pthread_condattr_destroy (&ca);
+  }
   if (pthread_create (&s->timer, NULL, thaw_timer, s) != 0) {
     pthread_mutex_destroy (&s->lock);
     pthread_cond_destroy (&s->cond);
@@ -184,7 +191,7 @@ snap_server_command (struct snap_server *s, const char *payload, size_t len,
       if (r == 0) {
         s->frozen = true;
         snprintf (s->token, sizeof s->token, "%s", a);
-        s->thaw_at_ms = now_wall_ms () + timeout;
+        s->thaw_at_ms = now_mono_ns () / 1000000 + timeout;
         n = snprintf (reply, reply_max, "frozen");
       }
       else
