@@ -910,6 +910,12 @@ lease_epoch (struct lease *l)
   return e;
 }
 
+struct store *
+lease_store (struct lease *l)
+{
+  return l->st;
+}
+
 /* ---- Operator side ---------------------------------------------------- */
 
 int

@@ -201,6 +201,8 @@ void lease_resume (struct lease *l);
 
 enum lease_state lease_state (struct lease *l);
 uint64_t lease_epoch (struct lease *l);
+/* The store handle given to lease_open (owned by the caller). */
+struct store *lease_store (struct lease *l);
 
 /* ---- Operator side (vbk lease) ---------------------------------------- */
 
