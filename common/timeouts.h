@@ -53,12 +53,17 @@
  *
  * The other waits of the system hang off these:
  *  - a hand-off: the requester asks by notify (NOTIFY), polls while the
- *    holder drains its writes and flushes, treats a holder that agreed
- *    but still holds the lock after D as silent and waits for E+TM; a
- *    writer waiting for the lease gives up after 3 D + 10 s;
+ *    holder drains its writes and flushes, asks again if the holder
+ *    agreed but still holds the lock after HANDOFF_REASK, treats it as
+ *    silent after D and waits for E+TM; a writer waiting for the lease
+ *    gives up after 3 D + ACQUIRE_SLACK (a silent holder's whole lease,
+ *    the takeover, and a second try);
  *  - a snapshot command waits up to SNAP_CMD for the holder's answer; a
  *    group's freeze thaws by itself after SNAP_FREEZE if its requester
  *    vanished, so a dead requester holds writes at most that long.
+ *  - image/ serializes snapshot removals with its own store lock of 30 s
+ *    (SNAPOPS_MS in image.c), renewed by nobody: a removal must finish
+ *    within it;
  *  - blockd has no handshake timeout today: a client that stalls in the
  *    NBD handshake keeps its connection (and thread) open.
  *
@@ -91,6 +96,11 @@
 /* A release on request is done only after the holder has drained; the
  * releaser then leaves the lock to the requester this long. */
 #define VBK_HANDOFF_YIELD_MS 1000u
+/* A holder that agreed to let go but still holds the lock after this is
+ * asked again (it may have taken the lease back meanwhile). */
+#define VBK_HANDOFF_REASK_MS 300u
+/* A writer waits 3 D + this for the lease before failing. */
+#define VBK_LEASE_ACQUIRE_SLACK_MS 10000u
 
 /* SNAP_CMD: a command to the lease holder (snapshot.h) waits this long
  * for its answer. */

@@ -317,7 +317,8 @@ acquire (struct lease *l, uint64_t *epoch_out, uint64_t *sent_out)
       poll_ms = MIN (poll_ms * 2, 20u);
       /* It agreed but still holds it after a while: it may have taken
        * it back; ask again. */
-      if (now_mono_ns () - poll_start > 300000000ull && answered) {
+      if (now_mono_ns () - poll_start
+          > (uint64_t) VBK_HANDOFF_REASK_MS * 1000000 && answered) {
         asked = false;
         snprintf (asked_key, sizeof asked_key, "%s", "");
       }
@@ -723,7 +724,8 @@ lease_open (struct store *st, const char *hdr_oid,
   lease_sm_init (&l->sm, opts->duration_ms, opts->exclusive,
                  opts->bounce_limit, opts->bounce_window_ms);
   l->acquire_timeout_ms = opts->acquire_timeout_ms
-    ? opts->acquire_timeout_ms : 3 * l->sm.duration_ms + 10000;
+    ? opts->acquire_timeout_ms
+    : 3 * l->sm.duration_ms + VBK_LEASE_ACQUIRE_SLACK_MS;
   l->no_handoff = opts->no_handoff;
   pthread_mutex_init (&l->lock, NULL);
   {

@@ -149,7 +149,8 @@ struct lease_opts {
   bool exclusive;              /* refuse automatic hand-off */
   unsigned bounce_limit;       /* 0: default */
   uint32_t bounce_window_ms;   /* 0: default */
-  uint32_t acquire_timeout_ms; /* 0: 3 x duration + 10 s */
+  uint32_t acquire_timeout_ms; /* 0: 3 x duration
+                                  + VBK_LEASE_ACQUIRE_SLACK_MS */
 };
 
 struct lease_hooks {

@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 M = 1 << 20
 BLOCK = 4096
@@ -78,6 +79,10 @@ def drive(a):
         if i == 10 and a.ready:
             open(a.ready, "w").close()
     h.flush()
+    # Out of room: stay connected (the daemon keeps the lease) until the
+    # snapshots are done.
+    while a.stop and not os.path.exists(a.stop):
+        time.sleep(0.05)
     h.shutdown()
     json.dump({"writes": i, "events": events}, open(a.log, "w"))
     print("drive: %d writes, %d changes of size or tail" % (i, len(events)))

@@ -74,10 +74,10 @@ echo "snapshots: $n taken, $removed removed while others were taken"
   --log "$TEST_DIR/drive.json" --dir "$TEST_DIR" ||
   fail "snapshots or diffs are wrong after the race"
 
-# Every command went through the holder: the lease never moved.
+# Every command went through the holder: nobody took the lease from it.
 vbk --store "$store" lease status disk --json | "$py" -c '
 import json, sys
 d = json.load(sys.stdin)
-assert d["epoch"] == 1 and d["handoffs"] == 0, d' ||
+assert d["handoffs"] == 0, d' ||
   fail "the lease moved during the run: $(vbk --store "$store" lease status disk)"
 echo "snap-race: OK"
