@@ -50,6 +50,14 @@
  *    unfences a stopped holder.  It should keep fences without expiry
  *    (client ids are unique per store_open) or drop a fence only when
  *    the fenced process is gone.
+ *  - Takeover assumes a stopped holder cannot stop others: on the local
+ *    store it can.  A client stopped (SIGSTOP, a paused VM) inside a lock
+ *    call keeps the flock of lock/OID.NAME, and inside any change the
+ *    shared flock of fenced/.gen, so other clients' lock calls and
+ *    store_fence wait until it runs again.  The local store should
+ *    bound those waits (LOCK_NB and a deadline, -ETIMEDOUT) and fence
+ *    without waiting for a stopped client.  Renewing every sixth of D
+ *    puts the holder inside lock calls twice as often as every third.
  *
  * The other waits of the system hang off these:
  *  - a hand-off: the requester asks by notify (NOTIFY), polls while the
