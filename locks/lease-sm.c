@@ -4,18 +4,22 @@
  * so that every transition can be tested with an injected clock
  * (tests/unit/test-lease-sm.c).  lease.c does the I/O and asks here.
  *
- * Timing: a holder renews at a third of the duration, so two renewals
- * may fail before the lease runs out; it stops writing once its own
- * lease has run out (LEASE_ACT_EXPIRED) even if nobody fenced it.  A
- * requester takes over only when the holder's recorded expiry has passed
- * by a margin that covers clock skew between hosts.
+ * Timing (the whole timeline is drawn in common/timeouts.h): the holder
+ * counts its lease from the moment it sent the request that took or
+ * renewed the lock (monotonic ms, given by the caller), never from the
+ * answer, so its idea of the end is never later than the store's.  It
+ * renews every sixth of the duration, so a renewal that times out once
+ * (the store's op timeout) and is sent again still lands in time.  It
+ * admits writes only until a margin before its own end (M), and gives
+ * the lease up at its end even if nobody fenced it.  A requester takes
+ * over only when the holder's recorded expiry (wall clock, from the
+ * store) has passed by a margin that covers clock skew between hosts.
  */
 #include <errno.h>
 #include <string.h>
 
+#include "common/timeouts.h"
 #include "lease.h"
-
-#define TAKEOVER_MARGIN_MS 500
 
 void
 lease_sm_init (struct lease_sm *sm, uint32_t duration_ms, bool exclusive,
@@ -24,6 +28,8 @@ lease_sm_init (struct lease_sm *sm, uint32_t duration_ms, bool exclusive,
   memset (sm, 0, sizeof *sm);
   sm->state = LEASE_NONE;
   sm->duration_ms = duration_ms ? duration_ms : LEASE_DURATION_DEFAULT_MS;
+  sm->renew_ms = sm->duration_ms / VBK_LEASE_RENEW_DIVISOR;
+  sm->margin_ms = sm->duration_ms / VBK_LEASE_WRITE_STOP_DIVISOR;
   sm->exclusive = exclusive;
   sm->bounce_limit = bounce_limit ? bounce_limit : LEASE_BOUNCE_LIMIT_DEFAULT;
   sm->bounce_window_ms = bounce_window_ms ? bounce_window_ms
@@ -31,21 +37,24 @@ lease_sm_init (struct lease_sm *sm, uint32_t duration_ms, bool exclusive,
 }
 
 void
-lease_sm_acquired (struct lease_sm *sm, uint64_t now, uint64_t epoch)
+lease_sm_acquired (struct lease_sm *sm, uint64_t sent, uint64_t epoch)
 {
   sm->state = LEASE_HELD;
   sm->epoch = epoch;
-  sm->expires_ms = now + sm->duration_ms;
-  sm->renew_at_ms = now + sm->duration_ms / 3;
+  sm->expires_ms = sent + sm->duration_ms;
+  sm->renew_at_ms = sent + sm->renew_ms;
 }
 
 void
-lease_sm_renewed (struct lease_sm *sm, uint64_t now)
+lease_sm_renewed (struct lease_sm *sm, uint64_t sent)
 {
   if (sm->state != LEASE_HELD && sm->state != LEASE_RELEASING)
     return;
-  sm->expires_ms = now + sm->duration_ms;
-  sm->renew_at_ms = now + sm->duration_ms / 3;
+  /* An answer that overtook a later one must not shorten the lease. */
+  if (sent + sm->duration_ms <= sm->expires_ms)
+    return;
+  sm->expires_ms = sent + sm->duration_ms;
+  sm->renew_at_ms = sent + sm->renew_ms;
 }
 
 void
@@ -59,7 +68,19 @@ lease_sm_renew_failed (struct lease_sm *sm, uint64_t now, int err)
     return;
   }
   /* A passing error: try again soon, well before the end. */
-  sm->renew_at_ms = now + 200;
+  sm->renew_at_ms = now + VBK_LEASE_RENEW_RETRY_MS;
+}
+
+bool
+lease_sm_may_write (const struct lease_sm *sm, uint64_t now)
+{
+  return sm->state == LEASE_HELD && now + sm->margin_ms < sm->expires_ms;
+}
+
+uint64_t
+lease_sm_write_stop (const struct lease_sm *sm)
+{
+  return sm->expires_ms > sm->margin_ms ? sm->expires_ms - sm->margin_ms : 0;
 }
 
 enum lease_action
@@ -104,7 +125,7 @@ enum lease_busy
 lease_sm_busy (const struct lease_sm *sm, uint64_t now,
                uint64_t holder_expires, bool asked, bool answered)
 {
-  if (holder_expires && now >= holder_expires + TAKEOVER_MARGIN_MS)
+  if (holder_expires && now >= holder_expires + VBK_LEASE_TAKEOVER_MARGIN_MS)
     return LEASE_BUSY_TAKEOVER;
   if (asked)
     return LEASE_BUSY_POLL;

@@ -17,6 +17,11 @@
  *
  * Notify protocol on the header: the payload "release HOST EXPLICIT";
  * each watcher answers "releasing", "not-holder", or "refused: WHY".
+ *
+ * Clocks: the holder's own lease runs on CLOCK_MONOTONIC (mono_ms), from
+ * the send of the lock request that took or renewed it; the condition
+ * variable waits on the same clock.  Only what other hosts read (the
+ * lock's expiry, the hand-off log) is wall clock.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -32,7 +37,7 @@
 #include "common/util.h"
 #include "lease.h"
 
-#define NOTIFY_TIMEOUT_MS 2000
+#define NOTIFY_TIMEOUT_MS VBK_NOTIFY_TIMEOUT_MS
 #define HANDOFF_LOG_CAP 32
 
 struct lease {
@@ -44,6 +49,7 @@ struct lease {
   struct lease_hooks hooks;
   void *arg;
   uint32_t acquire_timeout_ms;
+  bool no_handoff;
 
   pthread_mutex_t lock;
   pthread_cond_t cond;           /* any change of the fields below */
@@ -58,7 +64,8 @@ struct lease {
   uint64_t acquire_gen;          /* counts finished attempts */
   uint64_t requested_gen;        /* a writer wants attempt number this */
   uint64_t yield_until_ms;       /* we released on request: let the
-                                    requester take it before we retake */
+                                    requester take it before we retake
+                                    (monotonic) */
   char errmsg[512];
 
   struct store_watch *watch;
@@ -74,6 +81,13 @@ struct lease {
   bool cmd_done, cmd_stop;
   pthread_t cmd_thread;
 };
+
+/* The holder's clock: monotonic, in ms. */
+static uint64_t
+mono_ms (void)
+{
+  return now_mono_ns () / 1000000;
+}
 
 static void
 sleep_ms (unsigned ms)
@@ -202,9 +216,10 @@ ask_holder (struct lease *l, const char *client, bool explicit)
 }
 
 /* Takes the lease, asking, waiting out or fencing the holder.  Returns
- * the new epoch's result: 0, or -errno with a message. */
+ * 0 with the new epoch and when the lock request that got it was sent
+ * (monotonic ms), or -errno with a message. */
 static int
-acquire (struct lease *l, uint64_t *epoch_out)
+acquire (struct lease *l, uint64_t *epoch_out, uint64_t *sent_out)
 {
   uint64_t deadline = now_mono_ns () + (uint64_t) l->acquire_timeout_ms
     * 1000000;
@@ -213,7 +228,7 @@ acquire (struct lease *l, uint64_t *epoch_out)
   struct store_lock_info info;
   bool asked = false, answered = true;
   unsigned poll_ms = 1;
-  uint64_t epoch, poll_start = 0;
+  uint64_t epoch, poll_start = 0, sent = 0;
   int r;
 
   snprintf (desc, sizeof desc, "host=%s addr=%s", l->host, l->addr);
@@ -234,17 +249,33 @@ acquire (struct lease *l, uint64_t *epoch_out)
     pthread_mutex_lock (&l->lock);
     uint64_t yield = l->yield_until_ms;
     pthread_mutex_unlock (&l->lock);
-    if (now_wall_ms () < yield
+    if (mono_ms () < yield
         && store_lock_get (l->st, l->hdr, LEASE_LOCK_NAME, &info) == -ENOENT) {
       sleep_ms (2);
       continue;
     }
+    sent = mono_ms ();
     r = store_lock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie, desc,
                     l->sm.duration_ms, 0);
-    if (r == 0 || r == -EEXIST)
+    if (r == -EEXIST) {
+      /* Ours already (a retried attempt): renew it, so that the lease
+       * is counted from a send we know of. */
+      sent = mono_ms ();
+      r = store_lock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie, desc,
+                      l->sm.duration_ms, STORE_LOCK_RENEW);
+    }
+    if (r == 0)
       break;
     if (r != -EBUSY)
       return r;
+    if (l->no_handoff) {
+      r = store_lock_get (l->st, l->hdr, LEASE_LOCK_NAME, &info);
+      if (r == -ENOENT)
+        continue;
+      desc_host (r == 0 ? info.desc : "", prev_host, sizeof prev_host);
+      return vbk_errno (-EAGAIN, "lease %s: held by %s", l->hdr,
+                        prev_host);
+    }
     /* Someone took it after we let go: our courtesy is over. */
     pthread_mutex_lock (&l->lock);
     l->yield_until_ms = 0;
@@ -286,7 +317,8 @@ acquire (struct lease *l, uint64_t *epoch_out)
       poll_ms = MIN (poll_ms * 2, 20u);
       /* It agreed but still holds it after a while: it may have taken
        * it back; ask again. */
-      if (now_mono_ns () - poll_start > 300000000ull && answered) {
+      if (now_mono_ns () - poll_start
+          > (uint64_t) VBK_HANDOFF_REASK_MS * 1000000 && answered) {
         asked = false;
         snprintf (asked_key, sizeof asked_key, "%s", "");
       }
@@ -304,7 +336,7 @@ acquire (struct lease *l, uint64_t *epoch_out)
     case LEASE_BUSY_TAKEOVER:
       log_warn ("lease %s: taking over from %s (%s): its lease ran out; "
                 "fencing it", l->hdr, prev_host, info.client);
-      r = store_fence (l->st, info.client, 0);
+      r = store_fence (l->st, info.client, VBK_LEASE_FENCE_EXPIRE_S);
       if (r < 0)
         return r;
       r = store_lock_break (l->st, l->hdr, LEASE_LOCK_NAME, info.client,
@@ -329,7 +361,7 @@ acquire (struct lease *l, uint64_t *epoch_out)
       if (strcmp (prev, store_client_id (l->st)) != 0) {
         log_warn ("lease %s: the previous holder %s did not release; "
                   "fencing it", l->hdr, prev);
-        r = store_fence (l->st, prev, 0);
+        r = store_fence (l->st, prev, VBK_LEASE_FENCE_EXPIRE_S);
         if (r < 0) {
           store_unlock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie);
           return r;
@@ -361,6 +393,7 @@ acquire (struct lease *l, uint64_t *epoch_out)
     pthread_mutex_unlock (&l->lock);
   }
   *epoch_out = epoch;
+  *sent_out = sent;
   return 0;
 }
 
@@ -419,12 +452,12 @@ static void *
 lease_thread (void *arg)
 {
   struct lease *l = arg;
-  uint64_t epoch = 0;
+  uint64_t epoch = 0, sent = 0;
   int r;
 
   pthread_mutex_lock (&l->lock);
   for (;;) {
-    uint64_t now = now_wall_ms (), wake;
+    uint64_t now = mono_ms (), wake;
     struct timespec ts;
 
     if (l->stop) {
@@ -442,20 +475,22 @@ lease_thread (void *arg)
       l->sm.state = LEASE_ACQUIRING;
       pthread_mutex_unlock (&l->lock);
       vbk_clear_error ();
-      r = acquire (l, &epoch);
+      r = acquire (l, &epoch, &sent);
       if (r == 0 && l->hooks.acquired)
         r = l->hooks.acquired (l->arg, epoch);
       pthread_mutex_lock (&l->lock);
       if (r == 0) {
         l->acquire_err = 0;
-        lease_sm_acquired (&l->sm, now_wall_ms (), epoch);
+        /* From the send of the lock request, not from now: the hook
+         * may have taken a while, and the store counts from then. */
+        lease_sm_acquired (&l->sm, sent, epoch);
         log_info ("lease %s: acquired, epoch %" PRIu64, l->hdr, epoch);
       }
       else {
         /* The lock may be ours already (the hook failed): give it back
          * rather than leave it to expire. */
         snprintf (l->errmsg, sizeof l->errmsg, "%s", vbk_error ());
-        if (r != -ECANCELED)
+        if (r != -ECANCELED && r != -EAGAIN)
           store_unlock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie);
         l->sm.state = r == -ESHUTDOWN ? LEASE_LOST : LEASE_NONE;
         l->acquire_err = r;
@@ -480,13 +515,18 @@ lease_thread (void *arg)
       char desc[2 * STORE_NAME_MAX + 16];
       snprintf (desc, sizeof desc, "host=%s addr=%s", l->host, l->addr);
       pthread_mutex_unlock (&l->lock);
+      sent = mono_ms ();
       r = store_lock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie, desc,
                       l->sm.duration_ms, STORE_LOCK_RENEW);
       pthread_mutex_lock (&l->lock);
-      if (r == 0)
-        lease_sm_renewed (&l->sm, now_wall_ms ());
+      if (r == 0) {
+        lease_sm_renewed (&l->sm, sent);
+        /* Writers held at the write-stop may go on. */
+        pthread_cond_broadcast (&l->cond);
+      }
       else {
-        lease_sm_renew_failed (&l->sm, now_wall_ms (), r);
+        log_warn ("lease %s: renewal failed: %s", l->hdr, strerror (-r));
+        lease_sm_renew_failed (&l->sm, mono_ms (), r);
         if (l->sm.state == LEASE_LOST)
           mark_lost (l, r);
       }
@@ -501,7 +541,7 @@ lease_thread (void *arg)
     wake = now + 100;
     if (l->sm.state == LEASE_HELD)
       wake = MIN (wake, l->sm.renew_at_ms);
-    clock_gettime (CLOCK_REALTIME, &ts);
+    clock_gettime (CLOCK_MONOTONIC, &ts);
     {
       uint64_t ms = wake > now ? wake - now : 1;
       ts.tv_sec += ms / 1000;
@@ -604,7 +644,7 @@ on_notify (void *arg, int err, const void *payload, size_t len,
   switch (ans) {
   case LEASE_ANS_RELEASING:
     l->release_pending = true;
-    l->yield_until_ms = now_wall_ms () + 1000;
+    l->yield_until_ms = mono_ms () + VBK_HANDOFF_YIELD_MS;
     log_info ("lease %s: %s asks for the lease%s; releasing", l->hdr, host,
               explicit ? " (operator)" : "");
     n = snprintf (reply, reply_max, "releasing");
@@ -684,9 +724,17 @@ lease_open (struct store *st, const char *hdr_oid,
   lease_sm_init (&l->sm, opts->duration_ms, opts->exclusive,
                  opts->bounce_limit, opts->bounce_window_ms);
   l->acquire_timeout_ms = opts->acquire_timeout_ms
-    ? opts->acquire_timeout_ms : 3 * l->sm.duration_ms + 10000;
+    ? opts->acquire_timeout_ms
+    : 3 * l->sm.duration_ms + VBK_LEASE_ACQUIRE_SLACK_MS;
+  l->no_handoff = opts->no_handoff;
   pthread_mutex_init (&l->lock, NULL);
-  pthread_cond_init (&l->cond, NULL);
+  {
+    pthread_condattr_t ca;
+    pthread_condattr_init (&ca);
+    pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+    pthread_cond_init (&l->cond, &ca);
+    pthread_condattr_destroy (&ca);
+  }
   pthread_mutex_init (&l->cmd_lock, NULL);
   pthread_cond_init (&l->cmd_cond, NULL);
   if (l->hooks.command
@@ -743,8 +791,24 @@ wait_held_locked (struct lease *l)
       vbk_set_error ("lease %s: shutting down", l->hdr);
       return -ESHUTDOWN;
     }
-    if (l->sm.state == LEASE_HELD && !l->release_pending)
-      return 0;
+    if (l->sm.state == LEASE_HELD && !l->release_pending) {
+      if (lease_sm_may_write (&l->sm, mono_ms ()))
+        return 0;
+      /* Past the write-stop: wait for a renewal (the lease thread
+       * broadcasts) or the loss; look again now and then, as the
+       * renewal may have landed before we slept. */
+      {
+        struct timespec ts;
+        clock_gettime (CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 50000000;
+        if (ts.tv_nsec >= 1000000000) {
+          ts.tv_sec++;
+          ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait (&l->cond, &l->lock, &ts);
+      }
+      continue;
+    }
     if (l->sm.state == LEASE_NONE || l->sm.state == LEASE_ACQUIRING) {
       uint64_t gen = l->acquire_gen;
       l->want++;
@@ -759,8 +823,8 @@ wait_held_locked (struct lease *l)
       if (l->acquire_gen != gen && l->acquire_err < 0
           && l->sm.state != LEASE_HELD && l->sm.state != LEASE_LOST) {
         vbk_set_error ("%s", l->errmsg);
-        return l->acquire_err == -EBUSY ? -EBUSY
-          : l->acquire_err == -ETIMEDOUT ? -ETIMEDOUT : -EIO;
+        return l->acquire_err == -EBUSY || l->acquire_err == -EAGAIN
+          || l->acquire_err == -ETIMEDOUT ? l->acquire_err : -EIO;
       }
       continue;
     }
@@ -846,6 +910,12 @@ lease_epoch (struct lease *l)
   e = l->sm.epoch;
   pthread_mutex_unlock (&l->lock);
   return e;
+}
+
+struct store *
+lease_store (struct lease *l)
+{
+  return l->st;
 }
 
 /* ---- Operator side ---------------------------------------------------- */
@@ -941,7 +1011,7 @@ lease_break (struct store *st, const char *hdr_oid)
   }
   if (r < 0)
     return r;
-  r = store_fence (st, info.client, 0);
+  r = store_fence (st, info.client, VBK_LEASE_FENCE_EXPIRE_S);
   if (r < 0)
     return r;
   r = store_lock_break (st, hdr_oid, LEASE_LOCK_NAME, info.client,

@@ -4,7 +4,10 @@
  * migration, and takeover with fencing when a holder dies.
  *
  * The lease is the exclusive store lock "vbk_lease" on the image header,
- * with a duration, renewed by its holder every third of it.  Its record
+ * with a duration, renewed by its holder every sixth of it; the holder
+ * counts the duration from when it sent each renewal and admits writes
+ * only until a margin before that end (the timeline of every timeout is
+ * in common/timeouts.h).  Its record
  * names the holder (host id, address, store client) and the epoch, a
  * counter on the header (xattr lease_epoch) that grows on every
  * acquisition.
@@ -27,14 +30,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/timeouts.h"
 #include "store/store.h"
 
 #define LEASE_LOCK_NAME "vbk_lease"
-#define LEASE_DURATION_DEFAULT_MS 15000u
+#define LEASE_DURATION_DEFAULT_MS VBK_LEASE_DURATION_MS
 #define LEASE_BOUNCE_LIMIT_DEFAULT 5u
 #define LEASE_BOUNCE_WINDOW_DEFAULT_MS 10000u
 
-/* ---- The state machine (lease-sm.c): pure logic, clock injected ------- */
+/* ---- The state machine (lease-sm.c): pure logic, clock injected ------- *
+ * Times of the holder's own lease are CLOCK_MONOTONIC ms (now_mono_ns()
+ * / 1000000 in lease.c); those read from the store (holder_expires of
+ * lease_sm_busy, the hand-off log) are wall-clock ms. */
 
 enum lease_state {
   LEASE_NONE,          /* not held */
@@ -70,7 +77,11 @@ struct lease_sm {
   bool exclusive;
   unsigned bounce_limit;
   uint32_t bounce_window_ms;
-  uint64_t expires_ms;         /* while HELD: our lease's end */
+  uint32_t renew_ms;           /* R: renew this long after a send */
+  uint32_t margin_ms;          /* M: stop admitting writes this long
+                                  before expires_ms */
+  uint64_t expires_ms;         /* while HELD: our lease's end, counted
+                                  from the last renewal's send */
   uint64_t renew_at_ms;
   uint64_t epoch;
   bool conflict;               /* two writers: refuse hand-offs */
@@ -81,13 +92,21 @@ void lease_sm_init (struct lease_sm *sm, uint32_t duration_ms,
                     bool exclusive, unsigned bounce_limit,
                     uint32_t bounce_window_ms);
 
-/* We took the lease at NOW with EPOCH. */
-void lease_sm_acquired (struct lease_sm *sm, uint64_t now, uint64_t epoch);
+/* We took the lease with EPOCH by a lock request sent at SENT. */
+void lease_sm_acquired (struct lease_sm *sm, uint64_t sent, uint64_t epoch);
 
-/* A renewal at NOW succeeded, or failed with ERR (-ENOENT: someone else
- * took it; -ESHUTDOWN: fenced; others: retry until expiry). */
-void lease_sm_renewed (struct lease_sm *sm, uint64_t now);
+/* A renewal sent at SENT succeeded: the lease now ends at SENT + the
+ * duration, however late the answer came (never earlier than before).
+ * Or a renewal failed at NOW with ERR (-ENOENT: someone else took it;
+ * -ESHUTDOWN: fenced; others: retry soon until expiry). */
+void lease_sm_renewed (struct lease_sm *sm, uint64_t sent);
 void lease_sm_renew_failed (struct lease_sm *sm, uint64_t now, int err);
+
+/* Whether a write may be admitted at NOW: the lease is HELD and NOW is
+ * before lease_sm_write_stop (expiry minus the margin).  Past that,
+ * writes wait for a renewal (or fail once the lease is lost). */
+bool lease_sm_may_write (const struct lease_sm *sm, uint64_t now);
+uint64_t lease_sm_write_stop (const struct lease_sm *sm);
 
 /* What to do at NOW. */
 enum lease_action lease_sm_tick (struct lease_sm *sm, uint64_t now);
@@ -123,10 +142,15 @@ struct lease_opts {
   const char *host_id;         /* this host (required) */
   const char *addr;            /* where its blockd listens (informational) */
   uint32_t duration_ms;        /* 0: LEASE_DURATION_DEFAULT_MS */
+  bool no_handoff;             /* take the lease only if nobody holds
+                                  it: a busy lock fails the attempt
+                                  with -EAGAIN instead of asking the
+                                  holder (for vbk's brief holds) */
   bool exclusive;              /* refuse automatic hand-off */
   unsigned bounce_limit;       /* 0: default */
   uint32_t bounce_window_ms;   /* 0: default */
-  uint32_t acquire_timeout_ms; /* 0: 3 x duration + 10 s */
+  uint32_t acquire_timeout_ms; /* 0: 3 x duration
+                                  + VBK_LEASE_ACQUIRE_SLACK_MS */
 };
 
 struct lease_hooks {
@@ -160,20 +184,26 @@ int lease_open (struct store *st, const char *hdr_oid,
 void lease_close (struct lease *l);
 
 /* Before a write: waits until we hold the lease (acquiring it if
- * needed), then counts the write in flight.  Errors: -EIO (the lease is
- * lost: fenced or taken), -EBUSY (refused: exclusive holder or two
- * writers), -ETIMEDOUT.  The message says which. */
+ * needed), then counts the write in flight.  Past the write-stop (the
+ * holder's expiry minus its margin, common/timeouts.h) it waits for a
+ * renewal.  Errors: -EIO (the lease is lost: fenced, taken or expired),
+ * -EBUSY (refused: exclusive holder or two writers), -EAGAIN (opened
+ * with no_handoff and someone else holds it), -ETIMEDOUT.  The message
+ * says which. */
 int lease_write_begin (struct lease *l);
 /* After the write completed (successfully or not). */
 void lease_write_end (struct lease *l);
 
 /* Holds new writes and waits for those in flight (for a snapshot); the
- * lease must be held (acquired if needed).  Pair with lease_resume. */
+ * lease must be held (acquired if needed).  Pair with lease_resume.
+ * Errors: those of lease_write_begin. */
 int lease_quiesce (struct lease *l);
 void lease_resume (struct lease *l);
 
 enum lease_state lease_state (struct lease *l);
 uint64_t lease_epoch (struct lease *l);
+/* The store handle given to lease_open (owned by the caller). */
+struct store *lease_store (struct lease *l);
 
 /* ---- Operator side (vbk lease) ---------------------------------------- */
 

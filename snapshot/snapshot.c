@@ -24,11 +24,12 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/timeouts.h"
 #include "common/util.h"
 #include "snapshot.h"
 
-#define DEFAULT_TIMEOUT_MS 30000
-#define FREEZE_TIMEOUT_MS 10000
+#define DEFAULT_TIMEOUT_MS VBK_SNAP_CMD_TIMEOUT_MS
+#define FREEZE_TIMEOUT_MS VBK_SNAP_FREEZE_TIMEOUT_MS
 
 /* ---- Holder side ------------------------------------------------------ */
 
@@ -39,7 +40,7 @@ struct snap_server {
   pthread_cond_t cond;
   bool frozen;
   char token[64];
-  uint64_t thaw_at_ms;
+  uint64_t thaw_at_ms;             /* monotonic */
   bool stop;
   pthread_t timer;
 };
@@ -86,13 +87,13 @@ thaw_timer (void *arg)
   pthread_mutex_lock (&s->lock);
   while (!s->stop) {
     struct timespec ts;
-    if (s->frozen && now_wall_ms () >= s->thaw_at_ms) {
+    if (s->frozen && now_mono_ns () / 1000000 >= s->thaw_at_ms) {
       log_warn ("snapshot: freeze %s timed out; thawing", s->token);
       s->frozen = false;
       lease_resume (s->lease);
       continue;
     }
-    clock_gettime (CLOCK_REALTIME, &ts);
+    clock_gettime (CLOCK_MONOTONIC, &ts);
     ts.tv_nsec += 100000000;
     if (ts.tv_nsec >= 1000000000) {
       ts.tv_sec++;
@@ -114,7 +115,13 @@ snap_server_new (struct image *img, struct lease *lease)
   s->img = img;
   s->lease = lease;
   pthread_mutex_init (&s->lock, NULL);
-  pthread_cond_init (&s->cond, NULL);
+  {
+    pthread_condattr_t ca;
+    pthread_condattr_init (&ca);
+    pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+    pthread_cond_init (&s->cond, &ca);
+    pthread_condattr_destroy (&ca);
+  }
   if (pthread_create (&s->timer, NULL, thaw_timer, s) != 0) {
     pthread_mutex_destroy (&s->lock);
     pthread_cond_destroy (&s->cond);
@@ -143,6 +150,54 @@ snap_server_free (struct snap_server *s)
   free (s);
 }
 
+/* An error answer: "error: errno=N WHY", so the requester gets the same
+ * errno back. */
+static size_t
+error_reply (char *reply, size_t reply_max, int r)
+{
+  return (size_t) snprintf (reply, reply_max, "error: errno=%d %s", -r,
+                            vbk_error ()[0] ? vbk_error () : strerror (-r));
+}
+
+static size_t
+ok_reply (char *reply, size_t reply_max)
+{
+  return (size_t) snprintf (reply, reply_max, "ok");
+}
+
+/* With writes held: logs the parts this holder saw change (so that what
+ * follows, a refresh or a diff, keeps them) and, if REFRESH, rereads
+ * the header, snapshot context and map after another command changed
+ * them. */
+static int
+hold_and (struct snap_server *s, int (*op) (struct snap_server *, void *),
+          void *arg, bool refresh)
+{
+  int r, r2;
+
+  r = lease_quiesce (s->lease);
+  if (r < 0)
+    return r;
+  r = image_flush (s->img);
+  if (r == 0)
+    r = image_save_parts (s->img);
+  if (r == 0 && op)
+    r = op (s, arg);
+  if (refresh && (r2 = image_refresh (s->img)) < 0 && r == 0)
+    r = r2;
+  lease_resume (s->lease);
+  return r;
+}
+
+static int
+do_resize (struct snap_server *s, void *arg)
+{
+  struct image_info info;
+
+  image_get_info (s->img, &info);
+  return image_resize (lease_store (s->lease), info.name, *(uint64_t *) arg);
+}
+
 size_t
 snap_server_command (struct snap_server *s, const char *payload, size_t len,
                      char *reply, size_t reply_max)
@@ -150,6 +205,8 @@ snap_server_command (struct snap_server *s, const char *payload, size_t len,
   char cmd[512], a[256] = "", b[256] = "";
   uint64_t id = 0, pause = 0;
   unsigned long timeout = FREEZE_TIMEOUT_MS;
+  unsigned long long size;
+  struct image_info info;
   int r, n;
 
   snprintf (cmd, sizeof cmd, "%.*s", (int) MIN (len, sizeof cmd - 1),
@@ -166,8 +223,32 @@ snap_server_command (struct snap_server *s, const char *payload, size_t len,
       n = snprintf (reply, reply_max, "ok %" PRIu64 " %" PRIu64, id, pause);
     }
     else
-      n = snprintf (reply, reply_max, "error: %s", vbk_error ());
+      n = error_reply (reply, reply_max, r);
     return n;
+  }
+  if (sscanf (cmd, "snap-remove %255s", a) == 1) {
+    image_get_info (s->img, &info);
+    r = image_snap_remove (lease_store (s->lease), info.name, a);
+    /* Our snapshot context still names it: write under the new one. */
+    if (r == 0)
+      r = hold_and (s, NULL, NULL, true);
+    if (r == 0)
+      log_info ("snapshot %s: removed", a);
+    return r == 0 ? ok_reply (reply, reply_max)
+      : error_reply (reply, reply_max, r);
+  }
+  if (sscanf (cmd, "resize %llu", &size) == 1) {
+    uint64_t sz = size;
+    r = hold_and (s, do_resize, &sz, true);
+    if (r == 0)
+      log_info ("image resized to %" PRIu64 " bytes", sz);
+    return r == 0 ? ok_reply (reply, reply_max)
+      : error_reply (reply, reply_max, r);
+  }
+  if (strcmp (cmd, "save-parts") == 0) {
+    r = hold_and (s, NULL, NULL, false);
+    return r == 0 ? ok_reply (reply, reply_max)
+      : error_reply (reply, reply_max, r);
   }
 
   pthread_mutex_lock (&s->lock);
@@ -184,7 +265,7 @@ snap_server_command (struct snap_server *s, const char *payload, size_t len,
       if (r == 0) {
         s->frozen = true;
         snprintf (s->token, sizeof s->token, "%s", a);
-        s->thaw_at_ms = now_wall_ms () + timeout;
+        s->thaw_at_ms = now_mono_ns () / 1000000 + timeout;
         n = snprintf (reply, reply_max, "frozen");
       }
       else
@@ -235,17 +316,29 @@ temp_flush (void *arg)
   return image_flush (arg);
 }
 
+/* Another vbk asking us: it waits until we are done. */
+static size_t
+temp_command (void *arg, const char *payload, size_t len, char *reply,
+              size_t reply_max)
+{
+  return snprintf (reply, reply_max, "error: busy: a vbk command holds "
+                   "the lease for a moment");
+}
+
 static const struct lease_hooks temp_hooks = {
   .acquired = temp_acquired,
   .flush = temp_flush,
+  .command = temp_command,
 };
 
 static int
 temp_open (struct store *st, const char *image, const struct snap_opts *o,
            struct temp_holder *t)
 {
+  /* no_handoff: a holder that appeared since we looked is asked, not
+   * robbed of the lease. */
   struct lease_opts lo = { .host_id = o && o->host_id ? o->host_id : "vbk",
-                           .addr = "vbk-cli" };
+                           .addr = "vbk-cli", .no_handoff = true };
   struct image_info info;
   char hdr[64];
   int r;
@@ -314,66 +407,301 @@ header_of (struct store *st, const char *image, char *hdr, size_t len)
   return r;
 }
 
-int
-snap_create (struct store *st, const char *image, const char *snap,
-             const struct snap_opts *o, uint64_t *pause_us)
+static void
+pause_a_moment (void)
 {
-  uint32_t timeout = o && o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
+  struct timespec ts = { 0, 50000000 };
+
+  nanosleep (&ts, NULL);
+}
+
+/* Sends PAYLOAD to the lease holder of IMAGE (header HDR) and waits for
+ * its answer.  Returns 0 with the answer after "ok" in ANS, 1 if nobody
+ * holds the lease (the caller does the work under a temporary lease),
+ * or -errno with a message (the holder's errno where it gave one).
+ * Retries while the holder is busy or the lease is moving, until
+ * DEADLINE (monotonic ns). */
+static int
+via_holder (struct store *st, const char *image, const char *hdr,
+            const char *payload, uint32_t timeout, uint64_t deadline,
+            char *ans, size_t anslen)
+{
   struct lease_status ls;
-  struct temp_holder t;
-  char hdr[64], payload[300], ans[1024];
-  unsigned long long id, pause;
-  int r;
+  char buf[1024];
+  int r, e;
 
-  uint64_t deadline = now_mono_ns () + (uint64_t) timeout * 1000000;
-
-  r = image_name_check (snap);
-  if (r == 0)
-    r = header_of (st, image, hdr, sizeof hdr);
-  if (r < 0)
-    return r;
   for (;;) {
     r = lease_status_get (st, hdr, &ls);
     if (r < 0)
       return r;
     if (!ls.held)
-      break;
-    snprintf (payload, sizeof payload, "snap-create %s", snap);
-    r = ask (st, hdr, ls.client, payload, timeout, ans, sizeof ans);
+      return 1;
+    r = ask (st, hdr, ls.client, payload, timeout, buf, sizeof buf);
     if (r < 0)
       return r;
-    if (sscanf (ans, "ok %llu %llu", &id, &pause) == 2) {
-      if (pause_us)
-        *pause_us = pause;
+    if (strncmp (buf, "ok", 2) == 0 && (buf[2] == '\0' || buf[2] == ' ')) {
+      snprintf (ans, anslen, "%s", buf[2] ? buf + 3 : "");
       return 0;
     }
     /* The holder is letting go right now (its last client left, or the
-     * lease moves): ask whoever holds it next, or take it ourselves. */
-    if ((strstr (ans, "not the lease holder") || strstr (ans, "closing"))
+     * lease moves), or another vbk holds it for a moment: ask whoever
+     * holds it next, or take it ourselves. */
+    if ((strstr (buf, "not the lease holder") || strstr (buf, "closing")
+         || strncmp (buf, "error: busy", 11) == 0)
         && now_mono_ns () < deadline) {
-      struct timespec ts = { 0, 50000000 };
-      nanosleep (&ts, NULL);
+      pause_a_moment ();
       continue;
     }
-    vbk_set_error ("snapshot %s@%s: %s (holder %s)", image, snap, ans,
-                   ls.host);
-    return strstr (ans, "already") ? -EEXIST : -EIO;
+    if (sscanf (buf, "error: errno=%d", &e) == 1 && e > 0) {
+      const char *why = strchr (buf + 13, ' ');
+      vbk_set_error ("%s", why ? why + 1 : buf);
+      return -e;
+    }
+    vbk_set_error ("%s: %s (holder %s)", image, buf, ls.host);
+    return strstr (buf, "already") ? -EEXIST : -EIO;
   }
-  /* Nobody writes it: hold the lease ourselves for the moment. */
+}
+
+/* Runs OP under a temporary lease of IMAGE, with writes held.  Returns
+ * -EAGAIN if a holder appeared meanwhile (ask it instead). */
+static int
+under_temp_lease (struct store *st, const char *image,
+                  const struct snap_opts *o,
+                  int (*op) (struct temp_holder *, void *), void *arg)
+{
+  struct temp_holder t;
+  char msg[1024];
+  int r;
+
   r = temp_open (st, image, o, &t);
   if (r < 0)
     return r;
-  {
-    uint64_t i64, p64;
-    char msg[1024];
-    r = snap_take (t.img, t.lease, snap, &i64, &p64);
-    if (pause_us)
-      *pause_us = p64;
-    snprintf (msg, sizeof msg, "%s", vbk_error ());
-    temp_close (&t);
-    if (r < 0)
-      vbk_set_error ("%s", msg);
+  vbk_clear_error ();
+  r = lease_quiesce (t.lease);
+  if (r == 0) {
+    r = op (&t, arg);
+    lease_resume (t.lease);
   }
+  /* Closing the lease may log and clear this thread's message. */
+  snprintf (msg, sizeof msg, "%s", vbk_error ());
+  temp_close (&t);
+  vbk_set_error ("%s", msg);
+  return r;
+}
+
+/* The one way every image-changing command runs: through the holder
+ * (PAYLOAD), or, when nobody holds the lease, under a lease of our own
+ * (OP).  Either way one command at a time per image. */
+static int
+serialized (struct store *st, const char *image, const char *payload,
+            const struct snap_opts *o,
+            int (*op) (struct temp_holder *, void *), void *arg,
+            char *ans, size_t anslen)
+{
+  uint32_t timeout = o && o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
+  uint64_t deadline = now_mono_ns () + (uint64_t) timeout * 1000000;
+  char hdr[64];
+  int r;
+
+  r = header_of (st, image, hdr, sizeof hdr);
+  if (r < 0)
+    return r;
+  for (;;) {
+    r = via_holder (st, image, hdr, payload, timeout, deadline, ans,
+                    anslen);
+    if (r <= 0)
+      return r;
+    r = under_temp_lease (st, image, o, op, arg);
+    if (r != -EAGAIN || now_mono_ns () >= deadline)
+      return r;
+    pause_a_moment ();
+  }
+}
+
+struct create_args {
+  const char *snap;
+  uint64_t pause_us;
+};
+
+static int
+op_create (struct temp_holder *t, void *arg)
+{
+  struct create_args *c = arg;
+
+  return snap_take (t->img, t->lease, c->snap, NULL, &c->pause_us);
+}
+
+int
+snap_create (struct store *st, const char *image, const char *snap,
+             const struct snap_opts *o, uint64_t *pause_us)
+{
+  struct create_args c = { snap, 0 };
+  char payload[300], ans[256] = "";
+  unsigned long long id, pause;
+  int r;
+
+  r = image_name_check (snap);
+  if (r < 0)
+    return r;
+  snprintf (payload, sizeof payload, "snap-create %s", snap);
+  r = serialized (st, image, payload, o, op_create, &c, ans, sizeof ans);
+  if (r == 0 && sscanf (ans, "%llu %llu", &id, &pause) == 2)
+    c.pause_us = pause;
+  if (r == 0 && pause_us)
+    *pause_us = c.pause_us;
+  return r;
+}
+
+static int
+op_remove (struct temp_holder *t, void *arg)
+{
+  struct image_info info;
+
+  image_get_info (t->img, &info);
+  return image_snap_remove (lease_store (t->lease), info.name, arg);
+}
+
+int
+snap_remove (struct store *st, const char *image, const char *snap,
+             const struct snap_opts *o)
+{
+  char payload[300], ans[256];
+  int r;
+
+  r = image_name_check (snap);
+  if (r < 0)
+    return r;
+  snprintf (payload, sizeof payload, "snap-remove %s", snap);
+  return serialized (st, image, payload, o, op_remove, (void *) snap, ans,
+                     sizeof ans);
+}
+
+static int
+op_resize (struct temp_holder *t, void *arg)
+{
+  struct image_info info;
+
+  image_get_info (t->img, &info);
+  return image_resize (lease_store (t->lease), info.name, *(uint64_t *) arg);
+}
+
+int
+snap_resize (struct store *st, const char *image, uint64_t size,
+             const struct snap_opts *o)
+{
+  char payload[64], ans[256];
+
+  snprintf (payload, sizeof payload, "resize %" PRIu64, size);
+  return serialized (st, image, payload, o, op_resize, &size, ans,
+                     sizeof ans);
+}
+
+/* ---- diff ------------------------------------------------------------- */
+
+struct extent_buf {
+  struct { uint64_t off, len; } *v;
+  size_t n, cap;
+};
+
+static int
+collect_extent (void *arg, uint64_t off, uint64_t len, int allocated)
+{
+  struct extent_buf *e = arg;
+
+  if (e->n == e->cap) {
+    size_t cap = e->cap ? 2 * e->cap : 64;
+    void *nv = realloc (e->v, cap * sizeof *e->v);
+    if (nv == NULL)
+      return vbk_errno (-ENOMEM, "diff");
+    e->v = nv;
+    e->cap = cap;
+  }
+  e->v[e->n].off = off;
+  e->v[e->n].len = len;
+  e->n++;
+  (void) allocated;
+  return 0;
+}
+
+static bool
+same_snaps (const struct image_snap *a, size_t na, const struct image_snap *b,
+            size_t nb)
+{
+  size_t i;
+
+  if (na != nb)
+    return false;
+  for (i = 0; i < na; i++)
+    if (a[i].id != b[i].id || strcmp (a[i].name, b[i].name) != 0)
+      return false;
+  return true;
+}
+
+#define DIFF_ATTEMPTS 20
+
+int
+snap_diff (struct store *st, const char *image, const char *from,
+           const char *to, image_extent_cb cb, void *arg,
+           const struct snap_opts *o)
+{
+  struct image_snap *before = NULL, *after = NULL;
+  struct extent_buf e = { 0 };
+  size_t nb = 0, na = 0, i;
+  char hdr[64], ans[256], msg[1024];
+  int r, attempt;
+
+  if (to == NULL) {
+    /* The holder logs the parts it saw change, so the live diff is as
+     * fine as one between snapshots.  Without it the diff is still
+     * complete (every changed object is logged before its change), only
+     * coarser: go on. */
+    r = header_of (st, image, hdr, sizeof hdr);
+    if (r < 0)
+      return r;
+    uint32_t timeout = o && o->timeout_ms ? o->timeout_ms
+      : DEFAULT_TIMEOUT_MS;
+    r = via_holder (st, image, hdr, "save-parts", timeout,
+                    now_mono_ns () + (uint64_t) timeout * 1000000, ans,
+                    sizeof ans);
+    if (r < 0)
+      log_warn ("diff %s: the lease holder did not log its changed parts "
+                "(%s): whole objects are reported", image, vbk_error ());
+  }
+  /* A snapshot created or removed while the logs are read moves changes
+   * from one list to another under our feet: read again until the
+   * snapshots are the same before and after. */
+  for (attempt = 0; attempt < DIFF_ATTEMPTS; attempt++) {
+    free (before);
+    free (after);
+    before = after = NULL;
+    e.n = 0;
+    vbk_clear_error ();
+    r = image_snap_list (st, image, &before, &nb);
+    if (r < 0)
+      break;
+    r = image_diff (st, image, from, to, collect_extent, &e);
+    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    int r2 = image_snap_list (st, image, &after, &na);
+    if (r2 < 0) {
+      r = r2;
+      break;
+    }
+    if (same_snaps (before, nb, after, na)) {
+      if (r < 0)
+        vbk_set_error ("%s", msg);
+      break;
+    }
+    log_debug ("diff %s: the snapshots changed meanwhile; again", image);
+    r = -EAGAIN;
+  }
+  if (r == -EAGAIN)
+    vbk_set_error ("diff %s: the snapshots kept changing while reading "
+                   "(%d attempts)", image, DIFF_ATTEMPTS);
+  for (i = 0; r == 0 && i < e.n; i++)
+    r = cb (arg, e.v[i].off, e.v[i].len, 1);
+  free (before);
+  free (after);
+  free (e.v);
   return r;
 }
 
@@ -500,7 +828,7 @@ out:
   if (r < 0) {
     for (i = 0; i < n; i++)
       if (m[i].snapped)
-        image_snap_remove (st, m[i].image, m[i].snap);
+        snap_remove (st, m[i].image, m[i].snap, o);
     vbk_set_error ("%s", msg);
   }
   free (m);

@@ -62,10 +62,11 @@
 #include <rados/librados.h>
 
 #include "common/error.h"
+#include "common/timeouts.h"
 #include "common/util.h"
 #include "internal.h"
 
-#define DEFAULT_TIMEOUT_S 10
+#define DEFAULT_TIMEOUT_S (VBK_STORE_OP_TIMEOUT_MS / 1000)
 #define DEFAULT_FENCE_S 3600
 #define SNAP_CACHE_MAX 32
 #define OMAP_PAGE 256

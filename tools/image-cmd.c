@@ -35,6 +35,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "snapshot/snapshot.h"
 #include "internal.h"
 #include "locks/lease.h"
 
@@ -246,9 +247,14 @@ cmd_info (struct vbk_ctx *ctx, struct vbk_args *a)
   return VBK_EXIT_OK;
 }
 
+/* Through the lease holder, as snapshots are (snapshot.h): a resize
+ * must not cut objects under a snapshot context that a snapshot taken
+ * meanwhile made stale, and the holder must learn the new size. */
 static int
 cmd_resize (struct vbk_ctx *ctx, struct vbk_args *a)
 {
+  struct snap_opts o = { 0 };
+  char host[256], id[300];
   struct store *st;
   uint64_t size;
   int r;
@@ -256,10 +262,15 @@ cmd_resize (struct vbk_ctx *ctx, struct vbk_args *a)
   if ((r = vbk_check_name (a, a->argv[0]))
       || (r = get_size (a, "size", &size)))
     return r;
+  if (gethostname (host, sizeof host) < 0)
+    snprintf (host, sizeof host, "localhost");
+  host[sizeof host - 1] = '\0';
+  snprintf (id, sizeof id, "vbk@%s", host);
+  o.host_id = id;
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
   vbk_clear_error ();
-  r = image_resize (st, a->argv[0], size);
+  r = snap_resize (st, a->argv[0], size, &o);
   store_close (st);
   if (r < 0)
     return vbk_fail (a, r);

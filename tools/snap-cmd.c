@@ -1,20 +1,23 @@
 /* SPDX-License-Identifier: MIT
  *
- * snap-cmd.c - the "vbk snap" verbs (create, ls, rm, rollback) and
+ * snap-cmd.c - the "vbk snapshot" verbs (alias "snap": create, ls, rm,
+ * rollback) and
  * "vbk diff".
  *
  * A snapshot is named IMAGE@SNAP on the command line.  The form is parsed
  * strictly, before the store is opened: exactly one '@', and both sides
  * valid names (image_name_check); anything else is a usage error, exit 2.
  *
- * snap create goes through the snapshot library, which sends the request
- * to the lease holder (the blockd writing the image) or, when nobody
- * holds the lease, takes it for the moment; either way the snapshot
- * holds every write acknowledged before the request and none issued
- * after the reply.  With --group, every image is frozen before any is
+ * snapshot create and rm go through the snapshot library, which sends
+ * the request to the lease holder (the blockd writing the image) or, when
+ * nobody holds the lease, takes it for the moment; either way one command
+ * runs at a time per image, and a snapshot holds every write
+ * acknowledged before the request and none issued after the reply.  With --group, every image is frozen before any is
  * snapshotted, and a failure leaves no snapshot of the group.  rollback
  * refuses while a host holds the lease unless --force, which fences it.
- * diff reads change logs only (image_diff), never data or maps.
+ * diff reads change logs only (snap_diff: image_diff, after the holder
+ * logged its changed parts for a live diff, and read again if snapshots
+ * came or went meanwhile), never data or maps.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -220,19 +223,24 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
 static int
 cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
 {
+  struct snap_opts o = { 0 };
   struct vbk_snap_ref ref;
   struct store *st;
+  char idbuf[300];
   int r;
 
   if ((r = vbk_parse_snap_ref (a, a->argv[0], &ref)))
     return r;
+  o.host_id = host_id (a, idbuf, sizeof idbuf);
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
   vbk_clear_error ();
-  r = image_snap_remove (st, ref.image, ref.snap);
+  r = snap_remove (st, ref.image, ref.snap, &o);
   store_close (st);
-  if (r < 0)
+  if (r < 0) {
+    default_error (r, &ref, "removing snapshot");
     return vbk_fail (a, r);
+  }
   return VBK_EXIT_OK;
 }
 
@@ -319,7 +327,7 @@ cmd_diff (struct vbk_ctx *ctx, struct vbk_args *a)
     return VBK_EXIT_FAILURE;
   vbk_clear_error ();
   t0 = now_mono_ns ();
-  r = image_diff (st, name, from, to, add_extent, &e);
+  r = snap_diff (st, name, from, to, add_extent, &e, NULL);
   store_close (st);
   if (r < 0) {
     free (e.v);

@@ -34,8 +34,8 @@ static const struct vbk_cmd top_cmds[] = {
   { "image", "VERB [ARGS]", "create, list, inspect, resize, remove, "
     "import and export disk images",
     NULL, 0, 0, NULL, image_cmds },
-  { "snap", "VERB [ARGS]", "create, list, remove and roll back to "
-    "crash-consistent snapshots",
+  { "snapshot", "VERB [ARGS]", "create, list, remove and roll back to "
+    "crash-consistent snapshots (alias: snap)",
     NULL, 0, 0, NULL, snap_cmds },
   { "diff", DIFF_SYNOPSIS, "list the extents of an image that changed "
     "since a snapshot", diff_opts, 1, 1, cmd_diff },
@@ -445,7 +445,9 @@ run_cmd (struct vbk_ctx *ctx, const struct vbk_cmd *cmd, const char *path,
     if (a.argc == 0)
       return vbk_usage_error (&a, "missing command (one of: %s)", names);
     for (s = cmd->sub; s->name; s++)
-      if (strcmp (s->name, a.argv[0]) == 0)
+      if (strcmp (s->name, a.argv[0]) == 0
+          || (cmd == &top && !strcmp (a.argv[0], "snap")
+              && !strcmp (s->name, "snapshot")))     /* the short alias */
         break;
     if (s->name == NULL)
       return vbk_usage_error (&a, "unknown command '%s' (one of: %s)",

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT
  *
  * test-lease-sm.c - the lease state machine with an injected clock:
- * renew, expiry, hand-off, takeover, fencing outcomes, bounce limit.
+ * renew, expiry counted from the renewal's send, one timed-out renewal
+ * with the defaults, the write-stop margin, hand-off, takeover, fencing
+ * outcomes, bounce limit.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -11,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "common/timeouts.h"
 #include "locks/lease.h"
 
 #define T0 1000000u
@@ -20,19 +23,123 @@ test_renew_schedule (void **state)
 {
   struct lease_sm sm;
 
-  lease_sm_init (&sm, 15000, false, 0, 0);
+  lease_sm_init (&sm, 18000, false, 0, 0);
   assert_int_equal (sm.state, LEASE_NONE);
   assert_int_equal (lease_sm_tick (&sm, T0), LEASE_ACT_NONE);
   lease_sm_acquired (&sm, T0, 7);
   assert_int_equal (sm.state, LEASE_HELD);
   assert_int_equal (sm.epoch, 7);
-  /* Nothing until a third of the duration, then renew. */
-  assert_int_equal (lease_sm_tick (&sm, T0 + 4999), LEASE_ACT_NONE);
-  assert_int_equal (lease_sm_tick (&sm, T0 + 5000), LEASE_ACT_RENEW);
-  lease_sm_renewed (&sm, T0 + 5001);
-  assert_int_equal (sm.expires_ms, T0 + 5001 + 15000);
-  assert_int_equal (lease_sm_tick (&sm, T0 + 9000), LEASE_ACT_NONE);
-  assert_int_equal (lease_sm_tick (&sm, T0 + 10001), LEASE_ACT_RENEW);
+  assert_int_equal (sm.expires_ms, T0 + 18000);
+  /* Nothing until a sixth of the duration, then renew. */
+  assert_int_equal (lease_sm_tick (&sm, T0 + 2999), LEASE_ACT_NONE);
+  assert_int_equal (lease_sm_tick (&sm, T0 + 3000), LEASE_ACT_RENEW);
+  lease_sm_renewed (&sm, T0 + 3001);
+  assert_int_equal (sm.expires_ms, T0 + 3001 + 18000);
+  assert_int_equal (lease_sm_tick (&sm, T0 + 6000), LEASE_ACT_NONE);
+  assert_int_equal (lease_sm_tick (&sm, T0 + 6001), LEASE_ACT_RENEW);
+  /* The defaults. */
+  lease_sm_init (&sm, 0, false, 0, 0);
+  assert_int_equal (sm.duration_ms, VBK_LEASE_DURATION_MS);
+  assert_int_equal (LEASE_DURATION_DEFAULT_MS, VBK_LEASE_DURATION_MS);
+}
+
+/* The lease runs from the renewal's send: a renewal sent at t and
+ * answered at t + 9 s leaves the expiry at t + duration. */
+static void
+test_expiry_counts_from_send (void **state)
+{
+  struct lease_sm sm;
+  uint64_t sent;
+
+  lease_sm_init (&sm, 0, false, 0, 0);
+  lease_sm_acquired (&sm, T0, 1);
+  sent = T0 + sm.renew_ms;
+  assert_int_equal (lease_sm_tick (&sm, sent), LEASE_ACT_RENEW);
+  /* The answer arrives 9 s later. */
+  assert_int_equal (lease_sm_tick (&sm, sent + 9000), LEASE_ACT_RENEW);
+  lease_sm_renewed (&sm, sent);
+  assert_int_equal (sm.expires_ms, sent + VBK_LEASE_DURATION_MS);
+  assert_true (sm.expires_ms < sent + 9000 + VBK_LEASE_DURATION_MS);
+  assert_int_equal (sm.renew_at_ms, sent + sm.renew_ms);
+  /* So the next renewal is due at once. */
+  assert_int_equal (lease_sm_tick (&sm, sent + 9000), LEASE_ACT_RENEW);
+  /* An older renewal's answer arriving after a newer one's does not
+   * pull the end back. */
+  lease_sm_renewed (&sm, sent + 9000);
+  lease_sm_renewed (&sm, sent + 100);
+  assert_int_equal (sm.expires_ms, sent + 9000 + VBK_LEASE_DURATION_MS);
+  /* The acquisition itself counts from its lock request's send. */
+  lease_sm_init (&sm, 0, false, 0, 0);
+  lease_sm_acquired (&sm, T0, 2);
+  assert_int_equal (sm.expires_ms, T0 + VBK_LEASE_DURATION_MS);
+}
+
+/* With the defaults, a renewal that hangs for the store's whole op
+ * timeout and is sent again costs neither the lease nor a write. */
+static void
+test_one_timed_out_renewal (void **state)
+{
+  struct lease_sm sm;
+  uint64_t t, sent, failed, answered;
+
+  lease_sm_init (&sm, 0, false, 0, 0);
+  lease_sm_acquired (&sm, T0, 1);
+  sent = T0 + sm.renew_ms;
+  assert_int_equal (lease_sm_tick (&sm, sent), LEASE_ACT_RENEW);
+  failed = sent + VBK_STORE_OP_TIMEOUT_MS;
+  assert_int_equal (lease_sm_tick (&sm, failed), LEASE_ACT_RENEW);
+  lease_sm_renew_failed (&sm, failed, -ETIMEDOUT);
+  assert_int_equal (sm.state, LEASE_HELD);
+  /* The retry goes out shortly and takes a (slow) second to answer. */
+  for (t = failed; lease_sm_tick (&sm, t) != LEASE_ACT_RENEW; t += 10)
+    assert_true (t < failed + 1000);
+  answered = t + 1000;
+  assert_true (answered < lease_sm_write_stop (&sm));
+  /* Writes were admitted all along. */
+  for (uint64_t u = T0; u <= answered; u += 50)
+    assert_true (lease_sm_may_write (&sm, u));
+  lease_sm_renewed (&sm, t);
+  assert_int_equal (sm.state, LEASE_HELD);
+  assert_int_equal (sm.expires_ms, t + VBK_LEASE_DURATION_MS);
+  assert_true (lease_sm_may_write (&sm, answered));
+}
+
+/* Writes stop at expiry - margin, before the holder's own end; the lease
+ * itself is given up at the end. */
+static void
+test_write_stop_margin (void **state)
+{
+  struct lease_sm sm;
+  uint64_t stop;
+
+  lease_sm_init (&sm, 0, false, 0, 0);
+  assert_false (lease_sm_may_write (&sm, T0));
+  lease_sm_acquired (&sm, T0, 1);
+  stop = lease_sm_write_stop (&sm);
+  assert_int_equal (stop, T0 + VBK_LEASE_DURATION_MS
+                    - VBK_LEASE_DURATION_MS / VBK_LEASE_WRITE_STOP_DIVISOR);
+  assert_true (stop > T0 + sm.renew_ms);
+  assert_true (lease_sm_may_write (&sm, T0));
+  assert_true (lease_sm_may_write (&sm, stop - 1));
+  assert_false (lease_sm_may_write (&sm, stop));
+  assert_false (lease_sm_may_write (&sm, sm.expires_ms - 1));
+  /* Between the write-stop and the end the lease is still ours: a
+   * renewal that lands then lets writes go on. */
+  lease_sm_renew_failed (&sm, stop, -ETIMEDOUT);
+  assert_int_equal (sm.state, LEASE_HELD);
+  lease_sm_renewed (&sm, stop);
+  assert_true (lease_sm_may_write (&sm, stop + 1));
+  /* Unrenewed to the end: lost, and no write is admitted again. */
+  stop = lease_sm_write_stop (&sm);
+  assert_false (lease_sm_may_write (&sm, stop));
+  assert_int_equal (lease_sm_tick (&sm, sm.expires_ms), LEASE_ACT_EXPIRED);
+  assert_int_equal (sm.state, LEASE_LOST);
+  assert_false (lease_sm_may_write (&sm, stop - 1));
+  /* A releasing holder admits no new write either. */
+  lease_sm_init (&sm, 0, false, 0, 0);
+  lease_sm_acquired (&sm, T0, 1);
+  lease_sm_release_request (&sm, false);
+  assert_false (lease_sm_may_write (&sm, T0));
 }
 
 static void
@@ -129,12 +236,17 @@ test_takeover_decisions (void **state)
                     LEASE_BUSY_WAIT);
   assert_int_equal (lease_sm_busy (&sm, expires, expires, false, false),
                     LEASE_BUSY_WAIT);
-  assert_int_equal (lease_sm_busy (&sm, expires + 499, expires, false,
-                                   false), LEASE_BUSY_WAIT);
-  assert_int_equal (lease_sm_busy (&sm, expires + 500, expires, false,
-                                   false), LEASE_BUSY_TAKEOVER);
+  assert_int_equal (lease_sm_busy (&sm, expires
+                                   + VBK_LEASE_TAKEOVER_MARGIN_MS - 1,
+                                   expires, false, false), LEASE_BUSY_WAIT);
+  assert_int_equal (lease_sm_busy (&sm, expires
+                                   + VBK_LEASE_TAKEOVER_MARGIN_MS,
+                                   expires, false, false),
+                    LEASE_BUSY_TAKEOVER);
   /* Even a holder that agreed is taken over once its lease ran out. */
-  assert_int_equal (lease_sm_busy (&sm, expires + 600, expires, true, true),
+  assert_int_equal (lease_sm_busy (&sm, expires
+                                   + VBK_LEASE_TAKEOVER_MARGIN_MS + 100,
+                                   expires, true, true),
                     LEASE_BUSY_TAKEOVER);
 }
 
@@ -176,6 +288,9 @@ main (void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test (test_renew_schedule),
+    cmocka_unit_test (test_expiry_counts_from_send),
+    cmocka_unit_test (test_one_timed_out_renewal),
+    cmocka_unit_test (test_write_stop_margin),
     cmocka_unit_test (test_expiry_when_renewals_fail),
     cmocka_unit_test (test_lost_to_fence_or_taker),
     cmocka_unit_test (test_handoff),

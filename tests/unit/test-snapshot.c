@@ -676,6 +676,125 @@ test_snap_through_holder_and_temporary (void **state)
                     0);
 }
 
+/* snapshot rm, resize and a live diff through the holder: it keeps the
+ * lease, learns the new size, and the live diff is as fine as parts. */
+static void
+test_commands_through_holder (void **state)
+{
+  struct fixture *f = *state;
+  struct snap_opts o = { .host_id = "cli-test", .timeout_ms = 5000 };
+  struct ext_list e = { .n = 0 };
+  struct lease_status ls;
+  struct image_info info;
+  struct image_snap *v;
+  struct holder h;
+  char hdr[64], buf[4096];
+  size_t n;
+
+  holder_start (f, &h, "disk", "host-a");
+  image_stat (f->st, "disk", &info);
+  image_header_oid (info.id, hdr, sizeof hdr);
+  assert_int_equal (snap_create (f->st, "disk", "s1", &o, NULL), 0);
+  assert_int_equal (snap_create (f->st, "disk", "s2", &o, NULL), 0);
+
+  /* The holder's errno comes back, with its message. */
+  vbk_clear_error ();
+  assert_int_equal (snap_remove (f->st, "disk", "nosuch", &o), -ENOENT);
+  assert_non_null (strstr (vbk_error (), "nosuch"));
+  assert_int_equal (snap_remove (f->st, "disk", "s1", &o), 0);
+  assert_int_equal (image_snap_list (f->st, "disk", &v, &n), 0);
+  assert_int_equal (n, 1);
+  assert_string_equal (v[0].name, "s2");
+  free (v);
+
+  /* A 4 KiB write in object 3: the live diff asks the holder to log
+   * its parts first, so it lists those parts, not the object. */
+  memset (buf, 'p', sizeof buf);
+  assert_int_equal (lease_write_begin (h.lease), 0);
+  assert_int_equal (image_write (h.img, buf, sizeof buf, 3 * OBJ + 4096, 0),
+                    0);
+  lease_write_end (h.lease);
+  assert_int_equal (snap_diff (f->st, "disk", "s2", NULL, collect, &e, &o),
+                    0);
+  /* (Parts are OBJ / 32 = 2 KiB here: the write covers two.) */
+  assert_int_equal (e.n, 1);
+  assert_int_equal (e.off[0], 3 * OBJ + 4096);
+  assert_int_equal (e.len[0], 4096);
+  /* The same between snapshots, and errors pass through. */
+  assert_int_equal (snap_create (f->st, "disk", "s3", &o, NULL), 0);
+  e.n = 0;
+  assert_int_equal (snap_diff (f->st, "disk", "s2", "s3", collect, &e, &o),
+                    0);
+  assert_int_equal (e.n, 1);
+  assert_int_equal (e.len[0], 4096);
+  assert_int_equal (snap_diff (f->st, "disk", "nosuch", NULL, collect, &e,
+                               &o), -ENOENT);
+
+  /* Resize: the holder learns the size at once (writes past the new end
+   * fail there), and the snapshot keeps the cut object. */
+  write_pattern (h.img, 7, 'q');      /* (the lease is held) */
+  assert_int_equal (snap_create (f->st, "disk", "s4", &o, NULL), 0);
+  assert_int_equal (snap_resize (f->st, "disk", 4 * OBJ, &o), 0);
+  assert_int_equal (image_size (h.img), 4 * OBJ);
+  assert_int_equal (lease_write_begin (h.lease), 0);
+  assert_int_equal (image_write (h.img, buf, sizeof buf, 6 * OBJ, 0),
+                    -EINVAL);
+  lease_write_end (h.lease);
+  assert_int_equal (snap_resize (f->st, "disk", NOBJ * OBJ, &o), 0);
+  assert_int_equal (image_size (h.img), NOBJ * OBJ);
+  {
+    struct image *s4;
+    assert_int_equal (image_open_snap (f->st, "disk", "s4", &s4), 0);
+    expect_pattern (s4, 7, 'q');
+    image_close (s4);
+  }
+  assert_int_equal (snap_resize (f->st, "disk", 0, &o), -EINVAL);
+
+  /* None of it moved the lease. */
+  assert_int_equal (lease_status_get (f->st, hdr, &ls), 0);
+  assert_true (ls.held);
+  assert_string_equal (ls.host, "host-a");
+  assert_int_equal (ls.epoch, 1);
+  holder_stop (&h);
+
+  /* Without a holder: a temporary lease, let go again. */
+  assert_int_equal (snap_remove (f->st, "disk", "s2", &o), 0);
+  assert_int_equal (snap_resize (f->st, "disk", 8 * OBJ, &o), 0);
+  assert_int_equal (image_stat (f->st, "disk", &info), 0);
+  assert_int_equal (info.size, 8 * OBJ);
+  assert_int_equal (lease_status_get (f->st, hdr, &ls), 0);
+  assert_false (ls.held);
+}
+
+/* A vbk that needs the lease for a moment never takes it from a holder
+ * (no_handoff): it gets -EAGAIN and asks the holder instead. */
+static void
+test_no_handoff (void **state)
+{
+  struct fixture *f = *state;
+  struct lease_opts lo = { .host_id = "cli", .addr = "vbk-cli",
+                           .no_handoff = true, .duration_ms = 5000 };
+  struct image_info info;
+  struct lease_status ls;
+  struct lease *l;
+  struct holder h;
+  char hdr[64];
+
+  holder_start (f, &h, "disk", "host-a");
+  image_stat (f->st, "disk", &info);
+  image_header_oid (info.id, hdr, sizeof hdr);
+  assert_int_equal (lease_open (f->st, hdr, &lo, NULL, NULL, &l), 0);
+  vbk_clear_error ();
+  assert_int_equal (lease_write_begin (l), -EAGAIN);
+  assert_non_null (strstr (vbk_error (), "host-a"));
+  assert_int_equal (lease_quiesce (l), -EAGAIN);
+  lease_close (l);
+  assert_int_equal (lease_status_get (f->st, hdr, &ls), 0);
+  assert_string_equal (ls.host, "host-a");
+  assert_int_equal (lease_state (h.lease), LEASE_HELD);
+  holder_stop (&h);
+}
+
 static void
 test_group (void **state)
 {
@@ -749,6 +868,9 @@ main (void)
     cmocka_unit_test_setup_teardown (test_snap_through_holder_and_temporary,
                                      setup, teardown),
     cmocka_unit_test_setup_teardown (test_group, setup, teardown),
+    cmocka_unit_test_setup_teardown (test_commands_through_holder, setup,
+                                     teardown),
+    cmocka_unit_test_setup_teardown (test_no_handoff, setup, teardown),
   };
 
   return cmocka_run_group_tests_name (test_store_kind (), tests, NULL, NULL);
