@@ -47,7 +47,7 @@ assert grown < 16, "LIST cost %d MiB" % grown
 PYEOF
 
 python3 - "$sock" "$pid" <<'PYEOF' || fail "BLOCK_STATUS"
-import struct, sys, threading, nbdraw
+import os, struct, sys, threading, nbdraw
 path, pid = sys.argv[1], sys.argv[2]
 GiB = 1 << 30
 def mem(key):
@@ -89,7 +89,10 @@ for t in ts:
 assert not errors, errors
 grown = mem("VmHWM") - base
 print("BLOCK_STATUS from 4 clients: peak %d MiB over the open exports" % grown)
-assert grown < 120, "concurrent BLOCK_STATUS cost %d MiB" % grown
+# One 64 MiB map read at a time (the rados backend holds it twice
+# while it copies); four at once would be 256 MiB or more.
+bound = 200 if os.environ["VBK_TEST_STORE_KIND"] == "rados" else 120
+assert grown < bound, "concurrent BLOCK_STATUS cost %d MiB" % grown
 PYEOF
 stop_blockd pid
 echo "blockd-list-status: ok"
