@@ -13,6 +13,10 @@
  * magic, unknown client flags, oversized options and an
  * NBD_OPT_EXPORT_NAME we cannot satisfy.  Exports are looked up (and
  * opened) when a client names them, so new images need no restart.
+ * The whole negotiation runs under the connection's deadline
+ * (handshake_timeout, set at accept): reads and writes fail past it, so
+ * a silent client, a slow one and one that negotiates forever without
+ * NBD_OPT_GO are all dropped.  NBD_OPT_LIST reads image names only.
  */
 #include <endian.h>
 #include <errno.h>
