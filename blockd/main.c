@@ -53,9 +53,23 @@ usage (FILE *f)
 "                     another host (only 'vbk lease release' moves them)\n"
 "  --config FILE      settings file: key = value lines with the keys\n"
 "                     store, socket, listen, host_id, lease_duration,\n"
-"                     exclusive, read_only, workers, poll_us, verbose (flags\n"
+"                     exclusive, read_only, workers, poll_us, verbose and\n"
+"                     the long flags below with '_' for '-' (flags\n"
 "                     override it); an [export IMAGE] section sets\n"
 "                     exclusive and read_only for IMAGE alone\n"
+"  --socket-group G   chown the Unix socket (always mode 0660) to group G,\n"
+"                     so that its members (e.g. the QEMU user) may connect\n"
+"  --max-connections N            clients at once (default 1024)\n"
+"  --max-connections-per-client N per TCP address or Unix uid (default 128)\n"
+"  --handshake-timeout S  a client must finish negotiating (NBD_OPT_GO)\n"
+"                     within S seconds of connecting (default 10)\n"
+"  --send-timeout S   a client that takes none of its replies for S seconds\n"
+"                     is dropped (default 30; 5 while stopping)\n"
+"  --idle-timeout S   an idle connection frees its buffers after S seconds\n"
+"                     (default 5)\n"
+"  --conn-memory SIZE bytes of requests in flight per connection (default\n"
+"                     64M; a larger request waits until it runs alone)\n"
+"  --max-memory SIZE  bytes of requests in flight in the daemon (default 1G)\n"
 "  --read-only        serve every export read-only\n"
 "  --workers N        threads for flush/trim/zero calls (default 4)\n"
 "  --poll-us N        an idle connection polls its socket N microseconds\n"
@@ -82,7 +96,7 @@ main (int argc, char **argv)
 {
   enum { OPT_STORE = 256, OPT_SOCKET, OPT_LISTEN, OPT_HOST_ID, OPT_CONFIG,
          OPT_FOREGROUND, OPT_READ_ONLY, OPT_WORKERS, OPT_LEASE_DURATION,
-         OPT_EXCLUSIVE, OPT_POLL_US };
+         OPT_EXCLUSIVE, OPT_POLL_US, OPT_SETTING };
   static const struct option longopts[] = {
     { "store", required_argument, NULL, OPT_STORE },
     { "socket", required_argument, NULL, OPT_SOCKET },
@@ -95,24 +109,45 @@ main (int argc, char **argv)
     { "poll-us", required_argument, NULL, OPT_POLL_US },
     { "lease-duration", required_argument, NULL, OPT_LEASE_DURATION },
     { "exclusive", no_argument, NULL, OPT_EXCLUSIVE },
+    /* Settings whose flag is the key with '-' for '_'. */
+    { "socket-group", required_argument, NULL, OPT_SETTING },
+    { "max-connections", required_argument, NULL, OPT_SETTING },
+    { "max-connections-per-client", required_argument, NULL, OPT_SETTING },
+    { "handshake-timeout", required_argument, NULL, OPT_SETTING },
+    { "send-timeout", required_argument, NULL, OPT_SETTING },
+    { "idle-timeout", required_argument, NULL, OPT_SETTING },
+    { "conn-memory", required_argument, NULL, OPT_SETTING },
+    { "max-memory", required_argument, NULL, OPT_SETTING },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
   /* Flags are applied after the config file: remember them. */
   struct { const char *key, *value; } flags[32];
-  int nflags = 0, c, r, verbose = 0;
+  char keys[32][64];
+  int nflags = 0, c, r, verbose = 0, li;
   const char *config_file = NULL;
   bool socket_flag = false, listen_flag = false;
   struct nbd_srv_config cfg;
   struct sigaction sa;
   const char *env;
 
-  while ((c = getopt_long (argc, argv, "vh", longopts, NULL)) != -1)
+  while ((c = getopt_long (argc, argv, "vh", longopts, &li)) != -1)
     {
       const char *key = NULL;
       switch (c)
         {
+        case OPT_SETTING:
+          if (nflags < 32)
+            {
+              char *k = keys[nflags];
+              snprintf (k, sizeof keys[0], "%s", longopts[li].name);
+              for (; *k; k++)
+                if (*k == '-')
+                  *k = '_';
+              key = keys[nflags];
+            }
+          break;
         case OPT_STORE: key = "store"; break;
         case OPT_SOCKET: key = "socket"; socket_flag = true; break;
         case OPT_LISTEN: key = "listen"; listen_flag = true; break;
