@@ -13,8 +13,8 @@
  * The timeline of one holder, defaults in brackets (D = 20 s):
  *
  *   s        renewal sent (or the lock taken): expiry E = s + D     [s+20]
- *   s+R      next renewal sent                                      [s+3.3]
- *   s+R+OT   ...if it hangs, the store gives up on it (op timeout)  [s+13.3]
+ *   s+R      next renewal sent                                      [s+5]
+ *   s+R+OT   ...if it hangs, the store gives up on it (op timeout)  [s+15]
  *            and it is sent again at once (a passing error)
  *   E-M      writes stop being admitted; they wait (not fail)       [s+18]
  *            for a renewal sent in time to move E
@@ -27,8 +27,8 @@
  * Why that is safe and live:
  *  - One renewal that times out does not cost the lease: it was sent at
  *    s+R, the retry goes at s+R+OT and its answer arrives before E-M as
- *    long as R + OT + M < D (3.3 + 10 + 2 = 15.3 < 20, so the retry has
- *    4.7 s before writes even pause, 6.7 s before the lease is lost).
+ *    long as R + OT + M < D (5 + 10 + 2 = 17 < 20, so the retry has 3 s
+ *    before writes even pause, 5 s before the lease is lost).
  *  - A write admitted before E-M either completes or is cut off before
  *    the new holder writes: takeover happens only after E+TM and fences
  *    the old holder before its first write, so a write still in flight
@@ -56,8 +56,10 @@
  *    shared flock of fenced/.gen, so other clients' lock calls and
  *    store_fence wait until it runs again.  The local store should
  *    bound those waits (LOCK_NB and a deadline, -ETIMEDOUT) and fence
- *    without waiting for a stopped client.  Renewing every sixth of D
- *    puts the holder inside lock calls twice as often as every third.
+ *    without waiting for a stopped client.  Renewing every quarter of D
+ *    (not every sixth, which would leave a timed-out renewal more room)
+ *    keeps the holder inside lock calls only a third more often than
+ *    the every-third it replaced.
  *
  * The other waits of the system hang off these:
  *  - a hand-off: the requester asks by notify (NOTIFY), polls while the
@@ -76,7 +78,7 @@
  *    NBD handshake keeps its connection (and thread) open.
  *
  * Durations passed explicitly (blockd --lease-duration) keep the same
- * proportions: R = D / 6, M = D / 10.  Below about 15 s, one timed-out
+ * proportions: R = D / 4, M = D / 10.  Below about 15 s, one timed-out
  * renewal on RADOS (OT = 10 s) may pause writes or lose the lease.
  */
 #ifndef VBK_TIMEOUTS_H
@@ -85,7 +87,7 @@
 /* D: the lease's duration. */
 #define VBK_LEASE_DURATION_MS 20000u
 /* R: a renewal is sent this long after the previous one was sent. */
-#define VBK_LEASE_RENEW_DIVISOR 6u
+#define VBK_LEASE_RENEW_DIVISOR 4u
 /* M: writes stop being admitted this long before the holder's expiry. */
 #define VBK_LEASE_WRITE_STOP_DIVISOR 10u
 /* A renewal that failed with a passing error is sent again after this. */

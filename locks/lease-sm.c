@@ -8,7 +8,7 @@
  * counts its lease from the moment it sent the request that took or
  * renewed the lock (monotonic ms, given by the caller), never from the
  * answer, so its idea of the end is never later than the store's.  It
- * renews every sixth of the duration, so a renewal that times out once
+ * renews every quarter of the duration, so a renewal that times out once
  * (the store's op timeout) and is sent again still lands in time.  It
  * admits writes only until a margin before its own end (M), and gives
  * the lease up at its end even if nobody fenced it.  A requester takes

@@ -4,7 +4,7 @@
  * migration, and takeover with fencing when a holder dies.
  *
  * The lease is the exclusive store lock "vbk_lease" on the image header,
- * with a duration, renewed by its holder every sixth of it; the holder
+ * with a duration, renewed by its holder every quarter of it; the holder
  * counts the duration from when it sent each renewal and admits writes
  * only until a margin before that end (the timeline of every timeout is
  * in common/timeouts.h).  Its record

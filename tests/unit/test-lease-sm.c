@@ -23,18 +23,18 @@ test_renew_schedule (void **state)
 {
   struct lease_sm sm;
 
-  lease_sm_init (&sm, 18000, false, 0, 0);
+  lease_sm_init (&sm, 12000, false, 0, 0);
   assert_int_equal (sm.state, LEASE_NONE);
   assert_int_equal (lease_sm_tick (&sm, T0), LEASE_ACT_NONE);
   lease_sm_acquired (&sm, T0, 7);
   assert_int_equal (sm.state, LEASE_HELD);
   assert_int_equal (sm.epoch, 7);
-  assert_int_equal (sm.expires_ms, T0 + 18000);
-  /* Nothing until a sixth of the duration, then renew. */
+  assert_int_equal (sm.expires_ms, T0 + 12000);
+  /* Nothing until a quarter of the duration, then renew. */
   assert_int_equal (lease_sm_tick (&sm, T0 + 2999), LEASE_ACT_NONE);
   assert_int_equal (lease_sm_tick (&sm, T0 + 3000), LEASE_ACT_RENEW);
   lease_sm_renewed (&sm, T0 + 3001);
-  assert_int_equal (sm.expires_ms, T0 + 3001 + 18000);
+  assert_int_equal (sm.expires_ms, T0 + 3001 + 12000);
   assert_int_equal (lease_sm_tick (&sm, T0 + 6000), LEASE_ACT_NONE);
   assert_int_equal (lease_sm_tick (&sm, T0 + 6001), LEASE_ACT_RENEW);
   /* The defaults. */
