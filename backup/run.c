@@ -50,6 +50,7 @@
 
 #define SNAP_PREFIX "vbkbk-"
 #define CBT_SAMPLE_MAX 16
+#define KEEP_THREADS 16
 
 struct writer {
   struct backup_repo *r;
@@ -454,7 +455,9 @@ keep_unchanged (struct writer *w, const unsigned char *dirty)
 
   if ((works = calloc (w->ix.count + 1, sizeof *works)) == NULL)
     return vbk_errno (-ENOMEM, "backup");
-  if ((e = copy_queue_new (w->o->threads ? w->o->threads : 4, 0, &q)) < 0) {
+  /* Touching is a round trip or a sync per chunk, not bandwidth: more
+   * threads than for copying. */
+  if ((e = copy_queue_new (KEEP_THREADS, 0, &q)) < 0) {
     free (works);
     return vbk_errno (e, "backup: threads");
   }
@@ -586,6 +589,8 @@ backup_one (struct writer *w)
   snprintf (dst.name, sizeof dst.name, "backup %s", w->id);
   if ((e = find_parent (w)) < 0)
     return e;
+  log_info ("backup %s: parent found after %.1f ms", w->id,
+            (now_mono_ns () - t0) / 1e6);
   if ((e = image_open_snap (o->st, w->image, w->snap, &w->img)) < 0)
     return e;
   w->ix.size = image_size (w->img);
@@ -670,8 +675,12 @@ backup_one (struct writer *w)
     e = copy_run (src, &dst, &co, &cr);
   if (e < 0)
     goto out;
+  log_info ("backup %s: %s chunks copied after %.1f ms", w->id,
+            full ? "all" : "changed", (now_mono_ns () - t0) / 1e6);
   if (!full && (e = keep_unchanged (w, dm.map)) < 0)
     goto out;
+  log_info ("backup %s: unchanged chunks kept after %.1f ms", w->id,
+            (now_mono_ns () - t0) / 1e6);
   res->chunks_read = w->chunks_read;
   res->bytes_read = cr.read + w->extra_read;
   res->chunks_new = w->chunks_new;
@@ -679,6 +688,8 @@ backup_one (struct writer *w)
   if ((e = write_index_and_manifest (w)) < 0)
     goto out;
   w->done = 1;
+  log_info ("backup %s: manifest written after %.1f ms", w->id,
+            (now_mono_ns () - t0) / 1e6);
   res->chunks_new = w->chunks_new;
   res->bytes_stored = w->bytes_stored;
   res->elapsed_ns = now_mono_ns () - t0;
@@ -742,6 +753,7 @@ backup_run (struct backup_repo *r, const struct backup_run_opts *o,
   }
   for (i = 0; i < o->nimages; i++)
     w[i].snapped = 1;
+  log_info ("backup: snapshot taken");
   for (i = 0; i < o->nimages && e == 0; i++) {
     e = backup_one (&w[i]);
     if (e == 0)
