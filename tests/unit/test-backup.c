@@ -517,10 +517,13 @@ test_run_and_read (void **state)
   assert_int_equal (backup_reader_open (f->r, "nope", &rd), -ENOENT);
 }
 
-/* Backups racing prune + gc: after each round every remaining backup
- * reads back whole (no chunk missing) and verify finds nothing bad. */
+/* Backups racing removal of their parent + gc: the new backup's carried
+ * chunks are then protected by nothing but the protocol of chunk.c and
+ * gc.c.  After each round every remaining backup reads back whole (no
+ * chunk missing) and verify finds nothing bad at the end. */
 struct racer {
   struct fixture *f;
+  char parent[64];
   unsigned delay_us;
   int err;
   char msg[1024];
@@ -534,7 +537,10 @@ prune_gc (void *arg)
   struct backup_gc_result gr;
 
   usleep (x->delay_us);
-  if ((x->err = backup_prune (x->f->r, &po, NULL, NULL)) == 0)
+  x->err = backup_remove (x->f->r, x->parent);
+  if (x->err == 0 || x->err == -ENOENT)
+    x->err = backup_prune (x->f->r, &po, NULL, NULL);
+  if (x->err == 0)
     x->err = backup_gc (x->f->r, 0, &gr);
   if (x->err)
     snprintf (x->msg, sizeof x->msg, "%s", vbk_error ());
@@ -561,10 +567,11 @@ test_gc_races (void **state)
   assert_int_equal (image_create (f->st, "g", IMG_SIZE, OBJ), 0);
   write_random (f->st, NAME, &seed, 10);
   for (i = 0; i < rounds; i++) {
-    struct racer x = { .f = f, .delay_us = rand_r (&seed) % 30000 };
+    struct racer x = { .f = f, .delay_us = rand_r (&seed) % 150000 };
     pthread_t t;
 
     write_random (f->st, NAME, &seed, 1 + rand_r (&seed) % 4);
+    snprintf (x.parent, sizeof x.parent, "%s", i ? res.id : "none");
     assert_int_equal (pthread_create (&t, NULL, prune_gc, &x), 0);
     run_one (f, "g", &res);
     pthread_join (t, NULL);
