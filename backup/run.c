@@ -546,21 +546,29 @@ write_index_and_manifest (struct writer *w)
   return e;
 }
 
-/* Removes the image's older backup snapshots (ours stays). */
+/* Removes the image's older backup snapshots: ours stays, and so do the
+ * snapshots of backups still running (their writer lock is held). */
 static void
 trim_snapshots (struct writer *w)
 {
   struct image_snap *list;
-  size_t n, i;
+  struct store_lock_info li;
+  char oid[STORE_NAME_MAX + 1];
+  size_t n, i, pl = strlen (SNAP_PREFIX);
 
   if (image_snap_list (w->o->st, w->image, &list, &n) < 0)
     return;
-  for (i = 0; i < n; i++)
-    if (strncmp (list[i].name, SNAP_PREFIX, strlen (SNAP_PREFIX)) == 0
-        && strcmp (list[i].name, w->snap) != 0
-        && image_snap_remove (w->o->st, w->image, list[i].name) < 0)
+  for (i = 0; i < n; i++) {
+    if (strncmp (list[i].name, SNAP_PREFIX, pl) != 0
+        || strcmp (list[i].name, w->snap) == 0)
+      continue;
+    backup_writer_oid (list[i].name + pl, oid, sizeof oid);
+    if (store_lock_get (w->r->st, oid, "writer", &li) == 0)
+      continue;
+    if (image_snap_remove (w->o->st, w->image, list[i].name) < 0)
       log_warn ("backup %s: could not remove old snapshot %s@%s: %s", w->id,
                 w->image, list[i].name, vbk_error ());
+  }
   free (list);
 }
 
