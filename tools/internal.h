@@ -142,6 +142,9 @@ int cmd_diff (struct vbk_ctx *ctx, struct vbk_args *a);
 /* lease-cmd.c */
 extern const struct vbk_cmd lease_cmds[];
 
+/* backup-cmd.c */
+extern const struct vbk_cmd backup_cmds[];
+
 /* image-copy.c */
 
 struct copy_stats {

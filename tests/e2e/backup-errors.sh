@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# backup-errors.sh - "vbk backup" on bad input (local store): wrong
+# command lines (exit 2, one line); no repository, a repository twice, a
+# newer repository format; a corrupt, a truncated and a newer-version
+# manifest, a truncated index (clear errors naming the backup; the other
+# backups list, verify and restore; gc refuses rather than sweep with
+# marks missing); ENOSPC part way through a backup (fault: store on the
+# repository): the run fails cleanly, nothing is lost, the next backup
+# works; restore onto an existing image without --in-place.
+
+. "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
+
+requires python3
+requires cmp
+
+store=$(new_store)
+repo=$(new_store)
+rdir=${repo#local:}
+v () { vbk --store "$store" "$@"; }
+b () { vbk --store "$store" backup "$@"; }
+
+# ---- Command lines -----------------------------------------------------------------------
+expect_status 2 "missing command" b
+expect_status 2 "unknown command 'nope'" b nope
+expect_status 2 "no repository: give --repo" b ls
+export VBK_REPO=$repo
+expect_status 2 "missing argument" b run
+expect_status 2 "several images at one instant need --group" b run a c
+expect_status 2 "invalid image name" b run 'bad/name'
+expect_status 2 "chunk-size: invalid chunk size '3K'" b init --chunk-size 3K
+expect_status 2 "chunk-size" b init --chunk-size lots
+expect_status 2 "exactly one of --to IMAGE and --to-file" b restore x
+expect_status 2 "exactly one of --to IMAGE and --to-file" b restore x --to a --to-file f
+expect_status 2 "--force goes with --in-place" b restore x --to a --force
+expect_status 2 "invalid backup id 'a/b'" b info a/b
+expect_status 2 "--sample: invalid number '0'" b verify --sample 0
+expect_status 2 "at least one --keep" b prune
+expect_status 2 "--keep-last: invalid number" b prune --keep-last -1
+expect_status 2 "--progress: expected" b run d --progress fancy
+expect_status 2 "unexpected argument" b gc extra
+b run --help | grep -q -- "--cbt-sample" || fail "run --help"
+b --help | grep -q "restore" || fail "backup --help"
+
+# ---- Repositories ----------------------------------------------------------------------------
+expect_status 1 "no repository \(create one with 'vbk backup init'\)" b ls
+b init --chunk-size 64K >/dev/null
+expect_status 1 "a repository exists there already" b init
+cp "$rdir/obj/vbk_backup_config" "$TEST_DIR/config"
+echo '{"format": "2.0", "chunk_size": 65536}' >"$rdir/obj/vbk_backup_config"
+expect_status 1 "repository format 2.0 is newer than this vbk supports \(1.x\)" b ls
+cp "$TEST_DIR/config" "$rdir/obj/vbk_backup_config"
+
+# ---- Three backups ------------------------------------------------------------------------
+head -c $((3 << 20)) /dev/urandom >"$TEST_DIR/a.raw"
+v image import "$TEST_DIR/a.raw" d
+ids=()
+for i in 1 2 3; do
+  head -c 100000 /dev/urandom | dd of="$TEST_DIR/a.raw" bs=1 seek=$((i * 500000)) conv=notrunc status=none
+  v image rm d && v image import "$TEST_DIR/a.raw" d
+  cp "$TEST_DIR/a.raw" "$TEST_DIR/a$i.raw"
+  ids+=("$(b run d --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')")
+done
+expect_status 1 "image 'd' exists \(use --in-place" b restore "${ids[0]}" --to d
+expect_status 1 "no image 'zz'" b restore "${ids[0]}" --to zz --in-place
+expect_status 1 "no backup 'nope'" b info nope
+expect_status 1 "no image 'zz'" b run zz
+
+# ---- Corrupt manifests and indexes -------------------------------------------------------
+man () { echo "$rdir/obj/vbk_backup_manifest.$1"; }
+idx () { echo "$rdir/obj/vbk_backup_index.$1"; }
+cp "$(man "${ids[0]}")" "$TEST_DIR/m0"
+# Truncated manifest of backup 1.
+head -c 40 "$TEST_DIR/m0" >"$(man "${ids[0]}")"
+expect_status 1 "backup ${ids[0]}: manifest: not a JSON object" b info "${ids[0]}"
+expect_status 1 "manifest: not a JSON object" b restore "${ids[0]}" --to-file "$TEST_DIR/x"
+b ls --json >"$TEST_DIR/ls.json" 2>"$TEST_DIR/ls.err" || fail "ls with a corrupt manifest"
+grep -q "${ids[0]}" "$TEST_DIR/ls.err" || fail "ls did not warn about the corrupt manifest"
+python3 -c 'import json,sys; assert len(json.load(open(sys.argv[1]))) == 2' "$TEST_DIR/ls.json" || fail "ls lost a good backup"
+# A newer manifest version.
+sed 's/"format": *"1.0"/"format": "7.1"/' "$TEST_DIR/m0" >"$(man "${ids[0]}")"
+expect_status 1 "manifest format 7.1 is newer than this vbk reads" b info "${ids[0]}"
+# Garbage in a field.
+sed 's/"size": *[0-9]*/"size": "big"/' "$TEST_DIR/m0" >"$(man "${ids[0]}")"
+expect_status 1 "manifest: missing number \"size\"" b restore "${ids[0]}" --to-file "$TEST_DIR/x"
+cp "$TEST_DIR/m0" "$(man "${ids[0]}")"
+# Truncated index of backup 2.
+cp "$(idx "${ids[1]}")" "$TEST_DIR/i1"
+head -c 100 "$TEST_DIR/i1" >"$(idx "${ids[1]}")"
+expect_status 1 "backup ${ids[1]}: index .* does not match its manifest" b restore "${ids[1]}" --to-file "$TEST_DIR/x"
+rc=0; b verify >/dev/null 2>"$TEST_DIR/v.err" || rc=$?
+[ "$rc" = 1 ] && grep -q "${ids[1]}" "$TEST_DIR/v.err" || fail "verify with a bad index: rc $rc, $(cat "$TEST_DIR/v.err")"
+expect_status 1 "does not match its manifest" b gc --clock-skew 0
+for i in 0 2; do
+  b restore "${ids[$i]}" --to-file "$TEST_DIR/x" || fail "restore ${ids[$i]} beside a bad index"
+  cmp "$TEST_DIR/x" "$TEST_DIR/a$((i + 1)).raw" || fail "restore ${ids[$i]} differs"
+done
+cp "$TEST_DIR/i1" "$(idx "${ids[1]}")"
+b verify >/dev/null || fail "verify after repair"
+
+# ---- ENOSPC part way through a backup ---------------------------------------------------------
+# Fresh data each time, so that every run has chunks to write.
+for nth in 1 5 12; do
+  head -c $((1 << 20)) /dev/urandom | dd of="$TEST_DIR/a.raw" bs=1M seek=1 conv=notrunc status=none
+  v image rm d && v image import "$TEST_DIR/a.raw" d
+  expect_status 1 "No space left on device" \
+    b run d --repo "fault:op=write,err=ENOSPC,nth=$nth@$repo" --full
+done
+[ "$(b ls --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 3 ] ||
+  fail "a failed backup is listed"
+b verify >/dev/null || fail "verify after ENOSPC"
+b run d --json >"$TEST_DIR/run.json" || fail "backup after ENOSPC"
+id4=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["id"])' "$TEST_DIR/run.json")
+b restore "$id4" --to-file "$TEST_DIR/x" && cmp "$TEST_DIR/x" "$TEST_DIR/a.raw" || fail "restore after ENOSPC"
+b gc --clock-skew 0 >/dev/null || fail "gc after ENOSPC"
+b verify >/dev/null || fail "verify after gc"
+echo "backup errors: OK"

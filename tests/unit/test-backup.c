@@ -1,0 +1,629 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * test-backup.c - the copy engine and the backup library, on each store
+ * backend (VBK_TEST_BACKENDS):
+ *   chunk, index and manifest encoding and every parser's error paths
+ *   (corrupt, truncated, newer major version); the digest set; the copy
+ *   engine between in-memory endpoints (extents and holes, whole pieces,
+ *   zero skipping, given ranges, an error carried back with its message);
+ *   a repository: init, reopen, a newer format refused; backups of an
+ *   image taken with backup_run and read back through the reader API
+ *   (byte-equal to the snapshot, extents, several threads); and backups
+ *   racing prune + gc in randomized interleavings (no chunk a backup
+ *   uses is ever missing).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "backup/internal.h"
+#include "common/error.h"
+#include "common/util.h"
+#include "copy/copy.h"
+#include "image/image.h"
+#include "testutil.h"
+
+static void
+fill_random (void *buf, size_t len, unsigned *seed)
+{
+  unsigned char *p = buf;
+  size_t i;
+
+  for (i = 0; i < len; i++)
+    p[i] = rand_r (seed) >> 7;
+}
+
+/* ---- Formats ---------------------------------------------------------------- */
+
+static void
+test_chunk_format (void **state)
+{
+  size_t n = 65536, len;
+  char *plain = malloc (n), *enc = malloc (backup_chunk_bound (n));
+  char *out = malloc (n);
+  unsigned seed = 1;
+  size_t e1, e2;
+
+  /* Compressible: LZ4, smaller. */
+  memset (plain, 'a', n);
+  e1 = backup_chunk_encode (plain, n, enc);
+  assert_true (e1 < n / 4);
+  assert_int_equal (enc[6], BACKUP_CODEC_LZ4);
+  assert_int_equal (backup_chunk_decode (enc, e1, out, n, &len), 0);
+  assert_int_equal (len, n);
+  assert_memory_equal (out, plain, n);
+  /* Random: stored raw. */
+  fill_random (plain, n, &seed);
+  e2 = backup_chunk_encode (plain, n, enc);
+  assert_int_equal (e2, n + BACKUP_CHUNK_HDR);
+  assert_int_equal (enc[6], BACKUP_CODEC_NONE);
+  assert_int_equal (backup_chunk_decode (enc, e2, out, n, &len), 0);
+  assert_memory_equal (out, plain, n);
+  /* A flipped bit in the payload: the checksum says so. */
+  enc[BACKUP_CHUNK_HDR + 100] ^= 4;
+  assert_int_equal (backup_chunk_decode (enc, e2, out, n, &len), -EBADMSG);
+  assert_non_null (strstr (vbk_error (), "checksum"));
+  enc[BACKUP_CHUNK_HDR + 100] ^= 4;
+  /* Truncated. */
+  assert_int_equal (backup_chunk_decode (enc, e2 - 1, out, n, &len), -EBADMSG);
+  assert_int_equal (backup_chunk_decode (enc, 10, out, n, &len), -EBADMSG);
+  /* Too big for the caller. */
+  assert_int_equal (backup_chunk_decode (enc, e2, out, n - 1, &len), -EBADMSG);
+  /* A newer major version. */
+  enc[4] = BACKUP_FORMAT_MAJOR + 1;
+  assert_int_equal (backup_chunk_decode (enc, e2, out, n, &len),
+                    -EPROTONOSUPPORT);
+  assert_non_null (strstr (vbk_error (), "newer"));
+  free (plain);
+  free (enc);
+  free (out);
+}
+
+static void
+test_index_format (void **state)
+{
+  struct backup_index ix = { .size = 100000, .chunk_size = 16384 }, p;
+  unsigned char *buf;
+  void *vbuf;
+  size_t len;
+  uint64_t i;
+
+  ix.count = 7;
+  ix.digest = calloc (7, BACKUP_DIGEST_LEN);
+  for (i = 0; i < 7; i++)
+    ix.digest[i][0] = (unsigned char) i;
+  assert_int_equal (backup_index_encode (&ix, &vbuf, &len), 0);
+  buf = vbuf;
+  assert_int_equal (len, BACKUP_INDEX_HDR + 7 * 32);
+  assert_int_equal (backup_index_parse (buf, len, &p), 0);
+  assert_int_equal (p.count, 7);
+  assert_int_equal (p.size, 100000);
+  assert_memory_equal (p.digest, ix.digest, 7 * 32);
+  backup_index_free (&p);
+  assert_int_equal (backup_index_parse (buf, len - 1, &p), -EBADMSG);
+  assert_int_equal (backup_index_parse (buf, len - 32, &p), -EBADMSG);
+  assert_int_equal (backup_index_parse (buf, 20, &p), -EBADMSG);
+  buf[12] = 3;                   /* chunk size not a power of two */
+  assert_int_equal (backup_index_parse (buf, len, &p), -EBADMSG);
+  buf[12] = 0;
+  buf[8] = BACKUP_FORMAT_MAJOR + 1;
+  assert_int_equal (backup_index_parse (buf, len, &p), -EPROTONOSUPPORT);
+  free (buf);
+  free (ix.digest);
+}
+
+static void
+test_manifest_format (void **state)
+{
+  const char *good = "{\"format\": \"1.3\", \"id\": \"20260101T000000Z-1\", "
+    "\"image\": \"d\", \"size\": 100000, \"chunk_size\": 16384, \"chunks\": 7,"
+    " \"time_ms\": 5, \"snapshot\": \"s\", \"parent\": null, \"protected\": "
+    "true, \"index_sha256\": \"" "0123456789abcdef0123456789abcdef"
+    "0123456789abcdef0123456789abcdef\", \"future\": [1]}\n";
+  struct backup_manifest m;
+  char *bad;
+
+  assert_int_equal (backup_manifest_parse (good, strlen (good), &m), 0);
+  assert_string_equal (m.image, "d");
+  assert_true (m.protected_);
+  assert_int_equal (m.chunks, 7);
+  assert_string_equal (m.parent, "");
+  /* Truncated anywhere: refused. */
+  assert_int_equal (backup_manifest_parse (good, strlen (good) / 2, &m),
+                    -EBADMSG);
+  bad = strdup (good);
+  memcpy (strstr (bad, "1.3"), "2.0", 3);
+  assert_int_equal (backup_manifest_parse (bad, strlen (bad), &m),
+                    -EPROTONOSUPPORT);
+  assert_non_null (strstr (vbk_error (), "newer"));
+  free (bad);
+  bad = strdup (good);
+  memcpy (strstr (bad, "\"chunks\": 7"), "\"chunks\": 8", 11);
+  assert_int_equal (backup_manifest_parse (bad, strlen (bad), &m), -EBADMSG);
+  free (bad);
+  bad = strdup (good);
+  memcpy (strstr (bad, "\"size\""), "\"sixe\"", 6);
+  assert_int_equal (backup_manifest_parse (bad, strlen (bad), &m), -EBADMSG);
+  assert_non_null (strstr (vbk_error (), "size"));
+  free (bad);
+  assert_int_equal (backup_manifest_parse ("[]", 2, &m), -EBADMSG);
+  assert_int_equal (backup_manifest_parse ("", 0, &m), -EBADMSG);
+}
+
+static void
+test_digest_set (void **state)
+{
+  struct backup_set s;
+  unsigned char d[32];
+  unsigned i;
+
+  backup_set_init (&s);
+  for (i = 0; i < 5000; i++) {
+    backup_sha256 (&i, sizeof i, d);
+    assert_int_equal (backup_set_add (&s, d), 1);
+  }
+  for (i = 0; i < 5000; i++) {
+    backup_sha256 (&i, sizeof i, d);
+    assert_int_equal (backup_set_add (&s, d), 0);
+    assert_true (backup_set_has (&s, d));
+  }
+  i = 99999;
+  backup_sha256 (&i, sizeof i, d);
+  assert_false (backup_set_has (&s, d));
+  assert_int_equal (s.n, 5000);
+  backup_set_free (&s);
+}
+
+/* ---- Copy engine -------------------------------------------------------------- */
+
+/* A memory source with holes where it is zero at 4 KiB granularity,
+ * and a destination that fails its Nth write. */
+struct memx {
+  char *buf;
+  uint64_t size;
+  int fail_at, writes;
+  pthread_mutex_t lock;
+  uint64_t written;
+};
+
+static ssize_t
+mx_pread (void *h, void *buf, size_t len, uint64_t off)
+{
+  memcpy (buf, ((struct memx *) h)->buf + off, len);
+  return len;
+}
+
+static int
+mx_pwrite (void *h, const void *buf, size_t len, uint64_t off)
+{
+  struct memx *m = h;
+  int n;
+
+  pthread_mutex_lock (&m->lock);
+  n = ++m->writes;
+  m->written += len;
+  pthread_mutex_unlock (&m->lock);
+  if (m->fail_at && n == m->fail_at)
+    return vbk_errno (-ENOSPC, "memx: write %d", n);
+  memcpy (m->buf + off, buf, len);
+  return 0;
+}
+
+static int
+mx_extents (void *h, uint64_t off, uint64_t len, image_extent_cb cb,
+            void *arg)
+{
+  struct memx *m = h;
+  uint64_t end = off + len, s = off;
+  int a = -1, x, r;
+
+  for (; off < end; off += 4096) {
+    x = !copy_is_zero (m->buf + off, MIN (4096, end - off));
+    if (a >= 0 && x != a) {
+      if ((r = cb (arg, s, off - s, a)))
+        return r;
+      s = off;
+    }
+    a = x;
+  }
+  return a >= 0 ? cb (arg, s, end - s, a) : 0;
+}
+
+static uint64_t
+mx_size (void *h)
+{
+  return ((struct memx *) h)->size;
+}
+
+static const struct copy_ops mx_ops = {
+  .kind = "memx", .pread = mx_pread, .pwrite = mx_pwrite,
+  .extents = mx_extents, .size = mx_size,
+};
+
+static void
+test_copy_engine (void **state)
+{
+  const uint64_t size = (1 << 20) + 12345;
+  struct memx s = { .size = size }, d = { .size = size };
+  struct copy_endpoint src = { &mx_ops, &s, "src" }, dst = { &mx_ops, &d, "dst" };
+  struct copy_opts o = { .piece = 65536, .threads = 3 };
+  struct copy_result res;
+  struct copy_range ranges[2] = { { 1000, 5000 }, { 500000, 200000 } };
+  unsigned seed = 7;
+
+  s.buf = calloc (1, size);
+  d.buf = calloc (1, size);
+  pthread_mutex_init (&s.lock, NULL);
+  pthread_mutex_init (&d.lock, NULL);
+  fill_random (s.buf + 100000, 300000, &seed);
+  fill_random (s.buf + size - 5000, 5000, &seed);
+  memset (s.buf + 200000, 0, 70000);  /* zeros inside data */
+  memset (d.buf, 0x55, size);
+
+  /* Plain copy into a non-zero destination: holes are written as zeros
+   * (no zero op), every byte ends equal. */
+  assert_int_equal (copy_run (&src, &dst, &o, &res), 0);
+  assert_memory_equal (s.buf, d.buf, size);
+  assert_int_equal (res.total, size);
+  assert_true (res.read < size);         /* holes were not read */
+
+  /* Into a zeroed destination, skipping zeros: fewer bytes written. */
+  memset (d.buf, 0, size);
+  d.written = 0;
+  o.skip_zero = o.dst_zeroed = 1;
+  assert_int_equal (copy_run (&src, &dst, &o, &res), 0);
+  assert_memory_equal (s.buf, d.buf, size);
+  assert_true (d.written <= 300000 + 5000 + 2 * 65536);
+
+  /* Whole pieces: every write is one aligned piece (or the tail). */
+  memset (d.buf, 0, size);
+  o.whole_pieces = 1;
+  o.skip_zero = 0;
+  d.writes = 0;
+  d.written = 0;
+  assert_int_equal (copy_run (&src, &dst, &o, &res), 0);
+  assert_memory_equal (s.buf, d.buf, size);
+  assert_int_equal (d.written % 65536, size % 65536);
+
+  /* Given ranges only. */
+  memset (d.buf, 0, size);
+  o.whole_pieces = 0;
+  o.ranges = ranges;
+  o.nranges = 2;
+  assert_int_equal (copy_run (&src, &dst, &o, &res), 0);
+  assert_int_equal (res.total, 205000);
+  assert_memory_equal (s.buf + 500000, d.buf + 500000, 200000);
+  assert_true (copy_is_zero (d.buf + 200000 + 70000, 500000 - 270000));
+
+  /* A failing write: the first error and its message come back. */
+  o.ranges = NULL;
+  d.fail_at = 3;
+  d.writes = 0;
+  vbk_clear_error ();
+  assert_int_equal (copy_run (&src, &dst, &o, &res), -ENOSPC);
+  assert_non_null (strstr (vbk_error (), "memx: write 3"));
+
+  /* The worker queue alone. */
+  {
+    struct copy_endpoint *m1, *m2;
+    char a[1000], b[1000];
+
+    memset (a, 9, sizeof a);
+    memset (b, 0, sizeof b);
+    assert_int_equal (copy_endpoint_memory (a, sizeof a, &m1), 0);
+    assert_int_equal (copy_endpoint_memory (b, sizeof b, &m2), 0);
+    o = (struct copy_opts) { .piece = 64 };
+    assert_int_equal (copy_run (m1, m2, &o, &res), 0);
+    assert_memory_equal (a, b, sizeof a);
+    copy_endpoint_close (m1);
+    copy_endpoint_close (m2);
+  }
+  free (s.buf);
+  free (d.buf);
+}
+
+/* ---- Repository ------------------------------------------------------------------ */
+
+struct fixture {
+  char uri[4096], repo_uri[4096];
+  struct store *st;
+  struct backup_repo *r;
+};
+
+static int
+setup (void **state)
+{
+  struct fixture *f = calloc (1, sizeof *f);
+
+  test_store_uri (f->uri, sizeof f->uri);
+  test_store_uri (f->repo_uri, sizeof f->repo_uri);
+  if (store_open (f->uri, &f->st) < 0)
+    return -1;
+  if (backup_repo_init (f->repo_uri, 16384) < 0
+      || backup_repo_open (f->repo_uri, &f->r) < 0)
+    return -1;
+  *state = f;
+  return 0;
+}
+
+static int
+teardown (void **state)
+{
+  struct fixture *f = *state;
+
+  backup_repo_close (f->r);
+  store_close (f->st);
+  test_store_cleanup (f->uri);
+  test_store_cleanup (f->repo_uri);
+  free (f);
+  return 0;
+}
+
+static void
+test_repo_open (void **state)
+{
+  struct fixture *f = *state;
+  char uri[4096];
+  struct backup_repo *r;
+  struct store *st;
+  const char *newer = "{\"format\": \"2.0\", \"chunk_size\": 16384}";
+
+  assert_int_equal (backup_repo_init (f->repo_uri, 0), -EEXIST);
+  assert_int_equal (backup_repo_chunk_size (f->r), 16384);
+  test_store_uri (uri, sizeof uri);
+  assert_int_equal (backup_repo_open (uri, &r), -ENOENT);
+  assert_non_null (strstr (vbk_error (), "no repository"));
+  assert_int_equal (backup_repo_init (uri, 1000), -EINVAL);
+  assert_int_equal (store_open (uri, &st), 0);
+  assert_int_equal (store_write_full (st, BACKUP_CONFIG_OID, newer,
+                                      strlen (newer), STORE_WRITE_SYNC), 0);
+  assert_int_equal (backup_repo_open (uri, &r), -EPROTONOSUPPORT);
+  assert_non_null (strstr (vbk_error (), "2.0 is newer"));
+  store_close (st);
+  test_store_cleanup (uri);
+}
+
+#define OBJ (64 * 1024)
+#define IMG_SIZE (2 * 1024 * 1024 + 5000)
+
+/* Writes N random 8 KiB blocks through a handle of its own (a snapshot
+ * taken meanwhile by another handle must be seen by the next writer). */
+static uint64_t img_size = IMG_SIZE;
+
+static void
+write_random (struct store *st, const char *name, unsigned *seed, int n)
+{
+  struct image *img;
+  char buf[8192];
+  int i;
+
+  assert_int_equal (image_open (st, name, 0, &img), 0);
+  for (i = 0; i < n; i++) {
+    uint64_t off = (uint64_t) (rand_r (seed) % (img_size - sizeof buf));
+
+    fill_random (buf, sizeof buf, seed);
+    assert_int_equal (image_write (img, buf, sizeof buf, off, 0), 0);
+  }
+  assert_int_equal (image_flush (img), 0);
+  image_close (img);
+}
+
+static void
+run_one (struct fixture *f, const char *image, struct backup_run_result *res)
+{
+  const char *images[1] = { image };
+  struct backup_run_opts o = { .st = f->st, .images = images, .nimages = 1,
+                               .host_id = "test", .cbt_sample = 2 };
+
+  vbk_clear_error ();
+  if (backup_run (f->r, &o, res) < 0)
+    fail_msg ("backup_run: %s", vbk_error ());
+}
+
+/* Compares backup ID with snapshot SNAP of IMAGE byte for byte. */
+static void
+check_equal (struct fixture *f, const char *id, const char *image,
+             const char *snap)
+{
+  struct backup_reader *rd;
+  struct image *img;
+  uint64_t size, off;
+  char *a = malloc (100000), *b = malloc (100000);
+  size_t n;
+
+  assert_int_equal (backup_reader_open (f->r, id, &rd), 0);
+  assert_int_equal (image_open_snap (f->st, image, snap, &img), 0);
+  size = image_size (img);
+  assert_int_equal (backup_reader_size (rd), size);
+  for (off = 0; off < size; off += n) {
+    n = MIN (100000, size - off);
+    assert_int_equal (image_read (img, a, n, off), n);
+    if (backup_reader_pread (rd, b, n, off) != (ssize_t) n)
+      fail_msg ("pread: %s", vbk_error ());
+    assert_memory_equal (a, b, n);
+  }
+  image_close (img);
+  backup_reader_close (rd);
+  free (a);
+  free (b);
+}
+
+struct ext_count {
+  uint64_t data, holes;
+};
+
+static int
+count_ext (void *arg, uint64_t off, uint64_t len, int allocated)
+{
+  struct ext_count *c = arg;
+
+  if (allocated)
+    c->data += len;
+  else
+    c->holes += len;
+  return 0;
+}
+
+static void
+test_run_and_read (void **state)
+{
+  struct fixture *f = *state;
+  struct backup_run_result r1, r2;
+  struct backup_entry *list;
+  struct backup_reader *rd;
+  struct ext_count ec = { 0 };
+  unsigned seed = 3;
+  size_t n;
+  char *json;
+
+#define NAME "d"
+  assert_int_equal (image_create (f->st, "d", IMG_SIZE, OBJ), 0);
+  write_random (f->st, NAME, &seed, 20);
+  run_one (f, "d", &r1);
+  assert_true (r1.full);
+  /* Snapshot 1 is removed by the next backup: compare now. */
+  check_equal (f, r1.id, "d", r1.snapshot);
+  assert_int_equal (backup_reader_open (f->r, r1.id, &rd), 0);
+  assert_int_equal (backup_reader_extents (rd, 0, IMG_SIZE, count_ext, &ec),
+                    0);
+  assert_int_equal (ec.data + ec.holes, IMG_SIZE);
+  assert_true (ec.holes > 0 && ec.data > 0);
+  backup_reader_close (rd);
+
+  write_random (f->st, NAME, &seed, 3);
+  run_one (f, "d", &r2);
+  assert_false (r2.full);
+  assert_string_equal (r2.parent, r1.id);
+  assert_true (r2.chunks_read <= 3 * 2);   /* 8 KiB writes: <= 2 chunks each */
+  check_equal (f, r2.id, "d", r2.snapshot);
+#undef NAME
+
+  assert_int_equal (backup_list (f->r, "d", &list, &n), 0);
+  assert_int_equal (n, 2);
+  assert_string_equal (list[0].id, r1.id);
+  free (list);
+  assert_int_equal (backup_manifest_json (f->r, r2.id, &json), 0);
+  assert_non_null (strstr (json, r1.id));
+  free (json);
+  assert_int_equal (backup_reader_open (f->r, "nope", &rd), -ENOENT);
+}
+
+/* Backups racing removal of their parent + gc: the new backup's carried
+ * chunks are then protected by nothing but the protocol of chunk.c and
+ * gc.c.  After each round every remaining backup reads back whole (no
+ * chunk missing) and verify finds nothing bad at the end. */
+struct racer {
+  struct fixture *f;
+  char parent[64];
+  unsigned delay_us;
+  int err;
+  char msg[1024];
+};
+
+static void *
+prune_gc (void *arg)
+{
+  struct racer *x = arg;
+  struct backup_prune_opts po = { .keep_last = 1 };
+  struct backup_gc_result gr;
+
+  usleep (x->delay_us);
+  x->err = backup_remove (x->f->r, x->parent);
+  if (x->err == 0 || x->err == -ENOENT)
+    x->err = backup_prune (x->f->r, &po, NULL, NULL);
+  if (x->err == 0)
+    x->err = backup_gc (x->f->r, 0, &gr);
+  if (x->err)
+    snprintf (x->msg, sizeof x->msg, "%s", vbk_error ());
+  return NULL;
+}
+
+static void
+test_gc_races (void **state)
+{
+  struct fixture *f = *state;
+  int rounds = strcmp (test_store_kind (), "local") == 0 ? 100 : 25, i;
+  struct backup_verify_result vr;
+  struct backup_run_result res;
+  struct backup_entry *list;
+  struct image *img;
+  unsigned seed = 11;
+  size_t n, j;
+  char *buf = malloc (IMG_SIZE);
+
+#define NAME "g"
+#undef IMG_SIZE
+#define IMG_SIZE (256 * 1024 + 5000)
+  img_size = IMG_SIZE;
+  assert_int_equal (image_create (f->st, "g", IMG_SIZE, OBJ), 0);
+  write_random (f->st, NAME, &seed, 10);
+  for (i = 0; i < rounds; i++) {
+    struct racer x = { .f = f, .delay_us = rand_r (&seed) % 150000 };
+    pthread_t t;
+
+    write_random (f->st, NAME, &seed, 1 + rand_r (&seed) % 4);
+    snprintf (x.parent, sizeof x.parent, "%s", i ? res.id : "none");
+    assert_int_equal (pthread_create (&t, NULL, prune_gc, &x), 0);
+    run_one (f, "g", &res);
+    pthread_join (t, NULL);
+    if (x.err)
+      fail_msg ("round %d: prune/gc: %s", i, x.msg);
+    /* Everything left must read back. */
+    assert_int_equal (backup_list (f->r, "g", &list, &n), 0);
+    assert_true (n >= 1);
+    for (j = 0; j < n; j++) {
+      struct backup_reader *rd;
+
+      assert_int_equal (backup_reader_open (f->r, list[j].id, &rd), 0);
+      if (backup_reader_pread (rd, buf, IMG_SIZE, 0) != IMG_SIZE)
+        fail_msg ("round %d: backup %s: %s", i, list[j].id, vbk_error ());
+      backup_reader_close (rd);
+    }
+    free (list);
+  }
+  /* The newest equals the live image (nothing written since). */
+  {
+    char *live = malloc (IMG_SIZE);
+    struct backup_reader *rd;
+
+    assert_int_equal (image_open (f->st, "g", IMAGE_OPEN_RDONLY, &img), 0);
+    assert_int_equal (image_read (img, live, IMG_SIZE, 0), IMG_SIZE);
+    image_close (img);
+    assert_int_equal (backup_reader_open (f->r, res.id, &rd), 0);
+    assert_int_equal (backup_reader_pread (rd, buf, IMG_SIZE, 0), IMG_SIZE);
+    assert_memory_equal (live, buf, IMG_SIZE);
+    backup_reader_close (rd);
+    free (live);
+  }
+  assert_int_equal (backup_verify (f->r, NULL, 0, 100, NULL, NULL, &vr), 0);
+  assert_int_equal (vr.bad, 0);
+  free (buf);
+#undef NAME
+}
+
+int
+main (void)
+{
+  /* VBK_TEST_BACKENDS: runs once per store backend. */
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test (test_chunk_format),
+    cmocka_unit_test (test_index_format),
+    cmocka_unit_test (test_manifest_format),
+    cmocka_unit_test (test_digest_set),
+    cmocka_unit_test (test_copy_engine),
+    cmocka_unit_test_setup_teardown (test_repo_open, setup, teardown),
+    cmocka_unit_test_setup_teardown (test_run_and_read, setup, teardown),
+    cmocka_unit_test_setup_teardown (test_gc_races, setup, teardown),
+  };
+
+  return cmocka_run_group_tests (tests, NULL, NULL);
+}
