@@ -67,6 +67,23 @@ struct nbd_srv_config {
   unsigned poll_us;         /* busy polling of a connection, 0: none */
   struct nbd_srv_export_cfg *exports;
   size_t n_exports;
+  /* TLS (tls.h), access lists (access.h), metrics (metrics.h) */
+  int tls;                  /* enum nbd_srv_tls_mode; -1: not set */
+  char *tls_certificates;   /* DIR in QEMU's layout, NULL: none */
+  char *tls_psk;            /* FILE of identity:hexkey, NULL: none */
+  bool tls_verify_peer;     /* X.509 clients must send a certificate */
+  uint32_t tls_timeout_ms;  /* deadline of a TLS handshake */
+  bool insecure_tcp;        /* plain TCP on a non-loopback address */
+  char *metrics_addr;       /* HOST:PORT, NULL: no metrics */
+  struct nbd_srv_acl *acl;  /* allow lists; NULL: none */
+};
+
+/* --tls: off (plain NBD only), on (STARTTLS offered, plain allowed),
+ * require (nothing but STARTTLS before TLS). */
+enum nbd_srv_tls_mode {
+  NBD_SRV_TLS_OFF,
+  NBD_SRV_TLS_ON,
+  NBD_SRV_TLS_REQUIRE,
 };
 
 /* Sets the defaults.  */
@@ -87,6 +104,16 @@ nbd_srv_config_export (const struct nbd_srv_config *cfg, const char *image);
 int nbd_srv_config_copy_exports (struct nbd_srv_config *dst,
                                  const struct nbd_srv_config *src);
 void nbd_srv_config_free (struct nbd_srv_config *cfg);
+/* After every setting is in: settles the TLS mode (not set: "require"
+ * when credentials are given, else "off") and refuses what is unsafe or
+ * incomplete: TLS without credentials, a non-loopback --listen or
+ * --metrics address without TLS unless insecure_tcp.  Sets *WARNING
+ * (static text, or NULL) for what main.c must log at every start.
+ * Returns 0 or -EINVAL with a message. */
+int nbd_srv_config_check (struct nbd_srv_config *cfg, const char **warning);
+/* Whether HOST:PORT (or [V6]:PORT) names a loopback address:
+ * 127.0.0.0/8, ::1 or localhost. */
+bool nbd_srv_addr_is_loopback (const char *hostport);
 
 /* ---- exports.c ---------------------------------------------------------- */
 

@@ -44,7 +44,8 @@ usage (FILE *f)
 "                     local:/var/lib/vbk); e.g. rados:POOL\n"
 "  --socket PATH      Unix socket (default /run/vbk/blockd.sock; when only\n"
 "                     --listen is given, no Unix socket unless --socket)\n"
-"  --listen HOST:PORT also listen on TCP (e.g. 0.0.0.0:10809, [::1]:10809)\n"
+"  --listen HOST:PORT also listen on TCP (e.g. 0.0.0.0:10809, [::1]:10809);\n"
+"                     a non-loopback address needs TLS or --insecure-tcp\n"
 "  --host-id ID       this host's identity in image leases (default: the\n"
 "                     host name)\n"
 "  --lease-duration S how long a lease lasts unrenewed, in seconds\n"
@@ -53,10 +54,27 @@ usage (FILE *f)
 "                     another host (only 'vbk lease release' moves them)\n"
 "  --config FILE      settings file: key = value lines with the keys\n"
 "                     store, socket, listen, host_id, lease_duration,\n"
-"                     exclusive, read_only, workers, poll_us, verbose (flags\n"
-"                     override it); an [export IMAGE] section sets\n"
-"                     exclusive and read_only for IMAGE alone\n"
+"                     exclusive, read_only, workers, poll_us, verbose, tls,\n"
+"                     tls_certificates, tls_psk, tls_verify_peer,\n"
+"                     tls_handshake_timeout, insecure_tcp, metrics,\n"
+"                     default_allow, default_allow_read (flags override\n"
+"                     it); an [export IMAGE] section sets exclusive and\n"
+"                     read_only for IMAGE alone, and its allow lists:\n"
+"                     allow = alice, bob (read-write), allow_read = carol\n"
+"                     (read-only); IMAGE@SNAP follows IMAGE's lists unless\n"
+"                     it has a section of its own\n"
 "  --read-only        serve every export read-only\n"
+"  --tls MODE         off, on (STARTTLS offered) or require (the default\n"
+"                     when credentials are given): TCP clients must\n"
+"                     start TLS before anything else\n"
+"  --tls-certificates DIR  X.509: DIR/ca-cert.pem, server-cert.pem,\n"
+"                     server-key.pem (QEMU's layout); client certificates\n"
+"                     are verified against the CA\n"
+"  --tls-verify-peer  X.509 clients must present a certificate\n"
+"  --tls-psk FILE     PSK: identity:hexkey lines (as nbdkit, qemu-nbd)\n"
+"  --insecure-tcp     allow plain NBD (no TLS) on a non-loopback address\n"
+"  --metrics HOST:PORT  serve Prometheus metrics at /metrics (loopback\n"
+"                     unless --insecure-tcp; default off)\n"
 "  --workers N        threads for flush/trim/zero calls (default 4)\n"
 "  --poll-us N        an idle connection polls its socket N microseconds\n"
 "                     before it sleeps (default 50; 0: never): lower\n"
@@ -82,7 +100,8 @@ main (int argc, char **argv)
 {
   enum { OPT_STORE = 256, OPT_SOCKET, OPT_LISTEN, OPT_HOST_ID, OPT_CONFIG,
          OPT_FOREGROUND, OPT_READ_ONLY, OPT_WORKERS, OPT_LEASE_DURATION,
-         OPT_EXCLUSIVE, OPT_POLL_US };
+         OPT_EXCLUSIVE, OPT_POLL_US, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK,
+         OPT_TLS_VERIFY_PEER, OPT_INSECURE_TCP, OPT_METRICS };
   static const struct option longopts[] = {
     { "store", required_argument, NULL, OPT_STORE },
     { "socket", required_argument, NULL, OPT_SOCKET },
@@ -95,6 +114,12 @@ main (int argc, char **argv)
     { "poll-us", required_argument, NULL, OPT_POLL_US },
     { "lease-duration", required_argument, NULL, OPT_LEASE_DURATION },
     { "exclusive", no_argument, NULL, OPT_EXCLUSIVE },
+    { "tls", required_argument, NULL, OPT_TLS },
+    { "tls-certificates", required_argument, NULL, OPT_TLS_CERTS },
+    { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+    { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER },
+    { "insecure-tcp", no_argument, NULL, OPT_INSECURE_TCP },
+    { "metrics", required_argument, NULL, OPT_METRICS },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -124,6 +149,14 @@ main (int argc, char **argv)
         case OPT_READ_ONLY: key = "read_only"; optarg = (char *) "true"; break;
         case OPT_LEASE_DURATION: key = "lease_duration"; break;
         case OPT_EXCLUSIVE: key = "exclusive"; optarg = (char *) "true"; break;
+        case OPT_TLS: key = "tls"; break;
+        case OPT_TLS_CERTS: key = "tls_certificates"; break;
+        case OPT_TLS_PSK: key = "tls_psk"; break;
+        case OPT_TLS_VERIFY_PEER:
+          key = "tls_verify_peer"; optarg = (char *) "true"; break;
+        case OPT_INSECURE_TCP:
+          key = "insecure_tcp"; optarg = (char *) "true"; break;
+        case OPT_METRICS: key = "metrics"; break;
         case 'v': verbose++; break;
         case 'h': usage (stdout); return 0;
         default: usage (stderr); return 2;
@@ -165,6 +198,16 @@ main (int argc, char **argv)
       }
   if (verbose || cfg.verbose)
     log_level = LOG_LVL_DEBUG;
+  {
+    const char *warning;
+    if (nbd_srv_config_check (&cfg, &warning) < 0)
+      {
+        fprintf (stderr, "vbk-blockd: %s\n", vbk_error ());
+        return 2;
+      }
+    if (warning)
+      log_warn ("%s", warning);
+  }
 
   memset (&sa, 0, sizeof sa);
   sa.sa_handler = SIG_IGN;
