@@ -16,6 +16,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <strings.h>
 #include <stdlib.h>
@@ -25,6 +26,7 @@
 #include <ini.h>
 
 #include "common/error.h"
+#include "common/util.h"
 #include "image/image.h"
 #include "access.h"
 #include "internal.h"
@@ -40,6 +42,13 @@ nbd_srv_config_init (struct nbd_srv_config *cfg)
   cfg->socket_path = strdup (DEFAULT_SOCKET);
   cfg->workers = 4;
   cfg->poll_us = 50;
+  cfg->max_conns = 1024;
+  cfg->max_conns_per_client = 128;
+  cfg->handshake_timeout_ms = 10000;
+  cfg->send_timeout_ms = 30000;
+  cfg->idle_timeout_ms = 5000;
+  cfg->conn_memory = 64u << 20;
+  cfg->max_memory = 1024u << 20;
   cfg->lease_duration_ms = LEASE_DURATION_DEFAULT_MS;
   cfg->tls = -1;
   cfg->tls_timeout_ms = 10000;
@@ -62,6 +71,7 @@ nbd_srv_config_free (struct nbd_srv_config *cfg)
   free (cfg->socket_path);
   free (cfg->listen_addr);
   free (cfg->host_id);
+  free (cfg->socket_group);
   for (size_t i = 0; i < cfg->n_exports; i++)
     free (cfg->exports[i].image);
   free (cfg->exports);
@@ -97,6 +107,37 @@ parse_int (const char *key, const char *v, long min, long max, unsigned *out)
     return vbk_errno (-EINVAL, "blockd: %s: %s: expected %ld-%ld", key, v,
                       min, max);
   *out = (unsigned) n;
+  return 0;
+}
+
+/* Setting KEY: seconds (fractions allowed) from MIN to MAX, kept in
+ * ms. */
+static int
+parse_seconds (const char *key, const char *v, double min, double max,
+               uint32_t *ms)
+{
+  char *end;
+  double d = strtod (v, &end);
+
+  if (*v == 0 || *end || !(d >= min && d <= max))
+    return vbk_errno (-EINVAL, "blockd: %s: %s: expected seconds, %g-%g",
+                      key, v, min, max);
+  *ms = (uint32_t) (d * 1000 + 0.5);
+  return 0;
+}
+
+/* Setting KEY: a size (parse_size: 64M, 1G) from MIN to MAX. */
+static int
+parse_bytes (const char *key, const char *v, uint64_t min, uint64_t max,
+             uint64_t *out)
+{
+  uint64_t n;
+
+  if (parse_size (v, &n) < 0 || n < min || n > max)
+    return vbk_errno (-EINVAL, "blockd: %s: %s: expected a size from "
+                      "%" PRIu64 " MiB to %" PRIu64 " GiB", key, v,
+                      min >> 20, max >> 30);
+  *out = n;
   return 0;
 }
 
@@ -170,6 +211,25 @@ nbd_srv_config_set (struct nbd_srv_config *cfg, const char *key,
       cfg->verbose = b;
       return 0;
     }
+  if (!strcmp (key, "socket_group"))
+    return set_str (&cfg->socket_group, value);
+  if (!strcmp (key, "max_connections"))
+    return parse_int (key, value, 1, 1000000, &cfg->max_conns);
+  if (!strcmp (key, "max_connections_per_client"))
+    return parse_int (key, value, 1, 1000000, &cfg->max_conns_per_client);
+  if (!strcmp (key, "handshake_timeout"))
+    return parse_seconds (key, value, 0.1, 3600,
+                          &cfg->handshake_timeout_ms);
+  if (!strcmp (key, "send_timeout"))
+    return parse_seconds (key, value, 0.1, 3600, &cfg->send_timeout_ms);
+  if (!strcmp (key, "idle_timeout"))
+    return parse_seconds (key, value, 0.1, 86400, &cfg->idle_timeout_ms);
+  if (!strcmp (key, "conn_memory"))
+    return parse_bytes (key, value, 1u << 20, UINT64_C (64) << 30,
+                        &cfg->conn_memory);
+  if (!strcmp (key, "max_memory"))
+    return parse_bytes (key, value, 1u << 20, UINT64_C (1) << 40,
+                        &cfg->max_memory);
   if (!strcmp (key, "poll_us"))
     return parse_int (key, value, 0, 1000, &cfg->poll_us);
   if (!strcmp (key, "workers"))

@@ -1,21 +1,39 @@
 /* SPDX-License-Identifier: MIT
  *
- * connection.c - one client connection: its reader thread, buffered
- * reading, serialised sending, and the request objects it recycles.
+ * connection.c - one client connection: buffered reading, its own send
+ * side, the request objects it recycles and the memory budgets.
  *
  * DESIGN: the reader thread owns the receive side: it reads through a
  * 64 KiB buffer (so that at queue depth N the headers of N small
  * requests cost one recv), copying large payloads straight into the
- * request buffer.  Any thread may send: nbd_srv_conn_send takes
- * send_lock and writes the whole reply (header and data in one sendmsg
- * with an iovec, no copy), so replies never interleave.  A failed send
- * marks the connection and shuts the socket down, which ends the reader.
- * Requests (with their data buffers) are recycled through a free list.
- * The connection ends only when no request is in flight: the reader
- * waits for inflight to reach zero before closing the socket, so every
- * request that was started gets its reply (or the client is gone).
+ * request buffer.  Reads stop at the connection's deadline (the
+ * handshake's time limit); an idle connection in transmission gives its
+ * cached buffers back after idle_ns.
+ *
+ * The send side belongs to the connection.  nbd_srv_conn_reply, called
+ * by whichever thread finished a request, sends under send_lock what the
+ * socket takes at once (never blocking: one sendmsg of header and data
+ * in the common case, no copy) and queues the rest for the connection's
+ * writer thread, which alone ever waits for the socket.  Queued data
+ * inside the request's own buffer is sent from there (the request is
+ * held until then); headers and other small parts are copied.  So no
+ * shared thread (store threads, workers) ever blocks on one client.  A
+ * client that takes no reply bytes for send_timeout (5 s once the daemon
+ * is stopping), or whose queue grows past its budget, is dropped: the
+ * socket is shut down, queued replies are discarded, the reader stops.
+ *
+ * Memory: a request's bytes count from the moment the reader makes room
+ * for it until its reply is out, against the connection's budget
+ * (conn_memory) and the daemon's (max_memory); the reader waits for room
+ * (a big request waits, it never fails), so what a client can make us
+ * hold is bounded, and so is the daemon.  Requests are recycled through
+ * a free list holding at most KEEP_BYTES of buffers.  The connection
+ * ends only when no request is in flight and every queued reply is out
+ * (or the client is gone).
  */
 #include <errno.h>
+#include <malloc.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,16 +47,133 @@
 #define RBUF_SIZE (64u << 10)
 /* Payloads at least this large bypass the read buffer. */
 #define RBUF_DIRECT (16u << 10)
-/* Request buffers kept on the free list are at most this large. */
+/* Request buffers kept on the free list: each at most KEEP_BUF_MAX, in
+ * all at most KEEP_BYTES, at most KEEP_REQS requests. */
 #define KEEP_BUF_MAX (4u << 20)
+#define KEEP_BYTES (8u << 20)
 #define KEEP_REQS 64
+/* A stopping daemon waits this long for a client to take its replies. */
+#define QUIT_SEND_NS (UINT64_C (5) * 1000000000)
 
-static bool
-conn_should_quit (struct nbd_srv_conn *c)
+struct nbd_srv_reply {
+  struct nbd_srv_reply *next;
+  struct nbd_srv_req *hold;  /* done when the reply is out */
+  size_t left;               /* bytes still to send */
+  size_t bytes;              /* counted in rq_bytes */
+  int n, cur;
+  struct iovec iov[];        /* then the copied bytes */
+};
+
+/* ---- The plain socket ----------------------------------------------------- */
+
+static ssize_t
+sock_recv (struct nbd_srv_conn *c, void *buf, size_t len)
+{
+  return recv (c->fd, buf, len, MSG_DONTWAIT);
+}
+
+static ssize_t
+sock_send (struct nbd_srv_conn *c, const struct iovec *iov, int n)
+{
+  struct msghdr msg = { 0 };
+
+  msg.msg_iov = (struct iovec *) iov;
+  msg.msg_iovlen = n > 1024 ? 1024 : n;
+  return sendmsg (c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+static void
+sock_shutdown (struct nbd_srv_conn *c, int how)
+{
+  shutdown (c->fd, how);
+}
+
+const struct nbd_srv_conn_ops nbd_srv_socket_ops = {
+  .recv = sock_recv,
+  .send = sock_send,
+  .shutdown = sock_shutdown,
+};
+
+/* ---- Life ------------------------------------------------------------------ */
+
+struct nbd_srv_conn *
+nbd_srv_conn_new (struct nbd_srv_server *srv, int fd, const char *peer,
+                  const char *client)
+{
+  struct nbd_srv_conn *c = calloc (1, sizeof *c);
+
+  if (!c || !(c->rbuf = malloc (RBUF_SIZE)))
+    {
+      free (c);
+      return NULL;
+    }
+  c->srv = srv;
+  c->fd = fd;
+  c->ops = &nbd_srv_socket_ops;
+  snprintf (c->peer, sizeof c->peer, "%s", peer);
+  snprintf (c->client, sizeof c->client, "%s", client);
+  pthread_mutex_init (&c->send_lock, NULL);
+  pthread_cond_init (&c->send_cond, NULL);
+  pthread_mutex_init (&c->lock, NULL);
+  pthread_cond_init (&c->cond, NULL);
+  if (srv->handshake_ns)
+    c->deadline_ns = now_mono_ns () + srv->handshake_ns;
+  return c;
+}
+
+static void
+req_free (struct nbd_srv_req *r)
+{
+  free (r->buf);
+  free (r);
+}
+
+/* Gives back the cached request buffers (an idle connection). */
+static void
+conn_trim (struct nbd_srv_conn *c)
+{
+  struct nbd_srv_req *list;
+
+  pthread_mutex_lock (&c->lock);
+  list = c->free_reqs;
+  c->free_reqs = NULL;
+  c->nfree = 0;
+  c->free_bytes = 0;
+  pthread_mutex_unlock (&c->lock);
+  while (list)
+    {
+      struct nbd_srv_req *q = list;
+      list = q->next;
+      req_free (q);
+    }
+}
+
+
+void
+nbd_srv_conn_free (struct nbd_srv_conn *c)
+{
+  if (!c)
+    return;
+  nbd_srv_conn_stop_writer (c);
+  conn_trim (c);
+  if (c->fd >= 0)
+    close (c->fd);
+  pthread_mutex_destroy (&c->send_lock);
+  pthread_cond_destroy (&c->send_cond);
+  pthread_mutex_destroy (&c->lock);
+  pthread_cond_destroy (&c->cond);
+  free (c->rbuf);
+  free (c);
+}
+
+bool
+nbd_srv_conn_should_quit (struct nbd_srv_conn *c)
 {
   return atomic_load_explicit (&c->srv->quit, memory_order_relaxed)
     || __atomic_load_n (&c->send_failed, __ATOMIC_RELAXED);
 }
+
+/* ---- Reading ---------------------------------------------------------------- */
 
 /* Busy polling.  A client with one request in flight (a guest doing
  * synchronous I/O) sends the next one tens of microseconds after our
@@ -50,10 +185,10 @@ static ssize_t
 recv_polling (struct nbd_srv_conn *c, void *buf, size_t len)
 {
   struct nbd_srv_server *srv = c->srv;
-  ssize_t n = recv (c->fd, buf, len, MSG_DONTWAIT);
+  ssize_t n = c->ops->recv (c, buf, len);
   uint64_t until;
 
-  if (n >= 0 || errno != EAGAIN || srv->poll_ns == 0)
+  if (n >= 0 || errno != EAGAIN || srv->poll_ns == 0 || c->deadline_ns)
     return n;
   if (atomic_fetch_add (&srv->pollers, 1) >= srv->max_pollers)
     {
@@ -62,10 +197,53 @@ recv_polling (struct nbd_srv_conn *c, void *buf, size_t len)
     }
   until = now_mono_ns () + srv->poll_ns;
   do
-    n = recv (c->fd, buf, len, MSG_DONTWAIT);
+    n = c->ops->recv (c, buf, len);
   while (n < 0 && errno == EAGAIN && now_mono_ns () < until);
   atomic_fetch_sub (&srv->pollers, 1);
   return n;
+}
+
+/* Sleeps until the socket is readable.  Returns 0, or -1 when the
+ * deadline passed or the connection must stop. */
+static int
+wait_readable (struct nbd_srv_conn *c)
+{
+  for (;;)
+    {
+      struct pollfd p = { c->fd, POLLIN, 0 };
+      int timeout = -1, r;
+
+      if (c->deadline_ns)
+        {
+          uint64_t now = now_mono_ns ();
+          if (now >= c->deadline_ns)
+            {
+              log_info ("connection %s: handshake not finished in time: "
+                        "disconnecting", c->peer);
+              return -1;
+            }
+          timeout = (int) ((c->deadline_ns - now) / 1000000) + 1;
+        }
+      else if (!c->trimmed && c->srv->idle_ns)
+        timeout = (int) (c->srv->idle_ns / 1000000);
+      r = poll (&p, 1, timeout);
+      if (r > 0)
+        return 0;
+      if (r < 0 && errno != EINTR)
+        return -1;
+      if (r < 0 && nbd_srv_conn_should_quit (c))
+        return -1;
+      if (r == 0 && !c->deadline_ns && !c->trimmed)
+        {
+          /* Idle: keep no large buffers. */
+          conn_trim (c);
+          free (c->rbuf);
+          c->rbuf = NULL;
+          c->trimmed = true;
+          malloc_trim (0);
+          log_debug ("connection %s: idle: buffers freed", c->peer);
+        }
+    }
 }
 
 static ssize_t
@@ -81,12 +259,14 @@ recv_some (struct nbd_srv_conn *c, void *buf, size_t len)
         return -1;
       if (errno == EINTR)
         {
-          if (conn_should_quit (c))
+          if (nbd_srv_conn_should_quit (c))
             return -1;
         }
       else if (errno != EAGAIN)
         return -1;
-      n = recv (c->fd, buf, len, 0);
+      else if (wait_readable (c) < 0)
+        return -1;
+      n = c->ops->recv (c, buf, len);
     }
 }
 
@@ -95,6 +275,14 @@ nbd_srv_conn_read (struct nbd_srv_conn *c, void *buf, size_t len)
 {
   char *p = buf;
 
+  if (!c->rbuf)
+    {
+      c->rbuf = malloc (RBUF_SIZE);
+      if (!c->rbuf)
+        return -1;
+      c->rpos = c->rlen = 0;
+    }
+  c->trimmed = false;
   while (len > 0)
     {
       size_t avail = c->rlen - c->rpos;
@@ -117,6 +305,13 @@ nbd_srv_conn_read (struct nbd_srv_conn *c, void *buf, size_t len)
           p += n;
           len -= n;
           continue;
+        }
+      if (!c->rbuf)
+        {
+          /* Freed while we slept (idle). */
+          c->rbuf = malloc (RBUF_SIZE);
+          if (!c->rbuf)
+            return -1;
         }
       n = recv_some (c, c->rbuf, RBUF_SIZE);
       if (n < 0)
@@ -142,78 +337,442 @@ nbd_srv_conn_skip (struct nbd_srv_conn *c, uint64_t len)
   return 0;
 }
 
-int
-nbd_srv_conn_write_all (struct nbd_srv_conn *c, struct iovec *iov, int n)
+/* ---- Sending ---------------------------------------------------------------- */
+
+/* Advances IOV (N entries, *CUR the first unsent) past W bytes. */
+static void
+iov_advance (struct iovec *iov, int n, int *cur, size_t w)
 {
-  struct msghdr msg = { 0 };
-
-  while (n > 0)
+  while (*cur < n && w >= iov[*cur].iov_len)
     {
-      ssize_t w;
+      w -= iov[*cur].iov_len;
+      (*cur)++;
+    }
+  if (*cur < n)
+    {
+      iov[*cur].iov_base = (char *) iov[*cur].iov_base + w;
+      iov[*cur].iov_len -= w;
+    }
+}
 
-      msg.msg_iov = iov;
-      msg.msg_iovlen = n > 1024 ? 1024 : n;
-      w = sendmsg (c->fd, &msg, MSG_NOSIGNAL);
+/* Sends what the socket takes now.  Returns 0 (maybe partly sent: see
+ * *CUR), or -1 on a socket error. */
+static int
+send_now (struct nbd_srv_conn *c, struct iovec *iov, int n, int *cur,
+          size_t *left)
+{
+  while (*left > 0)
+    {
+      ssize_t w = c->ops->send (c, iov + *cur, n - *cur);
       if (w < 0)
         {
           if (errno == EINTR)
             continue;
-          return -1;
+          return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
         }
-      while (n > 0 && (size_t) w >= iov->iov_len)
-        {
-          w -= iov->iov_len;
-          iov++;
-          n--;
-        }
-      if (n > 0)
-        {
-          iov->iov_base = (char *) iov->iov_base + w;
-          iov->iov_len -= w;
-        }
+      iov_advance (iov, n, cur, w);
+      *left -= w;
+      c->send_progress_ns = 0;   /* stamped lazily by the writer */
     }
   return 0;
 }
 
-int
-nbd_srv_conn_send (struct nbd_srv_conn *c, struct iovec *iov, int n)
+/* Marks the connection failed (send_lock held) and takes its queue. */
+static struct nbd_srv_reply *
+fail_locked (struct nbd_srv_conn *c, const char *why)
 {
-  int r = -1;
+  struct nbd_srv_reply *q = c->rq_head;
 
-  pthread_mutex_lock (&c->send_lock);
   if (!c->send_failed)
     {
-      r = nbd_srv_conn_write_all (c, iov, n);
-      if (r < 0)
-        {
-          __atomic_store_n (&c->send_failed, true, __ATOMIC_RELAXED);
-          /* Wake the reader: nothing more can reach this client. */
-          shutdown (c->fd, SHUT_RDWR);
-        }
+      if (why)
+        log_info ("connection %s: %s: disconnecting", c->peer, why);
+      __atomic_store_n (&c->send_failed, true, __ATOMIC_RELAXED);
+      /* Wake the reader: nothing more can reach this client. */
+      c->ops->shutdown (c, SHUT_RDWR);
     }
-  pthread_mutex_unlock (&c->send_lock);
-  return r;
+  c->rq_head = c->rq_tail = NULL;
+  c->rq_bytes = 0;
+  pthread_cond_broadcast (&c->send_cond);
+  return q;
 }
 
 static void
-req_free (struct nbd_srv_req *r)
+drop_replies (struct nbd_srv_reply *q)
 {
-  free (r->buf);
-  free (r);
+  while (q)
+    {
+      struct nbd_srv_reply *next = q->next;
+      if (q->hold)
+        nbd_srv_req_done (q->hold);
+      free (q);
+      q = next;
+    }
 }
 
-struct nbd_srv_req *
-nbd_srv_req_new (struct nbd_srv_conn *c, size_t bufsize)
+/* The most a connection may have queued: what it may have in flight,
+ * and a little for the small replies the reader sends itself. */
+static size_t
+queue_budget (struct nbd_srv_conn *c)
 {
-  struct nbd_srv_req *r;
+  return c->srv->conn_memory + NBD_SRV_MAX_PAYLOAD + (1u << 20);
+}
+
+int
+nbd_srv_conn_reply (struct nbd_srv_conn *c, const struct iovec *iov0, int n,
+                    struct nbd_srv_req *hold)
+{
+  struct iovec iov[32];
+  struct nbd_srv_reply *rep, *dropped = NULL;
+  size_t left = 0, copy = 0;
+  int cur = 0, i, r = 0;
+  char *p;
+
+  if (n > 32)
+    return -1;
+  for (i = 0; i < n; i++)
+    {
+      iov[i] = iov0[i];
+      left += iov[i].iov_len;
+    }
+
+  pthread_mutex_lock (&c->send_lock);
+  if (c->send_failed)
+    {
+      pthread_mutex_unlock (&c->send_lock);
+      return -1;
+    }
+  /* In order: only an empty queue lets us send directly. */
+  if (!c->rq_head && send_now (c, iov, n, &cur, &left) < 0)
+    {
+      dropped = fail_locked (c, NULL);
+      r = -1;
+      goto out;
+    }
+  if (left == 0)
+    goto out;
+
+  /* Queue the rest for the writer. */
+  for (i = cur; i < n; i++)
+    if (!hold || (char *) iov[i].iov_base < hold->buf
+        || (char *) iov[i].iov_base >= hold->buf + hold->cap)
+      copy += iov[i].iov_len;
+  rep = malloc (sizeof *rep + (n - cur) * sizeof (struct iovec) + copy);
+  if (!rep || c->rq_bytes + left > queue_budget (c))
+    {
+      free (rep);
+      dropped = fail_locked (c, rep ? "the client does not read its replies"
+                             : "out of memory");
+      r = -1;
+      goto out;
+    }
+  rep->next = NULL;
+  rep->hold = NULL;
+  rep->left = left;
+  rep->bytes = left;
+  rep->n = n - cur;
+  rep->cur = 0;
+  p = (char *) &rep->iov[rep->n];
+  for (i = cur; i < n; i++)
+    {
+      struct iovec *v = &rep->iov[i - cur];
+      if (!hold || (char *) iov[i].iov_base < hold->buf
+          || (char *) iov[i].iov_base >= hold->buf + hold->cap)
+        {
+          memcpy (p, iov[i].iov_base, iov[i].iov_len);
+          v->iov_base = p;
+          v->iov_len = iov[i].iov_len;
+          p += iov[i].iov_len;
+        }
+      else
+        {
+          *v = iov[i];
+          rep->hold = hold;
+        }
+    }
+  if (rep->hold)
+    atomic_fetch_add (&hold->holds, 1);
+  if (c->rq_tail)
+    c->rq_tail->next = rep;
+  else
+    c->rq_head = rep;
+  c->rq_tail = rep;
+  c->rq_bytes += left;
+  pthread_cond_signal (&c->send_cond);
+  if (!c->writer_running)
+    {
+      /* The handshake has no writer: its replies never queue. */
+      dropped = fail_locked (c, "reply queued without a writer");
+      r = -1;
+    }
+ out:
+  pthread_mutex_unlock (&c->send_lock);
+  drop_replies (dropped);
+  return r;
+}
+
+/* How long the socket may take no bytes before we give up (send_lock
+ * held). */
+static bool
+send_stalled (struct nbd_srv_conn *c, uint64_t now)
+{
+  struct nbd_srv_server *srv = c->srv;
+  uint64_t limit = srv->send_timeout_ns;
+
+  if (c->send_progress_ns == 0)
+    c->send_progress_ns = now;
+  if (atomic_load (&srv->quit))
+    {
+      uint64_t q = atomic_load (&srv->quit_ns);
+      if (q && now >= q + QUIT_SEND_NS)
+        return true;
+      if (limit == 0 || limit > QUIT_SEND_NS)
+        limit = QUIT_SEND_NS;
+    }
+  return limit && now - c->send_progress_ns >= limit;
+}
+
+static void *
+writer_main (void *arg)
+{
+  struct nbd_srv_conn *c = arg;
+
+  pthread_mutex_lock (&c->send_lock);
+  for (;;)
+    {
+      struct nbd_srv_reply *rep = c->rq_head, *dropped;
+      struct pollfd p;
+
+      if (!rep)
+        {
+          if (c->writer_stop)
+            break;
+          pthread_cond_wait (&c->send_cond, &c->send_lock);
+          continue;
+        }
+      if (send_now (c, rep->iov, rep->n, &rep->cur, &rep->left) < 0)
+        {
+          dropped = fail_locked (c, NULL);
+          pthread_mutex_unlock (&c->send_lock);
+          drop_replies (dropped);
+          pthread_mutex_lock (&c->send_lock);
+          continue;
+        }
+      if (rep->left == 0)
+        {
+          struct nbd_srv_req *hold = rep->hold;
+          c->rq_head = rep->next;
+          if (!c->rq_head)
+            c->rq_tail = NULL;
+          c->rq_bytes -= rep->bytes;
+          pthread_mutex_unlock (&c->send_lock);
+          free (rep);
+          if (hold)
+            nbd_srv_req_done (hold);
+          pthread_mutex_lock (&c->send_lock);
+          continue;
+        }
+      /* The socket is full: wait for it outside the lock. */
+      if (send_stalled (c, now_mono_ns ()))
+        {
+          dropped = fail_locked (c, "the client took no reply bytes in "
+                                 "time");
+          pthread_mutex_unlock (&c->send_lock);
+          drop_replies (dropped);
+          pthread_mutex_lock (&c->send_lock);
+          continue;
+        }
+      pthread_mutex_unlock (&c->send_lock);
+      p = (struct pollfd) { c->fd, POLLOUT, 0 };
+      poll (&p, 1, 200);
+      pthread_mutex_lock (&c->send_lock);
+    }
+  pthread_mutex_unlock (&c->send_lock);
+  return NULL;
+}
+
+int
+nbd_srv_conn_start_writer (struct nbd_srv_conn *c)
+{
+  int r;
+
+  pthread_mutex_lock (&c->send_lock);
+  r = pthread_create (&c->writer, NULL, writer_main, c);
+  c->writer_running = r == 0;
+  pthread_mutex_unlock (&c->send_lock);
+  if (r)
+    log_error ("connection %s: writer thread: %s", c->peer, strerror (r));
+  return -r;
+}
+
+void
+nbd_srv_conn_stop_writer (struct nbd_srv_conn *c)
+{
+  bool running;
+
+  pthread_mutex_lock (&c->send_lock);
+  c->writer_stop = true;
+  running = c->writer_running;
+  c->writer_running = false;
+  pthread_cond_broadcast (&c->send_cond);
+  pthread_mutex_unlock (&c->send_lock);
+  if (running)
+    pthread_join (c->writer, NULL);
+}
+
+int
+nbd_srv_conn_write_all (struct nbd_srv_conn *c, struct iovec *iov, int n)
+{
+  size_t left = 0;
+  int cur = 0, i;
+
+  for (i = 0; i < n; i++)
+    left += iov[i].iov_len;
+  c->send_progress_ns = 0;
+  for (;;)
+    {
+      struct pollfd p = { c->fd, POLLOUT, 0 };
+      uint64_t now;
+
+      if (send_now (c, iov, n, &cur, &left) < 0)
+        return -1;
+      if (left == 0)
+        return 0;
+      now = now_mono_ns ();
+      if ((c->deadline_ns && now >= c->deadline_ns)
+          || send_stalled (c, now))
+        {
+          log_info ("connection %s: the client takes no data: "
+                    "disconnecting", c->peer);
+          return -1;
+        }
+      poll (&p, 1, 200);
+    }
+}
+
+/* ---- Budgets ----------------------------------------------------------------- */
+
+static bool
+mem_try (struct nbd_srv_server *srv, size_t bytes)
+{
+  uint64_t used = atomic_fetch_add (&srv->mem_used, bytes);
+
+  /* Alone, a request always fits: a big one waits, it never fails. */
+  if (used == 0 || used + bytes <= srv->mem_limit)
+    return true;
+  atomic_fetch_sub (&srv->mem_used, bytes);
+  return false;
+}
+
+static void
+mem_put (struct nbd_srv_server *srv, size_t bytes)
+{
+  atomic_fetch_sub (&srv->mem_used, bytes);
+  if (atomic_load (&srv->mem_waiters) > 0)
+    {
+      pthread_mutex_lock (&srv->mem_lock);
+      pthread_cond_broadcast (&srv->mem_cond);
+      pthread_mutex_unlock (&srv->mem_lock);
+    }
+}
+
+/* Waits for BYTES of the daemon's budget.  False: the connection must
+ * stop instead. */
+static bool
+mem_take (struct nbd_srv_conn *c, size_t bytes)
+{
+  struct nbd_srv_server *srv = c->srv;
+  bool ok = true;
+
+  if (bytes == 0 || srv->mem_limit == 0 || mem_try (srv, bytes))
+    return true;
+  pthread_mutex_lock (&srv->mem_lock);
+  atomic_fetch_add (&srv->mem_waiters, 1);
+  while (!mem_try (srv, bytes))
+    {
+      struct timespec ts;
+      if (nbd_srv_conn_should_quit (c))
+        {
+          ok = false;
+          break;
+        }
+      clock_gettime (CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 200000000;
+      if (ts.tv_nsec >= 1000000000)
+        {
+          ts.tv_sec++;
+          ts.tv_nsec -= 1000000000;
+        }
+      pthread_cond_timedwait (&srv->mem_cond, &srv->mem_lock, &ts);
+    }
+  atomic_fetch_sub (&srv->mem_waiters, 1);
+  pthread_mutex_unlock (&srv->mem_lock);
+  return ok;
+}
+
+bool
+nbd_srv_conn_wait_room (struct nbd_srv_conn *c, size_t bytes)
+{
+  pthread_mutex_lock (&c->lock);
+  while (c->inflight >= NBD_SRV_MAX_INFLIGHT
+         || (c->inflight > 0
+             && c->inflight_bytes + bytes > c->srv->conn_memory))
+    {
+      /* Replies that cannot go out free no room: a writer that gives up
+       * on the client drops them and wakes us. */
+      if (__atomic_load_n (&c->send_failed, __ATOMIC_RELAXED))
+        {
+          pthread_mutex_unlock (&c->lock);
+          return false;
+        }
+      pthread_cond_wait (&c->cond, &c->lock);
+    }
+  c->inflight++;
+  c->inflight_bytes += bytes;
+  pthread_mutex_unlock (&c->lock);
+  if (!mem_take (c, bytes))
+    {
+      pthread_mutex_lock (&c->lock);
+      c->inflight--;
+      c->inflight_bytes -= bytes;
+      pthread_cond_signal (&c->cond);
+      pthread_mutex_unlock (&c->lock);
+      return false;
+    }
+  return true;
+}
+
+void
+nbd_srv_conn_release_room (struct nbd_srv_conn *c, size_t bytes)
+{
+  if (bytes && c->srv->mem_limit)
+    mem_put (c->srv, bytes);
+  pthread_mutex_lock (&c->lock);
+  c->inflight--;
+  c->inflight_bytes -= bytes;
+  pthread_cond_signal (&c->cond);
+  pthread_mutex_unlock (&c->lock);
+}
+
+/* ---- Requests ------------------------------------------------------------------ */
+
+struct nbd_srv_req *
+nbd_srv_req_new (struct nbd_srv_conn *c, size_t bufsize, size_t charged)
+{
+  struct nbd_srv_req *r = NULL, **pp;
 
   pthread_mutex_lock (&c->lock);
-  r = c->free_reqs;
-  if (r)
-    {
-      c->free_reqs = r->next;
-      c->nfree--;
-    }
+  /* The first cached request whose buffer is big enough (most are of
+   * one size). */
+  for (pp = &c->free_reqs; *pp; pp = &(*pp)->next)
+    if ((*pp)->cap >= bufsize || !(*pp)->next)
+      {
+        r = *pp;
+        *pp = r->next;
+        c->nfree--;
+        c->free_bytes -= r->cap;
+        break;
+      }
   pthread_mutex_unlock (&c->lock);
 
   if (!r)
@@ -225,6 +784,8 @@ nbd_srv_req_new (struct nbd_srv_conn *c, size_t bufsize)
     }
   r->next = NULL;
   r->leased = false;
+  r->charged = charged;
+  atomic_store (&r->holds, 1);
   if (bufsize > r->cap)
     {
       void *p;
@@ -244,169 +805,32 @@ nbd_srv_req_new (struct nbd_srv_conn *c, size_t bufsize)
   return r;
 }
 
-/* Gives R back without counting it in flight (never started). */
-static void
-req_recycle_locked (struct nbd_srv_conn *c, struct nbd_srv_req *r)
-{
-  if (c->nfree < KEEP_REQS && r->cap <= KEEP_BUF_MAX)
-    {
-      r->next = c->free_reqs;
-      c->free_reqs = r;
-      c->nfree++;
-    }
-  else
-    req_free (r);
-}
-
 void
 nbd_srv_req_done (struct nbd_srv_req *r)
 {
   struct nbd_srv_conn *c = r->conn;
-  size_t bytes = r->count;
+  size_t bytes = r->charged;
 
+  /* The starter's hold, and one per queued reply that sends from the
+   * buffer: the last one ends the request. */
+  if (atomic_fetch_sub (&r->holds, 1) != 1)
+    return;
+  if (bytes && c->srv->mem_limit)
+    mem_put (c->srv, bytes);
   pthread_mutex_lock (&c->lock);
-  req_recycle_locked (c, r);
+  if (c->nfree < KEEP_REQS && r->cap <= KEEP_BUF_MAX
+      && c->free_bytes + r->cap <= KEEP_BYTES)
+    {
+      r->next = c->free_reqs;
+      c->free_reqs = r;
+      c->nfree++;
+      c->free_bytes += r->cap;
+      r = NULL;
+    }
   c->inflight--;
   c->inflight_bytes -= bytes;
   pthread_cond_signal (&c->cond);
   pthread_mutex_unlock (&c->lock);
-}
-
-static void
-server_add_conn (struct nbd_srv_server *srv, struct nbd_srv_conn *c)
-{
-  pthread_mutex_lock (&srv->lock);
-  c->next = srv->conns;
-  c->prev = NULL;
-  if (srv->conns)
-    srv->conns->prev = c;
-  srv->conns = c;
-  srv->nconns++;
-  pthread_mutex_unlock (&srv->lock);
-}
-
-static void
-server_remove_conn (struct nbd_srv_server *srv, struct nbd_srv_conn *c)
-{
-  pthread_mutex_lock (&srv->lock);
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    srv->conns = c->next;
-  if (c->next)
-    c->next->prev = c->prev;
-  srv->nconns--;
-  pthread_cond_broadcast (&srv->conns_done);
-  pthread_mutex_unlock (&srv->lock);
-}
-
-void
-nbd_srv_conn_run (struct nbd_srv_server *srv, int fd, const char *peer)
-{
-  struct nbd_srv_conn *c;
-  int r;
-
-  c = calloc (1, sizeof *c);
-  if (!c || !(c->rbuf = malloc (RBUF_SIZE)))
-    {
-      log_error ("blockd: connection %s: out of memory", peer);
-      free (c);
-      close (fd);
-      return;
-    }
-  c->srv = srv;
-  c->fd = fd;
-  snprintf (c->peer, sizeof c->peer, "%s", peer);
-  pthread_mutex_init (&c->send_lock, NULL);
-  pthread_mutex_init (&c->lock, NULL);
-  pthread_cond_init (&c->cond, NULL);
-  server_add_conn (srv, c);
-  /* A stop that came before we were on the list would not reach us. */
-  if (atomic_load (&srv->quit))
-    shutdown (fd, SHUT_RD);
-
-  log_debug ("connection %s: new", c->peer);
-  r = nbd_srv_handshake (c);
-  if (r > 0)
-    {
-      log_debug ("connection %s: export %s, structured replies %s",
-                 c->peer, c->exp->name, c->structured ? "on" : "off");
-      nbd_srv_transmission (c);
-    }
-
-  /* Every started request must answer before the socket goes. */
-  pthread_mutex_lock (&c->lock);
-  while (c->inflight > 0)
-    pthread_cond_wait (&c->cond, &c->lock);
-  pthread_mutex_unlock (&c->lock);
-
-  pthread_mutex_lock (&srv->lock);
-  close (fd);
-  c->fd = -1;
-  pthread_mutex_unlock (&srv->lock);
-  nbd_srv_export_put (c->exp);
-  while (c->free_reqs)
-    {
-      struct nbd_srv_req *q = c->free_reqs;
-      c->free_reqs = q->next;
-      req_free (q);
-    }
-  log_debug ("connection %s: closed", c->peer);
-  pthread_mutex_destroy (&c->send_lock);
-  pthread_mutex_destroy (&c->lock);
-  pthread_cond_destroy (&c->cond);
-  nbd_srv_meta_clear (c);
-  free (c->rbuf);
-  /* Last: the server waits for this before it closes the store. */
-  server_remove_conn (srv, c);
-  free (c);
-}
-
-struct conn_start {
-  struct nbd_srv_server *srv;
-  int fd;
-  char peer[128];
-};
-
-static void *
-conn_thread (void *arg)
-{
-  struct conn_start s = *(struct conn_start *) arg;
-
-  free (arg);
-  rcu_register_thread ();
-  nbd_srv_conn_run (s.srv, s.fd, s.peer);
-  rcu_unregister_thread ();
-  return NULL;
-}
-
-int
-nbd_srv_conn_start (struct nbd_srv_server *srv, int fd, const char *peer)
-{
-  struct conn_start *s = malloc (sizeof *s);
-  pthread_attr_t attr;
-  pthread_t th;
-  int r;
-
-  if (!s)
-    {
-      close (fd);
-      return -ENOMEM;
-    }
-  s->srv = srv;
-  s->fd = fd;
-  snprintf (s->peer, sizeof s->peer, "%s", peer);
-  pthread_attr_init (&attr);
-  pthread_attr_setdetachstate (&attr, PTHREAD_CREATE_DETACHED);
-  r = pthread_create (&th, &attr, conn_thread, s);
-  pthread_attr_destroy (&attr);
   if (r)
-    {
-      log_error ("blockd: connection %s: pthread_create: %s", peer,
-                 strerror (r));
-      free (s);
-      close (fd);
-      return -r;
-    }
-  return 0;
+    req_free (r);
 }

@@ -23,6 +23,14 @@
  * table for the connections that use it, but lookups treat it like one
  * whose count reached zero: the next open unlinks it and opens a fresh
  * one.
+ *
+ * Reconnects: a client that comes back while the last put of its
+ * previous export is still closing it (flushing, releasing the lease)
+ * waits for that close to finish (the closing list and closed_cond,
+ * under open_lock) before a new export opens: a FLUSH on the new export
+ * then covers every write acknowledged on the old one, and the new
+ * export never finds the image's lease held by this very process.  Only
+ * an export whose lease was lost is replaced while it still has users.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -40,6 +48,10 @@ struct nbd_srv_exports {
   struct nbd_srv_lease_cfg lease_cfg;
   struct nbd_srv_config per_export;    /* only its exports[] is used */
   pthread_mutex_t open_lock;
+  /* Exports out of the table whose last put is closing them (under
+   * open_lock); closed_cond is signalled as each one finishes. */
+  struct nbd_srv_export *closing;
+  pthread_cond_t closed_cond;
 };
 
 /* FNV-1a: names are short. */
@@ -114,6 +126,7 @@ nbd_srv_exports_new (struct store *st, const struct nbd_srv_config *cfg,
       return -ENOMEM;
     }
   pthread_mutex_init (&t->open_lock, NULL);
+  pthread_cond_init (&t->closed_cond, NULL);
   *out = t;
   return 0;
 }
@@ -128,6 +141,7 @@ nbd_srv_exports_free (struct nbd_srv_exports *t)
   rcu_barrier ();
   cds_lfht_destroy (t->ht, NULL);
   pthread_mutex_destroy (&t->open_lock);
+  pthread_cond_destroy (&t->closed_cond);
   lease_cfg_free (&t->lease_cfg);
   nbd_srv_config_free (&t->per_export);
   free (t);
@@ -137,6 +151,7 @@ static void
 export_free (struct nbd_srv_export *e)
 {
   pthread_mutex_destroy (&e->snap_lock);
+  free (e->client_id);
   free (e->image);
   free (e->name);
   free (e);
@@ -244,6 +259,7 @@ export_open (struct nbd_srv_exports *t, const char *name, int *err)
       return NULL;
     }
   pthread_mutex_init (&e->snap_lock, NULL);
+  e->table = t;
   r = nbd_srv_export_name_split (name, &e->image, &e->snap);
   if (r < 0)
     goto fail;
@@ -284,6 +300,34 @@ export_open (struct nbd_srv_exports *t, const char *name, int *err)
   return NULL;
 }
 
+static bool
+closing_has (struct nbd_srv_exports *t, const char *name)
+{
+  struct nbd_srv_export *e;
+
+  for (e = t->closing; e; e = e->closing_next)
+    if (strcmp (e->name, name) == 0)
+      return true;
+  return false;
+}
+
+bool
+nbd_srv_exports_own_client (struct nbd_srv_exports *t, const char *client)
+{
+  struct cds_lfht_iter iter;
+  struct nbd_srv_export *e;
+  bool found = false;
+
+  for (e = t->closing; e && !found; e = e->closing_next)
+    found = e->client_id && strcmp (e->client_id, client) == 0;
+  rcu_read_lock ();
+  cds_lfht_for_each_entry (t->ht, &iter, e, node)
+    if (!found && e->client_id && strcmp (e->client_id, client) == 0)
+      found = true;
+  rcu_read_unlock ();
+  return found;
+}
+
 int
 nbd_srv_export_get (struct nbd_srv_exports *t, const char *name,
                     struct nbd_srv_export **out)
@@ -300,14 +344,26 @@ nbd_srv_export_get (struct nbd_srv_exports *t, const char *name,
     }
 
   pthread_mutex_lock (&t->open_lock);
-  e = lookup_get (t, name, hash, &dying);
-  if (e)
-    goto out;
+  for (;;)
+    {
+      e = lookup_get (t, name, hash, &dying);
+      if (e)
+        goto out;
+      /* The previous export of this image is closing (its last client
+       * went): wait until it has flushed and let its lease go.  A new
+       * export beside it would not cover its unflushed writes, and would
+       * find its lease held "by us". */
+      if ((dying && !atomic_load (&dying->dead)) || closing_has (t, name))
+        {
+          pthread_cond_wait (&t->closed_cond, &t->open_lock);
+          continue;
+        }
+      break;
+    }
   if (dying)
     {
-      /* Its last user is closing it, or its lease is lost: unlink it now
-       * so that the new open below can be added (the closer's own del
-       * then finds it gone). */
+      /* Its lease is lost: unlink it now so that the new open below can
+       * be added; its remaining users keep it until they put it. */
       rcu_read_lock ();
       cds_lfht_del (t->ht, &dying->node);
       rcu_read_unlock ();
@@ -341,6 +397,7 @@ void
 nbd_srv_export_put (struct nbd_srv_export *e)
 {
   struct nbd_srv_exports *t;
+  struct nbd_srv_export **pp;
 
   if (!e)
     return;
@@ -352,9 +409,21 @@ nbd_srv_export_put (struct nbd_srv_export *e)
   rcu_read_lock ();
   cds_lfht_del (t->ht, &e->node);   /* -ENOENT if a new open unlinked it */
   rcu_read_unlock ();
+  e->closing_next = t->closing;
+  t->closing = e;
   pthread_mutex_unlock (&t->open_lock);
 
   export_close (e);
   log_info ("export %s closed", e->name);
+
+  pthread_mutex_lock (&t->open_lock);
+  for (pp = &t->closing; *pp; pp = &(*pp)->closing_next)
+    if (*pp == e)
+      {
+        *pp = e->closing_next;
+        break;
+      }
+  pthread_cond_broadcast (&t->closed_cond);
+  pthread_mutex_unlock (&t->open_lock);
   call_rcu (&e->rcu, export_free_rcu);
 }

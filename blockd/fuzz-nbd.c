@@ -8,7 +8,7 @@
  * kept open for the whole run.  Each input is written into one end of a
  * socketpair by a helper thread, which also drains the server's replies
  * so the server never blocks on a full socket; the server side runs
- * nbd_srv_conn_run on the fuzzing thread, exactly as a connection thread
+ * nbd_srv_session_run on the fuzzing thread, exactly as a connection thread
  * does, and returns after the client's end closes and every request is
  * answered.  Build: clang -fsanitize=fuzzer,address (tests/e2e/fuzz.sh).
  */
@@ -124,7 +124,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   f.size = size;
   if (pthread_create (&th, NULL, feed, &f) != 0)
     abort ();
-  nbd_srv_conn_run (srv, sv[1], "fuzz");   /* closes sv[1] */
+  nbd_srv_session_run (srv, sv[1], "fuzz");   /* closes sv[1] */
   pthread_join (th, NULL);
   close (sv[0]);
   return 0;

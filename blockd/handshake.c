@@ -311,54 +311,74 @@ opt_export_name (struct nbd_srv_conn *c, const char *data, uint32_t len)
   return 1;
 }
 
+/* The image directory: an omap whose keys are the image names (the
+ * on-store format of image/).  NBD_OPT_LIST reads it directly, names
+ * only: image_list would read every image's header and whole object
+ * map, which an unauthenticated client could make us do at will.
+ * Snapshots (IMAGE@SNAP) are exports too but are not listed: that would
+ * cost a read per image. */
+#define IMAGE_DIRECTORY_OID "vbk_directory"
+
+struct list_ctx {
+  struct nbd_srv_conn *c;
+  char last[IMAGE_NAME_MAX + 1];
+  size_t n;
+  bool io_error;
+};
+
+static int
+list_one (void *arg, const char *key, const void *val, size_t len)
+{
+  struct list_ctx *lc = arg;
+  size_t kl = strlen (key);
+  uint32_t l = htobe32 ((uint32_t) kl);
+
+  (void) val;
+  (void) len;
+  snprintf (lc->last, sizeof lc->last, "%s", key);
+  lc->n++;
+  if (kl > NBD_MAX_STRING || image_name_check (key) < 0)
+    {
+      vbk_clear_error ();
+      return 0;
+    }
+  if (send_reply2 (lc->c, NBD_OPT_LIST, NBD_REP_SERVER, &l, 4, key, kl) < 0)
+    {
+      lc->io_error = true;
+      return 1;
+    }
+  return 0;
+}
+
 static int
 opt_list (struct nbd_srv_conn *c, uint32_t len)
 {
-  struct image_info *list = NULL;
-  size_t n = 0, i;
+  struct list_ctx lc = { .c = c };
+  size_t before;
   int r;
 
   if (len != 0)
     return send_error (c, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
                        "NBD_OPT_LIST takes no data");
-  r = image_list (c->srv->store, &list, &n);
-  if (r < 0)
-    return send_error (c, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
-                       "cannot list images: %s", vbk_error ());
-  for (i = 0; i < n; i++)
+  /* In pages, so a big directory needs no big reply from the store. */
+  do
     {
-      uint32_t l = htobe32 ((uint32_t) strlen (list[i].name));
-      struct image_snap *snaps = NULL;
-      size_t ns = 0, k;
-
-      if (send_reply2 (c, NBD_OPT_LIST, NBD_REP_SERVER, &l, 4, list[i].name,
-                       strlen (list[i].name)) < 0)
+      before = lc.n;
+      r = store_omap_list (c->srv->store, IMAGE_DIRECTORY_OID, lc.last, 256,
+                           list_one, &lc);
+      if (lc.io_error)
+        return -1;
+      if (r == -ENOENT)
         {
-          free (list);
-          return -1;
+          r = 0;                /* no image was ever created */
+          break;
         }
-      /* Snapshots are exports too (IMAGE@SNAP): one omap listing per
-       * image.  An image removed meanwhile just has none. */
-      if (image_snap_list (c->srv->store, list[i].name, &snaps, &ns) < 0)
-        continue;
-      for (k = 0; k < ns; k++)
-        {
-          char full[2 * IMAGE_NAME_MAX + 2];
-          int m = snprintf (full, sizeof full, "%s@%s", list[i].name,
-                            snaps[k].name);
-          l = htobe32 ((uint32_t) m);
-          if (send_reply2 (c, NBD_OPT_LIST, NBD_REP_SERVER, &l, 4, full, m)
-              < 0)
-            {
-              free (snaps);
-              free (list);
-              return -1;
-            }
-        }
-      free (snaps);
+      if (r < 0)
+        return send_error (c, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
+                           "cannot list images: %s", vbk_error ());
     }
+  while (lc.n - before == 256);
   vbk_clear_error ();
-  free (list);
   return send_reply (c, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
 }
 

@@ -5,11 +5,16 @@
  *
  * DESIGN: one struct nbd_srv_server holds what the daemon shares (the
  * store, the table of open exports, the worker pool, the list of live
- * connections).  Each client connection has one reader thread
- * (connection.c) that runs the handshake (handshake.c) and then parses
- * requests and starts them (protocol.c); replies are sent by whichever
- * thread completes a request (a store thread for aio, a worker for
- * synchronous calls), serialised per connection by send_lock.  Exports
+ * connections, the daemon-wide memory budget).  Each client connection
+ * has one reader thread (session.c) that runs the handshake
+ * (handshake.c) and then parses requests and starts them (protocol.c).
+ * Each connection owns its send side (connection.c): the thread that
+ * completes a request (a store thread, a worker) hands its reply to the
+ * connection, which sends what the socket takes at once without
+ * blocking and queues the rest for the connection's own writer thread,
+ * so no shared thread ever waits on one client's socket.  Bytes move
+ * through a table of operations (struct nbd_srv_conn_ops: a plain
+ * socket today, TLS later).  Exports
  * (exports.c) are open images shared by every connection to the same
  * image, found through an RCU hash table.  A writable export has its own
  * store connection and the image's lease (writes.c): writes wait for the
@@ -33,11 +38,15 @@
 #include "snapshot/snapshot.h"
 #include "store/store.h"
 
-/* Largest READ/WRITE/CACHE payload we accept (and advertise). */
+/* The maximum block size we advertise (NBD_INFO_BLOCK_SIZE); it also
+ * binds WRITE_ZEROES without FAST_ZERO. */
 #define NBD_SRV_MAX_REQUEST (32u << 20)
-/* Per-connection limits on work in flight (backpressure on the reader). */
+/* Largest READ/WRITE/CACHE payload we accept: nbdkit's limit, for
+ * clients that never saw the advertised maximum (NBD_OPT_EXPORT_NAME). */
+#define NBD_SRV_MAX_PAYLOAD (64u << 20)
+/* Per-connection limit on requests in flight (backpressure on the
+ * reader); their bytes are bounded by the conn_memory setting. */
 #define NBD_SRV_MAX_INFLIGHT 128
-#define NBD_SRV_MAX_INFLIGHT_BYTES (256u << 20)
 /* Option payloads past this are a denial of service: hard disconnect. */
 #define NBD_SRV_MAX_OPTION (64u << 10)
 /* Largest request run inline when inline_io is set. */
@@ -65,6 +74,15 @@ struct nbd_srv_config {
   int verbose;
   unsigned workers;         /* threads for synchronous image calls */
   unsigned poll_us;         /* busy polling of a connection, 0: none */
+  char *socket_group;       /* chown the Unix socket to it; NULL: none */
+  unsigned max_conns;       /* connections at once, all clients */
+  unsigned max_conns_per_client; /* per peer address (TCP) or uid (Unix) */
+  uint32_t handshake_timeout_ms; /* from accept to NBD_OPT_GO */
+  uint32_t send_timeout_ms; /* a client that takes no reply bytes this
+                               long is dropped */
+  uint32_t idle_timeout_ms; /* an idle connection frees its buffers */
+  uint64_t conn_memory;     /* bytes in flight per connection */
+  uint64_t max_memory;      /* bytes in flight, daemon-wide */
   struct nbd_srv_export_cfg *exports;
   size_t n_exports;
   /* TLS (tls.h), access lists (access.h), metrics (metrics.h) */
@@ -134,8 +152,10 @@ struct nbd_srv_export {
   atomic_bool trusted;      /* the image's object map is ours to trust */
   atomic_bool ever_held;    /* this export has held the lease */
   atomic_bool dead;         /* the lease is lost: writes and flushes fail */
+  char *client_id;          /* store client of a writable export */
   /* private to exports.c */
   struct nbd_srv_exports *table;
+  struct nbd_srv_export *closing_next;  /* table->closing */
   struct cds_lfht_node node;
   struct rcu_head rcu;
 };
@@ -157,6 +177,11 @@ int nbd_srv_export_get (struct nbd_srv_exports *t, const char *name,
                         struct nbd_srv_export **out);
 /* Drops a reference; the last one closes (flushes) the image. */
 void nbd_srv_export_put (struct nbd_srv_export *e);
+/* Whether CLIENT is the store client of one of this process's exports,
+ * open or closing.  Call with the table's open lock held (from
+ * nbd_srv_export_open_rw). */
+bool nbd_srv_exports_own_client (struct nbd_srv_exports *t,
+                                 const char *client);
 /* Splits NAME into IMAGE and SNAP (NULL when NAME has no '@') and checks
  * both.  Caller frees *IMAGE.  Errors: -EINVAL, -ENOMEM. */
 int nbd_srv_export_name_split (const char *name, char **image,
@@ -177,6 +202,8 @@ struct nbd_srv_lease_cfg {
  * with its lease (taken by the first write) and snapshot server. */
 int nbd_srv_export_open_rw (struct nbd_srv_export *e,
                             const struct nbd_srv_lease_cfg *lc);
+/* Store clients of this process's other exports are never fenced as
+ * "an earlier run" (exports.c tells which are ours). */
 /* Stops the snapshot server, releases the lease (flushing), closes the
  * image and the connection.  No request may be in flight. */
 void nbd_srv_export_close_rw (struct nbd_srv_export *e);
@@ -196,10 +223,14 @@ int nbd_srv_export_flush (struct nbd_srv_export *e);
 struct nbd_srv_req;
 struct nbd_srv_workers;
 
-int nbd_srv_workers_new (unsigned n, struct nbd_srv_workers **out);
+/* What a worker does with a queued request. */
+typedef void (*nbd_srv_job_fn) (struct nbd_srv_req *req);
+
+int nbd_srv_workers_new (unsigned n, nbd_srv_job_fn run,
+                         struct nbd_srv_workers **out);
 /* Runs the queued jobs, then stops the threads. */
 void nbd_srv_workers_free (struct nbd_srv_workers *w);
-/* Queues REQ; a worker calls nbd_srv_req_run_sync (REQ). */
+/* Queues REQ; a worker calls RUN (REQ). */
 void nbd_srv_workers_queue (struct nbd_srv_workers *w,
                             struct nbd_srv_req *req);
 
@@ -221,6 +252,21 @@ struct nbd_srv_server {
   atomic_int pollers;       /* connections polling now */
   int max_pollers;
   atomic_bool quit;
+  atomic_uint_fast64_t quit_ns;  /* when the stop began (monotonic) */
+
+  /* limits (config) */
+  unsigned max_conns, max_conns_per_client;
+  uint64_t handshake_ns, send_timeout_ns, idle_ns;
+  uint64_t conn_memory;
+
+  /* Bytes of requests in flight, daemon-wide (connection.c). */
+  atomic_uint_fast64_t mem_used;
+  uint64_t mem_limit;
+  atomic_int mem_waiters;
+  pthread_mutex_t mem_lock;
+  pthread_cond_t mem_cond;
+  /* BLOCK_STATUS that reads a whole map or change log: one at a time. */
+  pthread_mutex_t status_lock;
 
   pthread_mutex_t lock;     /* protects conns, nconns */
   pthread_cond_t conns_done;
@@ -234,10 +280,11 @@ struct nbd_srv_server {
 };
 
 /* Opens the store and sets up a server without sockets (the fuzzer uses
- * that and nbd_srv_conn_run directly). */
+ * that and nbd_srv_session_run directly). */
 int nbd_srv_server_new (const struct nbd_srv_config *cfg,
                         struct nbd_srv_server **out);
-/* Listens on the socket and/or TCP address of CFG. */
+/* Listens on the socket and/or TCP address of CFG.  A file at the
+ * socket path is replaced only if it is a socket nobody answers on. */
 int nbd_srv_server_listen (struct nbd_srv_server *srv,
                            const struct nbd_srv_config *cfg);
 /* Accepts connections until nbd_srv_server_stop; then waits for every
@@ -247,16 +294,30 @@ int nbd_srv_server_run (struct nbd_srv_server *srv);
 void nbd_srv_server_stop (struct nbd_srv_server *srv);
 void nbd_srv_server_free (struct nbd_srv_server *srv);
 
+/* A log line that may repeat at a high rate (accept errors, refused
+ * clients): at most a few per second, then a count of those dropped.
+ * Returns the number dropped since the last one logged, or -1 to drop
+ * this one. */
+struct nbd_srv_ratelimit {
+  pthread_mutex_t lock;
+  uint64_t window_ns;
+  unsigned in_window, dropped;
+};
+#define NBD_SRV_RATELIMIT_INIT { PTHREAD_MUTEX_INITIALIZER, 0, 0, 0 }
+long nbd_srv_ratelimit (struct nbd_srv_ratelimit *rl);
+
 /* ---- connection.c ------------------------------------------------------- */
 
 struct nbd_srv_req {
   struct nbd_srv_conn *conn;
   struct nbd_srv_req *next;  /* free list, worker queue */
+  atomic_uint holds;         /* the starter's, and a queued reply's */
   uint16_t flags;
   uint16_t type;
   uint64_t handle;
   uint64_t offset;
   uint32_t count;
+  size_t charged;            /* bytes counted in flight */
   char *buf;                 /* READ/WRITE data, reused */
   size_t cap;
   bool leased;               /* a write counted by the export's lease */
@@ -266,15 +327,36 @@ struct nbd_srv_req {
   bool ext_hole[8];
 };
 
+/* How a connection moves bytes: a plain socket today; TLS plugs in
+ * here.  New members only at the end. */
+struct nbd_srv_conn_ops {
+  /* Like recv(2), never blocking: bytes, 0 at end of stream, or -1 with
+   * errno (EAGAIN: nothing yet; poll c->fd for POLLIN). */
+  ssize_t (*recv) (struct nbd_srv_conn *c, void *buf, size_t len);
+  /* Like sendmsg(2), never blocking: bytes taken, or -1 with errno
+   * (EAGAIN: poll c->fd for POLLOUT). */
+  ssize_t (*send) (struct nbd_srv_conn *c, const struct iovec *iov, int n);
+  /* shutdown(2): wakes a reader (end of stream) and fails sends. */
+  void (*shutdown) (struct nbd_srv_conn *c, int how);
+};
+
+extern const struct nbd_srv_conn_ops nbd_srv_socket_ops;
+
+struct nbd_srv_reply;
+
 struct nbd_srv_conn {
   struct nbd_srv_server *srv;
   struct nbd_srv_conn *next, *prev;   /* srv->conns */
   int fd;
+  const struct nbd_srv_conn_ops *ops;
   char peer[128];
+  char client[64];           /* whom per-client limits count: address or uid */
 
   /* buffered reading (reader thread only) */
   char *rbuf;
   size_t rpos, rlen;
+  uint64_t deadline_ns;      /* reads fail after this; 0: none */
+  bool trimmed;              /* idle: the buffers were given back */
 
   /* negotiated state (reader thread only, read-only in completions) */
   bool no_zeroes;
@@ -287,8 +369,16 @@ struct nbd_srv_conn {
   struct nbd_srv_export *exp;
   uint16_t eflags;
 
+  /* the send side: replies the socket did not take at once wait here
+   * for the writer thread */
   pthread_mutex_t send_lock;
+  pthread_cond_t send_cond;
+  struct nbd_srv_reply *rq_head, *rq_tail;
+  size_t rq_bytes;
+  uint64_t send_progress_ns; /* when the socket last took bytes */
   bool send_failed;
+  bool writer_running, writer_stop;
+  pthread_t writer;
 
   pthread_mutex_t lock;      /* inflight, free list */
   pthread_cond_t cond;
@@ -296,34 +386,78 @@ struct nbd_srv_conn {
   size_t inflight_bytes;
   struct nbd_srv_req *free_reqs;
   unsigned nfree;
+  size_t free_bytes;
 };
 
-/* Starts a detached thread serving FD (owned from now on). */
-int nbd_srv_conn_start (struct nbd_srv_server *srv, int fd,
-                        const char *peer);
-/* Serves FD on the calling thread until the client goes away; closes FD
- * after every request has been answered. */
-void nbd_srv_conn_run (struct nbd_srv_server *srv, int fd, const char *peer);
+/* A new connection on FD (owned from now on, closed by _free). */
+struct nbd_srv_conn *nbd_srv_conn_new (struct nbd_srv_server *srv, int fd,
+                                       const char *peer, const char *client);
+/* Waits for queued replies to go (or fail), stops the writer, closes
+ * the socket, frees.  No request may be in flight. */
+void nbd_srv_conn_free (struct nbd_srv_conn *c);
+/* Starts the writer thread (before transmission).  Returns 0 or
+ * -errno. */
+int nbd_srv_conn_start_writer (struct nbd_srv_conn *c);
+/* Lets the writer send what is queued (or give up on the client, as
+ * the send timeout says), then stops it. */
+void nbd_srv_conn_stop_writer (struct nbd_srv_conn *c);
+/* Whether the connection should stop reading requests: the server is
+ * stopping or the client can no longer be answered. */
+bool nbd_srv_conn_should_quit (struct nbd_srv_conn *c);
 
-/* Reads exactly LEN bytes.  Returns 0, or -1 on EOF/error. */
+/* Reads exactly LEN bytes.  Returns 0, or -1 on EOF/error/timeout. */
 int nbd_srv_conn_read (struct nbd_srv_conn *c, void *buf, size_t len);
 /* Reads and drops LEN bytes.  Returns 0 or -1. */
 int nbd_srv_conn_skip (struct nbd_srv_conn *c, uint64_t len);
-/* Writes the whole iovec under send_lock.  Returns 0 or -1 (and marks the
- * connection failed: the reader will stop). */
-int nbd_srv_conn_send (struct nbd_srv_conn *c, struct iovec *iov, int n);
-/* Unlocked variant for handshake (single thread). */
+/* Queues a reply: sends what the socket takes now and leaves the rest
+ * to the writer thread; never blocks on the socket.  Bytes of the iovec
+ * inside HOLD's buffer are sent from there (HOLD, if not NULL, stays
+ * alive until they are); everything else is copied.  Returns 0 or -1
+ * (the connection has failed: the reader will stop). */
+int nbd_srv_conn_reply (struct nbd_srv_conn *c, const struct iovec *iov,
+                        int n, struct nbd_srv_req *hold);
+static inline int
+nbd_srv_conn_send (struct nbd_srv_conn *c, const struct iovec *iov, int n)
+{
+  return nbd_srv_conn_reply (c, iov, n, NULL);
+}
+/* For the handshake, on the reader thread: writes the whole iovec,
+ * waiting for the socket at most until the connection's deadline or the
+ * send timeout.  Returns 0 or -1. */
 int nbd_srv_conn_write_all (struct nbd_srv_conn *c, struct iovec *iov, int n);
 
-struct nbd_srv_req *nbd_srv_req_new (struct nbd_srv_conn *c, size_t bufsize);
-/* Ends a request: returns it to the free list, wakes the reader. */
+/* Waits until a request of BYTES fits the connection's and the
+ * daemon's budgets and counts it.  Returns false if the connection
+ * must stop instead. */
+bool nbd_srv_conn_wait_room (struct nbd_srv_conn *c, size_t bytes);
+/* Undoes nbd_srv_conn_wait_room for a request never created. */
+void nbd_srv_conn_release_room (struct nbd_srv_conn *c, size_t bytes);
+
+/* A request with a buffer of BUFSIZE bytes, counted as CHARGED bytes in
+ * flight (taken by nbd_srv_conn_wait_room). */
+struct nbd_srv_req *nbd_srv_req_new (struct nbd_srv_conn *c, size_t bufsize,
+                                     size_t charged);
+/* Ends a request once its reply is out: returns it to the free list,
+ * gives its bytes back, wakes the reader. */
 void nbd_srv_req_done (struct nbd_srv_req *r);
+
+/* ---- session.c ---------------------------------------------------------- */
+
+/* Starts a detached thread serving C (registered in srv->conns). */
+int nbd_srv_session_start (struct nbd_srv_conn *c);
+/* Serves FD on the calling thread until the client goes away; closes FD
+ * after every request has been answered. */
+void nbd_srv_session_run (struct nbd_srv_server *srv, int fd,
+                          const char *peer);
+/* Adds C to the server's list; false (C not added) if the server is at
+ * its connection limits. */
+bool nbd_srv_session_register (struct nbd_srv_conn *c);
 
 /* ---- handshake.c -------------------------------------------------------- */
 
 /* Runs the fixed newstyle negotiation.  Returns 1 when transmission may
  * start (c->exp set), 0 when the client ended the session cleanly, or -1
- * on a protocol violation or I/O error. */
+ * on a protocol violation, I/O error or timeout. */
 int nbd_srv_handshake (struct nbd_srv_conn *c);
 
 /* Transmission flags of export E for connection C. */
@@ -361,7 +495,11 @@ uint32_t nbd_srv_check_request (const struct nbd_srv_req *r,
  * protocol error, starting each. */
 void nbd_srv_transmission (struct nbd_srv_conn *c);
 
-/* Called by a worker for requests queued with nbd_srv_workers_queue. */
+/* The workers' job (nbd_srv_workers_new): flush, trim, write zeroes. */
 void nbd_srv_req_run_sync (struct nbd_srv_req *r);
+
+/* Most bytes of image one BLOCK_STATUS reply describes: the protocol
+ * lets a reply cover less than asked. */
+#define NBD_SRV_STATUS_WINDOW (UINT32_C (1) << 30)
 
 #endif /* VBK_BLOCKD_INTERNAL_H */

@@ -54,15 +54,28 @@ usage (FILE *f)
 "                     another host (only 'vbk lease release' moves them)\n"
 "  --config FILE      settings file: key = value lines with the keys\n"
 "                     store, socket, listen, host_id, lease_duration,\n"
-"                     exclusive, read_only, workers, poll_us, verbose, tls,\n"
-"                     tls_certificates, tls_psk, tls_verify_peer,\n"
-"                     tls_handshake_timeout, insecure_tcp, metrics,\n"
-"                     default_allow, default_allow_read (flags override\n"
-"                     it); an [export IMAGE] section sets exclusive and\n"
-"                     read_only for IMAGE alone, and its allow lists:\n"
-"                     allow = alice, bob (read-write), allow_read = carol\n"
-"                     (read-only); IMAGE@SNAP follows IMAGE's lists unless\n"
-"                     it has a section of its own\n"
+"                     exclusive, read_only, workers, poll_us, verbose and\n"
+"                     the long flags below with '_' for '-' (flags\n"
+"                     override it); an [export IMAGE] section sets\n"
+"                     exclusive and read_only for IMAGE alone, and its\n"
+"                     access lists: allow = alice, bob (read-write),\n"
+"                     allow_read = carol (read-only); IMAGE@SNAP follows\n"
+"                     IMAGE's lists unless it has a section of its own;\n"
+"                     [blockd] default_allow, default_allow_read: the lists\n"
+"                     of exports without one\n"
+"  --socket-group G   chown the Unix socket (always mode 0660) to group G,\n"
+"                     so that its members (e.g. the QEMU user) may connect\n"
+"  --max-connections N            clients at once (default 1024)\n"
+"  --max-connections-per-client N per TCP address or Unix uid (default 128)\n"
+"  --handshake-timeout S  a client must finish negotiating (NBD_OPT_GO)\n"
+"                     within S seconds of connecting (default 10)\n"
+"  --send-timeout S   a client that takes none of its replies for S seconds\n"
+"                     is dropped (default 30; 5 while stopping)\n"
+"  --idle-timeout S   an idle connection frees its buffers after S seconds\n"
+"                     (default 5)\n"
+"  --conn-memory SIZE bytes of requests in flight per connection (default\n"
+"                     64M; a larger request waits until it runs alone)\n"
+"  --max-memory SIZE  bytes of requests in flight in the daemon (default 1G)\n"
 "  --read-only        serve every export read-only\n"
 "  --tls MODE         off, on (STARTTLS offered) or require (the default\n"
 "                     when credentials are given): TCP clients must\n"
@@ -71,6 +84,8 @@ usage (FILE *f)
 "                     server-key.pem (QEMU's layout); client certificates\n"
 "                     are verified against the CA\n"
 "  --tls-verify-peer  X.509 clients must present a certificate\n"
+"  --tls-handshake-timeout S  a TLS handshake must finish within S\n"
+"                     seconds (default 10)\n"
 "  --tls-psk FILE     PSK: identity:hexkey lines (as nbdkit, qemu-nbd)\n"
 "  --insecure-tcp     allow plain NBD (no TLS) on a non-loopback address\n"
 "  --metrics HOST:PORT  serve Prometheus metrics at /metrics (loopback\n"
@@ -100,8 +115,8 @@ main (int argc, char **argv)
 {
   enum { OPT_STORE = 256, OPT_SOCKET, OPT_LISTEN, OPT_HOST_ID, OPT_CONFIG,
          OPT_FOREGROUND, OPT_READ_ONLY, OPT_WORKERS, OPT_LEASE_DURATION,
-         OPT_EXCLUSIVE, OPT_POLL_US, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK,
-         OPT_TLS_VERIFY_PEER, OPT_INSECURE_TCP, OPT_METRICS };
+         OPT_EXCLUSIVE, OPT_POLL_US, OPT_SETTING, OPT_TLS_VERIFY_PEER,
+         OPT_INSECURE_TCP };
   static const struct option longopts[] = {
     { "store", required_argument, NULL, OPT_STORE },
     { "socket", required_argument, NULL, OPT_SOCKET },
@@ -114,30 +129,52 @@ main (int argc, char **argv)
     { "poll-us", required_argument, NULL, OPT_POLL_US },
     { "lease-duration", required_argument, NULL, OPT_LEASE_DURATION },
     { "exclusive", no_argument, NULL, OPT_EXCLUSIVE },
-    { "tls", required_argument, NULL, OPT_TLS },
-    { "tls-certificates", required_argument, NULL, OPT_TLS_CERTS },
-    { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+    /* Settings whose flag is the key with '-' for '_'. */
+    { "socket-group", required_argument, NULL, OPT_SETTING },
+    { "max-connections", required_argument, NULL, OPT_SETTING },
+    { "max-connections-per-client", required_argument, NULL, OPT_SETTING },
+    { "handshake-timeout", required_argument, NULL, OPT_SETTING },
+    { "send-timeout", required_argument, NULL, OPT_SETTING },
+    { "idle-timeout", required_argument, NULL, OPT_SETTING },
+    { "conn-memory", required_argument, NULL, OPT_SETTING },
+    { "max-memory", required_argument, NULL, OPT_SETTING },
+    { "tls", required_argument, NULL, OPT_SETTING },
+    { "tls-certificates", required_argument, NULL, OPT_SETTING },
+    { "tls-psk", required_argument, NULL, OPT_SETTING },
+    { "tls-handshake-timeout", required_argument, NULL, OPT_SETTING },
+    { "metrics", required_argument, NULL, OPT_SETTING },
     { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER },
     { "insecure-tcp", no_argument, NULL, OPT_INSECURE_TCP },
-    { "metrics", required_argument, NULL, OPT_METRICS },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
   /* Flags are applied after the config file: remember them. */
   struct { const char *key, *value; } flags[32];
-  int nflags = 0, c, r, verbose = 0;
+  char keys[32][64];
+  int nflags = 0, c, r, verbose = 0, li;
   const char *config_file = NULL;
   bool socket_flag = false, listen_flag = false;
   struct nbd_srv_config cfg;
   struct sigaction sa;
   const char *env;
 
-  while ((c = getopt_long (argc, argv, "vh", longopts, NULL)) != -1)
+  while ((c = getopt_long (argc, argv, "vh", longopts, &li)) != -1)
     {
       const char *key = NULL;
       switch (c)
         {
+        case OPT_SETTING:
+          if (nflags < 32)
+            {
+              char *k = keys[nflags];
+              snprintf (k, sizeof keys[0], "%s", longopts[li].name);
+              for (; *k; k++)
+                if (*k == '-')
+                  *k = '_';
+              key = keys[nflags];
+            }
+          break;
         case OPT_STORE: key = "store"; break;
         case OPT_SOCKET: key = "socket"; socket_flag = true; break;
         case OPT_LISTEN: key = "listen"; listen_flag = true; break;
@@ -149,14 +186,10 @@ main (int argc, char **argv)
         case OPT_READ_ONLY: key = "read_only"; optarg = (char *) "true"; break;
         case OPT_LEASE_DURATION: key = "lease_duration"; break;
         case OPT_EXCLUSIVE: key = "exclusive"; optarg = (char *) "true"; break;
-        case OPT_TLS: key = "tls"; break;
-        case OPT_TLS_CERTS: key = "tls_certificates"; break;
-        case OPT_TLS_PSK: key = "tls_psk"; break;
         case OPT_TLS_VERIFY_PEER:
           key = "tls_verify_peer"; optarg = (char *) "true"; break;
         case OPT_INSECURE_TCP:
           key = "insecure_tcp"; optarg = (char *) "true"; break;
-        case OPT_METRICS: key = "metrics"; break;
         case 'v': verbose++; break;
         case 'h': usage (stdout); return 0;
         default: usage (stderr); return 2;

@@ -17,7 +17,7 @@
  * So many requests are in flight per connection and replies go out in
  * the order they complete.  Errors: every -errno passes through the one
  * table in nbd_srv_errno_to_nbd.  A request that cannot be framed (bad
- * magic, a WRITE payload over 32 MiB) ends the connection: there is no
+ * magic, a WRITE payload over 64 MiB) ends the connection: there is no
  * way to find the next request; everything else gets an error reply and
  * the connection goes on.
  */
@@ -125,7 +125,7 @@ nbd_srv_check_request (const struct nbd_srv_req *r,
     {
     case NBD_CMD_READ:
     case NBD_CMD_CACHE:
-      if (r->count > NBD_SRV_MAX_REQUEST)
+      if (r->count > NBD_SRV_MAX_PAYLOAD)
         return NBD_EINVAL;
       if (past_end (r->offset, r->count, l->size))
         return NBD_EINVAL;
@@ -133,7 +133,7 @@ nbd_srv_check_request (const struct nbd_srv_req *r,
     case NBD_CMD_WRITE:
       if (l->read_only)
         return NBD_EPERM;
-      if (r->count > NBD_SRV_MAX_REQUEST)
+      if (r->count > NBD_SRV_MAX_PAYLOAD)
         return NBD_EINVAL;
       if (past_end (r->offset, r->count, l->size))
         return NBD_ENOSPC;
@@ -169,9 +169,11 @@ nbd_srv_check_request (const struct nbd_srv_req *r,
 
 /* ---- Replies ------------------------------------------------------------ */
 
+/* HOLD: the request whose buffer DATA is in (it stays alive until the
+ * data is sent), or NULL. */
 static void
 send_simple (struct nbd_srv_conn *c, uint64_t handle, uint32_t err,
-             const void *data, size_t len)
+             const void *data, size_t len, struct nbd_srv_req *hold)
 {
   struct nbd_simple_reply h = {
     .magic = htobe32 (NBD_SIMPLE_REPLY_MAGIC),
@@ -180,7 +182,7 @@ send_simple (struct nbd_srv_conn *c, uint64_t handle, uint32_t err,
   };
   struct iovec iov[2] = { { &h, sizeof h }, { (void *) data, len } };
 
-  nbd_srv_conn_send (c, iov, len ? 2 : 1);
+  nbd_srv_conn_reply (c, iov, len ? 2 : 1, hold);
 }
 
 static void
@@ -205,7 +207,7 @@ send_error (struct nbd_srv_conn *c, uint16_t type, uint64_t handle,
 
   if (!c->structured)
     {
-      send_simple (c, handle, err, NULL, 0);
+      send_simple (c, handle, err, NULL, 0, NULL);
       return;
     }
   mlen = msg ? strlen (msg) : 0;
@@ -273,7 +275,7 @@ send_read_chunks (struct nbd_srv_req *r)
       off += len;
       pos += len;
     }
-  nbd_srv_conn_send (r->conn, iov, n);
+  nbd_srv_conn_reply (r->conn, iov, n, r);
 }
 
 static void
@@ -282,7 +284,7 @@ send_read_data (struct nbd_srv_req *r)
   struct nbd_srv_conn *c = r->conn;
 
   if (!c->structured)
-    send_simple (c, r->handle, 0, r->buf, r->count);
+    send_simple (c, r->handle, 0, r->buf, r->count, r);
   else
     send_read_chunks (r);
 }
@@ -322,7 +324,7 @@ write_done (void *arg, ssize_t ret)
       reply_errno (r, (int) ret, "write");
     }
   else
-    send_simple (r->conn, r->handle, 0, NULL, 0);
+    send_simple (r->conn, r->handle, 0, NULL, 0, NULL);
   nbd_srv_req_done (r);
 }
 
@@ -365,9 +367,7 @@ nbd_srv_req_run_sync (struct nbd_srv_req *r)
       reply_errno (r, ret, what);
     }
   else
-    send_simple (r->conn, r->handle, 0, NULL, 0);
-  /* The pool does not count against the byte budget. */
-  r->count = 0;
+    send_simple (r->conn, r->handle, 0, NULL, 0, NULL);
   nbd_srv_req_done (r);
 }
 
@@ -475,9 +475,22 @@ block_status_of (struct nbd_srv_conn *c, const struct nbd_srv_req *q,
 }
 
 static void
-do_block_status (struct nbd_srv_conn *c, const struct nbd_srv_req *q)
+do_block_status (struct nbd_srv_conn *c, const struct nbd_srv_req *q0)
 {
   struct nbd_block_descriptor d[MAX_EXTENTS];
+  struct nbd_srv_req qw = *q0, *q = &qw;
+  bool serial;
+
+  /* A bounded window: the reply may describe less than was asked
+   * (proto.md, NBD_CMD_BLOCK_STATUS). */
+  if (qw.count > NBD_SRV_STATUS_WINDOW)
+    qw.count = NBD_SRV_STATUS_WINDOW;
+  /* An untrusted map is read whole from the store, and a dirty bitmap
+   * walks the change logs: one at a time in the daemon, so that their
+   * memory is not multiplied by the number of clients. */
+  serial = c->meta_nbitmaps > 0 || !atomic_load (&c->exp->trusted);
+  if (serial)
+    pthread_mutex_lock (&c->srv->status_lock);
   unsigned nctx = (c->meta_base_alloc ? 1 : 0) + c->meta_nbitmaps, i, k = 0;
 
   /* One BLOCK_STATUS chunk per selected context; DONE on the last. */
@@ -503,7 +516,7 @@ do_block_status (struct nbd_srv_conn *c, const struct nbd_srv_req *q)
           log_warn ("connection %s: %s", c->peer, msg);
           send_error (c, q->type, q->handle, nbd_srv_errno_to_nbd (ret),
                       msg);
-          return;
+          break;
         }
       if (a.n == 0)
         {
@@ -523,6 +536,8 @@ do_block_status (struct nbd_srv_conn *c, const struct nbd_srv_req *q)
         nbd_srv_conn_send (c, iov, 3);
       }
     }
+  if (serial)
+    pthread_mutex_unlock (&c->srv->status_lock);
 }
 
 /* ---- Reads -------------------------------------------------------------- */
@@ -615,32 +630,6 @@ lease_gate (struct nbd_srv_req *r)
   return false;
 }
 
-/* Waits until there is room for one more request of BYTES. */
-static void
-wait_for_room (struct nbd_srv_conn *c, size_t bytes)
-{
-  pthread_mutex_lock (&c->lock);
-  while (c->inflight >= NBD_SRV_MAX_INFLIGHT
-         || (c->inflight > 0
-             && c->inflight_bytes + bytes > NBD_SRV_MAX_INFLIGHT_BYTES))
-    pthread_cond_wait (&c->cond, &c->lock);
-  c->inflight++;
-  c->inflight_bytes += bytes;
-  pthread_mutex_unlock (&c->lock);
-}
-
-/* Undoes wait_for_room for a request that ends on the reader thread. */
-static void
-release_room (struct nbd_srv_conn *c, size_t bytes)
-{
-  pthread_mutex_lock (&c->lock);
-  c->inflight--;
-  c->inflight_bytes -= bytes;
-  pthread_cond_signal (&c->cond);
-  pthread_mutex_unlock (&c->lock);
-}
-
-
 void
 nbd_srv_transmission (struct nbd_srv_conn *c)
 {
@@ -673,7 +662,7 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
                  q.offset, q.count);
       if (q.type == NBD_CMD_DISC)
         break;
-      if (q.type == NBD_CMD_WRITE && q.count > NBD_SRV_MAX_REQUEST)
+      if (q.type == NBD_CMD_WRITE && q.count > NBD_SRV_MAX_PAYLOAD)
         {
           /* proto.md, block size constraints: a payload this large may
            * be treated as a denial of service. */
@@ -685,7 +674,7 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
       /* Shutting down: leave the request unanswered.  A client that
        * reconnects (QEMU's reconnect-delay) sends it again to the next
        * daemon; an NBD_ESHUTDOWN reply would fail it in the guest. */
-      if (atomic_load (&c->srv->quit))
+      if (nbd_srv_conn_should_quit (c))
         break;
       err = nbd_srv_check_request (&q, &lim);
       if (err)
@@ -701,11 +690,12 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
       switch (q.type)
         {
         case NBD_CMD_READ:
-          wait_for_room (c, q.count);
-          r = nbd_srv_req_new (c, q.count);
+          if (!nbd_srv_conn_wait_room (c, q.count))
+            goto out;
+          r = nbd_srv_req_new (c, q.count, q.count);
           if (!r)
             {
-              release_room (c, q.count);
+              nbd_srv_conn_release_room (c, q.count);
               send_error (c, q.type, q.handle, NBD_ENOMEM, "out of memory");
               break;
             }
@@ -736,7 +726,7 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
             }
           else if (q.count == 0)
             {
-              send_simple (c, q.handle, 0, NULL, 0);
+              send_simple (c, q.handle, 0, NULL, 0, NULL);
               nbd_srv_req_done (r);
               break;
             }
@@ -754,11 +744,12 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
           break;
 
         case NBD_CMD_WRITE:
-          wait_for_room (c, q.count);
-          r = nbd_srv_req_new (c, q.count);
+          if (!nbd_srv_conn_wait_room (c, q.count))
+            goto out;
+          r = nbd_srv_req_new (c, q.count, q.count);
           if (!r)
             {
-              release_room (c, q.count);
+              nbd_srv_conn_release_room (c, q.count);
               if (nbd_srv_conn_skip (c, q.count) < 0)
                 goto out;
               send_error (c, q.type, q.handle, NBD_ENOMEM, "out of memory");
@@ -777,7 +768,7 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
             }
           if (q.count == 0)
             {
-              send_simple (c, q.handle, 0, NULL, 0);
+              send_simple (c, q.handle, 0, NULL, 0, NULL);
               nbd_srv_req_done (r);
               break;
             }
@@ -805,14 +796,16 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
         case NBD_CMD_TRIM:
           if (q.count == 0 && q.type != NBD_CMD_FLUSH)
             {
-              send_simple (c, q.handle, 0, NULL, 0);
+              send_simple (c, q.handle, 0, NULL, 0, NULL);
               break;
             }
-          wait_for_room (c, 0);
-          r = nbd_srv_req_new (c, 0);
+          /* No buffer: the pool's requests count no bytes. */
+          if (!nbd_srv_conn_wait_room (c, 0))
+            goto out;
+          r = nbd_srv_req_new (c, 0, 0);
           if (!r)
             {
-              release_room (c, 0);
+              nbd_srv_conn_release_room (c, 0);
               send_error (c, q.type, q.handle, NBD_ENOMEM, "out of memory");
               break;
             }
@@ -820,18 +813,17 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
           r->type = q.type;
           r->handle = q.handle;
           r->offset = q.offset;
-          r->count = 0;         /* room was taken for 0 bytes */
+          r->count = q.count;
           r->leased = false;
           if (q.type != NBD_CMD_FLUSH && !lease_gate (r))
             break;
-          r->count = q.count;
           nbd_srv_workers_queue (c->srv->workers, r);
           break;
 
         case NBD_CMD_CACHE:
           /* A hint with no effect here: the store has its own caching
            * (page cache, OSD caches).  Success is always correct. */
-          send_simple (c, q.handle, 0, NULL, 0);
+          send_simple (c, q.handle, 0, NULL, 0, NULL);
           break;
 
         case NBD_CMD_BLOCK_STATUS:

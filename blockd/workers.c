@@ -4,8 +4,9 @@
  * asynchronous form (flush, trim, write zeroes).
  *
  * DESIGN: one FIFO of requests under a mutex and a condition variable;
- * each worker pops a request and calls nbd_srv_req_run_sync, which does
- * the call and sends the reply.  So a slow flush never stalls the reader
+ * each worker pops a request and calls the job function it was made
+ * with (protocol.c's nbd_srv_req_run_sync, which does the call and
+ * hands the reply to the connection; it never waits for a socket).  So a slow flush never stalls the reader
  * thread of a connection, and reads and writes (asynchronous through the
  * store's own threads) go on beside it.  Freeing drains the queue first.
  */
@@ -16,6 +17,7 @@
 #include "internal.h"
 
 struct nbd_srv_workers {
+  nbd_srv_job_fn run;
   pthread_mutex_t lock;
   pthread_cond_t cond;
   struct nbd_srv_req *head, *tail;
@@ -49,14 +51,15 @@ worker_main (void *arg)
       pthread_mutex_unlock (&w->lock);
 
       r->next = NULL;
-      nbd_srv_req_run_sync (r);
+      w->run (r);
     }
   rcu_unregister_thread ();
   return NULL;
 }
 
 int
-nbd_srv_workers_new (unsigned n, struct nbd_srv_workers **out)
+nbd_srv_workers_new (unsigned n, nbd_srv_job_fn run,
+                     struct nbd_srv_workers **out)
 {
   struct nbd_srv_workers *w;
   unsigned i;
@@ -67,6 +70,7 @@ nbd_srv_workers_new (unsigned n, struct nbd_srv_workers **out)
   w = calloc (1, sizeof *w + n * sizeof (pthread_t));
   if (!w)
     return -ENOMEM;
+  w->run = run;
   pthread_mutex_init (&w->lock, NULL);
   pthread_cond_init (&w->cond, NULL);
   for (i = 0; i < n; i++)

@@ -16,8 +16,10 @@
  * its writes and flushes fail with EIO from then on, and the next client
  * that names the image gets a fresh export on a fresh connection.
  * A lease left by an earlier run of this daemon (same host id, same
- * address) is fenced and taken back at open: a restart costs no lease
- * duration.  Snapshot requests from any host reach the holder as the
+ * address, a store client that is none of this process's exports) is
+ * fenced and taken back at open: a restart costs no lease duration.
+ * This process's own exports are never fenced (exports.c makes a
+ * reconnecting client wait for the previous export's close).  Snapshot requests from any host reach the holder as the
  * lease's command hook, served by snapshot.c's snap_server; snap_lock
  * keeps the server from going away under a command.
  *
@@ -132,6 +134,15 @@ reclaim (struct nbd_srv_export *e, const char *hdr,
       vbk_clear_error ();
       return;
     }
+  /* Not an earlier run: one of this process's own exports (one whose
+   * lease was lost and that still has users).  Never fence ourselves;
+   * the lease goes through the usual hand-off or runs out. */
+  if (nbd_srv_exports_own_client (e->table, st.client))
+    {
+      log_info ("export %s: the lease is held by another export of this "
+                "daemon (%s): not fencing it", e->name, st.client);
+      return;
+    }
   log_warn ("export %s: the lease is held by an earlier run of this daemon "
             "(%s, host %s, address %s): fencing it and taking it back",
             e->name, st.client, st.host, st.addr);
@@ -163,6 +174,12 @@ nbd_srv_export_open_rw (struct nbd_srv_export *e,
   r = store_open (lc->store_uri, &e->store);
   if (r < 0)
     return r;
+  e->client_id = strdup (store_client_id (e->store));
+  if (!e->client_id)
+    {
+      r = vbk_errno (-ENOMEM, "blockd: export %s", e->name);
+      goto fail;
+    }
   r = image_open (e->store, e->image, 0, &e->img);
   if (r < 0)
     goto fail;

@@ -31,6 +31,9 @@
 /* proto.md, "Block size constraints": clients limit READ and WRITE to
  * 2^25 bytes for interoperability; we advertise exactly that maximum. */
 #define MAX_LEN (UINT32_C (1) << 25)
+/* What we accept: nbdkit's limit, above the advertised maximum, for
+ * clients that never saw it (NBD_OPT_EXPORT_NAME). */
+#define PAYLOAD_LEN (UINT32_C (1) << 26)
 /* A large export, so that the length limits are not range errors. */
 #define BIG (UINT64_C (1) << 40)
 
@@ -156,6 +159,7 @@ test_wire_constants (void **state)
 
   /* The maximum we advertise in NBD_INFO_BLOCK_SIZE. */
   assert_int_equal (NBD_SRV_MAX_REQUEST, MAX_LEN);
+  assert_int_equal (NBD_SRV_MAX_PAYLOAD, PAYLOAD_LEN);
 }
 
 /* ---- Decoding ----------------------------------------------------------- */
@@ -562,30 +566,32 @@ test_length_limits (void **state)
   /* proto.md, "Block size constraints": for READ, WRITE and CACHE "the
    * client MUST NOT use a length larger than any advertised maximum
    * block size", and "The server SHOULD report an NBD_EINVAL error if
-   * [the request] is larger than the advertised maximum block size". */
+   * [the request] is larger than the advertised maximum block size".
+   * Like nbdkit we accept up to 64 MiB (old-style clients never saw our
+   * maximum) and refuse past that. */
   static const uint16_t bounded[] = { NBD_CMD_READ, NBD_CMD_WRITE,
                                       NBD_CMD_CACHE };
   size_t i;
 
   for (i = 0; i < sizeof bounded / sizeof bounded[0]; i++)
     {
-      assert_int_equal (check (&lim_rw, bounded[i], 0, 0, MAX_LEN), 0);
-      assert_int_equal (check (&lim_rw, bounded[i], 0, 0, MAX_LEN - 1), 0);
-      assert_int_equal (check (&lim_rw, bounded[i], 0, 0, MAX_LEN + 1),
+      assert_int_equal (check (&lim_rw, bounded[i], 0, 0, PAYLOAD_LEN), 0);
+      assert_int_equal (check (&lim_rw, bounded[i], 0, 0, PAYLOAD_LEN - 1), 0);
+      assert_int_equal (check (&lim_rw, bounded[i], 0, 0, PAYLOAD_LEN + 1),
                         NBD_EINVAL);
-      assert_int_equal (check (&lim_rw, bounded[i], 0, 0, 2 * MAX_LEN),
+      assert_int_equal (check (&lim_rw, bounded[i], 0, 0, 2 * PAYLOAD_LEN),
                         NBD_EINVAL);
       assert_int_equal (check (&lim_rw, bounded[i], 0, 0, UINT32_MAX),
                         NBD_EINVAL);
       assert_int_equal (check (&lim_rw_simple, bounded[i], 0, 0,
-                               MAX_LEN + 1), NBD_EINVAL);
+                               PAYLOAD_LEN + 1), NBD_EINVAL);
     }
-  assert_int_equal (check (&lim_ro, NBD_CMD_READ, 0, 0, MAX_LEN + 1),
+  assert_int_equal (check (&lim_ro, NBD_CMD_READ, 0, 0, PAYLOAD_LEN + 1),
                     NBD_EINVAL);
-  assert_int_equal (check (&lim_ro, NBD_CMD_CACHE, 0, 0, MAX_LEN + 1),
+  assert_int_equal (check (&lim_ro, NBD_CMD_CACHE, 0, 0, PAYLOAD_LEN + 1),
                     NBD_EINVAL);
   /* An oversized write on a read-only export is refused either way. */
-  assert_true (check (&lim_ro, NBD_CMD_WRITE, 0, 0, MAX_LEN + 1) != 0);
+  assert_true (check (&lim_ro, NBD_CMD_WRITE, 0, 0, PAYLOAD_LEN + 1) != 0);
 
   /* TRIM and BLOCK_STATUS are not bounded by the maximum (TRIM is not in
    * the list above; for BLOCK_STATUS "the client's requested length is
