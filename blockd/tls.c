@@ -9,16 +9,23 @@
  * read-only afterwards.  Client certificates are always asked for and,
  * when sent, verified against the CA during the handshake (a bad one
  * aborts it with an alert, so the client learns why); with verify_peer
- * a missing one aborts it too.  The handshake runs with the fd switched
- * to non-blocking and a poll loop against one deadline, so neither a
- * client that sends nothing nor one that sends half a record can hold
- * the thread past TIMEOUT_MS, whatever GnuTLS does internally.
- * Afterwards the fd is as the caller had it.  sendv packs small pieces
- * (an NBD reply header, then its data) into full records in a per-
- * session buffer; pieces of a record or more go out without a copy.
+ * a missing one aborts it too.
+ *
+ * GnuTLS moves bytes through our own transport functions, which never
+ * block (recv/sendmsg with MSG_DONTWAIT, whatever the fd's flags), and
+ * which leave errors in the thread's errno (never in the session, which
+ * a receiving and a sending thread share).  The handshake is a poll
+ * loop against one deadline, so neither a client that sends nothing nor
+ * one that sends half a record can hold the thread past TIMEOUT_MS.
+ * Sending packs small pieces of an iovec (an NBD reply header, then its
+ * data) into one record through a per-session buffer; a piece of a
+ * record or more goes out without a copy.  A record GnuTLS could not
+ * push completely stays inside GnuTLS: the next send finishes it first
+ * and reports its bytes as taken then (GnuTLS's rule: after
+ * GNUTLS_E_AGAIN, call again with the same data or with none).
  */
 #include <errno.h>
-#include <fcntl.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -65,8 +72,9 @@ struct nbd_srv_tls_session {
   char desc[128];
   char why[160];            /* why the verify callback refused */
   const char *psk_user;     /* the PSK identity GnuTLS asked us for */
-  unsigned char *sbuf;      /* sendv: a record being filled */
-  size_t slen, smax;
+  unsigned char *sbuf;      /* small pieces gathered into a record */
+  size_t smax;              /* largest record */
+  size_t pending;           /* bytes of a record GnuTLS still pushes */
 };
 
 static uint64_t
@@ -408,6 +416,30 @@ nbd_srv_tls_psk_count (const struct nbd_srv_tls *t)
 
 /* ---- Sessions ----------------------------------------------------------- */
 
+/* GnuTLS's transport: never blocking, errors in errno (thread-local). */
+static ssize_t
+transport_pull (gnutls_transport_ptr_t p, void *buf, size_t len)
+{
+  struct nbd_srv_tls_session *ss = p;
+  return recv (ss->fd, buf, len, MSG_DONTWAIT);
+}
+
+static ssize_t
+transport_push (gnutls_transport_ptr_t p, const giovec_t *iov, int n)
+{
+  struct nbd_srv_tls_session *ss = p;
+  struct msghdr msg = { .msg_iov = (struct iovec *) iov, .msg_iovlen = n };
+  return sendmsg (ss->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+static int
+transport_pull_timeout (gnutls_transport_ptr_t p, unsigned ms)
+{
+  struct nbd_srv_tls_session *ss = p;
+  struct pollfd pf = { .fd = ss->fd, .events = POLLIN };
+  return poll (&pf, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int) ms);
+}
+
 /* After the handshake: who the client is. */
 static int
 peer_identity (struct nbd_srv_tls_session *ss)
@@ -499,7 +531,7 @@ nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
 {
   struct nbd_srv_tls_session *ss;
   uint64_t deadline = now_ms () + (timeout_ms > 0 ? timeout_ms : 0);
-  int flags, r, err = 0;
+  int r, err = 0;
 
   *out = NULL;
   ss = calloc (1, sizeof *ss);
@@ -529,15 +561,11 @@ nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
       err = vbk_errno (-EPROTO, "tls: %s", gnutls_strerror (r));
       goto fail;
     }
-  gnutls_transport_set_int (ss->s, fd);
+  gnutls_transport_set_ptr (ss->s, ss);
+  gnutls_transport_set_pull_function (ss->s, transport_pull);
+  gnutls_transport_set_vec_push_function (ss->s, transport_push);
+  gnutls_transport_set_pull_timeout_function (ss->s, transport_pull_timeout);
 
-  flags = fcntl (fd, F_GETFL);
-  if (flags < 0 || (!(flags & O_NONBLOCK)
-                    && fcntl (fd, F_SETFL, flags | O_NONBLOCK) < 0))
-    {
-      err = vbk_errno (-errno, "tls: fcntl");
-      goto fail;
-    }
   for (;;)
     {
       uint64_t now = now_ms ();
@@ -573,8 +601,6 @@ nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
           break;
         }
     }
-  if (!(flags & O_NONBLOCK))
-    fcntl (fd, F_SETFL, flags);
   if (err)
     goto fail;
 
@@ -649,21 +675,10 @@ nbd_srv_tls_recv (struct nbd_srv_tls_session *s, void *buf, size_t len)
         return r;
       if (r == GNUTLS_E_INTERRUPTED)
         continue;
-      if (r != GNUTLS_E_AGAIN && !gnutls_error_is_fatal (r))
-        continue;               /* a warning alert, a TLS 1.3 ticket */
       if (r == GNUTLS_E_AGAIN)
-        {
-          /* A blocking fd never gives EAGAIN: wait (the fd may have
-           * been switched to non-blocking by the caller, who then
-           * wants EAGAIN back). */
-          int fl = fcntl (s->fd, F_GETFL);
-          if (fl >= 0 && !(fl & O_NONBLOCK))
-            {
-              struct pollfd p = { .fd = s->fd, .events = POLLIN };
-              poll (&p, 1, -1);
-              continue;
-            }
-        }
+        return -EAGAIN;
+      if (!gnutls_error_is_fatal (r))
+        continue;               /* a warning alert, a TLS 1.3 ticket */
       return vbk_errno ((int) io_errno (s, r), "tls: receive: %s (%d)",
                         gnutls_strerror ((int) r), (int) r);
     }
@@ -676,90 +691,93 @@ nbd_srv_tls_pending (struct nbd_srv_tls_session *s)
 }
 
 ssize_t
-nbd_srv_tls_send (struct nbd_srv_tls_session *s, const void *buf, size_t len)
+nbd_srv_tls_send (struct nbd_srv_tls_session *s, const struct iovec *iov,
+                  int n)
 {
-  for (;;)
-    {
-      ssize_t r = gnutls_record_send (s->s, buf, len);
-      if (r >= 0)
-        return r;
-      if (r == GNUTLS_E_INTERRUPTED)
-        continue;
-      return io_errno (s, r);
-    }
-}
+  const void *data;
+  size_t len = 0;
+  ssize_t r;
 
-/* Sends all of BUF on a blocking (or, with a wait, non-blocking) fd. */
-static int
-send_all (struct nbd_srv_tls_session *s, const unsigned char *buf,
-          size_t len)
-{
-  while (len > 0)
+  if (s->pending)
     {
-      ssize_t r = nbd_srv_tls_send (s, buf, len);
-      if (r == -EAGAIN)
-        {
-          struct pollfd p = { .fd = s->fd, .events = POLLOUT };
-          poll (&p, 1, -1);
-          continue;             /* same arguments: GnuTLS resumes */
-        }
+      /* Finish the record GnuTLS holds; its bytes are the caller's
+       * next ones. */
+      do
+        r = gnutls_record_send (s->s, NULL, 0);
+      while (r == GNUTLS_E_INTERRUPTED);
       if (r < 0)
-        return (int) r;
-      buf += r;
-      len -= r;
+        return io_errno (s, r);
+      r = s->pending;
+      s->pending = 0;
+      return r;
     }
-  return 0;
+  while (n > 0 && iov[0].iov_len == 0)
+    iov++, n--;
+  if (n == 0)
+    return 0;
+  if (n == 1 || iov[0].iov_len >= s->smax)
+    {
+      data = iov[0].iov_base;
+      len = iov[0].iov_len < s->smax ? iov[0].iov_len : s->smax;
+    }
+  else
+    {
+      /* Small pieces: one record of up to smax bytes. */
+      if (!s->sbuf && !(s->sbuf = malloc (s->smax)))
+        return -ENOMEM;
+      for (int i = 0; i < n && len < s->smax; i++)
+        {
+          size_t k = iov[i].iov_len;
+          if (k > s->smax - len)
+            k = s->smax - len;
+          memcpy (s->sbuf + len, iov[i].iov_base, k);
+          len += k;
+        }
+      data = s->sbuf;
+    }
+  do
+    r = gnutls_record_send (s->s, data, len);
+  while (r == GNUTLS_E_INTERRUPTED);
+  if (r == GNUTLS_E_AGAIN)
+    {
+      /* The record is made and partly pushed: GnuTLS keeps it. */
+      s->pending = len;
+      return -EAGAIN;
+    }
+  if (r < 0)
+    return io_errno (s, r);
+  return r;
 }
 
 int
-nbd_srv_tls_sendv (struct nbd_srv_tls_session *s, const struct iovec *iov,
-                   int n)
+nbd_srv_tls_send_all (struct nbd_srv_tls_session *s, const struct iovec *iov0,
+                      int n, int timeout_ms)
 {
-  int r;
+  struct iovec iov[64];
+  int cur = 0;
 
-  if (!s->sbuf && !(s->sbuf = malloc (s->smax)))
-    return -ENOMEM;
-  s->slen = 0;
-  for (int i = 0; i < n; i++)
+  if (n > 64)
+    return -EINVAL;
+  memcpy (iov, iov0, n * sizeof *iov);
+  while (cur < n)
     {
-      const unsigned char *p = iov[i].iov_base;
-      size_t left = iov[i].iov_len;
-
-      while (left > 0)
+      ssize_t r = nbd_srv_tls_send (s, iov + cur, n - cur);
+      if (r == -EAGAIN)
         {
-          size_t take;
-
-          if (s->slen == 0 && left >= s->smax)
-            {
-              /* Whole records straight from the caller's buffer. */
-              take = left - left % s->smax;
-              if ((r = send_all (s, p, take)) < 0)
-                return r;
-            }
-          else
-            {
-              take = s->smax - s->slen;
-              if (take > left)
-                take = left;
-              memcpy (s->sbuf + s->slen, p, take);
-              s->slen += take;
-              if (s->slen == s->smax)
-                {
-                  s->slen = 0;
-                  if ((r = send_all (s, s->sbuf, s->smax)) < 0)
-                    return r;
-                }
-            }
-          p += take;
-          left -= take;
+          struct pollfd p = { .fd = s->fd, .events = POLLOUT };
+          if (poll (&p, 1, timeout_ms) == 0)
+            return -ETIMEDOUT;
+          continue;
         }
-    }
-  if (s->slen > 0)
-    {
-      size_t len = s->slen;
-      s->slen = 0;
-      if ((r = send_all (s, s->sbuf, len)) < 0)
-        return r;
+      if (r < 0)
+        return (int) r;
+      while (cur < n && (size_t) r >= iov[cur].iov_len)
+        r -= iov[cur++].iov_len;
+      if (cur < n)
+        {
+          iov[cur].iov_base = (char *) iov[cur].iov_base + r;
+          iov[cur].iov_len -= r;
+        }
     }
   return 0;
 }
@@ -786,10 +804,8 @@ int
 nbd_srv_tls_bye (struct nbd_srv_tls_session *s, int timeout_ms)
 {
   uint64_t deadline = now_ms () + (timeout_ms > 0 ? timeout_ms : 0);
-  int flags = fcntl (s->fd, F_GETFL), r, err = 0;
+  int r;
 
-  if (flags >= 0 && !(flags & O_NONBLOCK))
-    fcntl (s->fd, F_SETFL, flags | O_NONBLOCK);
   for (;;)
     {
       uint64_t now = now_ms ();
@@ -797,20 +813,11 @@ nbd_srv_tls_bye (struct nbd_srv_tls_session *s, int timeout_ms)
 
       r = gnutls_bye (s->s, GNUTLS_SHUT_WR);
       if (r == 0)
-        break;
+        return 0;
       if (r != GNUTLS_E_AGAIN && r != GNUTLS_E_INTERRUPTED)
-        {
-          err = (int) io_errno (s, r);
-          break;
-        }
+        return (int) io_errno (s, r);
       if (now >= deadline)
-        {
-          err = -ETIMEDOUT;
-          break;
-        }
+        return -ETIMEDOUT;
       poll (&p, 1, (int) (deadline - now));
     }
-  if (flags >= 0 && !(flags & O_NONBLOCK))
-    fcntl (s->fd, F_SETFL, flags);
-  return err;
 }

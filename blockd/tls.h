@@ -57,9 +57,9 @@ int nbd_srv_tls_psk_parse_line (const char *line, char **identity,
 
 /* Runs the server side of a TLS handshake on the connected socket FD,
  * giving up after TIMEOUT_MS in all (a client that sends nothing, or
- * half a handshake, is cut off then).  FD may be blocking or not; its
- * flags are as before on return.  FD stays the caller's: close it after
- * nbd_srv_tls_session_free.
+ * half a handshake, is cut off then).  FD may be blocking or not: the
+ * session never blocks on it and never changes its flags.  FD stays the
+ * caller's: close it after nbd_srv_tls_session_free.
  * Errors: -ETIMEDOUT, -EACCES (the client's certificate failed
  * verification, was required and missing, or its PSK identity or key is
  * unknown), -ECONNRESET (the client went away), -EPROTO (not TLS, or a
@@ -70,28 +70,34 @@ int nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
  * NULL is a no-op. */
 void nbd_srv_tls_session_free (struct nbd_srv_tls_session *s);
 
-/* Receives up to LEN bytes of application data.  Returns the bytes (at
- * least 1), 0 at a clean end (the client's close_notify), or -errno:
- * -EAGAIN (a non-blocking fd has nothing yet), -ECONNRESET (the
- * connection ended without close_notify, e.g. in the middle of a
- * record), -EPROTO (a TLS error: a bad record, a fatal alert). */
+/* Receives up to LEN bytes of application data, never blocking.
+ * Returns the bytes (at least 1), 0 at a clean end (the client's
+ * close_notify), or -errno: -EAGAIN (nothing yet: poll the fd for
+ * POLLIN, after nbd_srv_tls_pending is 0), -ECONNRESET (the connection
+ * ended without close_notify, e.g. in the middle of a record), -EPROTO
+ * (a TLS error: a bad record, a fatal alert).  Errors other than
+ * -EAGAIN have a message. */
 ssize_t nbd_srv_tls_recv (struct nbd_srv_tls_session *s, void *buf,
                           size_t len);
 /* Bytes already decrypted and waiting to be received: a caller that
  * polls the fd must read these first (poll does not see them). */
 size_t nbd_srv_tls_pending (struct nbd_srv_tls_session *s);
 
-/* Sends up to LEN bytes (at most one record).  Returns the bytes taken,
- * or -errno: -EAGAIN (a non-blocking fd is full: call again with the
- * same BUF and LEN, GnuTLS has the record half sent), -EPIPE or
- * -ECONNRESET (the peer is gone), -EPROTO. */
-ssize_t nbd_srv_tls_send (struct nbd_srv_tls_session *s, const void *buf,
-                          size_t len);
-/* Sends the whole iovec on a blocking fd, packing small pieces into full
- * records (an NBD reply header and its data travel in one record).
- * Returns 0 or -errno as nbd_srv_tls_send (never -EAGAIN). */
-int nbd_srv_tls_sendv (struct nbd_srv_tls_session *s,
-                       const struct iovec *iov, int n);
+/* Sends the start of the iovec as one record (small pieces are packed
+ * together), never blocking.  Returns the bytes of the iovec taken (at
+ * least 1), or -errno: -EAGAIN (the socket is full: poll the fd for
+ * POLLOUT, then call again with the same bytes at the start of the
+ * iovec; GnuTLS holds the record and the call that finishes it returns
+ * its length), -EPIPE or -ECONNRESET (the peer is gone), -EPROTO,
+ * -ENOMEM.  One sender at a time (the caller's lock); one receiver may
+ * run at the same time. */
+ssize_t nbd_srv_tls_send (struct nbd_srv_tls_session *s,
+                          const struct iovec *iov, int n);
+/* Sends the whole iovec (at most 64 pieces), waiting for the socket up
+ * to TIMEOUT_MS at a time.  Returns 0 or -errno (-ETIMEDOUT, as
+ * nbd_srv_tls_send). */
+int nbd_srv_tls_send_all (struct nbd_srv_tls_session *s,
+                          const struct iovec *iov, int n, int timeout_ms);
 
 /* The client's identity: its PSK identity, or the common name (CN) of
  * its certificate's subject; NULL for a client without one (X.509
