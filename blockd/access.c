@@ -179,6 +179,44 @@ nbd_srv_acl_free (struct nbd_srv_acl *acl)
   free (acl);
 }
 
+static int
+list_copy (char *const *src, size_t n, char ***dst, size_t *dn)
+{
+  for (size_t i = 0; i < n; i++)
+    if (name_list_add (dst, dn, src[i], strlen (src[i])) < 0)
+      return -ENOMEM;
+  return 0;
+}
+
+int
+nbd_srv_acl_copy (const struct nbd_srv_acl *acl, struct nbd_srv_acl **out)
+{
+  struct nbd_srv_acl *c;
+
+  *out = NULL;
+  if (!acl)
+    return 0;
+  if (!(c = calloc (1, sizeof *c))
+      || !(c->rules = calloc (acl->n ? acl->n : 1, sizeof *c->rules)))
+    goto nomem;
+  for (size_t i = 0; i < acl->n; i++)
+    {
+      const struct acl_rule *r = &acl->rules[i];
+      struct acl_rule *d = &c->rules[i];
+      c->n++;
+      if ((r->export && !(d->export = strdup (r->export)))
+          || list_copy (r->rw, r->nrw, &d->rw, &d->nrw) < 0
+          || list_copy (r->ro, r->nro, &d->ro, &d->nro) < 0)
+        goto nomem;
+    }
+  *out = c;
+  return 0;
+
+ nomem:
+  nbd_srv_acl_free (c);
+  return vbk_errno (-ENOMEM, "access");
+}
+
 bool
 nbd_srv_acl_empty (const struct nbd_srv_acl *acl)
 {

@@ -49,6 +49,9 @@ int nbd_srv_acl_add (struct nbd_srv_acl **acl, const char *export,
                      const char *key, const char *value);
 /* NULL is a no-op. */
 void nbd_srv_acl_free (struct nbd_srv_acl *acl);
+/* A copy of ACL (NULL for NULL) in *OUT.  Errors: -ENOMEM. */
+int nbd_srv_acl_copy (const struct nbd_srv_acl *acl,
+                      struct nbd_srv_acl **out);
 /* Whether any rule exists (a daemon listening on TCP with TLS "on" but
  * no rule serves every client: main.c warns about it). */
 bool nbd_srv_acl_empty (const struct nbd_srv_acl *acl);

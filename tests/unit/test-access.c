@@ -109,6 +109,25 @@ test_acl_rules (void **state)
   assert_int_equal (nbd_srv_access_check (acl, true, &(struct nbd_srv_peer) {
                                             .identity = "eve" }, "vm1"),
                     NONE);
+  {
+    /* A copy answers the same and owns its memory. */
+    struct nbd_srv_acl *copy;
+    static const struct nbd_srv_peer *const peers[] = {
+      &local, &anon, &alice, &bob, &carol, &dave,
+    };
+    static const char *const names[] = { "vm1", "vm1@s1", "vm1@s2", "vm2" };
+    assert_int_equal (nbd_srv_acl_copy (acl, &copy), 0);
+    for (size_t i = 0; i < 6; i++)
+      for (size_t j = 0; j < 4; j++)
+        for (int req = 0; req < 2; req++)
+          assert_int_equal (nbd_srv_access_check (copy, req, peers[i],
+                                                  names[j]),
+                            nbd_srv_access_check (acl, req, peers[i],
+                                                  names[j]));
+    nbd_srv_acl_free (copy);
+    assert_int_equal (nbd_srv_acl_copy (NULL, &copy), 0);
+    assert_null (copy);
+  }
   assert_string_equal (nbd_srv_access_name (NONE), "none");
   assert_string_equal (nbd_srv_access_name (READ), "read");
   assert_string_equal (nbd_srv_access_name (WRITE), "write");
