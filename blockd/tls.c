@@ -23,10 +23,17 @@
  * push completely stays inside GnuTLS: the next send finishes it first
  * and reports its bytes as taken then (GnuTLS's rule: after
  * GNUTLS_E_AGAIN, call again with the same data or with none).
+ *
+ * A reader thread and a sending thread share a session.  GnuTLS allows
+ * one of each, but a TLS 1.3 KeyUpdate that the reader answers sends
+ * too; since no call here ever blocks, one mutex per session around
+ * every record call costs little and leaves no doubt.  TLS 1.2
+ * renegotiation is refused (the connection ends).
  */
 #include <errno.h>
 #include <sys/socket.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,6 +82,7 @@ struct nbd_srv_tls_session {
   unsigned char *sbuf;      /* small pieces gathered into a record */
   size_t smax;              /* largest record */
   size_t pending;           /* bytes of a record GnuTLS still pushes */
+  pthread_mutex_t io_lock;  /* every gnutls_record_* and bye call */
 };
 
 static uint64_t
@@ -539,6 +547,7 @@ nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
     return vbk_errno (-ENOMEM, "tls: session");
   ss->t = t;
   ss->fd = fd;
+  pthread_mutex_init (&ss->io_lock, NULL);
   r = gnutls_init (&ss->s, GNUTLS_SERVER | GNUTLS_NONBLOCK);
   if (r < 0)
     {
@@ -627,6 +636,7 @@ nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
 
  fail:
   gnutls_deinit (ss->s);
+  pthread_mutex_destroy (&ss->io_lock);
   free (ss->identity);
   free (ss->subject);
   free (ss);
@@ -639,6 +649,7 @@ nbd_srv_tls_session_free (struct nbd_srv_tls_session *s)
   if (!s)
     return;
   gnutls_deinit (s->s);
+  pthread_mutex_destroy (&s->io_lock);
   free (s->identity);
   free (s->subject);
   free (s->sbuf);
@@ -668,31 +679,47 @@ io_errno (struct nbd_srv_tls_session *s, ssize_t r)
 ssize_t
 nbd_srv_tls_recv (struct nbd_srv_tls_session *s, void *buf, size_t len)
 {
+  ssize_t r;
+
+  pthread_mutex_lock (&s->io_lock);
   for (;;)
     {
-      ssize_t r = gnutls_record_recv (s->s, buf, len);
-      if (r >= 0)
-        return r;
+      r = gnutls_record_recv (s->s, buf, len);
+      if (r >= 0 || r == GNUTLS_E_AGAIN)
+        break;
       if (r == GNUTLS_E_INTERRUPTED)
         continue;
-      if (r == GNUTLS_E_AGAIN)
-        return -EAGAIN;
+      if (r == GNUTLS_E_REHANDSHAKE)
+        break;                  /* no renegotiation */
       if (!gnutls_error_is_fatal (r))
         continue;               /* a warning alert, a TLS 1.3 ticket */
-      return vbk_errno ((int) io_errno (s, r), "tls: receive: %s (%d)",
-                        gnutls_strerror ((int) r), (int) r);
+      break;
     }
+  pthread_mutex_unlock (&s->io_lock);
+  if (r >= 0)
+    return r;
+  if (r == GNUTLS_E_AGAIN)
+    return -EAGAIN;
+  if (r == GNUTLS_E_REHANDSHAKE)
+    return vbk_errno (-EPROTO, "tls: receive: the client asked for a "
+                      "renegotiation (refused)");
+  return vbk_errno ((int) io_errno (s, r), "tls: receive: %s (%d)",
+                    gnutls_strerror ((int) r), (int) r);
 }
 
 size_t
 nbd_srv_tls_pending (struct nbd_srv_tls_session *s)
 {
-  return gnutls_record_check_pending (s->s);
+  size_t n;
+
+  pthread_mutex_lock (&s->io_lock);
+  n = gnutls_record_check_pending (s->s);
+  pthread_mutex_unlock (&s->io_lock);
+  return n;
 }
 
-ssize_t
-nbd_srv_tls_send (struct nbd_srv_tls_session *s, const struct iovec *iov,
-                  int n)
+static ssize_t
+send_locked (struct nbd_srv_tls_session *s, const struct iovec *iov, int n)
 {
   const void *data;
   size_t len = 0;
@@ -746,6 +773,18 @@ nbd_srv_tls_send (struct nbd_srv_tls_session *s, const struct iovec *iov,
     }
   if (r < 0)
     return io_errno (s, r);
+  return r;
+}
+
+ssize_t
+nbd_srv_tls_send (struct nbd_srv_tls_session *s, const struct iovec *iov,
+                  int n)
+{
+  ssize_t r;
+
+  pthread_mutex_lock (&s->io_lock);
+  r = send_locked (s, iov, n);
+  pthread_mutex_unlock (&s->io_lock);
   return r;
 }
 
@@ -811,7 +850,9 @@ nbd_srv_tls_bye (struct nbd_srv_tls_session *s, int timeout_ms)
       uint64_t now = now_ms ();
       struct pollfd p = { .fd = s->fd, .events = POLLOUT };
 
+      pthread_mutex_lock (&s->io_lock);
       r = gnutls_bye (s->s, GNUTLS_SHUT_WR);
+      pthread_mutex_unlock (&s->io_lock);
       if (r == 0)
         return 0;
       if (r != GNUTLS_E_AGAIN && r != GNUTLS_E_INTERRUPTED)
