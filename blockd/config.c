@@ -473,17 +473,20 @@ nbd_srv_config_check (struct nbd_srv_config *cfg, const char **warning)
   if (cfg->tls_verify_peer && !cfg->tls_certificates)
     return vbk_errno (-EINVAL, "blockd: tls_verify_peer needs "
                       "--tls-certificates DIR");
-  if (cfg->listen_addr && cfg->tls == NBD_SRV_TLS_OFF
+  /* "on" still serves plain clients: as unsafe as "off" on a network. */
+  if (cfg->listen_addr && cfg->tls != NBD_SRV_TLS_REQUIRE
       && !nbd_srv_addr_is_loopback (cfg->listen_addr))
     {
       if (!cfg->insecure_tcp)
         return vbk_errno (-EINVAL, "blockd: listen %s: refusing plain NBD "
                           "on a network address (anyone who reaches it "
                           "could read and write every image): give "
-                          "--tls-certificates DIR or --tls-psk FILE, or "
-                          "--insecure-tcp", cfg->listen_addr);
-      *warning = "insecure TCP: NBD without TLS on a network address: "
-                 "anyone who reaches it can read and write every image";
+                          "--tls-certificates DIR or --tls-psk FILE (with "
+                          "--tls require, the default), or --insecure-tcp",
+                          cfg->listen_addr);
+      *warning = "insecure TCP: plain NBD (TLS not required) on a "
+                 "network address: anyone who reaches it can read and "
+                 "write every image";
     }
   if (cfg->metrics_addr && !nbd_srv_addr_is_loopback (cfg->metrics_addr))
     {

@@ -124,8 +124,8 @@ int nbd_srv_config_copy_exports (struct nbd_srv_config *dst,
 void nbd_srv_config_free (struct nbd_srv_config *cfg);
 /* After every setting is in: settles the TLS mode (not set: "require"
  * when credentials are given, else "off") and refuses what is unsafe or
- * incomplete: TLS without credentials, a non-loopback --listen or
- * --metrics address without TLS unless insecure_tcp.  Sets *WARNING
+ * incomplete: TLS without credentials, a non-loopback --listen without
+ * tls=require or a non-loopback --metrics address, unless insecure_tcp.  Sets *WARNING
  * (static text, or NULL) for what main.c must log at every start.
  * Returns 0 or -EINVAL with a message. */
 int nbd_srv_config_check (struct nbd_srv_config *cfg, const char **warning);

@@ -309,6 +309,17 @@ test_config_check (void **state)
   assert_null (warning);
   nbd_srv_config_free (&cfg);
 
+  /* tls=on serves plain clients too: refused on a network address. */
+  nbd_srv_config_init (&cfg);
+  nbd_srv_config_set (&cfg, "listen", "[::]:10809");
+  nbd_srv_config_set (&cfg, "tls_psk", "/x.psk");
+  nbd_srv_config_set (&cfg, "tls", "on");
+  assert_int_equal (nbd_srv_config_check (&cfg, &warning), -EINVAL);
+  nbd_srv_config_set (&cfg, "insecure_tcp", "on");
+  assert_int_equal (nbd_srv_config_check (&cfg, &warning), 0);
+  assert_non_null (warning);
+  nbd_srv_config_free (&cfg);
+
   /* tls=off with credentials on a network address: still refused. */
   nbd_srv_config_init (&cfg);
   nbd_srv_config_set (&cfg, "listen", "0.0.0.0:10809");
