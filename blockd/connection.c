@@ -19,7 +19,8 @@
  * held until then); headers and other small parts are copied.  So no
  * shared thread (store threads, workers) ever blocks on one client.  A
  * client that takes no reply bytes for send_timeout (5 s once the daemon
- * is stopping), or whose queue grows past its budget, is dropped: the
+ * is stopping), or whose queue of copied bytes grows past
+ * QUEUE_COPIED_MAX (it sends requests and reads nothing), is dropped: the
  * socket is shut down, queued replies are discarded, the reader stops.
  *
  * Memory: a request's bytes count from the moment the reader makes room
@@ -59,7 +60,7 @@ struct nbd_srv_reply {
   struct nbd_srv_reply *next;
   struct nbd_srv_req *hold;  /* done when the reply is out */
   size_t left;               /* bytes still to send */
-  size_t bytes;              /* counted in rq_bytes */
+  size_t bytes;              /* copied: counted in rq_copied */
   int n, cur;
   struct iovec iov[];        /* then the copied bytes */
 };
@@ -235,10 +236,9 @@ wait_readable (struct nbd_srv_conn *c)
         return -1;
       if (r == 0 && !c->deadline_ns && !c->trimmed)
         {
-          /* Idle: keep no large buffers. */
+          /* Idle: keep no large buffers.  (The 64 KiB read buffer
+           * stays: a recv into it may be what we are waiting for.) */
           conn_trim (c);
-          free (c->rbuf);
-          c->rbuf = NULL;
           c->trimmed = true;
           malloc_trim (0);
           log_debug ("connection %s: idle: buffers freed", c->peer);
@@ -275,13 +275,6 @@ nbd_srv_conn_read (struct nbd_srv_conn *c, void *buf, size_t len)
 {
   char *p = buf;
 
-  if (!c->rbuf)
-    {
-      c->rbuf = malloc (RBUF_SIZE);
-      if (!c->rbuf)
-        return -1;
-      c->rpos = c->rlen = 0;
-    }
   c->trimmed = false;
   while (len > 0)
     {
@@ -305,13 +298,6 @@ nbd_srv_conn_read (struct nbd_srv_conn *c, void *buf, size_t len)
           p += n;
           len -= n;
           continue;
-        }
-      if (!c->rbuf)
-        {
-          /* Freed while we slept (idle). */
-          c->rbuf = malloc (RBUF_SIZE);
-          if (!c->rbuf)
-            return -1;
         }
       n = recv_some (c, c->rbuf, RBUF_SIZE);
       if (n < 0)
@@ -392,7 +378,7 @@ fail_locked (struct nbd_srv_conn *c, const char *why)
       c->ops->shutdown (c, SHUT_RDWR);
     }
   c->rq_head = c->rq_tail = NULL;
-  c->rq_bytes = 0;
+  c->rq_copied = 0;
   pthread_cond_broadcast (&c->send_cond);
   return q;
 }
@@ -410,13 +396,11 @@ drop_replies (struct nbd_srv_reply *q)
     }
 }
 
-/* The most a connection may have queued: what it may have in flight,
- * and a little for the small replies the reader sends itself. */
-static size_t
-queue_budget (struct nbd_srv_conn *c)
-{
-  return c->srv->conn_memory + NBD_SRV_MAX_PAYLOAD + (1u << 20);
-}
+/* Bytes of queued replies copied out of their senders (headers, error
+ * replies, BLOCK_STATUS extents: small, but a client that sends many
+ * requests and reads nothing could pile them up).  Data sent from
+ * request buffers is bounded by the in-flight budgets instead. */
+#define QUEUE_COPIED_MAX (4u << 20)
 
 int
 nbd_srv_conn_reply (struct nbd_srv_conn *c, const struct iovec *iov0, int n,
@@ -458,7 +442,7 @@ nbd_srv_conn_reply (struct nbd_srv_conn *c, const struct iovec *iov0, int n,
         || (char *) iov[i].iov_base >= hold->buf + hold->cap)
       copy += iov[i].iov_len;
   rep = malloc (sizeof *rep + (n - cur) * sizeof (struct iovec) + copy);
-  if (!rep || c->rq_bytes + left > queue_budget (c))
+  if (!rep || c->rq_copied + copy > QUEUE_COPIED_MAX)
     {
       free (rep);
       dropped = fail_locked (c, rep ? "the client does not read its replies"
@@ -469,7 +453,7 @@ nbd_srv_conn_reply (struct nbd_srv_conn *c, const struct iovec *iov0, int n,
   rep->next = NULL;
   rep->hold = NULL;
   rep->left = left;
-  rep->bytes = left;
+  rep->bytes = copy;
   rep->n = n - cur;
   rep->cur = 0;
   p = (char *) &rep->iov[rep->n];
@@ -497,7 +481,7 @@ nbd_srv_conn_reply (struct nbd_srv_conn *c, const struct iovec *iov0, int n,
   else
     c->rq_head = rep;
   c->rq_tail = rep;
-  c->rq_bytes += left;
+  c->rq_copied += copy;
   pthread_cond_signal (&c->send_cond);
   if (!c->writer_running)
     {
@@ -564,7 +548,7 @@ writer_main (void *arg)
           c->rq_head = rep->next;
           if (!c->rq_head)
             c->rq_tail = NULL;
-          c->rq_bytes -= rep->bytes;
+          c->rq_copied -= rep->bytes;
           pthread_mutex_unlock (&c->send_lock);
           free (rep);
           if (hold)

@@ -390,7 +390,7 @@ struct nbd_srv_conn {
   pthread_mutex_t send_lock;
   pthread_cond_t send_cond;
   struct nbd_srv_reply *rq_head, *rq_tail;
-  size_t rq_bytes;
+  size_t rq_copied;          /* bytes copied into queued replies */
   uint64_t send_progress_ns; /* when the socket last took bytes */
   bool send_failed;
   bool writer_running, writer_stop;

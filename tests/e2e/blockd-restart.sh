@@ -36,7 +36,7 @@ MiB=$((1024 * KiB))
 
 now_us () { echo "${EPOCHREALTIME/./}"; }
 # stamp: prefixes every line with the time it arrived (microseconds).
-stamp () { local l; while IFS= read -r l; do printf '%s %s\n' "$(now_us)" "$l"; done; }
+stamp () { local l; while IFS= read -r l; do printf '%s %s\n' "${EPOCHREALTIME/./}" "$l"; done; }
 
 # start_daemon BINARY: starts vbk-blockd and waits until it listens.  A
 # socket file left by a killed daemon stays: blockd replaces it.
