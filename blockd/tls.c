@@ -757,6 +757,8 @@ send_locked (struct nbd_srv_tls_session *s, const struct iovec *iov, int n)
           size_t k = iov[i].iov_len;
           if (k > s->smax - len)
             k = s->smax - len;
+          if (k == 0)
+            continue;           /* an empty piece may have a NULL base */
           memcpy (s->sbuf + len, iov[i].iov_base, k);
           len += k;
         }
