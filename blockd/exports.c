@@ -75,6 +75,8 @@ name_match (struct cds_lfht_node *node, const void *key)
   return strcmp (e->name, key) == 0;
 }
 
+static bool own_client (void *arg, const char *client);
+
 static void
 lease_cfg_free (struct nbd_srv_lease_cfg *lc)
 {
@@ -102,6 +104,8 @@ nbd_srv_exports_new (struct store *st, const struct nbd_srv_config *cfg,
   lc->addr = strdup (addr);
   lc->duration_ms = cfg->lease_duration_ms;
   lc->exclusive = cfg->exclusive;
+  lc->own_client = own_client;
+  lc->own_arg = t;
   if (!lc->store_uri || !lc->host_id || !lc->addr)
     {
       lease_cfg_free (lc);
@@ -311,9 +315,11 @@ closing_has (struct nbd_srv_exports *t, const char *name)
   return false;
 }
 
-bool
-nbd_srv_exports_own_client (struct nbd_srv_exports *t, const char *client)
+/* lease_cfg.own_client: with open_lock held. */
+static bool
+own_client (void *arg, const char *client)
 {
+  struct nbd_srv_exports *t = arg;
   struct cds_lfht_iter iter;
   struct nbd_srv_export *e;
   bool found = false;

@@ -13,6 +13,11 @@
  * magic, unknown client flags, oversized options and an
  * NBD_OPT_EXPORT_NAME we cannot satisfy.  Exports are looked up (and
  * opened) when a client names them, so new images need no restart.
+ * The whole negotiation runs under the connection's deadline
+ * (handshake_timeout, set at accept): reads and writes fail past it, so
+ * a silent client, a slow one and one that negotiates forever without
+ * NBD_OPT_GO are all dropped.  NBD_OPT_LIST reads names only (images
+ * and their snapshots), never an object map.
  *
  * TLS (proto.md, "TLS support"): NBD_OPT_STARTTLS is answered with an
  * ACK, then the TLS handshake runs (starttls.c) and negotiation goes on
@@ -387,10 +392,9 @@ opt_export_name (struct nbd_srv_conn *c, const char *data, uint32_t len)
 
 /* The image directory: an omap whose keys are the image names (the
  * on-store format of image/).  NBD_OPT_LIST reads it directly, names
- * only: image_list would read every image's header and whole object
- * map, which an unauthenticated client could make us do at will.
- * Snapshots (IMAGE@SNAP) are exports too but are not listed: that would
- * cost a read per image. */
+ * only, and each image's snapshot names: image_list would read every
+ * image's header and whole object map, which an unauthenticated client
+ * could make us do at will. */
 #define IMAGE_DIRECTORY_OID "vbk_directory"
 
 struct list_ctx {
@@ -406,6 +410,8 @@ list_one (void *arg, const char *key, const void *val, size_t len)
   struct list_ctx *lc = arg;
   size_t kl = strlen (key);
   uint32_t l = htobe32 ((uint32_t) kl);
+  struct image_snap *snaps = NULL;
+  size_t ns = 0, k;
 
   (void) val;
   (void) len;
@@ -416,15 +422,38 @@ list_one (void *arg, const char *key, const void *val, size_t len)
       vbk_clear_error ();
       return 0;
     }
-  /* Only what this client may open. */
-  if (access_to (lc->c, key) == NBD_SRV_ACCESS_NONE)
-    return 0;
-  if (send_reply2 (lc->c, NBD_OPT_LIST, NBD_REP_SERVER, &l, 4, key, kl) < 0)
+  /* Only what this client may open (a snapshot may have lists of its
+   * own, so each name is checked). */
+  if (access_to (lc->c, key) != NBD_SRV_ACCESS_NONE
+      && send_reply2 (lc->c, NBD_OPT_LIST, NBD_REP_SERVER, &l, 4, key, kl)
+         < 0)
     {
       lc->io_error = true;
       return 1;
     }
-  return 0;
+  /* Snapshots are exports too (IMAGE@SNAP): the names in the image's
+   * header, one small listing; an image removed meanwhile has none. */
+  if (image_snap_list (lc->c->srv->store, key, &snaps, &ns) < 0)
+    {
+      vbk_clear_error ();
+      return 0;
+    }
+  for (k = 0; k < ns; k++)
+    {
+      char full[2 * IMAGE_NAME_MAX + 2];
+      int m = snprintf (full, sizeof full, "%s@%s", key, snaps[k].name);
+      if (access_to (lc->c, full) == NBD_SRV_ACCESS_NONE)
+        continue;
+      l = htobe32 ((uint32_t) m);
+      if (send_reply2 (lc->c, NBD_OPT_LIST, NBD_REP_SERVER, &l, 4, full, m)
+          < 0)
+        {
+          lc->io_error = true;
+          break;
+        }
+    }
+  free (snaps);
+  return lc->io_error ? 1 : 0;
 }
 
 static int

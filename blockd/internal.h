@@ -180,11 +180,6 @@ int nbd_srv_export_get (struct nbd_srv_exports *t, const char *name,
                         struct nbd_srv_export **out);
 /* Drops a reference; the last one closes (flushes) the image. */
 void nbd_srv_export_put (struct nbd_srv_export *e);
-/* Whether CLIENT is the store client of one of this process's exports,
- * open or closing.  Call with the table's open lock held (from
- * nbd_srv_export_open_rw). */
-bool nbd_srv_exports_own_client (struct nbd_srv_exports *t,
-                                 const char *client);
 /* Splits NAME into IMAGE and SNAP (NULL when NAME has no '@') and checks
  * both.  Caller frees *IMAGE.  Errors: -EINVAL, -ENOMEM. */
 int nbd_srv_export_name_split (const char *name, char **image,
@@ -199,14 +194,19 @@ struct nbd_srv_lease_cfg {
   char *addr;
   uint32_t duration_ms;
   bool exclusive;
+  /* Whether CLIENT is the store client of one of this process's
+   * exports, open or closing (exports.c; called with its open lock
+   * held): those are never fenced as an earlier run. */
+  bool (*own_client) (void *arg, const char *client);
+  void *own_arg;
 };
 
 /* Opens E->image writable on a new connection to the store, untrusted,
  * with its lease (taken by the first write) and snapshot server. */
 int nbd_srv_export_open_rw (struct nbd_srv_export *e,
                             const struct nbd_srv_lease_cfg *lc);
-/* Store clients of this process's other exports are never fenced as
- * "an earlier run" (exports.c tells which are ours). */
+/* Store clients of this process's other exports (LC->own_client) are
+ * never fenced as "an earlier run". */
 /* Stops the snapshot server, releases the lease (flushing), closes the
  * image and the connection.  No request may be in flight. */
 void nbd_srv_export_close_rw (struct nbd_srv_export *e);

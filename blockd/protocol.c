@@ -7,10 +7,15 @@
  * it (nbd_srv_check_request: a pure function of the header and the
  * export, unit-tested), reads a WRITE payload straight into a recycled,
  * page-aligned buffer, and starts the work: READ and WRITE through
- * image_aio_* (the reply is sent from the completion, on a store
- * thread), FLUSH, TRIM and WRITE_ZEROES on the worker pool, CACHE and
+ * image_aio_* (the completion, on a store thread, hands the reply to
+ * the connection, which never blocks on the socket: connection.c),
+ * FLUSH, TRIM and WRITE_ZEROES on the worker pool, CACHE and
  * BLOCK_STATUS (the object map, or for a dirty bitmap the image's
- * changed-block diff) on the reader thread itself.  A write first passes
+ * changed-block diff) on the reader thread itself.  Before a request
+ * gets a buffer the reader waits for room in the connection's and the
+ * daemon's memory budgets.  One BLOCK_STATUS reply covers at most
+ * NBD_SRV_STATUS_WINDOW bytes, and those that read a whole map or
+ * change log from the store run one at a time.  A write first passes
  * the export's lease (nbd_srv_write_begin, writes.c) on the reader
  * thread, so writes wait there, in order, while the lease is handed over
  * to us; they end it when they complete.
@@ -534,6 +539,7 @@ do_block_status (struct nbd_srv_conn *c, const struct nbd_srv_req *q0)
 {
   struct nbd_block_descriptor d[MAX_EXTENTS];
   struct nbd_srv_req qw = *q0, *q = &qw;
+  unsigned nctx = (c->meta_base_alloc ? 1 : 0) + c->meta_nbitmaps, i, k = 0;
   bool serial;
 
   /* A bounded window: the reply may describe less than was asked
@@ -546,7 +552,6 @@ do_block_status (struct nbd_srv_conn *c, const struct nbd_srv_req *q0)
   serial = c->meta_nbitmaps > 0 || !atomic_load (&c->exp->trusted);
   if (serial)
     pthread_mutex_lock (&c->srv->status_lock);
-  unsigned nctx = (c->meta_base_alloc ? 1 : 0) + c->meta_nbitmaps, i, k = 0;
 
   /* One BLOCK_STATUS chunk per selected context; DONE on the last. */
   for (i = 0; i < 1 + c->meta_nbitmaps; i++)

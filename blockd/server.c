@@ -170,6 +170,7 @@ listen_unix (struct nbd_srv_server *srv, const char *path,
              const char *group)
 {
   struct sockaddr_un sun = { .sun_family = AF_UNIX };
+  struct sockaddr_un tmp = { .sun_family = AF_UNIX };
   char dir[sizeof sun.sun_path];
   char *slash;
   gid_t gid = (gid_t) -1;
@@ -206,6 +207,13 @@ listen_unix (struct nbd_srv_server *srv, const char *path,
   if (r < 0)
     return r;
 
+  /* Bound and listening under a temporary name, then renamed into
+   * place: a client never finds the socket before it accepts (a connect
+   * between bind and listen is refused). */
+  if (snprintf (tmp.sun_path, sizeof tmp.sun_path, "%s.%d.tmp", path,
+                (int) getpid ()) >= (int) sizeof tmp.sun_path)
+    return vbk_errno (-ENAMETOOLONG, "blockd: socket %s", path);
+  unlink (tmp.sun_path);
   fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return vbk_errno (-errno, "blockd: socket");
@@ -213,22 +221,24 @@ listen_unix (struct nbd_srv_server *srv, const char *path,
    * bind honours the umask, so set it around the bind. */
   {
     mode_t old = umask (0117);
-    r = bind (fd, (struct sockaddr *) &sun, sizeof sun);
+    r = bind (fd, (struct sockaddr *) &tmp, sizeof tmp);
     umask (old);
   }
   if (r < 0 || listen (fd, SOMAXCONN) < 0)
     {
       int e = errno;
       close (fd);
+      unlink (tmp.sun_path);
       return vbk_errno (-e, "blockd: listen on %s", path);
     }
-  if (gid != (gid_t) -1 && chown (path, (uid_t) -1, gid) < 0)
+  if ((gid != (gid_t) -1 && chown (tmp.sun_path, (uid_t) -1, gid) < 0)
+      || rename (tmp.sun_path, path) < 0)
     {
       int e = errno;
       close (fd);
-      unlink (path);
-      return vbk_errno (-e, "blockd: socket %s: chown to group %s", path,
-                        group);
+      unlink (tmp.sun_path);
+      return vbk_errno (-e, "blockd: socket %s: %s", path,
+                        gid != (gid_t) -1 ? "chown or rename" : "rename");
     }
   srv->listen_fds[srv->nlisten++] = fd;
   srv->socket_path = strdup (path);

@@ -166,7 +166,7 @@ reclaim (struct nbd_srv_export *e, const char *hdr,
   /* Not an earlier run: one of this process's own exports (one whose
    * lease was lost and that still has users).  Never fence ourselves;
    * the lease goes through the usual hand-off or runs out. */
-  if (nbd_srv_exports_own_client (e->table, st.client))
+  if (lc->own_client && lc->own_client (lc->own_arg, st.client))
     {
       log_info ("export %s: the lease is held by another export of this "
                 "daemon (%s): not fencing it", e->name, st.client);

@@ -153,8 +153,14 @@ grep -Eq 'export="disk[23]"' "$TEST_DIR/list-alice" &&
 expect_fail 'opt_go' nbdinfo "$(x509 bob disk1)"
 grep -q "export disk1 refused to client bob" "$log" ||
   fail "bob's refusal is not logged with his identity"
-# Snapshots follow their image's lists.
+# Snapshots follow their image's lists (and are listed to whom may open
+# them).
 vbk --store "$store" snap create disk1@s1 >/dev/null
+nbdinfo --list "$(x509 carol '')" >"$TEST_DIR/list-carol"
+grep -q 'export="disk1@s1"' "$TEST_DIR/list-carol" ||
+  fail "carol does not see disk1@s1: $(cat "$TEST_DIR/list-carol")"
+nbdinfo --list "$(x509 bob '')" | grep -q 'disk1@' &&
+  fail "bob sees a snapshot of disk1"
 nbdinfo "$(x509 carol disk1@s1)" | grep -q 'is_read_only: true' ||
   fail "carol cannot read disk1@s1"
 expect_fail 'opt_go' nbdinfo "$(x509 bob disk1@s1)"
