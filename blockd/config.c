@@ -8,8 +8,13 @@
  * flags.  Every key of the file is also a flag; nbd_srv_config_set is
  * the one place that parses values.  An [export IMAGE] section sets
  * exclusive and read_only for that image alone; it wins over the
- * daemon's settings, flags included.
+ * daemon's settings, flags included.  Its allow and allow_read lists
+ * (and default_allow, default_allow_read in [blockd]) go to the access
+ * lists of access.c; an [export IMAGE@SNAP] section may hold only those.
+ * nbd_srv_config_check runs last and refuses unsafe combinations (plain
+ * TCP on a non-loopback address without --insecure-tcp).
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -23,6 +28,7 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "image/image.h"
+#include "access.h"
 #include "internal.h"
 
 #define DEFAULT_STORE "local:/var/lib/vbk"
@@ -44,6 +50,8 @@ nbd_srv_config_init (struct nbd_srv_config *cfg)
   cfg->conn_memory = 64u << 20;
   cfg->max_memory = 1024u << 20;
   cfg->lease_duration_ms = LEASE_DURATION_DEFAULT_MS;
+  cfg->tls = -1;
+  cfg->tls_timeout_ms = 10000;
   {
     char host[256];
     if (gethostname (host, sizeof host) == 0)
@@ -67,6 +75,10 @@ nbd_srv_config_free (struct nbd_srv_config *cfg)
   for (size_t i = 0; i < cfg->n_exports; i++)
     free (cfg->exports[i].image);
   free (cfg->exports);
+  free (cfg->tls_certificates);
+  free (cfg->tls_psk);
+  free (cfg->metrics_addr);
+  nbd_srv_acl_free (cfg->acl);
   memset (cfg, 0, sizeof *cfg);
 }
 
@@ -222,6 +234,58 @@ nbd_srv_config_set (struct nbd_srv_config *cfg, const char *key,
     return parse_int (key, value, 0, 1000, &cfg->poll_us);
   if (!strcmp (key, "workers"))
     return parse_int (key, value, 1, 256, &cfg->workers);
+  if (!strcmp (key, "tls"))
+    {
+      if (!strcmp (value, "off"))
+        cfg->tls = NBD_SRV_TLS_OFF;
+      else if (!strcmp (value, "on"))
+        cfg->tls = NBD_SRV_TLS_ON;
+      else if (!strcmp (value, "require"))
+        cfg->tls = NBD_SRV_TLS_REQUIRE;
+      else
+        return vbk_errno (-EINVAL, "blockd: tls: %s: expected off, on or "
+                          "require", value);
+      return 0;
+    }
+  if (!strcmp (key, "tls_certificates"))
+    return set_str (&cfg->tls_certificates, value);
+  if (!strcmp (key, "tls_psk"))
+    return set_str (&cfg->tls_psk, value);
+  if (!strcmp (key, "tls_verify_peer"))
+    {
+      if (parse_bool (value, &cfg->tls_verify_peer) < 0)
+        return vbk_errno (-EINVAL, "blockd: tls_verify_peer: %s: not a "
+                          "boolean", value);
+      return 0;
+    }
+  if (!strcmp (key, "tls_handshake_timeout"))
+    {
+      char *end;
+      double d = strtod (value, &end);
+      if (*value == 0 || *end || !(d >= 0.1 && d <= 600))
+        return vbk_errno (-EINVAL, "blockd: tls_handshake_timeout: %s: "
+                          "expected seconds, 0.1-600", value);
+      cfg->tls_timeout_ms = (uint32_t) (d * 1000 + 0.5);
+      return 0;
+    }
+  if (!strcmp (key, "insecure_tcp"))
+    {
+      if (parse_bool (value, &cfg->insecure_tcp) < 0)
+        return vbk_errno (-EINVAL, "blockd: insecure_tcp: %s: not a "
+                          "boolean", value);
+      return 0;
+    }
+  if (!strcmp (key, "metrics"))
+    {
+      if (!strchr (value, ':'))
+        return vbk_errno (-EINVAL, "blockd: metrics: %s: expected "
+                          "HOST:PORT", value);
+      return set_str (&cfg->metrics_addr, value);
+    }
+  if (!strcmp (key, "default_allow"))
+    return nbd_srv_acl_add (&cfg->acl, NULL, "allow", value);
+  if (!strcmp (key, "default_allow_read"))
+    return nbd_srv_acl_add (&cfg->acl, NULL, "allow_read", value);
   return vbk_errno (-EINVAL, "blockd: unknown setting '%s'", key);
 }
 
@@ -263,12 +327,21 @@ nbd_srv_config_set_export (struct nbd_srv_config *cfg, const char *image,
   struct nbd_srv_export_cfg *x;
   bool b;
 
+  if (!strcmp (key, "allow") || !strcmp (key, "allow_read"))
+    {
+      int r = nbd_srv_acl_add (&cfg->acl, image, key, value);
+      return r < 0 ? vbk_error_prepend (r, "[export %s]: ", image) : 0;
+    }
+  if (strchr (image, '@'))
+    return vbk_errno (-EINVAL, "[export %s]: a snapshot takes only allow "
+                      "and allow_read", image);
   if (image_name_check (image) < 0)
     return vbk_errno (-EINVAL, "[export %s]: not an image name",
                       image);
   if (strcmp (key, "exclusive") && strcmp (key, "read_only"))
     return vbk_errno (-EINVAL, "[export %s]: unknown setting '%s' "
-                      "(exclusive, read_only)", image, key);
+                      "(exclusive, read_only, allow, allow_read)", image,
+                      key);
   if (parse_bool (value, &b) < 0)
     return vbk_errno (-EINVAL, "[export %s]: %s: %s: not a boolean",
                       image, key, value);
@@ -347,6 +420,84 @@ nbd_srv_config_load (struct nbd_srv_config *cfg, const char *file)
         }
       vbk_set_error ("blockd: config %s: line %d: syntax error", file, r);
       return -EINVAL;
+    }
+  return 0;
+}
+
+bool
+nbd_srv_addr_is_loopback (const char *hostport)
+{
+  char host[256];
+  const char *colon;
+  size_t len;
+  unsigned char a[16];
+
+  if (hostport[0] == '[')
+    {
+      const char *close = strchr (hostport, ']');
+      if (!close)
+        return false;
+      len = close - hostport - 1;
+      hostport++;
+    }
+  else
+    {
+      colon = strrchr (hostport, ':');
+      len = colon ? (size_t) (colon - hostport) : strlen (hostport);
+    }
+  if (len == 0 || len >= sizeof host)
+    return false;
+  memcpy (host, hostport, len);
+  host[len] = 0;
+  if (!strcasecmp (host, "localhost"))
+    return true;
+  if (inet_pton (AF_INET, host, a) == 1)
+    return a[0] == 127;
+  if (inet_pton (AF_INET6, host, a) == 1)
+    return !memcmp (a, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16);
+  return false;
+}
+
+int
+nbd_srv_config_check (struct nbd_srv_config *cfg, const char **warning)
+{
+  bool creds = cfg->tls_certificates || cfg->tls_psk;
+
+  *warning = NULL;
+  if (cfg->tls < 0)
+    cfg->tls = creds ? NBD_SRV_TLS_REQUIRE : NBD_SRV_TLS_OFF;
+  if (cfg->tls != NBD_SRV_TLS_OFF && !creds)
+    return vbk_errno (-EINVAL, "blockd: tls: %s needs --tls-certificates "
+                      "DIR or --tls-psk FILE",
+                      cfg->tls == NBD_SRV_TLS_ON ? "on" : "require");
+  if (cfg->tls_verify_peer && !cfg->tls_certificates)
+    return vbk_errno (-EINVAL, "blockd: tls_verify_peer needs "
+                      "--tls-certificates DIR");
+  /* "on" still serves plain clients: as unsafe as "off" on a network. */
+  if (cfg->listen_addr && cfg->tls != NBD_SRV_TLS_REQUIRE
+      && !nbd_srv_addr_is_loopback (cfg->listen_addr))
+    {
+      if (!cfg->insecure_tcp)
+        return vbk_errno (-EINVAL, "blockd: listen %s: refusing plain NBD "
+                          "on a network address (anyone who reaches it "
+                          "could read and write every image): give "
+                          "--tls-certificates DIR or --tls-psk FILE (with "
+                          "--tls require, the default), or --insecure-tcp",
+                          cfg->listen_addr);
+      *warning = "insecure TCP: plain NBD (TLS not required) on a "
+                 "network address: anyone who reaches it can read and "
+                 "write every image";
+    }
+  if (cfg->metrics_addr && !nbd_srv_addr_is_loopback (cfg->metrics_addr))
+    {
+      if (!cfg->insecure_tcp)
+        return vbk_errno (-EINVAL, "blockd: metrics %s: refusing metrics "
+                          "(unauthenticated HTTP) on a network address; "
+                          "use a loopback address, or --insecure-tcp",
+                          cfg->metrics_addr);
+      if (!*warning)
+        *warning = "insecure TCP: metrics (no authentication) on a "
+                   "network address";
     }
   return 0;
 }

@@ -18,6 +18,19 @@
  * a silent client, a slow one and one that negotiates forever without
  * NBD_OPT_GO are all dropped.  NBD_OPT_LIST reads names only (images
  * and their snapshots), never an object map.
+ *
+ * TLS (proto.md, "TLS support"): NBD_OPT_STARTTLS is answered with an
+ * ACK, then the TLS handshake runs (starttls.c) and negotiation goes on
+ * inside TLS, with structured replies and metadata contexts forgotten
+ * (the client negotiates them again).  With --tls=require a TCP client
+ * gets NBD_REP_ERR_TLS_REQD for every option but STARTTLS and ABORT
+ * until TLS is up, and NBD_OPT_EXPORT_NAME before TLS ends the session.
+ * Access (access.h) is checked before an export is even looked up, so a
+ * refused client learns nothing about which images exist: INFO, GO and
+ * SET/LIST_META_CONTEXT get NBD_REP_ERR_POLICY for every name it may not
+ * open, and NBD_OPT_LIST shows only the images it may open.  A client
+ * allowed to read only gets the export read-only (NBD_FLAG_READ_ONLY;
+ * its writes fail with EPERM before they reach the lease).
  */
 #include <endian.h>
 #include <errno.h>
@@ -30,7 +43,9 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "access.h"
 #include "internal.h"
+#include "metrics.h"
 #include "nbd-protocol.h"
 
 /* qemu docs/interop/nbd.rst: "qemu:dirty-bitmap:<name>". */
@@ -60,7 +75,7 @@ nbd_srv_export_flags (const struct nbd_srv_conn *c,
   uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA
     | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
 
-  if (e->read_only)
+  if (e->read_only || c->read_only)
     f |= NBD_FLAG_READ_ONLY;
   else
     f |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES
@@ -153,6 +168,44 @@ dup_name (const char *p, uint32_t len)
   return s;
 }
 
+/* What the client of C may do with export NAME. */
+static enum nbd_srv_access
+access_to (const struct nbd_srv_conn *c, const char *name)
+{
+  struct nbd_srv_peer peer = {
+    .local = !c->tcp,
+    .identity = nbd_srv_conn_identity (c),
+  };
+  return nbd_srv_access_check (c->srv->acl,
+                               c->srv->tls_mode == NBD_SRV_TLS_REQUIRE,
+                               &peer, name);
+}
+
+/* Logs and counts a refusal of NAME to C's client. */
+static void
+access_refused (struct nbd_srv_conn *c, const char *what, const char *name)
+{
+  nbd_srv_metrics_access_denied (c->srv->metrics);
+  log_info ("connection %s: %s %s refused to client %s: not in its allow "
+            "lists", c->peer, what, name, nbd_srv_conn_who (c));
+}
+
+/* Selects export E (opened for NAME with ACCESS) for transmission. */
+static void
+select_export (struct nbd_srv_conn *c, struct nbd_srv_export *e,
+               enum nbd_srv_access access)
+{
+  c->exp = e;
+  c->read_only = access < NBD_SRV_ACCESS_WRITE;
+  c->em = nbd_srv_metrics_export (c->srv->metrics, e->name);
+  if (c->em && !__atomic_load_n (&e->em, __ATOMIC_ACQUIRE))
+    __atomic_store_n (&e->em, c->em, __ATOMIC_RELEASE);
+  if (c->tcp || c->tls)
+    log_info ("connection %s: export %s for client %s, %s", c->peer,
+              e->name, nbd_srv_conn_who (c),
+              e->read_only || c->read_only ? "read-only" : "read-write");
+}
+
 static int
 send_info_export (struct nbd_srv_conn *c, uint32_t option,
                   const struct nbd_srv_export *e)
@@ -194,6 +247,7 @@ opt_info_go (struct nbd_srv_conn *c, uint32_t option, const char *data,
   uint16_t nreq, i;
   bool want_name = false, want_desc = false;
   struct nbd_srv_export *e = NULL;
+  enum nbd_srv_access access;
   char *name;
   int r;
 
@@ -227,6 +281,15 @@ opt_info_go (struct nbd_srv_conn *c, uint32_t option, const char *data,
       free (name);
       return r;
     }
+  access = access_to (c, name);
+  if (access == NBD_SRV_ACCESS_NONE)
+    {
+      access_refused (c, "export", name);
+      r = send_error (c, option, NBD_REP_ERR_POLICY, "%s: access denied",
+                      name);
+      free (name);
+      return r;
+    }
   r = nbd_srv_export_get (c->srv->exports, name, &e);
   if (r < 0)
     {
@@ -235,6 +298,8 @@ opt_info_go (struct nbd_srv_conn *c, uint32_t option, const char *data,
       free (name);
       return r;
     }
+  /* INFO shows the flags GO would give. */
+  c->read_only = access < NBD_SRV_ACCESS_WRITE;
 
   if (send_info_export (c, option, e) < 0)
     goto io_error;
@@ -247,7 +312,7 @@ opt_info_go (struct nbd_srv_conn *c, uint32_t option, const char *data,
                 e->snap ? "snapshot" : "image", e->name,
                 format_size (e->size, sz, sizeof sz),
                 format_size (e->object_size, osz, sizeof osz),
-                e->read_only ? ", read-only" : "");
+                e->read_only || c->read_only ? ", read-only" : "");
       if (send_info_string (c, option, NBD_INFO_DESCRIPTION, desc) < 0)
         goto io_error;
     }
@@ -263,7 +328,7 @@ opt_info_go (struct nbd_srv_conn *c, uint32_t option, const char *data,
   /* BLOCK_STATUS needs SET_META_CONTEXT on this same export name. */
   if (c->meta_export && strcmp (c->meta_export, name) != 0)
     nbd_srv_meta_clear (c);
-  c->exp = e;
+  select_export (c, e, access);
   free (name);
   return 1;
 
@@ -282,12 +347,20 @@ opt_export_name (struct nbd_srv_conn *c, const char *data, uint32_t len)
   struct nbd_srv_export *e = NULL;
   struct iovec iov[2];
   char *name = dup_name (data, len);
+  enum nbd_srv_access access;
   int r;
 
   if (!name || !*name)
     {
       log_info ("connection %s: NBD_OPT_EXPORT_NAME without a valid name",
                 c->peer);
+      free (name);
+      return -1;
+    }
+  access = access_to (c, name);
+  if (access == NBD_SRV_ACCESS_NONE)
+    {
+      access_refused (c, "export", name);
       free (name);
       return -1;
     }
@@ -299,6 +372,7 @@ opt_export_name (struct nbd_srv_conn *c, const char *data, uint32_t len)
       free (name);
       return -1;
     }
+  c->read_only = access < NBD_SRV_ACCESS_WRITE;
   rep.exportsize = htobe64 (e->size);
   rep.eflags = htobe16 (nbd_srv_export_flags (c, e));
   iov[0] = (struct iovec) { &rep, sizeof rep };
@@ -311,7 +385,7 @@ opt_export_name (struct nbd_srv_conn *c, const char *data, uint32_t len)
     }
   if (c->meta_export && strcmp (c->meta_export, name) != 0)
     nbd_srv_meta_clear (c);
-  c->exp = e;
+  select_export (c, e, access);
   free (name);
   return 1;
 }
@@ -348,7 +422,11 @@ list_one (void *arg, const char *key, const void *val, size_t len)
       vbk_clear_error ();
       return 0;
     }
-  if (send_reply2 (lc->c, NBD_OPT_LIST, NBD_REP_SERVER, &l, 4, key, kl) < 0)
+  /* Only what this client may open (a snapshot may have lists of its
+   * own, so each name is checked). */
+  if (access_to (lc->c, key) != NBD_SRV_ACCESS_NONE
+      && send_reply2 (lc->c, NBD_OPT_LIST, NBD_REP_SERVER, &l, 4, key, kl)
+         < 0)
     {
       lc->io_error = true;
       return 1;
@@ -364,6 +442,8 @@ list_one (void *arg, const char *key, const void *val, size_t len)
     {
       char full[2 * IMAGE_NAME_MAX + 2];
       int m = snprintf (full, sizeof full, "%s@%s", key, snaps[k].name);
+      if (access_to (lc->c, full) == NBD_SRV_ACCESS_NONE)
+        continue;
       l = htobe32 ((uint32_t) m);
       if (send_reply2 (lc->c, NBD_OPT_LIST, NBD_REP_SERVER, &l, 4, full, m)
           < 0)
@@ -480,6 +560,14 @@ opt_meta_context (struct nbd_srv_conn *c, uint32_t option, const char *data,
   name = dup_name (data + 4, namelen);
   if (!name)
     return send_error (c, option, NBD_REP_ERR_INVALID, "invalid export name");
+  if (*name && access_to (c, name) == NBD_SRV_ACCESS_NONE)
+    {
+      /* Its contexts would name the image's snapshots. */
+      access_refused (c, "metadata contexts of", name);
+      r = send_error (c, option, NBD_REP_ERR_POLICY, "%s: access denied",
+                      name);
+      goto out;
+    }
   r = nbd_srv_export_name_split (name, &image, &snap);
   if (r == 0 && snap)
     {
@@ -656,6 +744,25 @@ nbd_srv_handshake (struct nbd_srv_conn *c)
           continue;
         }
 
+      if (c->srv->tls_mode == NBD_SRV_TLS_REQUIRE && c->tcp && !c->tls
+          && option != NBD_OPT_STARTTLS && option != NBD_OPT_ABORT)
+        {
+          /* proto.md, "TLS support": nothing but STARTTLS before TLS;
+           * EXPORT_NAME has no error reply, so the session ends. */
+          nbd_srv_metrics_tls_required (c->srv->metrics);
+          if (option == NBD_OPT_EXPORT_NAME)
+            {
+              log_info ("connection %s: NBD_OPT_EXPORT_NAME without TLS: "
+                        "disconnecting (TLS is required)", c->peer);
+              r = -1;
+              goto out;
+            }
+          if (send_error (c, option, NBD_REP_ERR_TLS_REQD, "TLS is "
+                          "required: send NBD_OPT_STARTTLS first") < 0)
+            goto out;
+          continue;
+        }
+
       switch (option)
         {
         case NBD_OPT_EXPORT_NAME:
@@ -672,9 +779,27 @@ nbd_srv_handshake (struct nbd_srv_conn *c)
           if (len != 0)
             r = send_error (c, option, NBD_REP_ERR_INVALID,
                             "NBD_OPT_STARTTLS takes no data");
-          else
+          else if (!c->srv->tls)
             r = send_error (c, option, NBD_REP_ERR_POLICY,
-                            "TLS is not supported by this server");
+                            "TLS is not enabled on this server");
+          else if (c->tls)
+            r = send_error (c, option, NBD_REP_ERR_INVALID,
+                            "TLS is already negotiated");
+          else if (c->rpos < c->rlen)
+            {
+              /* Bytes after STARTTLS that the client sent before our
+               * ACK: never let plaintext pass for TLS data. */
+              log_info ("connection %s: data after NBD_OPT_STARTTLS "
+                        "before its reply: disconnecting", c->peer);
+              r = -1;
+            }
+          else if ((r = send_reply (c, option, NBD_REP_ACK, NULL, 0)) == 0
+                   && (r = nbd_srv_conn_starttls (c)) == 0)
+            {
+              /* Negotiated in the clear: the client asks again. */
+              c->structured = false;
+              nbd_srv_meta_clear (c);
+            }
           break;
         case NBD_OPT_INFO:
         case NBD_OPT_GO:

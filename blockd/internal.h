@@ -85,6 +85,23 @@ struct nbd_srv_config {
   uint64_t max_memory;      /* bytes in flight, daemon-wide */
   struct nbd_srv_export_cfg *exports;
   size_t n_exports;
+  /* TLS (tls.h), access lists (access.h), metrics (metrics.h) */
+  int tls;                  /* enum nbd_srv_tls_mode; -1: not set */
+  char *tls_certificates;   /* DIR in QEMU's layout, NULL: none */
+  char *tls_psk;            /* FILE of identity:hexkey, NULL: none */
+  bool tls_verify_peer;     /* X.509 clients must send a certificate */
+  uint32_t tls_timeout_ms;  /* deadline of a TLS handshake */
+  bool insecure_tcp;        /* plain TCP on a non-loopback address */
+  char *metrics_addr;       /* HOST:PORT, NULL: no metrics */
+  struct nbd_srv_acl *acl;  /* allow lists; NULL: none */
+};
+
+/* --tls: off (plain NBD only), on (STARTTLS offered, plain allowed),
+ * require (nothing but STARTTLS before TLS). */
+enum nbd_srv_tls_mode {
+  NBD_SRV_TLS_OFF,
+  NBD_SRV_TLS_ON,
+  NBD_SRV_TLS_REQUIRE,
 };
 
 /* Sets the defaults.  */
@@ -105,6 +122,16 @@ nbd_srv_config_export (const struct nbd_srv_config *cfg, const char *image);
 int nbd_srv_config_copy_exports (struct nbd_srv_config *dst,
                                  const struct nbd_srv_config *src);
 void nbd_srv_config_free (struct nbd_srv_config *cfg);
+/* After every setting is in: settles the TLS mode (not set: "require"
+ * when credentials are given, else "off") and refuses what is unsafe or
+ * incomplete: TLS without credentials, a non-loopback --listen without
+ * tls=require or a non-loopback --metrics address, unless insecure_tcp.  Sets *WARNING
+ * (static text, or NULL) for what main.c must log at every start.
+ * Returns 0 or -EINVAL with a message. */
+int nbd_srv_config_check (struct nbd_srv_config *cfg, const char **warning);
+/* Whether HOST:PORT (or [V6]:PORT) names a loopback address:
+ * 127.0.0.0/8, ::1 or localhost. */
+bool nbd_srv_addr_is_loopback (const char *hostport);
 
 /* ---- exports.c ---------------------------------------------------------- */
 
@@ -125,6 +152,9 @@ struct nbd_srv_export {
   atomic_bool trusted;      /* the image's object map is ours to trust */
   atomic_bool ever_held;    /* this export has held the lease */
   atomic_bool dead;         /* the lease is lost: writes and flushes fail */
+  struct nbd_srv_export_metrics *em;  /* metrics (set by the first
+                                         connection), or NULL */
+  uint64_t frozen_ns;       /* metrics: a group freeze began (writes.c) */
   char *client_id;          /* store client of a writable export */
   /* private to exports.c */
   struct nbd_srv_exports *table;
@@ -250,6 +280,13 @@ struct nbd_srv_server {
   int nlisten;
   char *socket_path;        /* to unlink at exit */
   int quit_pipe[2];
+
+  /* TLS (tls.h, starttls.c), access lists (access.h), metrics */
+  struct nbd_srv_tls *tls;  /* credentials; NULL: TLS off */
+  int tls_mode;             /* enum nbd_srv_tls_mode */
+  uint32_t tls_timeout_ms;
+  struct nbd_srv_acl *acl;  /* a copy of the config's; NULL: none */
+  struct nbd_srv_metrics *metrics;   /* NULL: off */
 };
 
 /* Opens the store and sets up a server without sockets (the fuzzer uses
@@ -291,6 +328,9 @@ struct nbd_srv_req {
   uint64_t offset;
   uint32_t count;
   size_t charged;            /* bytes counted in flight */
+  uint64_t start_ns;         /* metrics: when the request arrived */
+  int8_t mop;                /* metrics: the op counted, -1: none */
+  bool failed;               /* metrics: answered with an error */
   char *buf;                 /* READ/WRITE data, reused */
   size_t cap;
   bool leased;               /* a write counted by the export's lease */
@@ -311,6 +351,9 @@ struct nbd_srv_conn_ops {
   ssize_t (*send) (struct nbd_srv_conn *c, const struct iovec *iov, int n);
   /* shutdown(2): wakes a reader (end of stream) and fails sends. */
   void (*shutdown) (struct nbd_srv_conn *c, int how);
+  /* Before the socket closes, no other thread using it: ends the
+   * transport cleanly (TLS close_notify).  NULL: nothing to do. */
+  void (*close) (struct nbd_srv_conn *c);
 };
 
 extern const struct nbd_srv_conn_ops nbd_srv_socket_ops;
@@ -360,6 +403,12 @@ struct nbd_srv_conn {
   struct nbd_srv_req *free_reqs;
   unsigned nfree;
   size_t free_bytes;
+
+  /* TLS, access, metrics (reader thread; read-only in completions) */
+  bool tcp;                  /* a TCP client (else the Unix socket) */
+  struct nbd_srv_tls_session *tls;   /* after NBD_OPT_STARTTLS */
+  bool read_only;            /* the access lists allow reading only */
+  struct nbd_srv_export_metrics *em; /* the export's counters, or NULL */
 };
 
 /* A new connection on FD (owned from now on, closed by _free). */
@@ -425,6 +474,20 @@ void nbd_srv_session_run (struct nbd_srv_server *srv, int fd,
 /* Adds C to the server's list; false (C not added) if the server is at
  * its connection limits. */
 bool nbd_srv_session_register (struct nbd_srv_conn *c);
+
+/* ---- starttls.c --------------------------------------------------------- */
+
+/* After the NBD_REP_ACK of NBD_OPT_STARTTLS: runs the TLS handshake (its
+ * deadline: the TLS timeout, within the connection's) and moves the
+ * connection's operations to TLS.  Returns 0, or -1 with the failure
+ * logged and counted (the connection must end). */
+int nbd_srv_conn_starttls (struct nbd_srv_conn *c);
+/* The client's TLS identity (PSK identity or certificate CN), or NULL. */
+const char *nbd_srv_conn_identity (const struct nbd_srv_conn *c);
+/* "alice", "(no identity)" or "(plain TCP)"/"(local)", for logs. */
+const char *nbd_srv_conn_who (const struct nbd_srv_conn *c);
+/* The transport label of C for the metrics. */
+int nbd_srv_conn_transport (const struct nbd_srv_conn *c);
 
 /* ---- handshake.c -------------------------------------------------------- */
 

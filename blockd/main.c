@@ -44,7 +44,8 @@ usage (FILE *f)
 "                     local:/var/lib/vbk); e.g. rados:POOL\n"
 "  --socket PATH      Unix socket (default /run/vbk/blockd.sock; when only\n"
 "                     --listen is given, no Unix socket unless --socket)\n"
-"  --listen HOST:PORT also listen on TCP (e.g. 0.0.0.0:10809, [::1]:10809)\n"
+"  --listen HOST:PORT also listen on TCP (e.g. 0.0.0.0:10809, [::1]:10809);\n"
+"                     a non-loopback address needs TLS or --insecure-tcp\n"
 "  --host-id ID       this host's identity in image leases (default: the\n"
 "                     host name)\n"
 "  --lease-duration S how long a lease lasts unrenewed, in seconds\n"
@@ -56,7 +57,12 @@ usage (FILE *f)
 "                     exclusive, read_only, workers, poll_us, verbose and\n"
 "                     the long flags below with '_' for '-' (flags\n"
 "                     override it); an [export IMAGE] section sets\n"
-"                     exclusive and read_only for IMAGE alone\n"
+"                     exclusive and read_only for IMAGE alone, and its\n"
+"                     access lists: allow = alice, bob (read-write),\n"
+"                     allow_read = carol (read-only); IMAGE@SNAP follows\n"
+"                     IMAGE's lists unless it has a section of its own;\n"
+"                     [blockd] default_allow, default_allow_read: the lists\n"
+"                     of exports without one\n"
 "  --socket-group G   chown the Unix socket (always mode 0660) to group G,\n"
 "                     so that its members (e.g. the QEMU user) may connect\n"
 "  --max-connections N            clients at once (default 1024)\n"
@@ -71,6 +77,19 @@ usage (FILE *f)
 "                     64M; a larger request waits until it runs alone)\n"
 "  --max-memory SIZE  bytes of requests in flight in the daemon (default 1G)\n"
 "  --read-only        serve every export read-only\n"
+"  --tls MODE         off, on (STARTTLS offered) or require (the default\n"
+"                     when credentials are given): TCP clients must\n"
+"                     start TLS before anything else\n"
+"  --tls-certificates DIR  X.509: DIR/ca-cert.pem, server-cert.pem,\n"
+"                     server-key.pem (QEMU's layout); client certificates\n"
+"                     are verified against the CA\n"
+"  --tls-verify-peer  X.509 clients must present a certificate\n"
+"  --tls-handshake-timeout S  a TLS handshake must finish within S\n"
+"                     seconds (default 10)\n"
+"  --tls-psk FILE     PSK: identity:hexkey lines (as nbdkit, qemu-nbd)\n"
+"  --insecure-tcp     allow plain NBD (no TLS) on a non-loopback address\n"
+"  --metrics HOST:PORT  serve Prometheus metrics at /metrics (loopback\n"
+"                     unless --insecure-tcp; default off)\n"
 "  --workers N        threads for flush/trim/zero calls (default 4)\n"
 "  --poll-us N        an idle connection polls its socket N microseconds\n"
 "                     before it sleeps (default 50; 0: never): lower\n"
@@ -96,7 +115,8 @@ main (int argc, char **argv)
 {
   enum { OPT_STORE = 256, OPT_SOCKET, OPT_LISTEN, OPT_HOST_ID, OPT_CONFIG,
          OPT_FOREGROUND, OPT_READ_ONLY, OPT_WORKERS, OPT_LEASE_DURATION,
-         OPT_EXCLUSIVE, OPT_POLL_US, OPT_SETTING };
+         OPT_EXCLUSIVE, OPT_POLL_US, OPT_SETTING, OPT_TLS_VERIFY_PEER,
+         OPT_INSECURE_TCP };
   static const struct option longopts[] = {
     { "store", required_argument, NULL, OPT_STORE },
     { "socket", required_argument, NULL, OPT_SOCKET },
@@ -118,6 +138,13 @@ main (int argc, char **argv)
     { "idle-timeout", required_argument, NULL, OPT_SETTING },
     { "conn-memory", required_argument, NULL, OPT_SETTING },
     { "max-memory", required_argument, NULL, OPT_SETTING },
+    { "tls", required_argument, NULL, OPT_SETTING },
+    { "tls-certificates", required_argument, NULL, OPT_SETTING },
+    { "tls-psk", required_argument, NULL, OPT_SETTING },
+    { "tls-handshake-timeout", required_argument, NULL, OPT_SETTING },
+    { "metrics", required_argument, NULL, OPT_SETTING },
+    { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER },
+    { "insecure-tcp", no_argument, NULL, OPT_INSECURE_TCP },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -159,6 +186,10 @@ main (int argc, char **argv)
         case OPT_READ_ONLY: key = "read_only"; optarg = (char *) "true"; break;
         case OPT_LEASE_DURATION: key = "lease_duration"; break;
         case OPT_EXCLUSIVE: key = "exclusive"; optarg = (char *) "true"; break;
+        case OPT_TLS_VERIFY_PEER:
+          key = "tls_verify_peer"; optarg = (char *) "true"; break;
+        case OPT_INSECURE_TCP:
+          key = "insecure_tcp"; optarg = (char *) "true"; break;
         case 'v': verbose++; break;
         case 'h': usage (stdout); return 0;
         default: usage (stderr); return 2;
@@ -200,6 +231,16 @@ main (int argc, char **argv)
       }
   if (verbose || cfg.verbose)
     log_level = LOG_LVL_DEBUG;
+  {
+    const char *warning;
+    if (nbd_srv_config_check (&cfg, &warning) < 0)
+      {
+        fprintf (stderr, "vbk-blockd: %s\n", vbk_error ());
+        return 2;
+      }
+    if (warning)
+      log_warn ("%s", warning);
+  }
 
   memset (&sa, 0, sizeof sa);
   sa.sa_handler = SIG_IGN;

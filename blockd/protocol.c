@@ -38,6 +38,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "internal.h"
+#include "metrics.h"
 #include "nbd-protocol.h"
 
 /* Most descriptors we send in one BLOCK_STATUS reply. */
@@ -172,6 +173,59 @@ nbd_srv_check_request (const struct nbd_srv_req *r,
   return 0;
 }
 
+/* ---- Metrics ------------------------------------------------------------ */
+
+static int
+metric_op (uint16_t type)
+{
+  switch (type)
+    {
+    case NBD_CMD_READ: return NBD_SRV_MOP_READ;
+    case NBD_CMD_WRITE: return NBD_SRV_MOP_WRITE;
+    case NBD_CMD_FLUSH: return NBD_SRV_MOP_FLUSH;
+    case NBD_CMD_TRIM: return NBD_SRV_MOP_TRIM;
+    case NBD_CMD_WRITE_ZEROES: return NBD_SRV_MOP_ZERO;
+    case NBD_CMD_CACHE: return NBD_SRV_MOP_CACHE;
+    case NBD_CMD_BLOCK_STATUS: return NBD_SRV_MOP_BLOCK_STATUS;
+    default: return -1;
+    }
+}
+
+/* A request answered without a request object. */
+static void
+count_answered (struct nbd_srv_conn *c, uint16_t type, uint32_t count,
+                uint64_t start_ns, bool error)
+{
+  int op = metric_op (type);
+
+  if (!c->em || op < 0)
+    return;
+  nbd_srv_metrics_req_begin (c->em, op, count);
+  nbd_srv_metrics_req_end (c->em, op, count, start_ns, error);
+}
+
+/* R is starting (it arrived at START_NS). */
+static void
+req_count (struct nbd_srv_req *r, uint64_t start_ns)
+{
+  r->start_ns = start_ns;
+  r->failed = false;
+  r->mop = (int8_t) metric_op (r->type);
+  if (r->mop >= 0)
+    nbd_srv_metrics_req_begin (r->conn->em, r->mop, r->count);
+}
+
+/* R has been answered (or its client is gone). */
+static void
+req_finish (struct nbd_srv_req *r)
+{
+  if (r->mop >= 0)
+    nbd_srv_metrics_req_end (r->conn->em, r->mop, r->count, r->start_ns,
+                             r->failed);
+  r->mop = -1;
+  nbd_srv_req_done (r);
+}
+
 /* ---- Replies ------------------------------------------------------------ */
 
 /* HOLD: the request whose buffer DATA is in (it stays alive until the
@@ -236,6 +290,7 @@ reply_errno (struct nbd_srv_req *r, int err, const char *what)
 {
   char msg[256];
 
+  r->failed = true;
   snprintf (msg, sizeof msg, "%s: %s", what, strerror (err < 0 ? -err : err));
   log_debug ("connection %s: %s", r->conn->peer, msg);
   send_error (r->conn, r->type, r->handle, nbd_srv_errno_to_nbd (err), msg);
@@ -309,7 +364,7 @@ read_done (void *arg, ssize_t ret)
     }
   else
     send_read_data (r);
-  nbd_srv_req_done (r);
+  req_finish (r);
 }
 
 static void
@@ -330,7 +385,7 @@ write_done (void *arg, ssize_t ret)
     }
   else
     send_simple (r->conn, r->handle, 0, NULL, 0, NULL);
-  nbd_srv_req_done (r);
+  req_finish (r);
 }
 
 void
@@ -373,7 +428,7 @@ nbd_srv_req_run_sync (struct nbd_srv_req *r)
     }
   else
     send_simple (r->conn, r->handle, 0, NULL, 0, NULL);
-  nbd_srv_req_done (r);
+  req_finish (r);
 }
 
 /* ---- Block status ------------------------------------------------------- */
@@ -630,8 +685,9 @@ lease_gate (struct nbd_srv_req *r)
     }
   snprintf (msg, sizeof msg, "%s: %s", cmd_name (r->type), vbk_error ());
   log_warn ("connection %s: %s", r->conn->peer, msg);
+  r->failed = true;
   send_error (r->conn, r->type, r->handle, nbd_srv_errno_to_nbd (ret), msg);
-  nbd_srv_req_done (r);
+  req_finish (r);
   return false;
 }
 
@@ -643,7 +699,7 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
 
   c->eflags = nbd_srv_export_flags (c, c->exp);
   lim.size = c->exp->size;
-  lim.read_only = c->exp->read_only;
+  lim.read_only = c->exp->read_only || c->read_only;
   lim.structured = c->structured;
   lim.meta = c->meta_base_alloc || c->meta_nbitmaps > 0;
 
@@ -652,10 +708,12 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
       char wire[sizeof (struct nbd_request)];
       struct nbd_srv_req q, *r;
       uint32_t err;
+      uint64_t t0;
       int ret;
 
       if (nbd_srv_conn_read (c, wire, sizeof wire) < 0)
         break;
+      t0 = c->em ? nbd_srv_metrics_now_ns () : 0;
       if (nbd_srv_decode_request (wire, &q) < 0)
         {
           log_info ("connection %s: bad request magic: disconnecting",
@@ -688,7 +746,10 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
             break;
           log_debug ("connection %s: %s: error %" PRIu32, c->peer,
                      cmd_name (q.type), err);
-          send_error (c, q.type, q.handle, err, "invalid request");
+          send_error (c, q.type, q.handle, err,
+                      err == NBD_EPERM ? "read-only export"
+                      : "invalid request");
+          count_answered (c, q.type, q.count, t0, true);
           continue;
         }
 
@@ -710,6 +771,7 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
           r->offset = q.offset;
           r->count = q.count;
           r->next_ext = 0;
+          req_count (r, t0);
           if (c->structured)
             {
               map_read (r);
@@ -725,14 +787,14 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
                     }
                   else
                     send_read_chunks (r);
-                  nbd_srv_req_done (r);
+                  req_finish (r);
                   break;
                 }
             }
           else if (q.count == 0)
             {
               send_simple (c, q.handle, 0, NULL, 0, NULL);
-              nbd_srv_req_done (r);
+              req_finish (r);
               break;
             }
           if (c->srv->inline_io && q.count <= NBD_SRV_INLINE_MAX)
@@ -744,7 +806,7 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
           if (ret < 0)
             {
               reply_errno (r, ret, "read");
-              nbd_srv_req_done (r);
+              req_finish (r);
             }
           break;
 
@@ -765,16 +827,17 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
           r->handle = q.handle;
           r->offset = q.offset;
           r->count = q.count;
+          req_count (r, t0);
           if (nbd_srv_conn_read (c, r->buf, q.count) < 0)
             {
               /* The client vanished mid-request: nothing to answer. */
-              nbd_srv_req_done (r);
+              req_finish (r);
               goto out;
             }
           if (q.count == 0)
             {
               send_simple (c, q.handle, 0, NULL, 0, NULL);
-              nbd_srv_req_done (r);
+              req_finish (r);
               break;
             }
           if (!lease_gate (r))
@@ -802,6 +865,7 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
           if (q.count == 0 && q.type != NBD_CMD_FLUSH)
             {
               send_simple (c, q.handle, 0, NULL, 0, NULL);
+              count_answered (c, q.type, 0, t0, false);
               break;
             }
           /* No buffer: the pool's requests count no bytes. */
@@ -820,6 +884,7 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
           r->offset = q.offset;
           r->count = q.count;
           r->leased = false;
+          req_count (r, t0);
           if (q.type != NBD_CMD_FLUSH && !lease_gate (r))
             break;
           nbd_srv_workers_queue (c->srv->workers, r);
@@ -829,10 +894,12 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
           /* A hint with no effect here: the store has its own caching
            * (page cache, OSD caches).  Success is always correct. */
           send_simple (c, q.handle, 0, NULL, 0, NULL);
+          count_answered (c, q.type, q.count, t0, false);
           break;
 
         case NBD_CMD_BLOCK_STATUS:
           do_block_status (c, &q);
+          count_answered (c, q.type, q.count, t0, false);
           break;
         }
     }

@@ -37,7 +37,10 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "access.h"
 #include "internal.h"
+#include "metrics.h"
+#include "tls.h"
 
 int
 nbd_srv_server_new (const struct nbd_srv_config *cfg,
@@ -79,6 +82,36 @@ nbd_srv_server_new (const struct nbd_srv_config *cfg,
                            &srv->workers);
   if (r < 0)
     goto fail;
+  srv->tls_mode = cfg->tls > 0 ? cfg->tls : NBD_SRV_TLS_OFF;
+  srv->tls_timeout_ms = cfg->tls_timeout_ms ? cfg->tls_timeout_ms : 10000;
+  if (srv->tls_mode != NBD_SRV_TLS_OFF)
+    {
+      struct nbd_srv_tls_opts o = {
+        .cert_dir = cfg->tls_certificates,
+        .psk_file = cfg->tls_psk,
+        .verify_peer = cfg->tls_verify_peer,
+      };
+      r = nbd_srv_tls_new (&o, &srv->tls);
+      if (r < 0)
+        goto fail;
+      log_info ("TLS %s on TCP: %s%s%s%s", srv->tls_mode == NBD_SRV_TLS_REQUIRE
+                ? "required" : "offered",
+                cfg->tls_certificates ? "certificates in " : "",
+                cfg->tls_certificates ? cfg->tls_certificates : "",
+                cfg->tls_certificates && cfg->tls_psk ? ", " : "",
+                cfg->tls_psk ? "PSK keys" : "");
+    }
+  r = nbd_srv_acl_copy (cfg->acl, &srv->acl);
+  if (r < 0)
+    goto fail;
+  if (cfg->metrics_addr)
+    {
+      r = nbd_srv_metrics_new (&srv->metrics);
+      if (r == 0)
+        r = nbd_srv_metrics_start (srv->metrics, cfg->metrics_addr);
+      if (r < 0)
+        goto fail;
+    }
   if (pipe2 (srv->quit_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
     {
       r = vbk_errno (-errno, "blockd: pipe");
@@ -379,6 +412,7 @@ accept_one (struct nbd_srv_server *srv, int lfd)
       close (fd);
       return 0;
     }
+  c->tcp = ss.ss_family == AF_INET || ss.ss_family == AF_INET6;
   if (!nbd_srv_session_register (c))
     {
       log_warn_limited (&rl_refuse, "blockd: connection %s (%s) refused: "
@@ -477,6 +511,9 @@ nbd_srv_server_free (struct nbd_srv_server *srv)
     close (srv->listen_fds[i]);
   nbd_srv_workers_free (srv->workers);
   nbd_srv_exports_free (srv->exports);
+  nbd_srv_tls_free (srv->tls);
+  nbd_srv_acl_free (srv->acl);
+  nbd_srv_metrics_free (srv->metrics);
   store_close (srv->store);
   if (srv->quit_pipe[0] >= 0)
     close (srv->quit_pipe[0]);

@@ -24,6 +24,7 @@
 
 #include "common/log.h"
 #include "internal.h"
+#include "metrics.h"
 
 bool
 nbd_srv_session_register (struct nbd_srv_conn *c)
@@ -85,6 +86,7 @@ session (struct nbd_srv_conn *c)
     c->ops->shutdown (c, SHUT_RD);
 
   log_debug ("connection %s: new", c->peer);
+  nbd_srv_metrics_conn (srv->metrics, nbd_srv_conn_transport (c), 1);
   r = nbd_srv_handshake (c);
   c->deadline_ns = 0;
   if (r > 0 && nbd_srv_conn_start_writer (c) == 0)
@@ -105,6 +107,11 @@ session (struct nbd_srv_conn *c)
   nbd_srv_meta_clear (c);
   /* The queued replies go out (or the send timeout gives up). */
   nbd_srv_conn_stop_writer (c);
+  nbd_srv_metrics_conn (srv->metrics, nbd_srv_conn_transport (c), -1);
+  /* The transport's clean end (TLS close_notify): nobody else uses the
+   * socket any more. */
+  if (c->ops->close)
+    c->ops->close (c);
   pthread_mutex_lock (&srv->lock);
   close (c->fd);
   c->fd = -1;

@@ -37,6 +37,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "internal.h"
+#include "metrics.h"
 
 /* ---- Lease hooks ------------------------------------------------------ */
 
@@ -58,6 +59,8 @@ on_acquired (void *arg, uint64_t epoch)
   atomic_store (&e->trusted, true);
   atomic_store (&e->ever_held, true);
   log_info ("export %s: lease acquired, epoch %" PRIu64, e->name, epoch);
+  nbd_srv_metrics_lease_acquired (__atomic_load_n (&e->em, __ATOMIC_ACQUIRE),
+                                  epoch);
   return 0;
 }
 
@@ -74,6 +77,8 @@ on_flush (void *arg)
     log_debug ("export %s: saving changed parts: %s", e->name, vbk_error ());
   r = image_flush (e->img);
   image_set_trusted (e->img, 0);
+  nbd_srv_metrics_lease_released (__atomic_load_n (&e->em,
+                                                   __ATOMIC_ACQUIRE));
   return r;
 }
 
@@ -84,6 +89,7 @@ on_lost (void *arg, int err)
 
   atomic_store (&e->dead, true);
   atomic_store (&e->trusted, false);
+  nbd_srv_metrics_lease_lost (__atomic_load_n (&e->em, __ATOMIC_ACQUIRE));
   image_set_trusted (e->img, 0);
   log_error ("export %s: lease lost (%s): its writes fail from now on; new "
              "connections get a fresh export", e->name, strerror (-err));
@@ -98,7 +104,30 @@ on_command (void *arg, const char *payload, size_t len, char *reply,
 
   pthread_mutex_lock (&e->snap_lock);
   if (e->snaps)
-    n = snap_server_command (e->snaps, payload, len, reply, reply_max);
+    {
+      struct nbd_srv_export_metrics *em;
+      unsigned long long id, pause_us;
+
+      n = snap_server_command (e->snaps, payload, len, reply, reply_max);
+      /* How long writes were held (snapshot.c's replies): "ok ID US"
+       * for one snapshot; freeze ... thaw for a group. */
+      em = __atomic_load_n (&e->em, __ATOMIC_ACQUIRE);
+      if (em && n < reply_max)
+        {
+          reply[n] = 0;
+          if (len > 12 && !memcmp (payload, "snap-create ", 12)
+              && sscanf (reply, "ok %llu %llu", &id, &pause_us) == 2)
+            nbd_srv_metrics_snapshot_pause (em, pause_us);
+          else if (!strcmp (reply, "frozen"))
+            e->frozen_ns = nbd_srv_metrics_now_ns ();
+          else if (!strcmp (reply, "thawed") && e->frozen_ns)
+            {
+              nbd_srv_metrics_snapshot_pause (
+                em, (nbd_srv_metrics_now_ns () - e->frozen_ns) / 1000);
+              e->frozen_ns = 0;
+            }
+        }
+    }
   else
     n = snprintf (reply, reply_max, "error: export %s is closing",
                   e->name);

@@ -139,6 +139,13 @@ python_with_nbd ()
   fail "no python3 with the nbd module (install python3-libnbd)"
 }
 
+# free_tcp_port: prints a TCP port that is free on 127.0.0.1 now (the
+# kernel's choice; a daemon started right after binds it).
+free_tcp_port ()
+{
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 declare -A _blockd_log
 # start_blockd VAR SOCKET [ARGS...]: starts vbk-blockd on the test's
 # store ($store) listening on SOCKET (a file left there is removed

@@ -22,7 +22,7 @@ done
 clang -g -O1 -fsanitize=fuzzer,address -fno-omit-frame-pointer \
   -D_GNU_SOURCE -I"$VBK_SRC" $(pkg-config --cflags liburcu liburcu-cds inih) \
   -o "$out" "${srcs[@]}" \
-  $(pkg-config --libs liburcu liburcu-cds inih) -lrados -lpthread ||
+  $(pkg-config --libs liburcu liburcu-cds inih gnutls) -lrados -lpthread ||
   fail "cannot build the fuzzer"
 
 # Seeds: a full session (structured replies, meta context, GO, a few

@@ -1,0 +1,866 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * tls.c - GnuTLS for vbk-blockd: credentials, the server handshake with
+ * a deadline, record I/O, the peer's identity, close_notify.
+ *
+ * DESIGN: the only file of vbk that includes GnuTLS (tests/check-layers.sh
+ * enforces it).  Credentials are loaded once (X.509 from a folder in
+ * QEMU's layout, PSK keys from an nbdkit/qemu-nbd style file) and are
+ * read-only afterwards.  Client certificates are always asked for and,
+ * when sent, verified against the CA during the handshake (a bad one
+ * aborts it with an alert, so the client learns why); with verify_peer
+ * a missing one aborts it too.
+ *
+ * GnuTLS moves bytes through our own transport functions, which never
+ * block (recv/sendmsg with MSG_DONTWAIT, whatever the fd's flags), and
+ * which leave errors in the thread's errno (never in the session, which
+ * a receiving and a sending thread share).  The handshake is a poll
+ * loop against one deadline, so neither a client that sends nothing nor
+ * one that sends half a record can hold the thread past TIMEOUT_MS.
+ * Sending packs small pieces of an iovec (an NBD reply header, then its
+ * data) into one record through a per-session buffer; a piece of a
+ * record or more goes out without a copy.  A record GnuTLS could not
+ * push completely stays inside GnuTLS: the next send finishes it first
+ * and reports its bytes as taken then (GnuTLS's rule: after
+ * GNUTLS_E_AGAIN, call again with the same data or with none).
+ *
+ * A reader thread and a sending thread share a session.  GnuTLS allows
+ * one of each, but a TLS 1.3 KeyUpdate that the reader answers sends
+ * too; since no call here ever blocks, one mutex per session around
+ * every record call costs little and leaves no doubt.  TLS 1.2
+ * renegotiation is refused (the connection ends).
+ */
+#include <errno.h>
+#include <sys/socket.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+
+#include "common/error.h"
+#include "tls.h"
+
+/* Longest PSK identity we accept (GnuTLS's own limit is larger). */
+#define PSK_IDENTITY_MAX 128
+/* Longest PSK key, in bytes. */
+#define PSK_KEY_MAX 512
+
+/* KX names are added for PSK; certificates work with NORMAL alone. */
+#define PRIORITY "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK"
+
+struct psk_entry {
+  char *identity;
+  unsigned char *key;
+  size_t len;
+};
+
+struct nbd_srv_tls {
+  gnutls_certificate_credentials_t x509;
+  gnutls_psk_server_credentials_t psk;
+  gnutls_priority_t prio;
+  bool verify_peer;
+  struct psk_entry *keys;
+  size_t nkeys;
+};
+
+struct nbd_srv_tls_session {
+  struct nbd_srv_tls *t;
+  gnutls_session_t s;
+  int fd;
+  char *identity;
+  char *subject;
+  char desc[128];
+  char why[160];            /* why the verify callback refused */
+  const char *psk_user;     /* the PSK identity GnuTLS asked us for */
+  unsigned char *sbuf;      /* small pieces gathered into a record */
+  size_t smax;              /* largest record */
+  size_t pending;           /* bytes of a record GnuTLS still pushes */
+  pthread_mutex_t io_lock;  /* every gnutls_record_* and bye call */
+};
+
+static uint64_t
+now_ms (void)
+{
+  struct timespec ts;
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- PSK keys ----------------------------------------------------------- */
+
+static int
+hexval (char c)
+{
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+int
+nbd_srv_tls_psk_parse_line (const char *line, char **identity,
+                            unsigned char **key, size_t *key_len)
+{
+  const char *colon, *hex, *end;
+  size_t idlen, hexlen, i;
+  unsigned char *k;
+  char *id;
+
+  *identity = NULL;
+  *key = NULL;
+  *key_len = 0;
+  end = line + strlen (line);
+  while (end > line && (end[-1] == '\n' || end[-1] == '\r'))
+    end--;
+  if (end == line || line[0] == '#')
+    return 0;
+  colon = memchr (line, ':', end - line);
+  if (!colon)
+    return vbk_errno (-EINVAL, "expected identity:hexkey");
+  idlen = colon - line;
+  if (idlen == 0 || idlen > PSK_IDENTITY_MAX)
+    return vbk_errno (-EINVAL, "the identity must be 1-%d characters",
+                      PSK_IDENTITY_MAX);
+  for (i = 0; i < idlen; i++)
+    {
+      unsigned char ch = line[i];
+      /* Identities appear in allow lists ("alice, bob") and logs. */
+      if (ch <= ' ' || ch == ',' || ch == '"' || ch >= 0x7f)
+        return vbk_errno (-EINVAL, "the identity has a space, comma, "
+                          "quote or control character");
+    }
+  hex = colon + 1;
+  hexlen = end - hex;
+  if (hexlen == 0 || hexlen % 2 || hexlen / 2 > PSK_KEY_MAX)
+    return vbk_errno (-EINVAL, "the key must be an even number of hex "
+                      "digits (2-%d)", 2 * PSK_KEY_MAX);
+  k = malloc (hexlen / 2);
+  id = strndup (line, idlen);
+  if (!k || !id)
+    {
+      free (k);
+      free (id);
+      return vbk_errno (-ENOMEM, "PSK key");
+    }
+  for (i = 0; i < hexlen / 2; i++)
+    {
+      int hi = hexval (hex[2 * i]), lo = hexval (hex[2 * i + 1]);
+      if (hi < 0 || lo < 0)
+        {
+          free (k);
+          free (id);
+          return vbk_errno (-EINVAL, "the key has a character that is not "
+                            "a hex digit");
+        }
+      k[i] = (unsigned char) (hi << 4 | lo);
+    }
+  *identity = id;
+  *key = k;
+  *key_len = hexlen / 2;
+  return 0;
+}
+
+static int
+psk_load (struct nbd_srv_tls *t, const char *file)
+{
+  FILE *f = fopen (file, "re");
+  char *line = NULL;
+  size_t cap = 0;
+  unsigned lineno = 0;
+  int r = 0;
+
+  if (!f)
+    return vbk_errno (-errno, "tls: PSK file %s", file);
+  while (getline (&line, &cap, f) >= 0)
+    {
+      char *id;
+      unsigned char *key;
+      size_t len;
+      struct psk_entry *v;
+
+      lineno++;
+      r = nbd_srv_tls_psk_parse_line (line, &id, &key, &len);
+      if (r < 0)
+        {
+          vbk_error_prepend (r, "tls: PSK file %s: line %u: ", file, lineno);
+          break;
+        }
+      if (!id)
+        continue;
+      for (size_t i = 0; i < t->nkeys; i++)
+        if (!strcmp (t->keys[i].identity, id))
+          {
+            r = vbk_errno (-EINVAL, "tls: PSK file %s: line %u: identity "
+                           "'%s' appears twice", file, lineno, id);
+            break;
+          }
+      v = r < 0 ? NULL : realloc (t->keys, (t->nkeys + 1) * sizeof *v);
+      if (!v)
+        {
+          if (r == 0)
+            r = vbk_errno (-ENOMEM, "tls: PSK file %s", file);
+          free (id);
+          explicit_bzero (key, len);
+          free (key);
+          break;
+        }
+      t->keys = v;
+      v[t->nkeys].identity = id;
+      v[t->nkeys].key = key;
+      v[t->nkeys].len = len;
+      t->nkeys++;
+    }
+  if (line)
+    explicit_bzero (line, cap);
+  free (line);
+  fclose (f);
+  if (r == 0 && t->nkeys == 0)
+    r = vbk_errno (-EINVAL, "tls: PSK file %s: no keys", file);
+  return r;
+}
+
+/* GnuTLS asks for USERNAME's key; -1: unknown (the handshake fails). */
+static int
+psk_lookup (gnutls_session_t session, const char *username,
+            gnutls_datum_t *key)
+{
+  struct nbd_srv_tls_session *ss = gnutls_session_get_ptr (session);
+
+  for (size_t i = 0; i < ss->t->nkeys; i++)
+    if (!strcmp (ss->t->keys[i].identity, username))
+      {
+        key->data = gnutls_malloc (ss->t->keys[i].len);
+        if (!key->data)
+          return -1;
+        memcpy (key->data, ss->t->keys[i].key, ss->t->keys[i].len);
+        key->size = ss->t->keys[i].len;
+        ss->psk_user = ss->t->keys[i].identity;
+        return 0;
+      }
+  snprintf (ss->why, sizeof ss->why, "unknown PSK identity");
+  return -1;
+}
+
+/* ---- X.509 -------------------------------------------------------------- */
+
+/* During the handshake, once the client's certificate arrived: 0 lets
+ * the handshake go on, anything else aborts it with an alert. */
+static int
+verify_client (gnutls_session_t session)
+{
+  struct nbd_srv_tls_session *ss = gnutls_session_get_ptr (session);
+  gnutls_typed_vdata_st purpose = {
+    .type = GNUTLS_DT_KEY_PURPOSE_OID,
+    .data = (void *) GNUTLS_KP_TLS_WWW_CLIENT,
+  };
+  unsigned n = 0, status = 0;
+  int r;
+
+  if (!gnutls_certificate_get_peers (session, &n) || n == 0)
+    {
+      if (ss->t->verify_peer)
+        {
+          snprintf (ss->why, sizeof ss->why, "no client certificate");
+          return GNUTLS_E_CERTIFICATE_REQUIRED;
+        }
+      return 0;
+    }
+  r = gnutls_certificate_verify_peers (session, &purpose, 1, &status);
+  if (r < 0)
+    {
+      snprintf (ss->why, sizeof ss->why, "client certificate: %s",
+                gnutls_strerror (r));
+      return GNUTLS_E_CERTIFICATE_ERROR;
+    }
+  if (status)
+    {
+      gnutls_datum_t out = { NULL, 0 };
+      if (gnutls_certificate_verification_status_print (
+            status, GNUTLS_CRT_X509, &out, 0) == 0)
+        {
+          snprintf (ss->why, sizeof ss->why, "client certificate: %s",
+                    (char *) out.data);
+          gnutls_free (out.data);
+        }
+      else
+        snprintf (ss->why, sizeof ss->why, "client certificate not "
+                  "trusted");
+      return GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR;
+    }
+  return 0;
+}
+
+static int
+x509_load (struct nbd_srv_tls *t, const char *dir)
+{
+  char ca[4096], crl[4096], cert[4096], key[4096];
+  int r;
+
+  snprintf (ca, sizeof ca, "%s/ca-cert.pem", dir);
+  snprintf (crl, sizeof crl, "%s/ca-crl.pem", dir);
+  snprintf (cert, sizeof cert, "%s/server-cert.pem", dir);
+  snprintf (key, sizeof key, "%s/server-key.pem", dir);
+  {
+    const char *need[] = { ca, cert, key };
+    for (size_t i = 0; i < 3; i++)
+      if (access (need[i], R_OK) < 0)
+        return vbk_errno (-errno, "tls: %s", need[i]);
+  }
+
+  r = gnutls_certificate_allocate_credentials (&t->x509);
+  if (r < 0)
+    return vbk_errno (-ENOMEM, "tls: %s", gnutls_strerror (r));
+  r = gnutls_certificate_set_x509_trust_file (t->x509, ca,
+                                              GNUTLS_X509_FMT_PEM);
+  if (r < 0)
+    return vbk_errno (-EINVAL, "tls: %s: %s", ca, gnutls_strerror (r));
+  if (r == 0)
+    return vbk_errno (-EINVAL, "tls: %s: no CA certificate", ca);
+  if (access (crl, R_OK) == 0)
+    {
+      r = gnutls_certificate_set_x509_crl_file (t->x509, crl,
+                                                GNUTLS_X509_FMT_PEM);
+      if (r < 0)
+        return vbk_errno (-EINVAL, "tls: %s: %s", crl, gnutls_strerror (r));
+    }
+  r = gnutls_certificate_set_x509_key_file (t->x509, cert, key,
+                                            GNUTLS_X509_FMT_PEM);
+  if (r < 0)
+    return vbk_errno (-EINVAL, "tls: %s, %s: %s", cert, key,
+                      gnutls_strerror (r));
+  gnutls_certificate_set_verify_function (t->x509, verify_client);
+  return 0;
+}
+
+/* ---- Credentials -------------------------------------------------------- */
+
+int
+nbd_srv_tls_new (const struct nbd_srv_tls_opts *opts,
+                 struct nbd_srv_tls **out)
+{
+  struct nbd_srv_tls *t;
+  int r;
+
+  *out = NULL;
+  if (!opts->cert_dir && !opts->psk_file)
+    return vbk_errno (-EINVAL, "tls: neither certificates nor a PSK file "
+                      "given (--tls-certificates DIR, --tls-psk FILE)");
+  r = gnutls_global_init ();
+  if (r < 0)
+    return vbk_errno (-EPROTO, "tls: %s", gnutls_strerror (r));
+  t = calloc (1, sizeof *t);
+  if (!t)
+    {
+      gnutls_global_deinit ();
+      return vbk_errno (-ENOMEM, "tls");
+    }
+  t->verify_peer = opts->verify_peer;
+  if (opts->cert_dir && (r = x509_load (t, opts->cert_dir)) < 0)
+    goto fail;
+  if (opts->psk_file)
+    {
+      if ((r = psk_load (t, opts->psk_file)) < 0)
+        goto fail;
+      r = gnutls_psk_allocate_server_credentials (&t->psk);
+      if (r < 0)
+        {
+          r = vbk_errno (-ENOMEM, "tls: %s", gnutls_strerror (r));
+          goto fail;
+        }
+      gnutls_psk_set_server_credentials_function (t->psk, psk_lookup);
+    }
+  r = gnutls_priority_init (&t->prio, PRIORITY, NULL);
+  if (r < 0)
+    {
+      r = vbk_errno (-EINVAL, "tls: priority %s: %s", PRIORITY,
+                     gnutls_strerror (r));
+      goto fail;
+    }
+  *out = t;
+  return 0;
+
+ fail:
+  nbd_srv_tls_free (t);
+  return r;
+}
+
+void
+nbd_srv_tls_free (struct nbd_srv_tls *t)
+{
+  if (!t)
+    return;
+  if (t->x509)
+    gnutls_certificate_free_credentials (t->x509);
+  if (t->psk)
+    gnutls_psk_free_server_credentials (t->psk);
+  if (t->prio)
+    gnutls_priority_deinit (t->prio);
+  for (size_t i = 0; i < t->nkeys; i++)
+    {
+      free (t->keys[i].identity);
+      explicit_bzero (t->keys[i].key, t->keys[i].len);
+      free (t->keys[i].key);
+    }
+  free (t->keys);
+  free (t);
+  gnutls_global_deinit ();
+}
+
+size_t
+nbd_srv_tls_psk_count (const struct nbd_srv_tls *t)
+{
+  return t ? t->nkeys : 0;
+}
+
+/* ---- Sessions ----------------------------------------------------------- */
+
+/* GnuTLS's transport: never blocking, errors in errno (thread-local). */
+static ssize_t
+transport_pull (gnutls_transport_ptr_t p, void *buf, size_t len)
+{
+  struct nbd_srv_tls_session *ss = p;
+  return recv (ss->fd, buf, len, MSG_DONTWAIT);
+}
+
+static ssize_t
+transport_push (gnutls_transport_ptr_t p, const giovec_t *iov, int n)
+{
+  struct nbd_srv_tls_session *ss = p;
+  struct msghdr msg = { .msg_iov = (struct iovec *) iov, .msg_iovlen = n };
+  return sendmsg (ss->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+static int
+transport_pull_timeout (gnutls_transport_ptr_t p, unsigned ms)
+{
+  struct nbd_srv_tls_session *ss = p;
+  struct pollfd pf = { .fd = ss->fd, .events = POLLIN };
+  return poll (&pf, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int) ms);
+}
+
+/* After the handshake: who the client is. */
+static int
+peer_identity (struct nbd_srv_tls_session *ss)
+{
+  gnutls_credentials_type_t kind = gnutls_auth_get_type (ss->s);
+  const gnutls_datum_t *certs;
+  gnutls_x509_crt_t crt;
+  gnutls_datum_t dn = { NULL, 0 };
+  char cn[256];
+  size_t cnlen = sizeof cn;
+  unsigned n = 0;
+  int r;
+
+  if (kind == GNUTLS_CRD_PSK)
+    {
+      const char *u = gnutls_psk_server_get_username (ss->s);
+      if (u && *u && !(ss->identity = strdup (u)))
+        return -ENOMEM;
+      return 0;
+    }
+  if (kind != GNUTLS_CRD_CERTIFICATE)
+    return 0;
+  certs = gnutls_certificate_get_peers (ss->s, &n);
+  if (!certs || n == 0)
+    return 0;                   /* anonymous: no client certificate */
+  if (gnutls_x509_crt_init (&crt) < 0)
+    return -ENOMEM;
+  r = gnutls_x509_crt_import (crt, &certs[0], GNUTLS_X509_FMT_DER);
+  if (r == 0)
+    r = gnutls_x509_crt_get_dn3 (crt, &dn, 0);
+  if (r == 0)
+    {
+      ss->subject = strndup ((char *) dn.data, dn.size);
+      gnutls_free (dn.data);
+      if (gnutls_x509_crt_get_dn_by_oid (crt, GNUTLS_OID_X520_COMMON_NAME,
+                                         0, 0, cn, &cnlen) == 0)
+        ss->identity = strdup (cn);
+      else if (ss->subject)
+        ss->identity = strdup (ss->subject);
+    }
+  gnutls_x509_crt_deinit (crt);
+  if (r < 0)
+    return vbk_errno (-EPROTO, "tls: client certificate: %s",
+                      gnutls_strerror (r));
+  if (!ss->subject || !ss->identity)
+    return -ENOMEM;
+  return 0;
+}
+
+static int
+handshake_errno (struct nbd_srv_tls_session *ss, int r)
+{
+  /* Our callbacks refused (a certificate, an unknown identity). */
+  if (ss->why[0])
+    return -EACCES;
+  /* A known PSK identity and then a failed binder (TLS 1.3: "illegal
+   * parameter") or Finished MAC (TLS 1.2: "decryption failed"): the
+   * client's key is not the one we have. */
+  if (ss->psk_user && (r == GNUTLS_E_RECEIVED_ILLEGAL_PARAMETER
+                       || r == GNUTLS_E_ILLEGAL_PARAMETER
+                       || r == GNUTLS_E_DECRYPTION_FAILED))
+    {
+      snprintf (ss->why, sizeof ss->why, "wrong key for PSK identity '%s'",
+                ss->psk_user);
+      return -EACCES;
+    }
+  switch (r)
+    {
+    case GNUTLS_E_CERTIFICATE_ERROR:
+    case GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR:
+    case GNUTLS_E_CERTIFICATE_REQUIRED:
+    case GNUTLS_E_NO_CERTIFICATE_FOUND:
+    case GNUTLS_E_INSUFFICIENT_CREDENTIALS:
+      return -EACCES;
+    case GNUTLS_E_PREMATURE_TERMINATION:
+    case GNUTLS_E_PULL_ERROR:
+    case GNUTLS_E_PUSH_ERROR:
+      return -ECONNRESET;
+    case GNUTLS_E_MEMORY_ERROR:
+      return -ENOMEM;
+    default:
+      return -EPROTO;
+    }
+}
+
+int
+nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
+                         struct nbd_srv_tls_session **out)
+{
+  struct nbd_srv_tls_session *ss;
+  uint64_t deadline = now_ms () + (timeout_ms > 0 ? timeout_ms : 0);
+  int r, err = 0;
+
+  *out = NULL;
+  ss = calloc (1, sizeof *ss);
+  if (!ss)
+    return vbk_errno (-ENOMEM, "tls: session");
+  ss->t = t;
+  ss->fd = fd;
+  pthread_mutex_init (&ss->io_lock, NULL);
+  r = gnutls_init (&ss->s, GNUTLS_SERVER | GNUTLS_NONBLOCK);
+  if (r < 0)
+    {
+      free (ss);
+      return vbk_errno (-ENOMEM, "tls: %s", gnutls_strerror (r));
+    }
+  gnutls_session_set_ptr (ss->s, ss);
+  r = gnutls_priority_set (ss->s, t->prio);
+  if (r == 0 && t->x509)
+    {
+      r = gnutls_credentials_set (ss->s, GNUTLS_CRD_CERTIFICATE, t->x509);
+      gnutls_certificate_server_set_request (ss->s, t->verify_peer
+                                            ? GNUTLS_CERT_REQUIRE
+                                            : GNUTLS_CERT_REQUEST);
+    }
+  if (r == 0 && t->psk)
+    r = gnutls_credentials_set (ss->s, GNUTLS_CRD_PSK, t->psk);
+  if (r < 0)
+    {
+      err = vbk_errno (-EPROTO, "tls: %s", gnutls_strerror (r));
+      goto fail;
+    }
+  gnutls_transport_set_ptr (ss->s, ss);
+  gnutls_transport_set_pull_function (ss->s, transport_pull);
+  gnutls_transport_set_vec_push_function (ss->s, transport_push);
+  gnutls_transport_set_pull_timeout_function (ss->s, transport_pull_timeout);
+
+  for (;;)
+    {
+      uint64_t now = now_ms ();
+      struct pollfd p = { .fd = fd };
+
+      r = gnutls_handshake (ss->s);
+      if (r == 0)
+        break;
+      if (r != GNUTLS_E_AGAIN && r != GNUTLS_E_INTERRUPTED
+          && gnutls_error_is_fatal (r))
+        {
+          const char *alert = "";
+          if (r == GNUTLS_E_FATAL_ALERT_RECEIVED)
+            alert = gnutls_alert_get_name (gnutls_alert_get (ss->s));
+          int e = handshake_errno (ss, r);
+          err = vbk_errno (e, "tls: handshake: %s%s%s%s%s",
+                           gnutls_strerror (r), *alert ? ": " : "", alert,
+                           ss->why[0] ? ": " : "", ss->why);
+          break;
+        }
+      if (now >= deadline)
+        {
+          err = vbk_errno (-ETIMEDOUT, "tls: handshake: no progress for "
+                           "%d ms", timeout_ms);
+          break;
+        }
+      if (r != GNUTLS_E_AGAIN && r != GNUTLS_E_INTERRUPTED)
+        continue;               /* a warning alert: go on */
+      p.events = gnutls_record_get_direction (ss->s) ? POLLOUT : POLLIN;
+      if (poll (&p, 1, (int) (deadline - now)) < 0 && errno != EINTR)
+        {
+          err = vbk_errno (-errno, "tls: poll");
+          break;
+        }
+    }
+  if (err)
+    goto fail;
+
+  r = peer_identity (ss);
+  if (r < 0)
+    {
+      err = r == -ENOMEM ? vbk_errno (r, "tls: identity") : r;
+      goto fail;
+    }
+  {
+    const char *proto = gnutls_protocol_get_name (
+                          gnutls_protocol_get_version (ss->s));
+    const char *cipher = gnutls_cipher_get_name (gnutls_cipher_get (ss->s));
+    snprintf (ss->desc, sizeof ss->desc, "%s %s %s", proto ? proto : "?",
+              cipher ? cipher : "?",
+              gnutls_auth_get_type (ss->s) == GNUTLS_CRD_PSK ? "psk"
+              : "x509");
+  }
+  ss->smax = gnutls_record_get_max_size (ss->s);
+  if (ss->smax == 0 || ss->smax > 16384)
+    ss->smax = 16384;
+  *out = ss;
+  return 0;
+
+ fail:
+  gnutls_deinit (ss->s);
+  pthread_mutex_destroy (&ss->io_lock);
+  free (ss->identity);
+  free (ss->subject);
+  free (ss);
+  return err;
+}
+
+void
+nbd_srv_tls_session_free (struct nbd_srv_tls_session *s)
+{
+  if (!s)
+    return;
+  gnutls_deinit (s->s);
+  pthread_mutex_destroy (&s->io_lock);
+  free (s->identity);
+  free (s->subject);
+  free (s->sbuf);
+  free (s);
+}
+
+static ssize_t
+io_errno (struct nbd_srv_tls_session *s, ssize_t r)
+{
+  switch (r)
+    {
+    case GNUTLS_E_AGAIN:
+      return -EAGAIN;
+    case GNUTLS_E_PREMATURE_TERMINATION:
+    case GNUTLS_E_PULL_ERROR:
+    case GNUTLS_E_UNEXPECTED_PACKET_LENGTH:  /* EOF inside a record */
+      return -ECONNRESET;
+    case GNUTLS_E_PUSH_ERROR:
+      return -EPIPE;
+    case GNUTLS_E_MEMORY_ERROR:
+      return -ENOMEM;
+    default:
+      return -EPROTO;
+    }
+}
+
+ssize_t
+nbd_srv_tls_recv (struct nbd_srv_tls_session *s, void *buf, size_t len)
+{
+  ssize_t r;
+
+  pthread_mutex_lock (&s->io_lock);
+  for (;;)
+    {
+      r = gnutls_record_recv (s->s, buf, len);
+      if (r >= 0 || r == GNUTLS_E_AGAIN)
+        break;
+      if (r == GNUTLS_E_INTERRUPTED)
+        continue;
+      if (r == GNUTLS_E_REHANDSHAKE)
+        break;                  /* no renegotiation */
+      if (!gnutls_error_is_fatal (r))
+        continue;               /* a warning alert, a TLS 1.3 ticket */
+      break;
+    }
+  pthread_mutex_unlock (&s->io_lock);
+  if (r >= 0)
+    return r;
+  if (r == GNUTLS_E_AGAIN)
+    return -EAGAIN;
+  if (r == GNUTLS_E_REHANDSHAKE)
+    return vbk_errno (-EPROTO, "tls: receive: the client asked for a "
+                      "renegotiation (refused)");
+  return vbk_errno ((int) io_errno (s, r), "tls: receive: %s (%d)",
+                    gnutls_strerror ((int) r), (int) r);
+}
+
+size_t
+nbd_srv_tls_pending (struct nbd_srv_tls_session *s)
+{
+  size_t n;
+
+  pthread_mutex_lock (&s->io_lock);
+  n = gnutls_record_check_pending (s->s);
+  pthread_mutex_unlock (&s->io_lock);
+  return n;
+}
+
+static ssize_t
+send_locked (struct nbd_srv_tls_session *s, const struct iovec *iov, int n)
+{
+  const void *data;
+  size_t len = 0;
+  ssize_t r;
+
+  if (s->pending)
+    {
+      /* Finish the record GnuTLS holds; its bytes are the caller's
+       * next ones. */
+      do
+        r = gnutls_record_send (s->s, NULL, 0);
+      while (r == GNUTLS_E_INTERRUPTED);
+      if (r < 0)
+        return io_errno (s, r);
+      r = s->pending;
+      s->pending = 0;
+      return r;
+    }
+  while (n > 0 && iov[0].iov_len == 0)
+    iov++, n--;
+  if (n == 0)
+    return 0;
+  if (n == 1 || iov[0].iov_len >= s->smax)
+    {
+      data = iov[0].iov_base;
+      len = iov[0].iov_len < s->smax ? iov[0].iov_len : s->smax;
+    }
+  else
+    {
+      /* Small pieces: one record of up to smax bytes. */
+      if (!s->sbuf && !(s->sbuf = malloc (s->smax)))
+        return -ENOMEM;
+      for (int i = 0; i < n && len < s->smax; i++)
+        {
+          size_t k = iov[i].iov_len;
+          if (k > s->smax - len)
+            k = s->smax - len;
+          if (k == 0)
+            continue;           /* an empty piece may have a NULL base */
+          memcpy (s->sbuf + len, iov[i].iov_base, k);
+          len += k;
+        }
+      data = s->sbuf;
+    }
+  do
+    r = gnutls_record_send (s->s, data, len);
+  while (r == GNUTLS_E_INTERRUPTED);
+  if (r == GNUTLS_E_AGAIN)
+    {
+      /* The record is made and partly pushed: GnuTLS keeps it. */
+      s->pending = len;
+      return -EAGAIN;
+    }
+  if (r < 0)
+    return io_errno (s, r);
+  return r;
+}
+
+ssize_t
+nbd_srv_tls_send (struct nbd_srv_tls_session *s, const struct iovec *iov,
+                  int n)
+{
+  ssize_t r;
+
+  pthread_mutex_lock (&s->io_lock);
+  r = send_locked (s, iov, n);
+  pthread_mutex_unlock (&s->io_lock);
+  return r;
+}
+
+int
+nbd_srv_tls_send_all (struct nbd_srv_tls_session *s, const struct iovec *iov0,
+                      int n, int timeout_ms)
+{
+  struct iovec iov[64];
+  int cur = 0;
+
+  if (n > 64)
+    return -EINVAL;
+  memcpy (iov, iov0, n * sizeof *iov);
+  while (cur < n)
+    {
+      ssize_t r = nbd_srv_tls_send (s, iov + cur, n - cur);
+      if (r == -EAGAIN)
+        {
+          struct pollfd p = { .fd = s->fd, .events = POLLOUT };
+          if (poll (&p, 1, timeout_ms) == 0)
+            return -ETIMEDOUT;
+          continue;
+        }
+      if (r < 0)
+        return (int) r;
+      while (cur < n && (size_t) r >= iov[cur].iov_len)
+        r -= iov[cur++].iov_len;
+      if (cur < n)
+        {
+          iov[cur].iov_base = (char *) iov[cur].iov_base + r;
+          iov[cur].iov_len -= r;
+        }
+    }
+  return 0;
+}
+
+const char *
+nbd_srv_tls_identity (const struct nbd_srv_tls_session *s)
+{
+  return s->identity;
+}
+
+const char *
+nbd_srv_tls_subject (const struct nbd_srv_tls_session *s)
+{
+  return s->subject;
+}
+
+const char *
+nbd_srv_tls_description (const struct nbd_srv_tls_session *s)
+{
+  return s->desc;
+}
+
+int
+nbd_srv_tls_bye (struct nbd_srv_tls_session *s, int timeout_ms)
+{
+  uint64_t deadline = now_ms () + (timeout_ms > 0 ? timeout_ms : 0);
+  int r;
+
+  for (;;)
+    {
+      uint64_t now = now_ms ();
+      struct pollfd p = { .fd = s->fd, .events = POLLOUT };
+
+      pthread_mutex_lock (&s->io_lock);
+      r = gnutls_bye (s->s, GNUTLS_SHUT_WR);
+      pthread_mutex_unlock (&s->io_lock);
+      if (r == 0)
+        return 0;
+      if (r != GNUTLS_E_AGAIN && r != GNUTLS_E_INTERRUPTED)
+        return (int) io_errno (s, r);
+      if (now >= deadline)
+        return -ETIMEDOUT;
+      poll (&p, 1, (int) (deadline - now));
+    }
+}
