@@ -6,7 +6,8 @@
 #   nbdinfo: --list, flags, block sizes, --map (holes vs data)
 #   qemu-img: convert to and from the export, compare, map
 #   qemu-io: aio reads/writes, discard, write -z, flush
-#   nbdcopy: --connections=4 --threads=4 both ways (multi-conn)
+#   nbdcopy: --connections=4 --threads=4 both ways (multi-conn), and from
+#   a sparse file (zero requests past the advertised maximum)
 #   an image created while the daemon runs is served without restart,
 #   --read-only refuses writes, SIGTERM exits 0.
 
@@ -95,6 +96,14 @@ head -c 64M /dev/urandom >"$TEST_DIR/rnd.raw"
 nbdcopy --connections=4 --threads=4 "$TEST_DIR/rnd.raw" "$(uri disk2)"
 nbdcopy --connections=4 --threads=4 "$(uri disk2)" "$TEST_DIR/rnd2.raw"
 cmp "$TEST_DIR/rnd.raw" "$TEST_DIR/rnd2.raw" || fail "nbdcopy of random data differs"
+# A sparse source: nbdcopy zeroes its 56 MiB hole with one WRITE_ZEROES
+# larger than the advertised maximum block size.
+head -c 1M /dev/urandom >"$TEST_DIR/sparse.raw"
+truncate -s 64M "$TEST_DIR/sparse.raw"
+nbdcopy "$TEST_DIR/sparse.raw" "$(uri disk2)" \
+  || fail "nbdcopy of a sparse file into the export failed"
+nbdcopy "$(uri disk2)" "$TEST_DIR/sparse2.raw"
+cmp "$TEST_DIR/sparse.raw" "$TEST_DIR/sparse2.raw" || fail "nbdcopy of a sparse file differs"
 
 # ---- a new image is served without restart --------------------------------
 vbk --store "$store" image create late --size 8M >/dev/null
