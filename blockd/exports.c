@@ -321,15 +321,22 @@ own_client (void *arg, const char *client)
 {
   struct nbd_srv_exports *t = arg;
   struct cds_lfht_iter iter;
+  struct cds_lfht_node *node;
   struct nbd_srv_export *e;
   bool found = false;
 
   for (e = t->closing; e && !found; e = e->closing_next)
     found = e->client_id && strcmp (e->client_id, client) == 0;
+  /* Not cds_lfht_for_each_entry: at its end it takes container_of of a
+   * NULL node, which UBSan reports as pointer overflow. */
   rcu_read_lock ();
-  cds_lfht_for_each_entry (t->ht, &iter, e, node)
-    if (!found && e->client_id && strcmp (e->client_id, client) == 0)
-      found = true;
+  for (cds_lfht_first (t->ht, &iter);
+       !found && (node = cds_lfht_iter_get_node (&iter)) != NULL;
+       cds_lfht_next (t->ht, &iter))
+    {
+      e = caa_container_of (node, struct nbd_srv_export, node);
+      found = e->client_id && strcmp (e->client_id, client) == 0;
+    }
   rcu_read_unlock ();
   return found;
 }
