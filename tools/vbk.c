@@ -42,6 +42,12 @@ static const struct vbk_cmd top_cmds[] = {
   { "lease", "VERB [ARGS]", "show, release or break the lease of the host "
     "that writes an image",
     NULL, 0, 0, NULL, lease_cmds },
+  { "files", "VERB [ARGS]", "list and copy out the files inside a "
+    "snapshot or backup, without mounting", NULL, 0, 0, NULL, files_cmds },
+  { "mount", MOUNT_SYNOPSIS, "show snapshots and backups, and the files "
+    "inside them, as a read-only tree on DIR (FUSE)",
+    mount_opts, 1, 1, cmd_mount },
+  { "umount", "DIR", "unmount a vbk mount", NULL, 1, 1, cmd_umount },
   { NULL },
 };
 
