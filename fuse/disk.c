@@ -81,6 +81,7 @@ struct vbkfs_disk {
   bool ra_started, ra_stop;
 
   struct vbkfs_disk_stats stats;
+  char last_error[256];                 /* logged last, under lock */
 };
 
 /* ---- Allocation map ------------------------------------------------------ */
@@ -262,6 +263,27 @@ chunk_new_unlocked (struct vbkfs_disk *d, uint64_t idx)
   return c;
 }
 
+/* Logs a failed fetch: one line per event, naming the object or chunk
+ * (the source's message); the same message again (every read of a
+ * removed snapshot) is not repeated. */
+static void
+log_fetch_error (struct vbkfs_disk *d, uint64_t off, uint64_t len,
+                 ssize_t r)
+{
+  const char *msg = vbk_error ()[0] ? vbk_error () : strerror ((int) -r);
+  bool again;
+
+  pthread_mutex_lock (&d->lock);
+  again = strncmp (d->last_error, msg, sizeof d->last_error - 1) == 0;
+  if (!again)
+    snprintf (d->last_error, sizeof d->last_error, "%s", msg);
+  pthread_mutex_unlock (&d->lock);
+  if (!again)
+    log_error ("vbkfs: %s: read of %llu bytes at %llu failed: %s",
+               d->src.name, (unsigned long long) len,
+               (unsigned long long) off, msg);
+}
+
 /* Fetches the N LOADING chunks in C (consecutive indexes) with one read
  * from the source and one check, and publishes them.  Drops the
  * fetcher's references.  Called without the lock. */
@@ -285,10 +307,7 @@ fetch (struct vbkfs_disk *d, struct chunk **c, size_t n)
       r = d->src.ops->check (d->src.h);
   }
   if (r < 0)
-    log_error ("vbkfs: %s: read of %llu bytes at %llu failed: %s",
-               d->src.name, (unsigned long long) (end - off),
-               (unsigned long long) off,
-               vbk_error ()[0] ? vbk_error () : strerror ((int) -r));
+    log_fetch_error (d, off, end - off, r);
   if (r >= 0 && n > 1)
     for (i = 0; i < n; i++) {
       uint64_t coff = (c[i]->idx << CHUNK_SHIFT) - off;
