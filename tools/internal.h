@@ -142,6 +142,9 @@ int cmd_diff (struct vbk_ctx *ctx, struct vbk_args *a);
 /* lease-cmd.c */
 extern const struct vbk_cmd lease_cmds[];
 
+/* backup-cmd.c */
+extern const struct vbk_cmd backup_cmds[];
+
 /* mount-cmd.c: "mount" and "umount" (top-level verbs). */
 extern const struct vbk_opt mount_opts[];
 #define MOUNT_SYNOPSIS "DIR [--repo URI] [--allow-other] [-f] [--log FILE]"

@@ -42,6 +42,9 @@ static const struct vbk_cmd top_cmds[] = {
   { "lease", "VERB [ARGS]", "show, release or break the lease of the host "
     "that writes an image",
     NULL, 0, 0, NULL, lease_cmds },
+  { "backup", "VERB [ARGS]", "incremental backups into a deduplicated "
+    "repository: run, list, verify, prune, gc, restore",
+    NULL, 0, 0, NULL, backup_cmds },
   { "files", "VERB [ARGS]", "list and copy out the files inside a "
     "snapshot or backup, without mounting", NULL, 0, 0, NULL, files_cmds },
   { "mount", MOUNT_SYNOPSIS, "show snapshots and backups, and the files "

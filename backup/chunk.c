@@ -1,0 +1,223 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * chunk.c - the chunk store: write once, touch on reuse, read with every
+ * check.
+ *
+ * DESIGN: a chunk is named by the SHA-256 of its plain bytes, so the same
+ * data is stored once for every backup of every image.  The registry
+ * (omap of vbk_backup_chunks) has one key per chunk with the wall-clock
+ * time of its last reference; gc (gc.c) needs it both to enumerate the
+ * chunks (a store cannot list objects) and to know which chunks a running
+ * backup may rely on.  Every change of a chunk's state happens under the
+ * chunk's own lock (a store lock with a duration, so a killed process
+ * holds it only for a while):
+ *
+ *   ensure (backup):  lock -> registry time -> stat ->
+ *                     present: time < SINCE ? set time = now
+ *                     absent or marked bad: set time = now, write chunk
+ *                     -> unlock
+ *   sweep (gc):       lock -> registry time -> older than the cutoff ?
+ *                     remove chunk, remove key -> unlock
+ *
+ * Because both run under the lock and times only grow, a chunk a backup
+ * relies on either has a time gc will not sweep, or was swept before the
+ * backup looked and is written again.  The registry key is set before the
+ * chunk is written, so a crash leaves at worst a key whose chunk is
+ * missing (gc removes the key) and never a chunk gc cannot find.
+ * Reads check the header, the CRC32 of the stored bytes, the size and the
+ * SHA-256 of the result against the name.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "internal.h"
+
+#define LOCK_NAME "chunk"
+#define LOCK_MS_DEFAULT 30000
+
+uint32_t
+backup_lock_ms (void)
+{
+  const char *s = getenv ("VBK_BACKUP_LOCK_MS");
+  long v;
+
+  if (s && (v = atol (s)) >= 100 && v <= 3600000)
+    return (uint32_t) v;
+  return LOCK_MS_DEFAULT;
+}
+
+int
+backup_chunk_lock (struct backup_repo *r, const char *oid, char *cookie,
+                   size_t cookie_len)
+{
+  static _Atomic unsigned long seq;
+  uint32_t ms = backup_lock_ms ();
+  uint64_t deadline = now_mono_ns () + 2ull * ms * 1000000;
+  struct timespec ts = { 0, 5000000 };
+  int e;
+
+  /* A cookie per call: two threads of this process may want one chunk. */
+  snprintf (cookie, cookie_len, "%d.%lu", (int) getpid (), ++seq);
+  for (;;) {
+    e = store_lock (r->st, oid, LOCK_NAME, cookie, "vbk backup", ms, 0);
+    if (e != -EBUSY)
+      break;
+    if (now_mono_ns () > deadline)
+      return vbk_errno (-EBUSY, "backup: %s: locked by another process for "
+                        "too long", oid);
+    nanosleep (&ts, NULL);
+  }
+  if (e < 0)
+    return vbk_errno (e, "backup: %s: lock", oid);
+  return 0;
+}
+
+void
+backup_chunk_unlock (struct backup_repo *r, const char *oid,
+                     const char *cookie)
+{
+  /* -ENOENT: gc removed the object and its lock with it (RADOS), or the
+   * lock ran out; either way nothing is left to do. */
+  store_unlock (r->st, oid, LOCK_NAME, cookie);
+}
+
+/* Registry entry of HEX: 1 with *T and *BAD, 0 if none, or -errno. */
+static int
+reg_get (struct backup_repo *r, const char *hex, uint64_t *t, int *bad)
+{
+  char v[64];
+  ssize_t n;
+
+  n = store_omap_get (r->st, BACKUP_CHUNKS_OID, hex, v, sizeof v - 1);
+  if (n == -ENOENT)
+    return 0;
+  if (n < 0)
+    return (int) n;
+  v[n < (ssize_t) sizeof v ? n : (ssize_t) sizeof v - 1] = '\0';
+  *bad = strncmp (v, "bad ", 4) == 0;
+  *t = strtoull (*bad ? v + 4 : v, NULL, 10);
+  return 1;
+}
+
+static int
+reg_set (struct backup_repo *r, const char *hex, int bad)
+{
+  char v[64];
+  int n;
+
+  n = snprintf (v, sizeof v, "%s%" PRIu64, bad ? "bad " : "", now_wall_ms ());
+  return store_omap_set (r->st, BACKUP_CHUNKS_OID, hex, v, n);
+}
+
+int
+backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
+                     uint64_t since, const void *plain, size_t len,
+                     uint64_t *stored)
+{
+  char oid[STORE_NAME_MAX + 1], hex[BACKUP_HEX_LEN + 1], cookie[64];
+  uint64_t t = 0, size = 0;
+  void *enc = NULL;
+  size_t n;
+  int bad = 0, have, e, present;
+
+  if (stored)
+    *stored = 0;
+  backup_digest_hex (d, hex);
+  backup_chunk_oid (d, oid, sizeof oid);
+  if ((e = backup_chunk_lock (r, oid, cookie, sizeof cookie)) < 0)
+    return e;
+  if ((have = reg_get (r, hex, &t, &bad)) < 0) {
+    e = vbk_errno (have, "backup: registry of %s", oid);
+    goto out;
+  }
+  e = store_stat (r->st, oid, STORE_SNAP_HEAD, &size);
+  if (e < 0 && e != -ENOENT) {
+    vbk_errno (e, "backup: %s: stat", oid);
+    goto out;
+  }
+  present = e == 0 && size > BACKUP_CHUNK_HDR;
+  if (present && have && !bad) {
+    e = 0;
+    if (t < since && (e = reg_set (r, hex, 0)) < 0)
+      vbk_errno (e, "backup: %s: touch", oid);
+    goto out;
+  }
+  if (plain == NULL) {
+    e = -ENOENT;
+    vbk_set_error ("backup: %s is %s", oid, bad ? "marked bad" : "missing");
+    goto out;
+  }
+  if ((enc = malloc (backup_chunk_bound (len))) == NULL) {
+    e = vbk_errno (-ENOMEM, "backup: %s", oid);
+    goto out;
+  }
+  n = backup_chunk_encode (plain, len, enc);
+  if ((e = reg_set (r, hex, 0)) < 0) {
+    vbk_errno (e, "backup: %s: registry", oid);
+    goto out;
+  }
+  if ((e = store_write_full (r->st, oid, enc, n, 0)) < 0) {
+    vbk_errno (e, "backup: writing %s", oid);
+    goto out;
+  }
+  if (stored)
+    *stored = n;
+  e = 1;
+ out:
+  backup_chunk_unlock (r, oid, cookie);
+  free (enc);
+  return e;
+}
+
+int
+backup_chunk_read (struct backup_repo *r, const unsigned char *d,
+                   void *plain, size_t len)
+{
+  char oid[STORE_NAME_MAX + 1], msg[1024], *buf;
+  unsigned char got[BACKUP_DIGEST_LEN];
+  size_t olen, plen;
+  int e;
+
+  backup_chunk_oid (d, oid, sizeof oid);
+  if ((e = backup_read_object (r->st, oid, &buf, &olen)) < 0) {
+    if (e == -ENOENT)
+      return vbk_errno (-EIO, "backup: chunk %s is missing", oid);
+    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    return vbk_errno (-EIO, "backup: chunk %s: %s", oid, msg);
+  }
+  e = backup_chunk_decode (buf, olen, plain, len, &plen);
+  free (buf);
+  if (e < 0) {
+    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    vbk_set_error ("backup: chunk %s is corrupt: %s", oid, msg);
+    return -EIO;
+  }
+  if (plen != len)
+    return vbk_errno (-EIO, "backup: chunk %s is corrupt: %zu bytes, "
+                      "expected %zu", oid, plen, len);
+  backup_sha256 (plain, len, got);
+  if (memcmp (got, d, BACKUP_DIGEST_LEN) != 0) {
+    vbk_set_error ("backup: chunk %s is corrupt: its data does not match "
+                   "its name", oid);
+    return -EIO;
+  }
+  return 0;
+}
+
+int
+backup_chunk_mark_bad (struct backup_repo *r, const unsigned char *d)
+{
+  char hex[BACKUP_HEX_LEN + 1];
+
+  backup_digest_hex (d, hex);
+  return reg_set (r, hex, 1);
+}

@@ -1,0 +1,387 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * format.c - encoding and parsing of chunks, indexes and manifests.
+ *
+ * DESIGN: pure functions over buffers (no store), so the parsers can be
+ * fuzzed and unit-tested alone.  Every parser treats its input as hostile:
+ * sizes are checked before use, lengths against the buffer, versions
+ * against BACKUP_FORMAT_MAJOR (a newer major is -EPROTONOSUPPORT, a newer
+ * minor of the same major is read: minors only add).  Integers are
+ * little-endian.  Layouts in FORMAT.md.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+#include <lz4.h>
+#include <openssl/sha.h>
+#include <zlib.h>
+
+#include "common/error.h"
+#include "internal.h"
+
+static void
+put16 (unsigned char *p, uint16_t v)
+{
+  p[0] = v;
+  p[1] = v >> 8;
+}
+
+static void
+put32 (unsigned char *p, uint32_t v)
+{
+  put16 (p, v);
+  put16 (p + 2, v >> 16);
+}
+
+static void
+put64 (unsigned char *p, uint64_t v)
+{
+  put32 (p, v);
+  put32 (p + 4, v >> 32);
+}
+
+static uint16_t
+get16 (const unsigned char *p)
+{
+  return p[0] | (uint16_t) p[1] << 8;
+}
+
+static uint32_t
+get32 (const unsigned char *p)
+{
+  return get16 (p) | (uint32_t) get16 (p + 2) << 16;
+}
+
+static uint64_t
+get64 (const unsigned char *p)
+{
+  return get32 (p) | (uint64_t) get32 (p + 4) << 32;
+}
+
+/* ---- Digests ---------------------------------------------------------------- */
+
+bool
+backup_digest_is_hole (const unsigned char *d)
+{
+  static const unsigned char zero[BACKUP_DIGEST_LEN];
+
+  return memcmp (d, zero, BACKUP_DIGEST_LEN) == 0;
+}
+
+void
+backup_digest_hex (const unsigned char *d, char hex[BACKUP_HEX_LEN + 1])
+{
+  static const char x[] = "0123456789abcdef";
+  int i;
+
+  for (i = 0; i < BACKUP_DIGEST_LEN; i++) {
+    hex[2 * i] = x[d[i] >> 4];
+    hex[2 * i + 1] = x[d[i] & 15];
+  }
+  hex[BACKUP_HEX_LEN] = '\0';
+}
+
+static int
+hexval (int c)
+{
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  return -1;
+}
+
+int
+backup_hex_digest (const char *hex, unsigned char *d)
+{
+  int i, a, b;
+
+  if (strlen (hex) != BACKUP_HEX_LEN)
+    return -EINVAL;
+  for (i = 0; i < BACKUP_DIGEST_LEN; i++) {
+    if ((a = hexval (hex[2 * i])) < 0 || (b = hexval (hex[2 * i + 1])) < 0)
+      return -EINVAL;
+    d[i] = a << 4 | b;
+  }
+  return 0;
+}
+
+void
+backup_sha256 (const void *buf, size_t len, unsigned char *d)
+{
+  SHA256 (buf, len, d);
+}
+
+int
+backup_id_check (const char *id)
+{
+  size_t n = strlen (id), i;
+
+  if (n == 0 || n > 63)
+    return -EINVAL;
+  for (i = 0; i < n; i++)
+    if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'z')
+          || (id[i] >= 'A' && id[i] <= 'Z') || id[i] == '-'))
+      return -EINVAL;
+  return 0;
+}
+
+/* ---- Chunks ------------------------------------------------------------------ */
+
+size_t
+backup_chunk_bound (size_t plain)
+{
+  size_t b = (size_t) LZ4_compressBound ((int) plain);
+
+  return BACKUP_CHUNK_HDR + (b > plain ? b : plain);
+}
+
+size_t
+backup_chunk_encode (const void *plain, size_t len, void *out)
+{
+  unsigned char *h = out, *payload = h + BACKUP_CHUNK_HDR;
+  int n, codec = BACKUP_CODEC_LZ4;
+
+  n = LZ4_compress_default (plain, (char *) payload, (int) len,
+                            LZ4_compressBound ((int) len));
+  if (n <= 0 || (size_t) n > len - len / 16) {
+    /* Compression does not pay: store the bytes as they are. */
+    memcpy (payload, plain, len);
+    n = (int) len;
+    codec = BACKUP_CODEC_NONE;
+  }
+  memset (h, 0, BACKUP_CHUNK_HDR);
+  memcpy (h, BACKUP_CHUNK_MAGIC, 4);
+  put16 (h + 4, BACKUP_FORMAT_MAJOR);
+  h[6] = codec;
+  put32 (h + 8, (uint32_t) len);
+  put32 (h + 12, (uint32_t) n);
+  put32 (h + 16, (uint32_t) crc32 (0, payload, n));
+  return BACKUP_CHUNK_HDR + n;
+}
+
+int
+backup_chunk_decode (const void *obj, size_t objlen, void *plain, size_t max,
+                     size_t *len)
+{
+  const unsigned char *h = obj, *payload = h + BACKUP_CHUNK_HDR;
+  uint32_t psize, ssize;
+  int n;
+
+  if (objlen < BACKUP_CHUNK_HDR || memcmp (h, BACKUP_CHUNK_MAGIC, 4) != 0)
+    return vbk_errno (-EBADMSG, "not a chunk (bad header)");
+  if (get16 (h + 4) > BACKUP_FORMAT_MAJOR)
+    return vbk_errno (-EPROTONOSUPPORT, "chunk format version %u is newer "
+                      "than this vbk reads (%d)", get16 (h + 4),
+                      BACKUP_FORMAT_MAJOR);
+  psize = get32 (h + 8);
+  ssize = get32 (h + 12);
+  if (ssize != objlen - BACKUP_CHUNK_HDR)
+    return vbk_errno (-EBADMSG, "chunk truncated or overlong (%zu stored "
+                      "bytes, header says %u)", objlen - BACKUP_CHUNK_HDR,
+                      ssize);
+  if (psize > max)
+    return vbk_errno (-EBADMSG, "chunk of %u bytes, expected at most %zu",
+                      psize, max);
+  if ((uint32_t) crc32 (0, payload, ssize) != get32 (h + 16))
+    return vbk_errno (-EBADMSG, "chunk checksum mismatch");
+  switch (h[6]) {
+  case BACKUP_CODEC_NONE:
+    if (ssize != psize)
+      return vbk_errno (-EBADMSG, "raw chunk with sizes %u != %u", ssize,
+                        psize);
+    memcpy (plain, payload, psize);
+    break;
+  case BACKUP_CODEC_LZ4:
+    n = LZ4_decompress_safe ((const char *) payload, plain, (int) ssize,
+                             (int) psize);
+    if (n < 0 || (uint32_t) n != psize)
+      return vbk_errno (-EBADMSG, "chunk does not decompress");
+    break;
+  default:
+    return vbk_errno (-EBADMSG, "chunk with unknown codec %u", h[6]);
+  }
+  *len = psize;
+  return 0;
+}
+
+/* ---- Indexes ------------------------------------------------------------------ */
+
+int
+backup_index_parse (const void *buf, size_t len, struct backup_index *ix)
+{
+  const unsigned char *h = buf;
+  uint64_t count, want;
+
+  memset (ix, 0, sizeof *ix);
+  if (len < BACKUP_INDEX_HDR || memcmp (h, BACKUP_INDEX_MAGIC, 8) != 0)
+    return vbk_errno (-EBADMSG, "index: bad header");
+  if (get16 (h + 8) > BACKUP_FORMAT_MAJOR)
+    return vbk_errno (-EPROTONOSUPPORT, "index: format version %u.%u is "
+                      "newer than this vbk reads (%d.x)", get16 (h + 8),
+                      get16 (h + 10), BACKUP_FORMAT_MAJOR);
+  ix->chunk_size = get32 (h + 12);
+  ix->size = get64 (h + 16);
+  count = get64 (h + 24);
+  if (ix->chunk_size < BACKUP_CHUNK_SIZE_MIN
+      || ix->chunk_size > BACKUP_CHUNK_SIZE_MAX
+      || (ix->chunk_size & (ix->chunk_size - 1)))
+    return vbk_errno (-EBADMSG, "index: bad chunk size %u", ix->chunk_size);
+  if (ix->size > IMAGE_SIZE_MAX)
+    return vbk_errno (-EBADMSG, "index: bad size %" PRIu64, ix->size);
+  want = (ix->size + ix->chunk_size - 1) / ix->chunk_size;
+  if (count != want)
+    return vbk_errno (-EBADMSG, "index: %" PRIu64 " chunks for %" PRIu64
+                      " bytes, expected %" PRIu64, count, ix->size, want);
+  if ((len - BACKUP_INDEX_HDR) / BACKUP_DIGEST_LEN != count
+      || (len - BACKUP_INDEX_HDR) % BACKUP_DIGEST_LEN)
+    return vbk_errno (-EBADMSG, "index: truncated or overlong (%zu bytes "
+                      "for %" PRIu64 " chunks)", len, count);
+  ix->count = count;
+  ix->digest = malloc (count ? count * BACKUP_DIGEST_LEN : 1);
+  if (ix->digest == NULL)
+    return vbk_errno (-ENOMEM, "index");
+  memcpy (ix->digest, h + BACKUP_INDEX_HDR, count * BACKUP_DIGEST_LEN);
+  return 0;
+}
+
+int
+backup_index_encode (const struct backup_index *ix, void **out, size_t *len)
+{
+  size_t n = BACKUP_INDEX_HDR + ix->count * BACKUP_DIGEST_LEN;
+  unsigned char *h = calloc (1, n);
+
+  if (h == NULL)
+    return vbk_errno (-ENOMEM, "index");
+  memcpy (h, BACKUP_INDEX_MAGIC, 8);
+  put16 (h + 8, BACKUP_FORMAT_MAJOR);
+  put16 (h + 10, BACKUP_FORMAT_MINOR);
+  put32 (h + 12, ix->chunk_size);
+  put64 (h + 16, ix->size);
+  put64 (h + 24, ix->count);
+  if (ix->count)
+    memcpy (h + BACKUP_INDEX_HDR, ix->digest, ix->count * BACKUP_DIGEST_LEN);
+  *out = h;
+  *len = n;
+  return 0;
+}
+
+void
+backup_index_free (struct backup_index *ix)
+{
+  free (ix->digest);
+  ix->digest = NULL;
+}
+
+/* ---- Manifests ---------------------------------------------------------------- */
+
+static int
+get_str (json_object *o, const char *key, char *buf, size_t len, int need)
+{
+  json_object *v;
+  const char *s;
+
+  if (!json_object_object_get_ex (o, key, &v) || json_object_is_type (v, json_type_null)) {
+    if (need)
+      return vbk_errno (-EBADMSG, "manifest: missing \"%s\"", key);
+    buf[0] = '\0';
+    return 0;
+  }
+  if (!json_object_is_type (v, json_type_string))
+    return vbk_errno (-EBADMSG, "manifest: \"%s\" is not a string", key);
+  s = json_object_get_string (v);
+  if (strlen (s) >= len)
+    return vbk_errno (-EBADMSG, "manifest: \"%s\" too long", key);
+  strcpy (buf, s);
+  return 0;
+}
+
+static int
+get_u64 (json_object *o, const char *key, uint64_t *out)
+{
+  json_object *v;
+
+  if (!json_object_object_get_ex (o, key, &v)
+      || !json_object_is_type (v, json_type_int))
+    return vbk_errno (-EBADMSG, "manifest: missing number \"%s\"", key);
+  if (json_object_get_int64 (v) < 0)
+    return vbk_errno (-EBADMSG, "manifest: negative \"%s\"", key);
+  *out = json_object_get_uint64 (v);
+  return 0;
+}
+
+static bool
+only_space (const char *p, size_t n)
+{
+  while (n--)
+    if (*p != ' ' && *p != '\n' && *p != '\t' && *p != '\r')
+      return false;
+    else
+      p++;
+  return true;
+}
+
+int
+backup_manifest_parse (const char *json, size_t len,
+                       struct backup_manifest *m)
+{
+  struct json_tokener *tok = json_tokener_new ();
+  json_object *o = NULL, *v;
+  char fmt[32];
+  unsigned major, minor;
+  uint64_t cs;
+  int r;
+
+  memset (m, 0, sizeof *m);
+  if (tok == NULL)
+    return vbk_errno (-ENOMEM, "manifest");
+  if (len > 1 << 20)
+    r = vbk_errno (-EBADMSG, "manifest: too large");
+  else if ((o = json_tokener_parse_ex (tok, json, (int) len)) == NULL
+           || !only_space (json + json_tokener_get_parse_end (tok),
+                           len - json_tokener_get_parse_end (tok))
+           || !json_object_is_type (o, json_type_object))
+    r = vbk_errno (-EBADMSG, "manifest: not a JSON object");
+  else if ((r = get_str (o, "format", fmt, sizeof fmt, 1)) < 0)
+    ;
+  else if (sscanf (fmt, "%u.%u", &major, &minor) != 2)
+    r = vbk_errno (-EBADMSG, "manifest: bad format \"%s\"", fmt);
+  else if (major > BACKUP_FORMAT_MAJOR)
+    r = vbk_errno (-EPROTONOSUPPORT, "manifest format %u.%u is newer than "
+                   "this vbk reads (%d.x)", major, minor, BACKUP_FORMAT_MAJOR);
+  else if ((r = get_str (o, "id", m->id, sizeof m->id, 1)) < 0
+           || (r = get_str (o, "image", m->image, sizeof m->image, 1)) < 0
+           || (r = get_str (o, "snapshot", m->snapshot, sizeof m->snapshot,
+                            0)) < 0
+           || (r = get_str (o, "parent", m->parent, sizeof m->parent, 0)) < 0
+           || (r = get_str (o, "group", m->group, sizeof m->group, 0)) < 0
+           || (r = get_str (o, "index_sha256", m->index_sha256,
+                            sizeof m->index_sha256, 1)) < 0
+           || (r = get_u64 (o, "size", &m->size)) < 0
+           || (r = get_u64 (o, "time_ms", &m->time_ms)) < 0
+           || (r = get_u64 (o, "chunks", &m->chunks)) < 0
+           || (r = get_u64 (o, "chunk_size", &cs)) < 0)
+    ;
+  else if (backup_id_check (m->id) < 0)
+    r = vbk_errno (-EBADMSG, "manifest: bad id");
+  else if (cs < BACKUP_CHUNK_SIZE_MIN || cs > BACKUP_CHUNK_SIZE_MAX
+           || (cs & (cs - 1)))
+    r = vbk_errno (-EBADMSG, "manifest: bad chunk size %" PRIu64, cs);
+  else if (m->size > IMAGE_SIZE_MAX
+           || m->chunks != (m->size + cs - 1) / cs)
+    r = vbk_errno (-EBADMSG, "manifest: size and chunk count disagree");
+  else if (strlen (m->index_sha256) != BACKUP_HEX_LEN)
+    r = vbk_errno (-EBADMSG, "manifest: bad index_sha256");
+  else {
+    m->chunk_size = (uint32_t) cs;
+    if (json_object_object_get_ex (o, "protected", &v))
+      m->protected_ = json_object_get_boolean (v);
+    r = 0;
+  }
+  json_object_put (o);
+  json_tokener_free (tok);
+  return r;
+}

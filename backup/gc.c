@@ -1,0 +1,376 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * gc.c - garbage collection, prune, remove and protect.
+ *
+ * DESIGN: gc is mark and sweep, safe beside running backups without a
+ * repository-wide lock and without a grace period:
+ *
+ *   T = now; walk the catalog:
+ *     manifest exists         -> mark every digest of its index
+ *     no manifest, writer lock held -> a running backup: cutoff =
+ *                                min(cutoff, its registered start)
+ *     no manifest, no lock    -> died or removed: clean its index,
+ *                                writer object and catalog key
+ *   walk the chunk registry: a chunk neither marked nor referenced since
+ *   the cutoff (minus an allowance for other hosts' clocks) is swept under
+ *   its lock, after checking its time again (chunk.c).
+ *
+ * Why this is safe: a running backup known to gc started before the
+ * cutoff, and touches every chunk it relies on (new, deduplicated or
+ * carried over from its parent) at a later time under the chunk's lock;
+ * a backup gc did not see registered after T, so its touches are newer
+ * than T.  Either way gc's locked re-check sees the new time and keeps
+ * the chunk, or the sweep came first and the backup finds the chunk
+ * missing and writes it again.  A backup that finished was marked
+ * (manifest) or is still registered.  A writer whose lock ran out does
+ * not publish (run.c renews once more before its manifest).  A crash of
+ * gc at any point loses nothing: each sweep removes the chunk before its
+ * registry key, and a key without chunk is swept again next time.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <json-c/json.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "internal.h"
+
+/* ---- gc -------------------------------------------------------------------------- */
+
+struct gc {
+  struct backup_repo *r;
+  struct backup_set marked;
+  uint64_t cutoff;
+  char (*dead)[64];
+  size_t ndead;
+  struct backup_gc_result *res;
+  /* sweep candidates */
+  struct cand { unsigned char d[BACKUP_DIGEST_LEN]; } *cand;
+  size_t ncand, cap;
+};
+
+static int
+gc_catalog (void *arg, const char *id, const char *val)
+{
+  struct gc *g = arg;
+  struct backup_manifest m;
+  struct backup_index ix;
+  struct store_lock_info li;
+  char oid[STORE_NAME_MAX + 1];
+  uint64_t i, start;
+  const char *sp;
+  int e;
+
+  e = backup_manifest_load (g->r, id, &m, NULL);
+  if (e == 0) {
+    if ((e = backup_index_load (g->r, &m, &ix)) < 0)
+      return e;                 /* never sweep with marks missing */
+    for (i = 0; i < ix.count && e >= 0; i++)
+      e = backup_set_add (&g->marked, ix.digest[i]);
+    backup_index_free (&ix);
+    return e < 0 ? vbk_errno (e, "gc: marking") : 0;
+  }
+  if (e != -ENOENT)
+    return e;
+  backup_writer_oid (id, oid, sizeof oid);
+  e = store_lock_get (g->r->st, oid, "writer", &li);
+  if (e == 0) {
+    sp = strrchr (val, ' ');
+    start = sp ? strtoull (sp + 1, NULL, 10) : 0;
+    if (start < g->cutoff)
+      g->cutoff = start;
+    g->res->writers_live++;
+    return 0;
+  }
+  if (e != -ENOENT)
+    return vbk_errno (e, "gc: writer lock of %s", id);
+  g->res->writers_dead++;
+  if (g->ndead % 64 == 0) {
+    void *n = realloc (g->dead, (g->ndead + 64) * sizeof *g->dead);
+
+    if (n == NULL)
+      return vbk_errno (-ENOMEM, "gc");
+    g->dead = n;
+  }
+  snprintf (g->dead[g->ndead++], 64, "%s", id);
+  return 0;
+}
+
+static int
+gc_registry (void *arg, const char *key, const void *val, size_t len)
+{
+  struct gc *g = arg;
+  unsigned char d[BACKUP_DIGEST_LEN];
+  char v[64];
+  uint64_t t;
+
+  g->res->chunks++;
+  if (backup_hex_digest (key, d) < 0)
+    return 0;                   /* not ours */
+  if (backup_set_has (&g->marked, d)) {
+    g->res->marked++;
+    return 0;
+  }
+  snprintf (v, sizeof v, "%.*s", (int) MIN (len, sizeof v - 1),
+            (const char *) val);
+  t = strtoull (strncmp (v, "bad ", 4) == 0 ? v + 4 : v, NULL, 10);
+  if (t >= g->cutoff) {
+    g->res->kept_young++;
+    return 0;
+  }
+  if (g->ncand == g->cap) {
+    void *n;
+
+    g->cap = g->cap ? 2 * g->cap : 1024;
+    if ((n = realloc (g->cand, g->cap * sizeof *g->cand)) == NULL)
+      return vbk_errno (-ENOMEM, "gc");
+    g->cand = n;
+  }
+  memcpy (g->cand[g->ncand++].d, d, BACKUP_DIGEST_LEN);
+  return 0;
+}
+
+struct reg_walk {
+  struct gc *g;
+  char last[STORE_NAME_MAX + 1];
+  size_t seen;
+};
+
+static int
+reg_one (void *arg, const char *key, const void *val, size_t len)
+{
+  struct reg_walk *w = arg;
+
+  snprintf (w->last, sizeof w->last, "%s", key);
+  w->seen++;
+  return gc_registry (w->g, key, val, len);
+}
+
+static int
+sweep_one (struct gc *g, const unsigned char *d)
+{
+  char oid[STORE_NAME_MAX + 1], hex[BACKUP_HEX_LEN + 1], cookie[64], v[64];
+  uint64_t t, size = 0;
+  ssize_t n;
+  int e;
+
+  backup_digest_hex (d, hex);
+  backup_chunk_oid (d, oid, sizeof oid);
+  if ((e = backup_chunk_lock (g->r, oid, cookie, sizeof cookie)) < 0)
+    return e;
+  n = store_omap_get (g->r->st, BACKUP_CHUNKS_OID, hex, v, sizeof v - 1);
+  if (n < 0) {
+    e = n == -ENOENT ? 0 : vbk_errno ((int) n, "gc: registry of %s", oid);
+    goto out;
+  }
+  v[n] = '\0';
+  t = strtoull (strncmp (v, "bad ", 4) == 0 ? v + 4 : v, NULL, 10);
+  if (t >= g->cutoff) {
+    g->res->kept_young++;       /* touched meanwhile */
+    e = 0;
+    goto out;
+  }
+  store_stat (g->r->st, oid, STORE_SNAP_HEAD, &size);
+  e = store_remove (g->r->st, oid);
+  if (e < 0 && e != -ENOENT) {
+    vbk_errno (e, "gc: removing %s", oid);
+    goto out;
+  }
+  if ((e = store_omap_rm (g->r->st, BACKUP_CHUNKS_OID, hex)) < 0
+      && e != -ENOENT) {
+    vbk_errno (e, "gc: registry of %s", oid);
+    goto out;
+  }
+  g->res->removed++;
+  g->res->bytes_removed += size;
+  e = 0;
+ out:
+  backup_chunk_unlock (g->r, oid, cookie);
+  return e;
+}
+
+int
+backup_gc (struct backup_repo *r, uint64_t skew_ms,
+           struct backup_gc_result *res)
+{
+  struct gc g = { .r = r, .res = res };
+  struct reg_walk rw = { .g = &g };
+  char oid[STORE_NAME_MAX + 1];
+  size_t i;
+  int e;
+
+  memset (res, 0, sizeof *res);
+  backup_set_init (&g.marked);
+  g.cutoff = now_wall_ms ();
+  if ((e = backup_catalog_walk (r, gc_catalog, &g)) < 0)
+    goto out;
+  g.cutoff = g.cutoff > skew_ms ? g.cutoff - skew_ms : 0;
+  log_info ("gc: %zu chunks marked, %" PRIu64 " running backups, cutoff %"
+            PRIu64, g.marked.n, res->writers_live, g.cutoff);
+
+  /* Backups that died or were removed: their index and catalog key. */
+  for (i = 0; i < g.ndead; i++) {
+    backup_index_oid (g.dead[i], oid, sizeof oid);
+    if ((e = store_remove (r->st, oid)) < 0 && e != -ENOENT)
+      goto out_err;
+    backup_writer_oid (g.dead[i], oid, sizeof oid);
+    if ((e = store_remove (r->st, oid)) < 0 && e != -ENOENT)
+      goto out_err;
+    if ((e = store_omap_rm (r->st, BACKUP_CATALOG_OID, g.dead[i])) < 0
+        && e != -ENOENT)
+      goto out_err;
+  }
+
+  do {
+    rw.seen = 0;
+    e = store_omap_list (r->st, BACKUP_CHUNKS_OID, rw.last, 1000, reg_one,
+                         &rw);
+    if (e == -ENOENT) {
+      e = 0;
+      break;
+    }
+    if (e < 0)
+      goto out;
+  } while (rw.seen == 1000);
+  for (i = 0; i < g.ncand; i++)
+    if ((e = sweep_one (&g, g.cand[i].d)) < 0)
+      goto out;
+  e = 0;
+  goto out;
+ out_err:
+  vbk_errno (e, "gc: cleaning up backup %s", g.dead[i]);
+ out:
+  backup_set_free (&g.marked);
+  free (g.dead);
+  free (g.cand);
+  return e;
+}
+
+/* ---- remove, protect --------------------------------------------------------- */
+
+int
+backup_remove (struct backup_repo *r, const char *id)
+{
+  struct backup_manifest m;
+  char oid[STORE_NAME_MAX + 1];
+  int e;
+
+  if ((e = backup_manifest_load (r, id, &m, NULL)) < 0)
+    return e;
+  if (m.protected_)
+    return vbk_errno (-EPERM, "backup %s is protected (vbk backup unprotect "
+                      "first)", id);
+  backup_manifest_oid (id, oid, sizeof oid);
+  if ((e = store_remove (r->st, oid)) < 0)
+    return vbk_errno (e, "backup %s: removing the manifest", id);
+  return 0;
+}
+
+int
+backup_protect (struct backup_repo *r, const char *id, bool on)
+{
+  struct backup_manifest m;
+  char oid[STORE_NAME_MAX + 1], *json;
+  json_object *o;
+  const char *s;
+  int e;
+
+  if ((e = backup_manifest_load (r, id, &m, &json)) < 0)
+    return e;
+  o = json_tokener_parse (json);
+  free (json);
+  if (o == NULL)
+    return vbk_errno (-EBADMSG, "backup %s: manifest", id);
+  json_object_object_add (o, "protected", json_object_new_boolean (on));
+  s = json_object_to_json_string_ext (o, JSON_C_TO_STRING_PRETTY
+                                      | JSON_C_TO_STRING_NOSLASHESCAPE);
+  backup_manifest_oid (id, oid, sizeof oid);
+  e = store_write_full (r->st, oid, s, strlen (s), STORE_WRITE_SYNC);
+  json_object_put (o);
+  if (e < 0)
+    return vbk_errno (e, "backup %s: writing the manifest", id);
+  return 0;
+}
+
+/* ---- prune ------------------------------------------------------------------------- */
+
+/* Bucket of T for a rule: day, ISO week or month (UTC). */
+static void
+bucket (uint64_t ms, int kind, char *buf, size_t len)
+{
+  time_t t = ms / 1000;
+  struct tm tm;
+
+  gmtime_r (&t, &tm);
+  strftime (buf, len, kind == 0 ? "%Y-%m-%d" : kind == 1 ? "%G-W%V"
+            : "%Y-%m", &tm);
+}
+
+int
+backup_prune (struct backup_repo *r, const struct backup_prune_opts *o,
+              backup_prune_cb cb, void *arg)
+{
+  struct backup_entry *list;
+  size_t n, i, j, start;
+  int e = 0, *keep;
+
+  if ((e = backup_list (r, o->image, &list, &n)) < 0)
+    return e;
+  if ((keep = calloc (n + 1, sizeof *keep)) == NULL) {
+    free (list);
+    return vbk_errno (-ENOMEM, "prune");
+  }
+  /* Per image: list is oldest first; sort by image (stable enough: a
+   * simple pass per distinct image). */
+  for (start = 0; start < n; start++) {
+    const char *img = list[start].image;
+    int last = 0, counts[3] = { 0 }, seen_before = 0;
+    char prev[3][32] = { "", "", "" }, b[32];
+    const int limits[3] = { o->keep_daily, o->keep_weekly, o->keep_monthly };
+    int k;
+
+    for (j = 0; j < start; j++)
+      if (strcmp (list[j].image, img) == 0)
+        seen_before = 1;
+    if (seen_before)
+      continue;
+    for (i = n; i-- > 0;) {
+      const char *why = NULL;
+      static const char *const names[3] = { "daily", "weekly", "monthly" };
+
+      if (strcmp (list[i].image, img) != 0)
+        continue;
+      if (list[i].protected_)
+        why = "protected";
+      if (last < o->keep_last) {
+        last++;
+        if (!why)
+          why = "last";
+      }
+      for (k = 0; k < 3; k++) {
+        bucket (list[i].time_ms, k, b, sizeof b);
+        if (counts[k] < limits[k] && strcmp (b, prev[k]) != 0) {
+          counts[k]++;
+          snprintf (prev[k], sizeof prev[k], "%s", b);
+          if (!why)
+            why = names[k];
+        }
+      }
+      keep[i] = why != NULL;
+      if (cb)
+        cb (arg, &list[i], keep[i], why ? why : "no rule keeps it");
+      if (!keep[i] && !o->dry_run && (e = backup_remove (r, list[i].id)) < 0)
+        goto out;
+    }
+  }
+ out:
+  free (keep);
+  free (list);
+  return e;
+}

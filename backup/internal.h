@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * internal.h - shared by the files of the backup library.
+ *
+ * Objects of a repository (FORMAT.md has the byte layouts):
+ *   vbk_backup_config          JSON: format version, chunk size
+ *   vbk_backup_catalog         omap: backup id -> "IMAGE START_MS" for
+ *                              every backup begun and not yet cleaned up
+ *   vbk_backup_writer.ID       lock "writer" held while backup ID runs
+ *   vbk_backup_index.ID        index: header + one digest per chunk
+ *   vbk_backup_manifest.ID     JSON manifest; the backup exists iff it does
+ *   vbk_backup_chunks          omap: chunk digest (hex) -> "TIME_MS" of
+ *                              its last reference, or "bad TIME_MS"
+ *   vbk_chunk.HEX              chunk: header + payload; lock "chunk" held
+ *                              while it is created, touched or swept
+ */
+#ifndef VBK_BACKUP_INTERNAL_H
+#define VBK_BACKUP_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backup.h"
+
+#define BACKUP_FORMAT_MAJOR 1
+#define BACKUP_FORMAT_MINOR 0
+
+#define BACKUP_CONFIG_OID "vbk_backup_config"
+#define BACKUP_CATALOG_OID "vbk_backup_catalog"
+#define BACKUP_CHUNKS_OID "vbk_backup_chunks"
+
+#define BACKUP_DIGEST_LEN 32
+#define BACKUP_HEX_LEN 64
+
+struct backup_repo {
+  struct store *st;
+  uint32_t chunk_size;
+  char uri[1024];
+};
+
+/* format.c: pure encoding and parsing (fuzzed by backup/fuzz-backup.c) */
+
+#define BACKUP_CHUNK_MAGIC "VBKC"
+#define BACKUP_CHUNK_HDR 32
+enum { BACKUP_CODEC_NONE = 0, BACKUP_CODEC_LZ4 = 1 };
+
+/* Largest encoded chunk for PLAIN bytes. */
+size_t backup_chunk_bound (size_t plain);
+/* Encodes PLAIN (LEN bytes) into OUT (backup_chunk_bound bytes): LZ4
+ * when it saves at least 1/16, else raw.  Returns the encoded size. */
+size_t backup_chunk_encode (const void *plain, size_t len, void *out);
+/* Decodes an encoded chunk of OBJLEN bytes into PLAIN (at most MAX
+ * bytes); *LEN gets the plain size.  Errors: -EBADMSG (bad magic, sizes,
+ * checksum, payload), -EPROTONOSUPPORT (newer version); message set. */
+int backup_chunk_decode (const void *obj, size_t objlen, void *plain,
+                         size_t max, size_t *len);
+
+#define BACKUP_INDEX_MAGIC "VBKINDEX"
+#define BACKUP_INDEX_HDR 64
+
+struct backup_index {
+  uint64_t size;
+  uint32_t chunk_size;
+  uint64_t count;
+  unsigned char (*digest)[BACKUP_DIGEST_LEN];   /* count entries, malloc'd */
+};
+
+/* Parses an index object.  Errors: -EBADMSG, -EPROTONOSUPPORT. */
+int backup_index_parse (const void *buf, size_t len, struct backup_index *ix);
+/* Encodes IX into a malloc'd buffer (*OUT, *LEN). */
+int backup_index_encode (const struct backup_index *ix, void **out,
+                         size_t *len);
+void backup_index_free (struct backup_index *ix);
+
+struct backup_manifest {
+  char id[64];
+  char image[IMAGE_NAME_MAX + 1];
+  char snapshot[IMAGE_NAME_MAX + 1];
+  char parent[64];
+  char group[IMAGE_NAME_MAX + 1];
+  char index_sha256[BACKUP_HEX_LEN + 1];
+  uint64_t size, time_ms, chunks;
+  uint32_t chunk_size;
+  bool protected_;
+};
+
+/* Parses a manifest.  Errors: -EBADMSG, -EPROTONOSUPPORT. */
+int backup_manifest_parse (const char *json, size_t len,
+                           struct backup_manifest *m);
+
+/* Whether a digest is the hole marker (all zero bytes). */
+bool backup_digest_is_hole (const unsigned char *d);
+void backup_digest_hex (const unsigned char *d, char hex[BACKUP_HEX_LEN + 1]);
+int backup_hex_digest (const char *hex, unsigned char *d);
+void backup_sha256 (const void *buf, size_t len, unsigned char *d);
+/* Checks a backup id: [0-9A-Za-z-], 1..63 characters. */
+int backup_id_check (const char *id);
+
+/* repo.c */
+void backup_manifest_oid (const char *id, char *buf, size_t len);
+void backup_index_oid (const char *id, char *buf, size_t len);
+void backup_writer_oid (const char *id, char *buf, size_t len);
+void backup_chunk_oid (const unsigned char *d, char *buf, size_t len);
+/* Reads a whole object into a malloc'd, NUL-terminated buffer. */
+int backup_read_object (struct store *st, const char *oid, char **buf,
+                        size_t *len);
+int backup_manifest_load (struct backup_repo *r, const char *id,
+                          struct backup_manifest *m, char **json);
+int backup_index_load (struct backup_repo *r, const struct backup_manifest *m,
+                       struct backup_index *ix);
+
+/* catalog: calls CB for each entry (id, value). */
+typedef int (*backup_catalog_cb) (void *arg, const char *id,
+                                  const char *val);
+int backup_catalog_walk (struct backup_repo *r, backup_catalog_cb cb,
+                         void *arg);
+
+/* reader.c: the index of RD (owned by RD), for restore.c */
+struct backup_index *backup_reader_index (struct backup_reader *rd);
+
+/* chunk.c */
+
+/* Lock duration of a chunk and of a running writer, ms ($VBK_BACKUP_LOCK_MS
+ * overrides, for tests that kill processes). */
+uint32_t backup_lock_ms (void);
+int backup_chunk_lock (struct backup_repo *r, const char *oid,
+                       char *cookie, size_t cookie_len);
+void backup_chunk_unlock (struct backup_repo *r, const char *oid,
+                          const char *cookie);
+
+/* Makes sure chunk D exists and counts as referenced at a time >= SINCE
+ * (now, if it has to be touched).  With PLAIN non-NULL (LEN bytes) an
+ * absent or bad chunk is written; without, -ENOENT says it must be.
+ * Returns 1 if written, 0 if it was there; *STORED gets the bytes
+ * written. */
+int backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
+                         uint64_t since, const void *plain, size_t len,
+                         uint64_t *stored);
+/* Reads chunk D, checking its header, checksum and digest, into PLAIN
+ * (LEN bytes expected).  Errors: -EIO naming the chunk. */
+int backup_chunk_read (struct backup_repo *r, const unsigned char *d,
+                       void *plain, size_t len);
+/* Marks chunk D bad, so the next backup writes it again. */
+int backup_chunk_mark_bad (struct backup_repo *r, const unsigned char *d);
+
+/* digest set (set.c): an open-addressing hash set of digests */
+struct backup_set {
+  pthread_mutex_t lock;
+  unsigned char (*slot)[BACKUP_DIGEST_LEN];
+  size_t cap, n;
+};
+void backup_set_init (struct backup_set *s);
+void backup_set_free (struct backup_set *s);
+/* Returns 1 if added, 0 if present, -ENOMEM. Thread-safe. */
+int backup_set_add (struct backup_set *s, const unsigned char *d);
+bool backup_set_has (struct backup_set *s, const unsigned char *d);
+
+#endif /* VBK_BACKUP_INTERNAL_H */

@@ -1,0 +1,243 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * restore.c - restoring a backup into a new image, onto an existing one
+ * in place, or into a file or block device.
+ *
+ * DESIGN: all three are copy_run() from a backup reader endpoint:
+ * - new image / new file: the destination reads as zeros, so holes and
+ *   all-zero chunks are not written (the result is sparse);
+ * - in place: the source is the target image itself, read chunk by chunk,
+ *   and the destination is an endpoint that hashes what the target holds
+ *   now and compares it with the backup's digest: only chunks that differ
+ *   are fetched from the repository and written (zero chunks discarded).
+ *   This is right whatever happened to the target since, because it trusts
+ *   no change log.  While the image's lease is held (a VM runs on it) this
+ *   refuses unless forced, which breaks the lease (fencing the holder).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "locks/lease.h"
+#include "internal.h"
+
+struct inplace {
+  struct backup_reader *rd;
+  struct backup_index *ix;
+  struct image *img;
+  uint32_t cs;
+  _Atomic uint64_t same, written, zeroed;
+};
+
+static int
+ip_pwrite (void *h, const void *cur, size_t len, uint64_t off)
+{
+  struct inplace *p = h;
+  const unsigned char *want = p->ix->digest[off / p->cs];
+  unsigned char d[BACKUP_DIGEST_LEN];
+  void *buf;
+  ssize_t n;
+  int e;
+
+  if (backup_digest_is_hole (want)) {
+    if (copy_is_zero (cur, len)) {
+      p->same += len;
+      return 0;
+    }
+    p->zeroed += len;
+    return image_discard (p->img, off, len, 0);
+  }
+  backup_sha256 (cur, len, d);
+  if (memcmp (d, want, BACKUP_DIGEST_LEN) == 0) {
+    p->same += len;
+    return 0;
+  }
+  if ((buf = malloc (len)) == NULL)
+    return vbk_errno (-ENOMEM, "restore");
+  n = backup_reader_pread (p->rd, buf, len, off);
+  e = n < 0 ? (int) n : image_write (p->img, buf, len, off, 0);
+  free (buf);
+  if (e == 0)
+    p->written += len;
+  return e;
+}
+
+static int
+ip_flush (void *h)
+{
+  return image_flush (((struct inplace *) h)->img);
+}
+
+static uint64_t
+ip_size (void *h)
+{
+  return backup_reader_size (((struct inplace *) h)->rd);
+}
+
+static const struct copy_ops inplace_ops = {
+  .kind = "in-place",
+  .pwrite = ip_pwrite,
+  .flush = ip_flush,
+  .size = ip_size,
+};
+
+static int
+check_lease (struct store *st, const char *image, unsigned flags)
+{
+  struct image_info info;
+  struct lease_status ls;
+  char hdr[STORE_NAME_MAX + 1];
+  int e;
+
+  if ((e = image_stat (st, image, &info)) < 0) {
+    if (e == -ENOENT)
+      vbk_set_error ("restore: no image '%s' (without --in-place a new "
+                     "image is made)", image);
+    return e;
+  }
+  image_header_oid (info.id, hdr, sizeof hdr);
+  if ((e = lease_status_get (st, hdr, &ls)) < 0)
+    return e;
+  if (!ls.held)
+    return 0;
+  if (!(flags & BACKUP_RESTORE_FORCE))
+    return vbk_errno (-EBUSY, "restore: image '%s' is in use (its lease is "
+                      "held by %s); stop it or use --force", image, ls.host);
+  return lease_break (st, hdr);
+}
+
+int
+backup_restore_image (struct backup_repo *r, const char *id,
+                      struct store *st, const char *image, unsigned flags,
+                      enum copy_progress_mode progress,
+                      struct backup_restore_result *res)
+{
+  struct backup_reader *rd = NULL;
+  struct copy_endpoint *src = NULL, *dst = NULL;
+  struct copy_opts co = { 0 };
+  struct copy_result cr = { 0 };
+  struct image *img = NULL;
+  struct inplace ip = { 0 };
+  struct copy_endpoint ipdst = { &inplace_ops, &ip, "" };
+  char label[IMAGE_NAME_MAX + 16];
+  int e, created = 0;
+
+  memset (res, 0, sizeof *res);
+  if ((e = backup_reader_open (r, id, &rd)) < 0)
+    return e;
+  res->size = backup_reader_size (rd);
+  snprintf (label, sizeof label, "restore %s", image);
+  co.piece = backup_repo_chunk_size (r);
+  co.progress = progress;
+  co.label = label;
+  if (flags & BACKUP_RESTORE_IN_PLACE) {
+    struct image_info info;
+
+    if ((e = check_lease (st, image, flags)) < 0)
+      goto out;
+    if ((e = image_stat (st, image, &info)) < 0)
+      goto out;
+    if (info.size != res->size && (e = image_resize (st, image, res->size)) < 0)
+      goto out;
+    if ((e = image_open (st, image, 0, &img)) < 0)
+      goto out;
+    ip.rd = rd;
+    ip.ix = backup_reader_index (rd);
+    ip.img = img;
+    ip.cs = co.piece;
+    snprintf (ipdst.name, sizeof ipdst.name, "%s", image);
+    /* Every chunk of the target is read (absent objects cost nothing). */
+    if ((e = copy_endpoint_image (img, image, 0, &src)) < 0)
+      goto out;
+    {
+      struct copy_range all = { 0, res->size };
+
+      co.ranges = &all;
+      co.nranges = 1;
+      co.whole_pieces = 1;
+      e = copy_run (src, &ipdst, &co, &cr);
+    }
+    res->read = cr.read;
+    res->written = ip.written;
+    res->zeroed = ip.zeroed;
+    res->same = ip.same;
+    res->elapsed_ns = cr.elapsed_ns;
+    goto out;
+  }
+
+  if ((e = image_create (st, image, res->size, 0)) < 0) {
+    if (e == -EEXIST)
+      vbk_set_error ("restore: image '%s' exists (use --in-place to restore "
+                     "onto it)", image);
+    goto out;
+  }
+  created = 1;
+  if ((e = image_open (st, image, 0, &img)) < 0
+      || (e = backup_reader_endpoint (rd, &src)) < 0
+      || (e = copy_endpoint_image (img, image, 0, &dst)) < 0)
+    goto out;
+  co.skip_zero = 1;
+  co.dst_zeroed = 1;
+  e = copy_run (src, dst, &co, &cr);
+  res->read = cr.read;
+  res->written = cr.written;
+  res->elapsed_ns = cr.elapsed_ns;
+ out:
+  copy_endpoint_close (src);
+  copy_endpoint_close (dst);
+  image_close (img);
+  if (e < 0 && created) {
+    char msg[1024];
+
+    /* A half-restored image is no use: remove it, keep the reason. */
+    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    image_remove (st, image);
+    vbk_set_error ("%s", msg);
+  }
+  backup_reader_close (rd);
+  return e;
+}
+
+int
+backup_restore_file (struct backup_repo *r, const char *id, const char *path,
+                     enum copy_progress_mode progress,
+                     struct backup_restore_result *res)
+{
+  struct backup_reader *rd = NULL;
+  struct copy_endpoint *src = NULL, *dst = NULL;
+  struct copy_opts co = { 0 };
+  struct copy_result cr = { 0 };
+  struct stat sb;
+  int e;
+
+  memset (res, 0, sizeof *res);
+  if ((e = backup_reader_open (r, id, &rd)) < 0)
+    return e;
+  res->size = backup_reader_size (rd);
+  if ((e = backup_reader_endpoint (rd, &src)) < 0
+      || (e = copy_endpoint_file (path, COPY_FILE_WRITE | COPY_FILE_CREATE,
+                                  res->size, &dst)) < 0)
+    goto out;
+  co.piece = backup_repo_chunk_size (r);
+  co.skip_zero = 1;
+  /* A regular file was just truncated: it reads as zeros.  A block
+   * device does not. */
+  co.dst_zeroed = stat (path, &sb) == 0 && S_ISREG (sb.st_mode);
+  co.progress = progress;
+  co.label = "restore";
+  e = copy_run (src, dst, &co, &cr);
+  res->read = cr.read;
+  res->written = cr.written;
+  res->zeroed = cr.zeroed;
+  res->elapsed_ns = cr.elapsed_ns;
+ out:
+  copy_endpoint_close (src);
+  copy_endpoint_close (dst);
+  backup_reader_close (rd);
+  return e;
+}

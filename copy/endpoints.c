@@ -1,0 +1,425 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * endpoints.c - copy endpoints over an image (or snapshot), a local file
+ * or block device, and memory.
+ *
+ * DESIGN: each is a struct copy_ops table and a small handle; the image
+ * endpoint passes image_extents through so a copy never reads holes, the
+ * file endpoint asks SEEK_DATA/SEEK_HOLE (everything is data where the
+ * file system cannot say) and punches holes for zero, memory is for unit
+ * tests.  Every operation is thread-safe: pread/pwrite on a file, the
+ * image library, or disjoint ranges of memory.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <linux/fs.h>
+
+#include "common/error.h"
+#include "copy.h"
+
+static int
+new_endpoint (const struct copy_ops *ops, void *h, const char *name,
+              struct copy_endpoint **out)
+{
+  struct copy_endpoint *ep = calloc (1, sizeof *ep);
+
+  if (ep == NULL)
+    return vbk_errno (-ENOMEM, "copy: %s", name);
+  ep->ops = ops;
+  ep->h = h;
+  snprintf (ep->name, sizeof ep->name, "%s", name);
+  *out = ep;
+  return 0;
+}
+
+void
+copy_endpoint_close (struct copy_endpoint *ep)
+{
+  if (ep == NULL)
+    return;
+  if (ep->ops->close)
+    ep->ops->close (ep->h);
+  free (ep);
+}
+
+/* ---- Image ---------------------------------------------------------------- */
+
+struct img_ep {
+  struct image *img;
+  int owned;
+};
+
+static ssize_t
+img_pread (void *h, void *buf, size_t len, uint64_t off)
+{
+  return image_read (((struct img_ep *) h)->img, buf, len, off);
+}
+
+static int
+img_pwrite (void *h, const void *buf, size_t len, uint64_t off)
+{
+  return image_write (((struct img_ep *) h)->img, buf, len, off, 0);
+}
+
+static int
+img_extents (void *h, uint64_t off, uint64_t len, image_extent_cb cb,
+             void *arg)
+{
+  return image_extents (((struct img_ep *) h)->img, off, len, cb, arg);
+}
+
+static int
+img_zero (void *h, uint64_t off, uint64_t len)
+{
+  return image_discard (((struct img_ep *) h)->img, off, len, 0);
+}
+
+static int
+img_flush (void *h)
+{
+  return image_flush (((struct img_ep *) h)->img);
+}
+
+static uint64_t
+img_size (void *h)
+{
+  return image_size (((struct img_ep *) h)->img);
+}
+
+static void
+img_close (void *h)
+{
+  struct img_ep *e = h;
+
+  if (e->owned)
+    image_close (e->img);
+  free (e);
+}
+
+static const struct copy_ops image_ops = {
+  .kind = "image",
+  .pread = img_pread,
+  .pwrite = img_pwrite,
+  .extents = img_extents,
+  .zero = img_zero,
+  .flush = img_flush,
+  .size = img_size,
+  .close = img_close,
+};
+
+int
+copy_endpoint_image (struct image *img, const char *name, int owned,
+                     struct copy_endpoint **out)
+{
+  struct img_ep *e = calloc (1, sizeof *e);
+  int r;
+
+  if (e == NULL)
+    return vbk_errno (-ENOMEM, "copy: %s", name);
+  e->img = img;
+  e->owned = owned;
+  if ((r = new_endpoint (&image_ops, e, name, out)) < 0)
+    free (e);
+  return r;
+}
+
+static const struct copy_ops snapshot_ops = {
+  .kind = "snapshot",
+  .pread = img_pread,
+  .extents = img_extents,
+  .size = img_size,
+  .close = img_close,
+};
+
+int
+copy_endpoint_snapshot (struct store *st, const char *image,
+                        const char *snap, struct copy_endpoint **out)
+{
+  struct image *img;
+  struct img_ep *e;
+  char name[300];
+  int r;
+
+  if ((r = image_open_snap (st, image, snap, &img)) < 0)
+    return r;
+  snprintf (name, sizeof name, "%s@%s", image, snap);
+  if ((e = calloc (1, sizeof *e)) == NULL) {
+    image_close (img);
+    return vbk_errno (-ENOMEM, "copy: %s", name);
+  }
+  e->img = img;
+  e->owned = 1;
+  if ((r = new_endpoint (&snapshot_ops, e, name, out)) < 0)
+    img_close (e);
+  return r;
+}
+
+/* ---- File or block device -------------------------------------------------- */
+
+struct file_ep {
+  int fd;
+  uint64_t size;
+  int is_blk;
+  char path[256];
+};
+
+static ssize_t
+file_pread (void *h, void *buf, size_t len, uint64_t off)
+{
+  struct file_ep *f = h;
+  size_t done = 0;
+  ssize_t n;
+
+  while (done < len) {
+    n = pread (f->fd, (char *) buf + done, len - done, off + done);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return vbk_errno (-errno, "read %s", f->path);
+    }
+    if (n == 0) {               /* past the end of the file: zeros */
+      memset ((char *) buf + done, 0, len - done);
+      break;
+    }
+    done += n;
+  }
+  return len;
+}
+
+static int
+file_pwrite (void *h, const void *buf, size_t len, uint64_t off)
+{
+  struct file_ep *f = h;
+  size_t done = 0;
+  ssize_t n;
+
+  while (done < len) {
+    n = pwrite (f->fd, (const char *) buf + done, len - done, off + done);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return vbk_errno (-errno, "write %s", f->path);
+    }
+    done += n;
+  }
+  return 0;
+}
+
+static int
+file_extents (void *h, uint64_t off, uint64_t len, image_extent_cb cb,
+              void *arg)
+{
+  struct file_ep *f = h;
+  uint64_t end = off + len, pos = off;
+  off_t d, e;
+  int r;
+
+  if (end > f->size)
+    end = f->size;
+  while (pos < end) {
+    d = f->is_blk ? (off_t) pos : lseek (f->fd, pos, SEEK_DATA);
+    if (d < 0 && errno == ENXIO)
+      d = end;                  /* only a hole to the end */
+    else if (d < 0)             /* cannot tell: all data */
+      return cb (arg, pos, end - pos, 1);
+    if ((uint64_t) d > end)
+      d = end;
+    if ((uint64_t) d > pos && (r = cb (arg, pos, d - pos, 0)))
+      return r;
+    if ((uint64_t) d >= end)
+      break;
+    e = f->is_blk ? (off_t) end : lseek (f->fd, d, SEEK_HOLE);
+    if (e < 0 || (uint64_t) e > end)
+      e = end;
+    if ((r = cb (arg, d, e - d, 1)))
+      return r;
+    pos = e;
+  }
+  return 0;
+}
+
+static int
+file_zero (void *h, uint64_t off, uint64_t len)
+{
+  struct file_ep *f = h;
+  uint64_t range[2] = { off, len };
+
+  if (f->is_blk) {
+    if (ioctl (f->fd, BLKZEROOUT, range) == 0)
+      return 0;
+  }
+  else if (fallocate (f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      off, len) == 0)
+    return 0;
+  /* No hole punching here: write zeros. */
+  {
+    static const char zeros[65536];
+    uint64_t done = 0;
+    size_t n;
+    int r;
+
+    while (done < len) {
+      n = len - done < sizeof zeros ? len - done : sizeof zeros;
+      if ((r = file_pwrite (h, zeros, n, off + done)) < 0)
+        return r;
+      done += n;
+    }
+  }
+  return 0;
+}
+
+static int
+file_flush (void *h)
+{
+  struct file_ep *f = h;
+
+  if (fsync (f->fd) < 0 && errno != EINVAL)
+    return vbk_errno (-errno, "fsync %s", f->path);
+  return 0;
+}
+
+static uint64_t
+file_size (void *h)
+{
+  return ((struct file_ep *) h)->size;
+}
+
+static void
+file_close (void *h)
+{
+  struct file_ep *f = h;
+
+  close (f->fd);
+  free (f);
+}
+
+static const struct copy_ops file_ops = {
+  .kind = "file",
+  .pread = file_pread,
+  .pwrite = file_pwrite,
+  .extents = file_extents,
+  .zero = file_zero,
+  .flush = file_flush,
+  .size = file_size,
+  .close = file_close,
+};
+
+int
+copy_endpoint_file (const char *path, unsigned flags, uint64_t size,
+                    struct copy_endpoint **out)
+{
+  struct file_ep *f;
+  struct stat sb;
+  int oflags = O_CLOEXEC, r;
+
+  if (flags & COPY_FILE_WRITE)
+    oflags |= O_RDWR;
+  if (flags & COPY_FILE_CREATE)
+    oflags |= O_CREAT;
+  if ((f = calloc (1, sizeof *f)) == NULL)
+    return vbk_errno (-ENOMEM, "%s", path);
+  snprintf (f->path, sizeof f->path, "%s", path);
+  f->fd = open (path, oflags, 0644);
+  if (f->fd < 0) {
+    r = vbk_errno (-errno, "%s", path);
+    free (f);
+    return r;
+  }
+  if (fstat (f->fd, &sb) < 0) {
+    r = vbk_errno (-errno, "%s", path);
+    goto err;
+  }
+  f->is_blk = S_ISBLK (sb.st_mode);
+  if (f->is_blk) {
+    if (ioctl (f->fd, BLKGETSIZE64, &f->size) < 0) {
+      r = vbk_errno (-errno, "%s: size", path);
+      goto err;
+    }
+  }
+  else if (flags & COPY_FILE_CREATE) {
+    /* A fresh, sparse file of the right size: holes need no writes. */
+    if (ftruncate (f->fd, 0) < 0 || ftruncate (f->fd, size) < 0) {
+      r = vbk_errno (-errno, "%s: truncate", path);
+      goto err;
+    }
+    f->size = size;
+  }
+  else
+    f->size = sb.st_size;
+  if ((r = new_endpoint (&file_ops, f, path, out)) < 0)
+    goto err;
+  return 0;
+ err:
+  close (f->fd);
+  free (f);
+  return r;
+}
+
+/* ---- Memory ------------------------------------------------------------------ */
+
+struct mem_ep {
+  char *buf;
+  uint64_t size;
+};
+
+static ssize_t
+mem_pread (void *h, void *buf, size_t len, uint64_t off)
+{
+  struct mem_ep *m = h;
+
+  if (off > m->size || len > m->size - off)
+    return vbk_errno (-EINVAL, "memory: read past the end");
+  memcpy (buf, m->buf + off, len);
+  return len;
+}
+
+static int
+mem_pwrite (void *h, const void *buf, size_t len, uint64_t off)
+{
+  struct mem_ep *m = h;
+
+  if (off > m->size || len > m->size - off)
+    return vbk_errno (-EINVAL, "memory: write past the end");
+  memcpy (m->buf + off, buf, len);
+  return 0;
+}
+
+static uint64_t
+mem_size (void *h)
+{
+  return ((struct mem_ep *) h)->size;
+}
+
+static void
+mem_close (void *h)
+{
+  free (h);
+}
+
+static const struct copy_ops memory_ops = {
+  .kind = "memory",
+  .pread = mem_pread,
+  .pwrite = mem_pwrite,
+  .size = mem_size,
+  .close = mem_close,
+};
+
+int
+copy_endpoint_memory (void *buf, uint64_t size, struct copy_endpoint **out)
+{
+  struct mem_ep *m = calloc (1, sizeof *m);
+  int r;
+
+  if (m == NULL)
+    return vbk_errno (-ENOMEM, "memory");
+  m->buf = buf;
+  m->size = size;
+  if ((r = new_endpoint (&memory_ops, m, "memory", out)) < 0)
+    free (m);
+  return r;
+}
