@@ -26,7 +26,7 @@ make_disk ()
 {
   local d=$1 v=$2
   $TREE make "$d/src$v" "$v"
-  mke2fs -q -t ext4 -E root_owner=0:0 -d "$d/src$v" "$d/fs$v.img" 48M ||
+  mke2fs -q -t ext4 -b 4096 -E root_owner=0:0 -d "$d/src$v" "$d/fs$v.img" 48M ||
     fail "mke2fs"
   truncate -s 64M "$d/disk$v.raw"
   printf 'label: gpt\nstart=2048, size=98304, type=linux\nstart=100352, size=16384, type=linux\n' |

@@ -47,7 +47,10 @@ v image import "$D/disk1.raw" vm >/dev/null || fail "import"
 v snap create vm@s1 >/dev/null || fail "snap create s1"
 start_blockd pid_a "$D/a.sock"
 uri () { echo "nbd+unix:///$1?socket=$D/a.sock"; }
-nbdcopy "$D/disk2.raw" "$(uri vm)" || fail "nbdcopy disk2 into vm"
+# Every byte as a write: vbk-blockd refuses a WRITE_ZEROES longer than
+# its advertised maximum block size (32 MiB), which nbdcopy sends for a
+# long hole.
+nbdcopy --no-extents --sparse=0 "$D/disk2.raw" "$(uri vm)" || fail "nbdcopy disk2 into vm"
 v snap create vm@s2 >/dev/null || fail "snap create s2"
 # The allocation maps as an NBD client sees them: merged data extents.
 nbd_map ()
