@@ -17,7 +17,9 @@
  *
  * Readahead: when a reader moves on to the next chunk twice in a row,
  * one thread per disk fetches the next RA_CHUNKS chunks, in runs of up
- * to RA_BATCH chunks read with one source call.
+ * to RA_BATCH chunks read with one source call.  It stops after a failed
+ * fetch until a reader's own fetch succeeds, so that a failing store does
+ * not make it evict the good chunks it still has.
  *
  * Invariants: an entry is freed only when it is out of the hash and its
  * reference count is zero; eviction takes only READY entries that
@@ -41,6 +43,7 @@
 #define RA_CHUNKS 32                            /* 8 MiB ahead */
 #define RA_BATCH 8                              /* 2 MiB per fetch */
 #define CACHE_DEFAULT (64u << 20)
+#define LOGGED 8                                /* errors remembered */
 
 enum { CH_LOADING, CH_READY, CH_FAILED };
 
@@ -79,9 +82,12 @@ struct vbkfs_disk {
   pthread_cond_t ra_cond;
   pthread_t ra_thread;
   bool ra_started, ra_stop;
+  bool ra_off;                          /* after a failed fetch, until a
+                                           reader's fetch succeeds */
 
   struct vbkfs_disk_stats stats;
-  char last_error[256];                 /* logged last, under lock */
+  char logged[LOGGED][160];             /* recent errors, under lock */
+  unsigned nlogged;
 };
 
 /* ---- Allocation map ------------------------------------------------------ */
@@ -264,19 +270,24 @@ chunk_new_unlocked (struct vbkfs_disk *d, uint64_t idx)
 }
 
 /* Logs a failed fetch: one line per event, naming the object or chunk
- * (the source's message); the same message again (every read of a
- * removed snapshot) is not repeated. */
+ * (the source's message).  A message among the last LOGGED ones is not
+ * repeated: the kernel retries failed readahead page by page, and every
+ * read of a removed snapshot fails the same way. */
 static void
 log_fetch_error (struct vbkfs_disk *d, uint64_t off, uint64_t len,
                  ssize_t r)
 {
   const char *msg = vbk_error ()[0] ? vbk_error () : strerror ((int) -r);
-  bool again;
+  bool again = false;
+  unsigned i;
 
   pthread_mutex_lock (&d->lock);
-  again = strncmp (d->last_error, msg, sizeof d->last_error - 1) == 0;
+  for (i = 0; i < LOGGED && i < d->nlogged; i++)
+    if (strncmp (d->logged[i], msg, sizeof d->logged[i] - 1) == 0)
+      again = true;
   if (!again)
-    snprintf (d->last_error, sizeof d->last_error, "%s", msg);
+    snprintf (d->logged[d->nlogged++ % LOGGED], sizeof d->logged[0], "%s",
+              msg);
   pthread_mutex_unlock (&d->lock);
   if (!again)
     log_error ("vbkfs: %s: read of %llu bytes at %llu failed: %s",
@@ -288,7 +299,7 @@ log_fetch_error (struct vbkfs_disk *d, uint64_t off, uint64_t len,
  * from the source and one check, and publishes them.  Drops the
  * fetcher's references.  Called without the lock. */
 static int
-fetch (struct vbkfs_disk *d, struct chunk **c, size_t n)
+fetch (struct vbkfs_disk *d, struct chunk **c, size_t n, bool ahead)
 {
   uint64_t off = c[0]->idx << CHUNK_SHIFT;
   uint64_t end = MIN (d->size, (c[n - 1]->idx + 1) << CHUNK_SHIFT);
@@ -296,6 +307,8 @@ fetch (struct vbkfs_disk *d, struct chunk **c, size_t n)
   ssize_t r;
   size_t i;
 
+  log_debug ("vbkfs: %s: fetch chunks %llu+%zu", d->src.name,
+             (unsigned long long) c[0]->idx, n);
   if (buf == NULL)
     r = -ENOMEM;
   else {
@@ -319,6 +332,13 @@ fetch (struct vbkfs_disk *d, struct chunk **c, size_t n)
 
   pthread_mutex_lock (&d->lock);
   d->stats.fetches += n;
+  /* Failing fetches ahead would evict good chunks again and again (the
+   * kernel retries a failed read page by page): no readahead until a
+   * reader's own fetch works again. */
+  if (r < 0)
+    d->ra_off = true;
+  else if (!ahead)
+    d->ra_off = false;
   for (i = 0; i < n; i++) {
     if (r < 0) {
       c[i]->state = CH_FAILED;
@@ -372,7 +392,7 @@ chunk_get (struct vbkfs_disk *d, uint64_t idx, int *err)
   }
   c->refs++;                    /* ours, beside the fetcher's */
   pthread_mutex_unlock (&d->lock);
-  r = fetch (d, &c, 1);
+  r = fetch (d, &c, 1, false);
   if (r < 0) {
     pthread_mutex_lock (&d->lock);
     chunk_put_unlocked (c);
@@ -442,7 +462,7 @@ ra_main (void *arg)
     }
     d->stats.readahead += n;
     pthread_mutex_unlock (&d->lock);
-    fetch (d, batch, n);
+    fetch (d, batch, n, true);
     pthread_mutex_lock (&d->lock);
   }
   pthread_mutex_unlock (&d->lock);
@@ -460,7 +480,7 @@ ra_note (struct vbkfs_disk *d, uint64_t idx)
   else if (idx != d->last_idx)
     d->seq = 0;
   d->last_idx = idx;
-  if (d->seq >= 2 && d->ra_started) {
+  if (d->seq >= 2 && d->ra_started && !d->ra_off) {
     if (d->ra_from <= idx || d->ra_from > idx + RA_CHUNKS)
       d->ra_from = idx + 1;
     d->ra_to = idx + 1 + RA_CHUNKS;
