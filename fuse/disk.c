@@ -6,7 +6,7 @@
  * DESIGN: the allocation map is loaded once, at open, as a sorted array
  * of allocated extents: holes read as zeros without I/O, and SEEK_DATA /
  * SEEK_HOLE and st_blocks come from it.  Data is read in chunks of
- * 256 KiB (or the source's unit, such as a backup's chunk), aligned, kept in an LRU cache (a hash of chunk index
+ * CHUNK_SIZE bytes, aligned, kept in an LRU cache (a hash of chunk index
  * to entry, and a list from most to least recently used).  An entry is
  * LOADING while one thread fetches it; other readers of that chunk wait
  * for it instead of fetching it again.  A fetch reads from the source,
@@ -16,8 +16,8 @@
  * with the reason naming the object or chunk.
  *
  * Readahead: when a reader moves on to the next chunk twice in a row,
- * one thread per disk fetches the next 8 MiB of chunks, in runs of up to
- * 2 MiB read with one source call.  It stops after a failed
+ * one thread per disk fetches the next RA_CHUNKS chunks, in runs of up
+ * to RA_BATCH chunks read with one source call.  It stops after a failed
  * fetch until a reader's own fetch succeeds, so that a failing store does
  * not make it evict the good chunks it still has.
  *
@@ -38,13 +38,10 @@
 #include "common/util.h"
 #include "internal.h"
 
-#define SHIFT_DEFAULT 18                        /* 256 KiB chunks */
-#define SHIFT_MAX 24                            /* 16 MiB */
-#define RA_BYTES (8u << 20)                     /* readahead window */
-#define BATCH_BYTES (2u << 20)                  /* per readahead fetch */
-#define BATCH_MAX 8
-#define CHUNK_SHIFT (d->shift)
-#define CHUNK_SIZE (UINT64_C (1) << d->shift)
+#define CHUNK_SHIFT 18
+#define CHUNK_SIZE (1u << CHUNK_SHIFT)          /* 256 KiB */
+#define RA_CHUNKS 32                            /* 8 MiB ahead */
+#define RA_BATCH 8                              /* 2 MiB per fetch */
 #define CACHE_DEFAULT (64u << 20)
 #define LOGGED 8                                /* errors remembered */
 
@@ -68,8 +65,6 @@ struct extent {
 struct vbkfs_disk {
   struct vbkfs_source src;
   uint64_t size;
-  unsigned shift;                       /* chunks of 1 << shift bytes */
-  unsigned ra_chunks, ra_batch;
   struct extent *ext;                   /* allocated, sorted, merged */
   size_t next, ext_cap;
 
@@ -430,7 +425,7 @@ ra_main (void *arg)
 {
   struct vbkfs_disk *d = arg;
   uint64_t nchunks = (d->size + CHUNK_SIZE - 1) >> CHUNK_SHIFT;
-  struct chunk *batch[BATCH_MAX];
+  struct chunk *batch[RA_BATCH];
   size_t n;
 
   pthread_mutex_lock (&d->lock);
@@ -441,7 +436,7 @@ ra_main (void *arg)
     }
     /* A run of consecutive chunks that are neither cached nor holes. */
     n = 0;
-    while (n < d->ra_batch && d->ra_from < d->ra_to && d->ra_from < nchunks) {
+    while (n < RA_BATCH && d->ra_from < d->ra_to && d->ra_from < nchunks) {
       uint64_t idx = d->ra_from;
 
       if (hash_find (d, idx) || chunk_is_hole (d, idx)) {
@@ -486,9 +481,9 @@ ra_note (struct vbkfs_disk *d, uint64_t idx)
     d->seq = 0;
   d->last_idx = idx;
   if (d->seq >= 2 && d->ra_started && !d->ra_off) {
-    if (d->ra_from <= idx || d->ra_from > idx + d->ra_chunks)
+    if (d->ra_from <= idx || d->ra_from > idx + RA_CHUNKS)
       d->ra_from = idx + 1;
-    d->ra_to = idx + 1 + d->ra_chunks;
+    d->ra_to = idx + 1 + RA_CHUNKS;
     pthread_cond_signal (&d->ra_cond);
   }
   pthread_mutex_unlock (&d->lock);
@@ -571,25 +566,9 @@ vbkfs_disk_open (struct vbkfs_source *src, uint64_t cache_bytes,
   pthread_cond_init (&d->cond, NULL);
   pthread_cond_init (&d->ra_cond, NULL);
   d->lru.next = d->lru.prev = &d->lru;
-  /* The source's own unit (a backup's chunk, decoded whole on every
-   * read) if it has one, so that no unit is decoded twice for two parts. */
-  d->shift = SHIFT_DEFAULT;
-  if (src->ops->chunk_size) {
-    uint64_t cs = src->ops->chunk_size (src->h);
-
-    if (is_power_of_2 (cs) && cs > (UINT64_C (1) << SHIFT_DEFAULT))
-      d->shift = MIN ((unsigned) __builtin_ctzll (cs), SHIFT_MAX);
-  }
-  d->ra_chunks = MAX (2, RA_BYTES >> d->shift);
-  d->ra_batch = MIN (BATCH_MAX, MAX (1, BATCH_BYTES >> d->shift));
-  d->max_chunks = (cache_bytes ? cache_bytes : CACHE_DEFAULT) >> d->shift;
-  /* By default at least 32 units: a file system's metadata is spread
-   * over the whole disk, and a bigger unit holds no more of it. */
-  if (cache_bytes == 0 && d->max_chunks < 32)
-    d->max_chunks = 32;
-  /* At least room for readahead and for the readers beside it. */
-  if (d->max_chunks < 2 * d->ra_chunks + 4)
-    d->max_chunks = 2 * d->ra_chunks + 4;
+  d->max_chunks = (cache_bytes ? cache_bytes : CACHE_DEFAULT) >> CHUNK_SHIFT;
+  if (d->max_chunks < 2 * RA_BATCH + 4)
+    d->max_chunks = 2 * RA_BATCH + 4;
   d->nhash = 2 * d->max_chunks + 1;
   d->hash = calloc (d->nhash, sizeof *d->hash);
   d->last_idx = UINT64_MAX - 1;

@@ -313,10 +313,8 @@ vbkfs_extfs_getattr (struct vbkfs_extfs *e, const char *path,
 }
 
 struct dir_ctx {
-  struct vbkfs_extfs *e;
   vbkfs_fill_cb fill;
   void *arg;
-  bool plus;
   int stop;
 };
 
@@ -335,17 +333,6 @@ dir_one (ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent,
     return 0;
   memset (&st, 0, sizeof st);
   st.st_ino = dirent->inode;
-  if (c->plus) {
-    struct ext2_inode_large inode;
-
-    /* Inside ext2fs_dir_iterate2, under the file system's lock. */
-    if (read_inode_unlocked (c->e, dirent->inode, &inode) == 0) {
-      fill_stat (c->e, dirent->inode, &inode, &st);
-      if (st.st_nlink == 0)
-        st.st_nlink = 1;
-      goto out;
-    }
-  }
   switch (ext2fs_dirent_file_type (dirent)) {
   case EXT2_FT_DIR: st.st_mode = S_IFDIR; break;
   case EXT2_FT_SYMLINK: st.st_mode = S_IFLNK; break;
@@ -355,7 +342,6 @@ dir_one (ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent,
   case EXT2_FT_SOCK: st.st_mode = S_IFSOCK; break;
   default: st.st_mode = S_IFREG; break;
   }
- out:
   if (c->fill (c->arg, name, &st)) {
     c->stop = 1;
     return DIRENT_ABORT;
@@ -365,9 +351,9 @@ dir_one (ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent,
 
 int
 vbkfs_extfs_readdir (struct vbkfs_extfs *e, const char *path,
-                     unsigned flags, vbkfs_fill_cb fill, void *arg)
+                     vbkfs_fill_cb fill, void *arg)
 {
-  struct dir_ctx c = { e, fill, arg, flags & VBKFS_READDIR_PLUS, 0 };
+  struct dir_ctx c = { fill, arg, 0 };
   ext2_ino_t ino;
   errcode_t err;
   int r;

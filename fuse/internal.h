@@ -40,9 +40,6 @@ struct vbkfs_source_ops {
    * read other data).  -EIO (with a message) once it is gone. */
   int (*check) (void *h);
   void (*close) (void *h);
-  /* Optional: the size of the unit the source reads whole (a backup's
-   * chunk); the cache then keeps such units. */
-  uint64_t (*chunk_size) (void *h);
 };
 
 struct vbkfs_source {
@@ -117,7 +114,7 @@ void vbkfs_extfs_close (struct vbkfs_extfs *e);
 int vbkfs_extfs_getattr (struct vbkfs_extfs *e, const char *path,
                          struct stat *st);
 int vbkfs_extfs_readdir (struct vbkfs_extfs *e, const char *path,
-                         unsigned flags, vbkfs_fill_cb fill, void *arg);
+                         vbkfs_fill_cb fill, void *arg);
 int vbkfs_extfs_readlink (struct vbkfs_extfs *e, const char *path,
                           char *buf, size_t len);
 int vbkfs_extfs_fopen (struct vbkfs_extfs *e, const char *path,

@@ -52,7 +52,6 @@ op_getattr (const char *path, struct stat *st, struct fuse_file_info *fi)
 struct fill_ctx {
   void *buf;
   fuse_fill_dir_t filler;
-  bool plus;
 };
 
 static int
@@ -60,20 +59,18 @@ fill_one (void *arg, const char *name, const struct stat *st)
 {
   struct fill_ctx *c = arg;
 
-  return c->filler (c->buf, name, st, 0, c->plus && st && st->st_nlink
-                    ? FUSE_FILL_DIR_PLUS : 0);
+  return c->filler (c->buf, name, st, 0, 0);
 }
 
 static int
 op_readdir (const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
             struct fuse_file_info *fi, enum fuse_readdir_flags flags)
 {
-  struct fill_ctx c = { buf, filler, flags & FUSE_READDIR_PLUS };
+  struct fill_ctx c = { buf, filler };
 
   filler (buf, ".", NULL, 0, 0);
   filler (buf, "..", NULL, 0, 0);
-  return vbkfs_readdir (this_fs (), path, c.plus ? VBKFS_READDIR_PLUS : 0,
-                        fill_one, &c);
+  return vbkfs_readdir (this_fs (), path, fill_one, &c);
 }
 
 static int

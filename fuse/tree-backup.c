@@ -322,28 +322,23 @@ vbkfs_backup_info (struct vbkfs *fs, struct vbkfs_node *n, char **out)
 
 /* ---- A backup as a source ---------------------------------------------- */
 
-struct bk {
-  struct backup_reader *rd;
-  uint64_t chunk_size;
-};
-
 static uint64_t
 bk_size (void *h)
 {
-  return backup_reader_size (((struct bk *) h)->rd);
+  return backup_reader_size (h);
 }
 
 static ssize_t
 bk_pread (void *h, void *buf, size_t len, uint64_t off)
 {
-  return backup_reader_pread (((struct bk *) h)->rd, buf, len, off);
+  return backup_reader_pread (h, buf, len, off);
 }
 
 static int
 bk_extents (void *h, uint64_t off, uint64_t len, image_extent_cb cb,
             void *arg)
 {
-  return backup_reader_extents (((struct bk *) h)->rd, off, len, cb, arg);
+  return backup_reader_extents (h, off, len, cb, arg);
 }
 
 static int
@@ -355,16 +350,7 @@ bk_check (void *h)
 static void
 bk_close (void *h)
 {
-  struct bk *b = h;
-
-  backup_reader_close (b->rd);
-  free (b);
-}
-
-static uint64_t
-bk_chunk_size (void *h)
-{
-  return ((struct bk *) h)->chunk_size;
+  backup_reader_close (h);
 }
 
 static const struct vbkfs_source_ops backup_ops = {
@@ -374,31 +360,22 @@ static const struct vbkfs_source_ops backup_ops = {
   .extents = bk_extents,
   .check = bk_check,
   .close = bk_close,
-  .chunk_size = bk_chunk_size,
 };
 
 int
 vbkfs_source_backup_open (struct vbkfs *fs, const char *image,
                           const char *name, struct vbkfs_source *out)
 {
-  struct bk *b;
+  struct backup_reader *rd;
   int r;
 
   if (fs->backups == NULL)
     return -ENOENT;
-  b = calloc (1, sizeof *b);
-  if (b == NULL)
-    return -ENOMEM;
-  r = backup_reader_open (fs->backups->repo, name, &b->rd);
-  if (r < 0) {
-    free (b);
+  r = backup_reader_open (fs->backups->repo, name, &rd);
+  if (r < 0)
     return r;
-  }
-  /* The repository's chunk size: a hint for the cache (a backup made
-   * with another one still reads right). */
-  b->chunk_size = backup_repo_chunk_size (fs->backups->repo);
   out->ops = &backup_ops;
-  out->h = b;
+  out->h = rd;
   snprintf (out->name, sizeof out->name, "backup %s/%s", image, name);
   return 0;
 }

@@ -531,8 +531,8 @@ vbkfs_getattr (struct vbkfs *fs, const char *path, struct stat *st)
 /* ---- Directories ------------------------------------------------------------- */
 
 int
-vbkfs_readdir (struct vbkfs *fs, const char *path, unsigned flags,
-               vbkfs_fill_cb fill, void *arg)
+vbkfs_readdir (struct vbkfs *fs, const char *path, vbkfs_fill_cb fill,
+               void *arg)
 {
   struct vbkfs_node n;
   struct stat st;
@@ -611,7 +611,7 @@ vbkfs_readdir (struct vbkfs *fs, const char *path, unsigned flags,
     fill (arg, "README", &st);
     return 0;
   case N_FILES:
-    return vbkfs_extfs_readdir (n.ext, n.fspath, flags, fill, arg);
+    return vbkfs_extfs_readdir (n.ext, n.fspath, fill, arg);
   default:
     return -ENOTDIR;
   }

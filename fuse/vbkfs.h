@@ -49,15 +49,11 @@ void vbkfs_free (struct vbkfs *fs);
 int vbkfs_getattr (struct vbkfs *fs, const char *path, struct stat *st);
 
 /* Calls FILL for each entry of directory PATH (not "." and ".."); a
- * non-zero return from FILL stops the listing.  ST gives at least the
- * type (st_mode & S_IFMT); with VBKFS_READDIR_PLUS, entries inside file
- * systems come with all their attributes, marked by st_nlink != 0 (what
- * FUSE's readdirplus hands to the kernel, saving a lookup per entry). */
+ * non-zero return from FILL stops the listing.  ST may be NULL. */
 typedef int (*vbkfs_fill_cb) (void *arg, const char *name,
                               const struct stat *st);
-#define VBKFS_READDIR_PLUS 1u
-int vbkfs_readdir (struct vbkfs *fs, const char *path, unsigned flags,
-                   vbkfs_fill_cb fill, void *arg);
+int vbkfs_readdir (struct vbkfs *fs, const char *path, vbkfs_fill_cb fill,
+                   void *arg);
 
 /* The target of symlink PATH into BUF (NUL-terminated, cut to LEN-1). */
 int vbkfs_readlink (struct vbkfs *fs, const char *path, char *buf,

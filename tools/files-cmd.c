@@ -220,7 +220,7 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
     print_entry (fs, tpath, base ? base + 1 : tpath, &sb, arr);
     goto out;
   }
-  r = vbkfs_readdir (fs, tpath, 0, ls_one, &c);
+  r = vbkfs_readdir (fs, tpath, ls_one, &c);
   if (r < 0) {
     rc = path_fail (a, a->argv[0], r);
     goto out;
@@ -332,7 +332,7 @@ get_dir (struct get_ctx *g, const char *tpath, const char *out,
 
   if (mkdir (out, 0700) < 0 && errno != EEXIST)
     return vbk_errno (-errno, "mkdir %s", out);
-  r = vbkfs_readdir (g->fs, tpath, 0, ls_one, &c);
+  r = vbkfs_readdir (g->fs, tpath, ls_one, &c);
   for (i = 0; r == 0 && i < c.n; i++) {
     if (asprintf (&cp, "%s/%s", tpath, c.names[i]) < 0
         || asprintf (&co, "%s/%s", out, c.names[i]) < 0) {
