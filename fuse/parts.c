@@ -178,7 +178,8 @@ vbkfs_parts_read (struct vbkfs_disk *d, struct vbkfs_part **list, size_t *n)
     *n = 0;
     return r;
   }
-  qsort (*list, *n, sizeof **list, cmp_part);
+  if (*n > 1)
+    qsort (*list, *n, sizeof **list, cmp_part);
   return 0;
 }
 

@@ -53,6 +53,20 @@ vol_find_unlocked (struct vbkfs *fs, int kind, const char *image,
   return NULL;
 }
 
+/* Whether a volume of IMAGE is open: then IMAGE exists for us. */
+static bool
+image_in_use (struct vbkfs *fs, const char *image)
+{
+  struct vbkfs_vol *v;
+  bool found = false;
+
+  pthread_mutex_lock (&fs->lock);
+  for (v = fs->vols; v && !found; v = v->next)
+    found = v->kind == VOL_SNAP && strcmp (v->image, image) == 0;
+  pthread_mutex_unlock (&fs->lock);
+  return found;
+}
+
 /* The volume KIND IMAGE NAME with its disk open. */
 static int
 vol_get (struct vbkfs *fs, int kind, const char *image, const char *name,
@@ -258,7 +272,11 @@ vol_exists (struct vbkfs *fs, struct vbkfs_node *n)
   pthread_mutex_lock (&fs->lock);
   n->vol = vol_find_unlocked (fs, n->kind, n->image, n->name);
   pthread_mutex_unlock (&fs->lock);
-  if (n->vol && n->rest_is_inside)
+  /* An open volume exists for us (a removed snapshot leaves the
+   * listings; its reads fail): no metadata read, so that paths into it
+   * keep working when the kernel revalidates them while the store
+   * fails. */
+  if (n->vol)
     return 0;
   if (n->kind == VOL_SNAP) {
     r = snap_find (fs, n->image, n->name, &sn);
@@ -376,7 +394,8 @@ vbkfs_resolve (struct vbkfs *fs, const char *path, struct vbkfs_node *n)
       struct image_info info;
 
       n->type = N_IMAGE;
-      if (r == 0 && (r = image_stat (fs->store, n->image, &info)) < 0)
+      if (r == 0 && !image_in_use (fs, n->image)
+          && (r = image_stat (fs->store, n->image, &info)) < 0)
         return r == -ENOENT ? r : -EIO;
       return r;
     }
@@ -386,7 +405,8 @@ vbkfs_resolve (struct vbkfs *fs, const char *path, struct vbkfs_node *n)
       struct image_info info;
 
       n->type = N_SNAPS;
-      if (r == 0 && (r = image_stat (fs->store, n->image, &info)) < 0)
+      if (r == 0 && !image_in_use (fs, n->image)
+          && (r = image_stat (fs->store, n->image, &info)) < 0)
         return r == -ENOENT ? r : -EIO;
       return r;
     }

@@ -225,7 +225,8 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
     rc = path_fail (a, a->argv[0], r);
     goto out;
   }
-  qsort (c.names, c.n, sizeof *c.names, cmp_str);
+  if (c.n > 1)
+    qsort (c.names, c.n, sizeof *c.names, cmp_str);
   for (i = 0; i < c.n; i++) {
     snprintf (child, sizeof child, "%s/%s", tpath, c.names[i]);
     vbk_clear_error ();
