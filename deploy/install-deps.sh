@@ -11,7 +11,8 @@ PKGS="
   libssl-dev libgnutls28-dev libinih-dev libjson-c-dev
   qemu-utils qemu-block-extra libnbd-bin python3-libnbd nbdkit
   fio restic borgbackup util-linux e2fsprogs procps psmisc
-  libext2fs-dev libfdisk-dev libblkid-dev gnutls-bin python3
+  libext2fs-dev libfdisk-dev libblkid-dev gnutls-bin python3 fdisk
+  python3-llfuse
 "
 
 missing=""

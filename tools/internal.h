@@ -145,6 +145,15 @@ extern const struct vbk_cmd lease_cmds[];
 /* backup-cmd.c */
 extern const struct vbk_cmd backup_cmds[];
 
+/* mount-cmd.c: "mount" and "umount" (top-level verbs). */
+extern const struct vbk_opt mount_opts[];
+#define MOUNT_SYNOPSIS "DIR [--repo URI] [--allow-other] [-f] [--log FILE]"
+int cmd_mount (struct vbk_ctx *ctx, struct vbk_args *a);
+int cmd_umount (struct vbk_ctx *ctx, struct vbk_args *a);
+
+/* files-cmd.c */
+extern const struct vbk_cmd files_cmds[];
+
 /* image-copy.c */
 
 struct copy_stats {

@@ -45,6 +45,12 @@ static const struct vbk_cmd top_cmds[] = {
   { "backup", "VERB [ARGS]", "incremental backups into a deduplicated "
     "repository: run, list, verify, prune, gc, restore",
     NULL, 0, 0, NULL, backup_cmds },
+  { "files", "VERB [ARGS]", "list and copy out the files inside a "
+    "snapshot or backup, without mounting", NULL, 0, 0, NULL, files_cmds },
+  { "mount", MOUNT_SYNOPSIS, "show snapshots and backups, and the files "
+    "inside them, as a read-only tree on DIR (FUSE)",
+    mount_opts, 1, 1, cmd_mount },
+  { "umount", "DIR", "unmount a vbk mount", NULL, 1, 1, cmd_umount },
   { NULL },
 };
 

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# fuse-bench.sh - speeds of "vbk mount" beside its peers, measured in the
+# same run (a benchmark, not a test: it prints numbers, asserts nothing).
+#
+#   bench/fuse-bench.sh [--store local|rados] [--size-gib N]
+#
+# The disk: GPT, one ext4 partition holding a 1 GiB file of random bytes
+# and 10,000 small files in 100 directories; imported and snapshotted.
+# Measured, for each reader, on a fresh mount (cold caches):
+#   mount->first byte   from starting the mount to the first byte of disk
+#   disk seq            dd of the whole disk, 1 MiB reads
+#   file seq            dd of the 1 GiB file inside ext4
+#   4k rand QD1         fio psync randread over the disk, p50 / p99
+#   ls -R 10k           ls -lR of the 10,000 files
+# Readers:
+#   vbk mount           this project (snapshot, and a backup if --repo)
+#   nbdfuse             the same snapshot exported by vbk-blockd, read with
+#                       nbdfuse (disk); files through the kernel's ext4 on a
+#                       loop device over nbdfuse's file (root only)
+#   restic mount        the raw disk backed up with restic, its mount
+#   borg mount          the same with borg (needs python3-llfuse)
+# A rados store needs CEPH_CONF and VBK_TEST_POOL (deploy/ceph-dev-cluster.sh).
+set -euo pipefail
+
+VBK_SRC=$(cd "$(dirname "$0")/.." && pwd)
+VBK_BIN=${VBK_BIN:-$VBK_SRC/build/bin}
+PATH=$PATH:/usr/sbin:/sbin
+kind=local
+size_gib=2
+while [ $# -gt 0 ]; do
+  case $1 in
+    --store) kind=$2; shift 2 ;;
+    --size-gib) size_gib=$2; shift 2 ;;
+    *) echo "usage: $0 [--store local|rados] [--size-gib N]" >&2; exit 2 ;;
+  esac
+done
+
+W=$(mktemp -d "${TMPDIR:-/tmp}/vbk-fuse-bench.XXXXXX")
+pids=()
+mounts=()
+cleanup ()
+{
+  local m p
+  for m in "${mounts[@]}"; do
+    umount "$m" 2>/dev/null || fusermount3 -u "$m" 2>/dev/null || true
+  done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "${loopdev:-}" ] && losetup -d "$loopdev" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+case $kind in
+  local) store=local:$W/store; repo=local:$W/repo ;;
+  rados) store="rados:${VBK_TEST_POOL:-vbk}/bench-$$?conf=$CEPH_CONF"
+         repo="rados:${VBK_TEST_POOL:-vbk}/bench-repo-$$?conf=$CEPH_CONF" ;;
+  *) echo "unknown store kind $kind" >&2; exit 2 ;;
+esac
+v () { "$VBK_BIN/vbk" --store "$store" "$@"; }
+now () { date +%s.%N; }
+secs () { python3 -c "print('%.3f' % ($2 - $1))"; }
+mbps () { python3 -c "print('%.0f' % ($1 / 1048576 / ($3 - $2)))"; }
+
+# ---- The disk ------------------------------------------------------------------
+
+echo "# preparing a ${size_gib} GiB disk ($kind store) in $W" >&2
+mkdir -p "$W/src/many"
+head -c 1G /dev/urandom >"$W/src/big.bin"
+python3 - "$W/src/many" <<'EOF'
+import os, sys
+for d in range(100):
+    p = os.path.join(sys.argv[1], "d%03d" % d)
+    os.mkdir(p)
+    for f in range(100):
+        with open(os.path.join(p, "f%03d" % f), "w") as fh:
+            fh.write("file %d/%d\n" % (d, f) * 20)
+EOF
+fs_mib=$((size_gib * 1024 - 2))
+mke2fs -q -t ext4 -b 4096 -d "$W/src" "$W/fs.img" "${fs_mib}M"
+truncate -s "${size_gib}G" "$W/disk.raw"
+printf 'label: gpt\nstart=2048, size=%d, type=linux\n' $((fs_mib * 2048)) |
+  sfdisk -q "$W/disk.raw" >/dev/null
+dd if="$W/fs.img" of="$W/disk.raw" bs=1M seek=1 conv=notrunc,sparse status=none
+rm "$W/fs.img"
+v image import "$W/disk.raw" bench >/dev/null
+v snap create bench@s >/dev/null
+part_off=$((2048 * 512))
+
+# Cold reads without touching the machine's other caches (others work
+# here): each reader is mounted afresh, and before each measurement the
+# page cache of the files it reads is dropped (dd iflag=nocache count=0:
+# posix_fadvise DONTNEED, which FUSE honours), as is a loop device's.
+drop ()
+{
+  local f
+  for f; do
+    [ -n "$f" ] && dd if="$f" iflag=nocache count=0 status=none 2>/dev/null || true
+  done
+  [ -n "${loopdev:-}" ] && blockdev --flushbufs "$loopdev" 2>/dev/null || true
+}
+
+# measure NAME DISK FILE LSDIR: prints one line of numbers.  The order
+# (listing, file, disk, random) keeps each measurement off the caches the
+# one before filled.
+measure ()
+{
+  local name=$1 disk=$2 file=$3 lsdir=$4 t0 t1 seq fseq lsr p50 p99
+  lsr=- fseq=-
+  if [ -n "$lsdir" ]; then
+    drop "$disk"
+    t0=$(now); ls -lR "$lsdir" >/dev/null; t1=$(now)
+    lsr=$(secs "$t0" "$t1")
+  fi
+  if [ -n "$file" ]; then
+    drop "$disk" "$file"
+    t0=$(now); dd if="$file" of=/dev/null bs=1M status=none; t1=$(now)
+    fseq=$(mbps $((1 << 30)) "$t0" "$t1")
+  fi
+  drop "$disk"
+  t0=$(now); dd if="$disk" of=/dev/null bs=1M status=none; t1=$(now)
+  seq=$(mbps $((size_gib << 30)) "$t0" "$t1")
+  drop "$disk"
+  fio --name=r --filename="$disk" --ioengine=psync --rw=randread --bs=4k \
+    --iodepth=1 --time_based --runtime=5 --ramp_time=1 --readonly \
+    --output-format=json --output="$W/fio.json" >/dev/null 2>&1 || true
+  read -r p50 p99 < <(python3 - "$W/fio.json" <<'EOF'
+import json, sys
+t = open(sys.argv[1]).read()
+d = json.loads(t[t.index("{"):])
+p = d["jobs"][0]["read"]["clat_ns"]["percentile"]
+print("%.0f %.0f" % (p["50.000000"] / 1000, p["99.000000"] / 1000))
+EOF
+  ) || { p50=-; p99=-; }
+  printf '%-22s %10s %10s %10s %10s %10s %10s\n' "$name" "${first:--}" \
+    "$seq" "$fseq" "$p50" "$p99" "$lsr"
+}
+
+printf '%-22s %10s %10s %10s %10s %10s %10s\n' reader "first-s" "disk-MB/s" \
+  "file-MB/s" "4k-p50-us" "4k-p99-us" "ls-R-s"
+
+# ---- vbk mount (snapshot) ----------------------------------------------------------
+
+run_vbk ()
+{
+  local m=$W/mnt-vbk t0 t1 S
+  mkdir -p "$m"
+  t0=$(now)
+  v mount "$m" ${repo_arg:+--repo "$repo"}
+  mounts+=("$m")
+  S=$m/$1
+  head -c 1 "$S/disk" >/dev/null
+  t1=$(now)
+  first=$(secs "$t0" "$t1")
+  measure "vbk mount ($2)" "$S/disk" "$S/files/p1/big.bin" "$S/files/p1/many"
+  v umount "$m"
+  sleep 0.5
+}
+repo_arg=
+run_vbk images/bench/snapshots/s snapshot
+
+# ---- nbdfuse of the same snapshot through vbk-blockd ---------------------------------
+
+"$VBK_BIN/vbk-blockd" --store "$store" --socket "$W/blockd.sock" 2>"$W/blockd.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$W/blockd.sock" ] && break; sleep 0.05; done
+m=$W/mnt-nbdfuse
+mkdir -p "$m"
+drop
+t0=$(now)
+nbdfuse -r "$m" "nbd+unix:///bench@s?socket=$W/blockd.sock" &
+pids+=($!)
+for _ in $(seq 200); do [ -e "$m/nbd" ] && break; sleep 0.02; done
+head -c 1 "$m/nbd" >/dev/null
+t1=$(now)
+first=$(secs "$t0" "$t1")
+mounts+=("$m")
+file= lsdir=
+if [ "$(id -u)" = 0 ] && loopdev=$(losetup -r -f --show -o "$part_off" "$m/nbd" 2>/dev/null); then
+  mkdir -p "$W/mnt-ext4"
+  if mount -t ext4 -o ro,noload "$loopdev" "$W/mnt-ext4"; then
+    mounts=("$W/mnt-ext4" "${mounts[@]}")
+    file=$W/mnt-ext4/big.bin
+    lsdir=$W/mnt-ext4/many
+  fi
+fi
+measure "nbdfuse+blockd" "$m/nbd" "$file" "$lsdir"
+[ -n "$file" ] && umount "$W/mnt-ext4"
+[ -n "${loopdev:-}" ] && losetup -d "$loopdev" && loopdev=
+fusermount3 -u "$m"
+
+# ---- Backups: vbk, restic, borg ------------------------------------------------------
+
+v backup init "$repo" >/dev/null
+t0=$(now); v backup run bench --repo "$repo" >/dev/null; t1=$(now)
+echo "# vbk backup run: $(secs "$t0" "$t1") s" >&2
+repo_arg=1
+run_vbk backups/bench/latest backup
+
+export RESTIC_PASSWORD=bench
+restic -q -r "$W/restic" init >/dev/null
+t0=$(now)
+restic -q -r "$W/restic" backup --stdin --stdin-filename disk.raw <"$W/disk.raw" >/dev/null
+t1=$(now)
+echo "# restic backup: $(secs "$t0" "$t1") s" >&2
+m=$W/mnt-restic
+mkdir -p "$m"
+drop
+t0=$(now)
+restic -q -r "$W/restic" mount "$m" >/dev/null 2>&1 &
+pids+=($!)
+mounts+=("$m")
+for _ in $(seq 600); do [ -e "$m/snapshots/latest/disk.raw" ] && break; sleep 0.05; done
+head -c 1 "$m/snapshots/latest/disk.raw" >/dev/null
+t1=$(now)
+first=$(secs "$t0" "$t1")
+measure "restic mount" "$m/snapshots/latest/disk.raw" "" ""
+fusermount3 -u "$m"
+
+if /usr/bin/python3 -c 'import llfuse' 2>/dev/null; then
+  export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
+  borg init -e none "$W/borg" >/dev/null
+  t0=$(now)
+  (cd "$W" && borg create --read-special --chunker-params fixed,4194304 -C lz4 \
+     "$W/borg::b" disk.raw >/dev/null)
+  t1=$(now)
+  echo "# borg create: $(secs "$t0" "$t1") s" >&2
+  m=$W/mnt-borg
+  mkdir -p "$m"
+  t0=$(now)
+  borg mount "$W/borg::b" "$m"
+  mounts+=("$m")
+  head -c 1 "$m/disk.raw" >/dev/null
+  t1=$(now)
+  first=$(secs "$t0" "$t1")
+  measure "borg mount" "$m/disk.raw" "" ""
+  fusermount3 -u "$m"
+else
+  echo "# borg mount skipped: python3-llfuse is not installed" >&2
+fi

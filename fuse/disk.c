@@ -1,0 +1,646 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * disk.c - a source seen as a disk: allocation map, chunk cache,
+ * readahead.
+ *
+ * DESIGN: the allocation map is loaded once, at open, as a sorted array
+ * of allocated extents: holes read as zeros without I/O, and SEEK_DATA /
+ * SEEK_HOLE and st_blocks come from it.  Data is read in chunks of
+ * CHUNK_SIZE bytes, aligned, kept in an LRU cache (a hash of chunk index
+ * to entry, and a list from most to least recently used).  An entry is
+ * LOADING while one thread fetches it; other readers of that chunk wait
+ * for it instead of fetching it again.  A fetch reads from the source,
+ * then asks the source whether that data is still right (check: a
+ * snapshot under removal) before anyone sees it.  A failed fetch leaves
+ * nothing in the cache (the next read tries again) and is logged once
+ * with the reason naming the object or chunk.
+ *
+ * Readahead: when a reader moves on to the next chunk twice in a row,
+ * one thread per disk fetches the next RA_CHUNKS chunks, in runs of up
+ * to RA_BATCH chunks read with one source call.  It stops after a failed
+ * fetch until a reader's own fetch succeeds, so that a failing store does
+ * not make it evict the good chunks it still has.
+ *
+ * Invariants: an entry is freed only when it is out of the hash and its
+ * reference count is zero; eviction takes only READY entries that
+ * nobody references.  All of the cache is under d->lock; copies out of
+ * a chunk are made holding a reference, not the lock.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "internal.h"
+
+#define CHUNK_SHIFT 18
+#define CHUNK_SIZE (1u << CHUNK_SHIFT)          /* 256 KiB */
+#define RA_CHUNKS 32                            /* 8 MiB ahead */
+#define RA_BATCH 8                              /* 2 MiB per fetch */
+#define CACHE_DEFAULT (64u << 20)
+#define LOGGED 8                                /* errors remembered */
+
+enum { CH_LOADING, CH_READY, CH_FAILED };
+
+struct chunk {
+  uint64_t idx;
+  int state;
+  int err;
+  unsigned refs;
+  bool hashed;
+  char *data;
+  struct chunk *hnext;
+  struct chunk *prev, *next;            /* LRU, when READY and hashed */
+};
+
+struct extent {
+  uint64_t off, len;
+};
+
+struct vbkfs_disk {
+  struct vbkfs_source src;
+  uint64_t size;
+  struct extent *ext;                   /* allocated, sorted, merged */
+  size_t next, ext_cap;
+
+  pthread_mutex_t lock;
+  pthread_cond_t cond;                  /* a LOADING entry changed */
+  struct chunk **hash;
+  size_t nhash;
+  struct chunk lru;                     /* sentinel: next = newest */
+  size_t nchunks, max_chunks;
+
+  /* Readahead, under lock. */
+  uint64_t last_idx;
+  unsigned seq;
+  uint64_t ra_from, ra_to;              /* chunks wanted ahead */
+  pthread_cond_t ra_cond;
+  pthread_t ra_thread;
+  bool ra_started, ra_stop;
+  bool ra_off;                          /* after a failed fetch, until a
+                                           reader's fetch succeeds */
+
+  struct vbkfs_disk_stats stats;
+  char logged[LOGGED][160];             /* recent errors, under lock */
+  unsigned nlogged;
+};
+
+/* ---- Allocation map ------------------------------------------------------ */
+
+static int
+add_extent (void *arg, uint64_t off, uint64_t len, int allocated)
+{
+  struct vbkfs_disk *d = arg;
+  struct extent *e;
+
+  if (!allocated || len == 0)
+    return 0;
+  if (d->next && d->ext[d->next - 1].off + d->ext[d->next - 1].len == off) {
+    d->ext[d->next - 1].len += len;
+    return 0;
+  }
+  if (d->next == d->ext_cap) {
+    size_t cap = d->ext_cap ? 2 * d->ext_cap : 64;
+
+    e = realloc (d->ext, cap * sizeof *e);
+    if (e == NULL)
+      return -ENOMEM;
+    d->ext = e;
+    d->ext_cap = cap;
+  }
+  d->ext[d->next++] = (struct extent) { off, len };
+  return 0;
+}
+
+/* Index of the first extent that ends after OFF (d->next if none). */
+static size_t
+extent_after (struct vbkfs_disk *d, uint64_t off)
+{
+  size_t lo = 0, hi = d->next;
+
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+
+    if (d->ext[mid].off + d->ext[mid].len <= off)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+uint64_t
+vbkfs_disk_allocated (struct vbkfs_disk *d, uint64_t off, uint64_t len)
+{
+  uint64_t end = off + len, n = 0;
+  size_t i;
+
+  for (i = extent_after (d, off); i < d->next && d->ext[i].off < end; i++)
+    n += MIN (end, d->ext[i].off + d->ext[i].len) - MAX (off, d->ext[i].off);
+  return n;
+}
+
+int64_t
+vbkfs_disk_seek (struct vbkfs_disk *d, uint64_t base, uint64_t len,
+                 int64_t off, int whence)
+{
+  uint64_t pos;
+  size_t i;
+
+  if (off < 0)
+    return -EINVAL;
+  if ((uint64_t) off >= len)
+    return -ENXIO;
+  pos = base + (uint64_t) off;
+  i = extent_after (d, pos);
+  if (whence == SEEK_DATA) {
+    if (i == d->next || d->ext[i].off >= base + len)
+      return -ENXIO;
+    return (int64_t) (MAX (pos, d->ext[i].off) - base);
+  }
+  if (whence == SEEK_HOLE) {
+    if (i == d->next || d->ext[i].off > pos)
+      return off;
+    return (int64_t) (MIN (d->ext[i].off + d->ext[i].len, base + len)
+                      - base);
+  }
+  return -EINVAL;
+}
+
+/* ---- Cache ---------------------------------------------------------------- */
+
+static void
+lru_unlink (struct chunk *c)
+{
+  if (c->prev) {
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+  }
+}
+
+static void
+lru_push (struct vbkfs_disk *d, struct chunk *c)
+{
+  c->next = d->lru.next;
+  c->prev = &d->lru;
+  d->lru.next->prev = c;
+  d->lru.next = c;
+}
+
+static struct chunk *
+hash_find (struct vbkfs_disk *d, uint64_t idx)
+{
+  struct chunk *c;
+
+  for (c = d->hash[idx % d->nhash]; c; c = c->hnext)
+    if (c->idx == idx)
+      return c;
+  return NULL;
+}
+
+static void
+hash_remove (struct vbkfs_disk *d, struct chunk *c)
+{
+  struct chunk **p;
+
+  for (p = &d->hash[c->idx % d->nhash]; *p; p = &(*p)->hnext)
+    if (*p == c) {
+      *p = c->hnext;
+      c->hashed = false;
+      d->nchunks--;
+      lru_unlink (c);
+      return;
+    }
+}
+
+static void
+chunk_put_unlocked (struct chunk *c)
+{
+  if (--c->refs == 0 && !c->hashed) {
+    free (c->data);
+    free (c);
+  }
+}
+
+/* Drops least recently used chunks that nobody uses while over the
+ * limit. */
+static void
+evict_unlocked (struct vbkfs_disk *d, size_t limit)
+{
+  struct chunk *c, *prev;
+
+  for (c = d->lru.prev; c != &d->lru && d->nchunks > limit;
+       c = prev) {
+    prev = c->prev;
+    if (c->refs == 0) {
+      hash_remove (d, c);
+      free (c->data);
+      free (c);
+    }
+  }
+}
+
+/* A new LOADING entry for IDX, referenced once (by the fetcher). */
+static struct chunk *
+chunk_new_unlocked (struct vbkfs_disk *d, uint64_t idx)
+{
+  struct chunk *c = calloc (1, sizeof *c);
+
+  if (c == NULL)
+    return NULL;
+  c->data = malloc (CHUNK_SIZE);
+  if (c->data == NULL) {
+    free (c);
+    return NULL;
+  }
+  c->idx = idx;
+  c->state = CH_LOADING;
+  c->refs = 1;
+  c->hashed = true;
+  c->hnext = d->hash[idx % d->nhash];
+  d->hash[idx % d->nhash] = c;
+  d->nchunks++;
+  return c;
+}
+
+/* Logs a failed fetch: one line per event, naming the object or chunk
+ * (the source's message).  A message among the last LOGGED ones is not
+ * repeated: the kernel retries failed readahead page by page, and every
+ * read of a removed snapshot fails the same way. */
+static void
+log_fetch_error (struct vbkfs_disk *d, uint64_t off, uint64_t len,
+                 ssize_t r)
+{
+  const char *msg = vbk_error ()[0] ? vbk_error () : strerror ((int) -r);
+  bool again = false;
+  unsigned i;
+
+  pthread_mutex_lock (&d->lock);
+  for (i = 0; i < LOGGED && i < d->nlogged; i++)
+    if (strncmp (d->logged[i], msg, sizeof d->logged[i] - 1) == 0)
+      again = true;
+  if (!again)
+    snprintf (d->logged[d->nlogged++ % LOGGED], sizeof d->logged[0], "%s",
+              msg);
+  pthread_mutex_unlock (&d->lock);
+  if (!again)
+    log_error ("vbkfs: %s: read of %llu bytes at %llu failed: %s",
+               d->src.name, (unsigned long long) len,
+               (unsigned long long) off, msg);
+}
+
+/* Fetches the N LOADING chunks in C (consecutive indexes) with one read
+ * from the source and one check, and publishes them.  Drops the
+ * fetcher's references.  Called without the lock. */
+static int
+fetch (struct vbkfs_disk *d, struct chunk **c, size_t n, bool ahead)
+{
+  uint64_t off = c[0]->idx << CHUNK_SHIFT;
+  uint64_t end = MIN (d->size, (c[n - 1]->idx + 1) << CHUNK_SHIFT);
+  char *buf = n == 1 ? c[0]->data : malloc (end - off);
+  ssize_t r;
+  size_t i;
+
+  log_debug ("vbkfs: %s: fetch chunks %llu+%zu", d->src.name,
+             (unsigned long long) c[0]->idx, n);
+  if (buf == NULL)
+    r = -ENOMEM;
+  else {
+    r = d->src.ops->pread (d->src.h, buf, end - off, off);
+    if (r >= 0 && (uint64_t) r != end - off)
+      r = vbk_errno (-EIO, "vbkfs: %s: short read at %llu", d->src.name,
+                     (unsigned long long) off);
+    if (r >= 0)
+      r = d->src.ops->check (d->src.h);
+  }
+  if (r < 0)
+    log_fetch_error (d, off, end - off, r);
+  if (r >= 0 && n > 1)
+    for (i = 0; i < n; i++) {
+      uint64_t coff = (c[i]->idx << CHUNK_SHIFT) - off;
+
+      memcpy (c[i]->data, buf + coff, MIN (CHUNK_SIZE, end - off - coff));
+    }
+  if (n > 1)
+    free (buf);
+
+  pthread_mutex_lock (&d->lock);
+  d->stats.fetches += n;
+  /* Failing fetches ahead would evict good chunks again and again (the
+   * kernel retries a failed read page by page): no readahead until a
+   * reader's own fetch works again. */
+  if (r < 0)
+    d->ra_off = true;
+  else if (!ahead)
+    d->ra_off = false;
+  for (i = 0; i < n; i++) {
+    if (r < 0) {
+      c[i]->state = CH_FAILED;
+      c[i]->err = r == -ENOMEM ? -ENOMEM : -EIO;
+      hash_remove (d, c[i]);
+    }
+    else {
+      c[i]->state = CH_READY;
+      lru_push (d, c[i]);
+    }
+    chunk_put_unlocked (c[i]);
+  }
+  evict_unlocked (d, d->max_chunks);
+  pthread_cond_broadcast (&d->cond);
+  pthread_mutex_unlock (&d->lock);
+  return r < 0 ? (r == -ENOMEM ? -ENOMEM : -EIO) : 0;
+}
+
+/* Returns chunk IDX, READY and referenced, or NULL with *ERR. */
+static struct chunk *
+chunk_get (struct vbkfs_disk *d, uint64_t idx, int *err)
+{
+  struct chunk *c;
+  int r;
+
+  pthread_mutex_lock (&d->lock);
+  for (;;) {
+    c = hash_find (d, idx);
+    if (c == NULL)
+      break;
+    c->refs++;
+    while (c->state == CH_LOADING)
+      pthread_cond_wait (&d->cond, &d->lock);
+    if (c->state == CH_READY) {
+      d->stats.hits++;
+      lru_unlink (c);
+      lru_push (d, c);
+      pthread_mutex_unlock (&d->lock);
+      return c;
+    }
+    *err = c->err;
+    chunk_put_unlocked (c);
+    pthread_mutex_unlock (&d->lock);
+    return NULL;
+  }
+  c = chunk_new_unlocked (d, idx);
+  if (c == NULL) {
+    pthread_mutex_unlock (&d->lock);
+    *err = -ENOMEM;
+    return NULL;
+  }
+  c->refs++;                    /* ours, beside the fetcher's */
+  pthread_mutex_unlock (&d->lock);
+  r = fetch (d, &c, 1, false);
+  if (r < 0) {
+    pthread_mutex_lock (&d->lock);
+    chunk_put_unlocked (c);
+    pthread_mutex_unlock (&d->lock);
+    *err = r;
+    return NULL;
+  }
+  return c;
+}
+
+static void
+chunk_put (struct vbkfs_disk *d, struct chunk *c)
+{
+  pthread_mutex_lock (&d->lock);
+  chunk_put_unlocked (c);
+  pthread_mutex_unlock (&d->lock);
+}
+
+/* ---- Readahead ----------------------------------------------------------- */
+
+/* Whether chunk IDX lies entirely in a hole. */
+static bool
+chunk_is_hole (struct vbkfs_disk *d, uint64_t idx)
+{
+  return vbkfs_disk_allocated (d, idx << CHUNK_SHIFT, CHUNK_SIZE) == 0;
+}
+
+static void *
+ra_main (void *arg)
+{
+  struct vbkfs_disk *d = arg;
+  uint64_t nchunks = (d->size + CHUNK_SIZE - 1) >> CHUNK_SHIFT;
+  struct chunk *batch[RA_BATCH];
+  size_t n;
+
+  pthread_mutex_lock (&d->lock);
+  while (!d->ra_stop) {
+    if (d->ra_from >= d->ra_to || d->ra_from >= nchunks) {
+      pthread_cond_wait (&d->ra_cond, &d->lock);
+      continue;
+    }
+    /* A run of consecutive chunks that are neither cached nor holes. */
+    n = 0;
+    while (n < RA_BATCH && d->ra_from < d->ra_to && d->ra_from < nchunks) {
+      uint64_t idx = d->ra_from;
+
+      if (hash_find (d, idx) || chunk_is_hole (d, idx)) {
+        if (n)
+          break;
+        d->ra_from++;
+        continue;
+      }
+      /* Make room, keeping some for what readers use now. */
+      evict_unlocked (d, d->max_chunks - 2);
+      if (d->nchunks + 2 > d->max_chunks)
+        break;
+      batch[n] = chunk_new_unlocked (d, idx);
+      if (batch[n] == NULL)
+        break;
+      n++;
+      d->ra_from++;
+    }
+    if (n == 0) {
+      if (d->ra_from < d->ra_to && d->ra_from < nchunks)
+        d->ra_from = d->ra_to;  /* no room: give up this window */
+      continue;
+    }
+    d->stats.readahead += n;
+    pthread_mutex_unlock (&d->lock);
+    fetch (d, batch, n, true);
+    pthread_mutex_lock (&d->lock);
+  }
+  pthread_mutex_unlock (&d->lock);
+  return NULL;
+}
+
+/* Notes that a reader used chunk IDX; starts readahead on a sequential
+ * run. */
+static void
+ra_note (struct vbkfs_disk *d, uint64_t idx)
+{
+  pthread_mutex_lock (&d->lock);
+  if (idx == d->last_idx + 1)
+    d->seq++;
+  else if (idx != d->last_idx)
+    d->seq = 0;
+  d->last_idx = idx;
+  if (d->seq >= 2 && d->ra_started && !d->ra_off) {
+    if (d->ra_from <= idx || d->ra_from > idx + RA_CHUNKS)
+      d->ra_from = idx + 1;
+    d->ra_to = idx + 1 + RA_CHUNKS;
+    pthread_cond_signal (&d->ra_cond);
+  }
+  pthread_mutex_unlock (&d->lock);
+}
+
+/* ---- Reads ----------------------------------------------------------------- */
+
+/* Reads an allocated range through the cache. */
+static int
+read_cached (struct vbkfs_disk *d, char *buf, size_t len, uint64_t off)
+{
+  while (len > 0) {
+    uint64_t idx = off >> CHUNK_SHIFT, coff = off & (CHUNK_SIZE - 1);
+    size_t n = MIN (len, CHUNK_SIZE - coff);
+    struct chunk *c;
+    int err = -EIO;
+
+    c = chunk_get (d, idx, &err);
+    if (c == NULL)
+      return err;
+    memcpy (buf, c->data + coff, n);
+    chunk_put (d, c);
+    ra_note (d, idx);
+    buf += n;
+    off += n;
+    len -= n;
+  }
+  return 0;
+}
+
+ssize_t
+vbkfs_disk_pread (struct vbkfs_disk *d, void *buf, size_t len, uint64_t off)
+{
+  uint64_t end, pos;
+  size_t i;
+  int r;
+
+  if (off >= d->size)
+    return 0;
+  len = MIN (len, d->size - off);
+  end = off + len;
+  pos = off;
+  for (i = extent_after (d, off); pos < end; i++) {
+    uint64_t dstart = i < d->next ? MAX (pos, d->ext[i].off) : end;
+    uint64_t dend;
+
+    dstart = MIN (dstart, end);
+    if (dstart > pos) {
+      memset ((char *) buf + (pos - off), 0, dstart - pos);
+      pos = dstart;
+    }
+    if (pos >= end)
+      break;
+    dend = MIN (end, d->ext[i].off + d->ext[i].len);
+    r = read_cached (d, (char *) buf + (pos - off), dend - pos, pos);
+    if (r < 0)
+      return r;
+    pos = dend;
+  }
+  return (ssize_t) len;
+}
+
+/* ---- Open and close ------------------------------------------------------ */
+
+int
+vbkfs_disk_open (struct vbkfs_source *src, uint64_t cache_bytes,
+                 struct vbkfs_disk **out)
+{
+  struct vbkfs_disk *d;
+  int r;
+
+  d = calloc (1, sizeof *d);
+  if (d == NULL) {
+    src->ops->close (src->h);
+    return -ENOMEM;
+  }
+  d->src = *src;
+  d->size = src->ops->size (src->h);
+  pthread_mutex_init (&d->lock, NULL);
+  pthread_cond_init (&d->cond, NULL);
+  pthread_cond_init (&d->ra_cond, NULL);
+  d->lru.next = d->lru.prev = &d->lru;
+  d->max_chunks = (cache_bytes ? cache_bytes : CACHE_DEFAULT) >> CHUNK_SHIFT;
+  if (d->max_chunks < 2 * RA_BATCH + 4)
+    d->max_chunks = 2 * RA_BATCH + 4;
+  d->nhash = 2 * d->max_chunks + 1;
+  d->hash = calloc (d->nhash, sizeof *d->hash);
+  d->last_idx = UINT64_MAX - 1;
+  if (d->hash == NULL) {
+    r = -ENOMEM;
+    goto fail;
+  }
+  r = src->ops->extents (src->h, 0, d->size, add_extent, d);
+  if (r < 0) {
+    log_error ("vbkfs: %s: reading the allocation map failed: %s",
+               src->name, vbk_error ()[0] ? vbk_error () : strerror (-r));
+    goto fail;
+  }
+  if (pthread_create (&d->ra_thread, NULL, ra_main, d) == 0)
+    d->ra_started = true;
+  *out = d;
+  return 0;
+
+ fail:
+  free (d->hash);
+  free (d->ext);
+  src->ops->close (src->h);
+  free (d);
+  return r;
+}
+
+void
+vbkfs_disk_close (struct vbkfs_disk *d)
+{
+  struct chunk *c, *next;
+  size_t i;
+
+  if (d == NULL)
+    return;
+  if (d->ra_started) {
+    pthread_mutex_lock (&d->lock);
+    d->ra_stop = true;
+    pthread_cond_signal (&d->ra_cond);
+    pthread_mutex_unlock (&d->lock);
+    pthread_join (d->ra_thread, NULL);
+  }
+  for (i = 0; i < d->nhash; i++)
+    for (c = d->hash[i]; c; c = next) {
+      next = c->hnext;
+      free (c->data);
+      free (c);
+    }
+  free (d->hash);
+  free (d->ext);
+  d->src.ops->close (d->src.h);
+  pthread_mutex_destroy (&d->lock);
+  pthread_cond_destroy (&d->cond);
+  pthread_cond_destroy (&d->ra_cond);
+  free (d);
+}
+
+uint64_t
+vbkfs_disk_size (struct vbkfs_disk *d)
+{
+  return d->size;
+}
+
+const char *
+vbkfs_disk_name (struct vbkfs_disk *d)
+{
+  return d->src.name;
+}
+
+void
+vbkfs_disk_get_stats (struct vbkfs_disk *d, struct vbkfs_disk_stats *s)
+{
+  pthread_mutex_lock (&d->lock);
+  *s = d->stats;
+  pthread_mutex_unlock (&d->lock);
+}

@@ -1,0 +1,517 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * extfs.c - the files of an ext2/3/4 file system inside a disk, read
+ * in-process with libext2fs.
+ *
+ * DESIGN: libext2fs reads through an io_manager; ours ("vbkfs") reads
+ * blocks of a range of a vbkfs disk, so the bytes come from the chunk
+ * cache and holes cost nothing: no loop device, no kernel mount, no
+ * helper VM.  The file system is opened read-only and the journal is not
+ * replayed: what we show is what the blocks say (a snapshot of a running
+ * guest is crash-consistent, so recently written files may be older or
+ * missing, as after a power cut before recovery).  libext2fs is not
+ * thread-safe: one mutex per file system serialises every call into it.
+ * The io_manager's open() receives the range through its name
+ * ("vbkfs:ADDRESS"), the usual way to pass a handle through that API.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ext2fs/ext2fs.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "internal.h"
+
+struct vbkfs_extfs {
+  struct vbkfs_disk *d;
+  uint64_t off, len;
+  ext2_filsys fs;
+  pthread_mutex_t lock;
+};
+
+struct vbkfs_extfile {
+  struct vbkfs_extfs *e;
+  ext2_file_t file;
+  ext2_ino_t ino;
+  uint64_t size;
+};
+
+/* ---- The io_manager --------------------------------------------------- */
+
+static struct struct_io_manager vbkfs_io_manager;
+
+static errcode_t
+xio_open (const char *name, int flags, io_channel *channel)
+{
+  struct vbkfs_extfs *e = NULL;
+  io_channel io;
+
+  if (name == NULL || sscanf (name, "vbkfs:%p", (void **) &e) != 1
+      || e == NULL)
+    return EXT2_ET_BAD_DEVICE_NAME;
+  if (flags & IO_FLAG_RW)
+    return EROFS;
+  io = calloc (1, sizeof *io);
+  if (io == NULL)
+    return ENOMEM;
+  io->magic = EXT2_ET_MAGIC_IO_CHANNEL;
+  io->manager = &vbkfs_io_manager;
+  io->name = strdup (name);
+  if (io->name == NULL) {
+    free (io);
+    return ENOMEM;
+  }
+  io->block_size = 1024;
+  io->refcount = 1;
+  io->private_data = e;
+  *channel = io;
+  return 0;
+}
+
+static errcode_t
+xio_close (io_channel io)
+{
+  if (--io->refcount > 0)
+    return 0;
+  free (io->name);
+  free (io);
+  return 0;
+}
+
+static errcode_t
+xio_set_blksize (io_channel io, int blksize)
+{
+  io->block_size = blksize;
+  return 0;
+}
+
+static errcode_t
+xio_read_blk64 (io_channel io, unsigned long long block, int count,
+                void *data)
+{
+  struct vbkfs_extfs *e = io->private_data;
+  uint64_t len = count < 0 ? (uint64_t) -count
+    : (uint64_t) count * io->block_size;
+  uint64_t off = block * io->block_size;
+  uint64_t have;
+  ssize_t r;
+
+  if (off >= e->len) {
+    memset (data, 0, len);
+    return EXT2_ET_SHORT_READ;
+  }
+  have = MIN (len, e->len - off);
+  r = vbkfs_disk_pread (e->d, data, have, e->off + off);
+  if (r < 0)
+    return EIO;
+  if ((uint64_t) r < len) {
+    memset ((char *) data + r, 0, len - r);
+    return EXT2_ET_SHORT_READ;
+  }
+  return 0;
+}
+
+static errcode_t
+xio_read_blk (io_channel io, unsigned long block, int count, void *data)
+{
+  return xio_read_blk64 (io, block, count, data);
+}
+
+static errcode_t
+xio_write_blk (io_channel io, unsigned long block, int count,
+               const void *data)
+{
+  return EROFS;
+}
+
+static errcode_t
+xio_write_blk64 (io_channel io, unsigned long long block, int count,
+                 const void *data)
+{
+  return EROFS;
+}
+
+static errcode_t
+xio_flush (io_channel io)
+{
+  return 0;
+}
+
+static errcode_t
+xio_set_option (io_channel io, const char *option, const char *arg)
+{
+  return EXT2_ET_INVALID_ARGUMENT;
+}
+
+static struct struct_io_manager vbkfs_io_manager = {
+  .magic = EXT2_ET_MAGIC_IO_MANAGER,
+  .name = "vbkfs I/O manager",
+  .open = xio_open,
+  .close = xio_close,
+  .set_blksize = xio_set_blksize,
+  .read_blk = xio_read_blk,
+  .write_blk = xio_write_blk,
+  .flush = xio_flush,
+  .set_option = xio_set_option,
+  .read_blk64 = xio_read_blk64,
+  .write_blk64 = xio_write_blk64,
+};
+
+/* ---- Errors ----------------------------------------------------------- */
+
+/* libext2fs returns errno values or its own codes (> 255). */
+static int
+ext_errno (errcode_t err)
+{
+  if (err == 0)
+    return 0;
+  if (err == EXT2_ET_FILE_NOT_FOUND)
+    return -ENOENT;
+  if (err == EXT2_ET_NO_DIRECTORY)
+    return -ENOTDIR;
+  if (err == EXT2_ET_RO_FILSYS)
+    return -EROFS;
+  if (err > 0 && err < 256)
+    return -(int) err;
+  return -EIO;
+}
+
+/* ---- Open ------------------------------------------------------------- */
+
+int
+vbkfs_extfs_open (struct vbkfs_disk *d, uint64_t off, uint64_t len,
+                  struct vbkfs_extfs **out)
+{
+  struct vbkfs_extfs *e;
+  char name[64];
+  errcode_t err;
+
+  e = calloc (1, sizeof *e);
+  if (e == NULL)
+    return -ENOMEM;
+  e->d = d;
+  e->off = off;
+  e->len = len;
+  pthread_mutex_init (&e->lock, NULL);
+  snprintf (name, sizeof name, "vbkfs:%p", (void *) e);
+  err = ext2fs_open2 (name, NULL, EXT2_FLAG_64BITS | EXT2_FLAG_SKIP_MMP
+                      | EXT2_FLAG_IGNORE_CSUM_ERRORS, 0, 0,
+                      &vbkfs_io_manager, &e->fs);
+  if (err) {
+    int r = ext_errno (err);
+
+    pthread_mutex_destroy (&e->lock);
+    free (e);
+    if (r == -EIO && err != EIO)
+      r = -EINVAL;              /* not a file system we can read */
+    return vbk_errno (r, "vbkfs: %s: ext2/3/4 at %llu: %s",
+                      vbkfs_disk_name (d), (unsigned long long) off,
+                      error_message (err));
+  }
+  *out = e;
+  return 0;
+}
+
+void
+vbkfs_extfs_close (struct vbkfs_extfs *e)
+{
+  if (e == NULL)
+    return;
+  ext2fs_close_free (&e->fs);
+  pthread_mutex_destroy (&e->lock);
+  free (e);
+}
+
+/* ---- Lookups ---------------------------------------------------------- */
+
+static int
+lookup_unlocked (struct vbkfs_extfs *e, const char *path, ext2_ino_t *ino)
+{
+  errcode_t err;
+
+  while (*path == '/')
+    path++;
+  if (*path == '\0') {
+    *ino = EXT2_ROOT_INO;
+    return 0;
+  }
+  err = ext2fs_namei (e->fs, EXT2_ROOT_INO, EXT2_ROOT_INO, path, ino);
+  return ext_errno (err);
+}
+
+static int
+read_inode_unlocked (struct vbkfs_extfs *e, ext2_ino_t ino,
+                     struct ext2_inode_large *inode)
+{
+  errcode_t err;
+
+  memset (inode, 0, sizeof *inode);
+  err = ext2fs_read_inode_full (e->fs, ino, (struct ext2_inode *) inode,
+                                sizeof *inode);
+  return ext_errno (err);
+}
+
+/* Seconds and nanoseconds of an ext4 time with its "extra" word: two
+ * epoch bits and 30 bits of nanoseconds (ext4 on-disk format). */
+static void
+ext_time (struct ext2_inode_large *inode, uint32_t t, uint32_t extra,
+          int has_extra, struct timespec *ts)
+{
+  ts->tv_sec = (int32_t) t;
+  ts->tv_nsec = 0;
+  if (has_extra) {
+    ts->tv_sec += (int64_t) (extra & 3) << 32;
+    ts->tv_nsec = extra >> 2;
+  }
+}
+
+static void
+fill_stat (struct vbkfs_extfs *e, ext2_ino_t ino,
+           struct ext2_inode_large *inode, struct stat *st)
+{
+  int extra = EXT2_INODE_SIZE (e->fs->super) > EXT2_GOOD_OLD_INODE_SIZE
+    && inode->i_extra_isize >= 24;
+
+  memset (st, 0, sizeof *st);
+  st->st_ino = ino;
+  st->st_mode = inode->i_mode;
+  st->st_nlink = inode->i_links_count;
+  st->st_uid = inode_uid (*inode);
+  st->st_gid = inode_gid (*inode);
+  st->st_size = EXT2_I_SIZE (inode);
+  st->st_blksize = e->fs->blocksize;
+  st->st_blocks = ext2fs_get_stat_i_blocks (e->fs, (struct ext2_inode *) inode);
+  ext_time (inode, inode->i_mtime, inode->i_mtime_extra, extra,
+            &st->st_mtim);
+  ext_time (inode, inode->i_ctime, inode->i_ctime_extra, extra,
+            &st->st_ctim);
+  ext_time (inode, inode->i_atime, inode->i_atime_extra, extra,
+            &st->st_atim);
+}
+
+int
+vbkfs_extfs_getattr (struct vbkfs_extfs *e, const char *path,
+                     struct stat *st)
+{
+  struct ext2_inode_large inode;
+  ext2_ino_t ino;
+  int r;
+
+  pthread_mutex_lock (&e->lock);
+  r = lookup_unlocked (e, path, &ino);
+  if (r == 0)
+    r = read_inode_unlocked (e, ino, &inode);
+  if (r == 0)
+    fill_stat (e, ino, &inode, st);
+  pthread_mutex_unlock (&e->lock);
+  return r;
+}
+
+struct dir_ctx {
+  vbkfs_fill_cb fill;
+  void *arg;
+  int stop;
+};
+
+static int
+dir_one (ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent,
+         int offset, int blocksize, char *buf, void *priv)
+{
+  struct dir_ctx *c = priv;
+  int len = ext2fs_dirent_name_len (dirent);
+  char name[EXT2_NAME_LEN + 1];
+  struct stat st;
+
+  memcpy (name, dirent->name, len);
+  name[len] = '\0';
+  if (strcmp (name, ".") == 0 || strcmp (name, "..") == 0)
+    return 0;
+  memset (&st, 0, sizeof st);
+  st.st_ino = dirent->inode;
+  switch (ext2fs_dirent_file_type (dirent)) {
+  case EXT2_FT_DIR: st.st_mode = S_IFDIR; break;
+  case EXT2_FT_SYMLINK: st.st_mode = S_IFLNK; break;
+  case EXT2_FT_CHRDEV: st.st_mode = S_IFCHR; break;
+  case EXT2_FT_BLKDEV: st.st_mode = S_IFBLK; break;
+  case EXT2_FT_FIFO: st.st_mode = S_IFIFO; break;
+  case EXT2_FT_SOCK: st.st_mode = S_IFSOCK; break;
+  default: st.st_mode = S_IFREG; break;
+  }
+  if (c->fill (c->arg, name, &st)) {
+    c->stop = 1;
+    return DIRENT_ABORT;
+  }
+  return 0;
+}
+
+int
+vbkfs_extfs_readdir (struct vbkfs_extfs *e, const char *path,
+                     vbkfs_fill_cb fill, void *arg)
+{
+  struct dir_ctx c = { fill, arg, 0 };
+  ext2_ino_t ino;
+  errcode_t err;
+  int r;
+
+  pthread_mutex_lock (&e->lock);
+  r = lookup_unlocked (e, path, &ino);
+  if (r == 0) {
+    err = ext2fs_dir_iterate2 (e->fs, ino, 0, NULL, dir_one, &c);
+    r = ext_errno (err);
+  }
+  pthread_mutex_unlock (&e->lock);
+  return r;
+}
+
+int
+vbkfs_extfs_readlink (struct vbkfs_extfs *e, const char *path, char *buf,
+                      size_t len)
+{
+  struct ext2_inode_large inode;
+  uint64_t size;
+  ext2_file_t file;
+  ext2_ino_t ino;
+  unsigned got;
+  errcode_t err;
+  int r;
+
+  if (len == 0)
+    return -EINVAL;
+  pthread_mutex_lock (&e->lock);
+  r = lookup_unlocked (e, path, &ino);
+  if (r == 0)
+    r = read_inode_unlocked (e, ino, &inode);
+  if (r == 0 && !LINUX_S_ISLNK (inode.i_mode))
+    r = -EINVAL;
+  if (r < 0)
+    goto out;
+  size = EXT2_I_SIZE (&inode);
+  if (size >= len)
+    size = len - 1;
+  if (inode.i_flags & EXT4_INLINE_DATA_FL) {
+    char *tmp = malloc (EXT2_I_SIZE (&inode) + 1);
+    size_t n = 0;
+
+    if (tmp == NULL) {
+      r = -ENOMEM;
+      goto out;
+    }
+    err = ext2fs_inline_data_get (e->fs, ino, (struct ext2_inode *) &inode,
+                                  tmp, &n);
+    if (err == 0)
+      memcpy (buf, tmp, MIN (size, n));
+    free (tmp);
+    r = ext_errno (err);
+  }
+  else if (ext2fs_is_fast_symlink ((struct ext2_inode *) &inode))
+    memcpy (buf, (char *) inode.i_block, MIN (size, sizeof inode.i_block));
+  else {
+    err = ext2fs_file_open2 (e->fs, ino, (struct ext2_inode *) &inode, 0,
+                             &file);
+    if (err == 0) {
+      err = ext2fs_file_read (file, buf, (unsigned) size, &got);
+      ext2fs_file_close (file);
+      if (err == 0 && got != size)
+        err = EXT2_ET_SHORT_READ;
+    }
+    r = ext_errno (err);
+  }
+  buf[size] = '\0';
+ out:
+  pthread_mutex_unlock (&e->lock);
+  return r;
+}
+
+/* ---- Files ------------------------------------------------------------ */
+
+int
+vbkfs_extfs_fopen (struct vbkfs_extfs *e, const char *path,
+                   struct vbkfs_extfile **out)
+{
+  struct ext2_inode_large inode;
+  struct vbkfs_extfile *f;
+  ext2_ino_t ino;
+  errcode_t err;
+  int r;
+
+  f = calloc (1, sizeof *f);
+  if (f == NULL)
+    return -ENOMEM;
+  pthread_mutex_lock (&e->lock);
+  r = lookup_unlocked (e, path, &ino);
+  if (r == 0)
+    r = read_inode_unlocked (e, ino, &inode);
+  if (r == 0 && LINUX_S_ISDIR (inode.i_mode))
+    r = -EISDIR;
+  else if (r == 0 && !LINUX_S_ISREG (inode.i_mode))
+    r = -EINVAL;
+  if (r == 0) {
+    err = ext2fs_file_open2 (e->fs, ino, (struct ext2_inode *) &inode, 0,
+                             &f->file);
+    r = ext_errno (err);
+  }
+  pthread_mutex_unlock (&e->lock);
+  if (r < 0) {
+    free (f);
+    return r;
+  }
+  f->e = e;
+  f->ino = ino;
+  f->size = EXT2_I_SIZE (&inode);
+  *out = f;
+  return 0;
+}
+
+void
+vbkfs_extfs_fclose (struct vbkfs_extfile *f)
+{
+  if (f == NULL)
+    return;
+  pthread_mutex_lock (&f->e->lock);
+  ext2fs_file_close (f->file);
+  pthread_mutex_unlock (&f->e->lock);
+  free (f);
+}
+
+uint64_t
+vbkfs_extfs_fsize (struct vbkfs_extfile *f)
+{
+  return f->size;
+}
+
+ssize_t
+vbkfs_extfs_fread (struct vbkfs_extfile *f, void *buf, size_t len,
+                   uint64_t off)
+{
+  size_t done = 0;
+  unsigned got;
+  errcode_t err = 0;
+
+  if (off >= f->size)
+    return 0;
+  len = MIN (len, f->size - off);
+  pthread_mutex_lock (&f->e->lock);
+  err = ext2fs_file_llseek (f->file, off, EXT2_SEEK_SET, NULL);
+  while (err == 0 && done < len) {
+    unsigned want = (unsigned) MIN (len - done, 1u << 30);
+
+    err = ext2fs_file_read (f->file, (char *) buf + done, want, &got);
+    if (err == 0 && got == 0)
+      break;
+    done += got;
+  }
+  pthread_mutex_unlock (&f->e->lock);
+  if (err) {
+    log_error ("vbkfs: %s: reading inode %u at %llu failed: %s",
+               vbkfs_disk_name (f->e->d), (unsigned) f->ino,
+               (unsigned long long) off, error_message (err));
+    return vbk_errno (ext_errno (err), "vbkfs: %s: inode %u",
+                      vbkfs_disk_name (f->e->d), (unsigned) f->ino);
+  }
+  return (ssize_t) done;
+}

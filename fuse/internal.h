@@ -1,0 +1,127 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * internal.h - shared by the files of fuse/, grouped by file.
+ *
+ * DESIGN: layers inside fuse/, each using only those below it:
+ *   mount.c (FUSE glue, the only user of fuse3)      tree.c (paths)
+ *   extfs.c (libext2fs)   parts.c (libblkid)
+ *   disk.c (chunk cache, readahead, allocation map)
+ *   source.c (snapshots), source-backup.c (backups): struct vbkfs_source
+ */
+#ifndef VBK_FUSE_INTERNAL_H
+#define VBK_FUSE_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include "image/image.h"
+#include "store/store.h"
+#include "vbkfs.h"
+
+/* ---- source.c ---------------------------------------------------------- */
+
+/* A read-only disk: a snapshot of an image, or a backup.  Every member
+ * may be called from many threads at once. */
+struct vbkfs_source_ops {
+  const char *kind;             /* "snapshot", "backup" */
+  /* Size in bytes. */
+  uint64_t (*size) (void *h);
+  /* Reads LEN bytes at OFF (within the size).  Returns LEN or -errno
+   * with vbk_error() naming the object or chunk that failed. */
+  ssize_t (*pread) (void *h, void *buf, size_t len, uint64_t off);
+  /* The allocation map, as image_extents. */
+  int (*extents) (void *h, uint64_t off, uint64_t len, image_extent_cb cb,
+                  void *arg);
+  /* 0 if data pread returned before this call is right: the source
+   * still exists as it was opened (a snapshot under removal may already
+   * read other data).  -EIO (with a message) once it is gone. */
+  int (*check) (void *h);
+  void (*close) (void *h);
+};
+
+struct vbkfs_source {
+  const struct vbkfs_source_ops *ops;
+  void *h;
+  char name[2 * IMAGE_NAME_MAX + 72];   /* "IMAGE@SNAP", for messages */
+};
+
+/* Opens snapshot SNAP of IMAGE.  Errors: -ENOENT, store errors. */
+int vbkfs_source_snap_open (struct store *st, const char *image,
+                            const char *snap, struct vbkfs_source *out);
+
+/* ---- disk.c ------------------------------------------------------------ */
+
+struct vbkfs_disk;
+
+/* Takes over SRC (closed by vbkfs_disk_close, or here on failure) and
+ * loads its allocation map.  CACHE_BYTES: 0 for the default. */
+int vbkfs_disk_open (struct vbkfs_source *src, uint64_t cache_bytes,
+                     struct vbkfs_disk **out);
+void vbkfs_disk_close (struct vbkfs_disk *d);
+uint64_t vbkfs_disk_size (struct vbkfs_disk *d);
+/* Bytes inside allocated extents. */
+uint64_t vbkfs_disk_allocated (struct vbkfs_disk *d, uint64_t off,
+                               uint64_t len);
+const char *vbkfs_disk_name (struct vbkfs_disk *d);
+/* Reads [OFF, OFF+LEN) (clipped to the size): holes as zeros without
+ * I/O, the rest through the cache.  Returns bytes read or -errno. */
+ssize_t vbkfs_disk_pread (struct vbkfs_disk *d, void *buf, size_t len,
+                          uint64_t off);
+/* SEEK_DATA / SEEK_HOLE within [BASE, BASE+LEN) of the disk, OFF
+ * relative to BASE. */
+int64_t vbkfs_disk_seek (struct vbkfs_disk *d, uint64_t base, uint64_t len,
+                         int64_t off, int whence);
+
+struct vbkfs_disk_stats {
+  uint64_t fetches;             /* chunk reads from the source */
+  uint64_t hits;                /* chunk lookups served from the cache */
+  uint64_t readahead;           /* chunks fetched ahead of readers */
+};
+void vbkfs_disk_get_stats (struct vbkfs_disk *d, struct vbkfs_disk_stats *s);
+
+/* ---- parts.c ----------------------------------------------------------- */
+
+struct vbkfs_part {
+  unsigned no;                  /* N of pN */
+  uint64_t start, size;         /* bytes */
+};
+
+/* The partitions of D (GPT or MBR), found by libblkid.  *N = 0 when the
+ * disk has no partition table.  Caller frees *LIST. */
+int vbkfs_parts_read (struct vbkfs_disk *d, struct vbkfs_part **list,
+                      size_t *n);
+
+/* The file system type in [OFF, OFF+LEN) of D ("ext4", "xfs", ...), or
+ * "" when libblkid finds none. */
+int vbkfs_fstype (struct vbkfs_disk *d, uint64_t off, uint64_t len,
+                  char *type, size_t type_len);
+
+/* ---- extfs.c ----------------------------------------------------------- */
+
+struct vbkfs_extfs;
+struct vbkfs_extfile;
+
+/* Opens the ext2/3/4 file system in [OFF, OFF+LEN) of D read-only (the
+ * journal is not replayed).  Errors: -EINVAL (not ext2/3/4 or
+ * unsupported features), -EIO. */
+int vbkfs_extfs_open (struct vbkfs_disk *d, uint64_t off, uint64_t len,
+                      struct vbkfs_extfs **out);
+void vbkfs_extfs_close (struct vbkfs_extfs *e);
+/* PATH is relative to the file system's root ("" or "/" is the root). */
+int vbkfs_extfs_getattr (struct vbkfs_extfs *e, const char *path,
+                         struct stat *st);
+int vbkfs_extfs_readdir (struct vbkfs_extfs *e, const char *path,
+                         vbkfs_fill_cb fill, void *arg);
+int vbkfs_extfs_readlink (struct vbkfs_extfs *e, const char *path,
+                          char *buf, size_t len);
+int vbkfs_extfs_fopen (struct vbkfs_extfs *e, const char *path,
+                       struct vbkfs_extfile **out);
+void vbkfs_extfs_fclose (struct vbkfs_extfile *f);
+ssize_t vbkfs_extfs_fread (struct vbkfs_extfile *f, void *buf, size_t len,
+                           uint64_t off);
+uint64_t vbkfs_extfs_fsize (struct vbkfs_extfile *f);
+
+#endif /* VBK_FUSE_INTERNAL_H */

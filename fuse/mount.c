@@ -1,0 +1,187 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * mount.c - a vbkfs tree behind FUSE: the only file that sees libfuse3.
+ *
+ * DESIGN: the high-level, path-based libfuse API maps one to one onto
+ * vbkfs_getattr / readdir / open / read / lseek / readlink; every FUSE
+ * request runs on libfuse's thread pool, so a slow or failing store
+ * stalls only the requests that need it (the store's timeout bounds each
+ * one: a failure is EIO, never a hung mount).  Everything is immutable
+ * while mounted (snapshots and backups do not change), so the kernel may
+ * keep file data in its page cache (kernel_cache); the listings of
+ * images and snapshots do change, so attributes expire after a second
+ * and missing names are not cached.
+ */
+#define FUSE_USE_VERSION 35
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <fuse.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "vbkfs.h"
+
+static struct vbkfs *
+this_fs (void)
+{
+  return fuse_get_context ()->private_data;
+}
+
+static void *
+op_init (struct fuse_conn_info *conn, struct fuse_config *cfg)
+{
+  cfg->kernel_cache = 1;
+  cfg->entry_timeout = 1;
+  cfg->attr_timeout = 1;
+  cfg->negative_timeout = 0;
+  conn->max_readahead = 1u << 20;
+  return fuse_get_context ()->private_data;
+}
+
+static int
+op_getattr (const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+  return vbkfs_getattr (this_fs (), path, st);
+}
+
+struct fill_ctx {
+  void *buf;
+  fuse_fill_dir_t filler;
+};
+
+static int
+fill_one (void *arg, const char *name, const struct stat *st)
+{
+  struct fill_ctx *c = arg;
+
+  return c->filler (c->buf, name, st, 0, 0);
+}
+
+static int
+op_readdir (const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
+            struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+{
+  struct fill_ctx c = { buf, filler };
+
+  filler (buf, ".", NULL, 0, 0);
+  filler (buf, "..", NULL, 0, 0);
+  return vbkfs_readdir (this_fs (), path, fill_one, &c);
+}
+
+static int
+op_readlink (const char *path, char *buf, size_t len)
+{
+  return vbkfs_readlink (this_fs (), path, buf, len);
+}
+
+static int
+op_open (const char *path, struct fuse_file_info *fi)
+{
+  struct vbkfs_file *f;
+  int r;
+
+  if ((fi->flags & O_ACCMODE) != O_RDONLY)
+    return -EROFS;
+  r = vbkfs_open (this_fs (), path, &f);
+  if (r < 0)
+    return r;
+  fi->fh = (uintptr_t) f;
+  fi->keep_cache = 1;
+  return 0;
+}
+
+static int
+op_read (const char *path, char *buf, size_t len, off_t off,
+         struct fuse_file_info *fi)
+{
+  ssize_t r;
+
+  r = vbkfs_read ((struct vbkfs_file *) (uintptr_t) fi->fh, buf, len,
+                  (uint64_t) off);
+  return (int) r;
+}
+
+static off_t
+op_lseek (const char *path, off_t off, int whence, struct fuse_file_info *fi)
+{
+  return vbkfs_lseek ((struct vbkfs_file *) (uintptr_t) fi->fh, off, whence);
+}
+
+static int
+op_release (const char *path, struct fuse_file_info *fi)
+{
+  vbkfs_release ((struct vbkfs_file *) (uintptr_t) fi->fh);
+  return 0;
+}
+
+static const struct fuse_operations ops = {
+  .init = op_init,
+  .getattr = op_getattr,
+  .readdir = op_readdir,
+  .readlink = op_readlink,
+  .open = op_open,
+  .read = op_read,
+  .lseek = op_lseek,
+  .release = op_release,
+};
+
+int
+vbkfs_mount (struct vbkfs *fs, const char *dir,
+             const struct vbkfs_mount_opts *o)
+{
+  struct fuse_args args = FUSE_ARGS_INIT (0, NULL);
+  struct fuse_loop_config cfg = { .clone_fd = 0, .max_idle_threads = 16 };
+  struct fuse *f = NULL;
+  char fsname[300];
+  int r;
+
+  snprintf (fsname, sizeof fsname, "-ofsname=vbk,subtype=vbk,ro%s%s",
+            o->allow_other ? ",allow_other,default_permissions" : "",
+            o->debug ? ",debug" : "");
+  if (fuse_opt_add_arg (&args, "vbk") < 0
+      || fuse_opt_add_arg (&args, fsname) < 0) {
+    r = -ENOMEM;
+    goto out;
+  }
+  f = fuse_new (&args, &ops, sizeof ops, fs);
+  if (f == NULL) {
+    r = vbk_errno (-EINVAL, "mount: cannot set up FUSE");
+    goto out;
+  }
+  if (fuse_mount (f, dir) != 0) {
+    r = vbk_errno (-EIO, "mount: %s: the FUSE mount failed (see the "
+                   "message above)", dir);
+    fuse_destroy (f);
+    f = NULL;
+    goto out;
+  }
+  if (fuse_set_signal_handlers (fuse_get_session (f)) != 0) {
+    r = vbk_errno (-EIO, "mount: cannot install signal handlers");
+    if (o->ready)
+      o->ready (o->arg, r);
+    goto out_unmount;
+  }
+  if (o->ready)
+    o->ready (o->arg, 0);
+  /* A positive result is the signal that ended the loop: a normal end. */
+  r = fuse_loop_mt (f, &cfg);
+  r = r < 0 ? -EIO : 0;
+  fuse_remove_signal_handlers (fuse_get_session (f));
+
+ out_unmount:
+  fuse_unmount (f);
+  fuse_destroy (f);
+  fuse_opt_free_args (&args);
+  return r;
+
+ out:
+  fuse_opt_free_args (&args);
+  if (o->ready)
+    o->ready (o->arg, r);
+  return r;
+}

@@ -1,0 +1,381 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * tree-backup.c - the backups/ part of a vbkfs tree, and a backup as a
+ * vbkfs source.
+ *
+ * DESIGN: backups/NAME/ lists the backups of image NAME in the
+ * repository, each named by its time in UTC ("2026-12-01T02:41:15Z"; a
+ * second backup in the same second gets "-ID" added), with "latest" a
+ * symlink to the newest.  A backup can also be reached by its id
+ * (backups/NAME/ID/, not listed), which is what "vbk files" uses.  A name
+ * once seen maps to the same id for good (backups never change), so
+ * paths inside an open backup resolve from a small table without listing
+ * the repository again.  Backups are immutable and every chunk is checked
+ * against its digest on read (backup/reader.c), so the source needs no
+ * check(): a chunk pruned and collected while mounted reads as EIO.
+ * Without a repository (no --repo), backups/ is empty.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backup/backup.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "tree.h"
+
+/* A TIME name seen in a listing. */
+struct known {
+  struct known *next;
+  char image[IMAGE_NAME_MAX + 1];
+  char name[NAME_MAX + 1];
+  char id[64];
+  uint64_t time_ms;
+};
+
+struct vbkfs_backups {
+  struct backup_repo *repo;
+  pthread_mutex_t lock;
+  struct known *known;
+};
+
+int
+vbkfs_backup_init (struct vbkfs *fs, const char *repo_uri)
+{
+  struct vbkfs_backups *b;
+  int r;
+
+  if (repo_uri == NULL)
+    return 0;
+  b = calloc (1, sizeof *b);
+  if (b == NULL)
+    return -ENOMEM;
+  r = backup_repo_open (repo_uri, &b->repo);
+  if (r < 0) {
+    free (b);
+    return r;
+  }
+  pthread_mutex_init (&b->lock, NULL);
+  fs->backups = b;
+  return 0;
+}
+
+void
+vbkfs_backup_fini (struct vbkfs *fs)
+{
+  struct vbkfs_backups *b = fs->backups;
+  struct known *k, *next;
+
+  if (b == NULL)
+    return;
+  for (k = b->known; k; k = next) {
+    next = k->next;
+    free (k);
+  }
+  backup_repo_close (b->repo);
+  pthread_mutex_destroy (&b->lock);
+  free (b);
+  fs->backups = NULL;
+}
+
+/* The name of entry I of LIST (oldest first) in its directory. */
+static void
+entry_name (const struct backup_entry *list, size_t n, size_t i, char *buf,
+            size_t len)
+{
+  time_t t = (time_t) (list[i].time_ms / 1000);
+  char when[32];
+  struct tm tm;
+  size_t j;
+  bool dup = false;
+
+  gmtime_r (&t, &tm);
+  strftime (when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  for (j = 0; j < n; j++)
+    if (j != i && list[j].time_ms / 1000 == list[i].time_ms / 1000)
+      dup = true;
+  if (dup)
+    snprintf (buf, len, "%s-%s", when, list[i].id);
+  else
+    snprintf (buf, len, "%s", when);
+}
+
+static int
+list_image (struct vbkfs *fs, const char *image, struct backup_entry **list,
+            size_t *n)
+{
+  int r;
+
+  r = backup_list (fs->backups->repo, image, list, n);
+  if (r < 0) {
+    log_error ("vbkfs: listing the backups of %s: %s", image,
+               vbk_error ()[0] ? vbk_error () : strerror (-r));
+    return -EIO;
+  }
+  return 0;
+}
+
+static const struct known *
+known_find (struct vbkfs_backups *b, const char *image, const char *name)
+{
+  struct known *k;
+
+  for (k = b->known; k; k = k->next)
+    if (strcmp (k->image, image) == 0
+        && (strcmp (k->name, name) == 0 || strcmp (k->id, name) == 0))
+      return k;
+  return NULL;
+}
+
+static void
+known_add (struct vbkfs_backups *b, const char *image, const char *name,
+           const struct backup_entry *e)
+{
+  struct known *k;
+
+  if (known_find (b, image, name))
+    return;
+  k = calloc (1, sizeof *k);
+  if (k == NULL)
+    return;                     /* only a cache */
+  snprintf (k->image, sizeof k->image, "%s", image);
+  snprintf (k->name, sizeof k->name, "%s", name);
+  snprintf (k->id, sizeof k->id, "%s", e->id);
+  k->time_ms = e->time_ms;
+  k->next = b->known;
+  b->known = k;
+}
+
+int
+vbkfs_resolve_backups (struct vbkfs *fs, const char *rest,
+                       struct vbkfs_node *n, vbkfs_vol_resolver vol)
+{
+  struct vbkfs_backups *b = fs->backups;
+  struct backup_entry *list = NULL;
+  const struct known *k;
+  const char *p = rest, *s;
+  char name[NAME_MAX + 1];
+  size_t cnt = 0, i, len;
+  int r, latest = 0;
+
+  /* Components by hand: "latest" may be followed by more. */
+  p += strspn (p, "/");
+  if (*p == '\0') {
+    n->type = N_BACKUPS;
+    return 0;
+  }
+  len = strcspn (p, "/");
+  if (len > IMAGE_NAME_MAX || b == NULL)
+    return -ENOENT;
+  memcpy (n->image, p, len);
+  n->image[len] = '\0';
+  if (image_name_check (n->image) < 0)
+    return -ENOENT;
+  p += len;
+  p += strspn (p, "/");
+  if (*p == '\0') {
+    n->type = N_BIMAGE;
+    r = list_image (fs, n->image, &list, &cnt);
+    free (list);
+    return r < 0 ? r : cnt ? 0 : -ENOENT;
+  }
+  len = strcspn (p, "/");
+  if (len > NAME_MAX)
+    return -ENOENT;
+  memcpy (name, p, len);
+  name[len] = '\0';
+  s = p + len;
+  latest = strcmp (name, "latest") == 0;
+
+  /* Inside a backup already open: no listing. */
+  if (!latest && s[strspn (s, "/")] != '\0') {
+    pthread_mutex_lock (&b->lock);
+    k = known_find (b, n->image, name);
+    if (k) {
+      snprintf (n->name, sizeof n->name, "%s", k->id);
+      n->time_ms = k->time_ms;
+    }
+    pthread_mutex_unlock (&b->lock);
+    if (k) {
+      n->kind = VOL_BACKUP;
+      return vol (fs, s, n);
+    }
+  }
+
+  r = list_image (fs, n->image, &list, &cnt);
+  if (r < 0)
+    return r;
+  if (cnt == 0) {
+    free (list);
+    return -ENOENT;
+  }
+  if (latest) {
+    i = cnt - 1;
+    entry_name (list, cnt, i, n->link, sizeof n->link);
+    if (s[strspn (s, "/")] == '\0') {
+      n->type = N_LATEST;
+      n->time_ms = list[i].time_ms;
+      free (list);
+      return 0;
+    }
+  }
+  else {
+    char ename[NAME_MAX + 1];
+
+    for (i = 0; i < cnt; i++) {
+      entry_name (list, cnt, i, ename, sizeof ename);
+      if (strcmp (ename, name) == 0 || strcmp (list[i].id, name) == 0)
+        break;
+    }
+    if (i == cnt) {
+      free (list);
+      return -ENOENT;
+    }
+    pthread_mutex_lock (&b->lock);
+    known_add (b, n->image, name, &list[i]);
+    pthread_mutex_unlock (&b->lock);
+  }
+  snprintf (n->name, sizeof n->name, "%s", list[i].id);
+  n->time_ms = list[i].time_ms;
+  free (list);
+  n->kind = VOL_BACKUP;
+  return vol (fs, s, n);
+}
+
+int
+vbkfs_backup_exists (struct vbkfs *fs, struct vbkfs_node *n)
+{
+  /* vbkfs_resolve_backups found it (in a listing, or open). */
+  return 0;
+}
+
+int
+vbkfs_backup_readdir (struct vbkfs *fs, struct vbkfs_node *n,
+                      vbkfs_fill_cb fill, void *arg)
+{
+  struct backup_entry *list = NULL;
+  char name[NAME_MAX + 1];
+  struct stat st;
+  size_t cnt = 0, i, j;
+  int r;
+
+  if (fs->backups == NULL)
+    return 0;
+  memset (&st, 0, sizeof st);
+  st.st_mode = S_IFDIR;
+  r = list_image (fs, n->type == N_BIMAGE ? n->image : NULL, &list, &cnt);
+  if (r < 0)
+    return r;
+  for (i = 0; i < cnt; i++) {
+    if (n->type == N_BACKUPS) {
+      /* Each image once (the list is sorted by image, then time). */
+      for (j = 0; j < i && strcmp (list[j].image, list[i].image); j++)
+        ;
+      if (j == i && fill (arg, list[i].image, &st))
+        break;
+      continue;
+    }
+    entry_name (list, cnt, i, name, sizeof name);
+    if (fill (arg, name, &st))
+      break;
+  }
+  if (n->type == N_BIMAGE && cnt > 0) {
+    st.st_mode = S_IFLNK;
+    fill (arg, "latest", &st);
+  }
+  free (list);
+  return 0;
+}
+
+int
+vbkfs_backup_info (struct vbkfs *fs, struct vbkfs_node *n, char **out)
+{
+  char *json = NULL, *s;
+  size_t len;
+  int r;
+
+  if (fs->backups == NULL)
+    return -ENOENT;
+  r = backup_manifest_json (fs->backups->repo, n->name, &json);
+  if (r < 0) {
+    if (r != -ENOENT)
+      log_error ("vbkfs: manifest of backup %s: %s", n->name, vbk_error ());
+    return r == -ENOENT ? r : -EIO;
+  }
+  len = strlen (json);
+  if (len == 0 || json[len - 1] != '\n') {
+    s = realloc (json, len + 2);
+    if (s == NULL) {
+      free (json);
+      return -ENOMEM;
+    }
+    s[len] = '\n';
+    s[len + 1] = '\0';
+    json = s;
+  }
+  *out = json;
+  return 0;
+}
+
+/* ---- A backup as a source ---------------------------------------------- */
+
+static uint64_t
+bk_size (void *h)
+{
+  return backup_reader_size (h);
+}
+
+static ssize_t
+bk_pread (void *h, void *buf, size_t len, uint64_t off)
+{
+  return backup_reader_pread (h, buf, len, off);
+}
+
+static int
+bk_extents (void *h, uint64_t off, uint64_t len, image_extent_cb cb,
+            void *arg)
+{
+  return backup_reader_extents (h, off, len, cb, arg);
+}
+
+static int
+bk_check (void *h)
+{
+  return 0;
+}
+
+static void
+bk_close (void *h)
+{
+  backup_reader_close (h);
+}
+
+static const struct vbkfs_source_ops backup_ops = {
+  .kind = "backup",
+  .size = bk_size,
+  .pread = bk_pread,
+  .extents = bk_extents,
+  .check = bk_check,
+  .close = bk_close,
+};
+
+int
+vbkfs_source_backup_open (struct vbkfs *fs, const char *image,
+                          const char *name, struct vbkfs_source *out)
+{
+  struct backup_reader *rd;
+  int r;
+
+  if (fs->backups == NULL)
+    return -ENOENT;
+  r = backup_reader_open (fs->backups->repo, name, &rd);
+  if (r < 0)
+    return r;
+  out->ops = &backup_ops;
+  out->h = rd;
+  snprintf (out->name, sizeof out->name, "backup %s/%s", image, name);
+  return 0;
+}

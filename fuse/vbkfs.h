@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * vbkfs.h - a read-only file tree of images' snapshots and backups, and
+ * of the files inside them, with or without FUSE.
+ *
+ * DESIGN: the tree is served by path, like a high-level FUSE file system:
+ *   /images/NAME/snapshots/SNAP/{disk,info.json,parts/pN,files/...}
+ *   /backups/NAME/TIME/{disk,info.json,parts/pN,files/...}  (+ latest)
+ * A disk is a "source" (a table of operations: size, pread, extents,
+ * check, close), opened on first use and kept until vbkfs_free; a chunk
+ * cache with readahead sits between the source and readers.  files/ is
+ * the ext2/3/4 file system of the disk (or files/pN/ of each partition)
+ * read in-process with libext2fs.  Listing the images and snapshots reads
+ * metadata only.  fuse/mount.c puts the tree behind FUSE; "vbk files"
+ * uses it directly.
+ *
+ * Errors: 0 or -errno, as FUSE wants them.  An I/O failure of the store
+ * or repository is -EIO on the file that needs it, logged once with the
+ * object or chunk that failed.  -ENOENT for a path that does not exist,
+ * -ENOTDIR, -EISDIR, -EINVAL as the system calls would.
+ *
+ * Thread safety: every function may be called from many threads.
+ */
+#ifndef VBK_VBKFS_H
+#define VBK_VBKFS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include "store/store.h"
+
+struct vbkfs;
+struct vbkfs_file;
+
+struct vbkfs_opts {
+  struct store *store;        /* images (borrowed; outlives the vbkfs) */
+  const char *repo_uri;       /* backup repository, or NULL */
+  uint64_t cache_bytes;       /* per disk; 0: 64 MiB */
+};
+
+/* Creates the tree.  Opens the backup repository when REPO_URI is set.
+ * Caller frees with vbkfs_free.  Errors: those of backup_repo_open. */
+int vbkfs_new (const struct vbkfs_opts *o, struct vbkfs **out);
+void vbkfs_free (struct vbkfs *fs);
+
+int vbkfs_getattr (struct vbkfs *fs, const char *path, struct stat *st);
+
+/* Calls FILL for each entry of directory PATH (not "." and ".."); a
+ * non-zero return from FILL stops the listing.  ST may be NULL. */
+typedef int (*vbkfs_fill_cb) (void *arg, const char *name,
+                              const struct stat *st);
+int vbkfs_readdir (struct vbkfs *fs, const char *path, vbkfs_fill_cb fill,
+                   void *arg);
+
+/* The target of symlink PATH into BUF (NUL-terminated, cut to LEN-1). */
+int vbkfs_readlink (struct vbkfs *fs, const char *path, char *buf,
+                    size_t len);
+
+/* Opens regular file PATH for reading.  Free with vbkfs_release. */
+int vbkfs_open (struct vbkfs *fs, const char *path, struct vbkfs_file **out);
+void vbkfs_release (struct vbkfs_file *f);
+
+/* Returns the bytes read (short only at the end of the file), or -errno. */
+ssize_t vbkfs_read (struct vbkfs_file *f, void *buf, size_t len,
+                    uint64_t off);
+
+/* SEEK_DATA / SEEK_HOLE (and SEEK_SET, SEEK_END): the new offset, or
+ * -ENXIO past the end, as lseek(2). */
+int64_t vbkfs_lseek (struct vbkfs_file *f, int64_t off, int whence);
+
+/* ---- mount.c: the tree behind FUSE ------------------------------------ */
+
+struct vbkfs_mount_opts {
+  bool allow_other;           /* other users too (needs user_allow_other
+                                 in /etc/fuse.conf unless root) */
+  bool debug;                 /* libfuse's request trace on stderr */
+  /* Called once: with 0 when the mount is ready, or with -errno when it
+   * failed before that. */
+  void (*ready) (void *arg, int err);
+  void *arg;
+};
+
+/* Mounts FS read-only on DIR and serves it until it is unmounted
+ * (fusermount3 -u, umount) or the process gets SIGINT, SIGTERM or
+ * SIGHUP.  Returns 0, or -errno with a message. */
+int vbkfs_mount (struct vbkfs *fs, const char *dir,
+                 const struct vbkfs_mount_opts *o);
+
+#endif /* VBK_VBKFS_H */
