@@ -27,21 +27,11 @@
 
 /* ---- Common --------------------------------------------------------------------- */
 
-static const char *
-repo_uri (const struct vbk_args *a)
-{
-  const char *s = vbk_opt (a, "repo");
-
-  if (s == NULL || *s == '\0')
-    s = getenv ("VBK_REPO");
-  return s && *s ? s : NULL;
-}
-
 /* Opens the repository; prints the error; returns 0 or an exit status. */
 static int
 open_repo (const struct vbk_args *a, struct backup_repo **r)
 {
-  const char *uri = repo_uri (a);
+  const char *uri = vbk_repo_uri (a);
   int e;
 
   if (uri == NULL)
@@ -143,7 +133,7 @@ entry_json (const struct backup_entry *e)
 static int
 cmd_init (struct vbk_ctx *ctx, struct vbk_args *a)
 {
-  const char *uri = a->argc ? a->argv[0] : repo_uri (a);
+  const char *uri = a->argc ? a->argv[0] : vbk_repo_uri (a);
   const char *cs = vbk_opt (a, "chunk-size");
   uint64_t v = BACKUP_CHUNK_SIZE_DEFAULT;
   int e;

@@ -72,6 +72,9 @@ tree_path (const struct vbk_args *a, const char *arg, char *out, size_t len)
     if (slash == NULL || slash == buf || slash[1] == '\0'
         || strchr (slash + 1, '/'))
       return vbk_usage_error (a, "'%s': expected backup:IMAGE/ID:PATH", arg);
+    if (vbk_repo_uri (a) == NULL)
+      return vbk_usage_error (a, "'%s': no repository: give --repo URI or "
+                              "set VBK_REPO", arg);
     *slash = '\0';
     if ((r = vbk_check_name (a, buf)) != 0)
       return r;
@@ -84,7 +87,7 @@ static int
 open_tree (struct vbk_ctx *ctx, const struct vbk_args *a, struct store **st,
            struct vbkfs **fs)
 {
-  struct vbkfs_opts o = { .repo_uri = vbk_opt (a, "repo") };
+  struct vbkfs_opts o = { .repo_uri = vbk_repo_uri (a) };
   int r;
 
   if (vbk_store_open (ctx, a, st) < 0)

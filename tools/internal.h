@@ -85,6 +85,8 @@ struct vbk_cmd {
 
 /* Value of option NAME of A's command (see struct vbk_args), or NULL. */
 const char *vbk_opt (const struct vbk_args *a, const char *name);
+/* The backup repository: --repo, else $VBK_REPO, else NULL. */
+const char *vbk_repo_uri (const struct vbk_args *a);
 
 /* Prints "vbk: PATH: MESSAGE (see 'vbk PATH --help')" and returns
  * VBK_EXIT_USAGE. */

@@ -195,7 +195,7 @@ static int
 serve (struct vbk_ctx *ctx, struct vbk_args *a, const char *dir,
        struct ready_ctx *rc)
 {
-  struct vbkfs_opts fo = { .repo_uri = vbk_opt (a, "repo") };
+  struct vbkfs_opts fo = { .repo_uri = vbk_repo_uri (a) };
   struct vbkfs_mount_opts mo = {
     .allow_other = vbk_opt (a, "allow-other") != NULL,
     .debug = vbk_opt (a, "debug") != NULL,

@@ -115,6 +115,16 @@ vbk_opt (const struct vbk_args *a, const char *name)
   return NULL;
 }
 
+const char *
+vbk_repo_uri (const struct vbk_args *a)
+{
+  const char *s = vbk_opt (a, "repo");
+
+  if (s == NULL || *s == '\0')
+    s = getenv ("VBK_REPO");
+  return s && *s ? s : NULL;
+}
+
 int
 vbk_usage_error (const struct vbk_args *a, const char *fmt, ...)
 {
