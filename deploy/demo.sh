@@ -88,7 +88,7 @@ ls -l "$mnt/backups/vm1-data/latest/"
 cat "$mnt/backups/vm1-data/latest/files/etc/motd"
 cmp "$work/files/home/alice/data.bin" "$mnt/backups/vm1-data/latest/files/home/alice/data.bin" \
   && echo "a file read out of the backup through the mount: identical"
-ls "$mnt/backups/vm1-data/$first/files/home/alice" || true
+ls -l "$mnt/backups/vm1-data/$first/files/home/alice"
 vbk umount "$mnt"
 vbk files ls "backup:vm1-data/$first:/home/alice"
 
