@@ -28,14 +28,29 @@ vbk --store "$store" image create disk --size 64M >/dev/null
 start_host A
 start_host B
 
-export URI_A=$(host_uri A) URI_B=$(host_uri B) ALOG=$TEST_DIR/a.log BLOG=$TEST_DIR/b.log
+export URI_A=$(host_uri A) URI_B=$(host_uri B) ALOG=$TEST_DIR/a.log BLOG=$TEST_DIR/b.log \
+  BSTART=$TEST_DIR/b.start
 : >"$ALOG"
 
 # ---- A's stream ---------------------------------------------------------------
 nbdsh -u "$URI_A" -c - >"$TEST_DIR/a.out" 2>&1 <<'PY' &
 import os, struct, time
 fd = os.open(os.environ["ALOG"], os.O_WRONLY | os.O_APPEND)
+def wait_for(path, what):
+    for _ in range(2400):
+        if os.path.exists(path):
+            return
+        time.sleep(0.05)
+    raise SystemExit("A: gave up waiting for " + what)
 for i in range(512):
+    # The interleaving the check below needs, whatever the machine's
+    # load: blocks 128..149 written before B starts (B's data wins),
+    # 150..199 racing B's request, and 200.. only after B's write was
+    # acknowledged (A's data wins).
+    if i == 150:
+        wait_for(os.environ["BSTART"], "B's start")
+    if i == 200:
+        wait_for(os.environ["BLOG"], "B's acknowledgement")
     data = struct.pack(">4sQ", b"AAAA", i + 1) * 5461 + b"\0" * 4
     t0 = time.monotonic_ns()
     h.pwrite(data, i * 65536)
@@ -48,7 +63,8 @@ print("A: 512 writes acknowledged")
 PY
 writer=$!
 
-# Wait until A is 150 blocks in, then B writes blocks 128..255 (8M-16M).
+# Wait until A is 150 blocks in (it waits there for B), then B writes
+# blocks 128..255 (8M-16M).
 for ((t = 0; t < 600; t++)); do
   [ "$(wc -l <"$ALOG")" -ge 150 ] && break
   sleep 0.05
@@ -57,9 +73,12 @@ done
 nbdsh -u "$URI_B" -c - >"$TEST_DIR/b.out" 2>&1 <<'PY' || fail "B's write failed: $(cat "$TEST_DIR/b.out"); $(host_logs)"
 import os, time
 t0 = time.monotonic_ns()
+open(os.environ["BSTART"], "w").close()
 h.pwrite(b"B" * (8 << 20), 8 << 20)
 t1 = time.monotonic_ns()
-open(os.environ["BLOG"], "w").write("%d %d\n" % (t0, t1))
+with open(os.environ["BLOG"] + ".tmp", "w") as f:
+    f.write("%d %d\n" % (t0, t1))
+os.rename(os.environ["BLOG"] + ".tmp", os.environ["BLOG"])
 print("B: write of 8 MiB in %.1f ms, A at block %d" % ((t1 - t0) / 1e6, sum(1 for _ in open(os.environ["ALOG"]))))
 PY
 cat "$TEST_DIR/b.out"
