@@ -23,6 +23,7 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "changeset.h"
 #include "image.h"
 
 #define DIRECTORY_OID "vbk_directory"
@@ -70,12 +71,6 @@ enum { NEED_LOG = 1, NEED_MAP = 2 };
 /* Fields of a map entry, for image_map_put. */
 enum map_field { F_BYTE, F_LOGGED, F_PENDING, F_PARTS, F_PARTS_OR };
 
-/* A growable vector of 64-bit words (see "Change lists"). */
-struct changes {
-  uint64_t *v;
-  size_t n, cap;
-};
-
 struct image {
   struct store *st;              /* our own clone of the caller's store */
   struct image_info info;
@@ -94,125 +89,53 @@ struct image {
   int wr_inflight[INFLIGHT_BUCKETS];
 };
 
-/* ---- Change lists -----------------------------------------------------
- * A change log or merged list is a sequence of little-endian 64-bit
- * words: OBJNO (the whole object changed), CHANGES_FROM | OBJNO (every
- * object from OBJNO up changed: a shrink), or CHANGES_DETAIL | OBJNO
- * followed by a word whose low SUBBLOCKS bits say which parts of the
- * object changed.  In one list the last record of an object wins. */
-
-#define CHANGES_FROM (UINT64_C (1) << 63)
-#define CHANGES_DETAIL (UINT64_C (1) << 62)
-#define SUBBLOCKS 32
-#define ALL_PARTS UINT32_MAX
-
-/* A set of changed objects, each with the parts that changed, and FROM:
- * every object from it up (UINT64_MAX: none). */
-struct change {
-  uint64_t objno;
-  uint32_t parts;
-  uint32_t seq;
-};
-
-struct change_set {
-  struct change *v;
-  size_t n, cap;
-  uint64_t from;
-  int err;
-};
-
 /* image.c */
-void
-image_changes_oid (const char *id, char *buf, size_t len);
-void
-image_merged_oid (const char *id, uint64_t snapid, char *buf, size_t len);
-int
-image_note_shrink (struct store *st, const char *hdr, uint64_t size);
-int
-image_shrunk_to (struct store *st, const char *hdr, uint64_t *size);
-uint64_t
-image_objects_for (uint64_t size, uint32_t object_size);
-int
-image_lookup_id (struct store *st, const char *name, char *id, size_t len);
-int
-image_read_size (struct store *st, const char *hdr, uint64_t *size, char *raw,
-                 size_t rawlen);
-int
-image_read_header (struct store *st, const char *id, struct image_info *info);
+void image_changes_oid (const char *id, char *buf, size_t len);
+void image_merged_oid (const char *id, uint64_t snapid, char *buf, size_t len);
+int image_note_shrink (struct store *st, const char *hdr, uint64_t size);
+int image_shrunk_to (struct store *st, const char *hdr, uint64_t *size);
+uint64_t image_objects_for (uint64_t size, uint32_t object_size);
+int image_lookup_id (struct store *st, const char *name, char *id, size_t len);
+int image_read_size (struct store *st, const char *hdr, uint64_t *size,
+                     char *raw, size_t rawlen);
+int image_read_header (struct store *st, const char *id,
+                       struct image_info *info);
 
 /* objmap.c */
-struct objmap *
-image_map_new (uint64_t n);
-void
-image_map_free (struct objmap *m);
-uint8_t
-image_map_get (struct objmap *m, uint64_t i);
-uint8_t
-image_map_logged (struct objmap *m, uint64_t i);
-uint32_t
-image_map_parts (struct objmap *m, uint64_t i);
-int
-image_map_put (struct objmap *m, uint64_t i, enum map_field f, uint32_t v);
-uint64_t
-image_map_count (struct objmap *m);
-int
-image_map_read_stored (struct store *st, const char *oid, uint64_t snap,
-                       struct objmap *m, uint64_t first, uint64_t last);
-int
-image_map_mark_dirty (struct image *img, uint64_t first, uint64_t last,
-                      bool alloc);
-void
-image_mark_parts (struct image *img, uint64_t off, uint64_t len);
-void
-image_map_mark_absent (struct image *img, uint64_t objno);
+struct objmap *image_map_new (uint64_t n);
+void image_map_free (struct objmap *m);
+uint8_t image_map_get (struct objmap *m, uint64_t i);
+uint8_t image_map_logged (struct objmap *m, uint64_t i);
+uint32_t image_map_parts (struct objmap *m, uint64_t i);
+int image_map_put (struct objmap *m, uint64_t i, enum map_field f, uint32_t v);
+uint64_t image_map_count (struct objmap *m);
+int image_map_read_stored (struct store *st, const char *oid, uint64_t snap,
+                           struct objmap *m, uint64_t first, uint64_t last);
+int image_map_mark_dirty (struct image *img, uint64_t first, uint64_t last,
+                          bool alloc);
+void image_mark_parts (struct image *img, uint64_t off, uint64_t len);
+void image_map_mark_absent (struct image *img, uint64_t objno);
 
-/* changelog.c */
-int
-image_changes_push (struct changes *c, uint64_t e);
-void
-image_changes_free (struct changes *c);
-int
-image_changes_reserve (struct changes *c, size_t extra);
-void
-image_log_writer_enter (struct image *img);
-void
-image_log_writer_exit (struct image *img);
-int
-image_log_fix_tail (struct image *img, uint64_t off);
-void
-image_log_append_failed (struct image *img, uint64_t off);
-void
-image_changes_each (const uint64_t *v, size_t n,
-                    void (*fn) (void *arg, uint64_t objno, uint32_t parts),
-                    void *arg);
-int
-image_changes_read (struct store *st, const char *oid, uint64_t snap,
-                    struct changes *c);
-void
-image_set_add (void *arg, uint64_t objno, uint32_t parts);
-void
-image_set_sort (struct change_set *s, bool last_wins);
-int
-image_set_read (struct store *st, const char *oid, uint64_t snap,
-                struct change_set *s);
-int
-image_set_write (struct store *st, const char *oid,
-                 const struct change_set *s);
-uint32_t
-image_parts_of (unsigned order, uint64_t off, uint64_t len);
+/* changelog.c (the pure change-list code: changeset.h) */
+void image_log_writer_enter (struct image *img);
+void image_log_writer_exit (struct image *img);
+int image_log_fix_tail (struct image *img, uint64_t off);
+void image_log_append_failed (struct image *img, uint64_t off);
+int image_changes_read (struct store *st, const char *oid, uint64_t snap,
+                        struct changes *c);
+int image_set_read (struct store *st, const char *oid, uint64_t snap,
+                    struct change_set *s);
+int image_set_write (struct store *st, const char *oid,
+                     const struct change_set *s);
 
 /* io.c */
-int
-image_check_writable (struct image *img, const char *op);
+int image_check_writable (struct image *img, const char *op);
 
 /* snap.c */
-int
-image_snaps_of_header (struct store *st, const char *hdr,
-                       struct image_snap **list, size_t *n);
-int
-image_load_snap_context (struct store *st, const char *hdr);
-int
-image_find_snap (struct store *st, const char *hdr, const char *image,
-                 const char *snap, struct image_snap *out);
+int image_snaps_of_header (struct store *st, const char *hdr,
+                           struct image_snap **list, size_t *n);
+int image_load_snap_context (struct store *st, const char *hdr);
+int image_find_snap (struct store *st, const char *hdr, const char *image,
+                     const char *snap, struct image_snap *out);
 
 #endif /* VBK_IMAGE_INTERNAL_H */
