@@ -52,12 +52,9 @@ image_log_fix_tail (struct image *img, uint64_t off)
     __atomic_store_n (&img->log_tail_unknown, false, __ATOMIC_RELEASE);
     r = 0;
   }
-  else {
-    char msg[1024];
-    snprintf (msg, sizeof msg, "%s", vbk_error ());
-    vbk_set_error ("image '%s': change log: cutting a failed append (writes "
-                   "wait for it): %s", img->info.name, msg);
-  }
+  else
+    vbk_error_prepend (r, "image '%s': change log: cutting a failed append "
+                       "(writes wait for it): ", img->info.name);
   return r;
 }
 

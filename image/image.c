@@ -370,13 +370,12 @@ create_common (struct store *st, const char *name, uint64_t size,
                                strlen (sizebuf))) < 0
       || (r = store_create_excl (st, moid, "", 0, STORE_WRITE_SYNC)) < 0
       || (r = store_omap_set (st, DIRECTORY_OID, name, id, strlen (id))) < 0) {
-    char msg[1024];
-    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    vbk_error_keep ();
     store_remove (st, moid);
     store_remove (st, hdr);
     store_remove (st, oid);
-    vbk_set_error ("image: create '%s': %s", name, msg);
-    return r;
+    vbk_error_unkeep ();
+    return vbk_error_prepend (r, "image: create '%s': ", name);
   }
   return 0;
 }

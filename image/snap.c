@@ -309,10 +309,8 @@ image_snap_create_id (struct image *img, const char *snap, uint64_t id)
       r = 0;
   }
   if (r < 0) {
-    char msg[1024];
-    snprintf (msg, sizeof msg, "%s", vbk_error ());
+    VBK_KEEP_ERROR_FOR_SCOPE;
     store_snap_remove (img->st, id);
-    vbk_set_error ("%s", msg);
     return r;
   }
   /* The store part runs as the only change-log writer. */
@@ -505,14 +503,11 @@ image_snap_remove (struct store *st, const char *image, const char *snap)
   if (r < 0)
     return r;
   r = snap_remove_locked (st, image, snap, id, hdr);
-  if (r < 0) {
-    char msg[1024];             /* the unlock must not replace the error */
-    snprintf (msg, sizeof msg, "%s", vbk_error ());
-    store_unlock (st, hdr, SNAPOPS_LOCK, cookie);
-    vbk_set_error ("%s", msg);
-  }
-  else
-    store_unlock (st, hdr, SNAPOPS_LOCK, cookie);
+  if (r < 0)
+    vbk_error_keep ();          /* the unlock must not replace the error */
+  store_unlock (st, hdr, SNAPOPS_LOCK, cookie);
+  if (r < 0)
+    vbk_error_unkeep ();
   return r;
 }
 
