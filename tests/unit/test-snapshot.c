@@ -984,6 +984,8 @@ sweep (struct fixture *f, enum snap_op op, const char *what)
     store_close (fst);
     sweep_check (f->st, name, what, nth);
   }
+  print_message ("snapshot %s: a crash at each of %lu store calls\n", what,
+                 total);
 }
 
 static void
