@@ -3,15 +3,19 @@
  * test-snapshot.c - snapshots on each store backend (VBK_TEST_BACKENDS):
  * copy-on-write reads at a snapshot, changed-block diff exactly of the
  * objects written, diff after a crash (the map never under-reports),
- * rollback, removal, and the snapshot library: through a holder that
- * serves commands, through a temporary lease, consistency groups (and a
- * failing group leaving nothing), rollback refused while held.
+ * rollback, removal, a crash at each store call of snapshot create,
+ * remove and rollback (the diff never under-reports), and the snapshot
+ * library: through a holder that serves commands, through a temporary
+ * lease, consistency groups (and a failing group leaving nothing),
+ * rollback refused while held.
  */
 #include <endian.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -845,6 +849,163 @@ test_group (void **state)
   holder_stop (&a);
 }
 
+/* ---- A crash at each store call of snapshot create, remove, rollback --
+ * Whatever the crash left, a diff from the last good snapshot covers
+ * every part whose bytes differ from that snapshot. */
+
+enum snap_op { OP_CREATE, OP_REMOVE, OP_ROLLBACK };
+
+struct cover {
+  uint64_t off[256], len[256];
+  int n;
+};
+
+static int
+collect_cover (void *arg, uint64_t off, uint64_t len, int alloc)
+{
+  struct cover *c = arg;
+
+  assert_true (c->n < 256);
+  c->off[c->n] = off;
+  c->len[c->n] = len;
+  c->n++;
+  return 0;
+}
+
+static bool
+covered (const struct cover *c, uint64_t off, uint64_t len)
+{
+  int k;
+
+  for (k = 0; k < c->n; k++)
+    if (c->off[k] <= off && off + len <= c->off[k] + c->len[k])
+      return true;
+  return false;
+}
+
+/* Image NAME: "base", then changes, "mid", then more changes (all on
+ * the plain store). */
+static void
+sweep_prepare (struct store *st, const char *name)
+{
+  char *buf = malloc (OBJ);
+  struct image *img;
+
+  assert_int_equal (image_create (st, name, NOBJ * OBJ, OBJ), 0);
+  assert_int_equal (image_open (st, name, 0, &img), 0);
+  write_pattern (img, 1, 'a');
+  write_pattern (img, 2, 'a');
+  assert_int_equal (image_snap_create (img, "base", NULL), 0);
+  memset (buf, 'b', OBJ);
+  assert_int_equal (image_write (img, buf, 100, 3 * OBJ + OBJ / 2, 0), 0);
+  write_pattern (img, 5, 'c');
+  assert_int_equal (image_discard (img, 2 * OBJ, OBJ, 0), 0);
+  assert_int_equal (image_snap_create (img, "mid", NULL), 0);
+  assert_int_equal (image_write (img, buf, 5000, 7 * OBJ + 3000, 0), 0);
+  write_pattern (img, 1, 'd');
+  image_close (img);
+  free (buf);
+}
+
+static int
+sweep_op (struct store *fst, const char *name, enum snap_op op)
+{
+  struct image *img;
+  int r;
+
+  if (op == OP_REMOVE)
+    return image_snap_remove (fst, name, "mid");
+  r = image_open (fst, name, 0, &img);
+  if (r < 0)
+    return r;
+  if (op == OP_CREATE)
+    r = image_snap_create (img, "new", NULL);
+  else
+    r = image_snap_rollback (img, "mid");
+  image_close (img);
+  return r;
+}
+
+/* Every part of NAME that differs from snapshot "base" is in the diff
+ * from it. */
+static void
+sweep_check (struct store *st, const char *name, const char *what,
+             unsigned long nth)
+{
+  struct cover c = { .n = 0 };
+  struct image *head, *base;
+  uint64_t sb = OBJ / 32, off;
+  char *x = malloc (sb), *y = malloc (sb);
+
+  assert_int_equal (image_diff (st, name, "base", NULL, collect_cover, &c),
+                    0);
+  assert_int_equal (image_open (st, name, IMAGE_OPEN_RDONLY, &head), 0);
+  assert_int_equal (image_open_snap (st, name, "base", &base), 0);
+  for (off = 0; off < NOBJ * OBJ; off += sb) {
+    bool in_head = off < image_size (head);
+    if (in_head)
+      assert_int_equal (image_read (head, x, sb, off), (int) sb);
+    assert_int_equal (image_read (base, y, sb, off), (int) sb);
+    if (in_head && memcmp (x, y, sb) == 0)
+      continue;
+    if (!covered (&c, off, sb))
+      fail_msg ("%s, crash at call %lu: [%" PRIu64 ", +%" PRIu64 ") changed "
+                "since base, not in the diff", what, nth, off, sb);
+  }
+  image_close (base);
+  image_close (head);
+  free (x);
+  free (y);
+}
+
+static void
+sweep (struct fixture *f, enum snap_op op, const char *what)
+{
+  unsigned long nth, total = 0, before;
+  char furi[4200], name[64];
+  struct store *fst;
+  int r;
+
+  snprintf (furi, sizeof furi, "fault:@%s", f->uri);
+  for (nth = 0; nth == 0 || nth <= total; nth++) {
+    snprintf (name, sizeof name, "sweep-%s-%lu", what, nth);
+    sweep_prepare (f->st, name);
+    assert_int_equal (store_open (furi, &fst), 0);
+    if (nth > 0)
+      assert_int_equal (store_fault_set (fst, STORE_OP_ALL, -EIO, nth, 1,
+                                         NULL), 0);
+    before = store_fault_count (fst, STORE_OP_ALL);
+    r = sweep_op (fst, name, op);
+    if (nth == 0) {
+      assert_int_equal (r, 0);
+      total = store_fault_count (fst, STORE_OP_ALL) - before;
+      assert_true (total >= 3);
+    }
+    store_close (fst);
+    sweep_check (f->st, name, what, nth);
+  }
+  print_message ("snapshot %s: a crash at each of %lu store calls\n", what,
+                 total);
+}
+
+static void
+test_snap_create_crash_sweep (void **state)
+{
+  sweep (*state, OP_CREATE, "create");
+}
+
+static void
+test_snap_remove_crash_sweep (void **state)
+{
+  sweep (*state, OP_REMOVE, "remove");
+}
+
+static void
+test_snap_rollback_crash_sweep (void **state)
+{
+  sweep (*state, OP_ROLLBACK, "rollback");
+}
+
 int
 main (void)
 {
@@ -865,6 +1026,12 @@ main (void)
     cmocka_unit_test_setup_teardown (test_concurrent_removals, setup,
                                      teardown),
     cmocka_unit_test_setup_teardown (test_rollback, setup, teardown),
+    cmocka_unit_test_setup_teardown (test_snap_create_crash_sweep, setup,
+                                     teardown),
+    cmocka_unit_test_setup_teardown (test_snap_remove_crash_sweep, setup,
+                                     teardown),
+    cmocka_unit_test_setup_teardown (test_snap_rollback_crash_sweep, setup,
+                                     teardown),
     cmocka_unit_test_setup_teardown (test_snap_through_holder_and_temporary,
                                      setup, teardown),
     cmocka_unit_test_setup_teardown (test_group, setup, teardown),

@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * internal.h - what the files of image/ share; the public interface is
+ * image.h.  Types first, then the functions of each file.
+ *
+ * DESIGN
+ * - An image's state on the store is its name object, header, object
+ *   map, change log and merged change lists (image.c, objmap.c,
+ *   changelog.c); an open image is a struct image.  Functions here are
+ *   internal to image/ and prefixed image_ like the public ones.
+ */
+#ifndef VBK_IMAGE_INTERNAL_H
+#define VBK_IMAGE_INTERNAL_H
+
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "changeset.h"
+#include "image.h"
+
+#define DIRECTORY_OID "vbk_directory"
+#define INFLIGHT_BUCKETS 1024
+#define HEADER_MAX 4096
+
+/* The in-memory object map is sparse: a table of directories of pages
+ * of MAP_PAGE entries, each allocated on the first non-zero value it
+ * gets, so that open time and memory follow the objects allocated or
+ * logged, not the image's size (a thin 64 TiB image with 4 MiB objects
+ * needs a table of 64 pointers).  Pages and directories are published
+ * with a compare-and-swap and freed only with their map (at
+ * image_close), so lock-free readers never see freed memory; an absent
+ * page reads as zeros. */
+#define MAP_PAGE_SHIFT 6
+#define MAP_PAGE (1u << MAP_PAGE_SHIFT)           /* entries per page */
+#define MAP_DIR_SHIFT 12
+#define MAP_DIR (1u << MAP_DIR_SHIFT)             /* pages per directory */
+#define MAP_DIR_SPAN_SHIFT (MAP_PAGE_SHIFT + MAP_DIR_SHIFT)
+#define MAP_WINDOW (1u << 20)   /* stored map bytes read at a time */
+
+struct map_page {
+  uint8_t bytes[MAP_PAGE];       /* ABSENT, CLEAN or DIRTY */
+  uint8_t pending[MAP_PAGE];     /* NEED_* a group commit will write */
+  uint8_t logged[MAP_PAGE];      /* last logged record: the whole object */
+  uint32_t parts[MAP_PAGE];      /* parts changed in the live interval */
+};
+
+struct map_dir {
+  struct map_page *pages[MAP_DIR];
+};
+
+struct objmap {
+  struct objmap *retired;        /* older maps, freed at close */
+  uint64_t n;                    /* entries */
+  uint64_t ndirs;
+  struct map_dir *dirs[];
+};
+
+/* What an entry still needs before its object may change. */
+enum { NEED_LOG = 1, NEED_MAP = 2 };
+
+#define SLOT(i) ((i) & (MAP_PAGE - 1))
+
+/* Fields of a map entry, for image_map_put. */
+enum map_field { F_BYTE, F_LOGGED, F_PENDING, F_PARTS, F_PARTS_OR };
+
+struct image {
+  struct store *st;              /* our own clone of the caller's store */
+  struct image_info info;
+  unsigned order;                /* log2 (object_size) */
+  unsigned flags;
+  uint64_t read_snap;            /* STORE_SNAP_HEAD, or the snapshot read */
+  int untrusted;                 /* the map may be stale: see image.h */
+  char hdr_oid[64], map_oid[64], log_oid[64];
+  struct objmap *map;            /* replaced only by image_refresh */
+  pthread_mutex_t map_lock;      /* serializes map changes */
+  pthread_cond_t map_cond;       /* a map write finished */
+  bool map_writing;              /* a thread is writing the map or log */
+  struct changes log;            /* the change log as stored (raw) */
+  bool log_tail_unknown;         /* words may lie past log.n: cut first */
+  struct changes pend;           /* entries with pending != 0 */
+  int wr_inflight[INFLIGHT_BUCKETS];
+};
+
+/* image.c */
+void image_changes_oid (const char *id, char *buf, size_t len);
+void image_merged_oid (const char *id, uint64_t snapid, char *buf, size_t len);
+int image_note_shrink (struct store *st, const char *hdr, uint64_t size);
+int image_shrunk_to (struct store *st, const char *hdr, uint64_t *size);
+uint64_t image_objects_for (uint64_t size, uint32_t object_size);
+int image_lookup_id (struct store *st, const char *name, char *id, size_t len);
+int image_read_size (struct store *st, const char *hdr, uint64_t *size,
+                     char *raw, size_t rawlen);
+int image_read_header (struct store *st, const char *id,
+                       struct image_info *info);
+
+/* objmap.c */
+struct objmap *image_map_new (uint64_t n);
+void image_map_free (struct objmap *m);
+uint8_t image_map_get (struct objmap *m, uint64_t i);
+uint8_t image_map_logged (struct objmap *m, uint64_t i);
+uint32_t image_map_parts (struct objmap *m, uint64_t i);
+int image_map_put (struct objmap *m, uint64_t i, enum map_field f, uint32_t v);
+uint64_t image_map_count (struct objmap *m);
+int image_map_read_stored (struct store *st, const char *oid, uint64_t snap,
+                           struct objmap *m, uint64_t first, uint64_t last);
+int image_map_mark_dirty (struct image *img, uint64_t first, uint64_t last,
+                          bool alloc);
+void image_mark_parts (struct image *img, uint64_t off, uint64_t len);
+void image_map_mark_absent (struct image *img, uint64_t objno);
+
+/* changelog.c (the pure change-list code: changeset.h) */
+void image_log_writer_enter (struct image *img);
+void image_log_writer_exit (struct image *img);
+int image_log_fix_tail (struct image *img, uint64_t off);
+void image_log_append_failed (struct image *img, uint64_t off);
+int image_changes_read (struct store *st, const char *oid, uint64_t snap,
+                        struct changes *c);
+int image_set_read (struct store *st, const char *oid, uint64_t snap,
+                    struct change_set *s);
+int image_set_write (struct store *st, const char *oid,
+                     const struct change_set *s);
+
+/* io.c */
+int image_check_writable (struct image *img, const char *op);
+
+/* snap.c */
+int image_snaps_of_header (struct store *st, const char *hdr,
+                           struct image_snap **list, size_t *n);
+int image_load_snap_context (struct store *st, const char *hdr);
+int image_find_snap (struct store *st, const char *hdr, const char *image,
+                     const char *snap, struct image_snap *out);
+
+#endif /* VBK_IMAGE_INTERNAL_H */
