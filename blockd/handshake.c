@@ -422,6 +422,17 @@ list_one (void *arg, const char *key, const void *val, size_t len)
       vbk_clear_error ();
       return 0;
     }
+  /* An image being imported or removed cannot be opened: not listed
+   * (its header only: image_stat reads no map). */
+  {
+    struct image_info info;
+    if (image_stat (lc->c->srv->store, key, &info) < 0
+        || info.state != IMAGE_STATE_OK)
+      {
+        vbk_clear_error ();
+        return 0;
+      }
+  }
   /* Only what this client may open (a snapshot may have lists of its
    * own, so each name is checked). */
   if (access_to (lc->c, key) != NBD_SRV_ACCESS_NONE

@@ -89,6 +89,11 @@ start_blockd pid_a "$TEST_DIR/a.sock"
 qemu-io -f raw -r -c "read 0 4k" "nbd+unix:///disk?socket=$TEST_DIR/a.sock" \
   >"$TEST_DIR/qio.out" 2>&1 && fail "an incomplete image was served"
 grep -q "incomplete" "$TEST_DIR/qio.out" || fail "no reason given: $(cat "$TEST_DIR/qio.out")"
+nbdinfo --list "nbd+unix:///?socket=$TEST_DIR/a.sock" >"$TEST_DIR/list.out" 2>&1 || true
+# (nbdinfo --list also opens each listed export: a listed incomplete
+# image shows up as an error naming it.)
+grep -q 'disk' "$TEST_DIR/list.out" &&
+  fail "an incomplete image is listed by NBD_OPT_LIST: $(cat "$TEST_DIR/list.out")"
 
 # ---- killed: a new import replaces it -------------------------------------------
 kill_import
@@ -102,6 +107,8 @@ v image export disk "$TEST_DIR/out.raw"
 cmp "$src" "$TEST_DIR/out.raw" || fail "re-imported image differs from the source"
 qemu-io -f raw -r -c "read 0 4k" "nbd+unix:///disk?socket=$TEST_DIR/a.sock" \
   >"$TEST_DIR/qio.out" 2>&1 || fail "the re-imported image is not served: $(cat "$TEST_DIR/qio.out")"
+nbdinfo --list "nbd+unix:///?socket=$TEST_DIR/a.sock" | grep -q 'export="disk"' ||
+  fail "the re-imported image is not listed"
 rm -f "$TEST_DIR/out.raw"
 
 # Killed again; imported from another source (another size).
