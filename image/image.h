@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT
+ * format: docs/FORMAT.md
  *
  * image.h - thin disk images on an object store.
  *

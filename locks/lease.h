@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT
+ * format: docs/FORMAT.md
  *
  * lease.h - one writer per image: the lease, its hand-off during live
  * migration, and takeover with fencing when a holder dies.

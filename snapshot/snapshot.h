@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT
+ * format: docs/FORMAT.md
  *
  * snapshot.h - crash-consistent snapshots without a guest agent,
  * consistency groups, and every operator command that changes an image's

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT
+ * format: docs/FORMAT.md
  *
  * local.c - the local: backend, a store in one directory that several
  * processes on one host may use at once.
