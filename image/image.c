@@ -579,7 +579,10 @@ image_remove (struct store *st, const char *name)
   if (r == 0 && info.state != IMAGE_STATE_REMOVING)
     r = store_xattr_set (st, hdr, "state", STATE_REMOVING,
                          strlen (STATE_REMOVING));
-  if (r < 0 && r != -ENOENT)
+  /* -ENODATA: a create died after writing the header and before its
+   * size; nothing can have been written to it, so there are no data
+   * objects or snapshots to find, and the rest goes as usual. */
+  if (r < 0 && r != -ENOENT && r != -ENODATA)
     return r;
   have_header = r == 0;
   if (have_header) {

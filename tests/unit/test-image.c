@@ -116,6 +116,29 @@ test_create_list_stat_remove (void **state)
   assert_int_equal (image_create (f->st, "a-disk", MiB, 0), 0);
 }
 
+/* A create that died between writing the header and setting its size
+ * leaves a header without "size": rm must still free the name. */
+static void
+test_remove_half_created (void **state)
+{
+  struct fixture *f = *state;
+  struct image_info info;
+  char hdr[64];
+
+  assert_int_equal (image_create (f->st, "half", 10 * MiB, 0), 0);
+  assert_int_equal (image_stat (f->st, "half", &info), 0);
+  image_header_oid (info.id, hdr, sizeof hdr);
+  assert_int_equal (store_xattr_rm (f->st, hdr, "size"), 0);
+  assert_true (image_stat (f->st, "half", &info) < 0);
+  assert_int_equal (image_create (f->st, "half", MiB, 0), -EEXIST);
+
+  assert_int_equal (image_remove (f->st, "half"), 0);
+  assert_int_equal (image_stat (f->st, "half", &info), -ENOENT);
+  assert_int_equal (image_create (f->st, "half", MiB, 0), 0);
+  assert_int_equal (image_stat (f->st, "half", &info), 0);
+  assert_int_equal (info.size, MiB);
+}
+
 static void
 test_bad_arguments (void **state)
 {
@@ -644,6 +667,8 @@ main (void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown (test_create_list_stat_remove, setup,
+                                     teardown),
+    cmocka_unit_test_setup_teardown (test_remove_half_created, setup,
                                      teardown),
     cmocka_unit_test_setup_teardown (test_bad_arguments, setup, teardown),
     cmocka_unit_test_setup_teardown (test_io_across_objects, setup,
