@@ -273,16 +273,28 @@ find_parent (struct writer *w)
               "a full backup was asked for");
     return 0;
   }
-  if ((e = backup_list (w->r, w->image, &list, &n)) < 0)
-    return e;
-  if (n == 0) {
-    snprintf (w->res->full_reason, sizeof w->res->full_reason,
-              "first backup of the image");
+  /* A prune or rm may remove the newest backup between the listing and
+   * the load: list again (a few times), then read everything. */
+  for (int tries = 0;; tries++) {
+    if ((e = backup_list (w->r, w->image, &list, &n)) < 0)
+      return e;
+    if (n == 0) {
+      snprintf (w->res->full_reason, sizeof w->res->full_reason,
+                "first backup of the image");
+      free (list);
+      return 0;
+    }
+    e = backup_manifest_load (w->r, list[n - 1].id, &w->pm, NULL);
     free (list);
-    return 0;
+    if (e != -ENOENT)
+      break;
+    if (tries == 4) {
+      snprintf (w->res->full_reason, sizeof w->res->full_reason,
+                "the previous backups were removed while this one started");
+      vbk_clear_error ();
+      return 0;
+    }
   }
-  e = backup_manifest_load (w->r, list[n - 1].id, &w->pm, NULL);
-  free (list);
   if (e < 0)
     return e;
   if (w->pm.snapshot[0] == '\0'
