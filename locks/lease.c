@@ -310,6 +310,20 @@ acquire (struct lease *l, uint64_t *epoch_out, uint64_t *sent_out)
         answered = false;
         log_warn ("lease %s: holder %s does not answer; waiting for its "
                   "lease to run out", l->hdr, prev_host);
+        /* Its lease may be longer than ours (vbk's own short-lived
+         * leases have the default duration): wait for the one it has,
+         * once per holder, so a holder that keeps renewing without
+         * answering still ends the wait. */
+        {
+          uint64_t now_w = now_wall_ms ();
+          uint64_t remain = info.expires_ms > now_w
+            ? info.expires_ms - now_w : 0;
+          uint64_t need = now_mono_ns ()
+            + (remain + VBK_LEASE_TAKEOVER_MARGIN_MS
+               + VBK_LEASE_ACQUIRE_SLACK_MS) * 1000000;
+          if (need > deadline)
+            deadline = need;
+        }
       }
       break;
     case LEASE_BUSY_POLL:

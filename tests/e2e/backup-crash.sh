@@ -47,7 +47,7 @@ full_backup ()
   b run d --json --cbt-sample 2 >"$TEST_DIR/run.json" || fail "backup run: $(cat "$TEST_DIR/run.json")"
   id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["id"])' "$TEST_DIR/run.json")
   snap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["snapshot"])' "$TEST_DIR/run.json")
-  v image export "d@$snap" "$TEST_DIR/snap.raw"
+  v image export --force "d@$snap" "$TEST_DIR/snap.raw"
   b restore "$id" --to-file "$TEST_DIR/out.raw" || fail "restore $id"
   cmp "$TEST_DIR/out.raw" "$TEST_DIR/snap.raw" || fail "restore of $id differs from its snapshot"
 }

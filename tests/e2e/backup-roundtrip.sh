@@ -56,7 +56,7 @@ run_backup ()
   b run d --json --cbt-sample 0 "$@" >"$TEST_DIR/run.json" || fail "backup run $*: $(cat "$TEST_DIR/run.json")"
   id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["id"])' "$TEST_DIR/run.json")
   snap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["snapshot"])' "$TEST_DIR/run.json")
-  v image export "d@$snap" "$TEST_DIR/snap.$id" || fail "export d@$snap"
+  v image export --force "d@$snap" "$TEST_DIR/snap.$id" || fail "export d@$snap"
   ids+=("$id")
 }
 # field KEY: from $TEST_DIR/run.json
@@ -94,7 +94,7 @@ print("incremental after 5 writes: %d chunks, %d bytes from the store" % (r["chu
 PY
 cp "$TEST_DIR/run-fault.json" "$TEST_DIR/run.json"
 id=$(field id); snap=$(field snapshot)
-v image export "d@$snap" "$TEST_DIR/snap.$id"
+v image export --force "d@$snap" "$TEST_DIR/snap.$id"
 ids+=("$id")
 
 # ---- Backup 3: after kill -9 of blockd, writes through another host ---------------
@@ -132,7 +132,7 @@ for id in "${ids[@]}"; do
   cmp "$TEST_DIR/out" "$TEST_DIR/snap.$id" || fail "restore of $id differs from its snapshot"
 done
 b restore "${ids[0]}" --to r1 --json >"$TEST_DIR/r.json" || fail "restore to a new image"
-v image export r1 "$TEST_DIR/out"
+v image export --force r1 "$TEST_DIR/out"
 cmp "$TEST_DIR/out" "$TEST_DIR/snap.${ids[0]}" || fail "restore to image differs"
 # Sparse: zero chunks were not written.
 python3 - "$TEST_DIR/r.json" <<'PY' || fail "restore wrote zeros: $(cat "$TEST_DIR/r.json")"
@@ -153,7 +153,7 @@ grep -q "is gone: full read" "$TEST_DIR/err.txt" || fail "no word of the full re
 grep -q full "$TEST_DIR/out.txt" || fail "not full: $(cat "$TEST_DIR/out.txt")"
 
 # ---- Dedup across images -------------------------------------------------------------------
-v image export d "$TEST_DIR/d.raw"
+v image export --force d "$TEST_DIR/d.raw"
 v image import "$TEST_DIR/d.raw" e
 b run e --json >"$TEST_DIR/e.json" || fail "backup of e"
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))[0]; assert r["chunks_new"] == 0 and r["bytes_stored"] == 0, r' "$TEST_DIR/e.json" ||
@@ -180,7 +180,7 @@ assert r["written"] + r["zeroed"] <= 0.02 * r["size"], r
 assert r["written"] + r["zeroed"] >= 4 * 128 * 1024, r
 print("in-place restore after a 1%% change: wrote %d of %d bytes" % (r["written"] + r["zeroed"], r["size"]))
 PY
-v image export d "$TEST_DIR/out"
+v image export --force d "$TEST_DIR/out"
 cmp "$TEST_DIR/out" "$TEST_DIR/latest.raw" || fail "in-place restore differs"
 start_host A
 keep_open A d
@@ -188,7 +188,7 @@ nbd_do A 'h.pwrite(b"x" * 4096, 5 * M)'
 b restore "$latest" --to d --in-place --force >/dev/null || fail "in-place --force"
 kill "$keeper_A"
 stop_blockd pid_A
-v image export d "$TEST_DIR/out"
+v image export --force d "$TEST_DIR/out"
 cmp "$TEST_DIR/out" "$TEST_DIR/latest.raw" || fail "in-place restore --force differs"
 
 # ---- A flipped bit in a chunk ----------------------------------------------------------------
