@@ -11,6 +11,17 @@
  * every image first and snapshots them only when all are frozen, so all
  * snapshots hold the same instant.  A holder that stays frozen because
  * its requester died thaws itself after the freeze's timeout.
+ *
+ * Serialization: every command that changes an image's snapshots or
+ * size (create, remove, resize) runs in one place, serialized(): sent to
+ * the holder, whose lease runs commands one at a time, or run here
+ * under a temporary lease taken only if nobody holds it (no_handoff),
+ * which answers other requesters "busy" until it lets go.  A removal
+ * rewrites the next interval's merged changes and a creation moves the
+ * live interval's; a resize cuts objects under the snapshot context it
+ * loaded: none of them may interleave.  A diff cannot be serialized
+ * that way (it reads on the requester's side), so it checks instead:
+ * the snapshots must be the same before and after it read the logs.
  */
 #include <errno.h>
 #include <inttypes.h>
