@@ -13,7 +13,8 @@
 # a FLUSH every FLUSH_EVERY writes and FUA on a few, and records which
 # writes were acknowledged and which are durable: acknowledged before an
 # acknowledged FLUSH was sent, or acknowledged with FUA.  It runs until
-# the server goes away (or --max-writes) and then writes its record.
+# the server goes away or a command fails (or --max-writes, or --until:
+# then a last FLUSH makes every write durable) and writes its record.
 # The verifier reads the test area through a (restarted) server and
 # checks each sector against that record: after the last durable write
 # to a block, only that write or a later one to the block may appear;
@@ -25,6 +26,7 @@
 # Usage:
 #   pattern-io.py write URI ROUND RECORD [--blocks N] [--qd N]
 #       [--flush-every N] [--max-writes N] [--ready FILE] [--seed N]
+#       [--until FILE] [--progress FILE]
 #   pattern-io.py verify URI RECORD STATE [--blocks N] [--diff FILE]
 # Exit status: 0 good, 1 verification failed, 2 usage or I/O error.
 
@@ -34,6 +36,7 @@ import os
 import random
 import struct
 import sys
+import time
 
 import nbd
 
@@ -111,15 +114,30 @@ def cmd_write(a):
             return 1
         return cb
 
+    def note_progress():
+        if a.progress:
+            with open(a.progress + ".tmp", "w") as f:
+                f.write("%d %d %d\n" % (len(acked), sum(
+                    1 for w in writes.values() if w[2] == -1),
+                    h.aio_in_flight()))
+            os.replace(a.progress + ".tmp", a.progress)
+
     seq = 0
     end = "max-writes"
+    next_note = 0.0
     try:
         while a.max_writes == 0 or seq < a.max_writes:
             if failed[0]:
                 end = failed[0]
                 break
+            if a.progress and time.monotonic() >= next_note:
+                note_progress()
+                next_note = time.monotonic() + 0.1
+            if a.until and os.path.exists(a.until):
+                end = "stopped"
+                break
             if h.aio_in_flight() >= a.qd:
-                h.poll(-1)
+                h.poll(100)
                 continue
             block = rng.randrange(a.blocks)
             while block in busy:
@@ -134,14 +152,18 @@ def cmd_write(a):
             if seq % a.flush_every == 0:
                 flushes[0] += 1
                 h.aio_flush(completion=on_flush(len(acked)))
-        if end == "max-writes":
+        if end in ("max-writes", "stopped"):
             while h.aio_in_flight() > 0:
                 h.poll(-1)
-            h.flush()
-            durable_upto[0] = len(acked)
-            h.shutdown()
+            if failed[0]:
+                end = failed[0]
+            else:
+                h.flush()
+                durable_upto[0] = len(acked)
+                h.shutdown()
     except nbd.Error as e:
         end = "connection: %s" % e
+    note_progress()
     rec = {
         "round": a.round,
         "end": end,
@@ -149,6 +171,7 @@ def cmd_write(a):
         "durable": sorted(set(acked[:durable_upto[0]]) | set(fua_durable)),
         "flushes_sent": flushes[0],
         "flushes_acked": flushes[1],
+        "failed_writes": sum(1 for w in writes.values() if w[2] == -1),
     }
     tmp = a.record + ".tmp"
     with open(tmp, "w") as f:
@@ -272,6 +295,8 @@ def main():
     w.add_argument("--max-writes", type=int, default=0)
     w.add_argument("--ready")
     w.add_argument("--seed", type=int)
+    w.add_argument("--until", help="stop (after a last FLUSH) once this file exists")
+    w.add_argument("--progress", help="keep 'ACKED FAILED INFLIGHT' in this file")
     v = sub.add_parser("verify")
     v.add_argument("uri")
     v.add_argument("record")
