@@ -21,12 +21,16 @@ PIO=$VBK_SRC/tests/tools/pattern-io.py
 rounds=${VBK_FAULT_ROUNDS:-20}
 blocks=2048
 store=$(new_store)
-sock=$TEST_DIR/a.sock
+sock=$TEST_DIR/A.sock
 uri="nbd+unix:///disk?socket=$sock"
 state=$TEST_DIR/state.json
 
 vbk --store "$store" image create disk --size 64M --object-size 1M >/dev/null
 start_blockd pid "$sock" --host-id hostA --lease-duration 2
+# An idle client keeps the export open between the other clients, as a
+# VM's QEMU does: the lease stays with this daemon, and snapshots go
+# through it.
+keep_open A
 
 total_w=0 total_d=0
 for ((round = 1; round <= rounds; round++)); do
@@ -52,10 +56,12 @@ for ((round = 1; round <= rounds; round++)); do
   sleep "0.$(printf %03d $((RANDOM % 600)))"
   kill -9 "$pid"
   wait "$pid" 2>/dev/null || true
+  kill "$keeper_A" 2>/dev/null || true
   wait "$writer" || fail "round $round: the writer failed: $(cat "$TEST_DIR/writer.out")"
   cat "$TEST_DIR/writer.out"
 
   start_blockd pid "$sock" --host-id hostA --lease-duration 2
+  keep_open A
   vbk --store "$store" diff disk --from "r$round" --json >"$TEST_DIR/diff.json" ||
     fail "round $round: vbk diff failed"
   "$PY" "$PIO" verify "$uri" "$rec" "$state" --blocks $blocks \
@@ -91,5 +97,6 @@ PYEOF
       fail "round $round: snapshot removal failed"
   fi
 done
+kill "$keeper_A"
 stop_blockd pid
 echo "fault-kill9: $rounds rounds, $total_w writes, $total_d durable: 0 lost"
