@@ -3,20 +3,24 @@
 #
 # fault-store.sh - store errors reach the NBD client as NBD errors, never
 # as a wrong success (VBK_TEST_BACKENDS).  For each store call class
-# ($VBK_FAULT_CLASSES, default "read write lock snap"; "meta" is left
-# out: no xattr or omap call happens in this workload once the client
-# is connected) x error (EIO, ENOSPC, ETIMEDOUT) x N ($VBK_FAULT_NTH,
-# default "1 3"; for data writes also every call from the 5th on),
-# vbk-blockd runs on fault:op=CLASS,err=ERR,nth=N,trigger=FILE@STORE
-# (the N-th call of the class after the client connected fails) and
-# tests/tools/fault-io.py runs a small write/flush/read/zero workload:
-# every failed command must fail with the NBD error the store error maps
-# to (EIO for ETIMEDOUT, which NBD lacks), the connection must stay up,
-# nothing may hang, and every successful read must return what the
-# writes before it left.  Then the server gets SIGKILL, and through a
-# server on the clean store every write covered by a successful FLUSH or
-# FUA must read back, nothing else may appear, and `vbk diff` from a
-# snapshot taken before must cover it.
+# ($VBK_FAULT_CLASSES, default "read write lock snap"; "meta" can be
+# added, but no xattr or omap call happens in this workload once the
+# client is connected, not even for the snapshot) x error (EIO, ENOSPC,
+# ETIMEDOUT) x N ($VBK_FAULT_NTH, default "1 3"; for data writes
+# also every call from the 5th on), vbk-blockd runs on
+# fault:op=CLASS,err=ERR,nth=N,trigger=FILE@STORE (the N-th call of the
+# class after the client connected fails) and tests/tools/fault-io.py
+# runs a small write/flush/read/zero workload with a snapshot (vbk snap
+# create, through this server as the lease holder) in the middle: every
+# failed command must fail with the NBD error the store error maps to
+# (EIO for ETIMEDOUT, which NBD lacks), the connection must stay up,
+# nothing may hang, every successful read must return what the writes
+# before it left, and a failed snapshot must say why.  Then the server
+# gets SIGKILL, and through a server on the clean store every write
+# covered by a successful FLUSH or FUA must read back, nothing else may
+# appear, `vbk diff` from a snapshot taken before must cover it, and the
+# snapshot, if it exists, must hold exactly the writes acknowledged
+# before it was asked for.
 
 . "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
 
@@ -59,13 +63,17 @@ for op in ${VBK_FAULT_CLASSES:-read write lock snap}; do
       store=$inner
       ok=1
       "$PY" "$FIO" run "nbd+unix:///$img?socket=$TEST_DIR/faulty-$n.sock" \
-        "$trig" "$rec" --expect "$expect" ${pause:+--pause $pause} || ok=0
+        "$trig" "$rec" --expect "$expect" ${pause:+--pause $pause} \
+        --snap-cmd "$VBK_BIN/vbk --store $inner snap create $img@mid" || ok=0
       kill -9 "$faulty"
       wait "$faulty" 2>/dev/null || true
       vbk --store "$inner" diff "$img" --from base --json >"$TEST_DIR/diff.json" ||
         fail "$img: vbk diff failed"
+      snap_exists=
+      vbk --store "$inner" snap ls "$img" | grep -qw mid && snap_exists=--snap-exists
       "$PY" "$FIO" verify "nbd+unix:///$img?socket=$TEST_DIR/clean.sock" \
-        "$rec" --diff "$TEST_DIR/diff.json" || ok=0
+        "$rec" --diff "$TEST_DIR/diff.json" $snap_exists \
+        --snap-uri "nbd+unix:///$img@mid?socket=$TEST_DIR/clean.sock" || ok=0
       if [ $n = 1 ]; then
         # The check can fail: a durable write that is not there.
         "$PY" - "$rec" <<'PYEOF'

@@ -18,19 +18,27 @@
 # hang).  Afterwards, through a clean server, each sector must hold
 # what was durable or something written after that, and a changed-extent
 # list (vbk diff --json from a snapshot taken before the run) must cover
-# every block that holds data.  Each block's data names the command that
-# wrote it (block number and command index in every 16-byte row).
+# every block that holds data.  A snapshot taken in the middle (through
+# the faulty server, the lease holder) may fail with a message; if it
+# exists it must hold, sector by sector, what was possible when it was
+# asked for.  Each block's data names the command that wrote it (block
+# number and command index in every 16-byte row).
 #
 # Usage:
 #   fault-io.py run URI TRIGGER RECORD --expect ERRNO[,ERRNO...] [--pause S]
-#       (creates the file TRIGGER once connected: faults start there)
-#   fault-io.py verify URI RECORD [--diff FILE]
+#       [--snap-cmd CMD]
+#       (creates the file TRIGGER once connected: faults start there; CMD
+#       takes a snapshot in the middle of the workload)
+#   fault-io.py verify URI RECORD [--diff FILE] [--snap-uri URI
+#       [--snap-exists]]
 # Exit status: 0 good, 1 a check failed, 2 usage error.
 
 import argparse
 import errno
 import json
+import shlex
 import struct
+import subprocess
 import sys
 import time
 
@@ -75,6 +83,7 @@ def workload():
     ops.append(("zero", 2, False))
     ops.append(("write", 3, False))
     ops.append(("flush", None, False))
+    ops.append(("snap", None, False))
     ops += [("read", b, False) for b in range(NBLOCKS)]
     for b in range(16, 20):
         ops.append(("write", b, False))
@@ -122,7 +131,20 @@ def cmd_run(a):
     durable = [{ZERO} for _ in range(NBLOCKS)]
     since = [set() for _ in range(NBLOCKS)]       # written after durable
     log, problems = [], []
+    snap = None
     for i, (kind, b, fua) in enumerate(workload()):
+        if kind == "snap":
+            if not a.snap_cmd:
+                continue
+            p = subprocess.run(shlex.split(a.snap_cmd), capture_output=True,
+                               text=True, timeout=120)
+            snap = {"ok": p.returncode == 0, "err": p.stderr.strip(),
+                    "possible": [sorted(map(str, x)) for x in possible]}
+            log.append([i, kind, None, 0 if p.returncode == 0 else "failed"])
+            if p.returncode != 0 and not p.stderr.strip():
+                problems.append("command %d: the snapshot failed without a "
+                                "message" % i)
+            continue
         off = b * STRIDE * BLOCK if b is not None else 0
         if kind == "write":
             buf = data_of(b, i)
@@ -181,11 +203,13 @@ def cmd_run(a):
         "durable": [sorted(map(str, d)) for d in durable],
         "since": [sorted(map(str, s)) for s in since],
         "possible": [sorted(map(str, p)) for p in possible],
+        "snap": snap,
     }
     json.dump(rec, open(a.record, "w"))
     print("  %d commands, %d failed (%s)%s"
           % (len(log), len(fails),
-             ", ".join("%s:%s" % (x[1], errno.errorcode.get(x[3], x[3]))
+             ", ".join("%s:%s" % (x[1], errno.errorcode.get(x[3], x[3])
+                                  if isinstance(x[3], int) else x[3])
                        for x in fails[:6]) + (" ..." if len(fails) > 6 else ""),
              "".join("\n  PROBLEM: " + p for p in problems)))
     return 1 if problems else 0
@@ -215,6 +239,23 @@ def cmd_verify(a):
             elif str(who) not in rec["possible"][b]:
                 not_there += 1
     h.shutdown()
+    snap = rec.get("snap")
+    if a.snap_uri and snap and (snap["ok"] or a.snap_exists):
+        # Crash-consistent: the snapshot holds every write acknowledged
+        # before it was requested, and nothing later.
+        h = nbd.NBD()
+        h.connect_uri(a.snap_uri)
+        for b in range(NBLOCKS):
+            buf = h.pread(BLOCK, b * STRIDE * BLOCK)
+            for s, sec in enumerate(sectors(buf)):
+                who = name_sector(sec, b)
+                if who is None or str(who) not in snap["possible"][b]:
+                    problems.append("snapshot%s: block %d sector %d holds %s;"
+                                    " possible: %s" % (
+                                        "" if snap["ok"] else
+                                        " (reported failed, but exists)",
+                                        b, s, who, snap["possible"][b]))
+        h.shutdown()
     if a.diff:
         d = json.load(open(a.diff))
         ext = [(e["offset"], e["offset"] + e["length"]) for e in d["extents"]]
@@ -243,10 +284,15 @@ def main():
     r.add_argument("--expect", required=True)
     r.add_argument("--pause", type=float, default=0,
                    help="seconds to wait after each FLUSH")
+    r.add_argument("--snap-cmd", help="a command that takes a snapshot, "
+                   "run in the middle of the workload")
     v = sub.add_parser("verify")
     v.add_argument("uri")
     v.add_argument("record")
     v.add_argument("--diff")
+    v.add_argument("--snap-uri", help="the snapshot's export, to check it")
+    v.add_argument("--snap-exists", action="store_true",
+                   help="the snapshot exists even if its command failed")
     a = p.parse_args()
     return cmd_run(a) if a.cmd == "run" else cmd_verify(a)
 
