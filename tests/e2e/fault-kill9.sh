@@ -26,7 +26,7 @@ uri="nbd+unix:///disk?socket=$sock"
 state=$TEST_DIR/state.json
 
 vbk --store "$store" image create disk --size 64M --object-size 1M >/dev/null
-start_blockd pid "$sock" --host-id hostA --lease-duration 2
+start_blockd pid "$sock" --host-id hostA --lease-duration 6
 # An idle client keeps the export open between the other clients, as a
 # VM's QEMU does: the lease stays with this daemon, and snapshots go
 # through it.
@@ -60,7 +60,7 @@ for ((round = 1; round <= rounds; round++)); do
   wait "$writer" || fail "round $round: the writer failed: $(cat "$TEST_DIR/writer.out")"
   cat "$TEST_DIR/writer.out"
 
-  start_blockd pid "$sock" --host-id hostA --lease-duration 2
+  start_blockd pid "$sock" --host-id hostA --lease-duration 6
   keep_open A
   vbk --store "$store" diff disk --from "r$round" --json >"$TEST_DIR/diff.json" ||
     fail "round $round: vbk diff failed"

@@ -11,10 +11,20 @@
 #     no error, and after a last FLUSH every write reads back;
 #  2. two OSDs get SIGKILL: I/O stops, but the client sees no error and
 #     still waits with writes in flight; one OSD comes back and the
-#     stream resumes, with no error, and every write reads back.
+#     stream resumes, with no error, and every write reads back.  Once
+#     with the outage well inside the lease (60 s), once with the outage
+#     longer than the lease (4 s): nobody else can take the lease while
+#     the pool is down, so the holder's writes must still wait, not fail.
 # The cluster ends with 3 OSDs up and is stopped at exit.  The store's
 # op timeout is raised to 120 s (?timeout=120): with the default of 10 s
 # an outage longer than that fails the waiting writes with EIO, by design.
+#
+# KNOWN DEFECT (not fixed on any branch when this test was written): in
+# case 2 with the outage longer than the lease, the holder cannot renew
+# (the header's PG is down), the lock runs out, the renewal then gets
+# ENOENT, the lease counts as lost ("lease lost (No such file or
+# directory): writes refused"), and the waiting writes fail with EIO and
+# the export dies, though no other host took the lease.
 
 . "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
 
@@ -119,7 +129,7 @@ end_writer ()
 vbk --store "$store" image create disk --size 64M --object-size 1M >/dev/null
 sock=$TEST_DIR/blockd.sock
 uri="nbd+unix:///disk?socket=$sock"
-start_blockd pid "$sock" --host-id hostA
+start_blockd pid "$sock" --host-id hostA --lease-duration 60
 
 # 1. One OSD down and back in the middle of the stream.
 start_writer 1
@@ -137,31 +147,48 @@ no_errors "one OSD back"
 end_writer 1
 all_clean
 
+# two_down ROUND EXTRA [NOTE]: case 2, with the two OSDs kept down EXTRA
+# more seconds once the stream stands still; NOTE goes into failures.
+two_down ()
+{
+  local i n last still a f q t0
+  set -- "$1${3:+ ($3)}" "$2"
+  start_writer "${1%% *}"
+  kill_osd 0
+  kill_osd 2
+  osds_up 1
+  # Wait until the stream stands still (no acknowledgement for 2 s).
+  last=$(acked) still=0
+  for ((i = 0; i < 300 && still < 20; i++)); do
+    sleep 0.1
+    n=$(acked)
+    if [ "$n" = "$last" ]; then still=$((still + 1)); else still=0 last=$n; fi
+  done
+  [ "$still" -ge 20 ] || fail "round $1: writes went on with two of three OSDs down"
+  for ((i = 0; i < $2 * 10; i++)); do
+    sleep 0.1
+    no_errors "round $1: two OSDs down"
+  done
+  read -r a f q < <(progress)
+  no_errors "round $1: two OSDs down"
+  [ "$q" -gt 0 ] || fail "round $1: two OSDs down: the client has no write in flight (progress: $a $f $q)"
+  echo "round $1: two OSDs down: the stream stands at $a writes, $q in flight, no error"
+  t0=$(now_ms)
+  start_osd 0
+  more_acked "$a" 120
+  no_errors "round $1: one of two OSDs back"
+  echo "round $1: I/O resumed $(( $(now_ms) - t0 )) ms after osd.0 was started: $(acked) writes acknowledged"
+  end_writer "${1%% *}"
+  start_osd 2
+  osds_up 3
+  all_clean
+}
+
 # 2. Two OSDs down: I/O waits; one comes back: I/O resumes.
-start_writer 2
-kill_osd 0
-kill_osd 2
-osds_up 1
-# Wait until the stream stands still (no acknowledgement for 2 s).
-last=$(acked) still=0
-for ((i = 0; i < 300 && still < 20; i++)); do
-  sleep 0.1
-  n=$(acked)
-  if [ "$n" = "$last" ]; then still=$((still + 1)); else still=0 last=$n; fi
-done
-[ "$still" -ge 20 ] || fail "writes went on with two of three OSDs down"
-read -r a f q < <(progress)
-no_errors "two OSDs down"
-[ "$q" -gt 0 ] || fail "two OSDs down: the client has no write in flight (progress: $a $f $q)"
-echo "two OSDs down: the stream stands at $a writes, $q in flight, no error"
-t0=$(now_ms)
-start_osd 0
-more_acked "$a" 120
-no_errors "one of two OSDs back"
-echo "I/O resumed with 2 OSDs up $(( $(now_ms) - t0 )) ms after osd.0 was started: $(acked) writes acknowledged"
-end_writer 2
-start_osd 2
-osds_up 3
-all_clean
+two_down 2 0
+# The same with the outage longer than the lease (known defect, above).
+stop_blockd pid
+start_blockd pid "$sock" --host-id hostA --lease-duration 4
+two_down 3 6 "outage longer than the lease: known defect, see above"
 stop_blockd pid
 echo "fault-osd: ok"

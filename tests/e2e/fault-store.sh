@@ -36,9 +36,9 @@ n=0 failed=0 cmds_failed=0 quiet=""
 for op in ${VBK_FAULT_CLASSES:-read write lock snap}; do
   sticky= pause=
   [ "$op" = write ] && sticky=5s
-  # Pauses in the workload let lease renewals (every third of 2 s) fall
+  # Pauses in the workload let lease renewals (every third of 6 s) fall
   # inside it.
-  [ "$op" = lock ] && pause=0.5
+  [ "$op" = lock ] && pause=1
   for err in EIO ENOSPC ETIMEDOUT; do
     for nth in ${VBK_FAULT_NTH:-1 3} ${sticky:+$sticky}; do
       n=$((n + 1))
@@ -58,8 +58,10 @@ for op in ${VBK_FAULT_CLASSES:-read write lock snap}; do
       spec="op=$op,err=$err,nth=${nth%s},trigger=$trig"
       [ "${nth%s}" = "$nth" ] || spec=$spec,sticky=1
       store="fault:$spec@$inner"
+      # Leases of 6 s: one failed renewal is retried in time, and a busy
+      # machine does not let the lease run out unrenewed.
       start_blockd faulty "$TEST_DIR/faulty-$n.sock" --host-id hostF \
-        --lease-duration 2
+        --lease-duration 6
       store=$inner
       ok=1
       "$PY" "$FIO" run "nbd+unix:///$img?socket=$TEST_DIR/faulty-$n.sock" \
