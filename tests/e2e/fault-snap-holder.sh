@@ -11,11 +11,9 @@
 #  2. the holder's last client disconnects just before the request, so
 #     the holder closes the export and releases the lease while the CLI
 #     asks it: the CLI must ask the next holder or take the lease itself.
-# KNOWN DEFECT (not fixed on any branch when this test was written):
-# snap_create (snapshot/snapshot.c) gives up with "the lease holder (...)
-# did not answer" as soon as a notify finds the holder no longer
-# watching, instead of reading the lease again; case 1 fails every time,
-# case 2 now and then (about 1 in 30 tries here).
+# snap_create reads the lease again when the holder does not answer: it
+# takes the lease for the moment if the holder let go, and otherwise
+# waits the silent holder's lease out, fences it and takes over.
 
 . "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
 
@@ -34,7 +32,7 @@ h.flush()'
 kill -9 "$pid_A"
 wait "$pid_A" 2>/dev/null || true
 vbk --store "$store" snap create disk@after-kill >"$TEST_DIR/out" 2>"$TEST_DIR/err" ||
-  fail "case 1: a snapshot after the holder was killed failed (known defect): $(cat "$TEST_DIR/err")"
+  fail "case 1: a snapshot after the holder was killed failed: $(cat "$TEST_DIR/err")"
 start_host A
 nbdsh -u "$(host_uri A disk@after-kill)" -c '
 for i in range(64):
@@ -46,7 +44,7 @@ tries=${VBK_SNAP_RACE_TRIES:-10}
 for ((i = 1; i <= tries; i++)); do
   nbdsh -u "$(host_uri A)" -c "h.pwrite(b'x' * 4096, $i * 4096)"
   vbk --store "$store" snap create "disk@race$i" >"$TEST_DIR/out" 2>"$TEST_DIR/err" ||
-    fail "case 2: try $i: a snapshot while the holder let go failed (known defect): $(cat "$TEST_DIR/err")"
+    fail "case 2: try $i: a snapshot while the holder let go failed: $(cat "$TEST_DIR/err")"
 done
 echo "case 2: $tries snapshots taken while the holder let go"
 echo "fault-snap-holder: ok"
