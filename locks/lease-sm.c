@@ -62,6 +62,15 @@ lease_sm_renew_failed (struct lease_sm *sm, uint64_t now, int err)
 {
   if (sm->state != LEASE_HELD && sm->state != LEASE_RELEASING)
     return;
+  /* Our lock is gone, but only after our own end: it ran out on the
+   * store, which counts from later than we do.  We admit no write past
+   * our write-stop, so nothing of ours starts now; take it again and
+   * see whether anyone else held it meanwhile (lease_sm_retaken). */
+  if (err == -ENOENT && sm->state == LEASE_HELD && now >= sm->expires_ms) {
+    sm->state = LEASE_LAPSED;
+    sm->renew_at_ms = now;
+    return;
+  }
   if (err == -ENOENT || err == -ESHUTDOWN || err == -EBUSY
       || now >= sm->expires_ms) {
     sm->state = LEASE_LOST;
@@ -83,9 +92,37 @@ lease_sm_write_stop (const struct lease_sm *sm)
   return sm->expires_ms > sm->margin_ms ? sm->expires_ms - sm->margin_ms : 0;
 }
 
+bool
+lease_sm_retaken (struct lease_sm *sm, uint64_t sent, uint64_t header_epoch,
+                  uint64_t new_epoch)
+{
+  if (sm->state != LEASE_LAPSED)
+    return false;
+  if (header_epoch != sm->epoch || new_epoch <= header_epoch) {
+    sm->state = LEASE_LOST;
+    return false;
+  }
+  lease_sm_acquired (sm, sent, new_epoch);
+  return true;
+}
+
+void
+lease_sm_retake_failed (struct lease_sm *sm, uint64_t now, int err)
+{
+  if (sm->state != LEASE_LAPSED)
+    return;
+  if (err == -EBUSY || err == -ESHUTDOWN) {
+    sm->state = LEASE_LOST;
+    return;
+  }
+  sm->renew_at_ms = now + VBK_LEASE_RENEW_RETRY_MS;
+}
+
 enum lease_action
 lease_sm_tick (struct lease_sm *sm, uint64_t now)
 {
+  if (sm->state == LEASE_LAPSED)
+    return now >= sm->renew_at_ms ? LEASE_ACT_RETAKE : LEASE_ACT_NONE;
   if (sm->state != LEASE_HELD && sm->state != LEASE_RELEASING)
     return LEASE_ACT_NONE;
   if (now >= sm->expires_ms) {
@@ -161,6 +198,7 @@ lease_state_name (enum lease_state s)
   case LEASE_HELD: return "held";
   case LEASE_RELEASING: return "releasing";
   case LEASE_LOST: return "lost";
+  case LEASE_LAPSED: return "lapsed";
   }
   return "?";
 }

@@ -22,6 +22,35 @@
  * the send of the lock request that took or renewed it; the condition
  * variable waits on the same clock.  Only what other hosts read (the
  * lock's expiry, the hand-off log) is wall clock.
+ *
+ * A lapse (an outage longer than the lease, say two of three OSDs down):
+ * the renewal cannot reach the header, our lock runs out on the store,
+ * and when the store answers again the renewal gets -ENOENT.  Rather
+ * than give the lease up, the holder takes the lock again (retake) and
+ * continues if the header's epoch is still its own.  Why that is safe:
+ *  - we wrote nothing new meanwhile: writes are admitted only before our
+ *    write-stop (E - M), and E is counted from a send, so it is never
+ *    later than the store's expiry; past E-M writers wait and stay
+ *    waiting while the state is LAPSED.  Writes admitted before E-M and
+ *    still in flight are the ones any takeover has to cut off anyway,
+ *    and does: it fences us before it writes.
+ *  - nobody else wrote meanwhile: every acquisition, by a host or by vbk
+ *    itself, takes the lock, fences the client recorded in lease_holder
+ *    (us, as we never released), and grows lease_epoch, all before its
+ *    first write.  We read the epoch only once the lock is ours again,
+ *    so nobody can change it behind our read.  An epoch still ours and
+ *    lease_holder still us mean no acquisition happened in between; a
+ *    taker that died half way has fenced us, and then our lock request
+ *    fails with -ESHUTDOWN.  Our cached map and state are therefore still
+ *    those of the image: we keep them (no acquired hook).
+ *  - like any acquisition the retake grows the epoch, and lease_holder
+ *    stays our client, so the next taker fences exactly the client that
+ *    may still have writes in flight.
+ * Anything else (the lock busy, fenced, the epoch or the holder record
+ * moved) loses the lease as before.  A lapse seen by our own clock first
+ * (renewals failing with passing errors until E) still loses the lease:
+ * then the store's op timeout is shorter than the outage and writes
+ * waiting in the store fail anyway.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -411,6 +440,58 @@ acquire (struct lease *l, uint64_t *epoch_out, uint64_t *sent_out)
   return 0;
 }
 
+/* ---- Taking the lease again after a lapse ----------------------------- */
+
+/* Our lock ran out on the store (see DESIGN): takes it again.  Returns 0
+ * with the header's epoch in *HEADER_EPOCH and the send of the request
+ * that took it in *SENT (monotonic ms); if the epoch is still MINE it
+ * has already written MINE + 1 (*NEW_EPOCH).  -ESTALE if the holder
+ * record is no longer ours; other errors are those of the store. */
+static int
+retake (struct lease *l, uint64_t mine, uint64_t *header_epoch,
+        uint64_t *new_epoch, uint64_t *sent)
+{
+  char desc[2 * STORE_NAME_MAX + 16], buf[STORE_CLIENT_MAX];
+  const char *me = store_client_id (l->st);
+  ssize_t n;
+  int r;
+
+  snprintf (desc, sizeof desc, "host=%s addr=%s", l->host, l->addr);
+  *sent = mono_ms ();
+  r = store_lock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie, desc,
+                  l->sm.duration_ms, 0);
+  if (r == -EEXIST) {
+    /* Ours already (an attempt that failed after taking it). */
+    *sent = mono_ms ();
+    r = store_lock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie, desc,
+                    l->sm.duration_ms, STORE_LOCK_RENEW);
+  }
+  if (r < 0)
+    return r;
+  n = store_xattr_get (l->st, l->hdr, "lease_holder", buf, sizeof buf - 1);
+  if (n < 0 && n != -ENODATA)
+    return (int) n;
+  buf[n > 0 ? MIN ((size_t) n, sizeof buf - 1) : 0] = '\0';
+  if (strcmp (buf, me) != 0) {
+    log_error ("lease %s: after the lapse the holder record is '%s', not "
+               "us (%s)", l->hdr, buf, me);
+    return -ESTALE;
+  }
+  n = store_xattr_get (l->st, l->hdr, "lease_epoch", buf, sizeof buf - 1);
+  if (n < 0 && n != -ENODATA)
+    return (int) n;
+  buf[n > 0 ? MIN ((size_t) n, sizeof buf - 1) : 0] = '\0';
+  *header_epoch = strtoull (buf, NULL, 10);
+  *new_epoch = *header_epoch;
+  if (*header_epoch != mine)
+    return 0;
+  r = set_u64 (l->st, l->hdr, "lease_epoch", mine + 1);
+  if (r < 0)
+    return r;
+  *new_epoch = mine + 1;
+  return 0;
+}
+
 /* ---- The lease thread ------------------------------------------------- */
 
 static int watch_start (struct lease *l);
@@ -541,6 +622,41 @@ lease_thread (void *arg)
       else {
         log_warn ("lease %s: renewal failed: %s", l->hdr, strerror (-r));
         lease_sm_renew_failed (&l->sm, mono_ms (), r);
+        if (l->sm.state == LEASE_LOST)
+          mark_lost (l, r);
+        else if (l->sm.state == LEASE_LAPSED)
+          log_warn ("lease %s: our lock ran out while it could not be "
+                    "renewed; writes wait while we take it again",
+                    l->hdr);
+      }
+      continue;
+    }
+    case LEASE_ACT_RETAKE: {
+      uint64_t mine = l->sm.epoch, header_epoch = 0, new_epoch = 0;
+      pthread_mutex_unlock (&l->lock);
+      r = retake (l, mine, &header_epoch, &new_epoch, &sent);
+      pthread_mutex_lock (&l->lock);
+      if (r == 0 && lease_sm_retaken (&l->sm, sent, header_epoch,
+                                      new_epoch)) {
+        log_info ("lease %s: taken again after the lapse, nobody held it "
+                  "meanwhile; epoch %" PRIu64, l->hdr, new_epoch);
+        pthread_cond_broadcast (&l->cond);
+      }
+      else if (r == 0 || r == -ESTALE) {
+        if (r == 0)
+          log_error ("lease %s: after the lapse the epoch is %" PRIu64
+                     ", not ours (%" PRIu64 "): another host held the "
+                     "lease", l->hdr, header_epoch, mine);
+        l->sm.state = LEASE_LOST;
+        pthread_mutex_unlock (&l->lock);
+        store_unlock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie);
+        pthread_mutex_lock (&l->lock);
+        mark_lost (l, -ENOENT);
+      }
+      else {
+        log_warn ("lease %s: taking the lease again failed: %s", l->hdr,
+                  strerror (-r));
+        lease_sm_retake_failed (&l->sm, mono_ms (), r);
         if (l->sm.state == LEASE_LOST)
           mark_lost (l, r);
       }

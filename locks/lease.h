@@ -50,12 +50,17 @@ enum lease_state {
   LEASE_HELD,
   LEASE_RELEASING,     /* draining writes before giving it away */
   LEASE_LOST,          /* expired unrenewed, fenced or taken: terminal */
+  LEASE_LAPSED,        /* our lock ran out on the store while we could
+                          not renew (an outage longer than the lease):
+                          no writes; we try to take it again, and hold
+                          it again only if nobody else held it since */
 };
 
 enum lease_action {
   LEASE_ACT_NONE,
   LEASE_ACT_RENEW,     /* time to renew */
   LEASE_ACT_EXPIRED,   /* we could not renew in time: stop writing */
+  LEASE_ACT_RETAKE,    /* LAPSED: try to take the lock again */
 };
 
 enum lease_answer {
@@ -102,6 +107,22 @@ void lease_sm_acquired (struct lease_sm *sm, uint64_t sent, uint64_t epoch);
  * -ESHUTDOWN: fenced; others: retry soon until expiry). */
 void lease_sm_renewed (struct lease_sm *sm, uint64_t sent);
 void lease_sm_renew_failed (struct lease_sm *sm, uint64_t now, int err);
+
+/* A renewal that failed with -ENOENT at NOW, past our own expiry, means
+ * the lock ran out on the store (it expires no earlier than ours): the
+ * state becomes LAPSED (before our expiry, -ENOENT means someone broke
+ * the lock: LOST).  While LAPSED the caller tries to take the lock again
+ * (LEASE_ACT_RETAKE).  Having taken it by a request sent at SENT, it
+ * reads the header's epoch HEADER_EPOCH: if that is still ours nobody
+ * else took the lease in between (every acquisition grows the epoch
+ * before its first write), and the lease is HELD again with NEW_EPOCH
+ * (the caller wrote it on the header); otherwise it is LOST.  Returns
+ * whether it is held again.  A failed attempt at NOW with ERR: -EBUSY
+ * (someone else holds it) or -ESHUTDOWN (fenced) lose the lease, others
+ * are retried soon. */
+bool lease_sm_retaken (struct lease_sm *sm, uint64_t sent,
+                       uint64_t header_epoch, uint64_t new_epoch);
+void lease_sm_retake_failed (struct lease_sm *sm, uint64_t now, int err);
 
 /* Whether a write may be admitted at NOW: the lease is HELD and NOW is
  * before lease_sm_write_stop (expiry minus the margin).  Past that,

@@ -344,12 +344,15 @@ static const struct lease_hooks temp_hooks = {
 
 static int
 temp_open (struct store *st, const char *image, const struct snap_opts *o,
-           struct temp_holder *t)
+           uint32_t takeover_ms, struct temp_holder *t)
 {
   /* no_handoff: a holder that appeared since we looked is asked, not
-   * robbed of the lease. */
+   * robbed of the lease.  TAKEOVER_MS: the holder did not answer; take
+   * the lease the way a writer does (ask it to let go, wait its lease
+   * out, fence it), giving up after TAKEOVER_MS. */
   struct lease_opts lo = { .host_id = o && o->host_id ? o->host_id : "vbk",
-                           .addr = "vbk-cli", .no_handoff = true };
+                           .addr = "vbk-cli", .no_handoff = takeover_ms == 0,
+                           .acquire_timeout_ms = takeover_ms };
   struct image_info info;
   char hdr[64];
   int r;
@@ -426,18 +429,29 @@ pause_a_moment (void)
   nanosleep (&ts, NULL);
 }
 
+/* Whether the lease recorded in LS ran out longer ago than a takeover
+ * waits (wall clock, as a requester judges it: lease-sm.c). */
+static bool
+lease_ran_out (const struct lease_status *ls)
+{
+  return ls->expires_ms
+    && now_wall_ms () >= ls->expires_ms + VBK_LEASE_TAKEOVER_MARGIN_MS;
+}
+
 /* Sends PAYLOAD to the lease holder of IMAGE (header HDR) and waits for
  * its answer.  Returns 0 with the answer after "ok" in ANS, 1 if nobody
  * holds the lease (the caller does the work under a temporary lease),
- * or -errno with a message (the holder's errno where it gave one).
- * Retries while the holder is busy or the lease is moving, until
- * DEADLINE (monotonic ns). */
+ * 2 if the lease is recorded but its holder does not answer (dead, or
+ * stopped): the caller takes the lease over, the holder's lease ending
+ * at *HOLDER_EXPIRES (wall-clock ms), or -errno with a message (the
+ * holder's errno where it gave one).  Retries while the holder is busy
+ * or the lease is moving, until DEADLINE (monotonic ns). */
 static int
 via_holder (struct store *st, const char *image, const char *hdr,
             const char *payload, uint32_t timeout, uint64_t deadline,
-            char *ans, size_t anslen)
+            char *ans, size_t anslen, uint64_t *holder_expires)
 {
-  struct lease_status ls;
+  struct lease_status ls, again;
   char buf[1024];
   int r, e;
 
@@ -447,7 +461,36 @@ via_holder (struct store *st, const char *image, const char *hdr,
       return r;
     if (!ls.held)
       return 1;
+    if (lease_ran_out (&ls)) {
+      /* Its holder counts it lost already (lease-sm.c): nobody is
+       * there to ask. */
+      *holder_expires = ls.expires_ms;
+      return 2;
+    }
     r = ask (st, hdr, ls.client, payload, timeout, buf, sizeof buf);
+    if (r == -ETIMEDOUT) {
+      /* No answer: the holder let go meanwhile (its last client left
+       * and it closed the export), another took the lease, or the
+       * holder died with its lease recorded.  Look again. */
+      r = lease_status_get (st, hdr, &again);
+      if (r < 0)
+        return r;
+      if (!again.held)
+        return 1;
+      if (strcmp (again.client, ls.client) != 0
+          || strcmp (again.cookie, ls.cookie) != 0) {
+        if (now_mono_ns () < deadline)
+          continue;
+        vbk_set_error ("%s: the lease keeps moving (now %s)", image,
+                       again.host);
+        return -ETIMEDOUT;
+      }
+      log_warn ("snapshot: the lease holder %s (%s) of %s does not answer; "
+                "taking the lease over once its lease has run out",
+                again.host, again.client, image);
+      *holder_expires = again.expires_ms;
+      return 2;
+    }
     if (r < 0)
       return r;
     if (strncmp (buf, "ok", 2) == 0 && (buf[2] == '\0' || buf[2] == ' ')) {
@@ -477,14 +520,14 @@ via_holder (struct store *st, const char *image, const char *hdr,
  * -EAGAIN if a holder appeared meanwhile (ask it instead). */
 static int
 under_temp_lease (struct store *st, const char *image,
-                  const struct snap_opts *o,
+                  const struct snap_opts *o, uint32_t takeover_ms,
                   int (*op) (struct temp_holder *, void *), void *arg)
 {
   struct temp_holder t;
   char msg[1024];
   int r;
 
-  r = temp_open (st, image, o, &t);
+  r = temp_open (st, image, o, takeover_ms, &t);
   if (r < 0)
     return r;
   vbk_clear_error ();
@@ -518,11 +561,24 @@ serialized (struct store *st, const char *image, const char *payload,
   if (r < 0)
     return r;
   for (;;) {
+    uint64_t holder_expires = 0, now;
+    uint32_t takeover_ms = 0;
+
     r = via_holder (st, image, hdr, payload, timeout, deadline, ans,
-                    anslen);
+                    anslen, &holder_expires);
     if (r <= 0)
       return r;
-    r = under_temp_lease (st, image, o, op, arg);
+    if (r == 2) {
+      /* A silent holder: wait out what is left of its lease, the
+       * takeover margin, and the slack of a writer's acquisition
+       * (common/timeouts.h); then fence it and take the lease. */
+      now = now_wall_ms ();
+      takeover_ms = (uint32_t) MIN (holder_expires > now
+                                    ? holder_expires - now : 0,
+                                    (uint64_t) UINT32_MAX / 2)
+        + VBK_LEASE_TAKEOVER_MARGIN_MS + VBK_LEASE_ACQUIRE_SLACK_MS;
+    }
+    r = under_temp_lease (st, image, o, takeover_ms, op, arg);
     if (r != -EAGAIN || now_mono_ns () >= deadline)
       return r;
     pause_a_moment ();
@@ -671,9 +727,10 @@ snap_diff (struct store *st, const char *image, const char *from,
       return r;
     uint32_t timeout = o && o->timeout_ms ? o->timeout_ms
       : DEFAULT_TIMEOUT_MS;
+    uint64_t holder_expires;
     r = via_holder (st, image, hdr, "save-parts", timeout,
                     now_mono_ns () + (uint64_t) timeout * 1000000, ans,
-                    sizeof ans);
+                    sizeof ans, &holder_expires);
     if (r < 0)
       log_warn ("diff %s: the lease holder did not log its changed parts "
                 "(%s): whole objects are reported", image, vbk_error ());
@@ -800,7 +857,7 @@ snap_group_create (struct store *st, const char *group,
       }
     }
     else {
-      r = temp_open (st, m[i].image, o, &m[i].t);
+      r = temp_open (st, m[i].image, o, 0, &m[i].t);
       if (r == 0) {
         r = lease_quiesce (m[i].t.lease);
         if (r == 0 && (r = image_flush (m[i].t.img)) < 0)
@@ -884,7 +941,7 @@ snap_rollback (struct store *st, const char *image, const char *snap,
     if (r < 0 && r != -ENOENT)
       return r;
   }
-  r = temp_open (st, image, o, &t);
+  r = temp_open (st, image, o, 0, &t);
   if (r < 0)
     return r;
   r = lease_write_begin (t.lease);

@@ -13,7 +13,12 @@
  * header (lease_hooks.command); when nobody holds the lease, the
  * requester takes it for the moment (without asking anyone to hand it
  * over: a holder that appears meanwhile is asked instead) and does the
- * same itself.
+ * same itself.  A holder that does not answer is looked up again: if it
+ * let go, the requester takes the lease for the moment; if its lease is
+ * still recorded (it died, or stopped), the requester waits that lease
+ * out, fences the holder and takes over, as a writer would (lease.h),
+ * giving up after what was left of the lease + the takeover margin + the
+ * acquire slack (common/timeouts.h).
  *
  * Snapshot removal and resize go the same way, so that one holder runs
  * every command of an image one at a time (its lease's command thread):
@@ -92,7 +97,8 @@ int snap_group_create (struct store *st, const char *group,
 
 /* Removes snapshot SNAP of IMAGE through its holder or a temporary
  * lease.  Errors: -ENOENT (no such image or snapshot), those of
- * image_snap_remove, -ETIMEDOUT (the holder did not answer). */
+ * image_snap_remove, -ETIMEDOUT (the holder did not answer and could
+ * not be taken over in time). */
 int snap_remove (struct store *st, const char *image, const char *snap,
                  const struct snap_opts *o);
 

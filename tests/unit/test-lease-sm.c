@@ -3,7 +3,8 @@
  * test-lease-sm.c - the lease state machine with an injected clock:
  * renew, expiry counted from the renewal's send, one timed-out renewal
  * with the defaults, the write-stop margin, hand-off, takeover, fencing
- * outcomes, bounce limit.
+ * outcomes, bounce limit, a lapse (the lock ran out on the store while
+ * it could not be renewed) taken back or lost.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -181,6 +182,87 @@ test_lost_to_fence_or_taker (void **state)
                     LEASE_ANS_NOT_HOLDER);
 }
 
+/* The lock ran out on the store during an outage longer than the lease:
+ * the renewal sent before the outage answers -ENOENT once the store is
+ * back, past our own expiry. */
+static uint64_t
+lapse (struct lease_sm *sm)
+{
+  uint64_t now;
+
+  lease_sm_init (sm, 4000, false, 0, 0);
+  lease_sm_acquired (sm, T0, 7);
+  assert_int_equal (lease_sm_tick (sm, T0 + 667), LEASE_ACT_RENEW);
+  /* The renewal hangs; writes stop at the write-stop, before expiry. */
+  assert_true (lease_sm_may_write (sm, T0 + 3500));
+  assert_false (lease_sm_may_write (sm, T0 + 3600));
+  now = T0 + 12000;
+  lease_sm_renew_failed (sm, now, -ENOENT);
+  assert_int_equal (sm->state, LEASE_LAPSED);
+  assert_false (lease_sm_may_write (sm, now));
+  /* Not a holder for hand-offs while lapsed; the tick does not expire
+   * it but asks to take the lock again. */
+  assert_int_equal (lease_sm_release_request (sm, false),
+                    LEASE_ANS_NOT_HOLDER);
+  assert_int_equal (lease_sm_tick (sm, now), LEASE_ACT_RETAKE);
+  assert_int_equal (sm->state, LEASE_LAPSED);
+  return now;
+}
+
+static void
+test_lapse_retaken (void **state)
+{
+  struct lease_sm sm;
+  uint64_t now = lapse (&sm);
+
+  /* A passing error while taking it again: retry soon, still lapsed. */
+  lease_sm_retake_failed (&sm, now, -ETIMEDOUT);
+  assert_int_equal (sm.state, LEASE_LAPSED);
+  assert_int_equal (lease_sm_tick (&sm, now + 1), LEASE_ACT_NONE);
+  assert_int_equal (lease_sm_tick (&sm, now + VBK_LEASE_RENEW_RETRY_MS),
+                    LEASE_ACT_RETAKE);
+  now += VBK_LEASE_RENEW_RETRY_MS;
+  /* Taken, the header's epoch still ours: held again, with the grown
+   * epoch, the lease counted from this send, writes admitted. */
+  assert_true (lease_sm_retaken (&sm, now, 7, 8));
+  assert_int_equal (sm.state, LEASE_HELD);
+  assert_int_equal (sm.epoch, 8);
+  assert_int_equal (sm.expires_ms, now + 4000);
+  assert_true (lease_sm_may_write (&sm, now + 1));
+  assert_int_equal (lease_sm_tick (&sm, now + 1), LEASE_ACT_NONE);
+  assert_int_equal (lease_sm_tick (&sm, now + 667), LEASE_ACT_RENEW);
+  /* Retaken only from a lapse. */
+  assert_false (lease_sm_retaken (&sm, now, 8, 9));
+  assert_int_equal (sm.state, LEASE_HELD);
+}
+
+static void
+test_lapse_epoch_moved (void **state)
+{
+  struct lease_sm sm;
+  uint64_t now = lapse (&sm);
+
+  /* Someone else took the lease in between (and let it go): lost. */
+  assert_false (lease_sm_retaken (&sm, now, 8, 8));
+  assert_int_equal (sm.state, LEASE_LOST);
+  assert_false (lease_sm_may_write (&sm, now));
+  assert_int_equal (lease_sm_tick (&sm, now + 1000), LEASE_ACT_NONE);
+
+  /* Someone else holds it now, or fenced us: lost. */
+  now = lapse (&sm);
+  lease_sm_retake_failed (&sm, now, -EBUSY);
+  assert_int_equal (sm.state, LEASE_LOST);
+  now = lapse (&sm);
+  lease_sm_retake_failed (&sm, now, -ESHUTDOWN);
+  assert_int_equal (sm.state, LEASE_LOST);
+
+  /* The lock gone before our own expiry: someone broke it, no lapse. */
+  lease_sm_init (&sm, 4000, false, 0, 0);
+  lease_sm_acquired (&sm, T0, 7);
+  lease_sm_renew_failed (&sm, T0 + 3999, -ENOENT);
+  assert_int_equal (sm.state, LEASE_LOST);
+}
+
 static void
 test_handoff (void **state)
 {
@@ -293,6 +375,8 @@ main (void)
     cmocka_unit_test (test_write_stop_margin),
     cmocka_unit_test (test_expiry_when_renewals_fail),
     cmocka_unit_test (test_lost_to_fence_or_taker),
+    cmocka_unit_test (test_lapse_retaken),
+    cmocka_unit_test (test_lapse_epoch_moved),
     cmocka_unit_test (test_handoff),
     cmocka_unit_test (test_exclusive),
     cmocka_unit_test (test_takeover_decisions),
