@@ -221,6 +221,12 @@ osd_heartbeat_interval = 1
 osd_heartbeat_grace = 4
 mon_osd_adjust_heartbeat_grace = false
 osd_recovery_sleep_hdd = 0
+# Removed snapshots are trimmed at once (the HDD default sleeps 5 s
+# between trims, which tests that wait for clones to go would feel).
+osd_snap_trim_sleep = 0
+osd_snap_trim_sleep_hdd = 0
+osd_snap_trim_sleep_ssd = 0
+osd_snap_trim_sleep_hybrid = 0
 
 [mon]
 mon_data = $DIR/\$name
