@@ -14,7 +14,7 @@
  * a list of framed options (option byte, 16-bit length, data) that the
  * target wraps in valid headers, so that mutations go into option
  * payloads.  A helper thread writes the session into a socketpair and
- * collects the server's answer while nbd_srv_conn_run serves the other
+ * collects the server's answer while nbd_srv_session_run serves the other
  * end on the fuzzing thread, exactly as a connection thread does.
  *
  * The answer is then checked against the session as proto.md ("Fixed
@@ -47,6 +47,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "fuzz-feed.h"
 #include "internal.h"
 #include "nbd-protocol.h"
 #include "snapshot/snapshot.h"
@@ -119,54 +120,11 @@ be64_at (const uint8_t *p)
 
 /* ---- the client side ----------------------------------------------------- */
 
-struct feeder {
-  int fd;
-  const uint8_t *data;
-  size_t size;
-  struct buf out;           /* everything the server sent */
-};
-
-static void *
-feed (void *arg)
+/* The server's answers, gathered by fuzz_feed. */
+static void
+gather (void *arg, const void *p, size_t n)
 {
-  struct feeder *f = arg;
-  size_t off = 0;
-  uint8_t sink[65536];
-  bool wr_open = true;
-
-  for (;;)
-    {
-      struct pollfd p = { f->fd, POLLIN | (wr_open ? POLLOUT : 0), 0 };
-      if (poll (&p, 1, -1) < 0)
-        {
-          if (errno == EINTR)
-            continue;
-          break;
-        }
-      if (wr_open && (p.revents & POLLOUT))
-        {
-          ssize_t n = off < f->size
-            ? send (f->fd, f->data + off, f->size - off,
-                    MSG_NOSIGNAL | MSG_DONTWAIT)
-            : 0;
-          if (n > 0)
-            off += n;
-          if (off >= f->size || (n < 0 && errno != EAGAIN))
-            {
-              shutdown (f->fd, SHUT_WR);
-              wr_open = false;
-            }
-        }
-      if (p.revents & (POLLIN | POLLHUP | POLLERR))
-        {
-          ssize_t n = recv (f->fd, sink, sizeof sink, MSG_DONTWAIT);
-          if (n > 0)
-            buf_add (&f->out, sink, n);
-          else if (n == 0 || errno != EAGAIN)
-            break;
-        }
-    }
-  return NULL;
+  buf_add (arg, p, n);
 }
 
 /* Framed mode: after a byte of client flags, records of an option byte
@@ -456,7 +414,8 @@ int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
   struct buf wire = { 0 };
-  struct feeder f = { 0 };
+  struct fuzz_feeder f = { 0 };
+  struct buf out = { 0 };
   pthread_t th;
   int sv[2];
 
@@ -470,14 +429,16 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   f.fd = sv[0];
   f.data = wire.p;
   f.size = wire.len;
-  if (pthread_create (&th, NULL, feed, &f) != 0)
+  f.reply = gather;
+  f.reply_arg = &out;
+  if (pthread_create (&th, NULL, fuzz_feed, &f) != 0)
     abort ();
-  nbd_srv_conn_run (srv, sv[1], "fuzz");   /* closes sv[1] */
+  nbd_srv_session_run (srv, sv[1], "fuzz");   /* closes sv[1] */
   pthread_join (th, NULL);
   close (sv[0]);
 
-  check (wire.p, wire.len, f.out.p, f.out.len);
+  check (wire.p, wire.len, out.p, out.len);
   free (wire.p);
-  free (f.out.p);
+  free (out.p);
   return 0;
 }

@@ -24,57 +24,11 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "fuzz-feed.h"
 #include "internal.h"
 
 static struct nbd_srv_server *srv;
 static struct nbd_srv_export *keep;
-
-struct feeder {
-  int fd;
-  const uint8_t *data;
-  size_t size;
-};
-
-static void *
-feed (void *arg)
-{
-  struct feeder *f = arg;
-  size_t off = 0;
-  char sink[65536];
-  bool wr_open = true;
-
-  for (;;)
-    {
-      struct pollfd p = { f->fd, POLLIN | (wr_open ? POLLOUT : 0), 0 };
-      if (poll (&p, 1, -1) < 0)
-        {
-          if (errno == EINTR)
-            continue;
-          break;
-        }
-      if (wr_open && (p.revents & POLLOUT))
-        {
-          ssize_t n = off < f->size
-            ? send (f->fd, f->data + off, f->size - off,
-                    MSG_NOSIGNAL | MSG_DONTWAIT)
-            : 0;
-          if (n > 0)
-            off += n;
-          if (off >= f->size || (n < 0 && errno != EAGAIN))
-            {
-              shutdown (f->fd, SHUT_WR);
-              wr_open = false;
-            }
-        }
-      if (p.revents & (POLLIN | POLLHUP | POLLERR))
-        {
-          ssize_t n = recv (f->fd, sink, sizeof sink, MSG_DONTWAIT);
-          if (n == 0 || (n < 0 && errno != EAGAIN))
-            break;
-        }
-    }
-  return NULL;
-}
 
 int
 LLVMFuzzerInitialize (int *argc, char ***argv)
@@ -113,7 +67,7 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
-  struct feeder f;
+  struct fuzz_feeder f = { 0 };
   pthread_t th;
   int sv[2];
 
@@ -122,7 +76,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   f.fd = sv[0];
   f.data = data;
   f.size = size;
-  if (pthread_create (&th, NULL, feed, &f) != 0)
+  if (pthread_create (&th, NULL, fuzz_feed, &f) != 0)
     abort ();
   nbd_srv_session_run (srv, sv[1], "fuzz");   /* closes sv[1] */
   pthread_join (th, NULL);
