@@ -263,9 +263,9 @@ int
 backup_index_load (struct backup_repo *r, const struct backup_manifest *m,
                    struct backup_index *ix)
 {
-  char oid[STORE_NAME_MAX + 1], hex[BACKUP_HEX_LEN + 1], msg[1024], *buf;
+  char oid[STORE_NAME_MAX + 1], hex[BACKUP_HEX_LEN + 1], *buf = NULL;
   unsigned char d[BACKUP_DIGEST_LEN];
-  size_t len;
+  size_t len = 0;
   int e;
 
   backup_index_oid (m->id, oid, sizeof oid);
@@ -285,11 +285,8 @@ backup_index_load (struct backup_repo *r, const struct backup_manifest *m,
   }
   e = backup_index_parse (buf, len, ix);
   free (buf);
-  if (e < 0) {
-    snprintf (msg, sizeof msg, "%s", vbk_error ());
-    vbk_set_error ("backup %s: %s", m->id, msg);
-    return e;
-  }
+  if (e < 0)
+    return vbk_error_prepend (e, "backup %s: ", m->id);
   if (ix->size != m->size || ix->chunk_size != m->chunk_size) {
     backup_index_free (ix);
     return vbk_errno (-EBADMSG, "backup %s: index and manifest disagree on "
