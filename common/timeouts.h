@@ -44,19 +44,17 @@
  *  - Fences must outlive every process they fence.  RADOS blocklists
  *    for an hour (a client address is never reused, and a fenced
  *    librados client also sees -ESHUTDOWN on its lock renewal, so the
- *    holder marks the lease lost long before).  The local store still
- *    expires fences by wall clock (store/local.c writes now_wall_ms() +
- *    expire into fenced/CLIENT): a clock stepped forward by an hour
- *    unfences a stopped holder.  It should keep fences without expiry
- *    (client ids are unique per store_open) or drop a fence only when
- *    the fenced process is gone.
+ *    holder marks the lease lost long before).  The local store keeps
+ *    fences in this boot's CLOCK_BOOTTIME ("boot BOOT_ID UNTIL_MS" in
+ *    fenced/CLIENT): no wall-clock step unfences a stopped holder, and a
+ *    record from an earlier boot has lapsed with every process it named.
  *  - Takeover assumes a stopped holder cannot stop others: on the local
- *    store it can.  A client stopped (SIGSTOP, a paused VM) inside a lock
- *    call keeps the flock of lock/OID.NAME, and inside any change the
- *    shared flock of fenced/.gen, so other clients' lock calls and
- *    store_fence wait until it runs again.  The local store should
- *    bound those waits (LOCK_NB and a deadline, -ETIMEDOUT) and fence
- *    without waiting for a stopped client.  Renewing every quarter of D
+ *    store it could.  A client stopped (SIGSTOP, a paused VM) inside a
+ *    change holds the shared flock of its fenced/CLIENT.lock, so
+ *    store_fence waits for it, but at most VBK_LOCAL_FENCE_WAIT_MS
+ *    (5 s, store/local.c): then it kills the process named in the client
+ *    id (after checking host, pid and start time), which frees the lock,
+ *    and fences.  Renewing every quarter of D
  *    (not every sixth, which would leave a timed-out renewal more room)
  *    keeps the holder inside lock calls only a third more often than
  *    the every-third it replaced.

@@ -524,7 +524,6 @@ under_temp_lease (struct store *st, const char *image,
                   int (*op) (struct temp_holder *, void *), void *arg)
 {
   struct temp_holder t;
-  char msg[1024];
   int r;
 
   r = temp_open (st, image, o, takeover_ms, &t);
@@ -537,9 +536,9 @@ under_temp_lease (struct store *st, const char *image,
     lease_resume (t.lease);
   }
   /* Closing the lease may log and clear this thread's message. */
-  snprintf (msg, sizeof msg, "%s", vbk_error ());
+  vbk_error_keep ();
   temp_close (&t);
-  vbk_set_error ("%s", msg);
+  vbk_error_unkeep ();
   return r;
 }
 
@@ -812,7 +811,7 @@ snap_group_create (struct store *st, const char *group,
                    size_t n, const struct snap_opts *o)
 {
   uint32_t timeout = o && o->timeout_ms ? o->timeout_ms : DEFAULT_TIMEOUT_MS;
-  char token[64], payload[400], ans[1024], msg[1024] = "";
+  char token[64], payload[400], ans[1024];
   struct lease_status ls;
   struct member *m;
   uint8_t rnd[6];
@@ -889,15 +888,16 @@ snap_group_create (struct store *st, const char *group,
   }
 
 out:
+  /* 3. Thaw; on failure, no snapshot of the group remains (and the
+   * first failure is what the caller hears). */
   if (r < 0)
-    snprintf (msg, sizeof msg, "%s", vbk_error ());
-  /* 3. Thaw; on failure, no snapshot of the group remains. */
+    vbk_error_keep ();
   thaw_all (st, m, n, token, timeout);
   if (r < 0) {
     for (i = 0; i < n; i++)
       if (m[i].snapped)
         snap_remove (st, m[i].image, m[i].snap, o);
-    vbk_set_error ("%s", msg);
+    vbk_error_unkeep ();
   }
   free (m);
   return r;
