@@ -192,7 +192,8 @@ lapse (struct lease_sm *sm)
 
   lease_sm_init (sm, 4000, false, 0, 0);
   lease_sm_acquired (sm, T0, 7);
-  assert_int_equal (lease_sm_tick (sm, T0 + 667), LEASE_ACT_RENEW);
+  assert_int_equal (lease_sm_tick (sm, T0 + 4000 / VBK_LEASE_RENEW_DIVISOR),
+                    LEASE_ACT_RENEW);
   /* The renewal hangs; writes stop at the write-stop, before expiry. */
   assert_true (lease_sm_may_write (sm, T0 + 3500));
   assert_false (lease_sm_may_write (sm, T0 + 3600));
@@ -230,7 +231,8 @@ test_lapse_retaken (void **state)
   assert_int_equal (sm.expires_ms, now + 4000);
   assert_true (lease_sm_may_write (&sm, now + 1));
   assert_int_equal (lease_sm_tick (&sm, now + 1), LEASE_ACT_NONE);
-  assert_int_equal (lease_sm_tick (&sm, now + 667), LEASE_ACT_RENEW);
+  assert_int_equal (lease_sm_tick (&sm, now + 4000 / VBK_LEASE_RENEW_DIVISOR),
+                    LEASE_ACT_RENEW);
   /* Retaken only from a lapse. */
   assert_false (lease_sm_retaken (&sm, now, 8, 9));
   assert_int_equal (sm.state, LEASE_HELD);
