@@ -55,8 +55,18 @@ mapfile -t ids < <(python3 -c 'import json,sys; [print(e["id"]) for e in json.lo
 mount_vbk "$M" --repo "$repo"
 B=$M/backups/vm
 [ "$(ls "$M/backups")" = vm ] || fail "backups: $(ls "$M/backups")"
-mapfile -t times < <(ls "$B" | grep -v '^latest$')
-[ ${#times[@]} = 2 ] || fail "backups of vm: $(ls "$B")"
+mapfile -t names < <(ls "$B" | grep -v '^latest$')
+[ ${#names[@]} = 2 ] || fail "backups of vm: $(ls "$B")"
+# times[i]: the directory of backup ids[i] (oldest first).  Two backups
+# in one second are both named TIME-ID, which ls sorts by id, not time.
+times=()
+for id in "${ids[@]}"; do
+  for t in "${names[@]}"; do
+    tid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$B/$t/info.json")
+    [ "$tid" = "$id" ] && times+=("$t")
+  done
+done
+[ ${#times[@]} = 2 ] || fail "backup directories ${names[*]} do not match ids ${ids[*]}"
 [ "$(readlink "$B/latest")" = "${times[1]}" ] ||
   fail "latest -> $(readlink "$B/latest"), not ${times[1]}"
 [[ ${times[0]} =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z ]] ||
