@@ -16,9 +16,17 @@
 # internal.h, when librados, libfuse3 or GnuTLS appear outside the one
 # place each belongs, or when a public header does not compile on its own.
 #
+# The build enforces the same direction on its own: each library sees only
+# the public headers of the libraries it links (CMakeLists.txt,
+# vbk_library_headers), so an upward include or a foreign internal.h does
+# not compile.  The self-test shows both: this check and the compiler,
+# with the build's own flags for the file, reject the bad include.
+#
 # Usage: tests/check-layers.sh [SRCDIR]      (default: this tree)
-#        tests/check-layers.sh --self-test   (shows the check failing on a
-#                                             deliberately bad include)
+#        tests/check-layers.sh --self-test [BUILDDIR]
+#                                  (shows the check, and with BUILDDIR the
+#                                   build too, failing on deliberately bad
+#                                   includes)
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -112,9 +120,39 @@ check_tree ()
   return $bad
 }
 
+# build_compile TREE FILE: compile TREE/FILE with the flags the build
+# (compile_commands.json in $build) uses for this tree's FILE, syntax only.
+build_compile ()
+{
+  python3 - "$build/compile_commands.json" "$here/$2" "$1/$2" <<'PY'
+import json, shlex, subprocess, sys
+db, orig, copy = sys.argv[1:]
+for e in json.load(open(db)):
+    if e["file"] == orig:
+        args = shlex.split(e["command"])
+        break
+else:
+    sys.exit("self-test: %s is not in %s" % (orig, db))
+out = []
+skip = False
+for a in args:
+    if skip:
+        skip = False
+    elif a == "-o":
+        skip = True
+    elif a == orig:
+        out.append(copy)
+    else:
+        out.append(a)
+sys.exit(subprocess.call(out + ["-fsyntax-only"], cwd=e["directory"]))
+PY
+}
+
 if [ "${1:-}" = --self-test ]; then
   # The check must pass on this tree and fail on a copy of it with one
-  # upward include: store/ reaching up into image/.
+  # upward include (store/ reaching up into image/) and, separately, one
+  # include of another library's internal.h (blockd/ into image/'s).
+  build=${2:-}
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   (cd "$here" && git ls-files -z 2>/dev/null || find . -type f -print0) \
@@ -123,14 +161,38 @@ if [ "${1:-}" = --self-test ]; then
     echo "self-test: the clean tree fails the check" >&2
     exit 1
   fi
+  if [ -n "$build" ]; then
+    for f in store/store.c blockd/config.c; do
+      if ! build_compile "$tmp" "$f"; then
+        echo "self-test: the clean $f does not compile with the build's flags" >&2
+        exit 1
+      fi
+    done
+  fi
+  cp -a "$tmp" "$tmp.b" && trap 'rm -rf "$tmp" "$tmp.b"' EXIT
   sed -i '0,/#include "common\/error.h"/s//#include "common\/error.h"\n#include "image\/image.h"/' \
     "$tmp/store/store.c"
-  if out=$( (check_tree "$tmp") 2>&1 ); then
-    echo "self-test: an upward include (store -> image) was not caught" >&2
-    exit 1
+  sed -i '0,/#include "image\/image.h"/s//#include "image\/image.h"\n#include "image\/internal.h"/' \
+    "$tmp.b/blockd/config.c"
+  for t in "$tmp:store -> image" "$tmp.b:blockd -> image/internal.h"; do
+    if out=$( (check_tree "${t%%:*}") 2>&1 ); then
+      echo "self-test: a bad include (${t#*:}) was not caught" >&2
+      exit 1
+    fi
+    echo "$out"
+  done
+  if [ -n "$build" ]; then
+    for t in "$tmp:store/store.c" "$tmp.b:blockd/config.c"; do
+      echo "self-test: the build compiling ${t#*:} with the bad include:"
+      if build_compile "${t%%:*}" "${t#*:}" 2>&1; then
+        echo "self-test: the build compiled ${t#*:} with a bad include" >&2
+        exit 1
+      fi
+    done
+  else
+    echo "self-test: no BUILDDIR: the build half was not run"
   fi
-  echo "$out"
-  echo "self-test: ok (the upward include above was caught)"
+  echo "self-test: ok (the bad includes above were caught)"
   exit 0
 fi
 

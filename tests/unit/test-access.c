@@ -8,6 +8,7 @@
  * Config files are real files read by the real parser (inih), and a
  * small generated sweep feeds it malformed lines.
  */
+/* VBK_TEST_LINKS: vbkblockd-internals */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>

@@ -12,6 +12,7 @@
  *   racing prune + gc in randomized interleavings (no chunk a backup
  *   uses is ever missing).
  */
+/* VBK_TEST_LINKS: vbkbackup-internals vbktestutil */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>

@@ -6,6 +6,7 @@
  * DESIGN: pure logic on the real code (blockd/config.c, server.c); the
  * rate limiter's window is moved back by hand instead of sleeping.
  */
+/* VBK_TEST_LINKS: vbkblockd-internals */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>

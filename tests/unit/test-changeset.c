@@ -6,6 +6,7 @@
  * fixed seed (VBK_TEST_SEED overrides it); a failure prints the seed and
  * the round.
  */
+/* VBK_TEST_LINKS: vbkimage-internals */
 #include <endian.h>
 #include <inttypes.h>
 #include <setjmp.h>

@@ -3,6 +3,7 @@
  * test-error.c - the per-thread error message: context added on the way
  * up, and cleanup that keeps the first error.
  */
+/* VBK_TEST_LINKS: vbkcommon */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>

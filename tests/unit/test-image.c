@@ -7,6 +7,7 @@
  * from the N-th on (a crash between two steps), for every N, the map on
  * the store never under-reports the data objects that exist.
  */
+/* VBK_TEST_LINKS: vbkimage vbktestutil */
 #include <endian.h>
 #include <errno.h>
 #include <malloc.h>

@@ -6,6 +6,7 @@
  * outcomes, bounce limit, a lapse (the lock ran out on the store while
  * it could not be renewed) taken back or lost.
  */
+/* VBK_TEST_LINKS: vbklocks */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>

@@ -6,6 +6,7 @@
  * break.  Other "hosts" are other store clients, and for death and
  * stopping, other processes.
  */
+/* VBK_TEST_LINKS: vbklocks vbktestutil */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>

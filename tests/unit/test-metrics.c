@@ -7,6 +7,7 @@
  * port answers GET /metrics, 404 and 405, and is not held up for good by
  * a client that connects and says nothing.
  */
+/* VBK_TEST_LINKS: vbkblockd-internals */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>

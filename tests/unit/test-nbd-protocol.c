@@ -12,6 +12,7 @@
  * server, the test accepts every answer it allows, or says which one we
  * chose and why.  No socket, store or thread is involved.
  */
+/* VBK_TEST_LINKS: vbkblockd-internals */
 #include <errno.h>
 #include <limits.h>
 #include <setjmp.h>

@@ -9,6 +9,7 @@
  * lease, consistency groups (and a failing group leaving nothing),
  * rollback refused while held.
  */
+/* VBK_TEST_LINKS: vbksnapshot vbktestutil */
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>

@@ -13,6 +13,7 @@
  * with a message naming the operation, and that nothing a failed call
  * would have written is visible.
  */
+/* VBK_TEST_LINKS: vbkstore vbktestutil */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>

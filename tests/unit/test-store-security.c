@@ -12,6 +12,7 @@
  * watcher's abstract unix socket.  The watcher must see only the real
  * notify that follows.
  */
+/* VBK_TEST_LINKS: vbkstore vbktestutil */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -14,6 +14,7 @@
  * wait for however long it takes; waits for progress are bounded (30 s)
  * only so that a broken store fails instead of hanging.
  */
+/* VBK_TEST_LINKS: vbksyncshim vbkstore vbktestutil */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>

@@ -20,6 +20,7 @@
  * child mode selected by the environment, so the child starts with a
  * clean librados rather than a forked copy of the parent's threads.
  */
+/* VBK_TEST_LINKS: vbkstore vbktestutil */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>

@@ -9,6 +9,7 @@
  * and close_notify.  Certificates come from deploy/make-tls-certs.sh (the
  * script the end-to-end tests and operators use), made once per run.
  */
+/* VBK_TEST_LINKS: vbkblockd-internals PkgConfig::GNUTLS */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>

@@ -8,6 +8,7 @@
  * removed) gives EIO and never the data read, and the cache stays within
  * its limit.
  */
+/* VBK_TEST_LINKS: vbkfs-internals */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
