@@ -210,9 +210,9 @@ fault_close (void *h)
   free (f);
 }
 
-int
-store_fault_control (void *h, unsigned ops, int err, unsigned long nth,
-                     int sticky, const char *trigger_file)
+static int
+fault_control (void *h, unsigned ops, int err, unsigned long nth,
+               int sticky, const char *trigger_file)
 {
   struct fault_ctl *c = ((struct fault *) h)->ctl;
 
@@ -228,8 +228,8 @@ store_fault_control (void *h, unsigned ops, int err, unsigned long nth,
   return 0;
 }
 
-unsigned long
-store_fault_calls (void *h, unsigned ops)
+static unsigned long
+fault_calls (void *h, unsigned ops)
 {
   struct fault_ctl *c = ((struct fault *) h)->ctl;
   unsigned long n = 0;
@@ -243,8 +243,8 @@ store_fault_calls (void *h, unsigned ops)
   return n;
 }
 
-uint64_t
-store_fault_read_bytes (void *h)
+static uint64_t
+fault_read_bytes (void *h)
 {
   struct fault_ctl *c = ((struct fault *) h)->ctl;
   uint64_t n;
@@ -616,4 +616,7 @@ const struct store_ops store_fault_ops = {
   .snap_remove = fault_snap_remove,
   .set_snap_context = fault_set_snap_context,
   .snap_rollback = fault_snap_rollback,
+  .fault_set = fault_control,
+  .fault_count = fault_calls,
+  .fault_bytes_read = fault_read_bytes,
 };

@@ -82,17 +82,20 @@ struct store_ops {
   int (*set_snap_context) (void *h, uint64_t seq, const uint64_t *snaps,
                            size_t n);
   int (*snap_rollback) (void *h, const char *oid, uint64_t snap);
+
+  /* The fault backend's controls (NULL in the others); store.c reaches
+   * them through this table, so store.c and fault.c call each other only
+   * through the public API and the table, never directly. */
+  int (*fault_set) (void *h, unsigned ops, int err, unsigned long nth,
+                    int sticky, const char *trigger_file);
+  /* Calls of the classes in OPS seen so far. */
+  unsigned long (*fault_count) (void *h, unsigned ops);
+  /* Bytes read through the inner store so far. */
+  uint64_t (*fault_bytes_read) (void *h);
 };
 
 extern const struct store_ops store_local_ops;
 extern const struct store_ops store_rados_ops;
 extern const struct store_ops store_fault_ops;
-
-/* fault.c: the fault backend opens its inner store through store_open
- * and keeps the controls; store.c forwards these to it. */
-int store_fault_control (void *h, unsigned ops, int err, unsigned long nth,
-                         int sticky, const char *trigger_file);
-unsigned long store_fault_calls (void *h, unsigned ops);
-uint64_t store_fault_read_bytes (void *h);
 
 #endif /* VBK_STORE_INTERNAL_H */

@@ -433,25 +433,25 @@ int
 store_fault_set (struct store *st, unsigned ops, int err, unsigned long nth,
                  int sticky, const char *trigger_file)
 {
-  if (st->ops != &store_fault_ops) {
+  if (st->ops->fault_set == NULL) {
     vbk_set_error ("store: fault injection needs a fault: store");
     return -EINVAL;
   }
-  return store_fault_control (st->h, ops, err, nth, sticky, trigger_file);
+  return st->ops->fault_set (st->h, ops, err, nth, sticky, trigger_file);
 }
 
 unsigned long
 store_fault_count (struct store *st, unsigned ops)
 {
-  if (st->ops != &store_fault_ops)
+  if (st->ops->fault_count == NULL)
     return 0;
-  return store_fault_calls (st->h, ops);
+  return st->ops->fault_count (st->h, ops);
 }
 
 uint64_t
 store_fault_bytes_read (struct store *st)
 {
-  if (st->ops != &store_fault_ops)
+  if (st->ops->fault_bytes_read == NULL)
     return 0;
-  return store_fault_read_bytes (st->h);
+  return st->ops->fault_bytes_read (st->h);
 }
