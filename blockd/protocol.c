@@ -351,6 +351,16 @@ send_read_data (struct nbd_srv_req *r)
 
 /* ---- Completions -------------------------------------------------------- */
 
+/* What failed, for the log: the image layer leaves the failed piece's
+ * message (backend, operation, object) on the completing thread. */
+static const char *
+aio_error (ssize_t ret)
+{
+  const char *msg = vbk_error ();
+
+  return msg[0] ? msg : strerror ((int) -ret);
+}
+
 static void
 read_done (void *arg, ssize_t ret)
 {
@@ -359,7 +369,7 @@ read_done (void *arg, ssize_t ret)
   if (ret < 0)
     {
       log_warn ("connection %s: read %" PRIu32 " at %" PRIu64 ": %s",
-                r->conn->peer, r->count, r->offset, strerror ((int) -ret));
+                r->conn->peer, r->count, r->offset, aio_error (ret));
       reply_errno (r, (int) ret, "read");
     }
   else
@@ -380,7 +390,7 @@ write_done (void *arg, ssize_t ret)
   if (ret < 0)
     {
       log_warn ("connection %s: write %" PRIu32 " at %" PRIu64 ": %s",
-                r->conn->peer, r->count, r->offset, strerror ((int) -ret));
+                r->conn->peer, r->count, r->offset, aio_error (ret));
       reply_errno (r, (int) ret, "write");
     }
   else

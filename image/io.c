@@ -29,16 +29,33 @@ struct aio_req {
   bool write;
   int pending;                   /* parts + 1 while submitting */
   int err;                       /* first error */
+  char *msg;                     /* its vbk_error(), set by whoever set err */
   struct aio_part parts[];
 };
+
+/* Keeps the first error and its message (taken from this thread). */
+static void
+req_fail (struct aio_req *req, int err)
+{
+  int zero = 0;
+
+  if (__atomic_compare_exchange_n (&req->err, &zero, err, false,
+                                   __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+    req->msg = strdup (vbk_error ());
+}
 
 static void
 req_put (struct aio_req *req)
 {
   if (__atomic_sub_fetch (&req->pending, 1, __ATOMIC_ACQ_REL) != 0)
     return;
+  /* The caller's callback finds the first failure's message on its
+   * thread, whichever thread that failure happened on. */
+  if (req->err && req->msg)
+    vbk_set_error ("%s", req->msg);
   req->cb (req->arg, req->err ? req->err : (ssize_t) (req->write
                                                       ? 0 : req->len));
+  free (req->msg);
   free (req);
 }
 
@@ -55,11 +72,8 @@ part_done (void *arg, ssize_t ret)
   if (req->write)
     __atomic_sub_fetch (&req->img->wr_inflight[p->objno % INFLIGHT_BUCKETS],
                         1, __ATOMIC_SEQ_CST);
-  if (ret < 0) {
-    int zero = 0;
-    __atomic_compare_exchange_n (&req->err, &zero, (int) ret, false,
-                                 __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
-  }
+  if (ret < 0)
+    req_fail (req, (int) ret);
   req_put (req);
 }
 
@@ -141,7 +155,7 @@ image_aio_read (struct image *img, void *buf, size_t len, uint64_t off,
                           part_done, p);
       if (r < 0) {
         __atomic_sub_fetch (&req->pending, 1, __ATOMIC_ACQ_REL);
-        req->err = r;
+        req_fail (req, r);
         break;
       }
     }
@@ -205,7 +219,7 @@ image_aio_write (struct image *img, const void *buf, size_t len,
                          ooff, sflags, part_done, p);
     if (r < 0) {
       __atomic_sub_fetch (&req->pending, 1, __ATOMIC_ACQ_REL);
-      req->err = r;
+      req_fail (req, r);
       /* Release the in-flight counts of the parts never submitted. */
       for (; pos < off + len; pos += osize - (pos & (osize - 1)))
         __atomic_sub_fetch (&img->wr_inflight[(pos >> img->order)

@@ -277,7 +277,7 @@ inject (struct fault *f, unsigned class, const char *op, const char *oid)
   pthread_mutex_unlock (&c->lock);
   if (!fail)
     return 0;
-  return vbk_errno (err, "store: %s: %s: injected fault", op,
+  return vbk_errno (err, "store fault: %s: %s: injected fault", op,
                     oid ? oid : "-");
 }
 

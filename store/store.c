@@ -4,8 +4,10 @@
  * dispatches to its table of functions (internal.h).
  *
  * Every call clears this thread's error message first; when a backend
- * fails without recording one, a generic "store: OP: OID: strerror" is
- * recorded here, so a failing call always leaves a message.  A backend
+ * fails without recording one, a generic "store BACKEND: OP: OID:
+ * strerror" is recorded here, so a failing call always leaves a message.
+ * Asynchronous calls go through a small context that gives a failed
+ * completion the same message on the thread that runs the callback.  A backend
  * that lacks an operation (a NULL member) fails it with -ENOSYS.
  */
 #include <errno.h>
@@ -33,11 +35,18 @@ static const struct store_ops *const backends[] = {
 
 /* Records a generic message for a failure that carries none. */
 static ssize_t
-failed (ssize_t r, const char *op, const char *oid)
+failed_in (const char *backend, ssize_t r, const char *op, const char *oid)
 {
   if (r < 0 && vbk_error ()[0] == '\0')
-    vbk_errno ((int) r, "store: %s%s%s", op, oid ? ": " : "", oid ? oid : "");
+    vbk_errno ((int) r, "store %s: %s%s%s", backend, op, oid ? ": " : "",
+               oid ? oid : "");
   return r;
+}
+
+static const char *
+backend_of (const struct store *st)
+{
+  return st->ops->name;
 }
 
 static int
@@ -51,7 +60,9 @@ missing (const char *op)
 #define CALL(st, name, oid, ...)                                        \
   ((st)->ops->name == NULL ? missing (#name)                            \
    : (vbk_clear_error (),                                               \
-      failed ((st)->ops->name ((st)->h, ##__VA_ARGS__), #name, (oid))))
+      failed_in (backend_of (st),                                       \
+                 (st)->ops->name ((st)->h, ##__VA_ARGS__),              \
+                 #name, (oid))))
 
 static int
 check_oid (const char *op, const char *oid)
@@ -105,7 +116,7 @@ store_open (const char *uri, struct store **out)
   st->ops = backends[i];
   r = st->ops->open (colon + 1, &st->h);
   if (r < 0) {
-    failed (r, "open", uri);
+    failed_in (st->ops->name, r, "open", uri);
     free (st);
     return r;
   }
@@ -219,12 +230,64 @@ store_flush (struct store *st)
   return CALL (st, flush, NULL);
 }
 
+/* An asynchronous call in flight: what its completion's error message
+ * names.  The caller's OID buffer may be gone by then, so it is copied. */
+struct aio_ctx {
+  store_aio_cb cb;
+  void *arg;
+  const char *backend;
+  const char *op;
+  char oid[];
+};
+
+static struct aio_ctx *
+aio_ctx_new (struct store *st, const char *op, const char *oid,
+             store_aio_cb cb, void *arg)
+{
+  size_t n = strlen (oid) + 1;
+  struct aio_ctx *a = malloc (sizeof *a + n);
+
+  if (a == NULL) {
+    vbk_errno (-ENOMEM, "store %s: %s: %s", st->ops->name, op, oid);
+    return NULL;
+  }
+  a->cb = cb;
+  a->arg = arg;
+  a->backend = st->ops->name;
+  a->op = op;
+  memcpy (a->oid, oid, n);
+  return a;
+}
+
+/* Gives a failed completion its message on the thread that runs the
+ * caller's callback (store.h: "store BACKEND: OP: OID: reason"). */
+static void
+aio_done (void *arg, ssize_t ret)
+{
+  struct aio_ctx *a = arg;
+  store_aio_cb cb = a->cb;
+  void *cb_arg = a->arg;
+
+  if (ret < 0)
+    vbk_errno ((int) ret, "store %s: %s: %s", a->backend, a->op, a->oid);
+  free (a);
+  cb (cb_arg, ret);
+}
+
 int
 store_aio_read (struct store *st, const char *oid, void *buf, size_t len,
                 uint64_t off, uint64_t snap, store_aio_cb cb, void *arg)
 {
+  struct aio_ctx *a;
+  int r;
+
   CHECK_OID ("aio_read", oid);
-  return CALL (st, aio_read, oid, oid, buf, len, off, snap, cb, arg);
+  if ((a = aio_ctx_new (st, "aio_read", oid, cb, arg)) == NULL)
+    return -ENOMEM;
+  r = CALL (st, aio_read, oid, oid, buf, len, off, snap, aio_done, a);
+  if (r < 0)
+    free (a);
+  return r;
 }
 
 int
@@ -232,8 +295,16 @@ store_aio_write (struct store *st, const char *oid, const void *buf,
                  size_t len, uint64_t off, unsigned flags, store_aio_cb cb,
                  void *arg)
 {
+  struct aio_ctx *a;
+  int r;
+
   CHECK_OID ("aio_write", oid);
-  return CALL (st, aio_write, oid, oid, buf, len, off, flags, cb, arg);
+  if ((a = aio_ctx_new (st, "aio_write", oid, cb, arg)) == NULL)
+    return -ENOMEM;
+  r = CALL (st, aio_write, oid, oid, buf, len, off, flags, aio_done, a);
+  if (r < 0)
+    free (a);
+  return r;
 }
 
 ssize_t

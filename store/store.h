@@ -134,7 +134,11 @@ int store_flush (struct store *st);
 /* ---- Asynchronous data I/O (the NBD server keeps many in flight) ------ */
 
 /* Called once when the operation ends, with the value the synchronous
- * call would have returned (LEN for a read, 0 for a write, or -errno). */
+ * call would have returned (LEN for a read, 0 for a write, or -errno).
+ * When RET < 0, this thread's vbk_error() names the backend, the
+ * operation and the object while CB runs
+ * ("store local: aio_write: vbk_data.1f.0000000000000003: Input/output
+ * error"), so the caller can log or keep it. */
 typedef void (*store_aio_cb) (void *arg, ssize_t ret);
 
 /* Start the operation and return 0, or return -errno without calling CB.
