@@ -132,4 +132,30 @@ out:
   return r;
 }
 
+int
+image_extent_list_add (void *list, uint64_t off, uint64_t len, int allocated)
+{
+  struct image_extent_list *e = list;
 
+  if (!allocated || len == 0)
+    return 0;
+  /* Merged even when the producer merges already, so that a list never
+   * depends on how a callback was split. */
+  if (e->n && e->v[e->n - 1].off + e->v[e->n - 1].len == off) {
+    e->v[e->n - 1].len += len;
+    return 0;
+  }
+  if (e->n == e->cap) {
+    size_t cap = e->cap ? 2 * e->cap : 64;
+    void *nv = realloc (e->v, cap * sizeof *e->v);
+
+    if (nv == NULL)
+      return vbk_errno (-ENOMEM, "extent list");
+    e->v = nv;
+    e->cap = cap;
+  }
+  e->v[e->n].off = off;
+  e->v[e->n].len = len;
+  e->n++;
+  return 0;
+}

@@ -283,6 +283,18 @@ int image_open_snap (struct store *st, const char *image, const char *snap,
 int image_diff (struct store *st, const char *image, const char *from,
                 const char *to, image_extent_cb cb, void *arg);
 
+/* A growing list of extents, for callers that collect them first:
+ * image_extent_list_add is an image_extent_cb (ARG: the list) that keeps
+ * the allocated extents in the order given, merging one that starts
+ * where the previous ends.  Start from { 0 }; the caller frees V with
+ * free().  Errors: -ENOMEM (with a message). */
+struct image_extent_list {
+  struct image_extent { uint64_t off, len; } *v;
+  size_t n, cap;
+};
+int image_extent_list_add (void *list, uint64_t off, uint64_t len,
+                           int allocated);
+
 /* Names of the objects of image ID, for tests, tools and the lease
  * (which lives on the header). */
 void image_data_oid (const char *id, uint64_t objno, char *buf, size_t len);

@@ -664,31 +664,6 @@ snap_resize (struct store *st, const char *image, uint64_t size,
 
 /* ---- diff ------------------------------------------------------------- */
 
-struct extent_buf {
-  struct { uint64_t off, len; } *v;
-  size_t n, cap;
-};
-
-static int
-collect_extent (void *arg, uint64_t off, uint64_t len, int allocated)
-{
-  struct extent_buf *e = arg;
-
-  if (e->n == e->cap) {
-    size_t cap = e->cap ? 2 * e->cap : 64;
-    void *nv = realloc (e->v, cap * sizeof *e->v);
-    if (nv == NULL)
-      return vbk_errno (-ENOMEM, "diff");
-    e->v = nv;
-    e->cap = cap;
-  }
-  e->v[e->n].off = off;
-  e->v[e->n].len = len;
-  e->n++;
-  (void) allocated;
-  return 0;
-}
-
 static bool
 same_snaps (const struct image_snap *a, size_t na, const struct image_snap *b,
             size_t nb)
@@ -711,7 +686,7 @@ snap_diff (struct store *st, const char *image, const char *from,
            const struct snap_opts *o)
 {
   struct image_snap *before = NULL, *after = NULL;
-  struct extent_buf e = { 0 };
+  struct image_extent_list e = { 0 };
   size_t nb = 0, na = 0, i;
   char hdr[64], ans[256], msg[1024];
   int r, attempt;
@@ -746,7 +721,7 @@ snap_diff (struct store *st, const char *image, const char *from,
     r = image_snap_list (st, image, &before, &nb);
     if (r < 0)
       break;
-    r = image_diff (st, image, from, to, collect_extent, &e);
+    r = image_diff (st, image, from, to, image_extent_list_add, &e);
     snprintf (msg, sizeof msg, "%s", vbk_error ());
     int r2 = image_snap_list (st, image, &after, &na);
     if (r2 < 0) {

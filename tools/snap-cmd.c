@@ -272,45 +272,12 @@ cmd_rollback (struct vbk_ctx *ctx, struct vbk_args *a)
 
 /* ---- diff ---------------------------------------------------------------- */
 
-struct extents {
-  struct { uint64_t off, len; } *v;
-  size_t n, cap;
-};
-
-static int
-add_extent (void *arg, uint64_t off, uint64_t len, int allocated)
-{
-  struct extents *e = arg;
-
-  if (!allocated || len == 0)
-    return 0;
-  /* image_diff merges already; merge anyway so that the output never
-   * depends on how a callback was split. */
-  if (e->n && e->v[e->n - 1].off + e->v[e->n - 1].len == off) {
-    e->v[e->n - 1].len += len;
-    return 0;
-  }
-  if (e->n == e->cap) {
-    size_t cap = e->cap ? 2 * e->cap : 64;
-    void *nv = realloc (e->v, cap * sizeof *e->v);
-
-    if (nv == NULL)
-      return vbk_errno (-ENOMEM, "diff");
-    e->v = nv;
-    e->cap = cap;
-  }
-  e->v[e->n].off = off;
-  e->v[e->n].len = len;
-  e->n++;
-  return 0;
-}
-
 int
 cmd_diff (struct vbk_ctx *ctx, struct vbk_args *a)
 {
   const char *name = a->argv[0];
   const char *from = vbk_opt (a, "from"), *to = vbk_opt (a, "to");
-  struct extents e = { 0 };
+  struct image_extent_list e = { 0 };
   struct store *st;
   uint64_t changed = 0, t0;
   char s[32];
@@ -327,7 +294,7 @@ cmd_diff (struct vbk_ctx *ctx, struct vbk_args *a)
     return VBK_EXIT_FAILURE;
   vbk_clear_error ();
   t0 = now_mono_ns ();
-  r = snap_diff (st, name, from, to, add_extent, &e, NULL);
+  r = snap_diff (st, name, from, to, image_extent_list_add, &e, NULL);
   store_close (st);
   if (r < 0) {
     free (e.v);
