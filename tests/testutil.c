@@ -2,6 +2,7 @@
  *
  * testutil.c - see testutil.h.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,4 +79,49 @@ test_store_cleanup (const char *uri)
   snprintf (cmd, sizeof cmd, "rm -rf '%s'", uri + 6);
   if (system (cmd) != 0)
     fprintf (stderr, "warning: could not remove %s\n", uri + 6);
+}
+
+const char *
+test_errname (long long r)
+{
+  static __thread char buf[4][32];
+  static __thread unsigned n;
+  const char *name;
+  char *b = buf[n++ % 4];
+
+  if (r >= 0)
+    return "ok";
+  name = strerrorname_np ((int) -r);
+  snprintf (b, sizeof buf[0], "-%s", name ? name : "?");
+  return b;
+}
+
+int
+test_fixture_setup (void **state)
+{
+  struct test_fixture *f = calloc (1, sizeof *f);
+
+  if (f == NULL)
+    return -1;
+  test_store_uri (f->uri, sizeof f->uri);
+  if (store_open (f->uri, &f->st) < 0) {
+    fprintf (stderr, "test fixture: store_open %s: %s\n", f->uri,
+             vbk_error ());
+    test_store_cleanup (f->uri);
+    free (f);
+    return -1;
+  }
+  *state = f;
+  return 0;
+}
+
+int
+test_fixture_teardown (void **state)
+{
+  struct test_fixture *f = *state;
+
+  store_close (f->st);
+  test_store_cleanup (f->uri);
+  free (f);
+  return 0;
 }

@@ -29,33 +29,6 @@
 #define MiB (1024 * 1024)
 #define OBJ (64 * 1024)
 
-struct fixture {
-  char uri[4096];
-  struct store *st;
-};
-
-static int
-setup (void **state)
-{
-  struct fixture *f = calloc (1, sizeof *f);
-
-  test_store_uri (f->uri, sizeof f->uri);
-  assert_int_equal (store_open (f->uri, &f->st), 0);
-  *state = f;
-  return 0;
-}
-
-static int
-teardown (void **state)
-{
-  struct fixture *f = *state;
-
-  store_close (f->st);
-  test_store_cleanup (f->uri);
-  free (f);
-  return 0;
-}
-
 static void
 fill (void *buf, size_t len, unsigned seed)
 {
@@ -81,7 +54,7 @@ all_zero (const void *buf, size_t len)
 static void
 test_create_list_stat_remove (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct image_info info, *list;
   uint64_t count;
   size_t n;
@@ -122,7 +95,7 @@ test_create_list_stat_remove (void **state)
 static void
 test_remove_half_created (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct image_info info;
   char hdr[64];
 
@@ -143,7 +116,7 @@ test_remove_half_created (void **state)
 static void
 test_bad_arguments (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct image *img;
 
   assert_int_equal (image_create (f->st, "", MiB, 0), -EINVAL);
@@ -170,7 +143,7 @@ test_bad_arguments (void **state)
 static void
 test_io_across_objects (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   size_t size = 4 * MiB, len = 3 * OBJ + 1000;
   uint64_t off = OBJ - 300;
   char *w = malloc (len), *r = malloc (size), *expect = calloc (1, size);
@@ -230,7 +203,7 @@ aio_done (void *arg, ssize_t ret)
 static void
 test_aio_many (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   enum { N = 64, LEN = 4096 };
   struct aio_ctx ctx[N] = { { 0 } };
   char *bufs = malloc (N * LEN), *r = malloc (N * LEN);
@@ -289,7 +262,7 @@ log_extent (void *arg, uint64_t off, uint64_t len, int allocated)
 static void
 test_discard_zeroes_extents (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   uint64_t size = 20 * OBJ + 100;
   char *buf = malloc (size), *r = malloc (size);
   struct extent_log log = { .n = 0 };
@@ -350,7 +323,7 @@ test_discard_zeroes_extents (void **state)
 static void
 test_resize (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   char *buf = malloc (8 * OBJ), *r = malloc (8 * OBJ);
   struct image_info info;
   uint64_t count;
@@ -412,7 +385,7 @@ check_map_covers_objects (const char *uri, const char *name, uint64_t nobj)
 static void
 test_map_never_under_reports (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   char furi[4200], *buf = malloc (4 * OBJ);
   unsigned long nth, total = 0;
   struct store *fst;
@@ -464,7 +437,7 @@ test_map_never_under_reports (void **state)
 static void
 test_store_full_is_reported (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   char furi[4200], buf[4096], r[4096];
   struct store *fst;
   struct image *img;
@@ -529,7 +502,7 @@ diff_covers (const struct diff_seen *d, uint64_t off, uint64_t len)
 static void
 test_failed_log_cut_no_under_report (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   char furi[4200], buf[4096], loid[96];
   struct image_info info;
   struct diff_seen d = { .n = 0 };
@@ -595,7 +568,7 @@ count_cb (void *arg, uint64_t off, uint64_t len, int alloc)
 static void
 test_huge_map_costs (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   uint64_t size = IMAGE_OBJECTS_MAX * (UINT64_C (4) << 20);   /* 512 TiB */
   char furi[4200], buf[4096];
   struct image_info info, *list;
@@ -667,24 +640,28 @@ int
 main (void)
 {
   const struct CMUnitTest tests[] = {
-    cmocka_unit_test_setup_teardown (test_create_list_stat_remove, setup,
-                                     teardown),
-    cmocka_unit_test_setup_teardown (test_remove_half_created, setup,
-                                     teardown),
-    cmocka_unit_test_setup_teardown (test_bad_arguments, setup, teardown),
-    cmocka_unit_test_setup_teardown (test_io_across_objects, setup,
-                                     teardown),
-    cmocka_unit_test_setup_teardown (test_aio_many, setup, teardown),
-    cmocka_unit_test_setup_teardown (test_discard_zeroes_extents, setup,
-                                     teardown),
-    cmocka_unit_test_setup_teardown (test_resize, setup, teardown),
-    cmocka_unit_test_setup_teardown (test_map_never_under_reports, setup,
-                                     teardown),
-    cmocka_unit_test_setup_teardown (test_huge_map_costs, setup, teardown),
-    cmocka_unit_test_setup_teardown (test_failed_log_cut_no_under_report,
-                                     setup, teardown),
-    cmocka_unit_test_setup_teardown (test_store_full_is_reported, setup,
-                                     teardown),
+    cmocka_unit_test_setup_teardown (test_create_list_stat_remove, test_fixture_setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_remove_half_created, test_fixture_setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_bad_arguments, test_fixture_setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_io_across_objects, test_fixture_setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_aio_many, test_fixture_setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_discard_zeroes_extents, test_fixture_setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_resize, test_fixture_setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_map_never_under_reports, test_fixture_setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_huge_map_costs, test_fixture_setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_failed_log_cut_no_under_report, test_fixture_setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_store_full_is_reported, test_fixture_setup,
+                                     test_fixture_teardown),
   };
 
   return cmocka_run_group_tests_name (test_store_kind (), tests, NULL, NULL);

@@ -34,31 +34,16 @@
 #define OBJ (64 * 1024)
 #define NOBJ 32
 
-struct fixture {
-  char uri[4096];
-  struct store *st;
-};
-
+/* The shared fixture's store, with an image "disk". */
 static int
 setup (void **state)
 {
-  struct fixture *f = calloc (1, sizeof *f);
+  struct test_fixture *f;
 
-  test_store_uri (f->uri, sizeof f->uri);
-  assert_int_equal (store_open (f->uri, &f->st), 0);
+  if (test_fixture_setup (state) < 0)
+    return -1;
+  f = *state;
   assert_int_equal (image_create (f->st, "disk", NOBJ * OBJ, OBJ), 0);
-  *state = f;
-  return 0;
-}
-
-static int
-teardown (void **state)
-{
-  struct fixture *f = *state;
-
-  store_close (f->st);
-  test_store_cleanup (f->uri);
-  free (f);
   return 0;
 }
 
@@ -104,7 +89,7 @@ collect (void *arg, uint64_t off, uint64_t len, int alloc)
 static void
 test_cow_and_diff (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct image *img, *snap;
   struct image_snap *v;
   struct ext_list e = { .n = 0 };
@@ -181,7 +166,7 @@ test_cow_and_diff (void **state)
 static void
 test_diff_after_crash_never_under_reports (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct ext_list e = { .n = 0 };
   char furi[4200], *buf = calloc (1, OBJ);
   struct store *fst;
@@ -219,7 +204,7 @@ test_diff_after_crash_never_under_reports (void **state)
 static void
 test_diff_survives_snapshot_removal (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct ext_list e = { .n = 0 };
   struct image *img;
 
@@ -262,7 +247,7 @@ test_diff_survives_snapshot_removal (void **state)
 static void
 test_diff_discard_and_shrink (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct ext_list e = { .n = 0 };
   struct image *img;
 
@@ -311,7 +296,7 @@ test_diff_discard_and_shrink (void **state)
 static void
 test_diff_cost_follows_changes (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct ext_list e = { .n = 0 };
   char furi[4200], buf[4096];
   struct store *fst;
@@ -352,7 +337,7 @@ test_diff_cost_follows_changes (void **state)
 static void
 test_diff_finer_than_objects (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct ext_list e = { .n = 0 };
   char buf[4096];
   struct image *img;
@@ -422,7 +407,7 @@ test_diff_finer_than_objects (void **state)
 static void
 test_diff_after_torn_detail (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct ext_list e = { .n = 0 };
   struct image_info info;
   char buf[4096], oid[96];
@@ -475,7 +460,7 @@ remover_run (void *arg)
 static void
 test_concurrent_removals (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   int round;
 
   for (round = 0; round < 4; round++) {
@@ -518,7 +503,7 @@ test_concurrent_removals (void **state)
 static void
 test_rollback (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct image_info info;
   struct image *img;
 
@@ -609,7 +594,7 @@ static const struct lease_hooks holder_hooks = {
 
 /* A "blockd" on host ID that holds IMAGE's lease after one write. */
 static void
-holder_start (struct fixture *f, struct holder *h, const char *image,
+holder_start (struct test_fixture *f, struct holder *h, const char *image,
               const char *id)
 {
   struct lease_opts o = { .host_id = id, .addr = "test", .duration_ms = 5000 };
@@ -642,7 +627,7 @@ holder_stop (struct holder *h)
 static void
 test_snap_through_holder_and_temporary (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct snap_opts o = { .host_id = "cli-test" };
   struct lease_status ls;
   struct image *snap;
@@ -686,7 +671,7 @@ test_snap_through_holder_and_temporary (void **state)
 static void
 test_commands_through_holder (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct snap_opts o = { .host_id = "cli-test", .timeout_ms = 5000 };
   struct ext_list e = { .n = 0 };
   struct lease_status ls;
@@ -776,7 +761,7 @@ test_commands_through_holder (void **state)
 static void
 test_no_handoff (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct lease_opts lo = { .host_id = "cli", .addr = "vbk-cli",
                            .no_handoff = true, .duration_ms = 5000 };
   struct image_info info;
@@ -803,7 +788,7 @@ test_no_handoff (void **state)
 static void
 test_group (void **state)
 {
-  struct fixture *f = *state;
+  struct test_fixture *f = *state;
   struct snap_opts o = { .host_id = "cli-test" };
   const char *imgs[2] = { "disk", "disk2" }, *snaps[2] = { "g1", "g1" };
   const char *bad[2] = { "disk", "nosuch" };
@@ -960,7 +945,7 @@ sweep_check (struct store *st, const char *name, const char *what,
 }
 
 static void
-sweep (struct fixture *f, enum snap_op op, const char *what)
+sweep (struct test_fixture *f, enum snap_op op, const char *what)
 {
   unsigned long nth, total = 0, before;
   char furi[4200], name[64];
@@ -1011,34 +996,38 @@ int
 main (void)
 {
   const struct CMUnitTest tests[] = {
-    cmocka_unit_test_setup_teardown (test_cow_and_diff, setup, teardown),
-    cmocka_unit_test_setup_teardown (test_diff_after_crash_never_under_reports,
-                                     setup, teardown),
-    cmocka_unit_test_setup_teardown (test_diff_survives_snapshot_removal,
-                                     setup, teardown),
+    cmocka_unit_test_setup_teardown (test_cow_and_diff, setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_diff_after_crash_never_under_reports, setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_diff_survives_snapshot_removal, setup,
+                                     test_fixture_teardown),
     cmocka_unit_test_setup_teardown (test_diff_discard_and_shrink, setup,
-                                     teardown),
+                                     test_fixture_teardown),
     cmocka_unit_test_setup_teardown (test_diff_cost_follows_changes, setup,
-                                     teardown),
+                                     test_fixture_teardown),
     cmocka_unit_test_setup_teardown (test_diff_finer_than_objects, setup,
-                                     teardown),
+                                     test_fixture_teardown),
     cmocka_unit_test_setup_teardown (test_diff_after_torn_detail, setup,
-                                     teardown),
+                                     test_fixture_teardown),
     cmocka_unit_test_setup_teardown (test_concurrent_removals, setup,
-                                     teardown),
-    cmocka_unit_test_setup_teardown (test_rollback, setup, teardown),
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_rollback, setup,
+                                     test_fixture_teardown),
     cmocka_unit_test_setup_teardown (test_snap_create_crash_sweep, setup,
-                                     teardown),
+                                     test_fixture_teardown),
     cmocka_unit_test_setup_teardown (test_snap_remove_crash_sweep, setup,
-                                     teardown),
+                                     test_fixture_teardown),
     cmocka_unit_test_setup_teardown (test_snap_rollback_crash_sweep, setup,
-                                     teardown),
-    cmocka_unit_test_setup_teardown (test_snap_through_holder_and_temporary,
-                                     setup, teardown),
-    cmocka_unit_test_setup_teardown (test_group, setup, teardown),
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_snap_through_holder_and_temporary, setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_group, setup,
+                                     test_fixture_teardown),
     cmocka_unit_test_setup_teardown (test_commands_through_holder, setup,
-                                     teardown),
-    cmocka_unit_test_setup_teardown (test_no_handoff, setup, teardown),
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_no_handoff, setup,
+                                     test_fixture_teardown),
   };
 
   return cmocka_run_group_tests_name (test_store_kind (), tests, NULL, NULL);

@@ -36,36 +36,6 @@
 
 #define HEAD STORE_SNAP_HEAD
 
-/* "-ENOENT" for -ENOENT, "ok" for anything else. */
-static const char *
-errname (long long r)
-{
-  static __thread char buf[4][32];
-  static __thread unsigned n;
-  const char *name;
-  char *b = buf[n++ % 4];
-
-  if (r >= 0)
-    return "ok";
-  name = strerrorname_np ((int) -r);
-  snprintf (b, sizeof buf[0], "-%s", name ? name : "?");
-  return b;
-}
-
-/* CALL must fail with ERR and leave a message in vbk_error(). */
-#define expect_err(err, call)                                           \
-  do {                                                                  \
-    long long r_;                                                       \
-    vbk_clear_error ();                                                 \
-    r_ = (long long) (call);                                            \
-    if (r_ != (long long) (err))                                        \
-      fail_msg ("%s: got %lld (%s), expected %s [%s]", #call, r_,       \
-                errname (r_), errname (err), vbk_error ());             \
-    if (vbk_error ()[0] == '\0')                                        \
-      fail_msg ("%s: failed with %s but left no vbk_error() message",   \
-                #call, errname (err));                                  \
-  } while (0)
-
 /* CALL must fail with an injected ERR whose message names OP. */
 #define expect_fault(err, op, call)                                     \
   do {                                                                  \
@@ -73,15 +43,6 @@ errname (long long r)
     if (strstr (vbk_error (), (op)) == NULL)                            \
       fail_msg ("%s: message '%s' does not name the operation '%s'",    \
                 #call, vbk_error (), (op));                             \
-  } while (0)
-
-/* CALL must return 0. */
-#define expect_ok(call)                                                 \
-  do {                                                                  \
-    long long r_ = (long long) (call);                                  \
-    if (r_ != 0)                                                        \
-      fail_msg ("%s: got %lld (%s), expected 0 [%s]", #call, r_,        \
-                errname (r_), vbk_error ());                            \
   } while (0)
 
 /* OID must hold exactly LEN bytes EXP, as INNER sees it. */
@@ -164,7 +125,7 @@ reopen (struct fx *fx, const char *spec)
   snprintf (fx->uri, sizeof fx->uri, "fault:%s@%s", spec, fx->inner);
   r = store_open (fx->uri, &fx->st);
   if (r < 0)
-    fail_msg ("store_open (%s): %s [%s]", fx->uri, errname (r),
+    fail_msg ("store_open (%s): %s [%s]", fx->uri, test_errname (r),
               vbk_error ());
   return fx->st;
 }
@@ -200,7 +161,7 @@ test_fault_open (void **state)
     if (r != -EINVAL) {
       store_close (r == 0 ? st : NULL);
       fail_msg ("store_open (\"%s\"): got %d (%s), expected -EINVAL [%s]",
-                uri, r, errname (r), vbk_error ());
+                uri, r, test_errname (r), vbk_error ());
     }
     assert_true (vbk_error ()[0] != '\0');
   }

@@ -79,45 +79,6 @@ sleep_ms (unsigned ms)
     ;
 }
 
-/* "-ENOENT" for -ENOENT, "ok" for anything else. */
-static const char *
-errname (long long r)
-{
-  static __thread char buf[4][32];
-  static __thread unsigned n;
-  const char *name;
-  char *b = buf[n++ % 4];
-
-  if (r >= 0)
-    return "ok";
-  name = strerrorname_np ((int) -r);
-  snprintf (b, sizeof buf[0], "-%s", name ? name : "?");
-  return b;
-}
-
-/* CALL must fail with ERR and leave a message in vbk_error(). */
-#define expect_err(err, call)                                           \
-  do {                                                                  \
-    long long r_;                                                       \
-    vbk_clear_error ();                                                 \
-    r_ = (long long) (call);                                            \
-    if (r_ != (long long) (err))                                        \
-      fail_msg ("%s: got %lld (%s), expected %s [%s]", #call, r_,       \
-                errname (r_), errname (err), vbk_error ());             \
-    if (vbk_error ()[0] == '\0')                                        \
-      fail_msg ("%s: failed with %s but left no vbk_error() message",   \
-                #call, errname (err));                                  \
-  } while (0)
-
-/* CALL must return 0. */
-#define expect_ok(call)                                                 \
-  do {                                                                  \
-    long long r_ = (long long) (call);                                  \
-    if (r_ != 0)                                                        \
-      fail_msg ("%s: got %lld (%s), expected 0 [%s]", #call, r_,        \
-                errname (r_), vbk_error ());                            \
-  } while (0)
-
 /* A deterministic pattern per SEED (xorshift). */
 static void
 fill (void *buf, size_t len, uint32_t seed)
@@ -172,7 +133,7 @@ read_ok (struct store *st, const char *oid, void *buf, size_t len,
   if (r != (ssize_t) len)
     fail_msg ("store_read (%s, %zu bytes at %" PRIu64 ", snap %" PRIx64
               "): got %zd (%s), expected %zu [%s]", oid, len, off, snap, r,
-              errname (r), len, vbk_error ());
+              test_errname (r), len, vbk_error ());
 }
 
 /* OID at SNAP must read exactly as EXP (LEN bytes) and have size LEN. */
@@ -356,7 +317,7 @@ peer_open (struct fx *fx)
       r = store_open (fx->uri, &fx->peer[i]);
       if (r < 0)
         fail_msg ("store_open %s (second client): %s [%s]", fx->uri,
-                  errname (r), vbk_error ());
+                  test_errname (r), vbk_error ());
       return fx->peer[i];
     }
   }
@@ -419,7 +380,7 @@ test_open_malformed (void **state)
     r = store_open (bad[i], &st);
     if (r != -EINVAL)
       fail_msg ("store_open (\"%s\"): got %d (%s), expected -EINVAL [%s]",
-                bad[i], r, errname (r), vbk_error ());
+                bad[i], r, test_errname (r), vbk_error ());
     if (vbk_error ()[0] == '\0')
       fail_msg ("store_open (\"%s\"): no vbk_error() message", bad[i]);
   }
@@ -466,7 +427,7 @@ test_open_local_bad_place (void **state)
   r = store_open (uri, &st);
   if (r != -ENOTDIR && r != -ENOENT)
     fail_msg ("store_open (%s): got %d (%s), expected -ENOTDIR", uri, r,
-              errname (r));
+              test_errname (r));
   assert_true (vbk_error ()[0] != '\0');
 
   snprintf (uri, sizeof uri, "local:%s", file);
@@ -486,7 +447,7 @@ test_open_local_bad_place (void **state)
     r = store_open (uri, &st);
     if (r != -EACCES && r != -EPERM && r != -EROFS)
       fail_msg ("store_open (%s): got %d (%s), expected -EACCES or -EPERM",
-                uri, r, errname (r));
+                uri, r, test_errname (r));
     assert_true (vbk_error ()[0] != '\0');
   }
 
@@ -541,7 +502,7 @@ test_open_rados_unreachable (void **state)
     store_close (st);
   if (r != -ETIMEDOUT)
     fail_msg ("store_open (%s): got %d (%s) after %" PRIu64 " ms, expected "
-              "-ETIMEDOUT [%s]", uri, r, errname (r), took, vbk_error ());
+              "-ETIMEDOUT [%s]", uri, r, test_errname (r), took, vbk_error ());
   assert_true (vbk_error ()[0] != '\0');
   if (took >= 10000)
     fail_msg ("store_open with timeout=2 took %" PRIu64 " ms", took);
@@ -982,7 +943,7 @@ test_flush_after_eviction (void **state)
     } while (r == 0 && mono_ms () - t0 < 3000);
     if (r != -ESHUTDOWN)
       fail_msg ("a fenced client's write: %s, expected -ESHUTDOWN",
-                errname (r));
+                test_errname (r));
     assert_true (vbk_error ()[0] != '\0');
   }
   expect_ok (store_flush (small));
@@ -1099,7 +1060,7 @@ test_aio (void **state)
                          i % 8 == 0 ? STORE_WRITE_SYNC : 0, aio_cb,
                          &s->op[i]);
     if (r != 0)
-      fail_msg ("store_aio_write #%d: %s [%s]", i, errname (r),
+      fail_msg ("store_aio_write #%d: %s [%s]", i, test_errname (r),
                 vbk_error ());
   }
   n = aio_wait (s, NAIO);
@@ -1111,7 +1072,7 @@ test_aio (void **state)
       fail_msg ("aio write #%d: callback ran %d times", i, s->op[i].calls);
     if (s->op[i].ret != 0)
       fail_msg ("aio write #%d: completed with %zd (%s), expected 0", i,
-                s->op[i].ret, errname (s->op[i].ret));
+                s->op[i].ret, test_errname (s->op[i].ret));
   }
   assert_int_equal (s->done, NAIO);
 
@@ -1136,7 +1097,7 @@ test_aio (void **state)
     r = store_aio_read (st, oid, s->buf[i], AIO_LEN + 100, aio_off (i), HEAD,
                         aio_cb, &s->op[i]);
     if (r != 0)
-      fail_msg ("store_aio_read #%d: %s [%s]", i, errname (r), vbk_error ());
+      fail_msg ("store_aio_read #%d: %s [%s]", i, test_errname (r), vbk_error ());
   }
   n = aio_wait (s, NAIO);
   if (n != NAIO)
@@ -1147,7 +1108,7 @@ test_aio (void **state)
       fail_msg ("aio read #%d: callback ran %d times", i, s->op[i].calls);
     if (s->op[i].ret != AIO_LEN + 100)
       fail_msg ("aio read #%d: completed with %zd (%s), expected %u", i,
-                s->op[i].ret, errname (s->op[i].ret), AIO_LEN + 100);
+                s->op[i].ret, test_errname (s->op[i].ret), AIO_LEN + 100);
     fill (exp, AIO_LEN, 100 + i);
     check_bytes (s->buf[i], exp, AIO_LEN, "aio read");
     if (i >= NAIO - 4)
@@ -1162,11 +1123,11 @@ test_aio (void **state)
       fail_msg ("aio read of a missing object never completed");
     if (s->op[0].ret != -ENOENT)
       fail_msg ("aio read of a missing object: %zd (%s), expected -ENOENT",
-                s->op[0].ret, errname (s->op[0].ret));
+                s->op[0].ret, test_errname (s->op[0].ret));
   }
   else if (r != -ENOENT)
     fail_msg ("aio read of a missing object: %d (%s), expected -ENOENT", r,
-              errname (r));
+              test_errname (r));
 
   /* store_close waits for outstanding aio. */
   {
@@ -1373,7 +1334,7 @@ test_xattr_cas_concurrent (void **state)
     pthread_join (th[i], NULL);
   for (i = 0; i < 2; i++) {
     if (t[i].err)
-      fail_msg ("CAS thread %d: %s (%s)", i, errname (t[i].err), t[i].what);
+      fail_msg ("CAS thread %d: %s (%s)", i, test_errname (t[i].err), t[i].what);
     assert_int_equal (t[i].done, 200);
   }
   n = store_xattr_get (st, "ctr", "n", buf, sizeof buf - 1);
@@ -1607,7 +1568,7 @@ test_omap_many (void **state)
     pthread_join (th[i], NULL);
   for (i = 0; i < 4; i++)
     if (f[i].err)
-      fail_msg ("omap_set from thread %d: %s", i, errname (f[i].err));
+      fail_msg ("omap_set from thread %d: %s", i, test_errname (f[i].err));
 
   expect_ok (store_omap_list (st, "many", "", 100000, omap_cb, s));
   assert_int_equal (s->n, OMAP_MANY);
@@ -1733,7 +1694,7 @@ test_lock_expiry (void **state)
       break;
     if (r != -EBUSY)
       fail_msg ("store_lock by B while A's lock runs out: %s [%s]",
-                errname (r), vbk_error ());
+                test_errname (r), vbk_error ());
     sleep_ms (50);
   }
   if (r != 0)
@@ -1842,7 +1803,7 @@ notify_ok (struct store *st, const char *oid, const char *payload,
                          &res->rep, &res->n, &res->to);
   if (res->r != 0)
     fail_msg ("store_notify (%s, '%s'): %s [%s]", oid, payload,
-              errname (res->r), vbk_error ());
+              test_errname (res->r), vbk_error ());
   if (res->n != want_replies || res->to != want_timed_out)
     fail_msg ("store_notify (%s, '%s'): %zu replies, %zu timed out; "
               "expected %zu and %zu", oid, payload, res->n, res->to,
@@ -1983,7 +1944,7 @@ test_unwatch_waits (void **state)
   assert_int_equal (watcher_get (wb, &wb->calls), 1);
   pthread_join (th, NULL);
   if (t->res.r != 0)
-    fail_msg ("notify during unwatch: %s", errname (t->res.r));
+    fail_msg ("notify during unwatch: %s", test_errname (t->res.r));
   store_notify_replies_free (t->res.rep, t->res.n);
   free (t);
 }
@@ -2164,7 +2125,7 @@ test_fence (void **state)
     if (r == -ESHUTDOWN || mono_ms () - t0 > 3000)
       break;
     if (r != 0)
-      fail_msg ("write of a client being fenced: %s [%s]", errname (r),
+      fail_msg ("write of a client being fenced: %s [%s]", test_errname (r),
                 vbk_error ());
     sleep_ms (50);
   }
