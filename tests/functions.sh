@@ -64,6 +64,15 @@ new_store ()
 }
 
 vbk () { "$VBK_BIN/vbk" "$@"; }
+# rados_of STORE ARGS...: the rados command on the pool and namespace of
+# STORE, a rados: URI from new_store (for looking under vbk's feet).
+rados_of ()
+{
+  local ns=${1#rados:"$VBK_TEST_POOL"/}
+  shift
+  ns=${ns%%\?*}
+  rados -c "$CEPH_CONF" -p "$VBK_TEST_POOL" -N "$ns" "$@"
+}
 # nbdsh ARGS...: nbdsh with the system python3 first on PATH (nbdsh runs
 # "python3 -m nbd"; the Debian python has the libnbd bindings).
 nbdsh () { PATH=/usr/bin:$PATH command nbdsh "$@"; }

@@ -97,21 +97,6 @@ check_id (const struct vbk_args *a, const char *id)
   return 0;
 }
 
-static const char *
-host_id (const struct vbk_args *a, char *buf, size_t len)
-{
-  const char *s = vbk_opt (a, "host-id");
-  char host[256];
-
-  if (s)
-    return s;
-  if (gethostname (host, sizeof host) < 0)
-    snprintf (host, sizeof host, "localhost");
-  host[sizeof host - 1] = '\0';
-  snprintf (buf, len, "vbk@%s", host);
-  return buf;
-}
-
 static json_object *
 entry_json (const struct backup_entry *e)
 {
@@ -244,7 +229,7 @@ cmd_run (struct vbk_ctx *ctx, struct vbk_args *a)
   o.group = vbk_opt (a, "group");
   o.tags = tags;
   o.ntags = ntags;
-  o.host_id = host_id (a, idbuf, sizeof idbuf);
+  o.host_id = vbk_host_id (a, idbuf, sizeof idbuf);
   o.cbt_sample = (int) sample;
   o.force_full = vbk_opt (a, "full") != NULL;
   o.threads = (unsigned) threads;

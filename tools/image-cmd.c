@@ -254,7 +254,7 @@ static int
 cmd_resize (struct vbk_ctx *ctx, struct vbk_args *a)
 {
   struct snap_opts o = { 0 };
-  char host[256], id[300];
+  char id[300];
   struct store *st;
   uint64_t size;
   int r;
@@ -262,11 +262,7 @@ cmd_resize (struct vbk_ctx *ctx, struct vbk_args *a)
   if ((r = vbk_check_name (a, a->argv[0]))
       || (r = get_size (a, "size", &size)))
     return r;
-  if (gethostname (host, sizeof host) < 0)
-    snprintf (host, sizeof host, "localhost");
-  host[sizeof host - 1] = '\0';
-  snprintf (id, sizeof id, "vbk@%s", host);
-  o.host_id = id;
+  o.host_id = vbk_host_id (a, id, sizeof id);
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
   vbk_clear_error ();

@@ -87,6 +87,9 @@ struct vbk_cmd {
 const char *vbk_opt (const struct vbk_args *a, const char *name);
 /* The backup repository: --repo, else $VBK_REPO, else NULL. */
 const char *vbk_repo_uri (const struct vbk_args *a);
+/* Who we are when vbk takes a lease: --host-id (for a command that has
+ * it), else "vbk@HOSTNAME", written into BUF. */
+const char *vbk_host_id (const struct vbk_args *a, char *buf, size_t len);
 
 /* Prints "vbk: PATH: MESSAGE (see 'vbk PATH --help')" and returns
  * VBK_EXIT_USAGE. */

@@ -36,22 +36,6 @@
 
 /* ---- Argument checks ----------------------------------------------------- */
 
-/* Who we are for a temporary lease: --host-id, else "vbk@HOSTNAME". */
-static const char *
-host_id (const struct vbk_args *a, char *buf, size_t len)
-{
-  const char *s = vbk_opt (a, "host-id");
-  char host[256];
-
-  if (s)
-    return s;
-  if (gethostname (host, sizeof host) < 0)
-    snprintf (host, sizeof host, "localhost");
-  host[sizeof host - 1] = '\0';
-  snprintf (buf, len, "vbk@%s", host);
-  return buf;
-}
-
 /* The snapshot library can lose the reason of a failure on its way out
  * (closing its temporary lease clears this thread's message): say at
  * least what failed. */
@@ -140,7 +124,7 @@ cmd_create (struct vbk_ctx *ctx, struct vbk_args *a)
   uint64_t pause_us = 0, t0;
   int r;
 
-  o.host_id = host_id (a, idbuf, sizeof idbuf);
+  o.host_id = vbk_host_id (a, idbuf, sizeof idbuf);
   if (group)
     return create_group (ctx, a, group, &o);
   if (a->argc > 1)
@@ -231,7 +215,7 @@ cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
 
   if ((r = vbk_parse_snap_ref (a, a->argv[0], &ref)))
     return r;
-  o.host_id = host_id (a, idbuf, sizeof idbuf);
+  o.host_id = vbk_host_id (a, idbuf, sizeof idbuf);
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
   vbk_clear_error ();
@@ -255,7 +239,7 @@ cmd_rollback (struct vbk_ctx *ctx, struct vbk_args *a)
 
   if ((r = vbk_parse_snap_ref (a, a->argv[0], &ref)))
     return r;
-  o.host_id = host_id (a, idbuf, sizeof idbuf);
+  o.host_id = vbk_host_id (a, idbuf, sizeof idbuf);
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
   vbk_clear_error ();

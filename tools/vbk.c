@@ -125,6 +125,21 @@ vbk_repo_uri (const struct vbk_args *a)
   return s && *s ? s : NULL;
 }
 
+const char *
+vbk_host_id (const struct vbk_args *a, char *buf, size_t len)
+{
+  const char *s = vbk_opt (a, "host-id");
+  char host[256];
+
+  if (s)
+    return s;
+  if (gethostname (host, sizeof host) < 0)
+    snprintf (host, sizeof host, "localhost");
+  host[sizeof host - 1] = '\0';
+  snprintf (buf, len, "vbk@%s", host);
+  return buf;
+}
+
 int
 vbk_usage_error (const struct vbk_args *a, const char *fmt, ...)
 {

@@ -27,10 +27,7 @@ data_objects ()
 {
   case "$VBK_TEST_STORE_KIND" in
     local) { find "${store#local:}/obj" -name 'vbk_data.*' 2>/dev/null || true; } | wc -l ;;
-    rados)
-      local ns=${store#rados:"$VBK_TEST_POOL"/}
-      ns=${ns%%\?*}
-      rados -c "$CEPH_CONF" -p "$VBK_TEST_POOL" -N "$ns" ls | grep -c '^vbk_data\.' || true ;;
+    rados) rados_of "$store" ls | grep -c '^vbk_data\.' || true ;;
   esac
 }
 field () { v image ls --json | python3 -c 'import json,sys; print([i[sys.argv[2]] for i in json.load(sys.stdin) if i["name"] == sys.argv[1]][0])' "$1" "$2"; }

@@ -34,12 +34,11 @@ objects ()
     local)
       (cd "${store#local:}" && find obj clone snapset meta -type f 2>/dev/null | sort) ;;
     rados)
-      local ns=${store#rados:"$VBK_TEST_POOL"/} o
-      ns=${ns%%\?*}
-      for o in $(rados -c "$CEPH_CONF" -p "$VBK_TEST_POOL" -N "$ns" ls | sort); do
+      local o
+      for o in $(rados_of "$store" ls | sort); do
         echo "$o"
         # (An object being trimmed may be gone by now: still listed.)
-        { rados -c "$CEPH_CONF" -p "$VBK_TEST_POOL" -N "$ns" listsnaps "$o" 2>/dev/null || true; } |
+        { rados_of "$store" listsnaps "$o" 2>/dev/null || true; } |
           awk -v o="$o" '$1 ~ /^[0-9]+$/ { print o " clone " $1 }'
       done ;;
   esac

@@ -42,10 +42,9 @@ clones ()
     local)
       find "${store#local:}/clone" -type f | wc -l ;;
     rados)
-      local ns=${store#rados:"$VBK_TEST_POOL"/} o
-      ns=${ns%%\?*}
-      for o in $(rados -c "$CEPH_CONF" -p "$VBK_TEST_POOL" -N "$ns" ls); do
-        rados -c "$CEPH_CONF" -p "$VBK_TEST_POOL" -N "$ns" listsnaps "$o"
+      local o
+      for o in $(rados_of "$store" ls); do
+        rados_of "$store" listsnaps "$o"
       done | awk '$1 ~ /^[0-9]+$/' | wc -l ;;
   esac
 }
