@@ -64,6 +64,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -411,6 +412,26 @@ header (struct sbuf *b, const char *name, const char *type, const char *help)
   out (b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A counter with one line per export and operation: the member at
+ * offset FIELD of each export's struct op_counters. */
+static void
+per_op_counter (struct sbuf *b, struct nbd_srv_export_metrics **exps,
+                size_t nexp, const char *name, const char *help, size_t field)
+{
+  header (b, name, "counter", help);
+  for (size_t i = 0; i < nexp; i++)
+    for (int op = 0; op < NBD_SRV_MOP_COUNT; op++)
+      {
+        atomic_uint_fast64_t *v = (atomic_uint_fast64_t *)
+          ((char *) &exps[i]->ops[op] + field);
+        char l[512];
+
+        out (b, "%s{export=\"%s\",op=\"%s\"} %" PRIu64 "\n", name,
+             label (exps[i]->name, l, sizeof l), op_names[op],
+             (uint64_t) GET (*v));
+      }
+}
+
 /* One line per export (EXPS[0..N-1], each as E) of the value EXPR. */
 #define PER_EXPORT(b, exps, n, mname, type, help, expr)                     \
   do {                                                                    \
@@ -461,36 +482,15 @@ nbd_srv_metrics_format (struct nbd_srv_metrics *m, char **outp, size_t *lenp)
     }
   {
 
-    header (&b, "vbk_blockd_requests_total", "counter",
-            "NBD requests answered, by export and kind.");
-    for (size_t i = 0; i < nexp; i++)
-      for (int op = 0; op < NBD_SRV_MOP_COUNT; op++)
-        {
-          char l[512];
-          out (&b, "vbk_blockd_requests_total{export=\"%s\",op=\"%s\"} %"
-               PRIu64 "\n", label (exps[i]->name, l, sizeof l),
-               op_names[op], (uint64_t) GET (exps[i]->ops[op].requests));
-        }
-    header (&b, "vbk_blockd_request_bytes_total", "counter",
-            "Bytes of the NBD requests answered (their length).");
-    for (size_t i = 0; i < nexp; i++)
-      for (int op = 0; op < NBD_SRV_MOP_COUNT; op++)
-        {
-          char l[512];
-          out (&b, "vbk_blockd_request_bytes_total{export=\"%s\",op=\"%s\"} %"
-               PRIu64 "\n", label (exps[i]->name, l, sizeof l),
-               op_names[op], (uint64_t) GET (exps[i]->ops[op].bytes));
-        }
-    header (&b, "vbk_blockd_request_errors_total", "counter",
-            "NBD requests answered with an error.");
-    for (size_t i = 0; i < nexp; i++)
-      for (int op = 0; op < NBD_SRV_MOP_COUNT; op++)
-        {
-          char l[512];
-          out (&b, "vbk_blockd_request_errors_total{export=\"%s\",op=\"%s\"} %"
-               PRIu64 "\n", label (exps[i]->name, l, sizeof l),
-               op_names[op], (uint64_t) GET (exps[i]->ops[op].errors));
-        }
+    per_op_counter (&b, exps, nexp, "vbk_blockd_requests_total",
+                    "NBD requests answered, by export and kind.",
+                    offsetof (struct op_counters, requests));
+    per_op_counter (&b, exps, nexp, "vbk_blockd_request_bytes_total",
+                    "Bytes of the NBD requests answered (their length).",
+                    offsetof (struct op_counters, bytes));
+    per_op_counter (&b, exps, nexp, "vbk_blockd_request_errors_total",
+                    "NBD requests answered with an error.",
+                    offsetof (struct op_counters, errors));
     header (&b, "vbk_blockd_request_duration_seconds", "histogram",
             "Time from a request's arrival to its reply.");
     for (size_t i = 0; i < nexp; i++)
