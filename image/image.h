@@ -62,7 +62,7 @@ struct image;
 #define IMAGE_OBJECT_SIZE_MAX (32u << 20)
 #define IMAGE_SIZE_MAX (UINT64_C (1) << 50)       /* 1 PiB */
 #define IMAGE_OBJECTS_MAX (UINT64_C (1) << 27)    /* see the layout */
-#define IMAGE_FORMAT 2          /* newest header format this code reads */
+#define IMAGE_FORMAT 3          /* newest header format this code reads */
 
 /* The state of an image (the header's state xattr). */
 enum image_state {
@@ -90,6 +90,7 @@ struct image_info {
   uint64_t features;
   enum image_state state;
   char state_detail[128];   /* importing: "HOST PID MS" of the importer */
+  unsigned format;          /* the header's format (0 if no format= line) */
 };
 
 /* Checks a name: 1-128 of [A-Za-z0-9._+-], not starting with '.' or '-'.
