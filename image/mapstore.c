@@ -162,7 +162,14 @@ scan_level (struct scan *s, unsigned level, const struct ranges *in,
       }
     }
     b.left = 1;
-    for (j = 0; r == 0 && j < nb; j++) {
+    if (r == 0 && nb == 1) {
+      /* One read: done here, without a hand-off to the store's
+       * completion threads. */
+      br[0].ret = store_read (s->st, s->oid[level], buf[0],
+                              in->v[k].hi - in->v[k].lo, in->v[k].lo,
+                              s->snap);
+    }
+    for (j = 0; r == 0 && nb > 1 && j < nb; j++) {
       const struct map_range *rg = &in->v[k + j];
       br[j].b = &b;
       br[j].ret = 0;

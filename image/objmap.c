@@ -5,7 +5,9 @@
  *
  * DESIGN
  * - The object map has one byte per data object: ABSENT or CLEAN
- *   (allocated).  An open image keeps it in memory; a reader looks at a
+ *   (allocated).  On the store that is level 0, with two summary levels
+ *   over it (mapstore.c); a commit sets the summary bytes over the
+ *   entries it allocates, in the same synchronous batch.  An open image keeps it in memory; a reader looks at a
  *   byte without a lock.  In memory an allocated entry is DIRTY once its
  *   object is in the change log of the live interval.
  * - Before the first change to an object in an interval, the writer
