@@ -18,18 +18,21 @@
  *   batch as) the level-0 bytes under it, and never cleared (a discard
  *   or a shrink leaves it: over-reporting only costs a read).
  * - A reader reads level 2 whole (the range asked), then only the
- *   ranges of level 1 and level 0 under non-zero bytes: nearby ranges
- *   are joined, and each level's ranges are read in parallel batches,
- *   so opening a huge image costs a few round trips and bytes in
- *   proportion to the objects allocated, not to its size.
+ *   ranges of level 1 and level 0 under non-zero bytes: ranges closer
+ *   than READ_GAP are joined, and each level's ranges are read in
+ *   parallel batches, so opening a huge image costs a few round trips
+ *   and bytes in proportion to the objects allocated, not to its size.
  * - Images of format 2 and older have level 0 only: they are read whole
  *   (up to its stored end), as before.  Writers add summary bytes to
  *   them too, which older readers ignore.
  */
 #include "internal.h"
 
-#define READ_GAP 4096               /* ranges this close are read as one */
-#define BATCH_READS 64              /* reads in flight at a time */
+/* Ranges this close are read as one: a round trip to the store (a
+ * RADOS op, a hand-off to the local store's threads) costs more than
+ * reading that many bytes more. */
+#define READ_GAP (32u << 10)
+#define BATCH_READS 256             /* reads in flight at a time */
 #define BATCH_BYTES (4u << 20)      /* and their bytes at most */
 #define SUM_RUN_MAX 4096            /* summary bytes per write */
 

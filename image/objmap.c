@@ -7,9 +7,10 @@
  * - The object map has one byte per data object: ABSENT or CLEAN
  *   (allocated).  On the store that is level 0, with two summary levels
  *   over it (mapstore.c); a commit sets the summary bytes over the
- *   entries it allocates, in the same synchronous batch.  An open image keeps it in memory; a reader looks at a
- *   byte without a lock.  In memory an allocated entry is DIRTY once its
- *   object is in the change log of the live interval.
+ *   entries it allocates, in the same synchronous batch.  An open image
+ *   keeps the map in memory; a reader looks at a byte without a lock.
+ *   In memory an allocated entry is DIRTY once its object is in the
+ *   change log of the live interval.
  * - Before the first change to an object in an interval, the writer
  *   appends it to the change log (and, if the object was ABSENT, marks it
  *   allocated in the map) with synchronous store writes; only then does
