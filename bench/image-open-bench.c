@@ -13,7 +13,9 @@
  * heap (mallinfo2: memory allocated, touched or not), and the time of a
  * walk of its extents; then opens it OPENS-1 more times (--opens, default
  * 5) and prints the median and the smallest open time, and the child's
- * peak resident set (VmHWM).  Prints one line per image.  The image is
+ * peak resident set (VmHWM); through a fault: store URI
+ * ("fault:@local:DIR") also the bytes the first open read.  Prints one
+ * line per image.  The image is
  * removed after.
  *
  *   image-open-bench STORE-URI [--spread] [--object-size BYTES]
@@ -79,7 +81,7 @@ measure (const char *uri, const char *name, const char *label, int opens)
 {
   struct store *st;
   struct image *img;
-  uint64_t r0, r1, t0, t1, t2, extents = 0, times[64];
+  uint64_t r0, r1, t0, t1, t2, b0, b1, extents = 0, times[64];
   int k;
   size_t h0, h1;
   int r;
@@ -88,9 +90,11 @@ measure (const char *uri, const char *name, const char *label, int opens)
     return 1;
   r0 = rss_kib ();
   h0 = mallinfo2 ().uordblks + mallinfo2 ().hblkhd;
+  b0 = store_fault_bytes_read (st);
   t0 = now_mono_ns ();
   r = image_open (st, name, 0, &img);
   t1 = now_mono_ns ();
+  b1 = store_fault_bytes_read (st);
   r1 = rss_kib ();
   h1 = mallinfo2 ().uordblks + mallinfo2 ().hblkhd;
   if (r < 0) {
@@ -111,10 +115,13 @@ measure (const char *uri, const char *name, const char *label, int opens)
   qsort (times, (size_t) k, sizeof times[0], cmp_u64);
   printf ("%-24s open %7.2f ms (median of %d, min %7.2f)  rss +%6.2f MiB  "
           "heap +%7.2f MiB  peak rss %6.2f MiB  extents walk %6.2f ms "
-          "(%" PRIu64 " extents)\n", label, times[k / 2] / 1e6, k,
+          "(%" PRIu64 " extents)", label, times[k / 2] / 1e6, k,
           times[0] / 1e6, (double) (r1 - r0) / 1024,
           (double) (h1 - h0) / (1 << 20),
           (double) status_kib ("VmHWM:") / 1024, (t2 - t1) / 1e6, extents);
+  if (strncmp (uri, "fault:", 6) == 0)    /* it counts the bytes read */
+    printf ("  open read %.1f KiB", (double) (b1 - b0) / 1024);
+  printf ("\n");
   fflush (stdout);
   store_close (st);
   return r < 0;
