@@ -249,52 +249,35 @@ image_read_header (struct store *st, const char *id, struct image_info *info)
     return -EINVAL;
   }
   info->object_size = (uint32_t) objsize;
+  info->format = (unsigned) format;
   r = image_read_size (st, hdr, &info->size, NULL, 0);
   if (r < 0)
     return r;
   return read_state (st, hdr, info);
 }
 
-/* Counts the allocated entries of the stored object map, a window at a
- * time. */
+static int
+count_one (void *arg, uint64_t objno)
+{
+  (void) objno;
+  ++*(uint64_t *) arg;
+  return 0;
+}
+
+/* Counts the allocated entries of the stored object map: reads in
+ * proportion to what is allocated (format 3; older formats read the
+ * whole map in windows). */
 static int
 count_allocated (struct store *st, const struct image_info *info,
                  uint64_t *count)
 {
-  uint64_t n = image_objects_for (info->size, info->object_size), i, c = 0;
-  size_t win = 1 << 20, j;
   char moid[64];
-  uint8_t *buf;
-  ssize_t r = 0;
 
   *count = 0;
   map_oid (info->id, moid, sizeof moid);
-  r = store_stat (st, moid, STORE_SNAP_HEAD, &i);
-  if (r == -ENOENT)
-    return 0;
-  if (r < 0)
-    return (int) r;
-  n = MIN (n, i);               /* past its end, all ABSENT */
-  if (n == 0)
-    return 0;
-  buf = malloc (win);
-  if (buf == NULL)
-    return -ENOMEM;
-  for (i = 0; i < n; i += win) {
-    size_t len = MIN (win, n - i);
-    r = store_read (st, moid, buf, len, i, STORE_SNAP_HEAD);
-    if (r == -ENOENT) {
-      r = 0;
-      break;
-    }
-    if (r < 0)
-      break;
-    for (j = 0; j < (size_t) r; j++)
-      c += buf[j] != IMAGE_OBJ_ABSENT;
-  }
-  free (buf);
-  *count = c;
-  return r < 0 ? (int) r : 0;
+  return image_map_scan (st, moid, info->format, STORE_SNAP_HEAD, 0,
+                         image_objects_for (info->size, info->object_size),
+                         NULL, count_one, count);
 }
 
 /* ---- Create, remove, stat, list, resize ------------------------------- */
@@ -503,47 +486,34 @@ image_list (struct store *st, struct image_info **list, size_t *n)
   return 0;
 }
 
+struct remove_ctx {
+  struct store *st;
+  const char *id;
+};
+
+static int
+remove_one (void *arg, uint64_t objno)
+{
+  struct remove_ctx *c = arg;
+  char oid[96];
+  int r;
+
+  image_data_oid (c->id, objno, oid, sizeof oid);
+  r = store_remove (c->st, oid);
+  return r == -ENOENT ? 0 : r;
+}
+
 /* Removes data objects [FIRST, LAST) that the stored map says exist. */
 static int
 remove_objects (struct store *st, const struct image_info *info,
                 uint64_t first, uint64_t last)
 {
-  char moid[64], oid[96];
-  uint8_t *buf;
-  uint64_t i, j, chunk;
-  ssize_t n;
-  int r = 0;
+  struct remove_ctx c = { st, info->id };
+  char moid[64];
 
   map_oid (info->id, moid, sizeof moid);
-  r = store_stat (st, moid, STORE_SNAP_HEAD, &i);
-  if (r == -ENOENT)
-    return 0;
-  if (r < 0)
-    return r;
-  last = MIN (last, i);         /* past its end, all ABSENT */
-  buf = malloc (1 << 20);
-  if (buf == NULL)
-    return -ENOMEM;
-  for (i = first; r == 0 && i < last; i += chunk) {
-    chunk = MIN (1 << 20, last - i);
-    n = store_read (st, moid, buf, chunk, i, STORE_SNAP_HEAD);
-    if (n == -ENOENT)
-      break;
-    if (n < 0)
-      r = (int) n;
-    if (n < (ssize_t) chunk)
-      chunk = last - i;         /* the map ends here */
-    for (j = 0; r == 0 && j < (uint64_t) n; j++) {
-      if (buf[j] == IMAGE_OBJ_ABSENT)
-        continue;
-      image_data_oid (info->id, i + j, oid, sizeof oid);
-      r = store_remove (st, oid);
-      if (r == -ENOENT)
-        r = 0;
-    }
-  }
-  free (buf);
-  return r;
+  return image_map_scan (st, moid, info->format, STORE_SNAP_HEAD, first,
+                         last, NULL, remove_one, &c);
 }
 
 /* Removal, crash-ordered:
@@ -597,8 +567,12 @@ image_remove (struct store *st, const char *name)
   image_changes_oid (id, lst, sizeof lst);
   if ((r = store_remove (st, lst)) < 0 && r != -ENOENT)
     return r;
-  if ((r = store_remove (st, moid)) < 0 && r != -ENOENT)
-    return r;
+  for (i = 0; i < MAP_LEVELS; i++) {
+    /* Level 0 first: the summary levels over it go after it. */
+    image_map_level_oid (moid, (unsigned) i, lst, sizeof lst);
+    if ((r = store_remove (st, lst)) < 0 && r != -ENOENT)
+      return r;
+  }
   if (have_header) {
     r = image_snaps_of_header (st, hdr, &v, &n);
     if (r < 0)
@@ -761,7 +735,8 @@ load_map (struct image *img, uint64_t n)
 
   if (m == NULL)
     return -ENOMEM;
-  r = image_map_read_stored (img->st, img->map_oid, img->read_snap, m, 0, n);
+  r = image_map_read_stored (img->st, img->map_oid, img->info.format,
+                             img->read_snap, m, 0, n);
   if (r < 0)
     goto fail;
   if (img->read_snap == STORE_SNAP_HEAD && !(img->flags & IMAGE_OPEN_RDONLY)) {

@@ -16,6 +16,9 @@
  *                            not finished; "removing": an rm started);
  *                            omap: snap.NAME (see Snapshots)
  *   vbk_object_map.ID        one byte per data object (ABSENT or CLEAN)
+ *   vbk_object_map.ID.l1/.l2 from format 3: one byte per 64 bytes of the
+ *                            level below, non-zero when those may be, so
+ *                            reading the map follows what is allocated
  *   vbk_changes.ID           the objects changed since the last snapshot
  *                            (8 bytes each, and which 1/32 parts changed
  *                            when known: the changed-block tracking)
@@ -23,7 +26,8 @@
  *   vbk_data.ID.OBJNO        data object OBJNO (16 hex digits)
  * An object exists only once written; absent objects read as zeros.
  * The header's format (IMAGE_FORMAT) is checked on every read of it: a
- * newer format is refused.  Format 2 added the state xattr.
+ * newer format is refused.  Format 2 added the state xattr, format 3 the
+ * object map's summary levels (older images are read whole, as before).
  * An image has at most IMAGE_OBJECTS_MAX data objects, so its object map
  * stays within 128 MiB, Ceph's default osd_max_object_size: 1 PiB needs
  * objects of 8 MiB or more; with the default 4 MiB objects an image may
@@ -62,7 +66,7 @@ struct image;
 #define IMAGE_OBJECT_SIZE_MAX (32u << 20)
 #define IMAGE_SIZE_MAX (UINT64_C (1) << 50)       /* 1 PiB */
 #define IMAGE_OBJECTS_MAX (UINT64_C (1) << 27)    /* see the layout */
-#define IMAGE_FORMAT 2          /* newest header format this code reads */
+#define IMAGE_FORMAT 3          /* newest header format this code reads */
 
 /* The state of an image (the header's state xattr). */
 enum image_state {
@@ -90,6 +94,7 @@ struct image_info {
   uint64_t features;
   enum image_state state;
   char state_detail[128];   /* importing: "HOST PID MS" of the importer */
+  unsigned format;          /* the header's format (0 if no format= line) */
 };
 
 /* Checks a name: 1-128 of [A-Za-z0-9._+-], not starting with '.' or '-'.
@@ -125,8 +130,8 @@ int image_remove (struct store *st, const char *name);
 int image_stat (struct store *st, const char *name, struct image_info *info);
 
 /* Counts the allocated data objects of image NAME from its stored map,
- * reading it in bounded windows: memory stays small, time grows with the
- * image's size.  Errors: -ENOENT. */
+ * reading (format 3) in proportion to the objects allocated; format 2
+ * and older read the whole map in bounded windows.  Errors: -ENOENT. */
 int image_count_objects (struct store *st, const char *name,
                          uint64_t *count);
 

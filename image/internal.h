@@ -45,6 +45,15 @@
 #define MAP_DIR_SPAN_SHIFT (MAP_PAGE_SHIFT + MAP_DIR_SHIFT)
 #define MAP_WINDOW (1u << 20)   /* stored map bytes read at a time */
 
+/* The stored map (mapstore.c): level 0 is one byte per data object; a
+ * byte of level L+1 is non-zero when the MAP_SUM entries of level L it
+ * covers may hold a non-zero byte.  Format 3 and later keep levels 1
+ * and 2 (at most 2 MiB and 32 KiB); older images have level 0 only. */
+#define MAP_SUM_SHIFT 6
+#define MAP_SUM (1u << MAP_SUM_SHIFT)
+#define MAP_LEVELS 3
+#define IMAGE_FORMAT_MAP_SUMMARY 3      /* the first format with levels 1-2 */
+
 struct map_page {
   uint8_t bytes[MAP_PAGE];       /* ABSENT, CLEAN or DIRTY */
   uint8_t pending[MAP_PAGE];     /* NEED_* a group commit will write */
@@ -52,8 +61,14 @@ struct map_page {
   uint32_t parts[MAP_PAGE];      /* parts changed in the live interval */
 };
 
+/* A directory also remembers which summary bytes of the stored map
+ * (mapstore.c) covering its entries are known to be set on the store:
+ * one bit per level-1 byte (a page's worth of entries) and one per
+ * level-2 byte (64 pages), so a commit writes each of them once. */
 struct map_dir {
   struct map_page *pages[MAP_DIR];
+  uint64_t sum1[MAP_DIR / 64];
+  uint64_t sum2;
 };
 
 struct objmap {
@@ -109,12 +124,41 @@ uint8_t image_map_logged (struct objmap *m, uint64_t i);
 uint32_t image_map_parts (struct objmap *m, uint64_t i);
 int image_map_put (struct objmap *m, uint64_t i, enum map_field f, uint32_t v);
 uint64_t image_map_count (struct objmap *m);
-int image_map_read_stored (struct store *st, const char *oid, uint64_t snap,
-                           struct objmap *m, uint64_t first, uint64_t last);
+int image_map_read_stored (struct store *st, const char *oid,
+                           unsigned format, uint64_t snap, struct objmap *m,
+                           uint64_t first, uint64_t last);
 int image_map_mark_dirty (struct image *img, uint64_t first, uint64_t last,
                           bool alloc);
 void image_mark_parts (struct image *img, uint64_t off, uint64_t len);
 void image_map_mark_absent (struct image *img, uint64_t objno);
+
+bool image_map_sum_known (struct objmap *m, unsigned level, uint64_t idx);
+int image_map_sum_note (struct objmap *m, unsigned level, uint64_t idx);
+
+/* mapstore.c */
+/* A run [lo, hi] of summary bytes of one level that a commit sets. */
+struct map_sum_run {
+  unsigned level;
+  uint64_t lo, hi;
+};
+struct map_sum_runs {
+  struct map_sum_run *v;
+  size_t n, cap;
+};
+void image_map_level_oid (const char *map_oid, unsigned level, char *buf,
+                          size_t len);
+typedef int (*image_map_scan_cb) (void *arg, uint64_t objno);
+int image_map_scan (struct store *st, const char *map_oid, unsigned format,
+                    uint64_t snap, uint64_t first, uint64_t last,
+                    struct objmap *note, image_map_scan_cb cb, void *arg);
+int image_map_sum_plan (struct objmap *m, uint64_t lo, uint64_t hi,
+                        struct map_sum_runs *runs);
+int image_map_sum_start (struct store *st, const char *map_oid,
+                         const struct map_sum_runs *runs, store_aio_cb cb,
+                         void *arg);
+void image_map_sum_done (struct objmap *m, const struct map_sum_runs *runs);
+int image_map_sum_write_all (struct store *st, const char *map_oid,
+                             const uint8_t *map, uint64_t n);
 
 /* changelog.c (the pure change-list code: changeset.h) */
 void image_log_writer_enter (struct image *img);

@@ -5,9 +5,12 @@
  *
  * DESIGN
  * - The object map has one byte per data object: ABSENT or CLEAN
- *   (allocated).  An open image keeps it in memory; a reader looks at a
- *   byte without a lock.  In memory an allocated entry is DIRTY once its
- *   object is in the change log of the live interval.
+ *   (allocated).  On the store that is level 0, with two summary levels
+ *   over it (mapstore.c); a commit sets the summary bytes over the
+ *   entries it allocates, in the same synchronous batch.  An open image
+ *   keeps the map in memory; a reader looks at a byte without a lock.
+ *   In memory an allocated entry is DIRTY once its object is in the
+ *   change log of the live interval.
  * - Before the first change to an object in an interval, the writer
  *   appends it to the change log (and, if the object was ABSENT, marks it
  *   allocated in the map) with synchronous store writes; only then does
@@ -64,13 +67,12 @@ page_of (struct objmap *m, uint64_t i)
                           __ATOMIC_ACQUIRE);
 }
 
-/* The page holding entry I (< M->n), allocated if needed; NULL: out of
- * memory. */
-static struct map_page *
-page_make (struct objmap *m, uint64_t i)
+/* The directory holding entry I (< M->n), allocated if needed; NULL:
+ * out of memory. */
+static struct map_dir *
+dir_make (struct objmap *m, uint64_t i)
 {
   struct map_dir **dp = &m->dirs[i >> MAP_DIR_SPAN_SHIFT], *d, *nd;
-  struct map_page **pp, *p, *np;
 
   d = __atomic_load_n (dp, __ATOMIC_ACQUIRE);
   if (d == NULL) {
@@ -83,6 +85,19 @@ page_make (struct objmap *m, uint64_t i)
     else
       free (nd);                /* another thread's is in D */
   }
+  return d;
+}
+
+/* The page holding entry I (< M->n), allocated if needed; NULL: out of
+ * memory. */
+static struct map_page *
+page_make (struct objmap *m, uint64_t i)
+{
+  struct map_dir *d = dir_make (m, i);
+  struct map_page **pp, *p, *np;
+
+  if (d == NULL)
+    return NULL;
   pp = &d->pages[(i >> MAP_PAGE_SHIFT) & (MAP_DIR - 1)];
   p = __atomic_load_n (pp, __ATOMIC_ACQUIRE);
   if (p == NULL) {
@@ -98,6 +113,55 @@ page_make (struct objmap *m, uint64_t i)
   return p;
 }
 
+/* The known-set bit of summary byte IDX of LEVEL (1 or 2) in directory
+ * D: a level-1 byte covers one page, a level-2 byte 64 pages. */
+_Static_assert (MAP_SUM_SHIFT == MAP_PAGE_SHIFT
+                && MAP_DIR_SHIFT == 2 * MAP_SUM_SHIFT,
+                "a summary byte covers whole pages of one directory");
+
+static uint64_t *
+sum_word (struct map_dir *d, unsigned level, uint64_t idx, uint64_t *bit)
+{
+  if (level == 1) {
+    uint64_t page = idx & (MAP_DIR - 1);
+    *bit = UINT64_C (1) << (page % 64);
+    return &d->sum1[page / 64];
+  }
+  *bit = UINT64_C (1) << (idx & 63);
+  return &d->sum2;
+}
+
+/* Whether summary byte IDX of LEVEL is known to be set on the store. */
+bool
+image_map_sum_known (struct objmap *m, unsigned level, uint64_t idx)
+{
+  uint64_t e = idx << (MAP_SUM_SHIFT * level), bit;
+  struct map_dir *d;
+
+  if (e >= m->n)
+    return false;
+  d = __atomic_load_n (&m->dirs[e >> MAP_DIR_SPAN_SHIFT], __ATOMIC_ACQUIRE);
+  return d && (__atomic_load_n (sum_word (d, level, idx, &bit),
+                                __ATOMIC_ACQUIRE) & bit);
+}
+
+/* Notes that summary byte IDX of LEVEL is set on the store.  Returns 0
+ * or -ENOMEM. */
+int
+image_map_sum_note (struct objmap *m, unsigned level, uint64_t idx)
+{
+  uint64_t e = idx << (MAP_SUM_SHIFT * level), bit, *w;
+  struct map_dir *d;
+
+  if (e >= m->n)
+    return 0;
+  d = dir_make (m, e);
+  if (d == NULL)
+    return -ENOMEM;
+  w = sum_word (d, level, idx, &bit);
+  __atomic_fetch_or (w, bit, __ATOMIC_RELEASE);
+  return 0;
+}
 
 /* Readers of one field of entry I (< M->n). */
 uint8_t
@@ -182,54 +246,23 @@ image_map_count (struct objmap *m)
   return c;
 }
 
-/* Adds the stored map OID at SNAP, entries [FIRST, LAST), to M: a
- * window at a time, allocated entries CLEAN. */
-int
-image_map_read_stored (struct store *st, const char *oid, uint64_t snap,
-                       struct objmap *m, uint64_t first, uint64_t last)
+static int
+put_clean (void *arg, uint64_t objno)
 {
-  uint64_t i, j, stored;
-  ssize_t got = 0;
-  uint8_t *buf;
-  int r;
+  return image_map_put (arg, objno, F_BYTE, IMAGE_OBJ_CLEAN);
+}
 
-  /* Past its end the stored map reads as zeros: read only what it
-   * holds (a thin image's map is short, whatever its size). */
-  r = store_stat (st, oid, snap, &stored);
-  if (r == -ENOENT)
-    return 0;
-  if (r < 0)
-    return r;
-  last = MIN (last, stored);
-  buf = malloc (MAP_WINDOW);
-  if (buf == NULL)
-    return -ENOMEM;
-  for (i = first; r == 0 && i < last; i += MAP_WINDOW) {
-    size_t len = MIN (MAP_WINDOW, last - i);
-    got = store_read (st, oid, buf, len, i, snap);
-    if (got == -ENOENT)
-      break;
-    if (got < 0) {
-      r = (int) got;
-      break;
-    }
-    for (j = 0; r == 0 && j < (uint64_t) got; j++) {
-      uint64_t w;
-      if (j % 8 == 0 && j + 8 <= (uint64_t) got) {
-        memcpy (&w, buf + j, 8);
-        if (w == 0) {
-          j += 7;
-          continue;
-        }
-      }
-      if (buf[j] != IMAGE_OBJ_ABSENT)
-        r = image_map_put (m, i + j, F_BYTE, IMAGE_OBJ_CLEAN);
-    }
-    if ((size_t) got < len)
-      break;                    /* the stored map ends here */
-  }
-  free (buf);
-  return r;
+/* Adds the stored map OID at SNAP, entries [FIRST, LAST), to M (an
+ * image of header format FORMAT): allocated entries CLEAN, and the
+ * summary bytes found set noted.  Reads in proportion to what is
+ * allocated (mapstore.c). */
+int
+image_map_read_stored (struct store *st, const char *oid, unsigned format,
+                       uint64_t snap, struct objmap *m, uint64_t first,
+                       uint64_t last)
+{
+  return image_map_scan (st, oid, format, snap, first, MIN (last, m->n), m,
+                         put_clean, m);
 }
 
 /* ---- The object map on the write path --------------------------------- */
@@ -280,6 +313,7 @@ map_commit (struct image *img, struct objmap *m)
                         1, 0 };
   uint64_t *logbuf = NULL, *mi = NULL, i, logoff;
   struct map_run *runs = NULL;
+  struct map_sum_runs sums = { NULL, 0, 0 };
   uint8_t *taken = NULL;
   size_t k, nlog = 0, nm = 0, nruns = 0;
   int r = 0;
@@ -331,6 +365,9 @@ map_commit (struct image *img, struct objmap *m)
       run->buf[i - run->lo] = (map_pending (m, i) & NEED_MAP)
         || image_map_get (m, i) != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_CLEAN
         : IMAGE_OBJ_ABSENT;
+    /* The summary bytes over the run, in the same synchronous batch. */
+    if ((r = image_map_sum_plan (m, run->lo, run->hi, &sums)) < 0)
+      goto out;
   }
 
   logoff = img->log.n * sizeof (uint64_t);
@@ -352,6 +389,12 @@ map_commit (struct image *img, struct objmap *m)
     if (r < 0)
       w.left--, w.err = w.err ? w.err : r;
   }
+  if (sums.n && w.err == 0) {
+    pthread_mutex_lock (&w.lock);
+    w.left += (int) sums.n;
+    pthread_mutex_unlock (&w.lock);
+    image_map_sum_start (img->st, img->map_oid, &sums, wait_all_done, &w);
+  }
   wait_all_done (&w, 0);
   pthread_mutex_lock (&w.lock);
   while (w.left > 0)
@@ -362,6 +405,8 @@ map_commit (struct image *img, struct objmap *m)
     image_log_append_failed (img, logoff);
   pthread_mutex_lock (&img->map_lock);
 
+  if (r == 0)
+    image_map_sum_done (m, &sums);
   for (k = 0; r == 0 && k < nlog; k++)
     img->log.v[img->log.n++] = le64toh (logbuf[k]);
   for (k = 0; r == 0 && k < p.n; k++) {
@@ -391,6 +436,7 @@ out:
   for (k = 0; runs && k < nruns; k++)
     free (runs[k].buf);
   free (runs);
+  free (sums.v);
   free (mi);
   free (logbuf);
   free (taken);
@@ -549,8 +595,8 @@ image_extents (struct image *img, uint64_t off, uint64_t len,
     first = off >> img->order;
     last = ((len > size - off ? size : off + len) + img->info.object_size - 1)
       >> img->order;
-    r = image_map_read_stored (img->st, img->map_oid, img->read_snap, tmp,
-                               first, MIN (last, m->n));
+    r = image_map_read_stored (img->st, img->map_oid, img->info.format,
+                               img->read_snap, tmp, first, MIN (last, m->n));
     if (r < 0) {
       image_map_free (tmp);
       return r;

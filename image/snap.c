@@ -684,8 +684,11 @@ image_snap_rollback (struct image *img, const char *snap)
       smap[i] = smap[i] != IMAGE_OBJ_ABSENT ? IMAGE_OBJ_CLEAN
         : IMAGE_OBJ_ABSENT;
   }
-  r = store_write_full (img->st, img->map_oid, smap, nsnap,
-                        STORE_WRITE_SYNC);
+  /* The summary first: it covers the new map before the map is. */
+  r = image_map_sum_write_all (img->st, img->map_oid, smap, nsnap);
+  if (r == 0)
+    r = store_write_full (img->st, img->map_oid, smap, nsnap,
+                          STORE_WRITE_SYNC);
   if (r < 0)
     goto out;
   r = image_read_size (img->st, img->hdr_oid, &i, oldraw, sizeof oldraw);

@@ -35,7 +35,7 @@ struct fault_ctl {
   char *trigger;
   unsigned long seen;                  /* matching calls since set */
   unsigned long calls[5];              /* per class, ever */
-  uint64_t read_bytes;                 /* returned by synchronous reads */
+  uint64_t read_bytes;                 /* returned by reads, sync or aio */
 };
 
 struct fault {
@@ -378,18 +378,52 @@ fault_flush (void *h)
   return store_flush (f->inner);
 }
 
+/* An asynchronous read in flight: its bytes count when it completes. */
+struct fault_aio {
+  struct fault_ctl *ctl;
+  store_aio_cb cb;
+  void *arg;
+};
+
+static void
+fault_aio_read_done (void *arg, ssize_t ret)
+{
+  struct fault_aio *a = arg;
+  store_aio_cb cb = a->cb;
+  void *cbarg = a->arg;
+
+  if (ret > 0) {
+    pthread_mutex_lock (&a->ctl->lock);
+    a->ctl->read_bytes += (uint64_t) ret;
+    pthread_mutex_unlock (&a->ctl->lock);
+  }
+  free (a);
+  cb (cbarg, ret);
+}
+
 static int
 fault_aio_read (void *h, const char *oid, void *buf, size_t len,
                 uint64_t off, uint64_t snap, store_aio_cb cb, void *arg)
 {
   struct fault *f = h;
-  int e = inject (f, STORE_OP_READ, "aio_read", oid);
+  struct fault_aio *a;
+  int e = inject (f, STORE_OP_READ, "aio_read", oid), r;
 
   if (e < 0) {
     cb (arg, e);
     return 0;
   }
-  return store_aio_read (f->inner, oid, buf, len, off, snap, cb, arg);
+  a = malloc (sizeof *a);
+  if (a == NULL)
+    return -ENOMEM;
+  a->ctl = f->ctl;
+  a->cb = cb;
+  a->arg = arg;
+  r = store_aio_read (f->inner, oid, buf, len, off, snap, fault_aio_read_done,
+                      a);
+  if (r < 0)
+    free (a);
+  return r;
 }
 
 static int

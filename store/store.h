@@ -316,7 +316,8 @@ int store_fault_set (struct store *st, unsigned ops, int err,
 /* Number of calls of the classes in OPS seen so far (fault: only). */
 unsigned long store_fault_count (struct store *st, unsigned ops);
 
-/* Bytes returned by synchronous reads so far (fault: only). */
+/* Bytes returned by reads so far, synchronous and asynchronous (fault:
+ * only). */
 uint64_t store_fault_bytes_read (struct store *st);
 
 #endif /* VBK_STORE_H */

@@ -604,13 +604,18 @@ test_huge_map_costs (void **state)
   free (list);
   assert_true (store_fault_bytes_read (fst) - before < 64 * 1024);
 
-  /* Counting reads the map, in windows. */
+  /* Counting and opening read the map in proportion to what is
+   * allocated (two objects), not to the image's 128 MiB of map. */
+  before = store_fault_bytes_read (fst);
   assert_int_equal (image_count_objects (fst, "huge", &count), 0);
   assert_int_equal (count, 2);
+  assert_true (store_fault_bytes_read (fst) - before < 64 * 1024);
 
+  before = store_fault_bytes_read (fst);
   m0 = mallinfo2 ();
   assert_int_equal (image_open (fst, "huge", 0, &img), 0);
   m1 = mallinfo2 ();
+  assert_true (store_fault_bytes_read (fst) - before < 64 * 1024);
   assert_true (m1.uordblks + m1.hblkhd - m0.uordblks - m0.hblkhd
                < (size_t) 16 << 20);
   image_get_info (img, &info);
@@ -632,8 +637,97 @@ test_huge_map_costs (void **state)
   assert_int_equal (image_extents (img, 0, size, count_cb, &extents), 0);
   assert_int_equal (extents, 3);
   image_close (img);
+  before = store_fault_bytes_read (fst);
   assert_int_equal (image_remove (fst, "huge"), 0);
+  assert_true (store_fault_bytes_read (fst) - before < 64 * 1024);
   store_close (fst);
+}
+
+/* An image of format 2 (an object map of level 0 only, written by an
+ * older vbk: made here directly through the store) opens, counts,
+ * serves and removes its objects; new writes to it keep its format. */
+static void
+test_format2_image (void **state)
+{
+  struct test_fixture *f = *state;
+  const uint64_t objs[] = { 5, 9000, 16383 }, more = 12000;
+  char hdr[64], moid[64], oid[96], text[4096], *p, buf[4096], got[4096];
+  struct image_info info;
+  struct image *img;
+  uint64_t count, extents = 0, sz;
+  uint8_t one = 1;
+  ssize_t n;
+  size_t k;
+
+  assert_int_equal (image_create (f->st, "old", UINT64_C (1) << 30, OBJ), 0);
+  assert_int_equal (image_stat (f->st, "old", &info), 0);
+  assert_int_equal (info.format, IMAGE_FORMAT);
+  image_header_oid (info.id, hdr, sizeof hdr);
+  snprintf (moid, sizeof moid, "vbk_object_map.%s", info.id);
+  n = store_read (f->st, hdr, text, sizeof text - 1, 0, STORE_SNAP_HEAD);
+  assert_true (n > 0);
+  text[n] = '\0';
+  p = strstr (text, "format=3\n");
+  assert_non_null (p);
+  p[7] = '2';
+  assert_int_equal (store_write_full (f->st, hdr, text, strlen (text),
+                                      STORE_WRITE_SYNC), 0);
+  for (k = 0; k < 3; k++) {
+    fill (buf, sizeof buf, (unsigned) k + 1);
+    image_data_oid (info.id, objs[k], oid, sizeof oid);
+    assert_int_equal (store_write (f->st, oid, buf, sizeof buf, 0,
+                                   STORE_WRITE_SYNC), 0);
+    assert_int_equal (store_write (f->st, moid, &one, 1, objs[k],
+                                   STORE_WRITE_SYNC), 0);
+  }
+
+  assert_int_equal (image_stat (f->st, "old", &info), 0);
+  assert_int_equal (info.format, 2);
+  assert_int_equal (image_count_objects (f->st, "old", &count), 0);
+  assert_int_equal (count, 3);
+  assert_int_equal (image_open (f->st, "old", 0, &img), 0);
+  for (k = 0; k < 3; k++) {
+    assert_int_not_equal (image_object_state (img, objs[k]),
+                          IMAGE_OBJ_ABSENT);
+    fill (buf, sizeof buf, (unsigned) k + 1);
+    assert_int_equal (image_read (img, got, sizeof got, objs[k] * OBJ),
+                      (ssize_t) sizeof got);
+    assert_memory_equal (got, buf, sizeof buf);
+  }
+  assert_int_equal (image_object_state (img, 6), IMAGE_OBJ_ABSENT);
+  assert_int_equal (image_extents (img, 0, UINT64_C (1) << 30, count_cb,
+                                   &extents), 0);
+  assert_int_equal (extents, 6);  /* hole, data, hole, data, hole, data */
+  assert_int_equal (image_set_trusted (img, 0), 0);
+  extents = 0;
+  assert_int_equal (image_extents (img, 0, UINT64_C (1) << 30, count_cb,
+                                   &extents), 0);
+  assert_int_equal (extents, 6);
+  assert_int_equal (image_set_trusted (img, 1), 0);
+  memset (buf, 'n', sizeof buf);
+  assert_int_equal (image_write (img, buf, sizeof buf, more * OBJ, 0), 0);
+  image_close (img);
+
+  /* Still format 2, read the old way, and the new object is in it. */
+  n = store_read (f->st, hdr, got, sizeof got - 1, 0, STORE_SNAP_HEAD);
+  assert_true (n > 0);
+  got[n] = '\0';
+  assert_non_null (strstr (got, "format=2\n"));
+  assert_int_equal (image_open (f->st, "old", IMAGE_OPEN_RDONLY, &img), 0);
+  image_get_info (img, &info);
+  assert_int_equal (info.format, 2);
+  assert_int_equal (info.objects, 4);
+  assert_int_not_equal (image_object_state (img, more), IMAGE_OBJ_ABSENT);
+  image_close (img);
+
+  assert_int_equal (image_remove (f->st, "old"), 0);
+  for (k = 0; k < 3; k++) {
+    image_data_oid (info.id, objs[k], oid, sizeof oid);
+    assert_int_equal (store_stat (f->st, oid, STORE_SNAP_HEAD, &sz), -ENOENT);
+  }
+  image_data_oid (info.id, more, oid, sizeof oid);
+  assert_int_equal (store_stat (f->st, oid, STORE_SNAP_HEAD, &sz), -ENOENT);
+  assert_int_equal (store_stat (f->st, moid, STORE_SNAP_HEAD, &sz), -ENOENT);
 }
 
 int
@@ -657,6 +751,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_map_never_under_reports, test_fixture_setup,
                                      test_fixture_teardown),
     cmocka_unit_test_setup_teardown (test_huge_map_costs, test_fixture_setup,
+                                     test_fixture_teardown),
+    cmocka_unit_test_setup_teardown (test_format2_image, test_fixture_setup,
                                      test_fixture_teardown),
     cmocka_unit_test_setup_teardown (test_failed_log_cut_no_under_report, test_fixture_setup,
                                      test_fixture_teardown),
