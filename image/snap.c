@@ -86,14 +86,38 @@ image_snaps_of_header (struct store *st, const char *hdr,
   return 0;
 }
 
+/* Gives ST the snapshot context of snapshots V[0..N) (oldest first)
+ * plus NEWEST if not 0, with sequence at least SEQ. */
+static int
+set_snap_context (struct store *st, const struct image_snap *v, size_t n,
+                  uint64_t newest, uint64_t seq)
+{
+  uint64_t *ids;
+  size_t i, k = 0;
+  int r;
+
+  ids = malloc ((n + 1) * sizeof *ids);
+  if (ids == NULL)
+    return -ENOMEM;
+  if (newest)
+    ids[k++] = newest;
+  for (i = 0; i < n; i++)
+    ids[k++] = v[n - 1 - i].id;        /* newest first */
+  for (i = 0; i < k; i++)
+    seq = MAX (seq, ids[i]);
+  r = store_set_snap_context (st, seq, ids, k);
+  free (ids);
+  return r;
+}
+
 /* Gives ST the snapshot context of header HDR, so its writes preserve
  * every snapshot. */
 int
 image_load_snap_context (struct store *st, const char *hdr)
 {
   struct image_snap *v;
-  uint64_t *ids, seq;
-  size_t n, i;
+  uint64_t seq;
+  size_t n;
   int r;
 
   r = image_snaps_of_header (st, hdr, &v, &n);
@@ -108,17 +132,7 @@ image_load_snap_context (struct store *st, const char *hdr)
       seq = strtoull (buf, NULL, 10);
     }
   }
-  ids = malloc ((n ? n : 1) * sizeof *ids);
-  if (ids == NULL) {
-    free (v);
-    return -ENOMEM;
-  }
-  for (i = 0; i < n; i++) {
-    ids[i] = v[n - 1 - i].id;          /* newest first */
-    seq = MAX (seq, ids[i]);
-  }
-  r = store_set_snap_context (st, seq, ids, n);
-  free (ids);
+  r = set_snap_context (st, v, n, 0, seq);
   free (v);
   return r;
 }
@@ -191,7 +205,8 @@ image_snap_create (struct image *img, const char *snap, uint64_t *idp)
   return r;
 }
 
-static int snap_record (struct image *img, const char *snap, uint64_t id);
+static int snap_record (struct image *img, const char *snap, uint64_t id,
+                        const struct image_snap *v, size_t n);
 static int write_details (struct image *img);
 
 int
@@ -292,30 +307,34 @@ write_details (struct image *img)
 int
 image_snap_create_id (struct image *img, const char *snap, uint64_t id)
 {
-  struct image_snap old;
+  struct image_snap *v = NULL;
+  size_t n = 0, i;
   int r;
 
   r = image_check_writable (img, "snapshot");
   if (r == 0)
     r = image_name_check (snap);
-  if (r == 0) {
-    r = image_find_snap (img->st, img->hdr_oid, img->info.name, snap, &old);
-    if (r == 0) {
+  /* The snapshots as they are: changes to them are serialized (the
+   * holder runs one command at a time, see snapshot.c), so this list
+   * also gives the new snapshot context without reading it back. */
+  if (r == 0)
+    r = image_snaps_of_header (img->st, img->hdr_oid, &v, &n);
+  for (i = 0; r == 0 && i < n; i++)
+    if (strcmp (v[i].name, snap) == 0) {
       vbk_set_error ("image '%s' already has a snapshot '%s'",
                      img->info.name, snap);
       r = -EEXIST;
     }
-    else if (r == -ENOENT)
-      r = 0;
-  }
   if (r < 0) {
     VBK_KEEP_ERROR_FOR_SCOPE;
+    free (v);
     store_snap_remove (img->st, id);
     return r;
   }
   /* The store part runs as the only change-log writer. */
   image_log_writer_enter (img);
-  r = snap_record (img, snap, id);
+  r = snap_record (img, snap, id, v, n);
+  free (v);
   if (r == 0) {
     /* The log is empty now: a new interval starts. */
     pthread_mutex_lock (&img->map_lock);
@@ -327,13 +346,15 @@ image_snap_create_id (struct image *img, const char *snap, uint64_t id)
   return r;
 }
 
-/* Records snapshot SNAP (id ID) of IMG and starts a new interval: moves
+/* Records snapshot SNAP (id ID) of IMG, whose snapshots were V[0..NV)
+ * (oldest first), and starts a new interval: moves
  * a pending shrink into the log, records the snapshot, moves the merged
  * changes of the live interval to the snapshot's, empties the log.
  * Returns 0 once the log is empty; otherwise the snapshot may exist with
  * the log untouched, which over-reports (safe). */
 static int
-snap_record (struct image *img, const char *snap, uint64_t id)
+snap_record (struct image *img, const char *snap, uint64_t id,
+             const struct image_snap *v, size_t nv)
 {
   char key[IMAGE_NAME_MAX + 8], val[128], seqbuf[32], from[96], to[96];
   uint64_t min = UINT64_MAX, sz, e;
@@ -394,7 +415,7 @@ snap_record (struct image *img, const char *snap, uint64_t id)
   if ((r = store_xattr_set (img->st, img->hdr_oid, "snap_seq", seqbuf,
                             strlen (seqbuf))) < 0
       || (r = store_omap_set (img->st, img->hdr_oid, key, val, n)) < 0
-      || (r = image_load_snap_context (img->st, img->hdr_oid)) < 0) {
+      || (r = set_snap_context (img->st, v, nv, id, id)) < 0) {
     store_omap_rm (img->st, img->hdr_oid, key);
     if (moved)
       store_remove (img->st, to);

@@ -46,15 +46,26 @@ lease_sm_acquired (struct lease_sm *sm, uint64_t sent, uint64_t epoch)
 }
 
 void
-lease_sm_renewed (struct lease_sm *sm, uint64_t sent)
+lease_sm_renewed (struct lease_sm *sm, uint64_t sent, uint64_t now)
 {
   if (sm->state != LEASE_HELD && sm->state != LEASE_RELEASING)
     return;
   /* An answer that overtook a later one must not shorten the lease. */
-  if (sent + sm->duration_ms <= sm->expires_ms)
-    return;
-  sm->expires_ms = sent + sm->duration_ms;
-  sm->renew_at_ms = sent + sm->renew_ms;
+  if (sent + sm->duration_ms > sm->expires_ms) {
+    sm->expires_ms = sent + sm->duration_ms;
+    sm->renew_at_ms = sent + sm->renew_ms;
+  }
+  /* The answer came only after the end of the lease it gives: the store
+   * held the request through an outage (or its answer was lost and the
+   * request resent), so the lock may have run out there meanwhile and
+   * someone else may have held it.  That is a lapse, not a loss: take
+   * the lock again and look (lease_sm_retaken), as after a renewal that
+   * found it gone.  Taking it as held would only let the next tick
+   * expire it. */
+  if (sm->state == LEASE_HELD && now >= sm->expires_ms) {
+    sm->state = LEASE_LAPSED;
+    sm->renew_at_ms = now;
+  }
 }
 
 void
@@ -93,13 +104,21 @@ lease_sm_write_stop (const struct lease_sm *sm)
 }
 
 bool
-lease_sm_retaken (struct lease_sm *sm, uint64_t sent, uint64_t header_epoch,
-                  uint64_t new_epoch)
+lease_sm_retaken (struct lease_sm *sm, uint64_t sent, uint64_t now,
+                  uint64_t header_epoch, uint64_t new_epoch)
 {
   if (sm->state != LEASE_LAPSED)
     return false;
   if (header_epoch != sm->epoch || new_epoch <= header_epoch) {
     sm->state = LEASE_LOST;
+    return false;
+  }
+  /* Taken, but the lease that gives ended before we were done (the
+   * store stalled again): the epoch we wrote under the lock is ours,
+   * so stay lapsed with it and take the lock once more. */
+  if (now >= sent + sm->duration_ms) {
+    sm->epoch = new_epoch;
+    sm->renew_at_ms = now;
     return false;
   }
   lease_sm_acquired (sm, sent, new_epoch);

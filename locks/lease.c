@@ -46,6 +46,12 @@
  *  - like any acquisition the retake grows the epoch, and lease_holder
  *    stays our client, so the next taker fences exactly the client that
  *    may still have writes in flight.
+ * The same holds when a renewal (or the retake itself) succeeds but its
+ * answer comes only after the lease it gives has ended: the OSD did the
+ * request before the outage and answers the resent one with that first
+ * result, though the lock may have run out since.  That is a lapse too
+ * (lease_sm_renewed, lease_sm_retaken), not a lease that ends in the
+ * past and expires at the next tick.
  * Anything else (the lock busy, fenced, the epoch or the holder record
  * moved) loses the lease as before.  A lapse seen by our own clock first
  * (renewals failing with passing errors until E) still loses the lease:
@@ -615,7 +621,11 @@ lease_thread (void *arg)
                       l->sm.duration_ms, STORE_LOCK_RENEW);
       pthread_mutex_lock (&l->lock);
       if (r == 0) {
-        lease_sm_renewed (&l->sm, sent);
+        lease_sm_renewed (&l->sm, sent, mono_ms ());
+        if (l->sm.state == LEASE_LAPSED)
+          log_warn ("lease %s: the renewal was answered only after the "
+                    "lease it gives had ended; writes wait while we take "
+                    "it again", l->hdr);
         /* Writers held at the write-stop may go on. */
         pthread_cond_broadcast (&l->cond);
       }
@@ -636,12 +646,16 @@ lease_thread (void *arg)
       pthread_mutex_unlock (&l->lock);
       r = retake (l, mine, &header_epoch, &new_epoch, &sent);
       pthread_mutex_lock (&l->lock);
-      if (r == 0 && lease_sm_retaken (&l->sm, sent, header_epoch,
-                                      new_epoch)) {
+      if (r == 0 && lease_sm_retaken (&l->sm, sent, mono_ms (),
+                                      header_epoch, new_epoch)) {
         log_info ("lease %s: taken again after the lapse, nobody held it "
                   "meanwhile; epoch %" PRIu64, l->hdr, new_epoch);
         pthread_cond_broadcast (&l->cond);
       }
+      else if (r == 0 && l->sm.state == LEASE_LAPSED)
+        log_warn ("lease %s: taken again with epoch %" PRIu64 ", but the "
+                  "lease that gives had ended before the answer came; "
+                  "taking it once more", l->hdr, new_epoch);
       else if (r == 0 || r == -ESTALE) {
         if (r == 0)
           log_error ("lease %s: after the lapse the epoch is %" PRIu64

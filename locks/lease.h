@@ -101,11 +101,13 @@ void lease_sm_init (struct lease_sm *sm, uint32_t duration_ms,
 /* We took the lease with EPOCH by a lock request sent at SENT. */
 void lease_sm_acquired (struct lease_sm *sm, uint64_t sent, uint64_t epoch);
 
-/* A renewal sent at SENT succeeded: the lease now ends at SENT + the
- * duration, however late the answer came (never earlier than before).
+/* A renewal sent at SENT succeeded, answered at NOW: the lease now ends
+ * at SENT + the duration, however late the answer came (never earlier
+ * than before); if that end is not after NOW the state becomes LAPSED
+ * (see below), as the lock may have run out on the store meanwhile.
  * Or a renewal failed at NOW with ERR (-ENOENT: someone else took it;
  * -ESHUTDOWN: fenced; others: retry soon until expiry). */
-void lease_sm_renewed (struct lease_sm *sm, uint64_t sent);
+void lease_sm_renewed (struct lease_sm *sm, uint64_t sent, uint64_t now);
 void lease_sm_renew_failed (struct lease_sm *sm, uint64_t now, int err);
 
 /* A renewal that failed with -ENOENT at NOW, past our own expiry, means
@@ -116,11 +118,13 @@ void lease_sm_renew_failed (struct lease_sm *sm, uint64_t now, int err);
  * reads the header's epoch HEADER_EPOCH: if that is still ours nobody
  * else took the lease in between (every acquisition grows the epoch
  * before its first write), and the lease is HELD again with NEW_EPOCH
- * (the caller wrote it on the header); otherwise it is LOST.  Returns
+ * (the caller wrote it on the header); otherwise it is LOST.  If that
+ * lease, counted from SENT, has already ended at NOW, the state stays
+ * LAPSED with NEW_EPOCH as ours, to take the lock once more.  Returns
  * whether it is held again.  A failed attempt at NOW with ERR: -EBUSY
  * (someone else holds it) or -ESHUTDOWN (fenced) lose the lease, others
  * are retried soon. */
-bool lease_sm_retaken (struct lease_sm *sm, uint64_t sent,
+bool lease_sm_retaken (struct lease_sm *sm, uint64_t sent, uint64_t now,
                        uint64_t header_epoch, uint64_t new_epoch);
 void lease_sm_retake_failed (struct lease_sm *sm, uint64_t now, int err);
 

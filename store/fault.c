@@ -10,7 +10,14 @@
  *   nth=N                 the N-th matching call fails (default 1)
  *   sticky=1              and every matching call after it
  *   trigger=FILE          only while FILE exists
+ *   hold=FILE             store_lock calls only: the chosen one does not fail;
+ *                         it is made, and then its answer is held back
+ *                         while FILE exists (FILE.held exists meanwhile)
  * An empty SPEC injects nothing until store_fault_set() is called.
+ *
+ * A held answer is what a client sees when the store did the request
+ * but the reply was lost in an outage and the request sent again after
+ * it: the first result, late.
  *
  * Failing asynchronous calls complete through their callback, as a real
  * I/O error would.  Counting and the decision are under one mutex shared
@@ -33,6 +40,7 @@ struct fault_ctl {
   unsigned long nth;
   int sticky;
   char *trigger;
+  char *hold;                          /* hold=FILE */
   unsigned long seen;                  /* matching calls since set */
   unsigned long calls[5];              /* per class, ever */
   uint64_t read_bytes;                 /* returned by reads, sync or aio */
@@ -132,12 +140,14 @@ parse_spec (struct fault_ctl *c, const char *spec, size_t len)
       c->sticky = atoi (eq) != 0;
     else if (strcmp (tok, "trigger") == 0)
       c->trigger = strdup (eq);
+    else if (strcmp (tok, "hold") == 0)
+      c->hold = strdup (eq);
     else
       goto bad;
     continue;
   bad:
     vbk_set_error ("store: fault: bad spec item '%s' (expected op=, err=, "
-                   "nth=, sticky=, trigger=)", tok);
+                   "nth=, sticky=, trigger=, hold=)", tok);
     return -EINVAL;
   }
   return 0;
@@ -169,6 +179,7 @@ fault_open (const char *arg, void **hp)
     r = store_open (at + 1, &f->inner);
   if (r < 0) {
     free (f->ctl->trigger);
+    free (f->ctl->hold);
     free (f->ctl);
     free (f);
     return r;
@@ -205,6 +216,7 @@ fault_close (void *h)
   if (f->owner) {
     pthread_mutex_destroy (&f->ctl->lock);
     free (f->ctl->trigger);
+    free (f->ctl->hold);
     free (f->ctl);
   }
   free (f);
@@ -223,6 +235,8 @@ fault_control (void *h, unsigned ops, int err, unsigned long nth,
   c->sticky = sticky;
   free (c->trigger);
   c->trigger = trigger_file ? strdup (trigger_file) : NULL;
+  free (c->hold);
+  c->hold = NULL;
   c->seen = 0;
   pthread_mutex_unlock (&c->lock);
   return 0;
@@ -256,9 +270,12 @@ fault_read_bytes (void *h)
 }
 
 /* Counts a call of CLASS; returns the injected -errno (with a message)
- * if this call is to fail, else 0. */
+ * if this call is to fail, else 0.  With hold= a chosen lock call does
+ * not fail: *HOLD gets a copy of the file to wait for (the caller frees
+ * it).  Only store_lock passes HOLD; with hold= no other call counts. */
 static int
-inject (struct fault *f, unsigned class, const char *op, const char *oid)
+inject_hold (struct fault *f, unsigned class, const char *op,
+             const char *oid, char **hold)
 {
   struct fault_ctl *c = f->ctl;
   int fail = 0, err;
@@ -268,10 +285,14 @@ inject (struct fault *f, unsigned class, const char *op, const char *oid)
   for (i = 0; i < 5; i++)
     if (class == (1u << i))
       c->calls[i]++;
-  if ((c->ops & class)
+  if ((c->ops & class) && (c->hold == NULL || hold != NULL)
       && (c->trigger == NULL || access (c->trigger, F_OK) == 0)) {
     c->seen++;
     fail = c->seen == c->nth || (c->sticky && c->seen > c->nth);
+    if (fail && c->hold) {
+      *hold = strdup (c->hold);
+      fail = 0;
+    }
   }
   err = c->err;
   pthread_mutex_unlock (&c->lock);
@@ -279,6 +300,31 @@ inject (struct fault *f, unsigned class, const char *op, const char *oid)
     return 0;
   return vbk_errno (err, "store fault: %s: %s: injected fault", op,
                     oid ? oid : "-");
+}
+
+static int
+inject (struct fault *f, unsigned class, const char *op, const char *oid)
+{
+  return inject_hold (f, class, op, oid, NULL);
+}
+
+/* Holds an answer while FILE exists; FILE.held shows that one waits. */
+static void
+hold_answer (char *file)
+{
+  char held[4096];
+  FILE *fp;
+
+  if (file == NULL)
+    return;
+  snprintf (held, sizeof held, "%s.held", file);
+  fp = fopen (held, "w");
+  if (fp)
+    fclose (fp);
+  while (access (file, F_OK) == 0)
+    usleep (10000);
+  unlink (held);
+  free (file);
 }
 
 #define INJECT(class, op, oid)                  \
@@ -516,8 +562,15 @@ fault_lock (void *h, const char *oid, const char *name, const char *cookie,
             const char *desc, uint32_t duration_ms, unsigned flags)
 {
   struct fault *f = h;
-  INJECT (STORE_OP_LOCK, "lock", oid);
-  return store_lock (f->inner, oid, name, cookie, desc, duration_ms, flags);
+  char *hold = NULL;
+  int r;
+
+  r = inject_hold (f, STORE_OP_LOCK, "lock", oid, &hold);
+  if (r < 0)
+    return r;
+  r = store_lock (f->inner, oid, name, cookie, desc, duration_ms, flags);
+  hold_answer (hold);
+  return r;
 }
 
 static int

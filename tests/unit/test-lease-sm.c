@@ -35,7 +35,7 @@ test_renew_schedule (void **state)
   /* Nothing until a quarter of the duration, then renew. */
   assert_int_equal (lease_sm_tick (&sm, T0 + 2999), LEASE_ACT_NONE);
   assert_int_equal (lease_sm_tick (&sm, T0 + 3000), LEASE_ACT_RENEW);
-  lease_sm_renewed (&sm, T0 + 3001);
+  lease_sm_renewed (&sm, T0 + 3001, T0 + 3001);
   assert_int_equal (sm.expires_ms, T0 + 3001 + 12000);
   assert_int_equal (lease_sm_tick (&sm, T0 + 6000), LEASE_ACT_NONE);
   assert_int_equal (lease_sm_tick (&sm, T0 + 6001), LEASE_ACT_RENEW);
@@ -59,7 +59,7 @@ test_expiry_counts_from_send (void **state)
   assert_int_equal (lease_sm_tick (&sm, sent), LEASE_ACT_RENEW);
   /* The answer arrives 9 s later. */
   assert_int_equal (lease_sm_tick (&sm, sent + 9000), LEASE_ACT_RENEW);
-  lease_sm_renewed (&sm, sent);
+  lease_sm_renewed (&sm, sent, sent + 9000);
   assert_int_equal (sm.expires_ms, sent + VBK_LEASE_DURATION_MS);
   assert_true (sm.expires_ms < sent + 9000 + VBK_LEASE_DURATION_MS);
   assert_int_equal (sm.renew_at_ms, sent + sm.renew_ms);
@@ -67,8 +67,8 @@ test_expiry_counts_from_send (void **state)
   assert_int_equal (lease_sm_tick (&sm, sent + 9000), LEASE_ACT_RENEW);
   /* An older renewal's answer arriving after a newer one's does not
    * pull the end back. */
-  lease_sm_renewed (&sm, sent + 9000);
-  lease_sm_renewed (&sm, sent + 100);
+  lease_sm_renewed (&sm, sent + 9000, sent + 9000);
+  lease_sm_renewed (&sm, sent + 100, sent + 9000);
   assert_int_equal (sm.expires_ms, sent + 9000 + VBK_LEASE_DURATION_MS);
   /* The acquisition itself counts from its lock request's send. */
   lease_sm_init (&sm, 0, false, 0, 0);
@@ -100,7 +100,7 @@ test_one_timed_out_renewal (void **state)
   /* Writes were admitted all along. */
   for (uint64_t u = T0; u <= answered; u += 50)
     assert_true (lease_sm_may_write (&sm, u));
-  lease_sm_renewed (&sm, t);
+  lease_sm_renewed (&sm, t, answered);
   assert_int_equal (sm.state, LEASE_HELD);
   assert_int_equal (sm.expires_ms, t + VBK_LEASE_DURATION_MS);
   assert_true (lease_sm_may_write (&sm, answered));
@@ -129,7 +129,7 @@ test_write_stop_margin (void **state)
    * renewal that lands then lets writes go on. */
   lease_sm_renew_failed (&sm, stop, -ETIMEDOUT);
   assert_int_equal (sm.state, LEASE_HELD);
-  lease_sm_renewed (&sm, stop);
+  lease_sm_renewed (&sm, stop, stop);
   assert_true (lease_sm_may_write (&sm, stop + 1));
   /* Unrenewed to the end: lost, and no write is admitted again. */
   stop = lease_sm_write_stop (&sm);
@@ -226,7 +226,7 @@ test_lapse_retaken (void **state)
   now += VBK_LEASE_RENEW_RETRY_MS;
   /* Taken, the header's epoch still ours: held again, with the grown
    * epoch, the lease counted from this send, writes admitted. */
-  assert_true (lease_sm_retaken (&sm, now, 7, 8));
+  assert_true (lease_sm_retaken (&sm, now, now, 7, 8));
   assert_int_equal (sm.state, LEASE_HELD);
   assert_int_equal (sm.epoch, 8);
   assert_int_equal (sm.expires_ms, now + 4000);
@@ -235,7 +235,7 @@ test_lapse_retaken (void **state)
   assert_int_equal (lease_sm_tick (&sm, now + 4000 / VBK_LEASE_RENEW_DIVISOR),
                     LEASE_ACT_RENEW);
   /* Retaken only from a lapse. */
-  assert_false (lease_sm_retaken (&sm, now, 8, 9));
+  assert_false (lease_sm_retaken (&sm, now, now, 8, 9));
   assert_int_equal (sm.state, LEASE_HELD);
 }
 
@@ -246,7 +246,7 @@ test_lapse_epoch_moved (void **state)
   uint64_t now = lapse (&sm);
 
   /* Someone else took the lease in between (and let it go): lost. */
-  assert_false (lease_sm_retaken (&sm, now, 8, 8));
+  assert_false (lease_sm_retaken (&sm, now, now, 8, 8));
   assert_int_equal (sm.state, LEASE_LOST);
   assert_false (lease_sm_may_write (&sm, now));
   assert_int_equal (lease_sm_tick (&sm, now + 1000), LEASE_ACT_NONE);
@@ -263,6 +263,69 @@ test_lapse_epoch_moved (void **state)
   lease_sm_init (&sm, 4000, false, 0, 0);
   lease_sm_acquired (&sm, T0, 7);
   lease_sm_renew_failed (&sm, T0 + 3999, -ENOENT);
+  assert_int_equal (sm.state, LEASE_LOST);
+}
+
+/* A renewal held by the store through an outage longer than the lease
+ * and then answered with success (its answer was lost and the request
+ * resent, so the store replays the first result): the lease it gives
+ * ended before the answer, so the lock may have run out meanwhile.  A
+ * lapse, not a loss, and never held with an end in the past. */
+static void
+test_late_renewal_lapses (void **state)
+{
+  struct lease_sm sm;
+  uint64_t sent = T0 + 1000, now = T0 + 12000;
+
+  lease_sm_init (&sm, 4000, false, 0, 0);
+  lease_sm_acquired (&sm, T0, 7);
+  assert_int_equal (lease_sm_tick (&sm, sent), LEASE_ACT_RENEW);
+  lease_sm_renewed (&sm, sent, now);
+  assert_int_equal (sm.state, LEASE_LAPSED);
+  assert_false (lease_sm_may_write (&sm, now));
+  assert_int_equal (lease_sm_tick (&sm, now), LEASE_ACT_RETAKE);
+  assert_true (lease_sm_retaken (&sm, now, now + 5, 7, 8));
+  assert_int_equal (sm.state, LEASE_HELD);
+  assert_int_equal (sm.expires_ms, now + 4000);
+  assert_true (lease_sm_may_write (&sm, now + 5));
+  /* Answered just before its end: still held, writes wait for the next
+   * renewal (past the write-stop), which is due at once. */
+  lease_sm_init (&sm, 4000, false, 0, 0);
+  lease_sm_acquired (&sm, T0, 7);
+  lease_sm_renewed (&sm, sent, sent + 3999);
+  assert_int_equal (sm.state, LEASE_HELD);
+  assert_false (lease_sm_may_write (&sm, sent + 3999));
+  assert_int_equal (lease_sm_tick (&sm, sent + 3999), LEASE_ACT_RENEW);
+  /* A releasing holder is not retaken: it gives the lease up anyway. */
+  lease_sm_init (&sm, 4000, false, 0, 0);
+  lease_sm_acquired (&sm, T0, 7);
+  lease_sm_release_request (&sm, true);
+  lease_sm_renewed (&sm, sent, now);
+  assert_int_equal (sm.state, LEASE_RELEASING);
+}
+
+/* The retake itself answered only after the lease it gives ended: stay
+ * lapsed, with the epoch written under the lock as ours, and take the
+ * lock once more; the header then shows that epoch. */
+static void
+test_late_retake (void **state)
+{
+  struct lease_sm sm;
+  uint64_t now = lapse (&sm);
+
+  assert_false (lease_sm_retaken (&sm, now, now + 4000, 7, 8));
+  assert_int_equal (sm.state, LEASE_LAPSED);
+  assert_int_equal (sm.epoch, 8);
+  assert_false (lease_sm_may_write (&sm, now + 4000));
+  assert_int_equal (lease_sm_tick (&sm, now + 4000), LEASE_ACT_RETAKE);
+  now += 4000;
+  assert_true (lease_sm_retaken (&sm, now, now + 10, 8, 9));
+  assert_int_equal (sm.state, LEASE_HELD);
+  assert_int_equal (sm.epoch, 9);
+  /* Had anyone else held it in between, the epoch would have moved. */
+  now = lapse (&sm);
+  assert_false (lease_sm_retaken (&sm, now, now + 4000, 7, 8));
+  assert_false (lease_sm_retaken (&sm, now + 4000, now + 4001, 9, 10));
   assert_int_equal (sm.state, LEASE_LOST);
 }
 
@@ -380,6 +443,8 @@ main (void)
     cmocka_unit_test (test_lost_to_fence_or_taker),
     cmocka_unit_test (test_lapse_retaken),
     cmocka_unit_test (test_lapse_epoch_moved),
+    cmocka_unit_test (test_late_renewal_lapses),
+    cmocka_unit_test (test_late_retake),
     cmocka_unit_test (test_handoff),
     cmocka_unit_test (test_exclusive),
     cmocka_unit_test (test_takeover_decisions),

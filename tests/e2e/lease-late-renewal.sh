@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# lease-late-renewal.sh - a lease renewal that the store did but answered
+# only after the lease it gives had ended must not fail a client write
+# (VBK_TEST_BACKENDS).
+#
+# What happens in an OSD outage longer than the lease: the renewal sent
+# just before it reached the OSDs and was done, but its answer was lost;
+# librados sends it again once the OSDs are back, and the OSD answers
+# with the first result, success, long after the lease ran out.  Here
+# the fault store makes that answer late on purpose (hold=FILE: the
+# lock request is made, its answer waits while FILE exists).  A writer
+# (tests/tools/pattern-io.py) keeps 8 verified writes in flight; its
+# writes stop at the lease's write-stop and wait, and when the answer
+# comes the lease is taken again (the epoch is still ours) and the
+# stream goes on: no failed write, and everything reads back.  Before,
+# the late success was taken as a renewal that ended in the past, the
+# next tick expired the lease, and the waiting writes failed with EIO.
+
+. "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
+
+PY=$(python_with_nbd)
+PIO=$VBK_SRC/tests/tools/pattern-io.py
+blocks=1024
+hold=$TEST_DIR/hold
+inner=$(new_store)
+store="fault:op=lock,hold=$hold,trigger=$hold@$inner"
+
+vbk --store "$inner" image create disk --size 16M --object-size 1M >/dev/null
+sock=$TEST_DIR/blockd.sock
+uri="nbd+unix:///disk?socket=$sock"
+start_blockd pid "$sock" --host-id hostA --lease-duration 2
+
+progress () { cat "$TEST_DIR/progress" 2>/dev/null || echo "0 0 0"; }
+acked () { read -r a f q < <(progress); echo "$a"; }
+more_acked ()
+{
+  local i
+  for ((i = 0; i < ${2:-60} * 10; i++)); do
+    [ "$(acked)" -gt "$1" ] && return 0
+    kill -0 "$writer" 2>/dev/null || fail "the writer ended: $(cat "$TEST_DIR/writer.out")"
+    sleep 0.1
+  done
+  fail "no write acknowledged past $1 in ${2:-60} s (progress: $(progress))"
+}
+
+"$PY" "$PIO" write "$uri" 1 "$TEST_DIR/record.json" --blocks $blocks \
+  --until "$TEST_DIR/stop" --progress "$TEST_DIR/progress" \
+  >"$TEST_DIR/writer.out" 2>&1 &
+writer=$!
+more_acked 50
+
+# The next lock request (a renewal: the writer holds the lease) is made
+# and its answer held back for twice the lease.
+touch "$hold"
+for ((i = 0; i < 100; i++)); do
+  [ -e "$hold.held" ] && break
+  sleep 0.1
+done
+[ -e "$hold.held" ] || fail "no lock request was held in 10 s"
+sleep 4
+read -r a f q < <(progress)
+[ "$f" -eq 0 ] || fail "the client saw $f failed writes while the renewal hung"
+kill -0 "$writer" 2>/dev/null || fail "the writer ended: $(cat "$TEST_DIR/writer.out")"
+[ "$q" -gt 0 ] || fail "no write waits while the renewal hangs (progress: $a $f $q)"
+echo "renewal held 4 s: the stream stands at $a writes, $q in flight"
+rm -f "$hold"
+more_acked "$a" 30
+read -r a f q < <(progress)
+[ "$f" -eq 0 ] || fail "the client saw $f failed writes after the late renewal"
+grep -q "answered only after the lease it gives had ended" "$TEST_DIR/blockd.log" ||
+  fail "the late renewal is not logged: $(tail -5 "$TEST_DIR/blockd.log")"
+grep -q "taken again after the lapse" "$TEST_DIR/blockd.log" ||
+  fail "the lease was not taken again: $(tail -5 "$TEST_DIR/blockd.log")"
+
+touch "$TEST_DIR/stop"
+wait "$writer" || fail "writer failed: $(cat "$TEST_DIR/writer.out")"
+cat "$TEST_DIR/writer.out"
+grep -q 'ended by stopped$' "$TEST_DIR/writer.out" ||
+  fail "the stream ended by an error: $(cat "$TEST_DIR/writer.out")"
+"$PY" "$PIO" verify "$uri" "$TEST_DIR/record.json" "$TEST_DIR/state.json" \
+  --blocks $blocks || fail "data lost or corrupted"
+stop_blockd pid
+echo "lease-late-renewal: ok"
