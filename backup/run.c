@@ -45,6 +45,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/workq.h"
 #include "snapshot/snapshot.h"
 #include "internal.h"
 
@@ -407,6 +408,7 @@ cbt_check (struct writer *w, const unsigned char *dirty)
 /* Unchanged chunks must still be in the repository: touch them, and
  * write them again from the snapshot where they are missing or bad. */
 struct keep_work {
+  struct workq_item wq;
   struct writer *w;
   uint64_t idx;
   _Atomic int *err;
@@ -415,9 +417,9 @@ struct keep_work {
 };
 
 static void
-keep_one (void *arg)
+keep_one (struct workq_item *wq)
 {
-  struct keep_work *k = arg;
+  struct keep_work *k = workq_entry (wq, struct keep_work, wq);
   struct writer *w = k->w;
   unsigned char *d = w->ix.digest[k->idx], nd[BACKUP_DIGEST_LEN];
   uint64_t cs = w->ix.chunk_size;
@@ -457,7 +459,7 @@ keep_one (void *arg)
 static int
 keep_unchanged (struct writer *w, const unsigned char *dirty)
 {
-  struct copy_queue *q;
+  struct workq *q;
   struct keep_work *works;
   pthread_mutex_t mlock = PTHREAD_MUTEX_INITIALIZER;
   _Atomic int err = 0;
@@ -469,17 +471,23 @@ keep_unchanged (struct writer *w, const unsigned char *dirty)
     return vbk_errno (-ENOMEM, "backup");
   /* Touching is a round trip or a sync per chunk, not bandwidth: more
    * threads than for copying. */
-  if ((e = copy_queue_new (KEEP_THREADS, 0, &q)) < 0) {
-    free (works);
-    return vbk_errno (e, "backup: threads");
+  {
+    struct workq_opts wo = { .name = "backup-keep", .threads = KEEP_THREADS,
+                             .max_queued = 2 * KEEP_THREADS };
+
+    if ((e = workq_new (&wo, &q)) < 0) {
+      free (works);
+      return vbk_error_prepend (e, "backup: ");
+    }
   }
   for (i = 0; i < w->ix.count && !err; i++) {
     if (dirty[i] || backup_digest_is_hole (w->ix.digest[i]))
       continue;
-    works[n] = (struct keep_work) { w, i, &err, msg, &mlock };
-    copy_queue_push (q, keep_one, &works[n++]);
+    works[n] = (struct keep_work) { .w = w, .idx = i, .err = &err,
+                                    .msg = msg, .mlock = &mlock };
+    workq_submit (q, &works[n++].wq, keep_one);
   }
-  copy_queue_free (q);
+  workq_free (q);
   free (works);
   if (err)
     vbk_set_error ("%s", msg);

@@ -22,6 +22,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/workq.h"
 #include "internal.h"
 
 struct item {
@@ -40,14 +41,15 @@ struct verify {
 };
 
 struct vwork {
+  struct workq_item wq;
   struct verify *v;
   size_t i;
 };
 
 static void
-check_one (void *arg)
+check_one (struct workq_item *wq)
 {
-  struct vwork *w = arg;
+  struct vwork *w = workq_entry (wq, struct vwork, wq);
   struct item *it = &w->v->it[w->i];
   void *buf = malloc (it->len);
 
@@ -112,7 +114,7 @@ backup_verify (struct backup_repo *r, const char *const *ids, size_t n,
   struct backup_manifest m;
   struct backup_index ix;
   struct backup_set badset;
-  struct copy_queue *q = NULL;
+  struct workq *q = NULL;
   struct vwork *works = NULL;
   size_t nl = 0, i, j, k, nsel;
   char hex[BACKUP_HEX_LEN + 1];
@@ -161,15 +163,20 @@ backup_verify (struct backup_repo *r, const char *const *ids, size_t n,
     e = vbk_errno (-ENOMEM, "verify");
     goto out;
   }
-  if ((e = copy_queue_new (4, 0, &q)) < 0) {
-    vbk_errno (e, "verify: threads");
-    goto out;
+  {
+    struct workq_opts wo = { .name = "verify", .threads = 4,
+                             .max_queued = 8 };
+
+    if ((e = workq_new (&wo, &q)) < 0) {
+      vbk_error_prepend (e, "verify: ");
+      goto out;
+    }
   }
   for (i = 0; i < nsel; i++) {
-    works[i] = (struct vwork) { &v, i };
-    copy_queue_push (q, check_one, &works[i]);
+    works[i] = (struct vwork) { .v = &v, .i = i };
+    workq_submit (q, &works[i].wq, check_one);
   }
-  copy_queue_free (q);
+  workq_free (q);
   res->checked = nsel;
   res->bytes = v.bytes;
 

@@ -33,6 +33,7 @@
 #include <urcu.h>
 #include <urcu/rculfhash.h>
 
+#include "common/workq.h"
 #include "image/image.h"
 #include "locks/lease.h"
 #include "snapshot/snapshot.h"
@@ -320,7 +321,8 @@ long nbd_srv_ratelimit (struct nbd_srv_ratelimit *rl);
 
 struct nbd_srv_req {
   struct nbd_srv_conn *conn;
-  struct nbd_srv_req *next;  /* free list, worker queue */
+  struct nbd_srv_req *next;  /* free list */
+  struct workq_item wq;      /* the workers' queue (workers.c) */
   atomic_uint holds;         /* the starter's, and a queued reply's */
   uint16_t flags;
   uint16_t type;

@@ -1,60 +1,54 @@
 /* SPDX-License-Identifier: MIT
  *
- * workers.c - a small pool of threads for the image calls that have no
- * asynchronous form (flush, trim, write zeroes).
+ * workers.c - the pool of threads for the image calls that have no
+ * asynchronous form (flush, trim, write zeroes), on common/workq.h.
  *
- * DESIGN: one FIFO of requests under a mutex and a condition variable;
- * each worker pops a request and calls the job function it was made
- * with (protocol.c's nbd_srv_req_run_sync, which does the call and
- * hands the reply to the connection; it never waits for a socket).  So a slow flush never stalls the reader
- * thread of a connection, and reads and writes (asynchronous through the
- * store's own threads) go on beside it.  Freeing drains the queue first.
+ * DESIGN: each request carries its queue item (struct nbd_srv_req.wq),
+ * so queueing allocates nothing; a worker calls the job function the
+ * pool was made with (protocol.c's nbd_srv_req_run_sync, which does the
+ * call and hands the reply to the connection; it never waits for a
+ * socket).  So a slow flush never stalls the reader thread of a
+ * connection, and reads and writes (asynchronous through the store's own
+ * threads) go on beside it.  The queue has no bound of its own: every
+ * connection has at most NBD_SRV_MAX_INFLIGHT requests in flight
+ * (nbd_srv_conn_wait_room, which is where a reader waits), so the pool
+ * holds at most that many per connection, and a reader never waits on
+ * the shared queue behind other clients' work.  Workers are RCU reader
+ * threads (the export table).  Freeing runs what is queued first.
  */
 #include <errno.h>
 #include <stdlib.h>
 
 #include "common/error.h"
+#include "common/workq.h"
 #include "internal.h"
 
 struct nbd_srv_workers {
   nbd_srv_job_fn run;
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  struct nbd_srv_req *head, *tail;
-  bool stop;
-  unsigned n;
-  pthread_t threads[];
+  struct workq *q;
 };
 
-static void *
-worker_main (void *arg)
+/* The pool of the worker running on this thread. */
+static __thread struct nbd_srv_workers *self;
+
+static void
+thread_start (void *arg)
 {
-  struct nbd_srv_workers *w = arg;
-
+  self = arg;
   rcu_register_thread ();
-  for (;;)
-    {
-      struct nbd_srv_req *r;
+}
 
-      pthread_mutex_lock (&w->lock);
-      while (!w->head && !w->stop)
-        pthread_cond_wait (&w->cond, &w->lock);
-      r = w->head;
-      if (!r)
-        {
-          pthread_mutex_unlock (&w->lock);
-          break;
-        }
-      w->head = r->next;
-      if (!w->head)
-        w->tail = NULL;
-      pthread_mutex_unlock (&w->lock);
-
-      r->next = NULL;
-      w->run (r);
-    }
+static void
+thread_stop (void *arg)
+{
   rcu_unregister_thread ();
-  return NULL;
+  self = NULL;
+}
+
+static void
+run_req (struct workq_item *it)
+{
+  self->run (workq_entry (it, struct nbd_srv_req, wq));
 }
 
 int
@@ -62,28 +56,23 @@ nbd_srv_workers_new (unsigned n, nbd_srv_job_fn run,
                      struct nbd_srv_workers **out)
 {
   struct nbd_srv_workers *w;
-  unsigned i;
+  struct workq_opts o = {
+    .name = "blockd-sync", .threads = n ? n : 1,
+    .thread_start = thread_start, .thread_stop = thread_stop,
+  };
   int r;
 
-  if (n == 0)
-    n = 1;
-  w = calloc (1, sizeof *w + n * sizeof (pthread_t));
+  w = calloc (1, sizeof *w);
   if (!w)
     return -ENOMEM;
   w->run = run;
-  pthread_mutex_init (&w->lock, NULL);
-  pthread_cond_init (&w->cond, NULL);
-  for (i = 0; i < n; i++)
+  o.arg = w;
+  r = workq_new (&o, &w->q);
+  if (r < 0)
     {
-      r = pthread_create (&w->threads[i], NULL, worker_main, w);
-      if (r)
-        {
-          w->n = i;
-          nbd_srv_workers_free (w);
-          return vbk_errno (-r, "blockd: workers: pthread_create");
-        }
+      free (w);
+      return vbk_error_prepend (r, "blockd: workers: ");
     }
-  w->n = n;
   *out = w;
   return 0;
 }
@@ -91,31 +80,17 @@ nbd_srv_workers_new (unsigned n, nbd_srv_job_fn run,
 void
 nbd_srv_workers_free (struct nbd_srv_workers *w)
 {
-  unsigned i;
-
   if (!w)
     return;
-  pthread_mutex_lock (&w->lock);
-  w->stop = true;
-  pthread_cond_broadcast (&w->cond);
-  pthread_mutex_unlock (&w->lock);
-  for (i = 0; i < w->n; i++)
-    pthread_join (w->threads[i], NULL);
-  pthread_mutex_destroy (&w->lock);
-  pthread_cond_destroy (&w->cond);
+  workq_free (w->q);
   free (w);
 }
 
 void
 nbd_srv_workers_queue (struct nbd_srv_workers *w, struct nbd_srv_req *req)
 {
-  req->next = NULL;
-  pthread_mutex_lock (&w->lock);
-  if (w->tail)
-    w->tail->next = req;
-  else
-    w->head = req;
-  w->tail = req;
-  pthread_cond_signal (&w->cond);
-  pthread_mutex_unlock (&w->lock);
+  /* Refused only once the pool is being freed, when no connection is
+   * left; should it happen, the call runs here rather than be lost. */
+  if (workq_submit (w->q, &req->wq, run_req) < 0)
+    w->run (req);
 }

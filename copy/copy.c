@@ -7,13 +7,20 @@
  * (or the given ranges) and turns them into a sorted list of pieces, each
  * inside one aligned slot [k*piece, (k+1)*piece), marked data or hole.
  * With whole_pieces a slot with any allocated byte becomes one whole data
- * piece (a backup hashes whole chunks).  It then pushes the pieces to a
- * copy_queue; each worker reads a data piece into a buffer from a small
- * pool, and writes it, or zeroes the range when the piece is all zeros
- * (skip_zero) and the destination is not already zero.  Holes are zeroed
- * unless dst_zeroed.  The caller's thread prints progress on the queue's
- * tick.  The first error stops the remaining pieces; its vbk_error()
- * message is copied from the worker's thread to the caller's.
+ * piece (a backup hashes whole chunks).  Holes need no piece when the
+ * destination already reads as zeros (dst_zeroed): they only count as
+ * covered, so a 1 TiB image with one object plans one piece.  It then
+ * submits the pieces to a bounded workq (twice as many waiting as there
+ * are threads: enough to keep them busy, little memory); each worker
+ * reads a data piece into a buffer from a small pool, and writes it, or
+ * with skip_zero leaves out what is all zeros: the whole piece, or with
+ * zero_block each aligned run of all-zero blocks inside it (zeroing it
+ * instead when the destination is not already zero).  Holes are zeroed
+ * unless dst_zeroed.  The caller's thread checks for an interruption and
+ * prints progress after each submission and while it waits (progress is
+ * rate-limited in progress.c).  The first error stops the remaining
+ * pieces; its vbk_error() message is copied from the worker's thread to
+ * the caller's.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -24,10 +31,13 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/workq.h"
 #include "copy.h"
 
 #define PIECE_DEFAULT (4u << 20)
 #define THREADS_DEFAULT 4
+/* How often the caller's thread wakes up while it waits for workers. */
+#define TICK_NS 200000000ull
 
 struct piece {
   uint64_t off, len;
@@ -41,6 +51,7 @@ struct job {
   struct piece *p;
   size_t n, cap;
   uint64_t last_data_slot;      /* whole_pieces: last slot planned + 1 */
+  uint64_t skipped;             /* hole bytes left out of the plan */
 
   pthread_mutex_t lock;
   int err;
@@ -109,6 +120,10 @@ add_range (struct job *j, uint64_t off, uint64_t len, int data)
     if (e > j->last_data_slot)
       j->last_data_slot = e;
     return 0;
+  }
+  if (!data && j->o->dst_zeroed) {
+    j->skipped += end > off ? end - off : 0;
+    return 0;                   /* nothing to do, see DESIGN */
   }
   while (off < end) {
     n = MIN (end - off, j->piece - off % j->piece);
@@ -246,15 +261,64 @@ do_zero (struct job *j, uint64_t off, uint64_t len, void *buf)
   return d->pwrite (j->dst->h, buf, len, off);
 }
 
+/* Writes [OFF, OFF+LEN) of BUF to OFF of the destination. */
+static int
+do_write (struct job *j, const unsigned char *buf, uint64_t off, size_t len)
+{
+  j->written += len;
+  return j->dst->ops->pwrite (j->dst->h, buf, len, off);
+}
+
+/* Writes the data piece P read into BUF.  With skip_zero, what is all
+ * zeros is zeroed instead (nothing if dst_zeroed): the whole piece, or
+ * with zero_block each run of aligned all-zero blocks, so a write never
+ * carries a zero block and each run is one call. */
+static int
+write_piece (struct job *j, const struct piece *p, unsigned char *buf)
+{
+  uint64_t zb = j->o->zero_block;
+  size_t i = 0, start, bl;
+  int zero, z, r;
+
+  if (!j->o->skip_zero)
+    return do_write (j, buf, p->off, p->len);
+  if (copy_is_zero (buf, p->len))
+    return do_zero (j, p->off, p->len, buf);
+  if (zb == 0 || zb >= p->len)
+    return do_write (j, buf, p->off, p->len);
+  while (i < p->len) {
+    start = i;
+    zero = -1;
+    /* A run of blocks of one kind; blocks are aligned to ZB in the whole
+     * source, so the first and last of a piece may be shorter. */
+    while (i < p->len) {
+      bl = MIN (zb - (p->off + i) % zb, p->len - i);
+      z = copy_is_zero (buf + i, bl);
+      if (zero >= 0 && z != zero)
+        break;
+      zero = z;
+      i += bl;
+    }
+    if (zero)
+      r = do_zero (j, p->off + start, i - start, buf + start);
+    else
+      r = do_write (j, buf + start, p->off + start, i - start);
+    if (r < 0)
+      return r;
+  }
+  return 0;
+}
+
 struct work {
+  struct workq_item wq;
   struct job *j;
   size_t i;
 };
 
 static void
-copy_piece (void *arg)
+copy_piece (struct workq_item *it)
 {
-  struct work *w = arg;
+  struct work *w = workq_entry (it, struct work, wq);
   struct job *j = w->j;
   struct piece *p = &j->p[w->i];
   void *buf;
@@ -273,12 +337,7 @@ copy_piece (void *arg)
     r = (int) n;
   else {
     j->read += p->len;
-    if (j->o->skip_zero && copy_is_zero (buf, p->len))
-      r = do_zero (j, p->off, p->len, buf);
-    else {
-      j->written += p->len;
-      r = j->dst->ops->pwrite (j->dst->h, buf, p->len, p->off);
-    }
+    r = write_piece (j, p, buf);
   }
   if (r < 0)
     set_failed (j, r);
@@ -304,9 +363,9 @@ copy_run (struct copy_endpoint *src, struct copy_endpoint *dst,
           const struct copy_opts *o, struct copy_result *res)
 {
   struct job j = { .src = src, .dst = dst, .o = o };
-  struct copy_queue *q = NULL;
+  struct workq *q = NULL;
   struct work *works = NULL;
-  uint64_t start = now_mono_ns (), total = 0;
+  uint64_t start = now_mono_ns (), total = 0, data = 0;
   unsigned threads = o->threads ? o->threads : THREADS_DEFAULT;
   size_t i;
   int r;
@@ -318,8 +377,12 @@ copy_run (struct copy_endpoint *src, struct copy_endpoint *dst,
   pthread_mutex_init (&j.lock, NULL);
   if ((r = plan (&j)) < 0)
     goto out;
-  for (i = 0; i < j.n; i++)
+  for (i = 0; i < j.n; i++) {
     total += j.p[i].len;
+    if (j.p[i].data)
+      data += j.p[i].len;
+  }
+  total += j.skipped;
   log_debug ("copy %s -> %s: %zu pieces, %llu bytes, %u threads", src->name,
              dst->name, j.n, (unsigned long long) total, threads);
   j.bufs = calloc (threads + 2 * threads + 1, sizeof *j.bufs);
@@ -328,18 +391,28 @@ copy_run (struct copy_endpoint *src, struct copy_endpoint *dst,
     r = vbk_errno (-ENOMEM, "copy");
     goto out;
   }
+  j.done = j.skipped;
   copy_progress_start (&j.prog, o->progress, o->label, total);
-  if ((r = copy_queue_new (threads, 2 * threads, &q)) < 0) {
-    vbk_errno (r, "copy: starting threads");
-    goto out;
+  {
+    struct workq_opts wo = { .name = "copy", .threads = threads,
+                             .max_queued = 2 * threads };
+
+    if ((r = workq_new (&wo, &q)) < 0)
+      goto out;
   }
-  copy_queue_set_tick (q, tick, &j);
   for (i = 0; i < j.n && !failed (&j); i++) {
-    works[i] = (struct work) { &j, i };
-    copy_queue_push (q, copy_piece, &works[i]);
+    works[i] = (struct work) { .j = &j, .i = i };
+    while (workq_submit_timed (q, &works[i].wq, copy_piece, TICK_NS)
+           == -EAGAIN)
+      tick (&j);
+    tick (&j);
   }
-  copy_queue_free (q);
+  while (workq_drain (q, TICK_NS) == -ETIMEDOUT)
+    tick (&j);
+  workq_free (q);
   q = NULL;
+  /* A signal during the last pieces still stops the copy. */
+  tick (&j);
   if ((r = failed (&j)) == 0 && dst->ops->flush)
     r = dst->ops->flush (dst->h);
   else if (r < 0)
@@ -351,6 +424,7 @@ copy_run (struct copy_endpoint *src, struct copy_endpoint *dst,
     res->read = j.read;
     res->written = j.written;
     res->zeroed = j.zeroed;
+    res->holes = total - data;
     res->elapsed_ns = now_mono_ns () - start;
   }
   for (i = 0; i < j.nbufs; i++)

@@ -7,10 +7,11 @@
  * snapshot, a local file or block device, memory (tests), a backup.
  * copy_run() walks the source's allocated extents (or a given list of
  * ranges), cuts them into pieces aligned to multiples of the piece size
- * from offset 0, and has a pool of worker threads (struct copy_queue)
+ * from offset 0, and has worker threads (a bounded common/workq.h queue)
  * read each piece from the source and write it to the destination,
- * skipping pieces that are all zeros when asked.  Progress is built in:
- * a bar with rate and ETA on a terminal, or one JSON line a second.
+ * leaving out pieces, or aligned blocks inside them, that are all zeros
+ * when asked.  Progress is built in: a bar with rate and ETA on a
+ * terminal, or one JSON line a second.
  *
  * Errors: 0 or -errno with vbk_error() set on the calling thread (a
  * worker's message is carried over to the caller).
@@ -24,24 +25,6 @@
 #include <sys/types.h>
 
 #include "image/image.h"
-
-/* ---- Worker queue --------------------------------------------------------
- * THREADS threads run work items pushed into a queue of at most DEPTH
- * items; copy_queue_push blocks while the queue is full. */
-struct copy_queue;
-
-typedef void (*copy_work_fn) (void *arg);
-/* Called about every 200 ms by a thread blocked in push or wait. */
-typedef void (*copy_tick_fn) (void *arg);
-
-int copy_queue_new (unsigned threads, unsigned depth, struct copy_queue **out);
-void copy_queue_set_tick (struct copy_queue *q, copy_tick_fn fn, void *arg);
-/* Returns 0, or -ENOMEM. */
-int copy_queue_push (struct copy_queue *q, copy_work_fn fn, void *arg);
-/* Waits until every pushed item has run. */
-void copy_queue_wait (struct copy_queue *q);
-/* Waits, stops the threads and frees.  NULL is a no-op. */
-void copy_queue_free (struct copy_queue *q);
 
 /* ---- Endpoints ---------------------------------------------------------- */
 
@@ -85,6 +68,14 @@ int copy_endpoint_snapshot (struct store *st, const char *image,
 #define COPY_FILE_CREATE 2u       /* create/truncate to SIZE (files) */
 int copy_endpoint_file (const char *path, unsigned flags, uint64_t size,
                         struct copy_endpoint **out);
+
+/* An open file descriptor FD of a regular file or block device,
+ * borrowed: closing the endpoint leaves FD open.  NAME is for messages.
+ * The size is the file's now (a block device's size).  Reading past the
+ * end of a file that shrank meanwhile is an error (-EIO).  Writing needs
+ * FD open for writing.  Errors: -EINVAL (neither a file nor a block
+ * device), or fstat's. */
+int copy_endpoint_fd (int fd, const char *name, struct copy_endpoint **out);
 
 /* BUF of SIZE bytes (caller owns it; must outlive the endpoint). */
 int copy_endpoint_memory (void *buf, uint64_t size,
@@ -140,6 +131,12 @@ struct copy_opts {
   enum copy_progress_mode progress;
   const char *label;              /* for progress and messages */
   int (*interrupted) (void);      /* non-zero stops the copy (-EINTR) */
+  uint64_t zero_block;            /* with skip_zero: all-zero aligned
+                                     blocks of this size (a power of two
+                                     below the piece size) inside a data
+                                     piece are not written either;
+                                     0: whole pieces only */
+  /* New members only at the end. */
 };
 
 struct copy_result {
@@ -147,6 +144,8 @@ struct copy_result {
   uint64_t read;                  /* bytes read from the source */
   uint64_t written;               /* bytes written (pwrite) */
   uint64_t zeroed;                /* bytes zeroed (zero op or zeros) */
+  uint64_t holes;                 /* bytes of holes in the source (not
+                                     read; nothing to do with dst_zeroed) */
   uint64_t elapsed_ns;
 };
 

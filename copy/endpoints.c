@@ -8,10 +8,14 @@
  * file endpoint asks SEEK_DATA/SEEK_HOLE (everything is data where the
  * file system cannot say) and punches holes for zero, memory is for unit
  * tests.  Every operation is thread-safe: pread/pwrite on a file, the
- * image library, or disjoint ranges of memory.
+ * image library, or disjoint ranges of memory.  A file endpoint opens
+ * its file by path (and owns the descriptor) or borrows a descriptor the
+ * caller opened (import and export open, check and replace their files
+ * themselves).
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -163,6 +167,7 @@ copy_endpoint_snapshot (struct store *st, const char *image,
 
 struct file_ep {
   int fd;
+  int owned;                    /* close FD with the endpoint */
   uint64_t size;
   int is_blk;
   char path[256];
@@ -180,11 +185,14 @@ file_pread (void *h, void *buf, size_t len, uint64_t off)
     if (n < 0) {
       if (errno == EINTR)
         continue;
-      return vbk_errno (-errno, "read %s", f->path);
+      return vbk_errno (-errno, "%s: read at %" PRIu64, f->path,
+                        off + done);
     }
-    if (n == 0) {               /* past the end of the file: zeros */
-      memset ((char *) buf + done, 0, len - done);
-      break;
+    if (n == 0) {
+      /* The size was known when the copy began: the file shrank. */
+      vbk_set_error ("%s: unexpected end of file at %" PRIu64 " (did it "
+                     "shrink during the copy?)", f->path, off + done);
+      return -EIO;
     }
     done += n;
   }
@@ -203,7 +211,8 @@ file_pwrite (void *h, const void *buf, size_t len, uint64_t off)
     if (n < 0) {
       if (errno == EINTR)
         continue;
-      return vbk_errno (-errno, "write %s", f->path);
+      return vbk_errno (-errno, "%s: write at %" PRIu64, f->path,
+                        off + done);
     }
     done += n;
   }
@@ -216,11 +225,17 @@ file_extents (void *h, uint64_t off, uint64_t len, image_extent_cb cb,
 {
   struct file_ep *f = h;
   uint64_t end = off + len, pos = off;
+  struct stat sb;
   off_t d, e;
   int r;
 
   if (end > f->size)
     end = f->size;
+  /* A file that shrank would show its lost end as a hole: zeros. */
+  if (!f->is_blk && fstat (f->fd, &sb) == 0 && (uint64_t) sb.st_size < f->size)
+    return vbk_errno (-EIO, "%s: the file shrank to %llu bytes (it had %llu)",
+                      f->path, (unsigned long long) sb.st_size,
+                      (unsigned long long) f->size);
   while (pos < end) {
     d = f->is_blk ? (off_t) pos : lseek (f->fd, pos, SEEK_DATA);
     if (d < 0 && errno == ENXIO)
@@ -279,7 +294,7 @@ file_flush (void *h)
   struct file_ep *f = h;
 
   if (fsync (f->fd) < 0 && errno != EINVAL)
-    return vbk_errno (-errno, "fsync %s", f->path);
+    return vbk_errno (-errno, "%s: fsync", f->path);
   return 0;
 }
 
@@ -294,7 +309,8 @@ file_close (void *h)
 {
   struct file_ep *f = h;
 
-  close (f->fd);
+  if (f->owned)
+    close (f->fd);
   free (f);
 }
 
@@ -324,6 +340,7 @@ copy_endpoint_file (const char *path, unsigned flags, uint64_t size,
   if ((f = calloc (1, sizeof *f)) == NULL)
     return vbk_errno (-ENOMEM, "%s", path);
   snprintf (f->path, sizeof f->path, "%s", path);
+  f->owned = 1;
   f->fd = open (path, oflags, 0644);
   if (f->fd < 0) {
     r = vbk_errno (-errno, "%s", path);
@@ -357,6 +374,35 @@ copy_endpoint_file (const char *path, unsigned flags, uint64_t size,
  err:
   close (f->fd);
   free (f);
+  return r;
+}
+
+int
+copy_endpoint_fd (int fd, const char *name, struct copy_endpoint **out)
+{
+  struct file_ep *f;
+  struct stat sb;
+  int r;
+
+  if (fstat (fd, &sb) < 0)
+    return vbk_errno (-errno, "%s", name);
+  if (!S_ISREG (sb.st_mode) && !S_ISBLK (sb.st_mode)) {
+    vbk_set_error ("%s: not a regular file or block device", name);
+    return -EINVAL;
+  }
+  if ((f = calloc (1, sizeof *f)) == NULL)
+    return vbk_errno (-ENOMEM, "%s", name);
+  f->fd = fd;
+  f->is_blk = S_ISBLK (sb.st_mode);
+  f->size = sb.st_size;
+  snprintf (f->path, sizeof f->path, "%s", name);
+  if (f->is_blk && ioctl (fd, BLKGETSIZE64, &f->size) < 0) {
+    r = vbk_errno (-errno, "%s: size", name);
+    free (f);
+    return r;
+  }
+  if ((r = new_endpoint (&file_ops, f, name, out)) < 0)
+    free (f);
   return r;
 }
 

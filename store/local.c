@@ -90,6 +90,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/workq.h"
 #include "internal.h"
 
 #define ESC_MAX (3 * STORE_NAME_MAX + 1)
@@ -149,12 +150,7 @@ struct root {
   pthread_t syncer;
   bool syncer_running, syncer_stop;
 
-  pthread_mutex_t q_lock;
-  pthread_cond_t q_cond;
-  struct job *q_head, *q_tail;
-  pthread_t *threads;
-  size_t nthreads;
-  bool q_stop;
+  struct workq *aio;                /* runs the asynchronous calls */
 
   uint64_t fence_checked_ns;        /* under fd_lock */
   bool fenced;
@@ -1142,8 +1138,6 @@ snap_source (struct root *r, int fd, const char *oid, uint64_t snap,
 
 /* ---- Opening ---------------------------------------------------------- */
 
-static void *worker (void *arg);
-
 /* Makes PATH (relative to the root; "." for the root) private to its
  * owner if it is not, when we own it; warns once per open otherwise. */
 static void
@@ -1225,17 +1219,8 @@ static void
 root_free (struct root *r)
 {
   struct fd_entry *e, *next;
-  size_t i;
 
-  if (r->threads) {
-    pthread_mutex_lock (&r->q_lock);
-    r->q_stop = true;
-    pthread_cond_broadcast (&r->q_cond);
-    pthread_mutex_unlock (&r->q_lock);
-    for (i = 0; i < r->nthreads; i++)
-      pthread_join (r->threads[i], NULL);
-    free (r->threads);
-  }
+  workq_free (r->aio);              /* runs what is queued first */
   if (r->syncer_running) {
     pthread_mutex_lock (&r->fd_lock);
     r->syncer_stop = true;
@@ -1266,8 +1251,6 @@ root_free (struct root *r)
   pthread_mutex_destroy (&r->fd_lock);
   pthread_mutex_destroy (&r->flush_lock);
   pthread_cond_destroy (&r->sync_cond);
-  pthread_mutex_destroy (&r->q_lock);
-  pthread_cond_destroy (&r->q_cond);
   free (r->path);
   free (r);
 }
@@ -1328,7 +1311,6 @@ local_open (const char *arg, void **hp)
   struct root *r;
   struct local *l;
   const char *env;
-  size_t i;
   int rc;
 
   if (arg[0] != '/') {
@@ -1343,8 +1325,6 @@ local_open (const char *arg, void **hp)
   pthread_mutex_init (&r->fd_lock, NULL);
   pthread_mutex_init (&r->flush_lock, NULL);
   pthread_cond_init (&r->sync_cond, NULL);
-  pthread_mutex_init (&r->q_lock, NULL);
-  pthread_cond_init (&r->q_cond, NULL);
   r->path = strdup (arg);
   r->refs = 1;
   gethostname (host, sizeof host - 1);
@@ -1431,19 +1411,17 @@ local_open (const char *arg, void **hp)
   }
   r->syncer_running = true;
 
-  env = getenv ("VBK_LOCAL_THREADS");
-  r->nthreads = env ? (size_t) atoi (env) : 4;
-  if (r->nthreads < 1 || r->nthreads > 64)
-    r->nthreads = 4;
-  r->threads = calloc (r->nthreads, sizeof *r->threads);
-  if (r->threads == NULL) {
-    rc = -ENOMEM;
-    goto fail;
-  }
-  for (i = 0; i < r->nthreads; i++) {
-    if (pthread_create (&r->threads[i], NULL, worker, r) != 0) {
-      r->nthreads = i;
-      rc = -EAGAIN;
+  {
+    /* No bound: the callers bound what they have in flight (vbk-blockd
+     * its memory per connection, the copy engine its queue), and a
+     * completion that submits more must never wait. */
+    struct workq_opts wo = { .name = "local-aio", .threads = 4 };
+
+    env = getenv ("VBK_LOCAL_THREADS");
+    if (env && atoi (env) >= 1 && atoi (env) <= 64)
+      wo.threads = (unsigned) atoi (env);
+    if ((rc = workq_new (&wo, &r->aio)) < 0) {
+      vbk_error_prepend (rc, "store: local: ");
       goto fail;
     }
   }
@@ -1854,7 +1832,7 @@ out_locked:
 /* ---- Asynchronous I/O: a queue served by the worker threads ----------- */
 
 struct job {
-  struct job *next;
+  struct workq_item wq;
   struct local *l;
   bool write;
   char oid[STORE_NAME_MAX + 1];
@@ -1866,39 +1844,23 @@ struct job {
   void *arg;
 };
 
-static void *
-worker (void *arg)
+static void
+job_run (struct workq_item *it)
 {
-  struct root *r = arg;
-  struct job *j;
+  struct job *j = workq_entry (it, struct job, wq);
   ssize_t ret;
 
-  for (;;) {
-    pthread_mutex_lock (&r->q_lock);
-    while (r->q_head == NULL && !r->q_stop)
-      pthread_cond_wait (&r->q_cond, &r->q_lock);
-    j = r->q_head;
-    if (j == NULL) {
-      pthread_mutex_unlock (&r->q_lock);
-      return NULL;
-    }
-    r->q_head = j->next;
-    if (r->q_head == NULL)
-      r->q_tail = NULL;
-    pthread_mutex_unlock (&r->q_lock);
+  if (j->write)
+    ret = local_write (j->l, j->oid, j->buf, j->len, j->off, j->flags);
+  else
+    ret = local_read (j->l, j->oid, j->buf, j->len, j->off, j->snap);
+  j->cb (j->arg, ret);
 
-    if (j->write)
-      ret = local_write (j->l, j->oid, j->buf, j->len, j->off, j->flags);
-    else
-      ret = local_read (j->l, j->oid, j->buf, j->len, j->off, j->snap);
-    j->cb (j->arg, ret);
-
-    pthread_mutex_lock (&j->l->io_lock);
-    if (--j->l->inflight == 0)
-      pthread_cond_broadcast (&j->l->io_cond);
-    pthread_mutex_unlock (&j->l->io_lock);
-    free (j);
-  }
+  pthread_mutex_lock (&j->l->io_lock);
+  if (--j->l->inflight == 0)
+    pthread_cond_broadcast (&j->l->io_cond);
+  pthread_mutex_unlock (&j->l->io_lock);
+  free (j);
 }
 
 static int
@@ -1906,12 +1868,11 @@ submit (struct local *l, bool write, const char *oid, void *buf, size_t len,
         uint64_t off, uint64_t snap, unsigned flags, store_aio_cb cb,
         void *arg)
 {
-  struct root *r = l->r;
   struct job *j = malloc (sizeof *j);
+  int rc;
 
   if (j == NULL)
     return -ENOMEM;
-  j->next = NULL;
   j->l = l;
   j->write = write;
   snprintf (j->oid, sizeof j->oid, "%s", oid);
@@ -1927,14 +1888,16 @@ submit (struct local *l, bool write, const char *oid, void *buf, size_t len,
   l->inflight++;
   pthread_mutex_unlock (&l->io_lock);
 
-  pthread_mutex_lock (&r->q_lock);
-  if (r->q_tail)
-    r->q_tail->next = j;
-  else
-    r->q_head = j;
-  r->q_tail = j;
-  pthread_cond_signal (&r->q_cond);
-  pthread_mutex_unlock (&r->q_lock);
+  /* Refused only while the store closes, which no caller may do with
+   * calls in flight. */
+  if ((rc = workq_submit (l->r->aio, &j->wq, job_run)) < 0) {
+    pthread_mutex_lock (&l->io_lock);
+    if (--l->inflight == 0)
+      pthread_cond_broadcast (&l->io_cond);
+    pthread_mutex_unlock (&l->io_lock);
+    free (j);
+    return vbk_errno (rc, "store: local: asynchronous call");
+  }
   return 0;
 }
 

@@ -44,46 +44,6 @@ open_repo (const struct vbk_args *a, struct backup_repo **r)
 }
 
 static int
-get_progress (const struct vbk_ctx *ctx, const struct vbk_args *a,
-              enum copy_progress_mode *m)
-{
-  const char *s = vbk_opt (a, "progress");
-
-  if (s == NULL || strcmp (s, "auto") == 0)
-    *m = ctx->progress ? COPY_PROGRESS_BAR : COPY_PROGRESS_NONE;
-  else if (strcmp (s, "bar") == 0)
-    *m = COPY_PROGRESS_BAR;
-  else if (strcmp (s, "json") == 0)
-    *m = COPY_PROGRESS_JSON;
-  else if (strcmp (s, "none") == 0)
-    *m = COPY_PROGRESS_NONE;
-  else
-    return vbk_usage_error (a, "--progress: expected auto, bar, json or "
-                            "none, not '%s'", s);
-  return 0;
-}
-
-/* Parses --NAME as a number in [MIN, MAX] (absent: *OUT unchanged). */
-static int
-get_num (const struct vbk_args *a, const char *name, long min, long max,
-         long *out)
-{
-  const char *s = vbk_opt (a, name);
-  char *end;
-  long v;
-
-  if (s == NULL)
-    return 0;
-  errno = 0;
-  v = strtol (s, &end, 10);
-  if (errno || end == s || *end || v < min || v > max)
-    return vbk_usage_error (a, "--%s: invalid number '%s' (%ld to %ld)",
-                            name, s, min, max);
-  *out = v;
-  return 0;
-}
-
-static int
 check_id (const struct vbk_args *a, const char *id)
 {
   size_t i, n = strlen (id);
@@ -204,9 +164,9 @@ cmd_run (struct vbk_ctx *ctx, struct vbk_args *a)
                             "NAME");
   if (vbk_opt (a, "group") && (rc = vbk_check_name (a, vbk_opt (a, "group"))))
     return rc;
-  if ((rc = get_num (a, "cbt-sample", 0, 100000, &sample))
-      || (rc = get_num (a, "threads", 1, 64, &threads))
-      || (rc = get_progress (ctx, a, &o.progress)))
+  if ((rc = vbk_opt_num (a, "cbt-sample", 0, 100000, &sample))
+      || (rc = vbk_opt_num (a, "threads", 1, 64, &threads))
+      || (rc = vbk_opt_progress (ctx, a, &o.progress)))
     return rc;
   if (tagopt) {
     tagbuf = strdup (tagopt);
@@ -397,7 +357,7 @@ cmd_verify (struct vbk_ctx *ctx, struct vbk_args *a)
   for (i = 0; i < a->argc; i++)
     if ((rc = check_id (a, a->argv[i])))
       return rc;
-  if ((rc = get_num (a, "sample", 1, 100, &pct)) || (rc = open_repo (a, &r)))
+  if ((rc = vbk_opt_num (a, "sample", 1, 100, &pct)) || (rc = open_repo (a, &r)))
     return rc;
   if (vbk_opt (a, "json"))
     b.arr = json_object_new_array ();
@@ -463,10 +423,10 @@ cmd_prune (struct vbk_ctx *ctx, struct vbk_args *a)
   long kl = 0, kd = 0, kw = 0, km = 0;
   int e, rc;
 
-  if ((rc = get_num (a, "keep-last", 0, 1000000, &kl))
-      || (rc = get_num (a, "keep-daily", 0, 1000000, &kd))
-      || (rc = get_num (a, "keep-weekly", 0, 1000000, &kw))
-      || (rc = get_num (a, "keep-monthly", 0, 1000000, &km)))
+  if ((rc = vbk_opt_num (a, "keep-last", 0, 1000000, &kl))
+      || (rc = vbk_opt_num (a, "keep-daily", 0, 1000000, &kd))
+      || (rc = vbk_opt_num (a, "keep-weekly", 0, 1000000, &kw))
+      || (rc = vbk_opt_num (a, "keep-monthly", 0, 1000000, &km)))
     return rc;
   if (kl + kd + kw + km == 0)
     return vbk_usage_error (a, "give at least one --keep-* rule greater than "
@@ -503,7 +463,7 @@ cmd_gc (struct vbk_ctx *ctx, struct vbk_args *a)
   char s[32];
   int e, rc;
 
-  if ((rc = get_num (a, "clock-skew", 0, 86400, &skew))
+  if ((rc = vbk_opt_num (a, "clock-skew", 0, 86400, &skew))
       || (rc = open_repo (a, &r)))
     return rc;
   vbk_clear_error ();
@@ -590,7 +550,7 @@ cmd_restore (struct vbk_ctx *ctx, struct vbk_args *a)
   unsigned flags = 0;
   int e, rc;
 
-  if ((rc = check_id (a, a->argv[0])) || (rc = get_progress (ctx, a, &pm)))
+  if ((rc = check_id (a, a->argv[0])) || (rc = vbk_opt_progress (ctx, a, &pm)))
     return rc;
   if ((to == NULL) == (file == NULL))
     return vbk_usage_error (a, "give exactly one of --to IMAGE and --to-file "
@@ -643,8 +603,7 @@ cmd_restore (struct vbk_ctx *ctx, struct vbk_args *a)
 
 #define REPO_OPT { "repo", 0, "URI", "the repository (default: $VBK_REPO)" }
 #define JSON_OPT { "json", 0, NULL, "print JSON" }
-#define PROGRESS_OPT { "progress", 0, "MODE", "auto (a bar on a terminal), " \
-    "bar, json (lines on stderr) or none" }
+#define PROGRESS_OPT VBK_PROGRESS_OPT
 
 static const struct vbk_opt init_opts[] = {
   REPO_OPT, JSON_OPT,

@@ -389,18 +389,56 @@ cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
   return VBK_EXIT_OK;
 }
 
+/* The options import and export share: 0, or an exit status. */
+static int
+get_copy_args (const struct vbk_ctx *ctx, const struct vbk_args *a,
+               const char *file, const char *image, struct vbk_copy_args *ca)
+{
+  long threads = 0;
+  int r;
+
+  if ((r = vbk_opt_num (a, "threads", 1, 64, &threads))
+      || (r = vbk_opt_progress (ctx, a, &ca->progress)))
+    return r;
+  ca->file = file;
+  ca->image = image;
+  ca->threads = (unsigned) threads;
+  return 0;
+}
+
+/* After a copy: a log line (-v), and with --json the counts on stdout:
+ * {"image", "file", "size", "read", "written", "zeroed", "holes",
+ * "elapsed_ms", "rate"} (bytes, and bytes a second of the size). */
 static void
-log_stats (const char *what, const struct copy_stats *s)
+report (const struct vbk_args *a, const char *what,
+        const struct vbk_copy_args *ca, const struct copy_result *s)
 {
   char t[32], d[32], w[32], rate[32];
   double secs = s->elapsed_ns / 1e9;
+  uint64_t bps = secs > 0 ? (uint64_t) (s->total / secs) : 0;
 
   log_info ("%s: %s in %.2f s (%s/s), %s of data, %s written", what,
             format_size (s->total, t, sizeof t), secs,
-            format_size (secs > 0 ? (uint64_t) (s->total / secs) : 0,
-                         rate, sizeof rate),
-            format_size (s->data, d, sizeof d),
+            format_size (bps, rate, sizeof rate),
+            format_size (s->read, d, sizeof d),
             format_size (s->written, w, sizeof w));
+  if (vbk_opt (a, "json")) {
+    json_object *o = json_object_new_object ();
+
+    json_object_object_add (o, "image", json_object_new_string (ca->image));
+    json_object_object_add (o, "file", json_object_new_string (ca->file));
+    json_object_object_add (o, "size", json_object_new_uint64 (s->total));
+    json_object_object_add (o, "read", json_object_new_uint64 (s->read));
+    json_object_object_add (o, "written",
+                            json_object_new_uint64 (s->written));
+    json_object_object_add (o, "zeroed", json_object_new_uint64 (s->zeroed));
+    json_object_object_add (o, "holes", json_object_new_uint64 (s->holes));
+    json_object_object_add (o, "elapsed_ms",
+                            json_object_new_uint64 (s->elapsed_ns / 1000000));
+    json_object_object_add (o, "rate", json_object_new_uint64 (bps));
+    vbk_print_json (o);
+    json_object_put (o);
+  }
 }
 
 /* Size of an open file or block device. */
@@ -419,7 +457,8 @@ static int
 cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
 {
   const char *file = a->argv[0], *name = a->argv[1];
-  struct copy_stats stats = { 0 };
+  struct vbk_copy_args ca = { 0 };
+  struct copy_result stats = { 0 };
   struct image *img = NULL;
   struct store *st;
   struct stat sb;
@@ -427,7 +466,8 @@ cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
   uint32_t osize;
   int fd, r;
 
-  if ((r = vbk_check_name (a, name)) || (r = get_object_size (a, &osize)))
+  if ((r = vbk_check_name (a, name)) || (r = get_object_size (a, &osize))
+      || (r = get_copy_args (ctx, a, file, name, &ca)))
     return r;
 
   fd = open (file, O_RDONLY | O_CLOEXEC);
@@ -467,7 +507,7 @@ cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
     goto out_fail;
   if ((r = image_open (st, name, IMAGE_OPEN_INCOMPLETE, &img)) < 0)
     goto out_remove;
-  if ((r = copy_import (ctx, fd, file, size, img, &stats)) < 0)
+  if ((r = vbk_import_copy (&ca, fd, img, &stats)) < 0)
     goto out_remove;
   /* image_close flushes, but cannot report a failure: flush first. */
   if ((r = image_flush (img)) < 0 || (r = image_set_complete (img)) < 0)
@@ -476,7 +516,7 @@ cmd_import (struct vbk_ctx *ctx, struct vbk_args *a)
   store_close (st);
   close (fd);
   vbk_catch_signals (0);
-  log_stats ("import", &stats);
+  report (a, "import", &ca, &stats);
   return VBK_EXIT_OK;
 
  out_remove:
@@ -648,7 +688,8 @@ cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
 {
   const char *name = a->argv[0], *file = a->argv[1];
   struct vbk_snap_ref ref = { "" };
-  struct copy_stats stats = { 0 };
+  struct vbk_copy_args ca = { 0 };
+  struct copy_result stats = { 0 };
   struct export_target t = { .fd = -1 };
   struct image *img = NULL;
   struct store *st;
@@ -657,6 +698,8 @@ cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
   /* NAME@SNAP exports a snapshot. */
   if (strchr (name, '@') ? (r = vbk_parse_snap_ref (a, name, &ref))
       : (r = vbk_check_name (a, name)))
+    return r;
+  if ((r = get_copy_args (ctx, a, file, name, &ca)))
     return r;
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
@@ -673,11 +716,11 @@ cmd_export (struct vbk_ctx *ctx, struct vbk_args *a)
    * wrong name leaves nothing behind. */
   r = export_open (&t, file, image_size (img), vbk_opt (a, "force") != NULL);
   if (r == 0)
-    r = copy_export (ctx, img, t.fd, file, export_sparse (&t), &stats);
+    r = vbk_export_copy (&ca, img, t.fd, export_sparse (&t), &stats);
   if (r == 0)
     r = export_commit (&t);
   if (r == 0)
-    log_stats ("export", &stats);
+    report (a, "export", &ca, &stats);
 
  out:
   export_close (&t);
@@ -707,9 +750,15 @@ static const struct vbk_opt json_opts[] = {
   { NULL },
 };
 
+#define COPY_OPTS                                                       \
+  VBK_PROGRESS_OPT,                                                     \
+  { "json", 0, NULL, "print the counts of the copy as JSON" },         \
+  { "threads", 0, "N", "worker threads (default 8)" }
+
 static const struct vbk_opt import_opts[] = {
   { "object-size", 0, "SIZE", "size of the data objects: a power of two from"
     " 64K to 32M (default 4M)" },
+  COPY_OPTS,
   { NULL },
 };
 
@@ -720,6 +769,7 @@ static const struct vbk_opt rm_opts[] = {
 
 static const struct vbk_opt export_opts[] = {
   { "force", 0, NULL, "replace an existing FILE (atomically, on success)" },
+  COPY_OPTS,
   { NULL },
 };
 
@@ -734,10 +784,10 @@ const struct vbk_cmd image_cmds[] = {
     1, 1, cmd_resize },
   { "rm", "NAME [--force]", "remove an image and all its data (refused "
     "while a host holds its lease)", rm_opts, 1, 1, cmd_rm },
-  { "import", "FILE NAME [--object-size SIZE]",
+  { "import", "FILE NAME [--object-size SIZE] [--progress MODE] [--json]",
     "create image NAME from a raw FILE, skipping holes and zero blocks",
     import_opts, 2, 2, cmd_import },
-  { "export", "NAME[@SNAP] FILE [--force]",
+  { "export", "NAME[@SNAP] FILE [--force] [--progress MODE] [--json]",
     "write an image or IMAGE@SNAP to a raw FILE (sparse; an existing file "
     "is replaced only with --force, and only once the export succeeded)",
     export_opts, 2, 2, cmd_export },

@@ -27,6 +27,7 @@
 
 #include <json-c/json.h>
 
+#include "copy/copy.h"
 #include "store/store.h"
 #include "image/image.h"
 
@@ -135,6 +136,20 @@ int vbk_store_open (struct vbk_ctx *ctx, const struct vbk_args *a,
 void vbk_catch_signals (int on);
 int vbk_interrupted (void);
 
+/* --progress MODE of a long copy (import, export, backup run, restore):
+ * auto (a bar when stderr is a terminal, else none), bar, json (one
+ * line a second on stderr) or none. */
+#define VBK_PROGRESS_OPT { "progress", 0, "MODE", "auto (a bar on a " \
+    "terminal), bar, json (lines on stderr) or none" }
+/* Parses --progress into *M.  Returns 0, or prints a usage error and
+ * returns VBK_EXIT_USAGE. */
+int vbk_opt_progress (const struct vbk_ctx *ctx, const struct vbk_args *a,
+                      enum copy_progress_mode *m);
+/* Parses --NAME as a number in [MIN, MAX] (absent: *OUT unchanged).
+ * Returns 0, or prints a usage error and returns VBK_EXIT_USAGE. */
+int vbk_opt_num (const struct vbk_args *a, const char *name, long min,
+                 long max, long *out);
+
 /* image-cmd.c */
 extern const struct vbk_cmd image_cmds[];
 
@@ -159,25 +174,27 @@ int cmd_umount (struct vbk_ctx *ctx, struct vbk_args *a);
 /* files-cmd.c */
 extern const struct vbk_cmd files_cmds[];
 
-/* image-copy.c */
+/* image-copy.c: the copies of "vbk image import" and "export". */
 
-struct copy_stats {
-  uint64_t total;         /* bytes the copy covered */
-  uint64_t data;          /* bytes read as data (holes not counted) */
-  uint64_t written;       /* bytes written (zero blocks not counted) */
-  uint64_t elapsed_ns;
+struct vbk_copy_args {
+  const char *file;               /* for messages */
+  const char *image;              /* NAME or IMAGE@SNAP, for messages */
+  unsigned threads;               /* 0: the default (8) */
+  enum copy_progress_mode progress;
 };
 
-/* Copies FD (SIZE bytes) into IMG, skipping holes and zero blocks.
- * FILE names FD in messages.  Returns 0 or -errno with vbk_error() set
- * on this thread. */
-int copy_import (struct vbk_ctx *ctx, int fd, const char *file,
-                 uint64_t size, struct image *img, struct copy_stats *st);
+/* Copies FD (a regular file or block device, opened for reading) into
+ * IMG, which reads as zeros (a new image): holes are not read, zero
+ * blocks not written.  Returns 0 or -errno (-EINTR: interrupted) with
+ * vbk_error() set on this thread; *RES holds the counts either way. */
+int vbk_import_copy (const struct vbk_copy_args *ca, int fd,
+                     struct image *img, struct copy_result *res);
 
-/* Copies IMG into FD.  With SPARSE (FD is a regular file, truncated to
- * the image size beforehand), holes and zero blocks are left as holes;
- * otherwise every byte is written.  Returns 0 or -errno. */
-int copy_export (struct vbk_ctx *ctx, struct image *img, int fd,
-                 const char *file, int sparse, struct copy_stats *st);
+/* Copies IMG into FD (opened for writing).  With SPARSE (FD is a regular
+ * file truncated to the image's size beforehand, so it reads as zeros),
+ * holes and zero blocks stay holes; otherwise every byte is written.
+ * Returns 0 or -errno, as vbk_import_copy. */
+int vbk_export_copy (const struct vbk_copy_args *ca, struct image *img,
+                     int fd, int sparse, struct copy_result *res);
 
 #endif /* VBK_TOOLS_INTERNAL_H */

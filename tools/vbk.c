@@ -103,6 +103,45 @@ vbk_catch_signals (int on)
   sigaction (SIGTERM, &sa, NULL);
 }
 
+int
+vbk_opt_progress (const struct vbk_ctx *ctx, const struct vbk_args *a,
+                  enum copy_progress_mode *m)
+{
+  const char *s = vbk_opt (a, "progress");
+
+  if (s == NULL || strcmp (s, "auto") == 0)
+    *m = ctx->progress ? COPY_PROGRESS_BAR : COPY_PROGRESS_NONE;
+  else if (strcmp (s, "bar") == 0)
+    *m = COPY_PROGRESS_BAR;
+  else if (strcmp (s, "json") == 0)
+    *m = COPY_PROGRESS_JSON;
+  else if (strcmp (s, "none") == 0)
+    *m = COPY_PROGRESS_NONE;
+  else
+    return vbk_usage_error (a, "--progress: expected auto, bar, json or "
+                            "none, not '%s'", s);
+  return 0;
+}
+
+int
+vbk_opt_num (const struct vbk_args *a, const char *name, long min, long max,
+             long *out)
+{
+  const char *s = vbk_opt (a, name);
+  char *end;
+  long v;
+
+  if (s == NULL)
+    return 0;
+  errno = 0;
+  v = strtol (s, &end, 10);
+  if (errno || end == s || *end || v < min || v > max)
+    return vbk_usage_error (a, "--%s: invalid number '%s' (%ld to %ld)",
+                            name, s, min, max);
+  *out = v;
+  return 0;
+}
+
 const char *
 vbk_opt (const struct vbk_args *a, const char *name)
 {
