@@ -15,6 +15,9 @@
 #                     among them
 #   VBK_FUZZ_NICE     niceness (default 10)
 #   VBK_FUZZ_REBUILD  1: rebuild even if the binaries are there
+#   VBK_FUZZ_SECONDS  stop after this long even if RUNS are not done
+# An interrupt (^C, kill -INT of the fuzzer) ends the run with libFuzzer's
+# final statistics: it counts as interrupted, clean if nothing was found.
 # A crash, leak, sanitizer report or protocol violation leaves its input
 # in the log directory (crash-*, leak-*, timeout-*) and makes the run not
 # clean (exit status 1).  Reproduce with: $VBK_FUZZ_DIR/fuzz-TARGET FILE.
@@ -51,6 +54,7 @@ rc=0
 cd "$logs"
 opts=(-max_len="$max_len" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1
       -artifact_prefix="$logs/$bin-")
+[ -z "${VBK_FUZZ_SECONDS:-}" ] || opts+=(-max_total_time="$VBK_FUZZ_SECONDS")
 if [ "$workers" -le 1 ]; then
   nice -n "$niceness" "$dir/$bin" -runs="$runs" "${opts[@]}" \
     "$corpus" "$dir/$seeds" >"$log.log" 2>&1 || rc=$?
@@ -75,6 +79,9 @@ problems=$(grep -hE '^==[0-9]+==ERROR|^SUMMARY|protocol violation|Test unit writ
 echo "fuzz-long: $bin: $total executions in ${elapsed}s ($(( total / (elapsed > 0 ? elapsed : 1) ))/s)"
 if [ "$rc" -eq 0 ] && [ -z "$problems" ]; then
   echo "fuzz-long: $bin: clean"
+elif [ "$rc" -eq 72 ] && [ -z "$problems" ]; then
+  # libFuzzer's exit status after an interrupt.
+  echo "fuzz-long: $bin: interrupted, clean"
 else
   echo "fuzz-long: $bin: NOT clean (exit $rc):"
   echo "$problems"
