@@ -69,6 +69,8 @@ else
   logfiles=("$log.jobs"/fuzz-*.log)
 fi
 elapsed=$(( $(date +%s) - start ))
+# The store of a target that crashed or was interrupted.
+"$VBK_SRC/tests/fuzz-build.sh" --clean
 
 total=0
 for f in "${logfiles[@]}"; do

@@ -215,7 +215,7 @@ fuzz_session_end (struct fuzz_client *cl)
 
 /* ---- the store's directory ---------------------------------------------- */
 
-static char fuzz_store_path[64];
+static char fuzz_store_path[96];
 
 static int
 fuzz_rm_one (const char *path, const struct stat *sb, int flag,
@@ -235,17 +235,19 @@ fuzz_store_dir_remove (void)
     nftw (fuzz_store_path, fuzz_rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* Makes a new directory for the targets' local store, named after NAME,
- * in /dev/shm if there is one (a store in memory: its flushes cost
- * nothing), else in /tmp; it is removed when the process exits.  Writes
- * the store's URI to URI. */
+/* Makes a new directory for the targets' local store, named after NAME
+ * and the process id, in /dev/shm if there is one (a store in memory: its
+ * flushes cost nothing), else in /tmp; it is removed when the process
+ * exits (not after a crash or an interrupt, which end in _exit:
+ * tests/fuzz-build.sh --clean removes those of processes that are
+ * gone).  Writes the store's URI to URI. */
 static void
 fuzz_store_dir (const char *name, char *uri, size_t len)
 {
   const char *base = access ("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
 
-  snprintf (fuzz_store_path, sizeof fuzz_store_path, "%s/%s-XXXXXX", base,
-            name);
+  snprintf (fuzz_store_path, sizeof fuzz_store_path, "%s/%s-%d-XXXXXX", base,
+            name, (int) getpid ());
   if (!mkdtemp (fuzz_store_path))
     abort ();
   atexit (fuzz_store_dir_remove);

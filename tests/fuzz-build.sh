@@ -10,10 +10,24 @@
 #     parsers); seeds in OUT/backup-corpus.
 # Used by tests/e2e/fuzz.sh and tests/e2e/backup-fuzz.sh (short runs in
 # CI) and bench/fuzz-long.sh (long runs by hand).  VBK_FUZZ_CFLAGS adds
-# compiler flags.
+# compiler flags.  fuzz-build.sh --clean removes the store directories
+# left by targets that crashed or were interrupted.
 
 set -euo pipefail
 : "${VBK_SRC:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+
+# --clean: removes the store directories that targets which crashed or
+# were interrupted left (their process is gone).
+if [ "${1:-}" = --clean ]; then
+  for d in /dev/shm/vbk-fuzz*-[0-9]*-* /tmp/vbk-fuzz*-[0-9]*-*; do
+    [ -d "$d" ] || continue
+    pid=${d%-*}
+    pid=${pid##*-}
+    case "$pid" in *[!0-9]*|'') continue ;; esac
+    kill -0 "$pid" 2>/dev/null || rm -rf "$d"
+  done
+  exit 0
+fi
 out=${1:?usage: fuzz-build.sh OUTDIR [blockd|backup]}
 what=${2:-blockd}
 mkdir -p "$out/obj"

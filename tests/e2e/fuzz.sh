@@ -20,6 +20,8 @@ out=$TEST_DIR/fuzz-nbd
 # The server's code instrumented once, both targets, their seed corpora.
 VBK_SRC=$VBK_SRC "$VBK_SRC/tests/fuzz-build.sh" "$TEST_DIR" ||
   fail "cannot build the fuzzers"
+# A target that crashes leaves its store (in /dev/shm) behind.
+cleanup_fn "'$VBK_SRC/tests/fuzz-build.sh' --clean"
 corpus=$TEST_DIR/corpus
 
 start=$(date +%s)
