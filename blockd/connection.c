@@ -14,7 +14,9 @@
  * by whichever thread finished a request, sends under send_lock what the
  * socket takes at once (never blocking: one sendmsg of header and data
  * in the common case, no copy) and queues the rest for the connection's
- * writer thread, which alone ever waits for the socket.  Queued data
+ * writer thread, which alone ever waits for the socket.  The writer
+ * starts with the first reply that has to wait (a client that takes its
+ * replies as fast as they come costs no thread for it).  Queued data
  * inside the request's own buffer is sent from there (the request is
  * held until then); headers and other small parts are copied.  So no
  * shared thread (store threads, workers) ever blocks on one client.  A
@@ -402,6 +404,8 @@ drop_replies (struct nbd_srv_reply *q)
  * request buffers is bounded by the in-flight budgets instead. */
 #define QUEUE_COPIED_MAX (4u << 20)
 
+static bool writer_spawn_locked (struct nbd_srv_conn *c);
+
 int
 nbd_srv_conn_reply (struct nbd_srv_conn *c, const struct iovec *iov0, int n,
                     struct nbd_srv_req *hold)
@@ -483,7 +487,7 @@ nbd_srv_conn_reply (struct nbd_srv_conn *c, const struct iovec *iov0, int n,
   c->rq_tail = rep;
   c->rq_copied += copy;
   pthread_cond_signal (&c->send_cond);
-  if (!c->writer_running)
+  if (!writer_spawn_locked (c))
     {
       /* The handshake has no writer: its replies never queue. */
       dropped = fail_locked (c, "reply queued without a writer");
@@ -578,15 +582,32 @@ writer_main (void *arg)
 int
 nbd_srv_conn_start_writer (struct nbd_srv_conn *c)
 {
+  /* The thread itself starts with the first reply that has to wait. */
+  pthread_mutex_lock (&c->send_lock);
+  c->writer_allowed = !c->writer_stop;
+  pthread_mutex_unlock (&c->send_lock);
+  return 0;
+}
+
+/* Starts the writer for the reply just queued (send_lock held).
+ * Returns false if there can be none. */
+static bool
+writer_spawn_locked (struct nbd_srv_conn *c)
+{
   int r;
 
-  pthread_mutex_lock (&c->send_lock);
+  if (c->writer_running)
+    return true;
+  if (!c->writer_allowed)
+    return false;
   r = pthread_create (&c->writer, NULL, writer_main, c);
-  c->writer_running = r == 0;
-  pthread_mutex_unlock (&c->send_lock);
   if (r)
-    log_error ("connection %s: writer thread: %s", c->peer, strerror (r));
-  return -r;
+    {
+      log_error ("connection %s: writer thread: %s", c->peer, strerror (r));
+      return false;
+    }
+  c->writer_running = true;
+  return true;
 }
 
 void
@@ -596,6 +617,7 @@ nbd_srv_conn_stop_writer (struct nbd_srv_conn *c)
 
   pthread_mutex_lock (&c->send_lock);
   c->writer_stop = true;
+  c->writer_allowed = false;
   running = c->writer_running;
   c->writer_running = false;
   pthread_cond_broadcast (&c->send_cond);

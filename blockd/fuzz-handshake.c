@@ -13,9 +13,11 @@
  * the greeting (bad magic, truncated and oversized options included), or
  * a list of framed options (option byte, 16-bit length, data) that the
  * target wraps in valid headers, so that mutations go into option
- * payloads.  A helper thread writes the session into a socketpair and
- * collects the server's answer while nbd_srv_session_run serves the other
- * end on the fuzzing thread, exactly as a connection thread does.
+ * payloads.  The session goes into a new socketpair and the server's
+ * answer is collected (fuzz-feed.h: no thread per input) while
+ * nbd_srv_session_run serves the other end on the fuzzing thread, exactly
+ * as a connection thread does.  The store (in memory where /dev/shm is),
+ * its images and the server are made once per process.
  *
  * The answer is then checked against the session as proto.md ("Fixed
  * newstyle negotiation", "Option types") defines it; any difference
@@ -32,7 +34,7 @@
  *    a known export named by NBD_OPT_EXPORT_NAME must be served;
  *  - the negotiation ends after NBD_OPT_ABORT, an ACK to NBD_OPT_GO or
  *    NBD_OPT_EXPORT_NAME (later bytes are the transmission phase's).
- * Build: clang -fsanitize=fuzzer,address (tests/e2e/fuzz.sh).
+ * Build: clang -fsanitize=fuzzer,address (tests/fuzz-build.sh).
  */
 #include <endian.h>
 #include <errno.h>
@@ -58,6 +60,7 @@
 
 static struct nbd_srv_server *srv;
 static struct nbd_srv_export *keep[4];
+static struct fuzz_client client;
 
 /* ---- growing byte buffers ---------------------------------------------- */
 
@@ -120,7 +123,7 @@ be64_at (const uint8_t *p)
 
 /* ---- the client side ----------------------------------------------------- */
 
-/* The server's answers, gathered by fuzz_feed. */
+/* The server's answers, gathered by the client (fuzz-feed.h). */
 static void
 gather (void *arg, const void *p, size_t n)
 {
@@ -367,8 +370,7 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
   static const char *const names[] = { "disk", "disk@s1", "small", "ro" };
   struct snap_opts so = { .host_id = "fuzz" };
   struct nbd_srv_config cfg;
-  char dir[] = "/tmp/vbk-fuzz-hs-XXXXXX";
-  char uri[64];
+  char uri[80];
   struct store *st;
   size_t i;
 
@@ -376,9 +378,7 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
   (void) argv;
   log_level = getenv ("VBK_FUZZ_DEBUG") ? LOG_LVL_DEBUG : LOG_LVL_ERROR;
   rcu_register_thread ();
-  if (!mkdtemp (dir))
-    abort ();
-  snprintf (uri, sizeof uri, "local:%s", dir);
+  fuzz_store_dir ("vbk-fuzz-hs", uri, sizeof uri);
   if (store_open (uri, &st) < 0
       || image_create (st, "disk", DISK_SIZE, 64 << 10) < 0
       || image_create (st, "small", SMALL_SIZE, 64 << 10) < 0
@@ -407,38 +407,27 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
         abort ();
       }
   nbd_srv_config_free (&cfg);
+  fuzz_client_init (&client);
   return 0;
 }
 
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
-  struct buf wire = { 0 };
-  struct fuzz_feeder f = { 0 };
-  struct buf out = { 0 };
-  pthread_t th;
-  int sv[2];
+  /* Kept from input to input: no allocation per run. */
+  static struct buf wire, out;
+  int fd;
 
+  wire.len = out.len = 0;
   if (size > 0 && (data[0] & 1))
     frame (data + 1, size - 1, &wire);
   else if (size > 1)
     buf_add (&wire, data + 1, size - 1);
 
-  if (socketpair (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-    abort ();
-  f.fd = sv[0];
-  f.data = wire.p;
-  f.size = wire.len;
-  f.reply = gather;
-  f.reply_arg = &out;
-  if (pthread_create (&th, NULL, fuzz_feed, &f) != 0)
-    abort ();
-  nbd_srv_session_run (srv, sv[1], "fuzz");   /* closes sv[1] */
-  pthread_join (th, NULL);
-  close (sv[0]);
+  fd = fuzz_session_begin (&client, wire.p, wire.len, gather, &out);
+  nbd_srv_session_run (srv, fd, "fuzz");   /* closes fd */
+  fuzz_session_end (&client);
 
   check (wire.p, wire.len, out.p, out.len);
-  free (wire.p);
-  free (out.p);
   return 0;
 }

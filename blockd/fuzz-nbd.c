@@ -4,23 +4,19 @@
  * real handshake and request parser of vbk-blockd.
  *
  * DESIGN: one server (nbd_srv_server_new, no listening sockets) over a
- * local store in a temporary directory holding a 1 MiB image "fuzz",
- * kept open for the whole run.  Each input is written into one end of a
- * socketpair by a helper thread, which also drains the server's replies
- * so the server never blocks on a full socket; the server side runs
- * nbd_srv_session_run on the fuzzing thread, exactly as a connection thread
- * does, and returns after the client's end closes and every request is
- * answered.  Build: clang -fsanitize=fuzzer,address (tests/e2e/fuzz.sh).
+ * local store in a temporary directory (in memory where /dev/shm is)
+ * holding a 1 MiB image "fuzz", kept open for the whole run: the store,
+ * the image and the server are made once per process, never per input.
+ * Each input is written into one end of a new socketpair (fuzz-feed.h:
+ * the input is all there before the server reads, and a helper thread
+ * started once keeps the answers moving, so the server never blocks on
+ * a full socket); the server side runs nbd_srv_session_run on the
+ * fuzzing thread, exactly as a connection thread does, and returns after
+ * the client's end closes and every request is answered.  Build: clang
+ * -fsanitize=fuzzer,address (tests/fuzz-build.sh).
  */
-#include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -29,20 +25,20 @@
 
 static struct nbd_srv_server *srv;
 static struct nbd_srv_export *keep;
+static struct fuzz_client client;
 
 int
 LLVMFuzzerInitialize (int *argc, char ***argv)
 {
   struct nbd_srv_config cfg;
-  char dir[] = "/tmp/vbk-fuzz-XXXXXX";
-  char uri[64];
+  char uri[80];
   struct store *st;
 
+  (void) argc;
+  (void) argv;
   log_level = getenv ("VBK_FUZZ_DEBUG") ? LOG_LVL_DEBUG : LOG_LVL_ERROR;
   rcu_register_thread ();
-  if (!mkdtemp (dir))
-    abort ();
-  snprintf (uri, sizeof uri, "local:%s", dir);
+  fuzz_store_dir ("vbk-fuzz", uri, sizeof uri);
   if (store_open (uri, &st) < 0
       || image_create (st, "fuzz", 1 << 20, 64 << 10) < 0)
     {
@@ -61,25 +57,16 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
       abort ();
     }
   nbd_srv_config_free (&cfg);
+  fuzz_client_init (&client);
   return 0;
 }
 
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
-  struct fuzz_feeder f = { 0 };
-  pthread_t th;
-  int sv[2];
+  int fd = fuzz_session_begin (&client, data, size, NULL, NULL);
 
-  if (socketpair (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-    abort ();
-  f.fd = sv[0];
-  f.data = data;
-  f.size = size;
-  if (pthread_create (&th, NULL, fuzz_feed, &f) != 0)
-    abort ();
-  nbd_srv_session_run (srv, sv[1], "fuzz");   /* closes sv[1] */
-  pthread_join (th, NULL);
-  close (sv[0]);
+  nbd_srv_session_run (srv, fd, "fuzz");   /* closes fd */
+  fuzz_session_end (&client);
   return 0;
 }

@@ -395,6 +395,7 @@ struct nbd_srv_conn {
   size_t rq_copied;          /* bytes copied into queued replies */
   uint64_t send_progress_ns; /* when the socket last took bytes */
   bool send_failed;
+  bool writer_allowed;       /* transmission: a reply may start the writer */
   bool writer_running, writer_stop;
   pthread_t writer;
 
@@ -419,7 +420,8 @@ struct nbd_srv_conn *nbd_srv_conn_new (struct nbd_srv_server *srv, int fd,
 /* Waits for queued replies to go (or fail), stops the writer, closes
  * the socket, frees.  No request may be in flight. */
 void nbd_srv_conn_free (struct nbd_srv_conn *c);
-/* Starts the writer thread (before transmission).  Returns 0 or
+/* Lets replies queue (before transmission): the writer thread starts
+ * with the first reply the socket does not take at once.  Returns 0 or
  * -errno. */
 int nbd_srv_conn_start_writer (struct nbd_srv_conn *c);
 /* Lets the writer send what is queued (or give up on the client, as

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 #
 # backup-fuzz.sh - builds backup/fuzz-backup.c with clang
-# -fsanitize=fuzzer,address (the real manifest, index and chunk parsers)
+# -fsanitize=fuzzer,address (the real manifest, index and chunk parsers;
+# tests/fuzz-build.sh)
 # and runs it for $VBK_FUZZ_SECONDS (default 30) seconds from a corpus of
 # well-formed objects of each kind.  Any crash, leak or sanitizer report
 # fails the test.
@@ -13,37 +14,9 @@ requires clang
 seconds=${VBK_FUZZ_SECONDS:-30}
 out=$TEST_DIR/fuzz-backup
 
-clang -g -O1 -fsanitize=fuzzer,address -fno-omit-frame-pointer \
-  -D_GNU_SOURCE -I"$VBK_SRC" $(pkg-config --cflags json-c liblz4) \
-  -o "$out" "$VBK_SRC"/backup/fuzz-backup.c "$VBK_SRC"/backup/format.c \
-  "$VBK_SRC"/common/error.c \
-  $(pkg-config --libs json-c liblz4 libcrypto zlib) ||
+VBK_SRC=$VBK_SRC "$VBK_SRC/tests/fuzz-build.sh" "$TEST_DIR" backup ||
   fail "cannot build the fuzzer"
-
-corpus=$TEST_DIR/corpus
-mkdir -p "$corpus"
-python3 - "$corpus" <<'PY'
-import hashlib, os, struct, sys, zlib
-d = sys.argv[1]
-def w(name, kind, body):
-    open(os.path.join(d, name), "wb").write(bytes([kind]) + body)
-man = b'{"format": "1.0", "id": "20260101T000000Z-00000001", "image": "d", ' \
-      b'"size": 100000, "chunk_size": 16384, "chunks": 7, "time_ms": 1, ' \
-      b'"snapshot": "vbkbk-x", "parent": null, "tags": ["a"], "group": null, ' \
-      b'"protected": false, "index_sha256": "' + b"ab" * 32 + b'"}'
-w("manifest", 0, man)
-idx = b"VBKINDEX" + struct.pack("<HHIQQ", 1, 0, 16384, 100000, 7) + bytes(32) + \
-      b"".join(hashlib.sha256(bytes([i])).digest() for i in range(7))
-w("index", 1, idx)
-raw = b"hello world " * 100
-hdr = b"VBKC" + struct.pack("<HBBIII", 1, 0, 0, len(raw), len(raw), zlib.crc32(raw)) + bytes(12)
-w("chunk-raw", 2, hdr + raw)
-# An LZ4 block of literals only: token 0xF0 + lengths, then the bytes.
-lit = b"abcdefghijklmnopqrstuvwxyz"
-blk = bytes([0xF0, len(lit) - 15]) + lit
-hdr = b"VBKC" + struct.pack("<HBBIII", 1, 1, 0, len(lit), len(blk), zlib.crc32(blk)) + bytes(12)
-w("chunk-lz4", 2, hdr + blk)
-PY
+corpus=$TEST_DIR/backup-corpus
 
 start=$(date +%s)
 cd "$TEST_DIR"
