@@ -9,6 +9,7 @@
  * endpoint (import, export) refuses what is not a file and a file that
  * shrank.
  */
+/* VBK_TEST_LINKS: vbkcopy */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>

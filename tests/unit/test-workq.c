@@ -6,6 +6,7 @@
  * that must stay running wait on a gate the test opens, and every wait
  * for a condition is for the condition itself.
  */
+/* VBK_TEST_LINKS: vbkcommon */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
