@@ -25,11 +25,11 @@
  * not pin its chunks: a backup pruned and garbage-collected while it is
  * exported keeps serving what its reader has cached and fails the reads
  * of removed chunks with EIO (the chunk named in the log); opening it
- * again gives "no backup".  Live images start with an untrusted object map: some
- * other host may write them.  An export whose lease was lost stays in the
- * table for the connections that use it, but lookups treat it like one
- * whose count reached zero: the next open unlinks it and opens a fresh
- * one.
+ * again gives "no backup".  Live images start with an untrusted object
+ * map: some other host may write them.  An export whose lease was lost
+ * stays in the table for the connections that use it, but lookups treat
+ * it like one whose count reached zero: the next open unlinks it and
+ * opens a fresh one.
  *
  * Reconnects: a client that comes back while the last put of its
  * previous export is still closing it (flushing, releasing the lease)
