@@ -37,7 +37,7 @@
 #include "common/util.h"
 #include "internal.h"
 
-#define EXT_CACHE_MAX 200000
+#define EXT_CACHE_MAX 100000     /* about 20 MiB: 200 bytes each */
 
 /* A resolved path (relative to the root, no leading '/'). */
 struct dent {
@@ -534,22 +534,25 @@ dir_one (ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent,
   if (c->plus) {
     struct ext2_inode_large inode;
     struct dent *d;
-    char *full;
+    char *full = malloc (c->dirlen + len + 1);
 
-    /* Without it the entry goes out with its type only. */
-    if (read_inode_unlocked (c->e, dirent->inode, &inode) == 0) {
-      fill_stat (c->e, dirent->inode, &inode, &st);
-      full = malloc (c->dirlen + len + 1);
-      if (full != NULL) {
-        memcpy (full, c->dir, c->dirlen);
-        memcpy (full + c->dirlen, name, len + 1);
+    /* From the cache, else from the inode (and then cached); without
+     * either the entry goes out with its type only. */
+    if (full != NULL) {
+      memcpy (full, c->dir, c->dirlen);
+      memcpy (full + c->dirlen, name, len + 1);
+      d = cache_find (c->e, full, c->dirlen + len);
+      if (d && d->have_stat)
+        st = d->st;
+      else if (read_inode_unlocked (c->e, dirent->inode, &inode) == 0) {
+        fill_stat (c->e, dirent->inode, &inode, &st);
         d = cache_add (c->e, full, c->dirlen + len, dirent->inode);
-        if (d && !d->have_stat) {
+        if (d) {
           d->st = st;
           d->have_stat = true;
         }
-        free (full);
       }
+      free (full);
     }
   }
   if (c->fill (c->arg, name, &st)) {

@@ -57,9 +57,14 @@ op_getattr (const char *path, struct stat *st, struct fuse_file_info *fi)
   return vbkfs_getattr (this_fs (), path, st);
 }
 
+/* Listings go out with offsets (the position of each entry, from 1),
+ * a buffer at a time: libfuse 3.14 passes the attributes of a
+ * readdirplus entry on only in that mode.  A call at offset OFF lists
+ * again from the start and skips the first OFF entries. */
 struct fill_ctx {
   void *buf;
   fuse_fill_dir_t filler;
+  off_t skip, pos;
 };
 
 static int
@@ -67,8 +72,10 @@ fill_one (void *arg, const char *name, const struct stat *st)
 {
   struct fill_ctx *c = arg;
 
+  if (++c->pos <= c->skip)
+    return 0;
   /* Complete attributes (st_nlink set) go out with the name. */
-  return c->filler (c->buf, name, st, 0,
+  return c->filler (c->buf, name, st, c->pos,
                     st && st->st_nlink > 0 ? FUSE_FILL_DIR_PLUS : 0);
 }
 
@@ -76,10 +83,10 @@ static int
 op_readdir (const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
             struct fuse_file_info *fi, enum fuse_readdir_flags flags)
 {
-  struct fill_ctx c = { buf, filler };
+  struct fill_ctx c = { buf, filler, off, 0 };
 
-  filler (buf, ".", NULL, 0, 0);
-  filler (buf, "..", NULL, 0, 0);
+  if (fill_one (&c, ".", NULL) || fill_one (&c, "..", NULL))
+    return 0;
   if (flags & FUSE_READDIR_PLUS)
     return vbkfs_readdir_plus (this_fs (), path, fill_one, &c);
   return vbkfs_readdir (this_fs (), path, fill_one, &c);
