@@ -77,6 +77,9 @@ int backup_manifest_json (struct backup_repo *r, const char *id,
 int backup_reader_open (struct backup_repo *r, const char *id,
                         struct backup_reader **out);
 uint64_t backup_reader_size (struct backup_reader *rd);
+/* The image the backup was taken of, and its chunk size (owned by RD). */
+const char *backup_reader_image (struct backup_reader *rd);
+uint32_t backup_reader_chunk_size (struct backup_reader *rd);
 /* Like image_extents: allocated = 0 for chunks that are all zero. */
 int backup_reader_extents (struct backup_reader *rd, uint64_t off,
                            uint64_t len, image_extent_cb cb, void *arg);

@@ -63,6 +63,18 @@ backup_reader_size (struct backup_reader *rd)
   return rd->m.size;
 }
 
+const char *
+backup_reader_image (struct backup_reader *rd)
+{
+  return rd->m.image;
+}
+
+uint32_t
+backup_reader_chunk_size (struct backup_reader *rd)
+{
+  return rd->m.chunk_size;
+}
+
 void
 backup_reader_close (struct backup_reader *rd)
 {

@@ -232,6 +232,46 @@ listed (char *const *list, size_t n, const char *identity)
   return false;
 }
 
+int
+nbd_srv_backup_name_split (const char *name, char *image, size_t image_len,
+                           char *id, size_t id_len)
+{
+  size_t pl = strlen (NBD_SRV_BACKUP_PREFIX), il, n;
+  const char *slash, *p;
+  char img[IMAGE_NAME_MAX + 1];
+
+  if (strncmp (name, NBD_SRV_BACKUP_PREFIX, pl) != 0)
+    return 0;
+  if (!image)
+    return 1;
+  name += pl;
+  slash = strchr (name, '/');
+  if (!slash)
+    return vbk_errno (-EINVAL, "'%s%s': a backup export is named "
+                      "backup:IMAGE/ID", NBD_SRV_BACKUP_PREFIX, name);
+  il = slash - name;
+  if (il == 0 || il > IMAGE_NAME_MAX || il >= image_len)
+    return vbk_errno (-EINVAL, "'%s%s': bad image name",
+                      NBD_SRV_BACKUP_PREFIX, name);
+  memcpy (img, name, il);
+  img[il] = 0;
+  if (image_name_check (img) < 0)
+    return -EINVAL;
+  /* Backup ids are [0-9A-Za-z-] (backup/FORMAT.md), or "latest". */
+  n = strlen (slash + 1);
+  if (n == 0 || n > 63 || n >= id_len)
+    return vbk_errno (-EINVAL, "'%s%s': bad backup id",
+                      NBD_SRV_BACKUP_PREFIX, name);
+  for (p = slash + 1; *p; p++)
+    if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z')
+          || (*p >= 'A' && *p <= 'Z') || *p == '-'))
+      return vbk_errno (-EINVAL, "'%s%s': bad backup id",
+                        NBD_SRV_BACKUP_PREFIX, name);
+  memcpy (image, img, il + 1);
+  memcpy (id, slash + 1, n + 1);
+  return 1;
+}
+
 enum nbd_srv_access
 nbd_srv_access_check (const struct nbd_srv_acl *acl, bool tls_required,
                       const struct nbd_srv_peer *peer,
@@ -239,13 +279,27 @@ nbd_srv_access_check (const struct nbd_srv_acl *acl, bool tls_required,
 {
   const struct acl_rule *rule;
   const char *at = strchr (export_name, '@');
+  char bimg[IMAGE_NAME_MAX + 1], bid[64];
   enum nbd_srv_access a;
+  int backup;
 
+  /* backup:IMAGE/ID: IMAGE's rule.  A malformed one gets the default
+   * rule (it cannot open; the open says why). */
+  backup = nbd_srv_backup_name_split (export_name, bimg, sizeof bimg, bid,
+                                      sizeof bid);
+  if (backup < 0)
+    {
+      vbk_clear_error ();
+      backup = 1;
+      bimg[0] = 0;
+    }
+  if (backup)
+    at = NULL;
   if (peer->local)
     a = NBD_SRV_ACCESS_WRITE;
   else
     {
-      rule = rule_find (acl, export_name);
+      rule = backup ? rule_find (acl, bimg) : rule_find (acl, export_name);
       if (!rule && at)
         {
           char *img = strndup (export_name, at - export_name);
@@ -267,7 +321,7 @@ nbd_srv_access_check (const struct nbd_srv_acl *acl, bool tls_required,
       else
         a = NBD_SRV_ACCESS_NONE;
     }
-  if (at && a == NBD_SRV_ACCESS_WRITE)
+  if ((at || backup) && a == NBD_SRV_ACCESS_WRITE)
     a = NBD_SRV_ACCESS_READ;
   return a;
 }

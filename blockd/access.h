@@ -16,13 +16,16 @@
  *     nothing (not even "*");
  *   - without a rule: NONE when TLS is required, else WRITE (a daemon
  *     without TLS or lists serves as it always did);
- *   - a snapshot export is never more than READ.
+ *   - a snapshot export is never more than READ;
+ *   - a backup export "backup:IMAGE/ID" follows IMAGE's rule, as a
+ *     snapshot does, and is never more than READ.
  * The export's and daemon's read_only settings apply on top of this.
  */
 #ifndef VBK_BLOCKD_ACCESS_H
 #define VBK_BLOCKD_ACCESS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 enum nbd_srv_access {
   NBD_SRV_ACCESS_NONE,
@@ -63,6 +66,17 @@ enum nbd_srv_access nbd_srv_access_check (const struct nbd_srv_acl *acl,
                                           bool tls_required,
                                           const struct nbd_srv_peer *peer,
                                           const char *export_name);
+
+/* The prefix of backup exports: "backup:IMAGE/ID". */
+#define NBD_SRV_BACKUP_PREFIX "backup:"
+
+/* Whether NAME is a backup export name (starts with "backup:").  If so
+ * and IMAGE is not NULL, splits it into a valid image name and backup id
+ * (copied into IMAGE, at least IMAGE_LEN bytes, and ID, at least ID_LEN
+ * bytes).  Returns 1 (a backup name), 0 (not one) or -EINVAL (a backup
+ * name that is malformed: no '/', a bad image name or id). */
+int nbd_srv_backup_name_split (const char *name, char *image,
+                               size_t image_len, char *id, size_t id_len);
 
 /* "none", "read", "write". */
 const char *nbd_srv_access_name (enum nbd_srv_access a);

@@ -68,6 +68,7 @@ void
 nbd_srv_config_free (struct nbd_srv_config *cfg)
 {
   free (cfg->store_uri);
+  free (cfg->repo_uri);
   free (cfg->socket_path);
   free (cfg->listen_addr);
   free (cfg->host_id);
@@ -158,6 +159,8 @@ nbd_srv_config_set (struct nbd_srv_config *cfg, const char *key,
 {
   if (!strcmp (key, "store"))
     return set_str (&cfg->store_uri, value);
+  if (!strcmp (key, "repo"))
+    return set_str (&cfg->repo_uri, value);
   if (!strcmp (key, "socket"))
     return set_str (&cfg->socket_path, value);
   if (!strcmp (key, "listen"))

@@ -15,14 +15,21 @@
  * struct image: a flush on any of them covers writes acknowledged on all
  * of them (NBD_FLAG_CAN_MULTI_CONN).
  *
- * Three kinds of export: a writable image (its own store connection and
+ * Four kinds of export: a writable image (its own store connection and
  * lease, writes.c), a read-only image (the daemon is --read-only; the
- * shared store handle) and a snapshot "IMAGE@SNAP" (read-only, the
- * shared handle).  Live images start with an untrusted object map: some
- * other host may write them.  An export whose lease was lost stays in the
- * table for the connections that use it, but lookups treat it like one
- * whose count reached zero: the next open unlinks it and opens a fresh
- * one.
+ * shared store handle), a snapshot "IMAGE@SNAP" (read-only, the shared
+ * handle) and a backup "backup:IMAGE/ID" (read-only: a backup reader on
+ * the repository of --repo, which is opened with the first backup export
+ * and shared by all; ID "latest" is IMAGE's newest backup when the
+ * export opens).  A backup's reader holds its index in memory and does
+ * not pin its chunks: a backup pruned and garbage-collected while it is
+ * exported keeps serving what its reader has cached and fails the reads
+ * of removed chunks with EIO (the chunk named in the log); opening it
+ * again gives "no backup".  Live images start with an untrusted object
+ * map: some other host may write them.  An export whose lease was lost
+ * stays in the table for the connections that use it, but lookups treat
+ * it like one whose count reached zero: the next open unlinks it and
+ * opens a fresh one.
  *
  * Reconnects: a client that comes back while the last put of its
  * previous export is still closing it (flushing, releasing the lease)
@@ -39,6 +46,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "access.h"
 #include "internal.h"
 
 struct nbd_srv_exports {
@@ -47,6 +55,9 @@ struct nbd_srv_exports {
   bool read_only;
   struct nbd_srv_lease_cfg lease_cfg;
   struct nbd_srv_config per_export;    /* only its exports[] is used */
+  char *repo_uri;           /* NULL: no backup exports */
+  struct backup_repo *repo; /* opened by the first backup export (under
+                               open_lock), then read-only */
   pthread_mutex_t open_lock;
   /* Exports out of the table whose last put is closing them (under
    * open_lock); closed_cond is signalled as each one finishes. */
@@ -121,9 +132,17 @@ nbd_srv_exports_new (struct store *st, const struct nbd_srv_config *cfg,
     }
   t->store = st;
   t->read_only = cfg->read_only;
+  if (cfg->repo_uri && !(t->repo_uri = strdup (cfg->repo_uri)))
+    {
+      lease_cfg_free (lc);
+      cds_lfht_destroy (t->ht, NULL);
+      free (t);
+      return -ENOMEM;
+    }
   if (nbd_srv_config_copy_exports (&t->per_export, cfg) < 0)
     {
       nbd_srv_config_free (&t->per_export);
+      free (t->repo_uri);
       lease_cfg_free (lc);
       cds_lfht_destroy (t->ht, NULL);
       free (t);
@@ -148,6 +167,8 @@ nbd_srv_exports_free (struct nbd_srv_exports *t)
   pthread_cond_destroy (&t->closed_cond);
   lease_cfg_free (&t->lease_cfg);
   nbd_srv_config_free (&t->per_export);
+  backup_repo_close (t->repo);
+  free (t->repo_uri);
   free (t);
 }
 
@@ -237,11 +258,57 @@ nbd_srv_export_name_split (const char *name, char **image, const char **snap)
 static void
 export_close (struct nbd_srv_export *e)
 {
+  if (e->backup)
+    {
+      backup_reader_close (e->backup);
+      e->backup = NULL;
+      return;
+    }
   if (e->lease || e->store)
     nbd_srv_export_close_rw (e);
   else
     image_close (e->img);
   e->img = NULL;
+}
+
+/* Opens backup ID of IMAGE for E (under open_lock).  Returns 0 or
+ * -errno with a message. */
+static int
+export_open_backup (struct nbd_srv_exports *t, struct nbd_srv_export *e,
+                    const char *image, const char *id)
+{
+  struct backup_entry *list = NULL;
+  char latest[64];
+  size_t n = 0;
+  int r;
+
+  if (!t->repo_uri)
+    return vbk_errno (-ENOENT, "blockd: %s: no backup repository (start "
+                      "vbk-blockd with --repo or $VBK_REPO)", e->name);
+  if (!t->repo && (r = backup_repo_open (t->repo_uri, &t->repo)) < 0)
+    return vbk_error_prepend (r, "blockd: repository %s: ", t->repo_uri);
+  if (strcmp (id, "latest") == 0)
+    {
+      if ((r = backup_list (t->repo, image, &list, &n)) < 0)
+        return r;
+      if (n == 0)
+        {
+          free (list);
+          return vbk_errno (-ENOENT, "blockd: %s: no backup of image %s",
+                            e->name, image);
+        }
+      snprintf (latest, sizeof latest, "%s", list[n - 1].id);
+      free (list);
+      id = latest;
+    }
+  if ((r = backup_reader_open (t->repo, id, &e->backup)) < 0)
+    return r;
+  if (strcmp (backup_reader_image (e->backup), image) != 0)
+    return vbk_errno (-ENOENT, "blockd: %s: backup %s is of image %s",
+                      e->name, id, backup_reader_image (e->backup));
+  e->size = backup_reader_size (e->backup);
+  e->object_size = backup_reader_chunk_size (e->backup);
+  return 0;
 }
 
 /* Opens export NAME (not yet in the table); NULL with *ERR on failure. */
@@ -264,6 +331,25 @@ export_open (struct nbd_srv_exports *t, const char *name, int *err)
     }
   pthread_mutex_init (&e->snap_lock, NULL);
   e->table = t;
+  {
+    char bimg[IMAGE_NAME_MAX + 1], bid[64];
+
+    r = nbd_srv_backup_name_split (name, bimg, sizeof bimg, bid, sizeof bid);
+    if (r > 0)
+      {
+        e->read_only = true;
+        atomic_store (&e->trusted, true);   /* a backup never changes */
+        if (!(e->image = strdup (bimg)))
+          r = vbk_errno (-ENOMEM, "blockd: export %s", name);
+        else
+          r = export_open_backup (t, e, bimg, bid);
+        if (r < 0)
+          goto fail;
+        return e;
+      }
+    if (r < 0)
+      goto fail;
+  }
   r = nbd_srv_export_name_split (name, &e->image, &e->snap);
   if (r < 0)
     goto fail;
@@ -393,7 +479,8 @@ nbd_srv_export_get (struct nbd_srv_exports *t, const char *name,
   rcu_read_unlock ();
   log_info ("export %s opened (%" PRIu64 " bytes, object size %u%s)",
             name, e->size, e->object_size,
-            e->snap ? ", snapshot, read-only"
+            e->backup ? ", backup, read-only"
+            : e->snap ? ", snapshot, read-only"
             : e->read_only ? ", read-only" : "");
 
  out:

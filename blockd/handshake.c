@@ -293,8 +293,16 @@ opt_info_go (struct nbd_srv_conn *c, uint32_t option, const char *data,
   r = nbd_srv_export_get (c->srv->exports, name, &e);
   if (r < 0)
     {
+      bool backup = nbd_srv_backup_name_split (name, NULL, 0, NULL, 0);
+
+      /* Clients rarely show the server's message (nbdinfo, qemu-img do
+       * not): a backup that does not open is worth a line in the log. */
+      if (backup)
+        log_info ("connection %s: export %s: %s", c->peer, name,
+                  vbk_error ());
       r = send_error (c, option, NBD_REP_ERR_UNKNOWN, "%s: %s", name,
-                      r == -ENOENT ? "no such image" : vbk_error ());
+                      r == -ENOENT && !backup ? "no such image"
+                      : vbk_error ());
       free (name);
       return r;
     }
@@ -308,9 +316,10 @@ opt_info_go (struct nbd_srv_conn *c, uint32_t option, const char *data,
   if (want_desc)
     {
       char desc[256], sz[32], osz[32];
-      snprintf (desc, sizeof desc, "vbk %s %s, %s, objects of %s%s",
-                e->snap ? "snapshot" : "image", e->name,
-                format_size (e->size, sz, sizeof sz),
+      snprintf (desc, sizeof desc, "vbk %s %s, %s, %s of %s%s",
+                e->backup ? "backup" : e->snap ? "snapshot" : "image",
+                e->name, format_size (e->size, sz, sizeof sz),
+                e->backup ? "chunks" : "objects",
                 format_size (e->object_size, osz, sizeof osz),
                 e->read_only || c->read_only ? ", read-only" : "");
       if (send_info_string (c, option, NBD_INFO_DESCRIPTION, desc) < 0)
@@ -368,7 +377,9 @@ opt_export_name (struct nbd_srv_conn *c, const char *data, uint32_t len)
   if (r < 0)
     {
       log_info ("connection %s: export %s: %s", c->peer, name,
-                r == -ENOENT ? "no such image" : vbk_error ());
+                r == -ENOENT && !nbd_srv_backup_name_split (name, NULL, 0,
+                                                            NULL, 0)
+                ? "no such image" : vbk_error ());
       free (name);
       return -1;
     }
@@ -519,7 +530,7 @@ query_is (const char *q, uint32_t ql, const char *s)
 /* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT (proto.md,
  * "Metadata querying").  Contexts: base:allocation on every export, and
  * on a live export qemu:dirty-bitmap:SNAP for each snapshot SNAP of the
- * image.  LIST also takes the wildcards "base:", "qemu:" and
+ * image (a backup export has base:allocation only).  LIST also takes the wildcards "base:", "qemu:" and
  * "qemu:dirty-bitmap:", and with no query lists everything; SET takes
  * exact names only.  Unknown queries select nothing. */
 static int
@@ -579,8 +590,20 @@ opt_meta_context (struct nbd_srv_conn *c, uint32_t option, const char *data,
                       name);
       goto out;
     }
-  r = nbd_srv_export_name_split (name, &image, &snap);
-  if (r == 0 && snap)
+  if (nbd_srv_backup_name_split (name, NULL, 0, NULL, 0))
+    {
+      /* A backup export: only base:allocation, if the backup opens. */
+      struct nbd_srv_export *e;
+
+      r = nbd_srv_export_get (c->srv->exports, name, &e);
+      if (r == 0)
+        nbd_srv_export_put (e);
+    }
+  else
+    r = nbd_srv_export_name_split (name, &image, &snap);
+  if (image == NULL)
+    ;                                 /* a backup: checked above */
+  else if (r == 0 && snap)
     {
       /* A snapshot export: only base:allocation, if the snapshot exists. */
       r = image_snap_list (c->srv->store, image, &snaps, &ns);
@@ -604,7 +627,7 @@ opt_meta_context (struct nbd_srv_conn *c, uint32_t option, const char *data,
   if (r < 0)
     {
       r = send_error (c, option, NBD_REP_ERR_UNKNOWN, "%s: %s", name,
-                      r == -ENOENT ? "no such image" : vbk_error ());
+                      r == -ENOENT && image ? "no such image" : vbk_error ());
       goto out;
     }
   pick = calloc (ns + 1, sizeof *pick);

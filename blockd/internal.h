@@ -33,6 +33,7 @@
 #include <urcu.h>
 #include <urcu/rculfhash.h>
 
+#include "backup/backup.h"
 #include "common/workq.h"
 #include "image/image.h"
 #include "locks/lease.h"
@@ -65,6 +66,7 @@ struct nbd_srv_export_cfg {
 
 struct nbd_srv_config {
   char *store_uri;          /* local:/var/lib/vbk */
+  char *repo_uri;           /* backup repository; NULL: no backup exports */
   char *socket_path;        /* NULL: no Unix socket */
   char *listen_addr;        /* HOST:PORT, NULL: no TCP */
   char *host_id;            /* default: the host name */
@@ -137,10 +139,12 @@ bool nbd_srv_addr_is_loopback (const char *hostport);
 /* ---- exports.c ---------------------------------------------------------- */
 
 struct nbd_srv_export {
-  char *name;               /* as clients name it: IMAGE or IMAGE@SNAP */
+  char *name;               /* as clients name it: IMAGE, IMAGE@SNAP or
+                               backup:IMAGE/ID */
   char *image;              /* the image's name */
   const char *snap;         /* in NAME after the '@'; NULL: the live image */
-  struct image *img;
+  struct image *img;        /* NULL for a backup export */
+  struct backup_reader *backup;  /* a backup export, else NULL */
   uint64_t size;
   uint32_t object_size;
   bool read_only;
@@ -167,16 +171,18 @@ struct nbd_srv_export {
 struct nbd_srv_exports;
 
 /* ST serves read-only and snapshot exports; writable ones open their own
- * connection to CFG->store_uri. */
+ * connection to CFG->store_uri; backup exports read CFG->repo_uri's
+ * repository (opened at the first one). */
 int nbd_srv_exports_new (struct store *st, const struct nbd_srv_config *cfg,
                          struct nbd_srv_exports **out);
 /* All exports must have been put. */
 void nbd_srv_exports_free (struct nbd_srv_exports *t);
 /* Finds the open export NAME (IMAGE, or IMAGE@SNAP: that snapshot, read
- * only) or opens it; an export whose lease was lost is replaced by a
- * fresh one.  The caller puts it.
- * Errors: -ENOENT (no such image or snapshot), -EINVAL (bad name), store
- * errors. */
+ * only, or backup:IMAGE/ID: that backup, read only) or opens it; an
+ * export whose lease was lost is replaced by a fresh one.  The caller
+ * puts it.
+ * Errors: -ENOENT (no such image, snapshot or backup; no repository),
+ * -EINVAL (bad name), store and repository errors, with a message. */
 int nbd_srv_export_get (struct nbd_srv_exports *t, const char *name,
                         struct nbd_srv_export **out);
 /* Drops a reference; the last one closes (flushes) the image. */
@@ -218,8 +224,8 @@ void nbd_srv_export_close_rw (struct nbd_srv_export *e);
  * message. */
 int nbd_srv_write_begin (struct nbd_srv_export *e);
 void nbd_srv_write_end (struct nbd_srv_export *e);
-/* FLUSH: nothing to do if the lease was never held here; -EIO once it
- * is lost. */
+/* FLUSH: nothing to do if the lease was never held here (or for a
+ * backup); -EIO once it is lost. */
 int nbd_srv_export_flush (struct nbd_srv_export *e);
 
 /* ---- workers.c ---------------------------------------------------------- */

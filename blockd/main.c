@@ -3,7 +3,7 @@
  * main.c - vbk-blockd: command line, settings, signals.
  *
  * DESIGN: settings come from defaults, then --config FILE, then
- * $VBK_STORE, then flags (each later one wins).  The daemon always runs
+ * $VBK_STORE and $VBK_REPO, then flags (each later one wins).  The daemon always runs
  * in the foreground and logs to stderr: under systemd (Type=simple)
  * that goes to the journal; --foreground is accepted for scripts that
  * pass it.  SIGTERM and SIGINT stop it cleanly: no new connections, the
@@ -42,6 +42,9 @@ usage (FILE *f)
 "\n"
 "  --store URI        store to serve (default: $VBK_STORE, else\n"
 "                     local:/var/lib/vbk); e.g. rados:POOL\n"
+"  --repo URI         backup repository whose backups are exported\n"
+"                     read-only as backup:IMAGE/ID (default: $VBK_REPO;\n"
+"                     none: no backup exports)\n"
 "  --socket PATH      Unix socket (default /run/vbk/blockd.sock; when only\n"
 "                     --listen is given, no Unix socket unless --socket)\n"
 "  --listen HOST:PORT also listen on TCP (e.g. 0.0.0.0:10809, [::1]:10809);\n"
@@ -53,7 +56,7 @@ usage (FILE *f)
 "  --exclusive        keep the leases we take: no automatic hand-off to\n"
 "                     another host (only 'vbk lease release' moves them)\n"
 "  --config FILE      settings file: key = value lines with the keys\n"
-"                     store, socket, listen, host_id, lease_duration,\n"
+"                     store, repo, socket, listen, host_id, lease_duration,\n"
 "                     exclusive, read_only, workers, poll_us, verbose and\n"
 "                     the long flags below with '_' for '-' (flags\n"
 "                     override it); an [export IMAGE] section sets\n"
@@ -103,7 +106,9 @@ usage (FILE *f)
 "\n"
 "Exports: IMAGE (writable: the first write takes the image's lease,\n"
 "asking its holder on another host to hand it over), IMAGE@SNAP (a\n"
-"snapshot, read-only).  Metadata contexts: base:allocation, and on a live\n"
+"snapshot, read-only), backup:IMAGE/ID (backup ID of IMAGE in the\n"
+"repository, read-only; ID may be 'latest': the newest backup when the\n"
+"export opens; not shown by NBD_OPT_LIST).  Metadata contexts: base:allocation, and on a live\n"
 "export qemu:dirty-bitmap:SNAP (objects changed since snapshot SNAP).\n"
 "\n"
 "SIGTERM/SIGINT: stop accepting, answer and flush what is in flight,\n"
@@ -119,6 +124,7 @@ main (int argc, char **argv)
          OPT_INSECURE_TCP };
   static const struct option longopts[] = {
     { "store", required_argument, NULL, OPT_STORE },
+    { "repo", required_argument, NULL, OPT_SETTING },
     { "socket", required_argument, NULL, OPT_SOCKET },
     { "listen", required_argument, NULL, OPT_LISTEN },
     { "host-id", required_argument, NULL, OPT_HOST_ID },
@@ -217,6 +223,9 @@ main (int argc, char **argv)
   env = getenv ("VBK_STORE");
   if (env && *env)
     nbd_srv_config_set (&cfg, "store", env);
+  env = getenv ("VBK_REPO");
+  if (env && *env)
+    nbd_srv_config_set (&cfg, "repo", env);
   if (listen_flag && !socket_flag && !config_file)
     {
       /* TCP only, unless a socket was asked for too. */

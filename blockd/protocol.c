@@ -20,7 +20,11 @@
  * thread, so writes wait there, in order, while the lease is handed over
  * to us; they end it when they complete.
  * So many requests are in flight per connection and replies go out in
- * the order they complete.  Errors: every -errno passes through the one
+ * the order they complete.  A backup export (backup:IMAGE/ID) has no
+ * image: its READs run on the worker pool through the backup's reader
+ * (which decompresses whole chunks, too slow for the reader thread), its
+ * map is the backup's index (zero chunks are holes), and the checks
+ * refuse every write as on any read-only export.  Errors: every -errno passes through the one
  * table in nbd_srv_errno_to_nbd.  A request that cannot be framed (bad
  * magic, a WRITE payload over 64 MiB) ends the connection: there is no
  * way to find the next request; everything else gets an error reply and
@@ -398,6 +402,27 @@ write_done (void *arg, ssize_t ret)
   req_finish (r);
 }
 
+/* A READ of a backup export, on a worker. */
+static void
+backup_read (struct nbd_srv_req *r)
+{
+  ssize_t ret = backup_reader_pread (r->conn->exp->backup, r->buf, r->count,
+                                     r->offset);
+
+  if (ret < 0)
+    {
+      /* The reader's message names the backup, the offset and the
+       * chunk. */
+      log_warn ("connection %s: export %s: read %" PRIu32 " at %" PRIu64
+                ": %s", r->conn->peer, r->conn->exp->name, r->count,
+                r->offset, vbk_error ());
+      reply_errno (r, (int) ret, "read");
+    }
+  else
+    send_read_data (r);
+  req_finish (r);
+}
+
 void
 nbd_srv_req_run_sync (struct nbd_srv_req *r)
 {
@@ -408,6 +433,9 @@ nbd_srv_req_run_sync (struct nbd_srv_req *r)
 
   switch (r->type)
     {
+    case NBD_CMD_READ:
+      backup_read (r);
+      return;
     case NBD_CMD_FLUSH:
       ret = nbd_srv_export_flush (r->conn->exp);
       break;
@@ -526,7 +554,11 @@ block_status_of (struct nbd_srv_conn *c, const struct nbd_srv_req *q,
     end = e->size;
   if (id == NBD_SRV_META_ID_BASE)
     {
-      ret = image_extents (e->img, q->offset, q->count, extent_cb, a);
+      if (e->backup)
+        ret = backup_reader_extents (e->backup, q->offset, q->count,
+                                     extent_cb, a);
+      else
+        ret = image_extents (e->img, q->offset, q->count, extent_cb, a);
       return ret < 0 ? ret : 0;
     }
   else
@@ -645,8 +677,12 @@ map_read (struct nbd_srv_req *r)
   if (!(r->flags & NBD_CMD_FLAG_DF)
       && atomic_load (&r->conn->exp->trusted))
     {
-      ret = image_extents (r->conn->exp->img, r->offset, r->count,
-                           read_extent_cb, r);
+      if (r->conn->exp->backup)
+        ret = backup_reader_extents (r->conn->exp->backup, r->offset,
+                                     r->count, read_extent_cb, r);
+      else
+        ret = image_extents (r->conn->exp->img, r->offset, r->count,
+                             read_extent_cb, r);
       for (i = 0; i < r->next_ext; i++)
         sum += r->ext_len[i];
       if (ret == 0 && sum == r->count)
@@ -805,6 +841,11 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
             {
               send_simple (c, q.handle, 0, NULL, 0, NULL);
               req_finish (r);
+              break;
+            }
+          if (c->exp->backup)
+            {
+              nbd_srv_workers_queue (c->srv->workers, r);
               break;
             }
           if (c->srv->inline_io && q.count <= NBD_SRV_INLINE_MAX)

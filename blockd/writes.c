@@ -292,6 +292,8 @@ nbd_srv_write_end (struct nbd_srv_export *e)
 int
 nbd_srv_export_flush (struct nbd_srv_export *e)
 {
+  if (e->backup)
+    return 0;                   /* immutable */
   if (!e->lease)
     return image_flush (e->img);
   if (!atomic_load (&e->ever_held))

@@ -13,6 +13,16 @@
  * thread-safe: one mutex per file system serialises every call into it.
  * The io_manager's open() receives the range through its name
  * ("vbkfs:ADDRESS"), the usual way to pass a handle through that API.
+ *
+ * Lookups are cached: the file system never changes while it is open,
+ * so a path once resolved keeps its inode and attributes.  The cache (a
+ * hash table of paths, under the same mutex) resolves a path one
+ * component at a time from its longest cached parent, so a lookup in a
+ * big tree scans one directory, not every directory from the root as
+ * ext2fs_namei does; a listing with attributes (readdirplus) fills it
+ * for every entry.  Paths through a symlink are left to ext2fs_namei
+ * (not cached).  The cache is bounded (EXT_CACHE_MAX entries): past
+ * that, lookups still work, uncached.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -27,11 +37,26 @@
 #include "common/util.h"
 #include "internal.h"
 
+#define EXT_CACHE_MAX 100000     /* about 20 MiB: 200 bytes each */
+
+/* A resolved path (relative to the root, no leading '/'). */
+struct dent {
+  struct dent *next;
+  uint64_t hash;
+  ext2_ino_t ino;
+  bool have_stat;
+  struct stat st;
+  char path[];
+};
+
 struct vbkfs_extfs {
   struct vbkfs_disk *d;
   uint64_t off, len;
   ext2_filsys fs;
   pthread_mutex_t lock;
+  /* the lookup cache (under lock) */
+  struct dent **buckets;
+  size_t nbuckets, nents;
 };
 
 struct vbkfs_extfile {
@@ -220,8 +245,18 @@ vbkfs_extfs_open (struct vbkfs_disk *d, uint64_t off, uint64_t len,
 void
 vbkfs_extfs_close (struct vbkfs_extfs *e)
 {
+  size_t i;
+
   if (e == NULL)
     return;
+  for (i = 0; i < e->nbuckets; i++)
+    while (e->buckets[i]) {
+      struct dent *d = e->buckets[i];
+
+      e->buckets[i] = d->next;
+      free (d);
+    }
+  free (e->buckets);
   ext2fs_close_free (&e->fs);
   pthread_mutex_destroy (&e->lock);
   free (e);
@@ -229,19 +264,155 @@ vbkfs_extfs_close (struct vbkfs_extfs *e)
 
 /* ---- Lookups ---------------------------------------------------------- */
 
-static int
-lookup_unlocked (struct vbkfs_extfs *e, const char *path, ext2_ino_t *ino)
+/* FNV-1a of the first LEN bytes of S. */
+static uint64_t
+path_hash (const char *s, size_t len)
 {
-  errcode_t err;
+  uint64_t h = UINT64_C (14695981039346656037);
+  size_t i;
 
-  while (*path == '/')
-    path++;
-  if (*path == '\0') {
+  for (i = 0; i < len; i++) {
+    h ^= (unsigned char) s[i];
+    h *= UINT64_C (1099511628211);
+  }
+  return h;
+}
+
+static struct dent *
+cache_find (struct vbkfs_extfs *e, const char *path, size_t len)
+{
+  uint64_t h = path_hash (path, len);
+  struct dent *d;
+
+  if (e->nbuckets == 0)
+    return NULL;
+  for (d = e->buckets[h % e->nbuckets]; d; d = d->next)
+    if (d->hash == h && strncmp (d->path, path, len) == 0
+        && d->path[len] == '\0')
+      return d;
+  return NULL;
+}
+
+/* Adds PATH (LEN bytes) -> INO; returns the entry, or NULL when the
+ * cache is full or memory is short (the caller goes on uncached). */
+static struct dent *
+cache_add (struct vbkfs_extfs *e, const char *path, size_t len,
+           ext2_ino_t ino)
+{
+  uint64_t h = path_hash (path, len);
+  struct dent *d;
+  size_t i;
+
+  if ((d = cache_find (e, path, len)) != NULL)
+    return d;
+  if (e->nents >= EXT_CACHE_MAX)
+    return NULL;
+  if (e->nents >= e->nbuckets) {
+    /* Grow to twice the entries: chains stay short. */
+    size_t nb = e->nbuckets ? e->nbuckets * 2 : 1024;
+    struct dent **b = calloc (nb, sizeof *b);
+
+    if (b == NULL)
+      return NULL;
+    for (i = 0; i < e->nbuckets; i++)
+      while (e->buckets[i]) {
+        d = e->buckets[i];
+        e->buckets[i] = d->next;
+        d->next = b[d->hash % nb];
+        b[d->hash % nb] = d;
+      }
+    free (e->buckets);
+    e->buckets = b;
+    e->nbuckets = nb;
+  }
+  d = malloc (sizeof *d + len + 1);
+  if (d == NULL)
+    return NULL;
+  d->hash = h;
+  d->ino = ino;
+  d->have_stat = false;
+  memcpy (d->path, path, len);
+  d->path[len] = '\0';
+  d->next = e->buckets[h % e->nbuckets];
+  e->buckets[h % e->nbuckets] = d;
+  e->nents++;
+  return d;
+}
+
+/* Resolves the first LEN bytes of PATH (no leading or trailing '/'),
+ * from its longest cached parent.  *DP: its cache entry, or NULL. */
+static int
+lookup_len (struct vbkfs_extfs *e, const char *path, size_t len,
+            ext2_ino_t *ino, struct dent **dp)
+{
+  const char *slash;
+  ext2_ino_t dir;
+  struct dent *d;
+  errcode_t err;
+  size_t plen;
+  int r;
+
+  *dp = NULL;
+  if (len == 0) {
     *ino = EXT2_ROOT_INO;
     return 0;
   }
-  err = ext2fs_namei (e->fs, EXT2_ROOT_INO, EXT2_ROOT_INO, path, ino);
-  return ext_errno (err);
+  if ((d = cache_find (e, path, len)) != NULL) {
+    *ino = d->ino;
+    *dp = d;
+    return 0;
+  }
+  slash = memrchr (path, '/', len);
+  plen = slash ? (size_t) (slash - path) : 0;
+  r = lookup_len (e, path, plen, &dir, &d);
+  if (r < 0)
+    return r;
+  {
+    const char *name = slash ? slash + 1 : path;
+
+    err = ext2fs_lookup (e->fs, dir, name, (int) (path + len - name), NULL,
+                         ino);
+  }
+  if (err == EXT2_ET_NO_DIRECTORY) {
+    /* Maybe a symlink to a directory on the way: namei follows it. */
+    char *copy = strndup (path, len);
+
+    if (copy == NULL)
+      return -ENOMEM;
+    err = ext2fs_namei (e->fs, EXT2_ROOT_INO, EXT2_ROOT_INO, copy, ino);
+    free (copy);
+    return ext_errno (err);
+  }
+  if (err)
+    return ext_errno (err);
+  *dp = cache_add (e, path, len, *ino);
+  return 0;
+}
+
+static int
+lookup_unlocked (struct vbkfs_extfs *e, const char *path, ext2_ino_t *ino,
+                 struct dent **dp)
+{
+  size_t len;
+
+  while (*path == '/')
+    path++;
+  len = strlen (path);
+  while (len > 0 && path[len - 1] == '/')
+    len--;
+  /* "a//b": a component at a time would see an empty name. */
+  if (memmem (path, len, "//", 2) != NULL) {
+    char *copy = strndup (path, len);
+    errcode_t err;
+
+    *dp = NULL;
+    if (copy == NULL)
+      return -ENOMEM;
+    err = ext2fs_namei (e->fs, EXT2_ROOT_INO, EXT2_ROOT_INO, copy, ino);
+    free (copy);
+    return ext_errno (err);
+  }
+  return lookup_len (e, path, len, ino, dp);
 }
 
 static int
@@ -302,12 +473,24 @@ vbkfs_extfs_getattr (struct vbkfs_extfs *e, const char *path,
   ext2_ino_t ino;
   int r;
 
+  struct dent *d;
+
   pthread_mutex_lock (&e->lock);
-  r = lookup_unlocked (e, path, &ino);
+  r = lookup_unlocked (e, path, &ino, &d);
+  if (r == 0 && d && d->have_stat) {
+    *st = d->st;
+    goto out;
+  }
   if (r == 0)
     r = read_inode_unlocked (e, ino, &inode);
-  if (r == 0)
+  if (r == 0) {
     fill_stat (e, ino, &inode, st);
+    if (d) {
+      d->st = *st;
+      d->have_stat = true;
+    }
+  }
+ out:
   pthread_mutex_unlock (&e->lock);
   return r;
 }
@@ -316,6 +499,12 @@ struct dir_ctx {
   vbkfs_fill_cb fill;
   void *arg;
   int stop;
+  /* with attributes: each entry's inode is read and cached as
+   * DIR/NAME */
+  struct vbkfs_extfs *e;
+  bool plus;
+  char *dir;                    /* DIR followed by '/', or "" */
+  size_t dirlen;
 };
 
 static int
@@ -342,6 +531,30 @@ dir_one (ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent,
   case EXT2_FT_SOCK: st.st_mode = S_IFSOCK; break;
   default: st.st_mode = S_IFREG; break;
   }
+  if (c->plus) {
+    struct ext2_inode_large inode;
+    struct dent *d;
+    char *full = malloc (c->dirlen + len + 1);
+
+    /* From the cache, else from the inode (and then cached); without
+     * either the entry goes out with its type only. */
+    if (full != NULL) {
+      memcpy (full, c->dir, c->dirlen);
+      memcpy (full + c->dirlen, name, len + 1);
+      d = cache_find (c->e, full, c->dirlen + len);
+      if (d && d->have_stat)
+        st = d->st;
+      else if (read_inode_unlocked (c->e, dirent->inode, &inode) == 0) {
+        fill_stat (c->e, dirent->inode, &inode, &st);
+        d = cache_add (c->e, full, c->dirlen + len, dirent->inode);
+        if (d) {
+          d->st = st;
+          d->have_stat = true;
+        }
+      }
+      free (full);
+    }
+  }
   if (c->fill (c->arg, name, &st)) {
     c->stop = 1;
     return DIRENT_ABORT;
@@ -350,21 +563,40 @@ dir_one (ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent,
 }
 
 int
-vbkfs_extfs_readdir (struct vbkfs_extfs *e, const char *path,
+vbkfs_extfs_readdir (struct vbkfs_extfs *e, const char *path, bool plus,
                      vbkfs_fill_cb fill, void *arg)
 {
-  struct dir_ctx c = { fill, arg, 0 };
+  struct dir_ctx c = { fill, arg, 0, e, plus, NULL, 0 };
+  struct dent *d;
   ext2_ino_t ino;
   errcode_t err;
+  size_t len;
   int r;
 
+  if (plus) {
+    /* The cache's form of PATH: no leading or trailing '/'. */
+    while (*path == '/')
+      path++;
+    len = strlen (path);
+    while (len > 0 && path[len - 1] == '/')
+      len--;
+    c.dir = malloc (len + 2);
+    if (c.dir == NULL)
+      return -ENOMEM;
+    memcpy (c.dir, path, len);
+    if (len > 0)
+      c.dir[len++] = '/';
+    c.dir[len] = '\0';
+    c.dirlen = len;
+  }
   pthread_mutex_lock (&e->lock);
-  r = lookup_unlocked (e, path, &ino);
+  r = lookup_unlocked (e, path, &ino, &d);
   if (r == 0) {
     err = ext2fs_dir_iterate2 (e->fs, ino, 0, NULL, dir_one, &c);
     r = ext_errno (err);
   }
   pthread_mutex_unlock (&e->lock);
+  free (c.dir);
   return r;
 }
 
@@ -376,6 +608,7 @@ vbkfs_extfs_readlink (struct vbkfs_extfs *e, const char *path, char *buf,
   uint64_t size;
   ext2_file_t file;
   ext2_ino_t ino;
+  struct dent *d;
   unsigned got;
   errcode_t err;
   int r;
@@ -383,7 +616,7 @@ vbkfs_extfs_readlink (struct vbkfs_extfs *e, const char *path, char *buf,
   if (len == 0)
     return -EINVAL;
   pthread_mutex_lock (&e->lock);
-  r = lookup_unlocked (e, path, &ino);
+  r = lookup_unlocked (e, path, &ino, &d);
   if (r == 0)
     r = read_inode_unlocked (e, ino, &inode);
   if (r == 0 && !LINUX_S_ISLNK (inode.i_mode))
@@ -435,6 +668,7 @@ vbkfs_extfs_fopen (struct vbkfs_extfs *e, const char *path,
 {
   struct ext2_inode_large inode;
   struct vbkfs_extfile *f;
+  struct dent *d;
   ext2_ino_t ino;
   errcode_t err;
   int r;
@@ -443,7 +677,7 @@ vbkfs_extfs_fopen (struct vbkfs_extfs *e, const char *path,
   if (f == NULL)
     return -ENOMEM;
   pthread_mutex_lock (&e->lock);
-  r = lookup_unlocked (e, path, &ino);
+  r = lookup_unlocked (e, path, &ino, &d);
   if (r == 0)
     r = read_inode_unlocked (e, ino, &inode);
   if (r == 0 && LINUX_S_ISDIR (inode.i_mode))

@@ -113,7 +113,9 @@ void vbkfs_extfs_close (struct vbkfs_extfs *e);
 /* PATH is relative to the file system's root ("" or "/" is the root). */
 int vbkfs_extfs_getattr (struct vbkfs_extfs *e, const char *path,
                          struct stat *st);
-int vbkfs_extfs_readdir (struct vbkfs_extfs *e, const char *path,
+/* PLUS: each entry with its full attributes (as getattr gives them),
+ * else with its type only. */
+int vbkfs_extfs_readdir (struct vbkfs_extfs *e, const char *path, bool plus,
                          vbkfs_fill_cb fill, void *arg);
 int vbkfs_extfs_readlink (struct vbkfs_extfs *e, const char *path,
                           char *buf, size_t len);

@@ -8,9 +8,15 @@
  * stalls only the requests that need it (the store's timeout bounds each
  * one: a failure is EIO, never a hung mount).  Everything is immutable
  * while mounted (snapshots and backups do not change), so the kernel may
- * keep file data in its page cache (kernel_cache); the listings of
- * images and snapshots do change, so attributes expire after a second
- * and missing names are not cached.
+ * keep file data in its page cache (kernel_cache, keep_cache) and names
+ * and attributes for ENTRY_TIMEOUT seconds.  The listings of images,
+ * snapshots and backups do change, but only by names coming and going:
+ * listings are never cached, nor are missing names, so a new snapshot
+ * shows at once, and a removed one may still answer a stat (not a read:
+ * its reads fail) for up to ENTRY_TIMEOUT.  The high-level API has one
+ * timeout for the whole tree.  Directories inside a disk's file system
+ * are listed with their attributes (readdirplus), so "ls -l" needs no
+ * lookup per file.
  */
 #define FUSE_USE_VERSION 35
 
@@ -32,12 +38,14 @@ this_fs (void)
   return fuse_get_context ()->private_data;
 }
 
+#define ENTRY_TIMEOUT 30.0
+
 static void *
 op_init (struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
   cfg->kernel_cache = 1;
-  cfg->entry_timeout = 1;
-  cfg->attr_timeout = 1;
+  cfg->entry_timeout = ENTRY_TIMEOUT;
+  cfg->attr_timeout = ENTRY_TIMEOUT;
   cfg->negative_timeout = 0;
   conn->max_readahead = 1u << 20;
   return fuse_get_context ()->private_data;
@@ -49,9 +57,14 @@ op_getattr (const char *path, struct stat *st, struct fuse_file_info *fi)
   return vbkfs_getattr (this_fs (), path, st);
 }
 
+/* Listings go out with offsets (the position of each entry, from 1),
+ * a buffer at a time: libfuse 3.14 passes the attributes of a
+ * readdirplus entry on only in that mode.  A call at offset OFF lists
+ * again from the start and skips the first OFF entries. */
 struct fill_ctx {
   void *buf;
   fuse_fill_dir_t filler;
+  off_t skip, pos;
 };
 
 static int
@@ -59,17 +72,23 @@ fill_one (void *arg, const char *name, const struct stat *st)
 {
   struct fill_ctx *c = arg;
 
-  return c->filler (c->buf, name, st, 0, 0);
+  if (++c->pos <= c->skip)
+    return 0;
+  /* Complete attributes (st_nlink set) go out with the name. */
+  return c->filler (c->buf, name, st, c->pos,
+                    st && st->st_nlink > 0 ? FUSE_FILL_DIR_PLUS : 0);
 }
 
 static int
 op_readdir (const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
             struct fuse_file_info *fi, enum fuse_readdir_flags flags)
 {
-  struct fill_ctx c = { buf, filler };
+  struct fill_ctx c = { buf, filler, off, 0 };
 
-  filler (buf, ".", NULL, 0, 0);
-  filler (buf, "..", NULL, 0, 0);
+  if (fill_one (&c, ".", NULL) || fill_one (&c, "..", NULL))
+    return 0;
+  if (flags & FUSE_READDIR_PLUS)
+    return vbkfs_readdir_plus (this_fs (), path, fill_one, &c);
   return vbkfs_readdir (this_fs (), path, fill_one, &c);
 }
 

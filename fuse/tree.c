@@ -550,9 +550,9 @@ vbkfs_getattr (struct vbkfs *fs, const char *path, struct stat *st)
 
 /* ---- Directories ------------------------------------------------------------- */
 
-int
-vbkfs_readdir (struct vbkfs *fs, const char *path, vbkfs_fill_cb fill,
-               void *arg)
+static int
+readdir_common (struct vbkfs *fs, const char *path, bool plus,
+                vbkfs_fill_cb fill, void *arg)
 {
   struct vbkfs_node n;
   struct stat st;
@@ -631,10 +631,24 @@ vbkfs_readdir (struct vbkfs *fs, const char *path, vbkfs_fill_cb fill,
     fill (arg, "README", &st);
     return 0;
   case N_FILES:
-    return vbkfs_extfs_readdir (n.ext, n.fspath, fill, arg);
+    return vbkfs_extfs_readdir (n.ext, n.fspath, plus, fill, arg);
   default:
     return -ENOTDIR;
   }
+}
+
+int
+vbkfs_readdir (struct vbkfs *fs, const char *path, vbkfs_fill_cb fill,
+               void *arg)
+{
+  return readdir_common (fs, path, false, fill, arg);
+}
+
+int
+vbkfs_readdir_plus (struct vbkfs *fs, const char *path, vbkfs_fill_cb fill,
+                    void *arg)
+{
+  return readdir_common (fs, path, true, fill, arg);
 }
 
 int

@@ -54,6 +54,11 @@ typedef int (*vbkfs_fill_cb) (void *arg, const char *name,
                               const struct stat *st);
 int vbkfs_readdir (struct vbkfs *fs, const char *path, vbkfs_fill_cb fill,
                    void *arg);
+/* The same, and ST complete (as vbkfs_getattr gives it) for the entries
+ * of a directory inside a disk's file system; those have st_nlink > 0,
+ * the others (ST with the type only) st_nlink 0.  For readdirplus. */
+int vbkfs_readdir_plus (struct vbkfs *fs, const char *path,
+                        vbkfs_fill_cb fill, void *arg);
 
 /* The target of symlink PATH into BUF (NUL-terminated, cut to LEN-1). */
 int vbkfs_readlink (struct vbkfs *fs, const char *path, char *buf,

@@ -69,12 +69,15 @@ fi
 
 # The server's code once, then each target linked against it.
 cflags=(-g -O1 -fno-omit-frame-pointer -D_GNU_SOURCE -I"$VBK_SRC"
-        $(pkg-config --cflags liburcu liburcu-cds inih) ${VBK_FUZZ_CFLAGS:-})
-libs=($(pkg-config --libs liburcu liburcu-cds inih gnutls) -lrados -lpthread)
+        $(pkg-config --cflags liburcu liburcu-cds inih json-c liblz4)
+        ${VBK_FUZZ_CFLAGS:-})
+libs=($(pkg-config --libs liburcu liburcu-cds inih gnutls liblz4 json-c libcrypto zlib)
+      -lrados -lpthread)
 objs=()
 for f in "$VBK_SRC"/blockd/*.c "$VBK_SRC"/common/*.c "$VBK_SRC"/store/*.c \
-         "$VBK_SRC"/image/*.c "$VBK_SRC"/locks/*.c "$VBK_SRC"/snapshot/*.c; do
-  case "$f" in */blockd/main.c|*/blockd/fuzz-*.c) continue ;; esac
+         "$VBK_SRC"/image/*.c "$VBK_SRC"/locks/*.c "$VBK_SRC"/snapshot/*.c \
+         "$VBK_SRC"/copy/*.c "$VBK_SRC"/backup/*.c; do
+  case "$f" in */blockd/main.c|*/fuzz-*.c) continue ;; esac
   o=$out/obj/$(basename "$(dirname "$f")")-$(basename "$f" .c).o
   rm -f "$o"
   # Two compilers at a time.

@@ -3,7 +3,8 @@
  * test-access.c - per-export access lists (blockd/access.c) and the
  * config keys around them (blockd/config.c): allow and allow_read in
  * [export IMAGE] and [export IMAGE@SNAP] sections, default_allow, the
- * rules for snapshots, local clients and clients without an identity,
+ * rules for snapshots and backups (backup:IMAGE/ID), local clients and
+ * clients without an identity, the repository key,
  * the TLS settings, and the refusal of plain TCP on a network address.
  * Config files are real files read by the real parser (inih), and a
  * small generated sweep feeds it malformed lines.
@@ -348,6 +349,79 @@ test_config_check (void **state)
   nbd_srv_config_free (&cfg);
 }
 
+static void
+test_backup_names (void **state)
+{
+  struct nbd_srv_acl *acl = NULL;
+  char img[IMAGE_NAME_MAX + 1], id[64];
+  int req;
+
+  assert_int_equal (nbd_srv_backup_name_split ("vm1", img, sizeof img, id,
+                                               sizeof id), 0);
+  assert_int_equal (nbd_srv_backup_name_split ("backup:vm1/20260101-ab",
+                                               img, sizeof img, id,
+                                               sizeof id), 1);
+  assert_string_equal (img, "vm1");
+  assert_string_equal (id, "20260101-ab");
+  assert_int_equal (nbd_srv_backup_name_split ("backup:vm1/latest", NULL, 0,
+                                               NULL, 0), 1);
+  {
+    static const char *const bad[] = {
+      "backup:vm1", "backup:/x", "backup:vm1/", "backup:vm1/a/b",
+      "backup:vm1/a_b", "backup:vm 1/x", "backup:.vm/x", "backup:vm1@s/x",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+      {
+        vbk_clear_error ();
+        assert_int_equal (nbd_srv_backup_name_split (bad[i], img, sizeof img,
+                                                     id, sizeof id), -EINVAL);
+        assert_true (*vbk_error () != 0);
+      }
+  }
+
+  /* A backup follows its image's rule and is never more than READ. */
+  assert_int_equal (nbd_srv_access_check (NULL, false, &anon, "backup:vm1/x"),
+                    READ);
+  assert_int_equal (nbd_srv_access_check (NULL, true, &alice, "backup:vm1/x"),
+                    NONE);
+  assert_int_equal (nbd_srv_access_check (NULL, true, &local, "backup:vm1/x"),
+                    READ);
+  assert_int_equal (nbd_srv_acl_add (&acl, "vm1", "allow", "alice"), 0);
+  assert_int_equal (nbd_srv_acl_add (&acl, "vm1", "allow_read", "carol"), 0);
+  assert_int_equal (nbd_srv_acl_add (&acl, NULL, "allow", "bob"), 0);
+  for (req = 0; req < 2; req++)
+    {
+      assert_int_equal (nbd_srv_access_check (acl, req, &alice,
+                                              "backup:vm1/x"), READ);
+      assert_int_equal (nbd_srv_access_check (acl, req, &carol,
+                                              "backup:vm1/x"), READ);
+      /* bob is in the default lists, which vm1's section replaces. */
+      assert_int_equal (nbd_srv_access_check (acl, req, &bob,
+                                              "backup:vm1/x"), NONE);
+      assert_int_equal (nbd_srv_access_check (acl, req, &anon,
+                                              "backup:vm1/x"), NONE);
+      /* Another image's backups: the default lists. */
+      assert_int_equal (nbd_srv_access_check (acl, req, &bob,
+                                              "backup:vm2/x"), READ);
+      assert_int_equal (nbd_srv_access_check (acl, req, &alice,
+                                              "backup:vm2/x"), NONE);
+      /* A malformed name gets the default lists (it cannot open). */
+      assert_int_equal (nbd_srv_access_check (acl, req, &alice,
+                                              "backup:vm1"), NONE);
+    }
+  nbd_srv_acl_free (acl);
+
+  /* The repository: "repo" in [blockd]. */
+  {
+    struct nbd_srv_config cfg;
+    nbd_srv_config_init (&cfg);
+    assert_null (cfg.repo_uri);
+    assert_int_equal (nbd_srv_config_set (&cfg, "repo", "local:/r"), 0);
+    assert_string_equal (cfg.repo_uri, "local:/r");
+    nbd_srv_config_free (&cfg);
+  }
+}
+
 static int
 setup (void **state)
 {
@@ -369,6 +443,7 @@ main (void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test (test_acl_rules),
+    cmocka_unit_test (test_backup_names),
     cmocka_unit_test (test_config_file),
     cmocka_unit_test (test_config_sweep),
     cmocka_unit_test (test_config_check),
