@@ -25,7 +25,8 @@
 # endpoint=server --tls-creds), fio connecting with nbds:// (libnbd finds
 # the client certificate in $HOME/.pki/libnbd, which it reads only for a
 # user other than root: as root fio runs as nobody), plus vbk-blockd on
-# plain TCP loopback for the cost of TLS itself.
+# plain TCP loopback, and qemu-nbd on plain TCP too, for the cost of TLS
+# itself on each (goal: tls/tcp-vbk >= tls/tcp-qemu).
 set -euo pipefail
 
 sizes=${SIZES:-${1:-1G}:${MODE:-full}}
@@ -225,7 +226,7 @@ as_user=()
 [ "$(id -u)" = 0 ] && as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups)
 printf '[blockd]\ndefault_allow = *\n' >"$dir/tls.conf"
 free_port () { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-pv=$(free_port); pq=$(free_port); pp=$(free_port)
+pv=$(free_port); pq=$(free_port); pp=$(free_port); pqt=$(free_port)
 "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tls.sock" \
   --listen "127.0.0.1:$pv" --tls-certificates "$dir/certs/server" \
   --config "$dir/tls.conf" 2>"$dir/vbk-tls.log" &
@@ -233,9 +234,15 @@ pids+=($!)
 "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tcp.sock" \
   --listen "127.0.0.1:$pp" 2>"$dir/vbk-tcp.log" &
 pids+=($!)
-qemu-nbd -f raw -t -e 4 --cache=writeback -b 127.0.0.1 -p "$pq" -x bench \
+# Two qemu-nbd on one file (TLS and plain TCP, used in turn): without
+# qemu's image locking, which would refuse the second.
+qimg="driver=raw,file.driver=file,file.filename=$dir/peer.raw,file.locking=off"
+qemu-nbd -t -e 4 --cache=writeback -b 127.0.0.1 -p "$pq" -x bench \
   --object "tls-creds-x509,id=tls0,dir=$dir/certs/server,endpoint=server" \
-  --tls-creds tls0 "$dir/peer.raw" &
+  --tls-creds tls0 --image-opts "$qimg" &
+pids+=($!)
+qemu-nbd -t -e 4 --cache=writeback -b 127.0.0.1 -p "$pqt" -x bench \
+  --image-opts "$qimg" &
 pids+=($!)
 wait_sock "$dir/vbk-tls.sock"; wait_sock "$dir/vbk-tcp.sock"
 nbdcopy --connections=4 --threads=4 "$dir/peer.raw" \
@@ -250,6 +257,7 @@ tls_client nbdinfo "nbds://127.0.0.1:$pv/bench" >/dev/null ||
 uri[vbktls]="nbds://127.0.0.1:$pv/bench"
 uri[qemutls]="nbds://127.0.0.1:$pq/bench"
 uri[vbktcp]="nbd://127.0.0.1:$pp/bench"
+uri[qemutcp]="nbd://127.0.0.1:$pqt/bench"
 
 # run_tls SERVER RW BS QD: as run, as the TLS client user
 run_tls () {
@@ -271,21 +279,23 @@ PY
 }
 
 echo
-printf '%-20s %-6s %9s %9s %9s %12s %12s\n' workload unit vbk-tls qemu-tls vbk-tcp \
-  vbk/qemu-tls tls/tcp-vbk
+printf '%-20s %-6s %9s %9s %9s %9s %12s %12s %12s\n' workload unit vbk-tls \
+  qemu-tls vbk-tcp qemu-tcp vbk/qemu-tls tls/tcp-vbk tls/tcp-qemu
 for w in "4K-randread-QD16 randread 4k 16 kIOPS" \
          "4K-randwrite-QD16 randwrite 4k 16 kIOPS" \
          "1M-seqread-QD8 read 1M 8 MB/s" \
          "1M-seqwrite-QD8 write 1M 8 MB/s"; do
   read -r name rw bs qd unit <<<"$w"
-  declare -a rv=() rq=() rp=()
+  declare -a rv=() rq=() rp=() rqp=()
   for ((i = 0; i < repeat; i++)); do
     rv+=("$(run_tls vbktls "$rw" "$bs" "$qd")")
     rq+=("$(run_tls qemutls "$rw" "$bs" "$qd")")
     rp+=("$(run_tls vbktcp "$rw" "$bs" "$qd")")
+    rqp+=("$(run_tls qemutcp "$rw" "$bs" "$qd")")
   done
   v=$(median "${rv[@]}"); q=$(median "${rq[@]}"); t=$(median "${rp[@]}")
-  printf '%-20s %-6s %9s %9s %9s %12s %12s\n' "$name" "$unit" "$v" "$q" "$t" \
-    "$(awk -v a="$v" -v b="$q" 'BEGIN{printf "%.2f", (b>0?a/b:0)}')" \
-    "$(awk -v a="$v" -v b="$t" 'BEGIN{printf "%.2f", (b>0?a/b:0)}')"
+  qt=$(median "${rqp[@]}")
+  printf '%-20s %-6s %9s %9s %9s %9s %12s %12s %12s\n' "$name" "$unit" "$v" \
+    "$q" "$t" "$qt" "$(ratio "$v" "$q")" "$(ratio "$v" "$t")" \
+    "$(ratio "$q" "$qt")"
 done
