@@ -12,7 +12,9 @@
  *   appends it to the change log (and, if the object was ABSENT, marks it
  *   allocated in the map) with synchronous store writes; only then does
  *   the data write start.  So after any crash neither the map nor the
- *   log under-reports.  Concurrent first writes are committed together.
+ *   log under-reports.  Concurrent first writes are committed together;
+ *   asynchronous ones wait on the commit queue (commit.c), so one
+ *   connection's queue of first writes shares a commit too.
  * - A discard may mark an object ABSENT only when no write to it is in
  *   flight (counted in wr_inflight buckets), or the ABSENT could land
  *   after a concurrent write's entry and under-report.
