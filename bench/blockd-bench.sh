@@ -9,7 +9,15 @@
 # Not a test: numbers depend on the machine.  Env: VBK_BIN (build/bin),
 # BENCH_DIR (a scratch directory, default a new one under /tmp),
 # RUNTIME (seconds per run, default 4), REPEAT, ONLY_TLS=1 (the TLS rows
-# alone).
+# alone), SIZES (one table per SIZE:MODE, default "SIZE:MODE" from the
+# argument (1G) and MODE (full); e.g. SIZES="2G:full 16G:full 64G:thin").
+# MODE full: the image and the peers' raw file (one file shared by both
+# peers, which run in turn) hold the same data, written fast (a random
+# 1 MiB block stamped with offsets); thin: a new image and a sparse file,
+# plus the first-write rows: random 4 KiB writes to a new thin disk
+# (a new image and a new sparse file for every run).  Scratch space: the
+# size of a full disk twice (raw file and store); everything goes at the
+# end.
 #
 # Then TLS rows (TLS=0 skips them): vbk-blockd and qemu-nbd on TCP
 # loopback with NBD over TLS, the same X.509 certificates
@@ -17,10 +25,12 @@
 # endpoint=server --tls-creds), fio connecting with nbds:// (libnbd finds
 # the client certificate in $HOME/.pki/libnbd, which it reads only for a
 # user other than root: as root fio runs as nobody), plus vbk-blockd on
-# plain TCP loopback for the cost of TLS itself.
+# plain TCP loopback, and qemu-nbd on plain TCP too, for the cost of TLS
+# itself on each (goal: tls/tcp-vbk >= tls/tcp-qemu).
 set -euo pipefail
 
-size=${1:-1G}
+sizes=${SIZES:-${1:-1G}:${MODE:-full}}
+size=${sizes%% *}; size=${size%%:*}   # the TLS rows' image
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${VBK_BIN:-$here/build/bin}
 runtime=${RUNTIME:-4}
@@ -41,33 +51,30 @@ done
 
 wait_sock () { for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.05; done; echo "no $1" >&2; exit 1; }
 
-echo "preparing $size of random data ..." >&2
-head -c "$size" /dev/urandom >"$dir/data.raw"
-cp "$dir/data.raw" "$dir/qemu.raw"
-cp "$dir/data.raw" "$dir/nbdkit.raw"
+# fill_raw FILE SIZE: SIZE bytes of incompressible, never repeating data,
+# fast: one random 1 MiB block, each 4 KiB of it stamped with its offset.
+fill_raw () {
+  python3 - "$1" "$2" <<'PY'
+import os, struct, sys
+path, size = sys.argv[1], int(sys.argv[2])
+base = bytearray(os.urandom(1 << 20))
+with open(path, "wb") as f:
+    for mib in range((size + (1 << 20) - 1) >> 20):
+        for k in range(256):
+            struct.pack_into("<Q", base, k << 12, (mib << 20) + (k << 12))
+        f.write(base[:min(1 << 20, size - (mib << 20))])
+PY
+}
 
-store="local:$dir/store"
-"$bin/vbk" --store "$store" image create bench --size "$size" >/dev/null
-"$bin/vbk-blockd" --store "$store" --socket "$dir/vbk.sock" 2>"$dir/vbk.log" &
-pids+=($!)
-qemu-nbd -f raw -t -e 4 --cache=writeback -k "$dir/qemu.sock" "$dir/qemu.raw" &
-pids+=($!)
-nbdkit -f -U "$dir/nbdkit.sock" file "$dir/nbdkit.raw" &
-pids+=($!)
-wait_sock "$dir/vbk.sock"; wait_sock "$dir/qemu.sock"; wait_sock "$dir/nbdkit.sock"
-nbdcopy --connections=4 --threads=4 "$dir/data.raw" "nbd+unix:///bench?socket=$dir/vbk.sock"
+bytes_of () { numfmt --from=iec "$1"; }
 
-declare -A uri=(
-  [vbk]="nbd+unix:///bench?socket=$dir/vbk.sock"
-  [qemu]="nbd+unix:///?socket=$dir/qemu.sock"
-  [nbdkit]="nbd+unix:///?socket=$dir/nbdkit.sock"
-)
 # name rw bs iodepth unit
 workloads=(
   "4K-randread-QD1 randread 4k 1 kIOPS"
-  "4K-randread-QD16 randread 4k 16 kIOPS"
+  "4K-randread-QD32 randread 4k 32 kIOPS"
   "4K-randwrite-QD1 randwrite 4k 1 kIOPS"
   "4K-randwrite-QD16 randwrite 4k 16 kIOPS"
+  "4K-randwrite-QD32 randwrite 4k 32 kIOPS"
   "1M-seqread-QD8 read 1M 8 MB/s"
   "1M-seqwrite-QD8 write 1M 8 MB/s"
 )
@@ -91,27 +98,123 @@ PY
 }
 
 median () { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio () { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", (b>0?a/b:0)}'; }
+row () {
+  printf '%-20s %-6s %9s %9s %9s %10s %10s\n' "$1" "$2" "$3" "$4" "$5" \
+    "$(ratio "$3" "$4")" "$(ratio "$3" "$5")"
+}
 
-# ONLY_TLS=1: the TLS rows alone.
-[ "${ONLY_TLS:-0}" = 1 ] && workloads=()
-printf '%-20s %-6s %9s %9s %9s %10s %10s\n' workload unit vbk qemu-nbd nbdkit vbk/qemu vbk/nbdkit
-for w in "${workloads[@]}"; do
-  read -r name rw bs qd unit <<<"$w"
-  declare -a rv=() rq=() rk=()
-  for ((i = 0; i < repeat; i++)); do
-    rv+=("$(run vbk "$rw" "$bs" "$qd")")
-    rq+=("$(run qemu "$rw" "$bs" "$qd")")
-    rk+=("$(run nbdkit "$rw" "$bs" "$qd")")
+declare -A uri
+store="local:$dir/store"
+
+# fill_run SERVER QD: random 4 KiB writes to a new thin disk of $size
+# (a new image, a new sparse file: every run starts empty), as run.
+fill_run () {
+  local n p
+  n=$(date +%s%N)
+  case "$1" in
+    vbk)
+      "$bin/vbk" --store "$store" image create "fill$n" --size "$size" >/dev/null
+      uri[fill]="nbd+unix:///fill$n?socket=$dir/vbk.sock" ;;
+    qemu)
+      truncate -s "$size" "$dir/fill.raw"
+      qemu-nbd -f raw -t -e 4 --cache=writeback -k "$dir/fill.sock" \
+        "$dir/fill.raw" >/dev/null 2>&1 &
+      p=$! ;;
+    nbdkit)
+      truncate -s "$size" "$dir/fill.raw"
+      nbdkit -f -U "$dir/fill.sock" file "$dir/fill.raw" >/dev/null 2>&1 &
+      p=$! ;;
+  esac
+  if [ "$1" != vbk ]; then
+    wait_sock "$dir/fill.sock"
+    uri[fill]="nbd+unix:///?socket=$dir/fill.sock"
+  fi
+  run fill randwrite 4k "$2"
+  if [ "$1" = vbk ]; then
+    "$bin/vbk" --store "$store" image rm "fill$n" >/dev/null 2>&1 || true
+  else
+    kill "$p"; wait "$p" 2>/dev/null || true
+    rm -f "$dir/fill.raw" "$dir/fill.sock"
+  fi
+}
+
+# bench_size SIZE MODE: one table.  MODE full: the image and the peers'
+# raw file hold the same SIZE bytes of data; thin: nothing written (a new
+# image, a sparse file), plus the first-write rows (fill_run).
+bench_size () {
+  local size=$1 mode=$2 vp qp kp w name rw bs qd unit i v q k
+  local -a rv rq rk
+  echo "== $size $mode ==" >&2
+  rm -rf "$dir/store" "$dir/peer.raw"
+  "$bin/vbk" --store "$store" image create bench --size "$size" >/dev/null
+  "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk.sock" 2>"$dir/vbk.log" &
+  vp=$!
+  if [ "$mode" = full ]; then
+    echo "preparing $size of data ..." >&2
+    fill_raw "$dir/peer.raw" "$(bytes_of "$size")"
+    wait_sock "$dir/vbk.sock"
+    nbdcopy --connections=4 --threads=4 "$dir/peer.raw" \
+      "nbd+unix:///bench?socket=$dir/vbk.sock"
+  else
+    truncate -s "$size" "$dir/peer.raw"
+  fi
+  # One raw file for both peers: they run in turn, never at once, and
+  # what one writes the other reads back as the same kind of data.
+  qemu-nbd -f raw -t -e 4 --cache=writeback -k "$dir/qemu.sock" "$dir/peer.raw" &
+  qp=$!
+  nbdkit -f -U "$dir/nbdkit.sock" file "$dir/peer.raw" &
+  kp=$!
+  wait_sock "$dir/vbk.sock"; wait_sock "$dir/qemu.sock"; wait_sock "$dir/nbdkit.sock"
+  uri[vbk]="nbd+unix:///bench?socket=$dir/vbk.sock"
+  uri[qemu]="nbd+unix:///?socket=$dir/qemu.sock"
+  uri[nbdkit]="nbd+unix:///?socket=$dir/nbdkit.sock"
+
+  echo "$size $mode ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
+  printf '%-20s %-6s %9s %9s %9s %10s %10s\n' workload unit vbk qemu-nbd nbdkit vbk/qemu vbk/nbdkit
+  for w in "${workloads[@]}"; do
+    read -r name rw bs qd unit <<<"$w"
+    rv=() rq=() rk=()
+    for ((i = 0; i < repeat; i++)); do
+      rv+=("$(run vbk "$rw" "$bs" "$qd")")
+      rq+=("$(run qemu "$rw" "$bs" "$qd")")
+      rk+=("$(run nbdkit "$rw" "$bs" "$qd")")
+    done
+    row "$name" "$unit" "$(median "${rv[@]}")" "$(median "${rq[@]}")" \
+      "$(median "${rk[@]}")"
   done
-  v=$(median "${rv[@]}"); q=$(median "${rq[@]}"); k=$(median "${rk[@]}")
-  printf '%-20s %-6s %9s %9s %9s %10s %10s\n' "$name" "$unit" "$v" "$q" "$k" \
-    "$(awk -v a="$v" -v b="$q" 'BEGIN{printf "%.2f", (b>0?a/b:0)}')" \
-    "$(awk -v a="$v" -v b="$k" 'BEGIN{printf "%.2f", (b>0?a/b:0)}')"
-done
+  if [ "$mode" = thin ]; then
+    for qd in 1 32; do
+      rv=() rq=() rk=()
+      for ((i = 0; i < repeat; i++)); do
+        rv+=("$(fill_run vbk "$qd")")
+        rq+=("$(fill_run qemu "$qd")")
+        rk+=("$(fill_run nbdkit "$qd")")
+      done
+      row "4K-firstwrite-QD$qd" kIOPS "$(median "${rv[@]}")" \
+        "$(median "${rq[@]}")" "$(median "${rk[@]}")"
+    done
+  fi
+  echo
+  kill "$vp" "$qp" "$kp"
+  wait "$vp" "$qp" "$kp" 2>/dev/null || true
+  rm -f "$dir/vbk.sock" "$dir/qemu.sock" "$dir/nbdkit.sock"
+}
+
+# ONLY_TLS=1: the TLS rows alone (on a SIZE image, full).
+if [ "${ONLY_TLS:-0}" != 1 ]; then
+  for sm in $sizes; do
+    bench_size "${sm%%:*}" "${sm#*:}"
+  done
+fi
 
 [ "$tls_rows" = 1 ] || exit 0
 
 # ---- TLS over TCP loopback -------------------------------------------------
+# On a fully written image of the first size.
+rm -rf "$dir/store" "$dir/peer.raw"
+"$bin/vbk" --store "$store" image create bench --size "$size" >/dev/null
+fill_raw "$dir/peer.raw" "$(bytes_of "$size")"
 "$here/deploy/make-tls-certs.sh" "$dir/certs" bench 2>/dev/null
 mkdir -p "$dir/home/.pki" "$dir/tlsrun"
 cp -r "$dir/certs/client-bench" "$dir/home/.pki/libnbd"
@@ -123,7 +226,7 @@ as_user=()
 [ "$(id -u)" = 0 ] && as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups)
 printf '[blockd]\ndefault_allow = *\n' >"$dir/tls.conf"
 free_port () { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-pv=$(free_port); pq=$(free_port); pp=$(free_port)
+pv=$(free_port); pq=$(free_port); pp=$(free_port); pqt=$(free_port)
 "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tls.sock" \
   --listen "127.0.0.1:$pv" --tls-certificates "$dir/certs/server" \
   --config "$dir/tls.conf" 2>"$dir/vbk-tls.log" &
@@ -131,11 +234,19 @@ pids+=($!)
 "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tcp.sock" \
   --listen "127.0.0.1:$pp" 2>"$dir/vbk-tcp.log" &
 pids+=($!)
-qemu-nbd -f raw -t -e 4 --cache=writeback -b 127.0.0.1 -p "$pq" -x bench \
+# Two qemu-nbd on one file (TLS and plain TCP, used in turn): without
+# qemu's image locking, which would refuse the second.
+qimg="driver=raw,file.driver=file,file.filename=$dir/peer.raw,file.locking=off"
+qemu-nbd -t -e 4 --cache=writeback -b 127.0.0.1 -p "$pq" -x bench \
   --object "tls-creds-x509,id=tls0,dir=$dir/certs/server,endpoint=server" \
-  --tls-creds tls0 "$dir/qemu.raw" &
+  --tls-creds tls0 --image-opts "$qimg" &
+pids+=($!)
+qemu-nbd -t -e 4 --cache=writeback -b 127.0.0.1 -p "$pqt" -x bench \
+  --image-opts "$qimg" &
 pids+=($!)
 wait_sock "$dir/vbk-tls.sock"; wait_sock "$dir/vbk-tcp.sock"
+nbdcopy --connections=4 --threads=4 "$dir/peer.raw" \
+  "nbd+unix:///bench?socket=$dir/vbk-tcp.sock"
 tls_client () { "${as_user[@]}" env HOME="$dir/home" "$@"; }
 for _ in $(seq 100); do
   tls_client nbdinfo "nbds://127.0.0.1:$pq/bench" >/dev/null 2>&1 && break
@@ -146,6 +257,7 @@ tls_client nbdinfo "nbds://127.0.0.1:$pv/bench" >/dev/null ||
 uri[vbktls]="nbds://127.0.0.1:$pv/bench"
 uri[qemutls]="nbds://127.0.0.1:$pq/bench"
 uri[vbktcp]="nbd://127.0.0.1:$pp/bench"
+uri[qemutcp]="nbd://127.0.0.1:$pqt/bench"
 
 # run_tls SERVER RW BS QD: as run, as the TLS client user
 run_tls () {
@@ -167,21 +279,23 @@ PY
 }
 
 echo
-printf '%-20s %-6s %9s %9s %9s %12s %12s\n' workload unit vbk-tls qemu-tls vbk-tcp \
-  vbk/qemu-tls tls/tcp-vbk
+printf '%-20s %-6s %9s %9s %9s %9s %12s %12s %12s\n' workload unit vbk-tls \
+  qemu-tls vbk-tcp qemu-tcp vbk/qemu-tls tls/tcp-vbk tls/tcp-qemu
 for w in "4K-randread-QD16 randread 4k 16 kIOPS" \
          "4K-randwrite-QD16 randwrite 4k 16 kIOPS" \
          "1M-seqread-QD8 read 1M 8 MB/s" \
          "1M-seqwrite-QD8 write 1M 8 MB/s"; do
   read -r name rw bs qd unit <<<"$w"
-  declare -a rv=() rq=() rp=()
+  declare -a rv=() rq=() rp=() rqp=()
   for ((i = 0; i < repeat; i++)); do
     rv+=("$(run_tls vbktls "$rw" "$bs" "$qd")")
     rq+=("$(run_tls qemutls "$rw" "$bs" "$qd")")
     rp+=("$(run_tls vbktcp "$rw" "$bs" "$qd")")
+    rqp+=("$(run_tls qemutcp "$rw" "$bs" "$qd")")
   done
   v=$(median "${rv[@]}"); q=$(median "${rq[@]}"); t=$(median "${rp[@]}")
-  printf '%-20s %-6s %9s %9s %9s %12s %12s\n' "$name" "$unit" "$v" "$q" "$t" \
-    "$(awk -v a="$v" -v b="$q" 'BEGIN{printf "%.2f", (b>0?a/b:0)}')" \
-    "$(awk -v a="$v" -v b="$t" 'BEGIN{printf "%.2f", (b>0?a/b:0)}')"
+  qt=$(median "${rqp[@]}")
+  printf '%-20s %-6s %9s %9s %9s %9s %12s %12s %12s\n' "$name" "$unit" "$v" \
+    "$q" "$t" "$qt" "$(ratio "$v" "$q")" "$(ratio "$v" "$t")" \
+    "$(ratio "$q" "$qt")"
 done

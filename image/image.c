@@ -860,6 +860,7 @@ image_close (struct image *img)
 
   if (img == NULL)
     return;
+  image_commit_stop (img);
   if (!(img->flags & IMAGE_OPEN_RDONLY) && img->map)
     store_flush (img->st);
   store_close (img->st);

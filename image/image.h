@@ -196,11 +196,13 @@ int image_flush (struct image *img);
 
 /* ---- Asynchronous I/O --------------------------------------------------
  * Start the operation and return 0, or return -errno without calling CB.
- * CB runs exactly once, on a store thread (or on the caller's thread
- * before the call returns), with LEN / 0 or -errno.  BUF must stay valid
- * until then.  When RET < 0, this thread's vbk_error() holds the message
- * of the first piece that failed (which backend, operation and object)
- * while CB runs. */
+ * CB runs exactly once, on a store thread, on the image's commit thread
+ * (a write that first waited for its change-log entries), or on the
+ * caller's thread before the call returns, with LEN / 0 or -errno.  BUF
+ * must stay valid until then.  A write's entries may fail to commit
+ * after the call returned 0: CB gets that error.  When RET < 0, this
+ * thread's vbk_error() holds the message of the first piece that failed
+ * (which backend, operation and object) while CB runs. */
 typedef void (*image_aio_cb) (void *arg, ssize_t ret);
 
 int image_aio_read (struct image *img, void *buf, size_t len, uint64_t off,

@@ -102,6 +102,11 @@ struct image {
   bool log_tail_unknown;         /* words may lie past log.n: cut first */
   struct changes pend;           /* entries with pending != 0 */
   int wr_inflight[INFLIGHT_BUCKETS];
+  /* The commit queue (commit.c), under map_lock. */
+  struct commit_wait *cq_head, *cq_tail;
+  uint64_t cq_seq;               /* waiters queued so far */
+  pthread_t cq_thread;
+  bool cq_running, cq_stop;
 };
 
 /* image.c */
@@ -129,6 +134,12 @@ int image_map_read_stored (struct store *st, const char *oid,
                            uint64_t first, uint64_t last);
 int image_map_mark_dirty (struct image *img, uint64_t first, uint64_t last,
                           bool alloc);
+int image_map_need_locked (struct image *img, struct objmap *m,
+                           uint64_t first, uint64_t last, bool alloc,
+                           bool *done);
+bool image_map_ready (struct objmap *m, uint64_t first, uint64_t last,
+                      bool alloc);
+int image_map_commit (struct image *img, struct objmap *m);
 void image_mark_parts (struct image *img, uint64_t off, uint64_t len);
 void image_map_mark_absent (struct image *img, uint64_t objno);
 
@@ -159,6 +170,18 @@ int image_map_sum_start (struct store *st, const char *map_oid,
 void image_map_sum_done (struct objmap *m, const struct map_sum_runs *runs);
 int image_map_sum_write_all (struct store *st, const char *map_oid,
                              const uint8_t *map, uint64_t n);
+
+/* commit.c */
+/* What image_map_mark_dirty does, without waiting on the caller's thread:
+ * returns 0 when the entries are ready (the caller goes on), 1 when CB
+ * will run on the committer thread once they are durable (ERR 0) or
+ * could not be made so (ERR -errno), or -errno without calling CB. */
+typedef void (*image_commit_cb) (void *arg, int err);
+int image_map_mark_dirty_async (struct image *img, uint64_t first,
+                                uint64_t last, bool alloc, image_commit_cb cb,
+                                void *arg);
+/* Stops the committer after its queue is empty (image_close). */
+void image_commit_stop (struct image *img);
 
 /* changelog.c (the pure change-list code: changeset.h) */
 void image_log_writer_enter (struct image *img);

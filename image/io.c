@@ -8,7 +8,8 @@
  *   synchronous calls do the pieces in turn on the caller's thread.
  * - A write first marks its objects in the object map and change log
  *   (objmap.c) and counts itself in wr_inflight; only then does the data
- *   write start.
+ *   write start.  An asynchronous write that must wait for that waits on
+ *   the commit queue (commit.c), not on the caller's thread.
  */
 #include "internal.h"
 
@@ -27,6 +28,9 @@ struct aio_req {
   void *arg;
   size_t len;
   bool write;
+  const void *wbuf;              /* write: the data, from OFF */
+  uint64_t off;
+  unsigned sflags;               /* write: store flags */
   int pending;                   /* parts + 1 while submitting */
   int err;                       /* first error */
   char *msg;                     /* its vbk_error(), set by whoever set err */
@@ -165,46 +169,29 @@ image_aio_read (struct image *img, void *buf, size_t len, uint64_t off,
   return 0;
 }
 
-int
-image_aio_write (struct image *img, const void *buf, size_t len,
-                 uint64_t off, unsigned flags, image_aio_cb cb, void *arg)
+/* Releases the in-flight counts of the objects of [POS, END). */
+static void
+uncount_writes (struct image *img, uint64_t pos, uint64_t end)
 {
-  uint64_t osize = img->info.object_size, pos = off;
-  unsigned sflags = (flags & IMAGE_FUA) ? STORE_WRITE_SYNC : 0;
-  struct aio_req *req;
-  char oid[96];
-  size_t i = 0;
-  int r;
+  uint64_t osize = img->info.object_size;
 
-  r = image_check_writable (img, "write");
-  if (r == 0)
-    r = check_range (img, "write", len, off);
-  if (r < 0)
-    return r;
-  req = req_new (img, len, off, true, cb, arg);
-  if (req == NULL)
-    return -ENOMEM;
-  /* Count the writes in flight before looking at the map (see
-   * image_map_mark_absent). */
-  for (pos = off; pos < off + len; pos += osize - (pos & (osize - 1)))
-    __atomic_add_fetch (&img->wr_inflight[(pos >> img->order)
+  for (; pos < end; pos += osize - (pos & (osize - 1)))
+    __atomic_sub_fetch (&img->wr_inflight[(pos >> img->order)
                                           % INFLIGHT_BUCKETS],
                         1, __ATOMIC_SEQ_CST);
-  if (len) {
-    r = image_map_mark_dirty (img, off >> img->order,
-                              (off + len - 1) >> img->order, true);
-    if (r == 0)
-      image_mark_parts (img, off, len);
-    if (r < 0) {
-      for (pos = off; pos < off + len; pos += osize - (pos & (osize - 1)))
-        __atomic_sub_fetch (&img->wr_inflight[(pos >> img->order)
-                                              % INFLIGHT_BUCKETS],
-                            1, __ATOMIC_SEQ_CST);
-      free (req);
-      return r;
-    }
-  }
-  pos = off;
+}
+
+/* Starts the data writes of REQ, its objects marked (image_mark_parts
+ * done), and drops the submitter's reference. */
+static void
+write_submit (struct aio_req *req)
+{
+  struct image *img = req->img;
+  uint64_t osize = img->info.object_size, off = req->off, pos = off;
+  size_t len = req->len, i = 0;
+  char oid[96];
+  int r;
+
   while (pos < off + len) {
     uint64_t objno = pos >> img->order, ooff = pos & (osize - 1);
     size_t n = MIN (osize - ooff, off + len - pos);
@@ -215,21 +202,77 @@ image_aio_write (struct image *img, const void *buf, size_t len,
     p->objno = objno;
     image_data_oid (img->info.id, objno, oid, sizeof oid);
     __atomic_add_fetch (&req->pending, 1, __ATOMIC_ACQ_REL);
-    r = store_aio_write (img->st, oid, (const char *) buf + (pos - off), n,
-                         ooff, sflags, part_done, p);
+    r = store_aio_write (img->st, oid, (const char *) req->wbuf + (pos - off),
+                         n, ooff, req->sflags, part_done, p);
     if (r < 0) {
       __atomic_sub_fetch (&req->pending, 1, __ATOMIC_ACQ_REL);
       req_fail (req, r);
       /* Release the in-flight counts of the parts never submitted. */
-      for (; pos < off + len; pos += osize - (pos & (osize - 1)))
-        __atomic_sub_fetch (&img->wr_inflight[(pos >> img->order)
-                                              % INFLIGHT_BUCKETS],
-                            1, __ATOMIC_SEQ_CST);
+      uncount_writes (img, pos, off + len);
       break;
     }
     pos += n;
   }
   req_put (req);
+}
+
+/* The committer made REQ's entries durable (ERR 0), or could not. */
+static void
+write_committed (void *arg, int err)
+{
+  struct aio_req *req = arg;
+
+  if (err < 0) {
+    uncount_writes (req->img, req->off, req->off + req->len);
+    req->err = err;
+    req_put (req);
+    return;
+  }
+  image_mark_parts (req->img, req->off, req->len);
+  write_submit (req);
+}
+
+int
+image_aio_write (struct image *img, const void *buf, size_t len,
+                 uint64_t off, unsigned flags, image_aio_cb cb, void *arg)
+{
+  uint64_t osize = img->info.object_size, pos = off;
+  struct aio_req *req;
+  int r;
+
+  r = image_check_writable (img, "write");
+  if (r == 0)
+    r = check_range (img, "write", len, off);
+  if (r < 0)
+    return r;
+  req = req_new (img, len, off, true, cb, arg);
+  if (req == NULL)
+    return -ENOMEM;
+  req->wbuf = buf;
+  req->off = off;
+  req->sflags = (flags & IMAGE_FUA) ? STORE_WRITE_SYNC : 0;
+  /* Count the writes in flight before looking at the map (see
+   * image_map_mark_absent). */
+  for (pos = off; pos < off + len; pos += osize - (pos & (osize - 1)))
+    __atomic_add_fetch (&img->wr_inflight[(pos >> img->order)
+                                          % INFLIGHT_BUCKETS],
+                        1, __ATOMIC_SEQ_CST);
+  if (len) {
+    /* A first write waits for its commit on the committer (commit.c),
+     * which then goes on with write_committed. */
+    r = image_map_mark_dirty_async (img, off >> img->order,
+                                    (off + len - 1) >> img->order, true,
+                                    write_committed, req);
+    if (r == 1)
+      return 0;
+    if (r < 0) {
+      uncount_writes (img, off, off + len);
+      free (req);
+      return r;
+    }
+    image_mark_parts (img, off, len);
+  }
+  write_submit (req);
   return 0;
 }
 

@@ -15,7 +15,9 @@
  *   appends it to the change log (and, if the object was ABSENT, marks it
  *   allocated in the map) with synchronous store writes; only then does
  *   the data write start.  So after any crash neither the map nor the
- *   log under-reports.  Concurrent first writes are committed together.
+ *   log under-reports.  Concurrent first writes are committed together;
+ *   asynchronous ones wait on the commit queue (commit.c), so one
+ *   connection's queue of first writes shares a commit too.
  * - A discard may mark an object ABSENT only when no write to it is in
  *   flight (counted in wr_inflight buckets), or the ABSENT could land
  *   after a concurrent write's entry and under-report.
@@ -305,8 +307,8 @@ cmp_u64 (const void *a, const void *b)
  * log's end and the map bytes that become allocated, both synchronous
  * and in parallel.  Called with map_lock held and map_writing claimed;
  * drops the lock during the I/O. */
-static int
-map_commit (struct image *img, struct objmap *m)
+int
+image_map_commit (struct image *img, struct objmap *m)
 {
   struct changes p = img->pend;
   struct wait_all w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
@@ -443,6 +445,48 @@ out:
   return r;
 }
 
+/* Marks pending what objects [FIRST, LAST] of M still need before they
+ * may change (see image_map_mark_dirty); *DONE says they need nothing.
+ * Called with map_lock held. */
+int
+image_map_need_locked (struct image *img, struct objmap *m, uint64_t first,
+                       uint64_t last, bool alloc, bool *done)
+{
+  uint64_t i;
+  int r = 0;
+
+  *done = true;
+  for (i = first; i <= last && i < m->n; i++) {
+    unsigned need = (image_map_logged (m, i) ? 0 : NEED_LOG)
+      | (alloc && image_map_get (m, i) == IMAGE_OBJ_ABSENT ? NEED_MAP : 0);
+    uint8_t pend = map_pending (m, i);
+    if (need == 0)
+      continue;
+    *done = false;
+    if ((r = image_map_put (m, i, F_PENDING, pend | need)) < 0)
+      break;
+    if (pend == 0 && (r = image_changes_push (&img->pend, i)) < 0) {
+      image_map_put (m, i, F_PENDING, 0);
+      break;
+    }
+  }
+  return r;
+}
+
+/* Objects [FIRST, LAST] of M need nothing before they change: logged in
+ * the live interval and, with ALLOC, allocated. */
+bool
+image_map_ready (struct objmap *m, uint64_t first, uint64_t last, bool alloc)
+{
+  uint64_t i;
+
+  for (i = first; i <= last && i < m->n; i++)
+    if (alloc ? image_map_get (m, i) != IMAGE_OBJ_DIRTY
+        : !image_map_logged (m, i))
+      return false;
+  return true;
+}
+
 /* Before objects [FIRST, LAST] change: puts them in the change log and,
  * when ALLOC (they will hold data), marks them allocated in the map,
  * durably.  Group commit: writers that need entries while a commit is in
@@ -454,15 +498,10 @@ image_map_mark_dirty (struct image *img, uint64_t first, uint64_t last,
                       bool alloc)
 {
   struct objmap *m;
-  uint64_t i;
   int r = 0;
 
   m = __atomic_load_n (&img->map, __ATOMIC_ACQUIRE);
-  for (i = first; i <= last && i < m->n; i++)
-    if (alloc ? image_map_get (m, i) != IMAGE_OBJ_DIRTY
-        : !image_map_logged (m, i))
-      break;
-  if ((i > last || i >= m->n)
+  if (image_map_ready (m, first, last, alloc)
       && !__atomic_load_n (&img->log_tail_unknown, __ATOMIC_ACQUIRE))
     return 0;                   /* the common case: nothing to do */
 
@@ -488,20 +527,7 @@ image_map_mark_dirty (struct image *img, uint64_t first, uint64_t last,
         break;
       continue;
     }
-    for (i = first; i <= last && i < m->n; i++) {
-      unsigned need = (image_map_logged (m, i) ? 0 : NEED_LOG)
-        | (alloc && image_map_get (m, i) == IMAGE_OBJ_ABSENT ? NEED_MAP : 0);
-      uint8_t pend = map_pending (m, i);
-      if (need == 0)
-        continue;
-      done = false;
-      if ((r = image_map_put (m, i, F_PENDING, pend | need)) < 0)
-        break;
-      if (pend == 0 && (r = image_changes_push (&img->pend, i)) < 0) {
-        image_map_put (m, i, F_PENDING, 0);
-        break;
-      }
-    }
+    r = image_map_need_locked (img, m, first, last, alloc, &done);
     if (done || r < 0)
       break;
     if (img->map_writing) {
@@ -510,7 +536,7 @@ image_map_mark_dirty (struct image *img, uint64_t first, uint64_t last,
     }
     /* Our turn: commit every pending entry, ours and the others'. */
     img->map_writing = true;
-    r = map_commit (img, m);
+    r = image_map_commit (img, m);
     img->map_writing = false;
     pthread_cond_broadcast (&img->map_cond);
     if (r < 0)

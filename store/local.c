@@ -21,7 +21,10 @@
  * Metadata changes are atomic (write to tmp/, fsync, rename) and durable
  * at once.  Data writes go through the page cache and are made durable by
  * flush (fdatasync of every file this process dirtied, then the obj/
- * directory), or at once with STORE_WRITE_SYNC.
+ * directory), or at once with STORE_WRITE_SYNC (fdatasync of the file,
+ * and of obj/ only while the file's name may not be durable: a file this
+ * process created, or may have, since obj/ was last synced; see
+ * sync_name).
  *
  * Copy-on-write follows RADOS self-managed snapshots: a write under a
  * snapshot context whose seq is newer than the object's snapset seq first
@@ -115,6 +118,9 @@ struct fd_entry {
                                        file is dirty iff dirty_gen >
                                        clean_gen */
   uint64_t cow_seq;                 /* snapset seq known to be >= this */
+  uint64_t dir_gen;                 /* the file's name in obj/ is durable
+                                       once root.dir_synced >= this (0:
+                                       known durable) */
 };
 
 struct job;
@@ -136,6 +142,9 @@ struct root {
                                        still open (see the fd cache) */
   size_t naside, aside_max;
   bool dir_dirty;                   /* obj/ gained entries since flush */
+  uint64_t dir_gen;                 /* files this process created in obj/
+                                       (counted before each create) */
+  uint64_t dir_synced;              /* creates up to this are durable */
 
   /* Durability (see local_flush).  Under fd_lock unless noted. */
   uint64_t write_gen;               /* completed dirtying writes */
@@ -787,6 +796,7 @@ fd_get (struct root *r, const char *oid, bool create, struct fd_entry **out)
   unsigned h = hash_oid (r, oid);
   struct fd_entry *e;
   char path[PATH_MAX];
+  uint64_t created_gen = 0;
   int fd;
 
   pthread_mutex_lock (&r->fd_lock);
@@ -816,12 +826,13 @@ fd_get (struct root *r, const char *oid, bool create, struct fd_entry **out)
   relpath (path, sizeof path, ".", oid, NULL);
   fd = openat (r->objfd, path, O_RDWR | O_CLOEXEC);
   if (fd < 0 && errno == ENOENT && create) {
+    /* Counted before the create, so that anyone who opens the new file
+     * after it exists sees the count (see the SYNC path of local_write). */
+    pthread_mutex_lock (&r->fd_lock);
+    created_gen = ++r->dir_gen;
+    r->dir_dirty = true;
+    pthread_mutex_unlock (&r->fd_lock);
     fd = openat (r->objfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-      pthread_mutex_lock (&r->fd_lock);
-      r->dir_dirty = true;
-      pthread_mutex_unlock (&r->fd_lock);
-    }
   }
   if (fd < 0)
     return -errno;
@@ -836,12 +847,18 @@ fd_get (struct root *r, const char *oid, bool create, struct fd_entry **out)
   e->refs = 1;
 
   pthread_mutex_lock (&r->fd_lock);
+  /* A file we did not create may still be one this process created
+   * earlier (and closed) whose name is not durable yet: unless every
+   * create so far is synced, assume so. */
+  e->dir_gen = created_gen ? created_gen
+    : r->dir_gen > r->dir_synced ? r->dir_gen : 0;
   /* Another thread may have opened it meanwhile: keep theirs. */
   {
     struct fd_entry *o;
     for (o = r->hash[h]; o; o = o->hnext) {
       if (strcmp (o->oid, oid) == 0) {
         o->refs++;
+        o->dir_gen = MAX (o->dir_gen, e->dir_gen);
         pthread_mutex_unlock (&r->fd_lock);
         close (fd);
         free (e);
@@ -858,6 +875,38 @@ fd_get (struct root *r, const char *oid, bool create, struct fd_entry **out)
   pthread_mutex_unlock (&r->fd_lock);
   *out = e;
   return 0;
+}
+
+/* Makes the name of E's file in obj/ durable, if it may not be yet: an
+ * fsync of obj/ only when the file is one this process created (or may
+ * have) since obj/ was last synced.  So a synchronous write to an old
+ * file (the change log, the object map) costs one fdatasync, however
+ * many data files were created meanwhile: those are covered by the
+ * next flush, which syncs obj/. */
+static int
+sync_name (struct root *r, struct fd_entry *e, const char *oid)
+{
+  uint64_t need, upto;
+  int rc;
+
+  pthread_mutex_lock (&r->fd_lock);
+  need = e->dir_gen;
+  upto = r->dir_gen;
+  if (need <= r->dir_synced) {
+    pthread_mutex_unlock (&r->fd_lock);
+    return 0;
+  }
+  pthread_mutex_unlock (&r->fd_lock);
+  rc = fsync_dir (r, "obj");
+  pthread_mutex_lock (&r->fd_lock);
+  if (rc < 0) {
+    vbk_errno (rc, "store: local: write: %s: fsync of obj/", oid);
+    sync_failed_locked (r, rc, "obj/");
+  }
+  else if (upto > r->dir_synced)
+    r->dir_synced = upto;
+  pthread_mutex_unlock (&r->fd_lock);
+  return rc;
 }
 
 /* Drops a reference; called with fd_lock held. */
@@ -1542,13 +1591,8 @@ local_write (void *h, const char *oid, const void *buf, size_t len,
       rc = vbk_errno (-errno, "store: local: write: %s: fdatasync", oid);
       sync_failed (r, rc, oid);
     }
-    else if (r->dir_dirty) {
-      rc = fsync_dir (r, "obj");
-      if (rc < 0) {
-        vbk_errno (rc, "store: local: write: %s: fsync of obj/", oid);
-        sync_failed (r, rc, "obj/");
-      }
-    }
+    else
+      rc = sync_name (r, e, oid);
   }
   fd_put (r, e, rc == 0 && !(flags & STORE_WRITE_SYNC));
   return rc;
@@ -1746,7 +1790,7 @@ local_flush (void *h)
   struct local *l = h;
   struct root *r = l->r;
   struct fd_entry *e, **pin = NULL;
-  uint64_t target, collect_gen, batch, *gens = NULL;
+  uint64_t target, collect_gen, batch, dir_upto = 0, *gens = NULL;
   size_t n = 0, cap = 0, i;
   bool dir_dirty;
   int rc = 0;
@@ -1786,6 +1830,7 @@ local_flush (void *h)
   collect_gen = r->write_gen;
   batch = r->sync_taken;
   dir_dirty = r->dir_dirty;
+  dir_upto = r->dir_gen;
   r->dir_dirty = false;
   pthread_mutex_unlock (&r->fd_lock);
 
@@ -1807,6 +1852,8 @@ local_flush (void *h)
   pthread_mutex_lock (&r->fd_lock);
   if (dir_dirty && r->sync_err)
     r->dir_dirty = true;
+  else if (dir_dirty && dir_upto > r->dir_synced)
+    r->dir_synced = dir_upto;
   while (r->sync_done < batch)
     pthread_cond_wait (&r->sync_cond, &r->fd_lock);
   if (r->sync_err == 0 && collect_gen > r->synced_gen)

@@ -7,8 +7,8 @@
  * DESIGN
  * Loaded with LD_PRELOAD (into vbk-blockd) or linked into a test program
  * before libc, it wraps fdatasync and fsync.  A call whose file's path
- * (readlink of /proc/self/fd/N) contains the current MATCH string is
- * affected: it first waits DELAY_MS, and, while the gate is closed, until
+ * (readlink of /proc/self/fd/N) contains the current MATCH string (or,
+ * for a MATCH ending in '$', ends in it) is affected: it first waits DELAY_MS, and, while the gate is closed, until
  * it opens; then it fails with ERRNO (without syncing) or does the real
  * sync.  Two ways to set MATCH, DELAY_MS and ERRNO:
  *   - in the same process, syncshim_set() / syncshim_gate();
@@ -143,6 +143,17 @@ settings (char *m, size_t mlen, unsigned *delay, int *err)
   return m[0] != '\0';
 }
 
+/* PATH contains M; or, when M ends in '$', PATH ends in M without it. */
+static int
+path_matches (const char *path, const char *m)
+{
+  size_t lp = strlen (path), lm = strlen (m);
+
+  if (lm > 0 && m[lm - 1] == '$')
+    return lm - 1 <= lp && memcmp (path + lp - (lm - 1), m, lm - 1) == 0;
+  return strstr (path, m) != NULL;
+}
+
 static int
 shim (int fd, int (*real) (int))
 {
@@ -158,7 +169,7 @@ shim (int fd, int (*real) (int))
   if (n < 0)
     return real (fd);
   path[n] = '\0';
-  if (strcmp (m, "*") != 0 && strstr (path, m) == NULL)
+  if (strcmp (m, "*") != 0 && !path_matches (path, m))
     return real (fd);
 
   pthread_mutex_lock (&lock);

@@ -7,7 +7,7 @@
 #define VBK_SYNCSHIM_H
 
 /* Syncs of files whose path contains MATCH ("*" = every file, "" or NULL
- * = none) wait DELAY_MS and then fail with ERR (a positive errno) or, with
+ * = none; "/obj$": paths that end in "/obj") wait DELAY_MS and then fail with ERR (a positive errno) or, with
  * ERR 0, sync. */
 void syncshim_set (const char *match, unsigned delay_ms, int err);
 

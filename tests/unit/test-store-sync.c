@@ -367,6 +367,73 @@ test_evicted_dirty_flushed (void **state)
   assert_int_equal (syncshim_done (), started);
 }
 
+/* ---- Synchronous writes and the obj/ directory ----------------------- */
+
+/* A synchronous write to a file whose name is durable (written and
+ * flushed before) syncs that file only, not obj/, even though other
+ * objects were created since; files created since are covered by the
+ * next flush, which does sync obj/. */
+static void
+test_sync_write_old_file (void **state)
+{
+  struct fx *fx = *state;
+  char buf[4096], oid[32];
+  unsigned long before;
+  int i;
+
+  memset (buf, 'a', sizeof buf);
+  assert_int_equal (store_write (fx->st, "old", buf, sizeof buf, 0, 0), 0);
+  assert_int_equal (store_flush (fx->st), 0);
+  for (i = 0; i < 20; i++) {
+    snprintf (oid, sizeof oid, "new.%d", i);
+    assert_int_equal (store_write (fx->st, oid, buf, sizeof buf, 0, 0), 0);
+  }
+  syncshim_set ("/obj$", 0, 0);
+  before = syncshim_started ();
+  assert_int_equal (store_write (fx->st, "old", buf, sizeof buf, 4096,
+                                 STORE_WRITE_SYNC), 0);
+  assert_int_equal (syncshim_started (), before);
+  assert_int_equal (store_flush (fx->st), 0);
+  assert_int_equal (syncshim_started (), before + 1);
+}
+
+/* A synchronous write to a file this process created makes its name
+ * durable (obj/ synced) before it returns, also when the file left the fd
+ * cache in between and was opened again; once obj/ is synced, the next
+ * one to the same file does not sync obj/ again. */
+static void
+test_sync_write_new_file (void **state)
+{
+  struct fx *fx = *state;
+  char buf[4096], oid[32];
+  unsigned long before;
+  int i;
+
+  setenv ("VBK_LOCAL_MAX_FILES", "8", 1);
+  reopen (fx);
+  memset (buf, 'b', sizeof buf);
+  syncshim_set ("/obj$", 0, 0);
+  before = syncshim_started ();
+  assert_int_equal (store_write (fx->st, "fresh", buf, sizeof buf, 0,
+                                 STORE_WRITE_SYNC), 0);
+  assert_int_equal (syncshim_started (), before + 1);
+  assert_int_equal (store_write (fx->st, "fresh", buf, sizeof buf, 4096,
+                                 STORE_WRITE_SYNC), 0);
+  assert_int_equal (syncshim_started (), before + 1);
+
+  /* Created without a sync, pushed out of the fd cache by others. */
+  assert_int_equal (store_write (fx->st, "evicted", buf, sizeof buf, 0, 0),
+                    0);
+  for (i = 0; i < 64; i++) {
+    snprintf (oid, sizeof oid, "other.%d", i);
+    assert_int_equal (store_write (fx->st, oid, buf, sizeof buf, 0, 0), 0);
+  }
+  before = syncshim_started ();
+  assert_int_equal (store_write (fx->st, "evicted", buf, sizeof buf, 4096,
+                                 STORE_WRITE_SYNC), 0);
+  assert_int_equal (syncshim_started (), before + 1);
+}
+
 /* ---- Fencing a stopped writer ---------------------------------------- */
 
 static int
@@ -567,6 +634,8 @@ main (void)
     T (test_evicted_sync_error),
     T (test_evicted_dirty_flushed),
     T (test_rlimit_raised),
+    T (test_sync_write_old_file),
+    T (test_sync_write_new_file),
     T (test_fence_stopped_writer),
     T (test_fence_stopped_idle),
   };
