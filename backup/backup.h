@@ -39,12 +39,33 @@ struct backup_reader;
 
 /* ---- Repository ---------------------------------------------------------- */
 
+/* The key of an encrypted repository: a key file holding the
+ * repository's master keys, encrypted with a key derived from a
+ * passphrase (FORMAT.md, "Encryption"). */
+struct backup_key_opts {
+  const char *key_file;
+  const char *passphrase;
+  uint32_t kdf_iterations;          /* creating only; 0: the default */
+};
+
 /* Creates a repository on URI with chunks of CHUNK_SIZE (a power of two,
  * 0: the default).  Errors: -EEXIST (already one), -EINVAL. */
 int backup_repo_init (const char *uri, uint32_t chunk_size);
+/* The same, encrypted with a new key written to KEY->key_file (which
+ * must not exist: -EEXIST) when KEY is not NULL. */
+int backup_repo_create (const char *uri, uint32_t chunk_size,
+                        const struct backup_key_opts *key);
 
 /* Errors: -ENOENT (no repository), -EPROTONOSUPPORT. */
 int backup_repo_open (const char *uri, struct backup_repo **out);
+/* The same with the key of an encrypted repository (NULL: none).
+ * Errors also: -EACCES (encrypted and no key given, or "wrong passphrase
+ * or key file"; nothing was written), -EINVAL (a key for a repository
+ * that is not encrypted). */
+int backup_repo_open_key (const char *uri, const struct backup_key_opts *key,
+                          struct backup_repo **out);
+/* Whether R is encrypted. */
+bool backup_repo_encrypted (struct backup_repo *r);
 void backup_repo_close (struct backup_repo *r);
 
 uint32_t backup_repo_chunk_size (struct backup_repo *r);

@@ -291,7 +291,7 @@ backup_protect (struct backup_repo *r, const char *id, bool on)
   s = json_object_to_json_string_ext (o, JSON_C_TO_STRING_PRETTY
                                       | JSON_C_TO_STRING_NOSLASHESCAPE);
   backup_manifest_oid (id, oid, sizeof oid);
-  e = store_write_full (r->st, oid, s, strlen (s), STORE_WRITE_SYNC);
+  e = backup_meta_write (r, oid, s, strlen (s), 0, NULL);
   json_object_put (o);
   if (e < 0)
     return vbk_errno (e, "backup %s: writing the manifest", id);

@@ -27,6 +27,7 @@
 #include "internal.h"
 
 struct inplace {
+  struct backup_repo *r;
   struct backup_reader *rd;
   struct backup_index *ix;
   struct image *img;
@@ -52,7 +53,7 @@ ip_pwrite (void *h, const void *cur, size_t len, uint64_t off)
     p->zeroed += len;
     return image_discard (p->img, off, len, 0);
   }
-  backup_sha256 (cur, len, d);
+  backup_chunk_id (p->r, cur, len, d);
   if (memcmp (d, want, BACKUP_DIGEST_LEN) == 0) {
     p->same += len;
     return 0;
@@ -147,6 +148,7 @@ backup_restore_image (struct backup_repo *r, const char *id,
     if ((e = image_open (st, image, 0, &img)) < 0)
       goto out;
     ip.rd = rd;
+    ip.r = r;
     ip.ix = backup_reader_index (rd);
     ip.img = img;
     ip.cs = co.piece;

@@ -205,7 +205,7 @@ put_chunk (struct writer *w, uint64_t idx, const void *buf, size_t len)
     memset (w->ix.digest[idx], 0, BACKUP_DIGEST_LEN);
     return 0;
   }
-  backup_sha256 (buf, len, d);
+  backup_chunk_id (w->r, buf, len, d);
   memcpy (w->ix.digest[idx], d, BACKUP_DIGEST_LEN);
   if ((e = backup_set_add (w->known, d)) <= 0)
     return e == 0 ? 0 : vbk_errno (e, "backup: chunk set");
@@ -349,7 +349,7 @@ hash_snapshot_chunk (struct writer *w, uint64_t idx, void *buf,
   if (copy_is_zero (buf, len))
     memset (d, 0, BACKUP_DIGEST_LEN);
   else
-    backup_sha256 (buf, len, d);
+    backup_chunk_id (w->r, buf, len, d);
   return 0;
 }
 
@@ -504,11 +504,10 @@ write_index_and_manifest (struct writer *w)
     return vbk_errno (e, "backup %s: flushing chunks", w->id);
   if ((e = backup_index_encode (&w->ix, &buf, &len)) < 0)
     return e;
-  backup_sha256 (buf, len, d);
-  backup_digest_hex (d, hex);
   backup_index_oid (w->id, oid, sizeof oid);
-  e = store_write_full (w->r->st, oid, buf, len, STORE_WRITE_SYNC);
+  e = backup_meta_write (w->r, oid, buf, len, 0, d);
   free (buf);
+  backup_digest_hex (d, hex);
   if (e < 0)
     return vbk_errno (e, "backup %s: writing the index", w->id);
 
@@ -550,7 +549,7 @@ write_index_and_manifest (struct writer *w)
     e = vbk_errno (-ESHUTDOWN, "backup %s: the writer lock ran out", w->id);
   else {
     backup_manifest_oid (w->id, oid, sizeof oid);
-    e = store_create_excl (w->r->st, oid, s, strlen (s), STORE_WRITE_SYNC);
+    e = backup_meta_write (w->r, oid, s, strlen (s), 1, NULL);
     if (e < 0)
       vbk_errno (e, "backup %s: writing the manifest", w->id);
   }
