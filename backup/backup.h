@@ -200,7 +200,8 @@ int backup_protect (struct backup_repo *r, const char *id, bool on);
 /* ---- Restoring ------------------------------------------------------------ */
 
 #define BACKUP_RESTORE_IN_PLACE 1u  /* onto an existing image */
-#define BACKUP_RESTORE_FORCE 2u     /* even while its lease is held */
+#define BACKUP_RESTORE_FORCE 2u     /* even while its lease is held; for
+                                       a file: replace an existing one */
 
 struct backup_restore_result {
   uint64_t size, read, written, zeroed, same, elapsed_ns;
@@ -214,9 +215,14 @@ int backup_restore_image (struct backup_repo *r, const char *id,
                           struct store *st, const char *image,
                           unsigned flags, enum copy_progress_mode progress,
                           struct backup_restore_result *res);
-/* Restores into a file (created sparse) or block device. */
+/* Restores into a file (created sparse) or block device.  A file is
+ * written beside PATH and renamed over it only when complete and
+ * durable; an existing regular file is replaced only with
+ * BACKUP_RESTORE_FORCE (else -EEXIST).  A block device is written in
+ * place. */
 int backup_restore_file (struct backup_repo *r, const char *id,
-                         const char *path, enum copy_progress_mode progress,
+                         const char *path, unsigned flags,
+                         enum copy_progress_mode progress,
                          struct backup_restore_result *res);
 
 #endif /* VBK_BACKUP_H */

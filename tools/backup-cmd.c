@@ -730,10 +730,11 @@ cmd_restore (struct vbk_ctx *ctx, struct vbk_args *a)
     flags |= BACKUP_RESTORE_IN_PLACE;
   if (vbk_opt (a, "force"))
     flags |= BACKUP_RESTORE_FORCE;
-  if (file && flags)
-    return vbk_usage_error (a, "--in-place and --force go with --to IMAGE");
-  if ((flags & BACKUP_RESTORE_FORCE) && !(flags & BACKUP_RESTORE_IN_PLACE))
-    return vbk_usage_error (a, "--force goes with --in-place");
+  if (file && (flags & BACKUP_RESTORE_IN_PLACE))
+    return vbk_usage_error (a, "--in-place goes with --to IMAGE");
+  if (to && (flags & BACKUP_RESTORE_FORCE)
+      && !(flags & BACKUP_RESTORE_IN_PLACE))
+    return vbk_usage_error (a, "--force goes with --in-place or --to-file");
   if ((rc = open_repo (a, &r)))
     return rc;
   if (to && vbk_store_open (ctx, a, &st) < 0) {
@@ -745,7 +746,7 @@ cmd_restore (struct vbk_ctx *ctx, struct vbk_args *a)
   if (to)
     e = backup_restore_image (r, a->argv[0], st, to, flags, pm, &res);
   else
-    e = backup_restore_file (r, a->argv[0], file, pm, &res);
+    e = backup_restore_file (r, a->argv[0], file, flags, pm, &res);
   vbk_catch_signals (0);
   store_close (st);
   backup_repo_close (r);
@@ -826,7 +827,7 @@ static const struct vbk_opt restore_opts[] = {
   { "in-place", 0, NULL, "onto the existing image: write only the chunks "
     "that differ" },
   { "force", 0, NULL, "in place even while the image's lease is held "
-    "(breaks it)" },
+    "(breaks it); with --to-file, replace an existing file" },
   { NULL },
 };
 
@@ -857,7 +858,8 @@ const struct vbk_cmd backup_cmds[] = {
     cmd_protect },
   { "unprotect", "ID", "let prune and rm remove a backup again", repo_opts,
     1, 1, cmd_unprotect },
-  { "restore", "ID --to IMAGE [--in-place [--force]] | --to-file PATH",
+  { "restore", "ID --to IMAGE [--in-place [--force]] | --to-file PATH "
+    "[--force]",
     "restore a backup into a new image, onto an image, or into a file",
     restore_opts, 1, 1, cmd_restore },
   { NULL },
