@@ -145,4 +145,30 @@ id4=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["id"])'
 b restore "$id4" --to-file "$TEST_DIR/x" --force && cmp "$TEST_DIR/x" "$TEST_DIR/a.raw" || fail "restore after ENOSPC"
 b gc --clock-skew 0 >/dev/null || fail "gc after ENOSPC"
 b verify >/dev/null || fail "verify after gc"
+
+# ---- What the repository holds after runs, failed runs and gc ---------------------------------
+# Only the objects FORMAT.md lists (besides the local store's own files:
+# fenced/, obj-gen, the omap directories' .lock), every index with its
+# manifest, no writer object and no lock file.
+(cd "$rdir" && find . -type f | sort) >"$TEST_DIR/files"
+python3 - "$TEST_DIR/files" <<'PY' || fail "unexpected files in the repository"
+import re, sys
+ID = r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}"
+ok = [r"\./obj/vbk_backup_(config|catalog|chunks)",
+      r"\./obj/vbk_backup_(index|manifest)\." + ID,
+      r"\./obj/vbk_chunk\.[0-9a-f]{64}",
+      r"\./meta/vbk_backup_catalog/(\.lock|o\." + ID + ")",
+      r"\./meta/vbk_backup_chunks/(\.lock|o\.[0-9a-f]{64})",
+      r"\./fenced/\.gen", r"\./obj-gen"]
+files = open(sys.argv[1]).read().split()
+bad = [f for f in files if not any(re.fullmatch(p, f) for p in ok)]
+idx = {f.split(".")[-1] for f in files if "vbk_backup_index." in f}
+man = {f.split(".")[-1] for f in files if "vbk_backup_manifest." in f}
+chunks = {f.split(".")[-1] for f in files if f.startswith("./obj/vbk_chunk.")}
+keys = {f.split("o.")[-1] for f in files if f.startswith("./meta/vbk_backup_chunks/o.")}
+if bad or idx != man or chunks != keys:
+    sys.exit("unexpected: %s; indexes without manifest: %s; chunks without key: %s; keys without chunk: %s"
+             % (bad[:10], idx - man, chunks - keys, keys - chunks))
+print("repository files: %d, all expected" % len(files))
+PY
 echo "backup errors: OK"
