@@ -183,6 +183,24 @@ backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
 }
 
 int
+backup_chunk_check (struct backup_repo *r, const unsigned char *d)
+{
+  char hex[BACKUP_HEX_LEN + 1];
+  uint64_t t;
+  int bad = 0, have;
+
+  backup_digest_hex (d, hex);
+  if ((have = reg_get (r, hex, &t, &bad)) < 0)
+    return vbk_errno (have, "backup: registry of vbk_chunk.%s", hex);
+  if (!have || bad) {
+    vbk_set_error ("backup: vbk_chunk.%s is %s", hex,
+                   bad ? "marked bad" : "missing");
+    return -ENOENT;
+  }
+  return 0;
+}
+
+int
 backup_chunk_read (struct backup_repo *r, const unsigned char *d,
                    void *plain, size_t len)
 {

@@ -4,8 +4,10 @@
  *
  * Objects of a repository (FORMAT.md has the byte layouts):
  *   vbk_backup_config          JSON: format version, chunk size
- *   vbk_backup_catalog         omap: backup id -> "IMAGE START_MS" for
- *                              every backup begun and not yet cleaned up
+ *   vbk_backup_catalog         omap: backup id -> "IMAGE START_MS [PARENT]"
+ *                              for every backup begun and not yet cleaned
+ *                              up (PARENT: the backup it carries chunks
+ *                              from, once chosen)
  *   vbk_backup_writer.ID       lock "writer" held while backup ID runs
  *   vbk_backup_index.ID        index: header + one digest per chunk
  *   vbk_backup_manifest.ID     JSON manifest; the backup exists iff it does
@@ -208,6 +210,8 @@ void backup_chunk_unlock (struct backup_repo *r, const char *oid,
 int backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
                          uint64_t since, const void *plain, size_t len,
                          uint64_t *stored);
+/* Whether the registry has chunk D, not marked bad: 0, or -ENOENT. */
+int backup_chunk_check (struct backup_repo *r, const unsigned char *d);
 /* Reads chunk D, checking its header, checksum and digest, into PLAIN
  * (LEN bytes expected).  Errors: -EIO naming the chunk. */
 int backup_chunk_read (struct backup_repo *r, const unsigned char *d,
