@@ -9,7 +9,8 @@
 # full backup; then an incremental with nothing changed, and one after
 # CHANGED (default 16) scattered 4 KiB writes through vbk-blockd.  Prints
 # the seconds of each and what the run reports (chunks read, new).
-# Environment: SIZE, DATA_GB, CHANGED, VBK_BIN, TMPDIR.
+# Environment: SIZE, DATA_GB, CHANGED, VBK_BIN, TMPDIR; VERBOSE=1 shows the
+# runs' log lines (where the time goes).
 # This is a benchmark: it prints numbers, it does not assert.
 
 set -euo pipefail
@@ -28,7 +29,7 @@ cleanup () {
 trap cleanup EXIT
 
 export VBK_STORE=local:$W/store VBK_REPO=local:$W/repo
-vbk () { "$VBK_BIN/vbk" "$@"; }
+vbk () { "$VBK_BIN/vbk" ${VERBOSE:+-v} "$@"; }
 now () { date +%s.%N; }
 secs () { python3 -c "print('%.2f' % ($(now) - $1))"; }
 summary () { python3 -c '
