@@ -39,12 +39,33 @@ struct backup_reader;
 
 /* ---- Repository ---------------------------------------------------------- */
 
+/* The key of an encrypted repository: a key file holding the
+ * repository's master keys, encrypted with a key derived from a
+ * passphrase (FORMAT.md, "Encryption"). */
+struct backup_key_opts {
+  const char *key_file;
+  const char *passphrase;
+  uint32_t kdf_iterations;          /* creating only; 0: the default */
+};
+
 /* Creates a repository on URI with chunks of CHUNK_SIZE (a power of two,
  * 0: the default).  Errors: -EEXIST (already one), -EINVAL. */
 int backup_repo_init (const char *uri, uint32_t chunk_size);
+/* The same, encrypted with a new key written to KEY->key_file (which
+ * must not exist: -EEXIST) when KEY is not NULL. */
+int backup_repo_create (const char *uri, uint32_t chunk_size,
+                        const struct backup_key_opts *key);
 
 /* Errors: -ENOENT (no repository), -EPROTONOSUPPORT. */
 int backup_repo_open (const char *uri, struct backup_repo **out);
+/* The same with the key of an encrypted repository (NULL: none).
+ * Errors also: -EACCES (encrypted and no key given, or "wrong passphrase
+ * or key file"; nothing was written), -EINVAL (a key for a repository
+ * that is not encrypted). */
+int backup_repo_open_key (const char *uri, const struct backup_key_opts *key,
+                          struct backup_repo **out);
+/* Whether R is encrypted. */
+bool backup_repo_encrypted (struct backup_repo *r);
 void backup_repo_close (struct backup_repo *r);
 
 uint32_t backup_repo_chunk_size (struct backup_repo *r);
@@ -182,7 +203,8 @@ int backup_protect (struct backup_repo *r, const char *id, bool on);
 /* ---- Restoring ------------------------------------------------------------ */
 
 #define BACKUP_RESTORE_IN_PLACE 1u  /* onto an existing image */
-#define BACKUP_RESTORE_FORCE 2u     /* even while its lease is held */
+#define BACKUP_RESTORE_FORCE 2u     /* even while its lease is held; for
+                                       a file: replace an existing one */
 
 struct backup_restore_result {
   uint64_t size, read, written, zeroed, same, elapsed_ns;
@@ -196,9 +218,14 @@ int backup_restore_image (struct backup_repo *r, const char *id,
                           struct store *st, const char *image,
                           unsigned flags, enum copy_progress_mode progress,
                           struct backup_restore_result *res);
-/* Restores into a file (created sparse) or block device. */
+/* Restores into a file (created sparse) or block device.  A file is
+ * written beside PATH and renamed over it only when complete and
+ * durable; an existing regular file is replaced only with
+ * BACKUP_RESTORE_FORCE (else -EEXIST).  A block device is written in
+ * place. */
 int backup_restore_file (struct backup_repo *r, const char *id,
-                         const char *path, enum copy_progress_mode progress,
+                         const char *path, unsigned flags,
+                         enum copy_progress_mode progress,
                          struct backup_restore_result *res);
 
 #endif /* VBK_BACKUP_H */

@@ -3,7 +3,8 @@
  * chunk.c - the chunk store: write once, touch on reuse, read with every
  * check.
  *
- * DESIGN: a chunk is named by the SHA-256 of its plain bytes, so the same
+ * DESIGN: a chunk is named by the SHA-256 of its plain bytes (in an
+ * encrypted repository: their HMAC-SHA256 under the id key), so the same
  * data is stored once for every backup of every image.  The registry
  * (omap of vbk_backup_chunks) has one key per chunk with the wall-clock
  * time of its last reference; gc (gc.c) needs it both to enumerate the
@@ -126,7 +127,7 @@ backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
   char oid[STORE_NAME_MAX + 1], hex[BACKUP_HEX_LEN + 1], cookie[64];
   uint64_t t = 0, size = 0;
   void *enc = NULL;
-  size_t n;
+  ssize_t n;
   int bad = 0, have, e, present;
 
   if (stored)
@@ -160,12 +161,15 @@ backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
     e = vbk_errno (-ENOMEM, "backup: %s", oid);
     goto out;
   }
-  n = backup_chunk_encode (plain, len, enc);
+  if ((n = backup_chunk_encode (r->crypt, d, plain, len, enc)) < 0) {
+    e = vbk_error_prepend ((int) n, "backup: %s: ", oid);
+    goto out;
+  }
   if ((e = reg_set (r, hex, 0)) < 0) {
     vbk_errno (e, "backup: %s: registry", oid);
     goto out;
   }
-  if ((e = store_write_full (r->st, oid, enc, n, 0)) < 0) {
+  if ((e = store_write_full (r->st, oid, enc, (size_t) n, 0)) < 0) {
     vbk_errno (e, "backup: writing %s", oid);
     goto out;
   }
@@ -176,6 +180,24 @@ backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
   backup_chunk_unlock (r, oid, cookie);
   free (enc);
   return e;
+}
+
+int
+backup_chunk_check (struct backup_repo *r, const unsigned char *d)
+{
+  char hex[BACKUP_HEX_LEN + 1];
+  uint64_t t;
+  int bad = 0, have;
+
+  backup_digest_hex (d, hex);
+  if ((have = reg_get (r, hex, &t, &bad)) < 0)
+    return vbk_errno (have, "backup: registry of vbk_chunk.%s", hex);
+  if (!have || bad) {
+    vbk_set_error ("backup: vbk_chunk.%s is %s", hex,
+                   bad ? "marked bad" : "missing");
+    return -ENOENT;
+  }
+  return 0;
 }
 
 int
@@ -194,7 +216,7 @@ backup_chunk_read (struct backup_repo *r, const unsigned char *d,
     snprintf (msg, sizeof msg, "%s", vbk_error ());
     return vbk_errno (-EIO, "backup: chunk %s: %s", oid, msg);
   }
-  e = backup_chunk_decode (buf, olen, plain, len, &plen);
+  e = backup_chunk_decode (r->crypt, d, buf, olen, plain, len, &plen);
   free (buf);
   if (e < 0) {
     snprintf (msg, sizeof msg, "%s", vbk_error ());
@@ -204,7 +226,7 @@ backup_chunk_read (struct backup_repo *r, const unsigned char *d,
   if (plen != len)
     return vbk_errno (-EIO, "backup: chunk %s is corrupt: %zu bytes, "
                       "expected %zu", oid, plen, len);
-  backup_sha256 (plain, len, got);
+  backup_chunk_id (r, plain, len, got);
   if (memcmp (got, d, BACKUP_DIGEST_LEN) != 0) {
     vbk_set_error ("backup: chunk %s is corrupt: its data does not match "
                    "its name", oid);

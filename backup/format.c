@@ -136,14 +136,26 @@ backup_chunk_bound (size_t plain)
 {
   size_t b = (size_t) LZ4_compressBound ((int) plain);
 
-  return BACKUP_CHUNK_HDR + (b > plain ? b : plain);
+  return BACKUP_CHUNK_HDR + (b > plain ? b : plain) + BACKUP_TAG_LEN;
 }
 
-size_t
-backup_chunk_encode (const void *plain, size_t len, void *out)
+/* Additional authenticated data of an encrypted chunk: the first 16
+ * header bytes (magic, version, codec, flags, sizes) and the chunk id. */
+static void
+chunk_aad (const unsigned char *h, const unsigned char *id,
+           unsigned char *aad)
+{
+  memcpy (aad, h, 16);
+  memcpy (aad + 16, id, BACKUP_DIGEST_LEN);
+}
+
+ssize_t
+backup_chunk_encode (const struct backup_crypt *k, const unsigned char *id,
+                     const void *plain, size_t len, void *out)
 {
   unsigned char *h = out, *payload = h + BACKUP_CHUNK_HDR;
-  int n, codec = BACKUP_CODEC_LZ4;
+  unsigned char aad[16 + BACKUP_DIGEST_LEN];
+  int n, codec = BACKUP_CODEC_LZ4, e;
 
   n = LZ4_compress_default (plain, (char *) payload, (int) len,
                             LZ4_compressBound ((int) len));
@@ -158,18 +170,32 @@ backup_chunk_encode (const void *plain, size_t len, void *out)
   put16 (h + 4, BACKUP_FORMAT_MAJOR);
   h[6] = codec;
   put32 (h + 8, (uint32_t) len);
-  put32 (h + 12, (uint32_t) n);
-  put32 (h + 16, (uint32_t) crc32 (0, payload, n));
-  return BACKUP_CHUNK_HDR + n;
+  if (k == NULL) {
+    put32 (h + 12, (uint32_t) n);
+    put32 (h + 16, (uint32_t) crc32 (0, payload, n));
+    return BACKUP_CHUNK_HDR + n;
+  }
+  /* Encrypted in place: the GCM tag replaces the CRC-32. */
+  h[7] = BACKUP_CHUNK_ENCRYPTED;
+  put32 (h + 12, (uint32_t) n + BACKUP_TAG_LEN);
+  if ((e = backup_random (h + 20, BACKUP_NONCE_LEN)) < 0)
+    return e;
+  chunk_aad (h, id, aad);
+  if ((e = backup_gcm_seal (k->enc, h + 20, aad, sizeof aad, payload,
+                            (size_t) n, payload, payload + n)) < 0)
+    return vbk_errno (e, "chunk encryption failed");
+  return BACKUP_CHUNK_HDR + n + BACKUP_TAG_LEN;
 }
 
 int
-backup_chunk_decode (const void *obj, size_t objlen, void *plain, size_t max,
+backup_chunk_decode (const struct backup_crypt *k, const unsigned char *id,
+                     const void *obj, size_t objlen, void *plain, size_t max,
                      size_t *len)
 {
   const unsigned char *h = obj, *payload = h + BACKUP_CHUNK_HDR;
+  unsigned char aad[16 + BACKUP_DIGEST_LEN], *dec = NULL;
   uint32_t psize, ssize;
-  int n;
+  int n, enc;
 
   if (objlen < BACKUP_CHUNK_HDR || memcmp (h, BACKUP_CHUNK_MAGIC, 4) != 0)
     return vbk_errno (-EBADMSG, "not a chunk (bad header)");
@@ -186,25 +212,142 @@ backup_chunk_decode (const void *obj, size_t objlen, void *plain, size_t max,
   if (psize > max)
     return vbk_errno (-EBADMSG, "chunk of %u bytes, expected at most %zu",
                       psize, max);
-  if ((uint32_t) crc32 (0, payload, ssize) != get32 (h + 16))
+  if (h[7] & ~BACKUP_CHUNK_ENCRYPTED)
+    return vbk_errno (-EBADMSG, "chunk with unknown flags 0x%x", h[7]);
+  enc = (h[7] & BACKUP_CHUNK_ENCRYPTED) != 0;
+  if (enc && k == NULL)
+    return vbk_errno (-EBADMSG, "encrypted chunk in a repository that is "
+                      "not encrypted");
+  if (!enc && k != NULL)
+    return vbk_errno (-EBADMSG, "plain chunk in an encrypted repository");
+  if (enc) {
+    if (ssize < BACKUP_TAG_LEN || get32 (h + 16) != 0)
+      return vbk_errno (-EBADMSG, "encrypted chunk with a bad header");
+    ssize -= BACKUP_TAG_LEN;
+    if ((dec = malloc (ssize ? ssize : 1)) == NULL)
+      return vbk_errno (-ENOMEM, "chunk");
+    chunk_aad (h, id, aad);
+    if (backup_gcm_open (k->enc, h + 20, aad, sizeof aad, payload, ssize,
+                         dec, payload + ssize) < 0) {
+      free (dec);
+      return vbk_errno (-EBADMSG, "chunk authentication failed (AES-GCM "
+                        "tag mismatch: the chunk was changed or damaged)");
+    }
+    payload = dec;
+  }
+  else if ((uint32_t) crc32 (0, payload, ssize) != get32 (h + 16))
     return vbk_errno (-EBADMSG, "chunk checksum mismatch");
+  n = -1;
   switch (h[6]) {
   case BACKUP_CODEC_NONE:
     if (ssize != psize)
-      return vbk_errno (-EBADMSG, "raw chunk with sizes %u != %u", ssize,
-                        psize);
-    memcpy (plain, payload, psize);
+      vbk_set_error ("raw chunk with sizes %u != %u", ssize, psize);
+    else {
+      memcpy (plain, payload, psize);
+      n = 0;
+    }
     break;
   case BACKUP_CODEC_LZ4:
     n = LZ4_decompress_safe ((const char *) payload, plain, (int) ssize,
                              (int) psize);
-    if (n < 0 || (uint32_t) n != psize)
-      return vbk_errno (-EBADMSG, "chunk does not decompress");
+    if (n < 0 || (uint32_t) n != psize) {
+      vbk_set_error ("chunk does not decompress");
+      n = -1;
+    }
+    else
+      n = 0;
     break;
   default:
-    return vbk_errno (-EBADMSG, "chunk with unknown codec %u", h[6]);
+    vbk_set_error ("chunk with unknown codec %u", h[6]);
+    break;
   }
+  free (dec);
+  if (n < 0)
+    return -EBADMSG;
   *len = psize;
+  return 0;
+}
+
+/* ---- Sealed objects ------------------------------------------------------------ */
+
+/* AAD: the 8 header bytes (magic, version, reserved) and the name. */
+static int
+seal_aad (const unsigned char *h, const char *name, unsigned char **aad,
+          size_t *len)
+{
+  size_t n = strlen (name);
+
+  if ((*aad = malloc (8 + n)) == NULL)
+    return -ENOMEM;
+  memcpy (*aad, h, 8);
+  memcpy (*aad + 8, name, n);
+  *len = 8 + n;
+  return 0;
+}
+
+int
+backup_seal (const struct backup_crypt *k, const char *name, const void *in,
+             size_t len, void **out, size_t *outlen)
+{
+  size_t n = BACKUP_SEAL_HDR + len + BACKUP_TAG_LEN, alen;
+  unsigned char *h = calloc (1, n), *aad;
+  int e;
+
+  if (h == NULL || seal_aad (h, name, &aad, &alen) < 0) {
+    free (h);
+    return vbk_errno (-ENOMEM, "seal");
+  }
+  memcpy (h, BACKUP_SEAL_MAGIC, 4);
+  put16 (h + 4, BACKUP_FORMAT_MAJOR);
+  memcpy (aad, h, 8);
+  if ((e = backup_random (h + 8, BACKUP_NONCE_LEN)) < 0
+      || (e = backup_gcm_seal (k->enc, h + 8, aad, alen, in, len,
+                               h + BACKUP_SEAL_HDR,
+                               h + BACKUP_SEAL_HDR + len)) < 0) {
+    free (aad);
+    free (h);
+    return vbk_errno (e, "%s: encryption failed", name);
+  }
+  free (aad);
+  *out = h;
+  *outlen = n;
+  return 0;
+}
+
+int
+backup_unseal (const struct backup_crypt *k, const char *name, const void *in,
+               size_t len, char **out, size_t *outlen)
+{
+  const unsigned char *h = in;
+  unsigned char *aad;
+  size_t n, alen;
+  char *p;
+
+  if (len < BACKUP_SEAL_HDR + BACKUP_TAG_LEN
+      || memcmp (h, BACKUP_SEAL_MAGIC, 4) != 0)
+    return vbk_errno (-EBADMSG, "%s: not an encrypted object", name);
+  if (get16 (h + 4) > BACKUP_FORMAT_MAJOR)
+    return vbk_errno (-EPROTONOSUPPORT, "%s: format version %u is newer "
+                      "than this vbk reads (%d)", name, get16 (h + 4),
+                      BACKUP_FORMAT_MAJOR);
+  if (get16 (h + 6) != 0)
+    return vbk_errno (-EBADMSG, "%s: bad header", name);
+  n = len - BACKUP_SEAL_HDR - BACKUP_TAG_LEN;
+  if ((p = malloc (n + 1)) == NULL || seal_aad (h, name, &aad, &alen) < 0) {
+    free (p);
+    return vbk_errno (-ENOMEM, "unseal");
+  }
+  if (backup_gcm_open (k->enc, h + 8, aad, alen, h + BACKUP_SEAL_HDR, n, p,
+                       h + BACKUP_SEAL_HDR + n) < 0) {
+    free (aad);
+    free (p);
+    return vbk_errno (-EBADMSG, "%s: authentication failed (AES-GCM tag "
+                      "mismatch: changed or damaged)", name);
+  }
+  free (aad);
+  p[n] = '\0';
+  *out = p;
+  *outlen = n;
   return 0;
 }
 

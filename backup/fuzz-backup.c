@@ -2,7 +2,8 @@
  *
  * fuzz-backup.c - libFuzzer target over the repository's parsers: the
  * first byte of the input picks the manifest, index or chunk parser, the
- * rest is the object as read from a store.  A parser that accepts an
+ * encrypted chunk parser or the sealed-object parser (with a fixed key),
+ * the rest is the object as read from a store.  A parser that accepts an
  * input must produce a result consistent with it (an index's count
  * matches its size, a chunk decodes to at most its declared size).
  * Built and run by tests/e2e/backup-fuzz.sh.
@@ -21,11 +22,15 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   struct backup_manifest m;
   struct backup_index ix;
   static char plain[1 << 20];
+  static const struct backup_crypt k = { .enc = "fuzz encryption key 0123456789a",
+                                         .id = "fuzz id key 0123456789abcdefghij" };
+  static const unsigned char id[BACKUP_DIGEST_LEN] = "fuzz chunk id 0123456789abcdefg";
+  char *out;
   size_t len;
 
   if (size < 1)
     return 0;
-  switch (data[0] % 3) {
+  switch (data[0] % 5) {
   case 0:
     if (backup_manifest_parse ((const char *) data + 1, size - 1, &m) == 0
         && (m.chunks != (m.size + m.chunk_size - 1) / m.chunk_size
@@ -40,9 +45,23 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     }
     break;
   case 2:
-    if (backup_chunk_decode (data + 1, size - 1, plain, sizeof plain, &len)
+    if (backup_chunk_decode (NULL, id, data + 1, size - 1, plain, sizeof plain,
+                             &len)
         == 0 && len > sizeof plain)
       abort ();
+    break;
+  case 3:
+    if (backup_chunk_decode (&k, id, data + 1, size - 1, plain, sizeof plain,
+                             &len) == 0 && len > sizeof plain)
+      abort ();
+    break;
+  case 4:
+    if (backup_unseal (&k, "vbk_backup_index.x", data + 1, size - 1, &out,
+                       &len) == 0) {
+      if (len + BACKUP_SEAL_HDR + BACKUP_TAG_LEN != size - 1)
+        abort ();
+      free (out);
+    }
     break;
   }
   return 0;

@@ -15,13 +15,22 @@
  *   the cutoff (minus an allowance for other hosts' clocks) is swept under
  *   its lock, after checking its time again (chunk.c).
  *
- * Why this is safe: a running backup known to gc started before the
- * cutoff, and touches every chunk it relies on (new, deduplicated or
- * carried over from its parent) at a later time under the chunk's lock;
- * a backup gc did not see registered after T, so its touches are newer
- * than T.  Either way gc's locked re-check sees the new time and keeps
- * the chunk, or the sweep came first and the backup finds the chunk
- * missing and writes it again.  A backup that finished was marked
+ *   then, for each running backup, its catalog key read again: the parent
+ *   it names (the backup whose index it carries chunks from) has its
+ *   index marked, manifest or not, and is not cleaned up as dead
+ *
+ * Why this is safe: a running backup relies on two kinds of chunks.
+ * Those it writes or finds by dedup it touches (registry time = now)
+ * under the chunk's lock: a running backup known to gc started before
+ * the cutoff, so the touch is newer; a backup gc did not see registered
+ * after T, so its touches are newer than T.  Either way gc's locked
+ * re-check sees the new time and keeps the chunk, or the sweep came first
+ * and the backup finds the chunk missing and writes it again.  Those it
+ * carries over unchanged from its parent it does not touch (that would
+ * cost a locked, durable registry write per chunk of the image): it names
+ * the parent in its catalog key before reading the parent's manifest, and
+ * gc marks the parent's index (see gc_parents for why no interleaving
+ * escapes both the walk and the re-read).  A backup that finished was marked
  * (manifest) or is still registered.  A writer whose lock ran out does
  * not publish (run.c renews once more before its manifest).  A crash of
  * gc at any point loses nothing: each sweep removes the chunk before its
@@ -49,6 +58,8 @@ struct gc {
   uint64_t cutoff;
   char (*dead)[64];
   size_t ndead;
+  char (*live)[64];             /* running backups */
+  size_t nlive;
   struct backup_gc_result *res;
   /* sweep candidates */
   struct cand { unsigned char d[BACKUP_DIGEST_LEN]; } *cand;
@@ -81,11 +92,20 @@ gc_catalog (void *arg, const char *id, const char *val)
   backup_writer_oid (id, oid, sizeof oid);
   e = store_lock_get (g->r->st, oid, "writer", &li);
   if (e == 0) {
-    sp = strrchr (val, ' ');
+    /* "IMAGE START_MS [PARENT]" */
+    sp = strchr (val, ' ');
     start = sp ? strtoull (sp + 1, NULL, 10) : 0;
     if (start < g->cutoff)
       g->cutoff = start;
     g->res->writers_live++;
+    if (g->nlive % 64 == 0) {
+      void *n = realloc (g->live, (g->nlive + 64) * sizeof *g->live);
+
+      if (n == NULL)
+        return vbk_errno (-ENOMEM, "gc");
+      g->live = n;
+    }
+    snprintf (g->live[g->nlive++], 64, "%s", id);
     return 0;
   }
   if (e != -ENOENT)
@@ -99,6 +119,65 @@ gc_catalog (void *arg, const char *id, const char *val)
     g->dead = n;
   }
   snprintf (g->dead[g->ndead++], 64, "%s", id);
+  return 0;
+}
+
+/* The parents of running backups, read again now that the walk is over:
+ * a backup names its parent in its catalog key before it reads the
+ * parent's manifest, so if it read it before this point we see the name
+ * here, and if after, the manifest was still there when the walk looked
+ * (manifests never come back), so it was marked.  Each parent's index is
+ * marked (whether or not its manifest is still there) and kept from the
+ * cleanup of dead backups. */
+static int
+gc_parents (struct gc *g)
+{
+  char val[512], oid[STORE_NAME_MAX + 1], img[512], parent[64], *buf;
+  struct backup_index ix;
+  unsigned long long start;
+  size_t i, j, len;
+  ssize_t n;
+  uint64_t k;
+  int e;
+
+  for (i = 0; i < g->nlive; i++) {
+    n = store_omap_get (g->r->st, BACKUP_CATALOG_OID, g->live[i], val,
+                        sizeof val - 1);
+    if (n == -ENOENT)
+      continue;                 /* finished (failed) meanwhile */
+    if (n < 0)
+      return vbk_errno ((int) n, "gc: catalog of %s", g->live[i]);
+    val[n] = '\0';
+    if (sscanf (val, "%511s %llu %63s", img, &start, parent) != 3
+        || backup_id_check (parent) < 0)
+      continue;                 /* no parent (yet) */
+    /* Not cleaned up as dead while a running backup relies on it. */
+    for (j = 0; j < g->ndead; j++)
+      if (strcmp (g->dead[j], parent) == 0) {
+        memmove (g->dead[j], g->dead[j + 1],
+                 (g->ndead - j - 1) * sizeof *g->dead);
+        g->ndead--;
+        g->res->writers_dead--;
+        break;
+      }
+    backup_index_oid (parent, oid, sizeof oid);
+    e = backup_meta_read (g->r, oid, &buf, &len, NULL);
+    if (e == -ENOENT)
+      continue;                 /* gone before it was chosen: not used */
+    if (e < 0)
+      return vbk_error_prepend (e, "gc: index of %s (parent of running "
+                                "backup %s): ", parent, g->live[i]);
+    e = backup_index_parse (buf, len, &ix);
+    free (buf);
+    if (e < 0)
+      return vbk_error_prepend (e, "gc: index of %s (parent of running "
+                                "backup %s): ", parent, g->live[i]);
+    for (k = 0; k < ix.count && e >= 0; k++)
+      e = backup_set_add (&g->marked, ix.digest[k]);
+    backup_index_free (&ix);
+    if (e < 0)
+      return vbk_errno (e, "gc: marking");
+  }
   return 0;
 }
 
@@ -208,7 +287,8 @@ backup_gc (struct backup_repo *r, uint64_t skew_ms,
   memset (res, 0, sizeof *res);
   backup_set_init (&g.marked);
   g.cutoff = now_wall_ms ();
-  if ((e = backup_catalog_walk (r, gc_catalog, &g)) < 0)
+  if ((e = backup_catalog_walk (r, gc_catalog, &g)) < 0
+      || (e = gc_parents (&g)) < 0)
     goto out;
   g.cutoff = g.cutoff > skew_ms ? g.cutoff - skew_ms : 0;
   log_info ("gc: %zu chunks marked, %" PRIu64 " running backups, cutoff %"
@@ -248,6 +328,7 @@ backup_gc (struct backup_repo *r, uint64_t skew_ms,
  out:
   backup_set_free (&g.marked);
   free (g.dead);
+  free (g.live);
   free (g.cand);
   return e;
 }
@@ -291,7 +372,7 @@ backup_protect (struct backup_repo *r, const char *id, bool on)
   s = json_object_to_json_string_ext (o, JSON_C_TO_STRING_PRETTY
                                       | JSON_C_TO_STRING_NOSLASHESCAPE);
   backup_manifest_oid (id, oid, sizeof oid);
-  e = store_write_full (r->st, oid, s, strlen (s), STORE_WRITE_SYNC);
+  e = backup_meta_write (r, oid, s, strlen (s), 0, NULL);
   json_object_put (o);
   if (e < 0)
     return vbk_errno (e, "backup %s: writing the manifest", id);

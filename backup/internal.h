@@ -4,8 +4,10 @@
  *
  * Objects of a repository (FORMAT.md has the byte layouts):
  *   vbk_backup_config          JSON: format version, chunk size
- *   vbk_backup_catalog         omap: backup id -> "IMAGE START_MS" for
- *                              every backup begun and not yet cleaned up
+ *   vbk_backup_catalog         omap: backup id -> "IMAGE START_MS [PARENT]"
+ *                              for every backup begun and not yet cleaned
+ *                              up (PARENT: the backup it carries chunks
+ *                              from, once chosen)
  *   vbk_backup_writer.ID       lock "writer" held while backup ID runs
  *   vbk_backup_index.ID        index: header + one digest per chunk
  *   vbk_backup_manifest.ID     JSON manifest; the backup exists iff it does
@@ -20,11 +22,14 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "backup.h"
 
 #define BACKUP_FORMAT_MAJOR 1
 #define BACKUP_FORMAT_MINOR 0
+/* The minor version of an encrypted repository's config (FORMAT.md). */
+#define BACKUP_FORMAT_MINOR_ENCRYPTED 1
 
 #define BACKUP_CONFIG_OID "vbk_backup_config"
 #define BACKUP_CATALOG_OID "vbk_backup_catalog"
@@ -33,9 +38,19 @@
 #define BACKUP_DIGEST_LEN 32
 #define BACKUP_HEX_LEN 64
 
+/* The master keys of an encrypted repository (crypt.c). */
+#define BACKUP_KEY_LEN 32
+#define BACKUP_NONCE_LEN 12
+#define BACKUP_TAG_LEN 16
+struct backup_crypt {
+  unsigned char enc[BACKUP_KEY_LEN];    /* AES-256-GCM of every object */
+  unsigned char id[BACKUP_KEY_LEN];     /* HMAC-SHA256 chunk ids */
+};
+
 struct backup_repo {
   struct store *st;
   uint32_t chunk_size;
+  struct backup_crypt *crypt;           /* NULL: not encrypted */
   char uri[1024];
 };
 
@@ -45,16 +60,64 @@ struct backup_repo {
 #define BACKUP_CHUNK_HDR 32
 enum { BACKUP_CODEC_NONE = 0, BACKUP_CODEC_LZ4 = 1 };
 
+#define BACKUP_CHUNK_ENCRYPTED 1u       /* header flags (byte 7) */
+
 /* Largest encoded chunk for PLAIN bytes. */
 size_t backup_chunk_bound (size_t plain);
 /* Encodes PLAIN (LEN bytes) into OUT (backup_chunk_bound bytes): LZ4
- * when it saves at least 1/16, else raw.  Returns the encoded size. */
-size_t backup_chunk_encode (const void *plain, size_t len, void *out);
-/* Decodes an encoded chunk of OBJLEN bytes into PLAIN (at most MAX
- * bytes); *LEN gets the plain size.  Errors: -EBADMSG (bad magic, sizes,
- * checksum, payload), -EPROTONOSUPPORT (newer version); message set. */
-int backup_chunk_decode (const void *obj, size_t objlen, void *plain,
-                         size_t max, size_t *len);
+ * when it saves at least 1/16, else raw; with K, encrypted with a fresh
+ * random nonce, bound to the chunk id ID.  Returns the encoded size, or
+ * -errno. */
+ssize_t backup_chunk_encode (const struct backup_crypt *k,
+                             const unsigned char *id, const void *plain,
+                             size_t len, void *out);
+/* Decodes an encoded chunk of OBJLEN bytes named ID into PLAIN (at most
+ * MAX bytes); *LEN gets the plain size.  With K the chunk must be
+ * encrypted and authentic, without it plain.  Errors: -EBADMSG (bad
+ * magic, sizes, checksum, authentication tag, payload), -EPROTONOSUPPORT
+ * (newer version); message set. */
+int backup_chunk_decode (const struct backup_crypt *k,
+                         const unsigned char *id, const void *obj,
+                         size_t objlen, void *plain, size_t max, size_t *len);
+
+/* Sealed objects (indexes and manifests of an encrypted repository):
+ * magic "VBKE", version, nonce, AES-256-GCM ciphertext and tag, bound to
+ * the object's name NAME. */
+#define BACKUP_SEAL_MAGIC "VBKE"
+#define BACKUP_SEAL_HDR 20
+/* Seals IN (LEN bytes) into a malloc'd *OUT of *OUTLEN bytes. */
+int backup_seal (const struct backup_crypt *k, const char *name,
+                 const void *in, size_t len, void **out, size_t *outlen);
+/* Opens a sealed object into a malloc'd, NUL-terminated *OUT.
+ * Errors: -EBADMSG (not sealed, or not authentic), -EPROTONOSUPPORT. */
+int backup_unseal (const struct backup_crypt *k, const char *name,
+                   const void *in, size_t len, char **out, size_t *outlen);
+
+/* crypt.c: primitives (OpenSSL libcrypto) */
+/* AES-256-GCM; open returns -EBADMSG when the tag does not match. */
+int backup_gcm_seal (const unsigned char *key, const unsigned char *nonce,
+                     const void *aad, size_t aadlen, const void *in,
+                     size_t len, void *out, unsigned char *tag);
+int backup_gcm_open (const unsigned char *key, const unsigned char *nonce,
+                     const void *aad, size_t aadlen, const void *in,
+                     size_t len, void *out, const unsigned char *tag);
+void backup_hmac (const unsigned char *key, const void *buf, size_t len,
+                  unsigned char *out);
+/* A fresh random nonce (-EIO if the system has no randomness). */
+int backup_random (void *buf, size_t len);
+/* Chunk id of PLAIN: SHA-256, or HMAC-SHA256 with the id key if R is
+ * encrypted. */
+void backup_chunk_id (const struct backup_repo *r, const void *plain,
+                      size_t len, unsigned char *d);
+/* Creates key file PATH (never overwrites) for a new repository; fills
+ * K and the config's "encryption" member (*ENC, a json_object). */
+int backup_key_create (const struct backup_key_opts *ko,
+                       struct backup_crypt *k, void **enc);
+/* Loads the key file of an encrypted repository whose config member
+ * "encryption" is ENC (a json_object); -EACCES "wrong passphrase or key
+ * file" when it does not open or belongs to another repository. */
+int backup_key_load (const struct backup_key_opts *ko, const void *enc,
+                     struct backup_crypt *k);
 
 #define BACKUP_INDEX_MAGIC "VBKINDEX"
 #define BACKUP_INDEX_HDR 64
@@ -105,6 +168,16 @@ void backup_chunk_oid (const unsigned char *d, char *buf, size_t len);
 /* Reads a whole object into a malloc'd, NUL-terminated buffer. */
 int backup_read_object (struct store *st, const char *oid, char **buf,
                         size_t *len);
+/* Writes a manifest or index durably (EXCL: exclusive create), sealed
+ * when R is encrypted; SHA (if not NULL) gets the SHA-256 of the bytes
+ * stored. */
+int backup_meta_write (struct backup_repo *r, const char *oid,
+                       const void *buf, size_t len, int excl,
+                       unsigned char *sha);
+/* Reads a manifest or index, unsealing it when R is encrypted; SHA (if
+ * not NULL) gets the SHA-256 of the bytes stored. */
+int backup_meta_read (struct backup_repo *r, const char *oid, char **buf,
+                      size_t *len, unsigned char *sha);
 int backup_manifest_load (struct backup_repo *r, const char *id,
                           struct backup_manifest *m, char **json);
 int backup_index_load (struct backup_repo *r, const struct backup_manifest *m,
@@ -137,6 +210,8 @@ void backup_chunk_unlock (struct backup_repo *r, const char *oid,
 int backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
                          uint64_t since, const void *plain, size_t len,
                          uint64_t *stored);
+/* Whether the registry has chunk D, not marked bad: 0, or -ENOENT. */
+int backup_chunk_check (struct backup_repo *r, const unsigned char *d);
 /* Reads chunk D, checking its header, checksum and digest, into PLAIN
  * (LEN bytes expected).  Errors: -EIO naming the chunk. */
 int backup_chunk_read (struct backup_repo *r, const unsigned char *d,

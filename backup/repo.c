@@ -18,6 +18,8 @@
 #include <string.h>
 
 #include <json-c/json.h>
+#include <openssl/crypto.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "common/util.h"
@@ -75,14 +77,64 @@ backup_read_object (struct store *st, const char *oid, char **buf,
   return 0;
 }
 
+int
+backup_meta_write (struct backup_repo *r, const char *oid, const void *buf,
+                   size_t len, int excl, unsigned char *sha)
+{
+  void *sealed = NULL;
+  int e;
+
+  if (r->crypt) {
+    if ((e = backup_seal (r->crypt, oid, buf, len, &sealed, &len)) < 0)
+      return e;
+    buf = sealed;
+  }
+  if (sha)
+    backup_sha256 (buf, len, sha);
+  if (excl)
+    e = store_create_excl (r->st, oid, buf, len, STORE_WRITE_SYNC);
+  else
+    e = store_write_full (r->st, oid, buf, len, STORE_WRITE_SYNC);
+  free (sealed);
+  return e;
+}
+
+int
+backup_meta_read (struct backup_repo *r, const char *oid, char **buf,
+                  size_t *len, unsigned char *sha)
+{
+  char *raw, *plain;
+  size_t n;
+  int e;
+
+  if ((e = backup_read_object (r->st, oid, &raw, &n)) < 0)
+    return e;
+  if (sha)
+    backup_sha256 (raw, n, sha);
+  if (r->crypt == NULL) {
+    *buf = raw;
+    *len = n;
+    return 0;
+  }
+  e = backup_unseal (r->crypt, oid, raw, n, &plain, len);
+  free (raw);
+  if (e == 0)
+    *buf = plain;
+  return e;
+}
+
 /* ---- Opening ------------------------------------------------------------------ */
 
 int
-backup_repo_init (const char *uri, uint32_t chunk_size)
+backup_repo_create (const char *uri, uint32_t chunk_size,
+                    const struct backup_key_opts *key)
 {
+  struct backup_crypt k;
   struct store *st;
-  char buf[256];
-  int n, r;
+  uint64_t size;
+  json_object *cfg, *enc = NULL;
+  const char *s;
+  int r;
 
   if (chunk_size == 0)
     chunk_size = BACKUP_CHUNK_SIZE_DEFAULT;
@@ -92,23 +144,66 @@ backup_repo_init (const char *uri, uint32_t chunk_size)
                       "two from 4K to 64M)", chunk_size);
   if ((r = store_open (uri, &st)) < 0)
     return r;
-  n = snprintf (buf, sizeof buf, "{\"format\": \"%d.%d\", \"chunk_size\": %u,"
-                " \"created_ms\": %" PRIu64 "}\n", BACKUP_FORMAT_MAJOR,
-                BACKUP_FORMAT_MINOR, chunk_size, now_wall_ms ());
-  r = store_create_excl (st, BACKUP_CONFIG_OID, buf, n, STORE_WRITE_SYNC);
+  /* No key file for a repository that cannot be created. */
+  if (key && store_stat (st, BACKUP_CONFIG_OID, STORE_SNAP_HEAD, &size) == 0) {
+    store_close (st);
+    return vbk_errno (-EEXIST, "backup: %s: a repository exists there "
+                      "already", uri);
+  }
+  if (key && (r = backup_key_create (key, &k, (void **) &enc)) < 0) {
+    store_close (st);
+    return r;
+  }
+  cfg = json_object_new_object ();
+  if (enc) {
+    /* The chunk size is inside "encryption": a 1.0 reader, which needs
+     * it at the top, refuses the repository instead of writing plain
+     * chunks into it. */
+    json_object_object_add (cfg, "format", json_object_new_string ("1.1"));
+    json_object_object_add (enc, "chunk_size",
+                            json_object_new_int64 (chunk_size));
+    json_object_object_add (cfg, "encryption", enc);
+  }
+  else {
+    json_object_object_add (cfg, "format", json_object_new_string ("1.0"));
+    json_object_object_add (cfg, "chunk_size",
+                            json_object_new_int64 (chunk_size));
+  }
+  json_object_object_add (cfg, "created_ms",
+                          json_object_new_int64 ((int64_t) now_wall_ms ()));
+  s = json_object_to_json_string_ext (cfg, JSON_C_TO_STRING_PRETTY);
+  r = store_create_excl (st, BACKUP_CONFIG_OID, s, strlen (s),
+                         STORE_WRITE_SYNC);
   if (r == -EEXIST)
     vbk_set_error ("backup: %s: a repository exists there already", uri);
   else if (r < 0)
     vbk_errno (r, "backup: %s: creating the repository", uri);
+  if (r < 0 && key)
+    unlink (key->key_file);
+  OPENSSL_cleanse (&k, sizeof k);
+  json_object_put (cfg);
   store_close (st);
   return r;
 }
 
 int
+backup_repo_init (const char *uri, uint32_t chunk_size)
+{
+  return backup_repo_create (uri, chunk_size, NULL);
+}
+
+int
 backup_repo_open (const char *uri, struct backup_repo **out)
 {
+  return backup_repo_open_key (uri, NULL, out);
+}
+
+int
+backup_repo_open_key (const char *uri, const struct backup_key_opts *key,
+                      struct backup_repo **out)
+{
   struct backup_repo *r;
-  json_object *o = NULL, *v;
+  json_object *o = NULL, *v, *enc = NULL, *cs;
   unsigned major = 0, minor = 0;
   char *buf = NULL;
   size_t len;
@@ -141,15 +236,36 @@ backup_repo_open (const char *uri, struct backup_repo **out)
                    BACKUP_FORMAT_MAJOR);
     goto err;
   }
-  if (!json_object_object_get_ex (o, "chunk_size", &v)
-      || !is_power_of_2 (json_object_get_int64 (v))
-      || json_object_get_int64 (v) < BACKUP_CHUNK_SIZE_MIN
-      || json_object_get_int64 (v) > BACKUP_CHUNK_SIZE_MAX) {
+  if (json_object_object_get_ex (o, "encryption", &enc)
+      && !json_object_is_type (enc, json_type_object)) {
+    e = vbk_errno (-EBADMSG, "backup: %s: %s: bad encryption", uri,
+                   BACKUP_CONFIG_OID);
+    goto err;
+  }
+  if (!json_object_object_get_ex (enc ? enc : o, "chunk_size", &cs)
+      || !is_power_of_2 (json_object_get_int64 (cs))
+      || json_object_get_int64 (cs) < BACKUP_CHUNK_SIZE_MIN
+      || json_object_get_int64 (cs) > BACKUP_CHUNK_SIZE_MAX) {
     e = vbk_errno (-EBADMSG, "backup: %s: %s: bad chunk_size", uri,
                    BACKUP_CONFIG_OID);
     goto err;
   }
-  r->chunk_size = (uint32_t) json_object_get_int64 (v);
+  r->chunk_size = (uint32_t) json_object_get_int64 (cs);
+  if (enc) {
+    if ((r->crypt = calloc (1, sizeof *r->crypt)) == NULL) {
+      e = vbk_errno (-ENOMEM, "backup");
+      goto err;
+    }
+    if ((e = backup_key_load (key, enc, r->crypt)) < 0) {
+      vbk_error_prepend (e, "%s: ", uri);
+      goto err;
+    }
+  }
+  else if (key && key->key_file) {
+    e = vbk_errno (-EINVAL, "backup: %s: the repository is not encrypted "
+                   "(no key file is used)", uri);
+    goto err;
+  }
   json_object_put (o);
   free (buf);
   *out = r;
@@ -158,6 +274,9 @@ backup_repo_open (const char *uri, struct backup_repo **out)
   json_object_put (o);
   free (buf);
   store_close (r->st);
+  if (r->crypt)
+    OPENSSL_cleanse (r->crypt, sizeof *r->crypt);
+  free (r->crypt);
   free (r);
   return e;
 }
@@ -168,7 +287,16 @@ backup_repo_close (struct backup_repo *r)
   if (r == NULL)
     return;
   store_close (r->st);
+  if (r->crypt)
+    OPENSSL_cleanse (r->crypt, sizeof *r->crypt);
+  free (r->crypt);
   free (r);
+}
+
+bool
+backup_repo_encrypted (struct backup_repo *r)
+{
+  return r->crypt != NULL;
 }
 
 uint32_t
@@ -234,9 +362,11 @@ backup_manifest_load (struct backup_repo *r, const char *id,
   if (backup_id_check (id) < 0)
     return vbk_errno (-ENOENT, "backup: no backup '%s'", id);
   backup_manifest_oid (id, oid, sizeof oid);
-  if ((e = backup_read_object (r->st, oid, &buf, &len)) < 0) {
+  if ((e = backup_meta_read (r, oid, &buf, &len, NULL)) < 0) {
     if (e == -ENOENT)
       vbk_set_error ("backup: no backup '%s'", id);
+    else
+      vbk_error_prepend (e, "backup %s: ", id);
     return e;
   }
   if ((e = backup_manifest_parse (buf, len, m)) < 0) {
@@ -275,6 +405,8 @@ backup_index_load (struct backup_repo *r, const struct backup_manifest *m,
                         oid);
     return e;
   }
+  /* The digest is of the stored (in an encrypted repository: sealed)
+   * bytes, checked before they are opened. */
   backup_sha256 (buf, len, d);
   backup_digest_hex (d, hex);
   if (strcmp (hex, m->index_sha256) != 0) {
@@ -282,6 +414,15 @@ backup_index_load (struct backup_repo *r, const struct backup_manifest *m,
     return vbk_errno (-EBADMSG, "backup %s: index %s does not match its "
                       "manifest (sha256 %s, expected %s)", m->id, oid, hex,
                       m->index_sha256);
+  }
+  if (r->crypt) {
+    char *plain;
+
+    e = backup_unseal (r->crypt, oid, buf, len, &plain, &len);
+    free (buf);
+    if (e < 0)
+      return vbk_error_prepend (e, "backup %s: ", m->id);
+    buf = plain;
   }
   e = backup_index_parse (buf, len, ix);
   free (buf);

@@ -5,7 +5,9 @@
  *
  * DESIGN: all three are copy_run() from a backup reader endpoint:
  * - new image / new file: the destination reads as zeros, so holes and
- *   all-zero chunks are not written (the result is sparse);
+ *   all-zero chunks are not written (the result is sparse); a file is
+ *   written as a temporary file beside its path and renamed into place
+ *   once complete and durable, over an existing file only when forced;
  * - in place: the source is the target image itself, read chunk by chunk,
  *   and the destination is an endpoint that hashes what the target holds
  *   now and compares it with the backup's digest: only chunks that differ
@@ -19,7 +21,10 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "common/util.h"
@@ -27,6 +32,7 @@
 #include "internal.h"
 
 struct inplace {
+  struct backup_repo *r;
   struct backup_reader *rd;
   struct backup_index *ix;
   struct image *img;
@@ -52,7 +58,7 @@ ip_pwrite (void *h, const void *cur, size_t len, uint64_t off)
     p->zeroed += len;
     return image_discard (p->img, off, len, 0);
   }
-  backup_sha256 (cur, len, d);
+  backup_chunk_id (p->r, cur, len, d);
   if (memcmp (d, want, BACKUP_DIGEST_LEN) == 0) {
     p->same += len;
     return 0;
@@ -147,6 +153,7 @@ backup_restore_image (struct backup_repo *r, const char *id,
     if ((e = image_open (st, image, 0, &img)) < 0)
       goto out;
     ip.rd = rd;
+    ip.r = r;
     ip.ix = backup_reader_index (rd);
     ip.img = img;
     ip.cs = co.piece;
@@ -203,31 +210,116 @@ backup_restore_image (struct backup_repo *r, const char *id,
   return e;
 }
 
+/* The temporary file beside PATH: DIR/.NAME.vbk-XXXXXX, created empty;
+ * *DIR gets the directory (for its fsync). */
+static int
+temp_beside (const char *path, char **tmp, char **dir)
+{
+  const char *slash = strrchr (path, '/');
+  mode_t mask;
+  int fd;
+
+  *tmp = NULL;
+  if (slash)
+    *dir = strndup (path, slash == path ? 1 : (size_t) (slash - path));
+  else
+    *dir = strdup (".");
+  if (*dir == NULL
+      || asprintf (tmp, "%s%s.%s.vbk-XXXXXX", slash ? *dir : "",
+                   slash && slash != path ? "/" : "",
+                   slash ? slash + 1 : path) < 0) {
+    *tmp = NULL;
+    return vbk_errno (-ENOMEM, "restore: %s", path);
+  }
+  if ((fd = mkostemp (*tmp, O_CLOEXEC)) < 0) {
+    int e = vbk_errno (-errno, "restore: %s", path);
+
+    free (*tmp);
+    *tmp = NULL;
+    return e;
+  }
+  mask = umask (0);
+  umask (mask);
+  fchmod (fd, 0644 & ~mask);
+  close (fd);
+  return 0;
+}
+
+/* Makes TMP durable and puts it at PATH (over an existing file only
+ * with FORCE), durably. */
+static int
+temp_commit (const char *tmp, const char *path, const char *dir, int force)
+{
+  int fd, e;
+
+  if ((fd = open (tmp, O_RDONLY | O_CLOEXEC)) < 0 || fsync (fd) < 0) {
+    e = vbk_errno (-errno, "restore: %s: fsync", tmp);
+    if (fd >= 0)
+      close (fd);
+    return e;
+  }
+  close (fd);
+  if (force)
+    e = rename (tmp, path);
+  else {
+    /* Not over a file that appeared meanwhile. */
+    e = renameat2 (AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE);
+    if (e < 0 && errno == EINVAL) {
+      if ((e = link (tmp, path)) == 0)
+        unlink (tmp);
+    }
+  }
+  if (e < 0) {
+    if (errno == EEXIST)
+      return vbk_errno (-EEXIST, "restore: %s: file exists (use --force to "
+                        "replace it)", path);
+    return vbk_errno (-errno, "restore: %s: rename", path);
+  }
+  if ((fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+    return vbk_errno (-errno, "restore: %s: open directory", dir);
+  e = fsync (fd) < 0 ? vbk_errno (-errno, "restore: %s: fsync", dir) : 0;
+  close (fd);
+  return e;
+}
+
 int
 backup_restore_file (struct backup_repo *r, const char *id, const char *path,
-                     enum copy_progress_mode progress,
+                     unsigned flags, enum copy_progress_mode progress,
                      struct backup_restore_result *res)
 {
   struct backup_reader *rd = NULL;
   struct copy_endpoint *src = NULL, *dst = NULL;
   struct copy_opts co = { 0 };
   struct copy_result cr = { 0 };
-  struct stat sb;
-  int e;
+  struct stat sb, lsb;
+  char *tmp = NULL, *dir = NULL;
+  int e, force = (flags & BACKUP_RESTORE_FORCE) != 0;
 
   memset (res, 0, sizeof *res);
+  /* A regular file (or a link to one) is replaced only when asked to;
+   * a block device is what --to-file names to be written. */
+  if (stat (path, &sb) == 0 && S_ISREG (sb.st_mode) && !force)
+    return vbk_errno (-EEXIST, "restore: %s: file exists (use --force to "
+                      "replace it)", path);
   if ((e = backup_reader_open (r, id, &rd)) < 0)
     return e;
   res->size = backup_reader_size (rd);
+  if ((lstat (path, &lsb) < 0 && errno == ENOENT) || S_ISREG (lsb.st_mode)) {
+    /* Written beside it, renamed over it when complete: a failed or
+     * interrupted restore leaves no half file at PATH. */
+    if ((e = temp_beside (path, &tmp, &dir)) < 0)
+      goto out;
+  }
   if ((e = backup_reader_endpoint (rd, &src)) < 0
-      || (e = copy_endpoint_file (path, COPY_FILE_WRITE | COPY_FILE_CREATE,
+      || (e = copy_endpoint_file (tmp ? tmp : path,
+                                  COPY_FILE_WRITE | COPY_FILE_CREATE,
                                   res->size, &dst)) < 0)
     goto out;
   co.piece = backup_repo_chunk_size (r);
   co.skip_zero = 1;
   /* A regular file was just truncated: it reads as zeros.  A block
    * device does not. */
-  co.dst_zeroed = stat (path, &sb) == 0 && S_ISREG (sb.st_mode);
+  co.dst_zeroed = stat (tmp ? tmp : path, &sb) == 0 && S_ISREG (sb.st_mode);
   co.progress = progress;
   co.label = "restore";
   e = copy_run (src, dst, &co, &cr);
@@ -235,9 +327,19 @@ backup_restore_file (struct backup_repo *r, const char *id, const char *path,
   res->written = cr.written;
   res->zeroed = cr.zeroed;
   res->elapsed_ns = cr.elapsed_ns;
+  copy_endpoint_close (dst);
+  dst = NULL;
+  if (e == 0 && tmp && (e = temp_commit (tmp, path, dir, force)) == 0) {
+    free (tmp);
+    tmp = NULL;
+  }
  out:
   copy_endpoint_close (src);
   copy_endpoint_close (dst);
+  if (tmp)
+    unlink (tmp);
+  free (tmp);
+  free (dir);
   backup_reader_close (rd);
   return e;
 }

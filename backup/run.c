@@ -15,8 +15,10 @@
  *                       and re-hashed; any mismatch makes it a full read
  *           -> CHUNKS   copy_run(snapshot -> backup writer endpoint): hash,
  *                       dedup (in-memory set, then the repository),
- *                       compress, write; unchanged chunks are touched (and
- *                       rewritten from the snapshot if missing or bad)
+ *                       compress, write; unchanged chunks are looked up in
+ *                       the registry (and rewritten from the snapshot if
+ *                       missing or bad), not touched: gc marks the parent
+ *                       named in our catalog key
  *           -> INDEX    flush, write the index
  *           -> MANIFEST create it exclusively: the backup now exists
  *           -> TRIM     remove this image's older backup snapshots
@@ -162,6 +164,22 @@ do_register (struct writer *w)
   return 0;
 }
 
+/* Records PARENT (the backup whose index this one will carry chunks
+ * from) in our catalog key, before its manifest is read: from then on gc
+ * marks the parent's chunks for us (gc.c). */
+static int
+set_parent (struct writer *w, const char *parent)
+{
+  char val[IMAGE_NAME_MAX + 160];
+  int n, e;
+
+  n = snprintf (val, sizeof val, "%s %" PRIu64 " %s", w->image, w->start_ms,
+                parent);
+  if ((e = store_omap_set (w->r->st, BACKUP_CATALOG_OID, w->id, val, n)) < 0)
+    return vbk_errno (e, "backup %s: registering its parent", w->id);
+  return 0;
+}
+
 static void
 unregister (struct writer *w)
 {
@@ -206,7 +224,7 @@ put_chunk (struct writer *w, uint64_t idx, const void *buf, size_t len)
     memset (w->ix.digest[idx], 0, BACKUP_DIGEST_LEN);
     return 0;
   }
-  backup_sha256 (buf, len, d);
+  backup_chunk_id (w->r, buf, len, d);
   memcpy (w->ix.digest[idx], d, BACKUP_DIGEST_LEN);
   if ((e = backup_set_add (w->known, d)) <= 0)
     return e == 0 ? 0 : vbk_errno (e, "backup: chunk set");
@@ -285,7 +303,9 @@ find_parent (struct writer *w)
       free (list);
       return 0;
     }
-    e = backup_manifest_load (w->r, list[n - 1].id, &w->pm, NULL);
+    e = set_parent (w, list[n - 1].id);
+    if (e == 0)
+      e = backup_manifest_load (w->r, list[n - 1].id, &w->pm, NULL);
     free (list);
     if (e != -ENOENT)
       break;
@@ -350,7 +370,7 @@ hash_snapshot_chunk (struct writer *w, uint64_t idx, void *buf,
   if (copy_is_zero (buf, len))
     memset (d, 0, BACKUP_DIGEST_LEN);
   else
-    backup_sha256 (buf, len, d);
+    backup_chunk_id (w->r, buf, len, d);
   return 0;
 }
 
@@ -405,8 +425,8 @@ cbt_check (struct writer *w, const unsigned char *dirty)
   return bad > 0;
 }
 
-/* Unchanged chunks must still be in the repository: touch them, and
- * write them again from the snapshot where they are missing or bad. */
+/* Unchanged chunks must still be in the repository: write them again
+ * from the snapshot where they are missing or marked bad. */
 struct keep_work {
   struct workq_item wq;
   struct writer *w;
@@ -431,7 +451,11 @@ keep_one (struct workq_item *wq)
     return;
   if (backup_set_has (w->known, d))
     return;
-  e = backup_chunk_ensure (w->r, d, w->since, NULL, 0, NULL);
+  /* No touch: the chunk is in the parent's index, which gc marks while
+   * we run (our catalog key names the parent) and ours marks after.  Only
+   * a chunk the registry does not have, or has marked bad, is written
+   * again. */
+  e = backup_chunk_check (w->r, d);
   if (e == -ENOENT) {
     if ((buf = malloc (cs)) == NULL)
       e = vbk_errno (-ENOMEM, "backup");
@@ -469,7 +493,7 @@ keep_unchanged (struct writer *w, const unsigned char *dirty)
 
   if ((works = calloc (w->ix.count + 1, sizeof *works)) == NULL)
     return vbk_errno (-ENOMEM, "backup");
-  /* Touching is a round trip or a sync per chunk, not bandwidth: more
+  /* A registry look-up per chunk is a round trip, not bandwidth: more
    * threads than for copying. */
   {
     struct workq_opts wo = { .name = "backup-keep", .threads = KEEP_THREADS,
@@ -512,11 +536,10 @@ write_index_and_manifest (struct writer *w)
     return vbk_errno (e, "backup %s: flushing chunks", w->id);
   if ((e = backup_index_encode (&w->ix, &buf, &len)) < 0)
     return e;
-  backup_sha256 (buf, len, d);
-  backup_digest_hex (d, hex);
   backup_index_oid (w->id, oid, sizeof oid);
-  e = store_write_full (w->r->st, oid, buf, len, STORE_WRITE_SYNC);
+  e = backup_meta_write (w->r, oid, buf, len, 0, d);
   free (buf);
+  backup_digest_hex (d, hex);
   if (e < 0)
     return vbk_errno (e, "backup %s: writing the index", w->id);
 
@@ -558,7 +581,7 @@ write_index_and_manifest (struct writer *w)
     e = vbk_errno (-ESHUTDOWN, "backup %s: the writer lock ran out", w->id);
   else {
     backup_manifest_oid (w->id, oid, sizeof oid);
-    e = store_create_excl (w->r->st, oid, s, strlen (s), STORE_WRITE_SYNC);
+    e = backup_meta_write (w->r, oid, s, strlen (s), 1, NULL);
     if (e < 0)
       vbk_errno (e, "backup %s: writing the manifest", w->id);
   }

@@ -123,7 +123,7 @@ kill "$BLOCKD"; wait "$BLOCKD" 2>/dev/null || true; BLOCKD=
 
 echo "backup-bench: restores" >&2
 id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["id"])' "$W/incr.json")
-timed vbk_restore vbk backup restore "$id" --to-file "$W/out.raw" --progress none
+timed vbk_restore vbk backup restore "$id" --to-file "$W/out.raw" --force --progress none
 cmp "$W/out.raw" "$raw" || echo "backup-bench: WARNING: vbk restore differs" >&2
 rm -f "$W/out.raw"
 for p in $PEERS; do

@@ -43,7 +43,8 @@ struct vbkfs_backups {
 };
 
 int
-vbkfs_backup_init (struct vbkfs *fs, const char *repo_uri)
+vbkfs_backup_init (struct vbkfs *fs, const char *repo_uri,
+                   const struct backup_key_opts *key)
 {
   struct vbkfs_backups *b;
   int r;
@@ -53,7 +54,7 @@ vbkfs_backup_init (struct vbkfs *fs, const char *repo_uri)
   b = calloc (1, sizeof *b);
   if (b == NULL)
     return -ENOMEM;
-  r = backup_repo_open (repo_uri, &b->repo);
+  r = backup_repo_open_key (repo_uri, key, &b->repo);
   if (r < 0) {
     free (b);
     return r;

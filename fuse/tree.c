@@ -783,7 +783,7 @@ vbkfs_new (const struct vbkfs_opts *o, struct vbkfs **out)
   fs->uid = getuid ();
   fs->gid = getgid ();
   pthread_mutex_init (&fs->lock, NULL);
-  r = vbkfs_backup_init (fs, o->repo_uri);
+  r = vbkfs_backup_init (fs, o->repo_uri, o->repo_key);
   if (r < 0) {
     pthread_mutex_destroy (&fs->lock);
     free (fs);

@@ -75,7 +75,8 @@ typedef int (*vbkfs_vol_resolver) (struct vbkfs *fs, const char *rest,
 
 /* tree-backup.c: everything under backups/.  Without a repository,
  * backups/ is empty. */
-int vbkfs_backup_init (struct vbkfs *fs, const char *repo_uri);
+int vbkfs_backup_init (struct vbkfs *fs, const char *repo_uri,
+                       const struct backup_key_opts *key);
 void vbkfs_backup_fini (struct vbkfs *fs);
 /* Resolves REST (the path after "backups"), calling VOL for the part
  * inside a backup with N's kind, image and name set. */

@@ -30,6 +30,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include "backup/backup.h"
 #include "store/store.h"
 
 struct vbkfs;
@@ -38,6 +39,7 @@ struct vbkfs_file;
 struct vbkfs_opts {
   struct store *store;        /* images (borrowed; outlives the vbkfs) */
   const char *repo_uri;       /* backup repository, or NULL */
+  const struct backup_key_opts *repo_key; /* its key if encrypted, or NULL */
   uint64_t cache_bytes;       /* per disk; 0: 64 MiB */
 };
 

@@ -13,7 +13,8 @@
  *   snapset/OID        copy-on-write state: "seq H" and "clone C F" lines
  *   clone/OID.C        data of clone C: the object for snapshots in (F, C]
  *   snaps/next, snaps/live/ID     snapshot id allocator and live snapshots
- *   lock/OID.NAME      lock record (holder, cookie, desc, expiry), flock()ed
+ *   lock/OID.NAME      lock record (holder, cookie, desc, expiry), flock()ed;
+ *                      present only while held (or left by a dead holder)
  *   watch/OID/ADDR     registrations of watchers: ADDR is the name of an
  *                      abstract unix datagram socket the watcher reads
  *   fenced/CLIENT      a fenced client and its expiry
@@ -2248,26 +2249,45 @@ struct lock_rec {
   uint64_t expires_ms;
 };
 
-/* Opens and flock()s the lock file of OID/NAME; reads its record into
- * REC (rec->client[0] == 0: not held, or expired). */
+/* Lock files exist only while a lock is held (or its holder died with
+ * it): whoever leaves a record empty removes the file under its flock.
+ * So that a process that opened the file before it was removed does not
+ * lock a file nobody else sees, the opener checks, once it holds the
+ * flock, that the name still leads to its file, and opens again if not. */
+
+/* Opens and flock()s the lock file of OID/NAME (its relative path in
+ * PATH, PATH_MAX bytes), creating it with CREATE; reads its record into
+ * REC (rec->client[0] == 0: not held, or expired).  Without CREATE a
+ * missing file is -ENOENT. */
 static int
-lock_open (struct root *r, const char *oid, const char *name,
-           struct lock_rec *rec)
+lock_open (struct root *r, const char *oid, const char *name, int create,
+           char *path, struct lock_rec *rec)
 {
-  char path[PATH_MAX], eo[ESC_MAX], en[ESC_MAX], buf[1024];
+  char eo[ESC_MAX], en[ESC_MAX], buf[1024];
+  struct stat a, b;
   char *p, *nl;
   ssize_t n;
   int fd, field = 0;
 
   esc (oid, eo);
   esc (name, en);
-  snprintf (path, sizeof path, "lock/%s.%s", eo, en);
-  fd = openat (r->dirfd, path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0)
-    return -errno;
-  if (flock (fd, LOCK_EX) < 0) {
+  snprintf (path, PATH_MAX, "lock/%s.%s", eo, en);
+  for (;;) {
+    fd = openat (r->dirfd, path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0),
+                 0600);
+    if (fd < 0)
+      return -errno;
+    if (flock (fd, LOCK_EX) < 0) {
+      close (fd);
+      return -EIO;
+    }
+    if (fstat (fd, &a) == 0 && fstatat (r->dirfd, path, &b, 0) == 0
+        && a.st_ino == b.st_ino && a.st_dev == b.st_dev)
+      break;
+    /* Removed (or replaced) while we waited: open again. */
     close (fd);
-    return -EIO;
+    if (!create && fstatat (r->dirfd, path, &b, 0) < 0 && errno == ENOENT)
+      return -ENOENT;
   }
   memset (rec, 0, sizeof *rec);
   n = pread (fd, buf, sizeof buf - 1, 0);
@@ -2286,6 +2306,17 @@ lock_open (struct root *r, const char *oid, const char *name,
   if (rec->expires_ms && rec->expires_ms <= now_wall_ms ())
     memset (rec, 0, sizeof *rec);
   return fd;
+}
+
+/* Closes a lock file opened by lock_open, removing it first (still under
+ * the flock) when its record, as now stored, is empty. */
+static void
+lock_close (struct root *r, int fd, const char *path,
+            const struct lock_rec *rec)
+{
+  if (rec->client[0] == '\0')
+    unlinkat (r->dirfd, path, 0);
+  close (fd);
 }
 
 static int
@@ -2310,10 +2341,11 @@ local_lock (void *h, const char *oid, const char *name, const char *cookie,
   struct local *l = h;
   struct root *r = l->r;
   struct lock_rec rec;
+  char path[PATH_MAX];
   int fd, rc;
 
   GUARD (r, "lock");
-  fd = lock_open (r, oid, name, &rec);
+  fd = lock_open (r, oid, name, 1, path, &rec);
   if (fd < 0)
     return fd;
   if (rec.client[0]) {
@@ -2344,9 +2376,30 @@ local_lock (void *h, const char *oid, const char *name, const char *cookie,
     snprintf (rec.cookie, sizeof rec.cookie, "%s", cookie);
     snprintf (rec.desc, sizeof rec.desc, "%s", desc);
     rec.expires_ms = duration_ms ? now_wall_ms () + duration_ms : 0;
+    if ((rc = lock_store (fd, &rec)) < 0)
+      memset (&rec, 0, sizeof rec);
+  }
+  lock_close (r, fd, path, &rec);
+  return rc;
+}
+
+/* Clears the lock if held by CLIENT with COOKIE; -ENOENT if not. */
+static int
+lock_clear (struct root *r, const char *oid, const char *name,
+            const char *client, const char *cookie)
+{
+  struct lock_rec rec;
+  char path[PATH_MAX];
+  int fd, rc = -ENOENT;
+
+  fd = lock_open (r, oid, name, 0, path, &rec);
+  if (fd < 0)
+    return fd;
+  if (strcmp (rec.client, client) == 0 && strcmp (rec.cookie, cookie) == 0) {
+    memset (&rec, 0, sizeof rec);
     rc = lock_store (fd, &rec);
   }
-  close (fd);
+  lock_close (r, fd, path, &rec);
   return rc;
 }
 
@@ -2355,19 +2408,9 @@ local_unlock (void *h, const char *oid, const char *name, const char *cookie)
 {
   struct local *l = h;
   struct root *r = l->r;
-  struct lock_rec rec;
-  int fd, rc = -ENOENT;
 
   GUARD (r, "unlock");
-  fd = lock_open (r, oid, name, &rec);
-  if (fd < 0)
-    return fd;
-  if (strcmp (rec.client, r->client) == 0 && strcmp (rec.cookie, cookie) == 0) {
-    memset (&rec, 0, sizeof rec);
-    rc = lock_store (fd, &rec);
-  }
-  close (fd);
-  return rc;
+  return lock_clear (r, oid, name, r->client, cookie);
 }
 
 static int
@@ -2376,19 +2419,9 @@ local_lock_break (void *h, const char *oid, const char *name,
 {
   struct local *l = h;
   struct root *r = l->r;
-  struct lock_rec rec;
-  int fd, rc = -ENOENT;
 
   GUARD (r, "lock_break");
-  fd = lock_open (r, oid, name, &rec);
-  if (fd < 0)
-    return fd;
-  if (strcmp (rec.client, client) == 0 && strcmp (rec.cookie, cookie) == 0) {
-    memset (&rec, 0, sizeof rec);
-    rc = lock_store (fd, &rec);
-  }
-  close (fd);
-  return rc;
+  return lock_clear (r, oid, name, client, cookie);
 }
 
 static int
@@ -2398,12 +2431,14 @@ local_lock_get (void *h, const char *oid, const char *name,
   struct local *l = h;
   struct root *r = l->r;
   struct lock_rec rec;
+  char path[PATH_MAX];
   int fd;
 
   FENCE (r, "lock_get");
-  fd = lock_open (r, oid, name, &rec);
+  fd = lock_open (r, oid, name, 0, path, &rec);
   if (fd < 0)
     return fd;
+  /* Only looked at: an expired record is cleared by the next lock. */
   close (fd);
   if (rec.client[0] == '\0')
     return -ENOENT;

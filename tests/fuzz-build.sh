@@ -36,7 +36,8 @@ if [ "$what" = backup ]; then
   clang -g -O1 -fsanitize=fuzzer,address -fno-omit-frame-pointer \
     -D_GNU_SOURCE -I"$VBK_SRC" $(pkg-config --cflags json-c liblz4) \
     ${VBK_FUZZ_CFLAGS:-} -o "$out/fuzz-backup" "$VBK_SRC"/backup/fuzz-backup.c \
-    "$VBK_SRC"/backup/format.c "$VBK_SRC"/common/error.c \
+    "$VBK_SRC"/backup/format.c "$VBK_SRC"/backup/crypt.c \
+    "$VBK_SRC"/common/error.c \
     $(pkg-config --libs json-c liblz4 libcrypto zlib) || {
     echo "fuzz-build: cannot build fuzz-backup" >&2
     exit 1
@@ -63,6 +64,15 @@ lit = b"abcdefghijklmnopqrstuvwxyz"
 blk = bytes([0xF0, len(lit) - 15]) + lit
 hdr = b"VBKC" + struct.pack("<HBBIII", 1, 1, 0, len(lit), len(blk), zlib.crc32(blk)) + bytes(12)
 w("chunk-lz4", 2, hdr + blk)
+# Encrypted: flags 1, stored size = ciphertext + 16-byte tag, no CRC,
+# the nonce at 20.  The tags do not match, so the fuzzer works on the
+# headers.
+ct = os.urandom(300)
+hdr = b"VBKC" + struct.pack("<HBBIII", 1, 1, 1, 1000, len(ct) + 16, 0) + os.urandom(12)
+w("chunk-enc", 3, hdr + ct + os.urandom(16))
+hdr = b"VBKC" + struct.pack("<HBBIII", 1, 0, 1, 300, len(ct) + 16, 0) + os.urandom(12)
+w("chunk-enc-raw", 3, hdr + ct + os.urandom(16))
+w("sealed", 4, b"VBKE" + struct.pack("<HH", 1, 0) + os.urandom(12) + os.urandom(200) + os.urandom(16))
 PY
   exit 0
 fi

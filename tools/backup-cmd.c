@@ -11,11 +11,15 @@
  * on stderr.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <unistd.h>
+
+#include <openssl/crypto.h>
 
 #include <json-c/json.h>
 
@@ -27,18 +31,107 @@
 
 /* ---- Common --------------------------------------------------------------------- */
 
+/* Reads one line from the terminal without echo into BUF. */
+static int
+prompt (const char *what, char *buf, size_t len)
+{
+  struct termios old, noecho;
+  size_t n = 0;
+  int fd, echo_off;
+  char c;
+
+  if ((fd = open ("/dev/tty", O_RDWR | O_CLOEXEC | O_NOCTTY)) < 0)
+    return -ENOTTY;
+  echo_off = tcgetattr (fd, &old) == 0;
+  if (echo_off) {
+    noecho = old;
+    noecho.c_lflag &= ~(tcflag_t) ECHO;
+    noecho.c_lflag |= ECHONL;
+    tcsetattr (fd, TCSAFLUSH, &noecho);
+  }
+  if (write (fd, what, strlen (what)) < 0)
+    n = 0;
+  while (read (fd, &c, 1) == 1 && c != '\n')
+    if (n + 1 < len)
+      buf[n++] = c;
+  buf[n] = '\0';
+  if (echo_off)
+    tcsetattr (fd, TCSAFLUSH, &old);
+  close (fd);
+  return 0;
+}
+
+int
+vbk_backup_key (const struct vbk_args *a, struct backup_key_opts *ko,
+                char *pass, size_t len, int confirm)
+{
+  const char *kf = vbk_opt (a, "key-file"), *pf;
+  char again[1024];
+  size_t n;
+  FILE *f;
+
+  memset (ko, 0, sizeof *ko);
+  if (kf == NULL)
+    kf = getenv ("VBK_KEY_FILE");
+  if (kf == NULL || kf[0] == '\0') {
+    if (vbk_opt (a, "passphrase-file"))
+      return vbk_usage_error (a, "--passphrase-file goes with --key-file");
+    return 0;
+  }
+  ko->key_file = kf;
+  if ((pf = vbk_opt (a, "passphrase-file"))) {
+    if ((f = fopen (pf, "re")) == NULL) {
+      fprintf (stderr, "vbk: %s: passphrase file %s: %s\n", a->path, pf,
+               strerror (errno));
+      return VBK_EXIT_FAILURE;
+    }
+    if (fgets (pass, (int) len, f) == NULL)
+      pass[0] = '\0';
+    fclose (f);
+    n = strlen (pass);
+    if (n && pass[n - 1] == '\n')
+      pass[--n] = '\0';
+  }
+  else if (getenv ("VBK_PASSPHRASE"))
+    snprintf (pass, len, "%s", getenv ("VBK_PASSPHRASE"));
+  else {
+    if (prompt ("Passphrase: ", pass, len) < 0)
+      return vbk_usage_error (a, "no passphrase: give --passphrase-file, set "
+                              "VBK_PASSPHRASE or run on a terminal");
+    if (confirm) {
+      prompt ("Passphrase again: ", again, sizeof again);
+      if (strcmp (pass, again) != 0) {
+        OPENSSL_cleanse (again, sizeof again);
+        fprintf (stderr, "vbk: %s: the passphrases differ\n", a->path);
+        return VBK_EXIT_FAILURE;
+      }
+      OPENSSL_cleanse (again, sizeof again);
+    }
+  }
+  if (pass[0] == '\0')
+    return vbk_usage_error (a, "the passphrase is empty");
+  ko->passphrase = pass;
+  return 0;
+}
+
 /* Opens the repository; prints the error; returns 0 or an exit status. */
 static int
 open_repo (const struct vbk_args *a, struct backup_repo **r)
 {
   const char *uri = vbk_repo_uri (a);
-  int e;
+  struct backup_key_opts ko;
+  char pass[1024] = "";
+  int e, rc;
 
   if (uri == NULL)
     return vbk_usage_error (a, "no repository: give --repo URI or set "
                             "VBK_REPO");
+  if ((rc = vbk_backup_key (a, &ko, pass, sizeof pass, 0)))
+    return rc;
   vbk_clear_error ();
-  if ((e = backup_repo_open (uri, r)) < 0)
+  e = backup_repo_open_key (uri, ko.key_file ? &ko : NULL, r);
+  OPENSSL_cleanse (pass, sizeof pass);
+  if (e < 0)
     return vbk_fail (a, e);
   return 0;
 }
@@ -81,7 +174,10 @@ cmd_init (struct vbk_ctx *ctx, struct vbk_args *a)
   const char *uri = a->argc ? a->argv[0] : vbk_repo_uri (a);
   const char *cs = vbk_opt (a, "chunk-size");
   uint64_t v = BACKUP_CHUNK_SIZE_DEFAULT;
-  int e;
+  struct backup_key_opts ko;
+  char pass[1024] = "";
+  long iter = 0;
+  int e, rc;
 
   if (uri == NULL)
     return vbk_usage_error (a, "no repository: give REPO, --repo URI or set "
@@ -92,14 +188,32 @@ cmd_init (struct vbk_ctx *ctx, struct vbk_args *a)
       || v > BACKUP_CHUNK_SIZE_MAX)
     return vbk_usage_error (a, "--chunk-size: invalid chunk size '%s': must "
                             "be a power of two from 4K to 64M", cs);
+  if ((rc = vbk_opt_num (a, "kdf-iterations", 1000, 100000000, &iter)))
+    return rc;
+  if (vbk_opt (a, "encrypt") && vbk_opt (a, "key-file") == NULL)
+    return vbk_usage_error (a, "--encrypt needs --key-file FILE (the new "
+                            "key file)");
+  if (vbk_opt (a, "encrypt") == NULL
+      && (vbk_opt (a, "key-file") || vbk_opt (a, "kdf-iterations")))
+    return vbk_usage_error (a, "--key-file and --kdf-iterations go with "
+                            "--encrypt");
+  memset (&ko, 0, sizeof ko);
+  if (vbk_opt (a, "encrypt")
+      && (rc = vbk_backup_key (a, &ko, pass, sizeof pass, 1)))
+    return rc;
+  ko.kdf_iterations = (uint32_t) iter;
   vbk_clear_error ();
-  if ((e = backup_repo_init (uri, (uint32_t) v)) < 0)
+  e = backup_repo_create (uri, (uint32_t) v, ko.key_file ? &ko : NULL);
+  OPENSSL_cleanse (pass, sizeof pass);
+  if (e < 0)
     return vbk_fail (a, e);
   if (vbk_opt (a, "json")) {
     json_object *o = json_object_new_object ();
 
     json_object_object_add (o, "repo", json_object_new_string (uri));
     json_object_object_add (o, "chunk_size", json_object_new_uint64 (v));
+    json_object_object_add (o, "encrypted",
+                            json_object_new_boolean (ko.key_file != NULL));
     vbk_print_json (o);
     json_object_put (o);
   }
@@ -561,10 +675,11 @@ cmd_restore (struct vbk_ctx *ctx, struct vbk_args *a)
     flags |= BACKUP_RESTORE_IN_PLACE;
   if (vbk_opt (a, "force"))
     flags |= BACKUP_RESTORE_FORCE;
-  if (file && flags)
-    return vbk_usage_error (a, "--in-place and --force go with --to IMAGE");
-  if ((flags & BACKUP_RESTORE_FORCE) && !(flags & BACKUP_RESTORE_IN_PLACE))
-    return vbk_usage_error (a, "--force goes with --in-place");
+  if (file && (flags & BACKUP_RESTORE_IN_PLACE))
+    return vbk_usage_error (a, "--in-place goes with --to IMAGE");
+  if (to && (flags & BACKUP_RESTORE_FORCE)
+      && !(flags & BACKUP_RESTORE_IN_PLACE))
+    return vbk_usage_error (a, "--force goes with --in-place or --to-file");
   if ((rc = open_repo (a, &r)))
     return rc;
   if (to && vbk_store_open (ctx, a, &st) < 0) {
@@ -576,7 +691,7 @@ cmd_restore (struct vbk_ctx *ctx, struct vbk_args *a)
   if (to)
     e = backup_restore_image (r, a->argv[0], st, to, flags, pm, &res);
   else
-    e = backup_restore_file (r, a->argv[0], file, pm, &res);
+    e = backup_restore_file (r, a->argv[0], file, flags, pm, &res);
   vbk_catch_signals (0);
   store_close (st);
   backup_repo_close (r);
@@ -601,13 +716,18 @@ cmd_restore (struct vbk_ctx *ctx, struct vbk_args *a)
 
 /* ---- Tables -------------------------------------------------------------------------- */
 
-#define REPO_OPT { "repo", 0, "URI", "the repository (default: $VBK_REPO)" }
+#define REPO_OPT { "repo", 0, "URI", "the repository (default: $VBK_REPO)" }, \
+  VBK_KEY_OPTS
 #define JSON_OPT { "json", 0, NULL, "print JSON" }
 #define PROGRESS_OPT VBK_PROGRESS_OPT
 
 static const struct vbk_opt init_opts[] = {
   REPO_OPT, JSON_OPT,
   { "chunk-size", 0, "SIZE", "chunk size, a power of two (default 4M)" },
+  { "encrypt", 0, NULL, "encrypt (AES-256-GCM) with a new key written to "
+    "--key-file, protected by a passphrase" },
+  { "kdf-iterations", 0, "N", "PBKDF2 iterations of the key file "
+    "(default 300000)" },
   { NULL },
 };
 static const struct vbk_opt run_opts[] = {
@@ -651,12 +771,13 @@ static const struct vbk_opt restore_opts[] = {
   { "in-place", 0, NULL, "onto the existing image: write only the chunks "
     "that differ" },
   { "force", 0, NULL, "in place even while the image's lease is held "
-    "(breaks it)" },
+    "(breaks it); with --to-file, replace an existing file" },
   { NULL },
 };
 
 const struct vbk_cmd backup_cmds[] = {
-  { "init", "[REPO] [--chunk-size SIZE]", "create a backup repository",
+  { "init", "[REPO] [--chunk-size SIZE] [--encrypt --key-file FILE]",
+    "create a backup repository",
     init_opts, 0, 1, cmd_init },
   { "run", "IMAGE... [--group NAME] [--tag T]",
     "back up images from a crash-consistent snapshot (incremental)",
@@ -681,7 +802,8 @@ const struct vbk_cmd backup_cmds[] = {
     cmd_protect },
   { "unprotect", "ID", "let prune and rm remove a backup again", repo_opts,
     1, 1, cmd_unprotect },
-  { "restore", "ID --to IMAGE [--in-place [--force]] | --to-file PATH",
+  { "restore", "ID --to IMAGE [--in-place [--force]] | --to-file PATH "
+    "[--force]",
     "restore a backup into a new image, onto an image, or into a file",
     restore_opts, 1, 1, cmd_restore },
   { NULL },

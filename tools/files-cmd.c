@@ -28,6 +28,8 @@
 
 #include <json-c/json.h>
 
+#include <openssl/crypto.h>
+
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -88,13 +90,19 @@ open_tree (struct vbk_ctx *ctx, const struct vbk_args *a, struct store **st,
            struct vbkfs **fs)
 {
   struct vbkfs_opts o = { .repo_uri = vbk_repo_uri (a) };
+  struct backup_key_opts ko;
+  char pass[1024] = "";
   int r;
 
+  if (vbk_backup_key (a, &ko, pass, sizeof pass, 0))
+    return -EINVAL;
+  o.repo_key = ko.key_file ? &ko : NULL;
   if (vbk_store_open (ctx, a, st) < 0)
     return -EIO;
   o.store = *st;
   vbk_clear_error ();
   r = vbkfs_new (&o, fs);
+  OPENSSL_cleanse (pass, sizeof pass);
   if (r < 0) {
     vbk_fail (a, r);
     store_close (*st);
@@ -434,12 +442,14 @@ cmd_get (struct vbk_ctx *ctx, struct vbk_args *a)
 
 static const struct vbk_opt ls_opts[] = {
   { "repo", 0, "URI", "the backup repository (for backup:...)" },
+  VBK_KEY_OPTS,
   { "json", 0, NULL, "print JSON" },
   { NULL },
 };
 
 static const struct vbk_opt get_opts[] = {
   { "repo", 0, "URI", "the backup repository (for backup:...)" },
+  VBK_KEY_OPTS,
   { NULL },
 };
 

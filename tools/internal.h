@@ -165,6 +165,20 @@ extern const struct vbk_cmd lease_cmds[];
 /* backup-cmd.c */
 extern const struct vbk_cmd backup_cmds[];
 
+/* The key of an encrypted backup repository, for *KO: the key file from
+ * --key-file or $VBK_KEY_FILE, the passphrase from --passphrase-file,
+ * $VBK_PASSPHRASE or a prompt on the terminal (twice with CONFIRM), into
+ * PASS (LEN bytes; the caller wipes it).  Without a key file *KO is all
+ * NULL.  Returns 0 or an exit status (the error printed). */
+struct backup_key_opts;
+int vbk_backup_key (const struct vbk_args *a, struct backup_key_opts *ko,
+                    char *pass, size_t len, int confirm);
+#define VBK_KEY_OPTS \
+  { "key-file", 0, "FILE", "key file of an encrypted repository (default: " \
+    "$VBK_KEY_FILE)" }, \
+  { "passphrase-file", 0, "FILE", "read the key file's passphrase from " \
+    "FILE (default: $VBK_PASSPHRASE, else a prompt)" }
+
 /* mount-cmd.c: "mount" and "umount" (top-level verbs). */
 extern const struct vbk_opt mount_opts[];
 #define MOUNT_SYNOPSIS "DIR [--repo URI] [--allow-other] [-f] [--log FILE]"

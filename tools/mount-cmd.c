@@ -25,6 +25,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -34,6 +36,7 @@
 const struct vbk_opt mount_opts[] = {
   { "repo", 0, "URI", "also show the backups of repository URI "
     "under backups/" },
+  VBK_KEY_OPTS,
   { "allow-other", 0, NULL, "let other users read the mount (a user needs "
     "user_allow_other in /etc/fuse.conf)" },
   { "foreground", 'f', NULL, "stay in the foreground, logging to stderr" },
@@ -196,6 +199,8 @@ serve (struct vbk_ctx *ctx, struct vbk_args *a, const char *dir,
        struct ready_ctx *rc)
 {
   struct vbkfs_opts fo = { .repo_uri = vbk_repo_uri (a) };
+  struct backup_key_opts ko;
+  char pass[1024] = "";
   struct vbkfs_mount_opts mo = {
     .allow_other = vbk_opt (a, "allow-other") != NULL,
     .debug = vbk_opt (a, "debug") != NULL,
@@ -211,6 +216,11 @@ serve (struct vbk_ctx *ctx, struct vbk_args *a, const char *dir,
     on_ready (rc, -EINVAL);
     return VBK_EXIT_USAGE;
   }
+  if (vbk_backup_key (a, &ko, pass, sizeof pass, 0)) {
+    on_ready (rc, -EINVAL);
+    return VBK_EXIT_USAGE;
+  }
+  fo.repo_key = ko.key_file ? &ko : NULL;
   if (vbk_store_open (ctx, a, &st) < 0) {
     on_ready (rc, -EIO);
     return VBK_EXIT_FAILURE;
@@ -218,6 +228,7 @@ serve (struct vbk_ctx *ctx, struct vbk_args *a, const char *dir,
   fo.store = st;
   vbk_clear_error ();
   r = vbkfs_new (&fo, &fs);
+  OPENSSL_cleanse (pass, sizeof pass);
   if (r == 0)
     r = vbkfs_mount (fs, dir, &mo);
   else

@@ -48,7 +48,7 @@ full_backup ()
   id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["id"])' "$TEST_DIR/run.json")
   snap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["snapshot"])' "$TEST_DIR/run.json")
   v image export --force "d@$snap" "$TEST_DIR/snap.raw"
-  b restore "$id" --to-file "$TEST_DIR/out.raw" || fail "restore $id"
+  b restore "$id" --to-file "$TEST_DIR/out.raw" --force || fail "restore $id"
   cmp "$TEST_DIR/out.raw" "$TEST_DIR/snap.raw" || fail "restore of $id differs from its snapshot"
 }
 
@@ -90,7 +90,7 @@ for ((round = 1; round <= 10; round++)); do
   wait "$pid" 2>/dev/null || true
   verify_clean "gc killed in round $round"
   for id in $(b ls --json | python3 -c 'import json,sys; print(" ".join(e["id"] for e in json.load(sys.stdin)))'); do
-    b restore "$id" --to-file "$TEST_DIR/out.raw" >/dev/null || fail "restore $id after a killed gc"
+    b restore "$id" --to-file "$TEST_DIR/out.raw" --force >/dev/null || fail "restore $id after a killed gc"
   done
 done
 

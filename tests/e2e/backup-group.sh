@@ -32,7 +32,7 @@ PY
 for img in a c; do
   id=$(python3 -c 'import json,sys; print([x["id"] for x in json.load(open(sys.argv[1])) if x["image"] == sys.argv[2]][0])' "$TEST_DIR/run.json" $img)
   b info "$id" --json | json_check 'd["group"] == "vm1" and d["tags"] == ["nightly", "test"]'
-  b restore "$id" --to-file "$TEST_DIR/out" || fail "restore $id"
+  b restore "$id" --to-file "$TEST_DIR/out" --force || fail "restore $id"
   cmp "$TEST_DIR/out" "$TEST_DIR/$img.raw" || fail "group restore of $img differs"
 done
 b run a c --group vm1 --json >"$TEST_DIR/run2.json" || fail "second group backup"

@@ -128,7 +128,7 @@ run_backup
 
 # ---- Restore every backup: byte-equal to its snapshot ---------------------------------
 for id in "${ids[@]}"; do
-  b restore "$id" --to-file "$TEST_DIR/out" || fail "restore $id"
+  b restore "$id" --to-file "$TEST_DIR/out" --force || fail "restore $id"
   cmp "$TEST_DIR/out" "$TEST_DIR/snap.$id" || fail "restore of $id differs from its snapshot"
 done
 b restore "${ids[0]}" --to r1 --json >"$TEST_DIR/r.json" || fail "restore to a new image"
@@ -223,14 +223,14 @@ grep -q "vbk_chunk.$hex" "$TEST_DIR/verr" || fail "verify did not name the chunk
 grep -q "$victim" "$TEST_DIR/verr" || fail "verify did not name backup $victim: $(cat "$TEST_DIR/verr")"
 grep -q "${ids[0]}" "$TEST_DIR/verr" && fail "verify named backup ${ids[0]}, which does not use the chunk"
 expect_status 1 "vbk_chunk.$hex" b restore "$victim" --to-file "$TEST_DIR/bad.raw"
-b restore "${ids[0]}" --to-file "$TEST_DIR/out" || fail "an unaffected backup does not restore"
+b restore "${ids[0]}" --to-file "$TEST_DIR/out" --force || fail "an unaffected backup does not restore"
 cmp "$TEST_DIR/out" "$TEST_DIR/snap.${ids[0]}" || fail "unaffected restore differs"
 # The next backup of the same data writes the chunk again.
 v image import "$TEST_DIR/snap.$victim" f
 b run f --json >"$TEST_DIR/f.json" || fail "backup of f"
 python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))[0]; assert r["chunks_new"] >= 1, r' "$TEST_DIR/f.json" ||
   fail "the bad chunk was not written again: $(cat "$TEST_DIR/f.json")"
-b restore "$victim" --to-file "$TEST_DIR/out" || fail "restore after the chunk was rewritten"
+b restore "$victim" --to-file "$TEST_DIR/out" --force || fail "restore after the chunk was rewritten"
 cmp "$TEST_DIR/out" "$TEST_DIR/snap.$victim" || fail "restore after rewrite differs"
 b verify >/dev/null || fail "verify after rewrite"
 
@@ -254,7 +254,7 @@ python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["removed"]
   fail "gc removed nothing: $(cat "$TEST_DIR/gc.json")"
 b verify >/dev/null || fail "verify after gc"
 for id in $(b ls --json | python3 -c 'import json,sys; print(" ".join(e["id"] for e in json.load(sys.stdin)))'); do
-  b restore "$id" --to-file "$TEST_DIR/out" || fail "restore $id after gc"
+  b restore "$id" --to-file "$TEST_DIR/out" --force || fail "restore $id after gc"
   [ -f "$TEST_DIR/snap.$id" ] && { cmp "$TEST_DIR/out" "$TEST_DIR/snap.$id" || fail "restore $id after gc differs"; }
 done
 echo "backup roundtrip on $VBK_TEST_STORE_KIND: OK ($n_before backups before prune)"

@@ -52,40 +52,116 @@ test_chunk_format (void **state)
   char *plain = malloc (n), *enc = malloc (backup_chunk_bound (n));
   char *out = malloc (n);
   unsigned seed = 1;
-  size_t e1, e2;
+  ssize_t e1, e2;
 
   /* Compressible: LZ4, smaller. */
   memset (plain, 'a', n);
-  e1 = backup_chunk_encode (plain, n, enc);
-  assert_true (e1 < n / 4);
+  e1 = backup_chunk_encode (NULL, NULL, plain, n, enc);
+  assert_true (e1 > 0 && (size_t) e1 < n / 4);
   assert_int_equal (enc[6], BACKUP_CODEC_LZ4);
-  assert_int_equal (backup_chunk_decode (enc, e1, out, n, &len), 0);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e1, out, n, &len), 0);
   assert_int_equal (len, n);
   assert_memory_equal (out, plain, n);
   /* Random: stored raw. */
   fill_random (plain, n, &seed);
-  e2 = backup_chunk_encode (plain, n, enc);
+  e2 = backup_chunk_encode (NULL, NULL, plain, n, enc);
   assert_int_equal (e2, n + BACKUP_CHUNK_HDR);
   assert_int_equal (enc[6], BACKUP_CODEC_NONE);
-  assert_int_equal (backup_chunk_decode (enc, e2, out, n, &len), 0);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e2, out, n, &len), 0);
   assert_memory_equal (out, plain, n);
   /* A flipped bit in the payload: the checksum says so. */
   enc[BACKUP_CHUNK_HDR + 100] ^= 4;
-  assert_int_equal (backup_chunk_decode (enc, e2, out, n, &len), -EBADMSG);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e2, out, n, &len), -EBADMSG);
   assert_non_null (strstr (vbk_error (), "checksum"));
   enc[BACKUP_CHUNK_HDR + 100] ^= 4;
   /* Truncated. */
-  assert_int_equal (backup_chunk_decode (enc, e2 - 1, out, n, &len), -EBADMSG);
-  assert_int_equal (backup_chunk_decode (enc, 10, out, n, &len), -EBADMSG);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e2 - 1, out, n, &len), -EBADMSG);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, 10, out, n, &len), -EBADMSG);
   /* Too big for the caller. */
-  assert_int_equal (backup_chunk_decode (enc, e2, out, n - 1, &len), -EBADMSG);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e2, out, n - 1, &len), -EBADMSG);
   /* A newer major version. */
   enc[4] = BACKUP_FORMAT_MAJOR + 1;
-  assert_int_equal (backup_chunk_decode (enc, e2, out, n, &len),
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e2, out, n, &len),
                     -EPROTONOSUPPORT);
   assert_non_null (strstr (vbk_error (), "newer"));
   free (plain);
   free (enc);
+  free (out);
+}
+
+/* Encrypted chunks and sealed objects: round trip, a fresh nonce each
+ * time, a flipped bit or another name refused by the GCM tag, plain
+ * objects refused where encrypted ones belong and the other way round. */
+static void
+test_chunk_encrypted (void **state)
+{
+  struct backup_crypt k, k2;
+  unsigned char id[BACKUP_DIGEST_LEN], id2[BACKUP_DIGEST_LEN];
+  size_t n = 65536, len, olen;
+  char *plain = malloc (n), *enc = malloc (backup_chunk_bound (n));
+  char *enc2 = malloc (backup_chunk_bound (n)), *out = malloc (n), *o;
+  void *sealed;
+  ssize_t e1, e2;
+
+  memset (&k, 1, sizeof k);
+  memset (&k2, 2, sizeof k2);
+  memset (plain, 'a', n);
+  memcpy (plain, "a known pattern", 15);
+  memset (id, 7, sizeof id);
+  memset (id2, 8, sizeof id2);
+  e1 = backup_chunk_encode (&k, id, plain, n, enc);
+  assert_true (e1 > 0 && e1 < (ssize_t) n / 4);
+  assert_int_equal (enc[7], BACKUP_CHUNK_ENCRYPTED);
+  assert_null (memmem (enc, e1, "a known pattern", 15));
+  e2 = backup_chunk_encode (&k, id, plain, n, enc2);
+  assert_int_equal (e1, e2);
+  assert_memory_not_equal (enc + 20, enc2 + 20, BACKUP_NONCE_LEN);
+  assert_int_equal (backup_chunk_decode (&k, id, enc, e1, out, n, &len), 0);
+  assert_int_equal (len, n);
+  assert_memory_equal (out, plain, n);
+  /* Another key, another name, a flipped bit, a plain reader. */
+  assert_int_equal (backup_chunk_decode (&k2, id, enc, e1, out, n, &len),
+                    -EBADMSG);
+  assert_non_null (strstr (vbk_error (), "tag"));
+  assert_int_equal (backup_chunk_decode (&k, id2, enc, e1, out, n, &len),
+                    -EBADMSG);
+  enc[BACKUP_CHUNK_HDR + 5] ^= 0x10;
+  assert_int_equal (backup_chunk_decode (&k, id, enc, e1, out, n, &len),
+                    -EBADMSG);
+  assert_non_null (strstr (vbk_error (), "authentication failed"));
+  enc[BACKUP_CHUNK_HDR + 5] ^= 0x10;
+  enc[8] ^= 1;                   /* the plain size is authenticated */
+  assert_int_equal (backup_chunk_decode (&k, id, enc, e1, out, n, &len),
+                    -EBADMSG);
+  enc[8] ^= 1;
+  assert_int_equal (backup_chunk_decode (NULL, id, enc, e1, out, n, &len),
+                    -EBADMSG);
+  e2 = backup_chunk_encode (NULL, id, plain, n, enc2);
+  assert_int_equal (backup_chunk_decode (&k, id, enc2, e2, out, n, &len),
+                    -EBADMSG);
+  assert_non_null (strstr (vbk_error (), "plain chunk"));
+
+  assert_int_equal (backup_seal (&k, "obj.a", "secret manifest", 15, &sealed,
+                                 &olen), 0);
+  assert_int_equal (olen, BACKUP_SEAL_HDR + 15 + BACKUP_TAG_LEN);
+  assert_null (memmem (sealed, olen, "secret", 6));
+  assert_int_equal (backup_unseal (&k, "obj.a", sealed, olen, &o, &len), 0);
+  assert_int_equal (len, 15);
+  assert_string_equal (o, "secret manifest");
+  free (o);
+  assert_int_equal (backup_unseal (&k, "obj.b", sealed, olen, &o, &len),
+                    -EBADMSG);
+  assert_int_equal (backup_unseal (&k2, "obj.a", sealed, olen, &o, &len),
+                    -EBADMSG);
+  ((char *) sealed)[BACKUP_SEAL_HDR + 3] ^= 1;
+  assert_int_equal (backup_unseal (&k, "obj.a", sealed, olen, &o, &len),
+                    -EBADMSG);
+  assert_int_equal (backup_unseal (&k, "obj.a", "{\"format\": 1}", 13, &o,
+                                   &len), -EBADMSG);
+  free (sealed);
+  free (plain);
+  free (enc);
+  free (enc2);
   free (out);
 }
 
@@ -617,6 +693,7 @@ main (void)
   /* VBK_TEST_BACKENDS: runs once per store backend. */
   const struct CMUnitTest tests[] = {
     cmocka_unit_test (test_chunk_format),
+    cmocka_unit_test (test_chunk_encrypted),
     cmocka_unit_test (test_index_format),
     cmocka_unit_test (test_manifest_format),
     cmocka_unit_test (test_digest_set),

@@ -21,6 +21,7 @@
  * clean librados rather than a forked copy of the parent's threads.
  */
 /* VBK_TEST_LINKS: vbkstore vbktestutil */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -29,6 +30,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1653,6 +1655,92 @@ test_lock_basic (void **state)
   expect_ok (store_unlock (b, "lk2", "L", "cb"));
 }
 
+/* Four clients take and release one lock as fast as they can: never two
+ * holders at once (a lock file removed on release while another client
+ * waits on it must not let that client in beside a third), and on the
+ * local backend no lock file is left once nobody holds a lock. */
+struct contender {
+  struct store *st;
+  _Atomic int *inside;
+  _Atomic int *overlaps;
+  int rounds, got;
+};
+
+static void *
+contend (void *arg)
+{
+  struct contender *c = arg;
+  char cookie[32];
+  int i, e;
+
+  snprintf (cookie, sizeof cookie, "c%p", (void *) c);
+  for (i = 0; i < c->rounds; i++) {
+    e = store_lock (c->st, "lkc", "L", cookie, "contender", 60000, 0);
+    if (e == -EBUSY)
+      continue;
+    if (e < 0)
+      return (void *) (intptr_t) e;
+    if ((*c->inside)++ != 0)
+      (*c->overlaps)++;
+    c->got++;
+    usleep (20);
+    (*c->inside)--;
+    if ((e = store_unlock (c->st, "lkc", "L", cookie)) < 0)
+      return (void *) (intptr_t) e;
+  }
+  return NULL;
+}
+
+static void
+test_lock_contention (void **state)
+{
+  FX;
+  struct contender c[4];
+  pthread_t t[4];
+  _Atomic int inside = 0, overlaps = 0;
+  void *ret;
+  int i, got = 0;
+
+  for (i = 0; i < 4; i++) {
+    c[i] = (struct contender) { i ? peer_open (fx) : st, &inside, &overlaps,
+                                strcmp (store_backend (st), "rados") == 0
+                                ? 100 : 2000, 0 };
+    assert_int_equal (pthread_create (&t[i], NULL, contend, &c[i]), 0);
+  }
+  for (i = 0; i < 4; i++) {
+    pthread_join (t[i], &ret);
+    assert_int_equal ((int) (intptr_t) ret, 0);
+    got += c[i].got;
+  }
+  assert_int_equal (overlaps, 0);
+  assert_true (got > 0);
+  if (strncmp (fx->uri, "local:", 6) == 0) {
+    char path[4200];
+    struct dirent *de;
+    DIR *d;
+    int n = 0;
+
+    /* A lock taken, one released, one asked about: only the held one
+     * has a file. */
+    expect_ok (store_lock (st, "lkh", "L", "c", "held", 0, 0));
+    expect_ok (store_lock (st, "lkr", "L", "c", "released", 0, 0));
+    expect_ok (store_unlock (st, "lkr", "L", "c"));
+    expect_err (-ENOENT, store_unlock (st, "lkn", "L", "c"));
+    expect_err (-ENOENT, store_lock (st, "lkn", "L", "c", "", 0,
+                                     STORE_LOCK_RENEW));
+    snprintf (path, sizeof path, "%s/lock", fx->uri + 6);
+    assert_non_null (d = opendir (path));
+    while ((de = readdir (d)) != NULL)
+      if (de->d_name[0] != '.') {
+        assert_string_equal (de->d_name, "lkh.L");
+        n++;
+      }
+    closedir (d);
+    assert_int_equal (n, 1);
+    expect_ok (store_unlock (st, "lkh", "L", "c"));
+  }
+}
+
 static void
 test_lock_expiry (void **state)
 {
@@ -2424,6 +2512,7 @@ main (int argc, char *argv[])
     T (test_omap),
     T (test_omap_many),
     T (test_lock_basic),
+    T (test_lock_contention),
     T (test_lock_expiry),
     T (test_lock_break),
     T (test_watch_notify),
