@@ -288,6 +288,23 @@ wait_all_done (void *arg, ssize_t ret)
   pthread_mutex_unlock (&w->lock);
 }
 
+/* Counts N more writes in flight on W, or takes back one that did not
+ * start (ERR < 0).  W's callbacks run on store threads meanwhile, so the
+ * count changes only under W's lock.  Returns W's first error. */
+static int
+wait_all_add (struct wait_all *w, int n, int err)
+{
+  int r;
+
+  pthread_mutex_lock (&w->lock);
+  w->left += n;
+  if (err < 0 && w->err == 0)
+    w->err = err;
+  r = w->err;
+  pthread_mutex_unlock (&w->lock);
+  return r;
+}
+
 /* A stretch [lo, hi] of the stored map that a commit writes. */
 struct map_run {
   uint64_t lo, hi;
@@ -377,24 +394,22 @@ image_map_commit (struct image *img, struct objmap *m)
   if (nlog && (r = image_log_fix_tail (img, logoff)) < 0)
     w.err = r;
   if (nlog && w.err == 0) {
-    w.left++;
+    wait_all_add (&w, 1, 0);
     r = store_aio_write (img->st, img->log_oid, logbuf, nlog * 8, logoff,
                          STORE_WRITE_SYNC, wait_all_done, &w);
     if (r < 0)
-      w.left--, w.err = r;
+      wait_all_add (&w, -1, r);
   }
-  for (k = 0; k < nruns && w.err == 0; k++) {
-    w.left++;
+  for (k = 0; k < nruns && wait_all_add (&w, 0, 0) == 0; k++) {
+    wait_all_add (&w, 1, 0);
     r = store_aio_write (img->st, img->map_oid, runs[k].buf,
                          runs[k].hi - runs[k].lo + 1, runs[k].lo,
                          STORE_WRITE_SYNC, wait_all_done, &w);
     if (r < 0)
-      w.left--, w.err = w.err ? w.err : r;
+      wait_all_add (&w, -1, r);
   }
-  if (sums.n && w.err == 0) {
-    pthread_mutex_lock (&w.lock);
-    w.left += (int) sums.n;
-    pthread_mutex_unlock (&w.lock);
+  if (sums.n && wait_all_add (&w, 0, 0) == 0) {
+    wait_all_add (&w, (int) sums.n, 0);
     image_map_sum_start (img->st, img->map_oid, &sums, wait_all_done, &w);
   }
   wait_all_done (&w, 0);
