@@ -103,8 +103,8 @@ int
 backup_meta_read (struct backup_repo *r, const char *oid, char **buf,
                   size_t *len, unsigned char *sha)
 {
-  char *raw, *plain;
-  size_t n;
+  char *raw = NULL, *plain = NULL;
+  size_t n = 0;
   int e;
 
   if ((e = backup_read_object (r->st, oid, &raw, &n)) < 0)
@@ -355,8 +355,8 @@ int
 backup_manifest_load (struct backup_repo *r, const char *id,
                       struct backup_manifest *m, char **json)
 {
-  char oid[STORE_NAME_MAX + 1], *buf;
-  size_t len;
+  char oid[STORE_NAME_MAX + 1], *buf = NULL;
+  size_t len = 0;
   int e;
 
   if (backup_id_check (id) < 0)
