@@ -38,45 +38,30 @@
 #define NW 16
 #define BS 4096
 
-struct fx {
-  char uri[4096];
-  struct store *st;
-};
-
+/* The store fixture of testutil, the shim reset, and an image "c". */
 static int
 setup (void **state)
 {
-  struct fx *fx = calloc (1, sizeof *fx);
+  struct test_fixture *fx;
 
-  if (fx == NULL)
-    return -1;
   syncshim_set (NULL, 0, 0);
   syncshim_gate (0);
-  test_store_uri (fx->uri, sizeof fx->uri);
-  if (store_open (fx->uri, &fx->st) < 0) {
-    free (fx);
+  if (test_fixture_setup (state) < 0)
     return -1;
-  }
+  fx = *state;
   if (image_create (fx->st, "c", 64 * (uint64_t) OBJSZ, OBJSZ) < 0) {
-    store_close (fx->st);
-    free (fx);
+    test_fixture_teardown (state);
     return -1;
   }
-  *state = fx;
   return 0;
 }
 
 static int
 teardown (void **state)
 {
-  struct fx *fx = *state;
-
   syncshim_set (NULL, 0, 0);
   syncshim_gate (0);
-  store_close (fx->st);
-  test_store_cleanup (fx->uri);
-  free (fx);
-  return 0;
+  return test_fixture_teardown (state);
 }
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -211,7 +196,7 @@ diff_cb (void *arg, uint64_t off, uint64_t len, int allocated)
 static void
 test_first_writes_grouped (void **state)
 {
-  struct fx *fx = *state;
+  struct test_fixture *fx = *state;
   struct image *img;
   struct batch *b;
   struct seen seen;
@@ -268,7 +253,7 @@ test_first_writes_grouped (void **state)
 static void
 test_failed_commit_fails_queued (void **state)
 {
-  struct fx *fx = *state;
+  struct test_fixture *fx = *state;
   struct image *img;
   struct batch *b;
   char back[BS], zero[BS];

@@ -57,47 +57,27 @@ mono_ms (void)
   return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-struct fx {
-  char uri[4096];
-  struct store *st;
-};
-
+/* The store fixture of testutil, with the shim reset around it. */
 static int
 setup (void **state)
 {
-  struct fx *fx = calloc (1, sizeof *fx);
-
-  if (fx == NULL)
-    return -1;
   syncshim_set (NULL, 0, 0);
   syncshim_gate (0);
-  test_store_uri (fx->uri, sizeof fx->uri);
-  if (store_open (fx->uri, &fx->st) < 0) {
-    fprintf (stderr, "store_open %s: %s\n", fx->uri, vbk_error ());
-    free (fx);
-    return -1;
-  }
-  *state = fx;
-  return 0;
+  return test_fixture_setup (state);
 }
 
 static int
 teardown (void **state)
 {
-  struct fx *fx = *state;
-
   syncshim_set (NULL, 0, 0);
   syncshim_gate (0);
-  store_close (fx->st);
-  test_store_cleanup (fx->uri);
   unsetenv ("VBK_LOCAL_MAX_FILES");
-  free (fx);
-  return 0;
+  return test_fixture_teardown (state);
 }
 
 /* Reopens the store (so that environment settings apply). */
 static void
-reopen (struct fx *fx)
+reopen (struct test_fixture *fx)
 {
   store_close (fx->st);
   fx->st = NULL;
@@ -210,7 +190,7 @@ wait_started (unsigned long n)
 static void
 test_concurrent_flush_waits (void **state)
 {
-  struct fx *fx = *state;
+  struct test_fixture *fx = *state;
   struct store *other;
   struct bg *a, *b;
 
@@ -267,7 +247,7 @@ test_concurrent_flush_waits (void **state)
 static void
 test_sync_error_sticky (void **state)
 {
-  struct fx *fx = *state;
+  struct test_fixture *fx = *state;
   char buf[4];
 
   assert_int_equal (store_write (fx->st, "bad.1", "data", 4, 0, 0), 0);
@@ -314,7 +294,7 @@ test_sync_error_sticky (void **state)
 static void
 test_evicted_sync_error (void **state)
 {
-  struct fx *fx = *state;
+  struct test_fixture *fx = *state;
   struct bg *w;
 
   setenv ("VBK_LOCAL_MAX_FILES", "8", 1);
@@ -337,7 +317,7 @@ test_evicted_sync_error (void **state)
 static void
 test_evicted_dirty_flushed (void **state)
 {
-  struct fx *fx = *state;
+  struct test_fixture *fx = *state;
   struct bg *w, *f;
   unsigned long started;
 
@@ -376,7 +356,7 @@ test_evicted_dirty_flushed (void **state)
 static void
 test_sync_write_old_file (void **state)
 {
-  struct fx *fx = *state;
+  struct test_fixture *fx = *state;
   char buf[4096], oid[32];
   unsigned long before;
   int i;
@@ -404,7 +384,7 @@ test_sync_write_old_file (void **state)
 static void
 test_sync_write_new_file (void **state)
 {
-  struct fx *fx = *state;
+  struct test_fixture *fx = *state;
   char buf[4096], oid[32];
   unsigned long before;
   int i;
@@ -488,7 +468,7 @@ fence_main (void *arg)
 static void
 test_fence_stopped_writer (void **state)
 {
-  struct fx *fx = *state;
+  struct test_fixture *fx = *state;
   char log[] = "/tmp/vbk-syncshim-XXXXXX", id[STORE_CLIENT_MAX];
   struct fence_call *fc;
   int p[2], status, lfd, done = 0;
@@ -562,7 +542,7 @@ test_fence_stopped_writer (void **state)
 static void
 test_fence_stopped_idle (void **state)
 {
-  struct fx *fx = *state;
+  struct test_fixture *fx = *state;
   char id[STORE_CLIENT_MAX], buf[8];
   int p[2], q[2], status;
   pid_t pid;
@@ -609,7 +589,7 @@ test_fence_stopped_idle (void **state)
 static void
 test_rlimit_raised (void **state)
 {
-  struct fx *fx = *state;
+  struct test_fixture *fx = *state;
   struct rlimit rl, low;
 
   assert_int_equal (getrlimit (RLIMIT_NOFILE, &rl), 0);
