@@ -232,3 +232,20 @@ host_logs ()
 }
 # now_ms: the wall clock in ms.
 now_ms () { date +%s%3N; }
+
+# The pattern writer's progress (tests/tools/pattern-io.py --progress
+# $TEST_DIR/progress: "ACKED FAILED INFLIGHT"), for a writer started in
+# the background as $writer with its output in $TEST_DIR/writer.out.
+progress () { cat "$TEST_DIR/progress" 2>/dev/null || echo "0 0 0"; }
+acked () { read -r a f q < <(progress); echo "$a"; }
+# more_acked N [SECONDS]: waits until more than N writes are acknowledged.
+more_acked ()
+{
+  local i
+  for ((i = 0; i < ${2:-60} * 10; i++)); do
+    [ "$(acked)" -gt "$1" ] && return 0
+    kill -0 "$writer" 2>/dev/null || fail "the writer ended: $(cat "$TEST_DIR/writer.out")"
+    sleep 0.1
+  done
+  fail "no write acknowledged past $1 in ${2:-60} s (progress: $(progress))"
+}

@@ -82,19 +82,6 @@ all_clean ()
   done
   fail "PGs not active+clean: $s"
 }
-progress () { cat "$TEST_DIR/progress" 2>/dev/null || echo "0 0 0"; }
-acked () { read -r a f q < <(progress); echo "$a"; }
-# more_acked N [SECONDS]: waits until more than N writes are acknowledged.
-more_acked ()
-{
-  local i
-  for ((i = 0; i < ${2:-60} * 10; i++)); do
-    [ "$(acked)" -gt "$1" ] && return 0
-    kill -0 "$writer" 2>/dev/null || fail "the writer ended: $(cat "$TEST_DIR/writer.out")"
-    sleep 0.1
-  done
-  fail "no write acknowledged past $1 in ${2:-60} s (progress: $(progress))"
-}
 no_errors ()
 {
   read -r a f q < <(progress)

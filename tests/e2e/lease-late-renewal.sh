@@ -32,18 +32,6 @@ sock=$TEST_DIR/blockd.sock
 uri="nbd+unix:///disk?socket=$sock"
 start_blockd pid "$sock" --host-id hostA --lease-duration 2
 
-progress () { cat "$TEST_DIR/progress" 2>/dev/null || echo "0 0 0"; }
-acked () { read -r a f q < <(progress); echo "$a"; }
-more_acked ()
-{
-  local i
-  for ((i = 0; i < ${2:-60} * 10; i++)); do
-    [ "$(acked)" -gt "$1" ] && return 0
-    kill -0 "$writer" 2>/dev/null || fail "the writer ended: $(cat "$TEST_DIR/writer.out")"
-    sleep 0.1
-  done
-  fail "no write acknowledged past $1 in ${2:-60} s (progress: $(progress))"
-}
 
 "$PY" "$PIO" write "$uri" 1 "$TEST_DIR/record.json" --blocks $blocks \
   --until "$TEST_DIR/stop" --progress "$TEST_DIR/progress" \
