@@ -9,6 +9,10 @@
 # and restore it, mount the snapshots and backups with FUSE and copy a
 # file out, export and compare.
 #
+# Every check is a command of its own, so that under set -e a mismatch
+# (cmp, a qemu-io pattern read, a missing file) ends the demo with an
+# error instead of printing a success line (tests/e2e/demo.sh runs it).
+#
 # Usage: deploy/demo.sh [BUILD_DIR]   (default: build)
 set -euo pipefail
 
@@ -57,7 +61,8 @@ vbk lease status vm1-disk0
 vbk diff vm1-disk0 --from demo
 nbdinfo --map=qemu:dirty-bitmap:demo "nbd+unix:///vm1-disk0?socket=$sock"
 qemu-io -f raw -r -c 'read -P 0 100M 64k' -c 'read -P 0xab 0 4M' \
-  "nbd+unix:///vm1-disk0@demo?socket=$sock" >/dev/null && echo "snapshot vm1-disk0@demo: old bytes intact"
+  "nbd+unix:///vm1-disk0@demo?socket=$sock" >/dev/null
+echo "snapshot vm1-disk0@demo: old bytes intact"
 
 step "a disk with an ext4 file system, served and written through NBD"
 mkdir -p "$work/files/etc" "$work/files/home/alice"
@@ -78,28 +83,33 @@ vbk backup ls vm1-data
 vbk backup verify
 first=$(vbk backup ls vm1-data --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 vbk backup restore "$first" --to-file "$work/restored.raw"
-cmp "$work/fs.raw" "$work/restored.raw" && echo "restore of the first backup: identical to the disk it saved"
+cmp "$work/fs.raw" "$work/restored.raw"
+echo "restore of the first backup: identical to the disk it saved"
 
 step "mount snapshots and backups read-only (FUSE) and copy a file out"
 mkdir -p "$mnt"
 vbk mount "$mnt" --repo "$VBK_REPO"
 ls "$mnt" "$mnt/images/vm1-disk0/snapshots" "$mnt/backups/vm1-data"
 ls -l "$mnt/backups/vm1-data/latest/"
-cat "$mnt/backups/vm1-data/latest/files/etc/motd"
-cmp "$work/files/home/alice/data.bin" "$mnt/backups/vm1-data/latest/files/home/alice/data.bin" \
-  && echo "a file read out of the backup through the mount: identical"
+motd=$(cat "$mnt/backups/vm1-data/latest/files/etc/motd")
+echo "$motd"
+[ "$motd" = "hello from vm1" ]
+cmp "$work/files/home/alice/data.bin" "$mnt/backups/vm1-data/latest/files/home/alice/data.bin"
+echo "a file read out of the backup through the mount: identical"
 ls -l "$mnt/backups/vm1-data/$first/files/home/alice"
 vbk umount "$mnt"
 vbk files ls "backup:vm1-data/$first:/home/alice"
 
 step "copy the imported disk out through NBD and compare"
 nbdcopy --connections=4 --threads=4 "nbd+unix:///vm1-seed?socket=$sock" "$work/copy.raw"
-cmp "$work/seed.raw" "$work/copy.raw" && echo "nbdcopy: identical"
+cmp "$work/seed.raw" "$work/copy.raw"
+echo "nbdcopy: identical"
 
 step "stop the server (SIGTERM flushes), export with vbk and compare"
 kill -TERM "$pid"; wait "$pid"; pid=
 vbk image export vm1-seed "$work/export.raw"
-cmp "$work/seed.raw" "$work/export.raw" && echo "export: identical"
+cmp "$work/seed.raw" "$work/export.raw"
+echo "export: identical"
 vbk image info vm1-disk0
 vbk image info --json vm1-disk0
 echo
