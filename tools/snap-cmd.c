@@ -204,8 +204,11 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
   return VBK_EXIT_OK;
 }
 
+/* rm and rollback: one snapshot, changed through the lease holder. */
+enum snap_change { SNAP_RM, SNAP_ROLLBACK };
+
 static int
-cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
+snap_change (struct vbk_ctx *ctx, struct vbk_args *a, enum snap_change what)
 {
   struct snap_opts o = { 0 };
   struct vbk_snap_ref ref;
@@ -219,39 +222,32 @@ cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
   if (vbk_store_open (ctx, a, &st) < 0)
     return VBK_EXIT_FAILURE;
   vbk_clear_error ();
-  r = snap_remove (st, ref.image, ref.snap, &o);
+  if (what == SNAP_RM)
+    r = snap_remove (st, ref.image, ref.snap, &o);
+  else
+    r = snap_rollback (st, ref.image, ref.snap,
+                       vbk_opt (a, "force") != NULL, &o);
   store_close (st);
   if (r < 0) {
-    default_error (r, &ref, "removing snapshot");
+    default_error (r, &ref, what == SNAP_RM ? "removing snapshot"
+                   : "rollback to");
     return vbk_fail (a, r);
   }
+  if (what == SNAP_ROLLBACK)
+    log_info ("snap rollback: %s is back at %s", ref.image, ref.snap);
   return VBK_EXIT_OK;
+}
+
+static int
+cmd_rm (struct vbk_ctx *ctx, struct vbk_args *a)
+{
+  return snap_change (ctx, a, SNAP_RM);
 }
 
 static int
 cmd_rollback (struct vbk_ctx *ctx, struct vbk_args *a)
 {
-  struct snap_opts o = { 0 };
-  struct vbk_snap_ref ref;
-  struct store *st;
-  char idbuf[300];
-  int r;
-
-  if ((r = vbk_parse_snap_ref (a, a->argv[0], &ref)))
-    return r;
-  o.host_id = vbk_host_id (a, idbuf, sizeof idbuf);
-  if (vbk_store_open (ctx, a, &st) < 0)
-    return VBK_EXIT_FAILURE;
-  vbk_clear_error ();
-  r = snap_rollback (st, ref.image, ref.snap, vbk_opt (a, "force") != NULL,
-                     &o);
-  store_close (st);
-  if (r < 0) {
-    default_error (r, &ref, "rollback to");
-    return vbk_fail (a, r);
-  }
-  log_info ("snap rollback: %s is back at %s", ref.image, ref.snap);
-  return VBK_EXIT_OK;
+  return snap_change (ctx, a, SNAP_ROLLBACK);
 }
 
 /* ---- diff ---------------------------------------------------------------- */
