@@ -19,7 +19,13 @@
  * replies as fast as they come costs no thread for it).  Queued data
  * inside the request's own buffer is sent from there (the request is
  * held until then); headers and other small parts are copied.  So no
- * shared thread (store threads, workers) ever blocks on one client.  A
+ * shared thread (store threads, workers) ever blocks on one client.
+ * While the reader has whole requests buffered (a client with many in
+ * flight) it corks the connection: replies queue, and uncorking sends up
+ * to 16 of them with one call of the transport (one sendmsg, or for TLS
+ * a few records and one send) instead of one call each; the reader
+ * uncorks before anything that may wait, so a held-back reply never
+ * waits for the client, the budgets or the lease.  A
  * client that takes no reply bytes for send_timeout (5 s once the daemon
  * is stopping), or whose queue of copied bytes grows past
  * QUEUE_COPIED_MAX (it sends requests and reads nothing), is dropped: the
