@@ -26,7 +26,9 @@
 # the client certificate in $HOME/.pki/libnbd, which it reads only for a
 # user other than root: as root fio runs as nobody), plus vbk-blockd on
 # plain TCP loopback, and qemu-nbd on plain TCP too, for the cost of TLS
-# itself on each (goal: tls/tcp-vbk >= tls/tcp-qemu).
+# itself on each (goal: tls/tcp-vbk >= tls/tcp-qemu).  A second table
+# shows each server's CPU time per request (per MB for 1M rows) and the
+# cost of TLS in those terms (tls/tcp: lower is cheaper).
 set -euo pipefail
 
 sizes=${SIZES:-${1:-1G}:${MODE:-full}}
@@ -230,20 +232,20 @@ pv=$(free_port); pq=$(free_port); pp=$(free_port); pqt=$(free_port)
 "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tls.sock" \
   --listen "127.0.0.1:$pv" --tls-certificates "$dir/certs/server" \
   --config "$dir/tls.conf" 2>"$dir/vbk-tls.log" &
-pids+=($!)
+pids+=($!); declare -A spid; spid[vbktls]=$!
 "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tcp.sock" \
   --listen "127.0.0.1:$pp" 2>"$dir/vbk-tcp.log" &
-pids+=($!)
+pids+=($!); spid[vbktcp]=$!
 # Two qemu-nbd on one file (TLS and plain TCP, used in turn): without
 # qemu's image locking, which would refuse the second.
 qimg="driver=raw,file.driver=file,file.filename=$dir/peer.raw,file.locking=off"
 qemu-nbd -t -e 4 --cache=writeback -b 127.0.0.1 -p "$pq" -x bench \
   --object "tls-creds-x509,id=tls0,dir=$dir/certs/server,endpoint=server" \
   --tls-creds tls0 --image-opts "$qimg" &
-pids+=($!)
+pids+=($!); spid[qemutls]=$!
 qemu-nbd -t -e 4 --cache=writeback -b 127.0.0.1 -p "$pqt" -x bench \
   --image-opts "$qimg" &
-pids+=($!)
+pids+=($!); spid[qemutcp]=$!
 wait_sock "$dir/vbk-tls.sock"; wait_sock "$dir/vbk-tcp.sock"
 nbdcopy --connections=4 --threads=4 "$dir/peer.raw" \
   "nbd+unix:///bench?socket=$dir/vbk-tcp.sock"
@@ -259,43 +261,67 @@ uri[qemutls]="nbds://127.0.0.1:$pq/bench"
 uri[vbktcp]="nbd://127.0.0.1:$pp/bench"
 uri[qemutcp]="nbd://127.0.0.1:$pqt/bench"
 
-# run_tls SERVER RW BS QD: as run, as the TLS client user
+# cpu_ticks PID: the server's CPU time so far (clock ticks, all threads)
+cpu_ticks () { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run_tls SERVER RW BS QD: as run, as the TLS client user, plus the
+# server's CPU time per 4 KiB request or per MB, in microseconds (from
+# /proc/PID/stat around the run; the ramp counts at the measured rate):
+# a number the load of a shared machine moves much less than throughput.
 run_tls () {
-  local out="$dir/tlsrun/fio.json" dirn
+  local out="$dir/tlsrun/fio.json" dirn t0 t1
   rm -f "$out"
+  t0=$(cpu_ticks "${spid[$1]}")
   tls_client fio --name=bench --ioengine=nbd --uri="${uri[$1]}" --rw="$2" \
       --bs="$3" --iodepth="$4" --time_based --runtime="$runtime" \
       --ramp_time=1 --output-format=json --output="$out" >/dev/null 2>&1
+  t1=$(cpu_ticks "${spid[$1]}")
   case "$2" in *read) dirn=read ;; *) dirn=write ;; esac
-  python3 - "$out" "$dirn" "$3" <<'PY'
+  python3 - "$out" "$dirn" "$3" "$((t1 - t0))" "$(getconf CLK_TCK)" \
+    "$((runtime + 1))" <<'PY'
 import json, sys
 text = open(sys.argv[1]).read()
 j = json.loads(text[text.index("{"):])["jobs"][0][sys.argv[2]]
+cpu_us = int(sys.argv[4]) * 1e6 / int(sys.argv[5])
+secs = int(sys.argv[6])
 if sys.argv[3] == "4k":
-    print("%.1f" % (j["iops"] / 1000))
+    print("%.1f %.1f" % (j["iops"] / 1000, cpu_us / max(j["iops"] * secs, 1)))
 else:
-    print("%.0f" % (j["bw_bytes"] / 1e6))
+    print("%.0f %.0f" % (j["bw_bytes"] / 1e6,
+                         cpu_us / max(j["bw_bytes"] / 1e6 * secs, 1)))
 PY
 }
 
 echo
+echo "throughput (medians; kIOPS or MB/s)"
 printf '%-20s %-6s %9s %9s %9s %9s %12s %12s %12s\n' workload unit vbk-tls \
   qemu-tls vbk-tcp qemu-tcp vbk/qemu-tls tls/tcp-vbk tls/tcp-qemu
+cpurows=()
 for w in "4K-randread-QD16 randread 4k 16 kIOPS" \
          "4K-randwrite-QD16 randwrite 4k 16 kIOPS" \
          "1M-seqread-QD8 read 1M 8 MB/s" \
          "1M-seqwrite-QD8 write 1M 8 MB/s"; do
   read -r name rw bs qd unit <<<"$w"
-  declare -a rv=() rq=() rp=() rqp=()
+  declare -a rv=() rq=() rp=() rqp=() cv=() cq=() cp=() cqp=()
   for ((i = 0; i < repeat; i++)); do
-    rv+=("$(run_tls vbktls "$rw" "$bs" "$qd")")
-    rq+=("$(run_tls qemutls "$rw" "$bs" "$qd")")
-    rp+=("$(run_tls vbktcp "$rw" "$bs" "$qd")")
-    rqp+=("$(run_tls qemutcp "$rw" "$bs" "$qd")")
+    read -r a b <<<"$(run_tls vbktls "$rw" "$bs" "$qd")"; rv+=("$a"); cv+=("$b")
+    read -r a b <<<"$(run_tls qemutls "$rw" "$bs" "$qd")"; rq+=("$a"); cq+=("$b")
+    read -r a b <<<"$(run_tls vbktcp "$rw" "$bs" "$qd")"; rp+=("$a"); cp+=("$b")
+    read -r a b <<<"$(run_tls qemutcp "$rw" "$bs" "$qd")"; rqp+=("$a"); cqp+=("$b")
   done
   v=$(median "${rv[@]}"); q=$(median "${rq[@]}"); t=$(median "${rp[@]}")
   qt=$(median "${rqp[@]}")
   printf '%-20s %-6s %9s %9s %9s %9s %12s %12s %12s\n' "$name" "$unit" "$v" \
     "$q" "$t" "$qt" "$(ratio "$v" "$q")" "$(ratio "$v" "$t")" \
     "$(ratio "$q" "$qt")"
+  v=$(median "${cv[@]}"); q=$(median "${cq[@]}"); t=$(median "${cp[@]}")
+  qt=$(median "${cqp[@]}")
+  [ "$bs" = 4k ] && cu=us/op || cu=us/MB
+  cpurows+=("$(printf '%-20s %-6s %9s %9s %9s %9s %12s %12s' "$name" "$cu" \
+    "$v" "$q" "$t" "$qt" "$(ratio "$v" "$t")" "$(ratio "$q" "$qt")")")
 done
+echo
+echo "server CPU per request or MB (medians; lower is better; TLS's cost: tls/tcp)"
+printf '%-20s %-6s %9s %9s %9s %9s %12s %12s\n' workload unit vbk-tls \
+  qemu-tls vbk-tcp qemu-tcp tls/tcp-vbk tls/tcp-qemu
+printf '%s\n' "${cpurows[@]}"

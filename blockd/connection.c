@@ -19,7 +19,13 @@
  * replies as fast as they come costs no thread for it).  Queued data
  * inside the request's own buffer is sent from there (the request is
  * held until then); headers and other small parts are copied.  So no
- * shared thread (store threads, workers) ever blocks on one client.  A
+ * shared thread (store threads, workers) ever blocks on one client.
+ * While the reader has whole requests buffered (a client with many in
+ * flight) it corks the connection: replies queue, and uncorking sends up
+ * to 16 of them with one call of the transport (one sendmsg, or for TLS
+ * a few records and one send) instead of one call each; the reader
+ * uncorks before anything that may wait, so a held-back reply never
+ * waits for the client, the budgets or the lease.  A
  * client that takes no reply bytes for send_timeout (5 s once the daemon
  * is stopping), or whose queue of copied bytes grows past
  * QUEUE_COPIED_MAX (it sends requests and reads nothing), is dropped: the
@@ -191,7 +197,12 @@ recv_polling (struct nbd_srv_conn *c, void *buf, size_t len)
   ssize_t n = c->ops->recv (c, buf, len);
   uint64_t until;
 
-  if (n >= 0 || errno != EAGAIN || srv->poll_ns == 0 || c->deadline_ns)
+  if (n >= 0 || errno != EAGAIN)
+    return n;
+  /* Nothing more to read now: the replies held back go before we wait
+   * for the client. */
+  nbd_srv_conn_uncork (c);
+  if (srv->poll_ns == 0 || c->deadline_ns)
     return n;
   if (atomic_fetch_add (&srv->pollers, 1) >= srv->max_pollers)
     {
@@ -430,8 +441,9 @@ nbd_srv_conn_reply (struct nbd_srv_conn *c, const struct iovec *iov0, int n,
       pthread_mutex_unlock (&c->send_lock);
       return -1;
     }
-  /* In order: only an empty queue lets us send directly. */
-  if (!c->rq_head && send_now (c, iov, n, &cur, &left) < 0)
+  /* In order: only an empty queue lets us send directly; a corked
+   * connection queues, to send many replies at once. */
+  if (!c->rq_head && !c->corked && send_now (c, iov, n, &cur, &left) < 0)
     {
       dropped = fail_locked (c, NULL);
       r = -1;
@@ -486,6 +498,13 @@ nbd_srv_conn_reply (struct nbd_srv_conn *c, const struct iovec *iov0, int n,
     c->rq_head = rep;
   c->rq_tail = rep;
   c->rq_copied += copy;
+  if (c->corked)
+    {
+      /* The reader sends at nbd_srv_conn_uncork (the count tells it when
+       * a batch is big enough). */
+      __atomic_add_fetch (&c->corked_n, 1, __ATOMIC_RELAXED);
+      goto out;
+    }
   pthread_cond_signal (&c->send_cond);
   if (!writer_spawn_locked (c))
     {
@@ -520,6 +539,53 @@ send_stalled (struct nbd_srv_conn *c, uint64_t now)
   return limit && now - c->send_progress_ns >= limit;
 }
 
+/* Sends what the socket takes now of the queued replies, many of them
+ * with one call of the transport (send_lock held).  Replies fully sent
+ * move to *DONE (the caller ends them after dropping the lock).
+ * Returns 1 (the queue is empty), 0 (the socket is full) or -1 (a
+ * socket error). */
+static int
+send_queue_locked (struct nbd_srv_conn *c, struct nbd_srv_reply **done)
+{
+  while (c->rq_head)
+    {
+      struct iovec iov[64];
+      struct nbd_srv_reply *rep;
+      ssize_t w;
+      int k = 0, i;
+
+      for (rep = c->rq_head; rep && k < 64; rep = rep->next)
+        for (i = rep->cur; i < rep->n && k < 64; i++)
+          iov[k++] = rep->iov[i];
+      w = c->ops->send (c, iov, k);
+      if (w < 0)
+        {
+          if (errno == EINTR)
+            continue;
+          return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+        }
+      c->send_progress_ns = 0;   /* stamped lazily by the writer */
+      while ((rep = c->rq_head) && (w > 0 || rep->left == 0))
+        {
+          if ((size_t) w < rep->left)
+            {
+              iov_advance (rep->iov, rep->n, &rep->cur, (size_t) w);
+              rep->left -= (size_t) w;
+              break;
+            }
+          w -= (ssize_t) rep->left;
+          rep->left = 0;
+          c->rq_head = rep->next;
+          if (!c->rq_head)
+            c->rq_tail = NULL;
+          c->rq_copied -= rep->bytes;
+          rep->next = *done;
+          *done = rep;
+        }
+    }
+  return 1;
+}
+
 static void *
 writer_main (void *arg)
 {
@@ -528,38 +594,37 @@ writer_main (void *arg)
   pthread_mutex_lock (&c->send_lock);
   for (;;)
     {
-      struct nbd_srv_reply *rep = c->rq_head, *dropped;
+      struct nbd_srv_reply *dropped = NULL;
       struct pollfd p;
+      int r;
 
-      if (!rep)
+      if (!c->rq_head)
         {
           if (c->writer_stop)
             break;
           pthread_cond_wait (&c->send_cond, &c->send_lock);
           continue;
         }
-      if (send_now (c, rep->iov, rep->n, &rep->cur, &rep->left) < 0)
+      r = send_queue_locked (c, &dropped);
+      if (r < 0)
         {
-          dropped = fail_locked (c, NULL);
+          struct nbd_srv_reply *rest = fail_locked (c, NULL);
+          pthread_mutex_unlock (&c->send_lock);
+          drop_replies (dropped);
+          drop_replies (rest);
+          pthread_mutex_lock (&c->send_lock);
+          continue;
+        }
+      if (dropped)
+        {
+          /* Progress: end the replies sent, then try again. */
           pthread_mutex_unlock (&c->send_lock);
           drop_replies (dropped);
           pthread_mutex_lock (&c->send_lock);
           continue;
         }
-      if (rep->left == 0)
-        {
-          struct nbd_srv_req *hold = rep->hold;
-          c->rq_head = rep->next;
-          if (!c->rq_head)
-            c->rq_tail = NULL;
-          c->rq_copied -= rep->bytes;
-          pthread_mutex_unlock (&c->send_lock);
-          free (rep);
-          if (hold)
-            nbd_srv_req_done (hold);
-          pthread_mutex_lock (&c->send_lock);
-          continue;
-        }
+      if (r == 1)
+        continue;
       /* The socket is full: wait for it outside the lock. */
       if (send_stalled (c, now_mono_ns ()))
         {
@@ -577,6 +642,46 @@ writer_main (void *arg)
     }
   pthread_mutex_unlock (&c->send_lock);
   return NULL;
+}
+
+void
+nbd_srv_conn_cork (struct nbd_srv_conn *c)
+{
+  if (!__atomic_load_n (&c->corked, __ATOMIC_RELAXED))
+    {
+      pthread_mutex_lock (&c->send_lock);
+      c->corked = true;
+      pthread_mutex_unlock (&c->send_lock);
+    }
+}
+
+void
+nbd_srv_conn_uncork (struct nbd_srv_conn *c)
+{
+  struct nbd_srv_reply *done = NULL, *rest = NULL;
+  int r;
+
+  if (!__atomic_load_n (&c->corked, __ATOMIC_RELAXED))
+    return;
+  pthread_mutex_lock (&c->send_lock);
+  __atomic_store_n (&c->corked, false, __ATOMIC_RELAXED);
+  __atomic_store_n (&c->corked_n, 0, __ATOMIC_RELAXED);
+  if (c->rq_head && !c->send_failed)
+    {
+      r = send_queue_locked (c, &done);
+      if (r < 0)
+        rest = fail_locked (c, NULL);
+      else if (r == 0)
+        {
+          /* The rest is the writer's. */
+          pthread_cond_signal (&c->send_cond);
+          if (!writer_spawn_locked (c))
+            rest = fail_locked (c, "reply queued without a writer");
+        }
+    }
+  pthread_mutex_unlock (&c->send_lock);
+  drop_replies (done);
+  drop_replies (rest);
 }
 
 int
@@ -720,6 +825,16 @@ bool
 nbd_srv_conn_wait_room (struct nbd_srv_conn *c, size_t bytes)
 {
   pthread_mutex_lock (&c->lock);
+  if (c->inflight >= NBD_SRV_MAX_INFLIGHT
+      || (c->inflight > 0 && c->inflight_bytes + bytes > c->srv->conn_memory)
+      || (c->srv->mem_limit
+          && atomic_load (&c->srv->mem_used) + bytes > c->srv->mem_limit))
+    {
+      /* We may wait: replies held back end requests only once sent. */
+      pthread_mutex_unlock (&c->lock);
+      nbd_srv_conn_uncork (c);
+      pthread_mutex_lock (&c->lock);
+    }
   while (c->inflight >= NBD_SRV_MAX_INFLIGHT
          || (c->inflight > 0
              && c->inflight_bytes + bytes > c->srv->conn_memory))

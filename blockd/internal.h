@@ -401,6 +401,8 @@ struct nbd_srv_conn {
   size_t rq_copied;          /* bytes copied into queued replies */
   uint64_t send_progress_ns; /* when the socket last took bytes */
   bool send_failed;
+  bool corked;               /* replies queue until nbd_srv_conn_uncork */
+  unsigned corked_n;         /* replies queued while corked */
   bool writer_allowed;       /* transmission: a reply may start the writer */
   bool writer_running, writer_stop;
   pthread_t writer;
@@ -453,6 +455,15 @@ nbd_srv_conn_send (struct nbd_srv_conn *c, const struct iovec *iov, int n)
 {
   return nbd_srv_conn_reply (c, iov, n, NULL);
 }
+/* On the reader thread: while corked, replies (from any thread) queue
+ * instead of going out one by one; uncorking sends the queue with as few
+ * calls of the transport as it takes (a TLS session packs them into few
+ * records), leaving what the socket does not take to the writer.  The
+ * reader corks while it has whole requests buffered and uncorks before
+ * anything that may wait: reading from the socket, room in the budgets,
+ * the lease, the end of transmission. */
+void nbd_srv_conn_cork (struct nbd_srv_conn *c);
+void nbd_srv_conn_uncork (struct nbd_srv_conn *c);
 /* For the handshake, on the reader thread: writes the whole iovec,
  * waiting for the socket at most until the connection's deadline or the
  * send timeout.  Returns 0 or -1. */

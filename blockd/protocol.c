@@ -45,6 +45,9 @@
 #include "metrics.h"
 #include "nbd-protocol.h"
 
+/* Most replies held back while corked (nbd_srv_conn_cork). */
+#define CORK_BATCH 16
+
 /* Most descriptors we send in one BLOCK_STATUS reply. */
 #define MAX_EXTENTS 1024
 
@@ -721,8 +724,13 @@ cmd_name (uint16_t type)
 static bool
 lease_gate (struct nbd_srv_req *r)
 {
-  int ret = nbd_srv_write_begin (r->conn->exp);
+  int ret;
   char msg[600];
+
+  /* The lease may make us wait (a hand-off, a snapshot's pause): what is
+   * answered goes first. */
+  nbd_srv_conn_uncork (r->conn);
+  ret = nbd_srv_write_begin (r->conn->exp);
 
   if (ret >= 0)
     {
@@ -757,6 +765,13 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
       uint64_t t0;
       int ret;
 
+      /* With the next request already here, its reply and this one's
+       * can go out together: cork until the reader would wait, or a
+       * batch is as large as a client's queue usually is. */
+      if (__atomic_load_n (&c->corked_n, __ATOMIC_RELAXED) >= CORK_BATCH)
+        nbd_srv_conn_uncork (c);
+      if (c->rlen - c->rpos >= 2 * sizeof wire)
+        nbd_srv_conn_cork (c);
       if (nbd_srv_conn_read (c, wire, sizeof wire) < 0)
         break;
       t0 = c->em ? nbd_srv_metrics_now_ns () : 0;
@@ -949,11 +964,13 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
           break;
 
         case NBD_CMD_BLOCK_STATUS:
+          /* May wait for another connection's map read. */
+          nbd_srv_conn_uncork (c);
           do_block_status (c, &q);
           count_answered (c, q.type, q.count, t0, false);
           break;
         }
     }
  out:
-  return;
+  nbd_srv_conn_uncork (c);
 }

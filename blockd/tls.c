@@ -17,12 +17,25 @@
  * a receiving and a sending thread share).  The handshake is a poll
  * loop against one deadline, so neither a client that sends nothing nor
  * one that sends half a record can hold the thread past TIMEOUT_MS.
- * Sending packs small pieces of an iovec (an NBD reply header, then its
- * data) into one record through a per-session buffer; a piece of a
- * record or more goes out without a copy.  A record GnuTLS could not
- * push completely stays inside GnuTLS: the next send finishes it first
- * and reports its bytes as taken then (GnuTLS's rule: after
- * GNUTLS_E_AGAIN, call again with the same data or with none).
+ *
+ * After the handshake the session keeps its own ciphertext buffers on
+ * both sides of GnuTLS, because GnuTLS pulls a record in two exact reads
+ * (its 5-byte header, then its body) and pushes every record with its
+ * own sendmsg: with one small record per NBD request or reply, system
+ * calls cost more than the cryptography.  Receiving reads ahead up to
+ * IBUF_SIZE bytes with one recv and serves GnuTLS's reads from there;
+ * one receive call returns every whole record already read (the headers
+ * of many requests).  Sending packs small pieces of an iovec (NBD reply
+ * headers and data, several replies) into records of up to the record
+ * size through a per-session buffer, a piece of a record or more is
+ * encrypted without that copy, and up to SEND_BATCH bytes of records
+ * collect in the output buffer and leave with one send.  If the socket
+ * takes only part of them, the call reports -EAGAIN and remembers how
+ * many bytes it took: the rest of the records go first at the next call,
+ * which then reports those bytes as taken (the caller calls again with
+ * the same data, as with a record GnuTLS itself holds after
+ * GNUTLS_E_AGAIN).  GnuTLS's push never fails then, so GnuTLS never
+ * holds a record half sent.
  *
  * A reader thread and a sending thread share a session.  GnuTLS allows
  * one of each, but a TLS 1.3 KeyUpdate that the reader answers sends
@@ -51,6 +64,13 @@
 #define PSK_IDENTITY_MAX 128
 /* Longest PSK key, in bytes. */
 #define PSK_KEY_MAX 512
+
+/* Ciphertext read ahead: a few records. */
+#define IBUF_SIZE (64u << 10)
+/* Plaintext encrypted by one send call, at most (the output buffer
+ * holds it and the records' overhead). */
+#define SEND_BATCH (128u << 10)
+#define OBUF_SIZE (SEND_BATCH + (16u << 10))
 
 /* KX names are added for PSK; certificates work with NORMAL alone. */
 #define PRIORITY "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK"
@@ -81,8 +101,17 @@ struct nbd_srv_tls_session {
   const char *psk_user;     /* the PSK identity GnuTLS asked us for */
   unsigned char *sbuf;      /* small pieces gathered into a record */
   size_t smax;              /* largest record */
-  size_t pending;           /* bytes of a record GnuTLS still pushes */
-  pthread_mutex_t io_lock;  /* every gnutls_record_* and bye call */
+  size_t pending;           /* plaintext bytes taken by a send that
+                               reported -EAGAIN: the records still in
+                               obuf */
+  /* after the handshake (NULL before): ciphertext read ahead, and
+   * records waiting to be sent (obuf[opos, olen)) */
+  unsigned char *ibuf;
+  size_t ipos, ilen;
+  unsigned char *obuf;
+  size_t opos, olen, ocap;
+  pthread_mutex_t io_lock;  /* every gnutls_record_* and bye call, and
+                               the buffers */
 };
 
 static uint64_t
@@ -424,12 +453,32 @@ nbd_srv_tls_psk_count (const struct nbd_srv_tls *t)
 
 /* ---- Sessions ----------------------------------------------------------- */
 
-/* GnuTLS's transport: never blocking, errors in errno (thread-local). */
+/* GnuTLS's transport: never blocking, errors in errno (thread-local).
+ * After the handshake reads come from ibuf, refilled with one recv of
+ * what the socket has, and records go into obuf (flush_out sends
+ * them). */
 static ssize_t
 transport_pull (gnutls_transport_ptr_t p, void *buf, size_t len)
 {
   struct nbd_srv_tls_session *ss = p;
-  return recv (ss->fd, buf, len, MSG_DONTWAIT);
+  ssize_t n;
+
+  if (!ss->ibuf)
+    return recv (ss->fd, buf, len, MSG_DONTWAIT);
+  if (ss->ipos == ss->ilen)
+    {
+      if (len >= IBUF_SIZE)
+        return recv (ss->fd, buf, len, MSG_DONTWAIT);
+      n = recv (ss->fd, ss->ibuf, IBUF_SIZE, MSG_DONTWAIT);
+      if (n <= 0)
+        return n;
+      ss->ipos = 0;
+      ss->ilen = (size_t) n;
+    }
+  n = (ssize_t) (ss->ilen - ss->ipos < len ? ss->ilen - ss->ipos : len);
+  memcpy (buf, ss->ibuf + ss->ipos, (size_t) n);
+  ss->ipos += (size_t) n;
+  return n;
 }
 
 static ssize_t
@@ -437,7 +486,42 @@ transport_push (gnutls_transport_ptr_t p, const giovec_t *iov, int n)
 {
   struct nbd_srv_tls_session *ss = p;
   struct msghdr msg = { .msg_iov = (struct iovec *) iov, .msg_iovlen = n };
-  return sendmsg (ss->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  size_t total = 0;
+  int i;
+
+  if (!ss->obuf)
+    return sendmsg (ss->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  for (i = 0; i < n; i++)
+    total += iov[i].iov_len;
+  if (ss->olen + total > ss->ocap)
+    {
+      /* Sends leave room for their records; only what GnuTLS sends on
+       * its own (a TLS 1.3 key update answered while receiving) can
+       * come here with the buffer full. */
+      if (ss->opos > 0)
+        {
+          memmove (ss->obuf, ss->obuf + ss->opos, ss->olen - ss->opos);
+          ss->olen -= ss->opos;
+          ss->opos = 0;
+        }
+      if (ss->olen + total > ss->ocap)
+        {
+          unsigned char *b = realloc (ss->obuf, ss->olen + total);
+          if (!b)
+            {
+              errno = ENOMEM;
+              return -1;
+            }
+          ss->obuf = b;
+          ss->ocap = ss->olen + total;
+        }
+    }
+  for (i = 0; i < n; i++)
+    {
+      memcpy (ss->obuf + ss->olen, iov[i].iov_base, iov[i].iov_len);
+      ss->olen += iov[i].iov_len;
+    }
+  return (ssize_t) total;
 }
 
 static int
@@ -445,7 +529,33 @@ transport_pull_timeout (gnutls_transport_ptr_t p, unsigned ms)
 {
   struct nbd_srv_tls_session *ss = p;
   struct pollfd pf = { .fd = ss->fd, .events = POLLIN };
+
+  if (ss->ipos < ss->ilen)
+    return 1;
   return poll (&pf, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int) ms);
+}
+
+/* Sends what obuf holds, never blocking.  Returns 0 (all sent) or
+ * -errno (-EAGAIN: the socket is full). */
+static int
+flush_out (struct nbd_srv_tls_session *ss)
+{
+  while (ss->opos < ss->olen)
+    {
+      ssize_t w = send (ss->fd, ss->obuf + ss->opos, ss->olen - ss->opos,
+                        MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (w < 0)
+        {
+          if (errno == EINTR)
+            continue;
+          if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return -EAGAIN;
+          return errno == ECONNRESET ? -ECONNRESET : -EPIPE;
+        }
+      ss->opos += (size_t) w;
+    }
+  ss->opos = ss->olen = 0;
+  return 0;
 }
 
 /* After the handshake: who the client is. */
@@ -631,6 +741,16 @@ nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
   ss->smax = gnutls_record_get_max_size (ss->s);
   if (ss->smax == 0 || ss->smax > 16384)
     ss->smax = 16384;
+  /* From now on through our buffers: nothing is read ahead yet (GnuTLS
+   * read the handshake exactly) and nothing waits to be sent. */
+  ss->ibuf = malloc (IBUF_SIZE);
+  ss->obuf = malloc (OBUF_SIZE);
+  if (!ss->ibuf || !ss->obuf)
+    {
+      err = vbk_errno (-ENOMEM, "tls: session buffers");
+      goto fail;
+    }
+  ss->ocap = OBUF_SIZE;
   *out = ss;
   return 0;
 
@@ -639,6 +759,8 @@ nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
   pthread_mutex_destroy (&ss->io_lock);
   free (ss->identity);
   free (ss->subject);
+  free (ss->ibuf);
+  free (ss->obuf);
   free (ss);
   return err;
 }
@@ -653,6 +775,8 @@ nbd_srv_tls_session_free (struct nbd_srv_tls_session *s)
   free (s->identity);
   free (s->subject);
   free (s->sbuf);
+  free (s->ibuf);
+  free (s->obuf);
   free (s);
 }
 
@@ -676,25 +800,68 @@ io_errno (struct nbd_srv_tls_session *s, ssize_t r)
     }
 }
 
+/* Whether ibuf starts with a whole record (GnuTLS takes records from it
+ * whole: a record's header is at ipos). */
+static bool
+whole_record_ahead (const struct nbd_srv_tls_session *s)
+{
+  size_t have = s->ilen - s->ipos;
+
+  if (have < 5)
+    return false;
+  return have >= 5 + ((size_t) s->ibuf[s->ipos + 3] << 8
+                      | s->ibuf[s->ipos + 4]);
+}
+
+/* One gnutls_record_recv, warnings and interruptions retried (io_lock
+ * held). */
+static ssize_t
+recv_record (struct nbd_srv_tls_session *s, void *buf, size_t len)
+{
+  ssize_t r;
+
+  for (;;)
+    {
+      r = gnutls_record_recv (s->s, buf, len);
+      if (r >= 0 || r == GNUTLS_E_AGAIN)
+        return r;
+      if (r == GNUTLS_E_INTERRUPTED)
+        continue;
+      if (r == GNUTLS_E_REHANDSHAKE)
+        return r;               /* no renegotiation */
+      if (!gnutls_error_is_fatal (r))
+        continue;               /* a warning alert, a TLS 1.3 ticket */
+      return r;
+    }
+}
+
 ssize_t
 nbd_srv_tls_recv (struct nbd_srv_tls_session *s, void *buf, size_t len)
 {
   ssize_t r;
 
   pthread_mutex_lock (&s->io_lock);
-  for (;;)
+  r = recv_record (s, buf, len);
+  if (r > 0)
     {
-      r = gnutls_record_recv (s->s, buf, len);
-      if (r >= 0 || r == GNUTLS_E_AGAIN)
-        break;
-      if (r == GNUTLS_E_INTERRUPTED)
-        continue;
-      if (r == GNUTLS_E_REHANDSHAKE)
-        break;                  /* no renegotiation */
-      if (!gnutls_error_is_fatal (r))
-        continue;               /* a warning alert, a TLS 1.3 ticket */
-      break;
+      /* More records already here (decrypted, or whole in ibuf): take
+       * them too, without another system call.  An error stays for the
+       * next call. */
+      size_t got = (size_t) r;
+      while (got < len && (gnutls_record_check_pending (s->s) > 0
+                           || whole_record_ahead (s)))
+        {
+          r = recv_record (s, (char *) buf + got, len - got);
+          if (r <= 0)
+            break;
+          got += (size_t) r;
+        }
+      r = (ssize_t) got;
     }
+  /* What GnuTLS answered on its own while receiving (a key update)
+   * goes now if it can; else with the next send. */
+  if (s->olen > s->opos && !s->pending)
+    (void) flush_out (s);
   pthread_mutex_unlock (&s->io_lock);
   if (r >= 0)
     return r;
@@ -721,61 +888,91 @@ nbd_srv_tls_pending (struct nbd_srv_tls_session *s)
 static ssize_t
 send_locked (struct nbd_srv_tls_session *s, const struct iovec *iov, int n)
 {
-  const void *data;
-  size_t len = 0;
-  ssize_t r;
+  size_t taken = 0, off = 0;
+  int i = 0, r;
 
-  if (s->pending)
+  if (s->opos < s->olen)
     {
-      /* Finish the record GnuTLS holds; its bytes are the caller's
-       * next ones. */
-      do
-        r = gnutls_record_send (s->s, NULL, 0);
-      while (r == GNUTLS_E_INTERRUPTED);
+      /* Records of an earlier call (or GnuTLS's own) go first. */
+      r = flush_out (s);
       if (r < 0)
-        return io_errno (s, r);
-      r = s->pending;
-      s->pending = 0;
-      return r;
-    }
-  while (n > 0 && iov[0].iov_len == 0)
-    iov++, n--;
-  if (n == 0)
-    return 0;
-  if (n == 1 || iov[0].iov_len >= s->smax)
-    {
-      data = iov[0].iov_base;
-      len = iov[0].iov_len < s->smax ? iov[0].iov_len : s->smax;
-    }
-  else
-    {
-      /* Small pieces: one record of up to smax bytes. */
-      if (!s->sbuf && !(s->sbuf = malloc (s->smax)))
-        return -ENOMEM;
-      for (int i = 0; i < n && len < s->smax; i++)
+        return r;
+      if (s->pending)
         {
-          size_t k = iov[i].iov_len;
-          if (k > s->smax - len)
-            k = s->smax - len;
-          if (k == 0)
-            continue;           /* an empty piece may have a NULL base */
-          memcpy (s->sbuf + len, iov[i].iov_base, k);
-          len += k;
+          /* That call's bytes are the caller's next ones. */
+          taken = s->pending;
+          s->pending = 0;
+          return (ssize_t) taken;
         }
-      data = s->sbuf;
     }
-  do
-    r = gnutls_record_send (s->s, data, len);
-  while (r == GNUTLS_E_INTERRUPTED);
-  if (r == GNUTLS_E_AGAIN)
+  while (taken < SEND_BATCH)
     {
-      /* The record is made and partly pushed: GnuTLS keeps it. */
-      s->pending = len;
+      const void *data;
+      size_t len = 0, rest;
+      ssize_t w;
+
+      while (i < n && off == iov[i].iov_len)
+        i++, off = 0;
+      if (i == n)
+        break;
+      rest = iov[i].iov_len - off;
+      if (i + 1 == n || rest >= s->smax)
+        {
+          data = (const char *) iov[i].iov_base + off;
+          len = rest < s->smax ? rest : s->smax;
+        }
+      else
+        {
+          /* Small pieces: one record of up to smax bytes. */
+          size_t o = off;
+          if (!s->sbuf && !(s->sbuf = malloc (s->smax)))
+            return taken ? (ssize_t) taken : -ENOMEM;
+          for (int k = i; k < n && len < s->smax; k++, o = 0)
+            {
+              size_t m = iov[k].iov_len - o;
+              if (m > s->smax - len)
+                m = s->smax - len;
+              if (m == 0)
+                continue;       /* an empty piece may have a NULL base */
+              memcpy (s->sbuf + len, (const char *) iov[k].iov_base + o, m);
+              len += m;
+            }
+          data = s->sbuf;
+        }
+      do
+        w = gnutls_record_send (s->s, data, len);
+      while (w == GNUTLS_E_INTERRUPTED);
+      if (w < 0)
+        {
+          /* The push into obuf does not fail: a real error.  Records
+           * already made are lost with the connection. */
+          return io_errno (s, w);
+        }
+      taken += (size_t) w;
+      /* Advance (i, off) past W bytes. */
+      while (w > 0)
+        {
+          size_t m = iov[i].iov_len - off;
+          if ((size_t) w < m)
+            {
+              off += (size_t) w;
+              break;
+            }
+          w -= (ssize_t) m;
+          i++, off = 0;
+        }
+    }
+  if (taken == 0)
+    return 0;
+  r = flush_out (s);
+  if (r == -EAGAIN)
+    {
+      s->pending = taken;
       return -EAGAIN;
     }
   if (r < 0)
-    return io_errno (s, r);
-  return r;
+    return r;
+  return (ssize_t) taken;
 }
 
 ssize_t
@@ -845,22 +1042,37 @@ int
 nbd_srv_tls_bye (struct nbd_srv_tls_session *s, int timeout_ms)
 {
   uint64_t deadline = now_ms () + (timeout_ms > 0 ? timeout_ms : 0);
+  bool alert = false;
   int r;
 
+  /* Records still in obuf, then the close_notify alert after them. */
   for (;;)
     {
       uint64_t now = now_ms ();
       struct pollfd p = { .fd = s->fd, .events = POLLOUT };
 
       pthread_mutex_lock (&s->io_lock);
-      r = gnutls_bye (s->s, GNUTLS_SHUT_WR);
+      r = s->obuf ? flush_out (s) : 0;
+      if (r == 0 && !alert)
+        {
+          r = gnutls_bye (s->s, GNUTLS_SHUT_WR);
+          if (r == 0)
+            alert = true;
+          else if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED)
+            r = -EAGAIN;
+          else
+            r = (int) io_errno (s, r);
+          if (r == 0 && s->obuf)
+            r = flush_out (s);
+        }
       pthread_mutex_unlock (&s->io_lock);
-      if (r == 0)
+      if (r == 0 && alert)
         return 0;
-      if (r != GNUTLS_E_AGAIN && r != GNUTLS_E_INTERRUPTED)
-        return (int) io_errno (s, r);
+      if (r < 0 && r != -EAGAIN)
+        return r;
       if (now >= deadline)
         return -ETIMEDOUT;
-      poll (&p, 1, (int) (deadline - now));
+      if (r == -EAGAIN)
+        poll (&p, 1, (int) (deadline - now));
     }
 }

@@ -70,7 +70,8 @@ int nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
  * NULL is a no-op. */
 void nbd_srv_tls_session_free (struct nbd_srv_tls_session *s);
 
-/* Receives up to LEN bytes of application data, never blocking.
+/* Receives up to LEN bytes of application data, never blocking: every
+ * whole record already read, with at most one system call.
  * Returns the bytes (at least 1), 0 at a clean end (the client's
  * close_notify), or -errno: -EAGAIN (nothing yet: poll the fd for
  * POLLIN, after nbd_srv_tls_pending is 0), -ECONNRESET (the connection
@@ -83,14 +84,15 @@ ssize_t nbd_srv_tls_recv (struct nbd_srv_tls_session *s, void *buf,
  * polls the fd must read these first (poll does not see them). */
 size_t nbd_srv_tls_pending (struct nbd_srv_tls_session *s);
 
-/* Sends the start of the iovec as one record (small pieces are packed
- * together), never blocking.  Returns the bytes of the iovec taken (at
- * least 1), or -errno: -EAGAIN (the socket is full: poll the fd for
- * POLLOUT, then call again with the same bytes at the start of the
- * iovec; GnuTLS holds the record and the call that finishes it returns
- * its length), -EPIPE or -ECONNRESET (the peer is gone), -EPROTO,
- * -ENOMEM.  One sender at a time (the caller's lock); one receiver may
- * run at the same time. */
+/* Sends the start of the iovec (up to 128 KiB of it) as records (small
+ * pieces are packed together) with one system call, never blocking.
+ * Returns the bytes of the iovec taken (at least 1), or -errno: -EAGAIN
+ * (the socket is full: poll the fd for POLLOUT, then call again with the
+ * same bytes at the start of the iovec; the session holds the records
+ * made and the call that finishes sending them returns their length),
+ * -EPIPE or -ECONNRESET (the peer is gone), -EPROTO, -ENOMEM.  One
+ * sender at a time (the caller's lock); one receiver may run at the same
+ * time. */
 ssize_t nbd_srv_tls_send (struct nbd_srv_tls_session *s,
                           const struct iovec *iov, int n);
 /* Sends the whole iovec (at most 64 pieces), waiting for the socket up
