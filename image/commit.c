@@ -163,6 +163,10 @@ image_map_mark_dirty_async (struct image *img, uint64_t first, uint64_t last,
   if (image_map_ready (m, first, last, alloc)
       && !__atomic_load_n (&img->log_tail_unknown, __ATOMIC_ACQUIRE))
     return 0;                   /* the common case: nothing to do */
+  /* A store whose writes need no sync (image->lazy): the commit is a few
+   * buffered writes, cheaper on this thread than a hand-off. */
+  if (img->lazy)
+    return image_map_mark_dirty (img, first, last, alloc);
   w = calloc (1, sizeof *w);
   if (w == NULL)
     return -ENOMEM;

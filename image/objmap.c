@@ -393,24 +393,39 @@ image_map_commit (struct image *img, struct objmap *m)
   pthread_mutex_unlock (&img->map_lock);
   if (nlog && (r = image_log_fix_tail (img, logoff)) < 0)
     w.err = r;
-  if (nlog && w.err == 0) {
-    wait_all_add (&w, 1, 0);
-    r = store_aio_write (img->st, img->log_oid, logbuf, nlog * 8, logoff,
-                         STORE_WRITE_SYNC, wait_all_done, &w);
-    if (r < 0)
-      wait_all_add (&w, -1, r);
+  if (img->lazy) {
+    /* Buffered writes, on this thread: done before any data write of
+     * these objects starts, durable with the next flush (openmark.c). */
+    if (nlog && w.err == 0)
+      w.err = store_write (img->st, img->log_oid, logbuf, nlog * 8, logoff,
+                           0);
+    for (k = 0; k < nruns && w.err == 0; k++)
+      w.err = store_write (img->st, img->map_oid, runs[k].buf,
+                           runs[k].hi - runs[k].lo + 1, runs[k].lo, 0);
+    if (sums.n && w.err == 0)
+      w.err = image_map_sum_write (img->st, img->map_oid, &sums);
   }
-  for (k = 0; k < nruns && wait_all_add (&w, 0, 0) == 0; k++) {
-    wait_all_add (&w, 1, 0);
-    r = store_aio_write (img->st, img->map_oid, runs[k].buf,
-                         runs[k].hi - runs[k].lo + 1, runs[k].lo,
-                         STORE_WRITE_SYNC, wait_all_done, &w);
-    if (r < 0)
-      wait_all_add (&w, -1, r);
-  }
-  if (sums.n && wait_all_add (&w, 0, 0) == 0) {
-    wait_all_add (&w, (int) sums.n, 0);
-    image_map_sum_start (img->st, img->map_oid, &sums, wait_all_done, &w);
+  else {
+    /* RADOS: durable at completion; the writes go in parallel. */
+    if (nlog && w.err == 0) {
+      wait_all_add (&w, 1, 0);
+      r = store_aio_write (img->st, img->log_oid, logbuf, nlog * 8, logoff,
+                           0, wait_all_done, &w);
+      if (r < 0)
+        wait_all_add (&w, -1, r);
+    }
+    for (k = 0; k < nruns && wait_all_add (&w, 0, 0) == 0; k++) {
+      wait_all_add (&w, 1, 0);
+      r = store_aio_write (img->st, img->map_oid, runs[k].buf,
+                           runs[k].hi - runs[k].lo + 1, runs[k].lo, 0,
+                           wait_all_done, &w);
+      if (r < 0)
+        wait_all_add (&w, -1, r);
+    }
+    if (sums.n && wait_all_add (&w, 0, 0) == 0) {
+      wait_all_add (&w, (int) sums.n, 0);
+      image_map_sum_start (img->st, img->map_oid, &sums, wait_all_done, &w);
+    }
   }
   wait_all_done (&w, 0);
   pthread_mutex_lock (&w.lock);
