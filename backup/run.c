@@ -676,6 +676,7 @@ backup_one (struct writer *w)
                 "changed-block tracking was reset since snapshot '%s' (the "
                 "image was open for writing when the machine went down): "
                 "full read", w->pm.snapshot);
+      log_warn ("backup %s: %s: %s", w->id, w->image, res->full_reason);
       full = 1;
     }
     for (i = 0; !full && i < w->ix.count; i++) {
