@@ -1,13 +1,18 @@
 /* SPDX-License-Identifier: MIT
  *
- * commit.c - the committer: first writes of asynchronous I/O wait for
- * their change-log and object-map entries on a queue, not on the caller's
- * thread.
+ * commit.c - the committer: on RADOS, first writes of asynchronous I/O
+ * wait for their change-log and object-map entries on a queue, not on
+ * the caller's thread.
  *
  * DESIGN
  * - Before the first change to an object in an interval, its change-log
  *   record (and, for a new object, its allocated map byte) must be
- *   durable (objmap.c).  A synchronous caller commits them itself.  An
+ *   written (objmap.c).  On the local store (image->lazy) that is a few
+ *   buffered writes with no sync, cheaper on the caller's thread than a
+ *   hand-off to a thread and back: image_map_mark_dirty_async commits
+ *   there and the queue below is never used.  On RADOS each commit is a
+ *   round trip to the OSDs, so the queue keeps the NBD reader going.
+ *   A synchronous caller commits them itself.  An
  *   asynchronous write (image_aio_write) that needs entries marks them
  *   pending, joins the image's commit queue and returns at once; the
  *   image's committer thread commits every pending entry in one group

@@ -178,10 +178,11 @@ int image_map_sum_write_all (struct store *st, const char *map_oid,
                              const uint8_t *map, uint64_t n);
 
 /* commit.c */
-/* What image_map_mark_dirty does, without waiting on the caller's thread:
- * returns 0 when the entries are ready (the caller goes on), 1 when CB
- * will run on the committer thread once they are durable (ERR 0) or
- * could not be made so (ERR -errno), or -errno without calling CB. */
+/* What image_map_mark_dirty does, without waiting on the caller's thread
+ * for a store round trip: returns 0 when the entries are ready (the
+ * caller goes on; on the local store the commit ran on this thread), 1
+ * when CB will run on the committer thread once they are written (ERR
+ * 0) or could not be (ERR -errno), or -errno without calling CB. */
 typedef void (*image_commit_cb) (void *arg, int err);
 int image_map_mark_dirty_async (struct image *img, uint64_t first,
                                 uint64_t last, bool alloc, image_commit_cb cb,
