@@ -12,8 +12,8 @@
  * - A list holding CHANGES_RESET (written when an image is opened after
  *   an unclean shutdown of the machine: openmark.c) makes every object
  *   count as changed; image_diff_flags says so (IMAGE_DIFF_CBT_RESET),
- *   and image_diff logs it, so a caller never mistakes it for a short
- *   diff that happens to cover everything.
+ *   and the first such diff of a process logs it (vbk diff shows it), so
+ *   a caller never mistakes it for a diff that happens to cover all.
  */
 #include "common/log.h"
 #include "internal.h"
@@ -102,7 +102,10 @@ image_diff_flags (struct store *st, const char *image, const char *from,
   image_set_sort (&c, false);
   if (flags)
     *flags = c.reset ? IMAGE_DIFF_CBT_RESET : 0;
-  if (c.reset)
+  /* Once per process: the NBD server asks for diffs on every
+   * BLOCK_STATUS of a dirty bitmap. */
+  static bool warned;
+  if (c.reset && !__atomic_exchange_n (&warned, true, __ATOMIC_RELAXED))
     log_warn ("image '%s': diff %s..%s: changed-block tracking was reset "
               "by an unclean shutdown of the machine: every object counts "
               "as changed", image, from, to ? to : "(live)");
