@@ -7,7 +7,7 @@
  *
  * DESIGN
  * - On a store whose writes are durable only at the next flush (local:,
- *   and fault: which may wrap it; image->lazy), the first write to an
+ *   or fault: around it; image->lazy), the first write to an
  *   object appends its change-log record and sets its map bytes with
  *   plain writes, completed (the syscalls returned) before the object's
  *   data write starts, and leaves them to the next FLUSH, which syncs
@@ -59,10 +59,16 @@ image_open_oid (const char *id, char *buf, size_t len)
   snprintf (buf, len, "vbk_open.%s", id);
 }
 
+/* The local backend, or a fault: wrapper around it (whose client id is
+ * the inner store's: "local.HOST.PID.START.N", docs/FORMAT.md). */
 bool
 image_store_lazy (struct store *st)
 {
-  return strcmp (store_backend (st), "rados") != 0;
+  const char *b = store_backend (st);
+
+  return strcmp (b, "local") == 0
+    || (strcmp (b, "fault") == 0
+        && strncmp (store_client_id (st), "local.", 6) == 0);
 }
 
 /* This boot's id, or VBK_TEST_BOOT_ID. */
