@@ -662,10 +662,21 @@ backup_one (struct writer *w)
   if (!full) {
     uint64_t pc = w->parent.count;
 
-    e = image_diff (o->st, w->image, w->pm.snapshot, w->snap, diff_cb, &dm);
+    unsigned dflags = 0;
+
+    e = image_diff_flags (o->st, w->image, w->pm.snapshot, w->snap, diff_cb,
+                          &dm, &dflags);
     if (e < 0) {
       snprintf (res->full_reason, sizeof res->full_reason,
                 "changed-block tracking failed (%s): full read", vbk_error ());
+      full = 1;
+    }
+    else if (dflags & IMAGE_DIFF_CBT_RESET) {
+      snprintf (res->full_reason, sizeof res->full_reason,
+                "changed-block tracking was reset since snapshot '%s' (the "
+                "image was open for writing when the machine went down): "
+                "full read", w->pm.snapshot);
+      log_warn ("backup %s: %s: %s", w->id, w->image, res->full_reason);
       full = 1;
     }
     for (i = 0; !full && i < w->ix.count; i++) {

@@ -120,7 +120,7 @@ int
 image_set_write (struct store *st, const char *oid,
                  const struct change_set *s)
 {
-  uint64_t *buf = malloc ((2 * s->n + 1) * sizeof *buf);
+  uint64_t *buf = malloc ((2 * s->n + 2) * sizeof *buf);
   size_t k;
   int r;
 

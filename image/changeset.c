@@ -136,9 +136,14 @@ image_set_decode (const uint64_t *v, size_t n, struct change_set *s)
   size_t i;
   int r;
 
-  for (i = 0; i < n; i++)
-    if (v[i] & CHANGES_FROM)
+  for (i = 0; i < n; i++) {
+    if (v[i] == CHANGES_RESET) {
+      s->reset = true;
+      s->from = 0;
+    }
+    else if (v[i] & CHANGES_FROM)
       s->from = MIN (s->from, v[i] & ~CHANGES_FROM);
+  }
   image_changes_each (v, n, image_set_add, &one);
   r = one.err;
   if (r == 0) {
@@ -165,8 +170,12 @@ image_set_encode (const struct change_set *s, uint64_t *buf)
       buf[k++] = htole64 (s->v[i].parts);
     }
   }
-  if (s->from != UINT64_MAX)
+  if (s->reset)
+    buf[k++] = htole64 (CHANGES_FROM);
+  else if (s->from != UINT64_MAX)
     buf[k++] = htole64 (CHANGES_FROM | s->from);
+  if (s->reset)
+    buf[k++] = htole64 (CHANGES_RESET);
   return k;
 }
 

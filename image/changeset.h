@@ -7,7 +7,10 @@
  * DESIGN
  * - A change log or merged list is a sequence of little-endian 64-bit
  *   words: OBJNO (the whole object changed), CHANGES_FROM | OBJNO (every
- *   object from OBJNO up changed: a shrink), or CHANGES_DETAIL | OBJNO
+ *   object from OBJNO up changed: a shrink), CHANGES_RESET (the change
+ *   tracking of the interval was reset: it always follows CHANGES_FROM |
+ *   0, so a reader that does not know it still reports every object),
+ *   or CHANGES_DETAIL | OBJNO
  *   followed by a word whose low SUBBLOCKS bits say which parts of the
  *   object changed (a detail record cut short at the list's end means the
  *   whole object).  In one list the last record of an object wins; across
@@ -23,6 +26,7 @@
 
 #define CHANGES_FROM (UINT64_C (1) << 63)
 #define CHANGES_DETAIL (UINT64_C (1) << 62)
+#define CHANGES_RESET (CHANGES_FROM | CHANGES_DETAIL)
 #define SUBBLOCKS 32
 #define ALL_PARTS UINT32_MAX
 
@@ -33,7 +37,8 @@ struct changes {
 };
 
 /* A set of changed objects, each with the parts that changed, and FROM:
- * every object from it up (UINT64_MAX: none). */
+ * every object from it up (UINT64_MAX: none).  RESET: a list added held
+ * CHANGES_RESET (FROM is then 0). */
 struct change {
   uint64_t objno;
   uint32_t parts;
@@ -45,6 +50,7 @@ struct change_set {
   size_t n, cap;
   uint64_t from;
   int err;
+  bool reset;
 };
 
 int image_changes_push (struct changes *c, uint64_t e);
@@ -74,7 +80,7 @@ void image_set_sort (struct change_set *s, bool last_wins);
 int image_set_decode (const uint64_t *v, size_t n, struct change_set *s);
 
 /* The words (little-endian) of the sorted S, in BUF, which has room for
- * 2 * S->n + 1 of them; returns how many. */
+ * 2 * S->n + 2 of them; returns how many. */
 size_t image_set_encode (const struct change_set *s, uint64_t *buf);
 
 /* The parts of an object of 1 << ORDER bytes (ORDER >= 5) that

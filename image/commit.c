@@ -1,13 +1,18 @@
 /* SPDX-License-Identifier: MIT
  *
- * commit.c - the committer: first writes of asynchronous I/O wait for
- * their change-log and object-map entries on a queue, not on the caller's
- * thread.
+ * commit.c - the committer: on RADOS, first writes of asynchronous I/O
+ * wait for their change-log and object-map entries on a queue, not on
+ * the caller's thread.
  *
  * DESIGN
  * - Before the first change to an object in an interval, its change-log
  *   record (and, for a new object, its allocated map byte) must be
- *   durable (objmap.c).  A synchronous caller commits them itself.  An
+ *   written (objmap.c).  On the local store (image->lazy) that is a few
+ *   buffered writes with no sync, cheaper on the caller's thread than a
+ *   hand-off to a thread and back: image_map_mark_dirty_async commits
+ *   there and the queue below is never used.  On RADOS each commit is a
+ *   round trip to the OSDs, so the queue keeps the NBD reader going.
+ *   A synchronous caller commits them itself.  An
  *   asynchronous write (image_aio_write) that needs entries marks them
  *   pending, joins the image's commit queue and returns at once; the
  *   image's committer thread commits every pending entry in one group
@@ -163,6 +168,10 @@ image_map_mark_dirty_async (struct image *img, uint64_t first, uint64_t last,
   if (image_map_ready (m, first, last, alloc)
       && !__atomic_load_n (&img->log_tail_unknown, __ATOMIC_ACQUIRE))
     return 0;                   /* the common case: nothing to do */
+  /* A store whose writes need no sync (image->lazy): the commit is a few
+   * buffered writes, cheaper on this thread than a hand-off. */
+  if (img->lazy)
+    return image_map_mark_dirty (img, first, last, alloc);
   w = calloc (1, sizeof *w);
   if (w == NULL)
     return -ENOMEM;

@@ -9,7 +9,13 @@
  *   of their records, per object and 1/32 part, plus every object from
  *   the lowest "from object N up" entry, is what changed.  Objects past
  *   the end of one side and not the other differ.
+ * - A list holding CHANGES_RESET (written when an image is opened after
+ *   an unclean shutdown of the machine: openmark.c) makes every object
+ *   count as changed; image_diff_flags says so (IMAGE_DIFF_CBT_RESET),
+ *   and the first such diff of a process logs it (vbk diff shows it), so
+ *   a caller never mistakes it for a diff that happens to cover all.
  */
+#include "common/log.h"
 #include "internal.h"
 
 /* ---- Changed-block tracking ------------------------------------------- */
@@ -17,6 +23,14 @@
 int
 image_diff (struct store *st, const char *image, const char *from,
             const char *to, image_extent_cb cb, void *arg)
+{
+  return image_diff_flags (st, image, from, to, cb, arg, NULL);
+}
+
+int
+image_diff_flags (struct store *st, const char *image, const char *from,
+                  const char *to, image_extent_cb cb, void *arg,
+                  unsigned *flags)
 {
   struct image_info info;
   struct image_snap *v = NULL, sfrom, sto;
@@ -27,6 +41,8 @@ image_diff (struct store *st, const char *image, const char *from,
   size_t ns = 0, k;
   int r;
 
+  if (flags)
+    *flags = 0;
   r = image_lookup_id (st, image, id, sizeof id);
   if (r < 0)
     return r;
@@ -84,6 +100,15 @@ image_diff (struct store *st, const char *image, const char *from,
   if (r < 0)
     goto out;
   image_set_sort (&c, false);
+  if (flags)
+    *flags = c.reset ? IMAGE_DIFF_CBT_RESET : 0;
+  /* Once per process: the NBD server asks for diffs on every
+   * BLOCK_STATUS of a dirty bitmap. */
+  static bool warned;
+  if (c.reset && !__atomic_exchange_n (&warned, true, __ATOMIC_RELAXED))
+    log_warn ("image '%s': diff %s..%s: changed-block tracking was reset "
+              "by an unclean shutdown of the machine: every object counts "
+              "as changed", image, from, to ? to : "(live)");
 
   /* Report the changed parts of objects, then [tail, n): everything
    * from c.from up; adjacent ones merged, clipped to the larger size. */

@@ -589,6 +589,9 @@ image_remove (struct store *st, const char *name)
     if (r < 0)
       return r;
   }
+  image_open_oid (id, lst, sizeof lst);
+  if ((r = store_remove (st, lst)) < 0 && r != -ENOENT)
+    return r;
   if ((r = store_remove (st, hdr)) < 0 && r != -ENOENT)
     return r;
   if ((r = store_omap_rm (st, DIRECTORY_OID, name)) < 0 && r != -ENOENT)
@@ -826,6 +829,9 @@ open_common (struct store *st, const char *name, const char *snap,
   }
   else if (r == 0 && !(flags & IMAGE_OPEN_RDONLY))
     r = image_load_snap_context (img->st, img->hdr_oid);
+  img->lazy = image_store_lazy (img->st);
+  if (r == 0 && img->lazy && !snap && !(flags & IMAGE_OPEN_RDONLY))
+    r = image_open_mark (img);
   if (r == 0) {
     img->order = __builtin_ctz (img->info.object_size);
     r = load_map (img, image_objects_for (img->info.size,
@@ -857,12 +863,14 @@ void
 image_close (struct image *img)
 {
   struct objmap *m, *next;
+  int r = 0;
 
   if (img == NULL)
     return;
   image_commit_stop (img);
   if (!(img->flags & IMAGE_OPEN_RDONLY) && img->map)
-    store_flush (img->st);
+    r = store_flush (img->st);
+  image_open_unmark (img, r);
   store_close (img->st);
   for (m = img->map; m; m = next) {
     next = m->retired;

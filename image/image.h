@@ -290,6 +290,17 @@ int image_open_snap (struct store *st, const char *image, const char *snap,
 int image_diff (struct store *st, const char *image, const char *from,
                 const char *to, image_extent_cb cb, void *arg);
 
+/* image_diff, and *FLAGS (when not NULL) says how far to trust it:
+ * IMAGE_DIFF_CBT_RESET when an interval it spans had its change
+ * tracking reset (the image was opened for writing after an unclean
+ * shutdown of the machine, which may have lost change-log records of
+ * writes that reached the disk): every object is reported changed, and
+ * a backup should read the whole image and say why. */
+#define IMAGE_DIFF_CBT_RESET 1u
+int image_diff_flags (struct store *st, const char *image, const char *from,
+                      const char *to, image_extent_cb cb, void *arg,
+                      unsigned *flags);
+
 /* A growing list of extents, for callers that collect them first:
  * image_extent_list_add is an image_extent_cb (ARG: the list) that keeps
  * the allocated extents in the order given, merging one that starts

@@ -93,6 +93,10 @@ struct image {
   unsigned flags;
   uint64_t read_snap;            /* STORE_SNAP_HEAD, or the snapshot read */
   int untrusted;                 /* the map may be stale: see image.h */
+  bool lazy;                     /* log and map writes durable at the
+                                    next flush, not at completion (every
+                                    store but rados): openmark.c */
+  char open_key[64];             /* our key in vbk_open.ID, or "" */
   char hdr_oid[64], map_oid[64], log_oid[64];
   struct objmap *map;            /* replaced only by image_refresh */
   pthread_mutex_t map_lock;      /* serializes map changes */
@@ -167,15 +171,18 @@ int image_map_sum_plan (struct objmap *m, uint64_t lo, uint64_t hi,
 int image_map_sum_start (struct store *st, const char *map_oid,
                          const struct map_sum_runs *runs, store_aio_cb cb,
                          void *arg);
+int image_map_sum_write (struct store *st, const char *map_oid,
+                         const struct map_sum_runs *runs);
 void image_map_sum_done (struct objmap *m, const struct map_sum_runs *runs);
 int image_map_sum_write_all (struct store *st, const char *map_oid,
                              const uint8_t *map, uint64_t n);
 
 /* commit.c */
-/* What image_map_mark_dirty does, without waiting on the caller's thread:
- * returns 0 when the entries are ready (the caller goes on), 1 when CB
- * will run on the committer thread once they are durable (ERR 0) or
- * could not be made so (ERR -errno), or -errno without calling CB. */
+/* What image_map_mark_dirty does, without waiting on the caller's thread
+ * for a store round trip: returns 0 when the entries are ready (the
+ * caller goes on; on the local store the commit ran on this thread), 1
+ * when CB will run on the committer thread once they are written (ERR
+ * 0) or could not be (ERR -errno), or -errno without calling CB. */
 typedef void (*image_commit_cb) (void *arg, int err);
 int image_map_mark_dirty_async (struct image *img, uint64_t first,
                                 uint64_t last, bool alloc, image_commit_cb cb,
@@ -194,6 +201,16 @@ int image_set_read (struct store *st, const char *oid, uint64_t snap,
                     struct change_set *s);
 int image_set_write (struct store *st, const char *oid,
                      const struct change_set *s);
+
+/* openmark.c */
+void image_open_oid (const char *id, char *buf, size_t len);
+bool image_store_lazy (struct store *st);
+/* Records a writable open of IMG (its info, oids and snapshot context
+ * loaded, its map not yet) and, after an unclean shutdown of the
+ * machine, rebuilds the stored map and resets the live change log. */
+int image_open_mark (struct image *img);
+/* At close, after the flush (FLUSH_ERR its result). */
+void image_open_unmark (struct image *img, int flush_err);
 
 /* io.c */
 int image_check_writable (struct image *img, const char *op);

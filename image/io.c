@@ -8,8 +8,10 @@
  *   synchronous calls do the pieces in turn on the caller's thread.
  * - A write first marks its objects in the object map and change log
  *   (objmap.c) and counts itself in wr_inflight; only then does the data
- *   write start.  An asynchronous write that must wait for that waits on
- *   the commit queue (commit.c), not on the caller's thread.
+ *   write start.  On RADOS an asynchronous write that must wait for
+ *   that waits on the commit queue (commit.c), not on the caller's
+ *   thread; on the local store those writes are buffered and made on
+ *   the caller's thread (no sync: objmap.c, openmark.c).
  */
 #include "internal.h"
 

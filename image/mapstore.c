@@ -359,7 +359,8 @@ ones_fill (void)
   memset (ones_buf, 1, sizeof ones_buf);
 }
 
-/* Starts the synchronous writes of RUNS (bytes set to 1), each
+/* Starts the writes of RUNS (bytes set to 1; durable with the next
+ * store_flush, like the level-0 bytes they cover: objmap.c), each
  * completing with CB (ARG, ret); a write that cannot start calls CB
  * with its error, so CB runs exactly RUNS->n times.  Returns 0 or the
  * first error of a start. */
@@ -377,13 +378,33 @@ image_map_sum_start (struct store *st, const char *map_oid,
     const struct map_sum_run *run = &runs->v[k];
     image_map_level_oid (map_oid, run->level, oid, sizeof oid);
     r = store_aio_write (st, oid, ones_buf, run->hi - run->lo + 1, run->lo,
-                         STORE_WRITE_SYNC, cb, arg);
+                         0, cb, arg);
     if (r < 0) {
       cb (arg, r);
       err = err ? err : r;
     }
   }
   return err;
+}
+
+/* Writes RUNS one after the other on this thread, without a sync (a
+ * store whose writes are cheap: image->lazy).  Returns 0 or the first
+ * error. */
+int
+image_map_sum_write (struct store *st, const char *map_oid,
+                     const struct map_sum_runs *runs)
+{
+  char oid[80];
+  size_t k;
+  int r = 0;
+
+  pthread_once (&ones_once, ones_fill);
+  for (k = 0; r == 0 && k < runs->n; k++) {
+    const struct map_sum_run *run = &runs->v[k];
+    image_map_level_oid (map_oid, run->level, oid, sizeof oid);
+    r = store_write (st, oid, ones_buf, run->hi - run->lo + 1, run->lo, 0);
+  }
+  return r;
 }
 
 /* After RUNS were written: M knows their bytes are set.  Under

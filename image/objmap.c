@@ -7,15 +7,23 @@
  * - The object map has one byte per data object: ABSENT or CLEAN
  *   (allocated).  On the store that is level 0, with two summary levels
  *   over it (mapstore.c); a commit sets the summary bytes over the
- *   entries it allocates, in the same synchronous batch.  An open image
- *   keeps the map in memory; a reader looks at a byte without a lock.
- *   In memory an allocated entry is DIRTY once its object is in the
- *   change log of the live interval.
+ *   entries it allocates, in the same batch.  An open image keeps the
+ *   map in memory; a reader looks at a byte without a lock.  In memory
+ *   an allocated entry is DIRTY once its object is in the change log of
+ *   the live interval.
  * - Before the first change to an object in an interval, the writer
  *   appends it to the change log (and, if the object was ABSENT, marks it
- *   allocated in the map) with synchronous store writes; only then does
- *   the data write start.  So after any crash neither the map nor the
- *   log under-reports.  Concurrent first writes are committed together;
+ *   allocated in the map); only once those store writes completed does
+ *   the data write start.  On RADOS a completed write is durable.  On
+ *   the local store they are plain buffered writes (image->lazy), made
+ *   durable by the next FLUSH together with the data (store_flush syncs
+ *   every file the store dirtied, and obj/ for the files it created):
+ *   the page cache keeps them in syscall order across a process crash,
+ *   and an unclean shutdown of the machine is caught at the next open
+ *   (openmark.c: map rebuilt, change tracking reset).  So after any
+ *   crash neither the map nor a diff under-reports, and a first write
+ *   costs a few buffered writes on the caller's thread, no sync.
+ *   Concurrent first writes are committed together; on RADOS
  *   asynchronous ones wait on the commit queue (commit.c), so one
  *   connection's queue of first writes shares a commit too.
  * - A discard may mark an object ABSENT only when no write to it is in
@@ -321,8 +329,9 @@ cmp_u64 (const void *a, const void *b)
 }
 
 /* Writes the pending entries of map M: the new change-log entries at the
- * log's end and the map bytes that become allocated, both synchronous
- * and in parallel.  Called with map_lock held and map_writing claimed;
+ * log's end and the map bytes that become allocated (without a sync:
+ * see the DESIGN note), in parallel on RADOS, in turn on this thread on
+ * the local store.  Called with map_lock held and map_writing claimed;
  * drops the lock during the I/O. */
 int
 image_map_commit (struct image *img, struct objmap *m)
@@ -393,24 +402,39 @@ image_map_commit (struct image *img, struct objmap *m)
   pthread_mutex_unlock (&img->map_lock);
   if (nlog && (r = image_log_fix_tail (img, logoff)) < 0)
     w.err = r;
-  if (nlog && w.err == 0) {
-    wait_all_add (&w, 1, 0);
-    r = store_aio_write (img->st, img->log_oid, logbuf, nlog * 8, logoff,
-                         STORE_WRITE_SYNC, wait_all_done, &w);
-    if (r < 0)
-      wait_all_add (&w, -1, r);
+  if (img->lazy) {
+    /* Buffered writes, on this thread: done before any data write of
+     * these objects starts, durable with the next flush (openmark.c). */
+    if (nlog && w.err == 0)
+      w.err = store_write (img->st, img->log_oid, logbuf, nlog * 8, logoff,
+                           0);
+    for (k = 0; k < nruns && w.err == 0; k++)
+      w.err = store_write (img->st, img->map_oid, runs[k].buf,
+                           runs[k].hi - runs[k].lo + 1, runs[k].lo, 0);
+    if (sums.n && w.err == 0)
+      w.err = image_map_sum_write (img->st, img->map_oid, &sums);
   }
-  for (k = 0; k < nruns && wait_all_add (&w, 0, 0) == 0; k++) {
-    wait_all_add (&w, 1, 0);
-    r = store_aio_write (img->st, img->map_oid, runs[k].buf,
-                         runs[k].hi - runs[k].lo + 1, runs[k].lo,
-                         STORE_WRITE_SYNC, wait_all_done, &w);
-    if (r < 0)
-      wait_all_add (&w, -1, r);
-  }
-  if (sums.n && wait_all_add (&w, 0, 0) == 0) {
-    wait_all_add (&w, (int) sums.n, 0);
-    image_map_sum_start (img->st, img->map_oid, &sums, wait_all_done, &w);
+  else {
+    /* RADOS: durable at completion; the writes go in parallel. */
+    if (nlog && w.err == 0) {
+      wait_all_add (&w, 1, 0);
+      r = store_aio_write (img->st, img->log_oid, logbuf, nlog * 8, logoff,
+                           0, wait_all_done, &w);
+      if (r < 0)
+        wait_all_add (&w, -1, r);
+    }
+    for (k = 0; k < nruns && wait_all_add (&w, 0, 0) == 0; k++) {
+      wait_all_add (&w, 1, 0);
+      r = store_aio_write (img->st, img->map_oid, runs[k].buf,
+                           runs[k].hi - runs[k].lo + 1, runs[k].lo, 0,
+                           wait_all_done, &w);
+      if (r < 0)
+        wait_all_add (&w, -1, r);
+    }
+    if (sums.n && wait_all_add (&w, 0, 0) == 0) {
+      wait_all_add (&w, (int) sums.n, 0);
+      image_map_sum_start (img->st, img->map_oid, &sums, wait_all_done, &w);
+    }
   }
   wait_all_done (&w, 0);
   pthread_mutex_lock (&w.lock);
@@ -503,8 +527,9 @@ image_map_ready (struct objmap *m, uint64_t first, uint64_t last, bool alloc)
 }
 
 /* Before objects [FIRST, LAST] change: puts them in the change log and,
- * when ALLOC (they will hold data), marks them allocated in the map,
- * durably.  Group commit: writers that need entries while a commit is in
+ * when ALLOC (they will hold data), marks them allocated in the map
+ * (written when this returns; durable at once on RADOS, with the next
+ * flush on the local store).  Group commit: writers that need entries while a commit is in
  * flight mark them pending and wait; the next writer commits all pending
  * entries at once.  So the first writes to many objects after a
  * snapshot cost a few store writes, not one each in a row. */

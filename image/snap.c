@@ -361,7 +361,13 @@ snap_record (struct image *img, const char *snap, uint64_t id,
   bool moved = false;
   int r, n;
 
-  r = write_details (img);
+  /* The live log and the map were written without a sync (objmap.c):
+   * durable before the snapshot that keeps them exists, so that an
+   * unclean shutdown of the machine can only damage the live interval
+   * (openmark.c). */
+  r = img->lazy ? store_flush (img->st) : 0;
+  if (r == 0)
+    r = write_details (img);
   if (r == 0)
     r = image_shrunk_to (img->st, img->hdr_oid, &min);
   if (r == 0 && min != UINT64_MAX) {

@@ -193,7 +193,7 @@ test_lists_against_model (void **state)
     check_set (round, &s, pool, parts, from);
 
     /* Encoded and decoded again, the set is the same. */
-    enc = malloc ((2 * s.n + 1) * sizeof *enc);
+    enc = malloc ((2 * s.n + 2) * sizeof *enc);
     assert_non_null (enc);
     n = image_set_encode (&s, enc);
     for (i = 0; i < n; i++)

@@ -1,18 +1,19 @@
 /* SPDX-License-Identifier: MIT
  *
- * test-image-commit.c - first writes of asynchronous I/O wait for their
- * change-log entries on the commit queue (image/commit.c), not on the
- * caller's thread, are committed in groups, never start before the log
- * is durable, and fail together when the commit fails.
+ * test-image-commit.c - first writes to new objects on the local store
+ * cost no sync: their change-log records and map bytes are buffered
+ * writes made before the data write starts (image/objmap.c), made
+ * durable by the next FLUSH together with the data; a sync that fails
+ * there fails that FLUSH and every later one.
  *
  * DESIGN
- * Linked with the sync interposer (tests/shim/syncshim.c), which holds or
- * fails the syncs of the change log (files named vbk_changes.*) of an
- * image on a local store.  While the log's sync is held, a correct image
- * returns from image_aio_write at once and completes none of the writes;
- * waits for progress are bounded (30 s) only so that a broken image fails
- * instead of hanging.  No assertion depends on timing in the passing
- * direction.
+ * Linked with the sync interposer (tests/shim/syncshim.c), which counts,
+ * logs (VBK_SYNCSHIM_LOG: one line per sync with the file's path) or
+ * fails the syncs of chosen files.  The counts are exact: the store's
+ * background syncer only syncs files evicted from its cache, and these
+ * images have far fewer objects than the cache holds.  Waits are bounded
+ * (30 s) only so that a broken image fails instead of hanging; no
+ * assertion depends on timing.
  */
 /* VBK_TEST_LINKS: vbksyncshim vbkimage vbktestutil */
 #include <errno.h>
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -146,12 +148,6 @@ wait_for (struct batch *b, int (*pred) (struct batch *), unsigned ms)
 }
 
 static int
-is_submitted (struct batch *b)
-{
-  return b->submitted;
-}
-
-static int
 all_done (struct batch *b)
 {
   return count_done (b) == NW;
@@ -189,99 +185,199 @@ diff_cb (void *arg, uint64_t off, uint64_t len, int allocated)
   return 0;
 }
 
-/* The first writes to NW new objects while the log's sync is held: every
- * image_aio_write returns, none completes until the sync is let go, and
- * then they all complete after at most two log syncs (the one held and
- * one for all the others).  The data and the change log are right. */
-static void
-test_first_writes_grouped (void **state)
+/* Lines of the shim's log (VBK_SYNCSHIM_LOG) naming a path that contains
+ * WHAT, from byte FROM on. */
+static int
+synced (const char *log, long from, const char *what)
 {
-  struct test_fixture *fx = *state;
-  struct image *img;
-  struct batch *b;
-  struct seen seen;
-  unsigned long before;
-  char back[BS];
-  int k, submitted;
+  char line[4300];
+  FILE *f = fopen (log, "re");
+  int n = 0;
 
-  assert_int_equal (image_open (fx->st, "c", 0, &img), 0);
-  assert_int_equal (image_snap_create (img, "s0", NULL), 0);
-  /* Nothing of the log left dirty by the snapshot, for the store's
-   * background syncer to sync while we count. */
-  assert_int_equal (image_flush (img), 0);
-  syncshim_set ("vbk_changes", 0, 0);
-  syncshim_gate (1);
-  before = syncshim_started ();
-  b = batch_start (img);
-  submitted = wait_for (b, is_submitted, 30000);
-  pthread_mutex_lock (&lock);
-  k = count_done (b);
-  pthread_mutex_unlock (&lock);
-  syncshim_gate (0);
+  if (f == NULL)
+    return 0;
+  fseek (f, from, SEEK_SET);
+  while (fgets (line, sizeof line, f))
+    if (strstr (line, " start ") && strstr (line, what))
+      n++;
+  fclose (f);
+  return n;
+}
+
+static long
+log_size (const char *log)
+{
+  FILE *f = fopen (log, "re");
+  long n;
+
+  if (f == NULL)
+    return 0;
+  fseek (f, 0, SEEK_END);
+  n = ftell (f);
+  fclose (f);
+  return n;
+}
+
+/* Runs a batch of NW first writes (asynchronous) and one synchronous
+ * first write to object 62; all must succeed. */
+static struct batch *
+batch_run (struct image *img, const char *one)
+{
+  struct batch *b = batch_start (img);
+  int k;
+
   pthread_join (b->t, NULL);
-  if (!submitted)
-    fail_msg ("image_aio_write waited for the change log's sync");
-  if (k != 0)
-    fail_msg ("%d writes completed before their log entries were durable",
-              k);
-  for (k = 0; k < NW; k++)
-    assert_int_equal (b->submit_ret[k], 0);
   if (!wait_for (b, all_done, 30000))
     fail_msg ("only %d of %d writes completed", count_done (b), NW);
-  for (k = 0; k < NW; k++)
+  for (k = 0; k < NW; k++) {
+    assert_int_equal (b->submit_ret[k], 0);
     assert_int_equal (b->ret[k], 0);
-  if (syncshim_started () - before > 2)
-    fail_msg ("%lu syncs of the change log for %d first writes",
-              syncshim_started () - before, NW);
+  }
+  assert_int_equal (image_write (img, one, BS, 62 * (uint64_t) OBJSZ + BS,
+                                 0), 0);
+  return b;
+}
 
+/* First writes to NW new objects (asynchronous, and one synchronous) of
+ * an image without snapshots issue no fdatasync or fsync at all: their
+ * change-log records and map bytes are buffered writes.  The FLUSH after
+ * them syncs the change log, the map, its summary level, the new data
+ * files and obj/. */
+static void
+test_first_writes_no_sync (void **state)
+{
+  struct test_fixture *fx = *state;
+  char log[4096], back[BS], one[BS];
+  struct image *img;
+  struct batch *b;
+  unsigned long before;
+  long at;
+  int k;
+
+  snprintf (log, sizeof log, "/tmp/vbk-syncs.%ld.log", (long) getpid ());
+  unlink (log);
+  setenv ("VBK_SYNCSHIM_LOG", log, 1);
+  memset (one, 'z', BS);
+  assert_int_equal (image_open (fx->st, "c", 0, &img), 0);
+  syncshim_set ("*", 0, 0);
+  before = syncshim_started ();
+  at = log_size (log);
+  b = batch_run (img, one);
+  if (syncshim_started () != before)
+    fail_msg ("%lu syncs during %d first writes (none expected)",
+              syncshim_started () - before, NW + 1);
+
+  assert_int_equal (image_flush (img), 0);
+  assert_true (synced (log, at, "vbk_changes") >= 1);
+  assert_true (synced (log, at, "vbk_object_map") >= 1);
+  assert_true (synced (log, at, ".l1") >= 1);
+  assert_true (synced (log, at, "vbk_data") >= NW + 1);
+  assert_true (synced (log, at, "/obj\n") >= 1);
+  syncshim_set (NULL, 0, 0);
   for (k = 0; k < NW; k++) {
     assert_int_equal (image_read (img, back, BS,
                                   (uint64_t) k * 3 * OBJSZ + 8192), BS);
     assert_memory_equal (back, b->buf[k], BS);
   }
+  image_close (img);
+  unsetenv ("VBK_SYNCSHIM_LOG");
+  unlink (log);
+  free (b);
+}
+
+/* With a snapshot, the first writes of the new interval still sync
+ * neither the change log, nor the map, nor obj/ (the store syncs its
+ * copy-on-write records of new objects, which is its business), and a
+ * diff from the snapshot lists exactly the objects written. */
+static void
+test_first_writes_after_snapshot (void **state)
+{
+  struct test_fixture *fx = *state;
+  char log[4096], one[BS];
+  struct image *img;
+  struct batch *b;
+  struct seen seen;
+  long at;
+  int k;
+
+  snprintf (log, sizeof log, "/tmp/vbk-syncs.%ld.log", (long) getpid ());
+  unlink (log);
+  setenv ("VBK_SYNCSHIM_LOG", log, 1);
+  memset (one, 'z', BS);
+  assert_int_equal (image_open (fx->st, "c", 0, &img), 0);
+  assert_int_equal (image_snap_create (img, "s0", NULL), 0);
+  /* The first change of the log and the map after a snapshot copies
+   * them for it (once per interval): one first write takes that. */
+  assert_int_equal (image_write (img, one, BS, 63 * (uint64_t) OBJSZ, 0), 0);
+  assert_int_equal (image_flush (img), 0);
+  syncshim_set ("*", 0, 0);
+  at = log_size (log);
+  b = batch_run (img, one);
+  assert_int_equal (synced (log, at, "obj/vbk_changes"), 0);
+  assert_int_equal (synced (log, at, "obj/vbk_object_map"), 0);
+  assert_int_equal (synced (log, at, "/obj\n"), 0);
+  assert_int_equal (synced (log, at, "obj/vbk_data"), 0);
+  syncshim_set (NULL, 0, 0);
   assert_int_equal (image_snap_create (img, "s", NULL), 0);
   image_close (img);
   memset (&seen, 0, sizeof seen);
   assert_int_equal (image_diff (fx->st, "c", "s0", "s", diff_cb, &seen), 0);
   for (k = 0; k < 64; k++)
-    assert_int_equal (seen.objs[k], k % 3 == 0 && k / 3 < NW);
+    assert_int_equal (seen.objs[k], (k % 3 == 0 && k / 3 < NW) || k >= 62);
+  unsetenv ("VBK_SYNCSHIM_LOG");
+  unlink (log);
   free (b);
 }
 
-/* A commit that fails fails the writes that waited for it: each one's
- * callback gets the error, and none of their data is written. */
+/* A FLUSH after first writes fails when the sync of the change log, of
+ * the map, or of obj/ (the new files' names) fails, and so does every
+ * later FLUSH (sticky).  The image opened again after that knows its
+ * last flush failed: its change tracking is reset. */
 static void
-test_failed_commit_fails_queued (void **state)
+test_flush_fails_sticky (void **state)
 {
+  static const char *const what[] = { "vbk_changes", "vbk_object_map",
+                                      "/obj$" };
   struct test_fixture *fx = *state;
+  char back[BS], name[16];
+  struct store *st;
   struct image *img;
-  struct batch *b;
-  char back[BS], zero[BS];
-  int k, submitted;
+  unsigned flags;
+  size_t w;
+  int k;
 
-  assert_int_equal (image_open (fx->st, "c", 0, &img), 0);
-  syncshim_set ("vbk_changes", 0, EIO);
-  syncshim_gate (1);
-  b = batch_start (img);
-  submitted = wait_for (b, is_submitted, 30000);
-  syncshim_gate (0);
-  pthread_join (b->t, NULL);
-  if (!submitted)
-    fail_msg ("image_aio_write waited for the change log's sync");
-  for (k = 0; k < NW; k++)
-    assert_int_equal (b->submit_ret[k], 0);
-  if (!wait_for (b, all_done, 30000))
-    fail_msg ("only %d of %d writes completed", count_done (b), NW);
-  syncshim_set (NULL, 0, 0);
-  memset (zero, 0, sizeof zero);
-  for (k = 0; k < NW; k++) {
-    assert_true (b->ret[k] < 0);
-    assert_int_equal (image_read (img, back, BS,
-                                  (uint64_t) k * 3 * OBJSZ + 8192), BS);
-    assert_memory_equal (back, zero, BS);
+  for (w = 0; w < sizeof what / sizeof what[0]; w++) {
+    snprintf (name, sizeof name, "f%zu", w);
+    assert_int_equal (image_create (fx->st, name, 64 * (uint64_t) OBJSZ,
+                                    OBJSZ), 0);
+    /* A store handle of its own: the sticky error stays with it. */
+    assert_int_equal (store_open (fx->uri, &st), 0);
+    assert_int_equal (image_open (st, name, 0, &img), 0);
+    assert_int_equal (image_snap_create (img, "s0", NULL), 0);
+    assert_int_equal (image_flush (img), 0);
+    memset (back, 'q', BS);
+    for (k = 0; k < 4; k++)
+      assert_int_equal (image_write (img, back, BS,
+                                     (uint64_t) (k * 5 + 1) * OBJSZ, 0), 0);
+    syncshim_set (what[w], 0, EIO);
+    expect_err (-EIO, image_flush (img));
+    syncshim_set (NULL, 0, 0);
+    expect_err (-EIO, image_flush (img));
+    image_close (img);
+    store_close (st);
+
+    assert_int_equal (store_open (fx->uri, &st), 0);
+    assert_int_equal (image_open (st, name, 0, &img), 0);
+    for (k = 0; k < 4; k++)
+      assert_int_not_equal (image_object_state (img, (uint64_t) k * 5 + 1),
+                            IMAGE_OBJ_ABSENT);
+    assert_int_equal (image_flush (img), 0);
+    image_close (img);
+    assert_int_equal (image_diff_flags (st, name, "s0", NULL, diff_cb,
+                                        &(struct seen) { { 0 } }, &flags), 0);
+    assert_int_equal (flags, IMAGE_DIFF_CBT_RESET);
+    store_close (st);
   }
-  image_close (img);
-  free (b);
 }
 
 #define T(name) cmocka_unit_test_setup_teardown (name, setup, teardown)
@@ -290,8 +386,9 @@ int
 main (void)
 {
   const struct CMUnitTest tests[] = {
-    T (test_first_writes_grouped),
-    T (test_failed_commit_fails_queued),
+    T (test_first_writes_no_sync),
+    T (test_first_writes_after_snapshot),
+    T (test_flush_fails_sticky),
   };
 
   setenv ("VBK_TEST_STORE_KIND", "local", 1);
