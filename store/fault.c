@@ -371,6 +371,25 @@ fault_read (void *h, const char *oid, void *buf, size_t len, uint64_t off,
 }
 
 static int
+fault_read_ranges (void *h, const char *oid, uint64_t snap,
+                   const struct store_range *rg, size_t n)
+{
+  struct fault *f = h;
+  size_t i;
+  int r;
+
+  INJECT (STORE_OP_READ, "read_ranges", oid);
+  r = store_read_ranges (f->inner, oid, snap, rg, n);
+  if (r == 0) {
+    pthread_mutex_lock (&f->ctl->lock);
+    for (i = 0; i < n; i++)
+      f->ctl->read_bytes += rg[i].len;
+    pthread_mutex_unlock (&f->ctl->lock);
+  }
+  return r;
+}
+
+static int
 fault_write (void *h, const char *oid, const void *buf, size_t len,
              uint64_t off, unsigned flags)
 {
@@ -805,4 +824,5 @@ const struct store_ops store_fault_ops = {
   .fault_set = fault_control,
   .fault_count = fault_calls,
   .fault_bytes_read = fault_read_bytes,
+  .read_ranges = fault_read_ranges,
 };
