@@ -60,12 +60,18 @@ int
 snap_take (struct image *img, struct lease *lease, const char *name,
            uint64_t *id, uint64_t *pause_us)
 {
+  struct image_snap_prep *prep;
   uint64_t t0, t1, t2, t3, sid;
   int r;
 
-  /* Outside the pause: the snapshot id (a monitor round trip on RADOS)
-   * and a first flush, so the one inside has little left to do. */
+  /* Outside the pause: the snapshot id (a monitor round trip on RADOS),
+   * the checks and reads of image_snap_prepare, and a first flush, so
+   * the one inside has little left to do.  Inside: the drain of the
+   * writes in flight, the flush, the record (image.h). */
   r = image_snap_alloc (img, &sid);
+  if (r < 0)
+    return r;
+  r = image_snap_prepare (img, name, sid, &prep);
   if (r < 0)
     return r;
   image_flush (img);
@@ -73,7 +79,8 @@ snap_take (struct image *img, struct lease *lease, const char *name,
   if (lease) {
     r = lease_quiesce (lease);
     if (r < 0) {
-      image_snap_free_id (img, sid);
+      VBK_KEEP_ERROR_FOR_SCOPE;
+      image_snap_finish (img, prep);
       return r;
     }
   }
@@ -81,7 +88,7 @@ snap_take (struct image *img, struct lease *lease, const char *name,
   r = image_flush (img);
   t2 = now_mono_ns ();
   if (r == 0)
-    r = image_snap_create_id (img, name, sid);
+    r = image_snap_record (img, prep);
   if (lease)
     lease_resume (lease);
   t3 = now_mono_ns ();
@@ -92,6 +99,12 @@ snap_take (struct image *img, struct lease *lease, const char *name,
             (t2 - t1) / 1e6, (t3 - t2) / 1e6);
   if (pause_us)
     *pause_us = (t3 - t0) / 1000;
+  if (r < 0) {
+    VBK_KEEP_ERROR_FOR_SCOPE;
+    image_snap_finish (img, prep);
+    return r;
+  }
+  r = image_snap_finish (img, prep);
   if (r == 0 && id)
     *id = sid;
   return r;
