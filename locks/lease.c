@@ -769,6 +769,9 @@ on_notify (void *arg, int err, const void *payload, size_t len,
      * thread makes a new watch; a fenced client's attempt fails with
      * -ESHUTDOWN, and only that loses the lease (as does a renewal that
      * fails so, whichever comes first). */
+    if (!l->watch_broken)
+      log_warn ("lease %s: the watch on the header broke (%s); making a "
+                "new one", l->hdr, strerror (-err));
     l->watch_broken = true;
     pthread_cond_broadcast (&l->cond);
     pthread_mutex_unlock (&l->lock);
@@ -854,8 +857,7 @@ watch_thread (void *arg)
     r = watch_start (l);
     pthread_mutex_lock (&l->lock);
     if (r == 0) {
-      if (retry_ms > WATCH_RETRY_MIN_MS || l->watch_broken)
-        log_info ("lease %s: watch re-created", l->hdr);
+      log_info ("lease %s: watch re-created", l->hdr);
       retry_ms = WATCH_RETRY_MIN_MS;
       continue;
     }

@@ -78,6 +78,12 @@ for ((i = 0; i < 100; i++)); do
   sleep 0.1
 done
 [ -e "$drop.held" ] && fail "the held watch request did not return"
+for ((i = 0; i < 100; i++)); do
+  grep -q "watch re-created" "$TEST_DIR/blockd.log" && break
+  sleep 0.1
+done
+grep -q "watch re-created" "$TEST_DIR/blockd.log" ||
+  fail "no new watch: $(tail -5 "$TEST_DIR/blockd.log")"
 vbk --store "$inner" snap create disk@after >/dev/null ||
   fail "snapshot through the holder failed: $(tail -5 "$TEST_DIR/blockd.log")"
 grep -q "snapshot after: writes held" "$TEST_DIR/blockd.log" ||
