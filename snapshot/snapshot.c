@@ -7,7 +7,11 @@
  * The consistency argument: lease_quiesce returns once no write is in
  * flight and none may start, so every write acknowledged before the
  * request has completed; image_flush makes them durable; the snapshot is
- * recorded before lease_resume lets a new write start.  A group freezes
+ * recorded before lease_resume lets a new write start.  What is read
+ * before the pause (image_snap_prepare) is still true inside it as long
+ * as the lease did not change hands in between (commands run one at a
+ * time, on the holder): snap_take checks the lease's epoch and prepares
+ * again, writes held, if it moved.  A group freezes
  * every image first and snapshots them only when all are frozen, so all
  * snapshots hold the same instant.  A holder that stays frozen because
  * its requester died thaws itself after the freeze's timeout.
@@ -61,13 +65,14 @@ snap_take (struct image *img, struct lease *lease, const char *name,
            uint64_t *id, uint64_t *pause_us)
 {
   struct image_snap_prep *prep;
-  uint64_t t0, t1, t2, t3, sid;
+  uint64_t t0, t1, t2, t3, sid, epoch;
   int r;
 
   /* Outside the pause: the snapshot id (a monitor round trip on RADOS),
    * the checks and reads of image_snap_prepare, and a first flush, so
    * the one inside has little left to do.  Inside: the drain of the
    * writes in flight, the flush, the record (image.h). */
+  epoch = lease ? lease_epoch (lease) : 0;
   r = image_snap_alloc (img, &sid);
   if (r < 0)
     return r;
@@ -82,6 +87,20 @@ snap_take (struct image *img, struct lease *lease, const char *name,
       VBK_KEEP_ERROR_FOR_SCOPE;
       image_snap_finish (img, prep);
       return r;
+    }
+    if (lease_epoch (lease) != epoch) {
+      /* The lease changed hands since we prepared (a hand-off, or we
+       * took it only now): another holder may have changed the
+       * snapshots meanwhile, and taken ids after ours.  Prepare again,
+       * writes held. */
+      image_snap_finish (img, prep);
+      r = image_snap_alloc (img, &sid);
+      if (r == 0)
+        r = image_snap_prepare (img, name, sid, &prep);
+      if (r < 0) {
+        lease_resume (lease);
+        return r;
+      }
     }
   }
   t1 = now_mono_ns ();
