@@ -13,7 +13,13 @@
 # without NBD, cache on and off) runs beside the rows at depth > 1 as a
 # reference.  Every row runs REPEAT times, the servers in a rotating
 # order, and the table shows medians and the ratios vbk / qemu-nbd.
-# Not a test.
+# Beside each NBD server's figure: its CPU time per request (user +
+# system, from /proc over the whole fio run, ramp included), which the
+# machine's load moves less than latency: on a busy machine QD1 rows
+# measure mostly the scheduler, the CPU per request still shows what the
+# server itself costs (only at rates where the server's idle work, the
+# librados tick and heartbeat threads, is small beside it: at tens of
+# IOPS that idle work is most of it).  Not a test.
 #
 # Env: CEPH_CONF (an existing cluster with pool POOL; else a throwaway
 # one is started with deploy/ceph-dev-cluster.sh), POOL (vbk), VBK_BIN,
@@ -96,19 +102,28 @@ fio --name=fill --ioengine=nbd --uri="$quri" --rw=write --bs=4M --iodepth=16 \
   --size="$size" --output=/dev/null >/dev/null 2>&1
 qemu_stop
 
-# fio_run URI RW BS QD -> "IOPS MiB/s"
+# cpu_ticks PID: user + system clock ticks of process PID so far.
+cpu_ticks () { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# fio_run URI RW BS QD SERVER-PID -> "IOPS MiB/s CPU-US-PER-REQUEST"
 fio_run ()
 {
+  local c0 c1
+  c0=$(cpu_ticks "$5")
   fio --name=t --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
     --time_based --runtime="$runtime" --ramp_time=1 --size="$size" \
     --output-format=json --output="$dir/fio.json" >/dev/null 2>&1
-  python3 - "$dir/fio.json" <<'EOF'
+  c1=$(cpu_ticks "$5")
+  python3 - "$dir/fio.json" "$((c1 - c0))" "$(getconf CLK_TCK)" "$runtime" <<'EOF'
 import json, sys
 t = open(sys.argv[1]).read()
 j = json.loads(t[t.index("{"):])["jobs"][0]
 iops = j["read"]["iops"] + j["write"]["iops"]
 bw = (j["read"]["bw_bytes"] + j["write"]["bw_bytes"]) / 1048576
-print("%.0f %.1f" % (iops, bw))
+# Requests over the whole run: the measured rate over the ramp too.
+reqs = iops * (float(sys.argv[4]) + 1)
+cpu_us = int(sys.argv[2]) / int(sys.argv[3]) * 1e6
+print("%.0f %.1f %.0f" % (iops, bw, cpu_us / reqs if reqs else 0))
 EOF
 }
 
@@ -143,6 +158,8 @@ row ()
 
 # value NAME -> the figure compared: IOPS for 4K rows, MiB/s for 1M rows
 value () { case "$1" in 4K*) echo "$2" ;; *) echo "$3" ;; esac; }
+# cpu_of IOPS MIBS [CPU] -> the CPU per request, or - (rbd bench)
+cpu_of () { echo "${3:--}"; }
 
 res=$dir/results
 : >"$res"
@@ -156,16 +173,16 @@ for ((rep = 0; rep < repeat; rep++)); do
     for ((k = 0; k < n; k++)); do
       s=${servers[$(((k + rep) % n))]}
       case "$s" in
-        vbk) out=$(fio_run "$vuri" "$rw" "$bs" "$qd") ;;
+        vbk) out=$(fio_run "$vuri" "$rw" "$bs" "$qd" "$pid") ;;
         wb|nc)
           if [ "$s" = wb ]; then qemu_start writeback; else qemu_start none; fi
-          out=$(fio_run "$quri" "$rw" "$bs" "$qd")
+          out=$(fio_run "$quri" "$rw" "$bs" "$qd" "$qpid")
           qemu_stop ;;
         rbd) out=$(rbd_run "$rt" "$rs" "$rp" "$qd") ;;
         rbd-nc) out=$(rbd_run "$rt" "$rs" "$rp" "$qd" --rbd_cache=false) ;;
       esac
       # shellcheck disable=SC2086
-      echo "$name $s $(value "$name" $out)" >>"$res"
+      echo "$name $s $(value "$name" $out) $(cpu_of $out)" >>"$res"
       echo "  repeat $((rep + 1))/$repeat $name $s: $out" >&2
     done
   done
@@ -173,10 +190,15 @@ done
 
 python3 - "$res" "$rows" "$repeat" <<'EOF'
 import statistics, sys
-vals = {}
+vals, cpu = {}, {}
 for line in open(sys.argv[1]):
-    name, s, v = line.split()
+    name, s, v, c = line.split()
     vals.setdefault((name, s), []).append(float(v))
+    if c != "-":
+        cpu.setdefault((name, s), []).append(float(c))
+def cmed(name, s):
+    v = cpu.get((name, s))
+    return statistics.median(v) if v else None
 def med(name, s):
     v = vals.get((name, s))
     return statistics.median(v) if v else None
@@ -194,6 +216,10 @@ for name in sys.argv[2].split():
     print("%-18s %8s %8s %8s %8s %8s %8s %8s" % (name, cell(v), cell(w),
           cell(n), cell(med(name, "rbd")), cell(med(name, "rbd-nc")),
           ratio(v, w), ratio(v, n)))
+print("server CPU per request, us (median): vbk, qemu-nbd wb, qemu-nbd nc")
+for name in sys.argv[2].split():
+    print("  %-18s %8s %8s %8s" % (name, cell(cmed(name, "vbk")),
+          cell(cmed(name, "wb")), cell(cmed(name, "nc"))))
 print("all runs (vbk wb nc):")
 for name in sys.argv[2].split():
     print("  %-18s %s" % (name, " | ".join(

@@ -14,7 +14,8 @@
  * walk of its extents; then opens it OPENS-1 more times (--opens, default
  * 5) and prints the median and the smallest open time, and the child's
  * peak resident set (VmHWM); through a fault: store URI
- * ("fault:@local:DIR") also the bytes the first open read.  Prints one
+ * ("fault:@local:DIR") also the bytes the first open read and its
+ * store calls (each a round trip on RADOS, some in parallel).  Prints one
  * line per image.  The image is
  * removed after.
  *
@@ -81,7 +82,7 @@ measure (const char *uri, const char *name, const char *label, int opens)
 {
   struct store *st;
   struct image *img;
-  uint64_t r0, r1, t0, t1, t2, b0, b1, extents = 0, times[64];
+  uint64_t r0, r1, t0, t1, t2, b0, b1, c0, c1, extents = 0, times[64];
   int k;
   size_t h0, h1;
   int r;
@@ -91,10 +92,12 @@ measure (const char *uri, const char *name, const char *label, int opens)
   r0 = rss_kib ();
   h0 = mallinfo2 ().uordblks + mallinfo2 ().hblkhd;
   b0 = store_fault_bytes_read (st);
+  c0 = store_fault_count (st, STORE_OP_ALL);
   t0 = now_mono_ns ();
   r = image_open (st, name, 0, &img);
   t1 = now_mono_ns ();
   b1 = store_fault_bytes_read (st);
+  c1 = store_fault_count (st, STORE_OP_ALL);
   r1 = rss_kib ();
   h1 = mallinfo2 ().uordblks + mallinfo2 ().hblkhd;
   if (r < 0) {
@@ -119,8 +122,9 @@ measure (const char *uri, const char *name, const char *label, int opens)
           times[0] / 1e6, (double) (r1 - r0) / 1024,
           (double) (h1 - h0) / (1 << 20),
           (double) status_kib ("VmHWM:") / 1024, (t2 - t1) / 1e6, extents);
-  if (strncmp (uri, "fault:", 6) == 0)    /* it counts the bytes read */
-    printf ("  open read %.1f KiB", (double) (b1 - b0) / 1024);
+  if (strncmp (uri, "fault:", 6) == 0)    /* it counts bytes and calls */
+    printf ("  open read %.1f KiB in %" PRIu64 " store calls",
+            (double) (b1 - b0) / 1024, c1 - c0);
   printf ("\n");
   fflush (stdout);
   store_close (st);

@@ -10,8 +10,9 @@
 # runs COUNT times, one every INTERVAL seconds.  Prints p50 / p99 / max
 # of: the probe's write latency outside snapshots, the longest probe
 # write that overlapped each snapshot command (the pause the client
-# sees), and the pause the holder reports (quiesce to resume).  Not a
-# test: it asserts nothing.
+# sees), and the pause the holder reports (quiesce to resume) with its
+# parts (drain of the writes in flight, flush, the snapshot's records).
+# Not a test: it asserts nothing.
 #
 # Env: CEPH_CONF (an existing cluster with pool POOL; else a throwaway
 # one is started), POOL (vbk), STORE (overrides the rados store), VBK_BIN,
@@ -104,10 +105,12 @@ for ((i = 0; i < count; i++)); do
 done
 touch "$dir/stop"
 sleep 1
-# The holder's own account of each pause (snapshot.c logs it).
-grep -o 'writes held .*' "$dir/blockd.log" | sed 's/^/  holder: /' | tail -n "$count" >&2 || true
+# The holder's own account of each pause (snapshot.c logs it):
+# "HELD DRAIN FLUSH RECORD" (ms) per snapshot.
+sed -n 's/.*writes held \([0-9.]*\) ms: drain \([0-9.]*\), flush \([0-9.]*\), record \([0-9.]*\).*/\1 \2 \3 \4/p' \
+  "$dir/blockd.log" | tail -n "$count" >"$dir/parts"
 
-"$py" - "$dir/probe" "$dir/snaps" "$count" "$load_qd" <<'EOF'
+"$py" - "$dir/probe" "$dir/snaps" "$count" "$load_qd" "$dir/parts" <<'EOF'
 import math, sys
 probe = [tuple(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 snaps = [tuple(map(float, l.split())) for l in open(sys.argv[2]) if l.strip()]
@@ -135,4 +138,8 @@ row("probe write, no snapshot running", outside)
 row("probe write overlapping a snapshot", inside)
 row("longest probe write per snapshot (client)", worst)
 row("pause reported by the holder", holder)
+parts = [tuple(map(float, l.split())) for l in open(sys.argv[5]) if l.strip()]
+row("  of which: drain of writes in flight", [p[1] for p in parts])
+row("  of which: flush", [p[2] for p in parts])
+row("  of which: the snapshot's records", [p[3] for p in parts])
 EOF

@@ -66,6 +66,14 @@
  *    silent after D and waits for E+TM; a writer waiting for the lease
  *    gives up after 3 D + ACQUIRE_SLACK (a silent holder's whole lease,
  *    the takeover, and a second try);
+ *  - the holder's watch on the header (how hand-off requests and
+ *    commands reach it) is not on this timeline: when it breaks it is
+ *    made anew on its own thread, tried every 0.1 s to 2 s (lease.c),
+ *    each try bounded by OT, while renewals go on.  Until it stands,
+ *    requests go unanswered and requesters treat the holder as silent;
+ *    as its lease keeps being renewed they give up (a writer after
+ *    3 D + ACQUIRE_SLACK, a snapshot command after the rest of the
+ *    lease + TM + ACQUIRE_SLACK), and never take the lease over;
  *  - a snapshot command waits up to SNAP_CMD for the holder's answer; a
  *    group's freeze thaws by itself after SNAP_FREEZE if its requester
  *    vanished, so a dead requester holds writes at most that long.

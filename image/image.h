@@ -259,6 +259,30 @@ int image_snap_create_id (struct image *img, const char *snap, uint64_t id);
 /* Gives back an id from image_snap_alloc that will not be used. */
 void image_snap_free_id (struct image *img, uint64_t id);
 
+/* image_snap_create_id in three steps, so that writes are held only for
+ * what must happen while they are:
+ *   image_snap_prepare  before writes are held: checks the name, reads
+ *                       the snapshot table and a pending shrink, copies
+ *                       the merged changes; on failure frees the id.
+ *                       Errors: -EEXIST, -EINVAL, -EROFS, the store's.
+ *   image_snap_record   writes held, none in flight, flushed: records
+ *                       the snapshot (the header, the log, the context).
+ *                       On failure the snapshot is not recorded and the
+ *                       id is freed, except when only emptying the log
+ *                       failed (the snapshot stands; its diff
+ *                       over-reports).
+ *   image_snap_finish   after writes go on again, exactly once per
+ *                       successful prepare (also after a failed record,
+ *                       or instead of one: it then cancels): drops what
+ *                       the snapshot took over; frees *P.
+ * Between prepare and finish nothing else may change IMG's snapshots or
+ * size (the lease holder runs one such command at a time). */
+struct image_snap_prep;
+int image_snap_prepare (struct image *img, const char *snap, uint64_t id,
+                        struct image_snap_prep **p);
+int image_snap_record (struct image *img, struct image_snap_prep *p);
+int image_snap_finish (struct image *img, struct image_snap_prep *p);
+
 /* Logs which parts of the objects this handle changed since the last
  * snapshot, so that the next snapshot's diff stays finer than objects
  * when another process (a new lease holder) writes next.  Call with

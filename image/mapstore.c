@@ -20,8 +20,11 @@
  * - A reader reads level 2 whole (the range asked), then only the
  *   ranges of level 1 and level 0 under non-zero bytes: ranges closer
  *   than READ_GAP are joined, and each level's ranges are read in
- *   parallel batches, so opening a huge image costs a few round trips
- *   and bytes in proportion to the objects allocated, not to its size.
+ *   batches of one store call (store_read_ranges: on RADOS one read op
+ *   with many extents, one round trip and one OSD op; hundreds of
+ *   separate reads of one object queue up on its placement group), so
+ *   opening a huge image costs a few round trips and bytes in
+ *   proportion to the objects allocated, not to its size.
  * - Images of format 2 and older have level 0 only: they are read whole
  *   (up to its stored end), as before.  Writers add summary bytes to
  *   them too, which older readers ignore.
@@ -32,7 +35,7 @@
  * RADOS op, a hand-off to the local store's threads) costs more than
  * reading that many bytes more. */
 #define READ_GAP (32u << 10)
-#define BATCH_READS 256             /* reads in flight at a time */
+#define BATCH_READS 256             /* ranges per store call */
 #define BATCH_BYTES (4u << 20)      /* and their bytes at most */
 #define SUM_RUN_MAX 4096            /* summary bytes per write */
 
@@ -93,30 +96,6 @@ struct scan {
   void *arg;
 };
 
-struct batch {
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  int left;
-};
-
-struct batch_read {
-  struct batch *b;
-  ssize_t ret;
-};
-
-static void
-batch_read_done (void *arg, ssize_t ret)
-{
-  struct batch_read *br = arg;
-  struct batch *b = br->b;
-
-  pthread_mutex_lock (&b->lock);
-  br->ret = ret;
-  if (--b->left == 0)
-    pthread_cond_signal (&b->cond);
-  pthread_mutex_unlock (&b->lock);
-}
-
 /* A non-zero byte at index IDX of LEVEL: an allocated object, or ranges
  * of the level below to read. */
 static int
@@ -136,17 +115,17 @@ scan_found (struct scan *s, unsigned level, uint64_t idx, struct ranges *out)
   return ranges_add (out, lo, hi);
 }
 
-/* Reads ranges IN of LEVEL, in parallel batches; calls scan_found for
- * each non-zero byte, in ascending order. */
+/* Reads ranges IN of LEVEL, in batches of one store call each (on RADOS
+ * one read op: the ranges of a level are all in one object); calls
+ * scan_found for each non-zero byte, in ascending order. */
 static int
 scan_level (struct scan *s, unsigned level, const struct ranges *in,
             struct ranges *out)
 {
-  struct batch b = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-                     0 };
-  struct batch_read br[BATCH_READS];
+  struct store_range rg[BATCH_READS];
   uint8_t *buf[BATCH_READS] = { NULL };
   size_t k = 0, nb, j, bytes;
+  bool absent = false;
   int r = 0;
 
   while (r == 0 && k < in->n) {
@@ -154,55 +133,29 @@ scan_level (struct scan *s, unsigned level, const struct ranges *in,
      * one range, each at most MAP_WINDOW). */
     bytes = 0;
     for (nb = 0; k + nb < in->n && nb < BATCH_READS; nb++) {
-      const struct map_range *rg = &in->v[k + nb];
-      if (nb > 0 && bytes + (rg->hi - rg->lo) > BATCH_BYTES)
+      const struct map_range *mr = &in->v[k + nb];
+      if (nb > 0 && bytes + (mr->hi - mr->lo) > BATCH_BYTES)
         break;
-      bytes += rg->hi - rg->lo;
-      buf[nb] = malloc (rg->hi - rg->lo);
+      bytes += mr->hi - mr->lo;
+      buf[nb] = malloc (mr->hi - mr->lo);
       if (buf[nb] == NULL) {
         r = -ENOMEM;
         break;
       }
+      rg[nb].off = mr->lo;
+      rg[nb].len = mr->hi - mr->lo;
+      rg[nb].buf = buf[nb];
     }
-    b.left = 1;
-    if (r == 0 && nb == 1) {
-      /* One read: done here, without a hand-off to the store's
-       * completion threads. */
-      br[0].ret = store_read (s->st, s->oid[level], buf[0],
-                              in->v[k].hi - in->v[k].lo, in->v[k].lo,
-                              s->snap);
-    }
-    for (j = 0; r == 0 && nb > 1 && j < nb; j++) {
-      const struct map_range *rg = &in->v[k + j];
-      br[j].b = &b;
-      br[j].ret = 0;
-      pthread_mutex_lock (&b.lock);
-      b.left++;
-      pthread_mutex_unlock (&b.lock);
-      r = store_aio_read (s->st, s->oid[level], buf[j], rg->hi - rg->lo,
-                          rg->lo, s->snap, batch_read_done, &br[j]);
-      if (r < 0) {
-        pthread_mutex_lock (&b.lock);
-        b.left--;
-        pthread_mutex_unlock (&b.lock);
+    if (r == 0) {
+      r = store_read_ranges (s->st, s->oid[level], s->snap, rg, nb);
+      if (r == -ENOENT) {
+        absent = true;          /* no such level: all zeros */
+        r = 0;
       }
     }
-    pthread_mutex_lock (&b.lock);
-    b.left--;
-    while (b.left > 0)
-      pthread_cond_wait (&b.cond, &b.lock);
-    pthread_mutex_unlock (&b.lock);
-
-    for (j = 0; r == 0 && j < nb; j++) {
-      const struct map_range *rg = &in->v[k + j];
-      uint64_t len = rg->hi - rg->lo, x;
-      if (br[j].ret == -ENOENT)
-        continue;               /* no such level: all zeros */
-      if (br[j].ret < 0) {
-        r = (int) br[j].ret;
-        break;
-      }
-      len = MIN (len, (uint64_t) br[j].ret);
+    for (j = 0; r == 0 && !absent && j < nb; j++) {
+      const struct map_range *mr = &in->v[k + j];
+      uint64_t len = mr->hi - mr->lo, x;
       for (x = 0; r == 0 && x < len; x++) {
         uint64_t w;
         if (x % 8 == 0 && x + 8 <= len) {
@@ -213,13 +166,15 @@ scan_level (struct scan *s, unsigned level, const struct ranges *in,
           }
         }
         if (buf[j][x] != 0)
-          r = scan_found (s, level, rg->lo + x, out);
+          r = scan_found (s, level, mr->lo + x, out);
       }
     }
     for (j = 0; j < nb; j++) {
       free (buf[j]);
       buf[j] = NULL;
     }
+    if (absent)
+      break;
     k += nb;
   }
   return r;

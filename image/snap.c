@@ -205,8 +205,6 @@ image_snap_create (struct image *img, const char *snap, uint64_t *idp)
   return r;
 }
 
-static int snap_record (struct image *img, const char *snap, uint64_t id,
-                        const struct image_snap *v, size_t n);
 static int write_details (struct image *img);
 
 int
@@ -238,31 +236,40 @@ forget_record (void *arg, uint64_t objno, uint32_t parts)
   }
 }
 
-/* Before a snapshot (writes held): appends to the log which parts of each
- * logged object changed, as far as this process saw them, so that the
- * snapshot's log is finer than whole objects.  The objects become
- * unlogged: a later change logs them whole again.  Objects changed
- * before a crash or a hand-off stay whole (we did not see their parts);
- * so do objects changed everywhere. */
+/* Words appended to the change log in one write. */
+struct log_append {
+  uint64_t *buf;                /* little-endian words */
+  size_t k;                     /* words in all */
+  size_t kd;                    /* of which detail records (pairs) */
+  uint64_t off;                 /* where they go */
+};
+
+/* Plans the records that say which parts of each logged object changed,
+ * as far as this process saw them (so that the snapshot's log is finer
+ * than whole objects), and with MIN not UINT64_MAX a shrink's "from
+ * object N up" record after them; reserves room for them in the log and
+ * fixes its tail.  Writes held.  Objects changed before a crash or a
+ * hand-off stay whole (we did not see their parts); so do objects
+ * changed everywhere. */
 static int
-write_details (struct image *img)
+log_append_plan (struct image *img, uint64_t min, struct log_append *a)
 {
   struct change_set s = { .from = UINT64_MAX };
-  uint64_t *buf = NULL, off;
   struct objmap *m;
-  size_t i, k = 0;
+  size_t i;
   int r;
 
+  memset (a, 0, sizeof *a);
   pthread_mutex_lock (&img->map_lock);
   m = img->map;
   image_changes_each (img->log.v, img->log.n, image_set_add, &s);
-  off = img->log.n * sizeof *buf;
+  a->off = img->log.n * sizeof *a->buf;
   pthread_mutex_unlock (&img->map_lock);
   r = s.err;
-  if (r == 0 && s.n) {
+  if (r == 0 && (s.n || min != UINT64_MAX)) {
     image_set_sort (&s, true);
-    buf = malloc (2 * s.n * sizeof *buf);
-    if (buf == NULL)
+    a->buf = malloc ((2 * s.n + 1) * sizeof *a->buf);
+    if (a->buf == NULL)
       r = -ENOMEM;
   }
   for (i = 0; r == 0 && i < s.n; i++) {
@@ -273,68 +280,278 @@ write_details (struct image *img)
     p = image_map_parts (m, o);
     if (p == 0 || p == ALL_PARTS)
       continue;
-    buf[k++] = htole64 (CHANGES_DETAIL | o);
-    buf[k++] = htole64 (p);
+    a->buf[a->k++] = htole64 (CHANGES_DETAIL | o);
+    a->buf[a->k++] = htole64 (p);
   }
-  if (r == 0 && k) {                    /* room to remember them */
+  a->kd = a->k;
+  if (r == 0 && min != UINT64_MAX)
+    a->buf[a->k++] = htole64 (CHANGES_FROM | (min >> img->order));
+  if (r == 0 && a->k) {                 /* room to remember them */
     pthread_mutex_lock (&img->map_lock);
-    r = image_changes_reserve (&img->log, k);
+    r = image_changes_reserve (&img->log, a->k);
     pthread_mutex_unlock (&img->map_lock);
   }
-  if (r == 0 && k && (r = image_log_fix_tail (img, off)) == 0) {
-    r = store_write (img->st, img->log_oid, buf, k * sizeof *buf, off,
-                     STORE_WRITE_SYNC);
-    if (r < 0)
-      image_log_append_failed (img, off);
-  }
-  if (r == 0 && k) {
-    pthread_mutex_lock (&img->map_lock);
-    for (i = 0; i < k; i++)
-      img->log.v[img->log.n++] = le64toh (buf[i]);
-    for (i = 0; i < k; i += 2) {
-      uint64_t o = le64toh (buf[i]) & ~CHANGES_DETAIL;
-      image_map_put (m, o, F_LOGGED, 0);
-      if (image_map_get (m, o) == IMAGE_OBJ_DIRTY)
-        image_map_put (m, o, F_BYTE, IMAGE_OBJ_CLEAN);
-    }
-    pthread_mutex_unlock (&img->map_lock);
-  }
-  free (buf);
+  if (r == 0 && a->k)
+    r = image_log_fix_tail (img, a->off);
   free (s.v);
+  if (r < 0) {
+    free (a->buf);
+    a->buf = NULL;
+    a->k = a->kd = 0;
+  }
   return r;
 }
 
-int
-image_snap_create_id (struct image *img, const char *snap, uint64_t id)
+/* The append A landed: the log holds its words, and the objects with
+ * detail records become unlogged (a later change logs them whole). */
+static void
+log_append_landed (struct image *img, const struct log_append *a)
 {
-  struct image_snap *v = NULL;
-  size_t n = 0, i;
+  struct objmap *m;
+  size_t i;
+
+  pthread_mutex_lock (&img->map_lock);
+  m = img->map;
+  for (i = 0; i < a->k; i++)
+    img->log.v[img->log.n++] = le64toh (a->buf[i]);
+  for (i = 0; i < a->kd; i += 2) {
+    uint64_t o = le64toh (a->buf[i]) & ~CHANGES_DETAIL;
+    image_map_put (m, o, F_LOGGED, 0);
+    if (image_map_get (m, o) == IMAGE_OBJ_DIRTY)
+      image_map_put (m, o, F_BYTE, IMAGE_OBJ_CLEAN);
+  }
+  pthread_mutex_unlock (&img->map_lock);
+}
+
+/* Before a snapshot or a hand-off (writes held): appends the detail
+ * records (log_append_plan). */
+static int
+write_details (struct image *img)
+{
+  struct log_append a;
   int r;
 
+  r = log_append_plan (img, UINT64_MAX, &a);
+  if (r == 0 && a.k) {
+    r = store_write (img->st, img->log_oid, a.buf, a.k * sizeof *a.buf,
+                     a.off, STORE_WRITE_SYNC);
+    if (r < 0)
+      image_log_append_failed (img, a.off);
+    else
+      log_append_landed (img, &a);
+  }
+  free (a.buf);
+  return r;
+}
+
+/* ---- Creating a snapshot, in steps ------------------------------------- *
+ *
+ *   image_snap_alloc     the store's snapshot id (a monitor round trip)
+ *   image_snap_prepare   writes go on: the checks, what is read (the
+ *                        snapshot table, a pending shrink) and the copy
+ *                        of the live interval's merged changes under the
+ *                        new snapshot's id
+ *   image_snap_record    writes held and flushed: the log's detail
+ *                        records (and the shrink) appended while the
+ *                        header records the snapshot (one compound op),
+ *                        then the new snapshot context, then the log
+ *                        emptied under it
+ *   image_snap_finish    writes go on: the live merged list and the
+ *                        recorded shrink, now the snapshot's, are dropped
+ *
+ * What prepare read still holds at record: the holder runs one command
+ * at a time (snapshot.c), and only commands change the snapshots, the
+ * merged lists and the size.  The record is written first and the log
+ * emptied after, under the new context: a crash between leaves a
+ * snapshot whose log is the live one of that moment.  The appended
+ * details need only land before the log is emptied, not before the
+ * record: without them the snapshot's log lists those objects whole
+ * (over-reporting, safe).  A crash at any other point over-reports too,
+ * or leaves a merged copy no snapshot names. */
+
+struct image_snap_prep {
+  char name[IMAGE_NAME_MAX + 1];
+  uint64_t id;
+  struct image_snap *v;         /* the snapshots before, oldest first */
+  size_t n;
+  uint64_t min;                 /* pending shrink, or UINT64_MAX */
+  bool moved;                   /* merged changes copied to the snapshot's */
+  bool recorded;                /* the header names the snapshot */
+  bool dropped;                 /* failed and undone */
+};
+
+/* Undoes a snapshot that is not recorded: its merged copy, its id. */
+static void
+snap_prep_drop (struct image *img, struct image_snap_prep *p)
+{
+  char to[96];
+
+  if (p->moved) {
+    image_merged_oid (img->info.id, p->id, to, sizeof to);
+    store_remove (img->st, to);
+    p->moved = false;
+  }
+  store_snap_remove (img->st, p->id);
+  p->dropped = true;
+}
+
+int
+image_snap_prepare (struct image *img, const char *snap, uint64_t id,
+                    struct image_snap_prep **out)
+{
+  struct image_snap_prep *p;
+  char from[96], to[96];
+  uint64_t sz;
+  size_t i;
+  int r;
+
+  p = calloc (1, sizeof *p);
+  if (p == NULL) {
+    store_snap_remove (img->st, id);
+    return -ENOMEM;
+  }
+  p->id = id;
+  p->min = UINT64_MAX;
   r = image_check_writable (img, "snapshot");
   if (r == 0)
     r = image_name_check (snap);
-  /* The snapshots as they are: changes to them are serialized (the
-   * holder runs one command at a time, see snapshot.c), so this list
-   * also gives the new snapshot context without reading it back. */
-  if (r == 0)
-    r = image_snaps_of_header (img->st, img->hdr_oid, &v, &n);
-  for (i = 0; r == 0 && i < n; i++)
-    if (strcmp (v[i].name, snap) == 0) {
+  if (r == 0) {
+    snprintf (p->name, sizeof p->name, "%s", snap);
+    r = image_snaps_of_header (img->st, img->hdr_oid, &p->v, &p->n);
+  }
+  for (i = 0; r == 0 && i < p->n; i++)
+    if (strcmp (p->v[i].name, snap) == 0) {
       vbk_set_error ("image '%s' already has a snapshot '%s'",
                      img->info.name, snap);
       r = -EEXIST;
     }
+  if (r == 0)
+    r = image_shrunk_to (img->st, img->hdr_oid, &p->min);
+  /* Merged changes of the live interval go to this snapshot's interval:
+   * copied now, removed from the live one once the log is emptied, so
+   * that a crash anywhere leaves them in both (over-reporting). */
+  if (r == 0) {
+    image_merged_oid (img->info.id, 0, from, sizeof from);
+    image_merged_oid (img->info.id, id, to, sizeof to);
+    r = store_stat (img->st, from, STORE_SNAP_HEAD, &sz);
+    if (r == 0) {
+      uint8_t *buf = malloc (sz ? sz : 1);
+      if (buf == NULL)
+        r = -ENOMEM;
+      else if ((r = (int) store_read (img->st, from, buf, sz, 0,
+                                      STORE_SNAP_HEAD)) >= 0)
+        r = store_write_full (img->st, to, buf, sz, STORE_WRITE_SYNC);
+      free (buf);
+      p->moved = r == 0;
+    }
+    else if (r == -ENOENT)
+      r = 0;
+  }
   if (r < 0) {
     VBK_KEEP_ERROR_FOR_SCOPE;
-    free (v);
-    store_snap_remove (img->st, id);
+    snap_prep_drop (img, p);
+    free (p->v);
+    free (p);
     return r;
   }
+  *out = p;
+  return 0;
+}
+
+/* The log's append running beside the header's record. */
+struct append_wait {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool done;
+  ssize_t ret;
+};
+
+static void
+append_done (void *arg, ssize_t ret)
+{
+  struct append_wait *w = arg;
+
+  pthread_mutex_lock (&w->lock);
+  w->ret = ret;
+  w->done = true;
+  pthread_cond_signal (&w->cond);
+  pthread_mutex_unlock (&w->lock);
+}
+
+int
+image_snap_record (struct image *img, struct image_snap_prep *p)
+{
+  struct append_wait w = { PTHREAD_MUTEX_INITIALIZER,
+                           PTHREAD_COND_INITIALIZER, false, 0 };
+  char key[IMAGE_NAME_MAX + 8] = "", val[128], seqbuf[32];
+  struct log_append a;
+  bool started = false;
+  int r, n;
+
+  if (p->dropped || p->recorded)
+    return -EINVAL;
+  /* The live log and the map were written without a sync (objmap.c):
+   * durable before the snapshot that keeps them exists, so that an
+   * unclean shutdown of the machine can only damage the live interval
+   * (openmark.c).  Writes are held here, so nothing is added after. */
+  if (img->lazy && (r = store_flush (img->st)) < 0)
+    return r;
   /* The store part runs as the only change-log writer. */
   image_log_writer_enter (img);
-  r = snap_record (img, snap, id, v, n);
-  free (v);
+  r = log_append_plan (img, p->min, &a);
+  if (r == 0 && a.k) {
+    r = store_aio_write (img->st, img->log_oid, a.buf, a.k * sizeof *a.buf,
+                         a.off, STORE_WRITE_SYNC, append_done, &w);
+    started = r == 0;
+  }
+  if (r == 0) {
+    struct store_meta_set rec[2];
+    snprintf (seqbuf, sizeof seqbuf, "%" PRIu64, p->id);
+    n = snprintf (val, sizeof val, "id=%" PRIu64 " size=%" PRIu64
+                  " time=%" PRIu64, p->id, image_size (img), now_wall_ms ());
+    snprintf (key, sizeof key, "snap.%s", p->name);
+    rec[0] = (struct store_meta_set) { false, "snap_seq", seqbuf,
+                                       strlen (seqbuf) };
+    rec[1] = (struct store_meta_set) { true, key, val, (size_t) n };
+    r = store_meta_set (img->st, img->hdr_oid, rec, 2);
+    p->recorded = r == 0;
+  }
+  if (started) {
+    pthread_mutex_lock (&w.lock);
+    while (!w.done)
+      pthread_cond_wait (&w.cond, &w.lock);
+    pthread_mutex_unlock (&w.lock);
+    if (w.ret < 0) {
+      image_log_append_failed (img, a.off);
+      if (r == 0)
+        r = vbk_errno ((int) w.ret, "image '%s': change log: append "
+                       "before snapshot '%s'", img->info.name, p->name);
+    }
+    else
+      log_append_landed (img, &a);
+  }
+  free (a.buf);
+  if (r == 0)
+    r = set_snap_context (img->st, p->v, p->n, p->id, p->id);
+  if (r < 0) {
+    VBK_KEEP_ERROR_FOR_SCOPE;
+    if (p->recorded)
+      store_omap_rm (img->st, img->hdr_oid, key);
+    p->recorded = false;
+    snap_prep_drop (img, p);
+    image_log_writer_exit (img);
+    return r;
+  }
+
+  /* Empty the log: this first write under the new context keeps the log
+   * as it was, which is the snapshot's (its interval's changes).  If it
+   * fails the snapshot stands with the log untouched, which
+   * over-reports (safe). */
+  if (img->log.n || img->log_tail_unknown) {
+    r = store_write_full (img->st, img->log_oid, "", 0, STORE_WRITE_SYNC);
+    if (r == 0)
+      __atomic_store_n (&img->log_tail_unknown, false, __ATOMIC_RELEASE);
+  }
   if (r == 0) {
     /* The log is empty now: a new interval starts. */
     pthread_mutex_lock (&img->map_lock);
@@ -346,110 +563,51 @@ image_snap_create_id (struct image *img, const char *snap, uint64_t id)
   return r;
 }
 
-/* Records snapshot SNAP (id ID) of IMG, whose snapshots were V[0..NV)
- * (oldest first), and starts a new interval: moves
- * a pending shrink into the log, records the snapshot, moves the merged
- * changes of the live interval to the snapshot's, empties the log.
- * Returns 0 once the log is empty; otherwise the snapshot may exist with
- * the log untouched, which over-reports (safe). */
-static int
-snap_record (struct image *img, const char *snap, uint64_t id,
-             const struct image_snap *v, size_t nv)
+int
+image_snap_finish (struct image *img, struct image_snap_prep *p)
 {
-  char key[IMAGE_NAME_MAX + 8], val[128], seqbuf[32], from[96], to[96];
-  uint64_t min = UINT64_MAX, sz, e;
-  bool moved = false;
-  int r, n;
+  char from[96], old[32];
+  int r = 0;
 
-  /* The live log and the map were written without a sync (objmap.c):
-   * durable before the snapshot that keeps them exists, so that an
-   * unclean shutdown of the machine can only damage the live interval
-   * (openmark.c). */
-  r = img->lazy ? store_flush (img->st) : 0;
-  if (r == 0)
-    r = write_details (img);
-  if (r == 0)
-    r = image_shrunk_to (img->st, img->hdr_oid, &min);
-  if (r == 0 && min != UINT64_MAX) {
-    uint64_t off = img->log.n * sizeof e;
-    pthread_mutex_lock (&img->map_lock);
-    r = image_changes_reserve (&img->log, 1);
-    pthread_mutex_unlock (&img->map_lock);
-    e = htole64 (CHANGES_FROM | (min >> img->order));
-    if (r == 0 && (r = image_log_fix_tail (img, off)) == 0) {
-      r = store_write (img->st, img->log_oid, &e, sizeof e, off,
-                       STORE_WRITE_SYNC);
-      if (r < 0)
-        image_log_append_failed (img, off);
-      else
-        img->log.v[img->log.n++] = CHANGES_FROM | (min >> img->order);
-    }
-  }
-  /* Merged changes of the live interval go to this snapshot's interval:
-   * copied now, removed from the live one once the log is emptied, so
-   * that a crash anywhere leaves them in both (over-reporting). */
-  image_merged_oid (img->info.id, 0, from, sizeof from);
-  image_merged_oid (img->info.id, id, to, sizeof to);
-  if (r == 0) {
-    r = store_stat (img->st, from, STORE_SNAP_HEAD, &sz);
-    if (r == 0) {
-      uint8_t *buf = malloc (sz ? sz : 1);
-      if (buf == NULL)
-        r = -ENOMEM;
-      else if ((r = (int) store_read (img->st, from, buf, sz, 0,
-                                      STORE_SNAP_HEAD)) >= 0)
-        r = store_write_full (img->st, to, buf, sz, STORE_WRITE_SYNC);
-      free (buf);
-      moved = r == 0;
-    }
-    else if (r == -ENOENT)
+  if (p == NULL)
+    return 0;
+  if (!p->recorded && !p->dropped)
+    snap_prep_drop (img, p);            /* never recorded: cancelled */
+  if (p->recorded && p->moved) {
+    image_merged_oid (img->info.id, 0, from, sizeof from);
+    r = store_remove (img->st, from);
+    if (r == -ENOENT)
       r = 0;
   }
-  if (r < 0) {
-    if (moved)
-      store_remove (img->st, to);
-    store_snap_remove (img->st, id);
-    return r;
-  }
-
-  snprintf (seqbuf, sizeof seqbuf, "%" PRIu64, id);
-  n = snprintf (val, sizeof val, "id=%" PRIu64 " size=%" PRIu64
-                " time=%" PRIu64, id, image_size (img), now_wall_ms ());
-  snprintf (key, sizeof key, "snap.%s", snap);
-  /* Record it first, then write under the new context: a crash between
-   * leaves a snapshot whose log is the live one of that moment. */
-  if ((r = store_xattr_set (img->st, img->hdr_oid, "snap_seq", seqbuf,
-                            strlen (seqbuf))) < 0
-      || (r = store_omap_set (img->st, img->hdr_oid, key, val, n)) < 0
-      || (r = set_snap_context (img->st, v, nv, id, id)) < 0) {
-    store_omap_rm (img->st, img->hdr_oid, key);
-    if (moved)
-      store_remove (img->st, to);
-    store_snap_remove (img->st, id);
-    return r;
-  }
-
-  /* Empty the log: this first write under the new context keeps the log
-   * as it was, which is the snapshot's (its interval's changes). */
-  if (img->log.n || img->log_tail_unknown) {
-    r = store_write_full (img->st, img->log_oid, "", 0, STORE_WRITE_SYNC);
-    if (r < 0)
-      return r;
-    __atomic_store_n (&img->log_tail_unknown, false, __ATOMIC_RELEASE);
-  }
-  if (moved && (r = store_remove (img->st, from)) < 0 && r != -ENOENT)
-    return r;
-  r = 0;
-  if (min != UINT64_MAX) {
-    char old[32];
-    snprintf (old, sizeof old, "%" PRIu64, min);
+  if (r == 0 && p->recorded && p->min != UINT64_MAX) {
+    snprintf (old, sizeof old, "%" PRIu64, p->min);
     /* Compare-and-set: a shrink meanwhile stays for the next interval. */
     r = store_xattr_cas (img->st, img->hdr_oid, "min_size", old,
                          strlen (old), "-", 1);
     if (r == -ECANCELED)
       r = 0;
   }
+  free (p->v);
+  free (p);
   return r;
+}
+
+int
+image_snap_create_id (struct image *img, const char *snap, uint64_t id)
+{
+  struct image_snap_prep *p;
+  int r;
+
+  r = image_snap_prepare (img, snap, id, &p);
+  if (r < 0)
+    return r;
+  r = image_snap_record (img, p);
+  if (r < 0) {
+    VBK_KEEP_ERROR_FOR_SCOPE;
+    image_snap_finish (img, p);
+    return r;
+  }
+  return image_snap_finish (img, p);
 }
 
 /* Before snapshot SN of image ID goes: its interval's changes (its log,

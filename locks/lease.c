@@ -7,8 +7,14 @@
  * One thread per lease does everything slow: acquiring (asking the
  * holder, waiting it out, fencing), renewing, and releasing on request.
  * Writers only wait on a condition variable; the watch callback only
- * records a request and answers.  State lives in struct lease under one
- * mutex.
+ * records a request and answers.  A second thread re-creates the watch
+ * when it breaks, so that a watch request stuck in an outage (up to the
+ * store's op timeout, again and again) never delays a renewal or a
+ * retake: the lease does not depend on the watch, only hand-offs and
+ * commands do.  A broken watch is not taken for a fence (RADOS reports
+ * a watch dropped in an outage as it reports a fenced client's); the
+ * new watch of a fenced client fails with -ESHUTDOWN, and that loses
+ * the lease.  State lives in struct lease under one mutex.
  *
  * Header xattrs kept by the holder: lease_epoch (20 digits, so byte
  * comparison is numeric), lease_handoffs (count), lease_handoff_log
@@ -103,8 +109,12 @@ struct lease {
                                     (monotonic) */
   char errmsg[512];
 
-  struct store_watch *watch;
-  pthread_t thread;
+  /* The watch is re-created on its own thread (watch_thread), never on
+   * the lease thread: in an outage store_watch blocks up to the store's
+   * op timeout, and renewals must not wait for it. */
+  struct store_watch *watch;     /* owned by watch_thread once started */
+  bool watch_stop;
+  pthread_t thread, wthread;
 
   /* Commands (lease_hooks.command) run one at a time on cmd_thread. */
   pthread_mutex_t cmd_lock;
@@ -500,8 +510,6 @@ retake (struct lease *l, uint64_t mine, uint64_t *header_epoch,
 
 /* ---- The lease thread ------------------------------------------------- */
 
-static int watch_start (struct lease *l);
-
 /* Called with l->lock held, state RELEASING or HELD: waits for writes,
  * flushes, unlocks. */
 static void
@@ -600,16 +608,6 @@ lease_thread (void *arg)
       l->acquire_gen++;
       pthread_cond_broadcast (&l->cond);
       continue;
-    }
-    if (l->watch_broken && l->sm.state != LEASE_LOST) {
-      l->watch_broken = false;
-      pthread_mutex_unlock (&l->lock);
-      store_unwatch (l->watch);
-      l->watch = NULL;
-      r = watch_start (l);
-      pthread_mutex_lock (&l->lock);
-      if (r < 0)
-        l->watch_broken = true;
     }
     switch (lease_sm_tick (&l->sm, now)) {
     case LEASE_ACT_RENEW: {
@@ -766,12 +764,15 @@ on_notify (void *arg, int err, const void *payload, size_t len,
 
   pthread_mutex_lock (&l->lock);
   if (err) {
-    /* Fenced or disconnected: a fenced holder has lost the lease. */
-    if (err == -ENOTCONN
-        && (l->sm.state == LEASE_HELD || l->sm.state == LEASE_RELEASING))
-      mark_lost (l, -ESHUTDOWN);
-    else
-      l->watch_broken = true;
+    /* Fenced, or only disconnected (an outage long enough for the store
+     * to drop the watch: RADOS reports both as -ENOTCONN).  The watch
+     * thread makes a new watch; a fenced client's attempt fails with
+     * -ESHUTDOWN, and only that loses the lease (as does a renewal that
+     * fails so, whichever comes first). */
+    if (!l->watch_broken)
+      log_warn ("lease %s: the watch on the header broke (%s); making a "
+                "new one", l->hdr, strerror (-err));
+    l->watch_broken = true;
     pthread_cond_broadcast (&l->cond);
     pthread_mutex_unlock (&l->lock);
     return;
@@ -824,6 +825,71 @@ watch_start (struct lease *l)
   return r;
 }
 
+/* Re-creates the watch whenever it breaks, apart from the lease thread:
+ * renewals go on while a new watch waits for the store.  Until the new
+ * watch stands, requests to this holder (hand-offs, snapshot commands)
+ * go unanswered, as they would in the outage itself; requesters wait or
+ * retry.  Attempts are spaced from WATCH_RETRY_MIN_MS up to
+ * WATCH_RETRY_MAX_MS apart. */
+#define WATCH_RETRY_MIN_MS 100u
+#define WATCH_RETRY_MAX_MS 2000u
+
+static void *
+watch_thread (void *arg)
+{
+  struct lease *l = arg;
+  unsigned retry_ms = WATCH_RETRY_MIN_MS;
+  struct store_watch *old;
+  struct timespec ts;
+  int r;
+
+  pthread_mutex_lock (&l->lock);
+  while (!l->watch_stop) {
+    if (!l->watch_broken || l->sm.state == LEASE_LOST) {
+      pthread_cond_wait (&l->cond, &l->lock);
+      continue;
+    }
+    l->watch_broken = false;
+    old = l->watch;
+    l->watch = NULL;
+    pthread_mutex_unlock (&l->lock);
+    store_unwatch (old);
+    r = watch_start (l);
+    pthread_mutex_lock (&l->lock);
+    if (r == 0) {
+      log_info ("lease %s: watch re-created", l->hdr);
+      retry_ms = WATCH_RETRY_MIN_MS;
+      continue;
+    }
+    if (r == -ESHUTDOWN
+        && (l->sm.state == LEASE_HELD || l->sm.state == LEASE_RELEASING
+            || l->sm.state == LEASE_LAPSED)) {
+      /* Fenced: the lease is gone (an acquisition under way finds out
+       * by itself). */
+      mark_lost (l, -ESHUTDOWN);
+      continue;
+    }
+    log_warn ("lease %s: re-creating the watch failed: %s; retrying",
+              l->hdr, strerror (-r));
+    l->watch_broken = true;
+    clock_gettime (CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += retry_ms / 1000;
+    ts.tv_nsec += (long) (retry_ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+    }
+    retry_ms = MIN (2 * retry_ms, WATCH_RETRY_MAX_MS);
+    /* Woken early by anything that changes the lease; only stop or the
+     * end of the wait matter here. */
+    while (!l->watch_stop
+           && pthread_cond_timedwait (&l->cond, &l->lock, &ts) == 0)
+      ;
+  }
+  pthread_mutex_unlock (&l->lock);
+  return NULL;
+}
+
 /* ---- Public: the lease on an image ------------------------------------ */
 
 static void
@@ -837,6 +903,18 @@ stop_cmd_thread (struct lease *l)
   pthread_mutex_unlock (&l->cmd_lock);
   pthread_join (l->cmd_thread, NULL);
   l->cmd_thread = 0;
+}
+
+/* Stops the watch thread; l->watch is then the caller's (it may be NULL
+ * if the store did not answer the last attempt). */
+static void
+stop_watch_thread (struct lease *l)
+{
+  pthread_mutex_lock (&l->lock);
+  l->watch_stop = true;
+  pthread_cond_broadcast (&l->cond);
+  pthread_mutex_unlock (&l->lock);
+  pthread_join (l->wthread, NULL);
 }
 
 int
@@ -889,7 +967,13 @@ lease_open (struct store *st, const char *hdr_oid,
   r = watch_start (l);
   if (r < 0)
     goto fail;
+  if (pthread_create (&l->wthread, NULL, watch_thread, l) != 0) {
+    store_unwatch (l->watch);
+    r = -EAGAIN;
+    goto fail;
+  }
   if (pthread_create (&l->thread, NULL, lease_thread, l) != 0) {
+    stop_watch_thread (l);
     store_unwatch (l->watch);
     r = -EAGAIN;
     goto fail;
@@ -914,6 +998,7 @@ lease_close (struct lease *l)
   pthread_cond_broadcast (&l->cond);
   pthread_mutex_unlock (&l->lock);
   pthread_join (l->thread, NULL);
+  stop_watch_thread (l);
   store_unwatch (l->watch);
   stop_cmd_thread (l);
   pthread_mutex_destroy (&l->lock);

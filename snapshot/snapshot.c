@@ -7,7 +7,11 @@
  * The consistency argument: lease_quiesce returns once no write is in
  * flight and none may start, so every write acknowledged before the
  * request has completed; image_flush makes them durable; the snapshot is
- * recorded before lease_resume lets a new write start.  A group freezes
+ * recorded before lease_resume lets a new write start.  What is read
+ * before the pause (image_snap_prepare) is still true inside it as long
+ * as the lease did not change hands in between (commands run one at a
+ * time, on the holder): snap_take checks the lease's epoch and prepares
+ * again, writes held, if it moved.  A group freezes
  * every image first and snapshots them only when all are frozen, so all
  * snapshots hold the same instant.  A holder that stays frozen because
  * its requester died thaws itself after the freeze's timeout.
@@ -60,12 +64,19 @@ int
 snap_take (struct image *img, struct lease *lease, const char *name,
            uint64_t *id, uint64_t *pause_us)
 {
-  uint64_t t0, t1, t2, t3, sid;
+  struct image_snap_prep *prep;
+  uint64_t t0, t1, t2, t3, sid, epoch;
   int r;
 
-  /* Outside the pause: the snapshot id (a monitor round trip on RADOS)
-   * and a first flush, so the one inside has little left to do. */
+  /* Outside the pause: the snapshot id (a monitor round trip on RADOS),
+   * the checks and reads of image_snap_prepare, and a first flush, so
+   * the one inside has little left to do.  Inside: the drain of the
+   * writes in flight, the flush, the record (image.h). */
+  epoch = lease ? lease_epoch (lease) : 0;
   r = image_snap_alloc (img, &sid);
+  if (r < 0)
+    return r;
+  r = image_snap_prepare (img, name, sid, &prep);
   if (r < 0)
     return r;
   image_flush (img);
@@ -73,15 +84,30 @@ snap_take (struct image *img, struct lease *lease, const char *name,
   if (lease) {
     r = lease_quiesce (lease);
     if (r < 0) {
-      image_snap_free_id (img, sid);
+      VBK_KEEP_ERROR_FOR_SCOPE;
+      image_snap_finish (img, prep);
       return r;
+    }
+    if (lease_epoch (lease) != epoch) {
+      /* The lease changed hands since we prepared (a hand-off, or we
+       * took it only now): another holder may have changed the
+       * snapshots meanwhile, and taken ids after ours.  Prepare again,
+       * writes held. */
+      image_snap_finish (img, prep);
+      r = image_snap_alloc (img, &sid);
+      if (r == 0)
+        r = image_snap_prepare (img, name, sid, &prep);
+      if (r < 0) {
+        lease_resume (lease);
+        return r;
+      }
     }
   }
   t1 = now_mono_ns ();
   r = image_flush (img);
   t2 = now_mono_ns ();
   if (r == 0)
-    r = image_snap_create_id (img, name, sid);
+    r = image_snap_record (img, prep);
   if (lease)
     lease_resume (lease);
   t3 = now_mono_ns ();
@@ -92,6 +118,12 @@ snap_take (struct image *img, struct lease *lease, const char *name,
             (t2 - t1) / 1e6, (t3 - t2) / 1e6);
   if (pause_us)
     *pause_us = (t3 - t0) / 1000;
+  if (r < 0) {
+    VBK_KEEP_ERROR_FOR_SCOPE;
+    image_snap_finish (img, prep);
+    return r;
+  }
+  r = image_snap_finish (img, prep);
   if (r == 0 && id)
     *id = sid;
   return r;

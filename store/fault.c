@@ -13,6 +13,13 @@
  *   hold=FILE             store_lock calls only: the chosen one does not fail;
  *                         it is made, and then its answer is held back
  *                         while FILE exists (FILE.held exists meanwhile)
+ *   watchdrop=FILE        while FILE exists, the watches of the store are
+ *                         dropped (each callback gets -ENOTCONN once, as
+ *                         from a watch RADOS dropped in an outage, and no
+ *                         notify after) and store_watch waits for FILE to
+ *                         go before it is made (FILE.held exists
+ *                         meanwhile); other calls go on.  Independent of
+ *                         op= and the other items.
  * An empty SPEC injects nothing until store_fault_set() is called.
  *
  * A held answer is what a client sees when the store did the request
@@ -25,6 +32,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +49,7 @@ struct fault_ctl {
   int sticky;
   char *trigger;
   char *hold;                          /* hold=FILE */
+  char *watchdrop;                     /* watchdrop=FILE */
   unsigned long seen;                  /* matching calls since set */
   unsigned long calls[5];              /* per class, ever */
   uint64_t read_bytes;                 /* returned by reads, sync or aio */
@@ -142,12 +151,14 @@ parse_spec (struct fault_ctl *c, const char *spec, size_t len)
       c->trigger = strdup (eq);
     else if (strcmp (tok, "hold") == 0)
       c->hold = strdup (eq);
+    else if (strcmp (tok, "watchdrop") == 0)
+      c->watchdrop = strdup (eq);
     else
       goto bad;
     continue;
   bad:
     vbk_set_error ("store: fault: bad spec item '%s' (expected op=, err=, "
-                   "nth=, sticky=, trigger=, hold=)", tok);
+                   "nth=, sticky=, trigger=, hold=, watchdrop=)", tok);
     return -EINVAL;
   }
   return 0;
@@ -180,6 +191,7 @@ fault_open (const char *arg, void **hp)
   if (r < 0) {
     free (f->ctl->trigger);
     free (f->ctl->hold);
+    free (f->ctl->watchdrop);
     free (f->ctl);
     free (f);
     return r;
@@ -217,6 +229,7 @@ fault_close (void *h)
     pthread_mutex_destroy (&f->ctl->lock);
     free (f->ctl->trigger);
     free (f->ctl->hold);
+    free (f->ctl->watchdrop);
     free (f->ctl);
   }
   free (f);
@@ -352,6 +365,25 @@ fault_read (void *h, const char *oid, void *buf, size_t len, uint64_t off,
   if (r > 0) {
     pthread_mutex_lock (&f->ctl->lock);
     f->ctl->read_bytes += (uint64_t) r;
+    pthread_mutex_unlock (&f->ctl->lock);
+  }
+  return r;
+}
+
+static int
+fault_read_ranges (void *h, const char *oid, uint64_t snap,
+                   const struct store_range *rg, size_t n)
+{
+  struct fault *f = h;
+  size_t i;
+  int r;
+
+  INJECT (STORE_OP_READ, "read_ranges", oid);
+  r = store_read_ranges (f->inner, oid, snap, rg, n);
+  if (r == 0) {
+    pthread_mutex_lock (&f->ctl->lock);
+    for (i = 0; i < n; i++)
+      f->ctl->read_bytes += rg[i].len;
     pthread_mutex_unlock (&f->ctl->lock);
   }
   return r;
@@ -599,19 +631,105 @@ fault_lock_get (void *h, const char *oid, const char *name,
   return store_lock_get (f->inner, oid, name, info);
 }
 
+/* A watch through the fault store: the inner watch, and with
+ * watchdrop= a thread that drops it when the file appears. */
+struct fault_watch {
+  struct store_watch *inner;
+  store_watch_cb cb;
+  void *arg;
+  char *drop;                          /* watchdrop file, or NULL */
+  bool dropped, stop;                  /* atomics */
+  pthread_t thread;
+};
+
+static void
+fault_watch_cb (void *arg, int err, const void *payload, size_t len,
+                void *reply, size_t reply_max, size_t *reply_len)
+{
+  struct fault_watch *w = arg;
+
+  if (__atomic_load_n (&w->dropped, __ATOMIC_ACQUIRE))
+    return;                     /* a dropped watch hears nothing */
+  w->cb (w->arg, err, payload, len, reply, reply_max, reply_len);
+}
+
+static void *
+fault_watch_thread (void *arg)
+{
+  struct fault_watch *w = arg;
+  size_t dummy = 0;
+
+  while (!__atomic_load_n (&w->stop, __ATOMIC_ACQUIRE)) {
+    if (access (w->drop, F_OK) == 0) {
+      __atomic_store_n (&w->dropped, true, __ATOMIC_RELEASE);
+      w->cb (w->arg, -ENOTCONN, NULL, 0, NULL, 0, &dummy);
+      break;
+    }
+    usleep (10000);
+  }
+  return NULL;
+}
+
 static int
 fault_watch (void *h, const char *oid, store_watch_cb cb, void *arg,
-             void **w)
+             void **wp)
 {
   struct fault *f = h;
-  INJECT (STORE_OP_LOCK, "watch", oid);
-  return store_watch (f->inner, oid, cb, arg, (struct store_watch **) w);
+  struct fault_watch *w;
+  char *drop = NULL;
+  int r;
+
+  pthread_mutex_lock (&f->ctl->lock);
+  if (f->ctl->watchdrop && (drop = strdup (f->ctl->watchdrop)) == NULL) {
+    pthread_mutex_unlock (&f->ctl->lock);
+    return -ENOMEM;
+  }
+  pthread_mutex_unlock (&f->ctl->lock);
+  if (drop && access (drop, F_OK) == 0)
+    hold_answer (strdup (drop));        /* the watch waits out the drop */
+  r = inject (f, STORE_OP_LOCK, "watch", oid);
+  if (r < 0) {
+    free (drop);
+    return r;
+  }
+  w = calloc (1, sizeof *w);
+  if (w == NULL) {
+    free (drop);
+    return -ENOMEM;
+  }
+  w->cb = cb;
+  w->arg = arg;
+  w->drop = drop;
+  r = store_watch (f->inner, oid, fault_watch_cb, w, &w->inner);
+  if (r == 0 && drop
+      && pthread_create (&w->thread, NULL, fault_watch_thread, w) != 0) {
+    store_unwatch (w->inner);
+    r = -EAGAIN;
+  }
+  if (r < 0) {
+    free (drop);
+    free (w);
+    return r;
+  }
+  *wp = w;
+  return 0;
 }
 
 static void
-fault_unwatch (void *h, void *w)
+fault_unwatch (void *h, void *wp)
 {
-  store_unwatch (w);
+  struct fault_watch *w = wp;
+
+  (void) h;
+  if (w == NULL)
+    return;
+  if (w->drop) {
+    __atomic_store_n (&w->stop, true, __ATOMIC_RELEASE);
+    pthread_join (w->thread, NULL);
+  }
+  store_unwatch (w->inner);
+  free (w->drop);
+  free (w);
 }
 
 static int
@@ -706,4 +824,5 @@ const struct store_ops store_fault_ops = {
   .fault_set = fault_control,
   .fault_count = fault_calls,
   .fault_bytes_read = fault_read_bytes,
+  .read_ranges = fault_read_ranges,
 };

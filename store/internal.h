@@ -92,6 +92,15 @@ struct store_ops {
   unsigned long (*fault_count) (void *h, unsigned ops);
   /* Bytes read through the inner store so far. */
   uint64_t (*fault_bytes_read) (void *h);
+
+  /* store_meta_set in one atomic step; NULL: store.c sets them one by
+   * one through xattr_set and omap_set. */
+  int (*meta_set) (void *h, const char *oid,
+                   const struct store_meta_set *sets, size_t n);
+  /* store_read_ranges in one step; NULL: store.c reads them one by
+   * one. */
+  int (*read_ranges) (void *h, const char *oid, uint64_t snap,
+                      const struct store_range *r, size_t n);
 };
 
 extern const struct store_ops store_local_ops;

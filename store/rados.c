@@ -606,6 +606,58 @@ rs_read (void *h, const char *oid, void *buf, size_t len, uint64_t off,
 }
 
 static int
+rs_read_ranges (void *h, const char *oid, uint64_t snap,
+                const struct store_range *rg, size_t n)
+{
+  struct rstore *st = h;
+  struct snap_io *ref;
+  rados_read_op_t op;
+  rados_ioctx_t io;
+  size_t *got, i;
+  int *rvals, r;
+
+  for (i = 0; i < n; i++)
+    if (rg[i].len > INT_MAX) {
+      vbk_set_error ("store: rados: read_ranges: %s: length %zu too "
+                     "large", oid, rg[i].len);
+      return -EINVAL;
+    }
+  if (n == 0)
+    return 0;
+  got = calloc (n, sizeof *got);
+  rvals = calloc (n, sizeof *rvals);
+  op = rados_create_read_op ();
+  if (got == NULL || rvals == NULL || op == NULL) {
+    free (got);
+    free (rvals);
+    if (op)
+      rados_release_read_op (op);
+    return vbk_errno (-ENOMEM, "store: rados: read_ranges: %s", oid);
+  }
+  r = snap_io_get (st, snap, &io, &ref);
+  if (r == 0) {
+    /* The reads of one op run in order on the OSD, one round trip. */
+    for (i = 0; i < n; i++)
+      rados_read_op_read (op, rg[i].off, rg[i].len, rg[i].buf, &got[i],
+                          &rvals[i]);
+    r = rados_read_op_operate (op, io, oid, 0);
+    snap_io_put (st, ref);
+  }
+  for (i = 0; r >= 0 && i < n; i++) {
+    if (rvals[i] < 0)
+      r = rvals[i];
+    else if (got[i] < rg[i].len)
+      memset ((char *) rg[i].buf + got[i], 0, rg[i].len - got[i]);
+  }
+  rados_release_read_op (op);
+  free (got);
+  free (rvals);
+  if (r < 0)
+    return fail (r, "read_ranges", oid);
+  return 0;
+}
+
+static int
 write_op_run (struct rstore *st, rados_write_op_t op, const char *oid,
               const char *what)
 {
@@ -1065,6 +1117,32 @@ rs_omap_set (void *h, const char *oid, const char *key, const void *val,
     return vbk_errno (map_err (r), "store: rados: omap_set: %s: %s",
                       oid, key);
   return 0;
+}
+
+static int
+rs_meta_set (void *h, const char *oid, const struct store_meta_set *sets,
+             size_t n)
+{
+  struct rstore *st = h;
+  rados_write_op_t op;
+  size_t i;
+
+  op = rados_create_write_op ();
+  if (op == NULL)
+    return vbk_errno (-ENOMEM, "store: rados: meta_set: %s", oid);
+  /* The actions of one op apply in order, all or none. */
+  for (i = 0; i < n; i++) {
+    const char *val = sets[i].val ? sets[i].val : "";
+    if (sets[i].omap) {
+      const char *keys[1] = { sets[i].name };
+      const char *vals[1] = { val };
+      size_t lens[1] = { sets[i].len };
+      rados_write_op_omap_set (op, keys, vals, lens, 1);
+    }
+    else
+      rados_write_op_setxattr (op, sets[i].name, val, sets[i].len);
+  }
+  return write_op_run (st, op, oid, "meta_set");
 }
 
 /* Value length of KEY (copying at most LEN bytes to BUF, if BUF), or
@@ -2032,6 +2110,8 @@ const struct store_ops store_rados_ops = {
   .unlock = rs_unlock,
   .lock_break = rs_lock_break,
   .lock_get = rs_lock_get,
+  .meta_set = rs_meta_set,
+  .read_ranges = rs_read_ranges,
   .watch = rs_watch,
   .unwatch = rs_unwatch,
   .notify = rs_notify,

@@ -173,6 +173,21 @@ store_read (struct store *st, const char *oid, void *buf, size_t len,
 }
 
 int
+store_read_ranges (struct store *st, const char *oid, uint64_t snap,
+                   const struct store_range *rg, size_t n)
+{
+  ssize_t r = 0;
+  size_t i;
+
+  CHECK_OID ("read_ranges", oid);
+  if (st->ops->read_ranges)
+    return CALL (st, read_ranges, oid, oid, snap, rg, n);
+  for (i = 0; r >= 0 && i < n; i++)
+    r = store_read (st, oid, rg[i].buf, rg[i].len, rg[i].off, snap);
+  return r < 0 ? (int) r : 0;
+}
+
+int
 store_write (struct store *st, const char *oid, const void *buf, size_t len,
              uint64_t off, unsigned flags)
 {
@@ -345,6 +360,23 @@ store_omap_set (struct store *st, const char *oid, const char *key,
 {
   CHECK_OID ("omap_set", oid);
   return CALL (st, omap_set, oid, oid, key, val, len);
+}
+
+int
+store_meta_set (struct store *st, const char *oid,
+                const struct store_meta_set *sets, size_t n)
+{
+  size_t i;
+  int r = 0;
+
+  CHECK_OID ("meta_set", oid);
+  if (st->ops->meta_set)
+    return CALL (st, meta_set, oid, oid, sets, n);
+  for (i = 0; r == 0 && i < n; i++)
+    r = sets[i].omap
+      ? store_omap_set (st, oid, sets[i].name, sets[i].val, sets[i].len)
+      : store_xattr_set (st, oid, sets[i].name, sets[i].val, sets[i].len);
+  return r;
 }
 
 ssize_t

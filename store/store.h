@@ -32,6 +32,7 @@
 #ifndef VBK_STORE_H
 #define VBK_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -77,6 +78,21 @@ const char *store_client_id (const struct store *st);
  * Errors: -ENOENT (the object does not exist, or did not at SNAP). */
 ssize_t store_read (struct store *st, const char *oid, void *buf,
                     size_t len, uint64_t off, uint64_t snap);
+
+/* One range for store_read_ranges: LEN bytes at OFF into BUF. */
+struct store_range {
+  uint64_t off;
+  size_t len;
+  void *buf;
+};
+
+/* Reads ranges R[0..N) of object OID at SNAP, each as store_read would
+ * (zeros past the end): in one step where the backend can (RADOS: one
+ * read op, so one round trip and one op on the OSD however many ranges),
+ * else one after another.  Returns 0 once every range is read.
+ * Errors: -ENOENT (no object), others of store_read. */
+int store_read_ranges (struct store *st, const char *oid, uint64_t snap,
+                       const struct store_range *r, size_t n);
 
 /* Write flags. */
 #define STORE_WRITE_SYNC 1u     /* durable when the call returns */
@@ -187,6 +203,22 @@ typedef int (*store_omap_cb) (void *arg, const char *key, const void *val,
                               size_t len);
 int store_omap_list (struct store *st, const char *oid, const char *after,
                      size_t max, store_omap_cb cb, void *arg);
+
+/* One change for store_meta_set: an xattr, or with OMAP an omap key. */
+struct store_meta_set {
+  bool omap;
+  const char *name;
+  const void *val;
+  size_t len;
+};
+
+/* Sets the xattrs and omap keys SETS[0..N) on OID (created if needed):
+ * in one atomic step where the backend can (RADOS: one write op, so one
+ * round trip), else one after another in order, stopping at the first
+ * failure (the earlier ones stay set).  For records that belong
+ * together.  Errors: those of store_xattr_set and store_omap_set. */
+int store_meta_set (struct store *st, const char *oid,
+                    const struct store_meta_set *sets, size_t n);
 
 /* ---- Exclusive locks with a duration ---------------------------------- */
 

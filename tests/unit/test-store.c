@@ -1549,6 +1549,92 @@ omap_fill (void *arg)
 
 /* More keys than a backend fetches in one go, set from four threads
  * at once through one handle. */
+/* store_read_ranges: many ranges of one object in one call, each as
+ * store_read reads it. */
+static void
+test_read_ranges (void **state)
+{
+  FX;
+  static uint8_t data[300000], bufs[300][64];
+  struct store_range rg[300];
+  size_t i;
+
+  fill (data, sizeof data, 7);
+  expect_ok (store_write_full (st, "r", data, sizeof data, 0));
+  /* 300 ranges far apart, in ascending order, the last past the end. */
+  for (i = 0; i < 300; i++) {
+    rg[i].off = i * 1000 + i % 7;
+    rg[i].len = 1 + i % 64;
+    rg[i].buf = bufs[i];
+    memset (bufs[i], '#', sizeof bufs[i]);
+  }
+  rg[299].off = sizeof data - 5;
+  rg[299].len = 20;
+  expect_ok (store_read_ranges (st, "r", HEAD, rg, 300));
+  for (i = 0; i < 299; i++) {
+    assert_memory_equal (bufs[i], data + rg[i].off, rg[i].len);
+    if (rg[i].len < sizeof bufs[i])
+      assert_int_equal (bufs[i][rg[i].len], '#');   /* nothing more */
+  }
+  assert_memory_equal (bufs[299], data + sizeof data - 5, 5);
+  for (i = 5; i < 20; i++)
+    assert_int_equal (bufs[299][i], 0);
+  /* A hole reads as zeros. */
+  expect_ok (store_write (st, "r", "z", 1, sizeof data + 5000, 0));
+  rg[0].off = sizeof data + 10;
+  rg[0].len = 8;
+  expect_ok (store_read_ranges (st, "r", HEAD, rg, 1));
+  assert_memory_equal (bufs[0], "\0\0\0\0\0\0\0\0", 8);
+
+  expect_err (-ENOENT, store_read_ranges (st, "nope", HEAD, rg, 2));
+  expect_ok (store_read_ranges (st, "nope", HEAD, rg, 0));
+  expect_err (-EINVAL, store_read_ranges (st, "", HEAD, rg, 1));
+}
+
+/* store_meta_set: xattrs and omap keys of one object in one call, in
+ * order; the object is created if needed. */
+static void
+test_meta_set (void **state)
+{
+  FX;
+  const struct store_meta_set first[] = {
+    { false, "seq", "7", 1 },
+    { true, "snap.a", "id=7", 4 },
+    { true, "empty", "", 0 },
+  };
+  const struct store_meta_set second[] = {
+    { false, "seq", "12", 2 },
+    { true, "snap.b", "id=12", 5 },
+    { false, "seq", "13", 2 },          /* the later one wins */
+  };
+  struct omap_seen *s = calloc (1, sizeof *s);
+  char buf[32];
+  uint64_t size;
+
+  assert_non_null (s);
+  expect_ok (store_meta_set (st, "m", first, 3));
+  expect_ok (store_stat (st, "m", HEAD, &size));
+  assert_int_equal (size, 0);
+  assert_int_equal (store_xattr_get (st, "m", "seq", buf, sizeof buf), 1);
+  assert_memory_equal (buf, "7", 1);
+  assert_int_equal (store_omap_get (st, "m", "snap.a", buf, sizeof buf), 4);
+  assert_memory_equal (buf, "id=7", 4);
+  assert_int_equal (store_omap_get (st, "m", "empty", buf, sizeof buf), 0);
+
+  expect_ok (store_meta_set (st, "m", second, 3));
+  assert_int_equal (store_xattr_get (st, "m", "seq", buf, sizeof buf), 2);
+  assert_memory_equal (buf, "13", 2);
+  assert_int_equal (store_omap_get (st, "m", "snap.a", buf, sizeof buf), 4);
+  assert_int_equal (store_omap_get (st, "m", "snap.b", buf, sizeof buf), 5);
+  assert_memory_equal (buf, "id=12", 5);
+  expect_ok (store_omap_list (st, "m", "", 100, omap_cb, s));
+  assert_int_equal (s->n, 3);
+  free (s);
+
+  /* Names are checked like those of the single calls. */
+  expect_err (-EINVAL, store_meta_set (st, "", first, 1));
+}
+
 static void
 test_omap_many (void **state)
 {
@@ -2327,6 +2413,22 @@ test_snap_data (void **state)
   expect_ok (store_write (st, "d", "X", 1, 0, 0));
   v2[0] = 'X';
   check_object (st, "d", s[0], v1, sizeof v1, "snapshot after 2 writes");
+  {
+    /* Several ranges at once read the same, at the snapshot and now. */
+    uint8_t a[16], b[16], c[16];
+    struct store_range rg[3] = { { 0, 16, a }, { 6000, 16, b },
+                                 { 19990, 16, c } };
+    expect_ok (store_read_ranges (st, "d", s[0], rg, 3));
+    assert_memory_equal (a, v1, 16);
+    assert_memory_equal (b, v1 + 6000, 16);
+    assert_memory_equal (c, v1 + 19990, 10);    /* past the end: zeros */
+    assert_memory_equal (c + 10, "\0\0\0\0\0\0", 6);
+    expect_ok (store_read_ranges (st, "d", HEAD, rg, 3));
+    assert_memory_equal (a, v2, 16);
+    assert_memory_equal (b, v2 + 6000, 16);
+    assert_memory_equal (c, v2 + 19990, 16);
+    expect_err (-ENOENT, store_read_ranges (st, "new", s[0], rg, 1));
+  }
 
   /* s1, then zero. */
   expect_ok (store_snap_create (st, &s[1]));
@@ -2511,6 +2613,8 @@ main (int argc, char *argv[])
     T (test_xattr_cas_concurrent),
     T (test_omap),
     T (test_omap_many),
+    T (test_meta_set),
+    T (test_read_ranges),
     T (test_lock_basic),
     T (test_lock_contention),
     T (test_lock_expiry),
