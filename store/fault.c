@@ -531,6 +531,15 @@ fault_omap_set (void *h, const char *oid, const char *key, const void *val,
   return store_omap_set (f->inner, oid, key, val, len);
 }
 
+static int
+fault_omap_set_many (void *h, const char *oid, const char *const *keys,
+                     const void *const *vals, const size_t *lens, size_t n)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_META, "omap_set_many", oid);
+  return store_omap_set_many (f->inner, oid, keys, vals, lens, n);
+}
+
 static ssize_t
 fault_omap_get (void *h, const char *oid, const char *key, void *buf,
                 size_t len)
@@ -706,4 +715,5 @@ const struct store_ops store_fault_ops = {
   .fault_set = fault_control,
   .fault_count = fault_calls,
   .fault_bytes_read = fault_read_bytes,
+  .omap_set_many = fault_omap_set_many,
 };

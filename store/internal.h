@@ -92,6 +92,11 @@ struct store_ops {
   unsigned long (*fault_count) (void *h, unsigned ops);
   /* Bytes read through the inner store so far. */
   uint64_t (*fault_bytes_read) (void *h);
+
+  /* store_omap_set_many; NULL: store.c calls omap_set N times. */
+  int (*omap_set_many) (void *h, const char *oid, const char *const *keys,
+                        const void *const *vals, const size_t *lens,
+                        size_t n);
 };
 
 extern const struct store_ops store_local_ops;

@@ -1067,6 +1067,39 @@ rs_omap_set (void *h, const char *oid, const char *key, const void *val,
   return 0;
 }
 
+static int
+rs_omap_set_many (void *h, const char *oid, const char *const *keys,
+                  const void *const *vals, const size_t *lens, size_t n)
+{
+  struct rstore *st = h;
+  rados_write_op_t op;
+  const char **v;
+  size_t i;
+  int r;
+
+  for (i = 0; i < n; i++)
+    if (lens[i] > 65536)
+      return vbk_errno (-E2BIG, "store: rados: omap_set_many: %s: value "
+                        "too large", oid);
+  if ((v = calloc (n, sizeof *v)) == NULL
+      || (op = rados_create_write_op ()) == NULL) {
+    free (v);
+    return vbk_errno (-ENOMEM, "store: rados: omap_set_many: %s", oid);
+  }
+  for (i = 0; i < n; i++)
+    v[i] = vals[i] ? vals[i] : "";
+  /* One write op: the OSD applies every key or none. */
+  rados_write_op_omap_set (op, (const char *const *) keys,
+                           (const char *const *) v, lens, n);
+  r = rados_write_op_operate (op, st->io, oid, NULL, 0);
+  rados_release_write_op (op);
+  free (v);
+  if (r < 0)
+    return vbk_errno (map_err (r), "store: rados: omap_set_many: %s: %zu "
+                      "keys", oid, n);
+  return 0;
+}
+
 /* Value length of KEY (copying at most LEN bytes to BUF, if BUF), or
  * -ENOENT (no object or no key), ... */
 static ssize_t
@@ -2040,4 +2073,5 @@ const struct store_ops store_rados_ops = {
   .snap_remove = rs_snap_remove,
   .set_snap_context = rs_set_snap_context,
   .snap_rollback = rs_snap_rollback,
+  .omap_set_many = rs_omap_set_many,
 };

@@ -347,6 +347,25 @@ store_omap_set (struct store *st, const char *oid, const char *key,
   return CALL (st, omap_set, oid, oid, key, val, len);
 }
 
+int
+store_omap_set_many (struct store *st, const char *oid,
+                     const char *const *keys, const void *const *vals,
+                     const size_t *lens, size_t n)
+{
+  size_t i;
+  int r;
+
+  CHECK_OID ("omap_set_many", oid);
+  if (n == 0)
+    return 0;
+  if (st->ops->omap_set_many)
+    return CALL (st, omap_set_many, oid, oid, keys, vals, lens, n);
+  for (i = 0; i < n; i++)
+    if ((r = store_omap_set (st, oid, keys[i], vals[i], lens[i])) < 0)
+      return r;
+  return 0;
+}
+
 ssize_t
 store_omap_get (struct store *st, const char *oid, const char *key,
                 void *buf, size_t len)

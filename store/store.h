@@ -174,6 +174,16 @@ int store_xattr_cas (struct store *st, const char *oid, const char *name,
  * created with the object if needed. */
 int store_omap_set (struct store *st, const char *oid, const char *key,
                     const void *val, size_t len);
+/* Sets N keys at once: KEYS[i] to VALS[i] (LENS[i] bytes), as N
+ * store_omap_set calls would, in one operation: one round trip on RADOS
+ * (one write op, atomic), one sync pass on the local store (one journal
+ * commit instead of one per key).  Durable when it returns; a crash
+ * during the call leaves each key with its old or its new value.  N = 0
+ * does nothing.  Errors as store_omap_set (-E2BIG: a value over 64 KiB,
+ * nothing set). */
+int store_omap_set_many (struct store *st, const char *oid,
+                         const char *const *keys, const void *const *vals,
+                         const size_t *lens, size_t n);
 /* Returns the value's length.  Errors: -ENOENT (no object or no key). */
 ssize_t store_omap_get (struct store *st, const char *oid, const char *key,
                         void *buf, size_t len);

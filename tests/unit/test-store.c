@@ -1549,6 +1549,56 @@ omap_fill (void *arg)
 
 /* More keys than a backend fetches in one go, set from four threads
  * at once through one handle. */
+/* Several keys in one call: new and overwritten keys, an empty value,
+ * the values read back one by one and listed; a value over 64 KiB
+ * refuses the whole call and sets nothing. */
+static void
+test_omap_set_many (void **state)
+{
+  FX;
+  static uint8_t big[64 * KiB + 1];
+  const char *keys[40];
+  const void *vals[40];
+  size_t lens[40], i;
+  char kb[40][16], vb[40][32], buf[64];
+  struct omap_seen *s = calloc (1, sizeof *s);
+  ssize_t r;
+
+  assert_non_null (s);
+  expect_ok (store_omap_set_many (st, "sm", keys, vals, lens, 0));
+  expect_ok (store_omap_set (st, "sm", "k07", "old", 3));
+  for (i = 0; i < 40; i++) {
+    snprintf (kb[i], sizeof kb[i], "k%02zu", i);
+    snprintf (vb[i], sizeof vb[i], "value of %zu", i);
+    keys[i] = kb[i];
+    vals[i] = vb[i];
+    lens[i] = i == 13 ? 0 : strlen (vb[i]);
+  }
+  expect_ok (store_omap_set_many (st, "sm", keys, vals, lens, 40));
+  for (i = 0; i < 40; i++) {
+    r = store_omap_get (st, "sm", kb[i], buf, sizeof buf);
+    assert_int_equal (r, (ssize_t) lens[i]);
+    assert_memory_equal (buf, vb[i], lens[i]);
+  }
+  expect_ok (store_omap_list (st, "sm", "", 1000, omap_cb, s));
+  assert_int_equal (s->n, 40);
+  for (i = 0; i < 40; i++)
+    assert_string_equal (s->keys[i], kb[i]);
+
+  /* Too large: nothing of the call is set. */
+  keys[0] = "n1";
+  vals[0] = "x";
+  lens[0] = 1;
+  keys[1] = "n2";
+  vals[1] = big;
+  lens[1] = sizeof big;
+  expect_err (-E2BIG, store_omap_set_many (st, "sm", keys, vals, lens, 2));
+  expect_err (-ENOENT, store_omap_get (st, "sm", "n1", buf, sizeof buf));
+  expect_err (-ENOENT, store_omap_get (st, "sm", "n2", buf, sizeof buf));
+  expect_err (-EINVAL, store_omap_set_many (st, "", keys, vals, lens, 1));
+  free (s);
+}
+
 static void
 test_omap_many (void **state)
 {
@@ -2511,6 +2561,7 @@ main (int argc, char *argv[])
     T (test_xattr_cas_concurrent),
     T (test_omap),
     T (test_omap_many),
+    T (test_omap_set_many),
     T (test_lock_basic),
     T (test_lock_contention),
     T (test_lock_expiry),
