@@ -46,7 +46,7 @@
  * also covers a host whose time service failed for a while).  What it
  * costs is small and bounded: a chunk that became garbage in the last
  * 60 s waits for the next gc; nothing older is ever kept by it.  On one
- * host (one clock) --clock-skew 0 is safe.
+ * host (one clock, never stepped back) --clock-skew 0 is safe.
  */
 #include <errno.h>
 #include <inttypes.h>
