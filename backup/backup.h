@@ -126,7 +126,7 @@ struct backup_run_opts {
   const char *host_id;              /* for a temporary lease (snapshot.h) */
   int cbt_sample;                   /* unchanged chunks re-hashed; <0: auto */
   int force_full;
-  unsigned threads;                 /* 0: 4 */
+  unsigned threads;                 /* 0: 8 */
   enum copy_progress_mode progress;
   int (*interrupted) (void);
 };

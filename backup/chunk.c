@@ -109,14 +109,112 @@ reg_get (struct backup_repo *r, const char *hex, uint64_t *t, int *bad)
   return 1;
 }
 
+/* ---- Group commit of registry writes ---------------------------------------
+ *
+ * Each registry write must be durable before the chunk it registers is
+ * written (or, for a touch, before the chunk lock is released), and on
+ * the local store a durable omap key costs a journal commit under the
+ * registry's one metadata lock: written one by one they serialize every
+ * worker of a backup.  So a writer queues its key and waits; the first
+ * waiter that finds no batch in flight becomes the leader, takes every
+ * key queued so far and writes them with one store_meta_set (one
+ * sync), then wakes the writers of that batch with its result.  Keys
+ * queued meanwhile form the next batch.  Every caller still holds its
+ * chunk lock while it waits, so the per-chunk protocol above is unchanged:
+ * only the sync is shared. */
+
+#define REG_BATCH_MAX 256
+
+struct backup_reg_req {
+  struct backup_reg_req *next;
+  char hex[BACKUP_HEX_LEN + 1];
+  char val[40];
+  size_t len;
+  bool done;
+  int err;
+  char msg[256];
+};
+
+void
+backup_reg_init (struct backup_repo *r)
+{
+  pthread_mutex_init (&r->reg.lock, NULL);
+  pthread_cond_init (&r->reg.cond, NULL);
+  r->reg.head = NULL;
+  r->reg.tail = &r->reg.head;
+  r->reg.busy = false;
+}
+
+void
+backup_reg_fini (struct backup_repo *r)
+{
+  pthread_mutex_destroy (&r->reg.lock);
+  pthread_cond_destroy (&r->reg.cond);
+}
+
+/* Leader: writes BATCH (N requests) and records the result in each. */
+static void
+reg_write_batch (struct backup_repo *r, struct backup_reg_req *batch,
+                 size_t n)
+{
+  struct store_meta_set sets[REG_BATCH_MAX] = { { 0 } };
+  size_t i = 0;
+  struct backup_reg_req *q;
+  int e;
+
+  for (q = batch; q; q = q->next, i++)
+    sets[i] = (struct store_meta_set) { true, q->hex, q->val, q->len };
+  e = store_meta_set (r->st, BACKUP_CHUNKS_OID, sets, n);
+  for (q = batch; q; q = q->next) {
+    q->err = e;
+    if (e < 0)
+      snprintf (q->msg, sizeof q->msg, "%s", vbk_error ());
+  }
+}
+
 static int
 reg_set (struct backup_repo *r, const char *hex, int bad)
 {
-  char v[64];
-  int n;
+  struct backup_reg_group *g = &r->reg;
+  struct backup_reg_req me = { 0 }, *batch, **pp;
+  size_t n;
 
-  n = snprintf (v, sizeof v, "%s%" PRIu64, bad ? "bad " : "", now_wall_ms ());
-  return store_omap_set (r->st, BACKUP_CHUNKS_OID, hex, v, n);
+  snprintf (me.hex, sizeof me.hex, "%s", hex);
+  me.len = (size_t) snprintf (me.val, sizeof me.val, "%s%" PRIu64,
+                              bad ? "bad " : "", now_wall_ms ());
+  pthread_mutex_lock (&g->lock);
+  *g->tail = &me;
+  g->tail = &me.next;
+  while (!me.done) {
+    if (g->busy) {
+      pthread_cond_wait (&g->cond, &g->lock);
+      continue;
+    }
+    /* Lead: take up to REG_BATCH_MAX queued keys (ours among them). */
+    batch = g->head;
+    for (n = 0, pp = &g->head; *pp && n < REG_BATCH_MAX; n++)
+      pp = &(*pp)->next;
+    g->head = *pp;
+    *pp = NULL;
+    if (g->head == NULL)
+      g->tail = &g->head;
+    g->busy = true;
+    pthread_mutex_unlock (&g->lock);
+    reg_write_batch (r, batch, n);
+    pthread_mutex_lock (&g->lock);
+    while (batch) {
+      struct backup_reg_req *next = batch->next;
+
+      batch->done = true;       /* BATCH may live on another stack */
+      batch = next;
+    }
+    g->busy = false;
+    pthread_cond_broadcast (&g->cond);
+  }
+  pthread_mutex_unlock (&g->lock);
+  if (me.err < 0)
+    vbk_set_error ("%s", me.msg);
+  return me.err;
 }
 
 int

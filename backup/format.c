@@ -522,6 +522,16 @@ backup_manifest_parse (const char *json, size_t len,
     m->chunk_size = (uint32_t) cs;
     if (json_object_object_get_ex (o, "protected", &v))
       m->protected_ = json_object_get_boolean (v);
+    /* Optional (written since 1.0 readers ignore it): the image's object
+     * size; anything but a power of two in range reads as unknown. */
+    if (json_object_object_get_ex (o, "object_size", &v)
+        && json_object_is_type (v, json_type_int)) {
+      int64_t os = json_object_get_int64 (v);
+
+      if (os >= BACKUP_CHUNK_SIZE_MIN && os <= BACKUP_CHUNK_SIZE_MAX
+          && (os & (os - 1)) == 0)
+        m->object_size = (uint32_t) os;
+    }
     r = 0;
   }
   json_object_put (o);

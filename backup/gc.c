@@ -35,6 +35,18 @@
  * not publish (run.c renews once more before its manifest).  A crash of
  * gc at any point loses nothing: each sweep removes the chunk before its
  * registry key, and a key without chunk is swept again next time.
+ *
+ * The clock-skew allowance (--clock-skew, 60 s by default): registry
+ * times are written with the wall clock of the host that runs the backup,
+ * the cutoff is read from gc's.  If the backup's host lags gc's by more
+ * than the allowance, a touch after T may still look older than the
+ * cutoff, and a chunk a running backup relies on could be swept.  The
+ * allowance must exceed the worst difference between the clocks of the
+ * hosts that use the repository (NTP keeps them within milliseconds; 60 s
+ * also covers a host whose time service failed for a while).  What it
+ * costs is small and bounded: a chunk that became garbage in the last
+ * 60 s waits for the next gc; nothing older is ever kept by it.  On one
+ * host (one clock, never stepped back) --clock-skew 0 is safe.
  */
 #include <errno.h>
 #include <inttypes.h>

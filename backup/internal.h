@@ -47,11 +47,21 @@ struct backup_crypt {
   unsigned char id[BACKUP_KEY_LEN];     /* HMAC-SHA256 chunk ids */
 };
 
+/* Registry writes waiting to be written together (chunk.c). */
+struct backup_reg_req;
+struct backup_reg_group {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  struct backup_reg_req *head, **tail;
+  bool busy;                            /* a leader is writing a batch */
+};
+
 struct backup_repo {
   struct store *st;
   uint32_t chunk_size;
   struct backup_crypt *crypt;           /* NULL: not encrypted */
   char uri[1024];
+  struct backup_reg_group reg;
 };
 
 /* format.c: pure encoding and parsing (fuzzed by backup/fuzz-backup.c) */
@@ -145,6 +155,7 @@ struct backup_manifest {
   char index_sha256[BACKUP_HEX_LEN + 1];
   uint64_t size, time_ms, chunks;
   uint32_t chunk_size;
+  uint32_t object_size;         /* the image's, 0: not recorded */
   bool protected_;
 };
 
@@ -191,6 +202,8 @@ int backup_catalog_walk (struct backup_repo *r, backup_catalog_cb cb,
 
 /* reader.c: the index of RD (owned by RD), for restore.c */
 struct backup_index *backup_reader_index (struct backup_reader *rd);
+/* The backed-up image's object size, 0 if the manifest does not say. */
+uint32_t backup_reader_object_size (struct backup_reader *rd);
 
 /* chunk.c */
 
@@ -201,6 +214,11 @@ int backup_chunk_lock (struct backup_repo *r, const char *oid,
                        char *cookie, size_t cookie_len);
 void backup_chunk_unlock (struct backup_repo *r, const char *oid,
                           const char *cookie);
+
+/* The registry's group commit: set up by backup_repo_open, torn down
+ * by backup_repo_close. */
+void backup_reg_init (struct backup_repo *r);
+void backup_reg_fini (struct backup_repo *r);
 
 /* Makes sure chunk D exists and counts as referenced at a time >= SINCE
  * (now, if it has to be touched).  With PLAIN non-NULL (LEN bytes) an

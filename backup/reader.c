@@ -8,7 +8,8 @@
  * (the all-zero digest) read as zeros without I/O; a chunk is fetched and
  * checked whole (backup_chunk_read) into a small LRU cache of decoded
  * chunks, so a file system's many small reads of one chunk cost one
- * fetch.  The cache lock guards memory only: fetches run unlocked, and
+ * fetch; a read of a whole chunk (restore, verify) decodes straight into
+ * the caller's buffer and leaves the cache alone.  The cache lock guards memory only: fetches run unlocked, and
  * two threads missing the same chunk both fetch it (rare and harmless).
  */
 #include <errno.h>
@@ -114,6 +115,29 @@ backup_reader_extents (struct backup_reader *rd, uint64_t off, uint64_t len,
   return cb (arg, start, end - start, alloc);
 }
 
+static int
+chunk_error (struct backup_reader *rd, uint64_t idx, int e)
+{
+  char msg[1024];
+
+  snprintf (msg, sizeof msg, "%s", vbk_error ());
+  vbk_set_error ("backup %s: offset %" PRIu64 ": %s", rd->m.id,
+                 idx * rd->m.chunk_size,
+                 msg + (strncmp (msg, "backup: ", 8) == 0 ? 8 : 0));
+  return e;
+}
+
+/* Reads all of chunk IDX (LEN bytes) into BUF. */
+static int
+read_whole (struct backup_reader *rd, uint64_t idx, char *buf, size_t len)
+{
+  int e;
+
+  if ((e = backup_chunk_read (rd->r, rd->ix.digest[idx], buf, len)) < 0)
+    return chunk_error (rd, idx, e);
+  return 0;
+}
+
 /* Copies LEN bytes at offset CO of chunk IDX into BUF. */
 static int
 read_chunk (struct backup_reader *rd, uint64_t idx, char *buf, size_t co,
@@ -138,13 +162,8 @@ read_chunk (struct backup_reader *rd, uint64_t idx, char *buf, size_t co,
   if ((data = malloc (clen)) == NULL)
     return vbk_errno (-ENOMEM, "backup: read");
   if ((e = backup_chunk_read (rd->r, rd->ix.digest[idx], data, clen)) < 0) {
-    char msg[1024];
-
-    snprintf (msg, sizeof msg, "%s", vbk_error ());
-    vbk_set_error ("backup %s: offset %" PRIu64 ": %s", rd->m.id, idx * cs,
-                   msg + (strncmp (msg, "backup: ", 8) == 0 ? 8 : 0));
     free (data);
-    return e;
+    return chunk_error (rd, idx, e);
   }
   memcpy (buf, data + co, len);
 
@@ -176,6 +195,12 @@ backup_reader_pread (struct backup_reader *rd, void *buf, size_t len,
     n = MIN (len - done, cs - co);
     if (backup_digest_is_hole (rd->ix.digest[idx]))
       memset ((char *) buf + done, 0, n);
+    else if (co == 0 && n == MIN (cs, rd->m.size - idx * cs)) {
+      /* A whole chunk (restore, verify): decoded straight into BUF, not
+       * through the cache, which only small reads reuse. */
+      if ((e = read_whole (rd, idx, (char *) buf + done, n)) < 0)
+        return e;
+    }
     else if ((e = read_chunk (rd, idx, (char *) buf + done, co, n)) < 0)
       return e;
     done += n;
@@ -229,4 +254,10 @@ struct backup_index *
 backup_reader_index (struct backup_reader *rd)
 {
   return &rd->ix;
+}
+
+uint32_t
+backup_reader_object_size (struct backup_reader *rd)
+{
+  return rd->m.object_size;
 }

@@ -211,6 +211,7 @@ backup_repo_open_key (const char *uri, const struct backup_key_opts *key,
 
   if ((r = calloc (1, sizeof *r)) == NULL)
     return vbk_errno (-ENOMEM, "backup");
+  backup_reg_init (r);
   snprintf (r->uri, sizeof r->uri, "%s", uri);
   if ((e = store_open (uri, &r->st)) < 0)
     goto err;
@@ -277,6 +278,7 @@ backup_repo_open_key (const char *uri, const struct backup_key_opts *key,
   if (r->crypt)
     OPENSSL_cleanse (r->crypt, sizeof *r->crypt);
   free (r->crypt);
+  backup_reg_fini (r);
   free (r);
   return e;
 }
@@ -290,6 +292,7 @@ backup_repo_close (struct backup_repo *r)
   if (r->crypt)
     OPENSSL_cleanse (r->crypt, sizeof *r->crypt);
   free (r->crypt);
+  backup_reg_fini (r);
   free (r);
 }
 

@@ -31,6 +31,10 @@
 #include "locks/lease.h"
 #include "internal.h"
 
+/* Copy threads: reading, checking and decompressing chunks is CPU, the
+ * writes wait on the destination; more threads than cores overlap them. */
+#define RESTORE_THREADS 8
+
 struct inplace {
   struct backup_repo *r;
   struct backup_reader *rd;
@@ -139,6 +143,7 @@ backup_restore_image (struct backup_repo *r, const char *id,
   res->size = backup_reader_size (rd);
   snprintf (label, sizeof label, "restore %s", image);
   co.piece = backup_repo_chunk_size (r);
+  co.threads = RESTORE_THREADS;
   co.progress = progress;
   co.label = label;
   if (flags & BACKUP_RESTORE_IN_PLACE) {
@@ -177,7 +182,10 @@ backup_restore_image (struct backup_repo *r, const char *id,
     goto out;
   }
 
-  if ((e = image_create (st, image, res->size, 0)) < 0) {
+  /* The backed-up image's object size (0, from an older backup: the
+   * default), so the restored image is laid out as the original was. */
+  if ((e = image_create (st, image, res->size,
+                         backup_reader_object_size (rd))) < 0) {
     if (e == -EEXIST)
       vbk_set_error ("restore: image '%s' exists (use --in-place to restore "
                      "onto it)", image);
@@ -316,6 +324,7 @@ backup_restore_file (struct backup_repo *r, const char *id, const char *path,
                                   res->size, &dst)) < 0)
     goto out;
   co.piece = backup_repo_chunk_size (r);
+  co.threads = RESTORE_THREADS;
   co.skip_zero = 1;
   /* A regular file was just truncated: it reads as zeros.  A block
    * device does not. */

@@ -54,6 +54,10 @@
 #define SNAP_PREFIX "vbkbk-"
 #define CBT_SAMPLE_MAX 16
 #define KEEP_THREADS 16
+/* Copy threads of a backup: more than cores, as each chunk also waits
+ * for its registry batch and its synced write; hashing and compressing
+ * of other chunks fill that wait. */
+#define COPY_THREADS_DEFAULT 8
 
 struct writer {
   struct backup_repo *r;
@@ -66,6 +70,7 @@ struct writer {
   char writer_oid[STORE_NAME_MAX + 1];
   uint64_t start_ms;            /* registered start */
   uint64_t since;               /* references count from here */
+  uint32_t object_size;         /* the image's (for restore) */
   int registered, snapped, done;
 
   pthread_t renew;
@@ -550,6 +555,8 @@ write_index_and_manifest (struct writer *w)
   json_object_object_add (m, "size", json_object_new_uint64 (w->ix.size));
   json_object_object_add (m, "chunk_size",
                           json_object_new_uint64 (w->ix.chunk_size));
+  json_object_object_add (m, "object_size",
+                          json_object_new_uint64 (w->object_size));
   json_object_object_add (m, "chunks", json_object_new_uint64 (w->ix.count));
   json_object_object_add (m, "snapshot", json_object_new_string (w->snap));
   json_object_object_add (m, "parent", w->have_parent
@@ -644,6 +651,12 @@ backup_one (struct writer *w)
             (now_mono_ns () - t0) / 1e6);
   if ((e = image_open_snap (o->st, w->image, w->snap, &w->img)) < 0)
     return e;
+  {
+    struct image_info info;
+
+    image_get_info (w->img, &info);
+    w->object_size = info.object_size;
+  }
   w->ix.size = image_size (w->img);
   w->ix.chunk_size = cs;
   w->ix.count = (w->ix.size + cs - 1) / cs;
@@ -724,7 +737,7 @@ backup_one (struct writer *w)
     goto out;
   snprintf (label, sizeof label, "backup %s", w->image);
   co.piece = cs;
-  co.threads = o->threads;
+  co.threads = o->threads ? o->threads : COPY_THREADS_DEFAULT;
   co.whole_pieces = 1;
   co.skip_zero = 1;
   co.dst_zeroed = 1;

@@ -19,7 +19,20 @@
 # The image lives in a local: store (vbk), the peers read the same bytes
 # from a raw file on the same disk.  Prints seconds, MB/s (of the image
 # size), the ratio peer time / vbk time, and repository sizes (du).
-# Environment: SIZE_GB, VBK_BIN, TMPDIR, PEERS ("restic borg").
+# With REPEAT=N the full backups (each into a fresh repository) and the
+# restores run N times, vbk and the peers interleaved, and the rows show
+# the medians (the machine is shared: single runs are noisy).
+#
+# The physical limit line: what this machine could do for a full backup
+# of this image at best, min (read rate, cores x the SHA-256+LZ4 rate),
+# measured in the same run: the read rate is reading the image's
+# allocated objects from the store (cat), the per-core rates are
+# `openssl speed -evp sha256` on 4 MiB buffers and `lz4 -b1` on a sample
+# of the image's data chunks (random and text in the image's mix); holes
+# cost neither, so the CPU bound per image byte counts only the data
+# share.  A restore has the same kind of line: min (the write rate of a
+# file, cores x the SHA-256+LZ4-decompress rate).
+# Environment: SIZE_GB, VBK_BIN, TMPDIR, PEERS ("restic borg"), REPEAT (1).
 # This is a benchmark: it prints numbers, it does not assert.
 
 set -euo pipefail
@@ -28,6 +41,7 @@ SRC=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 VBK_BIN=${VBK_BIN:-$SRC/build/bin}
 SIZE_GB=${SIZE_GB:-8}
 PEERS=${PEERS:-restic borg}
+REPEAT=${REPEAT:-1}
 W=$(mktemp -d "${TMPDIR:-/tmp}/vbk-backup-bench.XXXXXX")
 BLOCKD=
 cleanup () {
@@ -45,16 +59,18 @@ raw=$W/disk.raw
 
 now () { date +%s.%N; }
 declare -A T
-# timed KEY CMD...: runs CMD, records its seconds in T[KEY].
+# timed KEY CMD...: runs CMD, records its seconds in T[KEY] (a repeated
+# KEY keeps every run: "t1,t2,..."; the table shows the median).
 timed ()
 {
-  local key=$1 t0
+  local key=$1 t0 t
   shift
   sync
   t0=$(now)
   "$@"
-  T[$key]=$(python3 -c "print('%.2f' % ($(now) - $t0))")
-  echo "  $key: ${T[$key]} s" >&2
+  t=$(python3 -c "print('%.2f' % ($(now) - $t0))")
+  T[$key]=${T[$key]:+${T[$key]},}$t
+  echo "  $key: $t s" >&2
 }
 
 echo "backup-bench: building a $SIZE_GB GiB image (40% random, 30% text, 30% holes)" >&2
@@ -79,16 +95,35 @@ with open(path, "wb") as f:
             f.seek(i * C); f.write(t)
 PY
 vbk image import "$raw" disk >/dev/null
-vbk backup init >/dev/null
+
+echo "backup-bench: physical limits" >&2
+sync
+t0=$(now)
+find "$W/store/obj" -type f -exec cat {} + >/dev/null
+T[read]=$(python3 -c "print('%.3f' % ($(now) - $t0))")
+# The data chunks in the image's mix (4 random, 3 text; holes are free).
+head -c $((7 << 22)) "$raw" >"$W/sample.bin"
+lz4 -b1 -i2 "$W/sample.bin" >"$W/lz4.out" 2>&1 || true
+openssl speed -evp sha256 -bytes 4194304 -seconds 2 >"$W/sha.out" 2>/dev/null || true
+rm -f "$W/sample.bin"
+dd if=/dev/zero of="$W/write.test" bs=4M count=256 conv=fsync 2>"$W/dd.out" || true
+rm -f "$W/write.test"
+echo "  read the image's objects: ${T[read]} s; file write: $(tail -1 "$W/dd.out")" >&2
+
 echo "backup-bench: full backups" >&2
-timed vbk_full vbk backup run disk --progress none >/dev/null
-for p in $PEERS; do
-  case $p in
-    restic) restic -q -r "$W/restic" init >/dev/null
-            timed restic_full sh -c "restic -q -r '$W/restic' backup --stdin --stdin-filename disk.raw < '$raw' >/dev/null" ;;
-    borg) borg init -e none "$W/borg" >/dev/null
-          timed borg_full borg create --read-special --chunker-params fixed,4194304 -C lz4 "$W/borg::full" "$raw" ;;
-  esac
+for rep in $(seq "$REPEAT"); do
+  export VBK_REPO=local:$W/vbkrepo
+  rm -rf "$W/vbkrepo" "$W/restic" "$W/borg"
+  vbk backup init >/dev/null
+  timed vbk_full vbk backup run disk --progress none >/dev/null
+  for p in $PEERS; do
+    case $p in
+      restic) restic -q -r "$W/restic" init >/dev/null
+              timed restic_full sh -c "restic -q -r '$W/restic' backup --stdin --stdin-filename disk.raw < '$raw' >/dev/null" ;;
+      borg) borg init -e none "$W/borg" >/dev/null
+            timed borg_full borg create --read-special --chunker-params fixed,4194304 -C lz4 "$W/borg::full" "$raw" ;;
+    esac
+  done
 done
 
 echo "backup-bench: changing 1% of the image" >&2
@@ -123,15 +158,17 @@ kill "$BLOCKD"; wait "$BLOCKD" 2>/dev/null || true; BLOCKD=
 
 echo "backup-bench: restores" >&2
 id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["id"])' "$W/incr.json")
-timed vbk_restore vbk backup restore "$id" --to-file "$W/out.raw" --force --progress none
-cmp "$W/out.raw" "$raw" || echo "backup-bench: WARNING: vbk restore differs" >&2
-rm -f "$W/out.raw"
-for p in $PEERS; do
-  case $p in
-    restic) timed restic_restore sh -c "restic -q -r '$W/restic' dump latest disk.raw > '$W/out.raw'" ;;
-    borg) timed borg_restore sh -c "cd '$W' && borg extract --stdout '$W/borg::incr' > '$W/out.raw'" ;;
-  esac
+for rep in $(seq "$REPEAT"); do
+  timed vbk_restore vbk backup restore "$id" --to-file "$W/out.raw" --force --progress none
+  [ "$rep" = 1 ] && { cmp "$W/out.raw" "$raw" || echo "backup-bench: WARNING: vbk restore differs" >&2; }
   rm -f "$W/out.raw"
+  for p in $PEERS; do
+    case $p in
+      restic) timed restic_restore sh -c "restic -q -r '$W/restic' dump latest disk.raw > '$W/out.raw'" ;;
+      borg) timed borg_restore sh -c "cd '$W' && borg extract --stdout '$W/borg::incr' > '$W/out.raw'" ;;
+    esac
+    rm -f "$W/out.raw"
+  done
 done
 
 echo "backup-bench: verify" >&2
@@ -148,31 +185,71 @@ declare -A S
 S[vbk]=$(du_of "$W/vbkrepo")
 for p in $PEERS; do S[$p]=$(du_of "$W/$p"); done
 
-python3 - "$size" "$PEERS" "${T[@]@K}" "${S[@]@K}" <<'PY'
-import sys
-size = int(sys.argv[1]); peers = sys.argv[2].split()
-kv = " ".join(sys.argv[3:]).split()
+data=$(du -sb "$W/store/obj" | cut -f1)
+python3 - "$size" "$PEERS" "$REPEAT" "$data" "$(nproc)" "$W" "${T[@]@K}" "${S[@]@K}" <<'PY'
+import re, statistics, sys
+size = int(sys.argv[1]); peers = sys.argv[2].split(); rep = int(sys.argv[3])
+data, cores, w = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+kv = " ".join(sys.argv[7:]).split()
 d = {}
 it = iter(kv)
 for k in it:
     d[k] = next(it).strip('"')
+def med(key):
+    return statistics.median(float(x) for x in d[key].split(","))
 rows = [("full backup", "full"), ("incremental (1% changed)", "incr"),
         ("full restore", "restore"), ("verify", "verify")]
-print("backup-bench: %d GiB image (40%% random, 30%% text, 30%% holes)" % (size >> 30))
+print("backup-bench: %d GiB image (40%% random, 30%% text, 30%% holes)%s"
+      % (size >> 30, ", medians of %d runs (full backup, restore)" % rep if rep > 1 else ""))
 hdr = "%-26s %10s" % ("", "vbk s (MB/s)")
 for p in peers:
     hdr += " %18s %8s" % (p + " s (MB/s)", p + "/vbk")
 print(hdr)
 for name, key in rows:
-    v = float(d["vbk_" + key])
+    v = med("vbk_" + key)
     line = "%-26s %6.2f (%4d)" % (name, v, size / v / 1e6)
     for p in peers:
-        x = float(d[p + "_" + key])
+        x = med(p + "_" + key)
         line += "   %7.2f (%5d) %7.2fx" % (x, size / x / 1e6, x / v)
     print(line)
 line = "%-26s %12s" % ("repository size", "%.2f GiB" % (int(d["vbk"]) / 2**30))
 for p in peers:
     line += "   %17s %8.2fx" % ("%.2f GiB" % (int(d[p]) / 2**30), int(d[p]) / int(d["vbk"]))
 print(line)
+
+# Physical limits, from the rates measured at the start of this run.
+def grab(path, rx, conv=float):
+    try:
+        m = re.findall(rx, open(path, errors="replace").read())
+        return conv(m[-1]) if m else None
+    except OSError:
+        return None
+sha = grab(w + "/sha.out", r"sha256\s+([\d.]+)k")
+sha = sha * 1000 if sha else None                      # bytes/s, one core
+lz = re.findall(r"\(([\d.]+)\),\s*([\d.]+) MB/s\s*,\s*([\d.]+) MB/s",
+                open(w + "/lz4.out", errors="replace").read().replace("\r", "\n"))
+lzc, lzd = (float(lz[-1][1]) * 1e6, float(lz[-1][2]) * 1e6) if lz else (None, None)
+m = re.findall(r"s, ([\d.]+) ([GM])B/s", open(w + "/dd.out").read())
+wr = float(m[-1][0]) * (1e9 if m[-1][1] == "G" else 1e6) if m else None
+rd = data / float(d["read"])
+frac = data / size                                     # share that is data
+if sha and lzc:
+    cpu = cores / (frac * (1 / sha + 1 / lzc))          # image bytes/s
+    lim = min(rd / frac, cpu)
+    v = med("vbk_full")
+    print("physical limit, full backup: %d MB/s = min(read %d MB/s, %d cores x "
+          "(SHA-256 %d MB/s + LZ4 %d MB/s per core) on %d%% data = %d MB/s); "
+          "vbk %d MB/s = %.0f%% of it"
+          % (lim / 1e6, rd / frac / 1e6, cores, sha / 1e6, lzc / 1e6,
+             frac * 100, cpu / 1e6, size / v / 1e6, size / v / lim * 100))
+if sha and lzd and wr:
+    cpu = cores / (frac * (1 / sha + 1 / lzd))
+    lim = min(wr / frac, cpu)
+    v = med("vbk_restore")
+    print("physical limit, restore:     %d MB/s = min(write %d MB/s, %d cores x "
+          "(SHA-256 %d MB/s + LZ4 decompress %d MB/s per core) on %d%% data "
+          "= %d MB/s); vbk %d MB/s = %.0f%% of it"
+          % (lim / 1e6, wr / frac / 1e6, cores, sha / 1e6, lzd / 1e6,
+             frac * 100, cpu / 1e6, size / v / 1e6, size / v / lim * 100))
 PY
 cat "$W/incr.json" | python3 -c 'import json,sys; r=json.load(sys.stdin)[0]; print("vbk incremental: read %d of %d chunks, %d new chunks, %d bytes stored" % (r["chunks_read"], r["chunks"], r["chunks_new"], r["bytes_stored"]))'

@@ -563,6 +563,15 @@ fault_omap_set (void *h, const char *oid, const char *key, const void *val,
   return store_omap_set (f->inner, oid, key, val, len);
 }
 
+static int
+fault_meta_set (void *h, const char *oid, const struct store_meta_set *sets,
+                size_t n)
+{
+  struct fault *f = h;
+  INJECT (STORE_OP_META, "meta_set", oid);
+  return store_meta_set (f->inner, oid, sets, n);
+}
+
 static ssize_t
 fault_omap_get (void *h, const char *oid, const char *key, void *buf,
                 size_t len)
@@ -825,4 +834,5 @@ const struct store_ops store_fault_ops = {
   .fault_count = fault_calls,
   .fault_bytes_read = fault_read_bytes,
   .read_ranges = fault_read_ranges,
+  .meta_set = fault_meta_set,
 };

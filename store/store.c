@@ -370,6 +370,10 @@ store_meta_set (struct store *st, const char *oid,
   int r = 0;
 
   CHECK_OID ("meta_set", oid);
+  for (i = 0; i < n; i++)
+    if (sets[i].len > 65536)   /* refused whole, as one op must be */
+      return vbk_errno (-E2BIG, "store: meta_set: %s: %s: value too large",
+                        oid, sets[i].name);
   if (st->ops->meta_set)
     return CALL (st, meta_set, oid, oid, sets, n);
   for (i = 0; r == 0 && i < n; i++)

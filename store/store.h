@@ -186,11 +186,11 @@ int store_xattr_cas (struct store *st, const char *oid, const char *name,
                      const void *old, size_t oldlen,
                      const void *new, size_t newlen);
 
+/* Returns the value's length.  Errors: -ENOENT (no object or no key). */
 /* Omap: a sorted map of keys to values (up to 64 KiB each) on OID,
  * created with the object if needed. */
 int store_omap_set (struct store *st, const char *oid, const char *key,
                     const void *val, size_t len);
-/* Returns the value's length.  Errors: -ENOENT (no object or no key). */
 ssize_t store_omap_get (struct store *st, const char *oid, const char *key,
                         void *buf, size_t len);
 /* Errors: -ENOENT (no object or no key). */
@@ -212,11 +212,15 @@ struct store_meta_set {
   size_t len;
 };
 
-/* Sets the xattrs and omap keys SETS[0..N) on OID (created if needed):
- * in one atomic step where the backend can (RADOS: one write op, so one
- * round trip), else one after another in order, stopping at the first
- * failure (the earlier ones stay set).  For records that belong
- * together.  Errors: those of store_xattr_set and store_omap_set. */
+/* Sets the xattrs and omap keys SETS[0..N) on OID (created if needed),
+ * durable when it returns: on RADOS in one atomic write op (one round
+ * trip); on the local store under one lock with one sync pass (one
+ * journal commit instead of one per value), a crash leaving each value
+ * old or new; elsewhere one after another in order, stopping at the
+ * first failure (the earlier ones stay set).  For records that belong
+ * together, and for many keys at once.  N = 0 does nothing.  Errors:
+ * those of store_xattr_set and store_omap_set; -E2BIG (a value over
+ * 64 KiB) sets nothing. */
 int store_meta_set (struct store *st, const char *oid,
                     const struct store_meta_set *sets, size_t n);
 

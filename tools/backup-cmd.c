@@ -737,7 +737,7 @@ static const struct vbk_opt run_opts[] = {
   { "full", 0, NULL, "read everything, even with a previous backup" },
   { "cbt-sample", 0, "N", "unchanged chunks re-hashed as a check of the "
     "change log (default: 1%, 1 to 16)" },
-  { "threads", 0, "N", "worker threads (default 4)" },
+  { "threads", 0, "N", "worker threads (default 8)" },
   { "host-id", 0, "ID", "who we are for a temporary lease" },
   { NULL },
 };

@@ -1635,6 +1635,51 @@ test_meta_set (void **state)
   expect_err (-EINVAL, store_meta_set (st, "", first, 1));
 }
 
+/* Many keys in one store_meta_set (the backup registry's batches): new
+ * and overwritten keys, an empty value, the values read back one by one
+ * and listed; a value over 64 KiB refuses the whole call and sets
+ * nothing. */
+static void
+test_meta_set_many (void **state)
+{
+  FX;
+  static uint8_t big[64 * KiB + 1];
+  struct store_meta_set sets[40];
+  size_t i;
+  char kb[40][16], vb[40][32], buf[64];
+  struct omap_seen *s = calloc (1, sizeof *s);
+  ssize_t r;
+
+  assert_non_null (s);
+  expect_ok (store_meta_set (st, "sm", sets, 0));
+  expect_ok (store_omap_set (st, "sm", "k07", "old", 3));
+  for (i = 0; i < 40; i++) {
+    snprintf (kb[i], sizeof kb[i], "k%02zu", i);
+    snprintf (vb[i], sizeof vb[i], "value of %zu", i);
+    sets[i] = (struct store_meta_set) { true, kb[i], vb[i],
+                                        i == 13 ? 0 : strlen (vb[i]) };
+  }
+  expect_ok (store_meta_set (st, "sm", sets, 40));
+  for (i = 0; i < 40; i++) {
+    r = store_omap_get (st, "sm", kb[i], buf, sizeof buf);
+    assert_int_equal (r, (ssize_t) sets[i].len);
+    assert_memory_equal (buf, vb[i], sets[i].len);
+  }
+  expect_ok (store_omap_list (st, "sm", "", 1000, omap_cb, s));
+  assert_int_equal (s->n, 40);
+  for (i = 0; i < 40; i++)
+    assert_string_equal (s->keys[i], kb[i]);
+
+  /* Too large: nothing of the call is set. */
+  sets[0] = (struct store_meta_set) { true, "n1", "x", 1 };
+  sets[1] = (struct store_meta_set) { true, "n2", big, sizeof big };
+  expect_err (-E2BIG, store_meta_set (st, "sm", sets, 2));
+  expect_err (-ENOENT, store_omap_get (st, "sm", "n1", buf, sizeof buf));
+  expect_err (-ENOENT, store_omap_get (st, "sm", "n2", buf, sizeof buf));
+  expect_err (-EINVAL, store_meta_set (st, "", sets, 1));
+  free (s);
+}
+
 static void
 test_omap_many (void **state)
 {
@@ -2615,6 +2660,7 @@ main (int argc, char *argv[])
     T (test_omap_many),
     T (test_meta_set),
     T (test_read_ranges),
+    T (test_meta_set_many),
     T (test_lock_basic),
     T (test_lock_contention),
     T (test_lock_expiry),
