@@ -449,6 +449,12 @@ bk_close (void *h)
   backup_reader_close (h);
 }
 
+static uint32_t
+bk_chunk_size (void *h)
+{
+  return backup_reader_chunk_size (h);
+}
+
 static const struct vbkfs_source_ops backup_ops = {
   .kind = "backup",
   .size = bk_size,
@@ -456,6 +462,7 @@ static const struct vbkfs_source_ops backup_ops = {
   .extents = bk_extents,
   .check = bk_check,
   .close = bk_close,
+  .chunk_size = bk_chunk_size,
 };
 
 int
