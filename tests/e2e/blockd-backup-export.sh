@@ -12,8 +12,10 @@
 #   repository from --repo, from the config file and from $VBK_REPO, and
 #   a clear error without one or for an unknown backup; NBD_OPT_LIST does
 #   not list backups; a backup removed and garbage-collected while it is
-#   exported: the open export fails the reads of removed chunks with EIO
-#   and goes on serving (holes, block status), a new open is refused; a
+#   exported: the open export is a registered reader, so gc keeps its
+#   chunks and every read (of chunks never read before too) is right,
+#   block status answers; once it is closed gc frees the chunks and a new
+#   open is refused; a
 #   flipped chunk: EIO for that chunk's range only, the log names the
 #   chunk, the rest of the export reads right.
 
