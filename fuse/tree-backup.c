@@ -24,7 +24,10 @@
  * the image younger than LIST_TTL_MS; every other name, and a directory
  * listing, reads the repository afresh (and refreshes that listing).  A
  * new backup therefore becomes "latest" within LIST_TTL_MS, at once
- * after "ls backups/NAME".
+ * after "ls backups/NAME".  The kernel may also keep the link
+ * (mount.c): vbkfs_poll_latest re-lists, about once a second, each image
+ * whose "latest" was read and says which links moved, so that mount.c
+ * drops them from the kernel's cache.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -55,6 +58,8 @@ struct listing {
   uint64_t at_ns;               /* monotonic */
   struct backup_entry *list;
   size_t n;
+  bool latest_read;             /* "latest" was resolved: watch it */
+  char latest[NAME_MAX + 1];    /* what it was resolved to */
 };
 
 #define LIST_TTL_MS 1000
@@ -209,6 +214,69 @@ list_image_recent (struct vbkfs *fs, const char *image,
   return r;
 }
 
+/* Notes that "latest" of IMAGE was resolved to LINK. */
+static void
+latest_note (struct vbkfs_backups *b, const char *image, const char *link)
+{
+  struct listing *l;
+
+  pthread_mutex_lock (&b->lock);
+  for (l = b->listings; l; l = l->next)
+    if (strcmp (l->image, image) == 0) {
+      l->latest_read = true;
+      snprintf (l->latest, sizeof l->latest, "%s", link);
+    }
+  pthread_mutex_unlock (&b->lock);
+}
+
+void
+vbkfs_poll_latest (struct vbkfs *fs, vbkfs_changed_cb changed, void *arg)
+{
+  struct vbkfs_backups *b = fs->backups;
+  char image[IMAGE_NAME_MAX + 1], link[NAME_MAX + 1], path[PATH_MAX];
+  struct backup_entry *list;
+  struct listing *l;
+  size_t n, done = 0, i;
+  bool found, moved;
+
+  if (b == NULL)
+    return;
+  /* One image at a time, without the lock while listing. */
+  for (;;) {
+    found = false;
+    pthread_mutex_lock (&b->lock);
+    for (l = b->listings, i = 0; l; l = l->next)
+      if (l->latest_read && i++ == done) {
+        snprintf (image, sizeof image, "%s", l->image);
+        found = true;
+        break;
+      }
+    pthread_mutex_unlock (&b->lock);
+    if (!found)
+      return;
+    done++;
+    if (list_image (fs, image, &list, &n) < 0)
+      continue;
+    listing_put (b, image, list, n);
+    link[0] = '\0';
+    if (n > 0)
+      entry_name (list, n, n - 1, link, sizeof link);
+    free (list);
+    moved = false;
+    pthread_mutex_lock (&b->lock);
+    for (l = b->listings; l; l = l->next)
+      if (strcmp (l->image, image) == 0 && strcmp (l->latest, link) != 0) {
+        snprintf (l->latest, sizeof l->latest, "%s", link);
+        moved = true;
+      }
+    pthread_mutex_unlock (&b->lock);
+    if (moved) {
+      snprintf (path, sizeof path, "/backups/%s/latest", image);
+      changed (arg, path);
+    }
+  }
+}
+
 static const struct known *
 known_find (struct vbkfs_backups *b, const char *image, const char *name)
 {
@@ -309,6 +377,7 @@ vbkfs_resolve_backups (struct vbkfs *fs, const char *rest,
   if (latest) {
     i = cnt - 1;
     entry_name (list, cnt, i, n->link, sizeof n->link);
+    latest_note (b, n->image, n->link);
     if (s[strspn (s, "/")] == '\0') {
       n->type = N_LATEST;
       n->time_ms = list[i].time_ms;

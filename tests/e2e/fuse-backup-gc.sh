@@ -11,7 +11,8 @@
 #   random 4 KiB blocks of it with --verify=crc32c while, at the same
 #   time, backups of new images run in a loop, gc runs in a loop, and d is
 #   replaced and backed up again so that "prune --keep-last 1" removes B1,
-#   whose chunks no other backup uses.  fio must verify every block; gc
+#   whose chunks no other backup uses ("latest", read before, moves to the
+#   new backup within seconds).  fio must verify every block; gc
 #   must report the mount as an open reader; the whole disk, read again
 #   through the descriptor opened before the prune, equals the pattern
 #   (chunks never read before the gc included).  After the unmount a gc
@@ -77,7 +78,18 @@ gc_pid=$!
 v image rm d >/dev/null || fail "image rm d"
 head -c 8M /dev/urandom >"$D/d2.raw"
 v image import "$D/d2.raw" d >/dev/null || fail "import d again"
+# "latest" was read before B2 (the kernel may cache the link): it moves
+# to B2 within a few seconds.
+first=$(readlink "$M/backups/d/latest") || fail "readlink latest"
+[ "$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <"$M/backups/d/latest/info.json")" = "$b1" ] ||
+  fail "latest/ is not B1 before B2"
 v backup run d --repo "$repo" >/dev/null || fail "backup B2"
+for ((i = 0; i < 100; i++)); do
+  [ "$(readlink "$M/backups/d/latest")" != "$first" ] && break
+  sleep 0.1
+done
+[ "$(readlink "$M/backups/d/latest")" != "$first" ] ||
+  fail "latest still points at B1 ($first) 10 s after B2"
 v backup prune d --keep-last 1 --repo "$repo" >/dev/null || fail "prune"
 v backup ls d --repo "$repo" --json | grep -q "$b1" && fail "prune kept $b1"
 v backup gc --clock-skew 0 --repo "$repo" --json >"$D/gc-pruned.json" ||
