@@ -61,6 +61,7 @@ struct backup_reader {
 
   /* The reader record (under pin_lock). */
   char rid[BACKUP_READER_ID_LEN];
+  char bid[64];                 /* the backup, for messages */
   char pin_oid[STORE_NAME_MAX + 1];
   char pin_val[256];
   size_t pin_len;
@@ -114,12 +115,12 @@ pin_renew_thread (void *arg)
        * used.  Register again so that it keeps the rest. */
       log_warn ("backup %s: reader %s: the reader lock ran out; "
                 "registering again (chunks collected meanwhile read as "
-                "errors)", rd->m.id, rd->rid);
+                "errors)", rd->bid, rd->rid);
       e = pin_take (rd);
     }
     if (e < 0)
       log_error ("backup %s: reader %s: renewing the reader lock: %s",
-                 rd->m.id, rd->rid, vbk_error ()[0] ? vbk_error ()
+                 rd->bid, rd->rid, vbk_error ()[0] ? vbk_error ()
                  : strerror (-e));
     pthread_mutex_lock (&rd->pin_lock);
   }
@@ -148,6 +149,7 @@ pin_register (struct backup_reader *rd, const char *id)
   int e, n;
 
   new_reader_id (rd->rid, sizeof rd->rid);
+  snprintf (rd->bid, sizeof rd->bid, "%s", id);
   backup_reader_oid (rd->rid, rd->pin_oid, sizeof rd->pin_oid);
   gethostname (host, sizeof host - 1);
   host[strcspn (host, " ")] = '\0';
