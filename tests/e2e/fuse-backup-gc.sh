@@ -34,7 +34,8 @@ M=$D/mnt
 
 # The pattern: fio writes each block with a header naming its offset.
 fio --name=w --filename="$D/pattern.raw" --rw=write --bs=4k --size=32M \
-  --verify=crc32c --do_verify=0 --output=/dev/null || fail "fio pattern"
+  --verify=crc32c --do_verify=0 --verify_state_save=0 --output=/dev/null ||
+  fail "fio pattern"
 v image import "$D/pattern.raw" d >/dev/null || fail "import d"
 v backup init "$repo" --chunk-size 256K >/dev/null || fail "backup init"
 v backup run d --repo "$repo" >/dev/null || fail "backup B1"
@@ -51,7 +52,7 @@ exec 8<"$disk"
 cleanup_fn "exec 8<&-"
 
 fio --name=r --filename="$disk" --rw=randread --bs=4k \
-  --verify=crc32c --readonly --time_based --runtime=12 \
+  --verify=crc32c --verify_state_save=0 --readonly --time_based --runtime=12 \
   --output="$D/fio.out" &
 fio_pid=$!
 cleanup_fn "kill $fio_pid 2>/dev/null"
