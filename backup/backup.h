@@ -187,6 +187,7 @@ int backup_prune (struct backup_repo *r, const struct backup_prune_opts *o,
 struct backup_gc_result {
   uint64_t chunks, marked, removed, bytes_removed, kept_young;
   uint64_t writers_live, writers_dead;
+  uint64_t readers_live, readers_dead;  /* open readers; records removed */
 };
 
 /* Removes chunks no backup uses, safely beside running backups (see

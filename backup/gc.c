@@ -19,6 +19,10 @@
  *   it names (the backup whose index it carries chunks from) has its
  *   index marked, manifest or not, and is not cleaned up as dead
  *
+ *   then the open readers (vbk mount, NBD exports, restores): the backup
+ *   each reads has its index marked, manifest or not (pruned while open),
+ *   and is not cleaned up as dead; readers whose lock ran out are removed
+ *
  * Why this is safe: a running backup relies on two kinds of chunks.
  * Those it writes or finds by dedup it touches (registry time = now)
  * under the chunk's lock: a running backup known to gc started before
@@ -54,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <json-c/json.h>
 
@@ -134,6 +139,52 @@ gc_catalog (void *arg, const char *id, const char *val)
   return 0;
 }
 
+/* Keeps backup ID from the cleanup of dead backups: something relies on
+ * its index. */
+static void
+keep_index (struct gc *g, const char *id)
+{
+  size_t j;
+
+  for (j = 0; j < g->ndead; j++)
+    if (strcmp (g->dead[j], id) == 0) {
+      memmove (g->dead[j], g->dead[j + 1],
+               (g->ndead - j - 1) * sizeof *g->dead);
+      g->ndead--;
+      g->res->writers_dead--;
+      return;
+    }
+}
+
+/* Marks every digest of backup ID's index, manifest or not; an index
+ * that is gone is not used (WHY and WHO name the user, for messages). */
+static int
+mark_index (struct gc *g, const char *id, const char *why, const char *who)
+{
+  char oid[STORE_NAME_MAX + 1], *buf;
+  struct backup_index ix;
+  size_t len;
+  uint64_t k;
+  int e;
+
+  backup_index_oid (id, oid, sizeof oid);
+  e = backup_meta_read (g->r, oid, &buf, &len, NULL);
+  if (e == -ENOENT)
+    return 0;
+  if (e < 0)
+    return vbk_error_prepend (e, "gc: index of %s (%s %s): ", id, why, who);
+  e = backup_index_parse (buf, len, &ix);
+  free (buf);
+  if (e < 0)
+    return vbk_error_prepend (e, "gc: index of %s (%s %s): ", id, why, who);
+  for (k = 0; k < ix.count && e >= 0; k++)
+    e = backup_set_add (&g->marked, ix.digest[k]);
+  backup_index_free (&ix);
+  if (e < 0)
+    return vbk_errno (e, "gc: marking");
+  return 0;
+}
+
 /* The parents of running backups, read again now that the walk is over:
  * a backup names its parent in its catalog key before it reads the
  * parent's manifest, so if it read it before this point we see the name
@@ -144,12 +195,10 @@ gc_catalog (void *arg, const char *id, const char *val)
 static int
 gc_parents (struct gc *g)
 {
-  char val[512], oid[STORE_NAME_MAX + 1], img[512], parent[64], *buf;
-  struct backup_index ix;
+  char val[512], img[512], parent[64];
   unsigned long long start;
-  size_t i, j, len;
+  size_t i;
   ssize_t n;
-  uint64_t k;
   int e;
 
   for (i = 0; i < g->nlive; i++) {
@@ -164,33 +213,111 @@ gc_parents (struct gc *g)
         || backup_id_check (parent) < 0)
       continue;                 /* no parent (yet) */
     /* Not cleaned up as dead while a running backup relies on it. */
-    for (j = 0; j < g->ndead; j++)
-      if (strcmp (g->dead[j], parent) == 0) {
-        memmove (g->dead[j], g->dead[j + 1],
-                 (g->ndead - j - 1) * sizeof *g->dead);
-        g->ndead--;
-        g->res->writers_dead--;
-        break;
-      }
-    backup_index_oid (parent, oid, sizeof oid);
-    e = backup_meta_read (g->r, oid, &buf, &len, NULL);
-    if (e == -ENOENT)
-      continue;                 /* gone before it was chosen: not used */
-    if (e < 0)
-      return vbk_error_prepend (e, "gc: index of %s (parent of running "
-                                "backup %s): ", parent, g->live[i]);
-    e = backup_index_parse (buf, len, &ix);
-    free (buf);
-    if (e < 0)
-      return vbk_error_prepend (e, "gc: index of %s (parent of running "
-                                "backup %s): ", parent, g->live[i]);
-    for (k = 0; k < ix.count && e >= 0; k++)
-      e = backup_set_add (&g->marked, ix.digest[k]);
-    backup_index_free (&ix);
-    if (e < 0)
-      return vbk_errno (e, "gc: marking");
+    keep_index (g, parent);
+    if ((e = mark_index (g, parent, "parent of running backup",
+                         g->live[i])) < 0)
+      return e;
   }
   return 0;
+}
+
+/* Open readers (reader.c), read after the catalog walk: a reader
+ * registers before it reads its backup's manifest, so either we see its
+ * key here and mark its index (manifest or not: a backup pruned while
+ * open stays readable), or it registered after this point and read the
+ * manifest after the walk, which then saw that manifest and marked its
+ * index.  A key whose lock is not held is a reader that died: gc takes
+ * the lock itself (so a stalled reader that wakes up cannot register
+ * again halfway) and removes the key and the object. */
+struct reader_walk {
+  struct gc *g;
+  char last[STORE_NAME_MAX + 1];
+  size_t seen;
+  int err;
+  char (*stale)[BACKUP_READER_ID_LEN];
+  size_t nstale;
+};
+
+static int
+reader_one (void *arg, const char *key, const void *val, size_t len)
+{
+  struct reader_walk *w = arg;
+  struct gc *g = w->g;
+  struct store_lock_info li;
+  char oid[STORE_NAME_MAX + 1], v[256], id[64];
+  int e;
+
+  snprintf (w->last, sizeof w->last, "%s", key);
+  w->seen++;
+  if (strlen (key) >= BACKUP_READER_ID_LEN)
+    return 0;                   /* not ours */
+  backup_reader_oid (key, oid, sizeof oid);
+  e = store_lock_get (g->r->st, oid, BACKUP_READER_LOCK, &li);
+  if (e == -ENOENT) {
+    if (w->nstale % 64 == 0) {
+      void *n = realloc (w->stale, (w->nstale + 64) * sizeof *w->stale);
+
+      if (n == NULL)
+        return vbk_errno (-ENOMEM, "gc");
+      w->stale = n;
+    }
+    snprintf (w->stale[w->nstale++], BACKUP_READER_ID_LEN, "%s", key);
+    return 0;
+  }
+  if (e < 0)
+    return vbk_errno (e, "gc: reader lock of %s", key);
+  snprintf (v, sizeof v, "%.*s", (int) MIN (len, sizeof v - 1),
+            (const char *) val);
+  if (sscanf (v, "%63s", id) != 1 || backup_id_check (id) < 0)
+    return 0;
+  g->res->readers_live++;
+  keep_index (g, id);
+  return mark_index (g, id, "read by", key);
+}
+
+static int
+gc_readers (struct gc *g)
+{
+  struct reader_walk w = { .g = g };
+  char oid[STORE_NAME_MAX + 1], cookie[64];
+  size_t i;
+  int e;
+
+  do {
+    w.seen = 0;
+    e = store_omap_list (g->r->st, BACKUP_READERS_OID, w.last, 1000,
+                         reader_one, &w);
+    if (e == -ENOENT) {
+      e = 0;
+      break;
+    }
+    if (e < 0)
+      goto out;
+  } while (w.seen == 1000);
+  snprintf (cookie, sizeof cookie, "gc.%d", (int) getpid ());
+  for (i = 0; i < w.nstale; i++) {
+    backup_reader_oid (w.stale[i], oid, sizeof oid);
+    e = store_lock (g->r->st, oid, BACKUP_READER_LOCK, cookie, "vbk gc",
+                    backup_lock_ms (), 0);
+    if (e == -EBUSY)
+      continue;                 /* it came back */
+    if (e < 0) {
+      vbk_errno (e, "gc: reader lock of %s", w.stale[i]);
+      goto out;
+    }
+    e = store_omap_rm (g->r->st, BACKUP_READERS_OID, w.stale[i]);
+    store_unlock (g->r->st, oid, BACKUP_READER_LOCK, cookie);
+    if (e < 0 && e != -ENOENT) {
+      vbk_errno (e, "gc: removing reader %s", w.stale[i]);
+      goto out;
+    }
+    store_remove (g->r->st, oid);
+    g->res->readers_dead++;
+  }
+  e = 0;
+ out:
+  free (w.stale);
+  return e;
 }
 
 static int
@@ -300,7 +427,7 @@ backup_gc (struct backup_repo *r, uint64_t skew_ms,
   backup_set_init (&g.marked);
   g.cutoff = now_wall_ms ();
   if ((e = backup_catalog_walk (r, gc_catalog, &g)) < 0
-      || (e = gc_parents (&g)) < 0)
+      || (e = gc_parents (&g)) < 0 || (e = gc_readers (&g)) < 0)
     goto out;
   g.cutoff = g.cutoff > skew_ms ? g.cutoff - skew_ms : 0;
   log_info ("gc: %zu chunks marked, %" PRIu64 " running backups, cutoff %"

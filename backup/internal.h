@@ -15,6 +15,9 @@
  *                              its last reference, or "bad TIME_MS"
  *   vbk_chunk.HEX              chunk: header + payload; lock "chunk" held
  *                              while it is created, touched or swept
+ *   vbk_backup_readers         omap: reader id -> "ID START_MS HOST/PID"
+ *                              for every open reader of backup ID
+ *   vbk_backup_reader.RID      lock "reader" held while reader RID is open
  */
 #ifndef VBK_BACKUP_INTERNAL_H
 #define VBK_BACKUP_INTERNAL_H
@@ -34,6 +37,9 @@
 #define BACKUP_CONFIG_OID "vbk_backup_config"
 #define BACKUP_CATALOG_OID "vbk_backup_catalog"
 #define BACKUP_CHUNKS_OID "vbk_backup_chunks"
+#define BACKUP_READERS_OID "vbk_backup_readers"
+#define BACKUP_READER_LOCK "reader"
+#define BACKUP_READER_ID_LEN 17         /* 16 hex digits */
 
 #define BACKUP_DIGEST_LEN 32
 #define BACKUP_HEX_LEN 64
@@ -175,6 +181,7 @@ int backup_id_check (const char *id);
 void backup_manifest_oid (const char *id, char *buf, size_t len);
 void backup_index_oid (const char *id, char *buf, size_t len);
 void backup_writer_oid (const char *id, char *buf, size_t len);
+void backup_reader_oid (const char *rid, char *buf, size_t len);
 void backup_chunk_oid (const unsigned char *d, char *buf, size_t len);
 /* Reads a whole object into a malloc'd, NUL-terminated buffer. */
 int backup_read_object (struct store *st, const char *oid, char **buf,

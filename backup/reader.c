@@ -11,13 +11,36 @@
  * fetch; a read of a whole chunk (restore, verify) decodes straight into
  * the caller's buffer and leaves the cache alone.  The cache lock guards memory only: fetches run unlocked, and
  * two threads missing the same chunk both fetch it (rare and harmless).
+ *
+ * An open reader pins its backup's chunks against gc, as a running
+ * writer does:
+ *
+ *   <open> -> LOCK      lock "reader" on vbk_backup_reader.RID (a
+ *                       duration, renewed by a thread every quarter)
+ *          -> REGISTER  vbk_backup_readers key RID = "ID START_MS HOST"
+ *          -> LOAD      manifest, index
+ *   <close> -> key removed -> lock released -> object removed
+ *
+ * gc reads the readers after its catalog walk and marks the index of
+ * each backup with a live reader (see gc.c for why registering before
+ * LOAD is enough); a key whose lock is not held is a reader that died
+ * and gc removes it, so a crashed reader blocks nothing for longer than
+ * one lock duration.  A reader whose lock ran out (the process stalled
+ * longer than that) registers again at once; what gc swept meanwhile
+ * reads as -EIO naming the chunk, as any missing chunk does.
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "internal.h"
 
@@ -36,20 +59,157 @@ struct backup_reader {
   pthread_mutex_t lock;
   uint64_t clock;
   struct slot cache[CACHE_SLOTS];
+
+  /* The reader record (under pin_lock). */
+  char rid[BACKUP_READER_ID_LEN];
+  char bid[64];                 /* the backup, for messages */
+  char pin_oid[STORE_NAME_MAX + 1];
+  char pin_val[256];
+  size_t pin_len;
+  pthread_t renew;
+  bool renewing, stop;
+  pthread_mutex_t pin_lock;
+  pthread_cond_t pin_cond;
 };
+
+/* ---- The reader record ------------------------------------------------------ */
+
+/* Takes the reader lock and writes the registry key. */
+static int
+pin_take (struct backup_reader *rd)
+{
+  int e;
+
+  if ((e = store_lock (rd->r->st, rd->pin_oid, BACKUP_READER_LOCK, rd->rid,
+                       "vbk backup reader", backup_lock_ms (), 0)) < 0)
+    return vbk_errno (e, "backup: reader %s: lock", rd->rid);
+  if ((e = store_omap_set (rd->r->st, BACKUP_READERS_OID, rd->rid,
+                           rd->pin_val, rd->pin_len)) < 0) {
+    store_unlock (rd->r->st, rd->pin_oid, BACKUP_READER_LOCK, rd->rid);
+    return vbk_errno (e, "backup: reader %s: registering", rd->rid);
+  }
+  return 0;
+}
+
+static void *
+pin_renew_thread (void *arg)
+{
+  struct backup_reader *rd = arg;
+  uint32_t ms = backup_lock_ms ();
+  struct timespec ts;
+  int e;
+
+  pthread_mutex_lock (&rd->pin_lock);
+  while (!rd->stop) {
+    clock_gettime (CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (long) (ms / 4) * 1000000;
+    ts.tv_sec += ts.tv_nsec / 1000000000;
+    ts.tv_nsec %= 1000000000;
+    pthread_cond_timedwait (&rd->pin_cond, &rd->pin_lock, &ts);
+    if (rd->stop)
+      break;
+    pthread_mutex_unlock (&rd->pin_lock);
+    e = store_lock (rd->r->st, rd->pin_oid, BACKUP_READER_LOCK, rd->rid,
+                    "vbk backup reader", ms, STORE_LOCK_RENEW);
+    if (e == -ENOENT) {
+      /* It ran out: gc may have dropped our key and swept what only we
+       * used.  Register again so that it keeps the rest. */
+      log_warn ("backup %s: reader %s: the reader lock ran out; "
+                "registering again (chunks collected meanwhile read as "
+                "errors)", rd->bid, rd->rid);
+      e = pin_take (rd);
+    }
+    if (e < 0)
+      log_error ("backup %s: reader %s: renewing the reader lock: %s",
+                 rd->bid, rd->rid, vbk_error ()[0] ? vbk_error ()
+                 : strerror (-e));
+    pthread_mutex_lock (&rd->pin_lock);
+  }
+  pthread_mutex_unlock (&rd->pin_lock);
+  return NULL;
+}
+
+static void
+new_reader_id (char *buf, size_t len)
+{
+  unsigned char rnd[8] = { 0 };
+  uint64_t x;
+
+  if (getrandom (rnd, sizeof rnd, 0) != sizeof rnd) {
+    x = now_mono_ns () ^ (uint64_t) getpid () << 32;
+    memcpy (rnd, &x, sizeof rnd);
+  }
+  snprintf (buf, len, "%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1],
+            rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+}
+
+static int
+pin_register (struct backup_reader *rd, const char *id)
+{
+  char host[64] = "";
+  int e, n;
+
+  new_reader_id (rd->rid, sizeof rd->rid);
+  snprintf (rd->bid, sizeof rd->bid, "%s", id);
+  backup_reader_oid (rd->rid, rd->pin_oid, sizeof rd->pin_oid);
+  gethostname (host, sizeof host - 1);
+  host[strcspn (host, " ")] = '\0';
+  n = snprintf (rd->pin_val, sizeof rd->pin_val, "%s %" PRIu64 " %s/%d", id,
+                now_wall_ms (), host[0] ? host : "-", (int) getpid ());
+  rd->pin_len = (size_t) MIN (n, (int) sizeof rd->pin_val - 1);
+  if ((e = pin_take (rd)) < 0)
+    return e;
+  pthread_mutex_init (&rd->pin_lock, NULL);
+  pthread_cond_init (&rd->pin_cond, NULL);
+  if (pthread_create (&rd->renew, NULL, pin_renew_thread, rd) == 0)
+    rd->renewing = true;
+  return 0;
+}
+
+static void
+pin_release (struct backup_reader *rd)
+{
+  /* Closing after a failed read must not replace its message. */
+  VBK_KEEP_ERROR_FOR_SCOPE;
+
+  if (rd->renewing) {
+    pthread_mutex_lock (&rd->pin_lock);
+    rd->stop = true;
+    pthread_cond_signal (&rd->pin_cond);
+    pthread_mutex_unlock (&rd->pin_lock);
+    pthread_join (rd->renew, NULL);
+  }
+  /* The key first: a key without its lock is a dead reader to gc, a
+   * lock without its key nothing. */
+  store_omap_rm (rd->r->st, BACKUP_READERS_OID, rd->rid);
+  store_unlock (rd->r->st, rd->pin_oid, BACKUP_READER_LOCK, rd->rid);
+  store_remove (rd->r->st, rd->pin_oid);
+  pthread_mutex_destroy (&rd->pin_lock);
+  pthread_cond_destroy (&rd->pin_cond);
+}
+
+/* ---- Opening ---------------------------------------------------------------- */
 
 int
 backup_reader_open (struct backup_repo *r, const char *id,
                     struct backup_reader **out)
 {
-  struct backup_reader *rd = calloc (1, sizeof *rd);
+  struct backup_reader *rd;
   int e;
 
-  if (rd == NULL)
+  if (backup_id_check (id) < 0)
+    return vbk_errno (-ENOENT, "backup: no backup '%s'", id);
+  if ((rd = calloc (1, sizeof *rd)) == NULL)
     return vbk_errno (-ENOMEM, "backup: reader");
   rd->r = r;
+  /* Registered before the manifest is read: gc.c, gc_readers. */
+  if ((e = pin_register (rd, id)) < 0) {
+    free (rd);
+    return vbk_error_prepend (e, "backup %s: ", id);
+  }
   if ((e = backup_manifest_load (r, id, &rd->m, NULL)) < 0
       || (e = backup_index_load (r, &rd->m, &rd->ix)) < 0) {
+    pin_release (rd);
     free (rd);
     return e;
   }
@@ -83,6 +243,7 @@ backup_reader_close (struct backup_reader *rd)
 
   if (rd == NULL)
     return;
+  pin_release (rd);
   for (i = 0; i < CACHE_SLOTS; i++)
     free (rd->cache[i].buf);
   backup_index_free (&rd->ix);
@@ -115,8 +276,9 @@ backup_reader_extents (struct backup_reader *rd, uint64_t off, uint64_t len,
   return cb (arg, start, end - start, alloc);
 }
 
+/* Adds the backup and offset to the message of a failed chunk read. */
 static int
-chunk_error (struct backup_reader *rd, uint64_t idx, int e)
+read_error (struct backup_reader *rd, uint64_t idx, int e)
 {
   char msg[1024];
 
@@ -125,17 +287,6 @@ chunk_error (struct backup_reader *rd, uint64_t idx, int e)
                  idx * rd->m.chunk_size,
                  msg + (strncmp (msg, "backup: ", 8) == 0 ? 8 : 0));
   return e;
-}
-
-/* Reads all of chunk IDX (LEN bytes) into BUF. */
-static int
-read_whole (struct backup_reader *rd, uint64_t idx, char *buf, size_t len)
-{
-  int e;
-
-  if ((e = backup_chunk_read (rd->r, rd->ix.digest[idx], buf, len)) < 0)
-    return chunk_error (rd, idx, e);
-  return 0;
 }
 
 /* Copies LEN bytes at offset CO of chunk IDX into BUF. */
@@ -148,6 +299,14 @@ read_chunk (struct backup_reader *rd, uint64_t idx, char *buf, size_t co,
   struct slot *victim = NULL;
   char *data;
   int i, e;
+
+  /* A whole chunk (vbk mount caches whole chunks): decoded straight into
+   * BUF, not cached here too. */
+  if (co == 0 && len == clen) {
+    if ((e = backup_chunk_read (rd->r, rd->ix.digest[idx], buf, clen)) < 0)
+      return read_error (rd, idx, e);
+    return 0;
+  }
 
   pthread_mutex_lock (&rd->lock);
   for (i = 0; i < CACHE_SLOTS; i++)
@@ -163,7 +322,7 @@ read_chunk (struct backup_reader *rd, uint64_t idx, char *buf, size_t co,
     return vbk_errno (-ENOMEM, "backup: read");
   if ((e = backup_chunk_read (rd->r, rd->ix.digest[idx], data, clen)) < 0) {
     free (data);
-    return chunk_error (rd, idx, e);
+    return read_error (rd, idx, e);
   }
   memcpy (buf, data + co, len);
 
@@ -195,12 +354,6 @@ backup_reader_pread (struct backup_reader *rd, void *buf, size_t len,
     n = MIN (len - done, cs - co);
     if (backup_digest_is_hole (rd->ix.digest[idx]))
       memset ((char *) buf + done, 0, n);
-    else if (co == 0 && n == MIN (cs, rd->m.size - idx * cs)) {
-      /* A whole chunk (restore, verify): decoded straight into BUF, not
-       * through the cache, which only small reads reuse. */
-      if ((e = read_whole (rd, idx, (char *) buf + done, n)) < 0)
-        return e;
-    }
     else if ((e = read_chunk (rd, idx, (char *) buf + done, co, n)) < 0)
       return e;
     done += n;

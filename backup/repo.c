@@ -44,6 +44,12 @@ backup_writer_oid (const char *id, char *buf, size_t len)
 }
 
 void
+backup_reader_oid (const char *rid, char *buf, size_t len)
+{
+  snprintf (buf, len, "vbk_backup_reader.%s", rid);
+}
+
+void
 backup_chunk_oid (const unsigned char *d, char *buf, size_t len)
 {
   char hex[BACKUP_HEX_LEN + 1];

@@ -19,7 +19,9 @@
 #   nbdfuse             the same snapshot exported by vbk-blockd, read with
 #                       nbdfuse (disk); files through the kernel's ext4 on a
 #                       loop device over nbdfuse's file (root only)
-#   restic mount        the raw disk backed up with restic, its mount
+#   restic mount        the raw disk backed up with restic, its mount; files
+#                       and listing as for nbdfuse (kernel ext4 on a loop
+#                       device over the mounted disk.raw, root only)
 #   borg mount          the same with borg (needs python3-llfuse)
 # A rados store needs CEPH_CONF and VBK_TEST_POOL (deploy/ceph-dev-cluster.sh).
 set -euo pipefail
@@ -137,6 +139,26 @@ EOF
     "$seq" "$fseq" "$p50" "$p99" "$lsr"
 }
 
+# measure_kernel_ext4 NAME DISK: measure, with the file and the listing
+# read through the kernel's ext4 on a loop device over DISK (root only;
+# else without them).
+measure_kernel_ext4 ()
+{
+  local file= lsdir=
+  if [ "$(id -u)" = 0 ] && loopdev=$(losetup -r -f --show -o "$part_off" "$2" 2>/dev/null); then
+    mkdir -p "$W/mnt-ext4"
+    if mount -t ext4 -o ro,noload "$loopdev" "$W/mnt-ext4"; then
+      mounts=("$W/mnt-ext4" "${mounts[@]}")
+      file=$W/mnt-ext4/big.bin
+      lsdir=$W/mnt-ext4/many
+    fi
+  fi
+  measure "$1" "$2" "$file" "$lsdir"
+  [ -n "$file" ] && umount "$W/mnt-ext4"
+  [ -n "${loopdev:-}" ] && losetup -d "$loopdev" && loopdev=
+  return 0
+}
+
 printf '%-22s %10s %10s %10s %10s %10s %10s\n' reader "first-s" "disk-MB/s" \
   "file-MB/s" "4k-p50-us" "4k-p99-us" "ls-R-s"
 
@@ -176,18 +198,7 @@ head -c 1 "$m/nbd" >/dev/null
 t1=$(now)
 first=$(secs "$t0" "$t1")
 mounts+=("$m")
-file= lsdir=
-if [ "$(id -u)" = 0 ] && loopdev=$(losetup -r -f --show -o "$part_off" "$m/nbd" 2>/dev/null); then
-  mkdir -p "$W/mnt-ext4"
-  if mount -t ext4 -o ro,noload "$loopdev" "$W/mnt-ext4"; then
-    mounts=("$W/mnt-ext4" "${mounts[@]}")
-    file=$W/mnt-ext4/big.bin
-    lsdir=$W/mnt-ext4/many
-  fi
-fi
-measure "nbdfuse+blockd" "$m/nbd" "$file" "$lsdir"
-[ -n "$file" ] && umount "$W/mnt-ext4"
-[ -n "${loopdev:-}" ] && losetup -d "$loopdev" && loopdev=
+measure_kernel_ext4 "nbdfuse+blockd" "$m/nbd"
 fusermount3 -u "$m"
 
 # ---- Backups: vbk, restic, borg ------------------------------------------------------
@@ -215,7 +226,7 @@ for _ in $(seq 600); do [ -e "$m/snapshots/latest/disk.raw" ] && break; sleep 0.
 head -c 1 "$m/snapshots/latest/disk.raw" >/dev/null
 t1=$(now)
 first=$(secs "$t0" "$t1")
-measure "restic mount" "$m/snapshots/latest/disk.raw" "" ""
+measure_kernel_ext4 "restic mount" "$m/snapshots/latest/disk.raw"
 fusermount3 -u "$m"
 
 if /usr/bin/python3 -c 'import llfuse' 2>/dev/null; then
@@ -234,7 +245,7 @@ if /usr/bin/python3 -c 'import llfuse' 2>/dev/null; then
   head -c 1 "$m/disk.raw" >/dev/null
   t1=$(now)
   first=$(secs "$t0" "$t1")
-  measure "borg mount" "$m/disk.raw" "" ""
+  measure_kernel_ext4 "borg mount" "$m/disk.raw"
   fusermount3 -u "$m"
 else
   echo "# borg mount skipped: python3-llfuse is not installed" >&2

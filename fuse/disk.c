@@ -6,7 +6,9 @@
  * DESIGN: the allocation map is loaded once, at open, as a sorted array
  * of allocated extents: holes read as zeros without I/O, and SEEK_DATA /
  * SEEK_HOLE and st_blocks come from it.  Data is read in chunks of
- * CHUNK_SIZE bytes, aligned, kept in an LRU cache (a hash of chunk index
+ * 256 KiB, or of the source's chunk size if it is larger (a backup
+ * decodes a whole chunk for any byte of it, so it is cached as one
+ * piece: decoded once, copied once), aligned, kept in an LRU cache (a hash of chunk index
  * to entry, and a list from most to least recently used).  An entry is
  * LOADING while one thread fetches it; other readers of that chunk wait
  * for it instead of fetching it again.  A fetch reads from the source,
@@ -16,8 +18,8 @@
  * with the reason naming the object or chunk.
  *
  * Readahead: when a reader moves on to the next chunk twice in a row,
- * one thread per disk fetches the next RA_CHUNKS chunks, in runs of up
- * to RA_BATCH chunks read with one source call.  It stops after a failed
+ * one thread per disk fetches the next RA_BYTES (at least two chunks),
+ * in runs of up to RA_BATCH_BYTES read with one source call.  It stops after a failed
  * fetch until a reader's own fetch succeeds, so that a failing store does
  * not make it evict the good chunks it still has.
  *
@@ -38,10 +40,11 @@
 #include "common/util.h"
 #include "internal.h"
 
-#define CHUNK_SHIFT 18
-#define CHUNK_SIZE (1u << CHUNK_SHIFT)          /* 256 KiB */
-#define RA_CHUNKS 32                            /* 8 MiB ahead */
-#define RA_BATCH 8                              /* 2 MiB per fetch */
+#define CHUNK_SHIFT_MIN 18                      /* 256 KiB */
+#define CHUNK_SHIFT_MAX 26                      /* 64 MiB */
+#define RA_BYTES (8u << 20)                     /* ahead */
+#define RA_BATCH_BYTES (2u << 20)               /* per fetch */
+#define RA_BATCH_MAX (RA_BATCH_BYTES >> CHUNK_SHIFT_MIN)
 #define CACHE_DEFAULT (64u << 20)
 #define LOGGED 8                                /* errors remembered */
 
@@ -65,6 +68,9 @@ struct extent {
 struct vbkfs_disk {
   struct vbkfs_source src;
   uint64_t size;
+  unsigned shift;                       /* of the chunk size */
+  uint32_t csize;                       /* 1 << shift */
+  unsigned ra_chunks, ra_batch;
   struct extent *ext;                   /* allocated, sorted, merged */
   size_t next, ext_cap;
 
@@ -254,7 +260,7 @@ chunk_new_unlocked (struct vbkfs_disk *d, uint64_t idx)
 
   if (c == NULL)
     return NULL;
-  c->data = malloc (CHUNK_SIZE);
+  c->data = malloc (d->csize);
   if (c->data == NULL) {
     free (c);
     return NULL;
@@ -301,8 +307,8 @@ log_fetch_error (struct vbkfs_disk *d, uint64_t off, uint64_t len,
 static int
 fetch (struct vbkfs_disk *d, struct chunk **c, size_t n, bool ahead)
 {
-  uint64_t off = c[0]->idx << CHUNK_SHIFT;
-  uint64_t end = MIN (d->size, (c[n - 1]->idx + 1) << CHUNK_SHIFT);
+  uint64_t off = c[0]->idx << d->shift;
+  uint64_t end = MIN (d->size, (c[n - 1]->idx + 1) << d->shift);
   char *buf = n == 1 ? c[0]->data : malloc (end - off);
   ssize_t r;
   size_t i;
@@ -323,9 +329,9 @@ fetch (struct vbkfs_disk *d, struct chunk **c, size_t n, bool ahead)
     log_fetch_error (d, off, end - off, r);
   if (r >= 0 && n > 1)
     for (i = 0; i < n; i++) {
-      uint64_t coff = (c[i]->idx << CHUNK_SHIFT) - off;
+      uint64_t coff = (c[i]->idx << d->shift) - off;
 
-      memcpy (c[i]->data, buf + coff, MIN (CHUNK_SIZE, end - off - coff));
+      memcpy (c[i]->data, buf + coff, MIN (d->csize, end - off - coff));
     }
   if (n > 1)
     free (buf);
@@ -417,15 +423,15 @@ chunk_put (struct vbkfs_disk *d, struct chunk *c)
 static bool
 chunk_is_hole (struct vbkfs_disk *d, uint64_t idx)
 {
-  return vbkfs_disk_allocated (d, idx << CHUNK_SHIFT, CHUNK_SIZE) == 0;
+  return vbkfs_disk_allocated (d, idx << d->shift, d->csize) == 0;
 }
 
 static void *
 ra_main (void *arg)
 {
   struct vbkfs_disk *d = arg;
-  uint64_t nchunks = (d->size + CHUNK_SIZE - 1) >> CHUNK_SHIFT;
-  struct chunk *batch[RA_BATCH];
+  uint64_t nchunks = (d->size + d->csize - 1) >> d->shift;
+  struct chunk *batch[RA_BATCH_MAX];
   size_t n;
 
   pthread_mutex_lock (&d->lock);
@@ -436,7 +442,7 @@ ra_main (void *arg)
     }
     /* A run of consecutive chunks that are neither cached nor holes. */
     n = 0;
-    while (n < RA_BATCH && d->ra_from < d->ra_to && d->ra_from < nchunks) {
+    while (n < d->ra_batch && d->ra_from < d->ra_to && d->ra_from < nchunks) {
       uint64_t idx = d->ra_from;
 
       if (hash_find (d, idx) || chunk_is_hole (d, idx)) {
@@ -481,9 +487,9 @@ ra_note (struct vbkfs_disk *d, uint64_t idx)
     d->seq = 0;
   d->last_idx = idx;
   if (d->seq >= 2 && d->ra_started && !d->ra_off) {
-    if (d->ra_from <= idx || d->ra_from > idx + RA_CHUNKS)
+    if (d->ra_from <= idx || d->ra_from > idx + d->ra_chunks)
       d->ra_from = idx + 1;
-    d->ra_to = idx + 1 + RA_CHUNKS;
+    d->ra_to = idx + 1 + d->ra_chunks;
     pthread_cond_signal (&d->ra_cond);
   }
   pthread_mutex_unlock (&d->lock);
@@ -496,8 +502,8 @@ static int
 read_cached (struct vbkfs_disk *d, char *buf, size_t len, uint64_t off)
 {
   while (len > 0) {
-    uint64_t idx = off >> CHUNK_SHIFT, coff = off & (CHUNK_SIZE - 1);
-    size_t n = MIN (len, CHUNK_SIZE - coff);
+    uint64_t idx = off >> d->shift, coff = off & (d->csize - 1);
+    size_t n = MIN (len, d->csize - coff);
     struct chunk *c;
     int err = -EIO;
 
@@ -566,9 +572,22 @@ vbkfs_disk_open (struct vbkfs_source *src, uint64_t cache_bytes,
   pthread_cond_init (&d->cond, NULL);
   pthread_cond_init (&d->ra_cond, NULL);
   d->lru.next = d->lru.prev = &d->lru;
-  d->max_chunks = (cache_bytes ? cache_bytes : CACHE_DEFAULT) >> CHUNK_SHIFT;
-  if (d->max_chunks < 2 * RA_BATCH + 4)
-    d->max_chunks = 2 * RA_BATCH + 4;
+  /* The source's own unit of reading, if it has one (a backup decodes
+   * a whole chunk for any byte of it): cached as one piece, so each is
+   * decoded once and copied once. */
+  d->shift = CHUNK_SHIFT_MIN;
+  if (src->ops->chunk_size) {
+    uint32_t cs = src->ops->chunk_size (src->h);
+
+    while (d->shift < CHUNK_SHIFT_MAX && (1u << d->shift) < cs)
+      d->shift++;
+  }
+  d->csize = 1u << d->shift;
+  d->ra_chunks = MAX (2u, RA_BYTES >> d->shift);
+  d->ra_batch = MAX (1u, RA_BATCH_BYTES >> d->shift);
+  d->max_chunks = (cache_bytes ? cache_bytes : CACHE_DEFAULT) >> d->shift;
+  if (d->max_chunks < 2 * d->ra_batch + 4)
+    d->max_chunks = 2 * d->ra_batch + 4;
   d->nhash = 2 * d->max_chunks + 1;
   d->hash = calloc (d->nhash, sizeof *d->hash);
   d->last_idx = UINT64_MAX - 1;

@@ -40,6 +40,9 @@ struct vbkfs_source_ops {
    * read other data).  -EIO (with a message) once it is gone. */
   int (*check) (void *h);
   void (*close) (void *h);
+  /* Optional: the unit the source reads in (a backup's chunk size);
+   * the disk caches pieces of that size.  NULL: none. */
+  uint32_t (*chunk_size) (void *h);
 };
 
 struct vbkfs_source {

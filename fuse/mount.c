@@ -16,14 +16,21 @@
  * its reads fail) for up to ENTRY_TIMEOUT.  The high-level API has one
  * timeout for the whole tree.  Directories inside a disk's file system
  * are listed with their attributes (readdirplus), so "ls -l" needs no
- * lookup per file.
+ * lookup per file.  The kernel keeps symlinks too (FUSE_CAP_CACHE_SYMLINKS):
+ * without that it asks for backups/NAME/latest on every path walk
+ * through it, one round trip per file of an "ls -lR" there.  The only
+ * link that changes is "latest": a thread asks the tree about once a
+ * second (POLL_MS) which "latest" links moved and drops those from the
+ * kernel's cache (fuse_invalidate_path).
  */
 #define FUSE_USE_VERSION 35
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <fuse.h>
@@ -39,6 +46,7 @@ this_fs (void)
 }
 
 #define ENTRY_TIMEOUT 30.0
+#define POLL_MS 1000
 
 static void *
 op_init (struct fuse_conn_info *conn, struct fuse_config *cfg)
@@ -48,6 +56,8 @@ op_init (struct fuse_conn_info *conn, struct fuse_config *cfg)
   cfg->attr_timeout = ENTRY_TIMEOUT;
   cfg->negative_timeout = 0;
   conn->max_readahead = 1u << 20;
+  if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
+    conn->want |= FUSE_CAP_CACHE_SYMLINKS;
   return fuse_get_context ()->private_data;
 }
 
@@ -138,6 +148,62 @@ op_release (const char *path, struct fuse_file_info *fi)
   return 0;
 }
 
+/* ---- "latest" links in the kernel's cache ------------------------------ */
+
+struct poller {
+  struct fuse *f;
+  struct vbkfs *fs;
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool stop, started;
+};
+
+static void
+link_moved (void *arg, const char *path)
+{
+  struct poller *p = arg;
+
+  /* -ENOENT: the kernel does not have it (any more): nothing to drop. */
+  fuse_invalidate_path (p->f, path);
+}
+
+static void *
+poll_main (void *arg)
+{
+  struct poller *p = arg;
+  struct timespec ts;
+
+  pthread_mutex_lock (&p->lock);
+  while (!p->stop) {
+    clock_gettime (CLOCK_REALTIME, &ts);
+    ts.tv_nsec += POLL_MS * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000;
+    ts.tv_nsec %= 1000000000;
+    pthread_cond_timedwait (&p->cond, &p->lock, &ts);
+    if (p->stop)
+      break;
+    pthread_mutex_unlock (&p->lock);
+    vbkfs_poll_latest (p->fs, link_moved, p);
+    pthread_mutex_lock (&p->lock);
+  }
+  pthread_mutex_unlock (&p->lock);
+  return NULL;
+}
+
+static void
+poll_stop (struct poller *p)
+{
+  if (!p->started)
+    return;
+  pthread_mutex_lock (&p->lock);
+  p->stop = true;
+  pthread_cond_signal (&p->cond);
+  pthread_mutex_unlock (&p->lock);
+  pthread_join (p->thread, NULL);
+  p->started = false;
+}
+
 static const struct fuse_operations ops = {
   .init = op_init,
   .getattr = op_getattr,
@@ -155,6 +221,8 @@ vbkfs_mount (struct vbkfs *fs, const char *dir,
 {
   struct fuse_args args = FUSE_ARGS_INIT (0, NULL);
   struct fuse_loop_config cfg = { .clone_fd = 0, .max_idle_threads = 16 };
+  struct poller poll = { .fs = fs, .lock = PTHREAD_MUTEX_INITIALIZER,
+                         .cond = PTHREAD_COND_INITIALIZER };
   struct fuse *f = NULL;
   char fsname[300];
   int r;
@@ -187,9 +255,13 @@ vbkfs_mount (struct vbkfs *fs, const char *dir,
   }
   if (o->ready)
     o->ready (o->arg, 0);
+  poll.f = f;
+  if (pthread_create (&poll.thread, NULL, poll_main, &poll) == 0)
+    poll.started = true;
   /* A positive result is the signal that ended the loop: a normal end. */
   r = fuse_loop_mt (f, &cfg);
   r = r < 0 ? -EIO : 0;
+  poll_stop (&poll);
   fuse_remove_signal_handlers (fuse_get_session (f));
 
  out_unmount:

@@ -12,8 +12,22 @@
  * paths inside an open backup resolve from a small table without listing
  * the repository again.  Backups are immutable and every chunk is checked
  * against its digest on read (backup/reader.c), so the source needs no
- * check(): a chunk pruned and collected while mounted reads as EIO.
- * Without a repository (no --repo), backups/ is empty.
+ * check().  An open backup is registered as a reader in the repository
+ * (backup/reader.c), so a prune and gc while it is mounted keep its
+ * chunks and it reads on unchanged.  Without a repository (no --repo),
+ * backups/ is empty.
+ *
+ * "latest" is resolved by the kernel on every path walk through it (a
+ * FUSE symlink is not cached), so "ls -lR backups/NAME/latest/..."
+ * asks for it once per file.  Listing the repository reads every
+ * manifest: too slow for that.  So "latest" resolves from a listing of
+ * the image younger than LIST_TTL_MS; every other name, and a directory
+ * listing, reads the repository afresh (and refreshes that listing).  A
+ * new backup therefore becomes "latest" within LIST_TTL_MS, at once
+ * after "ls backups/NAME".  The kernel may also keep the link
+ * (mount.c): vbkfs_poll_latest re-lists, about once a second, each image
+ * whose "latest" was read and says which links moved, so that mount.c
+ * drops them from the kernel's cache.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -25,6 +39,7 @@
 #include "backup/backup.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/util.h"
 #include "tree.h"
 
 /* A TIME name seen in a listing. */
@@ -36,10 +51,24 @@ struct known {
   uint64_t time_ms;
 };
 
+/* A recent listing of one image's backups (under lock). */
+struct listing {
+  struct listing *next;
+  char image[IMAGE_NAME_MAX + 1];
+  uint64_t at_ns;               /* monotonic */
+  struct backup_entry *list;
+  size_t n;
+  bool latest_read;             /* "latest" was resolved: watch it */
+  char latest[NAME_MAX + 1];    /* what it was resolved to */
+};
+
+#define LIST_TTL_MS 1000
+
 struct vbkfs_backups {
   struct backup_repo *repo;
   pthread_mutex_t lock;
   struct known *known;
+  struct listing *listings;
 };
 
 int
@@ -75,6 +104,13 @@ vbkfs_backup_fini (struct vbkfs *fs)
   for (k = b->known; k; k = next) {
     next = k->next;
     free (k);
+  }
+  while (b->listings) {
+    struct listing *l = b->listings;
+
+    b->listings = l->next;
+    free (l->list);
+    free (l);
   }
   backup_repo_close (b->repo);
   pthread_mutex_destroy (&b->lock);
@@ -117,6 +153,128 @@ list_image (struct vbkfs *fs, const char *image, struct backup_entry **list,
     return -EIO;
   }
   return 0;
+}
+
+/* Remembers LIST (N entries) as the listing of IMAGE. */
+static void
+listing_put (struct vbkfs_backups *b, const char *image,
+             const struct backup_entry *list, size_t n)
+{
+  struct backup_entry *copy = malloc ((n ? n : 1) * sizeof *copy);
+  struct listing *l;
+
+  if (copy == NULL)
+    return;                     /* only a cache */
+  memcpy (copy, list, n * sizeof *copy);
+  pthread_mutex_lock (&b->lock);
+  for (l = b->listings; l && strcmp (l->image, image) != 0; l = l->next)
+    ;
+  if (l == NULL && (l = calloc (1, sizeof *l)) != NULL) {
+    snprintf (l->image, sizeof l->image, "%s", image);
+    l->next = b->listings;
+    b->listings = l;
+  }
+  if (l) {
+    free (l->list);
+    l->list = copy;
+    l->n = n;
+    l->at_ns = now_mono_ns ();
+  }
+  else
+    free (copy);
+  pthread_mutex_unlock (&b->lock);
+}
+
+/* The backups of IMAGE from a listing younger than LIST_TTL_MS, else
+ * from the repository. */
+static int
+list_image_recent (struct vbkfs *fs, const char *image,
+                   struct backup_entry **list, size_t *n)
+{
+  struct vbkfs_backups *b = fs->backups;
+  struct listing *l;
+  int r;
+
+  pthread_mutex_lock (&b->lock);
+  for (l = b->listings; l; l = l->next)
+    if (strcmp (l->image, image) == 0
+        && now_mono_ns () - l->at_ns < LIST_TTL_MS * 1000000ull) {
+      *list = malloc ((l->n ? l->n : 1) * sizeof **list);
+      if (*list == NULL)
+        break;
+      memcpy (*list, l->list, l->n * sizeof **list);
+      *n = l->n;
+      pthread_mutex_unlock (&b->lock);
+      return 0;
+    }
+  pthread_mutex_unlock (&b->lock);
+  r = list_image (fs, image, list, n);
+  if (r == 0)
+    listing_put (b, image, *list, *n);
+  return r;
+}
+
+/* Notes that "latest" of IMAGE was resolved to LINK. */
+static void
+latest_note (struct vbkfs_backups *b, const char *image, const char *link)
+{
+  struct listing *l;
+
+  pthread_mutex_lock (&b->lock);
+  for (l = b->listings; l; l = l->next)
+    if (strcmp (l->image, image) == 0) {
+      l->latest_read = true;
+      snprintf (l->latest, sizeof l->latest, "%s", link);
+    }
+  pthread_mutex_unlock (&b->lock);
+}
+
+void
+vbkfs_poll_latest (struct vbkfs *fs, vbkfs_changed_cb changed, void *arg)
+{
+  struct vbkfs_backups *b = fs->backups;
+  char image[IMAGE_NAME_MAX + 1], link[NAME_MAX + 1], path[PATH_MAX];
+  struct backup_entry *list;
+  struct listing *l;
+  size_t n, done = 0, i;
+  bool found, moved;
+
+  if (b == NULL)
+    return;
+  /* One image at a time, without the lock while listing. */
+  for (;;) {
+    found = false;
+    pthread_mutex_lock (&b->lock);
+    for (l = b->listings, i = 0; l; l = l->next)
+      if (l->latest_read && i++ == done) {
+        snprintf (image, sizeof image, "%s", l->image);
+        found = true;
+        break;
+      }
+    pthread_mutex_unlock (&b->lock);
+    if (!found)
+      return;
+    done++;
+    if (list_image (fs, image, &list, &n) < 0)
+      continue;
+    listing_put (b, image, list, n);
+    link[0] = '\0';
+    if (n > 0)
+      entry_name (list, n, n - 1, link, sizeof link);
+    free (list);
+    moved = false;
+    pthread_mutex_lock (&b->lock);
+    for (l = b->listings; l; l = l->next)
+      if (strcmp (l->image, image) == 0 && strcmp (l->latest, link) != 0) {
+        snprintf (l->latest, sizeof l->latest, "%s", link);
+        moved = true;
+      }
+    pthread_mutex_unlock (&b->lock);
+    if (moved) {
+      snprintf (path, sizeof path, "/backups/%s/latest", image);
+      changed (arg, path);
+    }
+  }
 }
 
 static const struct known *
@@ -206,9 +364,12 @@ vbkfs_resolve_backups (struct vbkfs *fs, const char *rest,
     }
   }
 
-  r = list_image (fs, n->image, &list, &cnt);
+  r = latest ? list_image_recent (fs, n->image, &list, &cnt)
+    : list_image (fs, n->image, &list, &cnt);
   if (r < 0)
     return r;
+  if (!latest)
+    listing_put (b, n->image, list, cnt);
   if (cnt == 0) {
     free (list);
     return -ENOENT;
@@ -216,6 +377,7 @@ vbkfs_resolve_backups (struct vbkfs *fs, const char *rest,
   if (latest) {
     i = cnt - 1;
     entry_name (list, cnt, i, n->link, sizeof n->link);
+    latest_note (b, n->image, n->link);
     if (s[strspn (s, "/")] == '\0') {
       n->type = N_LATEST;
       n->time_ms = list[i].time_ms;
@@ -270,6 +432,8 @@ vbkfs_backup_readdir (struct vbkfs *fs, struct vbkfs_node *n,
   r = list_image (fs, n->type == N_BIMAGE ? n->image : NULL, &list, &cnt);
   if (r < 0)
     return r;
+  if (n->type == N_BIMAGE)
+    listing_put (fs->backups, n->image, list, cnt);
   for (i = 0; i < cnt; i++) {
     if (n->type == N_BACKUPS) {
       /* Each image once (the list is sorted by image, then time). */
@@ -354,6 +518,12 @@ bk_close (void *h)
   backup_reader_close (h);
 }
 
+static uint32_t
+bk_chunk_size (void *h)
+{
+  return backup_reader_chunk_size (h);
+}
+
 static const struct vbkfs_source_ops backup_ops = {
   .kind = "backup",
   .size = bk_size,
@@ -361,6 +531,7 @@ static const struct vbkfs_source_ops backup_ops = {
   .extents = bk_extents,
   .check = bk_check,
   .close = bk_close,
+  .chunk_size = bk_chunk_size,
 };
 
 int

@@ -78,6 +78,14 @@ ssize_t vbkfs_read (struct vbkfs_file *f, void *buf, size_t len,
  * -ENXIO past the end, as lseek(2). */
 int64_t vbkfs_lseek (struct vbkfs_file *f, int64_t off, int whence);
 
+/* For a cache of symlinks: lists again the backups of each image whose
+ * backups/NAME/latest was read, and calls CHANGED with the path of each
+ * "latest" that now points elsewhere ("/backups/NAME/latest").  Slow
+ * (reads the manifests): call it from a thread of its own. */
+typedef void (*vbkfs_changed_cb) (void *arg, const char *path);
+void vbkfs_poll_latest (struct vbkfs *fs, vbkfs_changed_cb changed,
+                        void *arg);
+
 /* ---- mount.c: the tree behind FUSE ------------------------------------ */
 
 struct vbkfs_mount_opts {

@@ -600,14 +600,19 @@ cmd_gc (struct vbk_ctx *ctx, struct vbk_args *a)
                             json_object_new_uint64 (res.writers_live));
     json_object_object_add (o, "dead_backups_cleaned",
                             json_object_new_uint64 (res.writers_dead));
+    json_object_object_add (o, "open_readers",
+                            json_object_new_uint64 (res.readers_live));
+    json_object_object_add (o, "dead_readers_cleaned",
+                            json_object_new_uint64 (res.readers_dead));
     vbk_print_json (o);
     json_object_put (o);
   }
   else
     printf ("%" PRIu64 " chunks, %" PRIu64 " referenced, %" PRIu64
-            " removed (%s), %" PRIu64 " kept as recent\n", res.chunks,
-            res.marked, res.removed,
-            format_size (res.bytes_removed, s, sizeof s), res.kept_young);
+            " removed (%s), %" PRIu64 " kept as recent, %" PRIu64
+            " open readers\n", res.chunks, res.marked, res.removed,
+            format_size (res.bytes_removed, s, sizeof s), res.kept_young,
+            res.readers_live);
   return VBK_EXIT_OK;
 }
 

@@ -149,16 +149,18 @@ b verify >/dev/null || fail "verify after gc"
 # ---- What the repository holds after runs, failed runs and gc ---------------------------------
 # Only the objects FORMAT.md lists (besides the local store's own files:
 # fenced/, obj-gen, the omap directories' .lock), every index with its
-# manifest, no writer object and no lock file.
+# manifest, no writer object, no reader record left by the restores and
+# no lock file.
 (cd "$rdir" && find . -type f | sort) >"$TEST_DIR/files"
 python3 - "$TEST_DIR/files" <<'PY' || fail "unexpected files in the repository"
 import re, sys
 ID = r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}"
-ok = [r"\./obj/vbk_backup_(config|catalog|chunks)",
+ok = [r"\./obj/vbk_backup_(config|catalog|chunks|readers)",
       r"\./obj/vbk_backup_(index|manifest)\." + ID,
       r"\./obj/vbk_chunk\.[0-9a-f]{64}",
       r"\./meta/vbk_backup_catalog/(\.lock|o\." + ID + ")",
       r"\./meta/vbk_backup_chunks/(\.lock|o\.[0-9a-f]{64})",
+      r"\./meta/vbk_backup_readers/\.lock",
       r"\./fenced/\.gen", r"\./obj-gen"]
 files = open(sys.argv[1]).read().split()
 bad = [f for f in files if not any(re.fullmatch(p, f) for p in ok)]

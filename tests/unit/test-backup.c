@@ -639,6 +639,65 @@ test_restore_object_size (void **state)
   free (b);
 }
 
+/* An open reader pins its backup: removed and collected while open, it
+ * reads back whole, and the chunks go with the next gc after it closed.
+ * A reader record whose lock ran out (its process died) is removed by
+ * gc and pins nothing. */
+static void
+test_reader_pins (void **state)
+{
+  struct fixture *f = *state;
+  struct backup_run_result r1;
+  struct backup_gc_result g;
+  struct backup_reader *rd;
+  char oid[STORE_NAME_MAX + 1], val[128], *buf = malloc (IMG_SIZE);
+  char *want = malloc (IMG_SIZE);
+  struct image *img;
+  unsigned seed = 9;
+  ssize_t n;
+
+  assert_int_equal (image_create (f->st, "p", IMG_SIZE, OBJ), 0);
+  write_random (f->st, "p", &seed, 20);
+  run_one (f, "p", &r1);
+  assert_int_equal (image_open_snap (f->st, "p", r1.snapshot, &img), 0);
+  assert_int_equal (image_read (img, want, IMG_SIZE, 0), IMG_SIZE);
+  image_close (img);
+
+  assert_int_equal (backup_reader_open (f->r, r1.id, &rd), 0);
+  assert_int_equal (backup_remove (f->r, r1.id), 0);
+  assert_int_equal (backup_gc (f->r, 0, &g), 0);
+  assert_int_equal (g.readers_live, 1);
+  assert_int_equal (g.removed, 0);
+  /* Nothing was read before: every chunk comes from the repository. */
+  assert_int_equal (backup_reader_pread (rd, buf, IMG_SIZE, 0), IMG_SIZE);
+  assert_memory_equal (buf, want, IMG_SIZE);
+  backup_reader_close (rd);
+  assert_int_equal (backup_gc (f->r, 0, &g), 0);
+  assert_int_equal (g.readers_live, 0);
+  assert_true (g.removed > 0);
+
+  /* A dead reader: its key, and a lock that runs out unrenewed. */
+  run_one (f, "p", &r1);
+  n = snprintf (val, sizeof val, "%s 1 deadhost/1", r1.id);
+  backup_reader_oid ("00000000deadbeef", oid, sizeof oid);
+  assert_int_equal (store_lock (backup_repo_store (f->r), oid, BACKUP_READER_LOCK,
+                                "00000000deadbeef", "test", 200, 0), 0);
+  assert_int_equal (store_omap_set (backup_repo_store (f->r), BACKUP_READERS_OID,
+                                    "00000000deadbeef", val, n), 0);
+  assert_int_equal (backup_remove (f->r, r1.id), 0);
+  usleep (400 * 1000);                          /* the lock runs out */
+  assert_int_equal (backup_gc (f->r, 0, &g), 0);
+  assert_int_equal (g.readers_live, 0);
+  assert_int_equal (g.readers_dead, 1);
+  assert_true (g.removed > 0);
+  assert_int_equal (store_omap_get (backup_repo_store (f->r), BACKUP_READERS_OID,
+                                    "00000000deadbeef", val, sizeof val),
+                    -ENOENT);
+  assert_int_equal (backup_reader_open (f->r, r1.id, &rd), -ENOENT);
+  free (buf);
+  free (want);
+}
+
 /* Backups racing removal of their parent + gc: the new backup's carried
  * chunks are then protected by nothing but the protocol of chunk.c and
  * gc.c.  After each round every remaining backup reads back whole (no
@@ -747,6 +806,7 @@ main (void)
     cmocka_unit_test_setup_teardown (test_run_and_read, setup, teardown),
     cmocka_unit_test_setup_teardown (test_restore_object_size, setup,
                                      teardown),
+    cmocka_unit_test_setup_teardown (test_reader_pins, setup, teardown),
     cmocka_unit_test_setup_teardown (test_gc_races, setup, teardown),
   };
 

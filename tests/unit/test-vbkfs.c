@@ -93,6 +93,18 @@ static const struct vbkfs_source_ops mem_ops = {
   .check = m_check, .close = m_close,
 };
 
+/* The same source with a unit of 4 MiB, as a backup with its chunks. */
+static uint32_t
+m_chunk_size (void *h)
+{
+  return 4 * MiB;
+}
+
+static const struct vbkfs_source_ops mem4_ops = {
+  .kind = "memory", .size = m_size, .pread = m_pread, .extents = m_extents,
+  .check = m_check, .close = m_close, .chunk_size = m_chunk_size,
+};
+
 /* 64 MiB with data (a pattern) at [4, 12) MiB and [40, 41) MiB. */
 static struct mem *
 mem_new (void)
@@ -187,6 +199,42 @@ test_seek_and_allocated (void **state)
                     -ENXIO);
   vbkfs_disk_close (d);
   mem_free (m);
+}
+
+/* A source with a chunk size: whole aligned chunks are fetched, each
+ * once, and every byte (data, holes, the last chunk) reads right. */
+static void
+test_source_chunks (void **state)
+{
+  struct mem *m = mem_new ();
+  struct vbkfs_source src = { .ops = &mem4_ops, .h = m, .name = "mem4" };
+  struct vbkfs_disk *d = NULL;
+  char *buf = malloc (9 * MiB);
+  uint64_t off;
+  int i;
+
+  assert_int_equal (vbkfs_disk_open (&src, 16 * MiB, &d), 0);
+  /* One 4 KiB read: one fetch of the whole chunk [4, 8) MiB. */
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 5 * MiB + 100), 4096);
+  assert_memory_equal (buf, m->data + 5 * MiB + 100, 4096);
+  assert_int_equal (m->preads, 1);
+  assert_int_equal (m->bytes, 4 * MiB);
+  for (i = 0; i < 50; i++) {
+    off = 4 * MiB + (uint64_t) i * 81920;
+    assert_int_equal (vbkfs_disk_pread (d, buf, 4096, off), 4096);
+    assert_memory_equal (buf, m->data + off, 4096);
+  }
+  assert_int_equal (m->preads, 1);
+  /* Across data, a chunk boundary and a hole. */
+  assert_int_equal (vbkfs_disk_pread (d, buf, 9 * MiB, 3 * MiB + 7),
+                    (ssize_t) (9 * MiB));
+  assert_memory_equal (buf, m->data + 3 * MiB + 7, 9 * MiB);
+  /* The last bytes of the disk. */
+  assert_int_equal (vbkfs_disk_pread (d, buf, MiB, 64 * MiB - 100), 100);
+  assert_memory_equal (buf, m->data + 64 * MiB - 100, 100);
+  vbkfs_disk_close (d);
+  mem_free (m);
+  free (buf);
 }
 
 static void
@@ -304,6 +352,7 @@ main (void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test (test_holes_and_data),
     cmocka_unit_test (test_seek_and_allocated),
+    cmocka_unit_test (test_source_chunks),
     cmocka_unit_test (test_cache_serves_again),
     cmocka_unit_test (test_readahead),
     cmocka_unit_test (test_failing_source),
