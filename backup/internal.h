@@ -217,6 +217,22 @@ uint32_t backup_reader_object_size (struct backup_reader *rd);
 /* Lock duration of a chunk and of a running writer, ms ($VBK_BACKUP_LOCK_MS
  * overrides, for tests that kill processes). */
 uint32_t backup_lock_ms (void);
+
+/* renew.c: a thread calling RENEW (ARG) every quarter of backup_lock_ms
+ * until it returns non-zero or backup_renewer_stop (which waits for the
+ * thread; a renewer never started or already stopped is left alone). */
+struct backup_renewer {
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool running, stop;
+  uint32_t every_ms;
+  int (*renew) (void *arg);
+  void *arg;
+};
+int backup_renewer_start (struct backup_renewer *rn,
+                          int (*renew) (void *arg), void *arg);
+void backup_renewer_stop (struct backup_renewer *rn);
 int backup_chunk_lock (struct backup_repo *r, const char *oid,
                        char *cookie, size_t cookie_len);
 void backup_chunk_unlock (struct backup_repo *r, const char *oid,

@@ -60,16 +60,13 @@ struct backup_reader {
   uint64_t clock;
   struct slot cache[CACHE_SLOTS];
 
-  /* The reader record (under pin_lock). */
+  /* The reader record. */
   char rid[BACKUP_READER_ID_LEN];
   char bid[64];                 /* the backup, for messages */
   char pin_oid[STORE_NAME_MAX + 1];
   char pin_val[256];
   size_t pin_len;
-  pthread_t renew;
-  bool renewing, stop;
-  pthread_mutex_t pin_lock;
-  pthread_cond_t pin_cond;
+  struct backup_renewer renew;  /* of the reader lock */
 };
 
 /* ---- The reader record ------------------------------------------------------ */
@@ -91,42 +88,28 @@ pin_take (struct backup_reader *rd)
   return 0;
 }
 
-static void *
-pin_renew_thread (void *arg)
+/* Renews the reader lock; never stops before the reader closes. */
+static int
+pin_renew (void *arg)
 {
   struct backup_reader *rd = arg;
-  uint32_t ms = backup_lock_ms ();
-  struct timespec ts;
   int e;
 
-  pthread_mutex_lock (&rd->pin_lock);
-  while (!rd->stop) {
-    clock_gettime (CLOCK_REALTIME, &ts);
-    ts.tv_nsec += (long) (ms / 4) * 1000000;
-    ts.tv_sec += ts.tv_nsec / 1000000000;
-    ts.tv_nsec %= 1000000000;
-    pthread_cond_timedwait (&rd->pin_cond, &rd->pin_lock, &ts);
-    if (rd->stop)
-      break;
-    pthread_mutex_unlock (&rd->pin_lock);
-    e = store_lock (rd->r->st, rd->pin_oid, BACKUP_READER_LOCK, rd->rid,
-                    "vbk backup reader", ms, STORE_LOCK_RENEW);
-    if (e == -ENOENT) {
-      /* It ran out: gc may have dropped our key and swept what only we
-       * used.  Register again so that it keeps the rest. */
-      log_warn ("backup %s: reader %s: the reader lock ran out; "
-                "registering again (chunks collected meanwhile read as "
-                "errors)", rd->bid, rd->rid);
-      e = pin_take (rd);
-    }
-    if (e < 0)
-      log_error ("backup %s: reader %s: renewing the reader lock: %s",
-                 rd->bid, rd->rid, vbk_error ()[0] ? vbk_error ()
-                 : strerror (-e));
-    pthread_mutex_lock (&rd->pin_lock);
+  e = store_lock (rd->r->st, rd->pin_oid, BACKUP_READER_LOCK, rd->rid,
+                  "vbk backup reader", backup_lock_ms (), STORE_LOCK_RENEW);
+  if (e == -ENOENT) {
+    /* It ran out: gc may have dropped our key and swept what only we
+     * used.  Register again so that it keeps the rest. */
+    log_warn ("backup %s: reader %s: the reader lock ran out; "
+              "registering again (chunks collected meanwhile read as "
+              "errors)", rd->bid, rd->rid);
+    e = pin_take (rd);
   }
-  pthread_mutex_unlock (&rd->pin_lock);
-  return NULL;
+  if (e < 0)
+    log_error ("backup %s: reader %s: renewing the reader lock: %s",
+               rd->bid, rd->rid, vbk_error ()[0] ? vbk_error ()
+               : strerror (-e));
+  return 0;
 }
 
 static void
@@ -159,10 +142,11 @@ pin_register (struct backup_reader *rd, const char *id)
   rd->pin_len = (size_t) MIN (n, (int) sizeof rd->pin_val - 1);
   if ((e = pin_take (rd)) < 0)
     return e;
-  pthread_mutex_init (&rd->pin_lock, NULL);
-  pthread_cond_init (&rd->pin_cond, NULL);
-  if (pthread_create (&rd->renew, NULL, pin_renew_thread, rd) == 0)
-    rd->renewing = true;
+  if ((e = backup_renewer_start (&rd->renew, pin_renew, rd)) < 0) {
+    store_omap_rm (rd->r->st, BACKUP_READERS_OID, rd->rid);
+    store_unlock (rd->r->st, rd->pin_oid, BACKUP_READER_LOCK, rd->rid);
+    return e;
+  }
   return 0;
 }
 
@@ -172,20 +156,12 @@ pin_release (struct backup_reader *rd)
   /* Closing after a failed read must not replace its message. */
   VBK_KEEP_ERROR_FOR_SCOPE;
 
-  if (rd->renewing) {
-    pthread_mutex_lock (&rd->pin_lock);
-    rd->stop = true;
-    pthread_cond_signal (&rd->pin_cond);
-    pthread_mutex_unlock (&rd->pin_lock);
-    pthread_join (rd->renew, NULL);
-  }
+  backup_renewer_stop (&rd->renew);
   /* The key first: a key without its lock is a dead reader to gc, a
    * lock without its key nothing. */
   store_omap_rm (rd->r->st, BACKUP_READERS_OID, rd->rid);
   store_unlock (rd->r->st, rd->pin_oid, BACKUP_READER_LOCK, rd->rid);
   store_remove (rd->r->st, rd->pin_oid);
-  pthread_mutex_destroy (&rd->pin_lock);
-  pthread_cond_destroy (&rd->pin_cond);
 }
 
 /* ---- Opening ---------------------------------------------------------------- */

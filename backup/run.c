@@ -73,11 +73,7 @@ struct writer {
   uint32_t object_size;         /* the image's (for restore) */
   int registered, snapped, done;
 
-  pthread_t renew;
-  int renewing;
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  int stop;
+  struct backup_renewer renew;  /* of the writer lock */
   _Atomic int lost;
 
   struct image *img;            /* the snapshot */
@@ -90,36 +86,22 @@ struct writer {
 
 /* ---- Registration ----------------------------------------------------------- */
 
-static void *
-renew_thread (void *arg)
+/* Renews the writer lock; stops for good once it is lost. */
+static int
+renew_writer (void *arg)
 {
   struct writer *w = arg;
-  uint32_t ms = backup_lock_ms ();
-  struct timespec ts;
   int e;
 
-  pthread_mutex_lock (&w->lock);
-  while (!w->stop) {
-    clock_gettime (CLOCK_REALTIME, &ts);
-    ts.tv_nsec += (long) (ms / 4) * 1000000;
-    ts.tv_sec += ts.tv_nsec / 1000000000;
-    ts.tv_nsec %= 1000000000;
-    pthread_cond_timedwait (&w->cond, &w->lock, &ts);
-    if (w->stop)
-      break;
-    pthread_mutex_unlock (&w->lock);
-    e = store_lock (w->r->st, w->writer_oid, "writer", w->id, "vbk backup",
-                    ms, STORE_LOCK_RENEW);
-    pthread_mutex_lock (&w->lock);
-    if (e < 0) {
-      /* gc may now treat this backup as dead: it must not complete. */
-      log_error ("backup %s: lost the writer lock: %s", w->id, strerror (-e));
-      w->lost = 1;
-      break;
-    }
+  e = store_lock (w->r->st, w->writer_oid, "writer", w->id, "vbk backup",
+                  backup_lock_ms (), STORE_LOCK_RENEW);
+  if (e < 0) {
+    /* gc may now treat this backup as dead: it must not complete. */
+    log_error ("backup %s: lost the writer lock: %s", w->id, strerror (-e));
+    w->lost = 1;
+    return 1;
   }
-  pthread_mutex_unlock (&w->lock);
-  return NULL;
+  return 0;
 }
 
 static void
@@ -162,11 +144,7 @@ do_register (struct writer *w)
   /* After the key landed: any gc that has not seen us began before this,
    * so chunks we touch from now on are newer than its cutoff. */
   w->since = now_wall_ms ();
-  pthread_mutex_init (&w->lock, NULL);
-  pthread_cond_init (&w->cond, NULL);
-  if (pthread_create (&w->renew, NULL, renew_thread, w) == 0)
-    w->renewing = 1;
-  return 0;
+  return backup_renewer_start (&w->renew, renew_writer, w);
 }
 
 /* Records PARENT (the backup whose index this one will carry chunks
@@ -190,14 +168,7 @@ unregister (struct writer *w)
 {
   char oid[STORE_NAME_MAX + 1];
 
-  if (w->renewing) {
-    pthread_mutex_lock (&w->lock);
-    w->stop = 1;
-    pthread_cond_signal (&w->cond);
-    pthread_mutex_unlock (&w->lock);
-    pthread_join (w->renew, NULL);
-    w->renewing = 0;
-  }
+  backup_renewer_stop (&w->renew);
   if (!w->registered)
     return;
   if (!w->done) {
@@ -209,8 +180,6 @@ unregister (struct writer *w)
   }
   store_unlock (w->r->st, w->writer_oid, "writer", w->id);
   store_remove (w->r->st, w->writer_oid);
-  pthread_mutex_destroy (&w->lock);
-  pthread_cond_destroy (&w->cond);
   w->registered = 0;
 }
 
