@@ -1921,7 +1921,12 @@ test_lock_expiry (void **state)
   if (took < 1400)
     fail_msg ("A's lock of 1500 ms was gone after %" PRIu64 " ms", took);
 
-  /* The lapsed one is nobody's; the renewed one is still A's. */
+  /* The lapsed one is nobody's; the renewed one is still A's.  "e2" was
+   * taken after "e" (a synced write later, under a sanitizer tens of ms):
+   * B may have found "e" free before "e2" ran out, so wait until every
+   * lock taken by w1 has. */
+  while (wall_ms () < w1 + 1500 + 100)
+    sleep_ms (20);
   expect_err (-ENOENT, store_lock_get (b, "e2", "L", &info));
   if (mono_ms () - t0 < 2300)
     expect_err (-EBUSY, store_lock (b, "rn", "L", "cb", "B", 0, 0));
