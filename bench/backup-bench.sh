@@ -58,19 +58,23 @@ size=$((SIZE_GB << 30))
 raw=$W/disk.raw
 
 now () { date +%s.%N; }
-declare -A T
-# timed KEY CMD...: runs CMD, records its seconds in T[KEY] (a repeated
-# KEY keeps every run: "t1,t2,..."; the table shows the median).
+declare -A T C
+# timed KEY CMD...: runs CMD, records its seconds in T[KEY] and its CPU
+# seconds (user + system, children included) in C[KEY] (a repeated KEY
+# keeps every run: "t1,t2,..."; the table shows the median).
 timed ()
 {
-  local key=$1 t0 t
-  shift
+  local key=$1 cmd=$2 t0 t c
+  shift 2
+  [ "$cmd" = vbk ] && cmd=$VBK_BIN/vbk
   sync
   t0=$(now)
-  "$@"
+  /usr/bin/time -f "%U %S" -o "$W/cpu.time" "$cmd" "$@"
   t=$(python3 -c "print('%.2f' % ($(now) - $t0))")
+  c=$(awk '{ printf "%.2f", $1 + $2 }' "$W/cpu.time")
   T[$key]=${T[$key]:+${T[$key]},}$t
-  echo "  $key: $t s" >&2
+  C[$key]=${C[$key]:+${C[$key]},}$c
+  echo "  $key: $t s, CPU $c s" >&2
 }
 
 echo "backup-bench: building a $SIZE_GB GiB image (40% random, 30% text, 30% holes)" >&2
@@ -186,7 +190,7 @@ S[vbk]=$(du_of "$W/vbkrepo")
 for p in $PEERS; do S[$p]=$(du_of "$W/$p"); done
 
 data=$(du -sb "$W/store/obj" | cut -f1)
-python3 - "$size" "$PEERS" "$REPEAT" "$data" "$(nproc)" "$W" "${T[@]@K}" "${S[@]@K}" <<'PY'
+python3 - "$size" "$PEERS" "$REPEAT" "$data" "$(nproc)" "$W" "${T[@]@K}" "${S[@]@K}" CPU "${C[@]@K}" <<'PY'
 import re, statistics, sys
 size = int(sys.argv[1]); peers = sys.argv[2].split(); rep = int(sys.argv[3])
 data, cores, w = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
@@ -194,7 +198,11 @@ kv = " ".join(sys.argv[7:]).split()
 d = {}
 it = iter(kv)
 for k in it:
+    if k == "CPU":
+        d = {"cpu": d}
+        continue
     d[k] = next(it).strip('"')
+cpu, d = d, d.pop("cpu")
 def med(key):
     return statistics.median(float(x) for x in d[key].split(","))
 rows = [("full backup", "full"), ("incremental (1% changed)", "incr"),
@@ -216,6 +224,19 @@ line = "%-26s %12s" % ("repository size", "%.2f GiB" % (int(d["vbk"]) / 2**30))
 for p in peers:
     line += "   %17s %8.2fx" % ("%.2f GiB" % (int(d[p]) / 2**30), int(d[p]) / int(d["vbk"]))
 print(line)
+# CPU seconds (user + system) per GiB of image: a loaded machine moves
+# this much less than the elapsed time.
+line = "%-26s" % "CPU s per GiB: vbk"
+for name, key in rows:
+    line += "  %s %.2f" % (key, statistics.median(
+        float(x) for x in cpu["vbk_" + key].split(",")) / (size / 2**30))
+print(line)
+for p in peers:
+    line = "%-26s" % ("CPU s per GiB: " + p)
+    for name, key in rows:
+        line += "  %s %.2f" % (key, statistics.median(
+            float(x) for x in cpu[p + "_" + key].split(",")) / (size / 2**30))
+    print(line)
 
 # Physical limits, from the rates measured at the start of this run.
 def grab(path, rx, conv=float):
