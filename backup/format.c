@@ -7,7 +7,10 @@
  * sizes are checked before use, lengths against the buffer, versions
  * against BACKUP_FORMAT_MAJOR (a newer major is -EPROTONOSUPPORT, a newer
  * minor of the same major is read: minors only add).  Integers are
- * little-endian.  Layouts in FORMAT.md.
+ * little-endian.  Layouts in FORMAT.md.  The chunk CRC-32 is zlib's
+ * (the gzip polynomial), computed by libdeflate, whose carry-less
+ * multiply path runs several times faster than zlib's table code: every
+ * stored byte of a backup, restore and verify passes through it.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -17,7 +20,7 @@
 #include <json-c/json.h>
 #include <lz4.h>
 #include <openssl/sha.h>
-#include <zlib.h>
+#include <libdeflate.h>
 
 #include "common/error.h"
 #include "internal.h"
@@ -172,7 +175,7 @@ backup_chunk_encode (const struct backup_crypt *k, const unsigned char *id,
   put32 (h + 8, (uint32_t) len);
   if (k == NULL) {
     put32 (h + 12, (uint32_t) n);
-    put32 (h + 16, (uint32_t) crc32 (0, payload, n));
+    put32 (h + 16, libdeflate_crc32 (0, payload, (size_t) n));
     return BACKUP_CHUNK_HDR + n;
   }
   /* Encrypted in place: the GCM tag replaces the CRC-32. */
@@ -235,7 +238,7 @@ backup_chunk_decode (const struct backup_crypt *k, const unsigned char *id,
     }
     payload = dec;
   }
-  else if ((uint32_t) crc32 (0, payload, ssize) != get32 (h + 16))
+  else if (libdeflate_crc32 (0, payload, ssize) != get32 (h + 16))
     return vbk_errno (-EBADMSG, "chunk checksum mismatch");
   n = -1;
   switch (h[6]) {

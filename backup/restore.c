@@ -320,8 +320,8 @@ backup_restore_file (struct backup_repo *r, const char *id, const char *path,
   }
   if ((e = backup_reader_endpoint (rd, &src)) < 0
       || (e = copy_endpoint_file (tmp ? tmp : path,
-                                  COPY_FILE_WRITE | COPY_FILE_CREATE,
-                                  res->size, &dst)) < 0)
+                                  COPY_FILE_WRITE | COPY_FILE_CREATE
+                                  | COPY_FILE_DIRECT, res->size, &dst)) < 0)
     goto out;
   co.piece = backup_repo_chunk_size (r);
   co.threads = RESTORE_THREADS;

@@ -12,7 +12,8 @@
  * covered, so a 1 TiB image with one object plans one piece.  It then
  * submits the pieces to a bounded workq (twice as many waiting as there
  * are threads: enough to keep them busy, little memory); each worker
- * reads a data piece into a buffer from a small pool, and writes it, or
+ * reads a data piece into a page-aligned buffer from a small pool (a
+ * file destination may write it around the page cache), and writes it, or
  * with skip_zero leaves out what is all zeros: the whole piece, or with
  * zero_block each aligned run of all-zero blocks inside it (zeroing it
  * instead when the destination is not already zero).  Holes are zeroed
@@ -235,7 +236,10 @@ get_buf (struct job *j)
   if (j->nbufs)
     b = j->bufs[--j->nbufs];
   pthread_mutex_unlock (&j->lock);
-  return b ? b : malloc (j->piece);
+  /* Page-aligned, so a file destination may write it directly. */
+  if (b == NULL && posix_memalign (&b, COPY_DIRECT_ALIGN, j->piece) != 0)
+    b = NULL;
+  return b;
 }
 
 static void

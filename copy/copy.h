@@ -66,6 +66,12 @@ int copy_endpoint_snapshot (struct store *st, const char *image,
 /* A local file or block device.  Flags: */
 #define COPY_FILE_WRITE 1u        /* open for writing */
 #define COPY_FILE_CREATE 2u       /* create/truncate to SIZE (files) */
+/* With COPY_FILE_WRITE: writes whose buffer, offset and length are
+ * aligned to COPY_DIRECT_ALIGN go around the page cache (O_DIRECT), the
+ * rest as usual; where the file system refuses O_DIRECT, all as usual.
+ * Durable only after the flush, as without it. */
+#define COPY_FILE_DIRECT 4u
+#define COPY_DIRECT_ALIGN 4096u
 int copy_endpoint_file (const char *path, unsigned flags, uint64_t size,
                         struct copy_endpoint **out);
 

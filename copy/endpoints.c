@@ -7,7 +7,9 @@
  * endpoint passes image_extents through so a copy never reads holes, the
  * file endpoint asks SEEK_DATA/SEEK_HOLE (everything is data where the
  * file system cannot say) and punches holes for zero, memory is for unit
- * tests.  Every operation is thread-safe: pread/pwrite on a file, the
+ * tests.  A file endpoint asked to (COPY_FILE_DIRECT) writes aligned
+ * pieces with O_DIRECT: a restore of GiBs then neither copies them into
+ * the page cache nor leaves them all to the final fsync.  Every operation is thread-safe: pread/pwrite on a file, the
  * image library, or disjoint ranges of memory.  A file endpoint opens
  * its file by path (and owns the descriptor) or borrows a descriptor the
  * caller opened (import and export open, check and replace their files
@@ -167,6 +169,7 @@ copy_endpoint_snapshot (struct store *st, const char *image,
 
 struct file_ep {
   int fd;
+  int dfd;                      /* the file opened O_DIRECT, or -1 */
   int owned;                    /* close FD with the endpoint */
   uint64_t size;
   int is_blk;
@@ -199,6 +202,37 @@ file_pread (void *h, void *buf, size_t len, uint64_t off)
   return len;
 }
 
+/* Writes the part of [OFF, OFF+LEN) that may go around the page cache
+ * through F->dfd; returns how many bytes it wrote (0: none), or -errno.
+ * A direct write the file system refuses (-EINVAL) is left to the
+ * buffered path. */
+static ssize_t
+file_pwrite_direct (struct file_ep *f, const void *buf, size_t len,
+                    uint64_t off)
+{
+  size_t done = 0, n = len & ~(size_t) (COPY_DIRECT_ALIGN - 1);
+  ssize_t w;
+
+  if (f->dfd < 0 || ((uintptr_t) buf | off) % COPY_DIRECT_ALIGN || n == 0)
+    return 0;
+  while (done < n) {
+    w = pwrite (f->dfd, (const char *) buf + done, n - done, off + done);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0 && errno == EINVAL)
+      break;
+    if (w < 0)
+      return vbk_errno (-errno, "%s: write at %" PRIu64, f->path,
+                        off + done);
+    /* A short write leaves the rest to the buffered path (aligned or
+     * not, it is correct there). */
+    done += w;
+    if (w == 0 || done % COPY_DIRECT_ALIGN)
+      break;
+  }
+  return (ssize_t) done;
+}
+
 static int
 file_pwrite (void *h, const void *buf, size_t len, uint64_t off)
 {
@@ -206,6 +240,9 @@ file_pwrite (void *h, const void *buf, size_t len, uint64_t off)
   size_t done = 0;
   ssize_t n;
 
+  if ((n = file_pwrite_direct (f, buf, len, off)) < 0)
+    return (int) n;
+  done = (size_t) n;
   while (done < len) {
     n = pwrite (f->fd, (const char *) buf + done, len - done, off + done);
     if (n < 0) {
@@ -311,6 +348,8 @@ file_close (void *h)
 
   if (f->owned)
     close (f->fd);
+  if (f->dfd >= 0)
+    close (f->dfd);
   free (f);
 }
 
@@ -341,6 +380,7 @@ copy_endpoint_file (const char *path, unsigned flags, uint64_t size,
     return vbk_errno (-ENOMEM, "%s", path);
   snprintf (f->path, sizeof f->path, "%s", path);
   f->owned = 1;
+  f->dfd = -1;
   f->fd = open (path, oflags, 0644);
   if (f->fd < 0) {
     r = vbk_errno (-errno, "%s", path);
@@ -368,11 +408,18 @@ copy_endpoint_file (const char *path, unsigned flags, uint64_t size,
   }
   else
     f->size = sb.st_size;
+  /* A second descriptor for the direct writes (after the truncation):
+   * none where the file system has no O_DIRECT. */
+  if ((flags & (COPY_FILE_WRITE | COPY_FILE_DIRECT))
+      == (COPY_FILE_WRITE | COPY_FILE_DIRECT))
+    f->dfd = open (path, O_WRONLY | O_DIRECT | O_CLOEXEC);
   if ((r = new_endpoint (&file_ops, f, path, out)) < 0)
     goto err;
   return 0;
  err:
   close (f->fd);
+  if (f->dfd >= 0)
+    close (f->dfd);
   free (f);
   return r;
 }
@@ -393,6 +440,7 @@ copy_endpoint_fd (int fd, const char *name, struct copy_endpoint **out)
   if ((f = calloc (1, sizeof *f)) == NULL)
     return vbk_errno (-ENOMEM, "%s", name);
   f->fd = fd;
+  f->dfd = -1;
   f->is_blk = S_ISBLK (sb.st_mode);
   f->size = sb.st_size;
   snprintf (f->path, sizeof f->path, "%s", name);

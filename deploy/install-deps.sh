@@ -7,7 +7,7 @@ set -eu
 PKGS="
   build-essential cmake pkg-config git clang libclang-rt-14-dev
   librados-dev ceph-mon ceph-osd ceph-mgr ceph-common
-  libfuse3-dev fuse3 liburcu-dev liblz4-dev libcmocka-dev
+  libfuse3-dev fuse3 liburcu-dev liblz4-dev libdeflate-dev libcmocka-dev
   libssl-dev libgnutls28-dev libinih-dev libjson-c-dev
   qemu-utils qemu-block-extra libnbd-bin python3-libnbd nbdkit
   fio restic borgbackup util-linux e2fsprogs procps psmisc
