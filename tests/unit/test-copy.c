@@ -7,7 +7,9 @@
  * error reaches the caller with its message, an interruption stops the
  * copy, a read-only destination is refused, and the file descriptor
  * endpoint (import, export) refuses what is not a file and a file that
- * shrank.
+ * shrank; a file endpoint with COPY_FILE_DIRECT writes aligned pieces
+ * around the page cache and the rest (an unaligned buffer, offset or
+ * tail) through it, and the file holds exactly what was copied.
  */
 /* VBK_TEST_LINKS: vbkcopy */
 #include <errno.h>
@@ -19,6 +21,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -393,6 +396,87 @@ test_fd_endpoint (void **state)
   rec_free (d);
 }
 
+/* Pages of [OFF, OFF+LEN) of FD in the page cache. */
+static size_t
+resident (int fd, uint64_t off, size_t len)
+{
+  long pg = sysconf (_SC_PAGESIZE);
+  unsigned char vec[1024];
+  size_t n = len / pg, i, r = 0;
+  void *p;
+
+  assert_true (n <= sizeof vec);
+  p = mmap (NULL, len, PROT_READ, MAP_SHARED, fd, off);
+  assert_true (p != MAP_FAILED);
+  assert_int_equal (mincore (p, len, vec), 0);
+  for (i = 0; i < n; i++)
+    r += vec[i] & 1;
+  munmap (p, len);
+  return r;
+}
+
+/* COPY_FILE_DIRECT: a copy into a file of an unaligned size, with zero
+ * pieces; then single writes with an unaligned buffer, offset, length. */
+static void
+test_file_direct (void **state)
+{
+  char path[] = "/tmp/test-copy-direct.XXXXXX";
+  uint64_t size = 3 * M + 1000;
+  unsigned char *src = malloc (size), *back = malloc (size);
+  struct copy_endpoint *s, *d;
+  struct copy_opts o = { .piece = M, .skip_zero = 1, .dst_zeroed = 1 };
+  struct copy_result res;
+  uint64_t i;
+  int fd, direct;
+
+  for (i = 0; i < size; i++)
+    src[i] = (unsigned char) (i * 7 + i / 4099);
+  memset (src + M, 0, M);                       /* a zero piece */
+  fd = mkstemp (path);
+  assert_true (fd >= 0);
+  close (fd);
+  /* Can this file system write this file directly at all? */
+  fd = open (path, O_WRONLY | O_DIRECT);
+  direct = fd >= 0;
+  if (fd >= 0)
+    close (fd);
+  assert_int_equal (copy_endpoint_memory (src, size, &s), 0);
+  assert_int_equal (copy_endpoint_file (path, COPY_FILE_WRITE
+                                        | COPY_FILE_CREATE | COPY_FILE_DIRECT,
+                                        size, &d), 0);
+  assert_int_equal (copy_run (s, d, &o, &res), 0);
+  assert_int_equal (res.written, 2 * M + 1000);
+  fd = open (path, O_RDONLY);
+  assert_true (fd >= 0);
+  /* The whole pieces went around the page cache (checked before anything
+   * reads them back). */
+  if (direct) {
+    assert_int_equal (resident (fd, 0, M), 0);
+    assert_int_equal (resident (fd, 2 * M, M), 0);
+  }
+  assert_int_equal (pread (fd, back, size, 0), (ssize_t) size);
+  assert_memory_equal (back, src, size);
+
+  /* Single writes: an unaligned buffer; an unaligned length (an aligned
+   * head and a short tail); an unaligned offset. */
+  memset (src, 0xa5, 3 * 8192);
+  assert_int_equal (d->ops->pwrite (d->h, src + 1, 8192, 0), 0);
+  assert_int_equal (d->ops->pwrite (d->h, src, 8192 + 100, M), 0);
+  assert_int_equal (d->ops->pwrite (d->h, src, 5000, 2 * M + 3), 0);
+  assert_int_equal (d->ops->flush (d->h), 0);
+  assert_int_equal (pread (fd, back, size, 0), (ssize_t) size);
+  assert_memory_equal (back, src + 1, 8192);
+  assert_memory_equal (back + M, src, 8192 + 100);
+  assert_int_equal (back[M + 8192 + 100], 0);
+  assert_memory_equal (back + 2 * M + 3, src, 5000);
+  close (fd);
+  copy_endpoint_close (s);
+  copy_endpoint_close (d);
+  unlink (path);
+  free (src);
+  free (back);
+}
+
 int
 main (void)
 {
@@ -403,6 +487,7 @@ main (void)
     cmocka_unit_test (test_worker_error),
     cmocka_unit_test (test_interrupted),
     cmocka_unit_test (test_fd_endpoint),
+    cmocka_unit_test (test_file_direct),
   };
   return cmocka_run_group_tests (tests, NULL, NULL);
 }
