@@ -8,6 +8,9 @@
  *   all-zero chunks are not written (the result is sparse); a file is
  *   written as a temporary file beside its path and renamed into place
  *   once complete and durable, over an existing file only when forced;
+ *   whole chunks go to it with O_DIRECT (COPY_FILE_DIRECT): no copy into
+ *   the page cache, and the disk writes while later chunks decode
+ *   instead of taking every dirty page at the final fsync;
  * - in place: the source is the target image itself, read chunk by chunk,
  *   and the destination is an endpoint that hashes what the target holds
  *   now and compares it with the backup's digest: only chunks that differ

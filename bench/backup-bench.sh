@@ -18,7 +18,8 @@
 #                       borg check --verify-data
 # The image lives in a local: store (vbk), the peers read the same bytes
 # from a raw file on the same disk.  Prints seconds, MB/s (of the image
-# size), the ratio peer time / vbk time, and repository sizes (du).
+# size), the ratio peer time / vbk time, repository sizes (du), and the
+# CPU seconds (user + system) per GiB of image of every row.
 # With REPEAT=N the full backups (each into a fresh repository) and the
 # restores run N times, vbk and the peers interleaved, and the rows show
 # the medians (the machine is shared: single runs are noisy).
