@@ -38,7 +38,7 @@ if [ "$what" = backup ]; then
     ${VBK_FUZZ_CFLAGS:-} -o "$out/fuzz-backup" "$VBK_SRC"/backup/fuzz-backup.c \
     "$VBK_SRC"/backup/format.c "$VBK_SRC"/backup/crypt.c \
     "$VBK_SRC"/common/error.c \
-    $(pkg-config --libs json-c liblz4 libcrypto zlib) || {
+    $(pkg-config --libs json-c liblz4 libcrypto libdeflate) || {
     echo "fuzz-build: cannot build fuzz-backup" >&2
     exit 1
   }
@@ -81,7 +81,7 @@ fi
 cflags=(-g -O1 -fno-omit-frame-pointer -D_GNU_SOURCE -I"$VBK_SRC"
         $(pkg-config --cflags liburcu liburcu-cds inih json-c liblz4)
         ${VBK_FUZZ_CFLAGS:-})
-libs=($(pkg-config --libs liburcu liburcu-cds inih gnutls liblz4 json-c libcrypto zlib)
+libs=($(pkg-config --libs liburcu liburcu-cds inih gnutls liblz4 json-c libcrypto libdeflate)
       -lrados -lpthread)
 objs=()
 for f in "$VBK_SRC"/blockd/*.c "$VBK_SRC"/common/*.c "$VBK_SRC"/store/*.c \
