@@ -6,7 +6,7 @@
  * DESIGN: opening loads the manifest and the index (checked against the
  * manifest's SHA-256).  A read maps each byte range to its chunk; holes
  * (the all-zero digest) read as zeros without I/O; a chunk is fetched and
- * checked whole (backup_chunk_read) into a small LRU cache of decoded
+ * checked whole (backup_chunk_read_data: its SHA-256, once per fetch) into a small LRU cache of decoded
  * chunks, so a file system's many small reads of one chunk cost one
  * fetch; a read of a whole chunk (restore, verify) decodes straight into
  * the caller's buffer and leaves the cache alone.  The cache lock guards memory only: fetches run unlocked, and
@@ -279,7 +279,7 @@ read_chunk (struct backup_reader *rd, uint64_t idx, char *buf, size_t co,
   /* A whole chunk (vbk mount caches whole chunks): decoded straight into
    * BUF, not cached here too. */
   if (co == 0 && len == clen) {
-    if ((e = backup_chunk_read (rd->r, rd->ix.digest[idx], buf, clen)) < 0)
+    if ((e = backup_chunk_read_data (rd->r, rd->ix.digest[idx], buf, clen)) < 0)
       return read_error (rd, idx, e);
     return 0;
   }
@@ -296,7 +296,7 @@ read_chunk (struct backup_reader *rd, uint64_t idx, char *buf, size_t co,
 
   if ((data = malloc (clen)) == NULL)
     return vbk_errno (-ENOMEM, "backup: read");
-  if ((e = backup_chunk_read (rd->r, rd->ix.digest[idx], data, clen)) < 0) {
+  if ((e = backup_chunk_read_data (rd->r, rd->ix.digest[idx], data, clen)) < 0) {
     free (data);
     return read_error (rd, idx, e);
   }
