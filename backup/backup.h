@@ -109,6 +109,16 @@ int backup_reader_extents (struct backup_reader *rd, uint64_t off,
 ssize_t backup_reader_pread (struct backup_reader *rd, void *buf, size_t len,
                              uint64_t off);
 void backup_reader_close (struct backup_reader *rd);
+/* An open reader pins its backup's chunks against gc (it is registered
+ * as a reader).  backup_reader_unpin drops that registration while the
+ * reader stays open (reads go on, but gc may collect the chunks of a
+ * backup pruned meanwhile: those reads fail with -EIO naming the chunk);
+ * backup_reader_pin registers again and then checks that the backup
+ * still exists.  Both are no-ops when already done.  Pin errors: -ENOENT
+ * (the backup was removed meanwhile; the reader stays unpinned), store
+ * errors.  Thread-safe. */
+void backup_reader_unpin (struct backup_reader *rd);
+int backup_reader_pin (struct backup_reader *rd);
 
 /* A copy endpoint reading RD (not owned: close RD after the endpoint). */
 int backup_reader_endpoint (struct backup_reader *rd,

@@ -28,6 +28,12 @@
  * one lock duration.  A reader whose lock ran out (the process stalled
  * longer than that) registers again at once; what gc swept meanwhile
  * reads as -EIO naming the chunk, as any missing chunk does.
+ *
+ * A reader kept open while nobody reads through it (vbk mount keeps each
+ * backup it opened) may drop its record (backup_reader_unpin) and take a
+ * new one later (backup_reader_pin: the LOCK and REGISTER steps again with
+ * a new RID, then the manifest is read again, as at open, so a backup
+ * pruned in between is refused rather than read half-collected).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -67,6 +73,8 @@ struct backup_reader {
   char pin_val[256];
   size_t pin_len;
   struct backup_renewer renew;  /* of the reader lock */
+  pthread_mutex_t pin_lock;     /* pinned, pin and unpin */
+  bool pinned;
 };
 
 /* ---- The reader record ------------------------------------------------------ */
@@ -190,8 +198,46 @@ backup_reader_open (struct backup_repo *r, const char *id,
     return e;
   }
   pthread_mutex_init (&rd->lock, NULL);
+  pthread_mutex_init (&rd->pin_lock, NULL);
+  rd->pinned = true;
   *out = rd;
   return 0;
+}
+
+void
+backup_reader_unpin (struct backup_reader *rd)
+{
+  pthread_mutex_lock (&rd->pin_lock);
+  if (rd->pinned) {
+    pin_release (rd);
+    rd->pinned = false;
+  }
+  pthread_mutex_unlock (&rd->pin_lock);
+}
+
+int
+backup_reader_pin (struct backup_reader *rd)
+{
+  struct backup_manifest m;
+  int e = 0;
+
+  pthread_mutex_lock (&rd->pin_lock);
+  if (rd->pinned)
+    goto out;
+  /* Registered first, then the manifest, as at open (gc.c, gc_readers):
+   * a gc that did not see the record saw the manifest, or we do not. */
+  if ((e = pin_register (rd, rd->m.id)) < 0) {
+    vbk_error_prepend (e, "backup %s: ", rd->m.id);
+    goto out;
+  }
+  if ((e = backup_manifest_load (rd->r, rd->m.id, &m, NULL)) < 0) {
+    pin_release (rd);
+    goto out;
+  }
+  rd->pinned = true;
+ out:
+  pthread_mutex_unlock (&rd->pin_lock);
+  return e;
 }
 
 uint64_t
@@ -219,11 +265,13 @@ backup_reader_close (struct backup_reader *rd)
 
   if (rd == NULL)
     return;
-  pin_release (rd);
+  if (rd->pinned)
+    pin_release (rd);
   for (i = 0; i < CACHE_SLOTS; i++)
     free (rd->cache[i].buf);
   backup_index_free (&rd->ix);
   pthread_mutex_destroy (&rd->lock);
+  pthread_mutex_destroy (&rd->pin_lock);
   free (rd);
 }
 

@@ -670,3 +670,16 @@ vbkfs_disk_get_stats (struct vbkfs_disk *d, struct vbkfs_disk_stats *s)
   *s = d->stats;
   pthread_mutex_unlock (&d->lock);
 }
+
+void
+vbkfs_disk_unpin (struct vbkfs_disk *d)
+{
+  if (d->src.ops->unpin)
+    d->src.ops->unpin (d->src.h);
+}
+
+int
+vbkfs_disk_pin (struct vbkfs_disk *d)
+{
+  return d->src.ops->pin ? d->src.ops->pin (d->src.h) : 0;
+}

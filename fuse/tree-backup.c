@@ -13,8 +13,10 @@
  * the repository again.  Backups are immutable and every chunk is checked
  * against its digest on read (backup/reader.c), so the source needs no
  * check().  An open backup is registered as a reader in the repository
- * (backup/reader.c), so a prune and gc while it is mounted keep its
- * chunks and it reads on unchanged.  Without a repository (no --repo),
+ * (backup/reader.c), so a prune and gc while one of its files is open
+ * keep its chunks and it reads on unchanged; once the last open file of
+ * it closes the registration is dropped (tree.c), so that gc may collect
+ * a backup pruned meanwhile, and taken again when a file is opened.  Without a repository (no --repo),
  * backups/ is empty.
  *
  * "latest" is resolved by the kernel on every path walk through it (a
@@ -524,6 +526,18 @@ bk_chunk_size (void *h)
   return backup_reader_chunk_size (h);
 }
 
+static void
+bk_unpin (void *h)
+{
+  backup_reader_unpin (h);
+}
+
+static int
+bk_pin (void *h)
+{
+  return backup_reader_pin (h);
+}
+
 static const struct vbkfs_source_ops backup_ops = {
   .kind = "backup",
   .size = bk_size,
@@ -532,6 +546,8 @@ static const struct vbkfs_source_ops backup_ops = {
   .check = bk_check,
   .close = bk_close,
   .chunk_size = bk_chunk_size,
+  .unpin = bk_unpin,
+  .pin = bk_pin,
 };
 
 int
