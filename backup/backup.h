@@ -86,6 +86,18 @@ struct backup_entry {
 int backup_list (struct backup_repo *r, const char *image,
                  struct backup_entry **list, size_t *n);
 
+/* What the catalog says of the backups of IMAGE (NULL: all), newest
+ * first: each backup begun and not yet cleaned up by gc, complete, still
+ * running, failed or pruned (id, image, time_ms; the other members 0).
+ * One store call per 1,000 backups and no manifest read: a cheap way to
+ * see whether backup_list could answer differently, with
+ * backup_complete for the candidates.  Caller free()s *LIST. */
+int backup_catalog_list (struct backup_repo *r, const char *image,
+                         struct backup_entry **list, size_t *n);
+/* Whether backup ID is complete and not removed (its manifest exists):
+ * 0, -ENOENT, or a store error.  One store call. */
+int backup_complete (struct backup_repo *r, const char *id);
+
 /* The manifest of backup ID, as stored (JSON).  Caller frees *JSON.
  * Errors: -ENOENT. */
 int backup_manifest_json (struct backup_repo *r, const char *id,

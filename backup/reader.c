@@ -385,6 +385,86 @@ backup_reader_pread (struct backup_reader *rd, void *buf, size_t len,
   return len;
 }
 
+/* ---- Watching the catalog ------------------------------------------------------ */
+
+struct cat_lister {
+  const char *image;
+  struct backup_entry *list;
+  size_t n, cap;
+};
+
+/* VAL: "IMAGE START_MS [PARENT]" (FORMAT.md, vbk_backup_catalog). */
+static int
+cat_one (void *arg, const char *id, const char *val)
+{
+  struct cat_lister *l = arg;
+  struct backup_entry *e;
+  size_t ilen = strcspn (val, " ");
+  const char *t = val + ilen;
+
+  if (ilen == 0 || ilen > IMAGE_NAME_MAX || *t != ' ')
+    return 0;                   /* not ours to judge: backup_list says */
+  if (l->image && (strlen (l->image) != ilen
+                   || memcmp (l->image, val, ilen) != 0))
+    return 0;
+  if (l->n == l->cap) {
+    l->cap = l->cap ? 2 * l->cap : 32;
+    if ((e = realloc (l->list, l->cap * sizeof *e)) == NULL)
+      return vbk_errno (-ENOMEM, "backup: catalog");
+    l->list = e;
+  }
+  e = &l->list[l->n++];
+  memset (e, 0, sizeof *e);
+  snprintf (e->id, sizeof e->id, "%s", id);
+  memcpy (e->image, val, ilen);
+  e->time_ms = strtoull (t + 1, NULL, 10);
+  return 0;
+}
+
+static int
+cmp_newest (const void *a, const void *b)
+{
+  const struct backup_entry *x = a, *y = b;
+
+  if (x->time_ms != y->time_ms)
+    return x->time_ms > y->time_ms ? -1 : 1;
+  return -strcmp (x->id, y->id);
+}
+
+int
+backup_catalog_list (struct backup_repo *r, const char *image,
+                     struct backup_entry **list, size_t *n)
+{
+  struct cat_lister l = { .image = image };
+  int e;
+
+  if ((e = backup_catalog_walk (r, cat_one, &l)) < 0) {
+    free (l.list);
+    return e;
+  }
+  if (l.n)
+    qsort (l.list, l.n, sizeof *l.list, cmp_newest);
+  *list = l.list;
+  *n = l.n;
+  return 0;
+}
+
+int
+backup_complete (struct backup_repo *r, const char *id)
+{
+  char oid[STORE_NAME_MAX + 1];
+  uint64_t size;
+  int e;
+
+  if (backup_id_check (id) < 0)
+    return -ENOENT;
+  backup_manifest_oid (id, oid, sizeof oid);
+  e = store_stat (r->st, oid, STORE_SNAP_HEAD, &size);
+  if (e < 0 && e != -ENOENT)
+    return vbk_errno (e, "backup %s: manifest", id);
+  return e;
+}
+
 /* ---- As a copy endpoint ------------------------------------------------------ */
 
 static ssize_t
