@@ -17,7 +17,9 @@
  * nothing in the cache (the next read tries again) and is logged once
  * with the reason naming the object or chunk.
  *
- * Readahead: when a reader moves on to the next chunk, RA_THREADS
+ * Readahead: once a reader has moved on from chunk to chunk over
+ * RA_START_BYTES (one step for a backup's 4 MiB chunks; a file system's
+ * metadata scans rarely run that far), RA_THREADS
  * threads per disk fetch the next RA_BYTES (at least two chunks), each
  * taking the next run of up to RA_BATCH_BYTES read with one source call,
  * so that two chunks decode at once (a backup's chunk costs CPU: a
@@ -46,6 +48,7 @@
 #define CHUNK_SHIFT_MAX 26                      /* 64 MiB */
 #define RA_BYTES (16u << 20)                    /* ahead */
 #define RA_THREADS 2
+#define RA_START_BYTES (1u << 20)               /* read in a row first */
 #define RA_BATCH_BYTES (2u << 20)               /* per fetch */
 #define RA_BATCH_MAX (RA_BATCH_BYTES >> CHUNK_SHIFT_MIN)
 #define CACHE_DEFAULT (64u << 20)
@@ -490,7 +493,8 @@ ra_note (struct vbkfs_disk *d, uint64_t idx)
   else if (idx != d->last_idx)
     d->seq = 0;
   d->last_idx = idx;
-  if (d->seq >= 1 && d->ra_started && !d->ra_off) {
+  if ((uint64_t) d->seq * d->csize >= RA_START_BYTES && d->ra_started
+      && !d->ra_off) {
     if (d->ra_from <= idx || d->ra_from > idx + d->ra_chunks)
       d->ra_from = idx + 1;
     d->ra_to = idx + 1 + d->ra_chunks;
