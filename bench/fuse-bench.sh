@@ -13,6 +13,8 @@
 #   disk seq            dd of the whole disk, 1 MiB reads
 #   file seq            dd of the 1 GiB file inside ext4
 #   4k rand QD1         fio psync randread over the disk, p50 / p99
+#   4k hot p50          the same over 32 MiB of the disk read just before
+#                       (cached: in the kernel's page cache or the mount's)
 #   ls -R 10k           ls -lR of the 10,000 files
 #   cpu ms/MB           CPU time (user + system) of the serving processes
 #                       (the FUSE daemon, and vbk-blockd for nbdfuse) per MB
@@ -137,7 +139,7 @@ mount_pid ()
 # one before filled.
 measure ()
 {
-  local name=$1 disk=$2 file=$3 lsdir=$4 t0 t1 seq fseq lsr p50 p99
+  local name=$1 disk=$2 file=$3 lsdir=$4 t0 t1 seq fseq lsr p50 p99 hot
   local c0 c1 ctick=0 mb=0 cpu=-
   lsr=- fseq=-
   if [ -n "$lsdir" ]; then
@@ -173,8 +175,19 @@ p = d["jobs"][0]["read"]["clat_ns"]["percentile"]
 print("%.0f %.0f" % (p["50.000000"] / 1000, p["99.000000"] / 1000))
 EOF
   ) || { p50=-; p99=-; }
-  printf '%-22s %10s %10s %10s %10s %10s %10s %10s\n' "$name" "${first:--}" \
-    "$seq" "$fseq" "$p50" "$p99" "$lsr" "$cpu"
+  dd if="$disk" of=/dev/null bs=1M skip=1 count=32 status=none
+  fio --name=h --filename="$disk" --ioengine=psync --rw=randread --bs=4k \
+    --offset=1M --size=32M --iodepth=1 --time_based --runtime=3 --ramp_time=1 \
+    --readonly --output-format=json --output="$W/fio.json" >/dev/null 2>&1 || true
+  hot=$(python3 - "$W/fio.json" <<'EOF'
+import json, sys
+t = open(sys.argv[1]).read()
+d = json.loads(t[t.index("{"):])
+print("%.0f" % (d["jobs"][0]["read"]["clat_ns"]["percentile"]["50.000000"] / 1000))
+EOF
+  ) || hot=-
+  printf '%-22s %10s %10s %10s %10s %10s %10s %10s %10s\n' "$name" \
+    "${first:--}" "$seq" "$fseq" "$p50" "$p99" "$hot" "$lsr" "$cpu"
 }
 
 # measure_kernel_ext4 NAME DISK: measure, with the file and the listing
@@ -197,8 +210,9 @@ measure_kernel_ext4 ()
   return 0
 }
 
-printf '%-22s %10s %10s %10s %10s %10s %10s %10s\n' reader "first-s" "disk-MB/s" \
-  "file-MB/s" "4k-p50-us" "4k-p99-us" "ls-R-s" "cpu-ms/MB"
+printf '%-22s %10s %10s %10s %10s %10s %10s %10s %10s\n' reader "first-s" \
+  "disk-MB/s" "file-MB/s" "4k-p50-us" "4k-p99-us" "hot-p50-us" "ls-R-s" \
+  "cpu-ms/MB"
 
 # ---- vbk mount (snapshot) ----------------------------------------------------------
 
