@@ -86,6 +86,18 @@ struct backup_entry {
 int backup_list (struct backup_repo *r, const char *image,
                  struct backup_entry **list, size_t *n);
 
+/* What the catalog says of the backups of IMAGE (NULL: all), newest
+ * first: each backup begun and not yet cleaned up by gc, complete, still
+ * running, failed or pruned (id, image, time_ms; the other members 0).
+ * One store call per 1,000 backups and no manifest read: a cheap way to
+ * see whether backup_list could answer differently, with
+ * backup_complete for the candidates.  Caller free()s *LIST. */
+int backup_catalog_list (struct backup_repo *r, const char *image,
+                         struct backup_entry **list, size_t *n);
+/* Whether backup ID is complete and not removed (its manifest exists):
+ * 0, -ENOENT, or a store error.  One store call. */
+int backup_complete (struct backup_repo *r, const char *id);
+
 /* The manifest of backup ID, as stored (JSON).  Caller frees *JSON.
  * Errors: -ENOENT. */
 int backup_manifest_json (struct backup_repo *r, const char *id,
@@ -109,6 +121,16 @@ int backup_reader_extents (struct backup_reader *rd, uint64_t off,
 ssize_t backup_reader_pread (struct backup_reader *rd, void *buf, size_t len,
                              uint64_t off);
 void backup_reader_close (struct backup_reader *rd);
+/* An open reader pins its backup's chunks against gc (it is registered
+ * as a reader).  backup_reader_unpin drops that registration while the
+ * reader stays open (reads go on, but gc may collect the chunks of a
+ * backup pruned meanwhile: those reads fail with -EIO naming the chunk);
+ * backup_reader_pin registers again and then checks that the backup
+ * still exists.  Both are no-ops when already done.  Pin errors: -ENOENT
+ * (the backup was removed meanwhile; the reader stays unpinned), store
+ * errors.  Thread-safe. */
+void backup_reader_unpin (struct backup_reader *rd);
+int backup_reader_pin (struct backup_reader *rd);
 
 /* A copy endpoint reading RD (not owned: close RD after the endpoint). */
 int backup_reader_endpoint (struct backup_reader *rd,

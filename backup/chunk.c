@@ -298,9 +298,9 @@ backup_chunk_check (struct backup_repo *r, const unsigned char *d)
   return 0;
 }
 
-int
-backup_chunk_read (struct backup_repo *r, const unsigned char *d,
-                   void *plain, size_t len)
+static int
+chunk_read (struct backup_repo *r, const unsigned char *d, void *plain,
+            size_t len, int flags)
 {
   char oid[STORE_NAME_MAX + 1], msg[1024], *buf;
   unsigned char got[BACKUP_DIGEST_LEN];
@@ -314,7 +314,8 @@ backup_chunk_read (struct backup_repo *r, const unsigned char *d,
     snprintf (msg, sizeof msg, "%s", vbk_error ());
     return vbk_errno (-EIO, "backup: chunk %s: %s", oid, msg);
   }
-  e = backup_chunk_decode (r->crypt, d, buf, olen, plain, len, &plen);
+  e = backup_chunk_decode_flags (r->crypt, d, buf, olen, plain, len, &plen,
+                                 flags);
   free (buf);
   if (e < 0) {
     snprintf (msg, sizeof msg, "%s", vbk_error ());
@@ -331,6 +332,20 @@ backup_chunk_read (struct backup_repo *r, const unsigned char *d,
     return -EIO;
   }
   return 0;
+}
+
+int
+backup_chunk_read (struct backup_repo *r, const unsigned char *d,
+                   void *plain, size_t len)
+{
+  return chunk_read (r, d, plain, len, 0);
+}
+
+int
+backup_chunk_read_data (struct backup_repo *r, const unsigned char *d,
+                        void *plain, size_t len)
+{
+  return chunk_read (r, d, plain, len, BACKUP_DECODE_DATA);
 }
 
 int

@@ -195,6 +195,15 @@ backup_chunk_decode (const struct backup_crypt *k, const unsigned char *id,
                      const void *obj, size_t objlen, void *plain, size_t max,
                      size_t *len)
 {
+  return backup_chunk_decode_flags (k, id, obj, objlen, plain, max, len, 0);
+}
+
+int
+backup_chunk_decode_flags (const struct backup_crypt *k,
+                           const unsigned char *id, const void *obj,
+                           size_t objlen, void *plain, size_t max,
+                           size_t *len, int flags)
+{
   const unsigned char *h = obj, *payload = h + BACKUP_CHUNK_HDR;
   unsigned char aad[16 + BACKUP_DIGEST_LEN], *dec = NULL;
   uint32_t psize, ssize;
@@ -238,7 +247,8 @@ backup_chunk_decode (const struct backup_crypt *k, const unsigned char *id,
     }
     payload = dec;
   }
-  else if (libdeflate_crc32 (0, payload, ssize) != get32 (h + 16))
+  else if (!(flags & BACKUP_DECODE_DATA)
+           && libdeflate_crc32 (0, payload, ssize) != get32 (h + 16))
     return vbk_errno (-EBADMSG, "chunk checksum mismatch");
   n = -1;
   switch (h[6]) {

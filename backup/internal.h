@@ -92,6 +92,16 @@ ssize_t backup_chunk_encode (const struct backup_crypt *k,
  * encrypted and authentic, without it plain.  Errors: -EBADMSG (bad
  * magic, sizes, checksum, authentication tag, payload), -EPROTONOSUPPORT
  * (newer version); message set. */
+/* BACKUP_DECODE_DATA: the caller checks the digest of the result (which
+ * alone says whether the data is right), so the CRC-32 of the stored
+ * bytes, which can only catch what that check catches, is not computed;
+ * a damaged payload still fails (it does not decompress, or the digest
+ * differs).  Encrypted chunks are always authenticated. */
+#define BACKUP_DECODE_DATA 1
+int backup_chunk_decode_flags (const struct backup_crypt *k,
+                               const unsigned char *id, const void *obj,
+                               size_t objlen, void *plain, size_t max,
+                               size_t *len, int flags);
 int backup_chunk_decode (const struct backup_crypt *k,
                          const unsigned char *id, const void *obj,
                          size_t objlen, void *plain, size_t max, size_t *len);
@@ -254,7 +264,12 @@ int backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
 /* Whether the registry has chunk D, not marked bad: 0, or -ENOENT. */
 int backup_chunk_check (struct backup_repo *r, const unsigned char *d);
 /* Reads chunk D, checking its header, checksum and digest, into PLAIN
- * (LEN bytes expected).  Errors: -EIO naming the chunk. */
+ * (LEN bytes expected).  Errors: -EIO naming the chunk.
+ * backup_chunk_read_data: the same for a reader that needs the data (the
+ * digest checked, not the checksum: BACKUP_DECODE_DATA); verify uses
+ * backup_chunk_read, which checks the stored object too. */
+int backup_chunk_read_data (struct backup_repo *r, const unsigned char *d,
+                            void *plain, size_t len);
 int backup_chunk_read (struct backup_repo *r, const unsigned char *d,
                        void *plain, size_t len);
 /* Marks chunk D bad, so the next backup writes it again. */

@@ -6,7 +6,7 @@
  * DESIGN: opening loads the manifest and the index (checked against the
  * manifest's SHA-256).  A read maps each byte range to its chunk; holes
  * (the all-zero digest) read as zeros without I/O; a chunk is fetched and
- * checked whole (backup_chunk_read) into a small LRU cache of decoded
+ * checked whole (backup_chunk_read_data: its SHA-256, once per fetch) into a small LRU cache of decoded
  * chunks, so a file system's many small reads of one chunk cost one
  * fetch; a read of a whole chunk (restore, verify) decodes straight into
  * the caller's buffer and leaves the cache alone.  The cache lock guards memory only: fetches run unlocked, and
@@ -28,6 +28,12 @@
  * one lock duration.  A reader whose lock ran out (the process stalled
  * longer than that) registers again at once; what gc swept meanwhile
  * reads as -EIO naming the chunk, as any missing chunk does.
+ *
+ * A reader kept open while nobody reads through it (vbk mount keeps each
+ * backup it opened) may drop its record (backup_reader_unpin) and take a
+ * new one later (backup_reader_pin: the LOCK and REGISTER steps again with
+ * a new RID, then the manifest is read again, as at open, so a backup
+ * pruned in between is refused rather than read half-collected).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -67,6 +73,8 @@ struct backup_reader {
   char pin_val[256];
   size_t pin_len;
   struct backup_renewer renew;  /* of the reader lock */
+  pthread_mutex_t pin_lock;     /* pinned, pin and unpin */
+  bool pinned;
 };
 
 /* ---- The reader record ------------------------------------------------------ */
@@ -190,8 +198,46 @@ backup_reader_open (struct backup_repo *r, const char *id,
     return e;
   }
   pthread_mutex_init (&rd->lock, NULL);
+  pthread_mutex_init (&rd->pin_lock, NULL);
+  rd->pinned = true;
   *out = rd;
   return 0;
+}
+
+void
+backup_reader_unpin (struct backup_reader *rd)
+{
+  pthread_mutex_lock (&rd->pin_lock);
+  if (rd->pinned) {
+    pin_release (rd);
+    rd->pinned = false;
+  }
+  pthread_mutex_unlock (&rd->pin_lock);
+}
+
+int
+backup_reader_pin (struct backup_reader *rd)
+{
+  struct backup_manifest m;
+  int e = 0;
+
+  pthread_mutex_lock (&rd->pin_lock);
+  if (rd->pinned)
+    goto out;
+  /* Registered first, then the manifest, as at open (gc.c, gc_readers):
+   * a gc that did not see the record saw the manifest, or we do not. */
+  if ((e = pin_register (rd, rd->m.id)) < 0) {
+    vbk_error_prepend (e, "backup %s: ", rd->m.id);
+    goto out;
+  }
+  if ((e = backup_manifest_load (rd->r, rd->m.id, &m, NULL)) < 0) {
+    pin_release (rd);
+    goto out;
+  }
+  rd->pinned = true;
+ out:
+  pthread_mutex_unlock (&rd->pin_lock);
+  return e;
 }
 
 uint64_t
@@ -219,11 +265,13 @@ backup_reader_close (struct backup_reader *rd)
 
   if (rd == NULL)
     return;
-  pin_release (rd);
+  if (rd->pinned)
+    pin_release (rd);
   for (i = 0; i < CACHE_SLOTS; i++)
     free (rd->cache[i].buf);
   backup_index_free (&rd->ix);
   pthread_mutex_destroy (&rd->lock);
+  pthread_mutex_destroy (&rd->pin_lock);
   free (rd);
 }
 
@@ -279,7 +327,7 @@ read_chunk (struct backup_reader *rd, uint64_t idx, char *buf, size_t co,
   /* A whole chunk (vbk mount caches whole chunks): decoded straight into
    * BUF, not cached here too. */
   if (co == 0 && len == clen) {
-    if ((e = backup_chunk_read (rd->r, rd->ix.digest[idx], buf, clen)) < 0)
+    if ((e = backup_chunk_read_data (rd->r, rd->ix.digest[idx], buf, clen)) < 0)
       return read_error (rd, idx, e);
     return 0;
   }
@@ -296,7 +344,7 @@ read_chunk (struct backup_reader *rd, uint64_t idx, char *buf, size_t co,
 
   if ((data = malloc (clen)) == NULL)
     return vbk_errno (-ENOMEM, "backup: read");
-  if ((e = backup_chunk_read (rd->r, rd->ix.digest[idx], data, clen)) < 0) {
+  if ((e = backup_chunk_read_data (rd->r, rd->ix.digest[idx], data, clen)) < 0) {
     free (data);
     return read_error (rd, idx, e);
   }
@@ -335,6 +383,86 @@ backup_reader_pread (struct backup_reader *rd, void *buf, size_t len,
     done += n;
   }
   return len;
+}
+
+/* ---- Watching the catalog ------------------------------------------------------ */
+
+struct cat_lister {
+  const char *image;
+  struct backup_entry *list;
+  size_t n, cap;
+};
+
+/* VAL: "IMAGE START_MS [PARENT]" (FORMAT.md, vbk_backup_catalog). */
+static int
+cat_one (void *arg, const char *id, const char *val)
+{
+  struct cat_lister *l = arg;
+  struct backup_entry *e;
+  size_t ilen = strcspn (val, " ");
+  const char *t = val + ilen;
+
+  if (ilen == 0 || ilen > IMAGE_NAME_MAX || *t != ' ')
+    return 0;                   /* not ours to judge: backup_list says */
+  if (l->image && (strlen (l->image) != ilen
+                   || memcmp (l->image, val, ilen) != 0))
+    return 0;
+  if (l->n == l->cap) {
+    l->cap = l->cap ? 2 * l->cap : 32;
+    if ((e = realloc (l->list, l->cap * sizeof *e)) == NULL)
+      return vbk_errno (-ENOMEM, "backup: catalog");
+    l->list = e;
+  }
+  e = &l->list[l->n++];
+  memset (e, 0, sizeof *e);
+  snprintf (e->id, sizeof e->id, "%s", id);
+  memcpy (e->image, val, ilen);
+  e->time_ms = strtoull (t + 1, NULL, 10);
+  return 0;
+}
+
+static int
+cmp_newest (const void *a, const void *b)
+{
+  const struct backup_entry *x = a, *y = b;
+
+  if (x->time_ms != y->time_ms)
+    return x->time_ms > y->time_ms ? -1 : 1;
+  return -strcmp (x->id, y->id);
+}
+
+int
+backup_catalog_list (struct backup_repo *r, const char *image,
+                     struct backup_entry **list, size_t *n)
+{
+  struct cat_lister l = { .image = image };
+  int e;
+
+  if ((e = backup_catalog_walk (r, cat_one, &l)) < 0) {
+    free (l.list);
+    return e;
+  }
+  if (l.n)
+    qsort (l.list, l.n, sizeof *l.list, cmp_newest);
+  *list = l.list;
+  *n = l.n;
+  return 0;
+}
+
+int
+backup_complete (struct backup_repo *r, const char *id)
+{
+  char oid[STORE_NAME_MAX + 1];
+  uint64_t size;
+  int e;
+
+  if (backup_id_check (id) < 0)
+    return -ENOENT;
+  backup_manifest_oid (id, oid, sizeof oid);
+  e = store_stat (r->st, oid, STORE_SNAP_HEAD, &size);
+  if (e < 0 && e != -ENOENT)
+    return vbk_errno (e, "backup %s: manifest", id);
+  return e;
 }
 
 /* ---- As a copy endpoint ------------------------------------------------------ */

@@ -13,7 +13,13 @@
 #   disk seq            dd of the whole disk, 1 MiB reads
 #   file seq            dd of the 1 GiB file inside ext4
 #   4k rand QD1         fio psync randread over the disk, p50 / p99
+#   4k hot p50          the same over 32 MiB of the disk read just before
+#                       (cached: in the kernel's page cache or the mount's)
 #   ls -R 10k           ls -lR of the 10,000 files
+#   cpu ms/MB           CPU time (user + system) of the serving processes
+#                       (the FUSE daemon, and vbk-blockd for nbdfuse) per MB
+#                       read by disk seq and file seq together: less
+#                       disturbed by other load on the machine than speeds
 # Readers:
 #   vbk mount           this project (snapshot, and a backup if --repo)
 #   nbdfuse             the same snapshot exported by vbk-blockd, read with
@@ -31,6 +37,7 @@ VBK_BIN=${VBK_BIN:-$VBK_SRC/build/bin}
 PATH=$PATH:/usr/sbin:/sbin
 kind=local
 size_gib=2
+cpu_pids=
 while [ $# -gt 0 ]; do
   case $1 in
     --store) kind=$2; shift 2 ;;
@@ -103,12 +110,37 @@ drop ()
   [ -n "${loopdev:-}" ] && blockdev --flushbufs "$loopdev" 2>/dev/null || true
 }
 
+# CPU time in clock ticks (user + system, all threads) of the processes in
+# $cpu_pids.
+cpu_ticks ()
+{
+  local p t=0 f
+  for p in $cpu_pids; do
+    f=$(cut -d')' -f2- "/proc/$p/stat" 2>/dev/null) || continue
+    set -- $f
+    t=$((t + ${12} + ${13}))
+  done
+  echo "$t"
+}
+
+# The pid of the process whose command line holds "mount", later DIR.
+mount_pid ()
+{
+  local p
+  for p in /proc/[0-9]*; do
+    tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qE -- " mount (.* )?$1( |\$)" &&
+      { echo "${p#/proc/}"; return 0; }
+  done
+  return 0
+}
+
 # measure NAME DISK FILE LSDIR: prints one line of numbers.  The order
 # (listing, file, disk, random) keeps each measurement off the caches the
 # one before filled.
 measure ()
 {
-  local name=$1 disk=$2 file=$3 lsdir=$4 t0 t1 seq fseq lsr p50 p99
+  local name=$1 disk=$2 file=$3 lsdir=$4 t0 t1 seq fseq lsr p50 p99 hot
+  local c0 c1 ctick=0 mb=0 cpu=-
   lsr=- fseq=-
   if [ -n "$lsdir" ]; then
     drop "$disk"
@@ -117,12 +149,20 @@ measure ()
   fi
   if [ -n "$file" ]; then
     drop "$disk" "$file"
+    c0=$(cpu_ticks)
     t0=$(now); dd if="$file" of=/dev/null bs=1M status=none; t1=$(now)
+    c1=$(cpu_ticks)
+    ctick=$((c1 - c0)) mb=1024
     fseq=$(mbps $((1 << 30)) "$t0" "$t1")
   fi
   drop "$disk"
+  c0=$(cpu_ticks)
   t0=$(now); dd if="$disk" of=/dev/null bs=1M status=none; t1=$(now)
+  c1=$(cpu_ticks)
+  ctick=$((ctick + c1 - c0)) mb=$((mb + size_gib * 1024))
   seq=$(mbps $((size_gib << 30)) "$t0" "$t1")
+  [ -n "$cpu_pids" ] &&
+    cpu=$(python3 -c "print('%.2f' % ($ctick * 1000.0 / $(getconf CLK_TCK) / $mb))")
   drop "$disk"
   fio --name=r --filename="$disk" --ioengine=psync --rw=randread --bs=4k \
     --iodepth=1 --time_based --runtime=5 --ramp_time=1 --readonly \
@@ -135,8 +175,19 @@ p = d["jobs"][0]["read"]["clat_ns"]["percentile"]
 print("%.0f %.0f" % (p["50.000000"] / 1000, p["99.000000"] / 1000))
 EOF
   ) || { p50=-; p99=-; }
-  printf '%-22s %10s %10s %10s %10s %10s %10s\n' "$name" "${first:--}" \
-    "$seq" "$fseq" "$p50" "$p99" "$lsr"
+  dd if="$disk" of=/dev/null bs=1M skip=1 count=32 status=none
+  fio --name=h --filename="$disk" --ioengine=psync --rw=randread --bs=4k \
+    --offset=1M --size=32M --iodepth=1 --time_based --runtime=3 --ramp_time=1 \
+    --readonly --output-format=json --output="$W/fio.json" >/dev/null 2>&1 || true
+  hot=$(python3 - "$W/fio.json" <<'EOF'
+import json, sys
+t = open(sys.argv[1]).read()
+d = json.loads(t[t.index("{"):])
+print("%.0f" % (d["jobs"][0]["read"]["clat_ns"]["percentile"]["50.000000"] / 1000))
+EOF
+  ) || hot=-
+  printf '%-22s %10s %10s %10s %10s %10s %10s %10s %10s\n' "$name" \
+    "${first:--}" "$seq" "$fseq" "$p50" "$p99" "$hot" "$lsr" "$cpu"
 }
 
 # measure_kernel_ext4 NAME DISK: measure, with the file and the listing
@@ -159,8 +210,9 @@ measure_kernel_ext4 ()
   return 0
 }
 
-printf '%-22s %10s %10s %10s %10s %10s %10s\n' reader "first-s" "disk-MB/s" \
-  "file-MB/s" "4k-p50-us" "4k-p99-us" "ls-R-s"
+printf '%-22s %10s %10s %10s %10s %10s %10s %10s %10s\n' reader "first-s" \
+  "disk-MB/s" "file-MB/s" "4k-p50-us" "4k-p99-us" "hot-p50-us" "ls-R-s" \
+  "cpu-ms/MB"
 
 # ---- vbk mount (snapshot) ----------------------------------------------------------
 
@@ -175,6 +227,7 @@ run_vbk ()
   head -c 1 "$S/disk" >/dev/null
   t1=$(now)
   first=$(secs "$t0" "$t1")
+  cpu_pids=$(mount_pid "$m")
   measure "vbk mount ($2)" "$S/disk" "$S/files/p1/big.bin" "$S/files/p1/many"
   v umount "$m"
   sleep 0.5
@@ -198,6 +251,7 @@ head -c 1 "$m/nbd" >/dev/null
 t1=$(now)
 first=$(secs "$t0" "$t1")
 mounts+=("$m")
+cpu_pids="${pids[*]}"
 measure_kernel_ext4 "nbdfuse+blockd" "$m/nbd"
 fusermount3 -u "$m"
 
@@ -226,6 +280,7 @@ for _ in $(seq 600); do [ -e "$m/snapshots/latest/disk.raw" ] && break; sleep 0.
 head -c 1 "$m/snapshots/latest/disk.raw" >/dev/null
 t1=$(now)
 first=$(secs "$t0" "$t1")
+cpu_pids=$(mount_pid "$m")
 measure_kernel_ext4 "restic mount" "$m/snapshots/latest/disk.raw"
 fusermount3 -u "$m"
 
@@ -245,6 +300,7 @@ if /usr/bin/python3 -c 'import llfuse' 2>/dev/null; then
   head -c 1 "$m/disk.raw" >/dev/null
   t1=$(now)
   first=$(secs "$t0" "$t1")
+  cpu_pids=$(mount_pid "$m")
   measure_kernel_ext4 "borg mount" "$m/disk.raw"
   fusermount3 -u "$m"
 else

@@ -17,9 +17,13 @@
  * nothing in the cache (the next read tries again) and is logged once
  * with the reason naming the object or chunk.
  *
- * Readahead: when a reader moves on to the next chunk twice in a row,
- * one thread per disk fetches the next RA_BYTES (at least two chunks),
- * in runs of up to RA_BATCH_BYTES read with one source call.  It stops after a failed
+ * Readahead: once a reader has moved on from chunk to chunk over
+ * RA_START_BYTES (one step for a backup's 4 MiB chunks; a file system's
+ * metadata scans rarely run that far), RA_THREADS
+ * threads per disk fetch the next RA_BYTES (at least two chunks), each
+ * taking the next run of up to RA_BATCH_BYTES read with one source call,
+ * so that two chunks decode at once (a backup's chunk costs CPU: a
+ * decompression and a SHA-256) while readers copy out of a third.  It stops after a failed
  * fetch until a reader's own fetch succeeds, so that a failing store does
  * not make it evict the good chunks it still has.
  *
@@ -42,7 +46,9 @@
 
 #define CHUNK_SHIFT_MIN 18                      /* 256 KiB */
 #define CHUNK_SHIFT_MAX 26                      /* 64 MiB */
-#define RA_BYTES (8u << 20)                     /* ahead */
+#define RA_BYTES (16u << 20)                    /* ahead */
+#define RA_THREADS 2
+#define RA_START_BYTES (1u << 20)               /* read in a row first */
 #define RA_BATCH_BYTES (2u << 20)               /* per fetch */
 #define RA_BATCH_MAX (RA_BATCH_BYTES >> CHUNK_SHIFT_MIN)
 #define CACHE_DEFAULT (64u << 20)
@@ -86,8 +92,9 @@ struct vbkfs_disk {
   unsigned seq;
   uint64_t ra_from, ra_to;              /* chunks wanted ahead */
   pthread_cond_t ra_cond;
-  pthread_t ra_thread;
-  bool ra_started, ra_stop;
+  pthread_t ra_thread[RA_THREADS];
+  unsigned ra_started;                  /* threads */
+  bool ra_stop;
   bool ra_off;                          /* after a failed fetch, until a
                                            reader's fetch succeeds */
 
@@ -486,11 +493,12 @@ ra_note (struct vbkfs_disk *d, uint64_t idx)
   else if (idx != d->last_idx)
     d->seq = 0;
   d->last_idx = idx;
-  if (d->seq >= 2 && d->ra_started && !d->ra_off) {
+  if ((uint64_t) d->seq * d->csize >= RA_START_BYTES && d->ra_started
+      && !d->ra_off) {
     if (d->ra_from <= idx || d->ra_from > idx + d->ra_chunks)
       d->ra_from = idx + 1;
     d->ra_to = idx + 1 + d->ra_chunks;
-    pthread_cond_signal (&d->ra_cond);
+    pthread_cond_broadcast (&d->ra_cond);
   }
   pthread_mutex_unlock (&d->lock);
 }
@@ -601,8 +609,10 @@ vbkfs_disk_open (struct vbkfs_source *src, uint64_t cache_bytes,
                src->name, vbk_error ()[0] ? vbk_error () : strerror (-r));
     goto fail;
   }
-  if (pthread_create (&d->ra_thread, NULL, ra_main, d) == 0)
-    d->ra_started = true;
+  while (d->ra_started < RA_THREADS
+         && pthread_create (&d->ra_thread[d->ra_started], NULL, ra_main,
+                            d) == 0)
+    d->ra_started++;
   *out = d;
   return 0;
 
@@ -625,9 +635,10 @@ vbkfs_disk_close (struct vbkfs_disk *d)
   if (d->ra_started) {
     pthread_mutex_lock (&d->lock);
     d->ra_stop = true;
-    pthread_cond_signal (&d->ra_cond);
+    pthread_cond_broadcast (&d->ra_cond);
     pthread_mutex_unlock (&d->lock);
-    pthread_join (d->ra_thread, NULL);
+    while (d->ra_started > 0)
+      pthread_join (d->ra_thread[--d->ra_started], NULL);
   }
   for (i = 0; i < d->nhash; i++)
     for (c = d->hash[i]; c; c = next) {
@@ -662,4 +673,17 @@ vbkfs_disk_get_stats (struct vbkfs_disk *d, struct vbkfs_disk_stats *s)
   pthread_mutex_lock (&d->lock);
   *s = d->stats;
   pthread_mutex_unlock (&d->lock);
+}
+
+void
+vbkfs_disk_unpin (struct vbkfs_disk *d)
+{
+  if (d->src.ops->unpin)
+    d->src.ops->unpin (d->src.h);
+}
+
+int
+vbkfs_disk_pin (struct vbkfs_disk *d)
+{
+  return d->src.ops->pin ? d->src.ops->pin (d->src.h) : 0;
 }

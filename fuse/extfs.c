@@ -23,6 +23,15 @@
  * for every entry.  Paths through a symlink are left to ext2fs_namei
  * (not cached).  The cache is bounded (EXT_CACHE_MAX entries): past
  * that, lookups still work, uncached.
+ *
+ * File data: an extent-mapped file (ext4) has its extent tree read once,
+ * at open, into a sorted array; a read then maps its range to runs of
+ * disk blocks by itself and reads each run straight from the disk, not
+ * holding the mutex and not block by block through libext2fs: a big
+ * sequential read is a few large disk reads, and reads of several files
+ * (or the kernel's parallel readahead of one) proceed at once.  Holes and
+ * unwritten extents read as zeros, as libext2fs reads them.  Other files
+ * (block-mapped ext2/3, inline data) are read through ext2fs_file_read.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -59,11 +68,21 @@ struct vbkfs_extfs {
   size_t nbuckets, nents;
 };
 
+/* One extent of a file: logical blocks [lblk, lblk+len) at physical
+ * block pblk; unwritten ones read as zeros. */
+struct fext {
+  uint64_t lblk, pblk;
+  uint32_t len;
+  bool unwritten;
+};
+
 struct vbkfs_extfile {
   struct vbkfs_extfs *e;
   ext2_file_t file;
   ext2_ino_t ino;
   uint64_t size;
+  struct fext *ext;             /* sorted; NULL: through ext2fs_file_read */
+  size_t next;
 };
 
 /* ---- The io_manager --------------------------------------------------- */
@@ -662,6 +681,115 @@ vbkfs_extfs_readlink (struct vbkfs_extfs *e, const char *path, char *buf,
 
 /* ---- Files ------------------------------------------------------------ */
 
+/* Reads the extent tree of INO into F->ext (under e->lock).  Leaves
+ * F->ext NULL when the file is not extent-mapped or the tree cannot be
+ * read (ext2fs_file_read then reads it, and reports what is wrong). */
+static void
+load_extents_unlocked (struct vbkfs_extfs *e, struct vbkfs_extfile *f,
+                       struct ext2_inode_large *inode)
+{
+  ext2_extent_handle_t h;
+  struct ext2fs_extent x;
+  struct fext *a = NULL, *na;
+  size_t n = 0, cap = 0;
+  errcode_t err;
+
+  if (!(inode->i_flags & EXT4_EXTENTS_FL)
+      || (inode->i_flags & EXT4_INLINE_DATA_FL))
+    return;
+  if (ext2fs_extent_open2 (e->fs, f->ino, (struct ext2_inode *) inode, &h))
+    return;
+  /* EXT2_EXTENT_NEXT visits every node of the tree in order; the leaves
+   * hold the extents, in logical order. */
+  for (err = ext2fs_extent_get (h, EXT2_EXTENT_ROOT, &x); err == 0;
+       err = ext2fs_extent_get (h, EXT2_EXTENT_NEXT, &x)) {
+    if (!(x.e_flags & EXT2_EXTENT_FLAGS_LEAF)
+        || (x.e_flags & EXT2_EXTENT_FLAGS_SECOND_VISIT) || x.e_len == 0)
+      continue;
+    if (n && x.e_lblk < a[n - 1].lblk + a[n - 1].len)
+      goto fail;                /* out of order: not ours to judge */
+    if (n == cap) {
+      cap = cap ? 2 * cap : 16;
+      if ((na = realloc (a, cap * sizeof *a)) == NULL)
+        goto fail;
+      a = na;
+    }
+    a[n++] = (struct fext) { x.e_lblk, x.e_pblk, x.e_len,
+                             (x.e_flags & EXT2_EXTENT_FLAGS_UNINIT) != 0 };
+  }
+  if (err != EXT2_ET_EXTENT_NO_NEXT)
+    goto fail;
+  ext2fs_extent_free (h);
+  if (a == NULL)
+    a = malloc (sizeof *a);     /* no extents: all holes */
+  f->ext = a;
+  f->next = n;
+  return;
+
+ fail:
+  ext2fs_extent_free (h);
+  free (a);
+}
+
+/* Index of the first extent of F that ends after logical block B. */
+static size_t
+fext_after (const struct vbkfs_extfile *f, uint64_t b)
+{
+  size_t lo = 0, hi = f->next;
+
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+
+    if (f->ext[mid].lblk + f->ext[mid].len <= b)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Reads [OFF, OFF+LEN) of F (within its size) through its extents. */
+static ssize_t
+fread_extents (struct vbkfs_extfile *f, char *buf, size_t len, uint64_t off)
+{
+  struct vbkfs_extfs *e = f->e;
+  uint64_t bs = e->fs->blocksize, pos = off, end = off + len;
+  size_t i = fext_after (f, off / bs);
+  ssize_t r;
+
+  while (pos < end) {
+    const struct fext *x = i < f->next ? &f->ext[i] : NULL;
+    uint64_t xs = x ? x->lblk * bs : end, xe, n, phys;
+
+    if (pos < xs) {             /* a hole before the next extent */
+      n = MIN (end, xs) - pos;
+      memset (buf + (pos - off), 0, n);
+      pos += n;
+      continue;
+    }
+    xe = (x->lblk + x->len) * bs;
+    n = MIN (end, xe) - pos;
+    if (x->unwritten)
+      memset (buf + (pos - off), 0, n);
+    else {
+      phys = x->pblk * bs + (pos - xs);
+      if (phys + n > e->len || phys + n < phys)
+        return vbk_errno (-EIO, "vbkfs: %s: inode %u: extent past the end "
+                          "of the file system", vbkfs_disk_name (e->d),
+                          (unsigned) f->ino);
+      r = vbkfs_disk_pread (e->d, buf + (pos - off), n, e->off + phys);
+      if (r < 0)
+        return r;
+      if ((uint64_t) r != n)
+        return vbk_errno (-EIO, "vbkfs: %s: inode %u: short read",
+                          vbkfs_disk_name (e->d), (unsigned) f->ino);
+    }
+    pos += n;
+    i++;
+  }
+  return (ssize_t) len;
+}
+
 int
 vbkfs_extfs_fopen (struct vbkfs_extfs *e, const char *path,
                    struct vbkfs_extfile **out)
@@ -689,6 +817,10 @@ vbkfs_extfs_fopen (struct vbkfs_extfs *e, const char *path,
                              &f->file);
     r = ext_errno (err);
   }
+  if (r == 0) {
+    f->ino = ino;
+    load_extents_unlocked (e, f, &inode);
+  }
   pthread_mutex_unlock (&e->lock);
   if (r < 0) {
     free (f);
@@ -709,6 +841,7 @@ vbkfs_extfs_fclose (struct vbkfs_extfile *f)
   pthread_mutex_lock (&f->e->lock);
   ext2fs_file_close (f->file);
   pthread_mutex_unlock (&f->e->lock);
+  free (f->ext);
   free (f);
 }
 
@@ -729,6 +862,18 @@ vbkfs_extfs_fread (struct vbkfs_extfile *f, void *buf, size_t len,
   if (off >= f->size)
     return 0;
   len = MIN (len, f->size - off);
+  if (f->ext) {
+    ssize_t r = fread_extents (f, buf, len, off);
+
+    if (r >= 0)
+      return r;
+    log_error ("vbkfs: %s: reading inode %u at %llu failed: %s",
+               vbkfs_disk_name (f->e->d), (unsigned) f->ino,
+               (unsigned long long) off,
+               vbk_error ()[0] ? vbk_error () : strerror ((int) -r));
+    return vbk_errno (r == -ENOMEM ? -ENOMEM : -EIO, "vbkfs: %s: inode %u",
+                      vbkfs_disk_name (f->e->d), (unsigned) f->ino);
+  }
   pthread_mutex_lock (&f->e->lock);
   err = ext2fs_file_llseek (f->file, off, EXT2_SEEK_SET, NULL);
   while (err == 0 && done < len) {

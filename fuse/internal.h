@@ -43,6 +43,13 @@ struct vbkfs_source_ops {
   /* Optional: the unit the source reads in (a backup's chunk size);
    * the disk caches pieces of that size.  NULL: none. */
   uint32_t (*chunk_size) (void *h);
+  /* Optional: drops what the source holds in the store on behalf of its
+   * readers (a backup's reader record: it keeps gc from collecting the
+   * backup) while no file of it is open, and takes it back before one is
+   * opened again: 0, or -errno with a message (-ENOENT: the source is
+   * gone meanwhile).  NULL: nothing to drop. */
+  void (*unpin) (void *h);
+  int (*pin) (void *h);
 };
 
 struct vbkfs_source {
@@ -84,6 +91,9 @@ struct vbkfs_disk_stats {
   uint64_t readahead;           /* chunks fetched ahead of readers */
 };
 void vbkfs_disk_get_stats (struct vbkfs_disk *d, struct vbkfs_disk_stats *s);
+/* The source's unpin and pin (see above); no-ops without them. */
+void vbkfs_disk_unpin (struct vbkfs_disk *d);
+int vbkfs_disk_pin (struct vbkfs_disk *d);
 
 /* ---- parts.c ----------------------------------------------------------- */
 

@@ -26,6 +26,8 @@
 #define FUSE_USE_VERSION 35
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +49,8 @@ this_fs (void)
 
 #define ENTRY_TIMEOUT 30.0
 #define POLL_MS 1000
+#define MAX_RA (4u << 20)
+#define MAX_BG 32
 
 static void *
 op_init (struct fuse_conn_info *conn, struct fuse_config *cfg)
@@ -55,7 +59,9 @@ op_init (struct fuse_conn_info *conn, struct fuse_config *cfg)
   cfg->entry_timeout = ENTRY_TIMEOUT;
   cfg->attr_timeout = ENTRY_TIMEOUT;
   cfg->negative_timeout = 0;
-  conn->max_readahead = 1u << 20;
+  conn->max_readahead = MAX_RA;
+  conn->max_background = MAX_BG;
+  conn->congestion_threshold = MAX_BG * 3 / 4;
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
     conn->want |= FUSE_CAP_CACHE_SYMLINKS;
   return fuse_get_context ()->private_data;
@@ -204,6 +210,48 @@ poll_stop (struct poller *p)
   p->started = false;
 }
 
+/* ---- The kernel's readahead --------------------------------------------- */
+
+/* Raises the kernel's readahead of the FUSE mount on ROOT (an absolute
+ * path without symlinks, as in /proc/self/mountinfo) to MAX_RA, where we
+ * may (see the top of the file).  Best effort: the mount works without. */
+static void
+raise_readahead (const char *root)
+{
+  char line[4096], mp[4096], path[128], val[32];
+  unsigned maj, min, dev_maj = 0, dev_min = 0;
+  bool found = false;
+  FILE *fp;
+  int fd, n;
+
+  fp = fopen ("/proc/self/mountinfo", "re");
+  if (fp == NULL)
+    return;
+  /* "ID PARENT MAJ:MIN ROOT MOUNTPOINT ... - fuse...": the last on ROOT. */
+  while (fgets (line, sizeof line, fp))
+    if (sscanf (line, "%*u %*u %u:%u %*s %4095s", &maj, &min, mp) == 3
+        && strcmp (mp, root) == 0 && strstr (line, " - fuse") != NULL) {
+      dev_maj = maj;
+      dev_min = min;
+      found = true;
+    }
+  fclose (fp);
+  if (!found)
+    return;
+  snprintf (path, sizeof path, "/sys/class/bdi/%u:%u/read_ahead_kb",
+            dev_maj, dev_min);
+  fd = open (path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) {
+    log_debug ("mount: %s: %s (readahead stays the kernel's)", path,
+               strerror (errno));
+    return;
+  }
+  n = snprintf (val, sizeof val, "%u", MAX_RA >> 10);
+  if (write (fd, val, (size_t) n) != n)
+    log_debug ("mount: %s: %s", path, strerror (errno));
+  close (fd);
+}
+
 static const struct fuse_operations ops = {
   .init = op_init,
   .getattr = op_getattr,
@@ -224,7 +272,7 @@ vbkfs_mount (struct vbkfs *fs, const char *dir,
   struct poller poll = { .fs = fs, .lock = PTHREAD_MUTEX_INITIALIZER,
                          .cond = PTHREAD_COND_INITIALIZER };
   struct fuse *f = NULL;
-  char fsname[300];
+  char fsname[300], root[PATH_MAX];
   int r;
 
   snprintf (fsname, sizeof fsname, "-ofsname=vbk,subtype=vbk,ro%s%s",
@@ -235,6 +283,10 @@ vbkfs_mount (struct vbkfs *fs, const char *dir,
     r = -ENOMEM;
     goto out;
   }
+  /* Before the mount: resolving the path afterwards would ask the file
+   * system itself, which does not serve yet. */
+  if (realpath (dir, root) == NULL)
+    root[0] = '\0';
   f = fuse_new (&args, &ops, sizeof ops, fs);
   if (f == NULL) {
     r = vbk_errno (-EINVAL, "mount: cannot set up FUSE");
@@ -253,6 +305,8 @@ vbkfs_mount (struct vbkfs *fs, const char *dir,
       o->ready (o->arg, r);
     goto out_unmount;
   }
+  if (root[0])
+    raise_readahead (root);
   if (o->ready)
     o->ready (o->arg, 0);
   poll.f = f;

@@ -13,8 +13,10 @@
  * the repository again.  Backups are immutable and every chunk is checked
  * against its digest on read (backup/reader.c), so the source needs no
  * check().  An open backup is registered as a reader in the repository
- * (backup/reader.c), so a prune and gc while it is mounted keep its
- * chunks and it reads on unchanged.  Without a repository (no --repo),
+ * (backup/reader.c), so a prune and gc while one of its files is open
+ * keep its chunks and it reads on unchanged; once the last open file of
+ * it closes the registration is dropped (tree.c), so that gc may collect
+ * a backup pruned meanwhile, and taken again when a file is opened.  Without a repository (no --repo),
  * backups/ is empty.
  *
  * "latest" is resolved by the kernel on every path walk through it (a
@@ -25,9 +27,13 @@
  * listing, reads the repository afresh (and refreshes that listing).  A
  * new backup therefore becomes "latest" within LIST_TTL_MS, at once
  * after "ls backups/NAME".  The kernel may also keep the link
- * (mount.c): vbkfs_poll_latest re-lists, about once a second, each image
+ * (mount.c): vbkfs_poll_latest looks, about once a second, at each image
  * whose "latest" was read and says which links moved, so that mount.c
- * drops them from the kernel's cache.
+ * drops them from the kernel's cache.  The look is cheap: one walk of the
+ * catalog (which names every backup begun, with its image and start
+ * time) and a stat of the newest complete backup's manifest (and of any
+ * begun after it), not a read of every manifest; only when "latest"
+ * moved is the image listed again in full.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -118,26 +124,36 @@ vbkfs_backup_fini (struct vbkfs *fs)
   fs->backups = NULL;
 }
 
+/* The name of a backup started at TIME_MS in its directory; DUP: another
+ * backup of the image started in the same second. */
+static void
+backup_name (uint64_t time_ms, const char *id, bool dup, char *buf,
+             size_t len)
+{
+  time_t t = (time_t) (time_ms / 1000);
+  char when[32];
+  struct tm tm;
+
+  gmtime_r (&t, &tm);
+  strftime (when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (dup)
+    snprintf (buf, len, "%s-%s", when, id);
+  else
+    snprintf (buf, len, "%s", when);
+}
+
 /* The name of entry I of LIST (oldest first) in its directory. */
 static void
 entry_name (const struct backup_entry *list, size_t n, size_t i, char *buf,
             size_t len)
 {
-  time_t t = (time_t) (list[i].time_ms / 1000);
-  char when[32];
-  struct tm tm;
   size_t j;
   bool dup = false;
 
-  gmtime_r (&t, &tm);
-  strftime (when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
   for (j = 0; j < n; j++)
     if (j != i && list[j].time_ms / 1000 == list[i].time_ms / 1000)
       dup = true;
-  if (dup)
-    snprintf (buf, len, "%s-%s", when, list[i].id);
-  else
-    snprintf (buf, len, "%s", when);
+  backup_name (list[i].time_ms, list[i].id, dup, buf, len);
 }
 
 static int
@@ -229,6 +245,48 @@ latest_note (struct vbkfs_backups *b, const char *image, const char *link)
   pthread_mutex_unlock (&b->lock);
 }
 
+/* What "latest" of IMAGE is now, from the catalog (one store call) and
+ * the manifests of the newest backups only (one stat each: the newest
+ * complete one, those begun after it, and any of the same second): the
+ * name of the newest complete backup, "" if none.  0 or -errno. */
+static int
+latest_from_catalog (struct vbkfs_backups *b, const char *image, char *link,
+                     size_t len)
+{
+  struct backup_entry *cat = NULL;
+  size_t n = 0, i, j;
+  bool dup = false;
+  int r;
+
+  link[0] = '\0';
+  if ((r = backup_catalog_list (b->repo, image, &cat, &n)) < 0)
+    return r;
+  /* Newest first: skip those still running, failed or pruned. */
+  for (i = 0; i < n; i++) {
+    r = backup_complete (b->repo, cat[i].id);
+    if (r == 0)
+      break;
+    if (r != -ENOENT)
+      goto out;
+  }
+  r = 0;
+  if (i == n)
+    goto out;
+  for (j = 0; j < n && !dup; j++)
+    if (j != i && cat[j].time_ms / 1000 == cat[i].time_ms / 1000) {
+      r = backup_complete (b->repo, cat[j].id);
+      if (r == 0)
+        dup = true;
+      else if (r != -ENOENT)
+        goto out;
+      r = 0;
+    }
+  backup_name (cat[i].time_ms, cat[i].id, dup, link, len);
+ out:
+  free (cat);
+  return r;
+}
+
 void
 vbkfs_poll_latest (struct vbkfs *fs, vbkfs_changed_cb changed, void *arg)
 {
@@ -255,6 +313,20 @@ vbkfs_poll_latest (struct vbkfs *fs, vbkfs_changed_cb changed, void *arg)
     if (!found)
       return;
     done++;
+    /* The cheap look first: while "latest" stays, the listing it was
+     * resolved from stays right for it (keep it fresh). */
+    if (latest_from_catalog (b, image, link, sizeof link) == 0) {
+      moved = true;
+      pthread_mutex_lock (&b->lock);
+      for (l = b->listings; l; l = l->next)
+        if (strcmp (l->image, image) == 0 && strcmp (l->latest, link) == 0) {
+          l->at_ns = now_mono_ns ();
+          moved = false;
+        }
+      pthread_mutex_unlock (&b->lock);
+      if (!moved)
+        continue;
+    }
     if (list_image (fs, image, &list, &n) < 0)
       continue;
     listing_put (b, image, list, n);
@@ -524,6 +596,18 @@ bk_chunk_size (void *h)
   return backup_reader_chunk_size (h);
 }
 
+static void
+bk_unpin (void *h)
+{
+  backup_reader_unpin (h);
+}
+
+static int
+bk_pin (void *h)
+{
+  return backup_reader_pin (h);
+}
+
 static const struct vbkfs_source_ops backup_ops = {
   .kind = "backup",
   .size = bk_size,
@@ -532,6 +616,8 @@ static const struct vbkfs_source_ops backup_ops = {
   .check = bk_check,
   .close = bk_close,
   .chunk_size = bk_chunk_size,
+  .unpin = bk_unpin,
+  .pin = bk_pin,
 };
 
 int

@@ -21,6 +21,13 @@
  * vbkfs_free: later paths inside it resolve without touching the store's
  * metadata (a snapshot removed meanwhile fails reads with EIO through
  * its source's check, and leaves the listings).
+ *
+ * A backup's source pins the backup against gc (a reader record).  The
+ * volume counts its open files (disk, parts/pN, files/...): when the last
+ * one closes the pin is dropped, and it is taken again (the backup
+ * checked to still exist, else the open fails) when a file is opened.
+ * A volume only looked at (stat, listings) and never opened keeps the
+ * pin it took when it was opened, until the unmount.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -673,10 +680,46 @@ vbkfs_readlink (struct vbkfs *fs, const char *path, char *buf, size_t len)
 
 struct vbkfs_file {
   struct vbkfs_node n;
+  bool counted;                 /* in n.vol->opens */
   char *text;                   /* info.json, README */
   size_t text_len;
   struct vbkfs_extfile *ef;
 };
+
+/* Counts a file of V opened, taking the pin back if it was dropped. */
+static int
+vol_open_file (struct vbkfs_vol *v)
+{
+  int r = 0;
+
+  pthread_mutex_lock (&v->lock);
+  if (v->unpinned) {
+    r = vbkfs_disk_pin (v->disk);
+    if (r < 0) {
+      log_error ("vbkfs: %s: %s", vbkfs_disk_name (v->disk),
+                 vbk_error ()[0] ? vbk_error () : strerror (-r));
+      r = r == -ENOENT ? -ENOENT : -EIO;
+    }
+    else
+      v->unpinned = false;
+  }
+  if (r == 0)
+    v->opens++;
+  pthread_mutex_unlock (&v->lock);
+  return r;
+}
+
+/* Counts a file of V closed; the last one drops the pin. */
+static void
+vol_close_file (struct vbkfs_vol *v)
+{
+  pthread_mutex_lock (&v->lock);
+  if (--v->opens == 0 && !v->unpinned) {
+    vbkfs_disk_unpin (v->disk);
+    v->unpinned = true;
+  }
+  pthread_mutex_unlock (&v->lock);
+}
 
 int
 vbkfs_open (struct vbkfs *fs, const char *path, struct vbkfs_file **out)
@@ -709,6 +752,14 @@ vbkfs_open (struct vbkfs *fs, const char *path, struct vbkfs_file **out)
   default:
     r = -EISDIR;
   }
+  if (r == 0 && f->n.vol && f->n.type != N_INFO && f->n.type != N_README) {
+    r = vol_open_file (f->n.vol);
+    f->counted = r == 0;
+    if (r < 0) {
+      vbkfs_extfs_fclose (f->ef);
+      f->ef = NULL;
+    }
+  }
   if (r < 0)
     goto fail;
   /* Those point into PATH, which is the caller's. */
@@ -728,6 +779,8 @@ vbkfs_release (struct vbkfs_file *f)
   if (f == NULL)
     return;
   vbkfs_extfs_fclose (f->ef);
+  if (f->counted)
+    vol_close_file (f->n.vol);
   free (f->text);
   free (f);
 }

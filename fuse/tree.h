@@ -21,7 +21,8 @@ struct vbkfs_fsx {
   char readme[512];
 };
 
-/* A snapshot or backup whose disk is open; kept until vbkfs_free. */
+/* A snapshot or backup whose disk is open; kept until vbkfs_free (its
+ * source unpinned while none of its files is open: tree.c, Files). */
 struct vbkfs_vol {
   struct vbkfs_vol *next;
   int kind;
@@ -33,6 +34,8 @@ struct vbkfs_vol {
   struct vbkfs_part *parts;
   size_t nparts;
   struct vbkfs_fsx *fsx;        /* nparts + 1: the last is the disk */
+  unsigned opens;               /* open files of disk, parts/, files/ */
+  bool unpinned;                /* the source's pin dropped */
 };
 
 struct vbkfs {

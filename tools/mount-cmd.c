@@ -18,6 +18,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,6 +217,11 @@ serve (struct vbk_ctx *ctx, struct vbk_args *a, const char *dir,
     on_ready (rc, -EINVAL);
     return VBK_EXIT_USAGE;
   }
+  /* Every chunk fetched is a buffer of a few MiB, allocated and freed
+   * again: from malloc's heaps, reused, rather than mapped afresh each
+   * time (a page fault and a zeroed page per 4 KiB of it). */
+  mallopt (M_MMAP_THRESHOLD, 32 << 20);
+  mallopt (M_TRIM_THRESHOLD, 256 << 20);
   if (vbk_backup_key (a, &ko, pass, sizeof pass, 0)) {
     on_ready (rc, -EINVAL);
     return VBK_EXIT_USAGE;

@@ -763,6 +763,77 @@ test_reader_pins (void **state)
   free (want);
 }
 
+/* A reader unpinned while open pins nothing; pinned again it does; a
+ * backup removed while unpinned is collected and cannot be pinned again.
+ * The catalog lists the backups newest first (until gc cleans up after
+ * removed ones), and backup_complete tells a complete backup from a
+ * removed one. */
+static void
+test_reader_unpin_catalog (void **state)
+{
+  struct fixture *f = *state;
+  struct backup_run_result r1, r2;
+  struct backup_gc_result g;
+  struct backup_entry *list, *cat;
+  struct backup_reader *rd;
+  char *buf = malloc (IMG_SIZE);
+  unsigned seed = 11;
+  size_t n, nc;
+
+  assert_int_equal (image_create (f->st, "u", IMG_SIZE, OBJ), 0);
+  write_random (f->st, "u", &seed, 20);
+  run_one (f, "u", &r1);
+  write_random (f->st, "u", &seed, 3);
+  run_one (f, "u", &r2);
+
+  assert_int_equal (backup_list (f->r, "u", &list, &n), 0);
+  assert_int_equal (backup_catalog_list (f->r, "u", &cat, &nc), 0);
+  assert_int_equal (n, 2);
+  assert_int_equal (nc, 2);
+  assert_string_equal (cat[0].id, r2.id);
+  assert_string_equal (cat[1].id, r1.id);
+  assert_string_equal (cat[0].image, "u");
+  assert_int_equal (cat[0].time_ms, list[1].time_ms);
+  assert_int_equal (cat[1].time_ms, list[0].time_ms);
+  free (list);
+  free (cat);
+  assert_int_equal (backup_catalog_list (f->r, "nope", &cat, &nc), 0);
+  assert_int_equal (nc, 0);
+  free (cat);
+  assert_int_equal (backup_complete (f->r, r1.id), 0);
+  assert_int_equal (backup_complete (f->r, "20260101T000000Z-00000000"),
+                    -ENOENT);
+
+  assert_int_equal (backup_reader_open (f->r, r1.id, &rd), 0);
+  backup_reader_unpin (rd);
+  backup_reader_unpin (rd);
+  assert_int_equal (backup_gc (f->r, 0, &g), 0);
+  assert_int_equal (g.readers_live, 0);
+  assert_int_equal (backup_reader_pin (rd), 0);
+  assert_int_equal (backup_reader_pin (rd), 0);
+  assert_int_equal (backup_gc (f->r, 0, &g), 0);
+  assert_int_equal (g.readers_live, 1);
+  assert_int_equal (backup_reader_pread (rd, buf, IMG_SIZE, 0), IMG_SIZE);
+
+  /* Removed while unpinned (with the backup that shares its chunks):
+   * collected, and refused when pinned again. */
+  backup_reader_unpin (rd);
+  assert_int_equal (backup_remove (f->r, r1.id), 0);
+  assert_int_equal (backup_remove (f->r, r2.id), 0);
+  assert_int_equal (backup_complete (f->r, r1.id), -ENOENT);
+  assert_int_equal (backup_gc (f->r, 0, &g), 0);
+  assert_int_equal (g.readers_live, 0);
+  assert_true (g.removed > 0);
+  assert_int_equal (backup_reader_pin (rd), -ENOENT);
+  assert_int_equal (backup_gc (f->r, 0, &g), 0);
+  assert_int_equal (g.readers_live, 0);
+  backup_reader_close (rd);
+  assert_int_equal (backup_catalog_list (f->r, "u", &cat, &nc), 0);
+  assert_int_equal (nc, 0);
+  free (cat);
+  free (buf);
+}
+
 /* Backups racing removal of their parent + gc: the new backup's carried
  * chunks are then protected by nothing but the protocol of chunk.c and
  * gc.c.  After each round every remaining backup reads back whole (no
@@ -873,6 +944,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_restore_object_size, setup,
                                      teardown),
     cmocka_unit_test_setup_teardown (test_reader_pins, setup, teardown),
+    cmocka_unit_test_setup_teardown (test_reader_unpin_catalog, setup,
+                                     teardown),
     cmocka_unit_test_setup_teardown (test_gc_races, setup, teardown),
   };
 
