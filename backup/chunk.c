@@ -87,7 +87,10 @@ backup_chunk_unlock (struct backup_repo *r, const char *oid,
                      const char *cookie)
 {
   /* -ENOENT: gc removed the object and its lock with it (RADOS), or the
-   * lock ran out; either way nothing is left to do. */
+   * lock ran out; either way nothing is left to do.  Called on the way
+   * out of a failure too: the store call must not wipe its message. */
+  VBK_KEEP_ERROR_FOR_SCOPE;
+
   store_unlock (r->st, oid, LOCK_NAME, cookie);
 }
 
@@ -247,7 +250,7 @@ backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
   if (present && have && !bad) {
     e = 0;
     if (t < since && (e = reg_set (r, hex, 0)) < 0)
-      vbk_errno (e, "backup: %s: touch", oid);
+      vbk_error_prepend (e, "backup: %s: registry (touch): ", oid);
     goto out;
   }
   if (plain == NULL) {
@@ -264,7 +267,7 @@ backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
     goto out;
   }
   if ((e = reg_set (r, hex, 0)) < 0) {
-    vbk_errno (e, "backup: %s: registry", oid);
+    vbk_error_prepend (e, "backup: %s: registry: ", oid);
     goto out;
   }
   if ((e = store_write_full (r->st, oid, enc, (size_t) n, 0)) < 0) {

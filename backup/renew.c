@@ -11,6 +11,9 @@
  * gives the renewal as a function; the thread stops when it returns
  * non-zero or when backup_renewer_stop asks.  The wait is on a
  * condition, so stopping takes no longer than the renewal in flight.
+ * A thread of its own, not an item of common/workq.c: it lives as long
+ * as the lock and must renew on time even while the backup's copy
+ * workers are all busy or stuck on the store.
  */
 #include <errno.h>
 #include <time.h>

@@ -11,6 +11,10 @@
  *   whole chunks go to it with O_DIRECT (COPY_FILE_DIRECT): no copy into
  *   the page cache, and the disk writes while later chunks decode
  *   instead of taking every dirty page at the final fsync;
+ * - durability: chunks are never synced one by one; the copy's flush at
+ *   the end (copy_run: fsync of the file, or image_flush) makes all of it
+ *   durable at once, and its failure fails the restore (the temporary
+ *   file or the new image is removed);
  * - in place: the source is the target image itself, read chunk by chunk,
  *   and the destination is an endpoint that hashes what the target holds
  *   now and compares it with the backup's digest: only chunks that differ
@@ -256,20 +260,13 @@ temp_beside (const char *path, char **tmp, char **dir)
   return 0;
 }
 
-/* Makes TMP durable and puts it at PATH (over an existing file only
- * with FORCE), durably. */
+/* Puts TMP, made durable by the copy's one flush at its end, at PATH
+ * (over an existing file only with FORCE), durably. */
 static int
 temp_commit (const char *tmp, const char *path, const char *dir, int force)
 {
   int fd, e;
 
-  if ((fd = open (tmp, O_RDONLY | O_CLOEXEC)) < 0 || fsync (fd) < 0) {
-    e = vbk_errno (-errno, "restore: %s: fsync", tmp);
-    if (fd >= 0)
-      close (fd);
-    return e;
-  }
-  close (fd);
   if (force)
     e = rename (tmp, path);
   else {

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT
  *
- * fuzz-feed.h - the client side shared by the fuzz targets (and the
- * directory of their store): each input
+ * fuzz-feed.h - what the fuzz targets share: the client side (each input
  * goes into one end of a new socketpair while the server serves the
- * other end, and everything the server answers is read (and handed to a
- * callback, if any), so that neither side can block on a full socket.
+ * other end, and everything the server answers is read, and handed to a
+ * callback, if any, so that neither side can block on a full socket),
+ * the directory of their store, and the server's setup and one session.
  *
  * DESIGN: the per-input cost is what limits a fuzzer, so the client
  * makes no thread per input.  fuzz_session_begin writes the input on
@@ -35,6 +35,10 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "internal.h"
 
 /* How often the helper looks at the socket while the server runs. */
 #define FUZZ_CLIENT_TICK_NS 1000000
@@ -252,6 +256,73 @@ fuzz_store_dir (const char *name, char *uri, size_t len)
     abort ();
   atexit (fuzz_store_dir_remove);
   snprintf (uri, len, "local:%s", fuzz_store_path);
+}
+
+/* ---- the server --------------------------------------------------------- */
+
+/* Prints "WHO: [WHAT: ]" and vbk_error (), and aborts. */
+static void
+fuzz_die (const char *who, const char *what)
+{
+  fprintf (stderr, "%s: %s%s%s\n", who, what ? what : "", what ? ": " : "",
+           vbk_error ());
+  abort ();
+}
+
+/* The start of a target's LLVMFuzzerInitialize: logs errors only (all
+ * with VBK_FUZZ_DEBUG set), registers the thread with RCU (the fuzzing
+ * thread serves the sessions) and makes the store's directory
+ * (fuzz_store_dir NAME), writing its URI to URI. */
+static void
+fuzz_setup (const char *name, char *uri, size_t len)
+{
+  log_level = getenv ("VBK_FUZZ_DEBUG") ? LOG_LVL_DEBUG : LOG_LVL_ERROR;
+  rcu_register_thread ();
+  fuzz_store_dir (name, uri, len);
+}
+
+/* Makes the server over the store URI (two workers; CONFIGURE, if not
+ * NULL, adds to its configuration), opens the exports NAMES[0..N) into
+ * KEEP for the whole run (so their images stay open from input to
+ * input, not opened per input), and starts the client CL.  WHO names
+ * the target in the message of a failure, which aborts. */
+static struct nbd_srv_server *
+fuzz_server_start (const char *who, const char *uri,
+                   int (*configure) (struct nbd_srv_config *cfg),
+                   const char *const *names, size_t n,
+                   struct nbd_srv_export **keep, struct fuzz_client *cl)
+{
+  struct nbd_srv_config cfg;
+  struct nbd_srv_server *srv;
+  size_t i;
+
+  nbd_srv_config_init (&cfg);
+  nbd_srv_config_set (&cfg, "store", uri);
+  nbd_srv_config_set (&cfg, "workers", "2");
+  if ((configure && configure (&cfg) < 0)
+      || nbd_srv_server_new (&cfg, &srv) < 0)
+    fuzz_die (who, NULL);
+  for (i = 0; i < n; i++)
+    if (nbd_srv_export_get (srv->exports, names[i], &keep[i]) < 0)
+      fuzz_die (who, names[i]);
+  nbd_srv_config_free (&cfg);
+  fuzz_client_init (cl);
+  return srv;
+}
+
+/* One input: the server serves DATA, SIZE as the client's bytes on this
+ * thread, exactly as a connection thread does, and returns after the
+ * client's end closed and every request is answered; REPLY (if not
+ * NULL) gets the answers. */
+static void
+fuzz_serve (struct nbd_srv_server *srv, struct fuzz_client *cl,
+            const uint8_t *data, size_t size, fuzz_reply_fn *reply,
+            void *reply_arg)
+{
+  int fd = fuzz_session_begin (cl, data, size, reply, reply_arg);
+
+  nbd_srv_session_run (srv, fd, "fuzz");   /* closes fd */
+  fuzz_session_end (cl);
 }
 
 #endif /* VBK_BLOCKD_FUZZ_FEED_H */

@@ -364,50 +364,34 @@ check (const uint8_t *w, size_t wn, const uint8_t *o, size_t on)
 
 /* ---- libFuzzer ----------------------------------------------------------- */
 
+/* The export "ro" is read-only. */
+static int
+configure (struct nbd_srv_config *cfg)
+{
+  return nbd_srv_config_set_export (cfg, "ro", "read_only", "1");
+}
+
 int
 LLVMFuzzerInitialize (int *argc, char ***argv)
 {
   static const char *const names[] = { "disk", "disk@s1", "small", "ro" };
   struct snap_opts so = { .host_id = "fuzz" };
-  struct nbd_srv_config cfg;
   char uri[80];
   struct store *st;
-  size_t i;
 
   (void) argc;
   (void) argv;
-  log_level = getenv ("VBK_FUZZ_DEBUG") ? LOG_LVL_DEBUG : LOG_LVL_ERROR;
-  rcu_register_thread ();
-  fuzz_store_dir ("vbk-fuzz-hs", uri, sizeof uri);
+  fuzz_setup ("vbk-fuzz-hs", uri, sizeof uri);
   if (store_open (uri, &st) < 0
       || image_create (st, "disk", DISK_SIZE, 64 << 10) < 0
       || image_create (st, "small", SMALL_SIZE, 64 << 10) < 0
       || image_create (st, "ro", RO_SIZE, 64 << 10) < 0
       || snap_create (st, "disk", "s1", &so, NULL) < 0
       || snap_create (st, "disk", "s2", &so, NULL) < 0)
-    {
-      fprintf (stderr, "fuzz-handshake: %s\n", vbk_error ());
-      abort ();
-    }
+    fuzz_die ("fuzz-handshake", NULL);
   store_close (st);
-
-  nbd_srv_config_init (&cfg);
-  nbd_srv_config_set (&cfg, "store", uri);
-  nbd_srv_config_set (&cfg, "workers", "2");
-  if (nbd_srv_config_set_export (&cfg, "ro", "read_only", "1") < 0
-      || nbd_srv_server_new (&cfg, &srv) < 0)
-    {
-      fprintf (stderr, "fuzz-handshake: %s\n", vbk_error ());
-      abort ();
-    }
-  for (i = 0; i < sizeof names / sizeof names[0]; i++)
-    if (nbd_srv_export_get (srv->exports, names[i], &keep[i]) < 0)
-      {
-        fprintf (stderr, "fuzz-handshake: %s: %s\n", names[i], vbk_error ());
-        abort ();
-      }
-  nbd_srv_config_free (&cfg);
-  fuzz_client_init (&client);
+  srv = fuzz_server_start ("fuzz-handshake", uri, configure, names,
+                           sizeof names / sizeof names[0], keep, &client);
   return 0;
 }
 
@@ -416,7 +400,6 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
   /* Kept from input to input: no allocation per run. */
   static struct buf wire, out;
-  int fd;
 
   wire.len = out.len = 0;
   if (size > 0 && (data[0] & 1))
@@ -424,9 +407,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   else if (size > 1)
     buf_add (&wire, data + 1, size - 1);
 
-  fd = fuzz_session_begin (&client, wire.p, wire.len, gather, &out);
-  nbd_srv_session_run (srv, fd, "fuzz");   /* closes fd */
-  fuzz_session_end (&client);
+  fuzz_serve (srv, &client, wire.p, wire.len, gather, &out);
 
   check (wire.p, wire.len, out.p, out.len);
   return 0;

@@ -15,13 +15,7 @@
  * the client's end closes and every request is answered.  Build: clang
  * -fsanitize=fuzzer,address (tests/fuzz-build.sh).
  */
-#include <stdio.h>
-#include <stdlib.h>
-
-#include "common/error.h"
-#include "common/log.h"
 #include "fuzz-feed.h"
-#include "internal.h"
 
 static struct nbd_srv_server *srv;
 static struct nbd_srv_export *keep;
@@ -30,43 +24,24 @@ static struct fuzz_client client;
 int
 LLVMFuzzerInitialize (int *argc, char ***argv)
 {
-  struct nbd_srv_config cfg;
+  static const char *const names[] = { "fuzz" };
   char uri[80];
   struct store *st;
 
   (void) argc;
   (void) argv;
-  log_level = getenv ("VBK_FUZZ_DEBUG") ? LOG_LVL_DEBUG : LOG_LVL_ERROR;
-  rcu_register_thread ();
-  fuzz_store_dir ("vbk-fuzz", uri, sizeof uri);
+  fuzz_setup ("vbk-fuzz", uri, sizeof uri);
   if (store_open (uri, &st) < 0
       || image_create (st, "fuzz", 1 << 20, 64 << 10) < 0)
-    {
-      fprintf (stderr, "fuzz-nbd: %s\n", vbk_error ());
-      abort ();
-    }
+    fuzz_die ("fuzz-nbd", NULL);
   store_close (st);
-
-  nbd_srv_config_init (&cfg);
-  nbd_srv_config_set (&cfg, "store", uri);
-  nbd_srv_config_set (&cfg, "workers", "2");
-  if (nbd_srv_server_new (&cfg, &srv) < 0
-      || nbd_srv_export_get (srv->exports, "fuzz", &keep) < 0)
-    {
-      fprintf (stderr, "fuzz-nbd: %s\n", vbk_error ());
-      abort ();
-    }
-  nbd_srv_config_free (&cfg);
-  fuzz_client_init (&client);
+  srv = fuzz_server_start ("fuzz-nbd", uri, NULL, names, 1, &keep, &client);
   return 0;
 }
 
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
-  int fd = fuzz_session_begin (&client, data, size, NULL, NULL);
-
-  nbd_srv_session_run (srv, fd, "fuzz");   /* closes fd */
-  fuzz_session_end (&client);
+  fuzz_serve (srv, &client, data, size, NULL, NULL);
   return 0;
 }

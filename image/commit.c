@@ -37,9 +37,15 @@
  *   during it get their own attempt.  An append that failed and was not
  *   cut (log_tail_unknown) makes the committer fall back to the
  *   synchronous path, which cuts it first, one queued write at a time.
- * - The thread starts with the first queued write and stops at
- *   image_close, after the queue is empty (callers wait for their I/O
- *   before closing).  Callbacks run on the committer, outside map_lock.
+ * - The committer is a one-thread queue of common/workq.c (the one
+ *   worker queue of vbk), created with the first queued write.  Its
+ *   work is a pass (commit_pass) that commits until no waiter is left;
+ *   a queued write schedules a pass only when none is queued or running
+ *   (cq_scheduled, under map_lock), so a pass stands for every waiter
+ *   that arrives while it runs, and one pass never waits behind another.
+ *   image_close shuts the queue down after the queue is empty (callers
+ *   wait for their I/O before closing).  Callbacks run on the
+ *   committer, outside map_lock.
  */
 #include "internal.h"
 
@@ -93,10 +99,13 @@ take_waiters (struct image *img, struct objmap *m, uint64_t upto, int err)
   return out;
 }
 
-static void *
-committer (void *arg)
+/* One pass of the committer, on the image's queue: commits until no
+ * waiter is left.  cq_scheduled stays set while it runs, so writes
+ * queued meanwhile join this pass instead of scheduling another. */
+static void
+commit_pass (struct workq_item *it)
 {
-  struct image *img = arg;
+  struct image *img = workq_entry (it, struct image, cq_item);
   struct commit_wait *done, *w;
   struct objmap *m;
   uint64_t upto;
@@ -110,12 +119,8 @@ committer (void *arg)
       run_callbacks (img, done);
       continue;
     }
-    if (img->cq_head == NULL) {
-      if (img->cq_stop)
-        break;
-      pthread_cond_wait (&img->map_cond, &img->map_lock);
-      continue;
-    }
+    if (img->cq_head == NULL)
+      break;
     if (img->map_writing) {        /* another committer: wait for it */
       pthread_cond_wait (&img->map_cond, &img->map_lock);
       continue;
@@ -152,8 +157,8 @@ committer (void *arg)
     if (r < 0 && (done = take_waiters (img, img->map, upto, r)) != NULL)
       run_callbacks (img, done);
   }
+  img->cq_scheduled = false;
   pthread_mutex_unlock (&img->map_lock);
-  return NULL;
 }
 
 int
@@ -182,14 +187,15 @@ image_map_mark_dirty_async (struct image *img, uint64_t first, uint64_t last,
   w->arg = arg;
 
   pthread_mutex_lock (&img->map_lock);
-  if (!img->cq_running) {
-    if (pthread_create (&img->cq_thread, NULL, committer, img) != 0) {
+  if (img->cq == NULL) {
+    struct workq_opts o = { .name = "vbk-commit", .threads = 1 };
+    if (workq_new (&o, &img->cq) < 0) {
       /* No thread: commit on ours, as a synchronous caller does. */
+      img->cq = NULL;
       pthread_mutex_unlock (&img->map_lock);
       free (w);
       return image_map_mark_dirty (img, first, last, alloc);
     }
-    img->cq_running = true;
   }
   m = img->map;
   if (__atomic_load_n (&img->log_tail_unknown, __ATOMIC_ACQUIRE))
@@ -201,13 +207,24 @@ image_map_mark_dirty_async (struct image *img, uint64_t first, uint64_t last,
     free (w);
     return r;
   }
+  /* Scheduled under map_lock: the pass cannot see an empty queue and
+   * end between our check and our waiter's arrival.  The queue has no
+   * bound, so this never waits. */
+  if (!img->cq_scheduled) {
+    r = workq_submit (img->cq, &img->cq_item, commit_pass);
+    if (r < 0) {                /* shutting down: only a misuse */
+      pthread_mutex_unlock (&img->map_lock);
+      free (w);
+      return image_map_mark_dirty (img, first, last, alloc);
+    }
+    img->cq_scheduled = true;
+  }
   w->seq = ++img->cq_seq;
   if (img->cq_tail)
     img->cq_tail->next = w;
   else
     img->cq_head = w;
   img->cq_tail = w;
-  pthread_cond_broadcast (&img->map_cond);
   pthread_mutex_unlock (&img->map_lock);
   return 1;
 }
@@ -215,14 +232,7 @@ image_map_mark_dirty_async (struct image *img, uint64_t first, uint64_t last,
 void
 image_commit_stop (struct image *img)
 {
-  pthread_mutex_lock (&img->map_lock);
-  if (!img->cq_running) {
-    pthread_mutex_unlock (&img->map_lock);
-    return;
-  }
-  img->cq_stop = true;
-  pthread_cond_broadcast (&img->map_cond);
-  pthread_mutex_unlock (&img->map_lock);
-  pthread_join (img->cq_thread, NULL);
-  img->cq_running = false;
+  /* Runs the pass still queued, if any, then joins the thread. */
+  workq_free (img->cq);
+  img->cq = NULL;
 }

@@ -23,6 +23,7 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "common/workq.h"
 #include "changeset.h"
 #include "image.h"
 
@@ -109,8 +110,9 @@ struct image {
   /* The commit queue (commit.c), under map_lock. */
   struct commit_wait *cq_head, *cq_tail;
   uint64_t cq_seq;               /* waiters queued so far */
-  pthread_t cq_thread;
-  bool cq_running, cq_stop;
+  struct workq *cq;              /* one thread; NULL until first needed */
+  struct workq_item cq_item;     /* the committer's pass */
+  bool cq_scheduled;             /* cq_item queued or running */
 };
 
 /* image.c */

@@ -14,7 +14,17 @@
  * commands do.  A broken watch is not taken for a fence (RADOS reports
  * a watch dropped in an outage as it reports a fenced client's); the
  * new watch of a fenced client fails with -ESHUTDOWN, and that loses
- * the lease.  State lives in struct lease under one mutex.
+ * the lease.  State lives in struct lease under one mutex.  These are
+ * threads of the lease's own, not items of common/workq.c: each is a
+ * loop for the lease's whole life with its own deadlines, and a shared
+ * pool would let one lease's request stuck in an outage hold back
+ * another lease's renewal.  A third thread, cmd_thread, runs the
+ * holder's commands one at a time (so a slow snapshot never holds up
+ * the watch callback that received it); not a one-thread workq either:
+ * its queue is one slot with a synchronous answer, and stopping the
+ * lease drops a command still waiting instead of running it (a lease
+ * that is let go must not take a snapshot), where workq_shutdown runs
+ * everything queued.
  *
  * Header xattrs kept by the holder: lease_epoch (20 digits, so byte
  * comparison is numeric), lease_handoffs (count), lease_handoff_log

@@ -14,7 +14,11 @@
  * again, writes held, if it moved.  A group freezes
  * every image first and snapshots them only when all are frozen, so all
  * snapshots hold the same instant.  A holder that stays frozen because
- * its requester died thaws itself after the freeze's timeout.
+ * its requester died thaws itself after the freeze's timeout.  That
+ * timeout is watched by a thread of the snap server's own (thaw_timer),
+ * not an item of common/workq.c: it is a clock that must fire while
+ * everything else may be waiting on the frozen image, and a timed wait
+ * on its own condition needs no queue (a workq runs work, not timers).
  *
  * Serialization: every command that changes an image's snapshots or
  * size (create, remove, resize) runs in one place, serialized(): sent to

@@ -7,6 +7,9 @@
  * URI:  fault:SPEC@INNER-URI   with SPEC a comma list of
  *   op=CLASS[+CLASS...]   read, write, meta, lock, snap, all (store.h)
  *   err=NAME|NUMBER       EIO (default), ENOSPC, ETIMEDOUT, EDQUOT, ...
+ *   call=NAME             only calls of that name match (meta_set,
+ *                         omap_get, write, ...: the names in the
+ *                         messages of injected faults)
  *   nth=N                 the N-th matching call fails (default 1)
  *   sticky=1              and every matching call after it
  *   trigger=FILE          only while FILE exists
@@ -28,7 +31,10 @@
  *
  * Failing asynchronous calls complete through their callback, as a real
  * I/O error would.  Counting and the decision are under one mutex shared
- * with every clone of the handle.
+ * with every clone of the handle.  A watch with watchdrop= has a thread
+ * of its own that polls the file and drops the watch: a test-only
+ * watcher for the watch's whole life, not work for common/workq.c (an
+ * item would hold a queue thread for as long).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -50,6 +56,7 @@ struct fault_ctl {
   char *trigger;
   char *hold;                          /* hold=FILE */
   char *watchdrop;                     /* watchdrop=FILE */
+  char *call;                          /* call=NAME */
   unsigned long seen;                  /* matching calls since set */
   unsigned long calls[5];              /* per class, ever */
   uint64_t read_bytes;                 /* returned by reads, sync or aio */
@@ -153,12 +160,18 @@ parse_spec (struct fault_ctl *c, const char *spec, size_t len)
       c->hold = strdup (eq);
     else if (strcmp (tok, "watchdrop") == 0)
       c->watchdrop = strdup (eq);
+    else if (strcmp (tok, "call") == 0) {
+      if (*eq == '\0')
+        goto bad;
+      free (c->call);
+      c->call = strdup (eq);
+    }
     else
       goto bad;
     continue;
   bad:
     vbk_set_error ("store: fault: bad spec item '%s' (expected op=, err=, "
-                   "nth=, sticky=, trigger=, hold=, watchdrop=)", tok);
+                   "call=, nth=, sticky=, trigger=, hold=, watchdrop=)", tok);
     return -EINVAL;
   }
   return 0;
@@ -192,6 +205,7 @@ fault_open (const char *arg, void **hp)
     free (f->ctl->trigger);
     free (f->ctl->hold);
     free (f->ctl->watchdrop);
+    free (f->ctl->call);
     free (f->ctl);
     free (f);
     return r;
@@ -230,6 +244,7 @@ fault_close (void *h)
     free (f->ctl->trigger);
     free (f->ctl->hold);
     free (f->ctl->watchdrop);
+    free (f->ctl->call);
     free (f->ctl);
   }
   free (f);
@@ -299,6 +314,7 @@ inject_hold (struct fault *f, unsigned class, const char *op,
     if (class == (1u << i))
       c->calls[i]++;
   if ((c->ops & class) && (c->hold == NULL || hold != NULL)
+      && (c->call == NULL || strcmp (c->call, op) == 0)
       && (c->trigger == NULL || access (c->trigger, F_OK) == 0)) {
     c->seen++;
     fail = c->seen == c->nth || (c->sticky && c->seen > c->nth);

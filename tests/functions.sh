@@ -238,6 +238,58 @@ now_ms () { date +%s%3N; }
 # the background as $writer with its output in $TEST_DIR/writer.out.
 progress () { cat "$TEST_DIR/progress" 2>/dev/null || echo "0 0 0"; }
 acked () { read -r a f q < <(progress); echo "$a"; }
+# pattern_start URI ROUND RECORD BLOCKS [ARG...]: starts the pattern
+# writer (tests/tools/pattern-io.py write, run by $PY, which the script
+# sets with python_with_nbd) in the background as $writer: it writes
+# until $TEST_DIR/stop exists, with its progress in $TEST_DIR/progress.
+pattern_start ()
+{
+  rm -f "$TEST_DIR/stop" "$TEST_DIR/progress"
+  "$PY" "$VBK_SRC/tests/tools/pattern-io.py" write "$1" "$2" "$3" \
+    --blocks "$4" --until "$TEST_DIR/stop" --progress "$TEST_DIR/progress" \
+    "${@:5}" >"$TEST_DIR/writer.out" 2>&1 &
+  writer=$!
+}
+# pattern_end URI RECORD BLOCKS [WHAT]: stops the writer; it must end
+# cleanly, with no failed write, and everything must read back.  WHAT
+# starts the failure messages.
+pattern_end ()
+{
+  local w=${4:+$4: }
+  touch "$TEST_DIR/stop"
+  wait "$writer" || fail "${w}writer failed: $(cat "$TEST_DIR/writer.out")"
+  cat "$TEST_DIR/writer.out"
+  grep -q 'ended by stopped$' "$TEST_DIR/writer.out" ||
+    fail "${w}the stream ended by an error: $(cat "$TEST_DIR/writer.out")"
+  "$PY" "$VBK_SRC/tests/tools/pattern-io.py" verify "$1" "$2" \
+    "$TEST_DIR/state.json" --blocks "$3" || fail "${w}data lost or corrupted"
+}
+# stream_start INNER: the setup of a stream of writes through one
+# vbk-blockd: makes the image "disk" (16 MiB, 1 MiB objects) on the
+# store INNER, starts vbk-blockd on $store (INNER or a fault: store
+# around it) as hostA with 2 s leases (pid in $pid, socket
+# $TEST_DIR/blockd.sock, its URI in $uri), then the pattern writer over
+# $blocks blocks (record $TEST_DIR/record.json, stopped by pattern_end),
+# and returns once 50 writes are acknowledged.
+stream_start ()
+{
+  vbk --store "$1" image create disk --size 16M --object-size 1M >/dev/null
+  uri="nbd+unix:///disk?socket=$TEST_DIR/blockd.sock"
+  start_blockd pid "$TEST_DIR/blockd.sock" --host-id hostA --lease-duration 2
+  pattern_start "$uri" 1 "$TEST_DIR/record.json" "$blocks"
+  more_acked 50
+}
+# wait_held FILE MESSAGE: waits up to 10 s until the fault store holds a
+# request back (FILE.held exists, see store/fault.c), else fails.
+wait_held ()
+{
+  local i
+  for ((i = 0; i < 100; i++)); do
+    [ -e "$1.held" ] && return 0
+    sleep 0.1
+  done
+  fail "$2"
+}
 # more_acked N [SECONDS]: waits until more than N writes are acknowledged.
 more_acked ()
 {

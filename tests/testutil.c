@@ -125,3 +125,29 @@ test_fixture_teardown (void **state)
   free (f);
   return 0;
 }
+
+int
+test_extents_collect (void *arg, uint64_t off, uint64_t len, int alloc)
+{
+  struct test_extents *e = arg;
+
+  (void) alloc;
+  if (e->n >= TEST_EXTENTS_MAX)
+    return -E2BIG;
+  e->off[e->n] = off;
+  e->len[e->n] = len;
+  e->n++;
+  return 0;
+}
+
+int
+test_extents_cover (const struct test_extents *e, uint64_t off,
+                    uint64_t len)
+{
+  size_t i;
+
+  for (i = 0; i < e->n; i++)
+    if (e->off[i] <= off && off + len <= e->off[i] + e->len[i])
+      return 1;
+  return 0;
+}

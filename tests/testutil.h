@@ -9,6 +9,7 @@
 #define VBK_TESTUTIL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/error.h"
 #include "store/store.h"
@@ -39,6 +40,19 @@ struct test_fixture {
 };
 int test_fixture_setup (void **state);
 int test_fixture_teardown (void **state);
+
+/* The extents an image_diff callback reported, in order. */
+#define TEST_EXTENTS_MAX 256
+struct test_extents {
+  uint64_t off[TEST_EXTENTS_MAX], len[TEST_EXTENTS_MAX];
+  size_t n;
+};
+/* An image_diff callback (ARG: a struct test_extents) that keeps every
+ * extent; returns -E2BIG when it has no room (so the diff fails). */
+int test_extents_collect (void *arg, uint64_t off, uint64_t len, int alloc);
+/* Whether one collected extent holds all of [OFF, OFF + LEN). */
+int test_extents_cover (const struct test_extents *e, uint64_t off,
+                        uint64_t len);
 
 /* "-ENOENT" for -ENOENT, "ok" for anything else (a per-thread ring of
  * four buffers, so one message can show several). */

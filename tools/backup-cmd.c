@@ -155,14 +155,12 @@ entry_json (const struct backup_entry *e)
 {
   json_object *o = json_object_new_object ();
 
-  json_object_object_add (o, "id", json_object_new_string (e->id));
-  json_object_object_add (o, "image", json_object_new_string (e->image));
-  json_object_object_add (o, "size", json_object_new_uint64 (e->size));
-  json_object_object_add (o, "time_ms", json_object_new_uint64 (e->time_ms));
-  json_object_object_add (o, "chunk_size",
-                          json_object_new_uint64 (e->chunk_size));
-  json_object_object_add (o, "protected",
-                          json_object_new_boolean (e->protected_));
+  vbk_json_str (o, "id", e->id);
+  vbk_json_str (o, "image", e->image);
+  vbk_json_u64 (o, "size", e->size);
+  vbk_json_u64 (o, "time_ms", e->time_ms);
+  vbk_json_u64 (o, "chunk_size", e->chunk_size);
+  vbk_json_bool (o, "protected", e->protected_);
   return o;
 }
 
@@ -210,12 +208,10 @@ cmd_init (struct vbk_ctx *ctx, struct vbk_args *a)
   if (vbk_opt (a, "json")) {
     json_object *o = json_object_new_object ();
 
-    json_object_object_add (o, "repo", json_object_new_string (uri));
-    json_object_object_add (o, "chunk_size", json_object_new_uint64 (v));
-    json_object_object_add (o, "encrypted",
-                            json_object_new_boolean (ko.key_file != NULL));
+    vbk_json_str (o, "repo", uri);
+    vbk_json_u64 (o, "chunk_size", v);
+    vbk_json_bool (o, "encrypted", ko.key_file != NULL);
     vbk_print_json (o);
-    json_object_put (o);
   }
   else
     printf ("%s\n", uri);
@@ -229,30 +225,21 @@ result_json (const struct backup_run_result *r)
 {
   json_object *o = json_object_new_object ();
 
-  json_object_object_add (o, "id", json_object_new_string (r->id));
-  json_object_object_add (o, "image", json_object_new_string (r->image));
-  json_object_object_add (o, "snapshot", json_object_new_string (r->snapshot));
-  json_object_object_add (o, "parent", r->parent[0]
-                          ? json_object_new_string (r->parent) : NULL);
-  json_object_object_add (o, "full", json_object_new_boolean (r->full));
-  json_object_object_add (o, "full_reason", r->full
-                          ? json_object_new_string (r->full_reason) : NULL);
-  json_object_object_add (o, "size", json_object_new_uint64 (r->size));
-  json_object_object_add (o, "chunks", json_object_new_uint64 (r->chunks));
-  json_object_object_add (o, "chunks_read",
-                          json_object_new_uint64 (r->chunks_read));
-  json_object_object_add (o, "bytes_read",
-                          json_object_new_uint64 (r->bytes_read));
-  json_object_object_add (o, "cbt_checked",
-                          json_object_new_uint64 (r->cbt_checked));
-  json_object_object_add (o, "cbt_mismatch",
-                          json_object_new_int (r->cbt_mismatch));
-  json_object_object_add (o, "chunks_new",
-                          json_object_new_uint64 (r->chunks_new));
-  json_object_object_add (o, "bytes_stored",
-                          json_object_new_uint64 (r->bytes_stored));
-  json_object_object_add (o, "elapsed_ms",
-                          json_object_new_uint64 (r->elapsed_ns / 1000000));
+  vbk_json_str (o, "id", r->id);
+  vbk_json_str (o, "image", r->image);
+  vbk_json_str (o, "snapshot", r->snapshot);
+  vbk_json_str (o, "parent", r->parent[0] ? r->parent : NULL);
+  vbk_json_bool (o, "full", r->full);
+  vbk_json_str (o, "full_reason", r->full ? r->full_reason : NULL);
+  vbk_json_u64 (o, "size", r->size);
+  vbk_json_u64 (o, "chunks", r->chunks);
+  vbk_json_u64 (o, "chunks_read", r->chunks_read);
+  vbk_json_u64 (o, "bytes_read", r->bytes_read);
+  vbk_json_u64 (o, "cbt_checked", r->cbt_checked);
+  vbk_json_int (o, "cbt_mismatch", r->cbt_mismatch);
+  vbk_json_u64 (o, "chunks_new", r->chunks_new);
+  vbk_json_u64 (o, "bytes_stored", r->bytes_stored);
+  vbk_json_u64 (o, "elapsed_ms", r->elapsed_ns / 1000000);
   return o;
 }
 
@@ -334,13 +321,10 @@ cmd_run (struct vbk_ctx *ctx, struct vbk_args *a)
         json_object *j = result_json (&res[i]);
 
         if (strcmp (store_backend (st), "fault") == 0)
-          json_object_object_add (j, "store_bytes_read",
-                                  json_object_new_uint64
-                                  (store_fault_bytes_read (st)));
+          vbk_json_u64 (j, "store_bytes_read", store_fault_bytes_read (st));
         json_object_array_add (arr, j);
       }
       vbk_print_json (arr);
-      json_object_put (arr);
     }
     else
       for (i = 0; i < a->argc; i++) {
@@ -385,7 +369,6 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
     for (i = 0; i < n; i++)
       json_object_array_add (arr, entry_json (&list[i]));
     vbk_print_json (arr);
-    json_object_put (arr);
   }
   else {
     if (n)
@@ -444,8 +427,8 @@ on_bad (void *arg, const char *hex, const char *why, const char *const *ids,
   if (b->arr) {
     json_object *o = json_object_new_object (), *u = json_object_new_array ();
 
-    json_object_object_add (o, "chunk", json_object_new_string (hex));
-    json_object_object_add (o, "error", json_object_new_string (why));
+    vbk_json_str (o, "chunk", hex);
+    vbk_json_str (o, "error", why);
     for (i = 0; i < n; i++)
       json_object_array_add (u, json_object_new_string (ids[i]));
     json_object_object_add (o, "backups", u);
@@ -486,14 +469,13 @@ cmd_verify (struct vbk_ctx *ctx, struct vbk_args *a)
   if (b.arr) {
     json_object *o = json_object_new_object ();
 
-    json_object_object_add (o, "ok", json_object_new_boolean (e == 0));
-    json_object_object_add (o, "backups", json_object_new_uint64 (res.backups));
-    json_object_object_add (o, "chunks", json_object_new_uint64 (res.chunks));
-    json_object_object_add (o, "checked", json_object_new_uint64 (res.checked));
-    json_object_object_add (o, "bytes", json_object_new_uint64 (res.bytes));
+    vbk_json_bool (o, "ok", e == 0);
+    vbk_json_u64 (o, "backups", res.backups);
+    vbk_json_u64 (o, "chunks", res.chunks);
+    vbk_json_u64 (o, "checked", res.checked);
+    vbk_json_u64 (o, "bytes", res.bytes);
     json_object_object_add (o, "bad", b.arr);
     vbk_print_json (o);
-    json_object_put (o);
   }
   else
     printf ("%" PRIu64 " backups, %" PRIu64 " of %" PRIu64 " chunks checked, "
@@ -519,8 +501,8 @@ on_prune (void *arg, const struct backup_entry *e, int keep, const char *why)
   if (p->arr) {
     json_object *o = entry_json (e);
 
-    json_object_object_add (o, "keep", json_object_new_boolean (keep));
-    json_object_object_add (o, "reason", json_object_new_string (why));
+    vbk_json_bool (o, "keep", keep);
+    vbk_json_str (o, "reason", why);
     json_object_array_add (p->arr, o);
   }
   else
@@ -560,11 +542,10 @@ cmd_prune (struct vbk_ctx *ctx, struct vbk_args *a)
   vbk_clear_error ();
   e = backup_prune (r, &o, on_prune, &p);
   backup_repo_close (r);
-  if (p.arr) {
-    if (e == 0)
-      vbk_print_json (p.arr);
+  if (e == 0 && p.arr)
+    vbk_print_json (p.arr);
+  else
     json_object_put (p.arr);
-  }
   return e < 0 ? vbk_fail (a, e) : VBK_EXIT_OK;
 }
 
@@ -588,24 +569,16 @@ cmd_gc (struct vbk_ctx *ctx, struct vbk_args *a)
   if (vbk_opt (a, "json")) {
     json_object *o = json_object_new_object ();
 
-    json_object_object_add (o, "chunks", json_object_new_uint64 (res.chunks));
-    json_object_object_add (o, "referenced",
-                            json_object_new_uint64 (res.marked));
-    json_object_object_add (o, "removed", json_object_new_uint64 (res.removed));
-    json_object_object_add (o, "bytes_removed",
-                            json_object_new_uint64 (res.bytes_removed));
-    json_object_object_add (o, "kept_recent",
-                            json_object_new_uint64 (res.kept_young));
-    json_object_object_add (o, "running_backups",
-                            json_object_new_uint64 (res.writers_live));
-    json_object_object_add (o, "dead_backups_cleaned",
-                            json_object_new_uint64 (res.writers_dead));
-    json_object_object_add (o, "open_readers",
-                            json_object_new_uint64 (res.readers_live));
-    json_object_object_add (o, "dead_readers_cleaned",
-                            json_object_new_uint64 (res.readers_dead));
+    vbk_json_u64 (o, "chunks", res.chunks);
+    vbk_json_u64 (o, "referenced", res.marked);
+    vbk_json_u64 (o, "removed", res.removed);
+    vbk_json_u64 (o, "bytes_removed", res.bytes_removed);
+    vbk_json_u64 (o, "kept_recent", res.kept_young);
+    vbk_json_u64 (o, "running_backups", res.writers_live);
+    vbk_json_u64 (o, "dead_backups_cleaned", res.writers_dead);
+    vbk_json_u64 (o, "open_readers", res.readers_live);
+    vbk_json_u64 (o, "dead_readers_cleaned", res.readers_dead);
     vbk_print_json (o);
-    json_object_put (o);
   }
   else
     printf ("%" PRIu64 " chunks, %" PRIu64 " referenced, %" PRIu64
@@ -705,16 +678,14 @@ cmd_restore (struct vbk_ctx *ctx, struct vbk_args *a)
   if (vbk_opt (a, "json")) {
     json_object *o = json_object_new_object ();
 
-    json_object_object_add (o, "id", json_object_new_string (a->argv[0]));
-    json_object_object_add (o, "size", json_object_new_uint64 (res.size));
-    json_object_object_add (o, "read", json_object_new_uint64 (res.read));
-    json_object_object_add (o, "written", json_object_new_uint64 (res.written));
-    json_object_object_add (o, "zeroed", json_object_new_uint64 (res.zeroed));
-    json_object_object_add (o, "unchanged", json_object_new_uint64 (res.same));
-    json_object_object_add (o, "elapsed_ms",
-                            json_object_new_uint64 (res.elapsed_ns / 1000000));
+    vbk_json_str (o, "id", a->argv[0]);
+    vbk_json_u64 (o, "size", res.size);
+    vbk_json_u64 (o, "read", res.read);
+    vbk_json_u64 (o, "written", res.written);
+    vbk_json_u64 (o, "zeroed", res.zeroed);
+    vbk_json_u64 (o, "unchanged", res.same);
+    vbk_json_u64 (o, "elapsed_ms", res.elapsed_ns / 1000000);
     vbk_print_json (o);
-    json_object_put (o);
   }
   return VBK_EXIT_OK;
 }

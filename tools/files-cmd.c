@@ -174,23 +174,20 @@ print_entry (struct vbkfs *fs, const char *tpath, const char *name,
     link[0] = '\0';
   if (arr) {
     o = json_object_new_object ();
-    json_object_object_add (o, "name", json_object_new_string (name));
+    vbk_json_str (o, "name", name);
     json_object_object_add (o, "type", json_object_new_string
                             (S_ISDIR (st->st_mode) ? "dir"
                              : S_ISLNK (st->st_mode) ? "symlink"
                              : S_ISREG (st->st_mode) ? "file" : "special"));
-    json_object_object_add (o, "mode",
-                            json_object_new_int (st->st_mode & 07777));
-    json_object_object_add (o, "size",
-                            json_object_new_int64 ((int64_t) st->st_size));
+    vbk_json_int (o, "mode", st->st_mode & 07777);
+    vbk_json_i64 (o, "size", (int64_t) st->st_size);
     json_object_object_add (o, "allocated", json_object_new_int64
                             ((int64_t) st->st_blocks * 512));
-    json_object_object_add (o, "mtime",
-                            json_object_new_int64 (st->st_mtim.tv_sec));
-    json_object_object_add (o, "uid", json_object_new_int (st->st_uid));
-    json_object_object_add (o, "gid", json_object_new_int (st->st_gid));
+    vbk_json_i64 (o, "mtime", st->st_mtim.tv_sec);
+    vbk_json_int (o, "uid", st->st_uid);
+    vbk_json_int (o, "gid", st->st_gid);
     if (link[0])
-      json_object_object_add (o, "target", json_object_new_string (link));
+      vbk_json_str (o, "target", link);
     json_object_array_add (arr, o);
     return;
   }
@@ -252,11 +249,10 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
   }
 
  out:
-  if (arr) {
-    if (rc == VBK_EXIT_OK)
-      vbk_print_json (arr);
+  if (rc == VBK_EXIT_OK && arr)
+    vbk_print_json (arr);
+  else
     json_object_put (arr);
-  }
   for (i = 0; i < c.n; i++)
     free (c.names[i]);
   free (c.names);

@@ -116,18 +116,14 @@ info_to_json (const struct image_info *info, int with_objects)
 {
   json_object *o = json_object_new_object ();
 
-  json_object_object_add (o, "name", json_object_new_string (info->name));
-  json_object_object_add (o, "id", json_object_new_string (info->id));
-  json_object_object_add (o, "size", json_object_new_uint64 (info->size));
-  json_object_object_add (o, "object_size",
-                          json_object_new_uint64 (info->object_size));
+  vbk_json_str (o, "name", info->name);
+  vbk_json_str (o, "id", info->id);
+  vbk_json_u64 (o, "size", info->size);
+  vbk_json_u64 (o, "object_size", info->object_size);
   if (with_objects)
-    json_object_object_add (o, "objects",
-                            json_object_new_uint64 (info->objects));
-  json_object_object_add (o, "features",
-                          json_object_new_uint64 (info->features));
-  json_object_object_add (o, "state",
-                          json_object_new_string (state_name (info->state)));
+    vbk_json_u64 (o, "objects", info->objects);
+  vbk_json_u64 (o, "features", info->features);
+  vbk_json_str (o, "state", state_name (info->state));
   return o;
 }
 
@@ -184,7 +180,6 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
     for (i = 0; i < n; i++)
       json_object_array_add (arr, info_to_json (&list[i], 0));
     vbk_print_json (arr);
-    json_object_put (arr);
   }
   else {
     for (i = 0; i < n; i++)
@@ -227,7 +222,6 @@ cmd_info (struct vbk_ctx *ctx, struct vbk_args *a)
     json_object *o = info_to_json (&info, 1);
 
     vbk_print_json (o);
-    json_object_put (o);
     return VBK_EXIT_OK;
   }
   printf ("name:        %s\n", info.name);
@@ -425,19 +419,16 @@ report (const struct vbk_args *a, const char *what,
   if (vbk_opt (a, "json")) {
     json_object *o = json_object_new_object ();
 
-    json_object_object_add (o, "image", json_object_new_string (ca->image));
-    json_object_object_add (o, "file", json_object_new_string (ca->file));
-    json_object_object_add (o, "size", json_object_new_uint64 (s->total));
-    json_object_object_add (o, "read", json_object_new_uint64 (s->read));
-    json_object_object_add (o, "written",
-                            json_object_new_uint64 (s->written));
-    json_object_object_add (o, "zeroed", json_object_new_uint64 (s->zeroed));
-    json_object_object_add (o, "holes", json_object_new_uint64 (s->holes));
-    json_object_object_add (o, "elapsed_ms",
-                            json_object_new_uint64 (s->elapsed_ns / 1000000));
-    json_object_object_add (o, "rate", json_object_new_uint64 (bps));
+    vbk_json_str (o, "image", ca->image);
+    vbk_json_str (o, "file", ca->file);
+    vbk_json_u64 (o, "size", s->total);
+    vbk_json_u64 (o, "read", s->read);
+    vbk_json_u64 (o, "written", s->written);
+    vbk_json_u64 (o, "zeroed", s->zeroed);
+    vbk_json_u64 (o, "holes", s->holes);
+    vbk_json_u64 (o, "elapsed_ms", s->elapsed_ns / 1000000);
+    vbk_json_u64 (o, "rate", bps);
     vbk_print_json (o);
-    json_object_put (o);
   }
 }
 
@@ -763,7 +754,7 @@ static const struct vbk_opt import_opts[] = {
 };
 
 static const struct vbk_opt rm_opts[] = {
-  { "force", 0, NULL, "even while a host holds the lease (it is fenced)" },
+  VBK_FENCE_OPT,
   { NULL },
 };
 

@@ -37,14 +37,16 @@ piece_for (struct image *img)
   return MIN (info.object_size ? info.object_size : PIECE_MAX, PIECE_MAX);
 }
 
-/* Runs the copy; an interruption wins over whatever failed with it. */
+/* Runs the copy; an interruption wins over whatever failed with it,
+ * and over a success too: a signal that came during the copy's last
+ * step (its flush, after the last check) still stops the command. */
 static int
 run (struct copy_endpoint *src, struct copy_endpoint *dst,
      const struct copy_opts *o, struct copy_result *res)
 {
   int r = copy_run (src, dst, o, res);
 
-  if (r < 0 && vbk_interrupted ()) {
+  if (vbk_interrupted ()) {
     vbk_set_error ("interrupted");
     return -EINTR;
   }

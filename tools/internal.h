@@ -113,8 +113,17 @@ struct vbk_snap_ref {
 int vbk_parse_snap_ref (const struct vbk_args *a, const char *arg,
                         struct vbk_snap_ref *ref);
 
-/* Prints O on stdout, pretty, with a newline. */
+/* Prints O on stdout, pretty, with a newline, and drops the caller's
+ * reference to O (json_object_put). */
 void vbk_print_json (json_object *o);
+
+/* Add KEY to object O: a string (NULL: null), an unsigned or signed
+ * integer, or a boolean. */
+void vbk_json_str (json_object *o, const char *key, const char *v);
+void vbk_json_u64 (json_object *o, const char *key, uint64_t v);
+void vbk_json_i64 (json_object *o, const char *key, int64_t v);
+void vbk_json_int (json_object *o, const char *key, int v);
+void vbk_json_bool (json_object *o, const char *key, int v);
 
 /* Formats wall-clock MS (ms since the epoch) as local
  * "YYYY-MM-DD HH:MM:SS" into BUF; returns BUF. */
@@ -135,6 +144,11 @@ int vbk_store_open (struct vbk_ctx *ctx, const struct vbk_args *a,
  * ends the process.  vbk_interrupted() is 1 once a signal arrived. */
 void vbk_catch_signals (int on);
 int vbk_interrupted (void);
+
+/* --force of a verb that changes an image: it goes on while another
+ * host holds the image's lease, breaking the lease (fencing the host). */
+#define VBK_FENCE_OPT { "force", 0, NULL, "even while a host holds the " \
+    "lease (it is fenced)" }
 
 /* --progress MODE of a long copy (import, export, backup run, restore):
  * auto (a bar when stderr is a terminal, else none), bar, json (one

@@ -67,18 +67,17 @@ status_to_json (const char *name, const struct lease_status *s, int64_t in_ms)
 {
   json_object *o = json_object_new_object ();
 
-  json_object_object_add (o, "image", json_object_new_string (name));
-  json_object_object_add (o, "held", json_object_new_boolean (s->held));
+  vbk_json_str (o, "image", name);
+  vbk_json_bool (o, "held", s->held);
   json_object_object_add (o, "host", string_or_null (s->host, s->held));
   json_object_object_add (o, "addr", string_or_null (s->addr, s->held));
   json_object_object_add (o, "client", string_or_null (s->client, s->held));
-  json_object_object_add (o, "epoch", json_object_new_uint64 (s->epoch));
+  vbk_json_u64 (o, "epoch", s->epoch);
   json_object_object_add (o, "expires_ms", s->held
                           ? json_object_new_uint64 (s->expires_ms) : NULL);
   json_object_object_add (o, "expires_in_ms", s->held
                           ? json_object_new_int64 (in_ms) : NULL);
-  json_object_object_add (o, "handoffs",
-                          json_object_new_uint64 (s->handoffs));
+  vbk_json_u64 (o, "handoffs", s->handoffs);
   json_object_object_add (o, "conflict", string_or_null (s->conflict,
                                                          s->conflict[0]));
   return o;
@@ -112,7 +111,6 @@ cmd_status (struct vbk_ctx *ctx, struct vbk_args *a)
     json_object *o = status_to_json (name, &s, in_ms);
 
     vbk_print_json (o);
-    json_object_put (o);
     return VBK_EXIT_OK;
   }
   printf ("image:    %s\n", name);

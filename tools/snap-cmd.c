@@ -177,17 +177,13 @@ cmd_ls (struct vbk_ctx *ctx, struct vbk_args *a)
     for (i = 0; i < n; i++) {
       json_object *o = json_object_new_object ();
 
-      json_object_object_add (o, "name",
-                              json_object_new_string (list[i].name));
-      json_object_object_add (o, "id", json_object_new_uint64 (list[i].id));
-      json_object_object_add (o, "size",
-                              json_object_new_uint64 (list[i].size));
-      json_object_object_add (o, "time_ms",
-                              json_object_new_uint64 (list[i].time_ms));
+      vbk_json_str (o, "name", list[i].name);
+      vbk_json_u64 (o, "id", list[i].id);
+      vbk_json_u64 (o, "size", list[i].size);
+      vbk_json_u64 (o, "time_ms", list[i].time_ms);
       json_object_array_add (arr, o);
     }
     vbk_print_json (arr);
-    json_object_put (arr);
   }
   else {
     for (i = 0; i < n; i++)
@@ -290,21 +286,16 @@ cmd_diff (struct vbk_ctx *ctx, struct vbk_args *a)
     for (i = 0; i < e.n; i++) {
       json_object *x = json_object_new_object ();
 
-      json_object_object_add (x, "offset",
-                              json_object_new_uint64 (e.v[i].off));
-      json_object_object_add (x, "length",
-                              json_object_new_uint64 (e.v[i].len));
+      vbk_json_u64 (x, "offset", e.v[i].off);
+      vbk_json_u64 (x, "length", e.v[i].len);
       json_object_array_add (arr, x);
     }
-    json_object_object_add (o, "image", json_object_new_string (name));
-    json_object_object_add (o, "from", json_object_new_string (from));
-    json_object_object_add (o, "to", to ? json_object_new_string (to)
-                            : NULL);
+    vbk_json_str (o, "image", name);
+    vbk_json_str (o, "from", from);
+    vbk_json_str (o, "to", to);
     json_object_object_add (o, "extents", arr);
-    json_object_object_add (o, "changed_bytes",
-                            json_object_new_uint64 (changed));
+    vbk_json_u64 (o, "changed_bytes", changed);
     vbk_print_json (o);
-    json_object_put (o);
   }
   else
     for (i = 0; i < e.n; i++)
@@ -332,7 +323,7 @@ static const struct vbk_opt ls_opts[] = {
 };
 
 static const struct vbk_opt rollback_opts[] = {
-  { "force", 0, NULL, "even while a host holds the lease (it is fenced)" },
+  VBK_FENCE_OPT,
   { NULL },
 };
 

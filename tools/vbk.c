@@ -252,6 +252,37 @@ vbk_print_json (json_object *o)
     | JSON_C_TO_STRING_NOSLASHESCAPE;
 
   printf ("%s\n", json_object_to_json_string_ext (o, flags));
+  json_object_put (o);
+}
+
+void
+vbk_json_str (json_object *o, const char *key, const char *v)
+{
+  json_object_object_add (o, key, v ? json_object_new_string (v) : NULL);
+}
+
+void
+vbk_json_u64 (json_object *o, const char *key, uint64_t v)
+{
+  json_object_object_add (o, key, json_object_new_uint64 (v));
+}
+
+void
+vbk_json_i64 (json_object *o, const char *key, int64_t v)
+{
+  json_object_object_add (o, key, json_object_new_int64 (v));
+}
+
+void
+vbk_json_int (json_object *o, const char *key, int v)
+{
+  json_object_object_add (o, key, json_object_new_int (v));
+}
+
+void
+vbk_json_bool (json_object *o, const char *key, int v)
+{
+  json_object_object_add (o, key, json_object_new_boolean (v));
 }
 
 const char *

@@ -29,7 +29,6 @@
 requires ceph
 requires ceph-osd
 PY=$(python_with_nbd)
-PIO=$VBK_SRC/tests/tools/pattern-io.py
 script=$VBK_SRC/deploy/ceph-dev-cluster.sh
 cdir=$TEST_DIR/ceph
 blocks=2048
@@ -91,24 +90,16 @@ no_errors ()
 # start_writer ROUND
 start_writer ()
 {
-  rm -f "$TEST_DIR/stop" "$TEST_DIR/progress" "$TEST_DIR/ready"
-  "$PY" "$PIO" write "$uri" "$1" "$TEST_DIR/record-$1.json" --blocks $blocks \
-    --ready "$TEST_DIR/ready" --until "$TEST_DIR/stop" \
-    --progress "$TEST_DIR/progress" >"$TEST_DIR/writer.out" 2>&1 &
-  writer=$!
+  rm -f "$TEST_DIR/ready"
+  pattern_start "$uri" "$1" "$TEST_DIR/record-$1.json" $blocks \
+    --ready "$TEST_DIR/ready"
   more_acked 100
 }
 # end_writer ROUND: stops the writer; it must end cleanly, with no failed
 # write, and everything must read back.
 end_writer ()
 {
-  touch "$TEST_DIR/stop"
-  wait "$writer" || fail "round $1: writer failed: $(cat "$TEST_DIR/writer.out")"
-  cat "$TEST_DIR/writer.out"
-  grep -q 'ended by stopped$' "$TEST_DIR/writer.out" ||
-    fail "round $1: the stream ended by an error: $(cat "$TEST_DIR/writer.out")"
-  "$PY" "$PIO" verify "$uri" "$TEST_DIR/record-$1.json" "$TEST_DIR/state.json" \
-    --blocks $blocks || fail "round $1: data lost or corrupted"
+  pattern_end "$uri" "$TEST_DIR/record-$1.json" $blocks "round $1"
 }
 
 vbk --store "$store" image create disk --size 64M --object-size 1M >/dev/null

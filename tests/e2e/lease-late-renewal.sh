@@ -21,32 +21,17 @@
 . "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
 
 PY=$(python_with_nbd)
-PIO=$VBK_SRC/tests/tools/pattern-io.py
 blocks=1024
 hold=$TEST_DIR/hold
 inner=$(new_store)
 store="fault:op=lock,hold=$hold,trigger=$hold@$inner"
 
-vbk --store "$inner" image create disk --size 16M --object-size 1M >/dev/null
-sock=$TEST_DIR/blockd.sock
-uri="nbd+unix:///disk?socket=$sock"
-start_blockd pid "$sock" --host-id hostA --lease-duration 2
-
-
-"$PY" "$PIO" write "$uri" 1 "$TEST_DIR/record.json" --blocks $blocks \
-  --until "$TEST_DIR/stop" --progress "$TEST_DIR/progress" \
-  >"$TEST_DIR/writer.out" 2>&1 &
-writer=$!
-more_acked 50
+stream_start "$inner"
 
 # The next lock request (a renewal: the writer holds the lease) is made
 # and its answer held back for twice the lease.
 touch "$hold"
-for ((i = 0; i < 100; i++)); do
-  [ -e "$hold.held" ] && break
-  sleep 0.1
-done
-[ -e "$hold.held" ] || fail "no lock request was held in 10 s"
+wait_held "$hold" "no lock request was held in 10 s"
 sleep 4
 read -r a f q < <(progress)
 [ "$f" -eq 0 ] || fail "the client saw $f failed writes while the renewal hung"
@@ -62,12 +47,6 @@ grep -q "answered only after the lease it gives had ended" "$TEST_DIR/blockd.log
 grep -q "taken again after the lapse" "$TEST_DIR/blockd.log" ||
   fail "the lease was not taken again: $(tail -5 "$TEST_DIR/blockd.log")"
 
-touch "$TEST_DIR/stop"
-wait "$writer" || fail "writer failed: $(cat "$TEST_DIR/writer.out")"
-cat "$TEST_DIR/writer.out"
-grep -q 'ended by stopped$' "$TEST_DIR/writer.out" ||
-  fail "the stream ended by an error: $(cat "$TEST_DIR/writer.out")"
-"$PY" "$PIO" verify "$uri" "$TEST_DIR/record.json" "$TEST_DIR/state.json" \
-  --blocks $blocks || fail "data lost or corrupted"
+pattern_end "$uri" "$TEST_DIR/record.json" $blocks
 stop_blockd pid
 echo "lease-late-renewal: ok"

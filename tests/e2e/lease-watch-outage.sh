@@ -22,16 +22,10 @@
 . "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
 
 PY=$(python_with_nbd)
-PIO=$VBK_SRC/tests/tools/pattern-io.py
 blocks=1024
 drop=$TEST_DIR/watchdrop
 inner=$(new_store)
 store="fault:watchdrop=$drop@$inner"
-
-vbk --store "$inner" image create disk --size 16M --object-size 1M >/dev/null
-sock=$TEST_DIR/blockd.sock
-uri="nbd+unix:///disk?socket=$sock"
-start_blockd pid "$sock" --host-id hostA --lease-duration 2
 
 epoch ()
 {
@@ -39,21 +33,13 @@ epoch ()
     python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["epoch"] if v["held"] else "none")'
 }
 
-"$PY" "$PIO" write "$uri" 1 "$TEST_DIR/record.json" --blocks $blocks \
-  --until "$TEST_DIR/stop" --progress "$TEST_DIR/progress" \
-  >"$TEST_DIR/writer.out" 2>&1 &
-writer=$!
-more_acked 50
+stream_start "$inner"
 e0=$(epoch)
 [ "$e0" != none ] || fail "nobody holds the lease while the writer writes"
 
 # The watch breaks; the holder's new watch waits while $drop exists.
 touch "$drop"
-for ((i = 0; i < 100; i++)); do
-  [ -e "$drop.held" ] && break
-  sleep 0.1
-done
-[ -e "$drop.held" ] || fail "the holder did not try to make a new watch in 10 s"
+wait_held "$drop" "the holder did not try to make a new watch in 10 s"
 # Three lease durations: without renewals the writes would stop at the
 # write-stop and fail at the lease's end.
 a0=$(acked)
@@ -91,12 +77,6 @@ grep -q "snapshot after: writes held" "$TEST_DIR/blockd.log" ||
 [ "$(epoch)" = "$e0" ] || fail "the lease moved for the snapshot"
 more_acked "$(acked)" 10
 
-touch "$TEST_DIR/stop"
-wait "$writer" || fail "writer failed: $(cat "$TEST_DIR/writer.out")"
-cat "$TEST_DIR/writer.out"
-grep -q 'ended by stopped$' "$TEST_DIR/writer.out" ||
-  fail "the stream ended by an error: $(cat "$TEST_DIR/writer.out")"
-"$PY" "$PIO" verify "$uri" "$TEST_DIR/record.json" "$TEST_DIR/state.json" \
-  --blocks $blocks || fail "data lost or corrupted"
+pattern_end "$uri" "$TEST_DIR/record.json" $blocks
 stop_blockd pid
 echo "lease-watch-outage: ok"

@@ -463,37 +463,6 @@ test_store_full_is_reported (void **state)
   store_close (fst);
 }
 
-/* Collects the extents image_diff reports. */
-struct diff_seen {
-  uint64_t off[64], len[64];
-  size_t n;
-};
-
-static int
-diff_collect (void *arg, uint64_t off, uint64_t len, int alloc)
-{
-  struct diff_seen *d = arg;
-
-  (void) alloc;
-  if (d->n < 64) {
-    d->off[d->n] = off;
-    d->len[d->n] = len;
-    d->n++;
-  }
-  return 0;
-}
-
-static bool
-diff_covers (const struct diff_seen *d, uint64_t off, uint64_t len)
-{
-  size_t i;
-
-  for (i = 0; i < d->n; i++)
-    if (d->off[i] <= off && off + len <= d->off[i] + d->len[i])
-      return true;
-  return false;
-}
-
 /* A change-log append that fails may still land (the reply was lost);
  * if cutting it back fails too, the log may end in a record of which
  * parts of an object changed that hides the object's whole record.  A
@@ -505,7 +474,7 @@ test_failed_log_cut_no_under_report (void **state)
   struct test_fixture *f = *state;
   char furi[4200], buf[4096], loid[96];
   struct image_info info;
-  struct diff_seen d = { .n = 0 };
+  struct test_extents d = { .n = 0 };
   struct store *fst;
   struct image *img;
   uint64_t words[2], size;
@@ -544,9 +513,9 @@ test_failed_log_cut_no_under_report (void **state)
 
   /* Another part of object 0 changes: the diff must cover it. */
   assert_int_equal (image_write (img, buf, sizeof buf, OBJ / 2, 0), 0);
-  assert_int_equal (image_diff (fst, "cut", "s1", NULL, diff_collect, &d), 0);
-  assert_true (diff_covers (&d, 0, sizeof buf));
-  assert_true (diff_covers (&d, OBJ / 2, sizeof buf));
+  assert_int_equal (image_diff (fst, "cut", "s1", NULL, test_extents_collect, &d), 0);
+  assert_true (test_extents_cover (&d, 0, sizeof buf));
+  assert_true (test_extents_cover (&d, OBJ / 2, sizeof buf));
   image_close (img);
   store_close (fst);
 }

@@ -841,34 +841,6 @@ test_group (void **state)
 
 enum snap_op { OP_CREATE, OP_REMOVE, OP_ROLLBACK };
 
-struct cover {
-  uint64_t off[256], len[256];
-  int n;
-};
-
-static int
-collect_cover (void *arg, uint64_t off, uint64_t len, int alloc)
-{
-  struct cover *c = arg;
-
-  assert_true (c->n < 256);
-  c->off[c->n] = off;
-  c->len[c->n] = len;
-  c->n++;
-  return 0;
-}
-
-static bool
-covered (const struct cover *c, uint64_t off, uint64_t len)
-{
-  int k;
-
-  for (k = 0; k < c->n; k++)
-    if (c->off[k] <= off && off + len <= c->off[k] + c->len[k])
-      return true;
-  return false;
-}
-
 /* Image NAME: "base", then changes, "mid", then more changes (all on
  * the plain store). */
 static void
@@ -918,12 +890,12 @@ static void
 sweep_check (struct store *st, const char *name, const char *what,
              unsigned long nth)
 {
-  struct cover c = { .n = 0 };
+  struct test_extents c = { .n = 0 };
   struct image *head, *base;
   uint64_t sb = OBJ / 32, off;
   char *x = malloc (sb), *y = malloc (sb);
 
-  assert_int_equal (image_diff (st, name, "base", NULL, collect_cover, &c),
+  assert_int_equal (image_diff (st, name, "base", NULL, test_extents_collect, &c),
                     0);
   assert_int_equal (image_open (st, name, IMAGE_OPEN_RDONLY, &head), 0);
   assert_int_equal (image_open_snap (st, name, "base", &base), 0);
@@ -934,7 +906,7 @@ sweep_check (struct store *st, const char *name, const char *what,
     assert_int_equal (image_read (base, y, sb, off), (int) sb);
     if (in_head && memcmp (x, y, sb) == 0)
       continue;
-    if (!covered (&c, off, sb))
+    if (!test_extents_cover (&c, off, sb))
       fail_msg ("%s, crash at call %lu: [%" PRIu64 ", +%" PRIu64 ") changed "
                 "since base, not in the diff", what, nth, off, sb);
   }

@@ -7,8 +7,8 @@
  * rados), given as VBK_TEST_STORE_KIND; every test wraps a fresh store of
  * that backend as fault:SPEC@INNER and also opens INNER directly, as a
  * second client that no fault touches, to see what really reached the
- * store.  Checked: the SPEC syntax of the URI (op, err, nth, sticky,
- * trigger), store_fault_set and store_fault_count, which calls each
+ * store.  Checked: the SPEC syntax of the URI (op, err, call, nth,
+ * sticky, trigger), store_fault_set and store_fault_count, which calls each
  * operation class covers, that a failing call returns the chosen errno
  * with a message naming the operation, and that nothing a failed call
  * would have written is visible.
@@ -143,6 +143,7 @@ test_fault_open (void **state)
     "fault:op=nosuch@%s", "fault:op=@%s", "fault:op=write,err=EWHAT@%s",
     "fault:op=write,nth=0@%s", "fault:op=write,frob=1@%s",
     "fault:op=write,justaword@%s", "fault:op=write@nosuch:x",
+    "fault:op=meta,call=@%s",
   };
   char uri[4400];
   struct store *st;
@@ -172,6 +173,7 @@ test_fault_open (void **state)
   reopen (fx, "op=meta,err=EIO,trigger=/tmp/vbk-no-such-trigger");
   reopen (fx, "op=lock");
   reopen (fx, "op=snap,err=EIO,nth=5");
+  reopen (fx, "op=meta,call=meta_set,nth=2");
 
   /* A fault: store wrapping a fault: store. */
   snprintf (uri, sizeof uri, "fault:@fault:@%s", fx->inner);
@@ -208,6 +210,30 @@ test_fault_uri_nth (void **state)
                     7);
   assert_int_equal (store_fault_count (st, STORE_OP_LOCK | STORE_OP_SNAP),
                     0);
+}
+
+/* call=NAME: of the class's calls only those named NAME count; here the
+ * second store_meta_set fails, and sets nothing. */
+static void
+test_fault_uri_call (void **state)
+{
+  FX;
+  struct store *st = reopen (fx, "op=meta,call=meta_set,err=ENOSPC,nth=2");
+  struct store_meta_set one[] = { { true, "k1", "1", 1 } };
+  struct store_meta_set two[] = { { true, "k2", "2", 1 },
+                                  { false, "x2", "2", 1 } };
+  char buf[8];
+
+  expect_ok (store_omap_set (st, "o", "k0", "0", 1));
+  expect_ok (store_meta_set (st, "o", one, 1));
+  expect_ok (store_xattr_set (st, "o", "x0", "0", 1));
+  assert_int_equal (store_omap_get (st, "o", "k1", buf, sizeof buf), 1);
+  expect_fault (-ENOSPC, "meta_set", store_meta_set (st, "o", two, 2));
+  expect_err (-ENOENT, store_omap_get (in, "o", "k2", buf, sizeof buf));
+  expect_err (-ENODATA, store_xattr_get (in, "o", "x2", buf, sizeof buf));
+  expect_ok (store_meta_set (st, "o", two, 2));
+  assert_int_equal (store_omap_get (in, "o", "k2", buf, sizeof buf), 1);
+  assert_int_equal (store_fault_count (st, STORE_OP_META), 6);
 }
 
 static void
@@ -670,6 +696,7 @@ main (void)
 #define T(name) cmocka_unit_test_setup_teardown (name, setup, teardown)
     T (test_fault_open),
     T (test_fault_uri_nth),
+    T (test_fault_uri_call),
     T (test_fault_uri_sticky_err),
     T (test_fault_class_read),
     T (test_fault_class_write),

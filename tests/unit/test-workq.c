@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT
  *
  * test-workq.c - the worker queue: FIFO order, N threads at once, the
- * bound (and the queue's own threads passing it), drain, shutdown with
- * work in flight, and each error.  Nothing here depends on timing: items
+ * bound (and the queue's own threads passing it), an item queued again
+ * while it runs, drain, shutdown with work in flight, and each error.  Nothing here depends on timing: items
  * that must stay running wait on a gate the test opens, and every wait
  * for a condition is for the condition itself.
  */
@@ -266,6 +266,37 @@ test_own_thread (void **state)
   workq_free (q);
 }
 
+/* An item belongs to its owner again once its function is called: it
+ * may be queued again while that function still runs (image/commit.c
+ * schedules its one pass item so), and runs again after it, once on
+ * one thread. */
+static void
+test_resubmit_running (void **state)
+{
+  static struct item it;
+  struct workq_stats st;
+  struct workq *q;
+
+  reset ();
+  q = new_q (1, 0);
+  it = (struct item) { .id = 5, .gated = true };
+  assert_int_equal (workq_submit (q, &it.wq, run_item), 0);
+  wait_started (1);
+  assert_int_equal (workq_submit (q, &it.wq, run_item), 0);
+  workq_get_stats (q, &st);
+  assert_int_equal (st.running, 1);
+  assert_int_equal (st.queued, 1);
+  gate_set (true);
+  assert_int_equal (workq_drain (q, WORKQ_FOREVER), 0);
+  assert_int_equal (started, 2);
+  assert_int_equal (finished, 2);
+  assert_int_equal (max_inside, 1);
+  workq_get_stats (q, &st);
+  assert_int_equal (st.submitted, 2);
+  assert_int_equal (st.completed, 2);
+  workq_free (q);
+}
+
 /* Drain waits for running items as well as queued ones. */
 static void
 test_drain (void **state)
@@ -438,6 +469,7 @@ main (void)
     cmocka_unit_test (test_parallel),
     cmocka_unit_test (test_bound),
     cmocka_unit_test (test_own_thread),
+    cmocka_unit_test (test_resubmit_running),
     cmocka_unit_test (test_drain),
     cmocka_unit_test (test_shutdown_in_flight),
     cmocka_unit_test (test_thread_hooks),
