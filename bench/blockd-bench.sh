@@ -5,7 +5,10 @@
 # a raw file and nbdkit's file plugin, same machine, same run, Unix
 # sockets, fio's nbd engine (libnbd).  Each workload runs on the three
 # servers back to back (interleaved), REPEAT times (default 1), and the
-# table shows the median with the ratios vbk/qemu-nbd and vbk/nbdkit.
+# table shows the median with the ratios vbk/qemu-nbd and vbk/nbdkit,
+# and vbk-blockd's CPU time per 4 KiB request or per MB in microseconds
+# (vbk-cpu: all its threads, from /proc around each run; a number the
+# load of a shared machine moves much less than throughput).
 # Not a test: numbers depend on the machine.  Env: VBK_BIN (build/bin),
 # BENCH_DIR (a scratch directory, default a new one under /tmp),
 # RUNTIME (seconds per run, default 4), REPEAT, ONLY_TLS=1 (the TLS rows
@@ -81,29 +84,44 @@ workloads=(
   "1M-seqwrite-QD8 write 1M 8 MB/s"
 )
 
-# run SERVER RW BS QD: prints kIOPS or MB/s
+# cpu_ticks PID: the server's CPU time so far (clock ticks, all threads)
+cpu_ticks () { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run SERVER RW BS QD: prints kIOPS or MB/s.  With cpu_pid set (the
+# vbk-blockd serving SERVER), also writes that process's CPU time per
+# 4 KiB request or per MB, in microseconds, to $dir/cpu.last (from
+# /proc/PID/stat around the run; the ramp counts at the measured rate).
 run () {
-  local out="$dir/fio.json" dirn
+  local out="$dir/fio.json" dirn t0=0 t1=0
+  [ -z "${cpu_pid:-}" ] || t0=$(cpu_ticks "$cpu_pid")
   fio --name=bench --ioengine=nbd --uri="${uri[$1]}" --rw="$2" --bs="$3" \
       --iodepth="$4" --time_based --runtime="$runtime" --ramp_time=1 \
       --output-format=json --output="$out" >/dev/null 2>&1
+  [ -z "${cpu_pid:-}" ] || t1=$(cpu_ticks "$cpu_pid")
   case "$2" in *read) dirn=read ;; *) dirn=write ;; esac
-  python3 - "$out" "$dirn" "$3" <<'PY'
+  python3 - "$out" "$dirn" "$3" "$((t1 - t0))" "$(getconf CLK_TCK)" \
+    "$((runtime + 1))" "${cpu_pid:+$dir/cpu.last}" <<'PY'
 import json, sys
 text = open(sys.argv[1]).read()
 j = json.loads(text[text.index("{"):])["jobs"][0][sys.argv[2]]
+cpu_us = int(sys.argv[4]) * 1e6 / int(sys.argv[5])
+secs = int(sys.argv[6])
 if sys.argv[3] == "4k":
     print("%.1f" % (j["iops"] / 1000))
+    per = cpu_us / max(j["iops"] * secs, 1)
 else:
     print("%.0f" % (j["bw_bytes"] / 1e6))
+    per = cpu_us / max(j["bw_bytes"] / 1e6 * secs, 1)
+if sys.argv[7]:
+    open(sys.argv[7], "w").write("%.1f\n" % per)
 PY
 }
 
 median () { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio () { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", (b>0?a/b:0)}'; }
 row () {
-  printf '%-20s %-6s %9s %9s %9s %10s %10s\n' "$1" "$2" "$3" "$4" "$5" \
-    "$(ratio "$3" "$4")" "$(ratio "$3" "$5")"
+  printf '%-20s %-6s %9s %9s %9s %10s %10s %9s\n' "$1" "$2" "$3" "$4" "$5" \
+    "$(ratio "$3" "$4")" "$(ratio "$3" "$5")" "$6"
 }
 
 declare -A uri
@@ -146,7 +164,7 @@ fill_run () {
 # image, a sparse file), plus the first-write rows (fill_run).
 bench_size () {
   local size=$1 mode=$2 vp qp kp w name rw bs qd unit i v q k
-  local -a rv rq rk
+  local -a rv rq rk cv
   echo "== $size $mode ==" >&2
   rm -rf "$dir/store" "$dir/peer.raw"
   "$bin/vbk" --store "$store" image create bench --size "$size" >/dev/null
@@ -173,28 +191,30 @@ bench_size () {
   uri[nbdkit]="nbd+unix:///?socket=$dir/nbdkit.sock"
 
   echo "$size $mode ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
-  printf '%-20s %-6s %9s %9s %9s %10s %10s\n' workload unit vbk qemu-nbd nbdkit vbk/qemu vbk/nbdkit
+  printf '%-20s %-6s %9s %9s %9s %10s %10s %9s\n' workload unit vbk qemu-nbd nbdkit vbk/qemu vbk/nbdkit vbk-cpu
   for w in "${workloads[@]}"; do
     read -r name rw bs qd unit <<<"$w"
-    rv=() rq=() rk=()
+    rv=() rq=() rk=() cv=()
     for ((i = 0; i < repeat; i++)); do
-      rv+=("$(run vbk "$rw" "$bs" "$qd")")
+      rv+=("$(cpu_pid=$vp run vbk "$rw" "$bs" "$qd")")
+      cv+=("$(cat "$dir/cpu.last")")
       rq+=("$(run qemu "$rw" "$bs" "$qd")")
       rk+=("$(run nbdkit "$rw" "$bs" "$qd")")
     done
     row "$name" "$unit" "$(median "${rv[@]}")" "$(median "${rq[@]}")" \
-      "$(median "${rk[@]}")"
+      "$(median "${rk[@]}")" "$(median "${cv[@]}")"
   done
   if [ "$mode" = thin ]; then
     for qd in 1 32; do
-      rv=() rq=() rk=()
+      rv=() rq=() rk=() cv=()
       for ((i = 0; i < repeat; i++)); do
-        rv+=("$(fill_run vbk "$qd")")
+        rv+=("$(cpu_pid=$vp fill_run vbk "$qd")")
+        cv+=("$(cat "$dir/cpu.last")")
         rq+=("$(fill_run qemu "$qd")")
         rk+=("$(fill_run nbdkit "$qd")")
       done
       row "4K-firstwrite-QD$qd" kIOPS "$(median "${rv[@]}")" \
-        "$(median "${rq[@]}")" "$(median "${rk[@]}")"
+        "$(median "${rq[@]}")" "$(median "${rk[@]}")" "$(median "${cv[@]}")"
     done
   fi
   echo
@@ -260,9 +280,6 @@ uri[vbktls]="nbds://127.0.0.1:$pv/bench"
 uri[qemutls]="nbds://127.0.0.1:$pq/bench"
 uri[vbktcp]="nbd://127.0.0.1:$pp/bench"
 uri[qemutcp]="nbd://127.0.0.1:$pqt/bench"
-
-# cpu_ticks PID: the server's CPU time so far (clock ticks, all threads)
-cpu_ticks () { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # run_tls SERVER RW BS QD: as run, as the TLS client user, plus the
 # server's CPU time per 4 KiB request or per MB, in microseconds (from
