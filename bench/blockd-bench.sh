@@ -11,8 +11,9 @@
 # load of a shared machine moves much less than throughput).
 # Not a test: numbers depend on the machine.  Env: VBK_BIN (build/bin),
 # BENCH_DIR (a scratch directory, default a new one under /tmp),
-# RUNTIME (seconds per run, default 4), REPEAT, ONLY_TLS=1 (the TLS rows
-# alone), SIZES (one table per SIZE:MODE, default "SIZE:MODE" from the
+# RUNTIME (seconds per run, default 4), REPEAT, BLOCKD_NOFILE (vbk-blockd's
+# open-file limit, default 65536 as in deploy/vbk-blockd.service; empty:
+# the shell's), ONLY_TLS=1 (the TLS rows alone), SIZES (one table per SIZE:MODE, default "SIZE:MODE" from the
 # argument (1G) and MODE (full); e.g. SIZES="2G:full 16G:full 64G:thin").
 # MODE full: the image and the peers' raw file (one file shared by both
 # peers, which run in turn) hold the same data, written fast (a random
@@ -53,6 +54,16 @@ tls_rows=${TLS:-1}
 for t in fio qemu-nbd nbdkit nbdcopy certtool; do
   command -v $t >/dev/null || { echo "blockd-bench: $t is missing" >&2; exit 1; }
 done
+
+# vbk-blockd runs with the open-file limit of deploy/vbk-blockd.service
+# (LimitNOFILE=65536) where this shell may raise it (BLOCKD_NOFILE=
+# keeps the shell's): the local store sizes its fd cache from that limit,
+# and a 64G disk of 4 MiB objects has 16384 of them.
+blockd_limit=()
+nofile=${BLOCKD_NOFILE-65536}
+if [ -n "$nofile" ] && prlimit --nofile="$nofile:$nofile" true 2>/dev/null; then
+  blockd_limit=(prlimit --nofile="$nofile:$nofile" --)
+fi
 
 wait_sock () { for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.05; done; echo "no $1" >&2; exit 1; }
 
@@ -168,7 +179,7 @@ bench_size () {
   echo "== $size $mode ==" >&2
   rm -rf "$dir/store" "$dir/peer.raw"
   "$bin/vbk" --store "$store" image create bench --size "$size" >/dev/null
-  "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk.sock" 2>"$dir/vbk.log" &
+  "${blockd_limit[@]}" "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk.sock" 2>"$dir/vbk.log" &
   vp=$!
   if [ "$mode" = full ]; then
     echo "preparing $size of data ..." >&2
@@ -249,11 +260,11 @@ as_user=()
 printf '[blockd]\ndefault_allow = *\n' >"$dir/tls.conf"
 free_port () { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 pv=$(free_port); pq=$(free_port); pp=$(free_port); pqt=$(free_port)
-"$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tls.sock" \
+"${blockd_limit[@]}" "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tls.sock" \
   --listen "127.0.0.1:$pv" --tls-certificates "$dir/certs/server" \
   --config "$dir/tls.conf" 2>"$dir/vbk-tls.log" &
 pids+=($!); declare -A spid; spid[vbktls]=$!
-"$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tcp.sock" \
+"${blockd_limit[@]}" "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tcp.sock" \
   --listen "127.0.0.1:$pp" 2>"$dir/vbk-tcp.log" &
 pids+=($!); spid[vbktcp]=$!
 # Two qemu-nbd on one file (TLS and plain TCP, used in turn): without
