@@ -1976,48 +1976,16 @@ local_aio_read (void *h, const char *oid, void *buf, size_t len,
   return submit (h, false, oid, buf, len, off, snap, 0, cb, arg);
 }
 
-/* A small write without SYNC to a file that is open in the fd cache and
- * needs no copy-on-write only copies into the page cache: cheaper done
- * here than handed to a worker thread (the hand-off's two context
- * switches cost more than the copy), so it completes before we return.
- * Any other write opens the file, and most often creates it: the first
- * write to a new object of a thin image, whose inode allocation costs
- * far more than the copy (and creates in obj/ run one at a time).  Done
- * here it would hold up the caller's next requests (an NBD connection's
- * reader) for all of that; on a worker the caller goes on meanwhile. */
+/* A small write without SYNC only copies into the page cache: cheaper
+ * done here than handed to a worker thread (the hand-off's two context
+ * switches cost more than the copy), so it completes before we return. */
 #define INLINE_WRITE_MAX (64 * 1024)
-
-/* Whether a write to OID would find its file open and need no clone. */
-static bool
-write_is_cached (struct local *l, const char *oid)
-{
-  struct root *r = l->r;
-  struct fd_entry *e;
-  uint64_t seq;
-  bool cached = false;
-
-  pthread_rwlock_rdlock (&l->snapc_lock);
-  seq = l->seq;
-  pthread_rwlock_unlock (&l->snapc_lock);
-  pthread_mutex_lock (&r->fd_lock);
-  if (__atomic_load_n (r->objgen, __ATOMIC_SEQ_CST) == r->cache_gen) {
-    for (e = r->hash[hash_oid (r, oid)]; e; e = e->hnext) {
-      if (strcmp (e->oid, oid) == 0) {
-        cached = seq == 0 || e->cow_seq >= seq;
-        break;
-      }
-    }
-  }
-  pthread_mutex_unlock (&r->fd_lock);
-  return cached;
-}
 
 static int
 local_aio_write (void *h, const char *oid, const void *buf, size_t len,
                  uint64_t off, unsigned flags, store_aio_cb cb, void *arg)
 {
-  if (len <= INLINE_WRITE_MAX && !(flags & STORE_WRITE_SYNC)
-      && write_is_cached (h, oid)) {
+  if (len <= INLINE_WRITE_MAX && !(flags & STORE_WRITE_SYNC)) {
     cb (arg, local_write (h, oid, buf, len, off, flags));
     return 0;
   }

@@ -6,10 +6,10 @@
 # to a new thin image with small objects, each connection on blocks of
 # its own in a scattered order, so most writes are the first to their
 # object: the change-log records and map bytes of many objects are
-# committed concurrently (by several connections' readers at once), and
-# on the local store the new object files are created on the store's
-# workers while the readers go on.  Each writer logs every acknowledged
-# write.  vbk-blockd is killed with SIGKILL mid-stream and restarted:
+# committed concurrently, by several connections' readers at once (group
+# commit: objmap.c; on RADOS through the commit queue, commit.c).  Each
+# writer logs every acknowledged write.  vbk-blockd is killed with
+# SIGKILL mid-stream and restarted:
 # every acknowledged write must read back, the map must report its
 # block allocated (NBD block status), and `vbk diff --from` the snapshot
 # taken before the stream must list it.

@@ -659,90 +659,6 @@ test_rlimit_raised (void **state)
   assert_true (rl.rlim_cur == rl.rlim_max);
 }
 
-/* ---- Where a small asynchronous write runs ---------------------------- */
-
-struct where {
-  pthread_t caller, ran;
-  int done;
-  ssize_t ret;
-};
-
-static void
-where_cb (void *arg, ssize_t ret)
-{
-  struct where *w = arg;
-
-  pthread_mutex_lock (&bg_lock);
-  w->ran = pthread_self ();
-  w->ret = ret;
-  w->done = 1;
-  pthread_mutex_unlock (&bg_lock);
-}
-
-/* Starts a 4 KiB write of OID and waits for it; returns whether its
- * callback ran on the caller's thread (then before store_aio_write
- * returned) or not. */
-static int
-write_inline (struct store *st, const char *oid, const char *buf)
-{
-  struct where *w = calloc (1, sizeof *w);
-  uint64_t t0 = mono_ms ();
-  int done, before, inl;
-
-  assert_non_null (w);
-  w->caller = pthread_self ();
-  assert_int_equal (store_aio_write (st, oid, buf, 4096, 0, 0, where_cb, w),
-                    0);
-  pthread_mutex_lock (&bg_lock);
-  before = w->done;
-  pthread_mutex_unlock (&bg_lock);
-  for (;;) {
-    pthread_mutex_lock (&bg_lock);
-    done = w->done;
-    pthread_mutex_unlock (&bg_lock);
-    if (done || mono_ms () - t0 > 30000)
-      break;
-    sleep_ms (1);
-  }
-  if (!done)
-    fail_msg ("the write of %s never completed", oid);
-  assert_int_equal (w->ret, 0);
-  inl = pthread_equal (w->ran, w->caller);
-  if (inl)
-    assert_true (before);
-  free (w);
-  return inl;
-}
-
-/* A small write to an object whose file is open in the fd cache only
- * copies into the page cache: it runs on the caller's thread.  One that
- * must create the file (the first write to a new object), open it, or
- * copy the object for a snapshot first runs on a worker thread, so the
- * caller (an NBD connection's reader) goes on meanwhile. */
-static void
-test_aio_write_where (void **state)
-{
-  struct test_fixture *fx = *state;
-  char buf[4096];
-  uint64_t snap;
-
-  memset (buf, 'w', sizeof buf);
-  assert_false (write_inline (fx->st, "fresh", buf));   /* creates it */
-  assert_true (write_inline (fx->st, "fresh", buf));    /* open, cached */
-  assert_true (write_inline (fx->st, "fresh", buf));
-  /* A new handle of the store has an empty cache: the file is opened. */
-  assert_int_equal (store_flush (fx->st), 0);
-  reopen (fx);
-  assert_false (write_inline (fx->st, "fresh", buf));
-  assert_true (write_inline (fx->st, "fresh", buf));
-  /* After a snapshot the first write copies the object first. */
-  assert_int_equal (store_snap_create (fx->st, &snap), 0);
-  assert_int_equal (store_set_snap_context (fx->st, snap, &snap, 1), 0);
-  assert_false (write_inline (fx->st, "fresh", buf));
-  assert_true (write_inline (fx->st, "fresh", buf));
-  assert_int_equal (store_flush (fx->st), 0);
-}
-
 #define T(name) cmocka_unit_test_setup_teardown (name, setup, teardown)
 
 int
@@ -758,7 +674,6 @@ main (void)
     T (test_sync_write_new_file),
     T (test_fence_stopped_writer),
     T (test_fence_stopped_idle),
-    T (test_aio_write_where),
     T (test_removed_not_synced),
   };
 
