@@ -5,11 +5,15 @@
 # a raw file and nbdkit's file plugin, same machine, same run, Unix
 # sockets, fio's nbd engine (libnbd).  Each workload runs on the three
 # servers back to back (interleaved), REPEAT times (default 1), and the
-# table shows the median with the ratios vbk/qemu-nbd and vbk/nbdkit.
+# table shows the median with the ratios vbk/qemu-nbd and vbk/nbdkit,
+# and vbk-blockd's CPU time per 4 KiB request or per MB in microseconds
+# (vbk-cpu: all its threads, from /proc around each run; a number the
+# load of a shared machine moves much less than throughput).
 # Not a test: numbers depend on the machine.  Env: VBK_BIN (build/bin),
 # BENCH_DIR (a scratch directory, default a new one under /tmp),
-# RUNTIME (seconds per run, default 4), REPEAT, ONLY_TLS=1 (the TLS rows
-# alone), SIZES (one table per SIZE:MODE, default "SIZE:MODE" from the
+# RUNTIME (seconds per run, default 4), REPEAT, BLOCKD_NOFILE (vbk-blockd's
+# open-file limit, default 65536 as in deploy/vbk-blockd.service; empty:
+# the shell's), ONLY_TLS=1 (the TLS rows alone), SIZES (one table per SIZE:MODE, default "SIZE:MODE" from the
 # argument (1G) and MODE (full); e.g. SIZES="2G:full 16G:full 64G:thin").
 # MODE full: the image and the peers' raw file (one file shared by both
 # peers, which run in turn) hold the same data, written fast (a random
@@ -51,6 +55,16 @@ for t in fio qemu-nbd nbdkit nbdcopy certtool; do
   command -v $t >/dev/null || { echo "blockd-bench: $t is missing" >&2; exit 1; }
 done
 
+# vbk-blockd runs with the open-file limit of deploy/vbk-blockd.service
+# (LimitNOFILE=65536) where this shell may raise it (BLOCKD_NOFILE=
+# keeps the shell's): the local store sizes its fd cache from that limit,
+# and a 64G disk of 4 MiB objects has 16384 of them.
+blockd_limit=()
+nofile=${BLOCKD_NOFILE-65536}
+if [ -n "$nofile" ] && prlimit --nofile="$nofile:$nofile" true 2>/dev/null; then
+  blockd_limit=(prlimit --nofile="$nofile:$nofile" --)
+fi
+
 wait_sock () { for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.05; done; echo "no $1" >&2; exit 1; }
 
 # fill_raw FILE SIZE: SIZE bytes of incompressible, never repeating data,
@@ -81,29 +95,44 @@ workloads=(
   "1M-seqwrite-QD8 write 1M 8 MB/s"
 )
 
-# run SERVER RW BS QD: prints kIOPS or MB/s
+# cpu_ticks PID: the server's CPU time so far (clock ticks, all threads)
+cpu_ticks () { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run SERVER RW BS QD: prints kIOPS or MB/s.  With cpu_pid set (the
+# vbk-blockd serving SERVER), also writes that process's CPU time per
+# 4 KiB request or per MB, in microseconds, to $dir/cpu.last (from
+# /proc/PID/stat around the run; the ramp counts at the measured rate).
 run () {
-  local out="$dir/fio.json" dirn
+  local out="$dir/fio.json" dirn t0=0 t1=0
+  [ -z "${cpu_pid:-}" ] || t0=$(cpu_ticks "$cpu_pid")
   fio --name=bench --ioengine=nbd --uri="${uri[$1]}" --rw="$2" --bs="$3" \
       --iodepth="$4" --time_based --runtime="$runtime" --ramp_time=1 \
       --output-format=json --output="$out" >/dev/null 2>&1
+  [ -z "${cpu_pid:-}" ] || t1=$(cpu_ticks "$cpu_pid")
   case "$2" in *read) dirn=read ;; *) dirn=write ;; esac
-  python3 - "$out" "$dirn" "$3" <<'PY'
+  python3 - "$out" "$dirn" "$3" "$((t1 - t0))" "$(getconf CLK_TCK)" \
+    "$((runtime + 1))" "${cpu_pid:+$dir/cpu.last}" <<'PY'
 import json, sys
 text = open(sys.argv[1]).read()
 j = json.loads(text[text.index("{"):])["jobs"][0][sys.argv[2]]
+cpu_us = int(sys.argv[4]) * 1e6 / int(sys.argv[5])
+secs = int(sys.argv[6])
 if sys.argv[3] == "4k":
     print("%.1f" % (j["iops"] / 1000))
+    per = cpu_us / max(j["iops"] * secs, 1)
 else:
     print("%.0f" % (j["bw_bytes"] / 1e6))
+    per = cpu_us / max(j["bw_bytes"] / 1e6 * secs, 1)
+if sys.argv[7]:
+    open(sys.argv[7], "w").write("%.1f\n" % per)
 PY
 }
 
 median () { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio () { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", (b>0?a/b:0)}'; }
 row () {
-  printf '%-20s %-6s %9s %9s %9s %10s %10s\n' "$1" "$2" "$3" "$4" "$5" \
-    "$(ratio "$3" "$4")" "$(ratio "$3" "$5")"
+  printf '%-20s %-6s %9s %9s %9s %10s %10s %9s\n' "$1" "$2" "$3" "$4" "$5" \
+    "$(ratio "$3" "$4")" "$(ratio "$3" "$5")" "$6"
 }
 
 declare -A uri
@@ -146,11 +175,11 @@ fill_run () {
 # image, a sparse file), plus the first-write rows (fill_run).
 bench_size () {
   local size=$1 mode=$2 vp qp kp w name rw bs qd unit i v q k
-  local -a rv rq rk
+  local -a rv rq rk cv
   echo "== $size $mode ==" >&2
   rm -rf "$dir/store" "$dir/peer.raw"
   "$bin/vbk" --store "$store" image create bench --size "$size" >/dev/null
-  "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk.sock" 2>"$dir/vbk.log" &
+  "${blockd_limit[@]}" "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk.sock" 2>"$dir/vbk.log" &
   vp=$!
   if [ "$mode" = full ]; then
     echo "preparing $size of data ..." >&2
@@ -173,28 +202,30 @@ bench_size () {
   uri[nbdkit]="nbd+unix:///?socket=$dir/nbdkit.sock"
 
   echo "$size $mode ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
-  printf '%-20s %-6s %9s %9s %9s %10s %10s\n' workload unit vbk qemu-nbd nbdkit vbk/qemu vbk/nbdkit
+  printf '%-20s %-6s %9s %9s %9s %10s %10s %9s\n' workload unit vbk qemu-nbd nbdkit vbk/qemu vbk/nbdkit vbk-cpu
   for w in "${workloads[@]}"; do
     read -r name rw bs qd unit <<<"$w"
-    rv=() rq=() rk=()
+    rv=() rq=() rk=() cv=()
     for ((i = 0; i < repeat; i++)); do
-      rv+=("$(run vbk "$rw" "$bs" "$qd")")
+      rv+=("$(cpu_pid=$vp run vbk "$rw" "$bs" "$qd")")
+      cv+=("$(cat "$dir/cpu.last")")
       rq+=("$(run qemu "$rw" "$bs" "$qd")")
       rk+=("$(run nbdkit "$rw" "$bs" "$qd")")
     done
     row "$name" "$unit" "$(median "${rv[@]}")" "$(median "${rq[@]}")" \
-      "$(median "${rk[@]}")"
+      "$(median "${rk[@]}")" "$(median "${cv[@]}")"
   done
   if [ "$mode" = thin ]; then
     for qd in 1 32; do
-      rv=() rq=() rk=()
+      rv=() rq=() rk=() cv=()
       for ((i = 0; i < repeat; i++)); do
-        rv+=("$(fill_run vbk "$qd")")
+        rv+=("$(cpu_pid=$vp fill_run vbk "$qd")")
+        cv+=("$(cat "$dir/cpu.last")")
         rq+=("$(fill_run qemu "$qd")")
         rk+=("$(fill_run nbdkit "$qd")")
       done
       row "4K-firstwrite-QD$qd" kIOPS "$(median "${rv[@]}")" \
-        "$(median "${rq[@]}")" "$(median "${rk[@]}")"
+        "$(median "${rq[@]}")" "$(median "${rk[@]}")" "$(median "${cv[@]}")"
     done
   fi
   echo
@@ -229,11 +260,11 @@ as_user=()
 printf '[blockd]\ndefault_allow = *\n' >"$dir/tls.conf"
 free_port () { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 pv=$(free_port); pq=$(free_port); pp=$(free_port); pqt=$(free_port)
-"$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tls.sock" \
+"${blockd_limit[@]}" "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tls.sock" \
   --listen "127.0.0.1:$pv" --tls-certificates "$dir/certs/server" \
   --config "$dir/tls.conf" 2>"$dir/vbk-tls.log" &
 pids+=($!); declare -A spid; spid[vbktls]=$!
-"$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tcp.sock" \
+"${blockd_limit[@]}" "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tcp.sock" \
   --listen "127.0.0.1:$pp" 2>"$dir/vbk-tcp.log" &
 pids+=($!); spid[vbktcp]=$!
 # Two qemu-nbd on one file (TLS and plain TCP, used in turn): without
@@ -260,9 +291,6 @@ uri[vbktls]="nbds://127.0.0.1:$pv/bench"
 uri[qemutls]="nbds://127.0.0.1:$pq/bench"
 uri[vbktcp]="nbd://127.0.0.1:$pp/bench"
 uri[qemutcp]="nbd://127.0.0.1:$pqt/bench"
-
-# cpu_ticks PID: the server's CPU time so far (clock ticks, all threads)
-cpu_ticks () { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # run_tls SERVER RW BS QD: as run, as the TLS client user, plus the
 # server's CPU time per 4 KiB request or per MB, in microseconds (from

@@ -576,7 +576,8 @@ guard_exit (int *fd)
  *   - an idle clean entry beyond the budget is closed;
  *   - an idle dirty one moves to the aside list with its fd open and the
  *     syncer thread syncs and closes it, recording a failure as the
- *     store's sticky sync error;
+ *     store's sticky sync error (a file unlinked meanwhile, a removed or
+ *     replaced object, is not synced: obj/ is, once for the batch);
  *   - an entry dropped while in use (the object was replaced, or another
  *     client invalidated the cache) moves aside too and is handled at its
  *     last fd_put.
@@ -740,7 +741,9 @@ syncer (void *arg)
 {
   struct root *r = arg;
   struct fd_entry *e, *next, *batch;
+  struct stat sb;
   uint64_t id;
+  bool gone;
   int rc;
 
   pthread_mutex_lock (&r->fd_lock);
@@ -762,11 +765,22 @@ syncer (void *arg)
     }
     id = ++r->sync_taken;
     pthread_mutex_unlock (&r->fd_lock);
+    gone = false;
     for (e = batch; e; e = next) {
       next = e->next;
       rc = 0;
-      if (entry_dirty (e) && fdatasync (e->fd) < 0)
-        rc = -errno;
+      if (entry_dirty (e)) {
+        /* A file whose name was removed or replaced (most often every
+         * object of a removed image, after the cache was dropped for
+         * it) holds nothing anyone can read again: its data need not
+         * reach the disk.  Only the removal must stay done, which obj/
+         * synced below makes sure of (the remover syncs it too, unless
+         * it died in between). */
+        if (fstat (e->fd, &sb) == 0 && sb.st_nlink == 0)
+          gone = true;
+        else if (fdatasync (e->fd) < 0)
+          rc = -errno;
+      }
       if (rc < 0) {
         char what[STORE_NAME_MAX + 16];
         snprintf (what, sizeof what, "object %s", e->oid);
@@ -775,6 +789,8 @@ syncer (void *arg)
       close (e->fd);
       free (e);
     }
+    if (gone && (rc = fsync_dir (r, "obj")) < 0)
+      sync_failed (r, rc, "obj/");
     pthread_mutex_lock (&r->fd_lock);
     r->sync_done = id;
     pthread_cond_broadcast (&r->sync_cond);
@@ -1793,7 +1809,8 @@ local_flush (void *h)
   struct fd_entry *e, **pin = NULL;
   uint64_t target, collect_gen, batch, dir_upto = 0, *gens = NULL;
   size_t n = 0, cap = 0, i;
-  bool dir_dirty;
+  struct stat sb;
+  bool dir_dirty, gone = false;
   int rc = 0;
 
   FENCE (r, "flush");
@@ -1836,7 +1853,10 @@ local_flush (void *h)
   pthread_mutex_unlock (&r->fd_lock);
 
   for (i = 0; i < n; i++) {
-    if (fdatasync (pin[i]->fd) < 0) {
+    /* Unlinked (a removed or replaced object): as in the syncer. */
+    if (fstat (pin[i]->fd, &sb) == 0 && sb.st_nlink == 0)
+      gone = true;
+    else if (fdatasync (pin[i]->fd) < 0) {
       int err = -errno;
       char what[STORE_NAME_MAX + 16];
       snprintf (what, sizeof what, "object %s", pin[i]->oid);
@@ -1844,7 +1864,7 @@ local_flush (void *h)
       sync_failed (r, err, what);
     }
   }
-  if (dir_dirty) {
+  if (dir_dirty || gone) {
     int err = fsync_dir (r, "obj");
     if (err < 0)
       sync_failed (r, err, "obj/");

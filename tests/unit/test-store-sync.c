@@ -347,6 +347,62 @@ test_evicted_dirty_flushed (void **state)
   assert_int_equal (syncshim_done (), started);
 }
 
+/* Dirty files of objects that another client removed (this one then
+ * drops its whole fd cache) are not synced, by the syncer or by a flush:
+ * nobody can read them again.  obj/ is synced instead, so the removal
+ * stays done.  The files of objects still there are synced as before. */
+static void
+test_removed_not_synced (void **state)
+{
+  struct test_fixture *fx = *state;
+  struct store *other;
+  char oid[32], buf[4096];
+  unsigned long before;
+  int i;
+
+  memset (buf, 'r', sizeof buf);
+  for (i = 0; i < 20; i++) {
+    snprintf (oid, sizeof oid, "rm.%d", i);
+    assert_int_equal (store_write (fx->st, oid, buf, sizeof buf, 0, 0), 0);
+    snprintf (oid, sizeof oid, "keep.%d", i);
+    assert_int_equal (store_write (fx->st, oid, buf, sizeof buf, 0, 0), 0);
+  }
+  assert_int_equal (store_open (fx->uri, &other), 0);
+  for (i = 0; i < 20; i++) {
+    snprintf (oid, sizeof oid, "rm.%d", i);
+    assert_int_equal (store_remove (other, oid), 0);
+  }
+  store_close (other);
+
+  /* The next write sees the removals and drops the cache: every dirty
+   * file goes to the syncer, and the flush covers them all. */
+  syncshim_set ("obj/rm.", 0, 0);
+  before = syncshim_started ();
+  assert_int_equal (store_write (fx->st, "x", buf, sizeof buf, 0, 0), 0);
+  assert_int_equal (store_flush (fx->st), 0);
+  assert_int_equal (syncshim_started (), before);
+
+  /* Against the same scene with the objects kept: their files are. */
+  for (i = 0; i < 20; i++) {
+    snprintf (oid, sizeof oid, "keep.%d", i);
+    assert_int_equal (store_write (fx->st, oid, buf, sizeof buf, 4096, 0),
+                      0);
+  }
+  assert_int_equal (store_open (fx->uri, &other), 0);
+  assert_int_equal (store_remove (other, "x"), 0);
+  store_close (other);
+  syncshim_set ("obj/keep.", 0, 0);
+  before = syncshim_started ();
+  assert_int_equal (store_write (fx->st, "y", buf, sizeof buf, 0, 0), 0);
+  assert_int_equal (store_flush (fx->st), 0);
+  assert_int_equal (syncshim_started (), before + 20);
+  for (i = 0; i < 20; i++) {
+    snprintf (oid, sizeof oid, "rm.%d", i);
+    expect_err (-ENOENT, store_read (fx->st, oid, buf, sizeof buf, 0,
+                                     STORE_SNAP_HEAD));
+  }
+}
+
 /* ---- Synchronous writes and the obj/ directory ----------------------- */
 
 /* A synchronous write to a file whose name is durable (written and
@@ -618,6 +674,7 @@ main (void)
     T (test_sync_write_new_file),
     T (test_fence_stopped_writer),
     T (test_fence_stopped_idle),
+    T (test_removed_not_synced),
   };
 
   setenv ("VBK_TEST_STORE_KIND", "local", 1);
