@@ -72,9 +72,6 @@
 #define SEND_BATCH (128u << 10)
 #define OBUF_SIZE (SEND_BATCH + (16u << 10))
 
-/* KX names are added for PSK; certificates work with NORMAL alone. */
-#define PRIORITY "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK"
-
 struct psk_entry {
   char *identity;
   unsigned char *key;
@@ -373,6 +370,39 @@ x509_load (struct nbd_srv_tls *t, const char *dir)
 
 /* ---- Credentials -------------------------------------------------------- */
 
+/* Compiles PRIO.  With PSK keys it must allow a PSK key exchange (else
+ * every PSK client would fail its handshake, with no hint why). */
+static int
+priority_load (struct nbd_srv_tls *t, const char *prio)
+{
+  const char *where = NULL;
+  const unsigned *kx = NULL;
+  gnutls_priority_t pc = NULL;
+  int r, n;
+  bool psk = false;
+
+  r = gnutls_priority_init (&pc, prio, &where);
+  if (r == GNUTLS_E_INVALID_REQUEST && where)
+    return vbk_errno (-EINVAL, "tls: priority \"%s\": not understood at "
+                      "\"%s\"", prio, where);
+  if (r < 0)
+    return vbk_errno (-EINVAL, "tls: priority \"%s\": %s", prio,
+                      gnutls_strerror (r));
+  t->prio = pc;
+  if (!t->psk)
+    return 0;
+  n = gnutls_priority_kx_list (t->prio, &kx);
+  for (int i = 0; i < n; i++)
+    if (kx[i] == GNUTLS_KX_PSK || kx[i] == GNUTLS_KX_ECDHE_PSK
+        || kx[i] == GNUTLS_KX_DHE_PSK)
+      psk = true;
+  if (!psk)
+    return vbk_errno (-EINVAL, "tls: priority \"%s\": no PSK key exchange "
+                      "(add +ECDHE-PSK:+DHE-PSK:+PSK) but PSK keys are given",
+                      prio);
+  return 0;
+}
+
 int
 nbd_srv_tls_new (const struct nbd_srv_tls_opts *opts,
                  struct nbd_srv_tls **out)
@@ -408,13 +438,9 @@ nbd_srv_tls_new (const struct nbd_srv_tls_opts *opts,
         }
       gnutls_psk_set_server_credentials_function (t->psk, psk_lookup);
     }
-  r = gnutls_priority_init (&t->prio, PRIORITY, NULL);
-  if (r < 0)
-    {
-      r = vbk_errno (-EINVAL, "tls: priority %s: %s", PRIORITY,
-                     gnutls_strerror (r));
-      goto fail;
-    }
+  if ((r = priority_load (t, opts->priority ? opts->priority
+                                            : NBD_SRV_TLS_PRIORITY)) < 0)
+    goto fail;
   *out = t;
   return 0;
 

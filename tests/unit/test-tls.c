@@ -333,6 +333,76 @@ test_psk_file_errors (void **state)
   assert_non_null (strstr (vbk_error (), "server-cert.pem"));
 }
 
+/* ---- Priority strings --------------------------------------------------- */
+
+/* An X.509 handshake with priority PRIO on the server; returns the
+ * session's description. */
+static void
+handshake_with (const char *prio, char *desc, size_t len)
+{
+  char dir[512], cdir[512];
+  struct nbd_srv_tls_opts o = { dir, NULL, false, prio };
+  struct nbd_srv_tls *t;
+  struct nbd_srv_tls_session *s;
+  struct client c = { .cert_dir = cdir, .expect_recv = 40000 };
+  unsigned char buf[40000];
+  struct iovec iov = { buf, sizeof buf };
+  int fd;
+
+  snprintf (dir, sizeof dir, "%s/server", certs);
+  snprintf (cdir, sizeof cdir, "%s/client-alice", certs);
+  for (size_t i = 0; i < sizeof buf; i++)
+    buf[i] = pattern (i);
+  assert_int_equal (nbd_srv_tls_new (&o, &t), 0);
+  fd = client_start (&c);
+  assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+  snprintf (desc, len, "%s", nbd_srv_tls_description (s));
+  assert_int_equal (nbd_srv_tls_send_all (s, &iov, 1, 5000), 0);
+  assert_int_equal (nbd_srv_tls_bye (s, 1000), 0);
+  pthread_join (c.th, NULL);
+  assert_int_equal (c.hs, 0);
+  assert_true (c.data_ok);
+  nbd_srv_tls_session_free (s);
+  close (fd);
+  close (c.fd);
+  nbd_srv_tls_free (t);
+}
+
+static void
+test_priority (void **state)
+{
+  char dir[512], file[512], desc[128];
+  struct nbd_srv_tls_opts o = { dir, NULL, false, "NORMAL:+NO-SUCH-THING" };
+  struct nbd_srv_tls *t;
+
+  snprintf (dir, sizeof dir, "%s/server", certs);
+  snprintf (file, sizeof file, "%s/keys.psk", certs);
+  /* Refused, saying where. */
+  assert_int_equal (nbd_srv_tls_new (&o, &t), -EINVAL);
+  assert_null (t);
+  assert_non_null (strstr (vbk_error (), "not understood at "
+                           "\"+NO-SUCH-THING\""));
+  /* PSK keys, and no PSK key exchange allowed. */
+  o.psk_file = file;
+  o.priority = "NORMAL";
+  assert_int_equal (nbd_srv_tls_new (&o, &t), -EINVAL);
+  assert_non_null (strstr (vbk_error (), "no PSK key exchange"));
+  o.priority = "NORMAL:+ECDHE-PSK";
+  assert_int_equal (nbd_srv_tls_new (&o, &t), 0);
+  nbd_srv_tls_free (t);
+
+  /* The default: AES-128-GCM, against a client (NORMAL) that lists
+   * AES-256-GCM first. */
+  handshake_with (NULL, desc, sizeof desc);
+  assert_string_equal (desc, "TLS1.3 AES-128-GCM x509");
+  /* What the string says. */
+  handshake_with ("NORMAL:-CIPHER-ALL:+AES-256-GCM", desc, sizeof desc);
+  assert_string_equal (desc, "TLS1.3 AES-256-GCM x509");
+  handshake_with ("NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:"
+                  "+CHACHA20-POLY1305", desc, sizeof desc);
+  assert_string_equal (desc, "TLS1.2 CHACHA20-POLY1305 x509");
+}
+
 /* ---- Handshakes --------------------------------------------------------- */
 
 static void
@@ -709,6 +779,7 @@ main (void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test (test_psk_parse),
     cmocka_unit_test (test_psk_file_errors),
+    cmocka_unit_test (test_priority),
     cmocka_unit_test (test_x509_client_cert),
     cmocka_unit_test (test_x509_anonymous),
     cmocka_unit_test (test_x509_refused),
