@@ -6,7 +6,10 @@
  * unknown identity, a handshake that stalls (the deadline), garbage
  * instead of a ClientHello, records in both directions (sendv packing a
  * header with data), a client that goes away in the middle of a record,
- * and close_notify.  Certificates come from deploy/make-tls-certs.sh (the
+ * and close_notify; the priority string (refused strings, the suite it
+ * picks); TLS 1.3 records through our own record layer: a KeyUpdate
+ * both ways in the middle of a transfer, reads smaller than a record, a
+ * record changed on the way, headers that cannot be a TLS 1.3 record.  Certificates come from deploy/make-tls-certs.sh (the
  * script the end-to-end tests and operators use), made once per run.
  */
 /* VBK_TEST_LINKS: vbkblockd-internals PkgConfig::GNUTLS */
@@ -50,9 +53,19 @@ struct client {
                                     ECHO bytes back */
   size_t echo;
   bool cut_mid_record;           /* after the handshake: half a record */
+  bool tamper;                   /* after the handshake: a record with a
+                                    byte of its ciphertext changed */
+  const void *raw;               /* after the handshake: these bytes, in
+                                    the clear */
+  size_t raw_len;
+  bool key_update;               /* after EXPECT_RECV: a TLS 1.3 KeyUpdate
+                                    that asks for the server's too */
+  size_t expect_recv2;           /* after ECHO: bytes to receive and check */
+  bool bye;                      /* then close_notify */
   /* what happened */
   int hs;                        /* gnutls_handshake's result */
   bool data_ok;
+  bool data2_ok;
   ssize_t after_bye;             /* record_recv after the server's bye */
 };
 
@@ -112,6 +125,21 @@ client_main (void *arg)
   if (c->hs < 0)
     goto out;
 
+  if (c->raw)
+    {
+      assert_true (write (c->fd, c->raw, c->raw_len) == (ssize_t) c->raw_len);
+      goto out;
+    }
+  if (c->tamper)
+    {
+      static char data[4000];
+      gnutls_transport_set_push_function (s, capture_push);
+      ncaptured = 0;
+      gnutls_record_send (s, data, sizeof data);
+      captured[ncaptured / 2] ^= 0x20;
+      assert_true (write (c->fd, captured, ncaptured) == (ssize_t) ncaptured);
+      goto out;
+    }
   if (c->cut_mid_record)
     {
       static char data[4000];
@@ -143,6 +171,8 @@ client_main (void *arg)
           c->data_ok = false;
       free (buf);
     }
+  if (c->key_update && gnutls_session_key_update (s, GNUTLS_KU_PEER) < 0)
+    goto out;
   if (c->echo)
     {
       unsigned char *buf = malloc (c->echo);
@@ -158,6 +188,29 @@ client_main (void *arg)
         }
       free (buf);
     }
+  if (c->expect_recv2)
+    {
+      unsigned char *buf = malloc (c->expect_recv2);
+      size_t got = 0;
+      c->data2_ok = true;
+      while (got < c->expect_recv2)
+        {
+          ssize_t r = gnutls_record_recv (s, buf + got,
+                                          c->expect_recv2 - got);
+          if (r <= 0)
+            {
+              c->data2_ok = false;
+              break;
+            }
+          got += r;
+        }
+      for (size_t i = 0; c->data2_ok && i < got; i++)
+        if (buf[i] != pattern (i))
+          c->data2_ok = false;
+      free (buf);
+    }
+  if (c->bye)
+    gnutls_bye (s, GNUTLS_SHUT_WR);
   {
     char b[16];
     c->after_bye = gnutls_record_recv (s, b, sizeof b);
@@ -731,6 +784,174 @@ test_nonblocking_send (void **state)
   nbd_srv_tls_free (t);
 }
 
+/* ---- Our record layer (TLS 1.3) ---------------------------------------- */
+
+static void
+send_pattern (struct nbd_srv_tls_session *s, size_t n)
+{
+  unsigned char *buf = malloc (n);
+  struct iovec iov = { buf, n };
+
+  for (size_t i = 0; i < n; i++)
+    buf[i] = pattern (i);
+  assert_int_equal (nbd_srv_tls_send_all (s, &iov, 1, 10000), 0);
+  free (buf);
+}
+
+/* Receives N bytes in pieces of at most STEP and checks them. */
+static void
+recv_pattern (struct nbd_srv_tls_session *s, int fd, size_t n, size_t step)
+{
+  unsigned char *buf = malloc (n);
+  size_t got = 0;
+
+  while (got < n)
+    {
+      size_t want = n - got < step ? n - got : step;
+      ssize_t r = nbd_srv_tls_recv (s, buf + got, want);
+      if (r == -EAGAIN)
+        {
+          struct pollfd p = { .fd = fd, .events = POLLIN };
+          assert_int_equal (poll (&p, 1, 10000), 1);
+          continue;
+        }
+      if (r <= 0)
+        fail_msg ("receive: %zd: %s", r, vbk_error ());
+      got += r;
+    }
+  for (size_t i = 0; i < n; i++)
+    if (buf[i] != pattern (i))
+      fail_msg ("byte %zu of %zu differs", i, n);
+  free (buf);
+}
+
+/* The client updates its keys and asks for ours (TLS 1.3 KeyUpdate):
+ * GnuTLS reads that record for us, answers with its own, and the data
+ * on both sides goes on with the new keys. */
+static void
+test_key_update (void **state)
+{
+  struct nbd_srv_tls *t = creds (true, false, false);
+  struct nbd_srv_tls_session *s;
+  char dir[512];
+  struct client c = { .cert_dir = dir, .expect_recv = 200000,
+                      .key_update = true, .echo = 100000,
+                      .expect_recv2 = 150000 };
+  int fd;
+
+  snprintf (dir, sizeof dir, "%s/client-alice", certs);
+  fd = client_start (&c);
+  assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+  assert_non_null (strstr (nbd_srv_tls_description (s), "TLS1.3"));
+  send_pattern (s, 200000);
+  recv_pattern (s, fd, 100000, 1 << 20);
+  send_pattern (s, 150000);
+  assert_int_equal (nbd_srv_tls_bye (s, 5000), 0);
+  pthread_join (c.th, NULL);
+  assert_int_equal (c.hs, 0);
+  assert_true (c.data_ok);
+  assert_true (c.data2_ok);
+  assert_int_equal (c.after_bye, 0);
+  nbd_srv_tls_session_free (s);
+  close (fd);
+  close (c.fd);
+  nbd_srv_tls_free (t);
+}
+
+/* Reads smaller than a record: the rest of the record waits in the
+ * session and comes first at the next read; then the client's
+ * close_notify is a clean end. */
+static void
+test_small_reads (void **state)
+{
+  struct nbd_srv_tls *t = creds (false, true, false);
+  struct nbd_srv_tls_session *s;
+  char file[512];
+  struct client c = { .psk_user = "alice", .echo = 70001, .bye = true };
+  unsigned char b[16];
+  ssize_t r;
+  int fd;
+
+  snprintf (file, sizeof file, "%s/keys.psk", certs);
+  c.psk_len = psk_key_of (file, "alice", c.psk_key);
+  fd = client_start (&c);
+  assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+  recv_pattern (s, fd, 70001, 999);
+  assert_int_equal (nbd_srv_tls_bye (s, 5000), 0);
+  pthread_join (c.th, NULL);
+  assert_int_equal (c.after_bye, 0);
+  /* The client closed its session (close_notify): 0, and 0 again. */
+  while ((r = nbd_srv_tls_recv (s, b, sizeof b)) == -EAGAIN)
+    {
+      struct pollfd p = { .fd = fd, .events = POLLIN };
+      assert_int_equal (poll (&p, 1, 10000), 1);
+    }
+  assert_int_equal (r, 0);
+  assert_int_equal (nbd_srv_tls_recv (s, b, sizeof b), 0);
+  nbd_srv_tls_session_free (s);
+  close (fd);
+  close (c.fd);
+  nbd_srv_tls_free (t);
+}
+
+/* A record whose ciphertext was changed on the way: an error (not
+ * data), and the same error again; a header too long for a record, or a
+ * record in the clear after the handshake: an error at once. */
+static void
+test_tampered_record (void **state)
+{
+  struct nbd_srv_tls *t = creds (true, false, false);
+  struct nbd_srv_tls_session *s;
+  char dir[512];
+  struct client c = { .cert_dir = dir, .tamper = true };
+  unsigned char buf[8192];
+  ssize_t r;
+  int fd;
+
+  snprintf (dir, sizeof dir, "%s/client-alice", certs);
+  fd = client_start (&c);
+  assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+  pthread_join (c.th, NULL);
+  assert_int_equal (c.hs, 0);
+  while ((r = nbd_srv_tls_recv (s, buf, sizeof buf)) == -EAGAIN)
+    {
+      struct pollfd p = { .fd = fd, .events = POLLIN };
+      assert_int_equal (poll (&p, 1, 10000), 1);
+    }
+  assert_int_equal (r, -EPROTO);
+  assert_non_null (strstr (vbk_error (), "bad_record_mac"));
+  assert_int_equal (nbd_srv_tls_recv (s, buf, sizeof buf), -EPROTO);
+  nbd_srv_tls_session_free (s);
+  close (fd);
+  close (c.fd);
+
+  /* A record header that announces more than a record may hold (the
+   * session must not wait for it), and one in the clear. */
+  static const unsigned char huge[] = { 23, 3, 3, 0xff, 0xff, 1, 2, 3 };
+  static const unsigned char clear[] = { 21, 3, 3, 0, 2, 2, 40 };
+  const unsigned char *raw[] = { huge, clear };
+  size_t raw_len[] = { sizeof huge, sizeof clear };
+  for (int k = 0; k < 2; k++)
+    {
+      c = (struct client) { .cert_dir = dir, .raw = raw[k],
+                            .raw_len = raw_len[k] };
+      fd = client_start (&c);
+      assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+      pthread_join (c.th, NULL);
+      while ((r = nbd_srv_tls_recv (s, buf, sizeof buf)) == -EAGAIN)
+        {
+          struct pollfd p = { .fd = fd, .events = POLLIN };
+          assert_int_equal (poll (&p, 1, 10000), 1);
+        }
+      assert_int_equal (r, -EPROTO);
+      assert_non_null (strstr (vbk_error (), "a record of type"));
+      nbd_srv_tls_session_free (s);
+      close (fd);
+      close (c.fd);
+    }
+  nbd_srv_tls_free (t);
+}
+
 /* ---- Set-up ------------------------------------------------------------- */
 
 static int
@@ -787,6 +1008,9 @@ main (void)
     cmocka_unit_test (test_stall_and_garbage),
     cmocka_unit_test (test_cut_mid_record),
     cmocka_unit_test (test_nonblocking_send),
+    cmocka_unit_test (test_key_update),
+    cmocka_unit_test (test_small_reads),
+    cmocka_unit_test (test_tampered_record),
   };
   return cmocka_run_group_tests (tests, make_certs, remove_certs);
 }
