@@ -145,6 +145,7 @@ struct nbd_srv_tls_session {
                                limit) */
   int rerr;                 /* after bytes returned: the next receive's
                                result (-errno, or 1: the clean end) */
+  uint64_t key_records;     /* records sealed with one key, at most */
   pthread_mutex_t io_lock;  /* every gnutls_record_* and bye call, and
                                the buffers */
 };
@@ -828,6 +829,7 @@ nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
       goto fail;
     }
   ss->ocap = OBUF_SIZE;
+  ss->key_records = REC_KEY_RECORDS;
   rec_load (ss, 1);
   rec_load (ss, 0);
   *out = ss;
@@ -1232,7 +1234,7 @@ rec_send (struct nbd_srv_tls_session *s, const void *data, size_t len)
     return vbk_errno (-EPROTO, "tls: send: sealing a record failed");
   s->wr.seq++;
   s->olen += need;
-  if (s->wr.seq >= REC_KEY_RECORDS)
+  if (s->wr.seq >= s->key_records)
     {
       /* Time for new keys: GnuTLS sends the KeyUpdate (into obuf). */
       int r;
@@ -1446,6 +1448,14 @@ nbd_srv_tls_send_all (struct nbd_srv_tls_session *s, const struct iovec *iov0,
         }
     }
   return 0;
+}
+
+void
+nbd_srv_tls_set_key_records (struct nbd_srv_tls_session *s, uint64_t n)
+{
+  pthread_mutex_lock (&s->io_lock);
+  s->key_records = n ? n : REC_KEY_RECORDS;
+  pthread_mutex_unlock (&s->io_lock);
 }
 
 const char *

@@ -19,6 +19,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -117,6 +118,12 @@ ssize_t nbd_srv_tls_send (struct nbd_srv_tls_session *s,
  * nbd_srv_tls_send). */
 int nbd_srv_tls_send_all (struct nbd_srv_tls_session *s,
                           const struct iovec *iov, int n, int timeout_ms);
+
+/* How many records the session seals with one key before it sends a
+ * TLS 1.3 KeyUpdate and goes on with a new one (0: the default, 2^24,
+ * within what RFC 8446 5.5 allows AES-GCM).  For tests. */
+void nbd_srv_tls_set_key_records (struct nbd_srv_tls_session *s,
+                                  uint64_t n);
 
 /* The client's identity: its PSK identity, or the common name (CN) of
  * its certificate's subject; NULL for a client without one (X.509
