@@ -151,6 +151,7 @@ struct nbd_srv_tls_session {
 };
 
 static void rec_load (struct nbd_srv_tls_session *s, unsigned read);
+static void rec_pair (struct nbd_srv_tls_session *s);
 
 static uint64_t
 now_ms (void)
@@ -832,6 +833,7 @@ nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
   ss->key_records = REC_KEY_RECORDS;
   rec_load (ss, 1);
   rec_load (ss, 0);
+  rec_pair (ss);
   *out = ss;
   return 0;
 
@@ -1014,6 +1016,18 @@ rec_sync (struct nbd_srv_tls_session *s)
     }
 }
 
+/* Both directions through our record layer, or neither: GnuTLS
+ * reading for itself may send (a KeyUpdate answered), and needs the
+ * write sequence number then. */
+static void
+rec_pair (struct nbd_srv_tls_session *s)
+{
+  if (s->rd.on == s->wr.on)
+    return;
+  rec_sync (s);
+  s->rd.on = s->wr.on = false;
+}
+
 /* Takes the state back after GnuTLS read or sent a record. */
 static void
 rec_reload (struct nbd_srv_tls_session *s)
@@ -1022,6 +1036,7 @@ rec_reload (struct nbd_srv_tls_session *s)
     rec_load (s, 1);
   if (s->wr.on)
     rec_load (s, 0);
+  rec_pair (s);
 }
 
 /* A receive error: the message, and the same result for every later
