@@ -32,7 +32,10 @@
 # plain TCP loopback, and qemu-nbd on plain TCP too, for the cost of TLS
 # itself on each (goal: tls/tcp-vbk >= tls/tcp-qemu).  A second table
 # shows each server's CPU time per request (per MB for 1M rows) and the
-# cost of TLS in those terms (tls/tcp: lower is cheaper).
+# cost of TLS in those terms (tls/tcp: lower is cheaper).  VBK_BIN_BASE
+# (another build's bin directory, e.g. of the commit before a change)
+# adds that vbk-blockd on TLS and on TCP to the same runs, interleaved,
+# and a third table compares the two builds.
 set -euo pipefail
 
 sizes=${SIZES:-${1:-1G}:${MODE:-full}}
@@ -267,6 +270,20 @@ pids+=($!); declare -A spid; spid[vbktls]=$!
 "${blockd_limit[@]}" "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tcp.sock" \
   --listen "127.0.0.1:$pp" 2>"$dir/vbk-tcp.log" &
 pids+=($!); spid[vbktcp]=$!
+base=${VBK_BIN_BASE:-}
+if [ -n "$base" ]; then
+  pb=$(free_port); pbt=$(free_port)
+  "$base/vbk-blockd" --store "$store" --socket "$dir/base-tls.sock" \
+    --listen "127.0.0.1:$pb" --tls-certificates "$dir/certs/server" \
+    --config "$dir/tls.conf" 2>"$dir/base-tls.log" &
+  pids+=($!); spid[basetls]=$!
+  "$base/vbk-blockd" --store "$store" --socket "$dir/base-tcp.sock" \
+    --listen "127.0.0.1:$pbt" 2>"$dir/base-tcp.log" &
+  pids+=($!); spid[basetcp]=$!
+  wait_sock "$dir/base-tls.sock"; wait_sock "$dir/base-tcp.sock"
+  uri[basetls]="nbds://127.0.0.1:$pb/bench"
+  uri[basetcp]="nbd://127.0.0.1:$pbt/bench"
+fi
 # Two qemu-nbd on one file (TLS and plain TCP, used in turn): without
 # qemu's image locking, which would refuse the second.
 qimg="driver=raw,file.driver=file,file.filename=$dir/peer.raw,file.locking=off"
@@ -324,17 +341,24 @@ echo
 echo "throughput (medians; kIOPS or MB/s)"
 printf '%-20s %-6s %9s %9s %9s %9s %12s %12s %12s\n' workload unit vbk-tls \
   qemu-tls vbk-tcp qemu-tcp vbk/qemu-tls tls/tcp-vbk tls/tcp-qemu
-cpurows=()
+cpurows=(); baserows=()
 for w in "4K-randread-QD16 randread 4k 16 kIOPS" \
          "4K-randwrite-QD16 randwrite 4k 16 kIOPS" \
          "1M-seqread-QD8 read 1M 8 MB/s" \
          "1M-seqwrite-QD8 write 1M 8 MB/s"; do
   read -r name rw bs qd unit <<<"$w"
   declare -a rv=() rq=() rp=() rqp=() cv=() cq=() cp=() cqp=()
+  declare -a rb=() rbp=() cb=() cbp=()
   for ((i = 0; i < repeat; i++)); do
     read -r a b <<<"$(run_tls vbktls "$rw" "$bs" "$qd")"; rv+=("$a"); cv+=("$b")
+    if [ -n "$base" ]; then
+      read -r a b <<<"$(run_tls basetls "$rw" "$bs" "$qd")"; rb+=("$a"); cb+=("$b")
+    fi
     read -r a b <<<"$(run_tls qemutls "$rw" "$bs" "$qd")"; rq+=("$a"); cq+=("$b")
     read -r a b <<<"$(run_tls vbktcp "$rw" "$bs" "$qd")"; rp+=("$a"); cp+=("$b")
+    if [ -n "$base" ]; then
+      read -r a b <<<"$(run_tls basetcp "$rw" "$bs" "$qd")"; rbp+=("$a"); cbp+=("$b")
+    fi
     read -r a b <<<"$(run_tls qemutcp "$rw" "$bs" "$qd")"; rqp+=("$a"); cqp+=("$b")
   done
   v=$(median "${rv[@]}"); q=$(median "${rq[@]}"); t=$(median "${rp[@]}")
@@ -347,9 +371,27 @@ for w in "4K-randread-QD16 randread 4k 16 kIOPS" \
   [ "$bs" = 4k ] && cu=us/op || cu=us/MB
   cpurows+=("$(printf '%-20s %-6s %9s %9s %9s %9s %12s %12s' "$name" "$cu" \
     "$v" "$q" "$t" "$qt" "$(ratio "$v" "$t")" "$(ratio "$q" "$qt")")")
+  if [ -n "$base" ]; then
+    tv=$(median "${rv[@]}"); tp=$(median "${rp[@]}")
+    tb=$(median "${rb[@]}"); tbp=$(median "${rbp[@]}")
+    b=$(median "${cb[@]}"); bt=$(median "${cbp[@]}")
+    baserows+=("$(printf '%-20s %9s %9s %9s %9s %12s %12s %9s %9s %12s %12s' \
+      "$name" "$tv" "$tb" "$tp" "$tbp" "$(ratio "$tv" "$tp")" \
+      "$(ratio "$tb" "$tbp")" "$v" "$b" "$(ratio "$v" "$t")" \
+      "$(ratio "$b" "$bt")")")
+  fi
 done
 echo
 echo "server CPU per request or MB (medians; lower is better; TLS's cost: tls/tcp)"
 printf '%-20s %-6s %9s %9s %9s %9s %12s %12s\n' workload unit vbk-tls \
   qemu-tls vbk-tcp qemu-tcp tls/tcp-vbk tls/tcp-qemu
 printf '%s\n' "${cpurows[@]}"
+if [ -n "$base" ]; then
+  echo
+  echo "this build (vbk) against VBK_BIN_BASE (base), same runs: throughput, TLS's"
+  echo "share of TCP's (higher is better), server CPU on TLS (us/op or us/MB)"
+  printf '%-20s %9s %9s %9s %9s %12s %12s %9s %9s %12s %12s\n' workload \
+    vbk-tls base-tls vbk-tcp base-tcp tls/tcp-vbk tls/tcp-base cpu-vbk \
+    cpu-base cpu-tls/tcp-v cpu-tls/tcp-b
+  printf '%s\n' "${baserows[@]}"
+fi

@@ -78,6 +78,7 @@ nbd_srv_config_free (struct nbd_srv_config *cfg)
   free (cfg->exports);
   free (cfg->tls_certificates);
   free (cfg->tls_psk);
+  free (cfg->tls_priority);
   free (cfg->metrics_addr);
   nbd_srv_acl_free (cfg->acl);
   memset (cfg, 0, sizeof *cfg);
@@ -254,6 +255,12 @@ nbd_srv_config_set (struct nbd_srv_config *cfg, const char *key,
     return set_str (&cfg->tls_certificates, value);
   if (!strcmp (key, "tls_psk"))
     return set_str (&cfg->tls_psk, value);
+  if (!strcmp (key, "tls_priority"))
+    {
+      if (!*value)
+        return vbk_errno (-EINVAL, "blockd: tls_priority: empty");
+      return set_str (&cfg->tls_priority, value);
+    }
   if (!strcmp (key, "tls_verify_peer"))
     {
       if (parse_bool (value, &cfg->tls_verify_peer) < 0)

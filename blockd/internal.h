@@ -92,6 +92,7 @@ struct nbd_srv_config {
   int tls;                  /* enum nbd_srv_tls_mode; -1: not set */
   char *tls_certificates;   /* DIR in QEMU's layout, NULL: none */
   char *tls_psk;            /* FILE of identity:hexkey, NULL: none */
+  char *tls_priority;       /* GnuTLS priority string, NULL: default */
   bool tls_verify_peer;     /* X.509 clients must send a certificate */
   uint32_t tls_timeout_ms;  /* deadline of a TLS handshake */
   bool insecure_tcp;        /* plain TCP on a non-loopback address */

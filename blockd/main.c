@@ -90,6 +90,9 @@ usage (FILE *f)
 "  --tls-handshake-timeout S  a TLS handshake must finish within S\n"
 "                     seconds (default 10)\n"
 "  --tls-psk FILE     PSK: identity:hexkey lines (as nbdkit, qemu-nbd)\n"
+"  --tls-priority STR GnuTLS priority string: suites, versions, key\n"
+"                     exchanges (default: NORMAL in the server's order,\n"
+"                     AES-128-GCM first; see docs/TLS.md)\n"
 "  --insecure-tcp     allow plain NBD (no TLS) on a non-loopback address\n"
 "  --metrics HOST:PORT  serve Prometheus metrics at /metrics (loopback\n"
 "                     unless --insecure-tcp; default off)\n"
@@ -148,6 +151,7 @@ main (int argc, char **argv)
     { "tls-certificates", required_argument, NULL, OPT_SETTING },
     { "tls-psk", required_argument, NULL, OPT_SETTING },
     { "tls-handshake-timeout", required_argument, NULL, OPT_SETTING },
+    { "tls-priority", required_argument, NULL, OPT_SETTING },
     { "metrics", required_argument, NULL, OPT_SETTING },
     { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER },
     { "insecure-tcp", no_argument, NULL, OPT_INSECURE_TCP },
@@ -259,7 +263,7 @@ main (int argc, char **argv)
   r = nbd_srv_server_new (&cfg, &the_server);
   if (r < 0)
     {
-      log_error ("cannot open store %s: %s", cfg.store_uri, vbk_error ());
+      log_error ("cannot start (store %s): %s", cfg.store_uri, vbk_error ());
       return 1;
     }
   r = nbd_srv_server_listen (the_server, &cfg);

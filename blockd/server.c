@@ -90,16 +90,18 @@ nbd_srv_server_new (const struct nbd_srv_config *cfg,
         .cert_dir = cfg->tls_certificates,
         .psk_file = cfg->tls_psk,
         .verify_peer = cfg->tls_verify_peer,
+        .priority = cfg->tls_priority,
       };
       r = nbd_srv_tls_new (&o, &srv->tls);
       if (r < 0)
         goto fail;
-      log_info ("TLS %s on TCP: %s%s%s%s", srv->tls_mode == NBD_SRV_TLS_REQUIRE
-                ? "required" : "offered",
+      log_info ("TLS %s on TCP: %s%s%s%s; priority %s",
+                srv->tls_mode == NBD_SRV_TLS_REQUIRE ? "required" : "offered",
                 cfg->tls_certificates ? "certificates in " : "",
                 cfg->tls_certificates ? cfg->tls_certificates : "",
                 cfg->tls_certificates && cfg->tls_psk ? ", " : "",
-                cfg->tls_psk ? "PSK keys" : "");
+                cfg->tls_psk ? "PSK keys" : "",
+                cfg->tls_priority ? cfg->tls_priority : "(default)");
     }
   r = nbd_srv_acl_copy (cfg->acl, &srv->acl);
   if (r < 0)

@@ -37,6 +37,14 @@
  * GNUTLS_E_AGAIN).  GnuTLS's push never fails then, so GnuTLS never
  * holds a record half sent.
  *
+ * With TLS 1.3 (and an AEAD with a 16-byte tag) application data does
+ * not go through GnuTLS's record layer at all: we open records from ibuf
+ * straight into the caller's buffer and seal them from the caller's
+ * buffer straight into obuf, with GnuTLS's AEAD and the record state it
+ * exports for offloading; GnuTLS keeps everything else (see "Records").
+ * For a 1 MiB request that saves two copies of the payload and a
+ * malloc per 16 KiB record; the cipher itself is most of what remains.
+ *
  * A reader thread and a sending thread share a session.  GnuTLS allows
  * one of each, but a TLS 1.3 KeyUpdate that the reader answers sends
  * too; since no call here ever blocks, one mutex per session around
@@ -54,6 +62,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 
@@ -68,12 +77,22 @@
 /* Ciphertext read ahead: a few records. */
 #define IBUF_SIZE (64u << 10)
 /* Plaintext encrypted by one send call, at most (the output buffer
- * holds it and the records' overhead). */
+ * holds it, one more record and the records' overhead). */
 #define SEND_BATCH (128u << 10)
-#define OBUF_SIZE (SEND_BATCH + (16u << 10))
+#define OBUF_SIZE (SEND_BATCH + (32u << 10))
 
-/* KX names are added for PSK; certificates work with NORMAL alone. */
-#define PRIORITY "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK"
+/* TLS 1.3 records (RFC 8446 5.2): a 5-byte header (type 23, version
+ * 0x0303, length), then at most 2^14 + 256 bytes of AEAD ciphertext
+ * (content, the real content type, zero padding) and its tag. */
+#define REC_HEADER 5
+#define REC_TAG 16
+#define REC_CIPHERTEXT_MAX (16384u + 256)
+#define CT_ALERT 21
+#define CT_HANDSHAKE 22
+#define CT_APPLICATION 23
+/* Records one key may seal before we update it (RFC 8446 5.5 allows
+ * AES-GCM 2^24.5 full-size records). */
+#define REC_KEY_RECORDS (UINT64_C (1) << 24)
 
 struct psk_entry {
   char *identity;
@@ -110,9 +129,29 @@ struct nbd_srv_tls_session {
   size_t ipos, ilen;
   unsigned char *obuf;
   size_t opos, olen, ocap;
+  /* TLS 1.3 application data through our own record layer (see
+   * "Records" below): one direction's key, IV and sequence number, as
+   * GnuTLS hands them out for offloading */
+  struct rec_state {
+    bool on;
+    gnutls_aead_cipher_hd_t aead;
+    unsigned char iv[12];
+    uint64_t seq;
+  } rd, wr;
+  unsigned char *pbuf;      /* a record's plaintext that did not fit the
+                               caller's buffer: pbuf[ppos, plen) */
+  size_t ppos, plen;
+  size_t pull_end;          /* GnuTLS may read ibuf up to here (0: no
+                               limit) */
+  int rerr;                 /* after bytes returned: the next receive's
+                               result (-errno, or 1: the clean end) */
+  uint64_t key_records;     /* records sealed with one key, at most */
   pthread_mutex_t io_lock;  /* every gnutls_record_* and bye call, and
                                the buffers */
 };
+
+static void rec_load (struct nbd_srv_tls_session *s, unsigned read);
+static void rec_pair (struct nbd_srv_tls_session *s);
 
 static uint64_t
 now_ms (void)
@@ -373,6 +412,39 @@ x509_load (struct nbd_srv_tls *t, const char *dir)
 
 /* ---- Credentials -------------------------------------------------------- */
 
+/* Compiles PRIO.  With PSK keys it must allow a PSK key exchange (else
+ * every PSK client would fail its handshake, with no hint why). */
+static int
+priority_load (struct nbd_srv_tls *t, const char *prio)
+{
+  const char *where = NULL;
+  const unsigned *kx = NULL;
+  gnutls_priority_t pc = NULL;
+  int r, n;
+  bool psk = false;
+
+  r = gnutls_priority_init (&pc, prio, &where);
+  if (r == GNUTLS_E_INVALID_REQUEST && where)
+    return vbk_errno (-EINVAL, "tls: priority \"%s\": not understood at "
+                      "\"%s\"", prio, where);
+  if (r < 0)
+    return vbk_errno (-EINVAL, "tls: priority \"%s\": %s", prio,
+                      gnutls_strerror (r));
+  t->prio = pc;
+  if (!t->psk)
+    return 0;
+  n = gnutls_priority_kx_list (t->prio, &kx);
+  for (int i = 0; i < n; i++)
+    if (kx[i] == GNUTLS_KX_PSK || kx[i] == GNUTLS_KX_ECDHE_PSK
+        || kx[i] == GNUTLS_KX_DHE_PSK)
+      psk = true;
+  if (!psk)
+    return vbk_errno (-EINVAL, "tls: priority \"%s\": no PSK key exchange "
+                      "(add +ECDHE-PSK:+DHE-PSK:+PSK) but PSK keys are given",
+                      prio);
+  return 0;
+}
+
 int
 nbd_srv_tls_new (const struct nbd_srv_tls_opts *opts,
                  struct nbd_srv_tls **out)
@@ -408,13 +480,9 @@ nbd_srv_tls_new (const struct nbd_srv_tls_opts *opts,
         }
       gnutls_psk_set_server_credentials_function (t->psk, psk_lookup);
     }
-  r = gnutls_priority_init (&t->prio, PRIORITY, NULL);
-  if (r < 0)
-    {
-      r = vbk_errno (-EINVAL, "tls: priority %s: %s", PRIORITY,
-                     gnutls_strerror (r));
-      goto fail;
-    }
+  if ((r = priority_load (t, opts->priority ? opts->priority
+                                            : NBD_SRV_TLS_PRIORITY)) < 0)
+    goto fail;
   *out = t;
   return 0;
 
@@ -465,6 +533,17 @@ transport_pull (gnutls_transport_ptr_t p, void *buf, size_t len)
 
   if (!ss->ibuf)
     return recv (ss->fd, buf, len, MSG_DONTWAIT);
+  if (ss->pull_end)
+    {
+      /* GnuTLS reads one record that we hand it, no more. */
+      if (ss->ipos >= ss->pull_end)
+        {
+          errno = EAGAIN;
+          return -1;
+        }
+      if (len > ss->pull_end - ss->ipos)
+        len = ss->pull_end - ss->ipos;
+    }
   if (ss->ipos == ss->ilen)
     {
       if (len >= IBUF_SIZE)
@@ -751,6 +830,10 @@ nbd_srv_tls_session_new (struct nbd_srv_tls *t, int fd, int timeout_ms,
       goto fail;
     }
   ss->ocap = OBUF_SIZE;
+  ss->key_records = REC_KEY_RECORDS;
+  rec_load (ss, 1);
+  rec_load (ss, 0);
+  rec_pair (ss);
   *out = ss;
   return 0;
 
@@ -772,6 +855,11 @@ nbd_srv_tls_session_free (struct nbd_srv_tls_session *s)
     return;
   gnutls_deinit (s->s);
   pthread_mutex_destroy (&s->io_lock);
+  if (s->rd.aead)
+    gnutls_aead_cipher_deinit (s->rd.aead);
+  if (s->wr.aead)
+    gnutls_aead_cipher_deinit (s->wr.aead);
+  free (s->pbuf);
   free (s->identity);
   free (s->subject);
   free (s->sbuf);
@@ -835,12 +923,360 @@ recv_record (struct nbd_srv_tls_session *s, void *buf, size_t len)
     }
 }
 
+/* ---- Records ------------------------------------------------------------
+ *
+ * With TLS 1.3 and a 16-byte tag (AES-GCM, ChaCha20-Poly1305) we seal
+ * and open application data records ourselves, with GnuTLS's AEAD
+ * functions and the keys, IVs and sequence numbers GnuTLS hands out for
+ * offloading (gnutls_record_get_state, as kernel TLS uses them): a
+ * record is decrypted from the read-ahead buffer straight into the
+ * caller's buffer (a request's payload lands where it belongs, with no
+ * copy of ciphertext into GnuTLS and of plaintext out of it), and a
+ * reply is encrypted from the caller's buffer straight into the output
+ * buffer.  Every other record (a KeyUpdate, an alert, anything odd) goes
+ * to GnuTLS: the sequence numbers are given back to it, transport_pull
+ * lets it read that one record and no more, and its state (new keys
+ * after a KeyUpdate) is taken again afterwards.  Before anything else
+ * GnuTLS sends (its answer to a KeyUpdate, close_notify, our own key
+ * update after REC_KEY_RECORDS records) it gets the write sequence
+ * number.  TLS 1.2 and other ciphers stay with GnuTLS's record layer. */
+
+static void
+be64_put (unsigned char *p, uint64_t v)
+{
+  for (int i = 7; i >= 0; i--, v >>= 8)
+    p[i] = (unsigned char) v;
+}
+
+static uint64_t
+be64_get (const unsigned char *p)
+{
+  uint64_t v = 0;
+
+  for (int i = 0; i < 8; i++)
+    v = v << 8 | p[i];
+  return v;
+}
+
+/* The per-record nonce: the IV with the sequence number XORed into its
+ * last 8 bytes (RFC 8446 5.3). */
+static void
+rec_nonce (const struct rec_state *st, unsigned char nonce[12])
+{
+  memcpy (nonce, st->iv, 12);
+  for (int i = 0; i < 8; i++)
+    nonce[4 + i] ^= (unsigned char) (st->seq >> (56 - 8 * i));
+}
+
+/* Takes one direction's state from GnuTLS (READ: 1 receive, 0 send);
+ * leaves it off where our record layer does not apply. */
+static void
+rec_load (struct nbd_srv_tls_session *s, unsigned read)
+{
+  struct rec_state *st = read ? &s->rd : &s->wr;
+  gnutls_cipher_algorithm_t c = gnutls_cipher_get (s->s);
+  gnutls_datum_t mac = { NULL, 0 }, iv = { NULL, 0 }, key = { NULL, 0 };
+  unsigned char seq[8];
+
+  st->on = false;
+  if (st->aead)
+    gnutls_aead_cipher_deinit (st->aead);
+  st->aead = NULL;
+  if (gnutls_protocol_get_version (s->s) != GNUTLS_TLS1_3
+      || gnutls_cipher_get_tag_size (c) != REC_TAG)
+    return;
+  if (gnutls_record_get_state (s->s, read, &mac, &iv, &key, seq) < 0
+      || iv.size != sizeof st->iv || !key.data)
+    return;
+  if (gnutls_aead_cipher_init (&st->aead, c, &key) < 0)
+    {
+      st->aead = NULL;
+      return;
+    }
+  memcpy (st->iv, iv.data, sizeof st->iv);
+  st->seq = be64_get (seq);
+  st->on = true;
+}
+
+/* Gives GnuTLS our sequence numbers before it reads or sends a record. */
+static void
+rec_sync (struct nbd_srv_tls_session *s)
+{
+  unsigned char seq[8];
+
+  if (s->rd.on)
+    {
+      be64_put (seq, s->rd.seq);
+      gnutls_record_set_state (s->s, 1, seq);
+    }
+  if (s->wr.on)
+    {
+      be64_put (seq, s->wr.seq);
+      gnutls_record_set_state (s->s, 0, seq);
+    }
+}
+
+/* Both directions through our record layer, or neither: GnuTLS
+ * reading for itself may send (a KeyUpdate answered), and needs the
+ * write sequence number then. */
+static void
+rec_pair (struct nbd_srv_tls_session *s)
+{
+  if (s->rd.on == s->wr.on)
+    return;
+  rec_sync (s);
+  s->rd.on = s->wr.on = false;
+}
+
+/* Takes the state back after GnuTLS read or sent a record. */
+static void
+rec_reload (struct nbd_srv_tls_session *s)
+{
+  if (s->rd.on)
+    rec_load (s, 1);
+  if (s->wr.on)
+    rec_load (s, 0);
+  rec_pair (s);
+}
+
+/* A receive error: the message, and the same result for every later
+ * call (the stream cannot go on). */
+static ssize_t
+rec_fail (struct nbd_srv_tls_session *s, int err, const char *why)
+{
+  s->rerr = err;
+  snprintf (s->why, sizeof s->why, "%s", why);
+  return vbk_errno (err, "tls: receive: %s", why);
+}
+
+/* The record at ipos, whole in ibuf, is not application data we open
+ * ourselves: GnuTLS reads it (and no more), into BUF if it is data. */
+static ssize_t
+rec_to_gnutls (struct nbd_srv_tls_session *s, void *buf, size_t len)
+{
+  const unsigned char *h = s->ibuf + s->ipos;
+  ssize_t r;
+
+  s->pull_end = s->ipos + REC_HEADER + ((size_t) h[3] << 8 | h[4]);
+  rec_sync (s);
+  r = recv_record (s, buf, len);
+  s->pull_end = 0;
+  rec_reload (s);
+  return r;
+}
+
+/* nbd_srv_tls_recv through our record layer (io_lock held). */
+static ssize_t
+rec_recv (struct nbd_srv_tls_session *s, unsigned char *buf, size_t len)
+{
+  size_t got = 0;
+  bool read_once = false;
+  ssize_t r;
+
+  if (s->rerr)
+    return s->rerr > 0 ? 0 : vbk_errno (s->rerr, "tls: receive: %s",
+                                        s->why);
+  if (gnutls_record_check_pending (s->s) > 0)
+    {
+      /* Data GnuTLS decrypted (with a record it read for us) first. */
+      r = recv_record (s, buf, len);
+      if (r > 0)
+        return r;
+    }
+  while (got < len)
+    {
+      unsigned char nonce[12], *h, *dest;
+      size_t clen, plen, before;
+
+      if (s->ppos < s->plen)
+        {
+          size_t k = s->plen - s->ppos < len - got ? s->plen - s->ppos
+                                                   : len - got;
+          memcpy (buf + got, s->pbuf + s->ppos, k);
+          s->ppos += k;
+          got += k;
+          continue;
+        }
+      if (s->ilen - s->ipos >= REC_HEADER)
+        {
+          /* After a TLS 1.3 handshake every record is sealed: type 23
+           * outside (RFC 8446 5.1), at most REC_CIPHERTEXT_MAX. */
+          h = s->ibuf + s->ipos;
+          clen = (size_t) h[3] << 8 | h[4];
+          if (h[0] != CT_APPLICATION || clen <= REC_TAG
+              || clen > REC_CIPHERTEXT_MAX)
+            {
+              char why[80];
+              snprintf (why, sizeof why, "a record of type %u and %zu "
+                        "bytes after the handshake", h[0], clen);
+              return got ? (ssize_t) got : rec_fail (s, -EPROTO, why);
+            }
+        }
+      if (!whole_record_ahead (s))
+        {
+          ssize_t n;
+
+          /* Every whole record read, at most one system call. */
+          if (got || read_once)
+            break;
+          if (s->ipos > 0)
+            {
+              memmove (s->ibuf, s->ibuf + s->ipos, s->ilen - s->ipos);
+              s->ilen -= s->ipos;
+              s->ipos = 0;
+            }
+          n = recv (s->fd, s->ibuf + s->ilen, IBUF_SIZE - s->ilen,
+                    MSG_DONTWAIT);
+          if (n < 0 && errno == EINTR)
+            continue;
+          read_once = true;
+          if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+          if (n < 0)
+            return rec_fail (s, -ECONNRESET, strerror (errno));
+          if (n == 0)
+            return rec_fail (s, -ECONNRESET, s->ilen > s->ipos
+                             ? "the connection ended in the middle of a "
+                               "record"
+                             : "the connection ended without close_notify");
+          s->ilen += (size_t) n;
+          continue;
+        }
+      h = s->ibuf + s->ipos;
+      clen = (size_t) h[3] << 8 | h[4];
+      before = s->ipos;
+      plen = clen - REC_TAG;
+      if (len - got >= plen)
+        dest = buf + got;
+      else
+        {
+          if (!s->pbuf && !(s->pbuf = malloc (REC_CIPHERTEXT_MAX)))
+            return vbk_errno (-ENOMEM, "tls: receive");
+          dest = s->pbuf;
+        }
+      rec_nonce (&s->rd, nonce);
+      if (gnutls_aead_cipher_decrypt (s->rd.aead, nonce, sizeof nonce, h,
+                                      REC_HEADER, REC_TAG, h + REC_HEADER,
+                                      clen, dest, &plen) < 0)
+        return rec_fail (s, -EPROTO, "a record failed authentication "
+                         "(bad_record_mac)");
+      /* The content type is the last byte that is not padding. */
+      while (plen > 0 && dest[plen - 1] == 0)
+        plen--;
+      if (plen == 0)
+        return rec_fail (s, -EPROTO, "a record without a content type");
+      if (dest[plen - 1] != CT_APPLICATION)
+        goto gnutls;
+      plen--;
+      s->rd.seq++;
+      s->ipos += REC_HEADER + clen;
+      if (dest == s->pbuf)
+        {
+          s->ppos = 0;
+          s->plen = plen;
+        }
+      else
+        got += plen;
+      continue;
+
+    gnutls:
+      r = rec_to_gnutls (s, buf + got, len - got);
+      if (r > 0)
+        got += (size_t) r;
+      else if (r == 0)
+        {
+          s->rerr = 1;          /* close_notify */
+          break;
+        }
+      else if (r != GNUTLS_E_AGAIN || s->ipos == before)
+        {
+          char why[160];
+          snprintf (why, sizeof why, "%s (%d)", r == GNUTLS_E_AGAIN
+                    ? "GnuTLS did not take a record" : gnutls_strerror ((int) r),
+                    (int) r);
+          rec_fail (s, r == GNUTLS_E_REHANDSHAKE || r == GNUTLS_E_AGAIN
+                    ? -EPROTO : (int) io_errno (s, r), why);
+          if (got)
+            break;
+          return s->rerr;
+        }
+    }
+  if (got)
+    return (ssize_t) got;
+  return s->rerr > 0 ? 0 : -EAGAIN;
+}
+
+/* Seals LEN bytes (at most a record's) into obuf as one record.
+ * Returns LEN or -errno. */
+static ssize_t
+rec_send (struct nbd_srv_tls_session *s, const void *data, size_t len)
+{
+  static const unsigned char type = CT_APPLICATION;
+  size_t clen = len + 1 + REC_TAG, need = REC_HEADER + clen;
+  unsigned char nonce[12], *p;
+  giovec_t auth, iov[2];
+
+  if (s->olen + need > s->ocap)
+    {
+      unsigned char *b;
+      if (s->opos > 0)
+        {
+          memmove (s->obuf, s->obuf + s->opos, s->olen - s->opos);
+          s->olen -= s->opos;
+          s->opos = 0;
+        }
+      if (s->olen + need > s->ocap)
+        {
+          if (!(b = realloc (s->obuf, s->olen + need)))
+            return vbk_errno (-ENOMEM, "tls: send");
+          s->obuf = b;
+          s->ocap = s->olen + need;
+        }
+    }
+  p = s->obuf + s->olen;
+  p[0] = CT_APPLICATION;
+  p[1] = 3;
+  p[2] = 3;
+  p[3] = (unsigned char) (clen >> 8);
+  p[4] = (unsigned char) clen;
+  auth = (giovec_t) { p, REC_HEADER };
+  iov[0] = (giovec_t) { (void *) data, len };
+  iov[1] = (giovec_t) { (void *) &type, 1 };
+  rec_nonce (&s->wr, nonce);
+  if (gnutls_aead_cipher_encryptv (s->wr.aead, nonce, sizeof nonce, &auth,
+                                   1, REC_TAG, iov, 2, p + REC_HEADER,
+                                   &clen) < 0 || clen != len + 1 + REC_TAG)
+    return vbk_errno (-EPROTO, "tls: send: sealing a record failed");
+  s->wr.seq++;
+  s->olen += need;
+  if (s->wr.seq >= s->key_records)
+    {
+      /* Time for new keys: GnuTLS sends the KeyUpdate (into obuf). */
+      int r;
+      rec_sync (s);
+      r = gnutls_session_key_update (s->s, 0);
+      rec_reload (s);
+      if (r < 0)
+        return vbk_errno (-EPROTO, "tls: send: key update: %s",
+                          gnutls_strerror (r));
+    }
+  return (ssize_t) len;
+}
+
 ssize_t
 nbd_srv_tls_recv (struct nbd_srv_tls_session *s, void *buf, size_t len)
 {
   ssize_t r;
 
   pthread_mutex_lock (&s->io_lock);
+  if (s->rd.on || s->rerr)
+    {
+      r = rec_recv (s, buf, len);
+      if (s->olen > s->opos && !s->pending)
+        (void) flush_out (s);
+      pthread_mutex_unlock (&s->io_lock);
+      return r;
+    }
   r = recv_record (s, buf, len);
   if (r > 0)
     {
@@ -880,7 +1316,9 @@ nbd_srv_tls_pending (struct nbd_srv_tls_session *s)
   size_t n;
 
   pthread_mutex_lock (&s->io_lock);
-  n = gnutls_record_check_pending (s->s);
+  n = gnutls_record_check_pending (s->s) + (s->plen - s->ppos);
+  if (s->ibuf && whole_record_ahead (s))
+    n += s->ilen - s->ipos;
   pthread_mutex_unlock (&s->io_lock);
   return n;
 }
@@ -939,9 +1377,16 @@ send_locked (struct nbd_srv_tls_session *s, const struct iovec *iov, int n)
             }
           data = s->sbuf;
         }
-      do
-        w = gnutls_record_send (s->s, data, len);
-      while (w == GNUTLS_E_INTERRUPTED);
+      if (s->wr.on)
+        {
+          w = rec_send (s, data, len);
+          if (w < 0)
+            return w;
+        }
+      else
+        do
+          w = gnutls_record_send (s->s, data, len);
+        while (w == GNUTLS_E_INTERRUPTED);
       if (w < 0)
         {
           /* The push into obuf does not fail: a real error.  Records
@@ -1020,6 +1465,14 @@ nbd_srv_tls_send_all (struct nbd_srv_tls_session *s, const struct iovec *iov0,
   return 0;
 }
 
+void
+nbd_srv_tls_set_key_records (struct nbd_srv_tls_session *s, uint64_t n)
+{
+  pthread_mutex_lock (&s->io_lock);
+  s->key_records = n ? n : REC_KEY_RECORDS;
+  pthread_mutex_unlock (&s->io_lock);
+}
+
 const char *
 nbd_srv_tls_identity (const struct nbd_srv_tls_session *s)
 {
@@ -1055,6 +1508,7 @@ nbd_srv_tls_bye (struct nbd_srv_tls_session *s, int timeout_ms)
       r = s->obuf ? flush_out (s) : 0;
       if (r == 0 && !alert)
         {
+          rec_sync (s);
           r = gnutls_bye (s->s, GNUTLS_SHUT_WR);
           if (r == 0)
             alert = true;

@@ -6,8 +6,12 @@
  * unknown identity, a handshake that stalls (the deadline), garbage
  * instead of a ClientHello, records in both directions (sendv packing a
  * header with data), a client that goes away in the middle of a record,
- * and close_notify.  Certificates come from deploy/make-tls-certs.sh (the
- * script the end-to-end tests and operators use), made once per run.
+ * and close_notify; the priority string (refused strings, the suite it
+ * picks); TLS 1.3 records through our own record layer: a KeyUpdate
+ * both ways in the middle of a transfer, reads smaller than a record, a
+ * record changed on the way, headers that cannot be a TLS 1.3 record.
+ * Certificates come from deploy/make-tls-certs.sh (the script the
+ * end-to-end tests and operators use), made once per run.
  */
 /* VBK_TEST_LINKS: vbkblockd-internals PkgConfig::GNUTLS */
 #include <errno.h>
@@ -50,9 +54,19 @@ struct client {
                                     ECHO bytes back */
   size_t echo;
   bool cut_mid_record;           /* after the handshake: half a record */
+  bool tamper;                   /* after the handshake: a record with a
+                                    byte of its ciphertext changed */
+  const void *raw;               /* after the handshake: these bytes, in
+                                    the clear */
+  size_t raw_len;
+  bool key_update;               /* after EXPECT_RECV: a TLS 1.3 KeyUpdate
+                                    that asks for the server's too */
+  size_t expect_recv2;           /* after ECHO: bytes to receive and check */
+  bool bye;                      /* then close_notify */
   /* what happened */
   int hs;                        /* gnutls_handshake's result */
   bool data_ok;
+  bool data2_ok;
   ssize_t after_bye;             /* record_recv after the server's bye */
 };
 
@@ -112,6 +126,21 @@ client_main (void *arg)
   if (c->hs < 0)
     goto out;
 
+  if (c->raw)
+    {
+      assert_true (write (c->fd, c->raw, c->raw_len) == (ssize_t) c->raw_len);
+      goto out;
+    }
+  if (c->tamper)
+    {
+      static char data[4000];
+      gnutls_transport_set_push_function (s, capture_push);
+      ncaptured = 0;
+      gnutls_record_send (s, data, sizeof data);
+      captured[ncaptured / 2] ^= 0x20;
+      assert_true (write (c->fd, captured, ncaptured) == (ssize_t) ncaptured);
+      goto out;
+    }
   if (c->cut_mid_record)
     {
       static char data[4000];
@@ -131,8 +160,12 @@ client_main (void *arg)
       while (got < c->expect_recv)
         {
           ssize_t r = gnutls_record_recv (s, buf + got, c->expect_recv - got);
+          if (r < 0 && !gnutls_error_is_fatal (r))
+            continue;             /* a KeyUpdate, a ticket */
           if (r <= 0)
             {
+              fprintf (stderr, "client: receive: %s\n",
+                       gnutls_strerror ((int) r));
               c->data_ok = false;
               break;
             }
@@ -143,6 +176,8 @@ client_main (void *arg)
           c->data_ok = false;
       free (buf);
     }
+  if (c->key_update && gnutls_session_key_update (s, GNUTLS_KU_PEER) < 0)
+    goto out;
   if (c->echo)
     {
       unsigned char *buf = malloc (c->echo);
@@ -158,6 +193,31 @@ client_main (void *arg)
         }
       free (buf);
     }
+  if (c->expect_recv2)
+    {
+      unsigned char *buf = malloc (c->expect_recv2);
+      size_t got = 0;
+      c->data2_ok = true;
+      while (got < c->expect_recv2)
+        {
+          ssize_t r = gnutls_record_recv (s, buf + got,
+                                          c->expect_recv2 - got);
+          if (r < 0 && !gnutls_error_is_fatal (r))
+            continue;
+          if (r <= 0)
+            {
+              c->data2_ok = false;
+              break;
+            }
+          got += r;
+        }
+      for (size_t i = 0; c->data2_ok && i < got; i++)
+        if (buf[i] != pattern (i))
+          c->data2_ok = false;
+      free (buf);
+    }
+  if (c->bye)
+    gnutls_bye (s, GNUTLS_SHUT_WR);
   {
     char b[16];
     c->after_bye = gnutls_record_recv (s, b, sizeof b);
@@ -331,6 +391,76 @@ test_psk_file_errors (void **state)
   o.cert_dir = rogue;           /* has ca-cert.pem, no server/ files */
   assert_int_equal (nbd_srv_tls_new (&o, &t), -ENOENT);
   assert_non_null (strstr (vbk_error (), "server-cert.pem"));
+}
+
+/* ---- Priority strings --------------------------------------------------- */
+
+/* An X.509 handshake with priority PRIO on the server; returns the
+ * session's description. */
+static void
+handshake_with (const char *prio, char *desc, size_t len)
+{
+  char dir[512], cdir[512];
+  struct nbd_srv_tls_opts o = { dir, NULL, false, prio };
+  struct nbd_srv_tls *t;
+  struct nbd_srv_tls_session *s;
+  struct client c = { .cert_dir = cdir, .expect_recv = 40000 };
+  unsigned char buf[40000];
+  struct iovec iov = { buf, sizeof buf };
+  int fd;
+
+  snprintf (dir, sizeof dir, "%s/server", certs);
+  snprintf (cdir, sizeof cdir, "%s/client-alice", certs);
+  for (size_t i = 0; i < sizeof buf; i++)
+    buf[i] = pattern (i);
+  assert_int_equal (nbd_srv_tls_new (&o, &t), 0);
+  fd = client_start (&c);
+  assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+  snprintf (desc, len, "%s", nbd_srv_tls_description (s));
+  assert_int_equal (nbd_srv_tls_send_all (s, &iov, 1, 5000), 0);
+  assert_int_equal (nbd_srv_tls_bye (s, 1000), 0);
+  pthread_join (c.th, NULL);
+  assert_int_equal (c.hs, 0);
+  assert_true (c.data_ok);
+  nbd_srv_tls_session_free (s);
+  close (fd);
+  close (c.fd);
+  nbd_srv_tls_free (t);
+}
+
+static void
+test_priority (void **state)
+{
+  char dir[512], file[512], desc[128];
+  struct nbd_srv_tls_opts o = { dir, NULL, false, "NORMAL:+NO-SUCH-THING" };
+  struct nbd_srv_tls *t;
+
+  snprintf (dir, sizeof dir, "%s/server", certs);
+  snprintf (file, sizeof file, "%s/keys.psk", certs);
+  /* Refused, saying where. */
+  assert_int_equal (nbd_srv_tls_new (&o, &t), -EINVAL);
+  assert_null (t);
+  assert_non_null (strstr (vbk_error (), "not understood at "
+                           "\"+NO-SUCH-THING\""));
+  /* PSK keys, and no PSK key exchange allowed. */
+  o.psk_file = file;
+  o.priority = "NORMAL";
+  assert_int_equal (nbd_srv_tls_new (&o, &t), -EINVAL);
+  assert_non_null (strstr (vbk_error (), "no PSK key exchange"));
+  o.priority = "NORMAL:+ECDHE-PSK";
+  assert_int_equal (nbd_srv_tls_new (&o, &t), 0);
+  nbd_srv_tls_free (t);
+
+  /* The default: AES-128-GCM, against a client (NORMAL) that lists
+   * AES-256-GCM first. */
+  handshake_with (NULL, desc, sizeof desc);
+  assert_string_equal (desc, "TLS1.3 AES-128-GCM x509");
+  /* What the string says. */
+  handshake_with ("NORMAL:-CIPHER-ALL:+AES-256-GCM", desc, sizeof desc);
+  assert_string_equal (desc, "TLS1.3 AES-256-GCM x509");
+  handshake_with ("NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:"
+                  "+CHACHA20-POLY1305", desc, sizeof desc);
+  assert_string_equal (desc, "TLS1.2 CHACHA20-POLY1305 x509");
 }
 
 /* ---- Handshakes --------------------------------------------------------- */
@@ -661,6 +791,204 @@ test_nonblocking_send (void **state)
   nbd_srv_tls_free (t);
 }
 
+/* ---- Our record layer (TLS 1.3) ---------------------------------------- */
+
+static void
+send_pattern (struct nbd_srv_tls_session *s, size_t n)
+{
+  unsigned char *buf = malloc (n);
+  struct iovec iov = { buf, n };
+
+  for (size_t i = 0; i < n; i++)
+    buf[i] = pattern (i);
+  assert_int_equal (nbd_srv_tls_send_all (s, &iov, 1, 10000), 0);
+  free (buf);
+}
+
+/* Receives N bytes in pieces of at most STEP and checks them. */
+static void
+recv_pattern (struct nbd_srv_tls_session *s, int fd, size_t n, size_t step)
+{
+  unsigned char *buf = malloc (n);
+  size_t got = 0;
+
+  while (got < n)
+    {
+      size_t want = n - got < step ? n - got : step;
+      ssize_t r = nbd_srv_tls_recv (s, buf + got, want);
+      if (r == -EAGAIN)
+        {
+          struct pollfd p = { .fd = fd, .events = POLLIN };
+          assert_int_equal (poll (&p, 1, 10000), 1);
+          continue;
+        }
+      if (r <= 0)
+        fail_msg ("receive: %zd: %s", r, vbk_error ());
+      got += r;
+    }
+  for (size_t i = 0; i < n; i++)
+    if (buf[i] != pattern (i))
+      fail_msg ("byte %zu of %zu differs", i, n);
+  free (buf);
+}
+
+/* The client updates its keys and asks for ours (TLS 1.3 KeyUpdate):
+ * GnuTLS reads that record for us, answers with its own, and the data
+ * on both sides goes on with the new keys. */
+static void
+test_key_update (void **state)
+{
+  struct nbd_srv_tls *t = creds (true, false, false);
+  struct nbd_srv_tls_session *s;
+  char dir[512];
+  struct client c = { .cert_dir = dir, .expect_recv = 200000,
+                      .key_update = true, .echo = 100000,
+                      .expect_recv2 = 150000 };
+  int fd;
+
+  snprintf (dir, sizeof dir, "%s/client-alice", certs);
+  fd = client_start (&c);
+  assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+  assert_non_null (strstr (nbd_srv_tls_description (s), "TLS1.3"));
+  send_pattern (s, 200000);
+  recv_pattern (s, fd, 100000, 1 << 20);
+  send_pattern (s, 150000);
+  assert_int_equal (nbd_srv_tls_bye (s, 5000), 0);
+  pthread_join (c.th, NULL);
+  assert_int_equal (c.hs, 0);
+  assert_true (c.data_ok);
+  assert_true (c.data2_ok);
+  assert_int_equal (c.after_bye, 0);
+  nbd_srv_tls_session_free (s);
+  close (fd);
+  close (c.fd);
+  nbd_srv_tls_free (t);
+}
+
+/* Our own key updates: after every 3 records sealed, a KeyUpdate
+ * (GnuTLS writes it, with the sequence number we give it) and new
+ * keys; the client reads every byte, and the client's data still
+ * arrives. */
+static void
+test_own_key_update (void **state)
+{
+  struct nbd_srv_tls *t = creds (true, false, false);
+  struct nbd_srv_tls_session *s;
+  char dir[512];
+  struct client c = { .cert_dir = dir, .expect_recv = 300000,
+                      .echo = 50000 };
+  int fd;
+
+  snprintf (dir, sizeof dir, "%s/client-alice", certs);
+  fd = client_start (&c);
+  assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+  nbd_srv_tls_set_key_records (s, 8);
+  send_pattern (s, 300000);
+  recv_pattern (s, fd, 50000, 1 << 20);
+  assert_int_equal (nbd_srv_tls_bye (s, 5000), 0);
+  pthread_join (c.th, NULL);
+  assert_true (c.data_ok);
+  assert_int_equal (c.after_bye, 0);
+  nbd_srv_tls_session_free (s);
+  close (fd);
+  close (c.fd);
+  nbd_srv_tls_free (t);
+}
+
+/* Reads smaller than a record: the rest of the record waits in the
+ * session and comes first at the next read; then the client's
+ * close_notify is a clean end. */
+static void
+test_small_reads (void **state)
+{
+  struct nbd_srv_tls *t = creds (false, true, false);
+  struct nbd_srv_tls_session *s;
+  char file[512];
+  struct client c = { .psk_user = "alice", .echo = 70001, .bye = true };
+  unsigned char b[16];
+  ssize_t r;
+  int fd;
+
+  snprintf (file, sizeof file, "%s/keys.psk", certs);
+  c.psk_len = psk_key_of (file, "alice", c.psk_key);
+  fd = client_start (&c);
+  assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+  recv_pattern (s, fd, 70001, 999);
+  assert_int_equal (nbd_srv_tls_bye (s, 5000), 0);
+  pthread_join (c.th, NULL);
+  assert_int_equal (c.after_bye, 0);
+  /* The client closed its session (close_notify): 0, and 0 again. */
+  while ((r = nbd_srv_tls_recv (s, b, sizeof b)) == -EAGAIN)
+    {
+      struct pollfd p = { .fd = fd, .events = POLLIN };
+      assert_int_equal (poll (&p, 1, 10000), 1);
+    }
+  assert_int_equal (r, 0);
+  assert_int_equal (nbd_srv_tls_recv (s, b, sizeof b), 0);
+  nbd_srv_tls_session_free (s);
+  close (fd);
+  close (c.fd);
+  nbd_srv_tls_free (t);
+}
+
+/* A record whose ciphertext was changed on the way: an error (not
+ * data), and the same error again; a header too long for a record, or a
+ * record in the clear after the handshake: an error at once. */
+static void
+test_tampered_record (void **state)
+{
+  struct nbd_srv_tls *t = creds (true, false, false);
+  struct nbd_srv_tls_session *s;
+  char dir[512];
+  struct client c = { .cert_dir = dir, .tamper = true };
+  unsigned char buf[8192];
+  ssize_t r;
+  int fd;
+
+  snprintf (dir, sizeof dir, "%s/client-alice", certs);
+  fd = client_start (&c);
+  assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+  pthread_join (c.th, NULL);
+  assert_int_equal (c.hs, 0);
+  while ((r = nbd_srv_tls_recv (s, buf, sizeof buf)) == -EAGAIN)
+    {
+      struct pollfd p = { .fd = fd, .events = POLLIN };
+      assert_int_equal (poll (&p, 1, 10000), 1);
+    }
+  assert_int_equal (r, -EPROTO);
+  assert_non_null (strstr (vbk_error (), "bad_record_mac"));
+  assert_int_equal (nbd_srv_tls_recv (s, buf, sizeof buf), -EPROTO);
+  nbd_srv_tls_session_free (s);
+  close (fd);
+  close (c.fd);
+
+  /* A record header that announces more than a record may hold (the
+   * session must not wait for it), and one in the clear. */
+  static const unsigned char huge[] = { 23, 3, 3, 0xff, 0xff, 1, 2, 3 };
+  static const unsigned char clear[] = { 21, 3, 3, 0, 2, 2, 40 };
+  const unsigned char *raw[] = { huge, clear };
+  size_t raw_len[] = { sizeof huge, sizeof clear };
+  for (int k = 0; k < 2; k++)
+    {
+      c = (struct client) { .cert_dir = dir, .raw = raw[k],
+                            .raw_len = raw_len[k] };
+      fd = client_start (&c);
+      assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+      pthread_join (c.th, NULL);
+      while ((r = nbd_srv_tls_recv (s, buf, sizeof buf)) == -EAGAIN)
+        {
+          struct pollfd p = { .fd = fd, .events = POLLIN };
+          assert_int_equal (poll (&p, 1, 10000), 1);
+        }
+      assert_int_equal (r, -EPROTO);
+      assert_non_null (strstr (vbk_error (), "a record of type"));
+      nbd_srv_tls_session_free (s);
+      close (fd);
+      close (c.fd);
+    }
+  nbd_srv_tls_free (t);
+}
+
 /* ---- Set-up ------------------------------------------------------------- */
 
 static int
@@ -709,6 +1037,7 @@ main (void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test (test_psk_parse),
     cmocka_unit_test (test_psk_file_errors),
+    cmocka_unit_test (test_priority),
     cmocka_unit_test (test_x509_client_cert),
     cmocka_unit_test (test_x509_anonymous),
     cmocka_unit_test (test_x509_refused),
@@ -716,6 +1045,10 @@ main (void)
     cmocka_unit_test (test_stall_and_garbage),
     cmocka_unit_test (test_cut_mid_record),
     cmocka_unit_test (test_nonblocking_send),
+    cmocka_unit_test (test_key_update),
+    cmocka_unit_test (test_own_key_update),
+    cmocka_unit_test (test_small_reads),
+    cmocka_unit_test (test_tampered_record),
   };
   return cmocka_run_group_tests (tests, make_certs, remove_certs);
 }
