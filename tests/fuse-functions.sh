@@ -6,6 +6,21 @@
 PATH=$PATH:/usr/sbin:/sbin
 TREE="python3 $VBK_SRC/tests/fuse-tree.py"
 
+# fuse_test_setup: a store and a repository of the test's backend
+# ($store, $repo), v () for vbk on that store, $D (the test's directory)
+# and $M (where the test mounts).
+fuse_test_setup ()
+{
+  if [ "$VBK_TEST_STORE_KIND" = rados ]; then
+    requires rados
+  fi
+  store=$(new_store)
+  repo=$(new_store)
+  v () { vbk --store "$store" "$@"; }
+  D=$TEST_DIR
+  M=$D/mnt
+}
+
 # requires_fuse: the tests mount for real; without a usable /dev/fuse
 # they cannot run (exit 77: skipped).
 requires_fuse ()

@@ -24,13 +24,7 @@
 requires python3
 requires fio
 requires_fuse
-[ "$VBK_TEST_STORE_KIND" = rados ] && requires rados
-
-store=$(new_store)
-repo=$(new_store)
-v () { vbk --store "$store" "$@"; }
-D=$TEST_DIR
-M=$D/mnt
+fuse_test_setup
 
 # The pattern: fio writes each block with a header naming its offset.
 fio --name=w --filename="$D/pattern.raw" --rw=write --bs=4k --size=32M \

@@ -18,13 +18,7 @@
 
 requires python3
 requires_fuse
-[ "$VBK_TEST_STORE_KIND" = rados ] && requires rados
-
-store=$(new_store)
-repo=$(new_store)
-v () { vbk --store "$store" "$@"; }
-D=$TEST_DIR
-M=$D/mnt
+fuse_test_setup
 
 # gc_readers: runs gc, prints its count of open readers.
 gc_readers ()

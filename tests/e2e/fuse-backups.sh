@@ -27,13 +27,7 @@ requires dumpe2fs
 requires sfdisk
 requires nbdcopy
 requires_fuse
-[ "$VBK_TEST_STORE_KIND" = rados ] && requires rados
-
-store=$(new_store)
-repo=$(new_store)
-v () { vbk --store "$store" "$@"; }
-D=$TEST_DIR
-M=$D/mnt
+fuse_test_setup
 
 make_disk "$D" 1
 make_disk "$D" 2

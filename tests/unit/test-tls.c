@@ -252,6 +252,49 @@ client_join (struct client *c, int server_fd)
   close (server_fd);
 }
 
+/* nbd_srv_tls_recv on S, waiting on FD while it has nothing: the first
+ * result that is not -EAGAIN. */
+static ssize_t
+recv_wait (struct nbd_srv_tls_session *s, int fd, void *buf, size_t len)
+{
+  struct pollfd p = { .fd = fd, .events = POLLIN };
+  ssize_t r;
+
+  while ((r = nbd_srv_tls_recv (s, buf, len)) == -EAGAIN)
+    assert_int_equal (poll (&p, 1, 10000), 1);
+  return r;
+}
+
+/* Frees session S and closes both ends of its socketpair. */
+static void
+session_end (struct nbd_srv_tls_session *s, int fd, struct client *c)
+{
+  nbd_srv_tls_session_free (s);
+  close (fd);
+  close (c->fd);
+}
+
+/* Receives N bytes in pieces of at most STEP and checks them. */
+static void
+recv_pattern (struct nbd_srv_tls_session *s, int fd, size_t n, size_t step)
+{
+  unsigned char *buf = malloc (n);
+  size_t got = 0;
+
+  while (got < n)
+    {
+      size_t want = n - got < step ? n - got : step;
+      ssize_t r = recv_wait (s, fd, buf + got, want);
+      if (r <= 0)
+        fail_msg ("receive: %zd: %s", r, vbk_error ());
+      got += r;
+    }
+  for (size_t i = 0; i < n; i++)
+    if (buf[i] != pattern (i))
+      fail_msg ("byte %zu of %zu differs", i, n);
+  free (buf);
+}
+
 /* The key of IDENTITY in FILE (make-tls-certs.sh's keys.psk). */
 static size_t
 psk_key_of (const char *file, const char *identity, unsigned char *key)
@@ -422,9 +465,7 @@ handshake_with (const char *prio, char *desc, size_t len)
   pthread_join (c.th, NULL);
   assert_int_equal (c.hs, 0);
   assert_true (c.data_ok);
-  nbd_srv_tls_session_free (s);
-  close (fd);
-  close (c.fd);
+  session_end (s, fd, &c);
   nbd_srv_tls_free (t);
 }
 
@@ -502,35 +543,14 @@ test_x509_client_cert (void **state)
     assert_int_equal (nbd_srv_tls_send_all (s, iov, 5, 5000), 0);
     free (buf);
   }
-  {
-    unsigned char *buf = malloc (70000);
-    size_t got = 0;
-    while (got < 70000)
-      {
-        ssize_t r = nbd_srv_tls_recv (s, buf + got, 70000 - got);
-        if (r == -EAGAIN)
-          {
-            /* Never blocks: wait for the socket ourselves. */
-            struct pollfd p = { .fd = fd, .events = POLLIN };
-            assert_int_equal (poll (&p, 1, 10000), 1);
-            continue;
-          }
-        assert_true (r > 0);
-        got += r;
-      }
-    for (size_t i = 0; i < got; i++)
-      assert_int_equal (buf[i], pattern (i));
-    free (buf);
-  }
+  recv_pattern (s, fd, 70000, 70000);
   assert_int_equal (nbd_srv_tls_bye (s, 1000), 0);
   pthread_join (c.th, NULL);
   assert_int_equal (c.hs, 0);
   assert_true (c.data_ok);
   /* The client saw a clean end: close_notify, not a cut. */
   assert_int_equal (c.after_bye, 0);
-  nbd_srv_tls_session_free (s);
-  close (fd);
-  close (c.fd);
+  session_end (s, fd, &c);
   nbd_srv_tls_free (t);
 }
 
@@ -703,16 +723,8 @@ test_cut_mid_record (void **state)
   pthread_join (c.th, NULL);
   assert_int_equal (c.hs, 0);
   /* Half a record, then EOF: an error, not data and not a clean end. */
-  {
-    ssize_t r;
-    struct pollfd p = { .fd = fd, .events = POLLIN };
-    while ((r = nbd_srv_tls_recv (s, buf, sizeof buf)) == -EAGAIN)
-      assert_int_equal (poll (&p, 1, 10000), 1);
-    assert_int_equal (r, -ECONNRESET);
-  }
-  nbd_srv_tls_session_free (s);
-  close (fd);
-  close (c.fd);
+  assert_int_equal (recv_wait (s, fd, buf, sizeof buf), -ECONNRESET);
+  session_end (s, fd, &c);
   nbd_srv_tls_free (t);
 }
 
@@ -784,9 +796,7 @@ test_nonblocking_send (void **state)
   assert_int_equal (c.after_bye, 0);
   /* The socket was full at times: the retry path ran. */
   assert_true (eagain > 0);
-  nbd_srv_tls_session_free (s);
-  close (fd);
-  close (c.fd);
+  session_end (s, fd, &c);
   free (src);
   nbd_srv_tls_free (t);
 }
@@ -802,33 +812,6 @@ send_pattern (struct nbd_srv_tls_session *s, size_t n)
   for (size_t i = 0; i < n; i++)
     buf[i] = pattern (i);
   assert_int_equal (nbd_srv_tls_send_all (s, &iov, 1, 10000), 0);
-  free (buf);
-}
-
-/* Receives N bytes in pieces of at most STEP and checks them. */
-static void
-recv_pattern (struct nbd_srv_tls_session *s, int fd, size_t n, size_t step)
-{
-  unsigned char *buf = malloc (n);
-  size_t got = 0;
-
-  while (got < n)
-    {
-      size_t want = n - got < step ? n - got : step;
-      ssize_t r = nbd_srv_tls_recv (s, buf + got, want);
-      if (r == -EAGAIN)
-        {
-          struct pollfd p = { .fd = fd, .events = POLLIN };
-          assert_int_equal (poll (&p, 1, 10000), 1);
-          continue;
-        }
-      if (r <= 0)
-        fail_msg ("receive: %zd: %s", r, vbk_error ());
-      got += r;
-    }
-  for (size_t i = 0; i < n; i++)
-    if (buf[i] != pattern (i))
-      fail_msg ("byte %zu of %zu differs", i, n);
   free (buf);
 }
 
@@ -859,9 +842,7 @@ test_key_update (void **state)
   assert_true (c.data_ok);
   assert_true (c.data2_ok);
   assert_int_equal (c.after_bye, 0);
-  nbd_srv_tls_session_free (s);
-  close (fd);
-  close (c.fd);
+  session_end (s, fd, &c);
   nbd_srv_tls_free (t);
 }
 
@@ -889,9 +870,7 @@ test_own_key_update (void **state)
   pthread_join (c.th, NULL);
   assert_true (c.data_ok);
   assert_int_equal (c.after_bye, 0);
-  nbd_srv_tls_session_free (s);
-  close (fd);
-  close (c.fd);
+  session_end (s, fd, &c);
   nbd_srv_tls_free (t);
 }
 
@@ -918,16 +897,10 @@ test_small_reads (void **state)
   pthread_join (c.th, NULL);
   assert_int_equal (c.after_bye, 0);
   /* The client closed its session (close_notify): 0, and 0 again. */
-  while ((r = nbd_srv_tls_recv (s, b, sizeof b)) == -EAGAIN)
-    {
-      struct pollfd p = { .fd = fd, .events = POLLIN };
-      assert_int_equal (poll (&p, 1, 10000), 1);
-    }
+  r = recv_wait (s, fd, b, sizeof b);
   assert_int_equal (r, 0);
   assert_int_equal (nbd_srv_tls_recv (s, b, sizeof b), 0);
-  nbd_srv_tls_session_free (s);
-  close (fd);
-  close (c.fd);
+  session_end (s, fd, &c);
   nbd_srv_tls_free (t);
 }
 
@@ -950,17 +923,11 @@ test_tampered_record (void **state)
   assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
   pthread_join (c.th, NULL);
   assert_int_equal (c.hs, 0);
-  while ((r = nbd_srv_tls_recv (s, buf, sizeof buf)) == -EAGAIN)
-    {
-      struct pollfd p = { .fd = fd, .events = POLLIN };
-      assert_int_equal (poll (&p, 1, 10000), 1);
-    }
+  r = recv_wait (s, fd, buf, sizeof buf);
   assert_int_equal (r, -EPROTO);
   assert_non_null (strstr (vbk_error (), "bad_record_mac"));
   assert_int_equal (nbd_srv_tls_recv (s, buf, sizeof buf), -EPROTO);
-  nbd_srv_tls_session_free (s);
-  close (fd);
-  close (c.fd);
+  session_end (s, fd, &c);
 
   /* A record header that announces more than a record may hold (the
    * session must not wait for it), and one in the clear. */
@@ -975,16 +942,10 @@ test_tampered_record (void **state)
       fd = client_start (&c);
       assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
       pthread_join (c.th, NULL);
-      while ((r = nbd_srv_tls_recv (s, buf, sizeof buf)) == -EAGAIN)
-        {
-          struct pollfd p = { .fd = fd, .events = POLLIN };
-          assert_int_equal (poll (&p, 1, 10000), 1);
-        }
+      r = recv_wait (s, fd, buf, sizeof buf);
       assert_int_equal (r, -EPROTO);
       assert_non_null (strstr (vbk_error (), "a record of type"));
-      nbd_srv_tls_session_free (s);
-      close (fd);
-      close (c.fd);
+      session_end (s, fd, &c);
     }
   nbd_srv_tls_free (t);
 }
