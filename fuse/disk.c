@@ -19,11 +19,14 @@
  *
  * Readahead: once a reader has moved on from chunk to chunk over
  * RA_START_BYTES (one step for a backup's 4 MiB chunks; a file system's
- * metadata scans rarely run that far), RA_THREADS
- * threads per disk fetch the next RA_BYTES (at least two chunks), each
- * taking the next run of up to RA_BATCH_BYTES read with one source call,
- * so that two chunks decode at once (a backup's chunk costs CPU: a
- * decompression and a SHA-256) while readers copy out of a third.  It stops after a failed
+ * metadata scans rarely run that far), up to RA_THREADS readahead passes
+ * per disk, on the disk's own common/workq.c queue, fetch the next
+ * RA_BYTES (at least two chunks), each taking the next run of up to
+ * RA_BATCH_BYTES read with one source call, so that two chunks decode at
+ * once (a backup's chunk costs CPU: a decompression and a SHA-256) while
+ * readers copy out of a third.  A reader that moves the window queues a
+ * pass when fewer than RA_THREADS are queued or running; a pass runs
+ * until the window is used up.  It stops after a failed
  * fetch until a reader's own fetch succeeds, so that a failing store does
  * not make it evict the good chunks it still has.
  *
@@ -42,6 +45,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/workq.h"
 #include "internal.h"
 
 #define CHUNK_SHIFT_MIN 18                      /* 256 KiB */
@@ -91,9 +95,12 @@ struct vbkfs_disk {
   uint64_t last_idx;
   unsigned seq;
   uint64_t ra_from, ra_to;              /* chunks wanted ahead */
-  pthread_cond_t ra_cond;
-  pthread_t ra_thread[RA_THREADS];
-  unsigned ra_started;                  /* threads */
+  struct workq *ra_q;                   /* NULL: no readahead */
+  struct ra_pass {
+    struct workq_item it;
+    struct vbkfs_disk *d;
+    bool busy;                          /* queued or running */
+  } ra_pass[RA_THREADS];
   bool ra_stop;
   bool ra_off;                          /* after a failed fetch, until a
                                            reader's fetch succeeds */
@@ -433,20 +440,19 @@ chunk_is_hole (struct vbkfs_disk *d, uint64_t idx)
   return vbkfs_disk_allocated (d, idx << d->shift, d->csize) == 0;
 }
 
-static void *
-ra_main (void *arg)
+static void
+ra_run (struct workq_item *it)
 {
-  struct vbkfs_disk *d = arg;
+  struct ra_pass *pass = workq_entry (it, struct ra_pass, it);
+  struct vbkfs_disk *d = pass->d;
   uint64_t nchunks = (d->size + d->csize - 1) >> d->shift;
   struct chunk *batch[RA_BATCH_MAX];
   size_t n;
 
   pthread_mutex_lock (&d->lock);
   while (!d->ra_stop) {
-    if (d->ra_from >= d->ra_to || d->ra_from >= nchunks) {
-      pthread_cond_wait (&d->ra_cond, &d->lock);
-      continue;
-    }
+    if (d->ra_from >= d->ra_to || d->ra_from >= nchunks)
+      break;                    /* the window is used up */
     /* A run of consecutive chunks that are neither cached nor holes. */
     n = 0;
     while (n < d->ra_batch && d->ra_from < d->ra_to && d->ra_from < nchunks) {
@@ -478,8 +484,25 @@ ra_main (void *arg)
     fetch (d, batch, n, true);
     pthread_mutex_lock (&d->lock);
   }
+  pass->busy = false;
   pthread_mutex_unlock (&d->lock);
-  return NULL;
+}
+
+/* Queues a readahead pass unless RA_THREADS are queued or running
+ * (d->lock held). */
+static void
+ra_kick_unlocked (struct vbkfs_disk *d)
+{
+  for (unsigned i = 0; i < RA_THREADS; i++) {
+    struct ra_pass *pass = &d->ra_pass[i];
+
+    if (pass->busy)
+      continue;
+    pass->d = d;
+    if (workq_submit (d->ra_q, &pass->it, ra_run) == 0)
+      pass->busy = true;
+    return;
+  }
 }
 
 /* Notes that a reader used chunk IDX; starts readahead on a sequential
@@ -493,12 +516,12 @@ ra_note (struct vbkfs_disk *d, uint64_t idx)
   else if (idx != d->last_idx)
     d->seq = 0;
   d->last_idx = idx;
-  if ((uint64_t) d->seq * d->csize >= RA_START_BYTES && d->ra_started
-      && !d->ra_off) {
+  if ((uint64_t) d->seq * d->csize >= RA_START_BYTES && d->ra_q
+      && !d->ra_off && !d->ra_stop) {
     if (d->ra_from <= idx || d->ra_from > idx + d->ra_chunks)
       d->ra_from = idx + 1;
     d->ra_to = idx + 1 + d->ra_chunks;
-    pthread_cond_broadcast (&d->ra_cond);
+    ra_kick_unlocked (d);
   }
   pthread_mutex_unlock (&d->lock);
 }
@@ -578,7 +601,6 @@ vbkfs_disk_open (struct vbkfs_source *src, uint64_t cache_bytes,
   d->size = src->ops->size (src->h);
   pthread_mutex_init (&d->lock, NULL);
   pthread_cond_init (&d->cond, NULL);
-  pthread_cond_init (&d->ra_cond, NULL);
   d->lru.next = d->lru.prev = &d->lru;
   /* The source's own unit of reading, if it has one (a backup decodes
    * a whole chunk for any byte of it): cached as one piece, so each is
@@ -609,10 +631,13 @@ vbkfs_disk_open (struct vbkfs_source *src, uint64_t cache_bytes,
                src->name, vbk_error ()[0] ? vbk_error () : strerror (-r));
     goto fail;
   }
-  while (d->ra_started < RA_THREADS
-         && pthread_create (&d->ra_thread[d->ra_started], NULL, ra_main,
-                            d) == 0)
-    d->ra_started++;
+  {
+    /* Without its threads the disk still reads, with no readahead. */
+    struct workq_opts qo = { .name = "vbkfs-ra", .threads = RA_THREADS };
+
+    if (workq_new (&qo, &d->ra_q) < 0)
+      d->ra_q = NULL;
+  }
   *out = d;
   return 0;
 
@@ -632,13 +657,12 @@ vbkfs_disk_close (struct vbkfs_disk *d)
 
   if (d == NULL)
     return;
-  if (d->ra_started) {
+  if (d->ra_q) {
+    /* Passes still queued see ra_stop and return at once. */
     pthread_mutex_lock (&d->lock);
     d->ra_stop = true;
-    pthread_cond_broadcast (&d->ra_cond);
     pthread_mutex_unlock (&d->lock);
-    while (d->ra_started > 0)
-      pthread_join (d->ra_thread[--d->ra_started], NULL);
+    workq_free (d->ra_q);
   }
   for (i = 0; i < d->nhash; i++)
     for (c = d->hash[i]; c; c = next) {
@@ -651,7 +675,6 @@ vbkfs_disk_close (struct vbkfs_disk *d)
   d->src.ops->close (d->src.h);
   pthread_mutex_destroy (&d->lock);
   pthread_cond_destroy (&d->cond);
-  pthread_cond_destroy (&d->ra_cond);
   free (d);
 }
 
