@@ -41,7 +41,6 @@
  * (or the client is gone).
  */
 #include <errno.h>
-#include <malloc.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -253,7 +252,7 @@ wait_readable (struct nbd_srv_conn *c)
            * stays: a recv into it may be what we are waiting for.) */
           conn_trim (c);
           c->trimmed = true;
-          malloc_trim (0);
+          heap_trim ();
           log_debug ("connection %s: idle: buffers freed", c->peer);
         }
     }

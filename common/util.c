@@ -4,6 +4,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,4 +96,20 @@ void
 cleanup_free (void *ptr)
 {
   free (*(void **) ptr);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define HEAP_IS_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HEAP_IS_SANITIZER 1
+#endif
+#endif
+
+void
+heap_trim (void)
+{
+#ifndef HEAP_IS_SANITIZER
+  malloc_trim (0);
+#endif
 }

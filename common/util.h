@@ -30,6 +30,13 @@ is_power_of_2 (uint64_t v)
 #define CLEANUP_FREE __attribute__ ((cleanup (cleanup_free)))
 void cleanup_free (void *ptr);
 
+/* Gives free heap memory back to the system (malloc_trim).  Does
+ * nothing in a sanitizer build: there the sanitizer owns the heap, and
+ * glibc's malloc_trim, first called from a thread other than main,
+ * would set up glibc's never-used arena on that thread and trip glibc's
+ * arena accounting when threads exit. */
+void heap_trim (void);
+
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
 
