@@ -13,7 +13,8 @@
 # BENCH_DIR (a scratch directory, default a new one under /tmp),
 # RUNTIME (seconds per run, default 4), REPEAT, BLOCKD_NOFILE (vbk-blockd's
 # open-file limit, default 65536 as in deploy/vbk-blockd.service; empty:
-# the shell's), ONLY_TLS=1 (the TLS rows alone), SIZES (one table per SIZE:MODE, default "SIZE:MODE" from the
+# the shell's), ONLY_TLS=1 (the TLS rows alone), ROWS (an extended regular
+# expression: only the rows whose name matches, e.g. ROWS=firstwrite), SIZES (one table per SIZE:MODE, default "SIZE:MODE" from the
 # argument (1G) and MODE (full); e.g. SIZES="2G:full 16G:full 64G:thin").
 # MODE full: the image and the peers' raw file (one file shared by both
 # peers, which run in turn) hold the same data, written fast (a random
@@ -208,6 +209,7 @@ bench_size () {
   printf '%-20s %-6s %9s %9s %9s %10s %10s %9s\n' workload unit vbk qemu-nbd nbdkit vbk/qemu vbk/nbdkit vbk-cpu
   for w in "${workloads[@]}"; do
     read -r name rw bs qd unit <<<"$w"
+    [[ $name =~ ${ROWS:-.} ]] || continue
     rv=() rq=() rk=() cv=()
     for ((i = 0; i < repeat; i++)); do
       rv+=("$(cpu_pid=$vp run vbk "$rw" "$bs" "$qd")")
@@ -220,6 +222,7 @@ bench_size () {
   done
   if [ "$mode" = thin ]; then
     for qd in 1 32; do
+      [[ 4K-firstwrite-QD$qd =~ ${ROWS:-.} ]] || continue
       rv=() rq=() rk=() cv=()
       for ((i = 0; i < repeat; i++)); do
         rv+=("$(cpu_pid=$vp fill_run vbk "$qd")")
