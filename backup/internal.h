@@ -272,6 +272,16 @@ int backup_chunk_read_data (struct backup_repo *r, const unsigned char *d,
                             void *plain, size_t len);
 int backup_chunk_read (struct backup_repo *r, const unsigned char *d,
                        void *plain, size_t len);
+/* backup_chunk_read_unhashed: the header, sizes and the CRC-32 of the
+ * stored bytes (encrypted: the AES-GCM tag) checked, which catch damage
+ * in the store; not the digest of the result against the name, which
+ * the caller checks later with backup_chunk_verify (0, or -EIO naming
+ * the chunk). */
+int backup_chunk_read_unhashed (struct backup_repo *r,
+                                const unsigned char *d, void *plain,
+                                size_t len);
+int backup_chunk_verify (struct backup_repo *r, const unsigned char *d,
+                         const void *plain, size_t len);
 /* Marks chunk D bad, so the next backup writes it again. */
 int backup_chunk_mark_bad (struct backup_repo *r, const unsigned char *d);
 

@@ -114,6 +114,8 @@ vol_get (struct vbkfs *fs, int kind, const char *image, const char *name,
     pthread_mutex_unlock (&fs->lock);
     return r == -ENOMEM ? r : -EIO;
   }
+  if (fs->check_later)
+    vbkfs_disk_check_later (v->disk);
   v->kind = kind;
   snprintf (v->image, sizeof v->image, "%s", image);
   snprintf (v->name, sizeof v->name, "%s", name);
@@ -833,6 +835,7 @@ vbkfs_new (const struct vbkfs_opts *o, struct vbkfs **out)
     return -ENOMEM;
   fs->store = o->store;
   fs->cache_bytes = o->cache_bytes;
+  fs->check_later = o->check_later;
   fs->uid = getuid ();
   fs->gid = getgid ();
   pthread_mutex_init (&fs->lock, NULL);

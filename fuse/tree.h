@@ -41,6 +41,7 @@ struct vbkfs_vol {
 struct vbkfs {
   struct store *store;
   uint64_t cache_bytes;
+  bool check_later;
   uid_t uid;
   gid_t gid;
   pthread_mutex_t lock;         /* vols */

@@ -41,6 +41,10 @@ struct vbkfs_opts {
   const char *repo_uri;       /* backup repository, or NULL */
   const struct backup_key_opts *repo_key; /* its key if encrypted, or NULL */
   uint64_t cache_bytes;       /* per disk; 0: 64 MiB */
+  /* Hand a backup's data out once its chunks' CRC-32 (encrypted: GCM
+   * tag) is checked, and check their SHA-256 right after, once per chunk
+   * (vbk mount: see README); false: every check before (vbk files). */
+  bool check_later;
 };
 
 /* Creates the tree.  Opens the backup repository when REPO_URI is set.
