@@ -36,6 +36,7 @@ struct vbkfs_vol {
   struct vbkfs_fsx *fsx;        /* nparts + 1: the last is the disk */
   unsigned opens;               /* open files of disk, parts/, files/ */
   bool unpinned;                /* the source's pin dropped */
+  uint64_t idle_ns;             /* monotonic: when opens was last 0 */
 };
 
 struct vbkfs {

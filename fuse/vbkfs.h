@@ -90,6 +90,12 @@ typedef void (*vbkfs_changed_cb) (void *arg, const char *path);
 void vbkfs_poll_latest (struct vbkfs *fs, vbkfs_changed_cb changed,
                         void *arg);
 
+/* Drops the pin of each backup whose disk was opened by a lookup or a
+ * listing and has had no open file for a second or more (a backup only
+ * listed would else keep gc from collecting it until the unmount).
+ * Cheap; call it about once a second, from a thread of its own. */
+void vbkfs_unpin_idle (struct vbkfs *fs);
+
 /* ---- mount.c: the tree behind FUSE ------------------------------------ */
 
 struct vbkfs_mount_opts {
