@@ -102,6 +102,14 @@ int backup_chunk_decode_flags (const struct backup_crypt *k,
                                const unsigned char *id, const void *obj,
                                size_t objlen, void *plain, size_t max,
                                size_t *len, int flags);
+/* Whether H (the BACKUP_CHUNK_HDR header bytes of an object) and PAYLOAD
+ * (the LEN bytes after them) are a plain chunk of LEN bytes stored raw,
+ * and right (its CRC-32, unless FLAGS has BACKUP_DECODE_DATA): 1; 0 when
+ * it is not such a chunk (decode it with backup_chunk_decode_flags for
+ * the precise reason); -EBADMSG on a checksum mismatch.  So a raw chunk
+ * can be read straight into its destination. */
+int backup_chunk_check_raw (const unsigned char *h, const void *payload,
+                            size_t len, int flags);
 int backup_chunk_decode (const struct backup_crypt *k,
                          const unsigned char *id, const void *obj,
                          size_t objlen, void *plain, size_t max, size_t *len);
