@@ -30,6 +30,16 @@
  * fetch until a reader's own fetch succeeds, so that a failing store does
  * not make it evict the good chunks it still has.
  *
+ * Checks in two steps (a backup: the CRC-32 of a chunk, then its
+ * SHA-256 against its name; vbkfs_disk_check_later): a reader's own
+ * fetch takes the cheap step, hands the chunk out, and queues the full
+ * check on d->vq (one thread, at most VERIFY_MAX queued; beyond that the
+ * reader checks at once).  A bit per chunk remembers the chunks checked
+ * in full, so a chunk evicted and fetched again takes the cheap step
+ * only, and another the chunks that failed: those read as EIO for as
+ * long as the disk is open (the source's data cannot change).
+ * Readahead checks in full at once (it runs ahead of the readers).
+ *
  * Invariants: an entry is freed only when it is out of the hash and its
  * reference count is zero; eviction takes only READY entries that
  * nobody references.  All of the cache is under d->lock; copies out of
