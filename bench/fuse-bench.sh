@@ -35,6 +35,9 @@
 #                       the other build's rows marked "base"
 #   FUSE_BENCH_REPS=N   the vbk backup rows N times (default 1), for
 #                       medians on a shared machine
+#   FUSE_BENCH_RA_KB=K  one more backup row per repetition with the
+#                       kernel's readahead of the mount set to K KiB
+#                       (128: what a user who is not root gets; root only)
 # A rados store needs CEPH_CONF and VBK_TEST_POOL (deploy/ceph-dev-cluster.sh).
 set -euo pipefail
 
@@ -42,6 +45,7 @@ VBK_SRC=$(cd "$(dirname "$0")/.." && pwd)
 VBK_BIN=${VBK_BIN:-$VBK_SRC/build/bin}
 VBK_BIN_BASE=${VBK_BIN_BASE:-}
 reps=${FUSE_BENCH_REPS:-1}
+ra_kb=${FUSE_BENCH_RA_KB:-}
 PATH=$PATH:/usr/sbin:/sbin
 kind=local
 size_gib=2
@@ -224,7 +228,8 @@ printf '%-22s %10s %10s %10s %10s %10s %10s %10s %10s\n' reader "first-s" \
 
 # ---- vbk mount (snapshot) ----------------------------------------------------------
 
-# run_vbk PATH LABEL [BIN]: a fresh mount by BIN/vbk (default $VBK_BIN).
+# run_vbk PATH LABEL [BIN [RA_KB]]: a fresh mount by BIN/vbk (default
+# $VBK_BIN), its kernel readahead set to RA_KB if given.
 run_vbk ()
 {
   local m=$W/mnt-vbk t0 t1 S bin=${3:-$VBK_BIN}
@@ -232,6 +237,10 @@ run_vbk ()
   t0=$(now)
   "$bin/vbk" --store "$store" mount "$m" ${repo_arg:+--repo "$repo"}
   mounts+=("$m")
+  if [ -n "${4:-}" ]; then
+    echo "$4" >"/sys/class/bdi/$(mountpoint -d "$m")/read_ahead_kb" ||
+      echo "# could not set the readahead of $m" >&2
+  fi
   S=$m/$1
   head -c 1 "$S/disk" >/dev/null
   t1=$(now)
@@ -272,7 +281,12 @@ echo "# vbk backup run: $(secs "$t0" "$t1") s" >&2
 repo_arg=1
 for _ in $(seq "$reps"); do
   run_vbk backups/bench/latest backup
-  [ -n "$VBK_BIN_BASE" ] && run_vbk backups/bench/latest "backup, base" "$VBK_BIN_BASE"
+  if [ -n "$VBK_BIN_BASE" ]; then
+    run_vbk backups/bench/latest "backup, base" "$VBK_BIN_BASE"
+  fi
+  if [ -n "$ra_kb" ]; then
+    run_vbk backups/bench/latest "backup, ra ${ra_kb}K" "$VBK_BIN" "$ra_kb"
+  fi
 done
 
 export RESTIC_PASSWORD=bench
