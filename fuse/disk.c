@@ -34,7 +34,8 @@
  * SHA-256 against its name; vbkfs_disk_check_later): a reader's own
  * fetch takes the cheap step, hands the chunk out, and queues the full
  * check on d->vq (one thread, at most VERIFY_MAX queued; beyond that the
- * reader checks at once).  A bit per chunk remembers the chunks checked
+ * reader checks at once); a reader going on from the chunk before (a
+ * sequential stream that outran readahead) checks in full at once.  A bit per chunk remembers the chunks checked
  * in full, so a chunk evicted and fetched again takes the cheap step
  * only, and another the chunks that failed: those read as EIO for as
  * long as the disk is open (the source's data cannot change).
@@ -380,10 +381,13 @@ fetch (struct vbkfs_disk *d, struct chunk **c, size_t n, bool ahead)
   log_debug ("vbkfs: %s: fetch chunks %llu+%zu", d->src.name,
              (unsigned long long) c[0]->idx, n);
   if (!ahead && n == 1 && d->later) {
-    unhashed = true;
     pthread_mutex_lock (&d->lock);
     known = bit_get (d->checked, c[0]->idx);
-    later = !known && d->vq && d->vpending < VERIFY_MAX;
+    /* A reader going on from the chunk before, with readahead behind:
+     * it waits either way, and on a busy CPU one SHA-256 costs less
+     * than a CRC-32 and a SHA-256, so the full check at once. */
+    unhashed = known || c[0]->idx != d->last_idx + 1;
+    later = unhashed && !known && d->vq && d->vpending < VERIFY_MAX;
     if (later)
       d->vpending++;
     pthread_mutex_unlock (&d->lock);

@@ -470,13 +470,38 @@ test_checked_later (void **state)
   assert_int_equal (m->verifies, 15);
 
   /* A chunk that passes the cheap check but not the full one: handed
-   * out once, then EIO for good (its data cannot change). */
+   * out once, then EIO for good (its data cannot change).  (Not right
+   * after chunk 1: a reader going on to the next chunk checks in full.) */
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 48 * MiB), 4096);
   assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 8 * MiB + 4096), 4096);
   s = wait_checks (d, 16);
   assert_int_equal (s.verify_failed, 1);
   assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 8 * MiB + 4096), -EIO);
   assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 9 * MiB), -EIO);
   assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 12 * MiB), 4096);
+  vbkfs_disk_close (d);
+  mem_free (m);
+}
+
+/* A reader going on to the next chunk not yet checked: the full check
+ * at once (a sequential stream), not the cheap one and a later one. */
+static void
+test_checked_sequential (void **state)
+{
+  struct mem *m = mem_new ();
+  struct vbkfs_source src = { .ops = &mem4v_ops, .h = m, .name = "mem4v" };
+  struct vbkfs_disk *d = NULL;
+  char buf[4096];
+
+  assert_int_equal (vbkfs_disk_open (&src, 0, &d), 0);
+  vbkfs_disk_check_later (d);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 4 * MiB), 4096);
+  assert_int_equal (m->unhashed, 1);
+  wait_checks (d, 1);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 8 * MiB), 4096);
+  assert_memory_equal (buf, m->data + 8 * MiB, 4096);
+  assert_int_equal (m->unhashed, 1);
+  assert_int_equal (m->verifies, 1);
   vbkfs_disk_close (d);
   mem_free (m);
 }
@@ -556,6 +581,7 @@ main (void)
     cmocka_unit_test (test_cache_limit),
     cmocka_unit_test (test_checked_later),
     cmocka_unit_test (test_checked_at_once),
+    cmocka_unit_test (test_checked_sequential),
     cmocka_unit_test (test_check_queue_full),
   };
 
