@@ -120,6 +120,21 @@ int backup_reader_extents (struct backup_reader *rd, uint64_t off,
  * missing chunk. */
 ssize_t backup_reader_pread (struct backup_reader *rd, void *buf, size_t len,
                              uint64_t off);
+/* backup_reader_pread with FLAGS.  BACKUP_READ_UNHASHED: each whole
+ * chunk read is checked against the CRC-32 of its stored bytes (in an
+ * encrypted repository: its AES-GCM tag), which catches damage in the
+ * store, but not yet against its name (its SHA-256, or HMAC-SHA256);
+ * the caller does that with backup_reader_verify before it trusts the
+ * data for good.  Parts of chunks are always read checked in full. */
+#define BACKUP_READ_UNHASHED 1
+ssize_t backup_reader_pread_flags (struct backup_reader *rd, void *buf,
+                                   size_t len, uint64_t off, int flags);
+/* Checks BUF, the LEN bytes at OFF read with BACKUP_READ_UNHASHED,
+ * against the names of the whole chunks it holds (holes and parts of
+ * chunks are skipped).  Returns 0, or -EIO with vbk_error() naming the
+ * first chunk that does not match, -EINVAL past the end.  Thread-safe. */
+int backup_reader_verify (struct backup_reader *rd, const void *buf,
+                          size_t len, uint64_t off);
 void backup_reader_close (struct backup_reader *rd);
 /* An open reader pins its backup's chunks against gc (it is registered
  * as a reader).  backup_reader_unpin drops that registration while the

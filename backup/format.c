@@ -281,6 +281,20 @@ backup_chunk_decode_flags (const struct backup_crypt *k,
   return 0;
 }
 
+int
+backup_chunk_check_raw (const unsigned char *h, const void *payload,
+                        size_t len, int flags)
+{
+  if (memcmp (h, BACKUP_CHUNK_MAGIC, 4) != 0
+      || get16 (h + 4) > BACKUP_FORMAT_MAJOR || h[6] != BACKUP_CODEC_NONE
+      || h[7] != 0 || get32 (h + 8) != len || get32 (h + 12) != len)
+    return 0;
+  if (!(flags & BACKUP_DECODE_DATA)
+      && libdeflate_crc32 (0, payload, len) != get32 (h + 16))
+    return vbk_errno (-EBADMSG, "chunk checksum mismatch");
+  return 1;
+}
+
 /* ---- Sealed objects ------------------------------------------------------------ */
 
 /* AAD: the 8 header bytes (magic, version, reserved) and the name. */

@@ -102,6 +102,14 @@ int backup_chunk_decode_flags (const struct backup_crypt *k,
                                const unsigned char *id, const void *obj,
                                size_t objlen, void *plain, size_t max,
                                size_t *len, int flags);
+/* Whether H (the BACKUP_CHUNK_HDR header bytes of an object) and PAYLOAD
+ * (the LEN bytes after them) are a plain chunk of LEN bytes stored raw,
+ * and right (its CRC-32, unless FLAGS has BACKUP_DECODE_DATA): 1; 0 when
+ * it is not such a chunk (decode it with backup_chunk_decode_flags for
+ * the precise reason); -EBADMSG on a checksum mismatch.  So a raw chunk
+ * can be read straight into its destination. */
+int backup_chunk_check_raw (const unsigned char *h, const void *payload,
+                            size_t len, int flags);
 int backup_chunk_decode (const struct backup_crypt *k,
                          const unsigned char *id, const void *obj,
                          size_t objlen, void *plain, size_t max, size_t *len);
@@ -272,6 +280,16 @@ int backup_chunk_read_data (struct backup_repo *r, const unsigned char *d,
                             void *plain, size_t len);
 int backup_chunk_read (struct backup_repo *r, const unsigned char *d,
                        void *plain, size_t len);
+/* backup_chunk_read_unhashed: the header, sizes and the CRC-32 of the
+ * stored bytes (encrypted: the AES-GCM tag) checked, which catch damage
+ * in the store; not the digest of the result against the name, which
+ * the caller checks later with backup_chunk_verify (0, or -EIO naming
+ * the chunk). */
+int backup_chunk_read_unhashed (struct backup_repo *r,
+                                const unsigned char *d, void *plain,
+                                size_t len);
+int backup_chunk_verify (struct backup_repo *r, const unsigned char *d,
+                         const void *plain, size_t len);
 /* Marks chunk D bad, so the next backup writes it again. */
 int backup_chunk_mark_bad (struct backup_repo *r, const unsigned char *d);
 

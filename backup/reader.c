@@ -6,11 +6,16 @@
  * DESIGN: opening loads the manifest and the index (checked against the
  * manifest's SHA-256).  A read maps each byte range to its chunk; holes
  * (the all-zero digest) read as zeros without I/O; a chunk is fetched and
- * checked whole (backup_chunk_read_data: its SHA-256, once per fetch) into a small LRU cache of decoded
- * chunks, so a file system's many small reads of one chunk cost one
- * fetch; a read of a whole chunk (restore, verify) decodes straight into
- * the caller's buffer and leaves the cache alone.  The cache lock guards memory only: fetches run unlocked, and
- * two threads missing the same chunk both fetch it (rare and harmless).
+ * checked whole (backup_chunk_read_data: its SHA-256, once per fetch)
+ * into a small LRU cache of decoded chunks, so a file system's many
+ * small reads of one chunk cost one fetch; a read of a whole chunk
+ * (restore, vbk mount) decodes straight into the caller's buffer and
+ * leaves the cache alone.  A caller that reads whole chunks may ask for
+ * them unhashed (BACKUP_READ_UNHASHED: the CRC-32 or the GCM tag checked
+ * on the way, the SHA-256 left to it, backup_reader_verify: vbk mount
+ * checks it off the reader's path, once per chunk).  The cache lock
+ * guards memory only: fetches run unlocked, and two threads missing the
+ * same chunk both fetch it (rare and harmless).
  *
  * An open reader pins its backup's chunks against gc, as a running
  * writer does:
@@ -316,7 +321,7 @@ read_error (struct backup_reader *rd, uint64_t idx, int e)
 /* Copies LEN bytes at offset CO of chunk IDX into BUF. */
 static int
 read_chunk (struct backup_reader *rd, uint64_t idx, char *buf, size_t co,
-            size_t len)
+            size_t len, int flags)
 {
   uint64_t cs = rd->m.chunk_size;
   size_t clen = MIN (cs, rd->m.size - idx * cs);
@@ -327,7 +332,11 @@ read_chunk (struct backup_reader *rd, uint64_t idx, char *buf, size_t co,
   /* A whole chunk (vbk mount caches whole chunks): decoded straight into
    * BUF, not cached here too. */
   if (co == 0 && len == clen) {
-    if ((e = backup_chunk_read_data (rd->r, rd->ix.digest[idx], buf, clen)) < 0)
+    if (flags & BACKUP_READ_UNHASHED)
+      e = backup_chunk_read_unhashed (rd->r, rd->ix.digest[idx], buf, clen);
+    else
+      e = backup_chunk_read_data (rd->r, rd->ix.digest[idx], buf, clen);
+    if (e < 0)
       return read_error (rd, idx, e);
     return 0;
   }
@@ -366,6 +375,13 @@ ssize_t
 backup_reader_pread (struct backup_reader *rd, void *buf, size_t len,
                      uint64_t off)
 {
+  return backup_reader_pread_flags (rd, buf, len, off, 0);
+}
+
+ssize_t
+backup_reader_pread_flags (struct backup_reader *rd, void *buf, size_t len,
+                           uint64_t off, int flags)
+{
   uint64_t cs = rd->m.chunk_size, idx;
   size_t done = 0, co, n;
   int e;
@@ -378,11 +394,36 @@ backup_reader_pread (struct backup_reader *rd, void *buf, size_t len,
     n = MIN (len - done, cs - co);
     if (backup_digest_is_hole (rd->ix.digest[idx]))
       memset ((char *) buf + done, 0, n);
-    else if ((e = read_chunk (rd, idx, (char *) buf + done, co, n)) < 0)
+    else if ((e = read_chunk (rd, idx, (char *) buf + done, co, n,
+                              flags)) < 0)
       return e;
     done += n;
   }
   return len;
+}
+
+int
+backup_reader_verify (struct backup_reader *rd, const void *buf, size_t len,
+                      uint64_t off)
+{
+  uint64_t cs = rd->m.chunk_size, idx;
+  size_t done = 0, n;
+  int e;
+
+  if (off > rd->m.size || len > rd->m.size - off)
+    return vbk_errno (-EINVAL, "backup %s: check past the end", rd->m.id);
+  while (done < len) {
+    idx = (off + done) / cs;
+    n = MIN (len - done, cs - (off + done) % cs);
+    /* Only whole chunks were read unhashed; holes were not read. */
+    if ((off + done) % cs == 0 && n == MIN (cs, rd->m.size - idx * cs)
+        && !backup_digest_is_hole (rd->ix.digest[idx])
+        && (e = backup_chunk_verify (rd->r, rd->ix.digest[idx],
+                                     (const char *) buf + done, n)) < 0)
+      return read_error (rd, idx, e);
+    done += n;
+  }
+  return 0;
 }
 
 /* ---- Watching the catalog ------------------------------------------------------ */

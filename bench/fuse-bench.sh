@@ -29,11 +29,23 @@
 #                       and listing as for nbdfuse (kernel ext4 on a loop
 #                       device over the mounted disk.raw, root only)
 #   borg mount          the same with borg (needs python3-llfuse)
+# Knobs (environment):
+#   VBK_BIN_BASE=DIR    another build's bin/ (e.g. before a change): the
+#                       backup rows are measured with both, interleaved,
+#                       the other build's rows marked "base"
+#   FUSE_BENCH_REPS=N   the vbk backup rows N times (default 1), for
+#                       medians on a shared machine
+#   FUSE_BENCH_RA_KB=K  one more backup row per repetition with the
+#                       kernel's readahead of the mount set to K KiB
+#                       (128: what a user who is not root gets; root only)
 # A rados store needs CEPH_CONF and VBK_TEST_POOL (deploy/ceph-dev-cluster.sh).
 set -euo pipefail
 
 VBK_SRC=$(cd "$(dirname "$0")/.." && pwd)
 VBK_BIN=${VBK_BIN:-$VBK_SRC/build/bin}
+VBK_BIN_BASE=${VBK_BIN_BASE:-}
+reps=${FUSE_BENCH_REPS:-1}
+ra_kb=${FUSE_BENCH_RA_KB:-}
 PATH=$PATH:/usr/sbin:/sbin
 kind=local
 size_gib=2
@@ -216,20 +228,26 @@ printf '%-22s %10s %10s %10s %10s %10s %10s %10s %10s\n' reader "first-s" \
 
 # ---- vbk mount (snapshot) ----------------------------------------------------------
 
+# run_vbk PATH LABEL [BIN [RA_KB]]: a fresh mount by BIN/vbk (default
+# $VBK_BIN), its kernel readahead set to RA_KB if given.
 run_vbk ()
 {
-  local m=$W/mnt-vbk t0 t1 S
+  local m=$W/mnt-vbk t0 t1 S bin=${3:-$VBK_BIN}
   mkdir -p "$m"
   t0=$(now)
-  v mount "$m" ${repo_arg:+--repo "$repo"}
+  "$bin/vbk" --store "$store" mount "$m" ${repo_arg:+--repo "$repo"}
   mounts+=("$m")
+  if [ -n "${4:-}" ]; then
+    echo "$4" >"/sys/class/bdi/$(mountpoint -d "$m")/read_ahead_kb" ||
+      echo "# could not set the readahead of $m" >&2
+  fi
   S=$m/$1
   head -c 1 "$S/disk" >/dev/null
   t1=$(now)
   first=$(secs "$t0" "$t1")
   cpu_pids=$(mount_pid "$m")
   measure "vbk mount ($2)" "$S/disk" "$S/files/p1/big.bin" "$S/files/p1/many"
-  v umount "$m"
+  "$bin/vbk" umount "$m"
   sleep 0.5
 }
 repo_arg=
@@ -261,7 +279,15 @@ v backup init "$repo" >/dev/null
 t0=$(now); v backup run bench --repo "$repo" >/dev/null; t1=$(now)
 echo "# vbk backup run: $(secs "$t0" "$t1") s" >&2
 repo_arg=1
-run_vbk backups/bench/latest backup
+for _ in $(seq "$reps"); do
+  run_vbk backups/bench/latest backup
+  if [ -n "$VBK_BIN_BASE" ]; then
+    run_vbk backups/bench/latest "backup, base" "$VBK_BIN_BASE"
+  fi
+  if [ -n "$ra_kb" ]; then
+    run_vbk backups/bench/latest "backup, ra ${ra_kb}K" "$VBK_BIN" "$ra_kb"
+  fi
+done
 
 export RESTIC_PASSWORD=bench
 restic -q -r "$W/restic" init >/dev/null

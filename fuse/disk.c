@@ -30,6 +30,17 @@
  * fetch until a reader's own fetch succeeds, so that a failing store does
  * not make it evict the good chunks it still has.
  *
+ * Checks in two steps (a backup: the CRC-32 of a chunk, then its
+ * SHA-256 against its name; vbkfs_disk_check_later): a reader's own
+ * fetch takes the cheap step, hands the chunk out, and queues the full
+ * check on d->vq (one thread, at most VERIFY_MAX queued; beyond that the
+ * reader checks at once); a reader going on from the chunk before (a
+ * sequential stream that outran readahead) checks in full at once.  A bit per chunk remembers the chunks checked
+ * in full, so a chunk evicted and fetched again takes the cheap step
+ * only, and another the chunks that failed: those read as EIO for as
+ * long as the disk is open (the source's data cannot change).
+ * Readahead checks in full at once (it runs ahead of the readers).
+ *
  * Invariants: an entry is freed only when it is out of the hash and its
  * reference count is zero; eviction takes only READY entries that
  * nobody references.  All of the cache is under d->lock; copies out of
@@ -57,6 +68,7 @@
 #define RA_BATCH_MAX (RA_BATCH_BYTES >> CHUNK_SHIFT_MIN)
 #define CACHE_DEFAULT (64u << 20)
 #define LOGGED 8                                /* errors remembered */
+#define VERIFY_MAX 4                            /* checks queued at most */
 
 enum { CH_LOADING, CH_READY, CH_FAILED };
 
@@ -105,10 +117,38 @@ struct vbkfs_disk {
   bool ra_off;                          /* after a failed fetch, until a
                                            reader's fetch succeeds */
 
+  /* Checks left for later (a source with pread_unhashed and verify),
+   * under lock; NULL bitmaps for other sources. */
+  uint8_t *checked;                     /* a bit per chunk: checked in
+                                           full once */
+  uint8_t *bad;                         /* a bit per chunk: failed it */
+  bool later;                            /* checks may follow the data */
+  struct workq *vq;                     /* NULL: every check at once */
+  unsigned vpending;                    /* checks queued or running */
+
   struct vbkfs_disk_stats stats;
   char logged[LOGGED][160];             /* recent errors, under lock */
   unsigned nlogged;
 };
+
+/* A chunk handed out unhashed, to be checked in full on d->vq. */
+struct verify_job {
+  struct workq_item it;
+  struct vbkfs_disk *d;
+  struct chunk *c;
+};
+
+static bool
+bit_get (const uint8_t *map, uint64_t i)
+{
+  return (map[i >> 3] >> (i & 7)) & 1;
+}
+
+static void
+bit_set (uint8_t *map, uint64_t i)
+{
+  map[i >> 3] |= (uint8_t) (1u << (i & 7));
+}
 
 /* ---- Allocation map ------------------------------------------------------ */
 
@@ -315,27 +355,64 @@ log_fetch_error (struct vbkfs_disk *d, uint64_t off, uint64_t len,
                (unsigned long long) off, msg);
 }
 
+static void verify_run (struct workq_item *it);
+
 /* Fetches the N LOADING chunks in C (consecutive indexes) with one read
  * from the source and one check, and publishes them.  Drops the
- * fetcher's references.  Called without the lock. */
+ * fetcher's references.  Called without the lock.
+ *
+ * A reader's own fetch of one chunk from a source that can check in two
+ * steps (pread_unhashed, verify) takes the cheap step only; the full
+ * check runs on d->vq after the chunk is handed out, unless that chunk
+ * passed it before (d->checked) or VERIFY_MAX checks are pending already
+ * (then it runs here, before).  Readahead runs ahead of the readers, so
+ * it checks in full at once (for a backup that skips the CRC-32 too). */
 static int
 fetch (struct vbkfs_disk *d, struct chunk **c, size_t n, bool ahead)
 {
   uint64_t off = c[0]->idx << d->shift;
   uint64_t end = MIN (d->size, (c[n - 1]->idx + 1) << d->shift);
   char *buf = n == 1 ? c[0]->data : malloc (end - off);
+  struct verify_job *job = NULL;
+  bool unhashed = false, known = false, later = false, vfail = false;
   ssize_t r;
   size_t i;
 
   log_debug ("vbkfs: %s: fetch chunks %llu+%zu", d->src.name,
              (unsigned long long) c[0]->idx, n);
+  if (!ahead && n == 1 && d->later) {
+    pthread_mutex_lock (&d->lock);
+    known = bit_get (d->checked, c[0]->idx);
+    /* A reader going on from the chunk before, with readahead behind:
+     * it waits either way, and on a busy CPU one SHA-256 costs less
+     * than a CRC-32 and a SHA-256, so the full check at once. */
+    unhashed = known || c[0]->idx != d->last_idx + 1;
+    later = unhashed && !known && d->vq && d->vpending < VERIFY_MAX;
+    if (later)
+      d->vpending++;
+    pthread_mutex_unlock (&d->lock);
+    if (later && (job = malloc (sizeof *job)) == NULL) {
+      pthread_mutex_lock (&d->lock);
+      d->vpending--;
+      pthread_mutex_unlock (&d->lock);
+      later = false;
+    }
+  }
   if (buf == NULL)
     r = -ENOMEM;
   else {
-    r = d->src.ops->pread (d->src.h, buf, end - off, off);
+    if (unhashed)
+      r = d->src.ops->pread_unhashed (d->src.h, buf, end - off, off);
+    else
+      r = d->src.ops->pread (d->src.h, buf, end - off, off);
     if (r >= 0 && (uint64_t) r != end - off)
       r = vbk_errno (-EIO, "vbkfs: %s: short read at %llu", d->src.name,
                      (unsigned long long) off);
+    /* No room to check it later: now. */
+    if (r >= 0 && unhashed && !known && !later) {
+      r = d->src.ops->verify (d->src.h, buf, end - off, off);
+      vfail = r < 0;
+    }
     if (r >= 0)
       r = d->src.ops->check (d->src.h);
   }
@@ -352,6 +429,26 @@ fetch (struct vbkfs_disk *d, struct chunk **c, size_t n, bool ahead)
 
   pthread_mutex_lock (&d->lock);
   d->stats.fetches += n;
+  if (unhashed && (r >= 0 || vfail))
+    d->stats.unhashed++;
+  if (vfail) {
+    bit_set (d->bad, c[0]->idx);
+    d->stats.verify_failed++;
+  }
+  if (later && r < 0)
+    d->vpending--;
+  if (later && r >= 0) {
+    /* The check's own reference: the chunk stays cached until then. */
+    c[0]->refs++;
+    job->d = d;
+    job->c = c[0];
+  }
+  else if (d->checked && r >= 0) {
+    for (i = 0; i < n; i++)
+      bit_set (d->checked, c[i]->idx);
+    if (unhashed && !known)
+      d->stats.verified++;      /* at once: the queue was full */
+  }
   /* Failing fetches ahead would evict good chunks again and again (the
    * kernel retries a failed read page by page): no readahead until a
    * reader's own fetch works again. */
@@ -374,7 +471,46 @@ fetch (struct vbkfs_disk *d, struct chunk **c, size_t n, bool ahead)
   evict_unlocked (d, d->max_chunks);
   pthread_cond_broadcast (&d->cond);
   pthread_mutex_unlock (&d->lock);
+  if (later && r >= 0 && workq_submit (d->vq, &job->it, verify_run) < 0)
+    verify_run (&job->it);      /* closing: check it here */
+  else if (!(later && r >= 0))
+    free (job);
   return r < 0 ? (r == -ENOMEM ? -ENOMEM : -EIO) : 0;
+}
+
+/* The full check of a chunk handed out unhashed.  A chunk that fails it
+ * leaves the cache and reads as EIO for as long as the disk is open (its
+ * data cannot change); the failure is logged naming the chunk.  What
+ * readers were given before that (and the kernel may keep in its page
+ * cache) is not taken back. */
+static void
+verify_run (struct workq_item *it)
+{
+  struct verify_job *job = workq_entry (it, struct verify_job, it);
+  struct vbkfs_disk *d = job->d;
+  struct chunk *c = job->c;
+  uint64_t off = c->idx << d->shift;
+  size_t len = MIN (d->csize, d->size - off);
+  int r;
+
+  r = d->src.ops->verify (d->src.h, c->data, len, off);
+  if (r < 0)
+    log_fetch_error (d, off, len, r);
+  pthread_mutex_lock (&d->lock);
+  d->vpending--;
+  if (r == 0) {
+    bit_set (d->checked, c->idx);
+    d->stats.verified++;
+  }
+  else {
+    bit_set (d->bad, c->idx);
+    d->stats.verify_failed++;
+    if (c->hashed)
+      hash_remove (d, c);
+  }
+  chunk_put_unlocked (c);
+  pthread_mutex_unlock (&d->lock);
+  free (job);
 }
 
 /* Returns chunk IDX, READY and referenced, or NULL with *ERR. */
@@ -385,6 +521,11 @@ chunk_get (struct vbkfs_disk *d, uint64_t idx, int *err)
   int r;
 
   pthread_mutex_lock (&d->lock);
+  if (d->bad && bit_get (d->bad, idx)) {
+    pthread_mutex_unlock (&d->lock);
+    *err = -EIO;                /* logged when it was found */
+    return NULL;
+  }
   for (;;) {
     c = hash_find (d, idx);
     if (c == NULL)
@@ -458,7 +599,8 @@ ra_run (struct workq_item *it)
     while (n < d->ra_batch && d->ra_from < d->ra_to && d->ra_from < nchunks) {
       uint64_t idx = d->ra_from;
 
-      if (hash_find (d, idx) || chunk_is_hole (d, idx)) {
+      if (hash_find (d, idx) || chunk_is_hole (d, idx)
+          || (d->bad && bit_get (d->bad, idx))) {
         if (n)
           break;
         d->ra_from++;
@@ -625,6 +767,16 @@ vbkfs_disk_open (struct vbkfs_source *src, uint64_t cache_bytes,
     r = -ENOMEM;
     goto fail;
   }
+  if (src->ops->pread_unhashed && src->ops->verify) {
+    size_t bytes = (((d->size + d->csize - 1) >> d->shift) + 7) / 8;
+
+    d->checked = calloc (bytes ? bytes : 1, 1);
+    d->bad = calloc (bytes ? bytes : 1, 1);
+    if (d->checked == NULL || d->bad == NULL) {
+      r = -ENOMEM;
+      goto fail;
+    }
+  }
   r = src->ops->extents (src->h, 0, d->size, add_extent, d);
   if (r < 0) {
     log_error ("vbkfs: %s: reading the allocation map failed: %s",
@@ -642,6 +794,8 @@ vbkfs_disk_open (struct vbkfs_source *src, uint64_t cache_bytes,
   return 0;
 
  fail:
+  free (d->checked);
+  free (d->bad);
   free (d->hash);
   free (d->ext);
   src->ops->close (src->h);
@@ -664,6 +818,8 @@ vbkfs_disk_close (struct vbkfs_disk *d)
     pthread_mutex_unlock (&d->lock);
     workq_free (d->ra_q);
   }
+  /* The checks still queued run: each holds a chunk. */
+  workq_free (d->vq);
   for (i = 0; i < d->nhash; i++)
     for (c = d->hash[i]; c; c = next) {
       next = c->hnext;
@@ -672,6 +828,8 @@ vbkfs_disk_close (struct vbkfs_disk *d)
     }
   free (d->hash);
   free (d->ext);
+  free (d->checked);
+  free (d->bad);
   d->src.ops->close (d->src.h);
   pthread_mutex_destroy (&d->lock);
   pthread_cond_destroy (&d->cond);
@@ -696,6 +854,20 @@ vbkfs_disk_get_stats (struct vbkfs_disk *d, struct vbkfs_disk_stats *s)
   pthread_mutex_lock (&d->lock);
   *s = d->stats;
   pthread_mutex_unlock (&d->lock);
+}
+
+void
+vbkfs_disk_check_later (struct vbkfs_disk *d)
+{
+  /* Without its thread every check runs before the data is handed out,
+   * as it does for a disk that never comes here. */
+  struct workq_opts qo = { .name = "vbkfs-check", .threads = 1 };
+
+  if (d->checked == NULL || d->later)
+    return;
+  if (workq_new (&qo, &d->vq) < 0)
+    d->vq = NULL;
+  d->later = true;
 }
 
 void

@@ -50,6 +50,15 @@ struct vbkfs_source_ops {
    * gone meanwhile).  NULL: nothing to drop. */
   void (*unpin) (void *h);
   int (*pin) (void *h);
+  /* Optional, both or neither: pread with only the cheap part of the
+   * source's checks (a backup: the CRC-32 or GCM tag of each chunk, not
+   * its SHA-256 against its name), and that other part later: VERIFY
+   * checks BUF, LEN bytes read so at OFF (whole units of the disk):
+   * 0, or -EIO with a message naming the chunk.  The disk hands such
+   * data out at once and checks it off the reader's path, once per
+   * chunk for as long as it is open. */
+  ssize_t (*pread_unhashed) (void *h, void *buf, size_t len, uint64_t off);
+  int (*verify) (void *h, const void *buf, size_t len, uint64_t off);
 };
 
 struct vbkfs_source {
@@ -89,8 +98,19 @@ struct vbkfs_disk_stats {
   uint64_t fetches;             /* chunk reads from the source */
   uint64_t hits;                /* chunk lookups served from the cache */
   uint64_t readahead;           /* chunks fetched ahead of readers */
+  uint64_t unhashed;            /* fetched with the cheap checks only */
+  uint64_t verified;            /* of those, checked in full (later,
+                                   or at once with the queue full) */
+  uint64_t verify_failed;       /* of those, found wrong */
 };
 void vbkfs_disk_get_stats (struct vbkfs_disk *d, struct vbkfs_disk_stats *s);
+/* Lets the disk hand data out before the second step of a two-step
+ * source's checks (pread_unhashed, verify), and run that step on a
+ * thread of its own right after, once per chunk while the disk is open;
+ * a chunk that fails it reads as EIO from then on (vbk mount).  Without
+ * this call, or for other sources, every check runs before (vbk files).
+ * Call before the first read. */
+void vbkfs_disk_check_later (struct vbkfs_disk *d);
 /* The source's unpin and pin (see above); no-ops without them. */
 void vbkfs_disk_unpin (struct vbkfs_disk *d);
 int vbkfs_disk_pin (struct vbkfs_disk *d);

@@ -190,6 +190,7 @@ poll_main (void *arg)
     if (p->stop)
       break;
     pthread_mutex_unlock (&p->lock);
+    vbkfs_unpin_idle (p->fs);
     vbkfs_poll_latest (p->fs, link_moved, p);
     pthread_mutex_lock (&p->lock);
   }

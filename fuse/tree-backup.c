@@ -571,6 +571,18 @@ bk_pread (void *h, void *buf, size_t len, uint64_t off)
   return backup_reader_pread (h, buf, len, off);
 }
 
+static ssize_t
+bk_pread_unhashed (void *h, void *buf, size_t len, uint64_t off)
+{
+  return backup_reader_pread_flags (h, buf, len, off, BACKUP_READ_UNHASHED);
+}
+
+static int
+bk_verify (void *h, const void *buf, size_t len, uint64_t off)
+{
+  return backup_reader_verify (h, buf, len, off);
+}
+
 static int
 bk_extents (void *h, uint64_t off, uint64_t len, image_extent_cb cb,
             void *arg)
@@ -618,6 +630,8 @@ static const struct vbkfs_source_ops backup_ops = {
   .chunk_size = bk_chunk_size,
   .unpin = bk_unpin,
   .pin = bk_pin,
+  .pread_unhashed = bk_pread_unhashed,
+  .verify = bk_verify,
 };
 
 int

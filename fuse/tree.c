@@ -27,7 +27,10 @@
  * one closes the pin is dropped, and it is taken again (the backup
  * checked to still exist, else the open fails) when a file is opened.
  * A volume only looked at (stat, listings) and never opened keeps the
- * pin it took when it was opened, until the unmount.
+ * pin it took when it was opened until vbkfs_unpin_idle finds it idle
+ * for IDLE_NS (the mount calls it once a second).  Reads that are not
+ * through an open file (listings and lookups inside files/) do not pin:
+ * of a backup pruned and collected meanwhile they fail with EIO.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -46,6 +49,8 @@
 #include "tree.h"
 
 /* ---- Volumes ------------------------------------------------------------ */
+
+#define IDLE_NS (1000ull * 1000 * 1000)
 
 static struct vbkfs_vol *
 vol_find_unlocked (struct vbkfs *fs, int kind, const char *image,
@@ -114,7 +119,10 @@ vol_get (struct vbkfs *fs, int kind, const char *image, const char *name,
     pthread_mutex_unlock (&fs->lock);
     return r == -ENOMEM ? r : -EIO;
   }
+  if (fs->check_later)
+    vbkfs_disk_check_later (v->disk);
   v->kind = kind;
+  v->idle_ns = now_mono_ns ();
   snprintf (v->image, sizeof v->image, "%s", image);
   snprintf (v->name, sizeof v->name, "%s", name);
   pthread_mutex_init (&v->lock, NULL);
@@ -718,7 +726,29 @@ vol_close_file (struct vbkfs_vol *v)
     vbkfs_disk_unpin (v->disk);
     v->unpinned = true;
   }
+  if (v->opens == 0)
+    v->idle_ns = now_mono_ns ();
   pthread_mutex_unlock (&v->lock);
+}
+
+void
+vbkfs_unpin_idle (struct vbkfs *fs)
+{
+  uint64_t now = now_mono_ns ();
+  struct vbkfs_vol *v;
+
+  /* Volumes are only added to the list, and freed at vbkfs_free. */
+  pthread_mutex_lock (&fs->lock);
+  v = fs->vols;
+  pthread_mutex_unlock (&fs->lock);
+  for (; v; v = v->next) {
+    pthread_mutex_lock (&v->lock);
+    if (v->opens == 0 && !v->unpinned && now - v->idle_ns >= IDLE_NS) {
+      vbkfs_disk_unpin (v->disk);
+      v->unpinned = true;
+    }
+    pthread_mutex_unlock (&v->lock);
+  }
 }
 
 int
@@ -833,6 +863,7 @@ vbkfs_new (const struct vbkfs_opts *o, struct vbkfs **out)
     return -ENOMEM;
   fs->store = o->store;
   fs->cache_bytes = o->cache_bytes;
+  fs->check_later = o->check_later;
   fs->uid = getuid ();
   fs->gid = getgid ();
   pthread_mutex_init (&fs->lock, NULL);

@@ -36,11 +36,13 @@ struct vbkfs_vol {
   struct vbkfs_fsx *fsx;        /* nparts + 1: the last is the disk */
   unsigned opens;               /* open files of disk, parts/, files/ */
   bool unpinned;                /* the source's pin dropped */
+  uint64_t idle_ns;             /* monotonic: when opens was last 0 */
 };
 
 struct vbkfs {
   struct store *store;
   uint64_t cache_bytes;
+  bool check_later;
   uid_t uid;
   gid_t gid;
   pthread_mutex_t lock;         /* vols */

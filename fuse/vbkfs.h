@@ -41,6 +41,10 @@ struct vbkfs_opts {
   const char *repo_uri;       /* backup repository, or NULL */
   const struct backup_key_opts *repo_key; /* its key if encrypted, or NULL */
   uint64_t cache_bytes;       /* per disk; 0: 64 MiB */
+  /* Hand a backup's data out once its chunks' CRC-32 (encrypted: GCM
+   * tag) is checked, and check their SHA-256 right after, once per chunk
+   * (vbk mount: see README); false: every check before (vbk files). */
+  bool check_later;
 };
 
 /* Creates the tree.  Opens the backup repository when REPO_URI is set.
@@ -85,6 +89,12 @@ int64_t vbkfs_lseek (struct vbkfs_file *f, int64_t off, int whence);
 typedef void (*vbkfs_changed_cb) (void *arg, const char *path);
 void vbkfs_poll_latest (struct vbkfs *fs, vbkfs_changed_cb changed,
                         void *arg);
+
+/* Drops the pin of each backup whose disk was opened by a lookup or a
+ * listing and has had no open file for a second or more (a backup only
+ * listed would else keep gc from collecting it until the unmount).
+ * Cheap; call it about once a second, from a thread of its own. */
+void vbkfs_unpin_idle (struct vbkfs *fs);
 
 /* ---- mount.c: the tree behind FUSE ------------------------------------ */
 

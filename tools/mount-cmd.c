@@ -232,6 +232,7 @@ serve (struct vbk_ctx *ctx, struct vbk_args *a, const char *dir,
     return VBK_EXIT_FAILURE;
   }
   fo.store = st;
+  fo.check_later = true;
   vbk_clear_error ();
   r = vbkfs_new (&fo, &fs);
   OPENSSL_cleanse (pass, sizeof pass);

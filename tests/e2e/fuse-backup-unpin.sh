@@ -4,8 +4,9 @@
 # fuse-backup-unpin.sh - a backup opened through "vbk mount" pins its
 # chunks against gc only while one of its files is open, once per store
 # backend (VBK_TEST_BACKENDS; the repository on the same backend):
-#   backup B1 of image d (8 MiB of random bytes, 256 KiB chunks) is read
-#   whole through the mount and closed: gc then finds no open reader,
+#   backup B1 of image d (8 MiB of random bytes, 256 KiB chunks) is only
+#   listed (its disk opened for its size, no file opened): gc soon finds
+#   no open reader; then read whole through the mount and closed: gc then finds no open reader,
 #   though the mount is still up and keeps B1's disk open for later
 #   paths; opened again, B1 counts as an open reader again, and reads
 #   right; closed, not.  d is replaced, backed up (B2) and
@@ -56,6 +57,11 @@ b1=$(backup_id) || fail "backup ls"
 
 mount_vbk "$M" --repo "$repo"
 disk1=$M/backups/d/$b1/disk
+# Only listed (its disk opened for the sizes, no file of it opened): the
+# pin is dropped within about a second too.
+ls -l "$M/backups/d/$b1/" >/dev/null || fail "listing B1"
+[ "$(stat -c %s "$disk1")" = $((8 << 20)) ] || fail "size of B1's disk"
+wait_readers 0
 cmp "$disk1" "$D/d1.raw" || fail "B1 read through the mount differs"
 # Closed: no reader left, though the mount keeps B1's disk open.
 wait_readers 0

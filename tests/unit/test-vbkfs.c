@@ -6,7 +6,10 @@
  * reads, readahead fetches ahead of a sequential reader, a failing
  * source gives EIO and nothing is cached, a failed check (a snapshot
  * removed) gives EIO and never the data read, and the cache stays within
- * its limit.
+ * its limit.  A source that checks in two steps (a backup: CRC-32 at
+ * once, SHA-256 later) has each chunk checked in full once, off the
+ * reader's path; a chunk that fails it reads as EIO from then on; with
+ * the queue of checks full the check runs before the data is handed out.
  */
 /* VBK_TEST_LINKS: vbkfs-internals */
 #include <errno.h>
@@ -36,6 +39,11 @@ struct mem {
   int fail;                     /* pread fails with -EIO */
   int check_fail;               /* check fails with -EIO */
   int closed;
+  /* Two-step checks. */
+  int unhashed;                 /* pread_unhashed calls */
+  int verifies;                 /* verify calls */
+  uint64_t bad_off;             /* verify fails for the chunk here */
+  int block;                    /* verify of chunk 0 waits while set */
 };
 
 static uint64_t
@@ -103,6 +111,51 @@ m_chunk_size (void *h)
 static const struct vbkfs_source_ops mem4_ops = {
   .kind = "memory", .size = m_size, .pread = m_pread, .extents = m_extents,
   .check = m_check, .close = m_close, .chunk_size = m_chunk_size,
+};
+
+/* The same with its checks in two steps, as a backup's. */
+static ssize_t
+m_pread_unhashed (void *h, void *buf, size_t len, uint64_t off)
+{
+  struct mem *m = h;
+
+  __atomic_add_fetch (&m->unhashed, 1, __ATOMIC_SEQ_CST);
+  return m_pread (h, buf, len, off);
+}
+
+static int
+m_verify (void *h, const void *buf, size_t len, uint64_t off)
+{
+  struct mem *m = h;
+
+  assert_int_equal (len, 4 * MiB);
+  assert_memory_equal (buf, m->data + off, len);
+  while (off == 0 && __atomic_load_n (&m->block, __ATOMIC_SEQ_CST))
+    usleep (1000);
+  __atomic_add_fetch (&m->verifies, 1, __ATOMIC_SEQ_CST);
+  if (m->bad_off && off == m->bad_off)
+    return vbk_errno (-EIO, "mem: chunk at %llu does not match its name",
+                      (unsigned long long) off);
+  return 0;
+}
+
+/* Both steps at once. */
+static ssize_t
+m_pread_full (void *h, void *buf, size_t len, uint64_t off)
+{
+  struct mem *m = h;
+
+  if (m->bad_off && off == m->bad_off)
+    return vbk_errno (-EIO, "mem: chunk at %llu does not match its name",
+                      (unsigned long long) off);
+  return m_pread (h, buf, len, off);
+}
+
+static const struct vbkfs_source_ops mem4v_ops = {
+  .kind = "memory", .size = m_size, .pread = m_pread_full,
+  .extents = m_extents,
+  .check = m_check, .close = m_close, .chunk_size = m_chunk_size,
+  .pread_unhashed = m_pread_unhashed, .verify = m_verify,
 };
 
 /* 64 MiB with data (a pattern) at [4, 12) MiB and [40, 41) MiB. */
@@ -354,6 +407,166 @@ test_cache_limit (void **state)
   mem_free (m);
 }
 
+/* Waits (no timing asserted) until the disk finished N later checks. */
+static struct vbkfs_disk_stats
+wait_checks (struct vbkfs_disk *d, uint64_t n)
+{
+  struct vbkfs_disk_stats s;
+  int i;
+
+  for (i = 0; i < 20000; i++) {
+    vbkfs_disk_get_stats (d, &s);
+    if (s.verified + s.verify_failed >= n)
+      break;
+    usleep (1000);
+  }
+  assert_int_equal (s.verified + s.verify_failed, n);
+  return s;
+}
+
+static void
+test_checked_later (void **state)
+{
+  struct mem *m = mem_new ();
+  struct vbkfs_source src = { .ops = &mem4v_ops, .h = m, .name = "mem4v" };
+  struct vbkfs_disk *d = NULL;
+  struct vbkfs_disk_stats s;
+  char buf[4096];
+  uint64_t i, off;
+
+  /* All 16 chunks allocated (zeros but for the pattern). */
+  m->ext[0][0] = 0;
+  m->ext[0][1] = m->size;
+  m->next = 1;
+  m->bad_off = 8 * MiB;
+  assert_int_equal (vbkfs_disk_open (&src, 1, &d), 0);  /* a few chunks */
+  vbkfs_disk_check_later (d);
+
+  /* A reader's fetch takes the cheap check; the full one follows. */
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 5 * MiB + 100), 4096);
+  assert_memory_equal (buf, m->data + 5 * MiB + 100, 4096);
+  assert_int_equal (m->unhashed, 1);
+  s = wait_checks (d, 1);
+  assert_int_equal (s.verified, 1);
+  assert_int_equal (m->verifies, 1);
+
+  /* Every chunk once, in an order without runs (no readahead), with a
+   * cache smaller than that: chunk 1 is evicted, fetched again, and not
+   * checked in full again. */
+  for (i = 0; i < 16; i++) {
+    off = ((i * 5) % 16) * 4 * MiB + 4096;
+    if (off / (4 * MiB) == 2 || off / (4 * MiB) == 1)
+      continue;
+    assert_int_equal (vbkfs_disk_pread (d, buf, 4096, off), 4096);
+    assert_memory_equal (buf, m->data + off, 4096);
+  }
+  s = wait_checks (d, 15);
+  assert_int_equal (m->verifies, 15);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 5 * MiB), 4096);
+  assert_memory_equal (buf, m->data + 5 * MiB, 4096);
+  assert_int_equal (m->unhashed, 16);
+  vbkfs_disk_get_stats (d, &s);
+  assert_int_equal (s.verified, 15);
+  assert_int_equal (m->verifies, 15);
+
+  /* A chunk that passes the cheap check but not the full one: handed
+   * out once, then EIO for good (its data cannot change).  (Not right
+   * after chunk 1: a reader going on to the next chunk checks in full.) */
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 48 * MiB), 4096);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 8 * MiB + 4096), 4096);
+  s = wait_checks (d, 16);
+  assert_int_equal (s.verify_failed, 1);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 8 * MiB + 4096), -EIO);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 9 * MiB), -EIO);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 12 * MiB), 4096);
+  vbkfs_disk_close (d);
+  mem_free (m);
+}
+
+/* A reader going on to the next chunk not yet checked: the full check
+ * at once (a sequential stream), not the cheap one and a later one. */
+static void
+test_checked_sequential (void **state)
+{
+  struct mem *m = mem_new ();
+  struct vbkfs_source src = { .ops = &mem4v_ops, .h = m, .name = "mem4v" };
+  struct vbkfs_disk *d = NULL;
+  char buf[4096];
+
+  assert_int_equal (vbkfs_disk_open (&src, 0, &d), 0);
+  vbkfs_disk_check_later (d);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 4 * MiB), 4096);
+  assert_int_equal (m->unhashed, 1);
+  wait_checks (d, 1);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 8 * MiB), 4096);
+  assert_memory_equal (buf, m->data + 8 * MiB, 4096);
+  assert_int_equal (m->unhashed, 1);
+  assert_int_equal (m->verifies, 1);
+  vbkfs_disk_close (d);
+  mem_free (m);
+}
+
+/* Without vbkfs_disk_check_later (vbk files): the full check before
+ * the data is handed out. */
+static void
+test_checked_at_once (void **state)
+{
+  struct mem *m = mem_new ();
+  struct vbkfs_source src = { .ops = &mem4v_ops, .h = m, .name = "mem4v" };
+  struct vbkfs_disk *d = NULL;
+  char buf[4096];
+
+  m->bad_off = 8 * MiB;
+  assert_int_equal (vbkfs_disk_open (&src, 0, &d), 0);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 5 * MiB), 4096);
+  assert_memory_equal (buf, m->data + 5 * MiB, 4096);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 8 * MiB), -EIO);
+  assert_int_equal (m->unhashed, 0);
+  assert_int_equal (m->verifies, 0);    /* pread checked in full */
+  vbkfs_disk_close (d);
+  mem_free (m);
+}
+
+static void
+test_check_queue_full (void **state)
+{
+  struct mem *m = mem_new ();
+  struct vbkfs_source src = { .ops = &mem4v_ops, .h = m, .name = "mem4v" };
+  struct vbkfs_disk *d = NULL;
+  struct vbkfs_disk_stats s;
+  char buf[4096];
+  int i;
+
+  m->ext[0][0] = 0;
+  m->ext[0][1] = m->size;
+  m->next = 1;
+  m->bad_off = 20 * MiB;
+  assert_int_equal (vbkfs_disk_open (&src, 0, &d), 0);
+  vbkfs_disk_check_later (d);
+  /* The check of chunk 0 waits: it and the next three fill the queue
+   * (VERIFY_MAX, 4); the fifth reader checks in full itself, and gets
+   * EIO at once for a chunk that fails it. */
+  m->block = 1;
+  for (i = 0; i < 4; i++)
+    assert_int_equal (vbkfs_disk_pread (d, buf, 4096, (uint64_t) i * 8 * MiB),
+                      4096);
+  assert_int_equal (m->verifies, 0);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 20 * MiB), -EIO);
+  assert_int_equal (m->verifies, 1);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 20 * MiB + 4096), -EIO);
+  assert_int_equal (m->verifies, 1);    /* found bad: not read again */
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 44 * MiB), 4096);
+  assert_memory_equal (buf, m->data + 44 * MiB, 4096);
+  assert_int_equal (m->verifies, 2);    /* the queue is still full */
+  m->block = 0;
+  s = wait_checks (d, 6);
+  assert_int_equal (s.verified, 5);
+  assert_int_equal (s.verify_failed, 1);
+  assert_int_equal (m->verifies, 6);
+  vbkfs_disk_close (d);
+  mem_free (m);
+}
+
 int
 main (void)
 {
@@ -366,6 +579,10 @@ main (void)
     cmocka_unit_test (test_failing_source),
     cmocka_unit_test (test_check_fails),
     cmocka_unit_test (test_cache_limit),
+    cmocka_unit_test (test_checked_later),
+    cmocka_unit_test (test_checked_at_once),
+    cmocka_unit_test (test_checked_sequential),
+    cmocka_unit_test (test_check_queue_full),
   };
 
   log_level = LOG_LVL_ERROR - 1;        /* the failures are expected */
