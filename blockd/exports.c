@@ -375,7 +375,14 @@ export_open (struct nbd_srv_exports *t, const char *name, int *err)
         r = image_set_trusted (e->img, 0);
     }
   else
-    r = nbd_srv_export_open_rw (e, &lc);
+    {
+      /* A name that is no image costs one read on the shared handle,
+       * not a store connection of its own (and its threads) opened only
+       * to find out. */
+      r = image_stat (t->store, e->image, &info);
+      if (r == 0)
+        r = nbd_srv_export_open_rw (e, &lc);
+    }
   if (r < 0)
     goto fail;
   image_get_info (e->img, &info);

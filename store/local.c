@@ -485,10 +485,46 @@ check_fence (struct root *r, const char *op)
   } while (0)
 
 /* Per thread: open files of the change locks of the roots it used
- * lately, by root serial (never reused, unlike inode numbers). */
+ * lately, by root serial (never reused, unlike inode numbers).  They
+ * are closed when the thread exits (gen_key's destructor: threads come
+ * and go with connections and store handles, and each one that made a
+ * change would otherwise leave its files open for the life of the
+ * process) and, for the thread that closes a root, with the root. */
 #define GEN_FDS 8
 static __thread struct { uint64_t serial; int fd; } gen_fds[GEN_FDS];
 static __thread unsigned gen_next;
+static __thread bool gen_key_set;
+static pthread_key_t gen_key;
+static pthread_once_t gen_key_once = PTHREAD_ONCE_INIT;
+
+/* Closes this thread's cached lock files: those of SERIAL, or all if
+ * SERIAL is 0 (serials start at 1). */
+static void
+gen_fds_close (uint64_t serial)
+{
+  unsigned i;
+
+  for (i = 0; i < GEN_FDS; i++)
+    if (gen_fds[i].fd > 0 && (serial == 0 || gen_fds[i].serial == serial)) {
+      close (gen_fds[i].fd);
+      gen_fds[i].fd = 0;
+      gen_fds[i].serial = 0;
+    }
+}
+
+static void
+gen_key_destroy (void *arg)
+{
+  (void) arg;
+  gen_fds_close (0);
+}
+
+static void
+gen_key_make (void)
+{
+  if (pthread_key_create (&gen_key, gen_key_destroy) != 0)
+    abort ();
+}
 
 static int
 gen_fd (struct root *r)
@@ -499,6 +535,13 @@ gen_fd (struct root *r)
   for (i = 0; i < GEN_FDS; i++)
     if (gen_fds[i].fd > 0 && gen_fds[i].serial == r->serial)
       return gen_fds[i].fd;
+  if (!gen_key_set) {
+    /* A non-NULL value, so that the destructor runs at thread exit. */
+    pthread_once (&gen_key_once, gen_key_make);
+    if (pthread_setspecific (gen_key, &gen_key_set) != 0)
+      return -ENOMEM;
+    gen_key_set = true;
+  }
   fd = openat (r->dirfd, r->lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
@@ -1304,6 +1347,7 @@ root_free (struct root *r)
     free (e);
   }
   free (r->hash);
+  gen_fds_close (r->serial);
   if (r->dirfd >= 0 && r->lockpath[0])
     unlinkat (r->dirfd, r->lockpath, 0);
   if (r->objgen)

@@ -79,8 +79,9 @@ fi
 
 # The server's code once, then each target linked against it.
 cflags=(-g -O1 -fno-omit-frame-pointer -D_GNU_SOURCE -I"$VBK_SRC"
-        $(pkg-config --cflags liburcu liburcu-cds inih json-c liblz4)
-        ${VBK_FUZZ_CFLAGS:-})
+        $(pkg-config --cflags liburcu liburcu-cds inih json-c liblz4))
+# After the sanitizer flags, so that -fno-sanitize=address takes ASan out.
+extra=(${VBK_FUZZ_CFLAGS:-})
 libs=($(pkg-config --libs liburcu liburcu-cds inih gnutls liblz4 json-c libcrypto libdeflate)
       -lrados -lpthread)
 objs=()
@@ -92,7 +93,8 @@ for f in "$VBK_SRC"/blockd/*.c "$VBK_SRC"/common/*.c "$VBK_SRC"/store/*.c \
   rm -f "$o"
   # Two compilers at a time.
   [ "$(jobs -rp | wc -l)" -lt 2 ] || wait -n || true
-  clang "${cflags[@]}" -fsanitize=fuzzer-no-link,address -c "$f" -o "$o" &
+  clang "${cflags[@]}" -fsanitize=fuzzer-no-link,address "${extra[@]}" -c "$f" \
+    -o "$o" &
   objs+=("$o")
 done
 wait
@@ -103,8 +105,8 @@ for o in "${objs[@]}"; do
   fi
 done
 for t in fuzz-nbd fuzz-handshake; do
-  if ! clang "${cflags[@]}" -fsanitize=fuzzer,address -o "$out/$t" \
-       "$VBK_SRC/blockd/$t.c" "${objs[@]}" "${libs[@]}"; then
+  if ! clang "${cflags[@]}" -fsanitize=fuzzer,address "${extra[@]}" \
+       -o "$out/$t" "$VBK_SRC/blockd/$t.c" "${objs[@]}" "${libs[@]}"; then
     echo "fuzz-build: cannot build the fuzzer $t" >&2
     exit 1
   fi
