@@ -90,6 +90,28 @@ expect_fail ()
   [ "$(wc -l <"$TEST_DIR/err")" -ge 1 ] || fail "no error message from: $*"
 }
 
+# stop_process PID: stops PID with SIGSTOP and waits until every thread
+# of it has stopped.  kill returns before that: the signal stops the
+# process only once one of its threads has been scheduled to take it, so
+# on a loaded machine the others may run on for a while (over 100 ms was
+# measured) and answer a request sent just after kill.
+stop_process ()
+{
+  local pid=$1 i t st all
+  kill -STOP "$pid"
+  for ((i = 0; i < 1200; i++)); do
+    all=1
+    for t in /proc/"$pid"/task/*/stat; do
+      # "TID (COMM) STATE ...": COMM may hold spaces and parentheses.
+      st=$(sed 's/.*) //' "$t" 2>/dev/null) || continue
+      case ${st:0:1} in T | t) ;; *) all=0; break ;; esac
+    done
+    [ "$all" = 1 ] && return 0
+    sleep 0.05
+  done
+  fail "process $pid did not stop within 60 s of SIGSTOP"
+}
+
 # wait_for_socket PATH [SECONDS]
 wait_for_socket ()
 {
