@@ -112,15 +112,21 @@ stop_process ()
   fail "process $pid did not stop within 60 s of SIGSTOP"
 }
 
-# wait_for_socket PATH [SECONDS]
+# wait_for_socket PATH [SECONDS [PID]]: waits until the socket PATH
+# exists, at most SECONDS (default 60: vbk-blockd connects to the store
+# before it listens, which on a loaded machine with RADOS can take
+# seconds); fails early if process PID has ended.
 wait_for_socket ()
 {
   local i
-  for ((i = 0; i < ${2:-10} * 20; i++)); do
+  for ((i = 0; i < ${2:-60} * 20; i++)); do
     [ -S "$1" ] && return 0
+    if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then
+      fail "socket $1 did not appear: process $3 ended"
+    fi
     sleep 0.05
   done
-  fail "socket $1 did not appear"
+  fail "socket $1 did not appear within ${2:-60} s"
 }
 
 # expect_status CODE REGEX CMD ARGS...: CMD must exit with CODE and print
@@ -194,7 +200,7 @@ start_blockd ()
   printf -v "$_var" %s $!
   _blockd_log[$!]=$_log
   cleanup_fn "kill -CONT $! 2>/dev/null; kill -9 $! 2>/dev/null"
-  wait_for_socket "$_sock"
+  wait_for_socket "$_sock" 60 "$!"
 }
 
 # stop_blockd VAR: stops the vbk-blockd whose pid is in VAR with SIGTERM;

@@ -51,12 +51,12 @@ start_daemon ()
     --lease-duration "$duration" 2>>"$log" &
   pid=$!
   cleanup_fn "kill -9 $pid 2>/dev/null"
-  for ((i = 0; i < 500; i++)); do
+  for ((i = 0; i < 3000; i++)); do
     grep -q "vbk-blockd\[$pid\]: info: listening on" "$log" && return 0
     kill -0 "$pid" 2>/dev/null || fail "vbk-blockd did not start"
     sleep 0.02
   done
-  fail "vbk-blockd did not listen within 10 s"
+  fail "vbk-blockd did not listen within 60 s"
 }
 
 # wait_written N: waits until the client has completed N writes.
