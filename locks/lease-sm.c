@@ -154,12 +154,20 @@ lease_sm_tick (struct lease_sm *sm, uint64_t now)
 }
 
 enum lease_answer
-lease_sm_release_request (struct lease_sm *sm, bool explicit)
+lease_sm_release_request (struct lease_sm *sm, bool explicit, bool named,
+                          uint64_t epoch)
 {
+  if (sm->state != LEASE_HELD && sm->state != LEASE_RELEASING)
+    return LEASE_ANS_NOT_HOLDER;
+  /* The requester saw another lease than ours: an older one (the
+   * request was delivered late or twice, and we took the lease again
+   * since) or a newer one (someone acquired after us: we are about to
+   * find out that we lost it).  Either way it is not about this lease;
+   * least of all may it clear a conflict. */
+  if (named && epoch != sm->epoch)
+    return LEASE_ANS_STALE;
   if (sm->state == LEASE_RELEASING)
     return LEASE_ANS_RELEASING;
-  if (sm->state != LEASE_HELD)
-    return LEASE_ANS_NOT_HOLDER;
   if (!explicit && sm->conflict)
     return LEASE_ANS_CONFLICT;
   if (!explicit && sm->exclusive)

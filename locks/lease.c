@@ -31,8 +31,19 @@
  * (recent hand-off times, for bounce detection), lease_conflict (why
  * hand-offs are refused; empty or absent when they are not).
  *
- * Notify protocol on the header: the payload "release HOST EXPLICIT";
- * each watcher answers "releasing", "not-holder", or "refused: WHY".
+ * Notify protocol on the header: the payload "release HOST EXPLICIT
+ * EPOCH HOLDER" (docs/FORMAT.md); each watcher answers "releasing",
+ * "not-holder", "stale: epoch N" or "refused: WHY".  EPOCH and HOLDER
+ * (the lock cookie) name the lease the requester saw: a request is an
+ * event of one lease, never a standing order.  A notify can reach the
+ * holder late (queued behind a command that holds the watch callback,
+ * or behind a stopped process) and, on RADOS, twice (an OSD sends every
+ * notify not yet acknowledged again when a watch reconnects); by then
+ * the holder may have released and taken the lease again, and a bare
+ * "release" would take that newer lease away from it.  So the holder
+ * ignores a request for another epoch or cookie, and a requester that
+ * is still waiting reads the lease again and asks anew.  A request
+ * without EPOCH (older binaries) is honoured as it always was.
  *
  * Clocks: the holder's own lease runs on CLOCK_MONOTONIC (mono_ms), from
  * the send of the lock request that took or renewed it; the condition
@@ -224,6 +235,88 @@ note_handoff (struct lease *l, const char *from_host)
   return bounce;
 }
 
+/* ---- Release requests ------------------------------------------------- */
+
+/* The longest request: "release HOST 1 EPOCH COOKIE". */
+#define REQUEST_MAX (2 * STORE_NAME_MAX + 48)
+
+/* A release request as received (see the DESIGN paragraph). */
+struct release_request {
+  char from[STORE_NAME_MAX + 1];
+  int explicit;
+  bool named;                   /* EPOCH given (HOLDER may still be
+                                   missing: then it is not checked) */
+  uint64_t epoch;
+  char holder[STORE_NAME_MAX + 1];
+};
+
+/* Parses PAYLOAD as a release request; false if it is not one (a
+ * command for the holder's command hook). */
+static bool
+parse_request (const void *payload, size_t len, struct release_request *q)
+{
+  char msg[REQUEST_MAX + 1];
+  int n;
+
+  memset (q, 0, sizeof *q);
+  snprintf (q->from, sizeof q->from, "?");
+  snprintf (msg, sizeof msg, "%.*s", (int) MIN (len, sizeof msg - 1),
+            (const char *) payload);
+  n = sscanf (msg, "release %250s %d %" SCNu64 " %250s", q->from,
+              &q->explicit, &q->epoch, q->holder);
+  if (n < 1)
+    return false;
+  q->named = n >= 3;
+  return true;
+}
+
+/* What the holder of a lease answered a release request. */
+enum holder_answer {
+  ANSWER_NONE,                  /* no answer (silent, or no such watcher) */
+  ANSWER_RELEASING,
+  ANSWER_AGAIN,                 /* another epoch, or not the holder (yet):
+                                   read the lease again and ask anew */
+  ANSWER_REFUSED,               /* why in WHY */
+};
+
+/* Sends FROM's release request to the holder described by INFO, naming
+ * its lock cookie and EPOCH, and waits up to TIMEOUT_MS for its answer.
+ * Returns an enum holder_answer, or -errno if the notify failed. */
+static int
+send_request (struct store *st, const char *hdr, const char *from,
+              bool explicit, const struct store_lock_info *info,
+              uint64_t epoch, uint32_t timeout_ms, char *why, size_t why_len)
+{
+  struct store_notify_reply *rep = NULL;
+  size_t n = 0, timed_out = 0, i;
+  char payload[REQUEST_MAX + 1];
+  int r, result = ANSWER_NONE;
+
+  snprintf (payload, sizeof payload, "release %s %d %" PRIu64 " %s", from,
+            explicit ? 1 : 0, epoch, info->cookie);
+  r = store_notify (st, hdr, payload, strlen (payload), timeout_ms, &rep, &n,
+                    &timed_out);
+  if (r < 0)
+    return r;
+  for (i = 0; i < n; i++) {
+    const char *ans = rep[i].data;
+    size_t len = rep[i].len;
+    if (strcmp (rep[i].client, info->client) != 0)
+      continue;
+    if (len >= 9 && strncmp (ans, "releasing", 9) == 0)
+      result = ANSWER_RELEASING;
+    else if (len >= 8 && strncmp (ans, "refused:", 8) == 0) {
+      if (why)
+        snprintf (why, why_len, "%.*s", (int) MIN (len - 8, 400), ans + 8);
+      result = ANSWER_REFUSED;
+    }
+    else
+      result = ANSWER_AGAIN;    /* "stale: ...", "not-holder" */
+  }
+  store_notify_replies_free (rep, n);
+  return result;
+}
+
 /* ---- Acquiring -------------------------------------------------------- */
 
 static void
@@ -235,39 +328,30 @@ desc_host (const char *desc, char *host, size_t len)
   host[strcspn (host, " ")] = '\0';
 }
 
-/* Asks the holder CLIENT to release.  Returns 1 if it agreed, 0 if it
- * did not answer, -EBUSY if it refused (message set). */
+/* Asks the holder described by INFO to release.  Returns 1 if it agreed
+ * (or must be asked again: poll, and ask again if it keeps the lock), 0
+ * if it did not answer, -EBUSY if it refused (message set). */
 static int
-ask_holder (struct lease *l, const char *client, bool explicit)
+ask_holder (struct lease *l, const struct store_lock_info *info,
+            bool explicit)
 {
-  struct store_notify_reply *rep = NULL;
-  size_t n = 0, timed_out = 0, i;
-  char payload[STORE_NAME_MAX + 32];
-  int r, result = 0;
+  char why[512] = "";
+  int r;
 
-  snprintf (payload, sizeof payload, "release %s %d", l->host,
-            explicit ? 1 : 0);
-  r = store_notify (l->st, l->hdr, payload, strlen (payload),
-                    NOTIFY_TIMEOUT_MS, &rep, &n, &timed_out);
-  if (r < 0)
+  r = send_request (l->st, l->hdr, l->host, explicit, info,
+                    xattr_u64 (l->st, l->hdr, "lease_epoch"),
+                    NOTIFY_TIMEOUT_MS, why, sizeof why);
+  switch (r) {
+  case ANSWER_RELEASING:
+  case ANSWER_AGAIN:
+    return 1;
+  case ANSWER_REFUSED:
+    vbk_set_error ("lease %s: the holder refused the hand-off:%s", l->hdr,
+                   why);
+    return -EBUSY;
+  default:
     return 0;
-  for (i = 0; i < n; i++) {
-    const char *ans = rep[i].data;
-    size_t len = rep[i].len;
-    if (strcmp (rep[i].client, client) != 0)
-      continue;
-    if (len >= 9 && strncmp (ans, "releasing", 9) == 0)
-      result = 1;
-    else if (len >= 8 && strncmp (ans, "refused:", 8) == 0) {
-      vbk_set_error ("lease %s: the holder refused the hand-off:%.*s",
-                     l->hdr, (int) MIN (len - 8, 400), ans + 8);
-      result = -EBUSY;
-    }
-    else
-      result = 1;               /* "not-holder": it is letting go */
   }
-  store_notify_replies_free (rep, n);
-  return result;
 }
 
 /* Takes the lease, asking, waiting out or fencing the holder.  Returns
@@ -353,7 +437,7 @@ acquire (struct lease *l, uint64_t *epoch_out, uint64_t *sent_out)
     switch (lease_sm_busy (&l->sm, now_wall_ms (), info.expires_ms, asked,
                            answered)) {
     case LEASE_BUSY_ASK:
-      r = ask_holder (l, info.client, false);
+      r = ask_holder (l, &info, false);
       if (r < 0)
         return r;
       if (r == 1) {
@@ -768,9 +852,9 @@ on_notify (void *arg, int err, const void *payload, size_t len,
            void *reply, size_t reply_max, size_t *reply_len)
 {
   struct lease *l = arg;
-  char msg[STORE_NAME_MAX + 32], host[STORE_NAME_MAX + 1] = "?";
-  int explicit = 0, n;
+  struct release_request q;
   enum lease_answer ans;
+  int n;
 
   pthread_mutex_lock (&l->lock);
   if (err) {
@@ -787,34 +871,56 @@ on_notify (void *arg, int err, const void *payload, size_t len,
     pthread_mutex_unlock (&l->lock);
     return;
   }
-  snprintf (msg, sizeof msg, "%.*s", (int) MIN (len, sizeof msg - 1),
-            (const char *) payload);
-  if (sscanf (msg, "release %250s %d", host, &explicit) < 1) {
+  if (!parse_request (payload, len, &q)) {
     pthread_mutex_unlock (&l->lock);
     if (l->hooks.command)
       run_command (l, payload, len, reply, reply_max, reply_len);
     return;
   }
-  ans = lease_sm_release_request (&l->sm, explicit != 0);
+  /* A request for another holder's lease is stale like one for another
+   * epoch (lease_sm_release_request); one that names no holder is
+   * judged by its epoch alone. */
+  if (q.named && q.holder[0] && strcmp (q.holder, l->cookie) != 0
+      && (l->sm.state == LEASE_HELD || l->sm.state == LEASE_RELEASING))
+    ans = LEASE_ANS_STALE;
+  else
+    ans = lease_sm_release_request (&l->sm, q.explicit != 0, q.named,
+                                    q.epoch);
   switch (ans) {
   case LEASE_ANS_RELEASING:
     l->release_pending = true;
     l->yield_until_ms = mono_ms () + VBK_HANDOFF_YIELD_MS;
-    log_info ("lease %s: %s asks for the lease%s; releasing", l->hdr, host,
-              explicit ? " (operator)" : "");
+    if (q.named)
+      log_info ("lease %s: %s asks for the lease%s (epoch %" PRIu64 "); "
+                "releasing", l->hdr, q.from,
+                q.explicit ? " (operator)" : "", q.epoch);
+    else
+      log_info ("lease %s: %s asks for the lease%s, naming no epoch (an "
+                "older vbk); releasing epoch %" PRIu64, l->hdr, q.from,
+                q.explicit ? " (operator)" : "", l->sm.epoch);
     n = snprintf (reply, reply_max, "releasing");
+    break;
+  case LEASE_ANS_STALE:
+    /* Delivered late or twice: the lease it was about has ended. */
+    log_info ("lease %s: ignored a release request of %s%s for epoch %"
+              PRIu64 " of %s: we hold epoch %" PRIu64 " as %s", l->hdr,
+              q.from, q.explicit ? " (operator)" : "", q.epoch,
+              q.holder[0] ? q.holder : "?", l->sm.epoch, l->cookie);
+    n = snprintf (reply, reply_max, "stale: epoch %" PRIu64, l->sm.epoch);
     break;
   case LEASE_ANS_NOT_HOLDER:
     n = snprintf (reply, reply_max, "not-holder");
     break;
   case LEASE_ANS_EXCLUSIVE:
-    log_warn ("lease %s: refused hand-off to %s: exclusive", l->hdr, host);
+    log_warn ("lease %s: refused hand-off to %s: exclusive", l->hdr,
+              q.from);
     n = snprintf (reply, reply_max, "refused: %s holds it exclusively "
                   "(use 'vbk lease release')", l->host);
     break;
   case LEASE_ANS_CONFLICT:
   default:
-    log_warn ("lease %s: refused hand-off to %s: two writers", l->hdr, host);
+    log_warn ("lease %s: refused hand-off to %s: two writers", l->hdr,
+              q.from);
     n = snprintf (reply, reply_max, "refused: the lease bounced between "
                   "hosts too often (two writers?); see 'vbk lease status'");
     break;
@@ -1199,27 +1305,14 @@ lease_request_release (struct store *st, const char *hdr_oid,
                        uint32_t timeout_ms)
 {
   uint64_t deadline = now_mono_ns () + (uint64_t) timeout_ms * 1000000;
-  struct store_notify_reply *rep = NULL;
+  uint64_t reask_at = 0;        /* monotonic ns; 0: none due */
   struct store_lock_info info;
-  size_t n = 0, timed_out = 0;
-  const char payload[] = "release operator 1";
+  bool asked = false;
   int r;
 
-  r = store_lock_get (st, hdr_oid, LEASE_LOCK_NAME, &info);
-  if (r == -ENOENT) {
-    clear_conflict (st, hdr_oid);
-    vbk_clear_error ();
-    return 0;
-  }
-  if (r < 0)
-    return r;
-  r = store_notify (st, hdr_oid, payload, sizeof payload - 1,
-                    MIN (timeout_ms, (uint32_t) NOTIFY_TIMEOUT_MS), &rep, &n,
-                    &timed_out);
-  store_notify_replies_free (rep, n);
-  if (r < 0)
-    return r;
-  while (now_mono_ns () < deadline) {
+  for (;;) {
+    uint64_t now;
+
     r = store_lock_get (st, hdr_oid, LEASE_LOCK_NAME, &info);
     if (r == -ENOENT) {
       clear_conflict (st, hdr_oid);
@@ -1228,6 +1321,25 @@ lease_request_release (struct store *st, const char *hdr_oid,
     }
     if (r < 0)
       return r;
+    now = now_mono_ns ();
+    if (now >= deadline)
+      break;
+    /* Ask the holder seen just now about the epoch on the header now.
+     * Asked again only if it answered that it holds another epoch or
+     * none yet (it was taking the lock when we read): a holder that
+     * agreed, or that is silent, is only polled. */
+    if (!asked || (reask_at && now >= reask_at)) {
+      uint32_t left = (uint32_t) ((deadline - now) / 1000000) + 1;
+      r = send_request (st, hdr_oid, "operator", true, &info,
+                        xattr_u64 (st, hdr_oid, "lease_epoch"),
+                        MIN (left, (uint32_t) NOTIFY_TIMEOUT_MS), NULL, 0);
+      if (r < 0)
+        return r;
+      asked = true;
+      reask_at = r == ANSWER_AGAIN
+        ? now_mono_ns () + (uint64_t) VBK_HANDOFF_REASK_MS * 1000000 : 0;
+      continue;
+    }
     sleep_ms (20);
   }
   vbk_set_error ("lease %s: the holder did not release within %u ms "

@@ -14,9 +14,11 @@
  * acquisition.
  *
  * A writer that does not hold the lease asks the holder to let go
- * (notify on the header: "release"); the holder stops starting writes,
- * lets those in flight finish, flushes, unlocks and the requester takes
- * the lease.  Writes that arrive meanwhile wait.  A holder that does not
+ * (notify on the header: "release", naming the holder's lock cookie
+ * and the epoch the requester saw, so that a request delivered late or
+ * twice cannot release a lease taken after it); the holder stops
+ * starting writes, lets those in flight finish, flushes, unlocks and the
+ * requester takes the lease.  Writes that arrive meanwhile wait.  A holder that does not
  * answer is waited out until its lease expires, then fenced (store_fence:
  * RADOS blocklist, or the local store's fence), then replaced.  Hand-offs
  * are logged on the header; more than BOUNCE_LIMIT in BOUNCE_WINDOW means
@@ -68,6 +70,7 @@ enum lease_answer {
   LEASE_ANS_NOT_HOLDER,
   LEASE_ANS_EXCLUSIVE, /* refused: exclusive mode */
   LEASE_ANS_CONFLICT,  /* refused: two writers detected */
+  LEASE_ANS_STALE,     /* ignored: the request names another epoch */
 };
 
 enum lease_busy {
@@ -139,9 +142,16 @@ enum lease_action lease_sm_tick (struct lease_sm *sm, uint64_t now);
 
 /* Another host asks us to release (EXPLICIT: an operator's
  * `vbk lease release`, which exclusive mode and conflicts do not stop).
- * RELEASING moves the state to LEASE_RELEASING. */
+ * NAMED: the request names the EPOCH of the lease its sender saw; one
+ * for another epoch than ours is STALE (a request delivered late or
+ * twice, after the lease moved on: it must not release a newer lease)
+ * and changes nothing.  A request that names no epoch (from a binary
+ * that predates the epoch in the request) is taken as before: for
+ * whatever lease we hold.  RELEASING moves the state to
+ * LEASE_RELEASING. */
 enum lease_answer lease_sm_release_request (struct lease_sm *sm,
-                                            bool explicit);
+                                            bool explicit, bool named,
+                                            uint64_t epoch);
 /* The release finished: the lock is gone. */
 void lease_sm_released (struct lease_sm *sm);
 
@@ -250,7 +260,11 @@ int lease_status_get (struct store *st, const char *hdr_oid,
                       struct lease_status *s);
 
 /* Asks the holder to release (even in exclusive mode, and clears a
- * conflict), waiting up to TIMEOUT_MS for the lock to be free.
+ * conflict), waiting up to TIMEOUT_MS for the lock to be free.  The
+ * request names the holder's lock cookie and the epoch read just
+ * before, so that a copy of it delivered late never releases a later
+ * lease; a holder that answers that it holds another epoch (or is not
+ * the holder yet) is asked again, with what is read then.
  * Returns 0 if nobody holds it afterwards.  Errors: -ETIMEDOUT (the
  * holder did not let go: use lease_break). */
 int lease_request_release (struct store *st, const char *hdr_oid,

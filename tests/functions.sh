@@ -90,15 +90,43 @@ expect_fail ()
   [ "$(wc -l <"$TEST_DIR/err")" -ge 1 ] || fail "no error message from: $*"
 }
 
-# wait_for_socket PATH [SECONDS]
+# stop_process PID: stops PID with SIGSTOP and waits until every thread
+# of it has stopped.  kill returns before that: the signal stops the
+# process only once one of its threads has been scheduled to take it, so
+# on a loaded machine the others may run on for a while (over 100 ms was
+# measured) and answer a request sent just after kill.
+stop_process ()
+{
+  local pid=$1 i t st all
+  kill -STOP "$pid"
+  for ((i = 0; i < 1200; i++)); do
+    all=1
+    for t in /proc/"$pid"/task/*/stat; do
+      # "TID (COMM) STATE ...": COMM may hold spaces and parentheses.
+      st=$(sed 's/.*) //' "$t" 2>/dev/null) || continue
+      case ${st:0:1} in T | t) ;; *) all=0; break ;; esac
+    done
+    [ "$all" = 1 ] && return 0
+    sleep 0.05
+  done
+  fail "process $pid did not stop within 60 s of SIGSTOP"
+}
+
+# wait_for_socket PATH [SECONDS [PID]]: waits until the socket PATH
+# exists, at most SECONDS (default 60: vbk-blockd connects to the store
+# before it listens, which on a loaded machine with RADOS can take
+# seconds); fails early if process PID has ended.
 wait_for_socket ()
 {
   local i
-  for ((i = 0; i < ${2:-10} * 20; i++)); do
+  for ((i = 0; i < ${2:-60} * 20; i++)); do
     [ -S "$1" ] && return 0
+    if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then
+      fail "socket $1 did not appear: process $3 ended"
+    fi
     sleep 0.05
   done
-  fail "socket $1 did not appear"
+  fail "socket $1 did not appear within ${2:-60} s"
 }
 
 # expect_status CODE REGEX CMD ARGS...: CMD must exit with CODE and print
@@ -172,7 +200,7 @@ start_blockd ()
   printf -v "$_var" %s $!
   _blockd_log[$!]=$_log
   cleanup_fn "kill -CONT $! 2>/dev/null; kill -9 $! 2>/dev/null"
-  wait_for_socket "$_sock"
+  wait_for_socket "$_sock" 60 "$!"
 }
 
 # stop_blockd VAR: stops the vbk-blockd whose pid is in VAR with SIGTERM;

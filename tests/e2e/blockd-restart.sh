@@ -14,7 +14,12 @@
 #    the client waits for no lease to run out,
 # each time on the same socket with the same --host-id, and each time
 # after 300 ms of SIGSTOP, so that requests of the client are pending in
-# the daemon when the signal comes.  The client must see no error; how long its writes stalled is measured and printed.  At
+# the daemon when the signal comes.  The client must see no error, and
+# the new daemon must take the lease without waiting for any lease to run
+# out (its log shows how it took it); how long the client's writes
+# stalled is measured and printed, not asserted: it is mostly QEMU's
+# reconnect back-off (attempts 1, 2, 4, 8 s apart), which a slow start
+# of the new daemon on a loaded machine pushes to the next step.  At
 # the end every write reads back through that client (read -P), and the
 # image equals a model file that got the same writes (qemu-img compare).
 
@@ -29,7 +34,6 @@ sock=$TEST_DIR/blockd.sock
 log=$TEST_DIR/blockd.log
 out=$TEST_DIR/client.out
 duration=15          # lease duration, s: a restart must not wait it out
-max_stall_ms=6000    # QEMU retries a lost connection after 1, 2, 4 s
 steps=120            # client steps; the restarts come at steps 30 and 75
 KiB=1024
 MiB=$((1024 * KiB))
@@ -47,12 +51,12 @@ start_daemon ()
     --lease-duration "$duration" 2>>"$log" &
   pid=$!
   cleanup_fn "kill -9 $pid 2>/dev/null"
-  for ((i = 0; i < 500; i++)); do
+  for ((i = 0; i < 3000; i++)); do
     grep -q "vbk-blockd\[$pid\]: info: listening on" "$log" && return 0
     kill -0 "$pid" 2>/dev/null || fail "vbk-blockd did not start"
     sleep 0.02
   done
-  fail "vbk-blockd did not listen within 10 s"
+  fail "vbk-blockd did not listen within 60 s"
 }
 
 # wait_written N: waits until the client has completed N writes.
@@ -123,7 +127,7 @@ cleanup_fn "kill -9 \$(cat $TEST_DIR/client.pid) 2>/dev/null"
 # AT_WRITES writes, stops vbk-blockd with SIGNAL and starts BINARY.
 restart ()
 {
-  local sig=$1 bin=$2 rc=0 t_stop t_kill t_up stall
+  local sig=$1 bin=$2 rc=0 t_stop t_kill t_up stall old=$pid
   wait_written "$3"
   # Stopped first: the client's next requests wait in the daemon.
   t_stop=$(now_us)
@@ -145,8 +149,20 @@ restart ()
   stall=$(max_gap_ms $((t_stop - 1000000)) "$(now_us)")
   echo "SIG$sig: vbk-blockd down for $(((t_up - t_kill) / 1000)) ms after 300 ms stopped;" \
     "the client's writes stalled $stall ms in all (lease $duration s)"
-  [ "$stall" -lt "$max_stall_ms" ] ||
-    fail "after SIG$sig the client's writes stalled $stall ms"
+  # No lease was waited out: the new daemon neither waited for a silent
+  # holder's lease nor took one over after it ran out.  After SIGTERM the
+  # old daemon released the lease cleanly, so the new one fences nobody;
+  # after SIGKILL it takes its earlier run's lease back (checked below).
+  if grep -E "vbk-blockd\[$pid\]: .*(waiting for its lease to run out|taking over from)" "$log"; then
+    fail "after SIG$sig the new vbk-blockd waited for a lease to run out"
+  fi
+  if [ "$sig" = TERM ]; then
+    grep -q "vbk-blockd\[$old\]: info: export disk: lease released" "$log" ||
+      fail "vbk-blockd did not release its lease on SIGTERM"
+    if grep "vbk-blockd\[$pid\]: .*did not release; fencing it" "$log"; then
+      fail "the lease released on SIGTERM was taken by fencing"
+    fi
+  fi
 }
 
 restart TERM "$TEST_DIR/upgrade/vbk-blockd" $((1 + 2 * 30))

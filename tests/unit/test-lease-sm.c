@@ -4,7 +4,8 @@
  * renew, expiry counted from the renewal's send, one timed-out renewal
  * with the defaults, the write-stop margin, hand-off, takeover, fencing
  * outcomes, bounce limit, a lapse (the lock ran out on the store while
- * it could not be renewed) taken back or lost.
+ * it could not be renewed) taken back or lost, release requests for
+ * another epoch ignored.
  */
 /* VBK_TEST_LINKS: vbklocks */
 #include <errno.h>
@@ -140,7 +141,7 @@ test_write_stop_margin (void **state)
   /* A releasing holder admits no new write either. */
   lease_sm_init (&sm, 0, false, 0, 0);
   lease_sm_acquired (&sm, T0, 1);
-  lease_sm_release_request (&sm, false);
+  lease_sm_release_request (&sm, false, false, 0);
   assert_false (lease_sm_may_write (&sm, T0));
 }
 
@@ -179,7 +180,7 @@ test_lost_to_fence_or_taker (void **state)
   lease_sm_renew_failed (&sm, T0 + 1000, -ENOENT);
   assert_int_equal (sm.state, LEASE_LOST);
   /* A lost lease answers no release request as holder. */
-  assert_int_equal (lease_sm_release_request (&sm, false),
+  assert_int_equal (lease_sm_release_request (&sm, false, false, 0),
                     LEASE_ANS_NOT_HOLDER);
 }
 
@@ -204,7 +205,7 @@ lapse (struct lease_sm *sm)
   assert_false (lease_sm_may_write (sm, now));
   /* Not a holder for hand-offs while lapsed; the tick does not expire
    * it but asks to take the lock again. */
-  assert_int_equal (lease_sm_release_request (sm, false),
+  assert_int_equal (lease_sm_release_request (sm, false, false, 0),
                     LEASE_ANS_NOT_HOLDER);
   assert_int_equal (lease_sm_tick (sm, now), LEASE_ACT_RETAKE);
   assert_int_equal (sm->state, LEASE_LAPSED);
@@ -299,7 +300,7 @@ test_late_renewal_lapses (void **state)
   /* A releasing holder is not retaken: it gives the lease up anyway. */
   lease_sm_init (&sm, 4000, false, 0, 0);
   lease_sm_acquired (&sm, T0, 7);
-  lease_sm_release_request (&sm, true);
+  lease_sm_release_request (&sm, true, false, 0);
   lease_sm_renewed (&sm, sent, now);
   assert_int_equal (sm.state, LEASE_RELEASING);
 }
@@ -335,14 +336,14 @@ test_handoff (void **state)
   struct lease_sm sm;
 
   lease_sm_init (&sm, 15000, false, 0, 0);
-  assert_int_equal (lease_sm_release_request (&sm, false),
+  assert_int_equal (lease_sm_release_request (&sm, false, false, 0),
                     LEASE_ANS_NOT_HOLDER);
   lease_sm_acquired (&sm, T0, 3);
-  assert_int_equal (lease_sm_release_request (&sm, false),
+  assert_int_equal (lease_sm_release_request (&sm, false, false, 0),
                     LEASE_ANS_RELEASING);
   assert_int_equal (sm.state, LEASE_RELEASING);
   /* A second request while releasing gets the same answer. */
-  assert_int_equal (lease_sm_release_request (&sm, false),
+  assert_int_equal (lease_sm_release_request (&sm, false, false, 0),
                     LEASE_ANS_RELEASING);
   /* Renewals go on while draining. */
   assert_int_equal (lease_sm_tick (&sm, T0 + 5000), LEASE_ACT_RENEW);
@@ -358,11 +359,11 @@ test_exclusive (void **state)
 
   lease_sm_init (&sm, 15000, true, 0, 0);
   lease_sm_acquired (&sm, T0, 1);
-  assert_int_equal (lease_sm_release_request (&sm, false),
+  assert_int_equal (lease_sm_release_request (&sm, false, false, 0),
                     LEASE_ANS_EXCLUSIVE);
   assert_int_equal (sm.state, LEASE_HELD);
   /* Only an operator's explicit release lets it go. */
-  assert_int_equal (lease_sm_release_request (&sm, true),
+  assert_int_equal (lease_sm_release_request (&sm, true, false, 0),
                     LEASE_ANS_RELEASING);
 }
 
@@ -424,11 +425,68 @@ test_bounce_limit (void **state)
   /* A holder in conflict refuses hand-offs; an operator clears it. */
   lease_sm_acquired (&sm, T0, 9);
   sm.conflict = true;
-  assert_int_equal (lease_sm_release_request (&sm, false),
+  assert_int_equal (lease_sm_release_request (&sm, false, false, 0),
                     LEASE_ANS_CONFLICT);
-  assert_int_equal (lease_sm_release_request (&sm, true),
+  assert_int_equal (lease_sm_release_request (&sm, true, false, 0),
                     LEASE_ANS_RELEASING);
   assert_false (sm.conflict);
+}
+
+/* A release request names the epoch its sender saw.  One delivered late
+ * or twice, after the holder released and took the lease again, names an
+ * older epoch and must leave the newer lease alone (and its conflict
+ * flag: an operator's stale request clears nothing). */
+static void
+test_release_names_epoch (void **state)
+{
+  struct lease_sm sm;
+
+  lease_sm_init (&sm, 15000, false, 0, 0);
+  lease_sm_acquired (&sm, T0, 1);
+  assert_int_equal (lease_sm_release_request (&sm, true, true, 1),
+                    LEASE_ANS_RELEASING);
+  /* The same request again while draining: still ours, same answer. */
+  assert_int_equal (lease_sm_release_request (&sm, true, true, 1),
+                    LEASE_ANS_RELEASING);
+  lease_sm_released (&sm);
+  assert_int_equal (lease_sm_release_request (&sm, true, true, 1),
+                    LEASE_ANS_NOT_HOLDER);
+
+  /* Taken again: the old request, delivered once more, is stale. */
+  lease_sm_acquired (&sm, T0 + 2000, 2);
+  assert_int_equal (lease_sm_release_request (&sm, true, true, 1),
+                    LEASE_ANS_STALE);
+  assert_int_equal (sm.state, LEASE_HELD);
+  assert_true (lease_sm_may_write (&sm, T0 + 2001));
+  assert_int_equal (lease_sm_release_request (&sm, false, true, 1),
+                    LEASE_ANS_STALE);
+  /* So is one naming a later epoch than ours, or epoch 0 (a requester
+   * that read the header before any acquisition wrote it). */
+  assert_int_equal (lease_sm_release_request (&sm, true, true, 3),
+                    LEASE_ANS_STALE);
+  assert_int_equal (lease_sm_release_request (&sm, true, true, 0),
+                    LEASE_ANS_STALE);
+  assert_int_equal (sm.state, LEASE_HELD);
+
+  /* A stale operator request neither releases nor clears a conflict,
+   * and is not refused for it either: it is simply not about us. */
+  sm.conflict = true;
+  assert_int_equal (lease_sm_release_request (&sm, true, true, 1),
+                    LEASE_ANS_STALE);
+  assert_true (sm.conflict);
+  /* One for our epoch is honoured (and clears it). */
+  assert_int_equal (lease_sm_release_request (&sm, true, true, 2),
+                    LEASE_ANS_RELEASING);
+  assert_false (sm.conflict);
+  assert_int_equal (lease_sm_release_request (&sm, true, true, 1),
+                    LEASE_ANS_STALE);
+  lease_sm_released (&sm);
+
+  /* A request that names no epoch (an older requester) is taken for
+   * whatever lease is held, as before. */
+  lease_sm_acquired (&sm, T0 + 4000, 3);
+  assert_int_equal (lease_sm_release_request (&sm, false, false, 0),
+                    LEASE_ANS_RELEASING);
 }
 
 int
@@ -449,6 +507,7 @@ main (void)
     cmocka_unit_test (test_exclusive),
     cmocka_unit_test (test_takeover_decisions),
     cmocka_unit_test (test_bounce_limit),
+    cmocka_unit_test (test_release_names_epoch),
   };
 
   return cmocka_run_group_tests_name ("lease-sm", tests, NULL, NULL);

@@ -3,7 +3,7 @@
  * test-lease.c - leases over a real store (VBK_TEST_BACKENDS): hand-off
  * between two clients, exclusive mode, takeover of a killed holder, a
  * stopped holder fenced while stopped, bounce detection, status and
- * break.  Other "hosts" are other store clients, and for death and
+ * break, release requests that name an older epoch ignored.  Other "hosts" are other store clients, and for death and
  * stopping, other processes.
  */
 /* VBK_TEST_LINKS: vbklocks vbktestutil */
@@ -421,6 +421,110 @@ test_break_fences_holder (void **state)
   host_close (&a);
 }
 
+/* Sends PAYLOAD as a notify on the header from the admin client and puts
+ * the answer of H's client into ANS (empty if it did not answer). */
+static void
+notify_raw (struct fixture *f, struct host *h, const char *payload,
+            char *ans, size_t len)
+{
+  struct store_notify_reply *rep = NULL;
+  size_t n = 0, timed_out = 0, i;
+
+  ans[0] = '\0';
+  assert_int_equal (store_notify (f->admin, HDR, payload, strlen (payload),
+                                  5000, &rep, &n, &timed_out), 0);
+  for (i = 0; i < n; i++)
+    if (strcmp (rep[i].client, store_client_id (h->st)) == 0)
+      snprintf (ans, len, "%.*s", (int) rep[i].len,
+                (const char *) rep[i].data);
+  store_notify_replies_free (rep, n);
+}
+
+/* Waits (at most 20 s) until nobody holds the lock. */
+static void
+wait_lock_free (struct fixture *f)
+{
+  struct store_lock_info info;
+  int i, r = 0;
+
+  for (i = 0; i < 2000; i++) {
+    r = store_lock_get (f->admin, HDR, LEASE_LOCK_NAME, &info);
+    if (r == -ENOENT)
+      return;
+    usleep (10000);
+  }
+  fail_msg ("the lock is still held (%d)", r);
+}
+
+/* A release request is about one lease: the epoch (and lock cookie) its
+ * sender saw.  The same request delivered again after the holder let go
+ * and took the lease back (a late datagram, a notify that RADOS sends
+ * again when the watch reconnects) must not release the newer lease;
+ * requests that name no epoch, from older binaries, are honoured as
+ * before. */
+static void
+test_stale_release_request (void **state)
+{
+  struct fixture *f = *state;
+  struct store_lock_info info;
+  struct lease_status s;
+  char payload[1024], ans[256];
+  struct host a;
+
+  host_open (f, &a, "host-a", 3000, false, 0);
+  assert_int_equal (guarded_write (&a, "A1"), 0);
+  assert_int_equal (lease_epoch (a.lease), 1);
+  assert_int_equal (store_lock_get (f->admin, HDR, LEASE_LOCK_NAME, &info),
+                    0);
+
+  /* The operator's request for epoch 1: A lets go. */
+  snprintf (payload, sizeof payload, "release operator 1 1 %s",
+            info.cookie);
+  notify_raw (f, &a, payload, ans, sizeof ans);
+  assert_string_equal (ans, "releasing");
+  wait_lock_free (f);
+
+  /* A's next write takes the lease again, epoch 2. */
+  assert_int_equal (guarded_write (&a, "A2"), 0);
+  assert_int_equal (lease_epoch (a.lease), 2);
+
+  /* The same request once more: stale, the lease stays with A.  The
+   * holder decides before it answers, so its state is checked at once. */
+  notify_raw (f, &a, payload, ans, sizeof ans);
+  assert_string_equal (ans, "stale: epoch 2");
+  assert_int_equal (lease_state (a.lease), LEASE_HELD);
+  /* A hand-off request of another host that saw epoch 1: stale too. */
+  snprintf (payload, sizeof payload, "release host-b 0 1 %s", info.cookie);
+  notify_raw (f, &a, payload, ans, sizeof ans);
+  assert_string_equal (ans, "stale: epoch 2");
+  assert_int_equal (lease_state (a.lease), LEASE_HELD);
+  /* Our epoch, but another holder's cookie: not about this lease. */
+  notify_raw (f, &a, "release operator 1 2 someone.else.1", ans,
+              sizeof ans);
+  assert_string_equal (ans, "stale: epoch 2");
+  assert_int_equal (lease_state (a.lease), LEASE_HELD);
+  assert_int_equal (lease_status_get (f->admin, HDR, &s), 0);
+  assert_true (s.held);
+  assert_string_equal (s.cookie, info.cookie);
+  assert_int_equal (s.epoch, 2);
+  assert_int_equal (guarded_write (&a, "A3"), 0);
+  check_data (f, "A3");
+
+  /* lease_request_release names the current epoch: A lets go. */
+  assert_int_equal (lease_request_release (f->admin, HDR, 10000), 0);
+  assert_int_equal (lease_status_get (f->admin, HDR, &s), 0);
+  assert_false (s.held);
+
+  /* A request without epoch (an older vbk) still releases what A
+   * holds. */
+  assert_int_equal (guarded_write (&a, "A4"), 0);
+  assert_int_equal (lease_epoch (a.lease), 3);
+  notify_raw (f, &a, "release operator 1", ans, sizeof ans);
+  assert_string_equal (ans, "releasing");
+  wait_lock_free (f);
+  host_close (&a);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -438,6 +542,8 @@ main (int argc, char **argv)
     cmocka_unit_test_setup_teardown (test_two_writers_bounce, setup,
                                      teardown),
     cmocka_unit_test_setup_teardown (test_break_fences_holder, setup,
+                                     teardown),
+    cmocka_unit_test_setup_teardown (test_stale_release_request, setup,
                                      teardown),
   };
 
