@@ -993,50 +993,38 @@ fd_forget (struct root *r, const char *oid)
   pthread_mutex_unlock (&r->fd_lock);
 }
 
-/* Puts FD, the file just made OID's head by a deferred create
- * (STORE_WRITE_DEFER) with its bytes and its name not yet durable, in
- * the cache as a dirty entry whose name waits for obj/ (CREATED_GEN), so
- * that the next flush (or the syncer, if it leaves the cache first)
- * syncs it: the same state as a file this process created and wrote
- * without a sync.  Another thread may have opened the new file in
- * between: then its entry takes the dirt and FD is closed.  Takes FD. */
+/* Hands FD, the file just made OID's head by a deferred create
+ * (STORE_WRITE_DEFER) with its bytes and its name not yet durable, to
+ * the syncer: it goes on the aside list, dirty, with its name waiting for
+ * obj/ (CREATED_GEN).  So its fdatasync runs in the background while the
+ * writer goes on (its writeback was started when it was written), and the
+ * next flush finds most such files synced already; the flush still covers
+ * the others (it syncs what is aside and waits for the syncer's batch) and
+ * syncs obj/ once for all of them.  A file OID named before that is still
+ * cached leaves the cache (the new one is read through a new descriptor).
+ * Takes FD. */
 static void
 fd_adopt (struct root *r, const char *oid, int fd, uint64_t created_gen)
 {
-  unsigned h = hash_oid (r, oid);
   struct fd_entry *e, *o;
   struct stat a, b;
 
   e = calloc (1, sizeof *e);
   pthread_mutex_lock (&r->fd_lock);
-  {
-    uint64_t g = __atomic_load_n (r->objgen, __ATOMIC_SEQ_CST);
-    if (g != r->cache_gen) {
-      fd_invalidate_locked (r);
-      r->cache_gen = g;
-    }
-  }
   /* As in fd_get: never more files waiting for the syncer than allowed. */
   while (r->naside > r->aside_max && r->syncer_running)
     pthread_cond_wait (&r->sync_cond, &r->fd_lock);
-  for (o = r->hash[h]; o; o = o->hnext) {
+  for (o = r->hash[hash_oid (r, oid)]; o; o = o->hnext) {
     if (strcmp (o->oid, oid) != 0)
       continue;
-    if (fstat (o->fd, &a) == 0 && fstat (fd, &b) == 0
-        && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
-      o->dirty_gen = ++r->write_gen;
-      o->dir_gen = MAX (o->dir_gen, created_gen);
-      pthread_mutex_unlock (&r->fd_lock);
-      close (fd);
-      free (e);
-      return;
-    }
-    fd_evict_locked (r, o, true);       /* a file OID named before */
+    if (fstat (o->fd, &a) < 0 || fstat (fd, &b) < 0
+        || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+      fd_evict_locked (r, o, true);
     break;
   }
-  if (e == NULL) {
-    /* No memory for an entry: a synced file needs none.  Its name is
-     * made durable by the next flush (dir_dirty is set). */
+  if (e == NULL || !r->syncer_running) {
+    /* No entry, or no syncer: sync it now, it needs neither.  Its name
+     * is made durable by the next flush (dir_dirty is set). */
     pthread_mutex_unlock (&r->fd_lock);
     if (fdatasync (fd) < 0) {
       char what[STORE_NAME_MAX + 16];
@@ -1044,17 +1032,15 @@ fd_adopt (struct root *r, const char *oid, int fd, uint64_t created_gen)
       sync_failed (r, -errno, what);
     }
     close (fd);
+    free (e);
     return;
   }
   snprintf (e->oid, sizeof e->oid, "%s", oid);
   e->fd = fd;
   e->dir_gen = created_gen;
   e->dirty_gen = ++r->write_gen;
-  e->hnext = r->hash[h];
-  r->hash[h] = e;
-  lru_push (r, e);
-  r->nfds++;
-  fd_trim (r);
+  aside_push (r, e);
+  pthread_cond_broadcast (&r->sync_cond);
   pthread_mutex_unlock (&r->fd_lock);
 }
 
@@ -1727,9 +1713,9 @@ local_write_full (void *h, const char *oid, const void *buf, size_t len,
  * whose writeback starts at once (sync_file_range, so that the flush
  * mostly finds them on the disk), which is renamed to the object's name
  * only if that name is free (RENAME_NOREPLACE: readers see the whole
- * object or none), with no sync at all; the file stays open in the fd
- * cache as dirty, so the next flush syncs it and obj/ (one pass for all
- * the objects created so).  A crash before that flush may leave the name
+ * object or none), with no sync on the caller's path; the file goes to
+ * the syncer as dirty (fd_adopt), and the next flush makes sure it and
+ * obj/ are synced (obj/ once for all the objects created so).  A crash before that flush may leave the name
  * without the bytes, which the caller was told to expect. */
 static int
 create_deferred (struct root *r, const char *oid, const void *buf,
