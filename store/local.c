@@ -28,7 +28,8 @@
  * sync_name).  Whole objects are written to tmp/ and renamed into place
  * (readers see the old object or the new one), durably at once, except
  * for a deferred create (STORE_WRITE_DEFER): that one is renamed in
- * without a sync and left to the next flush like any unsynced write
+ * without a sync on the caller's path, synced by the syncer in the
+ * background, and covered by the next flush like any unsynced write
  * (see create_deferred).
  *
  * Copy-on-write follows RADOS self-managed snapshots: a write under a
@@ -1715,8 +1716,9 @@ local_write_full (void *h, const char *oid, const void *buf, size_t len,
  * only if that name is free (RENAME_NOREPLACE: readers see the whole
  * object or none), with no sync on the caller's path; the file goes to
  * the syncer as dirty (fd_adopt), and the next flush makes sure it and
- * obj/ are synced (obj/ once for all the objects created so).  A crash before that flush may leave the name
- * without the bytes, which the caller was told to expect. */
+ * obj/ are synced (obj/ once for all the objects created so).  A crash
+ * before that flush may leave the name without the bytes, which the
+ * caller was told to expect. */
 static int
 create_deferred (struct root *r, const char *oid, const void *buf,
                  size_t len)
