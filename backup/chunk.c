@@ -9,22 +9,40 @@
  * (omap of vbk_backup_chunks) has one key per chunk with the wall-clock
  * time of its last reference; gc (gc.c) needs it both to enumerate the
  * chunks (a store cannot list objects) and to know which chunks a running
- * backup may rely on.  Every change of a chunk's state happens under the
- * chunk's own lock (a store lock with a duration, so a killed process
- * holds it only for a while):
+ * backup may rely on.  A key is in one of three states: "TIME" (claimed:
+ * the chunk was durable when the key was written), "bad TIME" (verify
+ * found the chunk bad) and "bad TIME new" (being written: not durable
+ * yet, so after a crash possibly short or garbled under its name).  Only
+ * a claimed chunk that exists is relied on; the other states make the
+ * next backup with that data write it again.  Every change of a chunk's
+ * state happens under the chunk's own lock (a store lock with a duration,
+ * so a killed process holds it only for a while):
  *
- *   ensure (backup):  lock -> registry time -> stat ->
- *                     present: time < SINCE ? set time = now
- *                     absent or marked bad: set time = now, write chunk
+ *   ensure (backup):  lock -> registry -> stat ->
+ *                     claimed and present: time < SINCE ? set time = now
+ *                     else: set "bad now new" -> write the chunk:
+ *                       absent: created deferred (no sync: the backup's
+ *                               flush makes it durable with all others)
+ *                       present: replaced durably (see below)
  *                     -> unlock
+ *   claim (backup):   after the flush that made every chunk it wrote
+ *                     durable: "TIME" for all of them, in batches
  *   sweep (gc):       lock -> registry time -> older than the cutoff ?
  *                     remove chunk, remove key -> unlock
  *
- * Because both run under the lock and times only grow, a chunk a backup
- * relies on either has a time gc will not sweep, or was swept before the
- * backup looked and is written again.  The registry key is set before the
- * chunk is written, so a crash leaves at worst a key whose chunk is
- * missing (gc removes the key) and never a chunk gc cannot find.
+ * Because ensure and sweep run under the lock and times only grow, a
+ * chunk a backup relies on either has a time gc will not sweep, or was
+ * swept before the backup looked and is written again.  The key is set
+ * (durably) before the chunk is written, so a crash leaves at worst a key
+ * whose chunk is missing or torn (gc removes both) and never a chunk gc
+ * cannot find.  A chunk is claimed only once durable, so nothing that
+ * finds it claimed (another backup's dedup, a touch) relies on bytes a
+ * crash could still take.  An existing chunk is never replaced by a
+ * deferred write: another backup may have created it deferred and claim
+ * it after its own flush, and on the local store that flush skips a file
+ * that lost its name; the name must then hold bytes that are durable
+ * already.  So only a new name is written deferred (an exclusive create)
+ * and a replacement is synced before it is renamed in.
  * Reads check the header, the CRC32 of the stored bytes, the size and the
  * SHA-256 of the result against the name.
  */
@@ -94,11 +112,18 @@ backup_chunk_unlock (struct backup_repo *r, const char *oid,
   store_unlock (r->st, oid, LOCK_NAME, cookie);
 }
 
-/* Registry entry of HEX: 1 with *T and *BAD, 0 if none, or -errno. */
+/* Registry states (FORMAT.md): claimed "TIME", "bad TIME", and "bad TIME
+ * new" for a chunk written and not durable yet.  A vbk that knows only
+ * the first two reads the third as bad, so it never relies on such a
+ * chunk either. */
+enum reg_state { REG_CLAIMED, REG_BAD, REG_NEW };
+
+/* Registry entry of HEX: 1 with *T and *STATE, 0 if none, or -errno. */
 static int
-reg_get (struct backup_repo *r, const char *hex, uint64_t *t, int *bad)
+reg_get (struct backup_repo *r, const char *hex, uint64_t *t,
+         enum reg_state *state)
 {
-  char v[64];
+  char v[64], *end;
   ssize_t n;
 
   n = store_omap_get (r->st, BACKUP_CHUNKS_OID, hex, v, sizeof v - 1);
@@ -107,9 +132,22 @@ reg_get (struct backup_repo *r, const char *hex, uint64_t *t, int *bad)
   if (n < 0)
     return (int) n;
   v[n < (ssize_t) sizeof v ? n : (ssize_t) sizeof v - 1] = '\0';
-  *bad = strncmp (v, "bad ", 4) == 0;
-  *t = strtoull (*bad ? v + 4 : v, NULL, 10);
+  if (strncmp (v, "bad ", 4) != 0) {
+    *state = REG_CLAIMED;
+    *t = strtoull (v, NULL, 10);
+    return 1;
+  }
+  *t = strtoull (v + 4, &end, 10);
+  *state = strcmp (end, " new") == 0 ? REG_NEW : REG_BAD;
   return 1;
+}
+
+static int
+reg_value (char *buf, size_t len, enum reg_state state, uint64_t t)
+{
+  return snprintf (buf, len, "%s%" PRIu64 "%s",
+                   state == REG_CLAIMED ? "" : "bad ", t,
+                   state == REG_NEW ? " new" : "");
 }
 
 /* ---- Group commit of registry writes ---------------------------------------
@@ -176,15 +214,14 @@ reg_write_batch (struct backup_repo *r, struct backup_reg_req *batch,
 }
 
 static int
-reg_set (struct backup_repo *r, const char *hex, int bad)
+reg_set (struct backup_repo *r, const char *hex, enum reg_state state)
 {
   struct backup_reg_group *g = &r->reg;
   struct backup_reg_req me = { 0 }, *batch, **pp;
   size_t n;
 
   snprintf (me.hex, sizeof me.hex, "%s", hex);
-  me.len = (size_t) snprintf (me.val, sizeof me.val, "%s%" PRIu64,
-                              bad ? "bad " : "", now_wall_ms ());
+  me.len = (size_t) reg_value (me.val, sizeof me.val, state, now_wall_ms ());
   pthread_mutex_lock (&g->lock);
   *g->tail = &me;
   g->tail = &me.next;
@@ -226,10 +263,11 @@ backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
                      uint64_t *stored)
 {
   char oid[STORE_NAME_MAX + 1], hex[BACKUP_HEX_LEN + 1], cookie[64];
+  enum reg_state state = REG_CLAIMED;
   uint64_t t = 0, size = 0;
   void *enc = NULL;
   ssize_t n;
-  int bad = 0, have, e, present;
+  int have, e, exists;
 
   if (stored)
     *stored = 0;
@@ -237,7 +275,7 @@ backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
   backup_chunk_oid (d, oid, sizeof oid);
   if ((e = backup_chunk_lock (r, oid, cookie, sizeof cookie)) < 0)
     return e;
-  if ((have = reg_get (r, hex, &t, &bad)) < 0) {
+  if ((have = reg_get (r, hex, &t, &state)) < 0) {
     e = vbk_errno (have, "backup: registry of %s", oid);
     goto out;
   }
@@ -246,16 +284,17 @@ backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
     vbk_errno (e, "backup: %s: stat", oid);
     goto out;
   }
-  present = e == 0 && size > BACKUP_CHUNK_HDR;
-  if (present && have && !bad) {
+  exists = e == 0;
+  if (exists && size > BACKUP_CHUNK_HDR && have && state == REG_CLAIMED) {
     e = 0;
-    if (t < since && (e = reg_set (r, hex, 0)) < 0)
+    if (t < since && (e = reg_set (r, hex, REG_CLAIMED)) < 0)
       vbk_error_prepend (e, "backup: %s: registry (touch): ", oid);
     goto out;
   }
   if (plain == NULL) {
     e = -ENOENT;
-    vbk_set_error ("backup: %s is %s", oid, bad ? "marked bad" : "missing");
+    vbk_set_error ("backup: %s is %s", oid, !have || !exists ? "missing"
+                   : state == REG_BAD ? "marked bad" : "not durable yet");
     goto out;
   }
   if ((enc = malloc (backup_chunk_bound (len))) == NULL) {
@@ -266,11 +305,19 @@ backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
     e = vbk_error_prepend ((int) n, "backup: %s: ", oid);
     goto out;
   }
-  if ((e = reg_set (r, hex, 0)) < 0) {
+  if ((e = reg_set (r, hex, REG_NEW)) < 0) {
     vbk_error_prepend (e, "backup: %s: registry: ", oid);
     goto out;
   }
-  if ((e = store_write_full (r->st, oid, enc, (size_t) n, 0)) < 0) {
+  /* A new name: deferred, made durable by the backup's flush.  An
+   * existing one (torn by a crash, bad, or another backup's not yet
+   * claimed): replaced durably, see the top of the file. */
+  e = -EEXIST;
+  if (!exists)
+    e = store_create_excl (r->st, oid, enc, (size_t) n, STORE_WRITE_DEFER);
+  if (e == -EEXIST)
+    e = store_write_full (r->st, oid, enc, (size_t) n, STORE_WRITE_SYNC);
+  if (e < 0) {
     vbk_errno (e, "backup: writing %s", oid);
     goto out;
   }
@@ -283,19 +330,58 @@ backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
   return e;
 }
 
+/* Claims at most this many chunks with one store_meta_set. */
+#define CLAIM_BATCH 1024
+
+int
+backup_chunk_claim (struct backup_repo *r,
+                    const unsigned char (*d)[BACKUP_DIGEST_LEN], size_t n)
+{
+  struct store_meta_set *sets;
+  char (*hex)[BACKUP_HEX_LEN + 1], val[32];
+  size_t i, m, done;
+  int len, e = 0;
+
+  if (n == 0)
+    return 0;
+  m = MIN (n, (size_t) CLAIM_BATCH);
+  sets = calloc (m, sizeof *sets);
+  hex = calloc (m, sizeof *hex);
+  if (sets == NULL || hex == NULL) {
+    free (sets);
+    free (hex);
+    return vbk_errno (-ENOMEM, "backup: registry");
+  }
+  len = reg_value (val, sizeof val, REG_CLAIMED, now_wall_ms ());
+  for (done = 0; done < n && e == 0; done += m) {
+    m = MIN (n - done, (size_t) CLAIM_BATCH);
+    for (i = 0; i < m; i++) {
+      backup_digest_hex (d[done + i], hex[i]);
+      sets[i] = (struct store_meta_set) { true, hex[i], val, (size_t) len };
+    }
+    if ((e = store_meta_set (r->st, BACKUP_CHUNKS_OID, sets, m)) < 0)
+      vbk_error_prepend (e, "backup: registry: claiming %zu chunks written "
+                         "(vbk_chunk.%s...): ", n, hex[0]);
+  }
+  free (sets);
+  free (hex);
+  return e;
+}
+
 int
 backup_chunk_check (struct backup_repo *r, const unsigned char *d)
 {
   char hex[BACKUP_HEX_LEN + 1];
+  enum reg_state state = REG_CLAIMED;
   uint64_t t;
-  int bad = 0, have;
+  int have;
 
   backup_digest_hex (d, hex);
-  if ((have = reg_get (r, hex, &t, &bad)) < 0)
+  if ((have = reg_get (r, hex, &t, &state)) < 0)
     return vbk_errno (have, "backup: registry of vbk_chunk.%s", hex);
-  if (!have || bad) {
-    vbk_set_error ("backup: vbk_chunk.%s is %s", hex,
-                   bad ? "marked bad" : "missing");
+  if (!have || state != REG_CLAIMED) {
+    vbk_set_error ("backup: vbk_chunk.%s is %s", hex, !have ? "missing"
+                   : state == REG_BAD ? "marked bad" : "not durable yet");
     return -ENOENT;
   }
   return 0;
@@ -415,5 +501,5 @@ backup_chunk_mark_bad (struct backup_repo *r, const unsigned char *d)
   char hex[BACKUP_HEX_LEN + 1];
 
   backup_digest_hex (d, hex);
-  return reg_set (r, hex, 1);
+  return reg_set (r, hex, REG_BAD);
 }

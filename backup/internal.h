@@ -262,14 +262,25 @@ void backup_reg_init (struct backup_repo *r);
 void backup_reg_fini (struct backup_repo *r);
 
 /* Makes sure chunk D exists and counts as referenced at a time >= SINCE
- * (now, if it has to be touched).  With PLAIN non-NULL (LEN bytes) an
- * absent or bad chunk is written; without, -ENOENT says it must be.
- * Returns 1 if written, 0 if it was there; *STORED gets the bytes
- * written. */
+ * (now, if it has to be touched).  With PLAIN non-NULL (LEN bytes) a
+ * chunk that is absent, bad or not claimed (not known durable) is
+ * written; without, -ENOENT says it must be.  Returns 1 if written, 0 if
+ * it was there; *STORED gets the bytes written.  A chunk written (1) may
+ * not be durable yet, and its registry key says so: the caller must
+ * store_flush() and then backup_chunk_claim() it before anything
+ * durable (an index, a manifest) refers to it. */
 int backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
                          uint64_t since, const void *plain, size_t len,
                          uint64_t *stored);
-/* Whether the registry has chunk D, not marked bad: 0, or -ENOENT. */
+/* Marks the chunks D[0..N), written by backup_chunk_ensure and made
+ * durable since by a store_flush() that returned 0, as claimed: others
+ * may now rely on them.  One store_meta_set per 1024 chunks.  Errors:
+ * those of store_meta_set (message set). */
+int backup_chunk_claim (struct backup_repo *r,
+                        const unsigned char (*d)[BACKUP_DIGEST_LEN],
+                        size_t n);
+/* Whether the registry has chunk D, claimed (neither marked bad nor
+ * still being written): 0, or -ENOENT. */
 int backup_chunk_check (struct backup_repo *r, const unsigned char *d);
 /* Reads chunk D, checking its header, checksum and digest, into PLAIN
  * (LEN bytes expected).  Errors: -EIO naming the chunk.

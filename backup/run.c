@@ -19,7 +19,10 @@
  *                       the registry (and rewritten from the snapshot if
  *                       missing or bad), not touched: gc marks the parent
  *                       named in our catalog key
- *           -> INDEX    flush, write the index
+ *           -> FLUSH    every chunk written (created without a sync)
+ *                       made durable in one store_flush, then claimed in
+ *                       the registry (backup_chunk_claim), in batches
+ *           -> INDEX    write the index
  *           -> MANIFEST create it exclusively: the backup now exists
  *           -> TRIM     remove this image's older backup snapshots
  *           -> UNREGISTER
@@ -78,6 +81,8 @@ struct writer {
 
   struct image *img;            /* the snapshot */
   struct backup_index ix;
+  unsigned char *wrote;         /* per chunk: 1 if this backup wrote it
+                                   (to be claimed after the flush) */
   struct backup_index parent;
   struct backup_manifest pm;
   int have_parent;
@@ -205,6 +210,7 @@ put_chunk (struct writer *w, uint64_t idx, const void *buf, size_t len)
   if ((e = backup_chunk_ensure (w->r, d, w->since, buf, len, &stored)) < 0)
     return e;
   if (e == 1) {
+    w->wrote[idx] = 1;
     w->chunks_new++;
     w->bytes_stored += stored;
   }
@@ -494,6 +500,30 @@ keep_unchanged (struct writer *w, const unsigned char *dirty)
 
 /* ---- One backup ------------------------------------------------------------------ */
 
+/* Claims the chunks this backup wrote, once the flush made them durable
+ * (chunk.c): from then on other backups may rely on them. */
+static int
+claim_written (struct writer *w)
+{
+  unsigned char (*d)[BACKUP_DIGEST_LEN];
+  uint64_t i, n = 0;
+  int e;
+
+  for (i = 0; i < w->ix.count; i++)
+    n += w->wrote[i];
+  if (n == 0)
+    return 0;
+  if ((d = malloc (n * BACKUP_DIGEST_LEN)) == NULL)
+    return vbk_errno (-ENOMEM, "backup");
+  for (i = 0, n = 0; i < w->ix.count; i++)
+    if (w->wrote[i])
+      memcpy (d[n++], w->ix.digest[i], BACKUP_DIGEST_LEN);
+  e = backup_chunk_claim (w->r, (const unsigned char (*)[BACKUP_DIGEST_LEN]) d,
+                          n);
+  free (d);
+  return e;
+}
+
 static int
 write_index_and_manifest (struct writer *w)
 {
@@ -507,7 +537,9 @@ write_index_and_manifest (struct writer *w)
   int e;
 
   if ((e = store_flush (w->r->st)) < 0)
-    return vbk_errno (e, "backup %s: flushing chunks", w->id);
+    return vbk_error_prepend (e, "backup %s: flushing chunks: ", w->id);
+  if ((e = claim_written (w)) < 0)
+    return vbk_error_prepend (e, "backup %s: ", w->id);
   if ((e = backup_index_encode (&w->ix, &buf, &len)) < 0)
     return e;
   backup_index_oid (w->id, oid, sizeof oid);
@@ -630,10 +662,11 @@ backup_one (struct writer *w)
   w->ix.chunk_size = cs;
   w->ix.count = (w->ix.size + cs - 1) / cs;
   w->ix.digest = calloc (w->ix.count + 1, BACKUP_DIGEST_LEN);
+  w->wrote = calloc (w->ix.count + 1, 1);
   dm.map = calloc (w->ix.count + 1, 1);
   dm.count = w->ix.count;
   dm.cs = cs;
-  if (w->ix.digest == NULL || dm.map == NULL) {
+  if (w->ix.digest == NULL || w->wrote == NULL || dm.map == NULL) {
     e = vbk_errno (-ENOMEM, "backup");
     goto out;
   }
@@ -812,6 +845,7 @@ backup_run (struct backup_repo *r, const struct backup_run_opts *o,
     unregister (&w[i]);
     backup_index_free (&w[i].ix);
     backup_index_free (&w[i].parent);
+    free (w[i].wrote);
   }
   backup_set_free (&known);
   free (w);

@@ -25,7 +25,12 @@
  * directory), or at once with STORE_WRITE_SYNC (fdatasync of the file,
  * and of obj/ only while the file's name may not be durable: a file this
  * process created, or may have, since obj/ was last synced; see
- * sync_name).
+ * sync_name).  Whole objects are written to tmp/ and renamed into place
+ * (readers see the old object or the new one), durably at once, except
+ * for a deferred create (STORE_WRITE_DEFER): that one is renamed in
+ * without a sync on the caller's path, synced by the syncer in the
+ * background, and covered by the next flush like any unsynced write
+ * (see create_deferred).
  *
  * Copy-on-write follows RADOS self-managed snapshots: a write under a
  * snapshot context whose seq is newer than the object's snapset seq first
@@ -256,11 +261,12 @@ fsync_dir (struct root *r, const char *dir)
   return rc;
 }
 
-/* Writes a new temporary file in tmp/ with BUF, fdatasync'ed; its name
- * (relative to the root) goes to TMP. */
+/* Creates a new temporary file in tmp/ holding BUF, not synced; its name
+ * (relative to the root) goes to TMP.  Returns its descriptor (read and
+ * write), or -errno with nothing left behind. */
 static int
-write_tmp (struct root *r, const void *buf, size_t len, char *tmp,
-           size_t tmplen)
+tmp_create (struct root *r, const void *buf, size_t len, char *tmp,
+            size_t tmplen)
 {
   static unsigned counter;
   unsigned n = __atomic_fetch_add (&counter, 1, __ATOMIC_RELAXED);
@@ -270,7 +276,7 @@ write_tmp (struct root *r, const void *buf, size_t len, char *tmp,
 
   snprintf (tmp, tmplen, "tmp/%d.%u.%lx", (int) getpid (), n,
             (unsigned long) now_mono_ns ());
-  fd = openat (r->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  fd = openat (r->dirfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
   while (len > 0) {
@@ -284,7 +290,25 @@ write_tmp (struct root *r, const void *buf, size_t len, char *tmp,
     p += w;
     len -= w;
   }
-  if (rc == 0 && fdatasync (fd) < 0)
+  if (rc < 0) {
+    close (fd);
+    unlinkat (r->dirfd, tmp, 0);
+    return rc;
+  }
+  return fd;
+}
+
+/* Writes a new temporary file in tmp/ with BUF, fdatasync'ed; its name
+ * (relative to the root) goes to TMP. */
+static int
+write_tmp (struct root *r, const void *buf, size_t len, char *tmp,
+           size_t tmplen)
+{
+  int fd = tmp_create (r, buf, len, tmp, tmplen), rc = 0;
+
+  if (fd < 0)
+    return fd;
+  if (fdatasync (fd) < 0)
     rc = -errno;
   close (fd);
   if (rc < 0)
@@ -1013,6 +1037,57 @@ fd_forget (struct root *r, const char *oid)
   pthread_mutex_unlock (&r->fd_lock);
 }
 
+/* Hands FD, the file just made OID's head by a deferred create
+ * (STORE_WRITE_DEFER) with its bytes and its name not yet durable, to
+ * the syncer: it goes on the aside list, dirty, with its name waiting for
+ * obj/ (CREATED_GEN).  So its fdatasync runs in the background while the
+ * writer goes on (its writeback was started when it was written), and the
+ * next flush finds most such files synced already; the flush still covers
+ * the others (it syncs what is aside and waits for the syncer's batch) and
+ * syncs obj/ once for all of them.  A file OID named before that is still
+ * cached leaves the cache (the new one is read through a new descriptor).
+ * Takes FD. */
+static void
+fd_adopt (struct root *r, const char *oid, int fd, uint64_t created_gen)
+{
+  struct fd_entry *e, *o;
+  struct stat a, b;
+
+  e = calloc (1, sizeof *e);
+  pthread_mutex_lock (&r->fd_lock);
+  /* As in fd_get: never more files waiting for the syncer than allowed. */
+  while (r->naside > r->aside_max && r->syncer_running)
+    pthread_cond_wait (&r->sync_cond, &r->fd_lock);
+  for (o = r->hash[hash_oid (r, oid)]; o; o = o->hnext) {
+    if (strcmp (o->oid, oid) != 0)
+      continue;
+    if (fstat (o->fd, &a) < 0 || fstat (fd, &b) < 0
+        || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+      fd_evict_locked (r, o, true);
+    break;
+  }
+  if (e == NULL || !r->syncer_running) {
+    /* No entry, or no syncer: sync it now, it needs neither.  Its name
+     * is made durable by the next flush (dir_dirty is set). */
+    pthread_mutex_unlock (&r->fd_lock);
+    if (fdatasync (fd) < 0) {
+      char what[STORE_NAME_MAX + 16];
+      snprintf (what, sizeof what, "object %s", oid);
+      sync_failed (r, -errno, what);
+    }
+    close (fd);
+    free (e);
+    return;
+  }
+  snprintf (e->oid, sizeof e->oid, "%s", oid);
+  e->fd = fd;
+  e->dir_gen = created_gen;
+  e->dirty_gen = ++r->write_gen;
+  aside_push (r, e);
+  pthread_cond_broadcast (&r->sync_cond);
+  pthread_mutex_unlock (&r->fd_lock);
+}
+
 /* ---- Snapsets (copy-on-write) ----------------------------------------- */
 
 struct snapset {
@@ -1679,6 +1754,52 @@ local_write_full (void *h, const char *oid, const void *buf, size_t len,
   return rc;
 }
 
+/* A deferred create (STORE_WRITE_DEFER): the bytes go to a file in tmp/
+ * whose writeback starts at once (sync_file_range, so that the flush
+ * mostly finds them on the disk), which is renamed to the object's name
+ * only if that name is free (RENAME_NOREPLACE: readers see the whole
+ * object or none), with no sync on the caller's path; the file goes to
+ * the syncer as dirty (fd_adopt), and the next flush makes sure it and
+ * obj/ are synced (obj/ once for all the objects created so).  A crash
+ * before that flush may leave the name without the bytes, which the
+ * caller was told to expect. */
+static int
+create_deferred (struct root *r, const char *oid, const void *buf,
+                 size_t len)
+{
+  char path[PATH_MAX], tmp[256];
+  uint64_t created_gen;
+  int fd, rc = 0;
+
+  fd = tmp_create (r, buf, len, tmp, sizeof tmp);
+  if (fd < 0)
+    return fd;
+  if (len)
+    sync_file_range (fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+  /* Counted before the name exists, as fd_get counts a create. */
+  pthread_mutex_lock (&r->fd_lock);
+  created_gen = ++r->dir_gen;
+  r->dir_dirty = true;
+  pthread_mutex_unlock (&r->fd_lock);
+  relpath (path, sizeof path, "obj", oid, NULL);
+  if (renameat2 (r->dirfd, tmp, r->dirfd, path, RENAME_NOREPLACE) < 0) {
+    rc = -errno;
+    if (rc == -EINVAL) {
+      /* A file system without RENAME_NOREPLACE: link, then unlink. */
+      rc = linkat (r->dirfd, tmp, r->dirfd, path, 0) < 0 ? -errno : 0;
+    }
+    unlinkat (r->dirfd, tmp, 0);
+  }
+  if (rc < 0) {
+    close (fd);
+    if (rc == -EEXIST)
+      vbk_set_error ("store: local: create: %s: object exists", oid);
+    return rc;
+  }
+  fd_adopt (r, oid, fd, created_gen);
+  return 0;
+}
+
 static int
 local_create_excl (void *h, const char *oid, const void *buf, size_t len,
                    unsigned flags)
@@ -1692,6 +1813,8 @@ local_create_excl (void *h, const char *oid, const void *buf, size_t len,
   rc = cow_prepare (l, oid, NULL);
   if (rc < 0)
     return rc;
+  if (flags & STORE_WRITE_DEFER)
+    return create_deferred (r, oid, buf, len);
   rc = write_tmp (r, buf, len, tmp, sizeof tmp);
   if (rc < 0)
     return rc;

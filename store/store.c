@@ -77,6 +77,16 @@ check_oid (const char *op, const char *oid)
   return 0;
 }
 
+/* STORE_WRITE_DEFER is for store_create_excl alone, without
+ * STORE_WRITE_SYNC. */
+static int
+bad_flags (const char *op, const char *oid)
+{
+  vbk_set_error ("store: %s: %s: STORE_WRITE_DEFER is only for an "
+                 "exclusive create without STORE_WRITE_SYNC", op, oid);
+  return -EINVAL;
+}
+
 #define CHECK_OID(op, oid)                      \
   do {                                          \
     int r_ = check_oid ((op), (oid));           \
@@ -192,6 +202,8 @@ store_write (struct store *st, const char *oid, const void *buf, size_t len,
              uint64_t off, unsigned flags)
 {
   CHECK_OID ("write", oid);
+  if (flags & STORE_WRITE_DEFER)
+    return bad_flags ("write", oid);
   return CALL (st, write, oid, oid, buf, len, off, flags);
 }
 
@@ -200,6 +212,8 @@ store_write_full (struct store *st, const char *oid, const void *buf,
                   size_t len, unsigned flags)
 {
   CHECK_OID ("write_full", oid);
+  if (flags & STORE_WRITE_DEFER)
+    return bad_flags ("write_full", oid);
   return CALL (st, write_full, oid, oid, buf, len, flags);
 }
 
@@ -208,6 +222,8 @@ store_create_excl (struct store *st, const char *oid, const void *buf,
                    size_t len, unsigned flags)
 {
   CHECK_OID ("create", oid);
+  if ((flags & STORE_WRITE_SYNC) && (flags & STORE_WRITE_DEFER))
+    return bad_flags ("create", oid);
   return CALL (st, create_excl, oid, oid, buf, len, flags);
 }
 
@@ -314,6 +330,8 @@ store_aio_write (struct store *st, const char *oid, const void *buf,
   int r;
 
   CHECK_OID ("aio_write", oid);
+  if (flags & STORE_WRITE_DEFER)
+    return bad_flags ("aio_write", oid);
   if ((a = aio_ctx_new (st, "aio_write", oid, cb, arg)) == NULL)
     return -ENOMEM;
   r = CALL (st, aio_write, oid, oid, buf, len, off, flags, aio_done, a);

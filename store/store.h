@@ -96,6 +96,19 @@ int store_read_ranges (struct store *st, const char *oid, uint64_t snap,
 
 /* Write flags. */
 #define STORE_WRITE_SYNC 1u     /* durable when the call returns */
+/* store_create_excl only (other calls refuse it with -EINVAL, and so
+ * does its use with STORE_WRITE_SYNC): the new object is at once visible
+ * to every reader, and whole (never a part of BUF), but it is durable,
+ * its existence as well as its bytes, only once a later store_flush() of
+ * this store_open() (or a clone) has returned 0.  A crash of the machine
+ * before that may leave it absent, or present under its name and short,
+ * or holding other bytes (zeros, garbage): the caller must be able to
+ * tell such an object from a good one (a checksum inside it), and must
+ * not make anything durable that relies on it before that flush.  It
+ * lets a writer create many objects and pay for their durability once,
+ * in the flush (the local store: no sync per object, one sync pass for
+ * all; RADOS: durable at completion, as every write). */
+#define STORE_WRITE_DEFER 2u
 
 /* Writes LEN bytes at OFF, creating the object if needed.  Without
  * STORE_WRITE_SYNC the data is durable after store_flush() (RADOS is
@@ -107,8 +120,9 @@ int store_write (struct store *st, const char *oid, const void *buf,
 int store_write_full (struct store *st, const char *oid, const void *buf,
                       size_t len, unsigned flags);
 
-/* Creates OID with content BUF only if it does not exist.
- * Errors: -EEXIST. */
+/* Creates OID with content BUF only if it does not exist: durable when
+ * it returns, or with STORE_WRITE_DEFER after the next store_flush.
+ * Errors: -EEXIST; -EINVAL (STORE_WRITE_SYNC and STORE_WRITE_DEFER). */
 int store_create_excl (struct store *st, const char *oid, const void *buf,
                        size_t len, unsigned flags);
 

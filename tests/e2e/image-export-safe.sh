@@ -7,11 +7,15 @@
 # (a read error from the fault: store) leaves the old file byte for byte
 # and no temporary file beside it; a successful one replaces it whole.
 # A target that is not a regular file (/dev/stdout) is written in place.
+# The exported file is synced once, not once by the copy and again
+# before its rename (the sync interposer, tests/shim/syncshim.c, counts).
 
 . "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
 
 requires python3
 requires cmp
+[ -n "${VBK_SYNCSHIM:-}" ] && [ -f "$VBK_SYNCSHIM" ] ||
+  fail "the sync interposer is not built (VBK_SYNCSHIM=${VBK_SYNCSHIM:-})"
 
 M=$((1 << 20))
 S=$(new_store)
@@ -53,6 +57,20 @@ cmp "$src" "$out" || fail "export --force did not replace the target"
 [ "$(ls -A "$TEST_DIR/dst")" = target.raw ] || fail "leftovers: $(ls -A "$TEST_DIR/dst")"
 [ "$(stat -c %a "$out")" = "$(printf %o $((0666 & ~$(umask))))" ] ||
   fail "replaced target has mode $(stat -c %a "$out")"
+
+# Synced once: the copy's flush; the rename is made durable by the
+# directory's sync.
+echo "/dst 0 0" >"$TEST_DIR/sync.ctl"
+: >"$TEST_DIR/sync.log"
+VBK_SYNCSHIM_CTL=$TEST_DIR/sync.ctl VBK_SYNCSHIM_LOG=$TEST_DIR/sync.log \
+  LD_PRELOAD=$VBK_SYNCSHIM \
+  ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
+  vbk --store "$S" image export disk "$out" --force || fail "export under the interposer"
+cmp "$src" "$out" || fail "export under the interposer differs"
+n=$(grep -c " start .*/dst/\.target\.raw\.vbk-" "$TEST_DIR/sync.log" || true)
+[ "$n" = 1 ] || fail "the exported file was synced $n times, expected once: $(cat "$TEST_DIR/sync.log")"
+n=$(grep -c " start .*/dst$" "$TEST_DIR/sync.log" || true)
+[ "$n" = 1 ] || fail "the target's directory was synced $n times, expected once: $(cat "$TEST_DIR/sync.log")"
 
 # A relative target in the current directory.
 (cd "$TEST_DIR/dst" && vbk --store "$S" image export disk rel.raw)

@@ -470,6 +470,94 @@ test_sync_write_new_file (void **state)
   assert_int_equal (syncshim_started (), before + 1);
 }
 
+/* ---- Deferred creates ------------------------------------------------- */
+
+/* Objects created with STORE_WRITE_DEFER never wait for a sync: 50 are
+ * created while every sync under obj is held (the syncer, which syncs
+ * them in the background, waits at the gate).  Once it opens, the flush
+ * makes sure each file was synced, exactly once between the syncer and
+ * itself, and obj/ once (51 syncs under obj); a second flush has nothing
+ * left to sync. */
+static void
+test_deferred_create_syncs (void **state)
+{
+  struct test_fixture *fx = *state;
+  char oid[32], data[8192];
+  unsigned long before;
+  int i;
+
+  memset (data, 'd', sizeof data);
+  assert_int_equal (store_flush (fx->st), 0);
+  syncshim_set ("/obj", 0, 0);
+  syncshim_gate (1);
+  before = syncshim_started ();
+  for (i = 0; i < 50; i++) {
+    snprintf (oid, sizeof oid, "dfr.%d", i);
+    assert_int_equal (store_create_excl (fx->st, oid, data, sizeof data,
+                                         STORE_WRITE_DEFER), 0);
+  }
+  syncshim_gate (0);
+  assert_int_equal (store_flush (fx->st), 0);
+  if (syncshim_started () != before + 51)
+    fail_msg ("50 deferred creates and a flush ran %lu syncs under obj, "
+              "expected 51 (each file once, obj/ once)",
+              syncshim_started () - before);
+  assert_int_equal (syncshim_done (), syncshim_started ());
+  before = syncshim_started ();
+  assert_int_equal (store_flush (fx->st), 0);
+  assert_int_equal (syncshim_started (), before);
+}
+
+/* The flush returns only once the syncs of deferred creates' files are
+ * done, whoever runs them (the syncer in the background, or the flush);
+ * a failed sync of one fails the flush, naming it, and every flush after
+ * it. */
+static void
+test_deferred_create_flush (void **state)
+{
+  struct test_fixture *fx = *state;
+  char oid[32], data[4096];
+  unsigned long before;
+  struct bg *f;
+  int i;
+
+  setenv ("VBK_LOCAL_MAX_FILES", "8", 1);
+  reopen (fx);
+  memset (data, 'e', sizeof data);
+  syncshim_set ("/obj/held.", 0, 0);
+  before = syncshim_started ();
+  syncshim_gate (1);
+  for (i = 0; i < 40; i++) {
+    snprintf (oid, sizeof oid, "held.%d", i);
+    assert_int_equal (store_create_excl (fx->st, oid, data, sizeof data,
+                                         STORE_WRITE_DEFER), 0);
+  }
+  f = bg_start (fx->st, 0, NULL);
+  wait_started (before + 1);
+  if (bg_wait (f, 500)) {
+    int rc = f->ret;
+    bg_join (f);
+    fail_msg ("flush returned %d while a deferred create's sync was held",
+              rc);
+  }
+  assert_int_equal (bg_join (f), 0);
+  assert_int_equal (syncshim_started () - before, 40);
+  assert_int_equal (syncshim_done (), syncshim_started ());
+
+  syncshim_set ("/obj/fail.17", 0, EIO);
+  for (i = 0; i < 20; i++) {
+    snprintf (oid, sizeof oid, "fail.%d", i);
+    assert_int_equal (store_create_excl (fx->st, oid, data, sizeof data,
+                                         STORE_WRITE_DEFER), 0);
+  }
+  vbk_clear_error ();
+  assert_int_equal (store_flush (fx->st), -EIO);
+  if (strstr (vbk_error (), "fail.17") == NULL)
+    fail_msg ("the failed flush does not name fail.17: %s", vbk_error ());
+  syncshim_set (NULL, 0, 0);
+  assert_int_equal (store_flush (fx->st), -EIO);
+}
+
 /* ---- Fencing a stopped writer ---------------------------------------- */
 
 static int
@@ -672,6 +760,8 @@ main (void)
     T (test_rlimit_raised),
     T (test_sync_write_old_file),
     T (test_sync_write_new_file),
+    T (test_deferred_create_syncs),
+    T (test_deferred_create_flush),
     T (test_fence_stopped_writer),
     T (test_fence_stopped_idle),
     T (test_removed_not_synced),

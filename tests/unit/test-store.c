@@ -708,6 +708,119 @@ test_create_excl (void **state)
   check_object (st, "c", HEAD, b, sizeof b, "create_excl after remove");
 }
 
+/* A deferred create (STORE_WRITE_DEFER): the object is whole and visible
+ * to every client at once, as exclusive as any create, and may be read,
+ * written, replaced and removed before the flush that makes it durable;
+ * a flush covers many of them, also when they left a small fd cache.
+ * The flag is refused everywhere else, and with STORE_WRITE_SYNC.  (That
+ * no sync runs per object, and that the flush does sync each one, is
+ * test-store-sync.c's, on the local store.) */
+static void
+test_create_deferred (void **state)
+{
+  FX;
+  struct store *small, *other = peer_open (fx);
+  uint8_t a[5000], b[5000], big[70000];
+  uint64_t size;
+  char oid[32];
+  int i;
+
+  fill (a, sizeof a, 400);
+  fill (b, sizeof b, 401);
+  expect_ok (store_create_excl (st, "d", a, sizeof a, STORE_WRITE_DEFER));
+  check_object (st, "d", HEAD, a, sizeof a, "deferred create");
+  check_object (other, "d", HEAD, a, sizeof a, "deferred create, peer");
+  expect_err (-EEXIST, store_create_excl (st, "d", b, sizeof b,
+                                          STORE_WRITE_DEFER));
+  expect_err (-EEXIST, store_create_excl (other, "d", b, sizeof b,
+                                          STORE_WRITE_DEFER));
+  expect_err (-EEXIST, store_create_excl (other, "d", b, sizeof b, 0));
+  check_object (other, "d", HEAD, a, sizeof a, "after refused creates");
+
+  /* An existing object of any kind is not replaced. */
+  expect_ok (store_write_full (st, "f", b, 10, 0));
+  expect_err (-EEXIST, store_create_excl (st, "f", a, sizeof a,
+                                          STORE_WRITE_DEFER));
+  check_object (st, "f", HEAD, b, 10, "a refused deferred create");
+  expect_ok (store_omap_set (st, "m", "k", "v", 1));
+  expect_err (-EEXIST, store_create_excl (st, "m", a, 1, STORE_WRITE_DEFER));
+
+  /* Written to, read, and replaced before any flush. */
+  expect_ok (store_write (st, "d", "XY", 2, 100, 0));
+  memcpy (a + 100, "XY", 2);
+  check_object (other, "d", HEAD, a, sizeof a, "written after the create");
+  expect_ok (store_flush (st));
+  check_object (other, "d", HEAD, a, sizeof a, "after the flush");
+  expect_ok (store_create_excl (st, "r", a, 300, STORE_WRITE_DEFER));
+  expect_ok (store_write_full (other, "r", b, 200, STORE_WRITE_SYNC));
+  check_object (st, "r", HEAD, b, 200, "replaced by a peer");
+  expect_ok (store_write (st, "r", "Z", 1, 0, 0));
+  b[0] = 'Z';
+  expect_ok (store_flush (st));
+  check_object (other, "r", HEAD, b, 200, "replaced, written, flushed");
+
+  /* Removed before the flush; created again. */
+  expect_ok (store_create_excl (st, "gone", a, 100, STORE_WRITE_DEFER));
+  expect_ok (store_remove (st, "gone"));
+  expect_err (-ENOENT, store_stat (other, "gone", HEAD, &size));
+  expect_ok (store_flush (st));
+  expect_ok (store_create_excl (other, "gone", b, 50, STORE_WRITE_DEFER));
+  check_object (st, "gone", HEAD, b, 50, "created again");
+
+  /* Empty, and larger than one write of the local store's copy loop. */
+  expect_ok (store_create_excl (st, "e", a, 0, STORE_WRITE_DEFER));
+  expect_ok (store_stat (other, "e", HEAD, &size));
+  assert_int_equal (size, 0);
+  fill (big, sizeof big, 402);
+  expect_ok (store_create_excl (st, "big", big, sizeof big,
+                                STORE_WRITE_DEFER));
+  check_object (other, "big", HEAD, big, sizeof big, "70000 bytes");
+
+  /* Many, through a client whose fd cache holds 4 files (local: most
+   * leave it before the flush). */
+  setenv ("VBK_LOCAL_MAX_FILES", "4", 1);
+  small = peer_open (fx);
+  unsetenv ("VBK_LOCAL_MAX_FILES");
+  for (i = 0; i < 60; i++) {
+    snprintf (oid, sizeof oid, "many.%d", i);
+    fill (a, 1000 + i, 500 + i);
+    expect_ok (store_create_excl (small, oid, a, 1000 + i,
+                                  STORE_WRITE_DEFER));
+  }
+  expect_ok (store_flush (small));
+  for (i = 0; i < 60; i++) {
+    snprintf (oid, sizeof oid, "many.%d", i);
+    fill (a, 1000 + i, 500 + i);
+    check_object (other, oid, HEAD, a, 1000 + i, "many deferred creates");
+  }
+
+  /* Refused: with STORE_WRITE_SYNC, and on every other write. */
+  expect_err (-EINVAL, store_create_excl (st, "no", a, 10, STORE_WRITE_DEFER
+                                          | STORE_WRITE_SYNC));
+  expect_err (-EINVAL, store_write (st, "no", a, 10, 0, STORE_WRITE_DEFER));
+  expect_err (-EINVAL, store_write_full (st, "no", a, 10,
+                                         STORE_WRITE_DEFER));
+  expect_err (-ENOENT, store_stat (st, "no", HEAD, &size));
+
+  /* A fenced client cannot create. */
+  expect_ok (store_fence (st, store_client_id (other), 600));
+  {
+    uint64_t t0 = mono_ms ();
+    int r;
+    do {
+      vbk_clear_error ();
+      r = store_create_excl (other, "fenced", a, 10, STORE_WRITE_DEFER);
+      if (r == 0) {
+        expect_ok (store_remove (st, "fenced"));
+        sleep_ms (50);
+      }
+    } while (r == 0 && mono_ms () - t0 < 3000);
+    if (r != -ESHUTDOWN)
+      fail_msg ("a fenced client's deferred create: %s, expected "
+                "-ESHUTDOWN", test_errname (r));
+  }
+}
+
 static void
 test_zero (void **state)
 {
@@ -2651,6 +2764,7 @@ main (int argc, char *argv[])
     T (test_write_full),
     T (test_two_clients),
     T (test_create_excl),
+    T (test_create_deferred),
     T (test_zero),
     T (test_truncate),
     T (test_remove),
