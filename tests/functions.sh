@@ -53,6 +53,26 @@ requires ()
   type -P "$1" >/dev/null 2>&1 || fail "required tool '$1' is missing (run deploy/install-deps.sh)"
 }
 
+# The sync interposer (tests/shim/syncshim.c).  requires_syncshim: the
+# test needs it built.  syncshim MATCH ERRNO CMD...: runs CMD with the
+# interposer on the syncs of files whose path contains MATCH (ERRNO 0:
+# they sync; else they fail with it), a fresh log of them in $SYNC_LOG.
+SYNC_CTL=$TEST_DIR/sync.ctl
+SYNC_LOG=$TEST_DIR/sync.log
+requires_syncshim ()
+{
+  [ -n "${VBK_SYNCSHIM:-}" ] && [ -f "$VBK_SYNCSHIM" ] ||
+    fail "the sync interposer is not built (VBK_SYNCSHIM=${VBK_SYNCSHIM:-})"
+}
+syncshim ()
+{
+  echo "$1 0 $2" >"$SYNC_CTL"
+  : >"$SYNC_LOG"
+  shift 2
+  VBK_SYNCSHIM_CTL=$SYNC_CTL VBK_SYNCSHIM_LOG=$SYNC_LOG LD_PRELOAD=$VBK_SYNCSHIM \
+  ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 "$@"
+}
+
 # new_store: prints the URI of a new, empty store of the backend under test.
 new_store ()
 {

@@ -26,27 +26,13 @@
 
 requires python3
 requires cmp
-[ -n "${VBK_SYNCSHIM:-}" ] && [ -f "$VBK_SYNCSHIM" ] ||
-  fail "the sync interposer is not built (VBK_SYNCSHIM=${VBK_SYNCSHIM:-})"
+requires_syncshim
 
 store=local:$(mktemp -d "$TEST_DIR/store.XXXXXX")
 rroot=$(mktemp -d "$TEST_DIR/repo.XXXXXX")
 export VBK_REPO=local:$rroot
 v () { vbk --store "$store" "$@"; }
 b () { vbk --store "$store" backup "$@"; }
-CTL=$TEST_DIR/sync.ctl
-LOG=$TEST_DIR/sync.log
-# shim MATCH ERRNO CMD...: runs CMD with the interposer on the syncs of
-# files whose path contains MATCH (ERRNO 0: they sync; else they fail
-# with it), a fresh log of them in $LOG.
-shim ()
-{
-  echo "$1 0 $2" >"$CTL"
-  : >"$LOG"
-  shift 2
-  VBK_SYNCSHIM_CTL=$CTL VBK_SYNCSHIM_LOG=$LOG LD_PRELOAD=$VBK_SYNCSHIM \
-  ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 "$@"
-}
 count () { b ls --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
 # registry STATE: the number of registry keys in STATE (claimed, bad, new).
 registry ()
@@ -71,23 +57,23 @@ v image import --object-size 1M "$TEST_DIR/a.raw" d || fail "import"
 b init --chunk-size 64K >/dev/null || fail "init"
 
 # ---- One flush for all the chunks ------------------------------------------------
-shim "$rroot/obj" 0 b run d --json >"$TEST_DIR/run.json" || fail "backup run"
-dirs=$(awk -v d="$rroot/obj" '$2 == "start" && $3 == d' "$LOG" | wc -l)
-files=$(grep -c " start $rroot/obj/vbk_chunk\." "$LOG" || true)
+syncshim "$rroot/obj" 0 b run d --json >"$TEST_DIR/run.json" || fail "backup run"
+dirs=$(awk -v d="$rroot/obj" '$2 == "start" && $3 == d' "$SYNC_LOG" | wc -l)
+files=$(grep -c " start $rroot/obj/vbk_chunk\." "$SYNC_LOG" || true)
 echo "full backup of 128 chunks: obj/ synced $dirs times, chunk files $files times"
 [ "$dirs" -le 8 ] || fail "obj/ was synced $dirs times for 128 new chunks (once per chunk?)"
 [ "$files" = 128 ] || fail "$files syncs of chunk files, expected 128 (each once, in the flush)"
 awk '$2 == "start" { n[$3]++ } END { for (p in n) if (n[p] > 1 && p ~ /vbk_chunk/) { print p, n[p]; bad = 1 } exit bad }' \
-  "$LOG" || fail "a chunk file was synced more than once: $(cat "$LOG")"
+  "$SYNC_LOG" || fail "a chunk file was synced more than once: $(cat "$SYNC_LOG")"
 [ "$(registry claimed)" = 128 ] || fail "$(registry claimed) of 128 chunks claimed"
 [ "$(registry new)" = 0 ] || fail "$(registry new) chunks left unclaimed"
 
 # ---- A failed flush claims nothing --------------------------------------------------
 head -c $((8 << 20)) /dev/urandom >"$TEST_DIR/a.raw"
 v image rm d && v image import --object-size 1M "$TEST_DIR/a.raw" d || fail "reimport"
-shim "$rroot/obj/vbk_chunk." 5 expect_status 1 "flushing chunks: .*vbk_chunk\..*Input/output error" \
+syncshim "$rroot/obj/vbk_chunk." 5 expect_status 1 "flushing chunks: .*vbk_chunk\..*Input/output error" \
   b run d
-grep -q " fail $rroot/obj/vbk_chunk\." "$LOG" || fail "no failed sync: $(cat "$LOG")"
+grep -q " fail $rroot/obj/vbk_chunk\." "$SYNC_LOG" || fail "no failed sync: $(cat "$SYNC_LOG")"
 [ "$(count)" = 1 ] || fail "the failed run is listed"
 [ "$(registry new)" = 128 ] ||
   fail "after a failed flush $(registry new) of 128 new chunks are unclaimed"

@@ -23,27 +23,13 @@
 
 requires python3
 requires cmp
-[ -n "${VBK_SYNCSHIM:-}" ] && [ -f "$VBK_SYNCSHIM" ] ||
-  fail "the sync interposer is not built (VBK_SYNCSHIM=${VBK_SYNCSHIM:-})"
+requires_syncshim
 
 store=local:$(mktemp -d "$TEST_DIR/store.XXXXXX")
 export VBK_REPO=local:$(mktemp -d "$TEST_DIR/repo.XXXXXX")
 v () { vbk --store "$store" "$@"; }
 b () { vbk --store "$store" backup "$@"; }
-CTL=$TEST_DIR/sync.ctl
-LOG=$TEST_DIR/sync.log
-# shim MATCH ERRNO CMD...: runs CMD with the interposer on the syncs of
-# files whose path contains MATCH (ERRNO 0: they sync; else they fail
-# with it), a fresh log of them in $LOG.
-shim ()
-{
-  echo "$1 0 $2" >"$CTL"
-  : >"$LOG"
-  shift 2
-  VBK_SYNCSHIM_CTL=$CTL VBK_SYNCSHIM_LOG=$LOG LD_PRELOAD=$VBK_SYNCSHIM \
-  ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 "$@"
-}
-syncs () { grep -c " start " "$LOG" || true; }
+syncs () { grep -c " start " "$SYNC_LOG" || true; }
 
 head -c $((8 << 20)) /dev/urandom >"$TEST_DIR/a.raw"
 v image import --object-size 1M "$TEST_DIR/a.raw" d || fail "import"
@@ -52,20 +38,20 @@ id=$(b run d --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]
 
 # ---- --to-file -----------------------------------------------------------------
 mkdir "$TEST_DIR/rs"
-shim "/rs/" 0 b restore "$id" --to-file "$TEST_DIR/rs/r.raw" ||
+syncshim "/rs/" 0 b restore "$id" --to-file "$TEST_DIR/rs/r.raw" ||
   fail "restore --to-file"
 cmp "$TEST_DIR/rs/r.raw" "$TEST_DIR/a.raw" || fail "restore --to-file differs"
-n=$(grep " start " "$LOG" | grep -c "/rs/\.r\.raw\.vbk-" || true)
-[ "$n" = 1 ] || fail "the restored file was synced $n times, expected once: $(cat "$LOG")"
+n=$(grep " start " "$SYNC_LOG" | grep -c "/rs/\.r\.raw\.vbk-" || true)
+[ "$n" = 1 ] || fail "the restored file was synced $n times, expected once: $(cat "$SYNC_LOG")"
 echo "restore --to-file: the file synced once for 128 chunks (syncs under rs/: $(syncs))"
 
-shim "/rs/" 5 expect_status 1 "rs/\.r2\.raw\.vbk-[^:]*: fsync: Input/output error" \
+syncshim "/rs/" 5 expect_status 1 "rs/\.r2\.raw\.vbk-[^:]*: fsync: Input/output error" \
   b restore "$id" --to-file "$TEST_DIR/rs/r2.raw"
-grep -q " fail .*/rs/\.r2\.raw\.vbk-" "$LOG" || fail "no failed sync: $(cat "$LOG")"
+grep -q " fail .*/rs/\.r2\.raw\.vbk-" "$SYNC_LOG" || fail "no failed sync: $(cat "$SYNC_LOG")"
 [ "$(ls -A "$TEST_DIR/rs")" = r.raw ] ||
   fail "a failed restore left files behind: $(ls -A "$TEST_DIR/rs")"
 echo "old" >"$TEST_DIR/rs/r2.raw"
-shim "/rs/" 5 expect_status 1 "fsync: Input/output error" \
+syncshim "/rs/" 5 expect_status 1 "fsync: Input/output error" \
   b restore "$id" --to-file "$TEST_DIR/rs/r2.raw" --force
 [ "$(cat "$TEST_DIR/rs/r2.raw")" = old ] || fail "a failed restore --force replaced the file"
 [ "$(ls -A "$TEST_DIR/rs" | sort | tr '\n' ' ')" = "r.raw r2.raw " ] ||
@@ -75,17 +61,17 @@ cmp "$TEST_DIR/rs/r2.raw" "$TEST_DIR/a.raw" || fail "restore --force after the f
 echo "restore --to-file: a failed sync at the end fails it, nothing left behind"
 
 # ---- --to IMAGE ----------------------------------------------------------------
-shim "/obj/vbk_data." 0 b restore "$id" --to d2 || fail "restore --to d2"
+syncshim "/obj/vbk_data." 0 b restore "$id" --to d2 || fail "restore --to d2"
 awk '$2 == "start" { n[$3]++ } END { for (p in n) if (n[p] > 1) { print p, n[p]; bad = 1 } exit bad }' \
-  "$LOG" || fail "a data object was synced more than once: $(cat "$LOG")"
+  "$SYNC_LOG" || fail "a data object was synced more than once: $(cat "$SYNC_LOG")"
 n=$(syncs)
 [ "$n" -le 8 ] || fail "$n syncs of data objects for 8 objects"
 v image export --force d2 "$TEST_DIR/d2.raw" || fail "export d2"
 cmp "$TEST_DIR/d2.raw" "$TEST_DIR/a.raw" || fail "restore --to d2 differs"
 echo "restore --to IMAGE: $n data object syncs for 128 chunks in 8 objects"
 
-shim "/obj/vbk_data." 5 expect_status 1 "Input/output error" b restore "$id" --to d3
-grep -q " fail .*/obj/vbk_data\." "$LOG" || fail "no failed sync: $(cat "$LOG")"
+syncshim "/obj/vbk_data." 5 expect_status 1 "Input/output error" b restore "$id" --to d3
+grep -q " fail .*/obj/vbk_data\." "$SYNC_LOG" || fail "no failed sync: $(cat "$SYNC_LOG")"
 v image ls | grep -qw d3 && fail "a failed restore left image d3"
 b restore "$id" --to d3 || fail "restore --to d3 after the fault"
 v image export --force d3 "$TEST_DIR/d3.raw" || fail "export d3"

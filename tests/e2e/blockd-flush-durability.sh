@@ -19,8 +19,7 @@
 . "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
 
 requires nbdsh
-[ -n "${VBK_SYNCSHIM:-}" ] && [ -f "$VBK_SYNCSHIM" ] ||
-  fail "the sync interposer is not built (VBK_SYNCSHIM=${VBK_SYNCSHIM:-})"
+requires_syncshim
 
 store=local:$(mktemp -d "$TEST_DIR/store.XXXXXX")
 vbk --store "$store" image create disk --size 64M >/dev/null

@@ -14,8 +14,7 @@
 
 requires python3
 requires cmp
-[ -n "${VBK_SYNCSHIM:-}" ] && [ -f "$VBK_SYNCSHIM" ] ||
-  fail "the sync interposer is not built (VBK_SYNCSHIM=${VBK_SYNCSHIM:-})"
+requires_syncshim
 
 M=$((1 << 20))
 S=$(new_store)
@@ -60,17 +59,13 @@ cmp "$src" "$out" || fail "export --force did not replace the target"
 
 # Synced once: the copy's flush; the rename is made durable by the
 # directory's sync.
-echo "/dst 0 0" >"$TEST_DIR/sync.ctl"
-: >"$TEST_DIR/sync.log"
-VBK_SYNCSHIM_CTL=$TEST_DIR/sync.ctl VBK_SYNCSHIM_LOG=$TEST_DIR/sync.log \
-  LD_PRELOAD=$VBK_SYNCSHIM \
-  ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
-  vbk --store "$S" image export disk "$out" --force || fail "export under the interposer"
+syncshim /dst 0 vbk --store "$S" image export disk "$out" --force ||
+  fail "export under the interposer"
 cmp "$src" "$out" || fail "export under the interposer differs"
-n=$(grep -c " start .*/dst/\.target\.raw\.vbk-" "$TEST_DIR/sync.log" || true)
-[ "$n" = 1 ] || fail "the exported file was synced $n times, expected once: $(cat "$TEST_DIR/sync.log")"
-n=$(grep -c " start .*/dst$" "$TEST_DIR/sync.log" || true)
-[ "$n" = 1 ] || fail "the target's directory was synced $n times, expected once: $(cat "$TEST_DIR/sync.log")"
+n=$(grep -c " start .*/dst/\.target\.raw\.vbk-" "$SYNC_LOG" || true)
+[ "$n" = 1 ] || fail "the exported file was synced $n times, expected once: $(cat "$SYNC_LOG")"
+n=$(grep -c " start .*/dst$" "$SYNC_LOG" || true)
+[ "$n" = 1 ] || fail "the target's directory was synced $n times, expected once: $(cat "$SYNC_LOG")"
 
 # A relative target in the current directory.
 (cd "$TEST_DIR/dst" && vbk --store "$S" image export disk rel.raw)
