@@ -13,6 +13,8 @@
 # the growth over the second batch is compared with a bound far above
 # the noise (a few hundred KiB) and far below a leak of a file or a
 # buffer per connection.  Descriptors and memory come from /proc/PID.
+# In a sanitizer build the memory check is left out: ASan keeps freed
+# memory in its quarantine (256 MiB), so RSS grows by design there.
 
 . "${VBK_SRC:-$(dirname "$0")/../..}/tests/functions.sh"
 
@@ -23,10 +25,16 @@ ROUNDS=${VBK_CHURN_ROUNDS:-200}
 
 vbk --store "$store" image create disk --size 16M >/dev/null
 start_blockd pid "$sock"
+check_rss=1
+if grep -q __asan_init "$VBK_BIN/vbk-blockd"; then
+  check_rss=0
+  echo "vbk-blockd is built with ASan: RSS not checked, open files are"
+fi
 
-python3 - "$sock" "$pid" "$ROUNDS" <<'PYEOF' || fail "resources held per connection"
+python3 - "$sock" "$pid" "$ROUNDS" "$check_rss" <<'PYEOF' || fail "resources held per connection"
 import os, struct, sys, time, nbdraw
 path, pid, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+check_rss = sys.argv[4] == "1"
 
 def fds():
     return len(os.listdir("/proc/%s/fd" % pid))
@@ -75,7 +83,7 @@ print("after %d rounds each: open files %d, %d, %d; RSS %d, %d, %d KiB"
       % (rounds, f0, f1, f2, m0, m1, m2))
 assert f2 - f1 <= 8 and f1 - f0 <= 8, \
     "open files grow with connections: %d, %d, %d" % (f0, f1, f2)
-assert m2 - m1 < 4096, "RSS grew by %d KiB over %d rounds" % (m2 - m1, rounds)
+assert not check_rss or m2 - m1 < 4096, "RSS grew by %d KiB over %d rounds" % (m2 - m1, rounds)
 PYEOF
 stop_blockd pid
 echo "blockd-conn-churn: ok"
