@@ -120,6 +120,7 @@ struct lease {
   unsigned want;                 /* writers waiting for the lease */
   unsigned quiesced;             /* lease_quiesce depth */
   bool release_pending;          /* a holder was asked to let go */
+  bool lost_told;                /* the lost hook has run (LOST is final) */
   bool watch_broken;
   bool stop;
   int acquire_err;               /* result of the last failed attempt */
@@ -604,11 +605,14 @@ retake (struct lease *l, uint64_t mine, uint64_t *header_epoch,
 
 /* ---- The lease thread ------------------------------------------------- */
 
+static void mark_lost (struct lease *l, int err);
+
 /* Called with l->lock held, state RELEASING or HELD: waits for writes,
  * flushes, unlocks. */
 static void
 release_locked (struct lease *l)
 {
+  bool fenced = false;
   int r;
 
   l->sm.state = LEASE_RELEASING;
@@ -617,21 +621,31 @@ release_locked (struct lease *l)
     pthread_cond_wait (&l->cond, &l->lock);
   pthread_mutex_unlock (&l->lock);
   r = l->hooks.flush ? l->hooks.flush (l->arg) : 0;
+  fenced |= r == -ESHUTDOWN;
   if (r < 0)
     log_error ("lease %s: flush before release failed: %s", l->hdr,
                vbk_error ());
   else {
     /* A clean release: the next holder need not fence us. */
     r = store_xattr_rm (l->st, l->hdr, "lease_holder");
+    fenced |= r == -ESHUTDOWN;
     if (r < 0 && r != -ENODATA)
       log_warn ("lease %s: %s", l->hdr, vbk_error ());
   }
   r = store_unlock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie);
+  fenced |= r == -ESHUTDOWN;
   if (r < 0 && r != -ENOENT)
     log_warn ("lease %s: unlock: %s", l->hdr, vbk_error ());
   pthread_mutex_lock (&l->lock);
-  lease_sm_released (&l->sm);
   l->release_pending = false;
+  if (fenced || l->sm.state == LEASE_LOST) {
+    /* The request to release reached us after the requester had
+     * already fenced us (we were stopped or cut off): this is a lost
+     * lease, not a release, and the export must say so. */
+    mark_lost (l, -ESHUTDOWN);
+    return;
+  }
+  lease_sm_released (&l->sm);
   log_info ("lease %s: released", l->hdr);
   pthread_cond_broadcast (&l->cond);
 }
@@ -640,6 +654,11 @@ static void
 mark_lost (struct lease *l, int err)
 {
   l->sm.state = LEASE_LOST;
+  pthread_cond_broadcast (&l->cond);
+  if (l->lost_told)
+    return;             /* once: the watch and a release may both find
+                           that we were fenced */
+  l->lost_told = true;
   snprintf (l->errmsg, sizeof l->errmsg, "lease %s: lost (%s): writes "
             "refused", l->hdr, strerror (-err));
   log_error ("%s", l->errmsg);
@@ -693,11 +712,14 @@ lease_thread (void *arg)
         /* The lock may be ours already (the hook failed): give it back
          * rather than leave it to expire. */
         snprintf (l->errmsg, sizeof l->errmsg, "%s", vbk_error ());
-        if (r != -ECANCELED && r != -EAGAIN)
+        if (r != -ECANCELED && r != -EAGAIN && r != -ESHUTDOWN)
           store_unlock (l->st, l->hdr, LEASE_LOCK_NAME, l->cookie);
-        l->sm.state = r == -ESHUTDOWN ? LEASE_LOST : LEASE_NONE;
         l->acquire_err = r;
         log_error ("%s", l->errmsg);
+        if (r == -ESHUTDOWN)
+          mark_lost (l, r);     /* fenced: the export must learn of it */
+        else
+          l->sm.state = LEASE_NONE;
       }
       l->acquire_gen++;
       pthread_cond_broadcast (&l->cond);

@@ -3,7 +3,8 @@
  * test-lease.c - leases over a real store (VBK_TEST_BACKENDS): hand-off
  * between two clients, exclusive mode, takeover of a killed holder, a
  * stopped holder fenced while stopped, bounce detection, status and
- * break, release requests that name an older epoch ignored.  Other "hosts" are other store clients, and for death and
+ * break, release requests that name an older epoch ignored, a release
+ * that finds the holder fenced counted as lost.  Other "hosts" are other store clients, and for death and
  * stopping, other processes.
  */
 /* VBK_TEST_LINKS: vbklocks vbktestutil */
@@ -63,8 +64,9 @@ teardown (void **state)
 struct host {
   struct store *st;
   struct lease *lease;
-  int flushes, acquisitions;
+  int flushes, acquisitions, lost;
   uint64_t last_epoch;
+  struct store *fence_on_flush;   /* if set, fences us before our flush */
 };
 
 static int
@@ -83,12 +85,25 @@ hook_flush (void *arg)
   struct host *h = arg;
 
   __atomic_add_fetch (&h->flushes, 1, __ATOMIC_SEQ_CST);
+  if (h->fence_on_flush)
+    assert_int_equal (store_fence (h->fence_on_flush,
+                                   store_client_id (h->st), 3600), 0);
   return store_flush (h->st);
+}
+
+static void
+hook_lost (void *arg, int err)
+{
+  struct host *h = arg;
+
+  (void) err;
+  __atomic_add_fetch (&h->lost, 1, __ATOMIC_SEQ_CST);
 }
 
 static const struct lease_hooks hooks = {
   .acquired = hook_acquired,
   .flush = hook_flush,
+  .lost = hook_lost,
 };
 
 static void
@@ -525,6 +540,45 @@ test_stale_release_request (void **state)
   host_close (&a);
 }
 
+/* A holder that was fenced while it was stopped, and then handles the
+ * release request that had reached it before: its flush, unlock and
+ * record removal fail with -ESHUTDOWN.  That is a lost lease, and the
+ * lost hook must run (the export then fails its flushes and writes), not
+ * a clean release. */
+static void
+test_release_after_fence_is_lost (void **state)
+{
+  struct fixture *f = *state;
+  struct store_lock_info info;
+  char payload[1024], ans[256];
+  struct host a;
+  int i;
+
+  host_open (f, &a, "host-a", 3000, false, 0);
+  assert_int_equal (guarded_write (&a, "A1"), 0);
+  assert_int_equal (store_lock_get (f->admin, HDR, LEASE_LOCK_NAME, &info),
+                    0);
+  a.fence_on_flush = f->admin;
+  snprintf (payload, sizeof payload, "release host-b 0 1 %s", info.cookie);
+  notify_raw (f, &a, payload, ans, sizeof ans);
+  assert_string_equal (ans, "releasing");
+  /* RADOS: the blocklist reaches the OSDs a moment later, so the release
+   * may still succeed; then the next write's lock request is refused.
+   * Either way the lease ends lost and the hook runs once. */
+  for (i = 0; i < 100 && guarded_write (&a, "A2") == 0; i++)
+    usleep (50000);
+  assert_true (i < 100);
+  for (i = 0; i < 500 && __atomic_load_n (&a.lost, __ATOMIC_SEQ_CST) == 0;
+       i++)
+    usleep (10000);             /* the hook runs just after the state */
+  assert_int_equal (lease_state (a.lease), LEASE_LOST);
+  assert_true (guarded_write (&a, "A3") < 0);
+  usleep (200000);
+  assert_int_equal (__atomic_load_n (&a.lost, __ATOMIC_SEQ_CST), 1);
+  check_data (f, "A1");
+  host_close (&a);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -543,6 +597,8 @@ main (int argc, char **argv)
                                      teardown),
     cmocka_unit_test_setup_teardown (test_break_fences_holder, setup,
                                      teardown),
+    cmocka_unit_test_setup_teardown (test_release_after_fence_is_lost,
+                                     setup, teardown),
     cmocka_unit_test_setup_teardown (test_stale_release_request, setup,
                                      teardown),
   };
