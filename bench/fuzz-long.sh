@@ -16,6 +16,10 @@
 #   VBK_FUZZ_NICE     niceness (default 10)
 #   VBK_FUZZ_REBUILD  1: rebuild even if the binaries are there
 #   VBK_FUZZ_SECONDS  stop after this long even if RUNS are not done
+#   VBK_FUZZ_MAX_LEN  the longest input (default 8192 for nbd, 4096 for
+#                     handshake, 65536 for backup); shorter inputs run
+#                     faster (a 1024-byte input still holds a handshake
+#                     and a few dozen requests)
 # An interrupt (^C, kill -INT of the fuzzer) ends the run with libFuzzer's
 # final statistics: it counts as interrupted, clean if nothing was found.
 # A crash, leak, sanitizer report or protocol violation leaves its input
@@ -37,6 +41,7 @@ case "$target" in
   backup) bin=fuzz-backup; seeds=backup-corpus; max_len=65536; kind=backup ;;
   *) echo "fuzz-long: unknown target $target" >&2; exit 2 ;;
 esac
+max_len=${VBK_FUZZ_MAX_LEN:-$max_len}
 mkdir -p "$dir" "$logs"
 if [ ! -x "$dir/$bin" ] || [ "${VBK_FUZZ_REBUILD:-0}" = 1 ]; then
   echo "fuzz-long: building $bin in $dir"
