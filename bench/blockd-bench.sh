@@ -36,7 +36,8 @@
 # cost of TLS in those terms (tls/tcp: lower is cheaper).  VBK_BIN_BASE
 # (another build's bin directory, e.g. of the commit before a change)
 # adds that vbk-blockd on TLS and on TCP to the same runs, interleaved,
-# and a third table compares the two builds.
+# and a third table compares the two builds; it also runs the first-write
+# rows, interleaved, on a store of its own (a table after the thin one).
 set -euo pipefail
 
 sizes=${SIZES:-${1:-1G}:${MODE:-full}}
@@ -69,7 +70,7 @@ if [ -n "$nofile" ] && prlimit --nofile="$nofile:$nofile" true 2>/dev/null; then
   blockd_limit=(prlimit --nofile="$nofile:$nofile" --)
 fi
 
-wait_sock () { for _ in $(seq 100); do [ -S "$1" ] && return; sleep 0.05; done; echo "no $1" >&2; exit 1; }
+wait_sock () { for _ in $(seq 600); do [ -S "$1" ] && return; sleep 0.05; done; echo "no $1" >&2; exit 1; }
 
 # fill_raw FILE SIZE: SIZE bytes of incompressible, never repeating data,
 # fast: one random 1 MiB block, each 4 KiB of it stamped with its offset.
@@ -141,9 +142,12 @@ row () {
 
 declare -A uri
 store="local:$dir/store"
+bstore="local:$dir/store-base"
 
 # fill_run SERVER QD: random 4 KiB writes to a new thin disk of $size
 # (a new image, a new sparse file: every run starts empty), as run.
+# SERVER base: VBK_BIN_BASE's vbk-blockd, on a store of its own (a base
+# build may not read the layout of this build's stores).
 fill_run () {
   local n p
   n=$(date +%s%N)
@@ -151,6 +155,9 @@ fill_run () {
     vbk)
       "$bin/vbk" --store "$store" image create "fill$n" --size "$size" >/dev/null
       uri[fill]="nbd+unix:///fill$n?socket=$dir/vbk.sock" ;;
+    base)
+      "$VBK_BIN_BASE/vbk" --store "$bstore" image create "fill$n" --size "$size" >/dev/null
+      uri[fill]="nbd+unix:///fill$n?socket=$dir/base.sock" ;;
     qemu)
       truncate -s "$size" "$dir/fill.raw"
       qemu-nbd -f raw -t -e 4 --cache=writeback -k "$dir/fill.sock" \
@@ -161,13 +168,15 @@ fill_run () {
       nbdkit -f -U "$dir/fill.sock" file "$dir/fill.raw" >/dev/null 2>&1 &
       p=$! ;;
   esac
-  if [ "$1" != vbk ]; then
+  if [ "$1" = qemu ] || [ "$1" = nbdkit ]; then
     wait_sock "$dir/fill.sock"
     uri[fill]="nbd+unix:///?socket=$dir/fill.sock"
   fi
   run fill randwrite 4k "$2"
   if [ "$1" = vbk ]; then
     "$bin/vbk" --store "$store" image rm "fill$n" >/dev/null 2>&1 || true
+  elif [ "$1" = base ]; then
+    "$VBK_BIN_BASE/vbk" --store "$bstore" image rm "fill$n" >/dev/null 2>&1 || true
   else
     kill "$p"; wait "$p" 2>/dev/null || true
     rm -f "$dir/fill.raw" "$dir/fill.sock"
@@ -185,6 +194,7 @@ bench_size () {
   "$bin/vbk" --store "$store" image create bench --size "$size" >/dev/null
   "${blockd_limit[@]}" "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk.sock" 2>"$dir/vbk.log" &
   vp=$!
+  pids+=("$vp")
   if [ "$mode" = full ]; then
     echo "preparing $size of data ..." >&2
     fill_raw "$dir/peer.raw" "$(bytes_of "$size")"
@@ -200,6 +210,7 @@ bench_size () {
   qp=$!
   nbdkit -f -U "$dir/nbdkit.sock" file "$dir/peer.raw" &
   kp=$!
+  pids+=("$qp" "$kp")
   wait_sock "$dir/vbk.sock"; wait_sock "$dir/qemu.sock"; wait_sock "$dir/nbdkit.sock"
   uri[vbk]="nbd+unix:///bench?socket=$dir/vbk.sock"
   uri[qemu]="nbd+unix:///?socket=$dir/qemu.sock"
@@ -221,18 +232,50 @@ bench_size () {
       "$(median "${rk[@]}")" "$(median "${cv[@]}")"
   done
   if [ "$mode" = thin ]; then
+    local -a baserows=() rb=() cb=()
+    local bp=
+    if [ -n "${VBK_BIN_BASE:-}" ]; then
+      rm -rf "$dir/store-base"
+      "${blockd_limit[@]}" "$VBK_BIN_BASE/vbk-blockd" --store "$bstore" \
+        --socket "$dir/base.sock" 2>"$dir/base.log" &
+      bp=$!
+      pids+=("$bp")
+      wait_sock "$dir/base.sock"
+    fi
     for qd in 1 32; do
       [[ 4K-firstwrite-QD$qd =~ ${ROWS:-.} ]] || continue
-      rv=() rq=() rk=() cv=()
+      rv=() rq=() rk=() cv=() rb=() cb=()
       for ((i = 0; i < repeat; i++)); do
         rv+=("$(cpu_pid=$vp fill_run vbk "$qd")")
         cv+=("$(cat "$dir/cpu.last")")
+        if [ -n "$bp" ]; then
+          rb+=("$(cpu_pid=$bp fill_run base "$qd")")
+          cb+=("$(cat "$dir/cpu.last")")
+        fi
         rq+=("$(fill_run qemu "$qd")")
         rk+=("$(fill_run nbdkit "$qd")")
       done
       row "4K-firstwrite-QD$qd" kIOPS "$(median "${rv[@]}")" \
         "$(median "${rq[@]}")" "$(median "${rk[@]}")" "$(median "${cv[@]}")"
+      if [ -n "$bp" ]; then
+        baserows+=("$(printf '%-20s %9s %9s %9s %9s %9s %10s %10s' \
+          "4K-firstwrite-QD$qd" "$(median "${rv[@]}")" "$(median "${rb[@]}")" \
+          "$(ratio "$(median "${rv[@]}")" "$(median "${rb[@]}")")" \
+          "$(median "${cv[@]}")" "$(median "${cb[@]}")" \
+          "$(ratio "$(median "${rb[@]}")" "$(median "${rk[@]}")")" \
+          "$(echo "${rv[*]}" | tr ' ' /):$(echo "${rb[*]}" | tr ' ' /)")")
+      fi
     done
+    if [ -n "$bp" ]; then
+      echo
+      echo "this build (vbk) against VBK_BIN_BASE (base), same runs, interleaved:"
+      echo "kIOPS, vbk-blockd CPU per request (us), base/nbdkit, each run (vbk:base)"
+      printf '%-20s %9s %9s %9s %9s %9s %10s %10s\n' workload vbk base vbk/base \
+        cpu-vbk cpu-base base/nbdkit runs
+      printf '%s\n' "${baserows[@]}"
+      kill "$bp"; wait "$bp" 2>/dev/null || true
+      rm -f "$dir/base.sock"
+    fi
   fi
   echo
   kill "$vp" "$qp" "$kp"
