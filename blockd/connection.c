@@ -199,12 +199,15 @@ recv_polling (struct nbd_srv_conn *c, void *buf, size_t len, bool spin)
   struct nbd_srv_server *srv = c->srv;
   ssize_t n = c->ops->recv (c, buf, len);
   uint64_t until;
+  int err;
 
   if (n >= 0 || errno != EAGAIN)
     return n;
   /* Nothing more to read now: the replies held back go before we wait
-   * for the client. */
+   * for the client (the caller still sees recv's EAGAIN). */
+  err = errno;
   nbd_srv_conn_uncork (c);
+  errno = err;
   if (!spin || srv->poll_ns == 0 || c->deadline_ns)
     return n;
   if (atomic_fetch_add (&srv->pollers, 1) >= srv->max_pollers)
