@@ -33,7 +33,12 @@
 # plain TCP loopback, and qemu-nbd on plain TCP too, for the cost of TLS
 # itself on each (goal: tls/tcp-vbk >= tls/tcp-qemu).  A second table
 # shows each server's CPU time per request (per MB for 1M rows) and the
-# cost of TLS in those terms (tls/tcp: lower is cheaper).  VBK_BIN_BASE
+# cost of TLS in those terms (tls/tcp: lower is cheaper).  Both TLS
+# servers get the same GnuTLS priority string, TLS_PRIORITY (default:
+# vbk-blockd's own default, see docs/TLS.md), so that both negotiate the
+# same suite (the log lines after the tables show which); without it
+# qemu-nbd would follow its client's order (AES-256-GCM first) while
+# vbk-blockd picks AES-128-GCM.  VBK_BIN_BASE
 # (another build's bin directory, e.g. of the commit before a change)
 # adds that vbk-blockd on TLS and on TCP to the same runs, interleaved,
 # and a third table compares the two builds; it also runs the first-write
@@ -307,11 +312,21 @@ chmod 777 "$dir/tlsrun"
 as_user=()
 [ "$(id -u)" = 0 ] && as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups)
 printf '[blockd]\ndefault_allow = *\n' >"$dir/tls.conf"
+# The same priority string for both TLS servers: vbk-blockd's default
+# (NBD_SRV_TLS_PRIORITY, read from blockd/tls.h) unless TLS_PRIORITY
+# says otherwise.  (qemu-nbd's object syntax: no commas in it.)
+prio=${TLS_PRIORITY:-$(python3 - "$here/blockd/tls.h" <<'PY'
+import re, sys
+m = re.search(r'#define NBD_SRV_TLS_PRIORITY((?:\s*\\?\s*"[^"]*")+)', open(sys.argv[1]).read())
+print("".join(re.findall(r'"([^"]*)"', m.group(1))) if m else "")
+PY
+)}
+[ -n "$prio" ] || { echo "blockd-bench: no NBD_SRV_TLS_PRIORITY in blockd/tls.h" >&2; exit 1; }
 free_port () { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 pv=$(free_port); pq=$(free_port); pp=$(free_port); pqt=$(free_port)
 "${blockd_limit[@]}" "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tls.sock" \
   --listen "127.0.0.1:$pv" --tls-certificates "$dir/certs/server" \
-  --config "$dir/tls.conf" 2>"$dir/vbk-tls.log" &
+  --tls-priority "$prio" --config "$dir/tls.conf" 2>"$dir/vbk-tls.log" &
 pids+=($!); declare -A spid; spid[vbktls]=$!
 "${blockd_limit[@]}" "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk-tcp.sock" \
   --listen "127.0.0.1:$pp" 2>"$dir/vbk-tcp.log" &
@@ -321,7 +336,7 @@ if [ -n "$base" ]; then
   pb=$(free_port); pbt=$(free_port)
   "$base/vbk-blockd" --store "$store" --socket "$dir/base-tls.sock" \
     --listen "127.0.0.1:$pb" --tls-certificates "$dir/certs/server" \
-    --config "$dir/tls.conf" 2>"$dir/base-tls.log" &
+    --tls-priority "$prio" --config "$dir/tls.conf" 2>"$dir/base-tls.log" &
   pids+=($!); spid[basetls]=$!
   "$base/vbk-blockd" --store "$store" --socket "$dir/base-tcp.sock" \
     --listen "127.0.0.1:$pbt" 2>"$dir/base-tcp.log" &
@@ -334,8 +349,8 @@ fi
 # qemu's image locking, which would refuse the second.
 qimg="driver=raw,file.driver=file,file.filename=$dir/peer.raw,file.locking=off"
 qemu-nbd -t -e 4 --cache=writeback -b 127.0.0.1 -p "$pq" -x bench \
-  --object "tls-creds-x509,id=tls0,dir=$dir/certs/server,endpoint=server" \
-  --tls-creds tls0 --image-opts "$qimg" &
+  --object "tls-creds-x509,id=tls0,dir=$dir/certs/server,endpoint=server,priority=$prio" \
+  --tls-creds tls0 --image-opts "$qimg" 2>"$dir/qemu-tls.log" &
 pids+=($!); spid[qemutls]=$!
 qemu-nbd -t -e 4 --cache=writeback -b 127.0.0.1 -p "$pqt" -x bench \
   --image-opts "$qimg" &
@@ -432,6 +447,9 @@ echo "server CPU per request or MB (medians; lower is better; TLS's cost: tls/tc
 printf '%-20s %-6s %9s %9s %9s %9s %12s %12s\n' workload unit vbk-tls \
   qemu-tls vbk-tcp qemu-tcp tls/tcp-vbk tls/tcp-qemu
 printf '%s\n' "${cpurows[@]}"
+echo
+echo "TLS priority (both servers): $prio"
+echo "vbk-blockd's sessions: $(sed -n 's/.*: TLS (\([^)]*\)).*/\1/p' "$dir/vbk-tls.log" | sort | uniq -c | tr -s ' \n' ' ')"
 if [ -n "$base" ]; then
   echo
   echo "this build (vbk) against VBK_BIN_BASE (base), same runs: throughput, TLS's"

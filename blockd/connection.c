@@ -188,20 +188,27 @@ nbd_srv_conn_should_quit (struct nbd_srv_conn *c)
  * reply; sleeping in recv and being woken again costs about as long as
  * serving the request.  So an idle connection polls its socket for up
  * to poll_ns before it sleeps, unless half the CPUs (at least one) are
- * polling already. */
+ * polling already.  Not SPIN: sleep at once.  The rest of a large
+ * WRITE payload over TLS comes record by record, each as fast as the
+ * client encrypts it: a reader that spun between them used up a core
+ * while the client (often on the other one) did the work it waits
+ * for. */
 static ssize_t
-recv_polling (struct nbd_srv_conn *c, void *buf, size_t len)
+recv_polling (struct nbd_srv_conn *c, void *buf, size_t len, bool spin)
 {
   struct nbd_srv_server *srv = c->srv;
   ssize_t n = c->ops->recv (c, buf, len);
   uint64_t until;
+  int err;
 
   if (n >= 0 || errno != EAGAIN)
     return n;
   /* Nothing more to read now: the replies held back go before we wait
-   * for the client. */
+   * for the client (the caller still sees recv's EAGAIN). */
+  err = errno;
   nbd_srv_conn_uncork (c);
-  if (srv->poll_ns == 0 || c->deadline_ns)
+  errno = err;
+  if (!spin || srv->poll_ns == 0 || c->deadline_ns)
     return n;
   if (atomic_fetch_add (&srv->pollers, 1) >= srv->max_pollers)
     {
@@ -259,9 +266,9 @@ wait_readable (struct nbd_srv_conn *c)
 }
 
 static ssize_t
-recv_some (struct nbd_srv_conn *c, void *buf, size_t len)
+recv_some (struct nbd_srv_conn *c, void *buf, size_t len, bool spin)
 {
-  ssize_t n = recv_polling (c, buf, len);
+  ssize_t n = recv_polling (c, buf, len, spin);
 
   for (;;)
     {
@@ -304,14 +311,15 @@ nbd_srv_conn_read (struct nbd_srv_conn *c, void *buf, size_t len)
         }
       if (len >= RBUF_DIRECT)
         {
-          n = recv_some (c, p, len);
+          /* A payload's rest: over TLS, no spinning for it. */
+          n = recv_some (c, p, len, c->tls == NULL);
           if (n < 0)
             return -1;
           p += n;
           len -= n;
           continue;
         }
-      n = recv_some (c, c->rbuf, RBUF_SIZE);
+      n = recv_some (c, c->rbuf, RBUF_SIZE, true);
       if (n < 0)
         return -1;
       c->rpos = 0;

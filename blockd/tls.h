@@ -43,11 +43,14 @@ struct nbd_srv_tls_opts {
 /* The default priority: GnuTLS's NORMAL (secure suites and versions
  * only, as the system's policy allows) with the server's order of
  * preference, AES-128-GCM first (with AES-NI the cheapest per byte),
- * then AES-256-GCM, ChaCha20-Poly1305 and AES-CCM; CBC suites left out;
- * the PSK key exchanges added. */
+ * then AES-256-GCM, ChaCha20-Poly1305 and AES-CCM; CBC suites left out
+ * (so no TLS below 1.2); only key exchanges with forward secrecy: no
+ * static RSA key transport, and PSK only together with (EC)DHE
+ * (ECDHE-PSK, DHE-PSK; not plain PSK, whose session keys an attacker
+ * who later learns the PSK could recompute from a recording). */
 #define NBD_SRV_TLS_PRIORITY                                            \
   "NORMAL:%SERVER_PRECEDENCE:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"    \
-  "+CHACHA20-POLY1305:+AES-128-CCM:+AES-256-CCM:+ECDHE-PSK:+DHE-PSK:+PSK"
+  "+CHACHA20-POLY1305:+AES-128-CCM:+AES-256-CCM:-RSA:+ECDHE-PSK:+DHE-PSK"
 
 
 /* Loads the credentials (at least one of cert_dir and psk_file) and

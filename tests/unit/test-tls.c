@@ -45,6 +45,8 @@ struct client {
   pthread_t th;
   int fd;
   /* what it does */
+  const char *prio;              /* its priority string (NULL: NORMAL
+                                    with every PSK key exchange) */
   const char *cert_dir;          /* client-NAME folder: send its certificate */
   bool anonymous_x509;           /* X.509 without a certificate of its own */
   const char *psk_user;
@@ -95,7 +97,8 @@ client_main (void *arg)
   char path[512], key[512];
 
   gnutls_init (&s, GNUTLS_CLIENT);
-  gnutls_priority_set_direct (s, "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK", NULL);
+  gnutls_priority_set_direct (s, c->prio ? c->prio
+                              : "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK", NULL);
   if (c->psk_user)
     {
       gnutls_datum_t k = { c->psk_key, c->psk_len };
@@ -502,6 +505,65 @@ test_priority (void **state)
   handshake_with ("NORMAL:-VERS-ALL:+VERS-TLS1.2:-CIPHER-ALL:"
                   "+CHACHA20-POLY1305", desc, sizeof desc);
   assert_string_equal (desc, "TLS1.2 CHACHA20-POLY1305 x509");
+}
+
+/* The default priority has forward secrecy only: a PSK client that
+ * offers (EC)DHE gets it, one that offers plain PSK alone (TLS 1.3
+ * psk_ke, TLS 1.2 PSK) is refused; a string that allows plain PSK lets
+ * it in. */
+static void
+test_priority_psk_dhe (void **state)
+{
+  char file[512];
+  struct nbd_srv_tls_opts o = { NULL, file, false, NULL };
+  static const char *const plain[] = {
+    "NORMAL:-KX-ALL:+PSK",
+    "NORMAL:-VERS-ALL:+VERS-TLS1.2:-KX-ALL:+PSK",
+  };
+  struct nbd_srv_tls *t;
+  struct nbd_srv_tls_session *s;
+  struct client c;
+  int fd;
+
+  snprintf (file, sizeof file, "%s/keys.psk", certs);
+  assert_int_equal (nbd_srv_tls_new (&o, &t), 0);
+  c = (struct client) { .psk_user = "alice", .echo = 1000 };
+  c.psk_len = psk_key_of (file, "alice", c.psk_key);
+  fd = client_start (&c);
+  assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+  recv_pattern (s, fd, 1000, 1000);
+  client_join (&c, fd);
+  assert_int_equal (c.hs, 0);
+  nbd_srv_tls_session_free (s);
+  for (size_t k = 0; k < 2; k++)
+    {
+      c = (struct client) { .psk_user = "alice", .prio = plain[k] };
+      c.psk_len = psk_key_of (file, "alice", c.psk_key);
+      fd = client_start (&c);
+      s = NULL;
+      assert_true (nbd_srv_tls_session_new (t, fd, 5000, &s) < 0);
+      assert_null (s);
+      /* The client sees the end of the stream (and may still write:
+       * our side stays open for reading until it is done). */
+      shutdown (fd, SHUT_WR);
+      pthread_join (c.th, NULL);
+      close (c.fd);
+      close (fd);
+      assert_true (c.hs < 0);
+    }
+  nbd_srv_tls_free (t);
+
+  o.priority = "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK";
+  assert_int_equal (nbd_srv_tls_new (&o, &t), 0);
+  c = (struct client) { .psk_user = "alice", .prio = plain[0], .echo = 10 };
+  c.psk_len = psk_key_of (file, "alice", c.psk_key);
+  fd = client_start (&c);
+  assert_int_equal (nbd_srv_tls_session_new (t, fd, 5000, &s), 0);
+  recv_pattern (s, fd, 10, 10);
+  client_join (&c, fd);
+  assert_int_equal (c.hs, 0);
+  nbd_srv_tls_session_free (s);
+  nbd_srv_tls_free (t);
 }
 
 /* ---- Handshakes --------------------------------------------------------- */
@@ -999,6 +1061,7 @@ main (void)
     cmocka_unit_test (test_psk_parse),
     cmocka_unit_test (test_psk_file_errors),
     cmocka_unit_test (test_priority),
+    cmocka_unit_test (test_priority_psk_dhe),
     cmocka_unit_test (test_x509_client_cert),
     cmocka_unit_test (test_x509_anonymous),
     cmocka_unit_test (test_x509_refused),
