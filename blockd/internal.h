@@ -382,6 +382,8 @@ struct nbd_srv_conn {
   size_t rpos, rlen;
   uint64_t deadline_ns;      /* reads fail after this; 0: none */
   bool trimmed;              /* idle: the buffers were given back */
+  unsigned spin_misses;      /* busy polls in a row that found nothing */
+  unsigned spin_skip;        /* waits left before the next busy poll */
 
   /* negotiated state (reader thread only, read-only in completions) */
   bool no_zeroes;
