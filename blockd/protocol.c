@@ -780,6 +780,9 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
         nbd_srv_conn_cork (c);
       if (nbd_srv_conn_read (c, wire, sizeof wire) < 0)
         break;
+      /* Replies from here on give the client something to answer
+       * (connection.c's busy polling). */
+      c->replies_seen = __atomic_load_n (&c->replies, __ATOMIC_RELAXED);
       t0 = c->em ? nbd_srv_metrics_now_ns () : 0;
       if (nbd_srv_decode_request (wire, &q) < 0)
         {
