@@ -192,13 +192,30 @@ nbd_srv_conn_should_quit (struct nbd_srv_conn *c)
  * WRITE payload over TLS comes record by record, each as fast as the
  * client encrypts it: a reader that spun between them used up a core
  * while the client (often on the other one) did the work it waits
- * for. */
+ * for.
+ *
+ * Polling pays only when the client's next request comes within
+ * poll_ns, that is when the store answers faster than that (the local
+ * store: tens of microseconds).  On RADOS a write takes milliseconds:
+ * a client waiting for its reply sends nothing while we spin, and the
+ * spin takes a core from the OSDs and the messenger thread that is to
+ * send our request.  So a poll that found nothing makes the connection
+ * sleep at once at its next waits: 1, then 3, 7, ... up to
+ * 2^SPIN_MISSES_MAX - 1 of them after misses in a row; a poll that found
+ * a request polls at every wait again.  Except when replies went out
+ * since the client's last request came: the client has something to
+ * answer then (one with many requests in flight sends the next ones as
+ * their replies come, often in bursts), so we poll whatever the misses
+ * before, and a miss counts for nothing. */
+#define SPIN_MISSES_MAX 6
+
 static ssize_t
 recv_polling (struct nbd_srv_conn *c, void *buf, size_t len, bool spin)
 {
   struct nbd_srv_server *srv = c->srv;
   ssize_t n = c->ops->recv (c, buf, len);
   uint64_t until;
+  bool answered;
   int err;
 
   if (n >= 0 || errno != EAGAIN)
@@ -210,6 +227,13 @@ recv_polling (struct nbd_srv_conn *c, void *buf, size_t len, bool spin)
   errno = err;
   if (!spin || srv->poll_ns == 0 || c->deadline_ns)
     return n;
+  answered = __atomic_load_n (&c->replies, __ATOMIC_RELAXED)
+    != c->replies_seen;
+  if (!answered && c->spin_skip > 0)
+    {
+      c->spin_skip--;
+      return n;
+    }
   if (atomic_fetch_add (&srv->pollers, 1) >= srv->max_pollers)
     {
       atomic_fetch_sub (&srv->pollers, 1);
@@ -219,7 +243,20 @@ recv_polling (struct nbd_srv_conn *c, void *buf, size_t len, bool spin)
   do
     n = c->ops->recv (c, buf, len);
   while (n < 0 && errno == EAGAIN && now_mono_ns () < until);
+  err = errno;
   atomic_fetch_sub (&srv->pollers, 1);
+  if (n < 0 && err == EAGAIN)
+    {
+      if (!answered)
+        {
+          if (c->spin_misses < SPIN_MISSES_MAX)
+            c->spin_misses++;
+          c->spin_skip = (1u << c->spin_misses) - 1;
+        }
+    }
+  else
+    c->spin_misses = c->spin_skip = 0;
+  errno = err;
   return n;
 }
 
@@ -448,6 +485,7 @@ nbd_srv_conn_reply (struct nbd_srv_conn *c, const struct iovec *iov0, int n,
       pthread_mutex_unlock (&c->send_lock);
       return -1;
     }
+  __atomic_store_n (&c->replies, c->replies + 1, __ATOMIC_RELAXED);
   /* In order: only an empty queue lets us send directly; a corked
    * connection queues, to send many replies at once. */
   if (!c->rq_head && !c->corked && send_now (c, iov, n, &cur, &left) < 0)

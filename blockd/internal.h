@@ -382,6 +382,9 @@ struct nbd_srv_conn {
   size_t rpos, rlen;
   uint64_t deadline_ns;      /* reads fail after this; 0: none */
   bool trimmed;              /* idle: the buffers were given back */
+  unsigned spin_misses;      /* busy polls in a row that found nothing */
+  unsigned spin_skip;        /* waits left before the next busy poll */
+  unsigned long replies_seen; /* replies when the last request came */
 
   /* negotiated state (reader thread only, read-only in completions) */
   bool no_zeroes;
@@ -403,6 +406,8 @@ struct nbd_srv_conn {
   uint64_t send_progress_ns; /* when the socket last took bytes */
   bool send_failed;
   bool corked;               /* replies queue until nbd_srv_conn_uncork */
+  unsigned long replies;     /* replies handed to the send side so far
+                                (atomic: the reader reads it) */
   unsigned corked_n;         /* replies queued while corked */
   bool writer_allowed;       /* transmission: a reply may start the writer */
   bool writer_running, writer_stop;

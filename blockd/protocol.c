@@ -20,7 +20,13 @@
  * thread, so writes wait there, in order, while the lease is handed over
  * to us; they end it when they complete.
  * So many requests are in flight per connection and replies go out in
- * the order they complete.  A backup export (backup:IMAGE/ID) has no
+ * the order they complete.  On RADOS a write to an object already
+ * written in this interval takes one OSD op and these threads: the
+ * reader (request read, lease gate: a mutex, no I/O; map check: no
+ * lock), librados's messenger thread (sends the op; receives the
+ * reply), librados's completion thread (our callback: the reply goes
+ * out with one sendmsg from there); no hand-off of ours in between.
+ * A read is the same.  A backup export (backup:IMAGE/ID) has no
  * image: its READs run on the worker pool through the backup's reader
  * (which decompresses whole chunks, too slow for the reader thread), its
  * map is the backup's index (zero chunks are holes), and the checks
@@ -774,6 +780,9 @@ nbd_srv_transmission (struct nbd_srv_conn *c)
         nbd_srv_conn_cork (c);
       if (nbd_srv_conn_read (c, wire, sizeof wire) < 0)
         break;
+      /* Replies from here on give the client something to answer
+       * (connection.c's busy polling). */
+      c->replies_seen = __atomic_load_n (&c->replies, __ATOMIC_RELAXED);
       t0 = c->em ? nbd_srv_metrics_now_ns () : 0;
       if (nbd_srv_decode_request (wire, &q) < 0)
         {
