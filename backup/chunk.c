@@ -44,7 +44,12 @@
  * already.  So only a new name is written deferred (an exclusive create)
  * and a replacement is synced before it is renamed in.
  * Reads check the header, the CRC32 of the stored bytes, the size and the
- * SHA-256 of the result against the name.
+ * SHA-256 of the result against the name.  A chunk is written parted
+ * (format.c, FORMAT.md) in a repository of format 2 that is not
+ * encrypted, whole otherwise; reads take either.  Part reads
+ * (backup_chunk_table_load, backup_chunk_read_parts) check the part
+ * table's and each part's CRC-32, never the digest: their callers
+ * arrange the whole-chunk check.
  */
 #include <errno.h>
 #include <inttypes.h>

@@ -6,7 +6,9 @@
  * fuzzed and unit-tested alone.  Every parser treats its input as hostile:
  * sizes are checked before use, lengths against the buffer, versions
  * against BACKUP_FORMAT_MAJOR (a newer major is -EPROTONOSUPPORT, a newer
- * minor of the same major is read: minors only add).  Integers are
+ * minor of the same major is read: minors only add; chunks have two
+ * layouts, major 1 whole and 2 parted, whose part table is parsed on
+ * its own for readers of parts).  Integers are
  * little-endian.  Layouts in FORMAT.md.  The chunk CRC-32 is zlib's
  * (the gzip polynomial), computed by libdeflate, whose carry-less
  * multiply path runs several times faster than zlib's table code: every

@@ -13,9 +13,16 @@
  * leaves the cache alone.  A caller that reads whole chunks may ask for
  * them unhashed (BACKUP_READ_UNHASHED: the CRC-32 or the GCM tag checked
  * on the way, the SHA-256 left to it, backup_reader_verify: vbk mount
- * checks it off the reader's path, once per chunk).  The cache lock
- * guards memory only: fetches run unlocked, and two threads missing the
- * same chunk both fetch it (rare and harmless).
+ * checks it off the reader's path, once per chunk).  A caller that
+ * reads small ranges may ask for parts (BACKUP_READ_PARTS): of a parted
+ * chunk (FORMAT.md) only the header and part table (cached per chunk)
+ * and the parts the range touches are read, each checked against its
+ * CRC-32 before its bytes are used, decoded parts kept in a cache of
+ * their own; the digest is left to the caller (backup_reader_check_chunk,
+ * which reads the chunk whole: vbk mount runs it off the reader's path,
+ * once per chunk).  The cache lock guards memory only: fetches run
+ * unlocked, and two threads missing the same chunk or part both fetch
+ * it (rare and harmless).
  *
  * An open reader pins its backup's chunks against gc, as a running
  * writer does:

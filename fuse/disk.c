@@ -41,6 +41,19 @@
  * long as the disk is open (the source's data cannot change).
  * Readahead checks in full at once (it runs ahead of the readers).
  *
+ * Part reads (a source with pread_part and check_unit: a backup whose
+ * chunks are parted, vbk mount only): a reader's small read of a chunk
+ * that is neither cached nor being fetched, and is neither the chunk the
+ * reader used last nor the one after it (not a run), is served by
+ * pread_part (only the parts it needs, each checked against its CRC-32)
+ * and not cached here; the chunk is queued once (d->queued) for
+ * check_unit on d->vq, which reads it whole and checks its digest; one
+ * that fails it reads as EIO from then on, as with verify_run.  A second
+ * read of the same chunk, or of the next, fetches it whole as above, so
+ * sequential readers and file system metadata scans keep whole chunks
+ * and readahead.  A source that cannot read a chunk in parts (one
+ * written whole) says -EAGAIN and the chunk is fetched whole.
+ *
  * Invariants: an entry is freed only when it is out of the hash and its
  * reference count is zero; eviction takes only READY entries that
  * nobody references.  All of the cache is under d->lock; copies out of
