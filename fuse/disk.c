@@ -610,8 +610,18 @@ part_check_run (struct workq_item *it)
   struct vbkfs_disk *d = job->d;
   uint64_t off = job->idx << d->shift;
   struct chunk *c;
+  bool done;
   int r;
 
+  /* Fetched whole and checked meanwhile (a second read of the chunk):
+   * nothing left to check. */
+  pthread_mutex_lock (&d->lock);
+  done = bit_get (d->checked, job->idx) || bit_get (d->bad, job->idx);
+  pthread_mutex_unlock (&d->lock);
+  if (done) {
+    free (job);
+    return;
+  }
   r = d->src.ops->check_unit (d->src.h, off);
   if (r < 0)
     log_fetch_error (d, off, MIN (d->csize, d->size - off), r);
