@@ -469,8 +469,10 @@ backup_chunk_table_load (struct backup_repo *r, const unsigned char *d,
   int e;
 
   memset (t, 0, sizeof *t);
-  if (r->crypt)
-    return 1;                   /* encrypted chunks are whole */
+  /* Encrypted chunks are whole, and so is every chunk of a 1.x
+   * repository (FORMAT.md, "Versions"): no need to look. */
+  if (r->crypt || !r->parts)
+    return 1;
   backup_chunk_oid (d, oid, sizeof oid);
   if ((buf = malloc (want)) == NULL)
     return vbk_errno (-ENOMEM, "backup: %s", oid);

@@ -362,8 +362,9 @@ int backup_chunk_verify (struct backup_repo *r, const unsigned char *d,
                          const void *plain, size_t len);
 /* Reads the header and part table of chunk D (CLEN plain bytes) into T
  * (free with backup_part_table_free): 0; 1 when it is not parted (an
- * old chunk, or an encrypted one: read it whole), T empty; -EIO naming
- * the chunk (missing, damaged table). */
+ * old chunk, an encrypted one or one of a 1.x repository, known without
+ * a read: read it whole), T empty; -EIO naming the chunk (missing,
+ * damaged table). */
 int backup_chunk_table_load (struct backup_repo *r, const unsigned char *d,
                              size_t clen, struct backup_part_table *t);
 /* Reads parts FIRST..FIRST+N-1 of chunk D (table T) with one store

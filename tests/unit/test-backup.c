@@ -995,6 +995,9 @@ test_parts_read (void **state)
   r = parts_repo (uri, "1.0");
   assert_int_equal (image_create (f->st, "p", PIMG, OBJ), 0);
   parts_backup (f, r, "p", data, &r1);
+  assert_int_equal (backup_reader_open (r, r1.id, &rd), 0);
+  parts_check_all (rd, data);
+  backup_reader_close (rd);
   backup_repo_close (r);
 
   /* The same repository in format 2; half of the data changed. */
