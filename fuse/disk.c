@@ -613,10 +613,17 @@ part_check_run (struct workq_item *it)
   bool done;
   int r;
 
-  /* Fetched whole and checked meanwhile (a second read of the chunk):
-   * nothing left to check. */
+  /* Checked meanwhile, or fetched whole since (a second read of the
+   * chunk, readahead): every whole fetch checks the chunk in full itself
+   * (at once, or on this thread after this job), so nothing is left to
+   * do here.  Should that fetch fail, the next part read queues the
+   * check again. */
   pthread_mutex_lock (&d->lock);
   done = bit_get (d->checked, job->idx) || bit_get (d->bad, job->idx);
+  if (!done && hash_find (d, job->idx)) {
+    d->queued[job->idx >> 3] &= (uint8_t) ~(1u << (job->idx & 7));
+    done = true;
+  }
   pthread_mutex_unlock (&d->lock);
   if (done) {
     free (job);
