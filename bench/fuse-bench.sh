@@ -36,7 +36,8 @@
 #                       backs the disk up into a repository of its own
 #                       (an older vbk may not read this one's format)
 #   FUSE_BENCH_ONLY=backups  only the backup rows (vbk, restic, borg):
-#                       no snapshot and nbdfuse rows
+#                       no snapshot and nbdfuse rows; =vbk: only vbk's
+#                       backup rows (with VBK_BIN_BASE: before/after)
 # The size of each repository (bytes stored, local store) is printed
 # after its backup.
 #   FUSE_BENCH_REPS=N   the vbk backup rows N times (default 1), for
@@ -265,7 +266,7 @@ repo_size ()
 }
 
 repo_arg=
-if [ "$only" != backups ]; then
+if [ -z "$only" ]; then
 run_vbk images/bench/snapshots/s snapshot
 
 # ---- nbdfuse of the same snapshot through vbk-blockd ---------------------------------
@@ -321,6 +322,8 @@ for _ in $(seq "$reps"); do
     run_vbk backups/bench/latest "backup, base, ra ${ra_kb}K" "$VBK_BIN_BASE" "$ra_kb"
   fi
 done
+
+[ "$only" = vbk ] && exit 0
 
 export RESTIC_PASSWORD=bench
 restic -q -r "$W/restic" init >/dev/null
