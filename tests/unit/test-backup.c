@@ -1059,6 +1059,7 @@ test_parts_corrupt (void **state)
 
   fill_kind (data, PIMG, KIND_MIXED, &seed);
   fill_kind (data + PCS, PCS, KIND_TEXT, &seed);
+  fill_kind (data + 2 * PCS, PCS, KIND_RANDOM, &seed);
   test_store_uri (uri, sizeof uri);
   assert_int_equal (backup_repo_init (uri, PCS), 0);
   assert_int_equal (backup_repo_open (uri, &r), 0);
@@ -1139,6 +1140,27 @@ test_parts_corrupt (void **state)
   assert_non_null (strstr (vbk_error (), hex));
   /* Other chunks read on. */
   parts_expect (rd, data, 2 * PCS + 10, 100, BACKUP_READ_PARTS);
+
+  /* Chunk 2, all parts raw (read whole straight into place): a flipped
+   * bit in part 5 fails the CRC-32 check of verify's read naming the
+   * part, and the data reader's digest. */
+  free (obj);
+  backup_digest_hex (backup_reader_index (rd)->digest[2], hex);
+  backup_chunk_oid (backup_reader_index (rd)->digest[2], oid, sizeof oid);
+  assert_int_equal (backup_read_object (st, oid, &obj, &olen), 0);
+  assert_int_equal (olen, BACKUP_CHUNK_HDR + 16 * BACKUP_PART_ENTRY + PCS);
+  obj[BACKUP_CHUNK_HDR + 16 * BACKUP_PART_ENTRY + 5 * 65536 + 99] ^= 1;
+  assert_int_equal (store_write_full (st, oid, obj, olen, STORE_WRITE_SYNC), 0);
+  vbk_clear_error ();
+  assert_int_equal (backup_chunk_read (r, backup_reader_index (rd)->digest[2],
+                                       b, PCS), -EIO);
+  assert_non_null (strstr (vbk_error (), hex));
+  assert_non_null (strstr (vbk_error (), "part 5 "));
+  vbk_clear_error ();
+  assert_int_equal (backup_chunk_read_data (r, backup_reader_index (rd)->digest[2],
+                                            b, PCS), -EIO);
+  assert_non_null (strstr (vbk_error (), "does not match its name"));
+  parts_expect (rd, data, 2 * PCS + 4 * 65536, 65536, BACKUP_READ_PARTS);
   backup_reader_close (rd);
   backup_part_table_free (&t);
   free (obj);
