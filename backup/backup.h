@@ -127,8 +127,24 @@ ssize_t backup_reader_pread (struct backup_reader *rd, void *buf, size_t len,
  * the caller does that with backup_reader_verify before it trusts the
  * data for good.  Parts of chunks are always read checked in full. */
 #define BACKUP_READ_UNHASHED 1
+/* BACKUP_READ_PARTS: a range that is not a whole chunk is read part by
+ * part where the chunk is parted (FORMAT.md): only the parts it touches
+ * are fetched and decoded, each checked against its CRC-32 before its
+ * bytes are used, and kept in a small cache of decoded parts; the
+ * chunk's digest is not checked (the caller does that with
+ * backup_reader_check_chunk, once per chunk).  Chunks that are not
+ * parted are read whole and checked in full. */
+#define BACKUP_READ_PARTS 2
+/* With BACKUP_READ_PARTS: a range of a chunk that is not parted fails
+ * with -EAGAIN (no message; the caller reads it whole its own way). */
+#define BACKUP_READ_PARTS_ONLY 4
 ssize_t backup_reader_pread_flags (struct backup_reader *rd, void *buf,
                                    size_t len, uint64_t off, int flags);
+/* Reads the whole chunk holding byte OFF and checks it against its
+ * name (for data read with BACKUP_READ_PARTS): 0 (a hole too), or -EIO
+ * with vbk_error() naming the chunk, -EINVAL past the end.
+ * Thread-safe. */
+int backup_reader_check_chunk (struct backup_reader *rd, uint64_t off);
 /* Checks BUF, the LEN bytes at OFF read with BACKUP_READ_UNHASHED,
  * against the names of the whole chunks it holds (holes and parts of
  * chunks are skipped).  Returns 0, or -EIO with vbk_error() naming the

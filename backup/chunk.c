@@ -44,7 +44,12 @@
  * already.  So only a new name is written deferred (an exclusive create)
  * and a replacement is synced before it is renamed in.
  * Reads check the header, the CRC32 of the stored bytes, the size and the
- * SHA-256 of the result against the name.
+ * SHA-256 of the result against the name.  A chunk is written parted
+ * (format.c, FORMAT.md) in a repository of format 2 that is not
+ * encrypted, whole otherwise; reads take either.  Part reads
+ * (backup_chunk_table_load, backup_chunk_read_parts) check the part
+ * table's and each part's CRC-32, never the digest: their callers
+ * arrange the whole-chunk check.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -55,6 +60,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <libdeflate.h>
 
 #include "common/error.h"
 #include "common/util.h"
@@ -301,7 +308,11 @@ backup_chunk_ensure (struct backup_repo *r, const unsigned char *d,
     e = vbk_errno (-ENOMEM, "backup: %s", oid);
     goto out;
   }
-  if ((n = backup_chunk_encode (r->crypt, d, plain, len, enc)) < 0) {
+  if (r->crypt == NULL && r->parts)
+    n = backup_chunk_encode_parts (plain, len, enc);
+  else
+    n = backup_chunk_encode (r->crypt, d, plain, len, enc);
+  if (n < 0) {
     e = vbk_error_prepend ((int) n, "backup: %s: ", oid);
     goto out;
   }
@@ -387,6 +398,163 @@ backup_chunk_check (struct backup_repo *r, const unsigned char *d)
   return 0;
 }
 
+/* The message of a chunk found damaged (E from a parser): -EIO naming
+ * the chunk. */
+static int
+corrupt (const char *oid, int e)
+{
+  char msg[1024];
+
+  if (e != -EBADMSG && e != -EPROTONOSUPPORT)
+    return e;
+  snprintf (msg, sizeof msg, "%s", vbk_error ());
+  vbk_set_error ("backup: chunk %s is corrupt: %s", oid, msg);
+  return -EIO;
+}
+
+/* A parted chunk of SIZE bytes whose parts are all raw: the header and
+ * table read apart, the parts straight into PLAIN.  1 if it was such a
+ * chunk and right (each part's CRC-32, unless FLAGS has
+ * BACKUP_DECODE_DATA), 0 if it is not such a chunk after all (decode it
+ * the usual way), or -EIO naming it. */
+static int
+read_raw_parts (struct backup_repo *r, const char *oid, uint64_t size,
+                void *plain, size_t len, int flags)
+{
+  size_t tl = size - BACKUP_CHUNK_HDR - len;
+  unsigned char *h = malloc (BACKUP_CHUNK_HDR + tl);
+  struct store_range rg[2] = { { 0, BACKUP_CHUNK_HDR + tl, h },
+                               { BACKUP_CHUNK_HDR + tl, len, plain } };
+  struct backup_part_table t = { 0 };
+  uint32_t i;
+  int e;
+
+  if (h == NULL)
+    return vbk_errno (-ENOMEM, "backup: %s", oid);
+  if ((e = store_read_ranges (r->st, oid, STORE_SNAP_HEAD, rg, 2)) < 0) {
+    free (h);
+    return 0;                   /* the usual way says what is wrong */
+  }
+  if (memcmp (h, BACKUP_CHUNK_MAGIC, 4) != 0 || h[4] != 2 || h[5] != 0
+      || h[6] != BACKUP_PART_SHIFT
+      || backup_part_table_parse (h, BACKUP_CHUNK_HDR + tl, len, &t) < 0
+      || t.plain != len || t.stored != size - BACKUP_CHUNK_HDR) {
+    free (h);
+    backup_part_table_free (&t);
+    return 0;
+  }
+  e = 1;
+  for (i = 0; i < t.count && e == 1; i++)
+    if (t.part[i].codec != BACKUP_CODEC_NONE)
+      e = 0;
+  /* In place: a raw part is its own plain bytes; only its CRC-32 is
+   * left to check. */
+  for (i = 0; i < t.count && e == 1 && !(flags & BACKUP_DECODE_DATA); i++)
+    if (libdeflate_crc32 (0, (char *) plain + ((size_t) i << t.shift),
+                          t.part[i].len) != t.part[i].crc) {
+      vbk_set_error ("backup: chunk %s is corrupt: part %u (plain bytes "
+                     "%zu..%zu) checksum mismatch", oid, i,
+                     (size_t) i << t.shift,
+                     ((size_t) i << t.shift) + t.part[i].len);
+      e = -EIO;
+    }
+  free (h);
+  backup_part_table_free (&t);
+  return e;
+}
+
+int
+backup_chunk_table_load (struct backup_repo *r, const unsigned char *d,
+                         size_t clen, struct backup_part_table *t)
+{
+  char oid[STORE_NAME_MAX + 1];
+  size_t want = BACKUP_CHUNK_HDR + BACKUP_PART_ENTRY
+    * ((clen + (1u << BACKUP_PART_SHIFT) - 1) >> BACKUP_PART_SHIFT), need;
+  unsigned char *buf;
+  ssize_t n;
+  int e;
+
+  memset (t, 0, sizeof *t);
+  /* Encrypted chunks are whole, and so is every chunk of a 1.x
+   * repository (FORMAT.md, "Versions"): no need to look. */
+  if (r->crypt || !r->parts)
+    return 1;
+  backup_chunk_oid (d, oid, sizeof oid);
+  if ((buf = malloc (want)) == NULL)
+    return vbk_errno (-ENOMEM, "backup: %s", oid);
+  n = store_read (r->st, oid, buf, want, 0, STORE_SNAP_HEAD);
+  if (n >= BACKUP_CHUNK_HDR && (e = backup_chunk_head (buf, &need)) == 2
+      && need != want) {
+    /* Parts of another size than this vbk writes: read the table again. */
+    unsigned char *b2 = need > (64u << 20) ? NULL : realloc (buf, need);
+
+    if (b2 == NULL) {
+      free (buf);
+      return vbk_errno (-EIO, "backup: chunk %s is corrupt: a part table "
+                        "of %zu bytes", oid, need);
+    }
+    buf = b2;
+    want = need;
+    n = store_read (r->st, oid, buf, want, 0, STORE_SNAP_HEAD);
+  }
+  if (n == -ENOENT)
+    e = vbk_errno (-EIO, "backup: chunk %s is missing", oid);
+  else if (n < 0) {
+    vbk_error_prepend ((int) n, "backup: chunk %s: ", oid);
+    e = -EIO;
+  }
+  else if (n < BACKUP_CHUNK_HDR)
+    e = vbk_errno (-EIO, "backup: chunk %s is corrupt: truncated "
+                   "(%zd bytes)", oid, n);
+  else if ((e = backup_chunk_head (buf, &need)) < 0)
+    e = corrupt (oid, e);
+  else if (e == 1)
+    ;                           /* the whole layout */
+  else if ((e = backup_part_table_parse (buf, (size_t) n, clen, t)) < 0)
+    e = corrupt (oid, e);
+  else if (t->plain != clen) {
+    backup_part_table_free (t);
+    e = vbk_errno (-EIO, "backup: chunk %s is corrupt: %u bytes, expected "
+                   "%zu", oid, t->plain, clen);
+  }
+  free (buf);
+  return e;
+}
+
+int
+backup_chunk_read_parts (struct backup_repo *r, const unsigned char *d,
+                         const struct backup_part_table *t, uint32_t first,
+                         uint32_t n, void *out)
+{
+  char oid[STORE_NAME_MAX + 1], *buf;
+  uint64_t off = t->part[first].off;
+  uint64_t end = t->part[first + n - 1].off + t->part[first + n - 1].len;
+  ssize_t got;
+  uint32_t i;
+  int e = 0;
+
+  backup_chunk_oid (d, oid, sizeof oid);
+  if ((buf = malloc (end - off ? end - off : 1)) == NULL)
+    return vbk_errno (-ENOMEM, "backup: %s", oid);
+  got = store_read (r->st, oid, buf, end - off, off, STORE_SNAP_HEAD);
+  if (got == -ENOENT)
+    e = vbk_errno (-EIO, "backup: chunk %s is missing", oid);
+  else if (got < 0) {
+    vbk_error_prepend ((int) got, "backup: chunk %s: ", oid);
+    e = -EIO;
+  }
+  else if ((uint64_t) got != end - off)
+    e = vbk_errno (-EIO, "backup: chunk %s is corrupt: truncated in part "
+                   "%u", oid, first);
+  for (i = first; e == 0 && i < first + n; i++)
+    if ((e = backup_part_decode (t, i, buf + (t->part[i].off - off),
+                                 (char *) out + ((size_t) (i - first)
+                                                 << t->shift), 0)) < 0)
+      e = corrupt (oid, e);
+  free (buf);
+  return e;
+}
+
 /* HASH: check the digest of the result against the name; without it
  * only what decoding checks with FLAGS (the CRC-32, or the GCM tag) is
  * checked, and the caller checks the digest later (backup_chunk_verify). */
@@ -402,6 +570,16 @@ chunk_read (struct backup_repo *r, const unsigned char *d, void *plain,
 
   backup_chunk_oid (d, oid, sizeof oid);
   e = store_stat (r->st, oid, STORE_SNAP_HEAD, &size);
+  if (e == 0 && r->crypt == NULL && size == BACKUP_CHUNK_HDR
+      + BACKUP_PART_ENTRY * ((len + (1u << BACKUP_PART_SHIFT) - 1)
+                             >> BACKUP_PART_SHIFT) + len) {
+    /* Its size says parted with every part raw: likewise. */
+    e = read_raw_parts (r, oid, size, plain, len, flags);
+    if (e == 1)
+      goto hash;
+    if (e < 0)
+      return e;
+  }
   if (e == 0 && r->crypt == NULL && size == BACKUP_CHUNK_HDR + len) {
     /* Its size says stored raw (LZ4 is kept only when it saves): the
      * payload is read straight into PLAIN, header beside it. */

@@ -6,7 +6,9 @@
  * fuzzed and unit-tested alone.  Every parser treats its input as hostile:
  * sizes are checked before use, lengths against the buffer, versions
  * against BACKUP_FORMAT_MAJOR (a newer major is -EPROTONOSUPPORT, a newer
- * minor of the same major is read: minors only add).  Integers are
+ * minor of the same major is read: minors only add; chunks have two
+ * layouts, major 1 whole and 2 parted, whose part table is parsed on
+ * its own for readers of parts).  Integers are
  * little-endian.  Layouts in FORMAT.md.  The chunk CRC-32 is zlib's
  * (the gzip polynomial), computed by libdeflate, whose carry-less
  * multiply path runs several times faster than zlib's table code: every
@@ -23,6 +25,7 @@
 #include <libdeflate.h>
 
 #include "common/error.h"
+#include "common/util.h"
 #include "internal.h"
 
 static void
@@ -134,12 +137,21 @@ backup_id_check (const char *id)
 
 /* ---- Chunks ------------------------------------------------------------------ */
 
+static size_t
+parts_of (size_t plain, unsigned shift)
+{
+  return (plain + ((size_t) 1 << shift) - 1) >> shift;
+}
+
 size_t
 backup_chunk_bound (size_t plain)
 {
   size_t b = (size_t) LZ4_compressBound ((int) plain);
+  size_t whole = BACKUP_CHUNK_HDR + (b > plain ? b : plain) + BACKUP_TAG_LEN;
+  size_t parted = BACKUP_CHUNK_HDR
+    + BACKUP_PART_ENTRY * parts_of (plain, BACKUP_PART_SHIFT) + plain;
 
-  return BACKUP_CHUNK_HDR + (b > plain ? b : plain) + BACKUP_TAG_LEN;
+  return whole > parted ? whole : parted;
 }
 
 /* Additional authenticated data of an encrypted chunk: the first 16
@@ -190,6 +202,213 @@ backup_chunk_encode (const struct backup_crypt *k, const unsigned char *id,
   return BACKUP_CHUNK_HDR + n + BACKUP_TAG_LEN;
 }
 
+/* ---- Parted chunks ------------------------------------------------------------ */
+
+ssize_t
+backup_chunk_encode_parts (const void *plain, size_t len, void *out)
+{
+  unsigned char *h = out, *tab = h + BACKUP_CHUNK_HDR, *p;
+  uint32_t count = (uint32_t) parts_of (len, BACKUP_PART_SHIFT), i;
+  size_t tlen = (size_t) count * BACKUP_PART_ENTRY;
+
+  p = tab + tlen;
+  for (i = 0; i < count; i++) {
+    const char *src = (const char *) plain + ((size_t) i << BACKUP_PART_SHIFT);
+    size_t pl = MIN (len - ((size_t) i << BACKUP_PART_SHIFT),
+                     (size_t) 1 << BACKUP_PART_SHIFT);
+    unsigned char *e = tab + (size_t) i * BACKUP_PART_ENTRY;
+    int n, codec = BACKUP_CODEC_LZ4;
+
+    /* LZ4 only if it saves 1/16 (as for whole chunks): with the room
+     * limited to that it gives up as soon as it cannot. */
+    n = LZ4_compress_default (src, (char *) p, (int) pl,
+                              (int) (pl - pl / 16));
+    if (n <= 0) {
+      memcpy (p, src, pl);
+      n = (int) pl;
+      codec = BACKUP_CODEC_NONE;
+    }
+    put32 (e, (uint32_t) n);
+    put32 (e + 4, libdeflate_crc32 (0, p, (size_t) n));
+    e[8] = codec;
+    e[9] = e[10] = e[11] = 0;
+    p += n;
+  }
+  memset (h, 0, BACKUP_CHUNK_HDR);
+  memcpy (h, BACKUP_CHUNK_MAGIC, 4);
+  put16 (h + 4, BACKUP_CHUNK_MAJOR_PARTS);
+  h[6] = BACKUP_PART_SHIFT;
+  put32 (h + 8, (uint32_t) len);
+  put32 (h + 12, (uint32_t) (p - tab));
+  put32 (h + 16, libdeflate_crc32 (0, tab, tlen));
+  put32 (h + 20, count);
+  return p - h;
+}
+
+int
+backup_chunk_head (const unsigned char *h, size_t *need)
+{
+  unsigned major;
+  uint32_t plain, count;
+
+  if (memcmp (h, BACKUP_CHUNK_MAGIC, 4) != 0)
+    return vbk_errno (-EBADMSG, "not a chunk (bad header)");
+  major = get16 (h + 4);
+  if (major > BACKUP_CHUNK_MAJOR_PARTS)
+    return vbk_errno (-EPROTONOSUPPORT, "chunk format version %u is newer "
+                      "than this vbk reads (%d)", major,
+                      BACKUP_CHUNK_MAJOR_PARTS);
+  if (major < BACKUP_CHUNK_MAJOR_PARTS)
+    return 1;
+  plain = get32 (h + 8);
+  count = get32 (h + 20);
+  if (h[6] < BACKUP_PART_SHIFT_MIN || h[6] > BACKUP_PART_SHIFT_MAX)
+    return vbk_errno (-EBADMSG, "chunk with a bad part size (shift %u)",
+                      h[6]);
+  if (h[7] != 0)
+    return vbk_errno (-EBADMSG, "parted chunk with flags 0x%x", h[7]);
+  if (count != parts_of (plain, h[6]))
+    return vbk_errno (-EBADMSG, "chunk of %u bytes with %u parts of %u",
+                      plain, count, 1u << h[6]);
+  *need = BACKUP_CHUNK_HDR + (size_t) count * BACKUP_PART_ENTRY;
+  return 2;
+}
+
+void
+backup_part_table_free (struct backup_part_table *t)
+{
+  free (t->part);
+  t->part = NULL;
+}
+
+size_t
+backup_part_plain (const struct backup_part_table *t, uint32_t i)
+{
+  size_t start = (size_t) i << t->shift;
+
+  return MIN (t->plain - start, (size_t) 1 << t->shift);
+}
+
+int
+backup_part_table_parse (const void *buf, size_t len, size_t max,
+                         struct backup_part_table *t)
+{
+  const unsigned char *h = buf, *e;
+  uint64_t off, end;
+  size_t need = 0;
+  uint32_t i;
+  int r;
+
+  memset (t, 0, sizeof *t);
+  if (len < BACKUP_CHUNK_HDR)
+    return vbk_errno (-EBADMSG, "not a chunk (bad header)");
+  if ((r = backup_chunk_head (h, &need)) < 0)
+    return r;
+  if (r != 2)
+    return vbk_errno (-EBADMSG, "not a parted chunk");
+  if (len < need)
+    return vbk_errno (-EBADMSG, "chunk truncated in its part table");
+  t->plain = get32 (h + 8);
+  t->stored = get32 (h + 12);
+  t->shift = h[6];
+  t->count = get32 (h + 20);
+  if (t->plain > max)
+    return vbk_errno (-EBADMSG, "chunk of %u bytes, expected at most %zu",
+                      t->plain, max);
+  if (get64 (h + 24) != 0)
+    return vbk_errno (-EBADMSG, "parted chunk with a bad header");
+  if (libdeflate_crc32 (0, h + BACKUP_CHUNK_HDR, need - BACKUP_CHUNK_HDR)
+      != get32 (h + 16))
+    return vbk_errno (-EBADMSG, "part table checksum mismatch");
+  if ((t->part = malloc ((t->count ? t->count : 1) * sizeof *t->part))
+      == NULL)
+    return vbk_errno (-ENOMEM, "chunk");
+  off = need;
+  end = BACKUP_CHUNK_HDR + (uint64_t) t->stored;
+  for (i = 0; i < t->count; i++) {
+    struct backup_part *p = &t->part[i];
+    size_t pl = backup_part_plain (t, i);
+
+    e = h + BACKUP_CHUNK_HDR + (size_t) i * BACKUP_PART_ENTRY;
+    p->off = off;
+    p->len = get32 (e);
+    p->crc = get32 (e + 4);
+    p->codec = e[8];
+    if (e[9] || e[10] || e[11]
+        || (p->codec == BACKUP_CODEC_NONE && p->len != pl)
+        || (p->codec == BACKUP_CODEC_LZ4
+            && (p->len == 0
+                || p->len > (uint32_t) LZ4_compressBound ((int) pl)))
+        || p->codec > BACKUP_CODEC_LZ4 || off + p->len > end) {
+      r = vbk_errno (-EBADMSG, "part %u of %u: bad entry (codec %u, %u "
+                     "bytes)", i, t->count, p->codec, p->len);
+      backup_part_table_free (t);
+      return r;
+    }
+    off += p->len;
+  }
+  if (off != end) {
+    backup_part_table_free (t);
+    return vbk_errno (-EBADMSG, "parts of %" PRIu64 " bytes, header says "
+                      "%u stored", off - need, t->stored);
+  }
+  return 0;
+}
+
+int
+backup_part_decode (const struct backup_part_table *t, uint32_t i,
+                    const void *s, void *out, int flags)
+{
+  const struct backup_part *p = &t->part[i];
+  size_t pl = backup_part_plain (t, i);
+  int n;
+
+  if (!(flags & BACKUP_DECODE_DATA)
+      && libdeflate_crc32 (0, s, p->len) != p->crc)
+    return vbk_errno (-EBADMSG, "part %u (plain bytes %zu..%zu) checksum "
+                      "mismatch", i, (size_t) i << t->shift,
+                      ((size_t) i << t->shift) + pl);
+  if (p->codec == BACKUP_CODEC_NONE) {
+    memcpy (out, s, pl);
+    return 0;
+  }
+  n = LZ4_decompress_safe (s, out, (int) p->len, (int) pl);
+  if (n < 0 || (size_t) n != pl)
+    return vbk_errno (-EBADMSG, "part %u does not decompress", i);
+  return 0;
+}
+
+/* A parted chunk (never encrypted) of OBJLEN bytes into PLAIN. */
+static int
+decode_parts (const struct backup_crypt *k, const void *obj, size_t objlen,
+              void *plain, size_t max, size_t *len, int flags)
+{
+  struct backup_part_table t;
+  uint32_t i;
+  int e;
+
+  if ((e = backup_part_table_parse (obj, objlen, max, &t)) < 0)
+    return e;
+  if (objlen - BACKUP_CHUNK_HDR != t.stored) {
+    e = vbk_errno (-EBADMSG, "chunk truncated or overlong (%zu stored "
+                   "bytes, header says %u)", objlen - BACKUP_CHUNK_HDR,
+                   t.stored);
+    goto out;
+  }
+  if (k != NULL) {
+    e = vbk_errno (-EBADMSG, "plain chunk in an encrypted repository");
+    goto out;
+  }
+  for (i = 0; i < t.count && e == 0; i++)
+    e = backup_part_decode (&t, i, (const char *) obj + t.part[i].off,
+                            (char *) plain + ((size_t) i << t.shift), flags);
+  if (e == 0)
+    *len = t.plain;
+ out:
+  backup_part_table_free (&t);
+  return e;
+}
+
 int
 backup_chunk_decode (const struct backup_crypt *k, const unsigned char *id,
                      const void *obj, size_t objlen, void *plain, size_t max,
@@ -211,10 +430,12 @@ backup_chunk_decode_flags (const struct backup_crypt *k,
 
   if (objlen < BACKUP_CHUNK_HDR || memcmp (h, BACKUP_CHUNK_MAGIC, 4) != 0)
     return vbk_errno (-EBADMSG, "not a chunk (bad header)");
-  if (get16 (h + 4) > BACKUP_FORMAT_MAJOR)
+  if (get16 (h + 4) == BACKUP_CHUNK_MAJOR_PARTS)
+    return decode_parts (k, obj, objlen, plain, max, len, flags);
+  if (get16 (h + 4) > BACKUP_CHUNK_MAJOR_PARTS)
     return vbk_errno (-EPROTONOSUPPORT, "chunk format version %u is newer "
                       "than this vbk reads (%d)", get16 (h + 4),
-                      BACKUP_FORMAT_MAJOR);
+                      BACKUP_CHUNK_MAJOR_PARTS);
   psize = get32 (h + 8);
   ssize = get32 (h + 12);
   if (ssize != objlen - BACKUP_CHUNK_HDR)

@@ -2,7 +2,9 @@
  *
  * fuzz-backup.c - libFuzzer target over the repository's parsers: the
  * first byte of the input picks the manifest, index or chunk parser, the
- * encrypted chunk parser or the sealed-object parser (with a fixed key),
+ * encrypted chunk parser, the sealed-object parser (with a fixed key),
+ * the part table of a parted chunk (and its parts) or the chunk parser
+ * as a data reader calls it,
  * the rest is the object as read from a store.  A parser that accepts an
  * input must produce a result consistent with it (an index's count
  * matches its size, a chunk decodes to at most its declared size).
@@ -30,7 +32,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 
   if (size < 1)
     return 0;
-  switch (data[0] % 5) {
+  switch (data[0] % 7) {
   case 0:
     if (backup_manifest_parse ((const char *) data + 1, size - 1, &m) == 0
         && (m.chunks != (m.size + m.chunk_size - 1) / m.chunk_size
@@ -53,6 +55,32 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   case 3:
     if (backup_chunk_decode (&k, id, data + 1, size - 1, plain, sizeof plain,
                              &len) == 0 && len > sizeof plain)
+      abort ();
+    break;
+  case 5:
+    /* The part table alone, as a part reader parses it, then each part
+     * the table accepts: every part lies inside the input. */
+    {
+      struct backup_part_table t;
+      uint32_t i;
+
+      if (backup_part_table_parse (data + 1, size - 1, sizeof plain, &t) == 0) {
+        for (i = 0; i < t.count; i++) {
+          if (t.part[i].off + t.part[i].len > BACKUP_CHUNK_HDR + (uint64_t) t.stored
+              || backup_part_plain (&t, i) > ((size_t) 1 << t.shift))
+            abort ();
+          if (t.part[i].off + t.part[i].len <= size - 1)
+            backup_part_decode (&t, i, data + 1 + t.part[i].off, plain, 0);
+        }
+        backup_part_table_free (&t);
+      }
+    }
+    break;
+  case 6:
+    /* A parted chunk decoded whole (flags as a data reader uses them). */
+    if (backup_chunk_decode_flags (NULL, id, data + 1, size - 1, plain,
+                                   sizeof plain, &len, BACKUP_DECODE_DATA)
+        == 0 && len > sizeof plain)
       abort ();
     break;
   case 4:

@@ -31,6 +31,10 @@
 
 #define BACKUP_FORMAT_MAJOR 1
 #define BACKUP_FORMAT_MINOR 0
+/* The repository's format (its config): 2 for a plain repository whose
+ * chunks are written parted (FORMAT.md, "Versions"); indexes, manifests
+ * and sealed objects keep BACKUP_FORMAT_MAJOR. */
+#define BACKUP_REPO_MAJOR 2
 /* The minor version of an encrypted repository's config (FORMAT.md). */
 #define BACKUP_FORMAT_MINOR_ENCRYPTED 1
 
@@ -66,6 +70,8 @@ struct backup_repo {
   struct store *st;
   uint32_t chunk_size;
   struct backup_crypt *crypt;           /* NULL: not encrypted */
+  bool parts;                           /* format 2: chunks written
+                                           parted (plain only) */
   char uri[1024];
   struct backup_reg_group reg;
 };
@@ -78,8 +84,61 @@ enum { BACKUP_CODEC_NONE = 0, BACKUP_CODEC_LZ4 = 1 };
 
 #define BACKUP_CHUNK_ENCRYPTED 1u       /* header flags (byte 7) */
 
-/* Largest encoded chunk for PLAIN bytes. */
+/* Largest encoded chunk for PLAIN bytes (either layout). */
 size_t backup_chunk_bound (size_t plain);
+
+/* The parted layout (chunk major 2, FORMAT.md "Chunk"): the plain bytes
+ * cut into parts of 1 << shift bytes (the last may be shorter), each
+ * compressed on its own (or stored raw), with its own CRC-32, listed in
+ * a part table after the header that has a CRC-32 of its own.  Only
+ * plain (not encrypted) chunks of a repository of format 2 are written
+ * so. */
+#define BACKUP_CHUNK_MAJOR_PARTS 2
+#define BACKUP_PART_SHIFT 16            /* written: 64 KiB of plain data */
+#define BACKUP_PART_SHIFT_MIN 12
+#define BACKUP_PART_SHIFT_MAX 24
+#define BACKUP_PART_ENTRY 12            /* bytes per part table entry */
+
+struct backup_part {
+  uint64_t off;                 /* of its stored bytes in the object */
+  uint32_t len;                 /* stored bytes */
+  uint32_t crc;                 /* CRC-32 of the stored bytes */
+  uint8_t codec;                /* BACKUP_CODEC_* */
+};
+
+struct backup_part_table {
+  uint32_t plain;               /* plain size of the chunk */
+  uint32_t stored;              /* bytes after the header */
+  unsigned shift;               /* plain bytes per part: 1 << shift */
+  uint32_t count;               /* parts */
+  struct backup_part *part;     /* COUNT entries, malloc'd */
+};
+
+/* Looks at the BACKUP_CHUNK_HDR header bytes H of a chunk: 1 for the
+ * whole layout (major 1: no part table), 2 for the parted layout with
+ * *NEED = the bytes of header and part table together, or -EBADMSG
+ * (not a chunk, bad fields), -EPROTONOSUPPORT (a newer major); message
+ * set. */
+int backup_chunk_head (const unsigned char *h, size_t *need);
+/* Parses the header and part table of a parted chunk from BUF (LEN
+ * bytes, at least the *NEED of backup_chunk_head) into T (free with
+ * backup_part_table_free); MAX: the largest plain size the caller
+ * accepts.  Checks every field, the table's CRC-32 and that the parts
+ * fill the stored size exactly.  Errors: -EBADMSG, -EPROTONOSUPPORT;
+ * message set. */
+int backup_part_table_parse (const void *buf, size_t len, size_t max,
+                             struct backup_part_table *t);
+void backup_part_table_free (struct backup_part_table *t);
+/* Plain bytes of part I of T. */
+size_t backup_part_plain (const struct backup_part_table *t, uint32_t i);
+/* Checks the CRC-32 of part I's stored bytes S (t->part[I].len bytes;
+ * skipped with BACKUP_DECODE_DATA) and decodes them into OUT
+ * (backup_part_plain bytes).  Errors: -EBADMSG naming the part. */
+int backup_part_decode (const struct backup_part_table *t, uint32_t i,
+                        const void *s, void *out, int flags);
+/* Encodes PLAIN (LEN bytes, not encrypted) in the parted layout into
+ * OUT (backup_chunk_bound bytes).  Returns the encoded size. */
+ssize_t backup_chunk_encode_parts (const void *plain, size_t len, void *out);
 /* Encodes PLAIN (LEN bytes) into OUT (backup_chunk_bound bytes): LZ4
  * when it saves at least 1/16, else raw; with K, encrypted with a fresh
  * random nonce, bound to the chunk id ID.  Returns the encoded size, or
@@ -301,6 +360,20 @@ int backup_chunk_read_unhashed (struct backup_repo *r,
                                 size_t len);
 int backup_chunk_verify (struct backup_repo *r, const unsigned char *d,
                          const void *plain, size_t len);
+/* Reads the header and part table of chunk D (CLEN plain bytes) into T
+ * (free with backup_part_table_free): 0; 1 when it is not parted (an
+ * old chunk, an encrypted one or one of a 1.x repository, known without
+ * a read: read it whole), T empty; -EIO naming the chunk (missing,
+ * damaged table). */
+int backup_chunk_table_load (struct backup_repo *r, const unsigned char *d,
+                             size_t clen, struct backup_part_table *t);
+/* Reads parts FIRST..FIRST+N-1 of chunk D (table T) with one store
+ * read, checks each against its CRC-32 and decodes them into OUT (N <<
+ * t->shift bytes, the last part possibly shorter).  The digest of the
+ * chunk is not checked.  Errors: -EIO naming the chunk and the part. */
+int backup_chunk_read_parts (struct backup_repo *r, const unsigned char *d,
+                             const struct backup_part_table *t,
+                             uint32_t first, uint32_t n, void *out);
 /* Marks chunk D bad, so the next backup writes it again. */
 int backup_chunk_mark_bad (struct backup_repo *r, const unsigned char *d);
 

@@ -13,9 +13,16 @@
  * leaves the cache alone.  A caller that reads whole chunks may ask for
  * them unhashed (BACKUP_READ_UNHASHED: the CRC-32 or the GCM tag checked
  * on the way, the SHA-256 left to it, backup_reader_verify: vbk mount
- * checks it off the reader's path, once per chunk).  The cache lock
- * guards memory only: fetches run unlocked, and two threads missing the
- * same chunk both fetch it (rare and harmless).
+ * checks it off the reader's path, once per chunk).  A caller that
+ * reads small ranges may ask for parts (BACKUP_READ_PARTS): of a parted
+ * chunk (FORMAT.md) only the header and part table (cached per chunk)
+ * and the parts the range touches are read, each checked against its
+ * CRC-32 before its bytes are used, decoded parts kept in a cache of
+ * their own; the digest is left to the caller (backup_reader_check_chunk,
+ * which reads the chunk whole: vbk mount runs it off the reader's path,
+ * once per chunk).  The cache lock guards memory only: fetches run
+ * unlocked, and two threads missing the same chunk or part both fetch
+ * it (rare and harmless).
  *
  * An open reader pins its backup's chunks against gc, as a running
  * writer does:
@@ -56,11 +63,29 @@
 #include "internal.h"
 
 #define CACHE_SLOTS 8
+#define PART_SLOTS 128          /* 8 MiB of 64 KiB parts */
+#define TABLE_SLOTS 64
 
 struct slot {
   uint64_t idx;
   uint64_t used;                /* LRU clock; 0 = empty */
   char *buf;
+};
+
+/* A decoded part (BACKUP_READ_PARTS). */
+struct pslot {
+  uint64_t idx;
+  uint32_t part;
+  uint64_t used;                /* LRU clock; 0 = empty */
+  char *buf;
+};
+
+/* The part table of a chunk, or that it has none (whole). */
+struct tslot {
+  uint64_t idx;
+  uint64_t used;                /* LRU clock; 0 = empty */
+  bool whole;
+  struct backup_part_table t;
 };
 
 struct backup_reader {
@@ -70,6 +95,8 @@ struct backup_reader {
   pthread_mutex_t lock;
   uint64_t clock;
   struct slot cache[CACHE_SLOTS];
+  struct pslot parts[PART_SLOTS];
+  struct tslot tables[TABLE_SLOTS];
 
   /* The reader record. */
   char rid[BACKUP_READER_ID_LEN];
@@ -274,6 +301,10 @@ backup_reader_close (struct backup_reader *rd)
     pin_release (rd);
   for (i = 0; i < CACHE_SLOTS; i++)
     free (rd->cache[i].buf);
+  for (i = 0; i < PART_SLOTS; i++)
+    free (rd->parts[i].buf);
+  for (i = 0; i < TABLE_SLOTS; i++)
+    backup_part_table_free (&rd->tables[i].t);
   backup_index_free (&rd->ix);
   pthread_mutex_destroy (&rd->lock);
   pthread_mutex_destroy (&rd->pin_lock);
@@ -371,6 +402,164 @@ read_chunk (struct backup_reader *rd, uint64_t idx, char *buf, size_t co,
   return 0;
 }
 
+/* The part table of chunk IDX (CLEN bytes), copied into *T (free with
+ * backup_part_table_free): 0; 1 if the chunk is not parted; -errno. */
+static int
+table_get (struct backup_reader *rd, uint64_t idx, size_t clen,
+           struct backup_part_table *t)
+{
+  struct backup_part_table nt;
+  struct tslot *victim = NULL;
+  size_t bytes;
+  int i, e;
+
+  memset (t, 0, sizeof *t);
+  pthread_mutex_lock (&rd->lock);
+  for (i = 0; i < TABLE_SLOTS; i++) {
+    struct tslot *ts = &rd->tables[i];
+
+    if (ts->used && ts->idx == idx) {
+      ts->used = ++rd->clock;
+      e = ts->whole ? 1 : 0;
+      if (e == 0) {
+        *t = ts->t;
+        bytes = (ts->t.count ? ts->t.count : 1) * sizeof *t->part;
+        if ((t->part = malloc (bytes)) == NULL)
+          e = vbk_errno (-ENOMEM, "backup: read");
+        else
+          memcpy (t->part, ts->t.part, bytes);
+      }
+      pthread_mutex_unlock (&rd->lock);
+      return e;
+    }
+  }
+  pthread_mutex_unlock (&rd->lock);
+
+  if ((e = backup_chunk_table_load (rd->r, rd->ix.digest[idx], clen, &nt)) < 0)
+    return read_error (rd, idx, e);
+  if (e == 0) {
+    *t = nt;
+    bytes = (nt.count ? nt.count : 1) * sizeof *t->part;
+    if ((t->part = malloc (bytes)) == NULL) {
+      backup_part_table_free (&nt);
+      return vbk_errno (-ENOMEM, "backup: read");
+    }
+    memcpy (t->part, nt.part, bytes);
+  }
+  pthread_mutex_lock (&rd->lock);
+  for (i = 0; i < TABLE_SLOTS; i++)
+    if (victim == NULL || rd->tables[i].used < victim->used)
+      victim = &rd->tables[i];
+  backup_part_table_free (&victim->t);
+  victim->t = nt;
+  victim->whole = e == 1;
+  victim->idx = idx;
+  victim->used = ++rd->clock;
+  pthread_mutex_unlock (&rd->lock);
+  return e;
+}
+
+/* Copies what [CO, CO+LEN) of chunk IDX holds of part P (of T) from
+ * PBUF, the part's plain bytes, into BUF (the range's first byte). */
+static void
+part_copy (const struct backup_part_table *t, uint32_t p, const char *pbuf,
+           char *buf, size_t co, size_t len)
+{
+  size_t ps = (size_t) p << t->shift, pe = ps + backup_part_plain (t, p);
+  size_t s = MAX (ps, co), e = MIN (pe, co + len);
+
+  memcpy (buf + (s - co), pbuf + (s - ps), e - s);
+}
+
+/* Bytes [CO, CO+LEN) of chunk IDX read part by part (BACKUP_READ_PARTS):
+ * only the parts the range touches are fetched, each checked against its
+ * CRC-32 before it is used, and kept in a small cache of decoded parts;
+ * a chunk that is not parted is read whole and checked in full. */
+static int
+read_parts (struct backup_reader *rd, uint64_t idx, char *buf, size_t co,
+            size_t len, int flags)
+{
+  uint64_t cs = rd->m.chunk_size;
+  size_t clen = MIN (cs, rd->m.size - idx * cs);
+  struct backup_part_table t;
+  uint32_t p, q, last;
+  int i, e;
+
+  if ((e = table_get (rd, idx, clen, &t)) == 1)
+    return flags & BACKUP_READ_PARTS_ONLY ? -EAGAIN
+      : read_chunk (rd, idx, buf, co, len, 0);
+  if (e < 0)
+    return e;
+  last = (uint32_t) ((co + len - 1) >> t.shift);
+  for (p = (uint32_t) (co >> t.shift); p <= last; p = q) {
+    bool hit = false;
+    char *tmp;
+
+    pthread_mutex_lock (&rd->lock);
+    for (i = 0; i < PART_SLOTS && !hit; i++)
+      if (rd->parts[i].used && rd->parts[i].idx == idx
+          && rd->parts[i].part == p) {
+        rd->parts[i].used = ++rd->clock;
+        part_copy (&t, p, rd->parts[i].buf, buf, co, len);
+        hit = true;
+      }
+    pthread_mutex_unlock (&rd->lock);
+    if (hit) {
+      q = p + 1;
+      continue;
+    }
+    /* The run of parts from P not cached (checked unlocked: a part
+     * another thread caches meanwhile is only fetched twice). */
+    for (q = p + 1; q <= last; q++) {
+      bool cached = false;
+
+      pthread_mutex_lock (&rd->lock);
+      for (i = 0; i < PART_SLOTS && !cached; i++)
+        cached = rd->parts[i].used && rd->parts[i].idx == idx
+          && rd->parts[i].part == q;
+      pthread_mutex_unlock (&rd->lock);
+      if (cached)
+        break;
+    }
+    if ((tmp = malloc ((size_t) (q - p) << t.shift)) == NULL) {
+      backup_part_table_free (&t);
+      return vbk_errno (-ENOMEM, "backup: read");
+    }
+    if ((e = backup_chunk_read_parts (rd->r, rd->ix.digest[idx], &t, p,
+                                      q - p, tmp)) < 0) {
+      free (tmp);
+      backup_part_table_free (&t);
+      return read_error (rd, idx, e);
+    }
+    for (uint32_t k = p; k < q; k++) {
+      char *pb = tmp + ((size_t) (k - p) << t.shift), *own = NULL;
+      struct pslot *victim = NULL;
+
+      part_copy (&t, k, pb, buf, co, len);
+      if (q - p == 1)
+        own = tmp;              /* handed to the cache as it is */
+      else if ((own = malloc (backup_part_plain (&t, k))) != NULL)
+        memcpy (own, pb, backup_part_plain (&t, k));
+      if (own == NULL)
+        continue;
+      pthread_mutex_lock (&rd->lock);
+      for (i = 0; i < PART_SLOTS; i++)
+        if (victim == NULL || rd->parts[i].used < victim->used)
+          victim = &rd->parts[i];
+      free (victim->buf);
+      victim->buf = own;
+      victim->idx = idx;
+      victim->part = k;
+      victim->used = ++rd->clock;
+      pthread_mutex_unlock (&rd->lock);
+    }
+    if (q - p > 1)
+      free (tmp);
+  }
+  backup_part_table_free (&t);
+  return 0;
+}
+
 ssize_t
 backup_reader_pread (struct backup_reader *rd, void *buf, size_t len,
                      uint64_t off)
@@ -394,6 +583,11 @@ backup_reader_pread_flags (struct backup_reader *rd, void *buf, size_t len,
     n = MIN (len - done, cs - co);
     if (backup_digest_is_hole (rd->ix.digest[idx]))
       memset ((char *) buf + done, 0, n);
+    else if ((flags & BACKUP_READ_PARTS)
+             && !(co == 0 && n == MIN (cs, rd->m.size - idx * cs))) {
+      if ((e = read_parts (rd, idx, (char *) buf + done, co, n, flags)) < 0)
+        return e;
+    }
     else if ((e = read_chunk (rd, idx, (char *) buf + done, co, n,
                               flags)) < 0)
       return e;
@@ -424,6 +618,26 @@ backup_reader_verify (struct backup_reader *rd, const void *buf, size_t len,
     done += n;
   }
   return 0;
+}
+
+int
+backup_reader_check_chunk (struct backup_reader *rd, uint64_t off)
+{
+  uint64_t cs = rd->m.chunk_size, idx = off / cs;
+  size_t clen;
+  char *data;
+  int e;
+
+  if (off >= rd->m.size)
+    return vbk_errno (-EINVAL, "backup %s: check past the end", rd->m.id);
+  if (backup_digest_is_hole (rd->ix.digest[idx]))
+    return 0;
+  clen = MIN (cs, rd->m.size - idx * cs);
+  if ((data = malloc (clen)) == NULL)
+    return vbk_errno (-ENOMEM, "backup: check");
+  e = backup_chunk_read_data (rd->r, rd->ix.digest[idx], data, clen);
+  free (data);
+  return e < 0 ? read_error (rd, idx, e) : 0;
 }
 
 /* ---- Watching the catalog ------------------------------------------------------ */

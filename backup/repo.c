@@ -171,7 +171,9 @@ backup_repo_create (const char *uri, uint32_t chunk_size,
     json_object_object_add (cfg, "encryption", enc);
   }
   else {
-    json_object_object_add (cfg, "format", json_object_new_string ("1.0"));
+    /* 2.0: chunks are written parted; a 1.x vbk refuses the repository
+     * before it reads one (FORMAT.md, "Versions"). */
+    json_object_object_add (cfg, "format", json_object_new_string ("2.0"));
     json_object_object_add (cfg, "chunk_size",
                             json_object_new_int64 (chunk_size));
   }
@@ -236,11 +238,11 @@ backup_repo_open_key (const char *uri, const struct backup_key_opts *key,
                    BACKUP_CONFIG_OID);
     goto err;
   }
-  if (major > BACKUP_FORMAT_MAJOR) {
+  if (major > BACKUP_REPO_MAJOR) {
     e = -EPROTONOSUPPORT;
     vbk_set_error ("backup: %s: repository format %u.%u is newer than this "
                    "vbk supports (%d.x); use a newer vbk", uri, major, minor,
-                   BACKUP_FORMAT_MAJOR);
+                   BACKUP_REPO_MAJOR);
     goto err;
   }
   if (json_object_object_get_ex (o, "encryption", &enc)
@@ -258,6 +260,7 @@ backup_repo_open_key (const char *uri, const struct backup_key_opts *key,
     goto err;
   }
   r->chunk_size = (uint32_t) json_object_get_int64 (cs);
+  r->parts = major >= 2 && enc == NULL;
   if (enc) {
     if ((r->crypt = calloc (1, sizeof *r->crypt)) == NULL) {
       e = vbk_errno (-ENOMEM, "backup");

@@ -32,7 +32,14 @@
 # Knobs (environment):
 #   VBK_BIN_BASE=DIR    another build's bin/ (e.g. before a change): the
 #                       backup rows are measured with both, interleaved,
-#                       the other build's rows marked "base"
+#                       the other build's rows marked "base"; that build
+#                       backs the disk up into a repository of its own
+#                       (an older vbk may not read this one's format)
+#   FUSE_BENCH_ONLY=backups  only the backup rows (vbk, restic, borg):
+#                       no snapshot and nbdfuse rows; =vbk: only vbk's
+#                       backup rows (with VBK_BIN_BASE: before/after)
+# The size of each repository (bytes stored, local store) is printed
+# after its backup.
 #   FUSE_BENCH_REPS=N   the vbk backup rows N times (default 1), for
 #                       medians on a shared machine
 #   FUSE_BENCH_RA_KB=K  one more backup row per repetition with the
@@ -45,6 +52,7 @@ VBK_SRC=$(cd "$(dirname "$0")/.." && pwd)
 VBK_BIN=${VBK_BIN:-$VBK_SRC/build/bin}
 VBK_BIN_BASE=${VBK_BIN_BASE:-}
 reps=${FUSE_BENCH_REPS:-1}
+only=${FUSE_BENCH_ONLY:-}
 ra_kb=${FUSE_BENCH_RA_KB:-}
 PATH=$PATH:/usr/sbin:/sbin
 kind=local
@@ -235,7 +243,7 @@ run_vbk ()
   local m=$W/mnt-vbk t0 t1 S bin=${3:-$VBK_BIN}
   mkdir -p "$m"
   t0=$(now)
-  "$bin/vbk" --store "$store" mount "$m" ${repo_arg:+--repo "$repo"}
+  "$bin/vbk" --store "$store" mount "$m" ${repo_arg:+--repo "$repo_arg"}
   mounts+=("$m")
   if [ -n "${4:-}" ]; then
     echo "$4" >"/sys/class/bdi/$(mountpoint -d "$m")/read_ahead_kb" ||
@@ -250,7 +258,15 @@ run_vbk ()
   "$bin/vbk" umount "$m"
   sleep 0.5
 }
+# repo_size DIR: bytes stored under DIR (a local store or another tool's
+# repository), or "-".
+repo_size ()
+{
+  [ -d "$1" ] && du -sb "$1" | cut -f1 || echo -
+}
+
 repo_arg=
+if [ -z "$only" ]; then
 run_vbk images/bench/snapshots/s snapshot
 
 # ---- nbdfuse of the same snapshot through vbk-blockd ---------------------------------
@@ -272,29 +288,49 @@ mounts+=("$m")
 cpu_pids="${pids[*]}"
 measure_kernel_ext4 "nbdfuse+blockd" "$m/nbd"
 fusermount3 -u "$m"
+fi
 
 # ---- Backups: vbk, restic, borg ------------------------------------------------------
 
 v backup init "$repo" >/dev/null
 t0=$(now); v backup run bench --repo "$repo" >/dev/null; t1=$(now)
-echo "# vbk backup run: $(secs "$t0" "$t1") s" >&2
-repo_arg=1
+echo "# vbk backup run: $(secs "$t0" "$t1") s, repository $(repo_size "${repo#local:}") bytes" >&2
+if [ -n "$VBK_BIN_BASE" ]; then
+  case $kind in
+    local) repo_base=local:$W/repo-base ;;
+    rados) repo_base="rados:${VBK_TEST_POOL:-vbk}/bench-repo-base-$$?conf=$CEPH_CONF" ;;
+  esac
+  "$VBK_BIN_BASE/vbk" --store "$store" backup init "$repo_base" >/dev/null
+  t0=$(now)
+  "$VBK_BIN_BASE/vbk" --store "$store" backup run bench --repo "$repo_base" >/dev/null
+  t1=$(now)
+  echo "# vbk backup run (base): $(secs "$t0" "$t1") s, repository $(repo_size "${repo_base#local:}") bytes" >&2
+fi
 for _ in $(seq "$reps"); do
+  repo_arg=$repo
   run_vbk backups/bench/latest backup
   if [ -n "$VBK_BIN_BASE" ]; then
+    repo_arg=$repo_base
     run_vbk backups/bench/latest "backup, base" "$VBK_BIN_BASE"
   fi
+  repo_arg=$repo
   if [ -n "$ra_kb" ]; then
     run_vbk backups/bench/latest "backup, ra ${ra_kb}K" "$VBK_BIN" "$ra_kb"
   fi
+  if [ -n "$VBK_BIN_BASE" ] && [ -n "$ra_kb" ]; then
+    repo_arg=$repo_base
+    run_vbk backups/bench/latest "backup, base, ra ${ra_kb}K" "$VBK_BIN_BASE" "$ra_kb"
+  fi
 done
+
+[ "$only" = vbk ] && exit 0
 
 export RESTIC_PASSWORD=bench
 restic -q -r "$W/restic" init >/dev/null
 t0=$(now)
 restic -q -r "$W/restic" backup --stdin --stdin-filename disk.raw <"$W/disk.raw" >/dev/null
 t1=$(now)
-echo "# restic backup: $(secs "$t0" "$t1") s" >&2
+echo "# restic backup: $(secs "$t0" "$t1") s, repository $(repo_size "$W/restic") bytes" >&2
 m=$W/mnt-restic
 mkdir -p "$m"
 drop
@@ -317,7 +353,7 @@ if /usr/bin/python3 -c 'import llfuse' 2>/dev/null; then
   (cd "$W" && borg create --read-special --chunker-params fixed,4194304 -C lz4 \
      "$W/borg::b" disk.raw >/dev/null)
   t1=$(now)
-  echo "# borg create: $(secs "$t0" "$t1") s" >&2
+  echo "# borg create: $(secs "$t0" "$t1") s, repository $(repo_size "$W/borg") bytes" >&2
   m=$W/mnt-borg
   mkdir -p "$m"
   t0=$(now)

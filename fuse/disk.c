@@ -41,6 +41,19 @@
  * long as the disk is open (the source's data cannot change).
  * Readahead checks in full at once (it runs ahead of the readers).
  *
+ * Part reads (a source with pread_part and check_unit: a backup whose
+ * chunks are parted, vbk mount only): a reader's small read of a chunk
+ * that is neither cached nor being fetched, and is neither the chunk the
+ * reader used last nor the one after it (not a run), is served by
+ * pread_part (only the parts it needs, each checked against its CRC-32)
+ * and not cached here; the chunk is queued once (d->queued) for
+ * check_unit on d->vq, which reads it whole and checks its digest; one
+ * that fails it reads as EIO from then on, as with verify_run.  A second
+ * read of the same chunk, or of the next, fetches it whole as above, so
+ * sequential readers and file system metadata scans keep whole chunks
+ * and readahead.  A source that cannot read a chunk in parts (one
+ * written whole) says -EAGAIN and the chunk is fetched whole.
+ *
  * Invariants: an entry is freed only when it is out of the hash and its
  * reference count is zero; eviction takes only READY entries that
  * nobody references.  All of the cache is under d->lock; copies out of
@@ -122,6 +135,9 @@ struct vbkfs_disk {
   uint8_t *checked;                     /* a bit per chunk: checked in
                                            full once */
   uint8_t *bad;                         /* a bit per chunk: failed it */
+  uint8_t *queued;                      /* a bit per chunk: its check
+                                           after part reads is queued
+                                           (NULL: no part reads) */
   bool later;                            /* checks may follow the data */
   struct workq *vq;                     /* NULL: every check at once */
   unsigned vpending;                    /* checks queued or running */
@@ -572,6 +588,132 @@ chunk_put (struct vbkfs_disk *d, struct chunk *c)
   pthread_mutex_unlock (&d->lock);
 }
 
+/* ---- Part reads ------------------------------------------------------------ */
+
+static void ra_note (struct vbkfs_disk *d, uint64_t idx);
+
+/* The full check of a chunk some reader was given parts of. */
+struct part_job {
+  struct workq_item it;
+  struct vbkfs_disk *d;
+  uint64_t idx;
+};
+
+/* Checks chunk job->idx in full (the source reads it again): passed, it
+ * counts as checked; failed, it reads as EIO from now on (as a chunk
+ * that fails verify_run).  What readers were given before is not taken
+ * back. */
+static void
+part_check_run (struct workq_item *it)
+{
+  struct part_job *job = workq_entry (it, struct part_job, it);
+  struct vbkfs_disk *d = job->d;
+  uint64_t off = job->idx << d->shift;
+  struct chunk *c;
+  bool done;
+  int r;
+
+  /* Checked meanwhile, or fetched whole since (a second read of the
+   * chunk, readahead): every whole fetch checks the chunk in full itself
+   * (at once, or on this thread after this job), so nothing is left to
+   * do here.  Should that fetch fail, the next part read queues the
+   * check again. */
+  pthread_mutex_lock (&d->lock);
+  done = bit_get (d->checked, job->idx) || bit_get (d->bad, job->idx);
+  if (!done && hash_find (d, job->idx)) {
+    d->queued[job->idx >> 3] &= (uint8_t) ~(1u << (job->idx & 7));
+    done = true;
+  }
+  pthread_mutex_unlock (&d->lock);
+  if (done) {
+    free (job);
+    return;
+  }
+  r = d->src.ops->check_unit (d->src.h, off);
+  if (r < 0)
+    log_fetch_error (d, off, MIN (d->csize, d->size - off), r);
+  pthread_mutex_lock (&d->lock);
+  if (r == 0) {
+    bit_set (d->checked, job->idx);
+    d->stats.part_checked++;
+  }
+  else {
+    bit_set (d->bad, job->idx);
+    d->stats.part_failed++;
+    if ((c = hash_find (d, job->idx)) != NULL && c->state == CH_READY)
+      hash_remove (d, c);
+    if (c && c->refs == 0 && !c->hashed) {
+      free (c->data);
+      free (c);
+    }
+  }
+  pthread_mutex_unlock (&d->lock);
+  free (job);
+}
+
+/* A reader's read of LEN bytes at OFF inside chunk IDX, served by the
+ * source's pread_part when that pays: a small read that is not part of
+ * a run (a run, or a second read of the chunk, fetches it whole into the
+ * cache, with readahead), of a chunk neither cached nor being fetched.
+ * 1 if served (BUF filled), 0 if the caller goes the cached way, or
+ * -errno.  The chunk's full check is queued once (d->queued), unless it
+ * passed it before; a chunk that failed it reads as EIO. */
+static int
+read_part (struct vbkfs_disk *d, char *buf, size_t len, uint64_t off,
+           uint64_t idx)
+{
+  struct part_job *job = NULL;
+  bool queue;
+  ssize_t r;
+
+  if (d->queued == NULL || len >= d->csize)
+    return 0;
+  pthread_mutex_lock (&d->lock);
+  if (bit_get (d->bad, idx)) {
+    pthread_mutex_unlock (&d->lock);
+    return -EIO;
+  }
+  if (idx == d->last_idx || idx == d->last_idx + 1 || hash_find (d, idx)) {
+    pthread_mutex_unlock (&d->lock);
+    return 0;
+  }
+  queue = !bit_get (d->checked, idx) && !bit_get (d->queued, idx);
+  if (queue)
+    bit_set (d->queued, idx);
+  pthread_mutex_unlock (&d->lock);
+
+  r = d->src.ops->pread_part (d->src.h, buf, len, off);
+  if (r == -EAGAIN) {
+    /* Not in pieces: the usual whole fetch, with its own checks. */
+    pthread_mutex_lock (&d->lock);
+    if (queue)
+      d->queued[idx >> 3] &= (uint8_t) ~(1u << (idx & 7));
+    pthread_mutex_unlock (&d->lock);
+    return 0;
+  }
+  if (r >= 0 && (size_t) r != len)
+    r = vbk_errno (-EIO, "vbkfs: %s: short read at %llu", d->src.name,
+                   (unsigned long long) off);
+  if (r < 0)
+    log_fetch_error (d, off, len, r);
+  if (queue && r >= 0 && (job = malloc (sizeof *job)) != NULL) {
+    job->d = d;
+    job->idx = idx;
+    if (workq_submit (d->vq, &job->it, part_check_run) < 0)
+      part_check_run (&job->it);        /* closing: check it here */
+  }
+  pthread_mutex_lock (&d->lock);
+  if (queue && (r < 0 || job == NULL))
+    d->queued[idx >> 3] &= (uint8_t) ~(1u << (idx & 7));  /* next time */
+  if (r >= 0)
+    d->stats.part_reads++;
+  pthread_mutex_unlock (&d->lock);
+  if (r < 0)
+    return r == -ENOMEM ? -ENOMEM : -EIO;
+  ra_note (d, idx);
+  return 1;
+}
+
 /* ---- Readahead ----------------------------------------------------------- */
 
 /* Whether chunk IDX lies entirely in a hole. */
@@ -678,8 +820,16 @@ read_cached (struct vbkfs_disk *d, char *buf, size_t len, uint64_t off)
     uint64_t idx = off >> d->shift, coff = off & (d->csize - 1);
     size_t n = MIN (len, d->csize - coff);
     struct chunk *c;
-    int err = -EIO;
+    int err = -EIO, r;
 
+    if ((r = read_part (d, buf, n, off, idx)) < 0)
+      return r;
+    if (r == 1) {
+      buf += n;
+      off += n;
+      len -= n;
+      continue;
+    }
     c = chunk_get (d, idx, &err);
     if (c == NULL)
       return err;
@@ -830,6 +980,7 @@ vbkfs_disk_close (struct vbkfs_disk *d)
   free (d->ext);
   free (d->checked);
   free (d->bad);
+  free (d->queued);
   d->src.ops->close (d->src.h);
   pthread_mutex_destroy (&d->lock);
   pthread_cond_destroy (&d->cond);
@@ -868,6 +1019,12 @@ vbkfs_disk_check_later (struct vbkfs_disk *d)
   if (workq_new (&qo, &d->vq) < 0)
     d->vq = NULL;
   d->later = true;
+  /* Part reads need the thread that checks their chunks in full. */
+  if (d->vq && d->src.ops->pread_part && d->src.ops->check_unit) {
+    size_t bytes = (((d->size + d->csize - 1) >> d->shift) + 7) / 8;
+
+    d->queued = calloc (bytes ? bytes : 1, 1);
+  }
 }
 
 void

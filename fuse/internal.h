@@ -59,6 +59,18 @@ struct vbkfs_source_ops {
    * chunk for as long as it is open. */
   ssize_t (*pread_unhashed) (void *h, void *buf, size_t len, uint64_t off);
   int (*verify) (void *h, const void *buf, size_t len, uint64_t off);
+  /* Optional, both or neither, and only with the two above: PREAD_PART
+   * reads LEN bytes at OFF, inside one unit, fetching and checking only
+   * the pieces of the unit it needs (a backup: the parts of a chunk,
+   * each against its CRC-32), or returns -EAGAIN (no message) for a
+   * unit that cannot be read in pieces (a chunk written whole: the disk
+   * fetches it whole, as without PREAD_PART); CHECK_UNIT reads the whole unit at OFF
+   * itself and checks it in full (a backup: its digest against its
+   * name): 0, or -EIO with a message naming the chunk.  The disk serves
+   * small reads that are not part of a run so, without caching the
+   * unit, and checks each such unit in full off the reader's path. */
+  ssize_t (*pread_part) (void *h, void *buf, size_t len, uint64_t off);
+  int (*check_unit) (void *h, uint64_t off);
 };
 
 struct vbkfs_source {
@@ -102,6 +114,9 @@ struct vbkfs_disk_stats {
   uint64_t verified;            /* of those, checked in full (later,
                                    or at once with the queue full) */
   uint64_t verify_failed;       /* of those, found wrong */
+  uint64_t part_reads;          /* reads served by pread_part */
+  uint64_t part_checked;        /* units read so, checked in full */
+  uint64_t part_failed;         /* of those, found wrong */
 };
 void vbkfs_disk_get_stats (struct vbkfs_disk *d, struct vbkfs_disk_stats *s);
 /* Lets the disk hand data out before the second step of a two-step

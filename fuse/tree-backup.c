@@ -583,6 +583,19 @@ bk_verify (void *h, const void *buf, size_t len, uint64_t off)
   return backup_reader_verify (h, buf, len, off);
 }
 
+static ssize_t
+bk_pread_part (void *h, void *buf, size_t len, uint64_t off)
+{
+  return backup_reader_pread_flags (h, buf, len, off,
+                                    BACKUP_READ_PARTS | BACKUP_READ_PARTS_ONLY);
+}
+
+static int
+bk_check_unit (void *h, uint64_t off)
+{
+  return backup_reader_check_chunk (h, off);
+}
+
 static int
 bk_extents (void *h, uint64_t off, uint64_t len, image_extent_cb cb,
             void *arg)
@@ -632,6 +645,8 @@ static const struct vbkfs_source_ops backup_ops = {
   .pin = bk_pin,
   .pread_unhashed = bk_pread_unhashed,
   .verify = bk_verify,
+  .pread_part = bk_pread_part,
+  .check_unit = bk_check_unit,
 };
 
 int

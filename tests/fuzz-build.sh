@@ -7,7 +7,7 @@
 #     everything under it instrumented for coverage; seeds in OUT/corpus
 #     (fuzz-nbd) and OUT/hs-corpus (fuzz-handshake).
 #   backup: fuzz-backup (the repository's manifest, index and chunk
-#     parsers); seeds in OUT/backup-corpus.
+#     parsers, a parted chunk's part table); seeds in OUT/backup-corpus.
 # Used by tests/e2e/fuzz.sh and tests/e2e/backup-fuzz.sh (short runs in
 # CI) and bench/fuzz-long.sh (long runs by hand).  VBK_FUZZ_CFLAGS adds
 # compiler flags.  fuzz-build.sh --clean removes the store directories
@@ -72,6 +72,18 @@ hdr = b"VBKC" + struct.pack("<HBBIII", 1, 1, 1, 1000, len(ct) + 16, 0) + os.uran
 w("chunk-enc", 3, hdr + ct + os.urandom(16))
 hdr = b"VBKC" + struct.pack("<HBBIII", 1, 0, 1, 300, len(ct) + 16, 0) + os.urandom(12)
 w("chunk-enc-raw", 3, hdr + ct + os.urandom(16))
+# Parted (major 2): 4 KiB parts (shift 12), one raw and one LZ4 part and
+# a short raw last part, the table's CRC-32 at 16, the part count at 20.
+def parted(parts, plain):
+    tab = b"".join(struct.pack("<IIB3x", len(b), zlib.crc32(b), c) for c, b in parts)
+    body = b"".join(b for _, b in parts)
+    return b"VBKC" + struct.pack("<HBBIIII", 2, 12, 0, plain, len(tab) + len(body),
+                                 zlib.crc32(tab), len(parts)) + bytes(8) + tab + body
+lit4k = bytes([0xF0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+               0xFF, 0xFF, 0xFF, 0xFF, 0x01]) + bytes(range(256)) * 16
+pc = parted([(0, os.urandom(4096)), (1, lit4k), (0, b"tail")], 8192 + 4)
+for k in (2, 5, 6):
+    w("chunk-parted-%d" % k, k, pc)
 w("sealed", 4, b"VBKE" + struct.pack("<HH", 1, 0) + os.urandom(12) + os.urandom(200) + os.urandom(16))
 PY
   exit 0

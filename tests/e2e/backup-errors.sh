@@ -52,8 +52,8 @@ expect_status 1 "no repository \(create one with 'vbk backup init'\)" b ls
 b init --chunk-size 64K >/dev/null
 expect_status 1 "a repository exists there already" b init
 cp "$rdir/obj/vbk_backup_config" "$TEST_DIR/config"
-echo '{"format": "2.0", "chunk_size": 65536}' >"$rdir/obj/vbk_backup_config"
-expect_status 1 "repository format 2.0 is newer than this vbk supports \(1.x\)" b ls
+echo '{"format": "3.0", "chunk_size": 65536}' >"$rdir/obj/vbk_backup_config"
+expect_status 1 "repository format 3.0 is newer than this vbk supports \(2.x\)" b ls
 cp "$TEST_DIR/config" "$rdir/obj/vbk_backup_config"
 
 # ---- Three backups ------------------------------------------------------------------------

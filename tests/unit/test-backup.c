@@ -80,7 +80,7 @@ test_chunk_format (void **state)
   /* Too big for the caller. */
   assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e2, out, n - 1, &len), -EBADMSG);
   /* A newer major version. */
-  enc[4] = BACKUP_FORMAT_MAJOR + 1;
+  enc[4] = BACKUP_CHUNK_MAJOR_PARTS + 1;
   assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e2, out, n, &len),
                     -EPROTONOSUPPORT);
   assert_non_null (strstr (vbk_error (), "newer"));
@@ -149,6 +149,222 @@ test_chunk_crc (void **state)
                                              &len), -EBADMSG);
     }
   }
+  free (plain);
+  free (out);
+  free (enc);
+}
+
+/* ---- Parted chunks (format 2) ------------------------------------------------ */
+
+enum { KIND_RANDOM, KIND_TEXT, KIND_ZERO, KIND_MIXED, KIND_N };
+
+/* PLAIN filled with data of KIND: random, text, zeros, or a mix in
+ * pieces that do not line up with parts. */
+static void
+fill_kind (char *plain, size_t n, int kind, unsigned *seed)
+{
+  static const char words[] = "the quick brown fox jumps over the lazy dog ";
+  size_t i;
+
+  for (i = 0; i < n; i++)
+    plain[i] = words[(i * 7 + i / 45) % (sizeof words - 1)];
+  if (kind == KIND_RANDOM)
+    fill_random (plain, n, seed);
+  else if (kind == KIND_ZERO)
+    memset (plain, 0, n);
+  else if (kind == KIND_MIXED)
+    for (i = 0; i < n; i += 50000) {
+      size_t m = MIN ((size_t) 50000, n - i);
+
+      if ((i / 50000) % 3 == 0)
+        fill_random (plain + i, m, seed);
+      else if ((i / 50000) % 3 == 1)
+        memset (plain + i, 0, m);
+    }
+}
+
+/* Round trips through the parted layout (random, text, zeros, mixed;
+ * whole chunks, a short last chunk, a chunk of less than one part); the
+ * table parses, every part decodes alone to its plain bytes; whole and
+ * parted sizes printed for text and mixed data. */
+static void
+test_chunk_parts_format (void **state)
+{
+  size_t sizes[] = { 1 << 20, (1 << 20) - 5000, 100, 65536, 65537 };
+  size_t max = 1 << 20, len, si, need;
+  char *plain = malloc (max), *out = malloc (max);
+  char *enc = malloc (backup_chunk_bound (max));
+  char *whole = malloc (backup_chunk_bound (max));
+  unsigned seed = 11;
+  int kind;
+
+  for (kind = 0; kind < KIND_N; kind++)
+    for (si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+      size_t n = sizes[si];
+      struct backup_part_table t;
+      ssize_t e, w;
+      uint32_t i;
+
+      fill_kind (plain, n, kind, &seed);
+      e = backup_chunk_encode_parts (plain, n, enc);
+      assert_true (e > BACKUP_CHUNK_HDR && (size_t) e <= backup_chunk_bound (n));
+      assert_int_equal (le32 ((unsigned char *) enc + 4) & 0xffff, 2);
+      memset (out, 0x55, max);
+      assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e, out, n, &len), 0);
+      assert_int_equal (len, n);
+      assert_memory_equal (out, plain, n);
+      /* As a data reader decodes it (no CRC-32s). */
+      assert_int_equal (backup_chunk_decode_flags (NULL, NULL, enc, e, out, n,
+                                                   &len, BACKUP_DECODE_DATA), 0);
+      assert_memory_equal (out, plain, n);
+      /* Not in an encrypted repository. */
+      assert_int_equal (backup_chunk_head ((unsigned char *) enc, &need), 2);
+      assert_int_equal (backup_part_table_parse (enc, need, n, &t), 0);
+      assert_int_equal (t.count, (n + 65535) / 65536);
+      assert_int_equal (t.plain, n);
+      for (i = 0; i < t.count; i++) {
+        size_t pl = backup_part_plain (&t, i);
+
+        assert_int_equal (pl, MIN ((size_t) 65536, n - (size_t) i * 65536));
+        assert_int_equal (backup_part_decode (&t, i, enc + t.part[i].off, out,
+                                              0), 0);
+        assert_memory_equal (out, plain + (size_t) i * 65536, pl);
+        /* Zeros and text compress; random bytes are kept raw. */
+        if (kind == KIND_ZERO || kind == KIND_TEXT)
+          assert_true (t.part[i].codec == BACKUP_CODEC_LZ4 || pl < 64);
+        if (kind == KIND_RANDOM)
+          assert_int_equal (t.part[i].codec, BACKUP_CODEC_NONE);
+      }
+      backup_part_table_free (&t);
+      if (n == max && (kind == KIND_TEXT || kind == KIND_MIXED)) {
+        w = backup_chunk_encode (NULL, NULL, plain, n, whole);
+        print_message ("%s 1 MiB: whole %zd bytes, parted %zd (%+.2f%%)\n",
+                       kind == KIND_TEXT ? "text" : "mixed", w, e,
+                       100.0 * (e - w) / w);
+      }
+    }
+  free (plain);
+  free (out);
+  free (enc);
+  free (whole);
+}
+
+/* Puts CRC-32 of the table of ENC back (after a test changed it). */
+static void
+fix_table_crc (unsigned char *enc)
+{
+  uint32_t count = le32 (enc + 20), c;
+
+  c = ref_crc32 (enc + BACKUP_CHUNK_HDR, (size_t) count * BACKUP_PART_ENTRY);
+  enc[16] = c;
+  enc[17] = c >> 8;
+  enc[18] = c >> 16;
+  enc[19] = c >> 24;
+}
+
+/* Damage: a flipped bit in one part fails that part (naming it) and the
+ * whole chunk, not the other parts; a damaged table, wrong sizes, a
+ * truncated object, a bad part size and a newer major are refused with
+ * a message, never a crash. */
+static void
+test_chunk_parts_corrupt (void **state)
+{
+  size_t n = (1 << 20) - 3000, len, need;
+  char *plain = malloc (n), *out = malloc (n), *enc = malloc (backup_chunk_bound (n));
+  unsigned char *u = (unsigned char *) enc, save;
+  struct backup_part_table t;
+  unsigned seed = 5;
+  ssize_t e;
+
+  fill_kind (plain, n, KIND_MIXED, &seed);
+  e = backup_chunk_encode_parts (plain, n, enc);
+  assert_int_equal (backup_chunk_head (u, &need), 2);
+  assert_int_equal (backup_part_table_parse (enc, need, n, &t), 0);
+
+  /* A flipped bit in part 3. */
+  u[t.part[3].off + 10] ^= 0x20;
+  assert_int_equal (backup_part_decode (&t, 3, enc + t.part[3].off, out, 0),
+                    -EBADMSG);
+  assert_non_null (strstr (vbk_error (), "part 3 "));
+  assert_non_null (strstr (vbk_error (), "checksum mismatch"));
+  assert_int_equal (backup_part_decode (&t, 4, enc + t.part[4].off, out, 0), 0);
+  assert_memory_equal (out, plain + 4 * 65536, 65536);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e, out, n, &len),
+                    -EBADMSG);
+  assert_non_null (strstr (vbk_error (), "part 3 "));
+  u[t.part[3].off + 10] ^= 0x20;
+
+  /* The table: any changed byte fails its CRC-32. */
+  u[BACKUP_CHUNK_HDR + 5 * BACKUP_PART_ENTRY] ^= 1;
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e, out, n, &len),
+                    -EBADMSG);
+  assert_non_null (strstr (vbk_error (), "part table checksum"));
+  backup_part_table_free (&t);
+  assert_int_equal (backup_part_table_parse (enc, need, n, &t), -EBADMSG);
+  u[BACKUP_CHUNK_HDR + 5 * BACKUP_PART_ENTRY] ^= 1;
+
+  /* A part length changed with the table's CRC-32 made right: the parts
+   * no longer fill the stored size. */
+  save = u[BACKUP_CHUNK_HDR + 2 * BACKUP_PART_ENTRY];
+  u[BACKUP_CHUNK_HDR + 2 * BACKUP_PART_ENTRY] = save - 1;
+  fix_table_crc (u);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e, out, n, &len),
+                    -EBADMSG);
+  u[BACKUP_CHUNK_HDR + 2 * BACKUP_PART_ENTRY] = save;
+  /* A raw part whose length is not its plain size, an unknown codec. */
+  save = u[BACKUP_CHUNK_HDR + 0 * BACKUP_PART_ENTRY + 8];
+  u[BACKUP_CHUNK_HDR + 0 * BACKUP_PART_ENTRY + 8] = 7;
+  fix_table_crc (u);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e, out, n, &len),
+                    -EBADMSG);
+  assert_non_null (strstr (vbk_error (), "bad entry"));
+  u[BACKUP_CHUNK_HDR + 0 * BACKUP_PART_ENTRY + 8] = save;
+  fix_table_crc (u);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e, out, n, &len), 0);
+  assert_memory_equal (out, plain, n);
+
+  /* Truncated: in a part, in the table, in the header. */
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e - 1, out, n, &len),
+                    -EBADMSG);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, need - 1, out, n,
+                                         &len), -EBADMSG);
+  assert_non_null (strstr (vbk_error (), "truncated"));
+  assert_int_equal (backup_part_table_parse (enc, need - 1, n, &t), -EBADMSG);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, 20, out, n, &len),
+                    -EBADMSG);
+  /* Too big for the caller; a plain size the part count does not fit. */
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e, out, n - 1, &len),
+                    -EBADMSG);
+  u[10] ^= 1;           /* plain size 64 KiB off: a part too many */
+  assert_int_equal (backup_chunk_head (u, &need), -EBADMSG);
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e, out, 2 * n, &len),
+                    -EBADMSG);
+  u[10] ^= 1;
+  assert_int_equal (backup_chunk_head (u, &need), 2);
+  /* A bad part size, flags, a newer major. */
+  u[6] = 40;
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e, out, n, &len),
+                    -EBADMSG);
+  assert_non_null (strstr (vbk_error (), "part size"));
+  u[6] = BACKUP_PART_SHIFT;
+  u[7] = 1;
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e, out, n, &len),
+                    -EBADMSG);
+  u[7] = 0;
+  u[4] = 3;
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e, out, n, &len),
+                    -EPROTONOSUPPORT);
+  assert_non_null (strstr (vbk_error (), "newer"));
+  assert_int_equal (backup_chunk_head (u, &need), -EPROTONOSUPPORT);
+  u[4] = 2;
+  /* A parted chunk read where an encrypted one belongs. */
+  {
+    static const struct backup_crypt k = { .enc = "k", .id = "i" };
+
+    assert_int_equal (backup_chunk_decode (&k, NULL, enc, e, out, n, &len),
+                      -EBADMSG);
+  }
+  assert_int_equal (backup_chunk_decode (NULL, NULL, enc, e, out, n, &len), 0);
   free (plain);
   free (out);
   free (enc);
@@ -517,7 +733,7 @@ test_repo_open (void **state)
   char uri[4096];
   struct backup_repo *r;
   struct store *st;
-  const char *newer = "{\"format\": \"2.0\", \"chunk_size\": 16384}";
+  const char *newer = "{\"format\": \"3.0\", \"chunk_size\": 16384}";
 
   assert_int_equal (backup_repo_init (f->repo_uri, 0), -EEXIST);
   assert_int_equal (backup_repo_chunk_size (f->r), 16384);
@@ -529,7 +745,7 @@ test_repo_open (void **state)
   assert_int_equal (store_write_full (st, BACKUP_CONFIG_OID, newer,
                                       strlen (newer), STORE_WRITE_SYNC), 0);
   assert_int_equal (backup_repo_open (uri, &r), -EPROTONOSUPPORT);
-  assert_non_null (strstr (vbk_error (), "2.0 is newer"));
+  assert_non_null (strstr (vbk_error (), "3.0 is newer"));
   store_close (st);
   test_store_cleanup (uri);
 }
@@ -657,6 +873,301 @@ test_run_and_read (void **state)
   assert_non_null (strstr (json, r1.id));
   free (json);
   assert_int_equal (backup_reader_open (f->r, "nope", &rd), -ENOENT);
+}
+
+/* ---- Part reads through a repository ----------------------------------------- */
+
+#define PCS (1u << 20)                  /* chunk size of these repositories */
+#define PIMG (3 * PCS + 300000)         /* three chunks and a short one */
+
+/* A repository of chunk size PCS at URI, its config's format set to FMT
+ * ("1.0": a repository as an older vbk made it, whose chunks are written
+ * whole; "2.0": parted). */
+static struct backup_repo *
+parts_repo (const char *uri, const char *fmt)
+{
+  struct backup_repo *r;
+  struct store *st;
+  char cfg[128];
+
+  assert_int_equal (store_open (uri, &st), 0);
+  snprintf (cfg, sizeof cfg, "{\"format\": \"%s\", \"chunk_size\": %u}", fmt,
+            PCS);
+  assert_int_equal (store_write_full (st, BACKUP_CONFIG_OID, cfg, strlen (cfg),
+                                      STORE_WRITE_SYNC), 0);
+  store_close (st);
+  assert_int_equal (backup_repo_open (uri, &r), 0);
+  return r;
+}
+
+/* Writes the image IMAGE (PIMG bytes) from DATA and backs it up into R. */
+static void
+parts_backup (struct fixture *f, struct backup_repo *r, const char *image,
+              const char *data, struct backup_run_result *res)
+{
+  const char *images[1] = { image };
+  struct backup_run_opts o = { .st = f->st, .images = images, .nimages = 1,
+                               .host_id = "test", .cbt_sample = 2 };
+  struct image *img;
+
+  assert_int_equal (image_open (f->st, image, 0, &img), 0);
+  assert_int_equal (image_write (img, data, PIMG, 0, 0), 0);
+  assert_int_equal (image_flush (img), 0);
+  image_close (img);
+  vbk_clear_error ();
+  if (backup_run (r, &o, res) < 0)
+    fail_msg ("backup_run: %s", vbk_error ());
+}
+
+/* Reads of [OFF, OFF+LEN) with FLAGS equal DATA there. */
+static void
+parts_expect (struct backup_reader *rd, const char *data, uint64_t off,
+              size_t len, int flags)
+{
+  char *b = malloc (len ? len : 1);
+
+  vbk_clear_error ();
+  if (backup_reader_pread_flags (rd, b, len, off, flags) != (ssize_t) len)
+    fail_msg ("pread %zu at %llu: %s", len, (unsigned long long) off,
+              vbk_error ());
+  assert_memory_equal (b, data + off, len);
+  free (b);
+}
+
+/* Ranged reads around part and chunk boundaries, part by part and the
+ * usual way, against the image's bytes. */
+static void
+parts_check_all (struct backup_reader *rd, const char *data)
+{
+  uint64_t c, p;
+  int fl;
+
+  for (fl = 0; fl < 2; fl++) {
+    int flags = fl ? BACKUP_READ_PARTS : 0;
+
+    for (c = 0; c * PCS < PIMG; c++)
+      for (p = 0; p <= PCS; p += 65536) {
+        uint64_t at = c * PCS + p;
+
+        if (at >= PIMG)
+          break;
+        parts_expect (rd, data, at, MIN ((uint64_t) 4096, PIMG - at), flags);
+        if (at >= 1)
+          parts_expect (rd, data, at - 1, MIN ((uint64_t) 2, PIMG - at + 1),
+                        flags);
+        if (at >= 100)
+          parts_expect (rd, data, at - 100,
+                        MIN ((uint64_t) 3 * 65536 + 7, PIMG - at + 100),
+                        flags);
+      }
+    parts_expect (rd, data, PIMG - 1, 1, flags);
+    parts_expect (rd, data, 0, PIMG, flags);
+    parts_expect (rd, data, PCS - 5, 10, flags);        /* across chunks */
+  }
+}
+
+/* A backup written parted (format 2) reads right part by part at every
+ * part and chunk boundary, and whole; a backup of the same repository
+ * made when its chunks were written whole (format 1.0, as an older vbk
+ * made them) still reads, and the two kinds of chunks mix in one
+ * repository; backup_reader_check_chunk passes on both kinds. */
+static void
+test_parts_read (void **state)
+{
+  struct fixture *f = *state;
+  char uri[4096], *data = malloc (PIMG), *d2 = malloc (PIMG);
+  struct backup_run_result r1, r2;
+  struct backup_reader *rd;
+  struct backup_repo *r;
+  struct backup_part_table t;
+  struct backup_index *ix;
+  uint64_t c;
+  unsigned seed = 21;
+  int kind, parted = 0, whole = 0;
+
+  for (c = 0; c * PCS < PIMG; c++) {
+    kind = c % KIND_N == KIND_ZERO ? KIND_MIXED : c % KIND_N;
+    fill_kind (data + c * PCS, MIN ((uint64_t) PCS, PIMG - c * PCS), kind,
+               &seed);
+  }
+  test_store_uri (uri, sizeof uri);
+  assert_int_equal (backup_repo_init (uri, PCS), 0);
+  r = parts_repo (uri, "1.0");
+  assert_int_equal (image_create (f->st, "p", PIMG, OBJ), 0);
+  parts_backup (f, r, "p", data, &r1);
+  assert_int_equal (backup_reader_open (r, r1.id, &rd), 0);
+  parts_check_all (rd, data);
+  backup_reader_close (rd);
+  backup_repo_close (r);
+
+  /* The same repository in format 2; half of the data changed. */
+  r = parts_repo (uri, "2.0");
+  memcpy (d2, data, PIMG);
+  fill_kind (d2 + PCS, PCS, KIND_TEXT, &seed);
+  memset (d2 + PCS, 'x', 1000);
+  fill_kind (d2 + 3 * PCS, PIMG - 3 * PCS, KIND_RANDOM, &seed);
+  parts_backup (f, r, "p", d2, &r2);
+
+  assert_int_equal (backup_reader_open (r, r1.id, &rd), 0);
+  parts_check_all (rd, data);
+  backup_reader_close (rd);
+  assert_int_equal (backup_reader_open (r, r2.id, &rd), 0);
+  parts_check_all (rd, d2);
+  ix = backup_reader_index (rd);
+  for (c = 0; c < ix->count; c++) {
+    int e = backup_chunk_table_load (r, ix->digest[c],
+                                     MIN ((uint64_t) PCS, PIMG - c * PCS), &t);
+
+    assert_true (e == 0 || e == 1);
+    if (e == 0)
+      parted++;
+    else
+      whole++;
+    backup_part_table_free (&t);
+    assert_int_equal (backup_reader_check_chunk (rd, c * PCS + 17), 0);
+  }
+  /* Chunks 1 and 3 were written anew (parted), 0 and 2 carried over. */
+  assert_int_equal (parted, 2);
+  assert_int_equal (whole, 2);
+  backup_reader_close (rd);
+  backup_repo_close (r);
+  test_store_cleanup (uri);
+  free (data);
+  free (d2);
+}
+
+/* A flipped bit in one part of a stored chunk: a part read of it fails
+ * with -EIO naming the chunk and the part, a part read of another part
+ * of the same chunk still works, and the whole-chunk read, the full
+ * check (backup_reader_check_chunk) and verify fail naming the chunk.
+ * A damaged part table and a truncated object fail part reads with a
+ * message naming the chunk. */
+static void
+test_parts_corrupt (void **state)
+{
+  struct fixture *f = *state;
+  char uri[4096], hex[BACKUP_HEX_LEN + 1], oid[STORE_NAME_MAX + 1];
+  char *data = malloc (PIMG), *obj, *b = malloc (PCS);
+  struct backup_run_result r1;
+  struct backup_verify_result vr;
+  struct backup_reader *rd;
+  struct backup_repo *r;
+  struct backup_part_table t;
+  struct store *st;
+  size_t olen;
+  unsigned seed = 9;
+
+  fill_kind (data, PIMG, KIND_MIXED, &seed);
+  fill_kind (data + PCS, PCS, KIND_TEXT, &seed);
+  fill_kind (data + 2 * PCS, PCS, KIND_RANDOM, &seed);
+  test_store_uri (uri, sizeof uri);
+  assert_int_equal (backup_repo_init (uri, PCS), 0);
+  assert_int_equal (backup_repo_open (uri, &r), 0);
+  assert_int_equal (image_create (f->st, "q", PIMG, OBJ), 0);
+  parts_backup (f, r, "q", data, &r1);
+  assert_int_equal (backup_reader_open (r, r1.id, &rd), 0);
+  backup_digest_hex (backup_reader_index (rd)->digest[1], hex);
+  backup_chunk_oid (backup_reader_index (rd)->digest[1], oid, sizeof oid);
+  assert_int_equal (backup_chunk_table_load (r, backup_reader_index (rd)->digest[1],
+                                             PCS, &t), 0);
+  assert_int_equal (t.count, 16);
+  assert_int_equal (t.part[3].codec, BACKUP_CODEC_LZ4);
+  backup_reader_close (rd);
+
+  /* Flip a bit in part 3 of chunk 1, in the store. */
+  st = backup_repo_store (r);
+  assert_int_equal (backup_read_object (st, oid, &obj, &olen), 0);
+  obj[t.part[3].off + 3] ^= 0x10;
+  assert_int_equal (store_write_full (st, oid, obj, olen, STORE_WRITE_SYNC), 0);
+
+  assert_int_equal (backup_reader_open (r, r1.id, &rd), 0);
+  vbk_clear_error ();
+  assert_int_equal (backup_reader_pread_flags (rd, b, 100, PCS + 3 * 65536 + 10,
+                                               BACKUP_READ_PARTS), -EIO);
+  assert_non_null (strstr (vbk_error (), hex));
+  assert_non_null (strstr (vbk_error (), "part 3 "));
+  assert_non_null (strstr (vbk_error (), "corrupt"));
+  /* Parts beside it still read. */
+  parts_expect (rd, data, PCS + 4 * 65536, 65536, BACKUP_READ_PARTS);
+  parts_expect (rd, data, PCS + 2 * 65536 + 100, 65536 - 100,
+                BACKUP_READ_PARTS);
+  /* The whole chunk, the full check, verify: fail naming it. */
+  vbk_clear_error ();
+  assert_int_equal (backup_reader_pread (rd, b, PCS, PCS), -EIO);
+  assert_non_null (strstr (vbk_error (), hex));
+  vbk_clear_error ();
+  assert_int_equal (backup_reader_check_chunk (rd, PCS + 5), -EIO);
+  assert_non_null (strstr (vbk_error (), hex));
+  vbk_clear_error ();
+  assert_int_equal (backup_chunk_read (r, backup_reader_index (rd)->digest[1],
+                                       b, PCS), -EIO);
+  assert_non_null (strstr (vbk_error (), hex));
+  assert_non_null (strstr (vbk_error (), "part 3 "));
+  backup_reader_close (rd);
+  memset (&vr, 0, sizeof vr);
+  assert_int_equal (backup_verify (r, NULL, 0, 100, NULL, NULL, &vr), -EIO);
+  assert_int_equal (vr.bad, 1);
+
+  /* The part table damaged: part reads fail naming the chunk. */
+  obj[t.part[3].off + 3] ^= 0x10;
+  obj[BACKUP_CHUNK_HDR + 7] ^= 1;
+  assert_int_equal (store_write_full (st, oid, obj, olen, STORE_WRITE_SYNC), 0);
+  assert_int_equal (backup_reader_open (r, r1.id, &rd), 0);
+  vbk_clear_error ();
+  assert_int_equal (backup_reader_pread_flags (rd, b, 100, PCS + 10,
+                                               BACKUP_READ_PARTS), -EIO);
+  assert_non_null (strstr (vbk_error (), hex));
+  assert_non_null (strstr (vbk_error (), "part table"));
+  backup_reader_close (rd);
+  /* Truncated in the last part; then to less than a header. */
+  obj[BACKUP_CHUNK_HDR + 7] ^= 1;
+  assert_int_equal (store_write_full (st, oid, obj, olen - 10,
+                                      STORE_WRITE_SYNC), 0);
+  assert_int_equal (backup_reader_open (r, r1.id, &rd), 0);
+  parts_expect (rd, data, PCS + 10, 100, BACKUP_READ_PARTS);
+  vbk_clear_error ();
+  assert_int_equal (backup_reader_pread_flags (rd, b, 100, 2 * PCS - 100,
+                                               BACKUP_READ_PARTS), -EIO);
+  /* (A store reads zeros past the end: the part's CRC-32 catches it.) */
+  assert_non_null (strstr (vbk_error (), hex));
+  assert_non_null (strstr (vbk_error (), "part 15 "));
+  backup_reader_close (rd);
+  assert_int_equal (store_write_full (st, oid, obj, 20, STORE_WRITE_SYNC), 0);
+  assert_int_equal (backup_reader_open (r, r1.id, &rd), 0);
+  vbk_clear_error ();
+  assert_int_equal (backup_reader_pread_flags (rd, b, 100, PCS + 10,
+                                               BACKUP_READ_PARTS), -EIO);
+  assert_non_null (strstr (vbk_error (), hex));
+  /* Other chunks read on. */
+  parts_expect (rd, data, 2 * PCS + 10, 100, BACKUP_READ_PARTS);
+
+  /* Chunk 2, all parts raw (read whole straight into place): a flipped
+   * bit in part 5 fails the CRC-32 check of verify's read naming the
+   * part, and the data reader's digest. */
+  free (obj);
+  backup_digest_hex (backup_reader_index (rd)->digest[2], hex);
+  backup_chunk_oid (backup_reader_index (rd)->digest[2], oid, sizeof oid);
+  assert_int_equal (backup_read_object (st, oid, &obj, &olen), 0);
+  assert_int_equal (olen, BACKUP_CHUNK_HDR + 16 * BACKUP_PART_ENTRY + PCS);
+  obj[BACKUP_CHUNK_HDR + 16 * BACKUP_PART_ENTRY + 5 * 65536 + 99] ^= 1;
+  assert_int_equal (store_write_full (st, oid, obj, olen, STORE_WRITE_SYNC), 0);
+  vbk_clear_error ();
+  assert_int_equal (backup_chunk_read (r, backup_reader_index (rd)->digest[2],
+                                       b, PCS), -EIO);
+  assert_non_null (strstr (vbk_error (), hex));
+  assert_non_null (strstr (vbk_error (), "part 5 "));
+  vbk_clear_error ();
+  assert_int_equal (backup_chunk_read_data (r, backup_reader_index (rd)->digest[2],
+                                            b, PCS), -EIO);
+  assert_non_null (strstr (vbk_error (), "does not match its name"));
+  parts_expect (rd, data, 2 * PCS + 4 * 65536, 65536, BACKUP_READ_PARTS);
+  backup_reader_close (rd);
+  backup_part_table_free (&t);
+  free (obj);
+  backup_repo_close (r);
+  test_store_cleanup (uri);
+  free (data);
+  free (b);
 }
 
 /* Registry states of a repository's chunks: claimed, and not yet
@@ -1040,6 +1551,8 @@ main (void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test (test_chunk_format),
     cmocka_unit_test (test_chunk_crc),
+    cmocka_unit_test (test_chunk_parts_format),
+    cmocka_unit_test (test_chunk_parts_corrupt),
     cmocka_unit_test (test_chunk_encrypted),
     cmocka_unit_test (test_index_format),
     cmocka_unit_test (test_manifest_format),
@@ -1047,6 +1560,8 @@ main (void)
     cmocka_unit_test (test_copy_engine),
     cmocka_unit_test_setup_teardown (test_repo_open, setup, teardown),
     cmocka_unit_test_setup_teardown (test_run_and_read, setup, teardown),
+    cmocka_unit_test_setup_teardown (test_parts_read, setup, teardown),
+    cmocka_unit_test_setup_teardown (test_parts_corrupt, setup, teardown),
     cmocka_unit_test_setup_teardown (test_chunk_claim, setup, teardown),
     cmocka_unit_test_setup_teardown (test_restore_object_size, setup,
                                      teardown),

@@ -44,6 +44,11 @@ struct mem {
   int verifies;                 /* verify calls */
   uint64_t bad_off;             /* verify fails for the chunk here */
   int block;                    /* verify of chunk 0 waits while set */
+  /* Part reads. */
+  int part_reads;               /* pread_part calls served */
+  int unit_checks;              /* check_unit calls */
+  uint64_t whole_off;           /* pread_part says -EAGAIN for this chunk
+                                   (+1: 0 is none) */
 };
 
 static uint64_t
@@ -156,6 +161,42 @@ static const struct vbkfs_source_ops mem4v_ops = {
   .extents = m_extents,
   .check = m_check, .close = m_close, .chunk_size = m_chunk_size,
   .pread_unhashed = m_pread_unhashed, .verify = m_verify,
+};
+
+/* The same with part reads, as a backup of a 2.0 repository's. */
+static ssize_t
+m_pread_part (void *h, void *buf, size_t len, uint64_t off)
+{
+  struct mem *m = h;
+
+  /* Inside one unit, never the whole of it. */
+  assert_true (off / (4 * MiB) == (off + len - 1) / (4 * MiB));
+  assert_true (len < 4 * MiB);
+  if (m->whole_off && off / (4 * MiB) == (m->whole_off - 1) / (4 * MiB))
+    return -EAGAIN;
+  __atomic_add_fetch (&m->part_reads, 1, __ATOMIC_SEQ_CST);
+  return m_pread (h, buf, len, off);
+}
+
+static int
+m_check_unit (void *h, uint64_t off)
+{
+  struct mem *m = h;
+
+  assert_int_equal (off % (4 * MiB), 0);
+  __atomic_add_fetch (&m->unit_checks, 1, __ATOMIC_SEQ_CST);
+  if (m->bad_off && off == m->bad_off)
+    return vbk_errno (-EIO, "mem: chunk at %llu does not match its name",
+                      (unsigned long long) off);
+  return 0;
+}
+
+static const struct vbkfs_source_ops mem4p_ops = {
+  .kind = "memory", .size = m_size, .pread = m_pread_full,
+  .extents = m_extents,
+  .check = m_check, .close = m_close, .chunk_size = m_chunk_size,
+  .pread_unhashed = m_pread_unhashed, .verify = m_verify,
+  .pread_part = m_pread_part, .check_unit = m_check_unit,
 };
 
 /* 64 MiB with data (a pattern) at [4, 12) MiB and [40, 41) MiB. */
@@ -483,6 +524,108 @@ test_checked_later (void **state)
   mem_free (m);
 }
 
+/* Waits (no timing asserted) until the disk finished N checks of
+ * chunks read in parts. */
+static struct vbkfs_disk_stats
+wait_part_checks (struct vbkfs_disk *d, uint64_t n)
+{
+  struct vbkfs_disk_stats s;
+  int i;
+
+  for (i = 0; i < 20000; i++) {
+    vbkfs_disk_get_stats (d, &s);
+    if (s.part_checked + s.part_failed >= n)
+      break;
+    usleep (1000);
+  }
+  assert_int_equal (s.part_checked + s.part_failed, n);
+  return s;
+}
+
+/* Part reads (vbk mount of a parted backup): a small read that is not
+ * part of a run is served by pread_part, not cached as a chunk, and its
+ * chunk is checked in full once (check_unit) off the reader's path; a
+ * chunk that fails that check reads as EIO from then on; a second read
+ * of the same chunk, or of the next one, fetches the chunk whole into
+ * the cache; a chunk the source cannot read in parts (-EAGAIN) is
+ * fetched whole.  Without vbkfs_disk_check_later no part reads. */
+static void
+test_part_reads (void **state)
+{
+  struct mem *m = mem_new ();
+  struct vbkfs_source src = { .ops = &mem4p_ops, .h = m, .name = "mem4p" };
+  struct vbkfs_disk *d = NULL;
+  struct vbkfs_disk_stats s;
+  char buf[8192];
+  uint64_t i, off;
+
+  m->ext[0][0] = 0;
+  m->ext[0][1] = m->size;
+  m->next = 1;
+  for (i = 0; i < m->size; i++)
+    m->data[i] = (unsigned char) (i * 11 + i / 4093);
+  m->bad_off = 44 * MiB;
+  m->whole_off = 52 * MiB + 1;
+  assert_int_equal (vbkfs_disk_open (&src, 0, &d), 0);
+  vbkfs_disk_check_later (d);
+
+  /* Chunks 5, 2, 9, 12 (no run): each served in parts, checked once. */
+  for (i = 0; i < 4; i++) {
+    off = ((uint64_t) (i == 0 ? 5 : i == 1 ? 2 : i == 2 ? 9 : 12)) * 4 * MiB
+      + 4096 * 7 + i;
+    assert_int_equal (vbkfs_disk_pread (d, buf, sizeof buf, off), sizeof buf);
+    assert_memory_equal (buf, m->data + off, sizeof buf);
+  }
+  assert_int_equal (m->part_reads, 4);
+  assert_int_equal (m->preads, 4);              /* nothing whole */
+  s = wait_part_checks (d, 4);
+  assert_int_equal (s.part_checked, 4);
+  assert_int_equal (s.part_reads, 4);
+  assert_int_equal (m->unit_checks, 4);
+  /* Chunk 2 again, not right after it: parts again, no second check. */
+  assert_int_equal (vbkfs_disk_pread (d, buf, 100, 2 * 4 * MiB + 5), 100);
+  assert_memory_equal (buf, m->data + 2 * 4 * MiB + 5, 100);
+  assert_int_equal (m->part_reads, 5);
+  /* Then again in chunk 2: a second read of one chunk fetches it whole
+   * (cached: the next reads of it cost nothing). */
+  assert_int_equal (vbkfs_disk_pread (d, buf, 100, 2 * 4 * MiB + MiB), 100);
+  assert_memory_equal (buf, m->data + 2 * 4 * MiB + MiB, 100);
+  assert_int_equal (m->part_reads, 5);
+  assert_int_equal (m->preads, 6);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 100, 2 * 4 * MiB + 3 * MiB), 100);
+  assert_int_equal (m->preads, 6);
+  /* A chunk whose full check fails: served once in parts, then EIO. */
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 44 * MiB + 8192), 4096);
+  assert_memory_equal (buf, m->data + 44 * MiB + 8192, 4096);
+  s = wait_part_checks (d, 5);
+  assert_int_equal (s.part_failed, 1);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 44 * MiB + 8192), -EIO);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 47 * MiB), -EIO);
+  /* A chunk not in parts: fetched whole, checked the usual way. */
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 52 * MiB + 4096), 4096);
+  assert_memory_equal (buf, m->data + 52 * MiB + 4096, 4096);
+  assert_int_equal (m->part_reads, 6);
+  /* A whole chunk read at once goes the cached way. */
+  {
+    char *big = malloc (4 * MiB);
+
+    assert_int_equal (vbkfs_disk_pread (d, big, 4 * MiB, 60 * MiB),
+                      (ssize_t) (4 * MiB));
+    assert_memory_equal (big, m->data + 60 * MiB, 4 * MiB);
+    free (big);
+  }
+  assert_int_equal (m->part_reads, 6);
+  vbkfs_disk_close (d);
+
+  /* vbk files: every check before the data, so no part reads. */
+  m->part_reads = 0;
+  assert_int_equal (vbkfs_disk_open (&src, 0, &d), 0);
+  assert_int_equal (vbkfs_disk_pread (d, buf, 4096, 5 * 4 * MiB), 4096);
+  assert_int_equal (m->part_reads, 0);
+  vbkfs_disk_close (d);
+  mem_free (m);
+}
+
 /* A reader going on to the next chunk not yet checked: the full check
  * at once (a sequential stream), not the cheap one and a later one. */
 static void
@@ -582,6 +725,7 @@ main (void)
     cmocka_unit_test (test_checked_later),
     cmocka_unit_test (test_checked_at_once),
     cmocka_unit_test (test_checked_sequential),
+    cmocka_unit_test (test_part_reads),
     cmocka_unit_test (test_check_queue_full),
   };
 
