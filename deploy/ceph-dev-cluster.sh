@@ -93,7 +93,7 @@ live_pid ()
   local pid=$1
   local args
   [ -r "/proc/$pid/cmdline" ] || return 1
-  args=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  args=$( { tr '\0' '\n' <"/proc/$pid/cmdline"; } 2>/dev/null) || return 1
   grep -qxF -- "$CONF" <<<"$args"
 }
 
@@ -310,14 +310,41 @@ wait_clean ()
   done
 }
 
+# The last lines a daemon wrote, for a start-up failure's message: CI
+# keeps the test's output, not the cluster's directory.
+show_log ()
+{
+  local name=$1 f
+  for f in "$DIR/log/$name.out" "$DIR/log/$name.log"; do
+    [ -s "$f" ] || continue
+    echo "--- last lines of $f:" >&2
+    tail -n 15 -- "$f" >&2
+  done
+}
+
 check_alive ()
 {
   local name pid
   while read -r name pid; do
-    live_pid "$pid" ||
+    if ! live_pid "$pid"; then
+      show_log "$name"
       die "$name exited during start-up; see $DIR/log/$name.log" \
           "and $DIR/log/$name.out"
+    fi
   done <"$DIR/pids"
+}
+
+# Waits until the monitor answers, so that the manager and the OSDs
+# start against a monitor that has formed its quorum of one.
+wait_mon ()
+{
+  local deadline=$1
+  until ceph_cli mon stat >/dev/null 2>&1; do
+    check_alive
+    [ "$SECONDS" -lt "$deadline" ] ||
+      die "monitor does not answer after ${TIMEOUT}s; logs in $DIR/log"
+    sleep 0.2
+  done
 }
 
 do_start ()
@@ -353,6 +380,7 @@ do_start ()
     --keyring "$DIR/keyring" </dev/null >"$DIR/log/mon.a.mkfs" 2>&1 ||
     die "ceph-mon --mkfs failed; see $DIR/log/mon.a.mkfs"
   spawn mon.a ceph-mon -i a
+  wait_mon "$deadline"
   spawn mgr.x ceph-mgr -i x
 
   # Registering the OSDs also proves the monitor answers.
@@ -414,7 +442,14 @@ case $cmd in
   start)
     exec 9>>"$DIR/.lock"
     flock -w "$TIMEOUT" 9 || die "another start or stop holds $DIR/.lock"
-    do_start
+    # A daemon that dies during start-up (seen once in CI: the manager,
+    # within a second) costs every test that needs the cluster, so a
+    # failed start is retried once from scratch.  Its reason stays in
+    # the output above.
+    if ! (do_start); then
+      info "start failed; starting once more (this removes its leftovers)"
+      do_start
+    fi
     ;;
   stop)
     if [ -e "$DIR/.lock" ]; then
