@@ -107,6 +107,8 @@
 #define FD_CACHE_CAP 262144          /* largest fd cache */
 #define FENCE_CHECK_NS (10 * 1000000ull)
 #define MAX_CLONES 256
+#define SYNCERS 8                    /* syncer threads */
+#define SYNC_BATCH 32                /* files a syncer takes at a time */
 
 /* ---- Shared state of one store_open() and its clones ------------------ */
 
@@ -130,6 +132,14 @@ struct fd_entry {
 };
 
 struct job;
+struct root;
+
+/* One syncer thread; BUSY is the id of the batch it syncs (0: none). */
+struct syncer {
+  struct root *r;
+  pthread_t thread;
+  uint64_t busy;                    /* under fd_lock */
+};
 
 struct root {
   char *path;
@@ -162,8 +172,10 @@ struct root {
                                        under fd_lock) */
   pthread_cond_t sync_cond;         /* the syncer's wake-ups and batch
                                        completions */
-  uint64_t sync_taken, sync_done;   /* syncer batches started, finished */
-  pthread_t syncer;
+  uint64_t sync_taken;              /* syncer batches started */
+  uint64_t sync_done;               /* every batch up to this finished */
+  struct syncer syncers[SYNCERS];
+  unsigned nsyncers;                /* started */
   bool syncer_running, syncer_stop;
 
   struct workq *aio;                /* runs the asynchronous calls */
@@ -642,10 +654,16 @@ guard_exit (int *fd)
  * has completed).  No fdatasync runs on the I/O path, and none ever runs
  * under fd_lock:
  *   - an idle clean entry beyond the budget is closed;
- *   - an idle dirty one moves to the aside list with its fd open and the
+ *   - an idle dirty one moves to the aside list with its fd open and a
  *     syncer thread syncs and closes it, recording a failure as the
  *     store's sticky sync error (a file unlinked meanwhile, a removed or
  *     replaced object, is not synced: obj/ is, once for the batch);
+ *     SYNCERS threads take up to SYNC_BATCH files each, so evictions
+ *     (a disk with more objects than the cache is being filled: every
+ *     new object evicts a dirty one) cost as many syncs in parallel as
+ *     there are threads, not one sync after another: a writer that
+ *     finds too many files waiting for them waits at the pace they
+ *     sync;
  *   - an entry dropped while in use (the object was replaced, or another
  *     client invalidated the cache) moves aside too and is handled at its
  *     last fd_put.
@@ -802,27 +820,47 @@ fd_invalidate_locked (struct root *r)
   assert (r->nfds == 0);
 }
 
-/* The syncer thread: syncs and closes the idle entries of the aside
- * list, outside fd_lock, and records failures stickily. */
+/* Batches up to this one have finished: the one before the oldest still
+ * being synced, or the last one taken.  Called with fd_lock held. */
+static void
+sync_done_update (struct root *r)
+{
+  uint64_t done = r->sync_taken;
+  unsigned i;
+
+  for (i = 0; i < r->nsyncers; i++)
+    if (r->syncers[i].busy && r->syncers[i].busy - 1 < done)
+      done = r->syncers[i].busy - 1;
+  r->sync_done = done;
+}
+
+/* A syncer thread: syncs and closes idle entries of the aside list, up
+ * to SYNC_BATCH at a time, outside fd_lock, and records failures
+ * stickily.  Batches are numbered as they are taken; they may finish in
+ * any order, and sync_done counts only those with no older one still
+ * running (what local_flush waits for). */
 static void *
 syncer (void *arg)
 {
-  struct root *r = arg;
+  struct syncer *self = arg;
+  struct root *r = self->r;
   struct fd_entry *e, *next, *batch;
   struct stat sb;
-  uint64_t id;
+  unsigned n;
   bool gone;
   int rc;
 
   pthread_mutex_lock (&r->fd_lock);
   for (;;) {
     batch = NULL;
-    for (e = r->aside; e; e = next) {
+    n = 0;
+    for (e = r->aside; e && n < SYNC_BATCH; e = next) {
       next = e->next;
       if (e->refs == 0) {
         aside_unlink (r, e);
         e->next = batch;
         batch = e;
+        n++;
       }
     }
     if (batch == NULL) {
@@ -831,7 +869,7 @@ syncer (void *arg)
       pthread_cond_wait (&r->sync_cond, &r->fd_lock);
       continue;
     }
-    id = ++r->sync_taken;
+    self->busy = ++r->sync_taken;
     pthread_mutex_unlock (&r->fd_lock);
     gone = false;
     for (e = batch; e; e = next) {
@@ -860,7 +898,8 @@ syncer (void *arg)
     if (gone && (rc = fsync_dir (r, "obj")) < 0)
       sync_failed (r, rc, "obj/");
     pthread_mutex_lock (&r->fd_lock);
-    r->sync_done = id;
+    self->busy = 0;
+    sync_done_update (r);
     pthread_cond_broadcast (&r->sync_cond);
   }
   pthread_mutex_unlock (&r->fd_lock);
@@ -1440,11 +1479,13 @@ root_free (struct root *r)
 
   workq_free (r->aio);              /* runs what is queued first */
   if (r->syncer_running) {
+    unsigned i;
     pthread_mutex_lock (&r->fd_lock);
     r->syncer_stop = true;
     pthread_cond_broadcast (&r->sync_cond);
     pthread_mutex_unlock (&r->fd_lock);
-    pthread_join (r->syncer, NULL);     /* it drains the aside list */
+    for (i = 0; i < r->nsyncers; i++)  /* they drain the aside list */
+      pthread_join (r->syncers[i].thread, NULL);
   }
   /* store_close cannot report an error: a last sync on the way out is
    * all that can be done (callers flush before closing). */
@@ -1624,7 +1665,14 @@ local_open (const char *arg, void **hp)
   rc = fd_budget (r);
   if (rc < 0)
     goto fail;
-  if (pthread_create (&r->syncer, NULL, syncer, r) != 0) {
+  for (unsigned i = 0; i < SYNCERS; i++) {
+    r->syncers[i].r = r;
+    if (pthread_create (&r->syncers[i].thread, NULL, syncer,
+                        &r->syncers[i]) != 0)
+      break;
+    r->nsyncers++;
+  }
+  if (r->nsyncers == 0) {
     rc = vbk_errno (-EAGAIN, "store: local: cannot start the syncer");
     goto fail;
   }

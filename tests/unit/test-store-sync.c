@@ -347,6 +347,72 @@ test_evicted_dirty_flushed (void **state)
   assert_int_equal (syncshim_done (), started);
 }
 
+/* Dirty files evicted from the cache are synced several at a time: a
+ * disk with more objects than the cache, being filled, evicts a dirty
+ * file for every new object, and one sync after another held the writer
+ * to the pace of a single sync.  With every sync of those files held,
+ * more than one must have started. */
+static void
+test_evicted_synced_in_parallel (void **state)
+{
+  struct test_fixture *fx = *state;
+  unsigned long base;
+  struct bg *w;
+
+  setenv ("VBK_LOCAL_MAX_FILES", "8", 1);
+  reopen (fx);
+  syncshim_set ("obj/par.", 0, 0);
+  syncshim_gate (1);
+  base = syncshim_started ();   /* the counters run on across tests */
+  w = bg_start (fx->st, 1, "par");
+  wait_started (base + 2);
+  assert_int_equal (bg_join (w), 0);
+  assert_int_equal (store_flush (fx->st), 0);
+  assert_int_equal (syncshim_done (), syncshim_started ());
+}
+
+/* Syncer batches finish out of order: a flush waits for an older batch
+ * that is still syncing even when every newer one has finished.  The
+ * first object written is the first evicted (the oldest batch); only its
+ * sync is held. */
+static void
+test_evicted_older_batch_waited (void **state)
+{
+  struct test_fixture *fx = *state;
+  char data[4096];
+  unsigned long base;
+  struct bg *w, *f;
+
+  setenv ("VBK_LOCAL_MAX_FILES", "8", 1);
+  reopen (fx);
+  memset (data, 'h', sizeof data);
+  syncshim_set ("obj/held.", 0, 0);
+  syncshim_gate (1);
+  base = syncshim_started ();   /* the counters run on across tests */
+  assert_int_equal (store_write (fx->st, "held.0", data, sizeof data, 0, 0),
+                    0);
+  w = bg_start (fx->st, 1, "later");
+  if (!bg_wait (w, 30000)) {
+    bg_join (w);
+    fail_msg ("writes that evict dirty files waited for a held sync");
+  }
+  wait_started (base + 1);
+  /* Done: joined without opening the gate (bg_join would). */
+  pthread_join (w->t, NULL);
+  assert_int_equal (w->ret, 0);
+  free (w);
+
+  f = bg_start (fx->st, 0, NULL);
+  if (bg_wait (f, 500)) {
+    int rc = f->ret;
+    bg_join (f);
+    fail_msg ("flush returned %d while the sync of the first evicted file "
+              "was held", rc);
+  }
+  assert_int_equal (bg_join (f), 0);
+  assert_int_equal (syncshim_done (), syncshim_started ());
+}
+
 /* Dirty files of objects that another client removed (this one then
  * drops its whole fd cache) are not synced, by the syncer or by a flush:
  * nobody can read them again.  obj/ is synced instead, so the removal
@@ -757,6 +823,8 @@ main (void)
     T (test_sync_error_sticky),
     T (test_evicted_sync_error),
     T (test_evicted_dirty_flushed),
+    T (test_evicted_synced_in_parallel),
+    T (test_evicted_older_batch_waited),
     T (test_rlimit_raised),
     T (test_sync_write_old_file),
     T (test_sync_write_new_file),
