@@ -37,7 +37,7 @@
 # Thin tables are always asis (their data is what the rows wrote).  The
 # share of each server's data resident when its runs started (fincore,
 # median over the repeats) follows each table, and the header gives
-# vbk-blockd's open-file limit as it got it (the local store keeps 5/8
+# vbk-blockd's open-file limit as it got it (the local store keeps half
 # of it as open object files).  VBK_BIN_BASE also adds that build's
 # vbk-blockd to the size tables, serving the same store in turn (each
 # vbk-blockd runs only for its own runs: two never hold the image at

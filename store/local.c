@@ -1468,14 +1468,12 @@ make_dirs (struct root *r)
 
 /* Sizes the fd cache from RLIMIT_NOFILE, first raising the soft limit to
  * the hard one (for the whole process: an NBD server of big disks wants
- * many open files).  Five eighths of the limit go to cached object
- * files and an eighth more to files waiting for the syncer (its batch
- * in flight, taken from those, holds as many again at most), leaving an
- * eighth for everything else; VBK_LOCAL_MAX_FILES overrides the cache
- * size (tests use it to force evictions).  The cache is what a random
- * writer's disk must fit in: each file evicted dirty costs a sync, and
- * at half of a limit of 20000 a 64 GiB disk of 16384 objects evicted on
- * two writes in five. */
+ * many open files).  Half the limit goes to cached object files and a
+ * quarter more to files waiting for the syncer; VBK_LOCAL_MAX_FILES
+ * overrides the cache size (tests use it to force evictions).  The cache
+ * is what a random writer's disk must fit in: each file evicted dirty
+ * costs a sync (on the syncer's threads), and at half of a limit of
+ * 20000 a 64 GiB disk of 16384 objects evicts on two writes in five. */
 static int
 fd_budget (struct root *r)
 {
@@ -1494,8 +1492,8 @@ fd_budget (struct root *r)
     else
       max = FD_CACHE_CAP * 2;
   }
-  r->fd_max = max / 8 * 5;
-  r->aside_max = MAX (max / 8, (size_t) 1);
+  r->fd_max = max / 2;
+  r->aside_max = MAX (max / 4, (size_t) 1);
   if (env && atoi (env) > 0)
     r->fd_max = (size_t) atoi (env);
   r->fd_max = MIN (MAX (r->fd_max, (size_t) 1), (size_t) FD_CACHE_CAP);
