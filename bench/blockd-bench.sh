@@ -8,7 +8,8 @@
 # table shows the median with the ratios vbk/qemu-nbd and vbk/nbdkit,
 # and vbk-blockd's CPU time per 4 KiB request or per MB in microseconds
 # (vbk-cpu: all its threads, from /proc around each run; a number the
-# load of a shared machine moves much less than throughput).
+# load of a shared machine moves much less than throughput), and the
+# same for nbdkit (nbdkit-cpu).
 # Not a test: numbers depend on the machine.  Env: VBK_BIN (build/bin),
 # BENCH_DIR (a scratch directory, default a new one under /tmp),
 # RUNTIME (seconds per run, default 4), REPEAT, BLOCKD_NOFILE (vbk-blockd's
@@ -23,6 +24,25 @@
 # (a new image and a new sparse file for every run).  Scratch space: the
 # size of a full disk twice (raw file and store); everything goes at the
 # end.
+#
+# The page cache: at 16G a full disk's data is 32 GiB (the store and
+# the peers' raw file), more than this machine's memory, so whichever
+# server ran last would find its data cached and the next one would pay
+# the misses.  CACHE says what each run of a full table starts from, the
+# same for every server (printed in the table's header): warm (the
+# default) drops the other servers' data from the page cache (their files
+# synced, then POSIX_FADV_DONTNEED) and reads this server's data into it
+# before every run; cold drops this server's data too (every read goes to
+# the disk at first); asis does neither (what earlier versions measured).
+# Thin tables are always asis (their data is what the rows wrote).  The
+# share of each server's data resident when its runs started (fincore,
+# median over the repeats) follows each table, and the header gives
+# vbk-blockd's open-file limit as it got it (the local store keeps half
+# of it as open object files).  VBK_BIN_BASE also adds that build's
+# vbk-blockd to the size tables, serving the same store in turn (each
+# vbk-blockd runs only for its own runs: two never hold the image at
+# once), and a table per size compares the builds: throughput and
+# vbk-blockd's CPU per request.
 #
 # Then TLS rows (TLS=0 skips them): vbk-blockd and qemu-nbd on TCP
 # loopback with NBD over TLS, the same X.509 certificates
@@ -141,8 +161,8 @@ PY
 median () { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio () { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", (b>0?a/b:0)}'; }
 row () {
-  printf '%-20s %-6s %9s %9s %9s %10s %10s %9s\n' "$1" "$2" "$3" "$4" "$5" \
-    "$(ratio "$3" "$4")" "$(ratio "$3" "$5")" "$6"
+  printf '%-20s %-6s %9s %9s %9s %10s %10s %9s %10s\n' "$1" "$2" "$3" "$4" "$5" \
+    "$(ratio "$3" "$4")" "$(ratio "$3" "$5")" "$6" "${7:-}"
 }
 
 declare -A uri
@@ -205,22 +225,98 @@ fill_run () {
   fi
 }
 
+# cache_ctl drop|warm|res PATH...: drop (sync, then POSIX_FADV_DONTNEED)
+# or read into the page cache every file under PATHs (files or
+# directories, not recursive); res prints the resident share of their
+# allocated bytes in percent (fincore; mincore()).
+cache_ctl () {
+  python3 - "$@" <<'PY'
+import os, subprocess, sys
+mode, paths = sys.argv[1], sys.argv[2:]
+files = []
+for p in paths:
+    if os.path.isdir(p):
+        files += [e.path for e in os.scandir(p) if e.is_file()]
+    elif os.path.exists(p):
+        files.append(p)
+if mode == "drop":
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+elif mode == "warm":
+    buf = bytearray(1 << 20)
+    for f in files:
+        with open(f, "rb", buffering=0) as h:
+            while h.readinto(buf):
+                pass
+else:
+    alloc = sum(os.stat(f).st_blocks * 512 for f in files)
+    res = 0
+    for i in range(0, len(files), 512):
+        out = subprocess.run(["fincore", "-b", "-n", "-r", "-o", "RES"]
+                             + files[i:i + 512], capture_output=True,
+                             text=True).stdout
+        res += sum(int(x) for x in out.split())
+    print("%.0f" % (100.0 * res / alloc if alloc else 0))
+PY
+}
+
+# data_of SERVER: the files holding SERVER's data.
+data_of () {
+  case "$1" in
+    vbk|base) echo "$dir/store/obj" ;;
+    *) echo "$dir/peer.raw" ;;
+  esac
+}
+
+# prepare SERVER: the page cache as CACHE says, before a run of SERVER
+# (full tables); sets res (percent of SERVER's data resident).
+prepare () {
+  local s mine
+  mine=$(data_of "$1")
+  if [ "$cachemode" != asis ]; then
+    for s in "$dir/store/obj" "$dir/peer.raw"; do
+      [ "$s" = "$mine" ] && [ "$cachemode" = warm ] && continue
+      cache_ctl drop "$s"
+    done
+    [ "$cachemode" = warm ] && cache_ctl warm "$mine"
+  fi
+  res=$(cache_ctl res "$mine")
+}
+
+# blockd_start BIN: starts that vbk-blockd on the store at $dir/vbk.sock,
+# its pid in vp; blockd_stop stops it (a clean stop: it flushes).
+blockd_start () {
+  "${blockd_limit[@]}" "$1/vbk-blockd" --store "$store" \
+    --socket "$dir/vbk.sock" 2>>"$dir/vbk.log" &
+  vp=$!
+  pids+=("$vp")
+  wait_sock "$dir/vbk.sock"
+}
+blockd_stop () {
+  kill "$vp"; wait "$vp" 2>/dev/null || true
+  rm -f "$dir/vbk.sock"
+  vp=
+}
+
 # bench_size SIZE MODE: one table.  MODE full: the image and the peers'
 # raw file hold the same SIZE bytes of data; thin: nothing written (a new
 # image, a sparse file), plus the first-write rows (fill_run).
 bench_size () {
-  local size=$1 mode=$2 vp qp kp w name rw bs qd unit i v q k
-  local -a rv rq rk cv
+  local size=$1 mode=$2 vp qp kp w name rw bs qd unit i v q k res
+  local cachemode=${CACHE:-warm} active=vbk sbase=${VBK_BIN_BASE:-}
+  local -a rv rq rk cv ck xv xq xk xb sv sc resrows=() cmprows=()
+  [ "$mode" = full ] || cachemode=asis
   echo "== $size $mode ==" >&2
   rm -rf "$dir/store" "$dir/peer.raw"
+  : >"$dir/vbk.log"
   "$bin/vbk" --store "$store" image create bench --size "$size" >/dev/null
-  "${blockd_limit[@]}" "$bin/vbk-blockd" --store "$store" --socket "$dir/vbk.sock" 2>"$dir/vbk.log" &
-  vp=$!
-  pids+=("$vp")
+  blockd_start "$bin"
   if [ "$mode" = full ]; then
     echo "preparing $size of data ..." >&2
     fill_raw "$dir/peer.raw" "$(bytes_of "$size")"
-    wait_sock "$dir/vbk.sock"
     nbdcopy --connections=4 --threads=4 "$dir/peer.raw" \
       "nbd+unix:///bench?socket=$dir/vbk.sock"
   else
@@ -233,26 +329,73 @@ bench_size () {
   nbdkit -f -U "$dir/nbdkit.sock" file "$dir/peer.raw" &
   kp=$!
   pids+=("$qp" "$kp")
-  wait_sock "$dir/vbk.sock"; wait_sock "$dir/qemu.sock"; wait_sock "$dir/nbdkit.sock"
+  wait_sock "$dir/qemu.sock"; wait_sock "$dir/nbdkit.sock"
   uri[vbk]="nbd+unix:///bench?socket=$dir/vbk.sock"
+  uri[base]=${uri[vbk]}
   uri[qemu]="nbd+unix:///?socket=$dir/qemu.sock"
   uri[nbdkit]="nbd+unix:///?socket=$dir/nbdkit.sock"
 
-  echo "$size $mode ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
-  printf '%-20s %-6s %9s %9s %9s %10s %10s %9s\n' workload unit vbk qemu-nbd nbdkit vbk/qemu vbk/nbdkit vbk-cpu
+  echo "$size $mode ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)," \
+    "memory $(awk '/^MemTotal/ {printf "%.1f", $2 / 1048576}' /proc/meminfo) GiB," \
+    "data $(du -sh --apparent-size "$dir/store/obj" | cut -f1) store +" \
+    "$(du -sh "$dir/peer.raw" | cut -f1) raw)"
+  echo "cache: $cachemode; vbk-blockd open-file limit" \
+    "$(awk '/open files/ {print $4}' "/proc/$vp/limits")$(
+      [ -n "$nofile" ] && [ ${#blockd_limit[@]} = 0 ] &&
+        echo " ($nofile refused here)")"
+  printf '%-20s %-6s %9s %9s %9s %10s %10s %9s %10s\n' workload unit vbk qemu-nbd nbdkit vbk/qemu vbk/nbdkit vbk-cpu nbdkit-cpu
   for w in "${workloads[@]}"; do
     read -r name rw bs qd unit <<<"$w"
     [[ $name =~ ${ROWS:-.} ]] || continue
-    rv=() rq=() rk=() cv=()
+    rv=() rq=() rk=() cv=() ck=() xv=() xq=() xk=() xb=() sv=() sc=()
     for ((i = 0; i < repeat; i++)); do
+      if [ -n "$sbase" ] && [ "$active" != vbk ]; then
+        blockd_stop; blockd_start "$bin"; active=vbk
+      fi
+      prepare vbk; xv+=("$res")
       rv+=("$(cpu_pid=$vp run vbk "$rw" "$bs" "$qd")")
       cv+=("$(cat "$dir/cpu.last")")
+      if [ -n "$sbase" ]; then
+        blockd_stop; blockd_start "$sbase"; active=base
+        prepare base; xb+=("$res")
+        sv+=("$(cpu_pid=$vp run base "$rw" "$bs" "$qd")")
+        sc+=("$(cat "$dir/cpu.last")")
+      fi
+      prepare qemu; xq+=("$res")
       rq+=("$(run qemu "$rw" "$bs" "$qd")")
-      rk+=("$(run nbdkit "$rw" "$bs" "$qd")")
+      prepare nbdkit; xk+=("$res")
+      rk+=("$(cpu_pid=$kp run nbdkit "$rw" "$bs" "$qd")")
+      ck+=("$(cat "$dir/cpu.last")")
     done
     row "$name" "$unit" "$(median "${rv[@]}")" "$(median "${rq[@]}")" \
-      "$(median "${rk[@]}")" "$(median "${cv[@]}")"
+      "$(median "${rk[@]}")" "$(median "${cv[@]}")" "$(median "${ck[@]}")"
+    resrows+=("$(printf '%-20s %9s %9s %9s %9s' "$name" "$(median "${xv[@]}")" \
+      "$(median "${xq[@]}")" "$(median "${xk[@]}")" \
+      "${sbase:+$(median "${xb[@]}")}")")
+    if [ -n "$sbase" ]; then
+      cmprows+=("$(printf '%-20s %9s %9s %9s %9s %9s %11s %s' "$name" \
+        "$(median "${rv[@]}")" "$(median "${sv[@]}")" \
+        "$(ratio "$(median "${rv[@]}")" "$(median "${sv[@]}")")" \
+        "$(median "${cv[@]}")" "$(median "${sc[@]}")" \
+        "$(ratio "$(median "${sv[@]}")" "$(median "${rk[@]}")")" \
+        "$(echo "${rv[*]}" | tr ' ' /):$(echo "${sv[*]}" | tr ' ' /)")")
+    fi
   done
+  if [ "$active" != vbk ]; then
+    blockd_stop; blockd_start "$bin"; active=vbk
+  fi
+  echo
+  echo "page cache before each run: % of the server's data resident (median)"
+  printf '%-20s %9s %9s %9s %9s\n' workload vbk qemu-nbd nbdkit "${sbase:+base}"
+  printf '%s\n' "${resrows[@]}"
+  if [ -n "$sbase" ]; then
+    echo
+    echo "this build (vbk) against VBK_BIN_BASE (base), same store, same runs,"
+    echo "interleaved: throughput, vbk-blockd CPU per request (us) or MB, each run"
+    printf '%-20s %9s %9s %9s %9s %9s %11s %s\n' workload vbk base vbk/base \
+      cpu-vbk cpu-base base/nbdkit "runs (vbk:base)"
+    printf '%s\n' "${cmprows[@]}"
+  fi
   if [ "$mode" = thin ]; then
     local -a baserows=() rb=() cb=()
     local bp=
